@@ -22,6 +22,19 @@ FindingGroup = Literal["finding", "class", "detection"]
 Triage = Literal["urgent", "priority", "routine"]
 TRIAGE_LEVELS: tuple[str, ...] = ("urgent", "priority", "routine")
 
+#: The nine sigmoid heads of seed 1's PE model, in the seed's output order.
+PE_HEADS: tuple[str, ...] = (
+    "acute_and_chronic_pe", "central_pe", "chronic_pe", "indeterminate", "leftsided_pe",
+    "pe_present_on_image", "rightsided_pe", "rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1",
+)
+#: Exam-level labels of the RSNA PE challenge (``pe_present_on_image`` is per slice).
+PE_EXAM_LABELS: tuple[str, ...] = (
+    "negative_exam_for_pe", "indeterminate", "rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1", "leftsided_pe",
+    "rightsided_pe", "central_pe", "chronic_pe", "acute_and_chronic_pe",
+)
+#: Seed 3's seven vertebral levels, head to feet.
+LUMBAR_LEVELS: tuple[str, ...] = ("T", "L1", "L2", "L3", "L4", "L5", "S")
+
 
 @dataclass(frozen=True)
 class AlgorithmInfo:
@@ -126,6 +139,96 @@ class ImageResult:
 
 
 @dataclass
+class PeExamResult:
+    """Seed 1 on one CT pulmonary angiography series.
+
+    Slices are indexed in the series plan's order (``models.preprocess.ct_series``:
+    along the ImageOrientationPatient normal), ``slice_uids[i]`` being slice ``i``.
+
+    Parameters
+    ----------
+    slice_uids : list of str
+        SOP Instance UIDs of the analysed slices, in plan order.
+    slice_probabilities : list of float
+        ``pe_present_on_image`` per slice.
+    exam_probabilities : dict
+        Probability of each of :data:`PE_EXAM_LABELS` for the exam.
+    exam_labels : dict
+        The decision for each of :data:`PE_EXAM_LABELS` after the RSNA
+        label-consistency rules.
+    positive_slices : list of int
+        Slices whose ``pe_present_on_image`` is at or above its threshold (after
+        the rules: none when the exam is negative).
+    key_slices : list of int
+        The few slices a radiologist should see first (for the KOS and GSPS).
+    corrections : list of str
+        What the consistency rules changed, in words, for the SR and the log.
+    """
+
+    slice_uids: list[str]
+    slice_probabilities: list[float]
+    exam_probabilities: dict[str, float]
+    exam_labels: dict[str, bool]
+    positive_slices: list[int] = field(default_factory=list)
+    key_slices: list[int] = field(default_factory=list)
+    corrections: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LevelRun:
+    """Consecutive slices (plan order, ``first`` .. ``last`` inclusive) decoded as one vertebral level."""
+
+    level: str
+    first: int
+    last: int
+
+
+@dataclass
+class BodyComposition:
+    """Tissue areas on one axial slice (seed 3's next step), by HU ranges.
+
+    Areas are in cm² from PixelSpacing; ``skeletal_muscle_index`` is muscle area
+    over height squared (cm²/m²), present only when PatientSize (0010,1020) is.
+    """
+
+    sop_instance_uid: str
+    muscle_cm2: float
+    subcutaneous_fat_cm2: float
+    visceral_fat_cm2: float
+    patient_size_m: float | None = None
+    skeletal_muscle_index: float | None = None
+
+
+@dataclass
+class LumbarResult:
+    """Seed 3 on one abdominal CT series: the level of every slice, L3, body composition.
+
+    Parameters
+    ----------
+    slice_uids : list of str
+        SOP Instance UIDs of the analysed slices, in plan order.
+    levels : list of str
+        The decoded level (one of :data:`LUMBAR_LEVELS`) of every slice, monotonic
+        along the patient axis.
+    evaluated : list of int
+        The slices the model actually ran on (the search strategy skips most).
+    runs : list of LevelRun
+        The levels as runs of consecutive slices, in plan order.
+    l3_index : int or None
+        The slice at the centre of the L3 run, or None when no L3 was found.
+    composition : BodyComposition or None
+        Areas measured on the L3 slice.
+    """
+
+    slice_uids: list[str]
+    levels: list[str]
+    evaluated: list[int] = field(default_factory=list)
+    runs: list[LevelRun] = field(default_factory=list)
+    l3_index: int | None = None
+    composition: BodyComposition | None = None
+
+
+@dataclass
 class SeriesResult:
     """Everything a pipeline found on one series; what writers consume.
 
@@ -140,6 +243,10 @@ class SeriesResult:
     algorithms: list[AlgorithmInfo]
     images: list[ImageResult] = field(default_factory=list)
     supersedes: list[str] = field(default_factory=list)
+    #: Exam result of the ``ct_pe`` pipeline.
+    pe: PeExamResult | None = None
+    #: Level and body-composition result of the ``ct_lumbar`` pipeline.
+    lumbar: LumbarResult | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,4 +278,18 @@ class SeriesResult:
             algorithms=[AlgorithmInfo(**a) for a in data.get("algorithms", [])],
             images=images,
             supersedes=list(data.get("supersedes", [])),
+            pe=PeExamResult(**data["pe"]) if data.get("pe") else None,
+            lumbar=_lumbar_from_json(data["lumbar"]) if data.get("lumbar") else None,
         )
+
+
+def _lumbar_from_json(data: dict[str, Any]) -> LumbarResult:
+    composition = data.get("composition")
+    return LumbarResult(
+        slice_uids=list(data["slice_uids"]),
+        levels=list(data["levels"]),
+        evaluated=list(data.get("evaluated", [])),
+        runs=[LevelRun(**r) for r in data.get("runs", [])],
+        l3_index=data.get("l3_index"),
+        composition=BodyComposition(**composition) if composition else None,
+    )
