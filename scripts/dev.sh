@@ -13,7 +13,7 @@
 #   only when pyproject.toml changed or more extras are needed (stamp in .venv).
 #
 # Environment: AINODE_PYTHON (interpreter for a new .venv), AINODE_EXTRAS
-# (pip extras, default "postgres" for run, "test,postgres,train" for test).
+# (pip extras, default "postgres" for run, "test,postgres,train,yolo" for test).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -191,7 +191,7 @@ main() {
         ;;
     test)
         ensure_packages "${TEST_PACKAGES[@]}"
-        ensure_venv "${AINODE_EXTRAS:-test,postgres,train}"
+        ensure_venv "${AINODE_EXTRAS:-test,postgres,train,yolo}"
         local status=0
         "$VENV/bin/python" -m pytest "$@" </dev/null || status=$?
         # pytest exits 5 when it collected no test: that is a failure here.

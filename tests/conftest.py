@@ -30,6 +30,14 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if sys.path[0] != _REPO_ROOT:
     sys.path.insert(0, _REPO_ROOT)
 
+# TensorFlow imported before torchvision (Ultralytics) in one process segfaults (seen with TF 2.21 and
+# torch 2.14): the whole suite runs in one process, so torch and torchvision come first when installed.
+try:  # pragma: no cover - depends on the installed extras
+    import torch  # noqa: F401,E402
+    import torchvision  # noqa: F401,E402
+except ImportError:
+    pass
+
 from tests.helpers import OrthancServer, PostgresServer, rg1_uncr_path  # noqa: E402
 
 OrthancFactory = Callable[..., OrthancServer]
