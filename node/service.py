@@ -71,12 +71,16 @@ def plan_models(settings: Settings) -> ModelPlan:
 
 def pipeline_factory(name: str, settings: Settings, registry: ModelRegistry) -> Pipeline:
     """Build a pipeline by name (models loaded now, once)."""
-    if name == "cxr":
-        from node.pipelines.cxr import CxrPipeline
+    import importlib
 
-        return CxrPipeline(registry, uid_root=settings.uid_root, threads=settings.threads_per_model,
-                           series_number=settings.result_series_number, institution_name=settings.institution_name)
-    raise ConfigError(f"unknown pipeline {name!r}")
+    from node.pipelines import PIPELINE_CLASSES
+
+    if name not in PIPELINE_CLASSES:
+        raise ConfigError(f"unknown pipeline {name!r}")
+    module_name, class_name = PIPELINE_CLASSES[name].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    pipeline: Pipeline = cls.from_settings(registry, settings)
+    return pipeline
 
 
 def allowed_peers(settings: Settings) -> list[AllowedPeer]:

@@ -138,7 +138,18 @@ def _codestream_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-#: Pipelines the node knows, and the models each needs (manifest names).
+#: Pipelines the node knows, and the models each needs (manifest names): a pipeline whose models are
+#: missing is disabled at start-up, with the reason, and the others run.
 PIPELINE_MODELS: dict[str, tuple[str, ...]] = {
     "cxr": ("cxr-view-filter",),
+    "ct_pe": ("ct-pe",),
+    "ct_lumbar": ("ct-lumbar",),
+}
+
+#: The class implementing each pipeline, as "module:Class"; built once per worker with
+#: ``Class.from_settings(registry, settings)`` (imported only when the pipeline is enabled).
+PIPELINE_CLASSES: dict[str, str] = {
+    "cxr": "node.pipelines.cxr:CxrPipeline",
+    "ct_pe": "node.pipelines.ct_pe:CtPePipeline",
+    "ct_lumbar": "node.pipelines.ct_lumbar:CtLumbarPipeline",
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from highdicom.enum import SpecificCharacterSetValues
 from pydicom import Dataset
@@ -22,6 +22,9 @@ from models.view_filter import ViewFilter
 from node.errors import InputError
 from node.pipelines import PipelineOutput, check_decodable_size, read_image
 from sr_writer import build_measurement_report
+
+if TYPE_CHECKING:
+    from node.settings import Settings
 
 log = logging.getLogger("ainode.pipeline.cxr")
 
@@ -45,6 +48,12 @@ class CxrPipeline:
         self.uid_root = uid_root
         self.series_number = series_number
         self.institution_name = institution_name
+
+    @classmethod
+    def from_settings(cls, registry: ModelRegistry, settings: "Settings") -> "CxrPipeline":
+        """The pipeline as the node's settings configure it."""
+        return cls(registry, uid_root=settings.uid_root, threads=settings.threads_per_model,
+                   series_number=settings.result_series_number, institution_name=settings.institution_name)
 
     def analyse(
         self, study_uid: str, series_uid: str, paths: Sequence[Path], predecessors: Sequence[Dataset] = ()
