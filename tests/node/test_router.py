@@ -359,23 +359,38 @@ def test_shipped_cxr_rule_variants(shipped: RoutingConfig, attributes: dict[str,
     assert route(ds, shipped).pipeline == pipeline
 
 
-def test_shipped_ct_rules_when_enabled_exclude_localizers() -> None:
-    data = yaml.safe_load(SHIPPED_RULES.read_text(encoding="utf-8"))
-    assert [rule.get("enabled", True) for rule in data["rules"]] == [True, False, False]
-    for rule in data["rules"]:
-        rule["enabled"] = True
-    config = parse_routing(data)
-    axial = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ctpa = _dataset(Modality="CT", ImageType=axial, BodyPartExamined="CHEST", ContrastBolusAgent="ISOVUE")
-    assert route(ctpa, config).pipeline == "ct_pe"
-    by_name = _dataset(Modality="CT", ImageType=axial, StudyDescription="CTA Pulmonary Embolism")
-    assert route(by_name, config).pipeline == "ct_pe"
-    plain_chest = _dataset(Modality="CT", ImageType=axial, BodyPartExamined="CHEST")
-    assert route(plain_chest, config).pipeline is None
-    abdomen = _dataset(Modality="CT", ImageType=axial, BodyPartExamined="ABDOMEN")
-    assert route(abdomen, config).pipeline == "ct_lumbar"
-    scout = _dataset(Modality="CT", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], BodyPartExamined="ABDOMEN")
-    assert route(scout, config).pipeline is None
+AXIAL = ["ORIGINAL", "PRIMARY", "AXIAL"]
+
+
+@pytest.mark.parametrize(
+    ("attributes", "pipeline"),
+    [
+        # CT pulmonary angiography, by contrast agent or by protocol name (English, German LAE).
+        ({"BodyPartExamined": "CHEST", "ContrastBolusAgent": "ISOVUE"}, "ct_pe"),
+        ({"StudyDescription": "CTA Pulmonary Embolism"}, "ct_pe"),
+        ({"StudyDescription": "CT Thorax LAE", "BodyPartExamined": "CHEST"}, "ct_pe"),
+        ({"SeriesDescription": "CTPA 1.0 B30f"}, "ct_pe"),
+        ({"StudyDescription": "CT chest with contrast"}, "ct_pe"),
+        # A chest CT without contrast is not a CTPA.
+        ({"BodyPartExamined": "CHEST", "StudyDescription": "CT chest low dose"}, None),
+        # Abdomen, abdomen-pelvis, lumbar spine, and chest-abdomen-pelvis staging (venous phase) -> lumbar.
+        ({"BodyPartExamined": "ABDOMEN"}, "ct_lumbar"),
+        ({"StudyDescription": "CT Abdomen/Pelvis w contrast", "ContrastBolusAgent": "OMNIPAQUE"}, "ct_lumbar"),
+        ({"BodyPartExamined": "LSPINE"}, "ct_lumbar"),
+        ({"StudyDescription": "CT Chest Abdomen Pelvis", "BodyPartExamined": "CHEST", "ContrastBolusAgent": "X"},
+         "ct_lumbar"),
+        # Scouts, reformats and projections are never analysed.
+        ({"BodyPartExamined": "ABDOMEN", "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}, None),
+        ({"BodyPartExamined": "ABDOMEN", "ImageType": ["DERIVED", "SECONDARY", "REFORMATTED"]}, None),
+        ({"StudyDescription": "CTPA", "SeriesDescription": "Sag MPR 3mm"}, None),
+        ({"StudyDescription": "CTPA", "SeriesDescription": "COR 5mm"}, None),
+        ({"StudyDescription": "CTPA", "SeriesDescription": "MIP 10 mm"}, None),
+    ],
+)
+def test_shipped_ct_rules(shipped: RoutingConfig, attributes: dict[str, object], pipeline: str | None) -> None:
+    values: dict[str, object] = {"Modality": "CT", "ImageType": AXIAL, **attributes}
+    ds = _dataset(SOPClassUID="1.2.840.10008.5.1.4.1.1.2", **values)
+    assert route(ds, shipped).pipeline == pipeline, route(ds, shipped).reason
 
 
 # --- ainode route ---------------------------------------------------------------
