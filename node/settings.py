@@ -48,6 +48,7 @@ EXAMPLES: dict[str, str] = {
     "http_enabled": "http_enabled: true",
     "log_format": "log_format: json",
     "tls": "tls: {enabled: true, port: 2762, certificate: /etc/ainode/node.crt, private_key: /etc/ainode/node.key}",
+    "cxr": "cxr: {four_class_models: [cxr-four-class], secondary_capture: true, triage: {urgent: {pneumothorax: 0.5}}}",
 }
 
 
@@ -152,6 +153,60 @@ class DeliverySettings(_Strict):
     backoff_max: float = Field(default=600.0, gt=0)
 
 
+#: Default triage thresholds of the cxr pipeline (label key -> probability at or above which the level applies).
+#: Urgent: a finding that needs a doctor now (pneumothorax). Priority: findings that need a report today.
+DEFAULT_TRIAGE_URGENT: dict[str, float] = {"pneumothorax": 0.5}
+DEFAULT_TRIAGE_PRIORITY: dict[str, float] = {
+    "mass": 0.5, "nodule": 0.5, "effusion": 0.5, "consolidation": 0.5, "pneumonia": 0.5, "edema": 0.5,
+    "cardiomegaly": 0.5, "covid19": 0.5, "tuberculosis": 0.5,
+}
+
+
+class CxrTriageSettings(_Strict):
+    """Per-finding thresholds of the triage levels (urgent, then priority; else routine).
+
+    Keys are finding keys of ``sr_writer.codes`` (the 14 ChestX-ray14 findings, the four
+    classes, detector labels); a key matches findings, classes and boxes of that label, and
+    the highest probability (or box confidence) on the image counts.
+    """
+
+    urgent: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TRIAGE_URGENT))
+    priority: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TRIAGE_PRIORITY))
+
+    @field_validator("urgent", "priority")
+    @classmethod
+    def _check_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        from sr_writer.codes import finding_key
+
+        checked: dict[str, float] = {}
+        for label, threshold in value.items():
+            try:
+                key = finding_key(label)
+            except KeyError as exc:
+                raise ValueError(str(exc).strip("\"'")) from None
+            if not 0.0 <= float(threshold) <= 1.0:
+                raise ValueError(f"threshold of {label!r} must be between 0 and 1")
+            checked[key] = float(threshold)
+        return checked
+
+
+class CxrSettings(_Strict):
+    """The chest radiograph pipeline: which models run after the view filter, triage, extra objects.
+
+    A model named here but not installed (no manifest or no weights) does not stop the
+    pipeline: it logs a warning at start-up and the SR of each frontal image says which
+    analysis was not done. ``null`` (or an empty list) switches a step off on purpose.
+    """
+
+    finding_model: str | None = "cxr-findings"
+    four_class_models: list[str] = Field(default_factory=lambda: ["cxr-four-class"])
+    detector_model: str | None = "cxr-detector"
+    top_findings: int = Field(default=3, ge=0, le=14)
+    triage: CxrTriageSettings = Field(default_factory=CxrTriageSettings)
+    presentation_state: bool = True
+    secondary_capture: bool = False
+
+
 def _default_destinations() -> dict[str, DicomDestinationSettings | DicomWebDestinationSettings]:
     return {"pacs": DicomDestinationSettings(ae_title="ORTHANC", host="127.0.0.1", port=4242)}
 
@@ -182,6 +237,7 @@ class Settings(_Strict):
     default_destinations: list[str] = Field(default_factory=lambda: ["pacs"])
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     result_series_number: int = Field(default=990, ge=1)
+    cxr: CxrSettings = Field(default_factory=CxrSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     # Health and Prometheus metrics (node.http); localhost only unless configured otherwise.

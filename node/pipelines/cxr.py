@@ -1,27 +1,60 @@
 """Pipeline ``cxr``: chest radiographs (CR, DX, DX for presentation).
 
-Step 1, the view filter of seed 5 (``models.view_filter``): frontal or
-lateral. A lateral image stops here and its SR says it was not analysed
-further. The results are written as a TID 1500 measurement report
-(``sr_writer``) in the source study.
+Steps, for the images of one series:
+
+1. read, check and decode each image **once** (:func:`models.preprocess.radiograph.radiograph_to_unit`:
+   full resolution, 0..1, bone white); an image that cannot be read or decoded fails alone and is
+   named in the job's warnings;
+2. the view filter of seed 5 (``models.view_filter``) on all decoded images in one batch; a lateral
+   image stops here and its SR says it was not analysed further;
+3. on the frontal images, in one batch per model: the finding classifier of seed 2 (14 ChestX-ray14
+   labels), the four-class classifier(s) of seed 4 (COVID-19 / normal / pneumonia / tuberculosis;
+   ResNet-18 by default, ``cxr.four_class_models`` names which) and the YOLO detector of seed 2;
+4. per frontal image: the top findings (``cxr.top_findings``, three by default: the most probable of
+   the 14 labels, most probable first, whatever their thresholds, as seed 2 shows them with their
+   probabilities) and a triage level from the per-finding thresholds of ``cxr.triage`` (urgent when
+   any finding, class or box of an ``urgent`` key reaches its threshold, else priority likewise,
+   else routine);
+5. objects in the source study: one TID 1500 SR for the series (``sr_writer.sr``); per frontal image
+   a GSPS with the boxes, their labels and a caption with the top findings and triage
+   (``sr_writer.gsps``; an image without boxes still gets one, with the caption only, so that a
+   radiologist sees the triage on the image); with ``cxr.secondary_capture: true`` a Secondary
+   Capture per frontal image with all of it burned in (``sr_writer.sc``).
+
+Models: only the view filter is required (``PIPELINE_MODELS``). The finding classifier, four-class
+classifier(s) and detector are used when installed: one that is configured but absent is reported
+once per worker at start-up (a warning naming the model and how to build it), and the SR of each
+frontal image says which analysis was not done, so a site can run the view filter alone.
+
+The job summary records the inference time of each model and of the writers (``times_ms ...``);
+``bench/cxr_latency.py`` reads it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
+import numpy as np
 from highdicom.enum import SpecificCharacterSetValues
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 
-from models.findings import ImageResult, SeriesResult
+from models.errors import ModelError as ModelsModelError
+from models.errors import PreprocessError
+from models.findings import AlgorithmInfo, Finding, ImageResult, SeriesResult, Triage, View, ViewResult
+from models.preprocess.radiograph import radiograph_to_unit, resize_image
 from models.registry import ModelRegistry
-from models.view_filter import ViewFilter
+from models.view_filter import ViewFilter, header_view
 from node.errors import InputError
 from node.pipelines import PipelineOutput, check_decodable_size, read_image
-from sr_writer import build_measurement_report
+from sr_writer import build_measurement_report, build_presentation_state, build_secondary_capture
+from sr_writer.codes import finding_key
 
 if TYPE_CHECKING:
     from node.settings import Settings
@@ -36,78 +69,346 @@ RADIOGRAPH_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7",      # Secondary Capture (scanned films), when routed here
 }
 
+#: Errors a model's preprocessing or inference raises for one bad image (not a bug of ours).
+_IMAGE_ERRORS = (PreprocessError, ValueError, TypeError, AttributeError, NotImplementedError, RuntimeError)
+
+
+class RadiographModel(Protocol):
+    """What the pipeline needs of a finding classifier, four-class classifier or detector (interfaces.md)."""
+
+    @property
+    def algorithm(self) -> AlgorithmInfo: ...
+
+    def predict(self, images: Sequence[np.ndarray], uids: Sequence[str]) -> list[list[Finding]]: ...
+
+
+@dataclass(frozen=True)
+class TriageRules:
+    """Thresholds per finding key: ``urgent`` first, then ``priority``; otherwise routine."""
+
+    urgent: Mapping[str, float] = field(default_factory=dict)
+    priority: Mapping[str, float] = field(default_factory=dict)
+
+    def level(self, findings: Sequence[Finding]) -> Triage:
+        """The triage level of one image's findings, classes and boxes (highest probability per key)."""
+        best: dict[str, float] = {}
+        for f in findings:
+            key = finding_key(f.label)
+            best[key] = max(best.get(key, 0.0), f.probability)
+        if any(best.get(key, -1.0) >= threshold for key, threshold in self.urgent.items()):
+            return "urgent"
+        if any(best.get(key, -1.0) >= threshold for key, threshold in self.priority.items()):
+            return "priority"
+        return "routine"
+
+
+def top_findings(findings: Sequence[Finding], count: int = 3) -> list[str]:
+    """Labels of the ``count`` most probable multi-label findings (group ``finding``), most probable first."""
+    ranked = sorted((f for f in findings if f.group == "finding"), key=lambda f: f.probability, reverse=True)
+    labels: list[str] = []
+    for f in ranked:
+        if f.label not in labels:
+            labels.append(f.label)
+    return labels[:count]
+
+
+@dataclass
+class _Stopwatch:
+    """Seconds spent per step, summed over the series."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
+
+    def summary(self) -> str:
+        return "times_ms " + " ".join(f"{step}={s * 1000:.0f}" for step, s in self.seconds.items())
+
+
+@dataclass
+class _Decoded:
+    ds: Dataset
+    unit: np.ndarray
+
 
 class CxrPipeline:
-    """The chest radiograph pipeline; one instance per worker."""
+    """The chest radiograph pipeline; one instance per worker (see the module docstring).
+
+    Parameters
+    ----------
+    view_filter : ViewFilter
+        Seed 5's frontal/lateral filter (required).
+    finding_model, detector : RadiographModel or None
+        Seed 2's 14-label classifier and box detector; None when not installed.
+    four_class_models : sequence of RadiographModel
+        Seed 4's classifier(s), run in this order.
+    missing : mapping of str to str
+        Analyses configured but not available (model name -> reason), said in each frontal image's SR.
+    triage : TriageRules
+        Per-finding thresholds of the triage levels.
+    """
 
     name = "cxr"
 
-    def __init__(self, registry: ModelRegistry, *, uid_root: str, threads: int = 1, series_number: int = 990,
-                 institution_name: str | None = None) -> None:
-        self.view_filter = ViewFilter.from_manifest(registry.require("cxr-view-filter"), threads=threads)
+    def __init__(self, view_filter: ViewFilter, *, uid_root: str, finding_model: RadiographModel | None = None,
+                 four_class_models: Sequence[RadiographModel] = (), detector: RadiographModel | None = None,
+                 missing: Mapping[str, str] | None = None, triage: TriageRules | None = None,
+                 top_count: int = 3, presentation_state: bool = True, secondary_capture: bool = False,
+                 series_number: int = 990, institution_name: str | None = None) -> None:
+        self.view_filter = view_filter
+        self.finding_model = finding_model
+        self.four_class_models = list(four_class_models)
+        self.detector = detector
+        self.missing = dict(missing or {})
+        self.triage = triage or TriageRules()
+        self.top_count = top_count
+        self.presentation_state = presentation_state
+        self.secondary_capture = secondary_capture
         self.uid_root = uid_root
         self.series_number = series_number
         self.institution_name = institution_name
 
     @classmethod
     def from_settings(cls, registry: ModelRegistry, settings: "Settings") -> "CxrPipeline":
-        """The pipeline as the node's settings configure it."""
-        return cls(registry, uid_root=settings.uid_root, threads=settings.threads_per_model,
-                   series_number=settings.result_series_number, institution_name=settings.institution_name)
+        """The pipeline as the node's settings configure it (``cxr`` section of ``node.yaml``).
 
+        Raises
+        ------
+        node.errors.ModelError
+            When an installed model cannot be loaded (a configured but absent one is only a warning).
+        """
+        from node.errors import ModelError
+
+        config = settings.cxr
+        threads = settings.threads_per_model
+        try:
+            view_filter = ViewFilter.from_manifest(registry.require("cxr-view-filter"), threads=threads)
+        except ModelsModelError as exc:
+            raise ModelError(str(exc)) from exc
+        missing: dict[str, str] = {}
+
+        def load(name: str | None, module: str, cls_name: str) -> RadiographModel | None:
+            if not name:
+                return None
+            try:
+                manifest = registry.require(name)
+            except ModelsModelError as exc:
+                missing[name] = "model not installed"
+                log.warning("cxr: model %r is not available, frontal images are analysed without it: %s", name, exc)
+                return None
+            import importlib
+
+            try:
+                model_cls = getattr(importlib.import_module(module), cls_name)
+                model: RadiographModel = model_cls.from_manifest(manifest, threads=threads)
+            except ModelsModelError as exc:
+                raise ModelError(f"cxr: model {name!r} cannot be loaded: {exc}") from exc
+            return model
+
+        finding_model = load(config.finding_model, "models.finding_classifier", "FindingClassifier")
+        four_class = [m for m in (load(n, "models.four_class", "FourClassClassifier") for n in config.four_class_models)
+                      if m is not None]
+        detector = load(config.detector_model, "models.detector", "Detector")
+        return cls(view_filter, uid_root=settings.uid_root, finding_model=finding_model, four_class_models=four_class,
+                   detector=detector, missing=missing,
+                   triage=TriageRules(dict(config.triage.urgent), dict(config.triage.priority)),
+                   top_count=config.top_findings, presentation_state=config.presentation_state,
+                   secondary_capture=config.secondary_capture, series_number=settings.result_series_number,
+                   institution_name=settings.institution_name)
+
+    # Analysis ------------------------------------------------------------------------------------
     def analyse(
         self, study_uid: str, series_uid: str, paths: Sequence[Path], predecessors: Sequence[Dataset] = ()
     ) -> PipelineOutput:
-        images: list[Dataset] = []
+        """Analyse one series of radiographs; see the module docstring.
+
+        Raises
+        ------
+        InputError
+            When no image of the series can be read and decoded.
+        """
+        clock = _Stopwatch()
         problems: list[str] = []
+        with clock("decode"):
+            decoded = self._decode(paths, problems)
+        if not decoded:
+            raise InputError("no analysable image in the series: " + "; ".join(problems))
+        with clock("view_filter"):
+            views = self._views(decoded)
+        frontal = [d for d, v in zip(decoded, views) if v.view == "frontal"]
+        per_image: dict[str, list[Finding]] = {str(d.ds.SOPInstanceUID): [] for d in frontal}
+        for model in self._models():
+            with clock(model.algorithm.name):
+                self._run(model, frontal, per_image, problems)
+
+        images: list[ImageResult] = []
+        for d, view in zip(decoded, views):
+            uid = str(d.ds.SOPInstanceUID)
+            if view.view != "frontal":
+                images.append(ImageResult(uid, view=view, analysed_further=False,
+                                          note="lateral view: not analysed further"))
+                continue
+            findings = per_image[uid]
+            images.append(ImageResult(
+                uid, view=view, findings=findings, analysed_further=True, note=self._missing_note(),
+                top_findings=top_findings(findings, self.top_count) if self.finding_model else [],
+                triage=self.triage.level(findings) if findings else None,
+            ))
+        result = SeriesResult(
+            pipeline=self.name, study_instance_uid=study_uid, series_instance_uid=series_uid,
+            algorithms=self._algorithms(for_boxes=False), images=images,
+            supersedes=[str(p.SOPInstanceUID) for p in predecessors],
+        )
+        objects = self._write(result, decoded, predecessors, clock, problems)
+        summary = f"{_describe(images)}; {clock.summary()}"
+        log.info("cxr series %s: %s", series_uid, summary)
+        return PipelineOutput(result=result, objects=objects, summary=summary, warnings=problems)
+
+    def _models(self) -> list[RadiographModel]:
+        models: list[RadiographModel] = [self.finding_model] if self.finding_model else []
+        return models + self.four_class_models + ([self.detector] if self.detector else [])
+
+    def _algorithms(self, *, for_boxes: bool) -> list[AlgorithmInfo]:
+        """View filter first (the SR's observer). Last: for the SR, the finding classifier (its triage and
+        top-findings group); for GSPS and SC, the detector (they name who drew the boxes)."""
+        others = [m.algorithm for m in self.four_class_models]
+        detector = [self.detector.algorithm] if self.detector else []
+        findings = [self.finding_model.algorithm] if self.finding_model else []
+        ordered = others + (findings + detector if for_boxes else detector + findings)
+        return [self.view_filter.algorithm, *ordered]
+
+    def _missing_note(self) -> str | None:
+        if not self.missing:
+            return None
+        return "not analysed by: " + ", ".join(f"{name} ({why})" for name, why in self.missing.items())
+
+    def _decode(self, paths: Sequence[Path], problems: list[str]) -> list[_Decoded]:
+        decoded = []
         for path in paths:
             try:
                 ds = read_image(path)
             except Exception as exc:  # pydicom raises many types for damaged files
                 problems.append(f"{Path(path).name}: unreadable ({exc})")
                 continue
+            uid = ds.get("SOPInstanceUID", Path(path).name)
             if "PixelData" not in ds:
-                problems.append(f"{ds.get('SOPInstanceUID', Path(path).name)}: no pixel data")
+                problems.append(f"{uid}: no pixel data")
                 continue
             try:
                 check_decodable_size(ds)
-            except InputError as exc:
-                problems.append(f"{ds.get('SOPInstanceUID', Path(path).name)}: {exc}")
+                unit = radiograph_to_unit(ds)
+            except (InputError, *_IMAGE_ERRORS) as exc:  # one damaged image fails alone
+                problems.append(f"{uid}: {exc}")
                 continue
-            images.append(ds)
-        if not images:
-            raise InputError("no analysable image in the series: " + "; ".join(problems))
-        predictions = []
-        analysed: list[Dataset] = []
-        for ds in images:  # one at a time so a damaged image fails alone
-            try:
-                predictions.append(self.view_filter.predict([ds])[0])
-                analysed.append(ds)
-            except (ValueError, TypeError, AttributeError, NotImplementedError, RuntimeError) as exc:
-                problems.append(f"{ds.SOPInstanceUID}: {exc}")
-        if not analysed:
-            raise InputError("no image could be analysed: " + "; ".join(problems))
-        image_results = [
-            ImageResult(
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                view=pred,
-                analysed_further=pred.view == "frontal",
-                note=None if pred.view == "frontal" else "lateral view: not analysed further",
+            decoded.append(_Decoded(ds, unit))
+        return decoded
+
+    def _views(self, decoded: Sequence[_Decoded]) -> list[ViewResult]:
+        vf = self.view_filter
+        spec = vf.manifest.input
+        batch = np.stack([resize_image(d.unit, spec.height, spec.width) for d in decoded])
+        return [_view_result(vf, d.ds, float(p)) for d, p in zip(decoded, vf.lateral_probabilities(batch))]
+
+    def _run(self, model: RadiographModel, frontal: Sequence[_Decoded], per_image: dict[str, list[Finding]],
+             problems: list[str]) -> None:
+        """One batch over the frontal images; when the batch fails, each image alone, so a bad one fails alone."""
+        if not frontal:
+            return
+        uids = [str(d.ds.SOPInstanceUID) for d in frontal]
+        try:
+            outputs = model.predict([d.unit for d in frontal], uids)
+        except _IMAGE_ERRORS:
+            outputs = []
+            for d, uid in zip(frontal, uids):
+                try:
+                    outputs.append(model.predict([d.unit], [uid])[0])
+                except _IMAGE_ERRORS as exc:
+                    problems.append(f"{uid}: {model.algorithm.name} failed: {exc}")
+                    outputs.append([])
+        for uid, found in zip(uids, outputs):
+            per_image[uid].extend(found)
+
+    # Writers -------------------------------------------------------------------------------------
+    def _write(self, result: SeriesResult, decoded: Sequence[_Decoded], predecessors: Sequence[Dataset],
+               clock: _Stopwatch, problems: list[str]) -> list[Dataset]:
+        headers = {str(d.ds.SOPInstanceUID): _header(d.ds) for d in decoded}
+        analysed = [headers[i.sop_instance_uid] for i in result.images]
+        with clock("sr"):
+            sr = build_measurement_report(
+                result, analysed, uid_root=self.uid_root, series_number=self.series_number,
+                institution_name=self.institution_name, predecessors=predecessors,
             )
-            for ds, pred in zip(analysed, predictions)
-        ]
-        result = SeriesResult(
-            pipeline=self.name, study_instance_uid=study_uid, series_instance_uid=series_uid,
-            algorithms=[self.view_filter.algorithm], images=image_results,
-            supersedes=[str(p.SOPInstanceUID) for p in predecessors],
-        )
-        headers = [_header(ds) for ds in analysed]
-        sr = build_measurement_report(
-            result, headers, uid_root=self.uid_root, series_number=self.series_number,
-            institution_name=self.institution_name, predecessors=predecessors,
-        )
-        views = ", ".join(f"{r.view.view} {r.view.probability:.2f}" for r in image_results if r.view)
-        return PipelineOutput(result=result, objects=[sr], summary=f"view: {views}", warnings=problems)
+        objects: list[Dataset] = [sr]
+        drawn = replace(result, algorithms=self._algorithms(for_boxes=True))
+        # What a GSPS or SC can show: boxes, or a caption with the top findings (and the triage).
+        frontal = [i for i in result.images
+                   if i.analysed_further and (i.top_findings or any(f.region for f in i.findings))]
+        pixels = {str(d.ds.SOPInstanceUID): d.ds for d in decoded}
+        if self.presentation_state:
+            with clock("gsps"):
+                objects += self._per_image(drawn, frontal, problems, "GSPS", lambda one, image: build_presentation_state(
+                    one, [headers[image.sop_instance_uid]], uid_root=self.uid_root,
+                    series_number=self.series_number + 1, institution_name=self.institution_name))
+        if self.secondary_capture:
+            with clock("sc"):
+                objects += self._per_image(drawn, frontal, problems, "secondary capture",
+                                           lambda one, image: build_secondary_capture(
+                                               one, pixels[image.sop_instance_uid], uid_root=self.uid_root,
+                                               series_number=self.series_number + 2,
+                                               institution_name=self.institution_name))
+        return objects
+
+    @staticmethod
+    def _per_image(result: SeriesResult, images: Sequence[ImageResult], problems: list[str], kind: str,
+                   build: Any) -> list[Dataset]:
+        """One object per image, all in one new series (the first object's), numbered 1, 2, ...
+
+        A writer that refuses one image (e.g. a colour radiograph for a GSPS) is a warning on the job; the
+        SR and the other objects still go out.
+        """
+        made: list[Dataset] = []
+        for image in images:
+            try:
+                ds = build(replace(result, images=[image]), image)
+            except ValueError as exc:
+                problems.append(f"{image.sop_instance_uid}: no {kind}: {exc}")
+                continue
+            if made:
+                ds.SeriesInstanceUID = made[0].SeriesInstanceUID
+                ds.InstanceNumber = len(made) + 1
+            made.append(ds)
+        return made
+
+
+def _view_result(vf: ViewFilter, ds: Dataset, p_lateral: float) -> ViewResult:
+    """As :meth:`ViewFilter.predict` decides, from a probability computed on the already decoded image."""
+    view: View = "lateral" if p_lateral >= vf.threshold else "frontal"
+    probability = p_lateral if view == "lateral" else 1.0 - p_lateral
+    position = ds.get("ViewPosition") or None
+    position = str(position).strip() or None if position is not None else None
+    from_header = header_view(position)
+    disagreement = from_header is not None and from_header != view and probability >= vf.disagreement_probability
+    return ViewResult(view, probability, position, from_header, disagreement)
+
+
+def _describe(images: Sequence[ImageResult]) -> str:
+    parts = []
+    for image in images:
+        if image.view is None:
+            continue
+        text = f"{image.view.view} {image.view.probability:.2f}"
+        if image.analysed_further and image.findings:
+            probabilities = {f.label: f.probability for f in image.findings if f.group == "finding"}
+            top = ", ".join(f"{label} {probabilities[label]:.2f}" for label in image.top_findings)
+            boxes = sum(1 for f in image.findings if f.region is not None)
+            text += f" (top: {top or '-'}; triage {image.triage}; boxes {boxes})"
+        parts.append(text)
+    return "view: " + ", ".join(parts)
 
 
 #: Specific Character Set values highdicom writes (PS3.3 C.12.1.1.2); it copies the source's into the SR.
@@ -128,4 +429,3 @@ def _header(ds: Dataset) -> Dataset:
         if elem.tag.group != 0x7FE0:
             header.add(elem)
     return header
-
