@@ -64,6 +64,10 @@ class OnnxModel:
                 f"manifest says (N, {', '.join(map(str, expected))}) {spec.layout}"
             )
         self._dtype = np.dtype(spec.dtype)
+        # An export with a fixed batch size (Ultralytics' default ``dynamic=False`` gives 1)
+        # is run in chunks of that size; a free batch axis is a string or None.
+        batch_axis = inputs[0].shape[0]
+        self.fixed_batch: int | None = batch_axis if isinstance(batch_axis, int) and batch_axis > 0 else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on a batch laid out as the manifest says; return its first output.
@@ -77,5 +81,20 @@ class OnnxModel:
         item = (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, spec.channels)
         if batch.ndim != 4 or tuple(batch.shape[1:]) != item:
             raise ValueError(f"batch of shape {batch.shape} does not match (N, {', '.join(map(str, item))})")
-        outputs: list[Any] = self._session.run([self.output_names[0]], {self.input_name: batch.astype(self._dtype, copy=False)})
+        batch = batch.astype(self._dtype, copy=False)
+        size = self.fixed_batch
+        if size is None or len(batch) == size:
+            return self._run_one(batch)
+        chunks = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start : start + size]
+            if len(chunk) < size:  # pad the last chunk to the graph's batch size, then drop the padding
+                padding = np.zeros((size - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+                chunks.append(self._run_one(np.concatenate([chunk, padding]))[: len(chunk)])
+            else:
+                chunks.append(self._run_one(chunk))
+        return np.concatenate(chunks)
+
+    def _run_one(self, batch: np.ndarray) -> np.ndarray:
+        outputs: list[Any] = self._session.run([self.output_names[0]], {self.input_name: batch})
         return np.asarray(outputs[0])

@@ -1,0 +1,164 @@
+"""Fourteen NIH ChestX-ray14 findings on a frontal chest radiograph (seed 2).
+
+Input: frontal chest radiographs as :func:`models.preprocess.radiograph.radiograph_to_unit`
+gives them (float 0..1, bone white, full resolution; CR/DX of PS3.3 A.2 / A.26), each
+resized to the manifest's ``input.height × input.width`` with
+:func:`models.preprocess.radiograph.resize_image` (area average, aspect stretched —
+as the training in ``models.train`` does) and fed as one grey channel (NHWC, or
+NCHW when the manifest says so).
+
+Model (seed 2's design, ``models.train.architectures.finding_classifier``): an
+EfficientNet backbone (B0 by default; the variant is the training's choice) →
+global average pooling → dropout → Dense(14, sigmoid); 512×512 input by default.
+Seed 2 reports a mean test AUC of 0.7848 on ChestX-ray14 (0.8412 with PGGAN
+augmentation); our figures are in the weights' model card.
+
+Output: one :class:`models.findings.Finding` per manifest label per image
+(``group="finding"``): the label's sigmoid probability, ``present`` when it reaches
+the label's threshold in the manifest (0.5 when the manifest gives none). The labels
+are keys of ``sr_writer.codes.CONCEPTS`` in the model's output order. A model whose
+last layer gives logits instead of probabilities says so with
+``postprocessing.output: "logits"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Self
+
+import numpy as np
+
+from models.backends import InferenceModel, algorithm_info, batch_size, check_images, load_backend
+from models.errors import ModelError
+from models.findings import AlgorithmInfo, Finding
+from models.manifest import Manifest
+from models.preprocess.radiograph import resize_image
+
+__all__ = ["FindingClassifier", "grey_batch", "output_kind"]
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def grey_batch(images: Sequence[np.ndarray], manifest: Manifest) -> np.ndarray:
+    """Resize grey 0..1 images to the manifest's size and lay them out as its input says.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        2-D float images in 0..1 (``radiograph_to_unit`` outputs), any size.
+    manifest : Manifest
+        Gives ``input.height``, ``input.width``, ``channels`` (the grey image is
+        repeated when more than one) and ``layout``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of shape (N, H, W, C) or (N, C, H, W).
+    """
+    spec = manifest.input
+    grey = np.stack([resize_image(np.asarray(image, dtype=np.float32), spec.height, spec.width) for image in images])
+    if spec.layout == "NCHW":
+        return np.repeat(grey[:, None, :, :], spec.channels, axis=1)
+    return np.repeat(grey[:, :, :, None], spec.channels, axis=3)
+
+
+def output_kind(manifest: Manifest) -> str:
+    """``postprocessing.output`` of a classifier manifest: ``"probabilities"`` (default) or ``"logits"``."""
+    kind = manifest.postprocessing.get("output", "probabilities")
+    if kind not in ("probabilities", "logits"):
+        raise ModelError(f"model {manifest.name!r}: postprocessing.output must be 'probabilities' or 'logits', got {kind!r}")
+    return str(kind)
+
+
+class FindingClassifier:
+    """Seed 2's multi-label classifier over any backend (see the module docstring).
+
+    Parameters
+    ----------
+    model : InferenceModel
+        A backend whose manifest has task ``multilabel-classification`` and a
+        one-channel input.
+
+    Raises
+    ------
+    ModelError
+        Wrong task, a multi-channel input, or an invalid ``postprocessing`` entry.
+    """
+
+    def __init__(self, model: InferenceModel) -> None:
+        manifest = model.manifest
+        if manifest.task != "multilabel-classification":
+            raise ModelError(f"model {manifest.name!r} has task {manifest.task!r}, not 'multilabel-classification'")
+        if manifest.input.channels != 1:
+            raise ModelError(f"model {manifest.name!r}: the finding classifier takes one grey channel, not {manifest.input.channels}")
+        self._model = model
+        self.manifest = manifest
+        self.labels = [spec.key for spec in manifest.labels]
+        self.thresholds = np.array(
+            [DEFAULT_THRESHOLD if spec.threshold is None else spec.threshold for spec in manifest.labels], dtype=np.float64
+        )
+        self._logits = output_kind(manifest) == "logits"
+        self._batch = batch_size(manifest)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> Self:
+        """Open the classifier from a verified manifest (``ModelRegistry.require``) with its backend."""
+        return cls(load_backend(manifest, threads=threads))
+
+    @property
+    def algorithm(self) -> AlgorithmInfo:
+        """Identification of the model for result objects."""
+        return algorithm_info(self.manifest)
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Probability of each label, shape (N, labels), one backend call per ``postprocessing.batch`` images.
+
+        Raises
+        ------
+        ModelError
+            If the model's output does not have one column per manifest label.
+        """
+        rows = []
+        for start in range(0, len(images), self._batch):
+            chunk = images[start : start + self._batch]
+            out = np.asarray(self._model.run(grey_batch(chunk, self.manifest)), dtype=np.float64).reshape(len(chunk), -1)
+            if out.shape[1] != len(self.labels):
+                raise ModelError(
+                    f"model {self.manifest.name!r} gives {out.shape[1]} outputs per image; its manifest has "
+                    f"{len(self.labels)} labels"
+                )
+            rows.append(1.0 / (1.0 + np.exp(-out)) if self._logits else out)
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)))
+
+    def predict(self, images: Sequence[np.ndarray], uids: Sequence[str]) -> list[list[Finding]]:
+        """Findings of each image, in manifest label order.
+
+        Parameters
+        ----------
+        images : sequence of numpy.ndarray
+            ``radiograph_to_unit`` outputs (2-D, 0..1), any size.
+        uids : sequence of str
+            The SOP Instance UID of each image (``Finding.source_sop_uid``).
+
+        Returns
+        -------
+        list of list of Finding
+            Per image, one finding per label (``group="finding"``).
+        """
+        check_images(images, uids)
+        results = []
+        for uid, row in zip(uids, self.probabilities(images)):
+            results.append(
+                [
+                    Finding(
+                        label=label,
+                        probability=float(p),
+                        present=bool(p >= threshold),
+                        source_sop_uid=uid,
+                        group="finding",
+                        algorithm=self.manifest.name,
+                    )
+                    for label, p, threshold in zip(self.labels, row, self.thresholds)
+                ]
+            )
+        return results

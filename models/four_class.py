@@ -1,0 +1,136 @@
+"""COVID-19 / normal / pneumonia / tuberculosis on a frontal chest radiograph (seed 4).
+
+Input: frontal chest radiographs as :func:`models.preprocess.radiograph.radiograph_to_unit`
+gives them (float 0..1, bone white, full resolution; CR/DX of PS3.3 A.2 / A.26), each
+resized to the manifest's size (seed 4: 256×256, scaled to 0..1) with
+:func:`models.preprocess.radiograph.resize_image` and fed as one grey channel.
+
+Models (seed 4, ``models.train.architectures``): ResNet-18 (manifest
+``cxr-four-class``) or the 5-layer CNN — three Conv 3×3 + ReLU + max-pooling blocks
+and two fully connected layers (``cxr-four-class-cnn``) — each with a softmax over
+the four classes. Seed 4 reports accuracy 0.778 (CNN) and 0.80 (ResNet-18 with
+augmentation); our figures are in the weights' model cards.
+
+Output: one :class:`models.findings.Finding` per class per image (``group="class"``)
+with the softmax probability; ``present`` is true for the most probable class only
+(the classes exclude each other), whatever the manifest thresholds say. Labels are
+keys of ``sr_writer.codes.CONCEPTS`` in the model's output order. A model whose last
+layer gives logits says so with ``postprocessing.output: "logits"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Self
+
+import numpy as np
+
+from models.backends import InferenceModel, algorithm_info, batch_size, check_images, load_backend
+from models.errors import ModelError
+from models.finding_classifier import grey_batch, output_kind
+from models.findings import AlgorithmInfo, Finding
+from models.manifest import Manifest
+
+__all__ = ["FourClassClassifier"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by each row's maximum so that it cannot overflow."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+class FourClassClassifier:
+    """Seed 4's single-label classifier over any backend (see the module docstring).
+
+    Parameters
+    ----------
+    model : InferenceModel
+        A backend whose manifest has task ``classification``, at least two
+        labels and a one-channel input.
+
+    Raises
+    ------
+    ModelError
+        Wrong task, fewer than two labels, a multi-channel input, or an invalid
+        ``postprocessing`` entry.
+    """
+
+    def __init__(self, model: InferenceModel) -> None:
+        manifest = model.manifest
+        if manifest.task != "classification":
+            raise ModelError(f"model {manifest.name!r} has task {manifest.task!r}, not 'classification'")
+        if len(manifest.labels) < 2:
+            raise ModelError(f"model {manifest.name!r}: a softmax classifier needs at least two labels")
+        if manifest.input.channels != 1:
+            raise ModelError(f"model {manifest.name!r}: the four-class classifier takes one grey channel, not {manifest.input.channels}")
+        self._model = model
+        self.manifest = manifest
+        self.labels = [spec.key for spec in manifest.labels]
+        self._logits = output_kind(manifest) == "logits"
+        self._batch = batch_size(manifest)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> Self:
+        """Open the classifier from a verified manifest (``ModelRegistry.require``) with its backend."""
+        return cls(load_backend(manifest, threads=threads))
+
+    @property
+    def algorithm(self) -> AlgorithmInfo:
+        """Identification of the model for result objects."""
+        return algorithm_info(self.manifest)
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities, shape (N, classes), rows summing to 1.
+
+        Raises
+        ------
+        ModelError
+            If the model's output does not have one column per manifest label.
+        """
+        rows = []
+        for start in range(0, len(images), self._batch):
+            chunk = images[start : start + self._batch]
+            out = np.asarray(self._model.run(grey_batch(chunk, self.manifest)), dtype=np.float64).reshape(len(chunk), -1)
+            if out.shape[1] != len(self.labels):
+                raise ModelError(
+                    f"model {self.manifest.name!r} gives {out.shape[1]} outputs per image; its manifest has "
+                    f"{len(self.labels)} classes"
+                )
+            rows.append(softmax(out) if self._logits else out)
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)))
+
+    def predict(self, images: Sequence[np.ndarray], uids: Sequence[str]) -> list[list[Finding]]:
+        """Class findings of each image, in manifest label order; only the argmax is ``present``.
+
+        Parameters
+        ----------
+        images : sequence of numpy.ndarray
+            ``radiograph_to_unit`` outputs (2-D, 0..1), any size.
+        uids : sequence of str
+            The SOP Instance UID of each image (``Finding.source_sop_uid``).
+
+        Returns
+        -------
+        list of list of Finding
+            Per image, one finding per class (``group="class"``).
+        """
+        check_images(images, uids)
+        results = []
+        for uid, row in zip(uids, self.probabilities(images)):
+            best = int(np.argmax(row))
+            results.append(
+                [
+                    Finding(
+                        label=label,
+                        probability=float(p),
+                        present=i == best,
+                        source_sop_uid=uid,
+                        group="class",
+                        algorithm=self.manifest.name,
+                    )
+                    for i, (label, p) in enumerate(zip(self.labels, row))
+                ]
+            )
+        return results
