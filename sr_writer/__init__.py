@@ -1,7 +1,8 @@
 """Encoding AI results (``models.findings``) as standard DICOM objects.
 
-One module per object family over highdicom (SR ``sr``, GSPS ``gsps``,
-Secondary Capture ``sc``), plus one table of coded
+One module per object family over highdicom (SR ``sr`` and ``ct_sr``, GSPS ``gsps``
+and ``slice_labels``, Secondary Capture ``sc``, Key Object Selection ``kos``,
+Segmentation ``seg``), plus one table of coded
 concepts (:mod:`sr_writer.codes`). Nothing here touches the network or the
 database.
 """
@@ -17,9 +18,13 @@ from sr_writer.codes import (
     finding_concept,
     finding_key,
 )
+from sr_writer.ct_sr import build_lumbar_report, build_pe_report
 from sr_writer.equipment import contributing_equipment_item, device_uid
 from sr_writer.gsps import GRAPHIC_LAYER, build_presentation_state
+from sr_writer.kos import KOS_TITLES, build_key_object_selection
 from sr_writer.sc import build_secondary_capture, render_radiograph
+from sr_writer.seg import build_tissue_segmentation
+from sr_writer.slice_labels import LABEL_LAYER, build_slice_labels
 from sr_writer.sr import MANUFACTURER, build_measurement_report
 from sr_writer.uids import new_uid, validate_uid_root
 
@@ -29,11 +34,18 @@ __all__ = [
     "Concept",
     "FOUR_CLASS_LABELS",
     "GRAPHIC_LAYER",
+    "KOS_TITLES",
+    "LABEL_LAYER",
     "MANUFACTURER",
     "TRIAGE_KEYS",
+    "build_key_object_selection",
+    "build_lumbar_report",
     "build_measurement_report",
+    "build_pe_report",
     "build_presentation_state",
     "build_secondary_capture",
+    "build_slice_labels",
+    "build_tissue_segmentation",
     "code",
     "contributing_equipment_item",
     "device_uid",

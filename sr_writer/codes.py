@@ -242,6 +242,85 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType({
     "triage_routine": _c("TRIAGE3", "99AINODE", "Routine", "private: no standard triage-level code"),
     "top_finding_rank": _c("RANK", "99AINODE", "Top finding rank", "private: no standard code"),
     "confidence": _c("CONF", "99AINODE", "Detection confidence", "private: no standard code"),
+    # --- ChestX-Det classes beyond ChestX-ray14 (the detector's extra labels) ------------
+    # The chest CAD context groups hold the radiographic concepts, as for "infiltration".
+    "calcification": _c("112063", "DCM", "Abnormal calcifications", f"{_PS316}, CID 6101", True),
+    # ChestX-Det "Diffuse Nodule": many small nodules spread over the lungs, a pattern.
+    "diffuse_nodule": _c("112067", "DCM", "Nodular pattern", f"{_PS316}, CID 6104", True),
+    # ChestX-Det "Fracture" covers ribs and clavicles, so the bone is not named.
+    "fracture": _c(
+        "125605004", "SCT", "Fracture of bone",
+        "SNOMED CT 125605004 |Fracture of bone (disorder)|; domain of the IHTSDO template "
+        "'Fracture of [bone structure] (disorder) - v2' (github.com/IHTSDO/snomed-templates)",
+        True,
+    ),
+    # --- Pulmonary embolism on CTPA (seed 1, RSNA-PE exam labels) ------------------------
+    "acute_pulmonary_embolism": _c(
+        "706870000", "SCT", "Acute pulmonary embolism",
+        "SNOMED CT 706870000 |Acute pulmonary embolism (disorder)|; condition code table of the "
+        "samply/blaze documentation (docs/cql-queries, Synthea data)",
+        True,
+    ),
+    # No SNOMED CT code for chronic or acute-on-chronic PE could be checked against a published
+    # source during this work: private until one is.
+    "chronic_pulmonary_embolism": _c(
+        "PECHRONIC", "99AINODE", "Chronic pulmonary embolism", "private: SNOMED CT code not verified", True
+    ),
+    "acute_and_chronic_pulmonary_embolism": _c(
+        "PEACUTECHRONIC", "99AINODE", "Acute and chronic pulmonary embolism", "private: SNOMED CT code not verified",
+        True,
+    ),
+    # RSNA "indeterminate": the study cannot be read for PE (quality), a finding of the exam.
+    "pe_indeterminate": _c(
+        "PEINDET", "99AINODE", "Study indeterminate for pulmonary embolism", "private: no standard code", True
+    ),
+    # RSNA's RV/LV labels are classes of the diameter ratio; LOINC 59078-6 is the inverse (LV/RV).
+    "rv_lv_ratio_gte_1": _c("RVLVGE1", "99AINODE", "RV/LV diameter ratio >= 1", "private: no standard code", True),
+    "rv_lv_ratio_lt_1": _c("RVLVLT1", "99AINODE", "RV/LV diameter ratio < 1", "private: no standard code", True),
+    "indeterminate": _c("82334004", "SCT", "Indeterminate", f"{_PS316}, CID 4220"),
+    "pulmonary_artery": _c("81040000", "SCT", "Pulmonary artery", f"{_PS316}, CID 4"),
+    # TID 300 Finding Site (highdicom FindingSite) with its laterality and topographical modifier.
+    "finding_site": _c("363698007", "SCT", "Finding Site", f"{_PS316}, CID 9000"),
+    "laterality": _c("272741003", "SCT", "Laterality", f"{_PS316}, CID 210"),
+    "topographical_modifier": _c("106233006", "SCT", "Topographical modifier", f"{_PS316}, CID 210"),
+    "right": _c("24028007", "SCT", "Right", f"{_PS316}, CID 244"),
+    "left": _c("7771000", "SCT", "Left", f"{_PS316}, CID 244"),
+    "central": _c("26216008", "SCT", "Central", f"{_PS316}, CID 2"),
+    # --- Vertebral levels and body composition on abdominal CT (seed 3) -----------------
+    # Seed 3's class "T" is any thoracic level above L1, "S" the sacrum.
+    "thoracic_spine": _c("122495006", "SCT", "Thoracic spine", f"{_PS316}, CID 4"),
+    "t12_vertebra": _c("23215003", "SCT", "T12 vertebra", f"{_PS316}, CID 7151"),
+    "l1_vertebra": _c("66794005", "SCT", "L1 vertebra", f"{_PS316}, CID 7151"),
+    "l2_vertebra": _c("14293000", "SCT", "L2 vertebra", f"{_PS316}, CID 7151"),
+    "l3_vertebra": _c("36470004", "SCT", "L3 vertebra", f"{_PS316}, CID 7151"),
+    "l4_vertebra": _c("11994002", "SCT", "L4 vertebra", f"{_PS316}, CID 7151"),
+    "l5_vertebra": _c("49668003", "SCT", "L5 vertebra", f"{_PS316}, CID 7151"),
+    "sacrum": _c("54735007", "SCT", "Sacrum", f"{_PS316}, CID 4"),
+    "skeletal_muscle": _c("127954009", "SCT", "Skeletal muscle", f"{_PS316}, CID 8134"),
+    # PS3.16 has no "subcutaneous/visceral adipose tissue": subcutaneous fat is the subcutaneous
+    # tissue (CID 7166), visceral fat is fat (CID 7166) with the modifier "Internal" (CID 2).
+    "subcutaneous_tissue": _c("71966008", "SCT", "Subcutaneous tissue", f"{_PS316}, CID 7166"),
+    "fat": _c("55603005", "SCT", "Fat", f"{_PS316}, CID 7166"),
+    "internal": _c("260521003", "SCT", "Internal", f"{_PS316}, CID 2"),
+    "abdomen": _c("818981001", "SCT", "Abdomen", f"{_PS316}, CID 4"),
+    "tissue": _c("85756007", "SCT", "Tissue", f"{_PS316}, CID 7150"),
+    "area": _c("42798000", "SCT", "Area", f"{_PS316}, CID 7469"),
+    "skeletal_muscle_index": _c(
+        "SMI", "99AINODE", "Skeletal muscle index", "private: no standard code (muscle area / height squared)"
+    ),
+    # PS3.16 CID 7181 spells the UCUM cm2 meaning this way (pydicom's dictionary).
+    "square_centimeter": _c("cm2", "UCUM", "Centimeter**2", f"{_PS316}, CID 7181"),
+    # Not listed in PS3.16, which allows any valid UCUM expression for TID 300 units (CID 7181 is
+    # extensible); cm2/m2 is UCUM grammar for area per squared height.
+    "square_centimeter_per_square_meter": _c(
+        "cm2/m2", "UCUM", "cm2/m2", "UCUM expression (unitsofmeasure.org grammar); PS3.16 CID 7181 is extensible"
+    ),
+    "artificial_intelligence": _c("123110", "DCM", "Artificial Intelligence", f"{_PS316}, CID 7162"),
+    # --- Key Object Selection titles (CID 7010) and content (TID 2010) --------------------
+    "of_interest": _c("113000", "DCM", "Of Interest", f"{_PS316}, CID 7010"),
+    "for_referring_provider": _c("113002", "DCM", "For Referring Provider", f"{_PS316}, CID 7010"),
+    "best_in_set": _c("113013", "DCM", "Best In Set", f"{_PS316}, CID 7010"),
+    "key_object_description": _c("113012", "DCM", "Key Object Description", f"{_PS316}, TID 2010"),
 })
 
 #: Older or alternative spellings of finding labels, mapped to their key in :data:`CONCEPTS`.

@@ -1,0 +1,472 @@
+"""CT pipeline results as Comprehensive 3D SRs with a TID 1500 Measurement Report.
+
+Two reports, built like the chest radiograph one (:mod:`sr_writer.sr`): the
+algorithm is the device observer (TID 1002/1004), the procedure reported is
+CT (CID 100), every measurement group (TID 1501) names the algorithm (TID
+4019) and the slices it speaks about, probabilities are NUMs with UCUM "1"
+(TID 300), and a report that replaces an earlier one says so and lists it in
+the Predecessor Documents Sequence (PS3.3 C.17.2).
+
+``build_pe_report`` (seed 1, RSNA-PE labels):
+
+- an exam group: "Pulmonary embolism" = Present / Absent / Indeterminate
+  (CID 240, SCT Indeterminate) with the probability of PE, and the
+  consistency rules' corrections as TEXT comments;
+- one group per exam label: side (finding site "Pulmonary artery" with
+  laterality Right/Left, CID 244, or topographical modifier Central, CID 2),
+  chronic, acute and chronic, RV/LV >= 1 and < 1, indeterminate study, each
+  present/absent with its probability; and acute PE, derived from them;
+- the positive slices as image-referenced evidence: one group whose source
+  images are those slices, with one probability per slice that references
+  its slice (INFERRED FROM an IMAGE item).
+
+``build_lumbar_report`` (seed 3):
+
+- one group per level run (finding site = the vertebra) whose source images
+  are every slice of the run;
+- the L3 slice group: the slice, the three tissue areas as "Area" NUMs in
+  UCUM cm2 with the tissue as finding site, the skeletal muscle index in
+  cm2/m2 when the height is known, and the HU ranges in words.
+
+All coded concepts come from :mod:`sr_writer.codes`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import highdicom as hd
+import pydicom
+from highdicom.sr import (
+    FindingSite,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    QualitativeEvaluation,
+    SourceImageForMeasurement,
+    SourceImageForMeasurementGroup,
+    TrackingIdentifier,
+)
+
+from models.findings import LUMBAR_LEVELS, PE_EXAM_LABELS, AlgorithmInfo, PeExamResult, SeriesResult
+from sr_writer.codes import code
+from sr_writer.equipment import add_contributing_equipment
+from sr_writer.sr import (
+    MANUFACTURER,
+    _algorithm_id,
+    _check_supersedes,
+    _comment,
+    _index_sources,
+    _lo,
+    _node_version,
+    _observer,
+    _private_schemes,
+    _procedure,
+    _score,
+    _supersession_note,
+    _with_empty_type2,
+)
+from sr_writer.uids import new_uid, validate_uid_root
+
+__all__ = ["HU_RANGES", "LEVEL_KEYS", "build_lumbar_report", "build_pe_report"]
+
+#: Seed 3's level classes mapped to concept keys of :mod:`sr_writer.codes`.
+LEVEL_KEYS: dict[str, str] = {
+    "T": "thoracic_spine", "L1": "l1_vertebra", "L2": "l2_vertebra", "L3": "l3_vertebra",
+    "L4": "l4_vertebra", "L5": "l5_vertebra", "S": "sacrum",
+}
+assert set(LEVEL_KEYS) == set(LUMBAR_LEVELS)
+
+#: HU ranges of issue 4 for the body composition (stated in the report, not applied here).
+HU_RANGES: dict[str, tuple[int, int]] = {"muscle": (-29, 150), "fat": (-190, -30)}
+
+_Group = MeasurementsAndQualitativeEvaluations
+
+# Exam labels other than the side: (concept key of the finding, tracking identifier).
+_EXAM_LABEL_GROUPS: dict[str, tuple[str, str]] = {
+    "chronic_pe": ("chronic_pulmonary_embolism", "exam chronic PE"),
+    "acute_and_chronic_pe": ("acute_and_chronic_pulmonary_embolism", "exam acute and chronic PE"),
+    "rv_lv_ratio_gte_1": ("rv_lv_ratio_gte_1", "exam RV/LV >= 1"),
+    "rv_lv_ratio_lt_1": ("rv_lv_ratio_lt_1", "exam RV/LV < 1"),
+    "indeterminate": ("pe_indeterminate", "exam indeterminate"),
+}
+_SIDES: dict[str, tuple[FindingSite, str]] = {
+    "rightsided_pe": (FindingSite(code("pulmonary_artery"), laterality=code("right")), "exam right-sided PE"),
+    "leftsided_pe": (FindingSite(code("pulmonary_artery"), laterality=code("left")), "exam left-sided PE"),
+    "central_pe": (FindingSite(code("pulmonary_artery"), topographical_modifier=code("central")), "exam central PE"),
+}
+
+
+def build_pe_report(
+    result: SeriesResult,
+    sources: Sequence[pydicom.Dataset],
+    *,
+    uid_root: str,
+    series_number: int = 993,
+    instance_number: int = 1,
+    series_description: str = "AI pulmonary embolism report",
+    institution_name: str | None = None,
+    predecessors: Sequence[pydicom.Dataset] = (),
+) -> pydicom.Dataset:
+    """Encode the ``ct_pe`` result of a CTPA series as a TID 1500 Comprehensive 3D SR.
+
+    Parameters
+    ----------
+    result : models.findings.SeriesResult
+        With ``pe`` set; ``result.algorithms[-1]`` is the PE model.
+    sources : sequence of pydicom.Dataset
+        Headers of the series' slices (pixels not needed); every slice of
+        ``result.pe.slice_uids`` must be among them. They form the SR's
+        evidence (Current Requested Procedure Evidence Sequence, PS3.3 C.17.2).
+    uid_root : str
+        Organisation UID root for the series, instance and tracking UIDs.
+    series_number, instance_number : int
+        Series Number (0020,0011) and Instance Number (0020,0013).
+    series_description : str
+        Series Description (0008,103E); "(DEMO)" is appended for demo models.
+    institution_name : str, optional
+        Institution Name (0008,0080) of the node.
+    predecessors : sequence of pydicom.Dataset
+        Earlier reports of ours on this series that this one replaces.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A :class:`highdicom.sr.Comprehensive3DSR`, COMPLETE and UNVERIFIED.
+
+    Raises
+    ------
+    ValueError
+        When ``result.pe`` is missing or inconsistent (lengths, labels,
+        slice indices, probabilities outside 0..1), a slice is not among the
+        sources, or the sources are of another study.
+    """
+    pe = result.pe
+    if pe is None:
+        raise ValueError("result has no PE exam result (result.pe); build_pe_report reports the ct_pe pipeline")
+    _check_pe(pe)
+    algorithm, by_uid = _prepare(result, sources, uid_root, predecessors)
+    slices = [_source(by_uid, uid) for uid in pe.slice_uids]
+
+    groups: list[_Group] = [_pe_exam_group(pe, algorithm, uid_root)]
+    for label, (site, tracking) in _SIDES.items():
+        groups.append(_label_group(code("pulmonary_embolism"), tracking, pe, label, algorithm, uid_root, [site]))
+    for label, (key, tracking) in _EXAM_LABEL_GROUPS.items():
+        groups.append(_label_group(code(key), tracking, pe, label, algorithm, uid_root))
+    groups.append(_acute_group(pe, algorithm, uid_root))
+    if pe.positive_slices:
+        groups.append(_positive_slices_group(pe, slices, algorithm, uid_root))
+    return _document(result, sources, groups, predecessors, uid_root=uid_root, series_number=series_number,
+                     instance_number=instance_number, series_description=series_description,
+                     institution_name=institution_name)
+
+
+def build_lumbar_report(
+    result: SeriesResult,
+    sources: Sequence[pydicom.Dataset],
+    *,
+    uid_root: str,
+    series_number: int = 994,
+    instance_number: int = 1,
+    series_description: str = "AI vertebral levels and body composition",
+    institution_name: str | None = None,
+    predecessors: Sequence[pydicom.Dataset] = (),
+) -> pydicom.Dataset:
+    """Encode the ``ct_lumbar`` result of an abdominal CT series as a TID 1500 Comprehensive 3D SR.
+
+    Parameters
+    ----------
+    result : models.findings.SeriesResult
+        With ``lumbar`` set; ``result.algorithms[-1]`` is the level model.
+    sources : sequence of pydicom.Dataset
+        Headers of the series' slices; every slice of
+        ``result.lumbar.slice_uids`` must be among them.
+    uid_root, series_number, instance_number, series_description, institution_name, predecessors
+        As for :func:`build_pe_report`.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A :class:`highdicom.sr.Comprehensive3DSR`, COMPLETE and UNVERIFIED.
+
+    Raises
+    ------
+    ValueError
+        When ``result.lumbar`` is missing, its runs do not match its levels,
+        a level is unknown, an area is negative, or a slice is not among the
+        sources.
+    """
+    lumbar = result.lumbar
+    if lumbar is None:
+        raise ValueError("result has no lumbar result (result.lumbar); build_lumbar_report reports ct_lumbar")
+    if len(lumbar.levels) != len(lumbar.slice_uids):
+        raise ValueError(f"lumbar result has {len(lumbar.levels)} levels for {len(lumbar.slice_uids)} slices")
+    algorithm, by_uid = _prepare(result, sources, uid_root, predecessors)
+    slices = [_source(by_uid, uid) for uid in lumbar.slice_uids]
+    if not lumbar.runs:
+        raise ValueError("lumbar result has no level runs; there is nothing to report")
+
+    groups: list[_Group] = []
+    for number, run in enumerate(lumbar.runs, start=1):
+        if run.level not in LEVEL_KEYS:
+            raise ValueError(f"level {run.level!r} of run {number} is not one of {list(LEVEL_KEYS)}")
+        if not 0 <= run.first <= run.last < len(slices):
+            raise ValueError(f"run {number} ({run.level}) covers slices {run.first}..{run.last} of {len(slices)}")
+        if any(lumbar.levels[i] != run.level for i in range(run.first, run.last + 1)):
+            raise ValueError(f"run {number} says {run.level} for slices {run.first}..{run.last}, the levels disagree")
+        run_slices = slices[run.first:run.last + 1]
+        group = MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier=f"level {run.level} run {number}"),
+            algorithm_id=_algorithm_id(algorithm),
+            finding_sites=[FindingSite(code(LEVEL_KEYS[run.level]))],
+            source_images=[SourceImageForMeasurementGroup.from_source_image(s) for s in run_slices],
+        )
+        group[0].ContentSequence.append(_comment(
+            f"Level {run.level}: slices {run.first + 1} to {run.last + 1} of {len(slices)} along the patient axis "
+            f"(instance numbers {_instance(run_slices[0])} to {_instance(run_slices[-1])})"
+        ))
+        groups.append(group)
+    if lumbar.l3_index is not None:
+        if not 0 <= lumbar.l3_index < len(slices) or lumbar.levels[lumbar.l3_index] != "L3":
+            raise ValueError(f"L3 slice index {lumbar.l3_index} is not a slice decoded as L3")
+        groups.append(_l3_group(result, slices[lumbar.l3_index], by_uid, algorithm, uid_root))
+    notes = [_no_l3_note()] if lumbar.l3_index is None else []
+    return _document(result, sources, groups, predecessors, uid_root=uid_root, series_number=series_number,
+                     instance_number=instance_number, series_description=series_description,
+                     institution_name=institution_name, notes=notes)
+
+
+# --- PE ---------------------------------------------------------------------------------
+
+
+def _check_pe(pe: PeExamResult) -> None:
+    n = len(pe.slice_uids)
+    if len(pe.slice_probabilities) != n:
+        raise ValueError(f"PE result has {len(pe.slice_probabilities)} slice probabilities for {n} slices")
+    missing = [label for label in PE_EXAM_LABELS if label not in pe.exam_labels or label not in pe.exam_probabilities]
+    if missing:
+        raise ValueError(f"PE result lacks exam labels or probabilities for {missing}")
+    for index in (*pe.positive_slices, *pe.key_slices):
+        if not 0 <= index < n:
+            raise ValueError(f"PE slice index {index} is outside the {n} slices of the result")
+
+
+def _pe_present(pe: PeExamResult) -> bool:
+    return not pe.exam_labels["negative_exam_for_pe"]
+
+
+def _pe_exam_group(pe: PeExamResult, algorithm: AlgorithmInfo, uid_root: str) -> _Group:
+    """The exam's answer: PE present, absent, or indeterminate, with P(PE) and the rules' corrections."""
+    if pe.exam_labels["indeterminate"]:
+        value = code("indeterminate")
+    else:
+        value = code("present" if _pe_present(pe) else "absent")
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="exam PE"),
+        algorithm_id=_algorithm_id(algorithm),
+        finding_type=code("pulmonary_embolism"),
+        measurements=[_score("probability", 1.0 - pe.exam_probabilities["negative_exam_for_pe"])],
+        qualitative_evaluations=[QualitativeEvaluation(code("pulmonary_embolism"), value)],
+    )
+    texts = [_summary(pe)] + [f"Label consistency rule applied: {c}" for c in pe.corrections]
+    group[0].ContentSequence.extend(_comment(text) for text in texts)
+    return group
+
+
+def _summary(pe: PeExamResult) -> str:
+    if pe.exam_labels["indeterminate"]:
+        return "Study indeterminate for pulmonary embolism"
+    if not _pe_present(pe):
+        return "No pulmonary embolism"
+    sides = [side for label, side in (("rightsided_pe", "right"), ("leftsided_pe", "left"), ("central_pe", "central"))
+             if pe.exam_labels[label]]
+    kind = "chronic" if pe.exam_labels["chronic_pe"] else (
+        "acute and chronic" if pe.exam_labels["acute_and_chronic_pe"] else "acute")
+    ratio = "RV/LV >= 1" if pe.exam_labels["rv_lv_ratio_gte_1"] else "RV/LV < 1"
+    return (f"Pulmonary embolism present ({kind}; {', '.join(sides) or 'location not given'}; {ratio}); "
+            f"{len(pe.positive_slices)} positive slice(s)")
+
+
+def _label_group(concept: hd.sr.CodedConcept, tracking: str, pe: PeExamResult, label: str, algorithm: AlgorithmInfo,
+                 uid_root: str, sites: list[FindingSite] | None = None) -> _Group:
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier=tracking),
+        algorithm_id=_algorithm_id(algorithm),
+        finding_type=concept,
+        finding_sites=sites,
+        measurements=[_score("probability", pe.exam_probabilities[label])],
+        qualitative_evaluations=[QualitativeEvaluation(concept, code("present" if pe.exam_labels[label] else "absent"))],
+    )
+
+
+def _acute_group(pe: PeExamResult, algorithm: AlgorithmInfo, uid_root: str) -> _Group:
+    """RSNA has no "acute" label: a PE that is neither chronic nor acute-and-chronic is acute."""
+    acute = _pe_present(pe) and not pe.exam_labels["chronic_pe"] and not pe.exam_labels["acute_and_chronic_pe"]
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="exam acute PE"),
+        algorithm_id=_algorithm_id(algorithm),
+        finding_type=code("acute_pulmonary_embolism"),
+        qualitative_evaluations=[
+            QualitativeEvaluation(code("acute_pulmonary_embolism"), code("present" if acute else "absent"))
+        ],
+    )
+    group[0].ContentSequence.append(_comment("Derived: pulmonary embolism present, neither chronic nor acute and chronic"))
+    return group
+
+
+def _positive_slices_group(pe: PeExamResult, slices: list[pydicom.Dataset], algorithm: AlgorithmInfo,
+                           uid_root: str) -> _Group:
+    """The slices with PE, each with its pe_present_on_image probability referencing it."""
+    positive = sorted(set(pe.positive_slices))
+    measurements = []
+    for index in positive:
+        p = pe.slice_probabilities[index]
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"probability {p!r} of slice {index} is outside 0..1")
+        measurements.append(Measurement(
+            name=code("probability"), value=float(p), unit=code("no_units"),
+            referenced_images=[SourceImageForMeasurement.from_source_image(slices[index])],
+        ))
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="slices with PE"),
+        algorithm_id=_algorithm_id(algorithm),
+        finding_type=code("pulmonary_embolism"),
+        measurements=measurements,
+        qualitative_evaluations=[QualitativeEvaluation(code("pulmonary_embolism"), code("present"))],
+        source_images=[SourceImageForMeasurementGroup.from_source_image(slices[i]) for i in positive],
+    )
+    if pe.key_slices:
+        numbers = ", ".join(str(_instance(slices[i])) for i in sorted(set(pe.key_slices)))
+        group[0].ContentSequence.append(_comment(f"Key slices (instance numbers): {numbers}"))
+    return group
+
+
+# --- Lumbar -----------------------------------------------------------------------------
+
+
+def _l3_group(result: SeriesResult, l3: pydicom.Dataset, by_uid: dict[str, pydicom.Dataset],
+              algorithm: AlgorithmInfo, uid_root: str) -> _Group:
+    assert result.lumbar is not None
+    composition = result.lumbar.composition
+    measurements: list[Measurement] = []
+    texts = [f"L3 slice: the centre of the L3 run (instance number {_instance(l3)})"]
+    if composition is not None:
+        measured = _source(by_uid, composition.sop_instance_uid)
+        reference = [SourceImageForMeasurement.from_source_image(measured)]
+        sites = {
+            "muscle": FindingSite(code("skeletal_muscle")),
+            "subcutaneous_fat": FindingSite(code("subcutaneous_tissue")),
+            "visceral_fat": FindingSite(code("fat"), topographical_modifier=code("internal")),
+        }
+        values = {"muscle": composition.muscle_cm2, "subcutaneous_fat": composition.subcutaneous_fat_cm2,
+                  "visceral_fat": composition.visceral_fat_cm2}
+        for tissue, area in values.items():
+            if not area >= 0.0:
+                raise ValueError(f"{tissue} area {area!r} cm2 is negative or not a number")
+            measurements.append(Measurement(name=code("area"), value=float(area), unit=code("square_centimeter"),
+                                            finding_sites=[sites[tissue]], referenced_images=reference))
+        if composition.skeletal_muscle_index is not None:
+            measurements.append(Measurement(
+                name=code("skeletal_muscle_index"), value=float(composition.skeletal_muscle_index),
+                unit=code("square_centimeter_per_square_meter"), finding_sites=[sites["muscle"]],
+                referenced_images=reference,
+            ))
+        muscle, fat = HU_RANGES["muscle"], HU_RANGES["fat"]
+        texts.append(
+            f"Areas from PixelSpacing on that slice: skeletal muscle {muscle[0]} to {muscle[1]} HU; "
+            f"subcutaneous and visceral fat {fat[0]} to {fat[1]} HU (visceral = fat inside the abdominal wall)"
+        )
+        if composition.skeletal_muscle_index is not None and composition.patient_size_m is not None:
+            texts.append(f"Skeletal muscle index = muscle area / height squared, height {composition.patient_size_m:.2f} m "
+                         "from PatientSize")
+        elif composition.skeletal_muscle_index is None:
+            texts.append("No skeletal muscle index: PatientSize (0010,1020) is not in the images")
+    else:
+        texts.append("Body composition was not measured on this slice")
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="L3 slice body composition"),
+        algorithm_id=_algorithm_id(algorithm),
+        finding_sites=[FindingSite(code("l3_vertebra"))],
+        measurements=measurements or None,
+        source_images=[SourceImageForMeasurementGroup.from_source_image(l3)],
+    )
+    group[0].ContentSequence.extend(_comment(text) for text in texts)
+    return group
+
+
+def _no_l3_note() -> hd.sr.ContainerContentItem:
+    container = hd.sr.ContainerContentItem(
+        name=code("qualitative_evaluations"), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [_comment("No L3 vertebra was found in this series; body composition was not measured.")]
+    )
+    return container
+
+
+# --- Shared -----------------------------------------------------------------------------
+
+
+def _prepare(result: SeriesResult, sources: Sequence[pydicom.Dataset], uid_root: str,
+             predecessors: Sequence[pydicom.Dataset]) -> tuple[AlgorithmInfo, dict[str, pydicom.Dataset]]:
+    validate_uid_root(uid_root)
+    if not result.algorithms:
+        raise ValueError("result names no algorithm; every AI result must name the algorithm (IHE AIR)")
+    by_uid = _index_sources(result, sources)
+    _check_supersedes(result, predecessors)
+    return result.algorithms[-1], by_uid
+
+
+def _source(by_uid: dict[str, pydicom.Dataset], uid: str) -> pydicom.Dataset:
+    source = by_uid.get(uid)
+    if source is None:
+        raise ValueError(f"slice {uid} of the result is not among the sources")
+    return source
+
+
+def _instance(ds: pydicom.Dataset) -> str:
+    return str(ds.get("InstanceNumber", "?"))
+
+
+def _document(result: SeriesResult, sources: Sequence[pydicom.Dataset], groups: list[_Group],
+              predecessors: Sequence[pydicom.Dataset], *, uid_root: str, series_number: int, instance_number: int,
+              series_description: str, institution_name: str | None,
+              notes: Sequence[hd.sr.ContainerContentItem] = ()) -> pydicom.Dataset:
+    """The Comprehensive 3D SR around ``groups``, as :func:`sr_writer.sr.build_measurement_report` writes it."""
+    algorithm = result.algorithms[-1]
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=_observer(algorithm)),
+        procedure_reported=_procedure(sources[0]),
+        imaging_measurements=groups,
+        title=code("imaging_measurement_report"),
+    )
+    report[0].ContentSequence.extend(notes)
+    if predecessors:
+        report[0].ContentSequence.append(_supersession_note(predecessors))
+    demo = any(a.demo for a in result.algorithms)
+    if demo and "DEMO" not in series_description:
+        series_description = f"{series_description} (DEMO)"
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[_with_empty_type2(sources[0]), *sources[1:]],
+        content=report,
+        series_instance_uid=new_uid(uid_root),
+        series_number=series_number,
+        sop_instance_uid=new_uid(uid_root),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        institution_name=institution_name,
+        previous_versions=list(predecessors) or None,
+        series_description=_lo(series_description, "series_description"),
+        manufacturer_model_name=_lo(algorithm.display_name, "algorithm display name"),
+        coding_schemes=_private_schemes(),
+    )
+    versions = [_lo(f"ainode {_node_version()}", "software version")] + [
+        _lo(f"{a.display_name} {a.version}", "algorithm version") for a in result.algorithms
+    ]
+    sr.SoftwareVersions = versions  # type: ignore[assignment]  # pydicom takes a list for a multi-valued LO
+    add_contributing_equipment(sr, list(result.algorithms))
+    return sr

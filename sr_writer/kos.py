@@ -1,0 +1,136 @@
+"""Key slices of a CT result as a Key Object Selection Document.
+
+A viewer opens a Key Object Selection (PS3.3 A.59, KOS IOD; content TID
+2010) as a short list of the images to look at first: the key PE slices of
+a CTPA, the L3 slice of an abdominal CT. The document lives in the source
+study, in a new series, and holds:
+
+- a title from CID 7010 "Key Object Selection Document Title" (e.g. DCM
+  113000 "Of Interest", 113002 "For Referring Provider");
+- the algorithm as device observer (TID 1002/1004) and a Key Object
+  Description saying why these images;
+- one IMAGE item per key slice, and the same slices in the Current
+  Requested Procedure Evidence Sequence (PS3.3 C.17.6.2);
+- the IHE AI Results contributing-equipment items naming each algorithm.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import highdicom as hd
+import pydicom
+from highdicom.sr import ObserverContext
+
+from models.findings import SeriesResult
+from sr_writer.codes import CONCEPTS, code
+from sr_writer.equipment import add_contributing_equipment
+from sr_writer.sr import MANUFACTURER, _index_sources, _lo, _observer, _with_empty_type2
+from sr_writer.uids import new_uid, validate_uid_root
+
+__all__ = ["KOS_TITLES", "build_key_object_selection"]
+
+#: Titles we write (keys of :data:`sr_writer.codes.CONCEPTS`, all of CID 7010).
+KOS_TITLES: tuple[str, ...] = ("of_interest", "for_referring_provider", "best_in_set")
+
+
+def build_key_object_selection(
+    result: SeriesResult,
+    sources: Sequence[pydicom.Dataset],
+    key_uids: Sequence[str],
+    *,
+    title: str,
+    uid_root: str,
+    series_number: int,
+    description: str,
+    instance_number: int = 1,
+    series_description: str = "AI key images",
+    institution_name: str | None = None,
+) -> pydicom.Dataset:
+    """Select ``key_uids`` among ``sources`` in a Key Object Selection Document.
+
+    Parameters
+    ----------
+    result : models.findings.SeriesResult
+        The result the selection comes from; ``result.algorithms[-1]`` is the
+        observer.
+    sources : sequence of pydicom.Dataset
+        Headers of the series' images (pixels not needed).
+    key_uids : sequence of str
+        SOP Instance UIDs of the key images, in the order to show them; each
+        must be among ``sources``; duplicates are dropped.
+    title : str
+        Document title, a key of :data:`KOS_TITLES` (CID 7010), e.g.
+        ``"of_interest"``, or its Code Meaning (``"Of Interest"``).
+    uid_root : str
+        Organisation UID root for the series and instance UIDs.
+    series_number, instance_number : int
+        Series Number (0020,0011) and Instance Number (0020,0013).
+    description : str
+        Key Object Description (TID 2010 row 3, DCM 113012): why these images,
+        e.g. "Slices with pulmonary embolism"; "(DEMO)" is appended for demo
+        models. At most 1024 characters (UT is unlimited, but keep it short).
+    series_description : str
+        Series Description (0008,103E); "(DEMO)" is appended for demo models.
+    institution_name : str, optional
+        Institution Name (0008,0080) of the node.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A :class:`highdicom.ko.KeyObjectSelectionDocument`.
+
+    Raises
+    ------
+    ValueError
+        On an invalid UID root, no key image, a key image not among the
+        sources, an unknown title, or sources of another study.
+    """
+    validate_uid_root(uid_root)
+    if not result.algorithms:
+        raise ValueError("result names no algorithm; every AI result must name the algorithm (IHE AIR)")
+    by_uid = _index_sources(result, sources)
+    title_key = _title_key(title)
+    keys = list(dict.fromkeys(key_uids))
+    if not keys:
+        raise ValueError("no key image to select; a Key Object Selection needs at least one")
+    missing = [uid for uid in keys if uid not in by_uid]
+    if missing:
+        raise ValueError(f"key images {missing} are not among the sources")
+    if len(description) > 1024:
+        raise ValueError(f"key object description is {len(description)} characters; keep it under 1024")
+
+    demo = any(a.demo for a in result.algorithms)
+    if demo and "DEMO" not in description:
+        description = f"{description} (DEMO)"
+    if demo and "DEMO" not in series_description:
+        series_description = f"{series_description} (DEMO)"
+    algorithm = result.algorithms[-1]
+    selected = [by_uid[uid] for uid in keys]
+    observer: ObserverContext = _observer(algorithm)
+    content = hd.ko.KeyObjectSelection(
+        document_title=code(title_key),
+        referenced_objects=selected,
+        observer_device_context=observer,
+        description=description,
+    )
+    kos = hd.ko.KeyObjectSelectionDocument(
+        evidence=[_with_empty_type2(selected[0]), *selected[1:]],
+        content=content,
+        series_instance_uid=new_uid(uid_root),
+        series_number=series_number,
+        sop_instance_uid=new_uid(uid_root),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        institution_name=institution_name,
+    )
+    kos.SeriesDescription = _lo(series_description, "series_description")
+    add_contributing_equipment(kos, list(result.algorithms))
+    return kos
+
+
+def _title_key(title: str) -> str:
+    for key in KOS_TITLES:
+        if title == key or title.strip().lower() == CONCEPTS[key].meaning.lower():
+            return key
+    raise ValueError(f"KOS title {title!r} is not one we write; use one of {list(KOS_TITLES)} (CID 7010)")

@@ -1,0 +1,140 @@
+"""A text label on each slice of a CT series as one Grayscale Softcopy Presentation State.
+
+For viewers that show presentation states (PS3.4 Annex N) but not SR: the
+vertebral level on every slice of an abdominal CT ("L3"), or "PE suspected
+p=0.93" on the flagged slices of a CTPA. One GSPS (PS3.3 A.33.1) in the
+source study, in a new series, holds:
+
+- one Graphic Annotation per labelled slice, in the graphic layer
+  ``AI_LABELS``, with one unformatted text in the image's top-left corner
+  (PIXEL units, PS3.3 C.10.5);
+- each slice's own VOI (window centre/width or VOI LUT, PS3.3 C.11.8), so
+  labelling does not change how the slices look; slices without any get a
+  full-range window, as in :mod:`sr_writer.gsps`;
+- the IHE AI Results contributing-equipment items naming each algorithm.
+
+Labels say "(DEMO)" when a demo model contributed.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import highdicom as hd
+import pydicom
+
+from models.findings import SeriesResult
+from sr_writer.equipment import add_contributing_equipment
+from sr_writer.gsps import _text_box, _voi
+from sr_writer.sr import MANUFACTURER, _index_sources, _lo, _node_version, _with_empty_type2
+from sr_writer.uids import new_uid, validate_uid_root
+
+__all__ = ["LABEL_LAYER", "build_slice_labels"]
+
+#: Graphic layer of the slice labels (a CS value).
+LABEL_LAYER = "AI_LABELS"
+
+
+def build_slice_labels(
+    result: SeriesResult,
+    sources: Sequence[pydicom.Dataset],
+    labels: Mapping[str, str],
+    *,
+    uid_root: str,
+    series_number: int,
+    instance_number: int = 1,
+    series_description: str = "AI slice labels",
+    institution_name: str | None = None,
+) -> pydicom.Dataset:
+    """One GSPS with a text label on each slice named in ``labels``.
+
+    Parameters
+    ----------
+    result : models.findings.SeriesResult
+        The result the labels come from (its algorithms are named).
+    sources : sequence of pydicom.Dataset
+        Headers of the series' slices (pixels not needed), single-sample.
+    labels : mapping of str to str
+        SOP Instance UID -> text (at most 64 characters; PS3.3 C.10.5 Unformatted
+        Text Value is ST, but one line must fit on the slice).
+    uid_root : str
+        Organisation UID root for the series and instance UIDs.
+    series_number, instance_number : int
+        Series Number (0020,0011) and Instance Number (0020,0013).
+    series_description : str
+        Series Description (0008,103E); "(DEMO)" is appended for demo models.
+    institution_name : str, optional
+        Institution Name (0008,0080) of the node.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A :class:`highdicom.pr.GrayscaleSoftcopyPresentationState`.
+
+    Raises
+    ------
+    ValueError
+        On an invalid UID root, no label, a labelled slice not among the
+        sources, an empty or too long text, or sources that mix slices with
+        and without VOI settings.
+    """
+    validate_uid_root(uid_root)
+    if not result.algorithms:
+        raise ValueError("result names no algorithm; every AI result must name the algorithm (IHE AIR)")
+    by_uid = _index_sources(result, sources)
+    if not labels:
+        raise ValueError("no slice label; a presentation state would draw nothing")
+    demo = any(a.demo for a in result.algorithms)
+
+    layer = hd.pr.GraphicLayer(layer_name=LABEL_LAYER, order=1, description="AI labels per slice")
+    annotations: list[hd.pr.GraphicAnnotation] = []
+    referenced: list[pydicom.Dataset] = []
+    # In the order of the sources (the series), not of the mapping.
+    for source in sources:
+        uid = str(source.SOPInstanceUID)
+        if uid not in labels:
+            continue
+        text = labels[uid].strip()
+        if demo and "DEMO" not in text:
+            text = f"{text} (DEMO)"
+        if not text or len(text) > 64:
+            raise ValueError(f"label of slice {uid} is empty or longer than 64 characters: {text!r}")
+        columns, rows = int(source.Columns), int(source.Rows)
+        line = max(8.0, rows / 32)
+        box = _text_box(line / 2, line / 2, len(text), line, columns, rows)
+        annotations.append(hd.pr.GraphicAnnotation(
+            referenced_images=[source], graphic_layer=layer,
+            text_objects=[hd.pr.TextObject(text_value=text, units="PIXEL", bounding_box=box,
+                                           text_justification="LEFT")],
+        ))
+        referenced.append(source)
+    unknown = [uid for uid in labels if uid not in by_uid]
+    if unknown:
+        raise ValueError(f"labelled slices {unknown[:3]}{'...' if len(unknown) > 3 else ''} are not among the sources")
+
+    algorithm = result.algorithms[-1]
+    if demo and "DEMO" not in series_description:
+        series_description = f"{series_description} (DEMO)"
+    referenced = [_with_empty_type2(referenced[0]), *referenced[1:]]
+    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=referenced,
+        series_instance_uid=new_uid(uid_root),
+        series_number=series_number,
+        sop_instance_uid=new_uid(uid_root),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=_lo(algorithm.display_name, "algorithm display name"),
+        software_versions=_lo(f"ainode {_node_version()}", "software version"),
+        device_serial_number=MANUFACTURER,
+        content_label=LABEL_LAYER,
+        content_description=_lo(f"Slice labels by {algorithm.display_name}", "content description"),
+        graphic_annotations=annotations,
+        graphic_layers=[layer],
+        institution_name=institution_name,
+        voi_lut_transformations=_voi(referenced),
+        presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape="IDENTITY"),
+    )
+    gsps.SeriesDescription = _lo(series_description, "series_description")
+    gsps.Laterality = referenced[0].get("Laterality", "")  # Type 2C; see sr_writer.gsps
+    add_contributing_equipment(gsps, list(result.algorithms))
+    return gsps
