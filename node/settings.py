@@ -205,6 +205,7 @@ class CxrSettings(_Strict):
     triage: CxrTriageSettings = Field(default_factory=CxrTriageSettings)
     presentation_state: bool = True
     secondary_capture: bool = False
+    parallel_models: bool = True
 
 
 def _default_destinations() -> dict[str, DicomDestinationSettings | DicomWebDestinationSettings]:

@@ -156,7 +156,7 @@ def test_frontal_image_gets_top_three_triage_boxes_sr_and_gsps(tmp_path: Path, v
     for ds in output.objects:
         assert_dciodvfy_clean(_saved(ds, tmp_path))
     # Every model's inference time and the writers' are in the job summary (bench/cxr_latency.py reads them).
-    for step in ("decode", "view_filter", "cxr-findings", "cxr-four-class", "cxr-detector", "sr", "gsps"):
+    for step in ("decode", "view_filter", "models", "cxr-findings", "cxr-four-class", "cxr-detector", "sr", "gsps"):
         assert f" {step}=" in output.summary, output.summary
 
 
