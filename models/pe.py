@@ -1,0 +1,334 @@
+"""Pulmonary embolism on CT pulmonary angiography (seed 1), with the RSNA label-consistency rules.
+
+Input: one axial CT series (CT Image Storage, PS3.3 A.3) planned by
+:func:`models.preprocess.ct_series.plan_series` and read in Hounsfield units a few slices at a
+time by :func:`~models.preprocess.ct_series.iter_hu_batches`, so memory is bounded by one batch
+whatever the series length. Each slice becomes three channels, one per CT window of the
+manifest's ``input.preprocessing`` (``{"kind": "ct_windows", "windows": [[centre, width], ...]}``,
+PS3.3 C.11.2.1.2 linear window), each clipped to 0..1 and area-resized to the manifest's size.
+The defaults follow the common RSNA-PE practice:
+
+- ``[100, 700]`` "PE window" (−250..450 HU): contrast-filled pulmonary arteries (250–500 HU)
+  bright but not clipped, an embolus (about 20–90 HU) mid-grey, so the filling defect keeps
+  contrast against the vessel around it;
+- ``[40, 400]`` mediastinal (−160..240 HU): heart chambers, vessel walls, clot against blood
+  at the contrast of a mediastinal reading (useful for the RV/LV ratio);
+- ``[-600, 1500]`` lung (−1350..150 HU): lung parenchyma and vessels' course into the lobes
+  (which side, infarcts).
+
+Model (seed 1, ``models.train.pe``): Xception → GAP → dropout → Dense 1024 → 256 → 64 → nine
+sigmoid heads; its ONNX graph has one output (N, 9), the heads in :data:`PE_HEADS` order.
+
+Aggregation over the *n* slices of the exam (``p_i`` = ``pe_present_on_image`` of slice *i*):
+
+- exam PE probability ``p_pe`` = mean of the ``top_k`` largest ``p_i`` (manifest
+  ``postprocessing.top_k``, default 3): one stray slice among 300 does not make an exam
+  positive, an embolus seen on a few slices does;
+- ``indeterminate`` = plain mean of its head over all slices (a property of the whole exam:
+  contrast, motion);
+- the type, location and RV/LV heads = their mean weighted by ``p_i`` (these heads are
+  trained on every slice with the exam's labels, but only slices that show clot carry
+  evidence of which side or how old); a plain mean when all ``p_i`` are 0;
+- ``negative_exam_for_pe`` = (1 − ``p_pe``) × (1 − ``indeterminate``): negative, indeterminate
+  and positive are mutually exclusive outcomes of an RSNA exam.
+
+Decisions: each label's probability against its manifest threshold, then the RSNA rules
+(:func:`apply_consistency`). The exam is positive when ``p_pe`` reaches the threshold of
+``pe_present_on_image`` (then at least one slice does, since the maximum is ≥ the top-k mean).
+A positive exam: not negative, not indeterminate; exactly one of ``rv_lv_ratio_gte_1`` /
+``rv_lv_ratio_lt_1``; at least one of left/right/central; at most one of ``chronic_pe`` /
+``acute_and_chronic_pe`` (neither = acute). A negative exam: exactly one of
+``negative_exam_for_pe`` / ``indeterminate``; no positive slice; no type, location or RV/LV
+label. Where a rule forces a choice, the label with the higher probability wins; each change is
+recorded in :attr:`PeExamResult.corrections`.
+
+Output: :class:`models.findings.PeExamResult` with ``key_slices``: up to five positive slices of
+highest probability, at least ``max(2, n // 40)`` slices apart so they show different parts of
+the clot burden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from typing import Any
+
+import numpy as np
+
+from models.backends.onnx_backend import OnnxModel
+from models.errors import ModelError
+from models.findings import PE_EXAM_LABELS, PE_HEADS, AlgorithmInfo, PeExamResult
+from models.manifest import Manifest
+from models.preprocess.ct_series import SeriesPlan, iter_hu_batches
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_TOP_K",
+    "MAX_KEY_SLICES",
+    "PeModel",
+    "aggregate_exam",
+    "apply_consistency",
+    "select_key_slices",
+    "window_slices",
+]
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_TOP_K = 3
+MAX_KEY_SLICES = 5
+_IMAGE = "pe_present_on_image"
+_RV_LV = ("rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1")
+_SIDES = ("leftsided_pe", "rightsided_pe", "central_pe")
+_CHRONIC = ("chronic_pe", "acute_and_chronic_pe")
+_PE_ONLY = _RV_LV + _SIDES + _CHRONIC  # labels a negative exam cannot have
+
+
+def window_slices(hu: np.ndarray, windows: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """CT slices in HU → model input (N, height, width, len(windows)), each window mapped to 0..1.
+
+    A window (centre *c*, width *w*) maps ``c − w/2`` → 0 and ``c + w/2`` → 1 linearly, values
+    outside clipped (PS3.3 C.11.2.1.2, without the DICOM −0.5 offsets: the model's own convention).
+    Resizing is area-average (box) when shrinking, bilinear when enlarging, per channel.
+    """
+    from PIL import Image
+
+    if hu.ndim != 3:
+        raise ValueError(f"expected slices of shape (N, rows, columns), got {hu.shape}")
+    out = np.empty((hu.shape[0], height, width, len(windows)), dtype=np.float32)
+    same = hu.shape[1:] == (height, width)
+    shrinking = hu.shape[1] >= height and hu.shape[2] >= width
+    resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+    for c, (centre, span) in enumerate(windows):
+        if span <= 0:
+            raise ValueError(f"window width must be positive, got {span}")
+        unit = np.clip((hu - (float(centre) - float(span) / 2.0)) / float(span), 0.0, 1.0).astype(np.float32)
+        for n in range(hu.shape[0]):
+            if same:
+                out[n, :, :, c] = unit[n]
+            else:
+                img = Image.fromarray(unit[n], mode="F").resize((width, height), resample=resample)
+                out[n, :, :, c] = np.asarray(img, dtype=np.float32)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def aggregate_exam(scores: np.ndarray, top_k: int = DEFAULT_TOP_K) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-slice PE probabilities and exam-level probabilities from the (n, 9) head outputs.
+
+    See the module docstring for the rules. Returns ``(slice_probabilities, exam_probabilities)``
+    with the exam probabilities keyed by :data:`PE_EXAM_LABELS`.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] != len(PE_HEADS) or scores.shape[0] == 0:
+        raise ValueError(f"expected scores of shape (n ≥ 1, {len(PE_HEADS)}), got {scores.shape}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    column = {name: scores[:, i] for i, name in enumerate(PE_HEADS)}
+    slices = column[_IMAGE]
+    k = min(top_k, len(slices))
+    p_pe = float(np.mean(np.sort(slices)[-k:]))
+    weights = slices if float(slices.sum()) > 1e-9 else np.ones_like(slices)
+    exam: dict[str, float] = {}
+    indeterminate = float(np.mean(column["indeterminate"]))
+    for label in PE_EXAM_LABELS:
+        if label == "negative_exam_for_pe":
+            exam[label] = (1.0 - p_pe) * (1.0 - indeterminate)
+        elif label == "indeterminate":
+            exam[label] = indeterminate
+        else:
+            exam[label] = float(np.average(column[label], weights=weights))
+    return slices.astype(np.float64), exam
+
+
+def _pick(labels: dict[str, bool], probs: Mapping[str, float], names: Sequence[str]) -> str:
+    """The name among ``names`` with the highest probability (first in ``names`` on a tie)."""
+    return max(names, key=lambda name: (probs[name], -names.index(name)))
+
+
+def apply_consistency(
+    slice_probabilities: Sequence[float],
+    exam_probabilities: Mapping[str, float],
+    thresholds: Mapping[str, float],
+    top_k: int = DEFAULT_TOP_K,
+) -> tuple[dict[str, bool], list[int], list[str]]:
+    """Decide every label by its threshold, then enforce the RSNA label-consistency rules.
+
+    Parameters
+    ----------
+    slice_probabilities : sequence of float
+        ``pe_present_on_image`` per slice, plan order.
+    exam_probabilities : mapping
+        Probability of each of :data:`PE_EXAM_LABELS`.
+    thresholds : mapping
+        Threshold per label (:data:`PE_EXAM_LABELS` and ``pe_present_on_image``); absent → 0.5.
+    top_k : int
+        Slices averaged for the exam's PE probability (see the module docstring).
+
+    Returns
+    -------
+    tuple
+        ``(exam_labels, positive_slices, corrections)``: decisions for every exam label, the
+        positive slice indices (ascending) and, in words, each change the rules made.
+    """
+    def threshold(name: str) -> float:
+        value = thresholds.get(name)
+        return DEFAULT_THRESHOLD if value is None else float(value)
+
+    probs = np.asarray(slice_probabilities, dtype=np.float64)
+    if probs.size == 0:
+        raise ValueError("an exam needs at least one slice")
+    missing = [label for label in PE_EXAM_LABELS if label not in exam_probabilities]
+    if missing:
+        raise ValueError(f"exam probabilities lack {', '.join(missing)}")
+    p = {label: float(exam_probabilities[label]) for label in PE_EXAM_LABELS}
+    labels = {label: p[label] >= threshold(label) for label in PE_EXAM_LABELS}
+    positive = [int(i) for i in np.flatnonzero(probs >= threshold(_IMAGE))]
+    corrections: list[str] = []
+
+    def set_label(name: str, value: bool, why: str) -> None:
+        if labels[name] != value:
+            labels[name] = value
+            corrections.append(f"{name} set {'present' if value else 'absent'} (p={p[name]:.3f}): {why}")
+
+    k = min(max(1, top_k), probs.size)
+    p_pe = float(np.mean(np.sort(probs)[-k:]))
+    if p_pe >= threshold(_IMAGE):
+        why = f"the exam is positive (PE probability {p_pe:.3f} over its {k} most likely slices)"
+        set_label("negative_exam_for_pe", False, why)
+        set_label("indeterminate", False, why)
+        if labels[_RV_LV[0]] == labels[_RV_LV[1]]:
+            keep = _pick(labels, p, _RV_LV)
+            for name in _RV_LV:
+                set_label(name, name == keep, "a positive exam has exactly one RV/LV ratio label, the more likely kept")
+        if not any(labels[name] for name in _SIDES):
+            set_label(_pick(labels, p, _SIDES), True, "a positive exam has at least one location, the most likely taken")
+        if all(labels[name] for name in _CHRONIC):
+            drop = _CHRONIC[1] if _pick(labels, p, _CHRONIC) == _CHRONIC[0] else _CHRONIC[0]
+            set_label(drop, False, "chronic and acute-and-chronic exclude each other, the more likely kept")
+    else:
+        why = f"the exam is negative (PE probability {p_pe:.3f} over its {k} most likely slices)"
+        if positive:
+            corrections.append(f"{len(positive)} slice(s) at or above the slice threshold cleared: {why}")
+            positive = []
+        for name in _PE_ONLY:
+            set_label(name, False, why)
+        outcome = ("negative_exam_for_pe", "indeterminate")
+        if labels[outcome[0]] == labels[outcome[1]]:
+            keep = _pick(labels, p, outcome)
+            for name in outcome:
+                set_label(name, name == keep, "a negative exam is either negative for PE or indeterminate, the more likely kept")
+    return labels, positive, corrections
+
+
+def select_key_slices(
+    slice_probabilities: Sequence[float], positive: Sequence[int], max_count: int = MAX_KEY_SLICES
+) -> list[int]:
+    """Up to ``max_count`` positive slices of highest probability, spread along the series.
+
+    Slices are taken in decreasing probability, skipping any closer than ``max(2, n // 40)``
+    slices to one already taken (*n* = series length). Returned in plan order.
+    """
+    probs = np.asarray(slice_probabilities, dtype=np.float64)
+    gap = max(2, probs.size // 40)
+    chosen: list[int] = []
+    for index in sorted(positive, key=lambda i: (-probs[i], i)):
+        if len(chosen) >= max_count:
+            break
+        if all(abs(index - c) >= gap for c in chosen):
+            chosen.append(int(index))
+    return sorted(chosen)
+
+
+class PeModel:
+    """Seed 1's PE model over an ONNX session (see the module docstring)."""
+
+    def __init__(self, model: Any) -> None:
+        manifest: Manifest = model.manifest
+        spec = manifest.input
+        if spec.layout != "NHWC":
+            raise ModelError(f"model {manifest.name!r}: the PE model takes NHWC input, the manifest says {spec.layout}")
+        prep = spec.preprocessing
+        if prep.get("kind") != "ct_windows":
+            raise ModelError(f"model {manifest.name!r}: input.preprocessing.kind must be 'ct_windows', got {prep.get('kind')!r}")
+        windows = prep.get("windows")
+        if (not isinstance(windows, list) or len(windows) != spec.channels
+                or not all(isinstance(w, list) and len(w) == 2 and float(w[1]) > 0 for w in windows)):
+            raise ModelError(
+                f"model {manifest.name!r}: input.preprocessing.windows must list {spec.channels} [centre, width] "
+                f"pairs with positive widths, got {windows!r}"
+            )
+        keys = [label.key for label in manifest.labels]
+        if keys != list(PE_HEADS):
+            raise ModelError(f"model {manifest.name!r}: labels must be the nine PE heads in order {list(PE_HEADS)}, got {keys}")
+        self._model = model
+        self.manifest = manifest
+        self.windows: list[tuple[float, float]] = [(float(c), float(w)) for c, w in windows]
+        self.top_k = int(manifest.postprocessing.get("top_k", DEFAULT_TOP_K))
+        self.thresholds: dict[str, float] = {
+            label.key: DEFAULT_THRESHOLD if label.threshold is None else float(label.threshold) for label in manifest.labels
+        }
+        # negative_exam_for_pe is derived, not a head: its threshold comes from postprocessing.
+        self.thresholds["negative_exam_for_pe"] = float(manifest.postprocessing.get("negative_threshold", DEFAULT_THRESHOLD))
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> "PeModel":
+        """Create the model from a verified manifest (``ModelRegistry.require``)."""
+        return cls(OnnxModel(manifest, threads=threads))
+
+    @property
+    def algorithm(self) -> AlgorithmInfo:
+        """Identification of the model for result objects."""
+        m = self.manifest
+        return AlgorithmInfo(name=m.name, version=m.version, manufacturer=m.manufacturer, weights_sha256=m.sha256, demo=m.demo)
+
+    def score_slices(
+        self, plan: SeriesPlan, paths_by_uid: Mapping[str, str | PathLike[str]], batch_size: int = 8
+    ) -> np.ndarray:
+        """The nine head outputs of every slice, (n, 9) in plan order, read ``batch_size`` slices at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        spec = self.manifest.input
+        scores = np.empty((len(plan), len(PE_HEADS)), dtype=np.float32)
+        for indices, hu in iter_hu_batches(plan, paths_by_uid, batch_size=batch_size):
+            batch = window_slices(hu, self.windows, spec.height, spec.width)
+            del hu
+            out = self._model.run(batch).reshape(len(indices), -1)
+            if out.shape[1] != len(PE_HEADS):
+                raise ModelError(f"model {self.manifest.name!r} returned {out.shape[1]} scores per slice, expected {len(PE_HEADS)}")
+            scores[indices[0]:indices[-1] + 1] = out
+        return scores
+
+    def analyse(
+        self, plan: SeriesPlan, paths_by_uid: Mapping[str, str | PathLike[str]], batch_size: int = 8
+    ) -> PeExamResult:
+        """Score every slice, aggregate over the exam and apply the RSNA consistency rules.
+
+        Parameters
+        ----------
+        plan : SeriesPlan
+            The series' slices in order along the patient axis.
+        paths_by_uid : mapping of SOPInstanceUID to path
+            Where each planned slice is stored.
+        batch_size : int
+            Slices decoded and run together (memory ≈ batch × rows × columns × 4 bytes × 4).
+
+        Raises
+        ------
+        SeriesError
+            A slice cannot be read or does not match the plan.
+        """
+        scores = self.score_slices(plan, paths_by_uid, batch_size)
+        return self.result_from_scores(list(plan.sop_instance_uids), scores)
+
+    def result_from_scores(self, slice_uids: list[str], scores: np.ndarray) -> PeExamResult:
+        """The exam result from per-slice head outputs (aggregation, rules, key slices)."""
+        slices, exam = aggregate_exam(scores, self.top_k)
+        labels, positive, corrections = apply_consistency(slices, exam, self.thresholds, self.top_k)
+        return PeExamResult(
+            slice_uids=slice_uids,
+            slice_probabilities=[float(v) for v in slices],
+            exam_probabilities=exam,
+            exam_labels=labels,
+            positive_slices=positive,
+            key_slices=select_key_slices(slices, positive),
+            corrections=corrections,
+        )
