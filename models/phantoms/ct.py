@@ -760,7 +760,9 @@ def abdomen_phantom(
     -------
     CtPhantom
         ``truth`` keys: ``levels`` (one of :data:`LEVELS` per slice, volume order: T first),
-        ``level_ranges`` (level → [first, last] volume indices), ``l3_index`` (the slice
+        ``level_ranges`` (level → [first, last] volume indices), ``disc`` (per slice: its
+        centre lies in an intervertebral disc above S1; seed 3 left such slices out of
+        its data set), ``l3_index`` (the slice
         nearest the middle of the L3 body, which is also the middle of the L3 run since
         discs split halfway), ``areas_cm2`` (``muscle``, ``subcutaneous_fat``,
         ``visceral_fat`` on the L3 slice), ``masks_at_l3`` (the three boolean masks),
@@ -795,10 +797,12 @@ def abdomen_phantom(
 
     labels = np.empty((slices, size, size), dtype=np.uint8)
     levels: list[str] = []
+    discs: list[bool] = []
     for k in range(slices):
         d = k * spacing_z
         level, u = _slice_level(column, d)
         levels.append(level)
+        discs.append(d < by["S1"].top and not any(v.top <= d <= v.bottom for v in column))
         cv = _Canvas(grid, d)
         rx = 160.0 * hab * (1.0 + 0.06 * min(2.0, max(0.0, u - 5.0)))
         ry = 118.0 * hab
@@ -838,6 +842,7 @@ def abdomen_phantom(
     truth: dict[str, Any] = {
         "levels": levels,
         "level_ranges": ranges,
+        "disc": discs,
         "l3_index": l3_index,
         "areas_cm2": areas,
         "masks_at_l3": {t: labels[l3_index] == _T[t] for t in tissues},
