@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 from highdicom.enum import SpecificCharacterSetValues
@@ -392,7 +392,7 @@ class CxrPipeline:
 
     @staticmethod
     def _per_image(result: SeriesResult, images: Sequence[ImageResult], problems: list[str], kind: str,
-                   build: Any) -> list[Dataset]:
+                   build: Callable[[SeriesResult, ImageResult], Dataset]) -> list[Dataset]:
         """One object per image, all in one new series (the first object's), numbered 1, 2, ...
 
         A writer that refuses one image (e.g. a colour radiograph for a GSPS) is a warning on the job; the

@@ -10,7 +10,6 @@ checked with dciodvfy.
 from __future__ import annotations
 
 import logging
-from io import BytesIO
 from pathlib import Path
 from typing import Sequence
 
@@ -23,11 +22,10 @@ from models.findings import AlgorithmInfo, Finding, Region
 from models.phantoms import chest_phantom, phantom_dataset
 from models.registry import ModelRegistry
 from models.view_filter import ViewFilter
-from node.errors import InputError
+from node.errors import ConfigError, InputError
 from node.pipelines import PIPELINE_MODELS
 from node.pipelines.cxr import CxrPipeline, TriageRules, top_findings
 from node.settings import REPO_ROOT, Settings, load_settings
-from node.errors import ConfigError
 from sr_writer.codes import CHESTXRAY14_LABELS, code
 from tests.helpers import assert_dciodvfy_clean, lateral_radiograph
 from tests.integration.srread import coded_values, texts
@@ -316,3 +314,83 @@ def test_cxr_settings_from_yaml_and_their_errors(tmp_path: Path) -> None:
     config.write_text("cxr:\n  triage: {priority: {nodule: 1.5}}\n")
     with pytest.raises(ConfigError, match="between 0 and 1"):
         load_settings(config, environ={})
+
+
+def _tiny_onnx_models(models_dir: Path) -> None:
+    """Write tiny ONNX models with the real manifests' tasks and labels: a linear 14-label classifier and
+    four-class classifier on 32×32, and a "detector" whose raw YOLO output is one fixed nodule box."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from models.manifest import sha256_file
+    from sr_writer.codes import FOUR_CLASS_LABELS
+
+    rng = np.random.default_rng(0)
+
+    def save(name: str, graph: onnx.GraphProto, task: str, labels: Sequence[str], size: int, channels: int,
+             layout: str) -> None:
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        folder = models_dir / name
+        folder.mkdir()
+        onnx.save(model, folder / "model.onnx")
+        (folder / "model.json").write_text(json.dumps({
+            "name": name, "version": "test-1", "task": task, "backend": "onnx", "weights": "model.onnx",
+            "sha256": sha256_file(folder / "model.onnx"), "labels": [{"key": k, "display": k} for k in labels],
+            "input": {"height": size, "width": size, "channels": channels, "layout": layout}, "demo": True}))
+
+    def classifier(name: str, labels: Sequence[str], final: str, task: str) -> None:
+        weights = numpy_helper.from_array(rng.normal(0, 0.05, (32 * 32, len(labels))).astype(np.float32), "w")
+        shape = numpy_helper.from_array(np.array([-1, 32 * 32], np.int64), "shape")
+        nodes = [helper.make_node("Reshape", ["x", "shape"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["z"]),
+                 helper.make_node(final, ["z"], ["y"], **({"axis": 1} if final == "Softmax" else {}))]
+        graph = helper.make_graph(
+            nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32, 32, 1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", len(labels)])], [weights, shape])
+        save(name, graph, task, labels, 32, 1, "NHWC")
+
+    classifier("cxr-findings", CHESTXRAY14_LABELS, "Sigmoid", "multilabel-classification")
+    classifier("cxr-four-class", FOUR_CLASS_LABELS, "Softmax", "classification")
+    raw = np.zeros((1, 5, 8), np.float32)
+    raw[0, :, 0] = [100, 80, 30, 30, 0.9]  # cx, cy, w, h on the 128×128 canvas, nodule score
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Unsqueeze", ["m", "axes"], ["m2"]),
+             helper.make_node("Mul", ["m2", "zero"], ["m3"]), helper.make_node("Add", ["m3", "raw"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "detector", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 128, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 8])],
+        [numpy_helper.from_array(raw, "raw"), numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+         numpy_helper.from_array(np.zeros((1,), np.float32), "zero")])
+    save("cxr-detector", graph, "detection", ["nodule"], 128, 3, "NCHW")
+    (models_dir / "cxr-view-filter").symlink_to(REPO_ROOT / "weights" / "cxr-view-filter")
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_installed_models_are_loaded_from_the_registry(tmp_path: Path, parallel: bool) -> None:
+    """from_settings loads the real model classes over ONNX; the detector's box lands in source pixels."""
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    _tiny_onnx_models(models_dir)
+    settings = Settings(models_dir=models_dir, models_file=None, data_dir=tmp_path / "data",
+                        cxr={"parallel_models": parallel, "secondary_capture": True})
+    pipeline = CxrPipeline.from_settings(ModelRegistry.discover(models_dir, None), settings)
+    assert not pipeline.missing
+
+    path = _frontal(tmp_path)
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    output = pipeline.analyse(str(source.StudyInstanceUID), str(source.SeriesInstanceUID), [path])
+    [image] = output.result.images
+    assert sum(f.group == "finding" for f in image.findings) == 14
+    assert sum(f.group == "class" for f in image.findings) == 4
+    [box] = [f for f in image.findings if f.group == "detection"]
+    # 512×512 source letterboxed to 128×128: a gain of 4, no padding.
+    assert (box.label, box.region) == ("nodule", Region(340.0, 260.0, 460.0, 380.0))
+    probabilities = {f.label: f.probability for f in image.findings if f.group == "finding"}
+    assert image.top_findings == sorted(probabilities, key=probabilities.__getitem__, reverse=True)[:3]
+    assert [a.name for a in output.result.algorithms] == [
+        "cxr-view-filter", "cxr-four-class", "cxr-detector", "cxr-findings"]
+    assert sorted(str(ds.SOPClassUID) for ds in output.objects) == sorted(
+        ["1.2.840.10008.5.1.4.1.1.88.34", PR_CLASS, SC_CLASS])
+    assert output.warnings == []
