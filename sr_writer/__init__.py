@@ -24,7 +24,7 @@ from sr_writer.gsps import GRAPHIC_LAYER, build_presentation_state
 from sr_writer.kos import KOS_TITLES, build_key_object_selection
 from sr_writer.sc import build_secondary_capture, render_radiograph
 from sr_writer.seg import build_tissue_segmentation
-from sr_writer.slice_labels import LABEL_LAYER, build_slice_labels
+from sr_writer.slice_labels import LABEL_LAYER, build_slice_labels, level_labels, pe_labels
 from sr_writer.sr import MANUFACTURER, build_measurement_report
 from sr_writer.uids import new_uid, validate_uid_root
 
@@ -52,7 +52,9 @@ __all__ = [
     "display_name",
     "finding_concept",
     "finding_key",
+    "level_labels",
     "new_uid",
+    "pe_labels",
     "render_radiograph",
     "validate_uid_root",
 ]

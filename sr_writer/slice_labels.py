@@ -23,16 +23,30 @@ from typing import Mapping, Sequence
 import highdicom as hd
 import pydicom
 
-from models.findings import SeriesResult
+from models.findings import LumbarResult, PeExamResult, SeriesResult
 from sr_writer.equipment import add_contributing_equipment
 from sr_writer.gsps import _text_box, _voi
 from sr_writer.sr import MANUFACTURER, _index_sources, _lo, _node_version, _with_empty_type2
 from sr_writer.uids import new_uid, validate_uid_root
 
-__all__ = ["LABEL_LAYER", "build_slice_labels"]
+__all__ = ["LABEL_LAYER", "build_slice_labels", "level_labels", "pe_labels"]
 
 #: Graphic layer of the slice labels (a CS value).
 LABEL_LAYER = "AI_LABELS"
+
+
+def pe_labels(pe: PeExamResult) -> dict[str, str]:
+    """Texts for :func:`build_slice_labels` on a CTPA: "PE suspected p=0.93" on each positive slice."""
+    return {pe.slice_uids[i]: f"PE suspected p={pe.slice_probabilities[i]:.2f}" for i in sorted(set(pe.positive_slices))}
+
+
+def level_labels(lumbar: LumbarResult) -> dict[str, str]:
+    """Texts for :func:`build_slice_labels` on an abdominal CT: the level of every slice, "L3 (L3 slice)" on L3."""
+    labels = dict(zip(lumbar.slice_uids, lumbar.levels))
+    if lumbar.l3_index is not None:
+        uid = lumbar.slice_uids[lumbar.l3_index]
+        labels[uid] = f"{labels[uid]} (L3 slice)"
+    return labels
 
 
 def build_slice_labels(

@@ -33,6 +33,8 @@ from sr_writer import (
     build_slice_labels,
     build_tissue_segmentation,
     code,
+    level_labels,
+    pe_labels,
 )
 from tests.helpers import assert_dciodvfy_clean
 from tests.sr_writer.scenarios import UID_ROOT, write
@@ -118,13 +120,15 @@ def test_abdomen_phantom_gets_sr_seg_gsps_and_kos(abdomen: tuple[CtPhantom, dict
         np.testing.assert_array_equal(pixels[0, :, :, number].astype(bool), masks[key])
         assert masks[key].any(), key  # the phantom has every tissue on L3
 
-    labels = dict(zip(result.lumbar.slice_uids, result.lumbar.levels))
+    labels = level_labels(result.lumbar)
     pr_path = write(build_slice_labels(result, sources, labels, uid_root=UID_ROOT, series_number=997), tmp_path, "pr")
     assert_dciodvfy_clean(pr_path)
     pr = pydicom.dcmread(pr_path)
     shown = {str(a.ReferencedImageSequence[0].ReferencedSOPInstanceUID): str(a.TextObjectSequence[0].UnformattedTextValue)
              for a in pr.GraphicAnnotationSequence}
-    assert shown == {uid: f"{level} (DEMO)" for uid, level in phantom.truth["levels_by_sop_uid"].items()}
+    expected = {uid: f"{level} (DEMO)" for uid, level in phantom.truth["levels_by_sop_uid"].items()}
+    expected[l3_uid] = "L3 (L3 slice) (DEMO)"
+    assert shown == expected
     # The slices' own windows (the phantom writes two, soft tissue first) are kept as they are.
     for voi in pr.SoftcopyVOILUTSequence:
         assert [float(c) for c in voi.WindowCenter] == [float(c) for c in slices[l3_uid].WindowCenter]
@@ -164,7 +168,8 @@ def test_ctpa_phantom_with_a_right_embolus_is_reported_right_sided_on_its_slices
     assert {str(s.referenced_sop_instance_uid) for s in groups["slices with PE"].source_images} == {
         truth["sop_uids"][k] for k in truth["pe_slices"]}
 
-    flagged = {uids[i]: f"PE suspected p={probabilities[i]:.2f}" for i in positive}
+    flagged = pe_labels(pe)
+    assert set(flagged.values()) == {"PE suspected p=0.90"}
     pr_path = write(build_slice_labels(result, sources, flagged, uid_root=UID_ROOT, series_number=997), tmp_path, "pr")
     assert_dciodvfy_clean(pr_path)
     assert len(pydicom.dcmread(pr_path).GraphicAnnotationSequence) == len(positive)
