@@ -489,3 +489,21 @@ def test_pe_slice_labels_only_on_flagged_slices_say_demo(tmp_path: Path) -> None
                      str(slices[5].SOPInstanceUID): "PE suspected p=0.88 (DEMO)"}
     # Slices without a window get a full-range one rather than none.
     assert all("WindowCenter" in voi for voi in ds.SoftcopyVOILUTSequence)
+
+
+# --- Concepts ---------------------------------------------------------------------------
+
+
+def test_detector_and_ct_labels_have_finding_concepts() -> None:
+    from sr_writer import display_name, finding_concept
+
+    # ChestX-Det's extra classes: chest CAD concepts of PS3.16 and SNOMED's fracture of bone.
+    assert (finding_concept("calcification").value, finding_concept("calcification").scheme_designator) == (
+        "112063", "DCM")
+    assert display_name("diffuse_nodule") == "Nodular pattern"
+    assert finding_concept("fracture").value == "125605004"
+    assert finding_concept("acute_pulmonary_embolism").value == "706870000"
+    # Private until a SNOMED code is checked: the report must say which scheme it is.
+    for key in ("chronic_pulmonary_embolism", "acute_and_chronic_pulmonary_embolism", "rv_lv_ratio_gte_1"):
+        assert CONCEPTS[key].scheme == "99AINODE" and CONCEPTS[key].is_finding
+    assert code("square_centimeter").value == "cm2" and code("square_centimeter_per_square_meter").value == "cm2/m2"
