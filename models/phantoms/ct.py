@@ -145,6 +145,16 @@ class _Canvas:
             inside = np.abs(dx / rx) ** power + np.abs(dy / ry) ** power <= 1.0
         self._paint(rs, cs, inside, tissue, clip, only)
 
+    def region(self, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+        """A full-slice boolean mask of an axis-aligned ellipse (for clipping)."""
+        mask = np.zeros_like(self.lab, dtype=bool)
+        r = max(rx, ry)
+        w = self.g.window(cx - r, cx + r, cy - r, cy + r)
+        if w is not None and rx > 0 and ry > 0:
+            rs, cs, xs, ys = w
+            mask[rs, cs] = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1.0
+        return mask
+
     def rect(self, x0: float, x1: float, y0: float, y1: float, tissue: str, *, clip: np.ndarray | None = None,
              only: Sequence[str] | None = None) -> None:
         w = self.g.window(x0, x1, y0, y1)
@@ -354,7 +364,8 @@ def _emboli(r: np.random.Generator, arteries: list[_Tube], side: str, chronic: b
     for index, kind in enumerate(kinds):
         artery = by_name[candidates[index % len(candidates)]]
         length = float(r.uniform(16.0, 32.0))
-        t0 = float(r.uniform(0.15, 0.45))
+        # Clear of the bifurcation, so a right or left clot is not read as central.
+        t0 = float(r.uniform(0.3, 0.55)) if artery.name in ("rpa", "lpa") else float(r.uniform(0.15, 0.45))
         t1 = min(0.95, t0 + length / artery.length)
         (a, ra), (b, rb) = artery.at(t0), artery.at(t1)
         if kind == "embolus":  # a central filling defect with contrast around it ("polo mint")
@@ -812,7 +823,9 @@ def abdomen_phantom(
         e1 = cv.lab == _T["muscle"]
         front, back = c1 - r1y + wall_ant, c1 + r1y - paraspinal
         r2x, r2y, c2 = r1x - wall_lat, (back - front) / 2, (back + front) / 2
-        cv.ellipse(0, c2, r2x, r2y, "visceral_fat", power=2.8)
+        # A squarish cavity (room for the kidneys posterolaterally), kept inside the wall ring.
+        wall = cv.region(0, c1, r1x - wall_lat, r1y - wall_ant)
+        cv.ellipse(0, c2, r2x, r2y, "visceral_fat", power=2.8, clip=wall)
         cv.ellipse(0, back - 10, 24, 24, "muscle")  # the paraspinal muscles bulge round the spine
         cavity = cv.lab == _T["visceral_fat"]
         spine_y = back - 20.0
