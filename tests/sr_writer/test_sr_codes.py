@@ -25,7 +25,9 @@ for _scheme, _by_keyword in PS316_CONCEPTS.items():
 _CHECKABLE = sorted(k for k, c in CONCEPTS.items()
                     if c.scheme in ("DCM", "SCT", "LN", "UCUM") and c.source.startswith("PS3.16"))
 _OUTSIDE_PS316 = sorted(k for k, c in CONCEPTS.items()
-                        if c.scheme in ("DCM", "SCT", "LN", "UCUM") and not c.source.startswith("PS3.16"))
+                        if c.scheme in ("DCM", "SCT", "LN") and not c.source.startswith("PS3.16"))
+#: UCUM units not listed in PS3.16 (CID 7181 admits any UCUM expression) must say how they follow the grammar.
+_UCUM_OUTSIDE_PS316 = sorted(k for k, c in CONCEPTS.items() if c.scheme == "UCUM" and not c.source.startswith("PS3.16"))
 
 
 @pytest.mark.parametrize("key", _CHECKABLE)
@@ -46,6 +48,11 @@ def test_every_concept_has_a_source_and_an_allowed_scheme() -> None:
     for key, concept in CONCEPTS.items():
         assert concept.source.strip(), key
         assert concept.scheme in codes.ALLOWED_SCHEMES or concept.scheme.startswith("99"), key
+
+
+@pytest.mark.parametrize("key", _UCUM_OUTSIDE_PS316)
+def test_ucum_units_outside_ps3_16_cite_ucum(key: str) -> None:
+    assert "UCUM" in CONCEPTS[key].source, CONCEPTS[key].source
 
 
 @pytest.mark.parametrize("key", _OUTSIDE_PS316)
