@@ -1,0 +1,106 @@
+"""What the CT pipelines share: reading a series' headers, planning its slices, result series numbers.
+
+A CT series is planned from headers only (``models.preprocess.ct_series.plan_series``:
+slices ordered along the ImageOrientationPatient normal, localizers dropped, non-axial and
+mixed-geometry series refused); pixels are then read by the model in bounded batches.
+Files that cannot be read are left out with a warning when enough slices remain, so one
+damaged file does not cost the radiologist the whole study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pydicom
+from pydicom import Dataset
+
+from models.errors import SeriesError
+from models.preprocess.ct_series import SeriesPlan, plan_series
+from node.errors import InputError
+
+#: SOP classes the CT pipelines analyse: CT Image Storage and Enhanced CT is not (multi-frame).
+CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2"}
+
+
+@dataclass
+class PlannedSeries:
+    """A planned CT series: the plan, the header of every planned slice, and the files."""
+
+    plan: SeriesPlan
+    headers: dict[str, Dataset]
+    paths: dict[str, Path]
+    warnings: list[str] = field(default_factory=list)
+
+    def sources(self) -> list[Dataset]:
+        """Headers of the planned slices in plan order (what the writers reference)."""
+        return [self.headers[uid] for uid in self.plan.sop_instance_uids]
+
+
+def plan_ct_series(paths: Sequence[Path], *, min_slices: int, pipeline: str) -> PlannedSeries:
+    """Read the headers of a CT series and order its slices.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        The series' stored instances.
+    min_slices : int
+        Fewest axial slices the pipeline analyses.
+    pipeline : str
+        Name used in messages.
+
+    Raises
+    ------
+    InputError
+        No readable CT image, fewer than ``min_slices`` slices after planning, or a series
+        that :func:`~models.preprocess.ct_series.plan_series` refuses (non-axial, mixed
+        geometry, no position), with its reason.
+    """
+    headers: dict[str, Dataset] = {}
+    files: dict[str, Path] = {}
+    warnings: list[str] = []
+    for path in paths:
+        try:
+            # Large values (the pixels) are deferred, not read: the header and whether pixels exist.
+            ds = pydicom.dcmread(path, defer_size=4096)
+        except Exception as exc:  # InvalidDicomError, OSError, struct errors on truncated files
+            warnings.append(f"{Path(path).name}: unreadable ({exc})")
+            continue
+        uid = str(ds.get("SOPInstanceUID") or "")
+        if not uid:
+            warnings.append(f"{Path(path).name}: no SOP Instance UID")
+            continue
+        sop_class = str(ds.get("SOPClassUID") or "")
+        if sop_class not in CT_SOP_CLASSES:
+            warnings.append(f"{uid}: not a CT image (SOP class {sop_class or 'missing'}); left out")
+            continue
+        if "PixelData" not in ds:
+            warnings.append(f"{uid}: no pixel data; left out")
+            continue
+        del ds.PixelData  # headers only from here on; the model reads pixels in batches
+        headers[uid] = ds
+        files[uid] = Path(path)
+    if not headers:
+        raise InputError(f"{pipeline}: no readable CT image in the series" + (": " + "; ".join(warnings[:5]) if warnings else ""))
+    try:
+        plan = plan_series(list(headers.values()))
+    except SeriesError as exc:
+        raise InputError(f"{pipeline}: {exc}") from exc
+    if len(plan) < min_slices:
+        raise InputError(f"{pipeline}: the series has {len(plan)} axial slice(s) after planning; at least {min_slices} "
+                         "are needed (a scout, a single-slice series or a thin slab is not analysed)")
+    warnings.extend(plan.warnings)
+    warnings.extend(f"{d.sop_instance_uid}: {d.reason}" for d in plan.dropped)
+    kept = set(plan.sop_instance_uids)
+    return PlannedSeries(plan=plan, headers={u: h for u, h in headers.items() if u in kept},
+                         paths={u: p for u, p in files.items() if u in kept}, warnings=warnings)
+
+
+def patient_size_m(header: Dataset) -> float | None:
+    """PatientSize (0010,1020) in metres when it is a plausible adult or child height, else None."""
+    try:
+        value = float(header.get("PatientSize") or 0)
+    except (TypeError, ValueError):
+        return None
+    return value if 0.4 <= value <= 2.5 else None

@@ -1,0 +1,109 @@
+"""Pipeline ``ct_lumbar``: vertebral level of every abdominal CT slice, and body composition at L3 (seed 3).
+
+The lumbar model (``models.lumbar``) runs on a few slices chosen by its search strategy,
+decodes a level for every slice as a sequence that is monotonic along the patient axis,
+picks the L3 slice at the centre of the L3 run and measures skeletal muscle,
+subcutaneous and visceral fat there. Results go back as:
+
+- a TID 1500 measurement report: level ranges with slice references, the L3 slice,
+  the areas in cm² (and the skeletal muscle index when PatientSize is known);
+- a Segmentation of the three tissues on the L3 slice;
+- a presentation state with the level written on every slice;
+- a Key Object Selection of the L3 slice.
+
+A series in which no L3 is found gets the report and the level labels only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import pydicom
+from pydicom import Dataset
+
+from models.findings import SeriesResult
+from models.lumbar import LumbarModel
+from models.registry import ModelRegistry
+from node.errors import InputError
+from node.pipelines import PipelineOutput
+from node.pipelines.ct import patient_size_m, plan_ct_series
+from sr_writer import (
+    build_key_object_selection,
+    build_lumbar_report,
+    build_slice_labels,
+    build_tissue_segmentation,
+    level_labels,
+)
+
+if TYPE_CHECKING:
+    from node.settings import Settings
+
+log = logging.getLogger("ainode.pipeline.ct_lumbar")
+
+#: Fewest axial slices analysed: the lumbar spine is ~18 cm long, 20 slices at 5 mm cover
+#: less than that; anything shorter cannot hold a level sequence.
+MIN_SLICES = 20
+
+
+class CtLumbarPipeline:
+    """The abdominal CT pipeline; one instance per worker (the model is loaded once)."""
+
+    name = "ct_lumbar"
+
+    def __init__(self, registry: ModelRegistry, *, uid_root: str, threads: int = 1, series_number: int = 990,
+                 institution_name: str | None = None) -> None:
+        self.model = LumbarModel.from_manifest(registry.require("ct-lumbar"), threads=threads)
+        self.uid_root = uid_root
+        self.series_number = series_number
+        self.institution_name = institution_name
+
+    @classmethod
+    def from_settings(cls, registry: ModelRegistry, settings: "Settings") -> "CtLumbarPipeline":
+        """The pipeline as the node's settings configure it."""
+        return cls(registry, uid_root=settings.uid_root, threads=settings.threads_per_model,
+                   series_number=settings.result_series_number, institution_name=settings.institution_name)
+
+    def analyse(
+        self, study_uid: str, series_uid: str, paths: Sequence[Path], predecessors: Sequence[Dataset] = ()
+    ) -> PipelineOutput:
+        started = time.perf_counter()
+        series = plan_ct_series(paths, min_slices=MIN_SLICES, pipeline=self.name)
+        sources = series.sources()
+        height = patient_size_m(sources[0])
+        planned = time.perf_counter()
+        lumbar, masks = self.model.analyse(series.plan, series.paths, patient_size_m=height)
+        inferred = time.perf_counter()
+        result = SeriesResult(
+            pipeline=self.name, study_instance_uid=study_uid, series_instance_uid=series_uid,
+            algorithms=[self.model.algorithm], lumbar=lumbar, supersedes=[str(p.SOPInstanceUID) for p in predecessors],
+        )
+        objects = [build_lumbar_report(result, sources, uid_root=self.uid_root, series_number=self.series_number,
+                                       institution_name=self.institution_name, predecessors=predecessors)]
+        objects.append(build_slice_labels(result, sources, level_labels(lumbar), uid_root=self.uid_root,
+                                          series_number=self.series_number + 2, institution_name=self.institution_name))
+        if lumbar.l3_index is not None:
+            l3_uid = lumbar.slice_uids[lumbar.l3_index]
+            objects.append(build_key_object_selection(
+                result, sources, [l3_uid], title="of_interest", uid_root=self.uid_root,
+                series_number=self.series_number + 1, description="Key image: L3 slice for body composition",
+                institution_name=self.institution_name))
+            if masks is not None:
+                try:
+                    l3_source = pydicom.dcmread(series.paths[l3_uid])
+                except Exception as exc:  # the file was read moments ago by the model
+                    raise InputError(f"{self.name}: cannot re-read the L3 slice {l3_uid}: {exc}") from exc
+                objects.append(build_tissue_segmentation(l3_source, masks, self.model.algorithm,
+                                                         uid_root=self.uid_root, series_number=self.series_number + 3))
+        written = time.perf_counter()
+        comp = lumbar.composition
+        runs = ", ".join(f"{r.level} {r.first}-{r.last}" for r in lumbar.runs)
+        summary = (f"levels {runs}; L3 slice {lumbar.l3_index if lumbar.l3_index is not None else 'not found'}"
+                   + (f"; muscle {comp.muscle_cm2:.1f} cm², SAT {comp.subcutaneous_fat_cm2:.1f} cm², "
+                      f"VAT {comp.visceral_fat_cm2:.1f} cm²" if comp else "")
+                   + f"; {len(lumbar.evaluated)} of {len(lumbar.slice_uids)} slices through the model"
+                   + f"; plan {planned - started:.2f} s, model {inferred - planned:.2f} s, objects {written - inferred:.2f} s")
+        log.info("%s", summary)
+        return PipelineOutput(result=result, objects=objects, summary=summary, warnings=series.warnings)

@@ -1,0 +1,94 @@
+"""Pipeline ``ct_pe``: pulmonary embolism on CT pulmonary angiography (seed 1).
+
+The series is planned from its headers (``node.pipelines.ct``), the PE model
+(``models.pe``) reads the slices in bounded batches, scores every slice and the exam,
+and enforces the RSNA label-consistency rules. Results go back as:
+
+- a TID 1500 measurement report with the exam findings and the positive slices;
+- when PE is found, a Key Object Selection of the key slices (what the radiologist
+  opens first) and a presentation state with a text on every flagged slice.
+
+A negative exam gets the report only: a KOS or GSPS with nothing in it would be noise
+in the viewer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from pydicom import Dataset
+
+from models.findings import SeriesResult
+from models.pe import PeModel
+from models.registry import ModelRegistry
+from node.pipelines import PipelineOutput
+from node.pipelines.ct import plan_ct_series
+from sr_writer import build_key_object_selection, build_pe_report, build_slice_labels, pe_labels
+
+if TYPE_CHECKING:
+    from node.settings import Settings
+
+log = logging.getLogger("ainode.pipeline.ct_pe")
+
+#: Fewest axial slices analysed: a CTPA covers the chest in well over 30 slices; fewer is a
+#: scout, a thin slab or a partial series (ARCHITECTURE.md, pipelines table).
+MIN_SLICES = 30
+
+
+class CtPePipeline:
+    """The CTPA pipeline; one instance per worker (the model is loaded once)."""
+
+    name = "ct_pe"
+
+    def __init__(self, registry: ModelRegistry, *, uid_root: str, threads: int = 1, series_number: int = 990,
+                 institution_name: str | None = None, batch_size: int = 8) -> None:
+        self.model = PeModel.from_manifest(registry.require("ct-pe"), threads=threads)
+        self.uid_root = uid_root
+        self.series_number = series_number
+        self.institution_name = institution_name
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_settings(cls, registry: ModelRegistry, settings: "Settings") -> "CtPePipeline":
+        """The pipeline as the node's settings configure it."""
+        return cls(registry, uid_root=settings.uid_root, threads=settings.threads_per_model,
+                   series_number=settings.result_series_number, institution_name=settings.institution_name)
+
+    def analyse(
+        self, study_uid: str, series_uid: str, paths: Sequence[Path], predecessors: Sequence[Dataset] = ()
+    ) -> PipelineOutput:
+        started = time.perf_counter()
+        series = plan_ct_series(paths, min_slices=MIN_SLICES, pipeline=self.name)
+        planned = time.perf_counter()
+        pe = self.model.analyse(series.plan, series.paths, batch_size=self.batch_size)
+        inferred = time.perf_counter()
+        result = SeriesResult(
+            pipeline=self.name, study_instance_uid=study_uid, series_instance_uid=series_uid,
+            algorithms=[self.model.algorithm], pe=pe, supersedes=[str(p.SOPInstanceUID) for p in predecessors],
+        )
+        sources = series.sources()
+        objects = [build_pe_report(result, sources, uid_root=self.uid_root, series_number=self.series_number,
+                                   institution_name=self.institution_name, predecessors=predecessors)]
+        present = not pe.exam_labels.get("negative_exam_for_pe", True) and not pe.exam_labels.get("indeterminate", False)
+        if present and pe.key_slices:
+            key_uids = [pe.slice_uids[i] for i in pe.key_slices]
+            objects.append(build_key_object_selection(
+                result, sources, key_uids, title="of_interest", uid_root=self.uid_root,
+                series_number=self.series_number + 1, description="Key images: suspected pulmonary embolism",
+                institution_name=self.institution_name))
+        if present and pe.positive_slices:
+            objects.append(build_slice_labels(result, sources, pe_labels(pe), uid_root=self.uid_root,
+                                              series_number=self.series_number + 2,
+                                              institution_name=self.institution_name))
+        written = time.perf_counter()
+        sides = [s for s in ("rightsided_pe", "leftsided_pe", "central_pe") if pe.exam_labels.get(s)]
+        summary = (f"PE {'present' if present else 'absent'}"
+                   + (f" ({', '.join(s.replace('sided_pe', '').replace('_pe', '') for s in sides)})" if sides else "")
+                   + f"; {len(pe.positive_slices)} positive of {len(pe.slice_uids)} slices"
+                   + f"; plan {planned - started:.2f} s, model {inferred - planned:.2f} s, objects {written - inferred:.2f} s")
+        log.info("%s", summary)
+        return PipelineOutput(result=result, objects=objects, summary=summary,
+                              warnings=series.warnings + pe.corrections)
