@@ -5,8 +5,8 @@ gives them (float 0..1, bone white, full resolution, any size and aspect; CR/DX 
 PS3.3 A.2 / A.26). Each is **letterboxed** as Ultralytics does (``LetterBox`` in
 ``ultralytics/data/augment.py``): scaled by ``r = min(H / rows, W / columns)`` to
 ``round(columns·r) × round(rows·r)`` (at least 1 pixel), centred on an ``H × W``
-canvas of grey 114/255 with ``top = round(dh / 2 - 0.1)`` and
-``left = round(dw / 2 - 0.1)`` pixels of padding (the same rounding as Ultralytics,
+canvas of grey 114/255 (``postprocessing.letterbox_pad``, default 114) with
+``top = round(dh / 2 - 0.1)`` and ``left = round(dw / 2 - 0.1)`` pixels of padding (the same rounding as Ultralytics,
 Python's ``round``), and the grey plane is repeated into the model's channels
 (RGB, NCHW, float 0..1). Shrinking is an area average (``resize_image``), as
 Ultralytics' validation loader does; the geometry, which is what the boxes depend
@@ -109,12 +109,16 @@ def letterbox_geometry(source_shape: tuple[int, int], canvas_shape: tuple[int, i
     return Letterbox(h0, w0, new_h, new_w, top=round(dh - 0.1), left=round(dw - 0.1))
 
 
-def letterbox(image: np.ndarray, canvas_shape: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
-    """Scale a 2-D 0..1 image into a ``canvas_shape`` canvas, keeping its aspect, padded with 114/255."""
+def letterbox(
+    image: np.ndarray, canvas_shape: tuple[int, int], pad_value: float = PAD_VALUE
+) -> tuple[np.ndarray, Letterbox]:
+    """Scale a 2-D 0..1 image into a ``canvas_shape`` canvas, keeping its aspect, padded with ``pad_value`` (114/255)."""
     geometry = letterbox_geometry((int(image.shape[0]), int(image.shape[1])), canvas_shape)
-    canvas = np.full(canvas_shape, PAD_VALUE, dtype=np.float32)
+    canvas = np.full(canvas_shape, pad_value, dtype=np.float32)
     resized = resize_image(np.asarray(image, dtype=np.float32), geometry.resized_height, geometry.resized_width)
-    canvas[geometry.top : geometry.top + geometry.resized_height, geometry.left : geometry.left + geometry.resized_width] = resized
+    rows = slice(geometry.top, geometry.top + geometry.resized_height)
+    columns = slice(geometry.left, geometry.left + geometry.resized_width)
+    canvas[rows, columns] = resized
     return canvas, geometry
 
 
@@ -221,6 +225,7 @@ class Detector:
             conf = float(post.get("conf", DEFAULT_CONF))
             self.iou = float(post.get("iou", DEFAULT_IOU))
             self.max_detections = int(post.get("max_detections", DEFAULT_MAX_DETECTIONS))
+            self.pad_value = float(post.get("letterbox_pad", 114)) / 255.0
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model {manifest.name!r}: invalid postprocessing value ({exc})") from exc
         if not (0.0 <= conf <= 1.0 and 0.0 <= self.iou <= 1.0 and self.max_detections >= 1):
@@ -250,7 +255,7 @@ class Detector:
         spec = self.manifest.input
         canvases, geometries = [], []
         for image in images:
-            canvas, geometry = letterbox(np.asarray(image), (spec.height, spec.width))
+            canvas, geometry = letterbox(np.asarray(image), (spec.height, spec.width), self.pad_value)
             canvases.append(canvas)
             geometries.append(geometry)
         grey = np.stack(canvases)

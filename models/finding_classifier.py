@@ -90,7 +90,9 @@ class FindingClassifier:
         if manifest.task != "multilabel-classification":
             raise ModelError(f"model {manifest.name!r} has task {manifest.task!r}, not 'multilabel-classification'")
         if manifest.input.channels != 1:
-            raise ModelError(f"model {manifest.name!r}: the finding classifier takes one grey channel, not {manifest.input.channels}")
+            raise ModelError(
+                f"model {manifest.name!r}: the finding classifier takes one grey channel, not {manifest.input.channels}"
+            )
         self._model = model
         self.manifest = manifest
         self.labels = [spec.key for spec in manifest.labels]

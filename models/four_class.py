@@ -64,7 +64,9 @@ class FourClassClassifier:
         if len(manifest.labels) < 2:
             raise ModelError(f"model {manifest.name!r}: a softmax classifier needs at least two labels")
         if manifest.input.channels != 1:
-            raise ModelError(f"model {manifest.name!r}: the four-class classifier takes one grey channel, not {manifest.input.channels}")
+            raise ModelError(
+                f"model {manifest.name!r}: the four-class classifier takes one grey channel, not {manifest.input.channels}"
+            )
         self._model = model
         self.manifest = manifest
         self.labels = [spec.key for spec in manifest.labels]

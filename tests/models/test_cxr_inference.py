@@ -55,7 +55,13 @@ def make_manifest(
 
 @pytest.mark.parametrize(
     ("source", "canvas"),
-    [((1500, 2000), (128, 128)), ((900, 300), (128, 128)), ((2048, 2500), (320, 320)), ((333, 777), (96, 160)), ((50, 60), (128, 128))],
+    [
+        ((1500, 2000), (128, 128)),
+        ((900, 300), (128, 128)),
+        ((2048, 2500), (320, 320)),
+        ((333, 777), (96, 160)),
+        ((50, 60), (128, 128)),
+    ],
 )
 def test_letterbox_round_trip_keeps_a_source_box_within_one_pixel(source: tuple[int, int], canvas: tuple[int, int]) -> None:
     rows, cols = source

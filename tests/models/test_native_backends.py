@@ -189,22 +189,28 @@ def test_missing_extras_and_corrupt_weights_are_model_errors(
     bad_pt.write_bytes(pt.read_bytes()[:5000])
     with pytest.raises(ModelError, match=r"cannot load Ultralytics weights .*broken\.pt of 'test-detector'"):
         load_backend(_detector_manifest(bad_pt, "ultralytics"))
+    def two_classes(weights: Path) -> Manifest:
+        return make_manifest(weights, task="classification", backend="keras", labels=[("a", None), ("b", None)], size=(32, 32))
+
+    def on_pt(size: tuple[int, int], channels: int, layout: str) -> Manifest:
+        return make_manifest(pt, task="detection", backend="ultralytics", labels=LABELS, size=size, channels=channels, layout=layout)
+
     bad_keras = tmp_path / "broken.keras"
     bad_keras.write_bytes(b"PK\x03\x04 not really a zip archive")
     with pytest.raises(ModelError, match=r"cannot load Keras weights .*broken\.keras"):
-        load_backend(make_manifest(bad_keras, task="classification", backend="keras", labels=[("a", None), ("b", None)], size=(32, 32)))
+        load_backend(two_classes(bad_keras))
     # An input size that is not a multiple of the stride, and a one-channel NHWC input, are refused.
     with pytest.raises(ModelError, match="not a multiple of the model's stride 32"):
-        load_backend(make_manifest(pt, task="detection", backend="ultralytics", labels=LABELS, size=(100, 128), channels=3, layout="NCHW"))
+        load_backend(on_pt((100, 128), 3, "NCHW"))
     with pytest.raises(ModelError, match=r"takes \(N, 3, H, W\) NCHW input"):
-        load_backend(make_manifest(pt, task="detection", backend="ultralytics", labels=LABELS, size=(128, 128), channels=1))
+        load_backend(on_pt((128, 128), 1, "NHWC"))
     # The extras missing: importing them fails as it does where they are not installed.
     monkeypatch.setitem(sys.modules, "ultralytics", None)
     with pytest.raises(ModelError, match=r"install the \[yolo\] extra"):
         load_backend(_detector_manifest(pt, "ultralytics"))
     monkeypatch.setitem(sys.modules, "keras", None)
     with pytest.raises(ModelError, match=r"install the \[train\] extra"):
-        load_backend(make_manifest(bad_keras, task="classification", backend="keras", labels=[("a", None), ("b", None)], size=(32, 32)))
+        load_backend(two_classes(bad_keras))
 
 
 def test_a_detector_manifest_with_the_wrong_class_count_is_refused(yolo_files: tuple[Path, Path]) -> None:
