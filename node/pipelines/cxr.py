@@ -185,10 +185,14 @@ class CxrPipeline:
     def from_settings(cls, registry: ModelRegistry, settings: "Settings") -> "CxrPipeline":
         """The pipeline as the node's settings configure it (``cxr`` section of ``node.yaml``).
 
+        A model after the view filter that is configured but not installed is a warning, one that
+        cannot be loaded an error in the log; either way the pipeline runs without it and each frontal
+        image's SR says so.
+
         Raises
         ------
         node.errors.ModelError
-            When an installed model cannot be loaded (a configured but absent one is only a warning).
+            When the view filter cannot be loaded.
         """
         from node.errors import ModelError
 
@@ -214,8 +218,12 @@ class CxrPipeline:
             try:
                 model_cls = getattr(importlib.import_module(module), cls_name)
                 model: RadiographModel = model_cls.from_manifest(manifest, threads=threads)
-            except ModelsModelError as exc:
-                raise ModelError(f"cxr: model {name!r} cannot be loaded: {exc}") from exc
+            except (ModelsModelError, ImportError) as exc:
+                # Broken weights or a backend's extra not installed: the view filter and the other models
+                # still run, and every SR says which analysis is missing, rather than no cxr results at all.
+                missing[name] = "model cannot be loaded"
+                log.error("cxr: model %r cannot be loaded, frontal images are analysed without it: %s", name, exc)
+                return None
             return model
 
         finding_model = load(config.finding_model, "models.finding_classifier", "FindingClassifier")
@@ -278,8 +286,7 @@ class CxrPipeline:
             supersedes=[str(p.SOPInstanceUID) for p in predecessors],
         )
         objects = self._write(result, decoded, predecessors, clock, problems)
-        summary = f"{_describe(images)}; {clock.summary()}"
-        log.info("cxr series %s: %s", series_uid, summary)
+        summary = f"{_describe(images)}; {clock.summary()}"  # the executor logs it with the job
         return PipelineOutput(result=result, objects=objects, summary=summary, warnings=problems)
 
     def _models(self) -> list[RadiographModel]:

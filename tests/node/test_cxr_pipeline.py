@@ -394,3 +394,24 @@ def test_installed_models_are_loaded_from_the_registry(tmp_path: Path, parallel:
     assert sorted(str(ds.SOPClassUID) for ds in output.objects) == sorted(
         ["1.2.840.10008.5.1.4.1.1.88.34", PR_CLASS, SC_CLASS])
     assert output.warnings == []
+
+
+def test_model_that_cannot_be_loaded_leaves_the_others_running(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    _tiny_onnx_models(models_dir)
+    manifest = models_dir / "cxr-detector" / "model.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "task": "classification"}))
+    settings = Settings(models_dir=models_dir, models_file=None, data_dir=tmp_path / "data")
+    with caplog.at_level(logging.ERROR, logger="ainode.pipeline.cxr"):
+        pipeline = CxrPipeline.from_settings(ModelRegistry.discover(models_dir, None), settings)
+    assert "cxr-detector" in caplog.text and "not 'detection'" in caplog.text
+    path = _frontal(tmp_path)
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    output = pipeline.analyse(str(source.StudyInstanceUID), str(source.SeriesInstanceUID), [path])
+    [image] = output.result.images
+    assert {f.group for f in image.findings} == {"finding", "class"} and len(image.top_findings) == 3
+    assert "not analysed by: cxr-detector (model cannot be loaded)" in " ".join(texts(output.objects[0]))
