@@ -155,6 +155,8 @@ def test_decode_applies_each_label_its_own_threshold_and_the_limit() -> None:
     assert list(zip(classes.tolist(), np.round(scores, 2).tolist())) == [(0, 0.61), (1, 0.35)]
     _, scores, _ = decode(raw, np.array([0.1, 0.1]), max_detections=3)
     np.testing.assert_allclose(scores, [0.61, 0.5, 0.35], atol=1e-6)
+    boxes, scores, classes = decode(raw, np.array([0.99, 0.99]))  # nothing reaches its threshold
+    assert boxes.shape == (0, 4) and scores.shape == classes.shape == (0,)
     # Only the best class of an anchor counts unless multi_label.
     raw = raw_tensor([(0, 0, 10, 10)], [[0.7, 0.65]])
     assert decode(raw, np.array([0.5, 0.5]))[2].tolist() == [0]
