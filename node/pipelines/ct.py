@@ -9,6 +9,9 @@ damaged file does not cost the radiologist the whole study.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +19,7 @@ from typing import Sequence
 import pydicom
 from pydicom import Dataset
 
-from models.errors import SeriesError
+from models.errors import PreprocessError, SeriesError
 from models.preprocess.ct_series import SeriesPlan, plan_series
 from node.errors import InputError
 
@@ -78,6 +81,10 @@ def plan_ct_series(paths: Sequence[Path], *, min_slices: int, pipeline: str) -> 
         if "PixelData" not in ds:
             warnings.append(f"{uid}: no pixel data; left out")
             continue
+        short = _short_pixel_data(ds, Path(path))
+        if short:
+            warnings.append(f"{uid}: {short}; left out")
+            continue
         del ds.PixelData  # headers only from here on; the model reads pixels in batches
         headers[uid] = ds
         files[uid] = Path(path)
@@ -95,6 +102,40 @@ def plan_ct_series(paths: Sequence[Path], *, min_slices: int, pipeline: str) -> 
     kept = set(plan.sop_instance_uids)
     return PlannedSeries(plan=plan, headers={u: h for u, h in headers.items() if u in kept},
                          paths={u: p for u, p in files.items() if u in kept}, warnings=warnings)
+
+
+def _short_pixel_data(ds: Dataset, path: Path) -> str | None:
+    """Why a slice's native Pixel Data (7FE0,0010) cannot hold its image, or None when it can.
+
+    Checked from the header alone (the value stays deferred): the element's length against
+    Rows × Columns × Samples per Pixel × Bits Allocated / 8 (PS3.5 8.1.1), and the file's size
+    against where the value should end (a file cut short in transfer or on disk).
+    Encapsulated pixel data is left to the decoder.
+    """
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    length = getattr(raw, "length", None)
+    start = getattr(raw, "value_tell", None)
+    if length is None or length == 0xFFFFFFFF:
+        return None  # already read, or encapsulated (undefined length)
+    try:
+        needed = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8
+    except (AttributeError, TypeError, ValueError):
+        return None  # the planner names missing Rows/Columns itself
+    if length < needed:
+        return f"pixel data of {length} bytes, {ds.Rows}×{ds.Columns} pixels need {needed}"
+    if start is not None and os.path.getsize(path) < start + length:
+        return f"file truncated: {os.path.getsize(path)} bytes, its pixel data ends at byte {start + length}"
+    return None
+
+
+@contextmanager
+def model_input_errors(pipeline: str) -> Iterator[None]:
+    """Map a model's :class:`~models.errors.PreprocessError` (a slice unreadable or unlike its plan) to
+    :class:`~node.errors.InputError`, so the job records why and the worker goes on."""
+    try:
+        yield
+    except PreprocessError as exc:
+        raise InputError(f"{pipeline}: {exc}") from exc
 
 
 def patient_size_m(header: Dataset) -> float | None:

@@ -29,7 +29,7 @@ from models.lumbar import LumbarModel
 from models.registry import ModelRegistry
 from node.errors import InputError
 from node.pipelines import PipelineOutput
-from node.pipelines.ct import patient_size_m, plan_ct_series
+from node.pipelines.ct import model_input_errors, patient_size_m, plan_ct_series
 from sr_writer import (
     build_key_object_selection,
     build_lumbar_report,
@@ -74,7 +74,8 @@ class CtLumbarPipeline:
         sources = series.sources()
         height = patient_size_m(sources[0])
         planned = time.perf_counter()
-        lumbar, masks = self.model.analyse(series.plan, series.paths, patient_size_m=height)
+        with model_input_errors(self.name):
+            lumbar, masks = self.model.analyse(series.plan, series.paths, patient_size_m=height)
         inferred = time.perf_counter()
         result = SeriesResult(
             pipeline=self.name, study_instance_uid=study_uid, series_instance_uid=series_uid,

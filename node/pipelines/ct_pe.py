@@ -25,7 +25,7 @@ from models.findings import SeriesResult
 from models.pe import PeModel
 from models.registry import ModelRegistry
 from node.pipelines import PipelineOutput
-from node.pipelines.ct import plan_ct_series
+from node.pipelines.ct import model_input_errors, plan_ct_series
 from sr_writer import build_key_object_selection, build_pe_report, build_slice_labels, pe_labels
 
 if TYPE_CHECKING:
@@ -63,7 +63,8 @@ class CtPePipeline:
         started = time.perf_counter()
         series = plan_ct_series(paths, min_slices=MIN_SLICES, pipeline=self.name)
         planned = time.perf_counter()
-        pe = self.model.analyse(series.plan, series.paths, batch_size=self.batch_size)
+        with model_input_errors(self.name):
+            pe = self.model.analyse(series.plan, series.paths, batch_size=self.batch_size)
         inferred = time.perf_counter()
         result = SeriesResult(
             pipeline=self.name, study_instance_uid=study_uid, series_instance_uid=series_uid,
