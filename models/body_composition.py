@@ -23,7 +23,8 @@ Method (classical, no model; every step a mask operation on the rows × columns 
    ring would leak.
 5. **Subcutaneous fat** = adipose pixels of the body outside the hull; **visceral fat** =
    adipose pixels inside it.
-6. **Skeletal muscle** = muscle-HU pixels outside the skin band that belong to a
+6. **Skeletal muscle** = muscle-HU pixels outside the skin band and not enclosed by bone
+   (the spinal canal, ≈ 10 HU, lies inside the vertebral ring) that belong to a
    soft-tissue component reaching outside the hull's inner part (the wall and back
    muscles) or touching bone (> 150 HU: psoas and paraspinal muscles lie on the
    vertebra). Soft-tissue components lying free in the visceral cavity (bowel, kidney,
@@ -120,9 +121,10 @@ def measure(
     if not body.any():
         raise ValueError(f"slice {sop_uid}: no body found (no pixel above {BODY_HU:g} HU)")
     inner = _erode(body, _pixels(skin_mm, spacing))
-    muscle_hu = inner & (hu >= MUSCLE_HU[0]) & (hu <= MUSCLE_HU[1])
+    # Bone with what it encloses: the spinal canal (≈ 10 HU) is not muscle.
+    bone = fill_holes(body & (hu > BONE_HU))
+    muscle_hu = inner & ~bone & (hu >= MUSCLE_HU[0]) & (hu <= MUSCLE_HU[1])
     fat = body & (hu >= FAT_HU[0]) & (hu <= FAT_HU[1])
-    bone = body & (hu > BONE_HU)
 
     min_pixels = max(1, int(round(min_component_cm2 * 100.0 / (row_mm * col_mm))))
     wall = _opening(muscle_hu, _pixels(wall_opening_mm / 2.0, spacing))

@@ -69,8 +69,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOWS: tuple[tuple[float, float], ...] = ((400.0, 1800.0),)
-"""One wide window (−500..1300 HU): fat, muscle and bone apart, vertebrae and ribs not saturated."""
+DEFAULT_WINDOWS: tuple[tuple[float, float], ...] = ((40.0, 400.0),)
+"""The abdominal soft-tissue window (−160..240 HU), that of the lumbar PNG data sets
+(``models.phantoms.ct_datasets.LUMBAR_PNG_WINDOW``): organs, muscle and fat apart, bone white."""
 DEFAULT_COARSE_STEP_MM = 12.0
 DEFAULT_MAX_COARSE = 32
 DEFAULT_REFINE: tuple[str, ...] = ("L3",)

@@ -231,7 +231,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variant", default="V2M", help=f"backbone, one of {', '.join(VARIANTS)} (seed: V2M)")
     parser.add_argument("--input-size", type=int, default=512)
     parser.add_argument("--window", type=float, nargs=2, action="append", metavar=("CENTER", "WIDTH"),
-                        help="CT window of a channel, in the PNGs' order (default: 400 1800)")
+                        help="CT window of a channel, in the PNGs' order (default: 40 400, abdominal)")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from models.body_composition import convex_hull_mask, fill_holes, label_components, measure
+from models.phantoms.ct import abdomen_phantom
 
 PIXEL_MM = 0.8
 SIZE = 512
@@ -156,3 +157,17 @@ def test_fill_holes_and_hull() -> None:
     corners[10, 10] = corners[10, 40] = corners[40, 10] = corners[40, 40] = True
     hull = convex_hull_mask(corners)
     assert hull.sum() == 31 * 31 and hull[10:41, 10:41].all()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_abdomen_phantom_l3_areas_match_its_truth(seed: int) -> None:
+    phantom = abdomen_phantom(seed, slices=95, size=512)
+    k = phantom.truth["l3_index"]
+    result, masks = measure(phantom.volume_hu[k], (phantom.pixel_mm, phantom.pixel_mm), phantom.truth["patient_size_m"], "x")
+    truth = phantom.truth["areas_cm2"]
+    assert result.muscle_cm2 == pytest.approx(truth["muscle"], rel=0.02)
+    assert result.subcutaneous_fat_cm2 == pytest.approx(truth["subcutaneous_fat"], rel=0.02)
+    assert result.visceral_fat_cm2 == pytest.approx(truth["visceral_fat"], rel=0.02)
+    assert result.skeletal_muscle_index == pytest.approx(phantom.truth["skeletal_muscle_index"], rel=0.02)
+    for name, mask in phantom.truth["masks_at_l3"].items():
+        assert (masks[name] & mask).sum() / mask.sum() > 0.98, name

@@ -14,6 +14,7 @@ from PIL import Image
 from models.findings import LUMBAR_LEVELS
 from models.lumbar import LumbarModel, hu_to_unit
 from models.manifest import load_manifest
+from models.phantoms.ct_datasets import LUMBAR_PNG_WINDOW, window_to_uint8
 from models.preprocess.ct_series import plan_series
 from models.train import lumbar as train_lumbar
 from tests.models.test_lumbar import _truth, write_abdomen
@@ -31,6 +32,7 @@ def write_folders(root: Path, per_level: dict[str, int], size: int = 48) -> None
                 yy, xx = np.mgrid[0:size, 0:size]
                 hu[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2] = 100.0 * index
                 grey = np.round(hu_to_unit(hu, [(400.0, 1800.0)])[..., 0] * 255).astype(np.uint8)
+                assert (grey == window_to_uint8(hu, 400.0, 1800.0)).all()  # the data sets' own writer
                 Image.fromarray(grey, mode="L").save(folder / f"{split}-{level}-{k}.png")
 
 
@@ -48,7 +50,7 @@ def test_list_split_reads_the_lumbar_folder_format(tmp_path: Path) -> None:
 def test_parse_defaults_are_the_seed_and_one_mode_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = train_lumbar._parse(["--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert (args.variant, args.input_size, args.batch_size, args.epochs, args.learning_rate) == ("V2M", 512, 16, 100, 1e-4)
-    assert args.windows == [(400.0, 1800.0)]
+    assert args.windows == [(40.0, 400.0)] == [LUMBAR_PNG_WINDOW]  # the window of the phantom data sets
     with pytest.raises(SystemExit):
         train_lumbar._parse(["--data", str(tmp_path)])
 
