@@ -38,6 +38,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,19 @@ from models.manifest import manifest_from_mapping, sha256_file
 from models.preprocess.radiograph import resize_image
 
 __all__ = [
+    "DEMO",
+    "DEMO_SOURCES",
     "MODEL_NAME",
+    "QUICK",
+    "DemoParams",
     "VARIANTS",
     "Evaluation",
+    "build_demo",
     "build_model",
+    "check_on_phantoms",
     "evaluate_onnx",
     "list_split",
+    "store_fp16_weights",
     "load_images",
     "main",
     "train",
@@ -198,6 +206,44 @@ def evaluate_onnx(onnx_path: Path, data_dir: Path, size: int, channels: int, bat
     return Evaluation(confusion.tolist(), float(np.trace(confusion) / confusion.sum()), recall, int(confusion.sum()))
 
 
+def store_fp16_weights(path: Path, min_elements: int = 1024) -> dict[str, float]:
+    """Store the large float32 initializers of an ONNX file as float16, each behind a Cast to float32.
+
+    ONNX Runtime folds the Casts at session creation (constant folding of nodes whose inputs
+    are all initializers), so inference runs in float32 as before; only the file halves.
+    Tensors with values beyond float16's range are left as they are.
+
+    Returns
+    -------
+    dict
+        ``bytes_before``, ``bytes_after`` and ``converted`` (number of tensors).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    before = Path(path).stat().st_size
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts = []
+    kept = []
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init) if init.data_type == TensorProto.FLOAT else None
+        if array is None or array.size < min_elements or float(np.max(np.abs(array))) > 6.0e4:
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(array.astype(np.float16), f"{init.name}__fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=f"{init.name}__cast"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)  # the Casts first: the graph stays topologically sorted
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return {"bytes_before": float(before), "bytes_after": float(Path(path).stat().st_size), "converted": float(len(casts))}
+
+
 def _batches(samples: list[tuple[Path, int]], size: int, channels: int, batch_size: int, seed: int) -> Any:
     """A Keras dataset of shuffled (images, one-hot levels) batches read from disk (memory: one batch)."""
     import keras
@@ -239,6 +285,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--demo", action="store_true", help="mark the manifest as demo weights (synthetic data)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0 = all cores)")
+    parser.add_argument("--fp16-weights", action="store_true",
+                        help="store the ONNX weights as float16 (half the file; ONNX Runtime computes in float32)")
+    parser.add_argument("--eager", action="store_true",
+                        help="train without compiling the step (faster for a handful of steps, e.g. smoke tests)")
     args = parser.parse_args(argv)
     if (args.out is None) == (args.evaluate is None):
         parser.error("give either --out (train) or --evaluate MODEL_DIR")
@@ -270,7 +320,7 @@ def train(args: argparse.Namespace, progress: Any = None) -> Evaluation:
     shape = (args.input_size, args.input_size, channels)
     trainer = keras.Sequential([keras.Input(shape=shape), _augmenter(args.seed), classifier], name="trainer")
     trainer.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss="categorical_crossentropy",
-                    metrics=["accuracy"])
+                    metrics=["accuracy"], run_eagerly=bool(args.eager))
     callbacks = []
     if progress is not None:
         callbacks.append(keras.callbacks.LambdaCallback(
@@ -288,6 +338,10 @@ def train(args: argparse.Namespace, progress: Any = None) -> Evaluation:
     from models.train.architectures import export_onnx
 
     export_onnx(classifier, onnx_path, input_name="image", output_name="levels")
+    if args.fp16_weights:
+        sizes = store_fp16_weights(onnx_path)
+        print(f"ONNX weights stored as float16: {sizes['bytes_before'] / 1e6:.1f} → {sizes['bytes_after'] / 1e6:.1f} MB",
+              flush=True)
     evaluation = evaluate_onnx(onnx_path, args.data, args.input_size, channels, args.batch_size)
     for line in evaluation.lines():
         print(line, flush=True)
@@ -373,6 +427,107 @@ Finds the L3 slice for body-composition measurement. Not a diagnostic device.
 """
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     print(f"wrote {onnx_path}, model.json, evaluation.json, MODEL_CARD.md", flush=True)
+
+
+# ----------------------------------------------------------------------------- demo recipe
+
+DEMO_SOURCES = ("models.phantoms.ct", "models.phantoms.ct_datasets", "models.lumbar", "models.body_composition",
+                "models.train.architectures", "models.preprocess.radiograph")
+"""Modules whose source is part of the demo recipe's hash (``models.train.demo``)."""
+@dataclass(frozen=True)
+class DemoParams:
+    """Parameters of a demo run (constants of this module, hence part of the recipe hash)."""
+
+    variant: str
+    input_size: int
+    series: int
+    slices: int
+    png_size: int
+    epochs: int
+    batch_size: int
+    seed: int
+    check_seeds: tuple[int, ...]
+
+
+DEMO = DemoParams("V2B0", 128, series=10, slices=95, png_size=512, epochs=6, batch_size=16, seed=3,
+                  check_seeds=(9001, 9002))
+"""The demo run. EfficientNetV2-B0 (the smallest V2) at 128 px: V2-S learns the phantoms too but
+trains ~3× slower on 2 cores; PNGs are written at 512 and area-resized like a served 512 series."""
+QUICK = DemoParams("V2B0", 32, series=2, slices=95, png_size=128, epochs=1, batch_size=16, seed=3, check_seeds=(9001,))
+
+
+def check_on_phantoms(model_dir: Path, work_dir: Path, seeds: Sequence[int], *, size: int = 512) -> list[dict[str, Any]]:
+    """Run the served model (search, decoding, body composition) on fresh abdomen phantoms.
+
+    Returns, per phantom, the L3 slice found and the truth's (volume indices, 0 = cranial),
+    the forward passes, and the relative area errors.
+    """
+    import pydicom
+
+    from models.lumbar import LumbarModel
+    from models.manifest import load_manifest
+    from models.phantoms.ct import abdomen_phantom
+    from models.preprocess.ct_series import plan_series
+
+    model = LumbarModel.from_manifest(load_manifest(model_dir / "model.json"))
+    rows = []
+    for seed in seeds:
+        phantom = abdomen_phantom(seed, slices=DEMO.slices, size=size)
+        paths = phantom.write_series(work_dir / f"check-{seed}")
+        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+        plan = plan_series(headers)
+        paths_by_uid = {str(h.SOPInstanceUID): p for h, p in zip(headers, paths)}
+        result, _ = model.analyse(plan, paths_by_uid)
+        found = None if result.l3_index is None else phantom.plan_index(result.l3_index)  # plan → volume index
+        row: dict[str, Any] = {"seed": seed, "slices": len(plan), "l3_found": found,
+                               "l3_truth": phantom.truth["l3_index"], "forward_passes": len(result.evaluated)}
+        if result.composition is not None:
+            truth = phantom.truth["areas_cm2"]
+            c = result.composition
+            row["area_errors"] = {k: round(v / truth[k] - 1.0, 4) for k, v in (
+                ("muscle", c.muscle_cm2), ("subcutaneous_fat", c.subcutaneous_fat_cm2),
+                ("visceral_fat", c.visceral_fat_cm2))}
+        rows.append(row)
+    return rows
+
+
+def build_demo(out_dir: Path, work_dir: Path, progress: Any, quick: bool) -> None:
+    """Demo recipe (``models.train.demo``): abdomen phantoms → lumbar folders → :func:`train` → check.
+
+    Writes ``out_dir/ct-lumbar/`` (demo manifest, ONNX, card, evaluation) from
+    :data:`DEMO` (:data:`QUICK` when ``quick``), then runs the served model on fresh
+    phantom series and appends the L3 distances to the card and ``evaluation.json``.
+    """
+    from models.phantoms.ct_datasets import LUMBAR_PNG_WINDOW, write_lumbar_folders
+
+    p = QUICK if quick else DEMO
+    data = Path(work_dir) / "lumbar-folders"
+    progress.step(0, 1, "phantoms → lumbar folders")
+    write_lumbar_folders(data, series=p.series, size=p.png_size, seed=p.seed, slices=p.slices, test_fraction=0.2)
+    progress.step(1, 1, "phantoms → lumbar folders")
+    out = Path(out_dir) / MODEL_NAME
+    args = _parse([
+        "--data", str(data), "--out", str(out), "--variant", p.variant, "--input-size", str(p.input_size),
+        "--epochs", str(p.epochs), "--batch-size", str(p.batch_size), "--seed", str(p.seed),
+        "--window", str(LUMBAR_PNG_WINDOW[0]), str(LUMBAR_PNG_WINDOW[1]), "--demo", "--version", "demo-1",
+        *(["--eager"] if quick else []),
+    ])
+    train(args, progress=lambda done, total, message: progress.step(done, total, f"training, {message}"))
+    progress.step(0, 1, "check on fresh phantom series")
+    rows = check_on_phantoms(out, Path(work_dir), p.check_seeds, size=p.png_size)
+    progress.step(1, 1, "check on fresh phantom series")
+    evaluation = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    evaluation["phantom_series"] = rows
+    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
+    lines = [f"| {r['seed']} | {r['slices']} | {r['forward_passes']} | {r['l3_found']} | {r['l3_truth']} | "
+             + (", ".join(f"{k} {v:+.1%}" for k, v in r.get("area_errors", {}).items()) or "–") + " |" for r in rows]
+    with open(out / "MODEL_CARD.md", "a", encoding="utf-8") as card:
+        card.write("\n## End to end on fresh abdomen phantoms (served model: search, decoding, L3, areas)\n\n"
+                   "| phantom seed | slices | forward passes | L3 slice found | L3 truth | area errors |\n"
+                   "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+    for r in rows:
+        progress.note(f"phantom {r['seed']}: L3 slice {r['l3_found']} (truth {r['l3_truth']}), "
+                      f"{r['forward_passes']} forward passes")
 
 
 def main(argv: list[str] | None = None) -> int:

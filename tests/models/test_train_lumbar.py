@@ -85,7 +85,7 @@ def test_train_export_evaluate_and_serve_a_tiny_model(
     write_folders(data, {level: 3 for level in LUMBAR_LEVELS})
     status = train_lumbar.main([
         "--data", str(data), "--out", str(out), "--variant", "V2B0", "--input-size", "32",
-        "--epochs", "1", "--batch-size", "7", "--demo", "--version", "demo-test",
+        "--epochs", "1", "--batch-size", "7", "--demo", "--version", "demo-test", "--fp16-weights",
     ])
     assert status == 0
     printed = capsys.readouterr().out
@@ -113,3 +113,29 @@ def test_train_export_evaluate_and_serve_a_tiny_model(
     assert len(result.levels) == 21 and set(result.levels) <= set(LUMBAR_LEVELS)
     order = [LUMBAR_LEVELS.index(v) for v in result.levels]
     assert order == sorted(order, reverse=True)  # plan runs feet → head: levels never go back caudally
+
+
+def test_fp16_weights_halve_the_file_and_keep_the_outputs(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(0.0, 0.5, (256, 7)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["p"], axis=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 7])], [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    x = rng.random((4, 256), dtype=np.float32)
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sizes = train_lumbar.store_fp16_weights(path, min_elements=16)
+    assert sizes["converted"] == 1 and sizes["bytes_after"] < 0.6 * sizes["bytes_before"]
+    stored = onnx.load(str(path))
+    assert [i.data_type for i in stored.graph.initializer] == [TensorProto.FLOAT16]
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, atol=2e-3)
