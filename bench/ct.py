@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -55,14 +56,20 @@ def seed_model(name: str, size: int) -> Path:
     """Folder holding ``model.json`` + ``model.onnx`` of the seed architecture at ``size`` (random weights)."""
     from models.manifest import sha256_file
 
-    demo = json.loads((REPO / "weights" / name / "model.json").read_text())
-    folder = CACHE / f"{name}-{size}"
+    demo_path = REPO / "weights" / name / "model.json"
+    if not demo_path.is_file():
+        raise SystemExit(f"{demo_path.relative_to(REPO)} is missing: the bench takes labels, windows and decision "
+                         f"parameters from the demo manifest (build it with `ainode models build-demo`)")
+    demo = json.loads(demo_path.read_text())
+    channels = int(demo["input"]["channels"])
+    # The graph's input depends on the size and on the number of windows (channels) of the demo manifest.
+    folder = CACHE / f"{name}-{size}-{channels}ch"
     onnx = folder / "model.onnx"
     if not onnx.exists():
         folder.mkdir(parents=True, exist_ok=True)
         print(f"building {name} at {size} px with random weights (once; cached in {folder.relative_to(REPO)}) ...",
               flush=True)
-        code = _BUILD[name].format(size=size, path=str(onnx) + ".part", channels=demo["input"]["channels"])
+        code = _BUILD[name].format(size=size, path=str(onnx) + ".part", channels=channels)
         subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
         (folder / "model.onnx.part").rename(onnx)
     manifest = dict(demo)
@@ -174,7 +181,10 @@ def main() -> int:
             print(f"{kind}: {result['summary']}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()
     print()
+    # Other processes on the machine share the two cores: the load average says how far the times are from an idle machine's.
+    print(f"load average at the end (1, 5, 15 min): {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} on {os.cpu_count()} CPUs")
     print(table(["pipeline", "series", "wall s", "target s", "wall/target", "peak RSS GB", "target GB",
                  "HU read s (ref)", "wall/ref", "model load s", "objects"], rows))
     return 0
