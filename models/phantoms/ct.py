@@ -12,7 +12,8 @@ Conventions (shared with the pipelines and the training code)
   scrolls a head-first scan). Slice ``k`` is at patient z ``z_top_mm - k * spacing_z``
   (LPS: +z is superior), so :func:`models.preprocess.ct_series.plan_series`, which sorts
   by ascending position, returns the slices **reversed**: plan index ``n - 1 - k``
-  (:meth:`CtPhantom.plan_index`). Every truth index below is a volume index; after
+  (:meth:`CtPhantom.plan_index`, :meth:`CtPhantom.plan_truth`). Every truth index
+  below is a volume index; after
   :meth:`CtPhantom.write_series` the truth also holds the SOP Instance UIDs, which need
   no convention.
 - Rows run anterior → posterior, columns patient right → left (ImageOrientationPatient
@@ -202,15 +203,24 @@ class _Canvas:
 
 
 def _to_hu(labels: np.ndarray, table: dict[str, float], seed: int, part: int) -> np.ndarray:
-    """Label map → int16 HU: the tissue's value plus noise clipped at ±3σ (exact threshold ranges)."""
-    lut = np.array([table.get(name, 0.0) for name in TISSUES], dtype=np.float32)
-    noise = _rng(seed, part).standard_normal(labels.shape, dtype=np.float32)
-    np.clip(noise, -3.0, 3.0, out=noise)
-    noise *= NOISE_SD_HU
-    noise += lut[labels]
-    # Air outside the body and gas stay at or above -1024 so unsigned storage with intercept -1024 holds them.
-    np.clip(noise, -1024, 3071, out=noise)
-    return np.rint(noise).astype(np.int16)
+    """Label map → int16 HU: the tissue's value plus noise clipped at ±3σ (exact threshold ranges).
+
+    The noise of each slice is one of 16 pre-drawn fields, rolled by a random offset: a
+    long series costs little more than 16 slices of random numbers.
+    """
+    lut = np.array([np.clip(round(table.get(name, 0.0)), -1024, 3071) for name in TISSUES], dtype=np.int16)
+    r = _rng(seed, part)
+    slices, rows, cols = labels.shape
+    bank = r.standard_normal((min(slices, 16), rows, cols), dtype=np.float32)
+    np.clip(bank, -3.0, 3.0, out=bank)
+    bank_hu = np.rint(bank * NOISE_SD_HU).astype(np.int16)
+    shifts = r.integers(0, [rows, cols], size=(slices, 2))
+    volume = lut[labels]
+    for k in range(slices):
+        volume[k] += np.roll(bank_hu[k % len(bank_hu)], tuple(int(v) for v in shifts[k]), axis=(0, 1))
+    # Air at -1024 - noise must stay storable with intercept -1024 and 12 bits.
+    np.clip(volume, -1024, 3071, out=volume)
+    return volume
 
 
 @dataclass
@@ -266,6 +276,26 @@ class CtPhantom:
             raise IndexError(f"slice {volume_index} outside 0..{self.slices - 1}")
         return self.slices - 1 - volume_index
 
+    def plan_truth(self) -> dict[str, Any]:
+        """The per-slice truth re-indexed in ``plan_series`` order (ascending z: caudal first).
+
+        Keys present in ``truth`` among ``pe_slices``, ``pe_present_on_image``,
+        ``defect_area_mm2``, ``sop_uids``, ``levels``, ``disc``, ``l3_index``,
+        ``level_ranges`` and ``areas_cm2_per_slice``, converted; nothing else.
+        """
+        n, t = self.slices, self.truth
+        out: dict[str, Any] = {}
+        for key in ("pe_present_on_image", "defect_area_mm2", "sop_uids", "levels", "disc", "areas_cm2_per_slice"):
+            if key in t:
+                out[key] = list(t[key])[::-1]
+        if "pe_slices" in t:
+            out["pe_slices"] = sorted(n - 1 - k for k in t["pe_slices"])
+        if "l3_index" in t:
+            out["l3_index"] = n - 1 - t["l3_index"]
+        if "level_ranges" in t:
+            out["level_ranges"] = {lv: [n - 1 - last, n - 1 - first] for lv, (first, last) in t["level_ranges"].items()}
+        return out
+
     def write_series(self, folder: Path | str, **options: Any) -> list[Path]:
         """Write the series as CT Image Storage files; options and returns of :func:`write_ct_series`."""
         return write_ct_series(self, folder, **options)
@@ -284,8 +314,9 @@ class CtPhantom:
 _CTPA_COVERAGE_MM = 240.0  # lung apex to upper abdomen
 _MIN_DEFECT_MM2 = 10.0  # a slice is "PE present" when the drawn defect covers at least this
 _ARTERY_SIDES: dict[str, tuple[str, ...]] = {
-    "right": ("rpa", "r_interlobar", "r_lower"),
-    "left": ("lpa", "l_interlobar", "l_lower"),
+    # Arteries of at least ~7 mm radius, so a clot spans a few pixels even at 128² (2.8 mm pixels).
+    "right": ("rpa", "r_interlobar"),
+    "left": ("lpa", "l_interlobar"),
     "central": ("trunk",),
 }
 # Parts of the per-part random generators (fixed: changing one changes every phantom).
@@ -363,7 +394,7 @@ def _emboli(r: np.random.Generator, arteries: list[_Tube], side: str, chronic: b
     clots: list[tuple[_Tube, str]] = []
     for index, kind in enumerate(kinds):
         artery = by_name[candidates[index % len(candidates)]]
-        length = float(r.uniform(16.0, 32.0))
+        length = float(r.uniform(18.0, 36.0))
         # Clear of the bifurcation, so a right or left clot is not read as central.
         t0 = float(r.uniform(0.3, 0.55)) if artery.name in ("rpa", "lpa") else float(r.uniform(0.15, 0.45))
         t1 = min(0.95, t0 + length / artery.length)
@@ -429,8 +460,8 @@ def ctpa_phantom(
     slices, size : int
         Volume shape ``(slices, size, size)``.
     embolus : {"right", "left", "central"} or None
-        Where the clot is: in the right (right PA or right interlobar/lower lobe
-        artery), left, or main pulmonary artery; None for a negative exam.
+        Where the clot is: in the right (right pulmonary artery or right interlobar
+        artery), left (likewise) or main pulmonary artery; None for a negative exam.
     chronic : bool
         A chronic clot (eccentric, wall-adherent, about 85 HU) instead of an acute one
         (central "polo mint" defect, about 50 HU).

@@ -185,6 +185,10 @@ def test_series_load_in_position_order_despite_shuffled_names_and_numbers(tmp_pa
     assert list(plan.sop_instance_uids) == phantom.truth["sop_uids"][::-1]
     assert [plan.sop_instance_uids[phantom.plan_index(k)] for k in range(24)] == phantom.truth["sop_uids"]
     assert plan.spacing.median == pytest.approx(phantom.spacing_z) and not plan.warnings
+    in_plan = phantom.plan_truth()
+    assert in_plan["sop_uids"] == list(plan.sop_instance_uids)
+    assert [plan.sop_instance_uids[k] for k in in_plan["pe_slices"]] == sorted(
+        phantom.truth["pe_sop_uids"], key=list(plan.sop_instance_uids).index)
     volume = np.concatenate([batch for _, batch in iter_hu_batches(plan, by_uid, batch_size=7)])
     np.testing.assert_array_equal(volume[::-1], phantom.volume_hu)  # HU round trip, exact
     assert phantom.truth["pe_sop_uids"] == [phantom.truth["sop_uids"][k] for k in phantom.truth["pe_slices"]]
@@ -231,6 +235,10 @@ def test_levels_run_head_to_feet_with_vertebral_heights(abdomen512: CtPhantom) -
     assert 23 <= bottom - top <= 27
     first, last = truth["level_ranges"]["L3"]
     assert abs(truth["l3_index"] - (first + last) / 2) <= 1
+    in_plan = abdomen512.plan_truth()  # caudal first: S .. T
+    assert in_plan["levels"][0] == "S" and in_plan["levels"][-1] == "T"
+    assert in_plan["levels"][in_plan["l3_index"]] == "L3"
+    assert in_plan["level_ranges"]["L3"] == [len(levels) - 1 - last, len(levels) - 1 - first]
     assert not truth["disc"][truth["l3_index"]] and any(truth["disc"])
 
 
@@ -284,6 +292,12 @@ def test_abdomen_rejects_short_coverage() -> None:
 
 
 # ----------------------------------------------------------------------------- data sets
+
+
+@pytest.mark.parametrize("module", ["models.phantoms.ct", "models.phantoms.ct_datasets"])
+def test_public_names_exist(module: str) -> None:
+    imported = __import__(module, fromlist=["__all__"])
+    assert imported.__all__ and all(hasattr(imported, name) for name in imported.__all__)
 
 
 def test_rsna_pe_layout_and_columns(tmp_path: Path) -> None:
