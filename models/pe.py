@@ -42,6 +42,9 @@ A positive exam: not negative, not indeterminate; exactly one of ``rv_lv_ratio_g
 label. Where a rule forces a choice, the label with the higher probability wins; each change is
 recorded in :attr:`PeExamResult.corrections`.
 
+Speed: with ``postprocessing.slice_stride`` *s* > 1 the network runs on every *s*-th slice only
+and the others are interpolated (see :meth:`PeModel.score_slices`); the default is 1.
+
 Output: :class:`models.findings.PeExamResult` with ``key_slices``: up to five positive slices of
 highest probability, at least ``max(2, n // 40)`` slices apart so they show different parts of
 the clot burden.
@@ -49,6 +52,7 @@ the clot burden.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from typing import Any
@@ -263,6 +267,9 @@ class PeModel:
         self.manifest = manifest
         self.windows: list[tuple[float, float]] = [(float(c), float(w)) for c, w in windows]
         self.top_k = int(manifest.postprocessing.get("top_k", DEFAULT_TOP_K))
+        self.slice_stride = int(manifest.postprocessing.get("slice_stride", 1))
+        if self.slice_stride < 1:
+            raise ModelError(f"model {manifest.name!r}: postprocessing.slice_stride must be at least 1, got {self.slice_stride}")
         self.thresholds: dict[str, float] = {
             label.key: DEFAULT_THRESHOLD if label.threshold is None else float(label.threshold) for label in manifest.labels
         }
@@ -283,19 +290,31 @@ class PeModel:
     def score_slices(
         self, plan: SeriesPlan, paths_by_uid: Mapping[str, str | PathLike[str]], batch_size: int = 8
     ) -> np.ndarray:
-        """The nine head outputs of every slice, (n, 9) in plan order, read ``batch_size`` slices at a time."""
+        """The nine head outputs of every slice, (n, 9) in plan order, read ``batch_size`` slices at a time.
+
+        With ``postprocessing.slice_stride`` *s* > 1 the model runs on every *s*-th slice (and the
+        last) only, and the slices between get scores interpolated linearly along the series: an
+        embolus spans several thin slices, and the forward pass is the cost of a 300-slice CTPA.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         spec = self.manifest.input
-        scores = np.empty((len(plan), len(PE_HEADS)), dtype=np.float32)
-        for indices, hu in iter_hu_batches(plan, paths_by_uid, batch_size=batch_size):
+        n = len(plan)
+        run = sorted(set(range(0, n, self.slice_stride)) | {n - 1})
+        sub = plan if len(run) == n else dataclasses.replace(
+            plan, sop_instance_uids=tuple(plan.sop_instance_uids[i] for i in run),
+            positions=tuple(plan.positions[i] for i in run))
+        scored = np.empty((len(run), len(PE_HEADS)), dtype=np.float32)
+        for indices, hu in iter_hu_batches(sub, paths_by_uid, batch_size=batch_size):
             batch = window_slices(hu, self.windows, spec.height, spec.width)
             del hu
             out = self._model.run(batch).reshape(len(indices), -1)
             if out.shape[1] != len(PE_HEADS):
                 raise ModelError(f"model {self.manifest.name!r} returned {out.shape[1]} scores per slice, expected {len(PE_HEADS)}")
-            scores[indices[0]:indices[-1] + 1] = out
-        return scores
+            scored[indices[0]:indices[-1] + 1] = out
+        if len(run) == n:
+            return scored
+        return np.stack([np.interp(np.arange(n), run, scored[:, h]) for h in range(len(PE_HEADS))], axis=1).astype(np.float32)
 
     def analyse(
         self, plan: SeriesPlan, paths_by_uid: Mapping[str, str | PathLike[str]], batch_size: int = 8
@@ -322,13 +341,14 @@ class PeModel:
     def result_from_scores(self, slice_uids: list[str], scores: np.ndarray) -> PeExamResult:
         """The exam result from per-slice head outputs (aggregation, rules, key slices)."""
         slices, exam = aggregate_exam(scores, self.top_k)
-        labels, positive, corrections = apply_consistency(slices, exam, self.thresholds, self.top_k)
+        probabilities = [float(v) for v in slices]
+        labels, positive, corrections = apply_consistency(probabilities, exam, self.thresholds, self.top_k)
         return PeExamResult(
             slice_uids=slice_uids,
-            slice_probabilities=[float(v) for v in slices],
+            slice_probabilities=probabilities,
             exam_probabilities=exam,
             exam_labels=labels,
             positive_slices=positive,
-            key_slices=select_key_slices(slices, positive),
+            key_slices=select_key_slices(probabilities, positive),
             corrections=corrections,
         )

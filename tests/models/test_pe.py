@@ -348,3 +348,21 @@ def test_pe_model_on_a_written_series(tmp_path: Path) -> None:
 def test_manifest_mistakes_are_refused_with_reasons(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path, **change)))
+
+
+def test_slice_stride_runs_fewer_slices_and_interpolates(tmp_path: Path) -> None:
+    volume = np.full((21, 24, 24), -700.0, dtype=np.float32)
+    volume[8:13] = 350.0
+    written = write_ct_series(tmp_path / "series", volume)
+    plan = plan_series([pydicom.dcmread(p, stop_before_pixels=True) for p, _ in written])
+    paths = {uid: p for p, uid in written}
+    every = PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path / "every", size=24)))
+    strided = PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path / "strided", size=24,
+                                                                 postprocessing={"slice_stride": 4})))
+    full, sparse = every.score_slices(plan, paths), strided.score_slices(plan, paths)
+    run = [0, 4, 8, 12, 16, 20]
+    np.testing.assert_allclose(sparse[run], full[run], atol=1e-6)  # slices run: the same scores
+    np.testing.assert_allclose(sparse[10], (full[8] + full[12]) / 2, atol=1e-6)  # between: interpolated
+    del paths[plan.sop_instance_uids[1]]  # a slice that is skipped need not even be readable
+    # Interpolation blurs the edges by less than a stride: 7 and 13 get 0.75 from 0 and 1.
+    assert strided.analyse(plan, paths).positive_slices == [7, 8, 9, 10, 11, 12, 13]
