@@ -699,6 +699,7 @@ _ABDOMEN_HU: dict[str, float] = {
 _BODY_HEIGHTS_MM = {"T10": 23.0, "T11": 24.0, "T12": 25.0, "L1": 27.0, "L2": 28.0, "L3": 28.5, "L4": 29.0,
                     "L5": 29.0, "S1": 28.0}
 _DISC_MM = {"T10": 7.0, "T11": 7.5, "T12": 8.0, "L1": 8.5, "L2": 9.0, "L3": 9.5, "L4": 10.0, "L5": 10.0}
+_SACRUM_MM = 105.0  # S1 upper endplate to the sacral tip
 _TP_MM = {"L1": 18.0, "L2": 24.0, "L3": 34.0, "L4": 27.0, "L5": 21.0}  # transverse process length; L3's longest
 
 
@@ -765,7 +766,9 @@ def abdomen_phantom(
     floating ribs, transverse colon and kidney upper poles (L1), kidneys at their widest
     (L2), kidney lower poles ending above the middle of L3 and the longest transverse
     processes (L3), the aortic bifurcation and iliac crests (L4), iliac wings (L5), sacrum
-    with alae, foramina and sacroiliac joints, then bladder (S). Vertebral bodies grow
+    with alae, foramina and sacroiliac joints, then bladder and, past the sacral tip (a
+    coverage longer than about 100 mm below S1, not anatomical further down), the femoral
+    heads (S). Vertebral bodies grow
     wider and deeper caudally; psoas grows from L1 to L5. Around everything: subcutaneous
     fat, a closed ring of abdominal-wall and paraspinal muscle, and inside it the visceral
     compartment (visceral fat, bowel with positive oral contrast and gas, vessels,
@@ -984,7 +987,7 @@ def _draw_lumbar_spine(cv: _Canvas, column: list[_Vertebra], d: float, u: float,
     w, h = _vertebral_size(u, hab)
     if 0.6 < u:
         rp = min(24.0, 3.0 + 4.5 * (u - 0.6))
-        shift = max(0.0, u - 6.0)
+        shift = min(1.5, max(0.0, u - 6.0))
         for sx in (-1, 1):
             cv.ellipse(sx * (w + 0.85 * rp + 8 * shift), spine_y - 2 - 0.2 * rp - 15 * shift, 0.9 * rp, rp, "muscle")
     sacrum_top = next(v.top for v in column if v.name == "S1")
@@ -995,6 +998,11 @@ def _draw_lumbar_spine(cv: _Canvas, column: list[_Vertebra], d: float, u: float,
             cv.ellipse(cx + sx * 6, cy + 6, (14 + 38 * g), 12, "muscle", angle=sx * -0.71, clip=e1)
             cv.ellipse(cx, cy, 15 + 40 * g, 7.5, "cortical_bone", angle=sx * -0.71, clip=e1)
             cv.ellipse(cx, cy, 12 + 40 * g, 4.5, "trabecular_bone", angle=sx * -0.71, clip=e1)
+    if d >= sacrum_top + _SACRUM_MM:  # below the sacrum (long coverage): the femoral heads
+        for sx in (-1, 1):
+            cv.ellipse(sx * (r2x - 30), spine_y - 35, 24, 24, "cortical_bone", clip=e1)
+            cv.ellipse(sx * (r2x - 30), spine_y - 35, 21, 21, "trabecular_bone", clip=e1)
+        return
     if d >= sacrum_top:
         depth_in = d - sacrum_top
         shrink = max(0.35, 1.0 - depth_in / 120.0)
