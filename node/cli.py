@@ -10,7 +10,8 @@
     ainode deliveries [--failed]      deliveries; 'ainode deliveries retry' re-queues dead letters
     ainode audit [--since T] [--study UID] [--kind K]   who sent what, what ran, where results went
     ainode models list|verify         the models, their weights and checksums
-    ainode train view-filter --data DIR
+    ainode models build-demo [--out DIR] [--force] [--quick] [--only NAME]   demo weights from phantoms
+    ainode train view-filter|finding-classifier|four-class|detector --data DIR [--out DIR] [trainer options]
 
 Every command reads the same settings (``--config`` or ``$AINODE_CONFIG``,
 then ``AINODE_*`` variables). Errors a user can fix are printed as one clear
@@ -186,6 +187,12 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from models.registry import ModelRegistry
 
+    if args.action == "build-demo":
+        from models.train.demo import run_cli
+
+        out = Path(args.out) if args.out else settings.models_dir
+        return run_cli(out, force=args.force, quick=args.quick, only=args.only)
+
     registry = ModelRegistry.discover(settings.models_dir, settings.models_file)
     manifests = {m.name: m for m in registry.manifests()}
     statuses = registry.verify()  # every entry, invalid manifests included
@@ -201,13 +208,28 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    if args.model == "view-filter":
-        from models.train.view_filter import main as train_main
+# `ainode train NAME`: the trainer's "module:main" and the model folder it writes by default.
+TRAINERS: dict[str, tuple[str, str]] = {
+    "view-filter": ("models.train.view_filter:main", "cxr-view-filter"),
+    "finding-classifier": ("models.train.finding_classifier:main", "cxr-findings"),
+    "four-class": ("models.train.four_class:main", "cxr-four-class"),
+    "detector": ("models.train.detector:main", "cxr-detector"),
+}
 
-        argv = ["--data", args.data, "--out", args.out or str(settings.models_dir / "cxr-view-filter")]
-        return int(train_main(argv + list(args.extra)) or 0)
-    raise AinodeError(f"unknown model {args.model!r}")
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    import importlib
+
+    if args.model not in TRAINERS:
+        raise AinodeError(f"unknown model {args.model!r} (trainers: {', '.join(TRAINERS)})")
+    target, folder = TRAINERS[args.model]
+    module_name, _, function = target.partition(":")
+    try:
+        train_main = getattr(importlib.import_module(module_name), function)
+    except ImportError as exc:
+        raise AinodeError(f"trainer {target} cannot be imported ({exc}); install the [train] extra") from exc
+    argv = ["--data", args.data, "--out", args.out or str(settings.models_dir / folder)]
+    return int(train_main(argv + list(args.extra)) or 0)
 
 
 def cmd_analyze(settings: Settings, args: argparse.Namespace) -> int:
@@ -254,11 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only events of this kind (repeatable)")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_audit)
-    p = sub.add_parser("models", help="list or verify models")
-    p.add_argument("action", choices=["list", "verify"])
+    p = sub.add_parser("models", help="list or verify models, or build the demo weights")
+    p.add_argument("action", choices=["list", "verify", "build-demo"])
+    p.add_argument("--out", help="build-demo: models directory to write (default: the settings' models_dir)")
+    p.add_argument("--force", action="store_true", help="build-demo: rebuild even when up to date")
+    p.add_argument("--quick", action="store_true", help="build-demo: tiny runs for tests (quality not checked)")
+    p.add_argument("--only", action="append", default=[], metavar="NAME", help="build-demo: only this recipe")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("train", help="train a model (extra [train])")
-    p.add_argument("model", choices=["view-filter"])
+    p.add_argument("model", choices=list(TRAINERS))
     p.add_argument("--data", required=True)
     p.add_argument("--out")
     p.set_defaults(func=cmd_train)  # further options (--steps, --seed, ...) go to the trainer

@@ -1,0 +1,122 @@
+"""`ainode models build-demo`: quick recipes into a temporary models directory, cache, --force, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from models.phantoms.cxr_datasets import write_four_class_dataset, write_nih_dataset
+from models.registry import ModelRegistry
+from models.train.demo import RECIPES, Progress, RecipeError, build_demo, recipe_hash
+
+MINE = ("cxr-findings", "cxr-four-class", "cxr-four-class-cnn")
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("models")
+    log = io.StringIO()
+    outcomes = build_demo(out, only=MINE, quick=True, stream=log)
+    assert [(o.name, o.state) for o in outcomes] == [(n, "built") for n in MINE], log.getvalue()
+    return out, log.getvalue()
+
+
+def test_quick_build_writes_valid_demo_manifests(models_dir: tuple[Path, str]) -> None:
+    out, log = models_dir
+    statuses = ModelRegistry.discover(out).verify()
+    assert [(s.name, s.state) for s in statuses] == [(n, "ok") for n in MINE]
+    for name in MINE:
+        manifest = json.loads((out / name / "model.json").read_text(encoding="utf-8"))
+        assert manifest["demo"] is True and manifest["version"] == "demo-1"
+        assert "synthetic chest phantoms" in manifest["description"]
+        assert manifest["postprocessing"]["recipe_hash"] == recipe_hash(dict((n, t) for n, t, _ in RECIPES)[name], True)
+        assert (out / name / "MODEL_CARD.md").read_text(encoding="utf-8").startswith(f"# {name} demo-1 (DEMO")
+    findings = json.loads((out / "cxr-findings" / "model.json").read_text(encoding="utf-8"))
+    assert [label["key"] for label in findings["labels"]][:3] == ["atelectasis", "cardiomegaly", "consolidation"]
+    assert len(findings["labels"]) == 14 and all(0 <= label["threshold"] <= 1 for label in findings["labels"])
+    assert findings["postprocessing"]["threshold_method"] == "youden"
+    four = json.loads((out / "cxr-four-class" / "model.json").read_text(encoding="utf-8"))
+    assert [label["key"] for label in four["labels"]] == ["covid19", "normal", "pneumonia", "tuberculosis"]
+    assert four["postprocessing"]["architecture"] == "resnet18"
+    assert not list(out.glob(".building-*")), "staging folders must be gone"
+    assert "cxr-findings: built in" in log and "epoch 1/1" in log
+
+
+def test_second_run_is_cached_and_force_rebuilds(models_dir: tuple[Path, str]) -> None:
+    out, _ = models_dir
+    log = io.StringIO()
+    assert [o.state for o in build_demo(out, only=MINE, quick=True, stream=log)] == ["cached"] * 3
+    assert "up to date, skipped" in log.getvalue()
+    before = (out / "cxr-four-class-cnn" / "model.json").stat().st_mtime_ns
+    outcomes = build_demo(out, only=["cxr-four-class-cnn"], quick=True, force=True, stream=io.StringIO())
+    assert [o.state for o in outcomes] == ["built"]
+    assert (out / "cxr-four-class-cnn" / "model.json").stat().st_mtime_ns != before
+    # A full (non-quick) build has another hash: the quick weights are not taken for it.
+    target = dict((n, t) for n, t, _ in RECIPES)["cxr-four-class-cnn"]
+    assert recipe_hash(target, False) != recipe_hash(target, True)
+    assert ModelRegistry.discover(out).verify()[1].state == "ok"
+
+
+def test_missing_recipe_module_is_named_and_others_still_build(models_dir: tuple[Path, str]) -> None:
+    out, _ = models_dir
+    log = io.StringIO()
+    recipes = [("ghost", "models.train.no_such_recipe:build_demo", 1),
+               ("cxr-four-class-cnn", dict((n, t) for n, t, _ in RECIPES)["cxr-four-class-cnn"], 1)]
+    outcomes = build_demo(out, quick=True, recipes=recipes, stream=log)
+    assert [(o.name, o.state) for o in outcomes] == [("ghost", "failed"), ("cxr-four-class-cnn", "cached")]
+    assert "models.train.no_such_recipe" in outcomes[0].message and "not found" in outcomes[0].message
+    assert "ghost: FAILED" in log.getvalue()
+    with pytest.raises(RecipeError, match="no demo recipe named 'nope'"):
+        build_demo(out, only=["nope"], stream=io.StringIO())
+    assert "cxr-detector" in [name for name, _, _ in RECIPES]
+
+
+def test_cli_builds_into_out_and_reports_cache(models_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    from node.cli import TRAINERS, main
+
+    out, _ = models_dir
+    assert main(["models", "build-demo", "--out", str(out), "--quick", "--only", "cxr-four-class-cnn"]) == 0
+    assert "cxr-four-class-cnn: up to date, skipped" in capsys.readouterr().out
+    assert main(["models", "build-demo", "--out", str(out), "--only", "nope"]) == 2
+    assert "no demo recipe named 'nope'" in capsys.readouterr().err
+    assert TRAINERS["detector"] == ("models.train.detector:main", "cxr-detector")
+
+
+def test_progress_bar_on_a_terminal_and_lines_otherwise() -> None:
+    tty = io.StringIO()
+    progress = Progress("cxr-x", tty, tty=True)
+    for done in range(1, 11):
+        progress.step(done, 10, "training")
+    progress.note("epoch 1/1")
+    text = tty.getvalue()
+    assert text.count("\r") == 10 and "[" + "#" * 30 + "] 100%" in text and "\ncxr-x: epoch 1/1\n" in text
+    plain = io.StringIO()
+    progress = Progress("cxr-x", plain, tty=False)
+    for done in range(1, 101):
+        progress.step(done, 100, "training, loss 0.5")
+    lines = plain.getvalue().splitlines()
+    assert "\r" not in plain.getvalue() and 5 <= len(lines) <= 11 and lines[-1].startswith("cxr-x: training")
+
+
+def test_evaluate_commands_print_seed_tables(models_dir: tuple[Path, str], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from models.train import finding_classifier, four_class
+
+    out, _ = models_dir
+    write_nih_dataset(tmp_path / "nih", patients=4, images_per_patient=(1, 2), size=128, seed=9)
+    model = ["--data", str(tmp_path / "nih"), "--out", str(out / "cxr-findings"), "--evaluate"]
+    assert finding_classifier.main(model + ["--eval-split", "all"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "on all images (" in lines[0] and len(lines) == 17 and lines[-1].startswith("mean")
+    assert finding_classifier.main(model) == 0  # image names of the training split.csv: its test split
+    assert "on test split (" in capsys.readouterr().out.splitlines()[0]
+    write_four_class_dataset(tmp_path / "fc", per_class=2, fractions=(0.5, 0.0, 0.5), size=128, seed=9)
+    assert four_class.main(["--data", str(tmp_path / "fc"), "--out", str(out / "cxr-four-class"), "--evaluate"]) == 0
+    report = capsys.readouterr().out
+    assert "on test/ (4 images)" in report and "confusion matrix" in report and "macro F1" in report
+    assert four_class.main(["--data", str(tmp_path / "missing"), "--out", str(out / "cxr-four-class"),
+                            "--evaluate"]) == 2
+    assert "no images in" in capsys.readouterr().err
