@@ -1095,6 +1095,8 @@ def write_ct_series(
     file_names: Literal["shuffled", "ordered", "sop_uid"] = "shuffled",
     pixel_representation: Literal["uint16", "int16"] = "uint16",
     uid_entropy: str | None = None,
+    descriptions: dict[str, str] | None = None,
+    localizer: bool = False,
 ) -> list[Path]:
     """Write a phantom as CT Image Storage files (PS3.3 A.3), one per slice, into ``folder``.
 
@@ -1127,6 +1129,14 @@ def write_ct_series(
         ``int16``: 16 bits signed, the HU themselves, intercept 0.
     uid_entropy : str, optional
         Makes every UID a deterministic function of this string (for data sets).
+    descriptions : dict, optional
+        Overrides of the scanner-like ``StudyDescription``, ``SeriesDescription``,
+        ``ProtocolName``, ``BodyPartExamined`` or ``ContrastBolusAgent`` (an empty
+        ContrastBolusAgent removes the Contrast/Bolus module), e.g. for routing tests.
+    localizer : bool
+        Also write a coronal scout (ImageType ``ORIGINAL\\PRIMARY\\LOCALIZER``, a
+        projection of the volume) into the same series, as scanners often do; it is
+        not in the returned list, its UID is ``truth["localizer_sop_uid"]``.
 
     Returns
     -------
@@ -1150,15 +1160,21 @@ def write_ct_series(
     study = study_uid or _uid(uid_entropy, "study")
     series = series_uid or _uid(uid_entropy, "series")
     frame = _uid(uid_entropy, "frame", series)
-    sops = [_uid(uid_entropy, "sop", series, k) for k in range(n)]
-    spec = _DESCRIPTIONS[phantom.kind]
+    sops = [_uid(uid_entropy, "sop", series, k) for k in range(n + int(localizer))]
+    spec = dict(_DESCRIPTIONS[phantom.kind])
+    unknown = set(descriptions or {}) - {"StudyDescription", "SeriesDescription", "ProtocolName", "BodyPartExamined",
+                                         "ContrastBolusAgent"}
+    if unknown:
+        raise ValueError(f"descriptions cannot override {sorted(unknown)}")
+    spec.update(descriptions or {})
     now = datetime.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     thickness = f"{phantom.spacing_z:g}"
     half = (phantom.volume_hu.shape[1] - 1) / 2.0 * phantom.pixel_mm
     paths: list[Path] = []
-    for k in range(n):
+    for k in range(n + int(localizer)):
         z = phantom.z_top_mm - k * phantom.spacing_z
+        scout = k == n
         ds = Dataset()
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -1179,7 +1195,10 @@ def write_ct_series(
         ds.PatientSex = "O"
         if phantom.patient_size_m:
             ds.PatientSize = f"{phantom.patient_size_m:.2f}"
-        ds.ContrastBolusAgent = spec["ContrastBolusAgent"]
+        if spec["ContrastBolusAgent"]:
+            ds.ContrastBolusAgent = spec["ContrastBolusAgent"]
+            ds.ContrastBolusRoute = "IV"
+            ds.ContrastBolusVolume = spec["ContrastBolusVolume"]
         ds.BodyPartExamined = spec["BodyPartExamined"]
         ds.SliceThickness = thickness
         ds.KVP = spec["KVP"]
@@ -1190,25 +1209,31 @@ def write_ct_series(
         ds.GantryDetectorTilt = "0"
         ds.ConvolutionKernel = spec["ConvolutionKernel"]
         ds.PatientPosition = "HFS"
-        ds.ContrastBolusRoute = "IV"
-        ds.ContrastBolusVolume = spec["ContrastBolusVolume"]
         ds.StudyInstanceUID = study
         ds.SeriesInstanceUID = series
         ds.StudyID = "1"
         ds.SeriesNumber = series_number
         ds.AcquisitionNumber = 1
-        ds.InstanceNumber = numbers[k]
-        ds.ImagePositionPatient = [f"{-half:.4f}", f"{-half:.4f}", f"{z:.4f}"]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
         ds.FrameOfReferenceUID = frame
         ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = f"{z:.4f}"
+        if scout:  # a coronal projection through the volume, rows along z (PS3.3 C.8.2.1.1.1)
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+            ds.InstanceNumber = n + 1
+            ds.ImagePositionPatient = [f"{-half:.4f}", "0", f"{phantom.z_top_mm:.4f}"]
+            ds.ImageOrientationPatient = ["1", "0", "0", "0", "0", "-1"]
+            ds.PixelSpacing = [f"{phantom.spacing_z:.6g}", f"{phantom.pixel_mm:.6g}"]
+            hu = np.rint(phantom.volume_hu.mean(axis=1)).astype(np.int16)
+        else:
+            ds.InstanceNumber = numbers[k]
+            ds.ImagePositionPatient = [f"{-half:.4f}", f"{-half:.4f}", f"{z:.4f}"]
+            ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+            ds.SliceLocation = f"{z:.4f}"
+            ds.PixelSpacing = [f"{phantom.pixel_mm:.6g}", f"{phantom.pixel_mm:.6g}"]
+            hu = phantom.volume_hu[k]
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = phantom.volume_hu.shape[1:]
-        ds.PixelSpacing = [f"{phantom.pixel_mm:.6g}", f"{phantom.pixel_mm:.6g}"]
+        ds.Rows, ds.Columns = hu.shape
         ds.BitsAllocated = 16
-        hu = phantom.volume_hu[k]
         if pixel_representation == "uint16":
             ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
             ds.RescaleIntercept = "-1024"
@@ -1221,7 +1246,8 @@ def write_ct_series(
         ds.WindowWidth = [str(w) for _, w in spec["windows"]]
         ds.WindowCenterWidthExplanation = spec["explanations"]
         ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
+        if not scout:  # dciodvfy: a localizer's rescaled values are not to be called HU
+            ds.RescaleType = "HU"
         ds.PixelData = pixels.tobytes()
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
@@ -1231,15 +1257,20 @@ def write_ct_series(
         ds.file_meta = meta
         if file_names == "sop_uid":
             name = f"{ds.SOPInstanceUID}.dcm"
+        elif scout:
+            name = "IM00000.dcm"
         elif file_names == "ordered":
             name = f"IM{k + 1:05d}.dcm"
         else:
             name = f"IM{order[k] + 1:05d}.dcm"
         path = out / name
         ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
+        if not scout:
+            paths.append(path)
 
-    phantom.truth.update(study_uid=study, series_uid=series, sop_uids=list(sops))
+    phantom.truth.update(study_uid=study, series_uid=series, sop_uids=list(sops[:n]))
+    if localizer:
+        phantom.truth["localizer_sop_uid"] = sops[n]
     if phantom.kind == "ctpa":
         phantom.truth["pe_sop_uids"] = [sops[k] for k in phantom.truth["pe_slices"]]
     else:

@@ -24,7 +24,7 @@ from models.phantoms.ct_datasets import (
     write_rsna_pe,
 )
 from models.preprocess.ct_series import iter_hu_batches, plan_series
-from tests.helpers import dciodvfy
+from tests.helpers import OrthancServer, dciodvfy
 
 RSNA_HEADER = (
     "StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID,pe_present_on_image,negative_exam_for_pe,qa_motion,"
@@ -217,6 +217,37 @@ def test_headers_like_a_scanner_and_dciodvfy_clean(tmp_path: Path, abdomen512: C
     for path in (first, abdomen[0], abdomen[-1]):
         report = dciodvfy(path)
         assert not report.errors and not report.warnings, report.output
+
+
+def test_localizer_in_the_series_is_dropped_and_descriptions_can_change(tmp_path: Path) -> None:
+    phantom = ctpa_phantom(8, slices=16, size=64)
+    paths = phantom.write_series(tmp_path, localizer=True,
+                                 descriptions={"StudyDescription": "CT CHEST", "ContrastBolusAgent": ""})
+    files = sorted(tmp_path.iterdir())
+    assert len(paths) == 16 and len(files) == 17
+    plan = plan_series([pydicom.dcmread(p, stop_before_pixels=True) for p in files])
+    assert [d.sop_instance_uid for d in plan.dropped] == [phantom.truth["localizer_sop_uid"]]
+    assert list(plan.sop_instance_uids) == phantom.truth["sop_uids"][::-1]
+    scout = pydicom.dcmread(tmp_path / "IM00000.dcm")
+    assert "LOCALIZER" in scout.ImageType and scout.pixel_array.shape == (16, 64)
+    report = dciodvfy(tmp_path / "IM00000.dcm")
+    assert not report.errors and not report.warnings, report.output
+    axial = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    assert axial.StudyDescription == "CT CHEST" and "ContrastBolusAgent" not in axial
+    with pytest.raises(ValueError, match="cannot override"):
+        phantom.write_series(tmp_path / "x", descriptions={"Modality": "MR"})
+
+
+def test_orthanc_stores_the_series_under_the_given_uids(tmp_path: Path, orthanc: OrthancServer) -> None:
+    phantom = abdomen_phantom(9, slices=90, size=64, spacing_z=3.2)
+    study, series = "1.2.826.0.1.3680043.8.498.4.1", "1.2.826.0.1.3680043.8.498.4.2"
+    phantom.write_series(tmp_path, study_uid=study, series_uid=series, instance_numbers="shuffled")
+    orthanc.store_with_storescu([tmp_path])
+    stored = orthanc.wait_for_instances(study_uid=study, count=90)
+    assert {i.sop_instance_uid for i in stored} == set(phantom.truth["sop_uids"])
+    assert {(i.series_instance_uid, i.modality, i.sop_class_uid) for i in stored} == {
+        (series, "CT", "1.2.840.10008.5.1.4.1.1.2")}
+    assert all("ABD" in i.series_description for i in stored)
 
 
 # ----------------------------------------------------------------------------- abdomen
