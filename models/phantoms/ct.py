@@ -40,7 +40,6 @@ from typing import Any, Literal
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 __all__ = [
@@ -385,13 +384,13 @@ def _peripheral_vessels(r: np.random.Generator, lobar: list[_Tube], lungs: list[
 
 
 def _emboli(r: np.random.Generator, arteries: list[_Tube], side: str, chronic: bool, acute_and_chronic: bool
-            ) -> list[tuple[_Tube, str]]:
-    """Clots as tubes along (acute: centred) or against the wall of (chronic: eccentric) an artery."""
+            ) -> list[tuple[_Tube, str, str]]:
+    """Clots (tube, tissue, artery name): along (acute: centred) or against the wall of (chronic) an artery."""
     by_name = {t.name: t for t in arteries}
     candidates = list(_ARTERY_SIDES[side])
     r.shuffle(candidates)
     kinds = ["embolus", "chronic_embolus"] if acute_and_chronic else ["chronic_embolus" if chronic else "embolus"]
-    clots: list[tuple[_Tube, str]] = []
+    clots: list[tuple[_Tube, str, str]] = []
     for index, kind in enumerate(kinds):
         artery = by_name[candidates[index % len(candidates)]]
         length = float(r.uniform(18.0, 36.0))
@@ -410,7 +409,7 @@ def _emboli(r: np.random.Generator, arteries: list[_Tube], side: str, chronic: b
             offset = side_vec * (min(ra, rb) * 0.5)
         a2, b2 = a + offset, b + offset
         clots.append((_Tube(kind, (float(a2[0]), float(a2[1]), float(a2[2])),
-                            (float(b2[0]), float(b2[1]), float(b2[2])), float(fa), float(fb)), kind))
+                            (float(b2[0]), float(b2[1]), float(b2[2])), float(fa), float(fb)), kind, artery.name))
     return clots
 
 
@@ -601,7 +600,7 @@ def ctpa_phantom(
         cv.capsule(esophagus.a, esophagus.b, esophagus.ra, esophagus.rb, "soft_tissue", clip=inside)
         for tube in arteries:
             cv.capsule(tube.a, tube.b, tube.ra, tube.rb, "pulmonary_artery", clip=inside)
-        for clot, kind in clots:
+        for clot, kind, _ in clots:
             cv.capsule(clot.a, clot.b, clot.ra, clot.rb, kind, only=("pulmonary_artery",))
 
         _draw_thoracic_spine(cv, spine_y, sc, (d + disc_phase) % 26.0 < 5.0)
@@ -633,20 +632,14 @@ def ctpa_phantom(
         "chronic": bool(chronic),
         "acute_and_chronic": bool(acute_and_chronic),
         "rv_lv_ratio": float(rv_lv_ratio),
-        "artery": [_artery_of(clot, arteries) for clot, _ in clots],
+        "artery": [name for _, _, name in clots],
         "contrast_hu": contrast,
         "exam_labels": exam,
         **exam,
     }
     if embolus is not None and not pe_slices:
-        raise AssertionError(f"seed {seed}: the clot covers no slice at {spacing} mm spacing")
+        raise ValueError(f"seed {seed}: the clot falls between slices {spacing} mm apart; use more slices")
     return CtPhantom("ctpa", volume, labels, grid.mm, spacing, 100.0, int(seed), truth, patient_size_m)
-
-
-def _artery_of(clot: _Tube, arteries: list[_Tube]) -> str:
-    a = np.array(clot.a)
-    return min(arteries, key=lambda t: float(np.linalg.norm(np.cross(a - np.array(t.a), np.subtract(t.b, t.a)))
-                                             / t.length) + (0.0 if t.name in sum(_ARTERY_SIDES.values(), ()) else 1e3)).name
 
 
 def _draw_thoracic_spine(cv: _Canvas, y: float, sc: float, disc: bool) -> None:
@@ -881,7 +874,7 @@ def abdomen_phantom(
     l3 = by["L3"]
     l3_index = int(round(l3.centre / spacing_z))
     if not 0 <= l3_index < slices or levels[l3_index] != "L3":
-        raise AssertionError(f"seed {seed}: L3 centre at {l3.centre:.1f} mm falls outside the volume")
+        raise ValueError(f"seed {seed}: no slice within the L3 body at {spacing_z} mm spacing")
     ranges: dict[str, list[int]] = {}
     for k, level in enumerate(levels):
         ranges.setdefault(level, [k, k])[1] = k
