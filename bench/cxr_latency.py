@@ -112,8 +112,10 @@ def main() -> int:
             rows.append([name, *_stats(values), ""])
         for key, values in sorted(steps.items(), key=lambda kv: list(STEPS).index(kv[0]) if kv[0] in STEPS else 99):
             rows.append([f"  {STEPS.get(key, key)}", *_stats(values), ""])
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"Chest radiograph latency, whole cxr pipeline, {len(latencies)} rounds (RG1_UNCR.dcm, 7 MB CR), "
-              f"quiet period {args.quiet} s, {os.cpu_count()} CPU cores")
+              f"quiet period {args.quiet} s, {os.cpu_count()} CPU cores, load average {load} "
+              "(other processes share the cores)")
         print(table(["phase", "median s", "min s", "max s", "vs seed 2 (12 s)"], rows))
         return 0
     finally:
