@@ -321,3 +321,14 @@ def test_undecodable_pixels_are_an_input_error(
     series = [p for i, p in enumerate(paths) if i != 7] + [broken]
     with pytest.raises(InputError, match=rf"ct_pe: cannot decode the pixels of slice {phantom.truth['sop_uids'][7]}"):
         tiny_pe.analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], series)
+
+
+def test_localizer_sent_with_the_series_is_dropped(tiny_lumbar: CtLumbarPipeline, tmp_path: Path) -> None:
+    phantom = abdomen_phantom(504, slices=LUMBAR_MIN_SLICES + 4, size=96, spacing_z=12.0)
+    slices = phantom.write_series(tmp_path, localizer=True)
+    every_file = sorted(tmp_path.glob("*.dcm"))  # what the node received: the scout is one of them
+    assert len(every_file) == len(slices) + 1
+    out = tiny_lumbar.analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], every_file)
+    scout = phantom.truth["localizer_sop_uid"]
+    assert any(w.startswith(f"{scout}: localizer") for w in out.warnings), out.warnings
+    assert out.result.lumbar is not None and out.result.lumbar.slice_uids == phantom.truth["sop_uids"][:len(slices)][::-1]
