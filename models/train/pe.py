@@ -1,0 +1,767 @@
+"""Seed 1's pulmonary-embolism model: Xception with nine sigmoid heads, trained on RSNA-PE data.
+
+Architecture (:func:`build_model`, seed 1): ``keras.applications.Xception`` (``weights=None``:
+ImageNet weights are never downloaded) on an H×W×3 input (512 by default) → global average
+pooling → dropout → Dense 1024 → Dense 256 → Dense 64 (ReLU) → nine 1-unit sigmoid heads named
+as :data:`models.findings.PE_HEADS`. 23,239,089 parameters; 2,377,609 trainable with the
+backbone frozen (seed 1's figures: the Xception body has 20,861,480, of which 54,528 batch-norm
+statistics; the head 2,098,176 + 262,400 + 16,448 + 9 × 65). The input is the three CT windows of
+``models.pe`` as channels, each 0..1; Xception's own ``[-1, 1]`` scaling is not applied (the model
+is trained on 0..1 from the start, so the scaling is not needed, and leaving it out keeps one
+graph input).
+
+ONNX (:func:`export_pe_onnx`): input ``image`` (N, H, W, 3) NHWC float32; ONE output ``scores``
+(N, 9), the nine heads concatenated in :data:`PE_HEADS` order. Weights are stored as float16
+initializers each followed by a ``Cast`` to float32 (:func:`store_weights_fp16`): the file is
+half the size and ONNX Runtime folds the casts at session start, so it computes in float32.
+
+Training (:func:`main`, extra ``[train]``): RSNA-PE layout ``DATA/train.csv`` +
+``DATA/train/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``; studies split 80/20
+(``--validation``); each slice is a sample whose targets are its ``pe_present_on_image`` and its
+exam's eight other head labels (as seed 1); binary cross-entropy per head, Adam, backbone frozen
+by default (``--no-freeze-backbone`` trains it too). Evaluation on the validation studies runs the
+ONNX model through :class:`models.pe.PeModel` (the serving code) and prints the challenge's
+weighted log loss (:func:`rsna_weighted_log_loss`) and per-label AUC and accuracy.
+
+TensorFlow/Keras are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from models.findings import PE_EXAM_LABELS, PE_HEADS
+from models.manifest import manifest_from_mapping, sha256_file
+
+__all__ = [
+    "DEFAULT_WINDOWS",
+    "EXAM_WEIGHTS",
+    "IMAGE_WEIGHT",
+    "EXPECTED_PARAMETERS",
+    "EXPECTED_TRAINABLE_FROZEN",
+    "MODEL_NAME",
+    "build_model",
+    "export_pe_onnx",
+    "store_weights_fp16",
+    "rsna_weighted_log_loss",
+    "roc_auc",
+    "read_rsna_labels",
+    "write_manifest",
+    "main",
+    "build_demo",
+]
+
+MODEL_NAME = "ct-pe"
+EXPECTED_PARAMETERS = 23_239_089
+EXPECTED_TRAINABLE_FROZEN = 2_377_609
+DEFAULT_WINDOWS: tuple[tuple[float, float], ...] = ((100.0, 700.0), (40.0, 400.0), (-600.0, 1500.0))
+"""(centre, width) in HU of the three channels: PE-specific, mediastinal, lung (see ``models.pe``)."""
+
+#: Weights of the RSNA STR PE challenge's metric (Kaggle evaluation page; the same numbers are in the
+#: winners' published validation code): exam labels, and the image label (times the exam's positive fraction).
+EXAM_WEIGHTS: dict[str, float] = {
+    "negative_exam_for_pe": 0.0736196319,
+    "indeterminate": 0.09202453988,
+    "chronic_pe": 0.1042944785,
+    "acute_and_chronic_pe": 0.1042944785,
+    "central_pe": 0.1877300613,
+    "leftsided_pe": 0.06257668712,
+    "rightsided_pe": 0.06257668712,
+    "rv_lv_ratio_gte_1": 0.2346625767,
+    "rv_lv_ratio_lt_1": 0.0782208589,
+}
+IMAGE_WEIGHT = 0.07361963
+_EPS = 1e-15  # probabilities are clipped to [eps, 1 - eps] before the logarithm, as sklearn's log_loss
+
+
+def build_model(input_size: int = 512, *, dropout: float = 0.3, freeze_backbone: bool = True) -> Any:
+    """Seed 1's Keras model (see the module docstring).
+
+    Parameters
+    ----------
+    input_size : int
+        Height and width of the square 3-channel input (seed 1: 512); at least 71 (Xception).
+    dropout : float
+        Dropout rate after global average pooling (seed 1 does not give it; ours).
+    freeze_backbone : bool
+        Make the Xception body non-trainable (seed 1 trains the head only on an ImageNet body).
+
+    Returns
+    -------
+    keras.Model
+        Input ``image`` (N, input_size, input_size, 3) in 0..1, nine outputs (N, 1) named as
+        :data:`PE_HEADS`, in that order.
+    """
+    import keras
+    from keras import layers
+
+    if input_size < 71:
+        raise ValueError(f"input_size must be at least 71 (Xception's smallest input), got {input_size}")
+    image = keras.Input(shape=(input_size, input_size, 3), name="image")
+    base = keras.applications.Xception(include_top=False, weights=None, input_shape=(input_size, input_size, 3))
+    base.trainable = not freeze_backbone
+    x = base(image)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dense(1024, activation="relu", name="dense_1024")(x)
+    x = layers.Dense(256, activation="relu", name="dense_256")(x)
+    x = layers.Dense(64, activation="relu", name="dense_64")(x)
+    heads = [layers.Dense(1, activation="sigmoid", name=name)(x) for name in PE_HEADS]
+    return keras.Model(image, heads, name="pe_xception")
+
+
+def _batch_norm_layers(layer: Any) -> list[Any]:
+    from keras import layers
+
+    found = [layer] if isinstance(layer, layers.BatchNormalization) else []
+    for sub in getattr(layer, "layers", []):
+        found += _batch_norm_layers(sub)
+    return found
+
+
+def recalibrate_batch_norm(model: Any, images: np.ndarray, batch_size: int, batches: int = 40, seed: int = 0) -> int:
+    """Re-estimate the moving mean/variance of trainable batch-norm layers on training images.
+
+    A backbone trained from scratch for a few hundred steps leaves Keras' moving statistics
+    (momentum 0.99) far from the batch statistics it was trained with, and the exported model
+    (inference mode) then gives the same output for every input. Forward passes in training mode
+    with momentum 0.9 and no optimizer step fix the statistics without touching the weights.
+    Returns the number of layers recalibrated (0 for a frozen backbone).
+    """
+    norms = [layer for layer in _batch_norm_layers(model) if layer.trainable]
+    if not norms:
+        return 0
+    saved = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.9
+    rng = np.random.default_rng(seed)
+    for _ in range(batches):
+        pick = rng.choice(len(images), size=min(batch_size, len(images)), replace=False)
+        model(images[pick].astype(np.float32), training=True)
+    for layer, momentum in zip(norms, saved):
+        layer.momentum = momentum
+    return len(norms)
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(total, trainable) parameter counts of a Keras model."""
+    trainable = int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
+    return int(model.count_params()), trainable
+
+
+def store_weights_fp16(path: str | Path, *, min_elements: int = 1024) -> tuple[int, int]:
+    """Rewrite an ONNX file so that its large float32 initializers are stored as float16.
+
+    Each such initializer ``W`` becomes ``W__fp16`` (float16) and a ``Cast(to=FLOAT)`` node,
+    placed first in the graph, produces ``W`` again: the graph computes in float32 as before, and
+    ONNX Runtime's constant folding turns the casts back into float32 constants at session start.
+    Only the stored precision changes (about 3 significant digits per weight).
+
+    Returns
+    -------
+    tuple of int
+        File size in bytes before and after.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    path = Path(path)
+    before = path.stat().st_size
+    model = onnx.load(str(path))
+    graph = model.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= min_elements:
+            values = numpy_helper.to_array(init).astype(np.float16)
+            kept.append(numpy_helper.from_array(values, name=f"{init.name}__fp16"))
+            casts.append(helper.make_node("Cast", [f"{init.name}__fp16"], [init.name], to=TensorProto.FLOAT,
+                                          name=f"{init.name}__cast"))
+        else:
+            kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return before, path.stat().st_size
+
+
+def export_pe_onnx(model: Any, path: str | Path, *, fp16_weights: bool = True) -> None:
+    """Export :func:`build_model`'s model to ONNX with one output ``scores`` (N, 9) in PE_HEADS order."""
+    import keras
+    from keras import layers
+
+    from models.train.architectures import export_onnx
+
+    if len(model.outputs) != len(PE_HEADS):
+        raise ValueError(f"expected {len(PE_HEADS)} heads, the model has {len(model.outputs)}")
+    joined = keras.Model(model.inputs, layers.Concatenate(name="scores")(list(model.outputs)), name="pe_export")
+    export_onnx(joined, path, input_name="image", output_name="scores")
+    if fp16_weights:
+        store_weights_fp16(path)
+
+
+# --------------------------------------------------------------------------- metric
+
+
+def _bce(y: ArrayLike, p: ArrayLike) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
+    y = np.asarray(y, dtype=np.float64)
+    return -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+
+
+def rsna_weighted_log_loss(
+    image_true: Sequence[ArrayLike],
+    image_pred: Sequence[ArrayLike],
+    exam_true: Sequence[Mapping[str, float]],
+    exam_pred: Sequence[Mapping[str, float]],
+) -> float:
+    """The RSNA STR PE challenge's weighted log loss over a set of exams.
+
+    For exam *i* with *n_i* images of which a fraction *q_i* is positive, every image *j* adds
+    ``w_img · q_i · BCE(y_ij, p_ij)`` with weight ``w_img · q_i``, and every exam label *l* adds
+    ``w_l · BCE(y_il, p_il)`` with weight ``w_l`` (:data:`IMAGE_WEIGHT`, :data:`EXAM_WEIGHTS`);
+    the score is the sum of the losses over the sum of the weights. Probabilities are clipped to
+    [1e-15, 1 − 1e-15]. Lists are per exam, in the same order.
+    """
+    if not (len(image_true) == len(image_pred) == len(exam_true) == len(exam_pred)):
+        raise ValueError("image and exam truths and predictions must list the same exams")
+    if not image_true:
+        raise ValueError("no exam to score")
+    total_loss = 0.0
+    total_weight = 0.0
+    for y_img, p_img, y_exam, p_exam in zip(image_true, image_pred, exam_true, exam_pred):
+        y = np.asarray(y_img, dtype=np.float64)
+        if y.shape != np.asarray(p_img).shape or y.size == 0:
+            raise ValueError(f"an exam has {y.size} image labels and {np.asarray(p_img).size} predictions")
+        q = float(y.mean())
+        total_loss += IMAGE_WEIGHT * q * float(_bce(y, p_img).sum())
+        total_weight += IMAGE_WEIGHT * q * y.size
+        for label, weight in EXAM_WEIGHTS.items():
+            total_loss += weight * float(_bce(np.array([y_exam[label]]), np.array([p_exam[label]]))[0])
+            total_weight += weight
+    return total_loss / total_weight
+
+
+def roc_auc(y_true: ArrayLike, scores: ArrayLike) -> float | None:
+    """Area under the ROC curve (Mann–Whitney U, ties counted half); None without both classes."""
+    y = np.asarray(y_true, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    start = 0
+    while start < len(s):  # average ranks over ties
+        stop = start
+        while stop + 1 < len(s) and sorted_s[stop + 1] == sorted_s[start]:
+            stop += 1
+        ranks[order[start:stop + 1]] = (start + stop) / 2.0 + 1.0
+        start = stop + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Study:
+    """One study of an RSNA-PE data set: its series' slices (SOPInstanceUID → label) and exam labels."""
+
+    study_uid: str
+    series: dict[str, dict[str, int]] = field(default_factory=dict)  # series UID → {SOP UID: pe_present_on_image}
+    exam: dict[str, int] = field(default_factory=dict)
+
+
+def read_rsna_labels(csv_path: Path) -> dict[str, Study]:
+    """Read an RSNA-PE ``train.csv`` (one row per image, exam labels repeated on every row).
+
+    Raises
+    ------
+    ValueError
+        A required column is missing, a value is not 0/1, or an exam's labels differ between rows.
+    """
+    required = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "pe_present_on_image", *PE_EXAM_LABELS)
+    studies: dict[str, Study] = {}
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        absent = [c for c in required if c not in (reader.fieldnames or [])]
+        if absent:
+            raise ValueError(f"{csv_path}: missing column(s) {', '.join(absent)}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                values = {c: int(float(row[c])) for c in required[3:]}
+            except ValueError as exc:
+                raise ValueError(f"{csv_path} line {line}: labels must be 0 or 1 ({exc})") from exc
+            if any(v not in (0, 1) for v in values.values()):
+                raise ValueError(f"{csv_path} line {line}: labels must be 0 or 1")
+            study = studies.setdefault(row["StudyInstanceUID"], Study(row["StudyInstanceUID"]))
+            exam = {c: values[c] for c in PE_EXAM_LABELS}
+            if study.exam and study.exam != exam:
+                raise ValueError(f"{csv_path} line {line}: exam labels of study {study.study_uid} differ from its earlier rows")
+            study.exam = exam
+            study.series.setdefault(row["SeriesInstanceUID"], {})[row["SOPInstanceUID"]] = values["pe_present_on_image"]
+    if not studies:
+        raise ValueError(f"{csv_path}: no rows")
+    return studies
+
+
+def split_studies(studies: Mapping[str, Study], validation: float, seed: int) -> tuple[list[str], list[str]]:
+    """Study-wise split: (training, validation) study UIDs, no study on both sides.
+
+    PE-negative and PE-positive studies are drawn separately (about ``validation`` of each), so
+    both sides get some of each; deterministic for a given seed.
+    """
+    if not 0.0 <= validation < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {validation}")
+    rng = np.random.default_rng(seed)
+    held: set[str] = set()
+    for negative in (0, 1):
+        group = sorted(u for u, s in studies.items() if int(s.exam["negative_exam_for_pe"] or s.exam["indeterminate"]) == negative)
+        held.update(str(u) for u in rng.permutation(group)[: round(validation * len(group))])
+    uids = sorted(studies)
+    return [u for u in uids if u not in held], [u for u in uids if u in held]
+
+
+def _plan_series_folder(folder: Path) -> tuple[Any, dict[str, Path]]:
+    import pydicom
+
+    from models.preprocess.ct_series import plan_series
+
+    files = sorted(folder.glob("*.dcm"))
+    if not files:
+        raise FileNotFoundError(f"no .dcm files in {folder}")
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    plan = plan_series(headers)
+    return plan, {str(h.SOPInstanceUID): f for h, f in zip(headers, files)}
+
+
+def load_slices(
+    data_dir: Path, studies: Mapping[str, Study], uids: Sequence[str], size: int,
+    windows: Sequence[Sequence[float]], max_slices: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windowed slices (N, size, size, 3) float16 and their nine targets (N, 9) in PE_HEADS order.
+
+    Slices are read as in serving (plan, HU batches, :func:`models.pe.window_slices`); a slice's
+    targets are its own ``pe_present_on_image`` and its exam's labels. ``max_slices`` keeps at most
+    that many evenly spaced slices per series (all positive slices of a positive series are kept
+    first), which bounds memory on large data sets.
+    """
+    from models.pe import window_slices
+    from models.preprocess.ct_series import iter_hu_batches
+
+    images: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    for uid in uids:
+        study = studies[uid]
+        for series_uid, labels in sorted(study.series.items()):
+            plan, paths = _plan_series_folder(Path(data_dir) / "train" / uid / series_uid)
+            order = list(plan.sop_instance_uids)
+            unknown = [s for s in order if s not in labels]
+            if unknown:
+                raise ValueError(f"study {uid} series {series_uid}: {len(unknown)} slice(s) not in train.csv, e.g. {unknown[0]}")
+            keep = set(range(len(order)))
+            if max_slices is not None and len(order) > max_slices:
+                pos = [i for i, s in enumerate(order) if labels[s]]
+                neg = [i for i, s in enumerate(order) if not labels[s]]
+                room = max(0, max_slices - len(pos))
+                picked_neg = [neg[int(j)] for j in np.linspace(0, len(neg) - 1, room)] if room and neg else []
+                keep = set(pos[:max_slices]) | set(picked_neg)
+            for indices, hu in iter_hu_batches(plan, paths, batch_size=8):
+                chosen = [r for r, i in enumerate(indices) if i in keep]
+                if not chosen:
+                    continue
+                images.append(window_slices(hu[chosen], windows, size, size).astype(np.float16))
+                for r in chosen:
+                    sop = order[indices[r]]
+                    row = [float(labels[sop]) if head == "pe_present_on_image" else float(study.exam[head]) for head in PE_HEADS]
+                    targets.append(np.array(row, dtype=np.float32))
+    if not images:
+        raise ValueError("no slices loaded")
+    return np.concatenate(images), np.stack(targets)
+
+
+# --------------------------------------------------------------------------- manifest, evaluation, card
+
+_DISPLAY = {
+    "acute_and_chronic_pe": "Acute and chronic pulmonary embolism",
+    "central_pe": "Central pulmonary embolism",
+    "chronic_pe": "Chronic pulmonary embolism",
+    "indeterminate": "Indeterminate for pulmonary embolism",
+    "leftsided_pe": "Left-sided pulmonary embolism",
+    "pe_present_on_image": "Pulmonary embolism present on image",
+    "rightsided_pe": "Right-sided pulmonary embolism",
+    "rv_lv_ratio_gte_1": "RV/LV ratio at least 1",
+    "rv_lv_ratio_lt_1": "RV/LV ratio below 1",
+}
+
+
+def write_manifest(
+    out: Path, onnx_path: Path, *, size: int, windows: Sequence[Sequence[float]], version: str, demo: bool,
+    description: str, postprocessing: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Write ``out/model.json`` for an exported PE model (validated first) and return it."""
+    manifest: dict[str, Any] = {
+        "name": MODEL_NAME,
+        "version": version,
+        "task": "slice-classification",
+        "backend": "onnx",
+        "weights": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "labels": [{"key": h, "display": _DISPLAY[h], "threshold": float((thresholds or {}).get(h, 0.5))} for h in PE_HEADS],
+        "input": {
+            "height": size, "width": size, "channels": 3, "layout": "NHWC", "dtype": "float32",
+            "preprocessing": {"kind": "ct_windows", "windows": [[float(c), float(w)] for c, w in windows]},
+        },
+        "manufacturer": "ainode",
+        "demo": demo,
+        "description": description,
+        "licence": "Apache-2.0 (code); weights: as the training data's licence (RSNA-PE: non-commercial).",
+        "card": "MODEL_CARD.md",
+        "postprocessing": {"top_k": 3, "negative_threshold": 0.5, "output": "scores (N, 9) in label order",
+                           **dict(postprocessing or {})},
+        "train_command": "python -m models.train.pe --data DATA --out MODELS_DIR/ct-pe",
+    }
+    manifest_from_mapping(manifest, out, "generated manifest")
+    (out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+@dataclass
+class Evaluation:
+    """Figures of a model on held-out studies (per-label AUC/accuracy: None when undefined)."""
+
+    studies: int
+    slices: int
+    weighted_log_loss: float
+    auc: dict[str, float | None]
+    accuracy: dict[str, float]
+
+    def lines(self) -> list[str]:
+        out = [f"{self.studies} validation studies, {self.slices} slices; RSNA weighted log loss {self.weighted_log_loss:.4f}",
+               "| label | AUC | accuracy |", "| --- | ---: | ---: |"]
+        for label in ("pe_present_on_image", *PE_EXAM_LABELS):
+            auc = self.auc.get(label)
+            out.append(f"| {label} | {'n/a' if auc is None else f'{auc:.3f}'} | {self.accuracy[label]:.3f} |")
+        return out
+
+
+def evaluate(manifest_path: Path, data_dir: Path, studies: Mapping[str, Study], uids: Sequence[str],
+             threads: int = 2) -> Evaluation:
+    """Run the exported model through :class:`models.pe.PeModel` (serving code) on the given studies.
+
+    Exam probabilities are scored before the consistency rules (the metric wants probabilities);
+    accuracies use the decisions after them (``exam_labels`` and ``positive_slices``).
+    """
+    from models.manifest import load_manifest
+    from models.pe import PeModel
+
+    model = PeModel.from_manifest(load_manifest(manifest_path), threads=threads)
+    img_true: list[np.ndarray] = []
+    img_pred: list[np.ndarray] = []
+    img_decision: list[np.ndarray] = []
+    ex_true: list[dict[str, float]] = []
+    ex_pred: list[dict[str, float]] = []
+    ex_decision: list[dict[str, bool]] = []
+    for uid in uids:
+        study = studies[uid]
+        for series_uid, labels in sorted(study.series.items()):
+            plan, paths = _plan_series_folder(Path(data_dir) / "train" / uid / series_uid)
+            result = model.analyse(plan, paths)
+            img_true.append(np.array([labels[s] for s in result.slice_uids], dtype=np.float64))
+            img_pred.append(np.array(result.slice_probabilities))
+            decision = np.zeros(len(result.slice_uids))
+            decision[result.positive_slices] = 1
+            img_decision.append(decision)
+            ex_true.append({k: float(v) for k, v in study.exam.items()})
+            ex_pred.append(dict(result.exam_probabilities))
+            ex_decision.append(dict(result.exam_labels))
+    if not img_true:
+        raise ValueError("no validation study to evaluate")
+    auc: dict[str, float | None] = {"pe_present_on_image": roc_auc(np.concatenate(img_true), np.concatenate(img_pred))}
+    accuracy = {"pe_present_on_image": float(np.mean(np.concatenate(img_true) == np.concatenate(img_decision)))}
+    for label in PE_EXAM_LABELS:
+        auc[label] = roc_auc([t[label] for t in ex_true], [p[label] for p in ex_pred])
+        accuracy[label] = float(np.mean([t[label] == float(d[label]) for t, d in zip(ex_true, ex_decision)]))
+    return Evaluation(len(ex_true), int(sum(len(t) for t in img_true)),
+                      rsna_weighted_log_loss(img_true, img_pred, ex_true, ex_pred), auc, accuracy)
+
+
+def write_model_card(path: Path, manifest: Mapping[str, Any], args: argparse.Namespace, run: Mapping[str, Any],
+                     evaluation: Evaluation | None) -> None:
+    """``MODEL_CARD.md``: design, data, training, held-out figures, limits, how to reproduce."""
+    figures = "\n".join(evaluation.lines()) if evaluation else "No validation studies (validation fraction 0)."
+    demo_note = (
+        "**Demo weights**: trained on synthetic CTPA phantoms (bright pulmonary arteries with planted filling "
+        "defects), from scratch (no ImageNet weights here), with the backbone trained too and at a small input size. "
+        "They show the pipeline end to end; they are not a diagnostic model and know nothing of real anatomy.\n\n"
+        if manifest.get("demo") else ""
+    )
+    text = f"""# {manifest['name']} {manifest['version']} — pulmonary embolism on CTPA (seed 1 design)
+
+{demo_note}Weights `{manifest['weights']}`, SHA-256 `{manifest['sha256']}`.
+
+## Design
+Xception (Keras, `weights=None`) on {args.size}×{args.size}×3 → global average pooling → dropout {args.dropout}
+→ Dense 1024 → Dense 256 → Dense 64 (ReLU) → nine 1-unit sigmoid heads ({', '.join(PE_HEADS)}).
+{EXPECTED_PARAMETERS:,} parameters ({EXPECTED_TRAINABLE_FROZEN:,} trainable with the backbone frozen, as seed 1).
+Channels: CT windows (centre, width) {manifest['input']['preprocessing']['windows']} HU, each clipped to 0..1.
+ONNX: input `image` (N, {args.size}, {args.size}, 3) NHWC float32; output `scores` (N, 9) in the order above;
+weights stored as float16 and cast to float32 in the graph (ONNX Runtime computes in float32).
+
+## Data and training
+RSNA-PE layout (`train.csv` + `train/<study>/<series>/<sop>.dcm`) from `{args.data}`: {run['train_studies']} training
+studies ({run['train_slices']} slices), {run['val_studies']} validation studies (study-wise split {args.validation}).
+Targets per slice: its `pe_present_on_image` and its exam's labels. Binary cross-entropy per head, Adam
+(learning rate {args.lr}), batch {args.batch_size}, {run['steps']} steps ({run['seconds']:.0f} s), backbone
+{'frozen' if args.freeze_backbone else 'trained'}, seed {args.seed}.
+
+## Validation (serving code: `models.pe.PeModel`, RSNA consistency rules applied to the decisions)
+{figures}
+
+Weighted log loss: the challenge's metric (image loss weighted by the exam's positive fraction, exam labels by
+the official weights); seed 1 reports a total validation loss of 2.88 on RSNA-PE (a different sum of losses).
+
+## Intended use and limits
+Flag CTPA series that may show pulmonary embolism so that reading is prioritised. Not a diagnostic device;
+not validated clinically. Exam aggregation and rules: see `models/pe.py`.
+
+## How to reproduce
+`python -m models.train.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
+"""
+    path.write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m models.train.pe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="RSNA-PE folder: train.csv and train/<study>/<series>/*.dcm")
+    parser.add_argument("--out", type=Path, required=True, help="folder for model.onnx, model.json, MODEL_CARD.md")
+    parser.add_argument("--size", type=int, default=512, help="input height and width (seed 1: 512)")
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the training slices (seed 1: 3)")
+    parser.add_argument("--steps", type=int, default=0, help="optimizer steps; overrides --epochs when > 0")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per step (seed 1: 1000 on a GPU)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--validation", type=float, default=0.2, help="fraction of studies held out (seed 1: 0.2)")
+    parser.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the head only (seed 1, with ImageNet weights); --no-freeze-backbone trains all")
+    parser.add_argument("--max-slices-per-series", type=int, default=None,
+                        help="keep at most this many slices per series in memory (positives first)")
+    parser.add_argument("--windows", type=str, default=";".join(f"{c:g},{w:g}" for c, w in DEFAULT_WINDOWS),
+                        help="three 'centre,width' HU windows separated by ';'")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0 = default)")
+    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--demo", action="store_true", help="mark the manifest as demo weights (synthetic data)")
+    parser.add_argument("--eager", action="store_true",
+                        help="run the training step eagerly: no graph tracing (~40 s), slower steps; for tiny runs")
+    return parser.parse_args(list(argv) if argv is not None else None)
+
+
+def _windows(text: str) -> list[tuple[float, float]]:
+    try:
+        pairs = [tuple(float(v) for v in part.split(",")) for part in text.split(";")]
+    except ValueError as exc:
+        raise ValueError(f"--windows must be 'c,w;c,w;c,w', got {text!r}") from exc
+    if len(pairs) != 3 or any(len(p) != 2 or p[1] <= 0 for p in pairs):
+        raise ValueError(f"--windows must give three 'centre,width' pairs with positive widths, got {text!r}")
+    return [(p[0], p[1]) for p in pairs]
+
+
+def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any], Evaluation | None]:
+    """Train, export and evaluate (see the module docstring); returns (manifest, evaluation)."""
+    import keras
+    import tensorflow as tf
+
+    if args.threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        except RuntimeError:  # TensorFlow already initialised in this process
+            pass
+    keras.utils.set_random_seed(args.seed)
+    windows = _windows(args.windows)
+    studies = read_rsna_labels(Path(args.data) / "train.csv")
+    train_uids, val_uids = split_studies(studies, args.validation, args.seed)
+    if not train_uids:
+        raise ValueError("no training study left after the validation split")
+    x, y = load_slices(args.data, studies, train_uids, args.size, windows, args.max_slices_per_series)
+    print(f"{len(studies)} studies: training on {len(train_uids)} ({len(x)} slices, {int(y[:, PE_HEADS.index('pe_present_on_image')].sum())} "
+          f"with PE), validating on {len(val_uids)}", flush=True)
+    steps = args.steps or max(1, args.epochs * math.ceil(len(x) / args.batch_size))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, {h: y[:, i:i + 1] for i, h in enumerate(PE_HEADS)}))
+        .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
+        .repeat()
+        .batch(args.batch_size)
+        .map(lambda a, b: (tf.cast(a, tf.float32), b))
+        .prefetch(2)
+    )
+    model = build_model(args.size, dropout=args.dropout, freeze_backbone=args.freeze_backbone)
+    if not args.freeze_backbone:  # faster-moving statistics for a backbone trained from scratch
+        for layer in _batch_norm_layers(model):
+            layer.momentum = 0.9
+    # No XLA: compiling the training step of a 23 M-parameter graph costs over a minute on CPU.
+    model.compile(optimizer=keras.optimizers.Adam(args.lr), loss={h: "binary_crossentropy" for h in PE_HEADS},
+                  jit_compile=False, run_eagerly=args.eager)
+    chunk = min(steps, 10)
+    started = time.monotonic()
+    done = 0
+
+    class _Report(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            nonlocal done
+            done = min(steps, (epoch + 1) * chunk)
+            if progress is not None:
+                progress(done, steps, f"training {done}/{steps} steps, loss {float((logs or {}).get('loss', 0)):.3f}")
+
+    model.fit(dataset, steps_per_epoch=chunk, epochs=math.ceil(steps / chunk), verbose=2, callbacks=[_Report()])
+    if not args.freeze_backbone:
+        recalibrate_batch_norm(model, x, max(args.batch_size, 16), seed=args.seed)
+    seconds = time.monotonic() - started
+    del x, dataset
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / "model.onnx"
+    export_pe_onnx(model, onnx_path)
+    description = (
+        "Pulmonary embolism on CT pulmonary angiography (seed 1 design: Xception, nine heads, three CT windows)"
+        + ("; DEMO weights trained on synthetic CTPA phantoms, not for clinical use" if args.demo else "")
+    )
+    manifest = write_manifest(out, onnx_path, size=args.size, windows=windows, version=args.version, demo=args.demo,
+                              description=description, postprocessing=getattr(args, "postprocessing", None))
+    evaluation = evaluate(out / "model.json", args.data, studies, val_uids) if val_uids else None
+    run = {"train_studies": len(train_uids), "train_slices": len(y), "val_studies": len(val_uids),
+           "steps": math.ceil(steps / chunk) * chunk, "seconds": seconds}
+    write_model_card(out / "MODEL_CARD.md", manifest, args, run, evaluation)
+    return manifest, evaluation
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit status."""
+    args = _parse(argv)
+    try:
+        _, evaluation = train(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in evaluation.lines() if evaluation else ["no validation studies"]:
+        print(line)
+    return 0
+
+
+# --------------------------------------------------------------------------- demo recipe
+
+#: Parameters of the demo weights (``ainode models build-demo``); part of the recipe hash.
+DEMO_PARAMS: dict[str, Any] = {
+    "studies": 24, "slices": 60, "phantom_size": 256, "size": 128, "steps": 300, "batch_size": 8,
+    "lr": 1e-3, "max_slices_per_series": 10, "validation": 0.2, "seed": 1, "version": "demo-1",
+}
+QUICK_PARAMS: dict[str, Any] = {**DEMO_PARAMS, "studies": 3, "slices": 12, "phantom_size": 96, "size": 71,
+                                "steps": 1, "batch_size": 2, "max_slices_per_series": 4, "validation": 0.34}
+_DEMO_SIDES: tuple[str | None, ...] = ("right", None, "left", "right", "central", None)
+
+
+class _Progress(Protocol):
+    def step(self, done: int, total: int, message: str) -> None: ...
+
+
+def recipe_hash(params: Mapping[str, Any]) -> str:
+    """SHA-256 of the demo's source modules and parameters: a change to either rebuilds the weights."""
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256(json.dumps(dict(params), sort_keys=True).encode())
+    for rel in ("models/train/pe.py", "models/pe.py", "models/phantoms/ct.py", "models/preprocess/ct_series.py"):
+        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes())
+    return digest.hexdigest()
+
+
+def write_phantom_dataset(folder: Path, params: Mapping[str, Any], progress: _Progress | None = None) -> Path:
+    """CTPA phantoms (``models.phantoms.ct.ctpa_phantom``) written in the RSNA-PE layout; returns ``folder``.
+
+    Studies cycle through right, none, left, right, central, none (so about a third are negative),
+    every third positive one chronic, RV/LV ratio 1.2 on every fourth.
+    """
+    import shutil
+
+    from models.phantoms.ct import ctpa_phantom
+
+    if (folder / "train").exists():  # new SOP UIDs on every write: stale files would be unlabelled slices
+        shutil.rmtree(folder / "train")
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    total = int(params["studies"])
+    for i in range(total):
+        side = _DEMO_SIDES[i % len(_DEMO_SIDES)]
+        phantom = ctpa_phantom(
+            int(params["seed"]) * 1000 + i, slices=int(params["slices"]), size=int(params["phantom_size"]),
+            embolus=side,  # type: ignore[arg-type]
+            chronic=side is not None and i % 3 == 2, rv_lv_ratio=1.2 if side is not None and i % 4 == 3 else 0.8,
+        )
+        study_uid = f"2.25.{int(hashlib.sha256(f'pe-demo-{i}'.encode()).hexdigest()[:30], 16)}"
+        series_uid = f"{study_uid}.1"
+        phantom.write_series(folder / "train" / study_uid / series_uid, study_uid=study_uid, series_uid=series_uid,
+                             file_names="sop_uid")
+        exam = phantom.truth["exam_labels"]
+        for k, sop in enumerate(phantom.truth["sop_uids"]):
+            rows.append({"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid, "SOPInstanceUID": sop,
+                         "pe_present_on_image": int(phantom.truth["pe_present_on_image"][k]), **exam})
+        if progress is not None:
+            progress.step(i + 1, total, f"CTPA phantom {i + 1}/{total} ({side or 'no'} embolus)")
+    columns = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "pe_present_on_image", *PE_EXAM_LABELS]
+    with open(folder / "train.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) -> None:
+    """Demo recipe ``ct-pe``: phantoms in RSNA-PE layout → :func:`train` → ``out_dir/ct-pe``.
+
+    The same training code as real data, at a small input size (128; the manifest records it)
+    and with the backbone trained too: seed 1 freezes an ImageNet-trained Xception, and no
+    ImageNet weights are available here, so a frozen random backbone would learn nothing.
+    Skipped when ``out_dir/ct-pe/model.json`` holds the same ``recipe_hash``.
+    """
+    params = QUICK_PARAMS if quick else DEMO_PARAMS
+    digest = recipe_hash(params)
+    target = Path(out_dir) / MODEL_NAME
+    existing = target / "model.json"
+    if existing.is_file():
+        try:
+            if json.loads(existing.read_text(encoding="utf-8")).get("postprocessing", {}).get("recipe_hash") == digest:
+                progress.step(1, 1, "ct-pe demo weights up to date")
+                return
+        except (OSError, json.JSONDecodeError):
+            pass
+    data = write_phantom_dataset(Path(work_dir) / "ct-pe-rsna", params, progress)
+    args = _parse([
+        "--data", str(data), "--out", str(target), "--size", str(params["size"]), "--steps", str(params["steps"]),
+        "--batch-size", str(params["batch_size"]), "--lr", str(params["lr"]), "--validation", str(params["validation"]),
+        "--max-slices-per-series", str(params["max_slices_per_series"]), "--seed", str(params["seed"]),
+        "--version", str(params["version"]), "--no-freeze-backbone", "--demo", "--threads", "2",
+        *(["--eager"] if quick else []),
+    ])
+    args.postprocessing = {"recipe_hash": digest}
+    train(args, progress=lambda done, total, message: progress.step(done, total, message))

@@ -1,0 +1,154 @@
+"""Seed 1's PE model: architecture and parameter counts, ONNX export with float16 storage, the
+challenge's weighted log loss on a hand-computed case, and the training command end to end on a
+tiny RSNA-PE folder written here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from models.findings import PE_EXAM_LABELS, PE_HEADS
+from models.manifest import load_manifest, sha256_file
+from models.train.pe import (
+    EXAM_WEIGHTS,
+    IMAGE_WEIGHT,
+    build_model,
+    count_parameters,
+    export_pe_onnx,
+    main,
+    read_rsna_labels,
+    roc_auc,
+    rsna_weighted_log_loss,
+    split_studies,
+)
+from tests.models.test_pe import write_ct_series
+
+
+def test_seed_1_parameter_counts_and_head_order() -> None:
+    model = build_model(512)
+    assert count_parameters(model) == (23_239_089, 2_377_609)  # seed 1: backbone frozen
+    assert count_parameters(build_model(512, freeze_backbone=False))[1] == 23_239_089 - 54_528  # BN statistics
+    dense = [layer.name for layer in model.layers if type(layer).__name__ == "Dense"]
+    assert dense == ["dense_1024", "dense_256", "dense_64", *PE_HEADS]
+
+
+def test_onnx_export_one_output_in_head_order_with_float16_storage(tmp_path: Path) -> None:
+    model = build_model(71)
+    for index, name in enumerate(PE_HEADS):  # head h outputs sigmoid(bias_h): the column order is visible
+        layer = model.get_layer(name)
+        layer.set_weights([np.zeros((64, 1), np.float32), np.array([index - 4.0], np.float32)])
+    path = tmp_path / "pe.onnx"
+    export_pe_onnx(model, path)
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["image"] and [o.name for o in graph.output] == ["scores"]
+    big = [init for init in graph.initializer if int(np.prod(init.dims)) >= 1024]
+    assert big and all(init.data_type == onnx.TensorProto.FLOAT16 for init in big)
+    assert path.stat().st_size < 23_239_089 * 2.1  # float16: about 2 bytes per parameter
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((2, 71, 71, 3), dtype=np.float32)
+    scores = session.run(None, {"image": x})[0]
+    assert scores.shape == (2, 9)
+    expected = 1 / (1 + np.exp(-(np.arange(9) - 4.0)))
+    np.testing.assert_allclose(scores, np.tile(expected, (2, 1)), atol=1e-3)
+    keras_scores = np.concatenate([np.asarray(o) for o in model(x, training=False)], axis=1)
+    np.testing.assert_allclose(scores, keras_scores, atol=1e-3)
+
+
+def test_weighted_log_loss_on_a_hand_computed_exam() -> None:
+    # One exam, two images: truth [1, 0] → positive fraction q = 0.5; predictions 0.8 and 0.4.
+    # Image part: w_img·q·(−ln 0.8 − ln 0.6) over weight w_img·q·2. Exam part: every label
+    # predicted 0.5 → each loss ln 2, weight w_l.
+    w_img, w_exam = 0.07361963, sum(EXAM_WEIGHTS.values())
+    exam_true = {label: 0.0 for label in PE_EXAM_LABELS} | {"rightsided_pe": 1.0}
+    loss = rsna_weighted_log_loss([[1, 0]], [[0.8, 0.4]], [exam_true], [{label: 0.5 for label in PE_EXAM_LABELS}])
+    expected = (w_img * 0.5 * (-math.log(0.8) - math.log(0.6)) + w_exam * math.log(2)) / (w_img * 0.5 * 2 + w_exam)
+    assert loss == pytest.approx(expected, rel=1e-12)
+    assert IMAGE_WEIGHT == w_img and w_exam == pytest.approx(1.0, abs=1e-9)  # the official weights sum to 1
+    # A negative exam (q = 0): images carry no weight, only the exam labels count.
+    only_exam = rsna_weighted_log_loss([[0, 0, 0]], [[0.9, 0.9, 0.9]], [exam_true], [{k: 0.5 for k in PE_EXAM_LABELS}])
+    assert only_exam == pytest.approx(math.log(2))
+    # rv_lv_ratio_gte_1 weighs most: a wrong answer there costs more than on leftsided_pe.
+    wrong_rv = dict(exam_true, rv_lv_ratio_gte_1=1.0)
+    confident = {k: float(exam_true[k]) * 0.98 + 0.01 for k in PE_EXAM_LABELS}
+    assert (rsna_weighted_log_loss([[0]], [[0.0]], [wrong_rv], [confident])
+            > rsna_weighted_log_loss([[0]], [[0.0]], [dict(exam_true, leftsided_pe=1.0)], [confident]))
+
+
+def test_auc_with_ties_and_undefined() -> None:
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.2, 0.9]) == pytest.approx(0.875)  # the tie counts half
+    assert roc_auc([1, 1], [0.2, 0.3]) is None
+
+
+# ----------------------------------------------------------------------------- RSNA-PE folder and training
+
+
+def write_rsna(folder: Path, exams: list[tuple[list[int], dict[str, int]]], size: int = 32) -> Path:
+    """An RSNA-PE folder: ``train.csv`` and ``train/<study>/<series>/<sop>.dcm``; bright slices where PE."""
+    rows = []
+    rng = np.random.default_rng(5)
+    for index, (slice_labels, exam_labels) in enumerate(exams):
+        volume = rng.normal(-700, 20, size=(len(slice_labels), size, size)).astype(np.float32)
+        for z, positive in enumerate(slice_labels):
+            if positive:
+                volume[z, size // 4: 3 * size // 4, : size // 2] = 350.0
+        study, series = f"1.2.826.0.1.{index + 1}", f"1.2.826.0.1.{index + 1}.1"
+        written = write_ct_series(folder / "train" / study / series, volume, study_uid=study, series_uid=series)
+        for (path, sop), positive in zip(written, slice_labels):
+            path.rename(path.with_name(f"{sop}.dcm"))
+            rows.append({"StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": sop,
+                         "pe_present_on_image": positive, "qa_motion": 0,
+                         **{label: exam_labels.get(label, 0) for label in PE_EXAM_LABELS}})
+    with open(folder / "train.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+POS = {"rightsided_pe": 1, "rv_lv_ratio_lt_1": 1}
+NEG = {"negative_exam_for_pe": 1}
+
+
+def test_reading_labels_and_study_wise_split(tmp_path: Path) -> None:
+    data = write_rsna(tmp_path, [([0, 1, 1, 0], POS), ([0, 0, 0, 0], NEG), ([0, 1, 0, 0], POS), ([0, 0, 0, 0], NEG),
+                                 ([1, 1, 0, 0], POS)], size=8)
+    studies = read_rsna_labels(data / "train.csv")
+    assert len(studies) == 5
+    first = studies["1.2.826.0.1.1"]
+    assert sorted(first.series["1.2.826.0.1.1.1"].values()) == [0, 0, 1, 1] and first.exam["rightsided_pe"] == 1
+    train, held = split_studies(studies, 0.4, seed=1)
+    assert set(train).isdisjoint(held) and set(train) | set(held) == set(studies)
+    assert len(held) == 2 and {studies[u].exam["negative_exam_for_pe"] for u in held} == {0, 1}  # one of each
+    assert split_studies(studies, 0.4, seed=1) == (train, held)
+    text = (data / "train.csv").read_text().replace(",1,0,", ",2,0,", 1)
+    (data / "bad.csv").write_text(text)
+    with pytest.raises(ValueError, match="0 or 1"):
+        read_rsna_labels(data / "bad.csv")
+
+
+def test_training_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_rsna(tmp_path / "rsna", [([0, 1, 1, 0, 0], POS), ([0, 0, 0, 0, 0], NEG), ([0, 0, 1, 1, 0], POS)])
+    out = tmp_path / "out"
+    status = main(["--data", str(data), "--out", str(out), "--size", "71", "--steps", "1", "--batch-size", "2",
+                   "--validation", "0.34", "--eager", "--version", "test-1"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "RSNA weighted log loss" in printed and "| pe_present_on_image |" in printed
+    manifest = load_manifest(out / "model.json")
+    assert manifest.sha256 == sha256_file(out / "model.onnx")
+    assert [label.key for label in manifest.labels] == list(PE_HEADS)
+    assert manifest.task == "slice-classification" and manifest.input.height == 71
+    assert manifest.input.preprocessing == {"kind": "ct_windows", "windows": [[100.0, 700.0], [40.0, 400.0], [-600.0, 1500.0]]}
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "23,239,089" in card and "1 validation studies" in card
+    assert json.loads((out / "model.json").read_text())["postprocessing"]["top_k"] == 3
+    assert main(["--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
