@@ -431,36 +431,52 @@ Finds the L3 slice for body-composition measurement. Not a diagnostic device.
 
 # ----------------------------------------------------------------------------- demo recipe
 
-DEMO_SOURCES = ("models.phantoms.ct", "models.phantoms.ct_datasets", "models.lumbar", "models.body_composition",
-                "models.train.architectures", "models.preprocess.radiograph")
-"""Modules whose source is part of the demo recipe's hash (``models.train.demo``)."""
+DEMO_SOURCES = ("models.phantoms.ct", "models.phantoms.ct_datasets", "models.train.architectures",
+                "models.preprocess.radiograph")
+"""Modules whose source shapes the demo weights, part of the recipe's hash (``models.train.demo``)."""
 @dataclass(frozen=True)
 class DemoParams:
     """Parameters of a demo run (constants of this module, hence part of the recipe hash)."""
 
     variant: str
     input_size: int
-    series: int
-    slices: int
-    png_size: int
+    data: tuple[tuple[int, int, int, int, float], ...]
+    """Phantom sets written into one lumbar folder: (seed, series, size, slices, spacing_z)."""
     epochs: int
     batch_size: int
+    learning_rate: float
     seed: int
-    check_seeds: tuple[int, ...]
+    check: tuple[tuple[int, int, int, float], ...]
+    """Fresh phantoms the served model is run on: (seed, size, slices, spacing_z)."""
 
 
-DEMO = DemoParams("V2B0", 128, series=10, slices=95, png_size=512, epochs=6, batch_size=16, seed=3,
-                  check_seeds=(9001, 9002))
-"""The demo run. EfficientNetV2-B0 (the smallest V2) at 128 px: V2-S learns the phantoms too but
-trains ~3× slower on 2 cores; PNGs are written at 512 and area-resized like a served 512 series."""
-QUICK = DemoParams("V2B0", 32, series=2, slices=95, png_size=128, epochs=1, batch_size=16, seed=3, check_seeds=(9001,))
+DEMO = DemoParams("V2B0", 128, data=((3, 20, 512, 95, 3.0), (4, 8, 256, 60, 5.0)), epochs=8, batch_size=16,
+                  learning_rate=1e-3, seed=3, check=((9001, 512, 95, 3.0), (9002, 512, 120, 2.5), (9003, 256, 60, 5.0)))
+"""The demo run: EfficientNetV2-B0 (the smallest V2; V2-S trains ~3× slower on 2 cores) at 128 px,
+learning rate 1e-3 (the seed's 1e-4 fine-tunes ImageNet weights; from scratch it needs far more
+epochs). Many phantoms (habitus varies by seed) at 512 and 256 px, area-resized like served
+series; the last fifth of each set is the test split."""
+QUICK = DemoParams("V2B0", 32, data=((3, 2, 128, 95, 3.0),), epochs=1, batch_size=16, learning_rate=1e-3,
+                   seed=3, check=((9001, 128, 60, 5.0),))
 
 
-def check_on_phantoms(model_dir: Path, work_dir: Path, seeds: Sequence[int], *, size: int = 512) -> list[dict[str, Any]]:
+def check_on_phantoms(model_dir: Path, work_dir: Path, cases: Sequence[tuple[int, int, int, float]]) -> list[dict[str, Any]]:
     """Run the served model (search, decoding, body composition) on fresh abdomen phantoms.
 
-    Returns, per phantom, the L3 slice found and the truth's (volume indices, 0 = cranial),
-    the forward passes, and the relative area errors.
+    Parameters
+    ----------
+    model_dir : Path
+        Folder with ``model.json``.
+    work_dir : Path
+        Where the phantom series are written.
+    cases : sequence of (seed, size, slices, spacing_z)
+        The phantoms (:func:`models.phantoms.ct.abdomen_phantom`).
+
+    Returns
+    -------
+    list of dict
+        Per phantom: the L3 slice found and the truth's (volume indices, 0 = cranial), the
+        forward passes, and the relative area errors.
     """
     import pydicom
 
@@ -471,15 +487,15 @@ def check_on_phantoms(model_dir: Path, work_dir: Path, seeds: Sequence[int], *, 
 
     model = LumbarModel.from_manifest(load_manifest(model_dir / "model.json"))
     rows = []
-    for seed in seeds:
-        phantom = abdomen_phantom(seed, slices=DEMO.slices, size=size)
+    for seed, size, slices, spacing in cases:
+        phantom = abdomen_phantom(seed, slices=slices, size=size, spacing_z=spacing)
         paths = phantom.write_series(work_dir / f"check-{seed}")
         headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
         plan = plan_series(headers)
         paths_by_uid = {str(h.SOPInstanceUID): p for h, p in zip(headers, paths)}
         result, _ = model.analyse(plan, paths_by_uid)
         found = None if result.l3_index is None else phantom.plan_index(result.l3_index)  # plan → volume index
-        row: dict[str, Any] = {"seed": seed, "slices": len(plan), "l3_found": found,
+        row: dict[str, Any] = {"seed": seed, "size": size, "spacing_mm": spacing, "slices": len(plan), "l3_found": found,
                                "l3_truth": phantom.truth["l3_index"], "forward_passes": len(result.evaluated)}
         if result.composition is not None:
             truth = phantom.truth["areas_cm2"]
@@ -502,28 +518,32 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Any, quick: bool) -> Non
 
     p = QUICK if quick else DEMO
     data = Path(work_dir) / "lumbar-folders"
-    progress.step(0, 1, "phantoms → lumbar folders")
-    write_lumbar_folders(data, series=p.series, size=p.png_size, seed=p.seed, slices=p.slices, test_fraction=0.2)
-    progress.step(1, 1, "phantoms → lumbar folders")
+    for done, (seed, series, size, slices, spacing) in enumerate(p.data):
+        progress.step(done, len(p.data), "phantoms → lumbar folders")
+        write_lumbar_folders(data, series=series, size=size, seed=seed, slices=slices, spacing_z=spacing,
+                             test_fraction=0.2)
+    progress.step(len(p.data), len(p.data), "phantoms → lumbar folders")
     out = Path(out_dir) / MODEL_NAME
     args = _parse([
         "--data", str(data), "--out", str(out), "--variant", p.variant, "--input-size", str(p.input_size),
-        "--epochs", str(p.epochs), "--batch-size", str(p.batch_size), "--seed", str(p.seed),
+        "--epochs", str(p.epochs), "--batch-size", str(p.batch_size), "--learning-rate", str(p.learning_rate),
+        "--seed", str(p.seed),
         "--window", str(LUMBAR_PNG_WINDOW[0]), str(LUMBAR_PNG_WINDOW[1]), "--demo", "--version", "demo-1",
-        *(["--eager"] if quick else []),
+        "--fp16-weights", *(["--eager"] if quick else []),
     ])
     train(args, progress=lambda done, total, message: progress.step(done, total, f"training, {message}"))
     progress.step(0, 1, "check on fresh phantom series")
-    rows = check_on_phantoms(out, Path(work_dir), p.check_seeds, size=p.png_size)
+    rows = check_on_phantoms(out, Path(work_dir), p.check)
     progress.step(1, 1, "check on fresh phantom series")
     evaluation = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
     evaluation["phantom_series"] = rows
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
-    lines = [f"| {r['seed']} | {r['slices']} | {r['forward_passes']} | {r['l3_found']} | {r['l3_truth']} | "
+    lines = [f"| {r['seed']} | {r['size']}² × {r['slices']}, {r['spacing_mm']:g} mm | {r['forward_passes']} | "
+             f"{r['l3_found']} | {r['l3_truth']} | "
              + (", ".join(f"{k} {v:+.1%}" for k, v in r.get("area_errors", {}).items()) or "–") + " |" for r in rows]
     with open(out / "MODEL_CARD.md", "a", encoding="utf-8") as card:
         card.write("\n## End to end on fresh abdomen phantoms (served model: search, decoding, L3, areas)\n\n"
-                   "| phantom seed | slices | forward passes | L3 slice found | L3 truth | area errors |\n"
+                   "| phantom seed | series | forward passes | L3 slice found | L3 truth | area errors |\n"
                    "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
     for r in rows:
         progress.note(f"phantom {r['seed']}: L3 slice {r['l3_found']} (truth {r['l3_truth']}), "
