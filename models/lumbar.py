@@ -22,15 +22,17 @@ ascending positions run towards the head when the normal points to +z (LPS, PS3.
 C.7.6.2.1.1), so series stored either way round decode alike.
 
 Search (:func:`search_levels`): the model does not run on every slice. A coarse pass
-takes every *k*-th slice (*k* from the slice spacing, ``coarse_step_mm`` ≈ 12 mm, at most
-``max_coarse_samples`` samples) plus the last one, and decodes them. Then each gap between
+takes every *k*-th slice (*k* from the slice spacing: ``coarse_step_mm``, 20 mm by default,
+about half a lumbar vertebra with its disc; and at most ``max_coarse_samples``, 16) plus the
+last one, and decodes them. Then each gap between
 neighbouring samples whose decoded levels differ and that holds a boundary of a refined
 level (by default L3: the L2|L3 and L3|L4 boundaries, or an L3 hidden between L2 and L4)
 is bisected: its middle slice is evaluated, all samples are decoded again, until such
 gaps are one slice wide. Slices never evaluated take the level of the nearer evaluated
-slice (the decoded interval). For 300 slices of 1.25 mm: 31 coarse + about 2 × 4
-bisection passes ≈ 40 forward passes, and the L3 run is the one an exhaustive decode
-would give whenever the model's levels are monotonic. ``evaluated`` records the slices
+slice (the decoded interval). For 300 slices of 0.93 mm: 16 coarse + 2 × 4–5 bisection
+passes ≈ 25 forward passes (12 mm steps: 32), and the L3 run is the one an exhaustive
+decode would give whenever the model's levels are monotonic. A hidden L3 (coarse samples
+L2 then L4) is found because that gap holds L3's boundaries too. ``evaluated`` records the slices
 the model ran on.
 
 Output: :class:`models.findings.LumbarResult` — the level of every slice, the runs, the
@@ -72,8 +74,8 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOWS: tuple[tuple[float, float], ...] = ((40.0, 400.0),)
 """The abdominal soft-tissue window (−160..240 HU), that of the lumbar PNG data sets
 (``models.phantoms.ct_datasets.LUMBAR_PNG_WINDOW``): organs, muscle and fat apart, bone white."""
-DEFAULT_COARSE_STEP_MM = 12.0
-DEFAULT_MAX_COARSE = 32
+DEFAULT_COARSE_STEP_MM = 20.0
+DEFAULT_MAX_COARSE = 16
 DEFAULT_REFINE: tuple[str, ...] = ("L3",)
 _FLOOR = 1e-7  # probabilities below this count as this, so log() stays finite
 
