@@ -214,6 +214,8 @@ TRAINERS: dict[str, tuple[str, str]] = {
     "finding-classifier": ("models.train.finding_classifier:main", "cxr-findings"),
     "four-class": ("models.train.four_class:main", "cxr-four-class"),
     "detector": ("models.train.detector:main", "cxr-detector"),
+    "ct-pe": ("models.train.pe:main", "ct-pe"),
+    "ct-lumbar": ("models.train.lumbar:main", "ct-lumbar"),
 }
 
 
