@@ -103,9 +103,14 @@ class TriageRules:
         return "routine"
 
 
-def top_findings(findings: Sequence[Finding], count: int = 3) -> list[str]:
-    """Labels of the ``count`` most probable multi-label findings (group ``finding``), most probable first."""
-    ranked = sorted((f for f in findings if f.group == "finding"), key=lambda f: f.probability, reverse=True)
+def top_findings(findings: Sequence[Finding], count: int = 3, present_only: bool = False) -> list[str]:
+    """Labels of the ``count`` most probable multi-label findings (group ``finding``), most probable first.
+
+    With ``present_only``, only findings at or above their threshold are ranked (fewer than ``count``, or
+    none, on an image without findings).
+    """
+    ranked = sorted((f for f in findings if f.group == "finding" and (f.present or not present_only)),
+                    key=lambda f: f.probability, reverse=True)
     labels: list[str] = []
     for f in ranked:
         if f.label not in labels:
@@ -161,7 +166,8 @@ class CxrPipeline:
     def __init__(self, view_filter: ViewFilter, *, uid_root: str, finding_model: RadiographModel | None = None,
                  four_class_models: Sequence[RadiographModel] = (), detector: RadiographModel | None = None,
                  missing: Mapping[str, str] | None = None, triage: TriageRules | None = None,
-                 top_count: int = 3, presentation_state: bool = True, secondary_capture: bool = False,
+                 top_count: int = 3, top_present_only: bool = False, presentation_state: bool = True,
+                 secondary_capture: bool = False,
                  parallel_models: bool = True, series_number: int = 990,
                  institution_name: str | None = None) -> None:
         self.view_filter = view_filter
@@ -171,6 +177,7 @@ class CxrPipeline:
         self.missing = dict(missing or {})
         self.triage = triage or TriageRules()
         self.top_count = top_count
+        self.top_present_only = top_present_only
         self.presentation_state = presentation_state
         self.secondary_capture = secondary_capture
         self.uid_root = uid_root
@@ -233,7 +240,8 @@ class CxrPipeline:
         return cls(view_filter, uid_root=settings.uid_root, finding_model=finding_model, four_class_models=four_class,
                    detector=detector, missing=missing,
                    triage=TriageRules(dict(config.triage.urgent), dict(config.triage.priority)),
-                   top_count=config.top_findings, presentation_state=config.presentation_state,
+                   top_count=config.top_findings, top_present_only=config.top_findings_present_only,
+                   presentation_state=config.presentation_state,
                    secondary_capture=config.secondary_capture, parallel_models=config.parallel_models,
                    series_number=settings.result_series_number,
                    institution_name=settings.institution_name)
@@ -275,9 +283,10 @@ class CxrPipeline:
                                           note="lateral view: not analysed further"))
                 continue
             findings = per_image[uid]
+            top = top_findings(findings, self.top_count, self.top_present_only) if self.finding_model else []
             images.append(ImageResult(
                 uid, view=view, findings=findings, analysed_further=True, note=self._missing_note(),
-                top_findings=top_findings(findings, self.top_count) if self.finding_model else [],
+                top_findings=top,
                 triage=self.triage.level(findings) if findings else None,
             ))
         result = SeriesResult(
@@ -385,9 +394,11 @@ class CxrPipeline:
         pixels = {str(d.ds.SOPInstanceUID): d.ds for d in decoded}
         if self.presentation_state:
             with clock("gsps"):
-                objects += self._per_image(drawn, frontal, problems, "GSPS", lambda one, image: build_presentation_state(
-                    one, [headers[image.sop_instance_uid]], uid_root=self.uid_root,
-                    series_number=self.series_number + 1, institution_name=self.institution_name))
+                objects += self._per_image(drawn, frontal, problems, "GSPS",
+                                           lambda one, image: build_presentation_state(
+                                               one, [headers[image.sop_instance_uid]], uid_root=self.uid_root,
+                                               series_number=self.series_number + 1,
+                                               institution_name=self.institution_name))
         if self.secondary_capture:
             with clock("sc"):
                 objects += self._per_image(drawn, frontal, problems, "secondary capture",

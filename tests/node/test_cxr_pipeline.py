@@ -181,6 +181,8 @@ def test_top_findings_rank_only_the_fourteen_labels() -> None:
              Finding("fibrosis", 0.95, True, region=Region(0, 0, 2, 2), group="detection")]
     assert top_findings(found) == ["nodule", "edema", "mass"]
     assert top_findings(found, 1) == ["nodule"]
+    assert top_findings(found, present_only=True) == ["nodule", "edema"]  # mass is below its threshold
+    assert top_findings([Finding("mass", 0.3, False)], present_only=True) == []
 
 
 def test_routine_image_still_gets_a_gsps_with_the_caption(tmp_path: Path, view_filter: ViewFilter) -> None:
