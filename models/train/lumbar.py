@@ -423,7 +423,8 @@ Finds the L3 slice for body-composition measurement. Not a diagnostic device.
 {"These are DEMO weights: trained on synthetic phantoms only, they say nothing about real CT." if args.demo else ""}
 
 ## How to reproduce
-`python -m models.train.lumbar --data DATA --out OUT --variant {args.variant} --input-size {args.input_size} --epochs {args.epochs} --batch-size {args.batch_size} --seed {args.seed}`
+`python -m models.train.lumbar --data DATA --out OUT --variant {args.variant} --input-size {args.input_size} --epochs {args.epochs} --batch-size {args.batch_size} --learning-rate {args.learning_rate:g} {' '.join(f'--window {c:g} {w:g}' for c, w in args.windows)} --seed {args.seed}{' --fp16-weights' if args.fp16_weights else ''}{' --demo' if args.demo else ''}`
+{"(the demo: `ainode models build-demo`, recipe `models.train.lumbar:build_demo`)" if args.demo else ""}
 """
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     print(f"wrote {onnx_path}, model.json, evaluation.json, MODEL_CARD.md", flush=True)
