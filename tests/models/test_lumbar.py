@@ -259,3 +259,24 @@ def test_windows_quantise_like_an_8_bit_png() -> None:
     unit = hu_to_unit(hu, [WINDOW])[..., 0]
     np.testing.assert_array_equal(unit, np.array([[0, 0, 128, 255, 255]], dtype=np.float32) / np.float32(255))
     assert np.all(np.round(unit * 255) == unit * 255)
+
+
+def test_default_search_needs_about_25_passes_on_300_slices(tmp_path: Path) -> None:
+    from models.preprocess.ct_series import SeriesPlan, SpacingStats
+
+    spacing = 280.0 / 300
+    plan = SeriesPlan(
+        sop_instance_uids=tuple(f"1.2.{i}" for i in range(300)), positions=tuple(i * spacing for i in range(300)),
+        normal=(0.0, 0.0, 1.0), orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), rows=512, columns=512,
+        pixel_spacing=(0.8, 0.8), spacing=SpacingStats(spacing, spacing, spacing, 0, False), tilt_degrees=0.0,
+        warnings=(), dropped=(),
+    )
+    manifest = json.loads(tiny_manifest(tmp_path / "m").read_text())
+    del manifest["postprocessing"]  # the defaults
+    (tmp_path / "m" / "model.json").write_text(json.dumps(manifest))
+    model = LumbarModel.from_manifest(load_manifest(tmp_path / "m" / "model.json"))
+    step = model.coarse_step(plan)
+    assert step == 21  # 20 mm, at most 16 coarse samples
+    table = _table(_truth([40, 31, 33, 35, 36, 37, 88]), strength=2.5, noise=0.6, seed=5)[::-1]
+    _, evaluated = search_levels(300, lambda i: table[i], head_first=False, step=step)
+    assert len(evaluated) <= 27
