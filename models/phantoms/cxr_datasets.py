@@ -63,7 +63,7 @@ FOUR_CLASS_FOLDERS = {"COVID19": "covid19", "NORMAL": "normal", "PNEUMONIA": "pn
 # Relative frequency of each plantable finding in a demo NIH set (when an image has findings).
 # Small lesions are drawn more often: they are the hardest to learn and the ones the demo is checked on.
 _FINDING_WEIGHTS = {
-    "Nodule": 2.0, "Mass": 1.0, "Effusion": 1.0, "Cardiomegaly": 1.0, "Pneumothorax": 1.0,
+    "Nodule": 5.0, "Mass": 1.0, "Effusion": 1.0, "Cardiomegaly": 1.0, "Pneumothorax": 1.0,
     "Consolidation": 1.0, "Infiltration": 1.0, "Atelectasis": 1.0,
 }
 assert set(_FINDING_WEIGHTS) == set(FINDINGS), "every plantable finding needs a weight"
@@ -134,7 +134,7 @@ def write_nih_dataset(
     (follow-ups 000, 001, ...), each its own phantom. An image is normal with
     probability ``normal_fraction``; otherwise it holds one finding (two with
     probability 0.3) drawn from :data:`models.phantoms.chest.FINDINGS`, nodules
-    twice as often as the others; a ``pneumonia_fraction`` of images get seed 4's
+    five times as often as the others; a ``pneumonia_fraction`` of images get seed 4's
     pneumonia pattern (labels Pneumonia and Consolidation). ``Finding Labels`` is
     the phantom's ground truth, sorted, joined by ``|``.
 
@@ -247,7 +247,7 @@ def write_four_class_dataset(
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise ValueError(f"fractions must be three shares (train, val, test) summing to 1, got {tuple(fractions)}")
     folder_of = {key: folder for folder, key in FOUR_CLASS_FOLDERS.items()}
-    jobs = []
+    jobs: list[tuple[str, int, tuple[str, ...], str, int]] = []
     summary: dict[str, dict[str, int]] = {s: {} for s in ("train", "val", "test")}
     for c, key in enumerate(FOUR_CLASSES):
         n = counts.get(key, 0)
