@@ -130,7 +130,7 @@ def ctpa_none(tmp_path_factory: pytest.TempPathFactory) -> tuple[CtPhantom, list
 
 @pytest.fixture(scope="module")
 def abdomen(tmp_path_factory: pytest.TempPathFactory) -> tuple[CtPhantom, list[Path]]:
-    return _series(abdomen_phantom(503, slices=60, size=256, spacing_z=5.0), tmp_path_factory.mktemp("abdomen"))
+    return _series(abdomen_phantom(700, slices=60, size=256, spacing_z=5.0), tmp_path_factory.mktemp("abdomen"))
 
 
 def _check_objects(objects: list[pydicom.Dataset], folder: Path) -> list[str]:
