@@ -214,3 +214,16 @@ def test_evaluate_prints_the_four_metrics(quick_demo: tuple[Path, Path, _Steps])
     assert set(figures) == {"mAP@0.5", "mAP@0.5:0.95", "precision", "recall"}
     assert all(0.0 <= v <= 1.0 for v in figures.values())
     assert "| all |" in result.stdout
+
+
+def test_convert_command_and_pretrained_names_refused(tiny_chestx_det: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from models.train.detector import main, train
+
+    annotations, images = tiny_chestx_det
+    assert main(["convert", "--annotations", str(annotations), "--images", str(images), "--out", str(tmp_path / "y"),
+                 "--val-fraction", "0"]) == 0
+    assert "train 3 images (1 without boxes)" in capsys.readouterr().out
+    # A .pt name makes Ultralytics download pretrained weights: refused before anything is imported.
+    with pytest.raises(ValueError, match="model YAML"):
+        train(tmp_path / "y" / "data.yaml", tmp_path / "w", model="yolov8n.pt")
