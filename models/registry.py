@@ -43,10 +43,18 @@ class _Invalid:
     message: str
 
 
+@dataclass(frozen=True)
+class _Absent:
+    """A listed manifest file that does not exist: the model is not installed (its pipeline is disabled)."""
+
+    name: str
+    message: str
+
+
 class ModelRegistry:
     """Manifests by model name, with weights verification (see the module docstring)."""
 
-    def __init__(self, entries: dict[str, Manifest | _Invalid]) -> None:
+    def __init__(self, entries: dict[str, Manifest | _Invalid | _Absent]) -> None:
         self._entries = dict(entries)
         self._verified: dict[str, tuple[int, int, str]] = {}  # name -> (size, mtime_ns, sha256)
 
@@ -67,14 +75,14 @@ class ModelRegistry:
             If ``config_file`` cannot be read or is not a mapping with a ``models`` list.
         """
         models_dir = Path(models_dir)
-        found: list[Manifest | _Invalid] = []
+        found: list[Manifest | _Invalid | _Absent] = []
         if config_file is not None:
             for index, item in enumerate(_read_config(Path(config_file))):
                 found.append(_load_entry(item, index, models_dir, Path(config_file)))
         elif models_dir.is_dir():
             for path in sorted(models_dir.glob("*/model.json")):
                 found.append(_guarded(lambda p=path: load_manifest(p), path.parent.name))
-        entries: dict[str, Manifest | _Invalid] = {}
+        entries: dict[str, Manifest | _Invalid | _Absent] = {}
         for entry in found:
             if entry.name in entries:
                 first = entries[entry.name]
@@ -107,6 +115,8 @@ class ModelRegistry:
             raise ModelError(f"no model named {name!r} (known models: {known})")
         if isinstance(entry, _Invalid):
             raise ModelError(entry.message)
+        if isinstance(entry, _Absent):
+            raise WeightsMissing(entry.message)
         return entry
 
     def require(self, name: str) -> Manifest:
@@ -196,10 +206,17 @@ def _read_config(config_file: Path) -> list[Any]:
     return list(data.get("models") or [])
 
 
-def _load_entry(item: Any, index: int, models_dir: Path, config_file: Path) -> Manifest | _Invalid:
+def _load_entry(item: Any, index: int, models_dir: Path, config_file: Path) -> Manifest | _Invalid | _Absent:
     if isinstance(item, dict) and set(item) == {"manifest"}:
         ref = Path(str(item["manifest"]))
         path = ref if ref.is_absolute() else models_dir / ref
+        if not path.exists():
+            # Not installed (a fresh checkout before `ainode models build-demo`, or weights not yet copied):
+            # like absent weights, this disables what needs the model instead of stopping the node.
+            name = ref.parent.name or f"models[{index}]"
+            return _Absent(name, f"model {name!r} is not installed: its manifest {path} does not exist "
+                                 f"(listed in {config_file}); build the demo weights with `ainode models build-demo`, "
+                                 f"or copy the model's folder (model.json and weights) to {path.parent}")
         return _guarded(lambda: load_manifest(path), ref.parent.name or f"models[{index}]")
     named = isinstance(item, dict) and isinstance(item.get("name"), str)
     fallback = item["name"] if named else f"models[{index}]"

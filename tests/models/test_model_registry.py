@@ -131,6 +131,22 @@ def test_models_yaml_lists_references_and_inline_manifests(tmp_path: Path) -> No
     assert registry.get("inline-model").weights_path == (models_dir / "inline" / "weights.bin").resolve()
 
 
+def test_listed_manifest_that_does_not_exist_is_missing_not_invalid(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    write_model(models_dir, name="toy")
+    config = tmp_path / "models.yaml"
+    config.write_text("models:\n  - manifest: toy/model.json\n  - manifest: not-built/model.json\n", encoding="utf-8")
+    registry = ModelRegistry.discover(models_dir, config)
+    states = {s.name: s for s in registry.verify()}
+    assert states["toy"].state == "ok"
+    # Like absent weights: the pipelines needing it are disabled, the node still starts.
+    assert states["not-built"].state == "missing"
+    assert "ainode models build-demo" in states["not-built"].message
+    assert str(models_dir / "not-built" / "model.json") in states["not-built"].message
+    with pytest.raises(WeightsMissing, match="not installed"):
+        registry.require("not-built")
+
+
 def test_inline_manifest_error_names_the_config_entry(tmp_path: Path) -> None:
     config = tmp_path / "models.yaml"
     config.write_text("models:\n  - {name: half, version: '1'}\n", encoding="utf-8")
@@ -172,7 +188,10 @@ def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
 def test_shipped_configuration_and_weights_verify() -> None:
     root = repo_root()
     registry = ModelRegistry.discover(root / "weights", root / "config" / "models.yaml")
-    assert [(s.name, s.state) for s in registry.verify()] == [("cxr-view-filter", "ok")]
+    states = {s.name: s.state for s in registry.verify()}
+    assert {"cxr-view-filter", "cxr-findings", "cxr-four-class", "cxr-detector", "ct-lumbar"} <= set(states)
+    assert set(states.values()) == {"ok"}, states
+    assert all(registry.get(n).demo for n in states if n != "cxr-view-filter")
     manifest = registry.get("cxr-view-filter")
     assert manifest.card_path is not None and manifest.card_path.is_file()
     card = manifest.card_path.read_text(encoding="utf-8")
