@@ -153,7 +153,10 @@ def box_corners(region: Region, source: pydicom.Dataset, label: str) -> np.ndarr
 
 def caption(image: ImageResult, demo: bool) -> str:
     """One line with the top findings and the triage, e.g. "AI: Nodule 0.87, Mass 0.71 | URGENT"."""
-    probabilities = {f.label: f.probability for f in image.findings if f.group != "detection"}
+    # "finding" (the 14-label classifier, which the top findings rank) wins over a four-class "class" of the
+    # same label (pneumonia).
+    ordered = sorted((f for f in image.findings if f.group != "detection"), key=lambda f: f.group == "finding")
+    probabilities = {f.label: f.probability for f in ordered}
     parts = [f"{display_name(label)} {probabilities[label]:.2f}" if label in probabilities else display_name(label)
              for label in image.top_findings]
     text = "AI: " + (", ".join(parts) if parts else "no finding ranked")

@@ -282,7 +282,10 @@ def _triage_group(image: ImageResult, source: pydicom.Dataset, number: int, algo
         qualitative_evaluations=evaluations or None,
     )
     if image.top_findings:
-        probabilities = {finding_key(f.label): f.probability for f in image.findings if f.group != "detection"}
+        # The top findings rank the 14-label classifier's outputs; a label that is also a four-class class
+        # (pneumonia) must show the classifier's probability, so "finding" entries win over "class" ones.
+        ordered = sorted((f for f in image.findings if f.group != "detection"), key=lambda f: f.group == "finding")
+        probabilities = {finding_key(f.label): f.probability for f in ordered}
         ranked = "; ".join(
             f"{rank}. {display_name(label)} {probabilities[finding_key(label)]:.2f}"
             for rank, label in enumerate(image.top_findings, start=1)

@@ -241,6 +241,28 @@ def test_gsps_of_demo_weights_says_demo(rg1_header: Dataset) -> None:
     assert any("DEMO" in t for t in texts)
 
 
+def test_top_findings_show_the_classifier_probability_when_a_class_has_the_same_label(rg1_header: Dataset) -> None:
+    # Pneumonia is both a ChestX-ray14 finding (0.11) and a four-class class (0.15): the top findings rank
+    # the classifier's outputs, so the SR text and the GSPS caption must show 0.11.
+    result = cxr_result(rg1_header)
+    result.images[0].top_findings = ["pneumonia", "nodule", "mass"]
+    sr = build_measurement_report(result, [rg1_header], uid_root=UID_ROOT)
+    texts = [str(item.TextValue) for item in _walk(sr) if item.get("ValueType") == "TEXT"]
+    top = [t for t in texts if t.startswith("Top findings:")]
+    assert top and "Pneumonia 0.11" in top[0] and "0.15" not in top[0], top
+    gsps = build_presentation_state(result, [rg1_header], uid_root=UID_ROOT)
+    captions = [str(t.UnformattedTextValue) for t in gsps.GraphicAnnotationSequence[0].TextObjectSequence]
+    assert any("Pneumonia 0.11" in c for c in captions) and not any("Pneumonia 0.15" in c for c in captions), captions
+
+
+def _walk(ds: Dataset) -> list[Dataset]:
+    items = []
+    for item in ds.get("ContentSequence", []):
+        items.append(item)
+        items.extend(_walk(item))
+    return items
+
+
 def test_gsps_of_a_source_without_voi_gets_a_full_range_window(tmp_path: Path) -> None:
     source = _source("dx", tmp_path)
     for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTSequence"):
