@@ -688,7 +688,9 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
         for label, t, v in zip(NIH_LABELS, result.thresholds, result.val_auc))
     write_card(args.out / "MODEL_CARD.md", manifest, [
         ("Design (seed 2)",
-         f"EfficientNet-{args.variant} backbone from scratch, global average pooling, dropout 0.3, Dense(14, sigmoid) "
+         f"EfficientNet-{args.variant} backbone from scratch"
+         f"{'' if args.stochastic_depth is None else f' (stochastic depth {args.stochastic_depth:g} in training)'}, "
+         f"global average pooling, dropout {args.dropout:g}, Dense(14, sigmoid) "
          f"for the NIH ChestX-ray14 labels. Input {args.size}×{args.size}×1 grey in 0..1 (bone white), area-resized, "
          f"aspect stretched. ONNX input `image` (N, {args.size}, {args.size}, 1) NHWC float32, output `findings` (N, 14)."),
         ("Data and split",

@@ -111,8 +111,12 @@ def test_evaluate_commands_print_seed_tables(models_dir: tuple[Path, str], tmp_p
     assert finding_classifier.main(model + ["--eval-split", "all"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "on all images (" in lines[0] and len(lines) == 17 and lines[-1].startswith("mean")
-    assert finding_classifier.main(model) == 0  # image names of the training split.csv: its test split
-    assert "on test split (" in capsys.readouterr().out.splitlines()[0]
+    assert finding_classifier.main(model) == 0  # the demo keeps no split.csv (its data are gone): all images
+    assert "on all images (no test split of them in split.csv) (" in capsys.readouterr().out.splitlines()[0]
+    (out / "cxr-findings" / "split.csv").write_text("image,split\n00000001_000.png,test\n00000002_000.png,test\n"
+                                                     "00000003_000.png,train\n", encoding="utf-8")
+    assert finding_classifier.main(model) == 0
+    assert "on test split (2 images)" in capsys.readouterr().out.splitlines()[0]
     write_four_class_dataset(tmp_path / "fc", per_class=2, fractions=(0.5, 0.0, 0.5), size=128, seed=9)
     assert four_class.main(["--data", str(tmp_path / "fc"), "--out", str(out / "cxr-four-class"), "--evaluate"]) == 0
     report = capsys.readouterr().out
