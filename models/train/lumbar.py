@@ -451,7 +451,7 @@ class DemoParams:
     """Fresh phantoms the served model is run on: (seed, size, slices, spacing_z)."""
 
 
-DEMO = DemoParams("V2B0", 128, data=((3, 20, 512, 95, 3.0), (4, 8, 256, 60, 5.0)), epochs=8, batch_size=16,
+DEMO = DemoParams("V2B0", 128, data=((3, 20, 512, 95, 3.0), (4, 8, 256, 60, 5.0)), epochs=13, batch_size=16,
                   learning_rate=1e-3, seed=3, check=((9001, 512, 95, 3.0), (9002, 512, 120, 2.5), (9003, 256, 60, 5.0)))
 """The demo run: EfficientNetV2-B0 (the smallest V2; V2-S trains ~3× slower on 2 cores) at 128 px,
 learning rate 1e-3 (the seed's 1e-4 fine-tunes ImageNet weights; from scratch it needs far more
