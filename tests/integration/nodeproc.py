@@ -28,7 +28,8 @@ def _free_port() -> int:
 class NodeProcess:
     """Start, kill and restart ``ainode serve`` with a config written into ``workdir``."""
 
-    def __init__(self, workdir: Path, destinations: dict[str, Any] | None = None, **settings: Any) -> None:
+    def __init__(self, workdir: Path, destinations: dict[str, Any] | None = None, *, full_models: bool = False,
+                 **settings: Any) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = settings.pop("port", None) or _free_port()
@@ -44,6 +45,14 @@ class NodeProcess:
             "log_level": "INFO",
             "http_port": 0,  # parallel nodes must not compete for the default 8080
         }
+        if not full_models:
+            # The spine's tests (durability, faults, load, crash) run the view filter alone, as a site may: what
+            # they check does not depend on the chest and CT models, which would only make 20 restarts slower.
+            models_yaml = workdir / "models.yaml"
+            models_yaml.write_text("models:\n  - manifest: cxr-view-filter/model.json\n")
+            config["models_file"] = str(models_yaml)
+            config["cxr"] = {"finding_model": None, "four_class_models": [], "detector_model": None,
+                             "presentation_state": False}
         config.update(settings)
         self.config_path = workdir / "node.yaml"
         self.config_path.write_text(yaml.safe_dump(config))

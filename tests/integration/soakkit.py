@@ -87,7 +87,9 @@ def ct_template(rows: int = 64) -> pydicom.Dataset:
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     ds.Rows = ds.Columns = rows
     ds.PixelData = np.random.default_rng(0).integers(0, 2000, size=(rows, rows), dtype=np.int16).tobytes()
-    ds.StudyDescription = "ABDOMEN"
+    # A head CT: the node has no pipeline for it (the abdomen and chest CT rules would route it).
+    ds.StudyDescription = "CT HEAD"
+    ds.BodyPartExamined = "HEAD"
     return ds
 
 

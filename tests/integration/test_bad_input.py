@@ -110,7 +110,7 @@ def test_corpus_over_the_network(tmp_path: Path, corpus: tuple[Path, list[Corpus
     assert listing.returncode == 0 and "Traceback" not in listing.stdout + listing.stderr
     assert "failed" in listing.stdout and "done" in listing.stdout
     assert _escaped(tmp_path) == []
-    assert sorted(p.name for p in node.workdir.iterdir()) == ["data", "node.log", "node.yaml"]
+    assert sorted(p.name for p in node.workdir.iterdir()) == ["data", "models.yaml", "node.log", "node.yaml"]
     assert {p.name for p in node.data_dir.iterdir()} <= {"ainode.db", "ainode.db-shm", "ainode.db-wal", "outbox",
                                                           "spool", "tmp"}
     assert not list((node.data_dir / "tmp").iterdir())

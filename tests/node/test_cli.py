@@ -26,6 +26,13 @@ def ainode(*args: str, config: Path | None = None, timeout: float = 180) -> subp
                           text=True, timeout=timeout)
 
 
+def _by_modality(folder: Path) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.glob("*.dcm")):
+        found.setdefault(str(pydicom.dcmread(path, stop_before_pixels=True).Modality), []).append(path)
+    return found
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     cfg = tmp_path / "node.yaml"
@@ -49,10 +56,11 @@ def test_analyze_folder_writes_valid_srs_and_one_bad_file_fails_alone(tmp_path: 
     assert "Traceback" not in run.stdout + run.stderr
     assert "notes.txt" in run.stdout and "not a readable DICOM file" in run.stdout
     assert "2 series analysed" in run.stdout
-    results = sorted(out.glob("*.dcm"))
-    assert len(results) == 2
+    results = _by_modality(out)
+    # One SR per radiograph; the frontal one also gets its GSPS (boxes and caption), the lateral one none.
+    assert len(results["SR"]) == 2 and len(results["PR"]) == 1, results
     views = set()
-    for path in results:
+    for path in results["SR"]:
         assert_dciodvfy_clean(path)
         views.add(coded_values(pydicom.dcmread(path), "111031")[0].split()[0].lower())
     assert views == {"frontal", "lateral"}
@@ -129,9 +137,9 @@ def test_analyze_reads_jpeg2000_and_old_files_without_preamble(tmp_path: Path, c
     out = tmp_path / "out"
     run = ainode("analyze", str(inputs), "--out", str(out), config=config)
     assert run.returncode == 0, run.stdout + run.stderr
-    results = sorted(out.glob("*.dcm"))
-    assert len(results) == 2
-    for path in results:
+    results = _by_modality(out)
+    assert len(results["SR"]) == 2 and len(results["PR"]) == 2, results  # two frontal radiographs
+    for path in results["SR"]:
         sr = pydicom.dcmread(path)
         assert coded_values(sr, "111031")[0].lower().startswith("frontal")
         assert_dciodvfy_clean(path)
@@ -165,7 +173,9 @@ def test_train_view_filter_command_builds_verified_weights(tmp_path: Path, confi
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert (out / "model.onnx").is_file() and (out / "MODEL_CARD.md").is_file()
     cfg = tmp_path / "trained.yaml"
+    only_view_filter = tmp_path / "models.yaml"
+    only_view_filter.write_text("models:\n  - manifest: cxr-view-filter/model.json\n")
     cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "d2"), "models_dir": str(tmp_path / "models"),
-                                   "destinations": {}, "default_destinations": []}))
+                                   "models_file": str(only_view_filter), "destinations": {}, "default_destinations": []}))
     verify = ainode("models", "verify", config=cfg)
     assert verify.returncode == 0, verify.stdout + verify.stderr
