@@ -39,6 +39,26 @@ __all__ = ["FindingClassifier", "grey_batch", "output_kind"]
 DEFAULT_THRESHOLD = 0.5
 
 
+def label_scores(model: InferenceModel, images: Sequence[np.ndarray], batch: int, what: str) -> np.ndarray:
+    """The model's raw outputs on grey images, shape (N, labels), one backend call per ``batch`` images.
+
+    Raises
+    ------
+    ModelError
+        If the model's output does not have one column per manifest label (``what`` names them in the message).
+    """
+    manifest = model.manifest
+    rows = []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        out = np.asarray(model.run(grey_batch(chunk, manifest)), dtype=np.float64).reshape(len(chunk), -1)
+        if out.shape[1] != len(manifest.labels):
+            raise ModelError(f"model {manifest.name!r} gives {out.shape[1]} outputs per image; its manifest has "
+                             f"{len(manifest.labels)} {what}")
+        rows.append(out)
+    return np.concatenate(rows) if rows else np.zeros((0, len(manifest.labels)))
+
+
 def grey_batch(images: Sequence[np.ndarray], manifest: Manifest) -> np.ndarray:
     """Resize grey 0..1 images to the manifest's size and lay them out as its input says.
 
@@ -120,17 +140,8 @@ class FindingClassifier:
         ModelError
             If the model's output does not have one column per manifest label.
         """
-        rows = []
-        for start in range(0, len(images), self._batch):
-            chunk = images[start : start + self._batch]
-            out = np.asarray(self._model.run(grey_batch(chunk, self.manifest)), dtype=np.float64).reshape(len(chunk), -1)
-            if out.shape[1] != len(self.labels):
-                raise ModelError(
-                    f"model {self.manifest.name!r} gives {out.shape[1]} outputs per image; its manifest has "
-                    f"{len(self.labels)} labels"
-                )
-            rows.append(1.0 / (1.0 + np.exp(-out)) if self._logits else out)
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)))
+        out = label_scores(self._model, images, self._batch, "labels")
+        return 1.0 / (1.0 + np.exp(-out)) if self._logits else out
 
     def predict(self, images: Sequence[np.ndarray], uids: Sequence[str]) -> list[list[Finding]]:
         """Findings of each image, in manifest label order.

@@ -27,7 +27,7 @@ import numpy as np
 
 from models.backends import InferenceModel, algorithm_info, batch_size, check_images, load_backend
 from models.errors import ModelError
-from models.finding_classifier import grey_batch, output_kind
+from models.finding_classifier import label_scores, output_kind
 from models.findings import AlgorithmInfo, Finding
 from models.manifest import Manifest
 
@@ -91,17 +91,8 @@ class FourClassClassifier:
         ModelError
             If the model's output does not have one column per manifest label.
         """
-        rows = []
-        for start in range(0, len(images), self._batch):
-            chunk = images[start : start + self._batch]
-            out = np.asarray(self._model.run(grey_batch(chunk, self.manifest)), dtype=np.float64).reshape(len(chunk), -1)
-            if out.shape[1] != len(self.labels):
-                raise ModelError(
-                    f"model {self.manifest.name!r} gives {out.shape[1]} outputs per image; its manifest has "
-                    f"{len(self.labels)} classes"
-                )
-            rows.append(softmax(out) if self._logits else out)
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)))
+        out = label_scores(self._model, images, self._batch, "classes")
+        return softmax(out) if self._logits and len(out) else out
 
     def predict(self, images: Sequence[np.ndarray], uids: Sequence[str]) -> list[list[Finding]]:
         """Class findings of each image, in manifest label order; only the argmax is ``present``.
