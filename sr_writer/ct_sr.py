@@ -40,9 +40,7 @@ import pydicom
 from highdicom.sr import (
     FindingSite,
     Measurement,
-    MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
-    ObservationContext,
     QualitativeEvaluation,
     SourceImageForMeasurement,
     SourceImageForMeasurementGroup,
@@ -51,21 +49,13 @@ from highdicom.sr import (
 
 from models.findings import LUMBAR_LEVELS, PE_EXAM_LABELS, AlgorithmInfo, PeExamResult, SeriesResult
 from sr_writer.codes import code
-from sr_writer.equipment import add_contributing_equipment
 from sr_writer.sr import (
-    MANUFACTURER,
     _algorithm_id,
     _check_supersedes,
     _comment,
+    _document,
     _index_sources,
-    _lo,
-    _node_version,
-    _observer,
-    _private_schemes,
-    _procedure,
     _score,
-    _supersession_note,
-    _with_empty_type2,
 )
 from sr_writer.uids import new_uid, validate_uid_root
 
@@ -427,46 +417,3 @@ def _source(by_uid: dict[str, pydicom.Dataset], uid: str) -> pydicom.Dataset:
 
 def _instance(ds: pydicom.Dataset) -> str:
     return str(ds.get("InstanceNumber", "?"))
-
-
-def _document(result: SeriesResult, sources: Sequence[pydicom.Dataset], groups: list[_Group],
-              predecessors: Sequence[pydicom.Dataset], *, uid_root: str, series_number: int, instance_number: int,
-              series_description: str, institution_name: str | None,
-              notes: Sequence[hd.sr.ContainerContentItem] = ()) -> pydicom.Dataset:
-    """The Comprehensive 3D SR around ``groups``, as :func:`sr_writer.sr.build_measurement_report` writes it."""
-    algorithm = result.algorithms[-1]
-    report = MeasurementReport(
-        observation_context=ObservationContext(observer_device_context=_observer(algorithm)),
-        procedure_reported=_procedure(sources[0]),
-        imaging_measurements=groups,
-        title=code("imaging_measurement_report"),
-    )
-    report[0].ContentSequence.extend(notes)
-    if predecessors:
-        report[0].ContentSequence.append(_supersession_note(predecessors))
-    demo = any(a.demo for a in result.algorithms)
-    if demo and "DEMO" not in series_description:
-        series_description = f"{series_description} (DEMO)"
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[_with_empty_type2(sources[0]), *sources[1:]],
-        content=report,
-        series_instance_uid=new_uid(uid_root),
-        series_number=series_number,
-        sop_instance_uid=new_uid(uid_root),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        institution_name=institution_name,
-        previous_versions=list(predecessors) or None,
-        series_description=_lo(series_description, "series_description"),
-        manufacturer_model_name=_lo(algorithm.display_name, "algorithm display name"),
-        coding_schemes=_private_schemes(),
-    )
-    versions = [_lo(f"ainode {_node_version()}", "software version")] + [
-        _lo(f"{a.display_name} {a.version}", "algorithm version") for a in result.algorithms
-    ]
-    sr.SoftwareVersions = versions  # type: ignore[assignment]  # pydicom takes a list for a multi-valued LO
-    add_contributing_equipment(sr, list(result.algorithms))
-    return sr

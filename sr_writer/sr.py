@@ -145,19 +145,33 @@ def build_measurement_report(
     if not groups:
         raise ValueError("result has no view and no finding on any image; there is nothing to report")
 
+    return _document(result, sources, groups, predecessors, uid_root=uid_root, series_number=series_number,
+                     instance_number=instance_number, series_description=series_description,
+                     institution_name=institution_name)
+
+
+def _document(result: SeriesResult, sources: Sequence[pydicom.Dataset],
+              groups: Sequence[_Group], predecessors: Sequence[pydicom.Dataset], *,
+              uid_root: str, series_number: int, instance_number: int, series_description: str,
+              institution_name: str | None, notes: Sequence[ContainerContentItem] = ()) -> pydicom.Dataset:
+    """The Comprehensive 3D SR (TID 1500) around ``groups``: what every SR writer of the node returns.
+
+    The first algorithm of the result is the observer device and the model name; every algorithm is
+    named in Software Versions and in the IHE AI Results contributing equipment.
+    """
+    primary = result.algorithms[0]
     report = MeasurementReport(
-        observation_context=ObservationContext(observer_device_context=_observer(result.algorithms[0])),
+        observation_context=ObservationContext(observer_device_context=_observer(primary)),
         procedure_reported=_procedure(sources[0]),
-        imaging_measurements=groups,
+        imaging_measurements=list(groups),
         title=code("imaging_measurement_report"),
     )
+    report[0].ContentSequence.extend(notes)
     if predecessors:
         report[0].ContentSequence.append(_supersession_note(predecessors))
-
     demo = any(a.demo for a in result.algorithms)
     if demo and "DEMO" not in series_description:
         series_description = f"{series_description} (DEMO)"
-    primary = result.algorithms[0]
     sr = hd.sr.Comprehensive3DSR(
         evidence=[_with_empty_type2(sources[0]), *sources[1:]],
         content=report,
