@@ -52,12 +52,12 @@ from sr_writer.codes import code
 from sr_writer.sr import (
     _algorithm_id,
     _check_supersedes,
+    _checked_sources,
     _comment,
     _document,
-    _index_sources,
     _score,
 )
-from sr_writer.uids import new_uid, validate_uid_root
+from sr_writer.uids import new_uid
 
 __all__ = ["HU_RANGES", "LEVEL_KEYS", "build_lumbar_report", "build_pe_report"]
 
@@ -400,10 +400,7 @@ def _no_l3_note() -> hd.sr.ContainerContentItem:
 
 def _prepare(result: SeriesResult, sources: Sequence[pydicom.Dataset], uid_root: str,
              predecessors: Sequence[pydicom.Dataset]) -> tuple[AlgorithmInfo, dict[str, pydicom.Dataset]]:
-    validate_uid_root(uid_root)
-    if not result.algorithms:
-        raise ValueError("result names no algorithm; every AI result must name the algorithm (IHE AIR)")
-    by_uid = _index_sources(result, sources)
+    by_uid = _checked_sources(result, sources, uid_root)
     _check_supersedes(result, predecessors)
     return result.algorithms[-1], by_uid
 

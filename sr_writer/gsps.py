@@ -29,9 +29,17 @@ import pydicom
 
 from models.findings import ImageResult, Region, SeriesResult
 from sr_writer.codes import display_name
-from sr_writer.equipment import add_contributing_equipment
-from sr_writer.sr import MANUFACTURER, _index_sources, _lo, _node_version, _with_empty_type2
-from sr_writer.uids import new_uid, validate_uid_root
+from sr_writer.sr import (
+    MANUFACTURER,
+    _checked_sources,
+    _is_demo,
+    _lo,
+    _name_series,
+    _new_instance,
+    _node_version,
+    _with_demo,
+    _with_empty_type2,
+)
 
 __all__ = ["GRAPHIC_LAYER", "build_presentation_state", "box_corners", "caption"]
 
@@ -79,11 +87,8 @@ def build_presentation_state(
         On an invalid UID root, sources that do not match the result, a box
         outside its image, or a result with nothing to draw.
     """
-    validate_uid_root(uid_root)
-    if not result.algorithms:
-        raise ValueError("result names no algorithm; every AI result must name the algorithm (IHE AIR)")
-    by_uid = _index_sources(result, sources)
-    demo = any(a.demo for a in result.algorithms)
+    by_uid = _checked_sources(result, sources, uid_root)
+    demo = _is_demo(result.algorithms)
 
     layer = hd.pr.GraphicLayer(layer_name=GRAPHIC_LAYER, order=1, description="AI findings: boxes and labels")
     annotations: list[hd.pr.GraphicAnnotation] = []
@@ -99,42 +104,56 @@ def build_presentation_state(
     if not annotations:
         raise ValueError("result has no box and no top finding on any image; a presentation state would draw nothing")
 
-    first = referenced[0]
-    if demo and "DEMO" not in series_description:
-        series_description = f"{series_description} (DEMO)"
     detector = result.algorithms[-1]
-    inverse = str(first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    inverse = str(referenced[0].get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    return _presentation_state(
+        result, referenced, layer, annotations,
+        content_description=_with_demo(f"Boxes by {detector.display_name}", demo),
+        presentation_lut_shape="INVERSE" if inverse else "IDENTITY",
+        uid_root=uid_root, series_number=series_number, instance_number=instance_number,
+        series_description=series_description, institution_name=institution_name,
+    )
+
+
+def _presentation_state(
+    result: SeriesResult,
+    referenced: Sequence[pydicom.Dataset],
+    layer: hd.pr.GraphicLayer,
+    annotations: Sequence[hd.pr.GraphicAnnotation] | None,
+    *,
+    content_description: str,
+    presentation_lut_shape: str,
+    uid_root: str,
+    series_number: int,
+    instance_number: int,
+    series_description: str,
+    institution_name: str | None,
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """A GSPS of ours over ``referenced`` with one graphic layer: the part the box and slice-label writers share.
+
+    ``result.algorithms[-1]`` is the Manufacturer's Model Name; the layer's name is the Content Label;
+    each image keeps its own VOI (:func:`_voi`). ``annotations`` may be None when the caller sets the
+    Graphic Annotation Sequence itself.
+    """
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=referenced,
-        series_instance_uid=new_uid(uid_root),
-        series_number=series_number,
-        sop_instance_uid=new_uid(uid_root),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=_lo(detector.display_name, "algorithm display name"),
+        **_new_instance(uid_root, series_number, instance_number),
+        manufacturer_model_name=_lo(result.algorithms[-1].display_name, "algorithm display name"),
         software_versions=_lo(f"ainode {_node_version()}", "software version"),
         device_serial_number=MANUFACTURER,
-        content_label=GRAPHIC_LAYER,
-        content_description=_lo(_description(detector.display_name, demo), "content description"),
+        content_label=layer.GraphicLayer,
+        content_description=_lo(content_description, "content description"),
         graphic_annotations=annotations,
         graphic_layers=[layer],
         institution_name=institution_name,
         voi_lut_transformations=_voi(referenced),
-        presentation_lut_transformation=hd.PresentationLUTTransformation(
-            presentation_lut_shape="INVERSE" if inverse else "IDENTITY"
-        ),
+        presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape=presentation_lut_shape),
     )
-    gsps.SeriesDescription = _lo(series_description, "series_description")
     # General Series Laterality (0020,0060) is Type 2C (PS3.3 C.7.3.1): dciodvfy asks for it on a PR,
     # which has no Image Laterality; copy the source's, else send it empty (unknown).
-    gsps.Laterality = first.get("Laterality", "")
-    add_contributing_equipment(gsps, list(result.algorithms))
+    gsps.Laterality = referenced[0].get("Laterality", "")
+    _name_series(gsps, result.algorithms, series_description)
     return gsps
-
-
-def _description(detector: str, demo: bool) -> str:
-    text = f"Boxes by {detector}"
-    return f"{text} (DEMO)" if demo and "DEMO" not in text else text
 
 
 def box_corners(region: Region, source: pydicom.Dataset, label: str) -> np.ndarray:

@@ -24,9 +24,7 @@ from highdicom.sr import ObserverContext
 
 from models.findings import SeriesResult
 from sr_writer.codes import CONCEPTS, code
-from sr_writer.equipment import add_contributing_equipment
-from sr_writer.sr import MANUFACTURER, _index_sources, _lo, _observer, _with_empty_type2
-from sr_writer.uids import new_uid, validate_uid_root
+from sr_writer.sr import _checked_sources, _evidence, _is_demo, _name_series, _new_instance, _observer, _with_demo
 
 __all__ = ["KOS_TITLES", "build_key_object_selection"]
 
@@ -86,10 +84,7 @@ def build_key_object_selection(
         On an invalid UID root, no key image, a key image not among the
         sources, an unknown title, or sources of another study.
     """
-    validate_uid_root(uid_root)
-    if not result.algorithms:
-        raise ValueError("result names no algorithm; every AI result must name the algorithm (IHE AIR)")
-    by_uid = _index_sources(result, sources)
+    by_uid = _checked_sources(result, sources, uid_root)
     title_key = _title_key(title)
     keys = list(dict.fromkeys(key_uids))
     if not keys:
@@ -100,11 +95,7 @@ def build_key_object_selection(
     if len(description) > 1024:
         raise ValueError(f"key object description is {len(description)} characters; keep it under 1024")
 
-    demo = any(a.demo for a in result.algorithms)
-    if demo and "DEMO" not in description:
-        description = f"{description} (DEMO)"
-    if demo and "DEMO" not in series_description:
-        series_description = f"{series_description} (DEMO)"
+    description = _with_demo(description, _is_demo(result.algorithms))
     algorithm = result.algorithms[-1]
     selected = [by_uid[uid] for uid in keys]
     observer: ObserverContext = _observer(algorithm)
@@ -115,17 +106,12 @@ def build_key_object_selection(
         description=description,
     )
     kos = hd.ko.KeyObjectSelectionDocument(
-        evidence=[_with_empty_type2(selected[0]), *selected[1:]],
+        evidence=_evidence(selected),
         content=content,
-        series_instance_uid=new_uid(uid_root),
-        series_number=series_number,
-        sop_instance_uid=new_uid(uid_root),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
+        **_new_instance(uid_root, series_number, instance_number),
         institution_name=institution_name,
     )
-    kos.SeriesDescription = _lo(series_description, "series_description")
-    add_contributing_equipment(kos, list(result.algorithms))
+    _name_series(kos, result.algorithms, series_description)
     return kos
 
 

@@ -28,10 +28,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from models.findings import ImageResult, SeriesResult
 from sr_writer.codes import code, display_name
-from sr_writer.equipment import add_contributing_equipment
 from sr_writer.gsps import box_corners, caption
-from sr_writer.sr import MANUFACTURER, _index_sources, _lo, _node_version, _with_empty_type2
-from sr_writer.uids import new_uid, validate_uid_root
+from sr_writer.sr import _checked_sources, _is_demo, _lo, _name_series, _new_instance, _node_version, _with_empty_type2
 
 __all__ = ["BOX_COLOUR", "build_secondary_capture", "render_radiograph"]
 
@@ -82,14 +80,11 @@ def build_secondary_capture(
         On an invalid UID root, a source that is not in the result or has no
         pixels, a multi-frame or colour source, or a box outside the image.
     """
-    validate_uid_root(uid_root)
-    if not result.algorithms:
-        raise ValueError("result names no algorithm; every AI result must name the algorithm (IHE AIR)")
-    _index_sources(result, [source])
+    _checked_sources(result, [source], uid_root)
     image = next((i for i in result.images if i.sop_instance_uid == str(source.SOPInstanceUID)), None)
     if image is None:
         raise ValueError(f"source {source.SOPInstanceUID} is not an image of the result")
-    demo = any(a.demo for a in result.algorithms)
+    demo = _is_demo(result.algorithms)
 
     pixels = burn_in(image, source, demo)
     reference = _with_empty_type2(source)
@@ -103,11 +98,7 @@ def build_secondary_capture(
         # highdicom needs an orientation for the PATIENT system; it is replaced below when the
         # source does not state one, since we must not invent it.
         patient_orientation=tuple(orientation) if orientation and len(orientation) == 2 else ("L", "F"),
-        series_instance_uid=new_uid(uid_root),
-        series_number=series_number,
-        sop_instance_uid=new_uid(uid_root),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
+        **_new_instance(uid_root, series_number, instance_number),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         institution_name=institution_name,
         manufacturer_model_name=_lo(result.algorithms[-1].display_name, "algorithm display name"),
@@ -115,9 +106,6 @@ def build_secondary_capture(
     )
     if not (orientation and len(orientation) == 2):
         sc.PatientOrientation = ""  # type: ignore[assignment]  # Type 2 in the General Image module: empty means unknown
-    if demo and "DEMO" not in series_description:
-        series_description = f"{series_description} (DEMO)"
-    sc.SeriesDescription = _lo(series_description, "series_description")
     sc.Laterality = source.get("Laterality", "")  # Type 2C; see sr_writer.gsps
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
@@ -127,7 +115,7 @@ def build_secondary_capture(
     source_item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     source_item.PurposeOfReferenceCodeSequence = [code("source_image_for_processing")]
     sc.SourceImageSequence = [source_item]
-    add_contributing_equipment(sc, list(result.algorithms))
+    _name_series(sc, result.algorithms, series_description)
     return sc
 
 

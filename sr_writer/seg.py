@@ -30,9 +30,8 @@ import pydicom
 from models.findings import AlgorithmInfo
 from sr_writer.codes import code
 from sr_writer.ct_sr import HU_RANGES
-from sr_writer.equipment import add_contributing_equipment
-from sr_writer.sr import MANUFACTURER, _lo, _node_version, _with_empty_type2
-from sr_writer.uids import new_uid, validate_uid_root
+from sr_writer.sr import MANUFACTURER, _lo, _name_series, _new_instance, _node_version, _with_empty_type2
+from sr_writer.uids import validate_uid_root
 
 __all__ = ["TISSUES", "build_tissue_segmentation"]
 
@@ -118,18 +117,12 @@ def build_tissue_segmentation(
             ),
             anatomic_regions=[code(region_key)] if region_key else None,
         ))
-    if algorithm.demo and "DEMO" not in series_description:
-        series_description = f"{series_description} (DEMO)"
     seg = hd.seg.Segmentation(
         source_images=[_with_empty_type2(source)],
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=new_uid(uid_root),
-        series_number=series_number,
-        sop_instance_uid=new_uid(uid_root),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
+        **_new_instance(uid_root, series_number, instance_number),
         manufacturer_model_name=name,
         software_versions=_lo(f"ainode {_node_version()}", "software version"),
         device_serial_number=MANUFACTURER,
@@ -137,6 +130,5 @@ def build_tissue_segmentation(
         content_description=_lo(f"Body composition on the L3 slice by {name}", "content description"),
         omit_empty_frames=False,
     )
-    seg.SeriesDescription = _lo(series_description, "series_description")
-    add_contributing_equipment(seg, [algorithm])
+    _name_series(seg, [algorithm], series_description)
     return seg

@@ -24,10 +24,8 @@ import highdicom as hd
 import pydicom
 
 from models.findings import LumbarResult, PeExamResult, SeriesResult
-from sr_writer.equipment import add_contributing_equipment
-from sr_writer.gsps import _text_box, _voi
-from sr_writer.sr import MANUFACTURER, _index_sources, _lo, _node_version, _with_empty_type2
-from sr_writer.uids import new_uid, validate_uid_root
+from sr_writer.gsps import _presentation_state, _text_box
+from sr_writer.sr import _checked_sources, _evidence, _is_demo, _with_demo
 
 __all__ = ["LABEL_LAYER", "build_slice_labels", "level_labels", "pe_labels"]
 
@@ -92,13 +90,10 @@ def build_slice_labels(
         sources, an empty or too long text, or sources that mix slices with
         and without VOI settings.
     """
-    validate_uid_root(uid_root)
-    if not result.algorithms:
-        raise ValueError("result names no algorithm; every AI result must name the algorithm (IHE AIR)")
-    by_uid = _index_sources(result, sources)
+    by_uid = _checked_sources(result, sources, uid_root)
     if not labels:
         raise ValueError("no slice label; a presentation state would draw nothing")
-    demo = any(a.demo for a in result.algorithms)
+    demo = _is_demo(result.algorithms)
 
     layer = hd.pr.GraphicLayer(layer_name=LABEL_LAYER, order=1, description="AI labels per slice")
     annotations: list[pydicom.Dataset] = []
@@ -108,9 +103,7 @@ def build_slice_labels(
         uid = str(source.SOPInstanceUID)
         if uid not in labels:
             continue
-        text = labels[uid].strip()
-        if demo and "DEMO" not in text:
-            text = f"{text} (DEMO)"
+        text = _with_demo(labels[uid].strip(), demo)
         if not text or len(text) > 64:
             raise ValueError(f"label of slice {uid} is empty or longer than 64 characters: {text!r}")
         columns, rows = int(source.Columns), int(source.Rows)
@@ -122,31 +115,14 @@ def build_slice_labels(
     if unknown:
         raise ValueError(f"labelled slices {unknown[:3]}{'...' if len(unknown) > 3 else ''} are not among the sources")
 
-    algorithm = result.algorithms[-1]
-    if demo and "DEMO" not in series_description:
-        series_description = f"{series_description} (DEMO)"
-    referenced = [_with_empty_type2(referenced[0]), *referenced[1:]]
-    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
-        referenced_images=referenced,
-        series_instance_uid=new_uid(uid_root),
-        series_number=series_number,
-        sop_instance_uid=new_uid(uid_root),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=_lo(algorithm.display_name, "algorithm display name"),
-        software_versions=_lo(f"ainode {_node_version()}", "software version"),
-        device_serial_number=MANUFACTURER,
-        content_label=LABEL_LAYER,
-        content_description=_lo(f"Slice labels by {algorithm.display_name}", "content description"),
-        graphic_layers=[layer],
-        institution_name=institution_name,
-        voi_lut_transformations=_voi(referenced),
-        presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape="IDENTITY"),
+    gsps = _presentation_state(
+        result, _evidence(referenced), layer, None,
+        content_description=f"Slice labels by {result.algorithms[-1].display_name}",
+        presentation_lut_shape="IDENTITY",
+        uid_root=uid_root, series_number=series_number, instance_number=instance_number,
+        series_description=series_description, institution_name=institution_name,
     )
     gsps.GraphicAnnotationSequence = annotations
-    gsps.SeriesDescription = _lo(series_description, "series_description")
-    gsps.Laterality = referenced[0].get("Laterality", "")  # Type 2C; see sr_writer.gsps
-    add_contributing_equipment(gsps, list(result.algorithms))
     return gsps
 
 

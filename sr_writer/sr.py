@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
-from typing import Sequence
+from typing import Sequence, TypedDict
 
 import highdicom as hd
 import numpy as np
@@ -119,10 +119,7 @@ def build_measurement_report(
     KeyError
         When a finding's label has no concept in :mod:`sr_writer.codes`.
     """
-    validate_uid_root(uid_root)
-    if not result.algorithms:
-        raise ValueError("result names no algorithm; every AI result must name the algorithm (IHE AIR)")
-    by_uid = _index_sources(result, sources)
+    by_uid = _checked_sources(result, sources, uid_root)
     _check_supersedes(result, predecessors)
 
     groups: list[_Group] = []
@@ -169,23 +166,15 @@ def _document(result: SeriesResult, sources: Sequence[pydicom.Dataset],
     report[0].ContentSequence.extend(notes)
     if predecessors:
         report[0].ContentSequence.append(_supersession_note(predecessors))
-    demo = any(a.demo for a in result.algorithms)
-    if demo and "DEMO" not in series_description:
-        series_description = f"{series_description} (DEMO)"
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[_with_empty_type2(sources[0]), *sources[1:]],
+        evidence=_evidence(sources),
         content=report,
-        series_instance_uid=new_uid(uid_root),
-        series_number=series_number,
-        sop_instance_uid=new_uid(uid_root),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
+        **_new_instance(uid_root, series_number, instance_number),
         is_complete=True,
         is_final=False,
         is_verified=False,
         institution_name=institution_name,
         previous_versions=list(predecessors) or None,
-        series_description=_lo(series_description, "series_description"),
         manufacturer_model_name=_lo(primary.display_name, "algorithm display name"),
         coding_schemes=_private_schemes(),
     )
@@ -194,8 +183,58 @@ def _document(result: SeriesResult, sources: Sequence[pydicom.Dataset],
         _lo(f"{a.display_name} {a.version}", "algorithm version") for a in result.algorithms
     ]
     sr.SoftwareVersions = versions  # type: ignore[assignment]  # pydicom takes a list for a multi-valued LO
-    add_contributing_equipment(sr, list(result.algorithms))
+    _name_series(sr, result.algorithms, series_description)
     return sr
+
+
+def _checked_sources(result: SeriesResult, sources: Sequence[pydicom.Dataset],
+                     uid_root: str) -> dict[str, pydicom.Dataset]:
+    """What every writer checks first: the UID root, that the result names its algorithm, and the sources.
+
+    Returns the sources by SOP Instance UID (:func:`_index_sources`).
+    """
+    validate_uid_root(uid_root)
+    if not result.algorithms:
+        raise ValueError("result names no algorithm; every AI result must name the algorithm (IHE AIR)")
+    return _index_sources(result, sources)
+
+
+class _NewInstance(TypedDict):
+    """The keyword arguments of a highdicom constructor that make the object ours: a new series and instance."""
+
+    series_instance_uid: str
+    series_number: int
+    sop_instance_uid: str
+    instance_number: int
+    manufacturer: str
+
+
+def _new_instance(uid_root: str, series_number: int, instance_number: int) -> _NewInstance:
+    """New Series and SOP Instance UIDs under ``uid_root``, the numbers, and our Manufacturer (0008,0070)."""
+    return _NewInstance(series_instance_uid=new_uid(uid_root), series_number=series_number,
+                        sop_instance_uid=new_uid(uid_root), instance_number=instance_number,
+                        manufacturer=MANUFACTURER)
+
+
+def _is_demo(algorithms: Sequence[AlgorithmInfo]) -> bool:
+    return any(a.demo for a in algorithms)
+
+
+def _with_demo(text: str, demo: bool) -> str:
+    """``text`` with "(DEMO)" appended when a demo model contributed and it does not say so yet."""
+    return f"{text} (DEMO)" if demo and "DEMO" not in text else text
+
+
+def _name_series(ds: pydicom.Dataset, algorithms: Sequence[AlgorithmInfo], series_description: str) -> None:
+    """Series Description (0008,103E), with "(DEMO)" for demo models, and the IHE AI Results
+    contributing-equipment items naming each algorithm: the last touch of every object we write."""
+    ds.SeriesDescription = _lo(_with_demo(series_description, _is_demo(algorithms)), "series_description")
+    add_contributing_equipment(ds, list(algorithms))
+
+
+def _evidence(sources: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The sources, the first with its empty Type 2 patient and study attributes filled (highdicom copies them)."""
+    return [_with_empty_type2(sources[0]), *sources[1:]]
 
 
 def _index_sources(result: SeriesResult, sources: Sequence[pydicom.Dataset]) -> dict[str, pydicom.Dataset]:
