@@ -37,14 +37,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Self
-
 import numpy as np
 
-from models.backends import InferenceModel, algorithm_info, batch_size, check_images, load_backend
+from models.backends import InferenceModel, batch_size, check_images
 from models.errors import ModelError
-from models.findings import AlgorithmInfo, Finding, Region
-from models.manifest import Manifest
+from models.finding_classifier import RadiographModel
+from models.findings import Finding, Region
 from models.preprocess.radiograph import resize_image
 
 __all__ = ["Detector", "Letterbox", "letterbox", "letterbox_geometry", "decode", "nms"]
@@ -200,7 +198,7 @@ def decode(
     return boxes[chosen], confidences[chosen], classes[chosen]
 
 
-class Detector:
+class Detector(RadiographModel):
     """Seed 2's detector over any backend (see the module docstring).
 
     Parameters
@@ -214,10 +212,11 @@ class Detector:
         Wrong task or channels, or invalid ``postprocessing`` values.
     """
 
+    task = "detection"
+
     def __init__(self, model: InferenceModel) -> None:
+        super().__init__(model)
         manifest = model.manifest
-        if manifest.task != "detection":
-            raise ModelError(f"model {manifest.name!r} has task {manifest.task!r}, not 'detection'")
         if manifest.input.channels not in (1, 3):
             raise ModelError(f"model {manifest.name!r}: the detector takes 1 or 3 channels, not {manifest.input.channels}")
         post = manifest.postprocessing
@@ -234,21 +233,8 @@ class Detector:
                 f"got {conf}, {self.iou}, {self.max_detections}"
             )
         self.multi_label = bool(post.get("multi_label", False))
-        self._model = model
-        self.manifest = manifest
-        self.labels = [spec.key for spec in manifest.labels]
         self.thresholds = np.array([conf if s.threshold is None else s.threshold for s in manifest.labels])
         self._batch = batch_size(manifest)
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> Self:
-        """Open the detector from a verified manifest (``ModelRegistry.require``) with its backend."""
-        return cls(load_backend(manifest, threads=threads))
-
-    @property
-    def algorithm(self) -> AlgorithmInfo:
-        """Identification of the model for result objects."""
-        return algorithm_info(self.manifest)
 
     def prepare(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
         """Letterbox images into one batch laid out as the manifest says (grey repeated into channels)."""

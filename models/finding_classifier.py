@@ -24,7 +24,7 @@ last layer gives logits instead of probabilities says so with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Self
+from typing import ClassVar, Self
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from models.findings import AlgorithmInfo, Finding
 from models.manifest import Manifest
 from models.preprocess.radiograph import resize_image
 
-__all__ = ["FindingClassifier", "grey_batch", "output_kind"]
+__all__ = ["FindingClassifier", "RadiographModel", "grey_batch", "output_kind"]
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -90,7 +90,42 @@ def output_kind(manifest: Manifest) -> str:
     return str(kind)
 
 
-class FindingClassifier:
+class RadiographModel:
+    """What the chest radiograph models share: a backend whose manifest has the model's task, its labels,
+    how it is opened from a manifest and how result objects name it.
+
+    A subclass sets :attr:`task`, calls ``super().__init__(model)`` first and then checks the rest of
+    its manifest.
+
+    Raises
+    ------
+    ModelError
+        When the manifest's task is not :attr:`task`.
+    """
+
+    #: The manifest task (``task``) the model serves.
+    task: ClassVar[str]
+
+    def __init__(self, model: InferenceModel) -> None:
+        manifest = model.manifest
+        if manifest.task != self.task:
+            raise ModelError(f"model {manifest.name!r} has task {manifest.task!r}, not {self.task!r}")
+        self._model = model
+        self.manifest = manifest
+        self.labels = [spec.key for spec in manifest.labels]
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> Self:
+        """Open the model from a verified manifest (``ModelRegistry.require``) with its backend."""
+        return cls(load_backend(manifest, threads=threads))
+
+    @property
+    def algorithm(self) -> AlgorithmInfo:
+        """Identification of the model for result objects."""
+        return algorithm_info(self.manifest)
+
+
+class FindingClassifier(RadiographModel):
     """Seed 2's multi-label classifier over any backend (see the module docstring).
 
     Parameters
@@ -105,32 +140,20 @@ class FindingClassifier:
         Wrong task, a multi-channel input, or an invalid ``postprocessing`` entry.
     """
 
+    task = "multilabel-classification"
+
     def __init__(self, model: InferenceModel) -> None:
+        super().__init__(model)
         manifest = model.manifest
-        if manifest.task != "multilabel-classification":
-            raise ModelError(f"model {manifest.name!r} has task {manifest.task!r}, not 'multilabel-classification'")
         if manifest.input.channels != 1:
             raise ModelError(
                 f"model {manifest.name!r}: the finding classifier takes one grey channel, not {manifest.input.channels}"
             )
-        self._model = model
-        self.manifest = manifest
-        self.labels = [spec.key for spec in manifest.labels]
         self.thresholds = np.array(
             [DEFAULT_THRESHOLD if spec.threshold is None else spec.threshold for spec in manifest.labels], dtype=np.float64
         )
         self._logits = output_kind(manifest) == "logits"
         self._batch = batch_size(manifest)
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> Self:
-        """Open the classifier from a verified manifest (``ModelRegistry.require``) with its backend."""
-        return cls(load_backend(manifest, threads=threads))
-
-    @property
-    def algorithm(self) -> AlgorithmInfo:
-        """Identification of the model for result objects."""
-        return algorithm_info(self.manifest)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Probability of each label, shape (N, labels), one backend call per ``postprocessing.batch`` images.

@@ -21,15 +21,12 @@ layer gives logits says so with ``postprocessing.output: "logits"``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Self
-
 import numpy as np
 
-from models.backends import InferenceModel, algorithm_info, batch_size, check_images, load_backend
+from models.backends import InferenceModel, batch_size, check_images
 from models.errors import ModelError
-from models.finding_classifier import label_scores, output_kind
-from models.findings import AlgorithmInfo, Finding
-from models.manifest import Manifest
+from models.finding_classifier import RadiographModel, label_scores, output_kind
+from models.findings import Finding
 
 __all__ = ["FourClassClassifier"]
 
@@ -41,7 +38,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
-class FourClassClassifier:
+class FourClassClassifier(RadiographModel):
     """Seed 4's single-label classifier over any backend (see the module docstring).
 
     Parameters
@@ -57,31 +54,19 @@ class FourClassClassifier:
         ``postprocessing`` entry.
     """
 
+    task = "classification"
+
     def __init__(self, model: InferenceModel) -> None:
+        super().__init__(model)
         manifest = model.manifest
-        if manifest.task != "classification":
-            raise ModelError(f"model {manifest.name!r} has task {manifest.task!r}, not 'classification'")
         if len(manifest.labels) < 2:
             raise ModelError(f"model {manifest.name!r}: a softmax classifier needs at least two labels")
         if manifest.input.channels != 1:
             raise ModelError(
                 f"model {manifest.name!r}: the four-class classifier takes one grey channel, not {manifest.input.channels}"
             )
-        self._model = model
-        self.manifest = manifest
-        self.labels = [spec.key for spec in manifest.labels]
         self._logits = output_kind(manifest) == "logits"
         self._batch = batch_size(manifest)
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> Self:
-        """Open the classifier from a verified manifest (``ModelRegistry.require``) with its backend."""
-        return cls(load_backend(manifest, threads=threads))
-
-    @property
-    def algorithm(self) -> AlgorithmInfo:
-        """Identification of the model for result objects."""
-        return algorithm_info(self.manifest)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities, shape (N, classes), rows summing to 1.
