@@ -1,4 +1,5 @@
-"""What the CT pipelines share: reading a series' headers, planning its slices, result series numbers.
+"""What the CT pipelines share: reading a series' headers, planning its slices, result series numbers,
+and how a pipeline is built (:class:`CtPipeline`).
 
 A CT series is planned from headers only (``models.preprocess.ct_series.plan_series``:
 slices ordered along the ImageOrientationPatient normal, localizers dropped, non-axial and
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Self, Sequence
 
 import pydicom
 from pydicom import Dataset
@@ -23,8 +24,51 @@ from models.errors import PreprocessError, SeriesError
 from models.preprocess.ct_series import SeriesPlan, plan_series
 from node.errors import InputError
 
+if TYPE_CHECKING:
+    from models.registry import ModelRegistry
+    from node.settings import Settings
+
 #: SOP classes the CT pipelines analyse: CT Image Storage and Enhanced CT is not (multi-frame).
 CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2"}
+
+
+class CtPipeline:
+    """What a CT pipeline holds besides its model: where its result objects go, and how the node builds it.
+
+    One instance per worker; a subclass names itself (``name``) and loads its model once in
+    :meth:`_load_model`.
+
+    Parameters
+    ----------
+    registry : ModelRegistry
+        Where the model's verified manifest comes from.
+    uid_root : str
+        Organisation UID root of the result objects.
+    threads : int
+        Threads of the model's backend.
+    series_number : int
+        Series Number of the report; the other result objects take the next numbers.
+    institution_name : str, optional
+        Institution Name (0008,0080) written into the result objects.
+    """
+
+    name: str
+
+    def __init__(self, registry: ModelRegistry, *, uid_root: str, threads: int = 1, series_number: int = 990,
+                 institution_name: str | None = None) -> None:
+        self._load_model(registry, threads)
+        self.uid_root = uid_root
+        self.series_number = series_number
+        self.institution_name = institution_name
+
+    def _load_model(self, registry: ModelRegistry, threads: int) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def from_settings(cls, registry: ModelRegistry, settings: Settings) -> Self:
+        """The pipeline as the node's settings configure it."""
+        return cls(registry, uid_root=settings.uid_root, threads=settings.threads_per_model,
+                   series_number=settings.result_series_number, institution_name=settings.institution_name)
 
 
 @dataclass

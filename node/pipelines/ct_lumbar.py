@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import pydicom
 from pydicom import Dataset
@@ -29,7 +29,7 @@ from models.lumbar import LumbarModel
 from models.registry import ModelRegistry
 from node.errors import InputError
 from node.pipelines import PipelineOutput
-from node.pipelines.ct import model_input_errors, patient_size_m, plan_ct_series
+from node.pipelines.ct import CtPipeline, model_input_errors, patient_size_m, plan_ct_series
 from sr_writer import (
     build_key_object_selection,
     build_lumbar_report,
@@ -38,9 +38,6 @@ from sr_writer import (
     level_labels,
 )
 
-if TYPE_CHECKING:
-    from node.settings import Settings
-
 log = logging.getLogger("ainode.pipeline.ct_lumbar")
 
 #: Fewest axial slices analysed: the lumbar spine is ~18 cm long, 20 slices at 5 mm cover
@@ -48,23 +45,14 @@ log = logging.getLogger("ainode.pipeline.ct_lumbar")
 MIN_SLICES = 20
 
 
-class CtLumbarPipeline:
+class CtLumbarPipeline(CtPipeline):
     """The abdominal CT pipeline; one instance per worker (the model is loaded once)."""
 
     name = "ct_lumbar"
+    model: LumbarModel
 
-    def __init__(self, registry: ModelRegistry, *, uid_root: str, threads: int = 1, series_number: int = 990,
-                 institution_name: str | None = None) -> None:
+    def _load_model(self, registry: ModelRegistry, threads: int) -> None:
         self.model = LumbarModel.from_manifest(registry.require("ct-lumbar"), threads=threads)
-        self.uid_root = uid_root
-        self.series_number = series_number
-        self.institution_name = institution_name
-
-    @classmethod
-    def from_settings(cls, registry: ModelRegistry, settings: "Settings") -> "CtLumbarPipeline":
-        """The pipeline as the node's settings configure it."""
-        return cls(registry, uid_root=settings.uid_root, threads=settings.threads_per_model,
-                   series_number=settings.result_series_number, institution_name=settings.institution_name)
 
     def analyse(
         self, study_uid: str, series_uid: str, paths: Sequence[Path], predecessors: Sequence[Dataset] = ()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from pydicom import Dataset
 
@@ -25,11 +25,8 @@ from models.findings import SeriesResult
 from models.pe import PeModel
 from models.registry import ModelRegistry
 from node.pipelines import PipelineOutput
-from node.pipelines.ct import model_input_errors, plan_ct_series
+from node.pipelines.ct import CtPipeline, model_input_errors, plan_ct_series
 from sr_writer import build_key_object_selection, build_pe_report, build_slice_labels, pe_labels
-
-if TYPE_CHECKING:
-    from node.settings import Settings
 
 log = logging.getLogger("ainode.pipeline.ct_pe")
 
@@ -38,24 +35,24 @@ log = logging.getLogger("ainode.pipeline.ct_pe")
 MIN_SLICES = 30
 
 
-class CtPePipeline:
-    """The CTPA pipeline; one instance per worker (the model is loaded once)."""
+class CtPePipeline(CtPipeline):
+    """The CTPA pipeline; one instance per worker (the model is loaded once).
+
+    ``batch_size`` is the number of slices per backend call; the other parameters are
+    :class:`~node.pipelines.ct.CtPipeline`'s.
+    """
 
     name = "ct_pe"
+    model: PeModel
 
     def __init__(self, registry: ModelRegistry, *, uid_root: str, threads: int = 1, series_number: int = 990,
                  institution_name: str | None = None, batch_size: int = 8) -> None:
-        self.model = PeModel.from_manifest(registry.require("ct-pe"), threads=threads)
-        self.uid_root = uid_root
-        self.series_number = series_number
-        self.institution_name = institution_name
+        super().__init__(registry, uid_root=uid_root, threads=threads, series_number=series_number,
+                         institution_name=institution_name)
         self.batch_size = batch_size
 
-    @classmethod
-    def from_settings(cls, registry: ModelRegistry, settings: "Settings") -> "CtPePipeline":
-        """The pipeline as the node's settings configure it."""
-        return cls(registry, uid_root=settings.uid_root, threads=settings.threads_per_model,
-                   series_number=settings.result_series_number, institution_name=settings.institution_name)
+    def _load_model(self, registry: ModelRegistry, threads: int) -> None:
+        self.model = PeModel.from_manifest(registry.require("ct-pe"), threads=threads)
 
     def analyse(
         self, study_uid: str, series_uid: str, paths: Sequence[Path], predecessors: Sequence[Dataset] = ()
