@@ -30,7 +30,7 @@ import numpy as np
 
 from models.backends import InferenceModel, algorithm_info, batch_size, check_images, load_backend
 from models.errors import ModelError
-from models.findings import AlgorithmInfo, Finding
+from models.findings import AlgorithmInfo, Finding, FindingGroup
 from models.manifest import Manifest
 from models.preprocess.radiograph import resize_image
 
@@ -57,6 +57,19 @@ def label_scores(model: InferenceModel, images: Sequence[np.ndarray], batch: int
                              f"{len(manifest.labels)} {what}")
         rows.append(out)
     return np.concatenate(rows) if rows else np.zeros((0, len(manifest.labels)))
+
+
+def label_findings(model: RadiographModel, probabilities: np.ndarray, present: np.ndarray, uids: Sequence[str],
+                   group: FindingGroup) -> list[list[Finding]]:
+    """Per image (row), one :class:`Finding` per label of ``model`` with its probability and whether it is present."""
+    return [
+        [
+            Finding(label=label, probability=float(p), present=bool(flag), source_sop_uid=uid, group=group,
+                    algorithm=model.manifest.name)
+            for label, p, flag in zip(model.labels, row, flags)
+        ]
+        for uid, row, flags in zip(uids, probabilities, present)
+    ]
 
 
 def grey_batch(images: Sequence[np.ndarray], manifest: Manifest) -> np.ndarray:
@@ -182,19 +195,5 @@ class FindingClassifier(RadiographModel):
             Per image, one finding per label (``group="finding"``).
         """
         check_images(images, uids)
-        results = []
-        for uid, row in zip(uids, self.probabilities(images)):
-            results.append(
-                [
-                    Finding(
-                        label=label,
-                        probability=float(p),
-                        present=bool(p >= threshold),
-                        source_sop_uid=uid,
-                        group="finding",
-                        algorithm=self.manifest.name,
-                    )
-                    for label, p, threshold in zip(self.labels, row, self.thresholds)
-                ]
-            )
-        return results
+        probabilities = self.probabilities(images)
+        return label_findings(self, probabilities, probabilities >= self.thresholds, uids, "finding")

@@ -25,7 +25,7 @@ import numpy as np
 
 from models.backends import InferenceModel, batch_size, check_images
 from models.errors import ModelError
-from models.finding_classifier import RadiographModel, label_scores, output_kind
+from models.finding_classifier import RadiographModel, label_findings, label_scores, output_kind
 from models.findings import Finding
 
 __all__ = ["FourClassClassifier"]
@@ -95,20 +95,6 @@ class FourClassClassifier(RadiographModel):
             Per image, one finding per class (``group="class"``).
         """
         check_images(images, uids)
-        results = []
-        for uid, row in zip(uids, self.probabilities(images)):
-            best = int(np.argmax(row))
-            results.append(
-                [
-                    Finding(
-                        label=label,
-                        probability=float(p),
-                        present=i == best,
-                        source_sop_uid=uid,
-                        group="class",
-                        algorithm=self.manifest.name,
-                    )
-                    for i, (label, p) in enumerate(zip(self.labels, row))
-                ]
-            )
-        return results
+        probabilities = self.probabilities(images)
+        best = np.arange(len(self.labels)) == probabilities.argmax(axis=1)[:, None]
+        return label_findings(self, probabilities, best, uids, "class")
