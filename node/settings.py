@@ -202,7 +202,9 @@ class CxrSettings(_Strict):
     four_class_models: list[str] = Field(default_factory=lambda: ["cxr-four-class"])
     detector_model: str | None = "cxr-detector"
     top_findings: int = Field(default=3, ge=0, le=14)
-    top_findings_present_only: bool = False
+    # A normal image has no top finding: ranking fourteen near-zero probabilities would name
+    # whichever label has the highest base rate (seed 2 does; false restores that).
+    top_findings_present_only: bool = True
     triage: CxrTriageSettings = Field(default_factory=CxrTriageSettings)
     presentation_state: bool = True
     secondary_capture: bool = False

@@ -344,6 +344,9 @@ def _triage_group(image: ImageResult, source: pydicom.Dataset, number: int, algo
             for rank, label in enumerate(image.top_findings, start=1)
         )
         group[0].ContentSequence.append(_comment(f"Top findings: {ranked}"))
+    elif any(f.group == "finding" for f in image.findings) and not any(f.present for f in image.findings
+                                                                       if f.group == "finding"):
+        group[0].ContentSequence.append(_comment("Top findings: none at or above its threshold"))
     return group
 
 

@@ -10,9 +10,10 @@ Steps, for the images of one series:
 3. on the frontal images, in one batch per model: the finding classifier of seed 2 (14 ChestX-ray14
    labels), the four-class classifier(s) of seed 4 (COVID-19 / normal / pneumonia / tuberculosis;
    ResNet-18 by default, ``cxr.four_class_models`` names which) and the YOLO detector of seed 2;
-4. per frontal image: the top findings (``cxr.top_findings``, three by default: the most probable of
-   the 14 labels, most probable first, whatever their thresholds, as seed 2 shows them with their
-   probabilities) and a triage level from the per-finding thresholds of ``cxr.triage`` (urgent when
+4. per frontal image: the top findings (``cxr.top_findings``, at most three by default: the most
+   probable of the 14 labels at or above their thresholds, most probable first, with their
+   probabilities; none on an image without findings. ``cxr.top_findings_present_only: false`` ranks
+   all 14 whatever their thresholds, as seed 2 shows them) and a triage level from the per-finding thresholds of ``cxr.triage`` (urgent when
    any finding, class or box of an ``urgent`` key reaches its threshold, else priority likewise,
    else routine);
 5. objects in the source study: one TID 1500 SR for the series (``sr_writer.sr``); per frontal image

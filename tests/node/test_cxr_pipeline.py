@@ -185,6 +185,24 @@ def test_top_findings_rank_only_the_fourteen_labels() -> None:
     assert top_findings([Finding("mass", 0.3, False)], present_only=True) == []
 
 
+def test_by_default_an_image_without_findings_has_no_top_finding(tmp_path: Path, view_filter: ViewFilter) -> None:
+    # Ranking fourteen near-zero probabilities would name the label with the highest base rate.
+    assert Settings().cxr.top_findings_present_only is True
+    path = _frontal(tmp_path)
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    quiet = {label: 0.1 for label in CHESTXRAY14_LABELS}
+    pipeline = _pipeline(view_filter, quiet, top_present_only=True, four_class_models=[],
+                         detector=ScriptedModel("cxr-detector", "detection", {}, {}))
+    output = pipeline.analyse(str(source.StudyInstanceUID), str(source.SeriesInstanceUID), [path])
+    [image] = output.result.images
+    assert image.top_findings == [] and image.triage == "routine"
+    sr = output.objects[0]
+    assert "Top findings: none at or above its threshold" in texts(sr)
+    louder = _pipeline(view_filter, {**quiet, "nodule": 0.9, "mass": 0.7}, top_present_only=True, four_class_models=[])
+    [image] = louder.analyse(str(source.StudyInstanceUID), str(source.SeriesInstanceUID), [path]).result.images
+    assert image.top_findings == ["nodule", "mass"]
+
+
 def test_routine_image_still_gets_a_gsps_with_the_caption(tmp_path: Path, view_filter: ViewFilter) -> None:
     path = _frontal(tmp_path)
     source = pydicom.dcmread(path, stop_before_pixels=True)
