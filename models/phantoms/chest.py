@@ -8,7 +8,8 @@ diaphragm domes and quantum-like noise. Findings are drawn on top of it:
 ========================  ==========================================================
 NIH ChestX-ray14 label    What is drawn
 ========================  ==========================================================
-Nodule                    a dense round opacity 5–15 mm across inside a lung
+Nodule                    a dense round opacity 15–30 mm across inside a lung (a
+                          solitary nodule is up to 3 cm; larger is a mass)
 Mass                      a dense lobulated opacity 35–60 mm across inside a lung
 Effusion                  a basal opacity filling the costophrenic angle, its upper
                           edge a meniscus rising laterally
@@ -299,10 +300,10 @@ def _patches(
 def _plant(name: str, image: np.ndarray, a: _Anatomy, r: np.random.Generator, mm: float) -> list[FindingBox]:
     side = int(r.integers(2))
     if name in ("Nodule", "Mass"):
-        diameter = r.uniform(5.0, 15.0) if name == "Nodule" else r.uniform(35.0, 60.0)
+        diameter = r.uniform(15.0, 30.0) if name == "Nodule" else r.uniform(35.0, 60.0)
         radius = diameter / mm / 2.0
         x, y = _point_in_lung(r, a, side, radius)
-        mask = _round_opacity(image, a, x, y, radius, 0.30 if name == "Nodule" else 0.33, 0.0 if name == "Nodule" else 0.08, r)
+        mask = _round_opacity(image, a, x, y, radius, 0.38 if name == "Nodule" else 0.33, 0.0 if name == "Nodule" else 0.08, r)
         return [_box_of(mask, name)]
     lung = a.lungs[side]
     (lx, ly), (rx, ry) = a.lung_centres[side], a.lung_radii[side]

@@ -63,7 +63,7 @@ FOUR_CLASS_FOLDERS = {"COVID19": "covid19", "NORMAL": "normal", "PNEUMONIA": "pn
 # Relative frequency of each plantable finding in a demo NIH set (when an image has findings).
 # Small lesions are drawn more often: they are the hardest to learn and the ones the demo is checked on.
 _FINDING_WEIGHTS = {
-    "Nodule": 5.0, "Mass": 1.0, "Effusion": 1.0, "Cardiomegaly": 1.0, "Pneumothorax": 1.0,
+    "Nodule": 2.0, "Mass": 1.0, "Effusion": 1.0, "Cardiomegaly": 1.0, "Pneumothorax": 1.0,
     "Consolidation": 1.0, "Infiltration": 1.0, "Atelectasis": 1.0,
 }
 assert set(_FINDING_WEIGHTS) == set(FINDINGS), "every plantable finding needs a weight"
@@ -131,10 +131,12 @@ def write_nih_dataset(
     """Write a synthetic NIH ChestX-ray14 set: ``Data_Entry_2017.csv`` + ``images/*.png``.
 
     Each patient gets between ``images_per_patient[0]`` and ``[1]`` images
-    (follow-ups 000, 001, ...), each its own phantom. An image is normal with
+    (follow-ups 000, 001, ...), drawn from one phantom seed per patient: the same
+    anatomy and noise, so a patient's images differ only by their findings (a model
+    cannot tell a nodule from the anatomy it sits on by memorising the patient). An image is normal with
     probability ``normal_fraction``; otherwise it holds one finding (two with
     probability 0.3) drawn from :data:`models.phantoms.chest.FINDINGS`, nodules
-    five times as often as the others; a ``pneumonia_fraction`` of images get seed 4's
+    twice as often as the others; a ``pneumonia_fraction`` of images get seed 4's
     pneumonia pattern (labels Pneumonia and Consolidation). ``Finding Labels`` is
     the phantom's ground truth, sorted, joined by ``|``.
 
@@ -178,7 +180,8 @@ def write_nih_dataset(
     for patient in range(1, patients + 1):
         age, sex = int(rng.integers(18, 90)), str(rng.choice(["M", "F"]))
         for follow_up in range(int(rng.integers(low, high + 1))):
-            image_seed = int(seed) * 1_000_003 + patient * 64 + follow_up
+            # One anatomy per patient: follow-ups differ only by their findings (chest_phantom's guarantee).
+            image_seed = int(seed) * 1_000_003 + patient * 64
             findings: tuple[str, ...] = ()
             four_class = "normal"
             if rng.random() >= normal_fraction:

@@ -65,7 +65,7 @@ def test_finding_changes_the_image_inside_its_box(finding: str, seed: int) -> No
 @pytest.mark.parametrize("seed", range(6))
 def test_nodule_and_mass_sizes(seed: int) -> None:
     p = chest_phantom(seed, ["Nodule", "Mass"])
-    for label, low, high in (("Nodule", 5, 15), ("Mass", 30, 80)):
+    for label, low, high in (("Nodule", 15, 30), ("Mass", 30, 80)):
         [box] = p.boxes_of(label)
         width_mm = (box.x_max - box.x_min) * p.pixel_spacing_mm
         assert low - 2 <= width_mm <= high + 2, (label, width_mm)
