@@ -780,7 +780,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -
     data = Path(work_dir) / "nih"
     write_nih_dataset(data, patients=int(params["patients"]), images_per_patient=tuple(params["images_per_patient"]),
                       size=int(params["phantom_size"]), seed=2, workers=1 if quick else 2, progress=progress)
-    argv = ["--data", str(data), "--out", str(Path(out_dir) / DEMO_NAME), "--demo", "--version", "demo-1",
+    argv = ["--data", str(data), "--out", str(Path(out_dir) / DEMO_NAME), "--demo", "--version", "demo-2",
             "--size", str(params["input_size"]), "--epochs", str(params["epochs"]),
             "--batch-size", str(params["batch_size"]), "--learning-rate", str(params["learning_rate"]),
             "--patience", str(params["patience"]), "--max-minutes", str(params["max_minutes"]), "--seed", "2"]
