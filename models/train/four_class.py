@@ -386,7 +386,7 @@ def _build(arch: str, out_dir: Path, work_dir: Path, progress: Progress, quick: 
     write_four_class_dataset(data, per_class=int(params["per_class"]), size=int(params["phantom_size"]), seed=4,
                              workers=1 if quick else 2, progress=progress)
     name = "cxr-four-class" if arch == "resnet18" else "cxr-four-class-cnn"
-    argv = ["--data", str(data), "--out", str(Path(out_dir) / name), "--arch", arch, "--demo", "--version", "demo-2",
+    argv = ["--data", str(data), "--out", str(Path(out_dir) / name), "--arch", arch, "--demo", "--version", "demo-1",
             "--size", str(params["input_size"]), "--epochs", str(params["epochs"]),
             "--batch-size", str(params["batch_size"]), "--learning-rate", str(params["learning_rate"]),
             "--patience", str(params["patience"]), "--max-minutes", str(params["max_minutes"][arch]), "--seed", "4"]

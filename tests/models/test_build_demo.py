@@ -13,6 +13,7 @@ from models.registry import ModelRegistry
 from models.train.demo import RECIPES, Progress, RecipeError, build_demo, recipe_hash
 
 MINE = ("cxr-findings", "cxr-four-class", "cxr-four-class-cnn")
+VERSIONS = {"cxr-findings": "demo-2", "cxr-four-class": "demo-1", "cxr-four-class-cnn": "demo-1"}
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +31,10 @@ def test_quick_build_writes_valid_demo_manifests(models_dir: tuple[Path, str]) -
     assert [(s.name, s.state) for s in statuses] == [(n, "ok") for n in MINE]
     for name in MINE:
         manifest = json.loads((out / name / "model.json").read_text(encoding="utf-8"))
-        assert manifest["demo"] is True and manifest["version"] == "demo-2"
+        assert manifest["demo"] is True and manifest["version"] == VERSIONS[name]
         assert "synthetic chest phantoms" in manifest["description"]
         assert manifest["postprocessing"]["recipe_hash"] == recipe_hash(dict((n, t) for n, t, _ in RECIPES)[name], True)
-        assert (out / name / "MODEL_CARD.md").read_text(encoding="utf-8").startswith(f"# {name} demo-2 (DEMO")
+        assert (out / name / "MODEL_CARD.md").read_text(encoding="utf-8").startswith(f"# {name} {VERSIONS[name]} (DEMO")
     findings = json.loads((out / "cxr-findings" / "model.json").read_text(encoding="utf-8"))
     assert [label["key"] for label in findings["labels"]][:3] == ["atelectasis", "cardiomegaly", "consolidation"]
     assert len(findings["labels"]) == 14 and all(0 <= label["threshold"] <= 1 for label in findings["labels"])
