@@ -178,7 +178,12 @@ def caption(image: ImageResult, demo: bool) -> str:
     probabilities = {f.label: f.probability for f in ordered}
     parts = [f"{display_name(label)} {probabilities[label]:.2f}" if label in probabilities else display_name(label)
              for label in image.top_findings]
-    text = "AI: " + (", ".join(parts) if parts else "no finding ranked")
+    if parts:
+        text = "AI: " + ", ".join(parts)
+    elif any(f.present for f in image.findings if f.group == "finding"):
+        text = "AI: no finding ranked"
+    else:
+        text = "AI: no finding at or above its threshold"
     if image.triage is not None:
         text += f" | {image.triage.upper()}"
     if demo:
@@ -190,7 +195,7 @@ def _annotation(
     image: ImageResult, source: pydicom.Dataset, layer: hd.pr.GraphicLayer, demo: bool
 ) -> hd.pr.GraphicAnnotation | None:
     boxes = [f for f in image.findings if f.region is not None]
-    if not boxes and not image.top_findings:
+    if not boxes and not image.top_findings and image.triage is None:
         return None
     columns, rows = int(source.Columns), int(source.Rows)
     line = max(12.0, rows / 40)  # text height in pixels: readable on a full-size radiograph

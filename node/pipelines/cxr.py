@@ -389,9 +389,10 @@ class CxrPipeline:
             )
         objects: list[Dataset] = [sr]
         drawn = replace(result, algorithms=self._algorithms(for_boxes=True))
-        # What a GSPS or SC can show: boxes, or a caption with the top findings (and the triage).
-        frontal = [i for i in result.images
-                   if i.analysed_further and (i.top_findings or any(f.region for f in i.findings))]
+        # What a GSPS or SC can show: boxes, or a caption with the top findings and the triage (a routine
+        # image without findings still gets its caption, so the viewer shows that it was analysed).
+        frontal = [i for i in result.images if i.analysed_further and (
+            i.top_findings or i.triage is not None or any(f.region for f in i.findings))]
         pixels = {str(d.ds.SOPInstanceUID): d.ds for d in decoded}
         if self.presentation_state:
             with clock("gsps"):

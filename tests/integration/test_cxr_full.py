@@ -155,10 +155,12 @@ def _top_ranked(sr: pydicom.Dataset) -> dict[str, int]:
 
 
 def _present(sr: pydicom.Dataset, finding: str) -> bool:
-    """Whether the 14-label classifier's group of ``finding`` says present (vs absent)."""
-    [value] = [g["values"][finding] for g in _groups(sr)  # type: ignore[index]
-               if g["finding"] == finding and not g["boxes"] and finding in g["values"]]  # type: ignore[operator]
-    return value == PRESENT
+    """Whether the classifiers' group of ``finding`` says present (vs absent); pneumonia has two
+    (the 14-label classifier's and the four-class one's), and either saying present counts."""
+    values = [g["values"][finding] for g in _groups(sr)  # type: ignore[index]
+              if g["finding"] == finding and not g["boxes"] and finding in g["values"]]  # type: ignore[operator]
+    assert values, f"no classifier group for {finding}"
+    return PRESENT in values
 
 
 def _gsps_boxes(gsps: pydicom.Dataset) -> list[tuple[float, float, float, float]]:
@@ -191,24 +193,32 @@ def test_real_frontal_cr_comes_back_with_sr_gsps_and_sc(studies: dict[str, Study
     _check_frontal_objects(studies["rg1"])
 
 
-# Kept (not deleted) so it turns into a failure, and is un-marked, once the weights are good.
-@pytest.mark.xfail(strict=True, reason="issue 3 open: the demo classifier (128 px) and detector have not learnt nodules (nodule AUC 0.50; 3/40 held-out nodules boxed); see weights/cxr-findings and weights/cxr-detector MODEL_CARD.md")
-def test_phantom_nodule_gets_a_box_over_it_and_is_among_the_top_three(studies: dict[str, Study]) -> None:
+def test_phantom_nodule_is_among_the_top_findings(studies: dict[str, Study]) -> None:
     study = studies["nodule"]
-    sr, gsps, sc = _check_frontal_objects(study)
-    [truth] = study.truth
-    boxes = _nodule_boxes(sr)
-    assert boxes and max(_iou(box, truth) for box in boxes) >= 0.5, (boxes, truth)
-    assert max(_iou(box, truth) for box in _gsps_boxes(gsps)) >= 0.5
+    sr, _, _ = _check_frontal_objects(study)
+    assert _present(sr, NODULE)
     assert NODULE in _top_ranked(sr), _top_ranked(sr)
     assert any("Nodule" in t for t in texts(sr) if t.startswith("Top findings"))
 
 
 # Kept (not deleted) so it turns into a failure, and is un-marked, once the weights are good.
-@pytest.mark.xfail(strict=True, reason="issue 3 open: the demo classifier (128 px) and detector have not learnt nodules (nodule AUC 0.50; 3/40 held-out nodules boxed); see weights/cxr-findings and weights/cxr-detector MODEL_CARD.md")
+@pytest.mark.xfail(strict=True, reason="issue 3 open: the demo detector (12 epochs) scores this nodule's box 0.22, under its "
+                                       "validation threshold 0.24; it boxes 21/40 held-out nodules; see weights/cxr-detector/MODEL_CARD.md")
+def test_phantom_nodule_gets_a_box_over_it(studies: dict[str, Study]) -> None:
+    study = studies["nodule"]
+    sr, gsps, _ = _check_frontal_objects(study)
+    [truth] = study.truth
+    boxes = _nodule_boxes(sr)
+    assert boxes and max(_iou(box, truth) for box in boxes) >= 0.5, (boxes, truth)
+    assert max(_iou(box, truth) for box in _gsps_boxes(gsps)) >= 0.5
+
+
 def test_phantom_without_finding_gets_no_nodule(studies: dict[str, Study]) -> None:
     sr, gsps, _ = _check_frontal_objects(studies["normal"])
-    assert _nodule_boxes(sr) == []
+    assert _nodule_boxes(sr) == [] and _gsps_boxes(gsps) == []
+    captions = [t.UnformattedTextValue for a in gsps.GraphicAnnotationSequence for t in a.get("TextObjectSequence", [])]
+    assert any("no finding at or above its threshold" in c for c in captions), captions
+    assert not _present(sr, NODULE)
     assert NODULE not in _top_ranked(sr), _top_ranked(sr)
 
 
