@@ -393,13 +393,13 @@ def _emboli(r: np.random.Generator, arteries: list[_Tube], side: str, chronic: b
     clots: list[tuple[_Tube, str, str]] = []
     for index, kind in enumerate(kinds):
         artery = by_name[candidates[index % len(candidates)]]
-        length = float(r.uniform(18.0, 36.0))
+        length = float(r.uniform(24.0, 45.0))
         # Clear of the bifurcation, so a right or left clot is not read as central.
         t0 = float(r.uniform(0.3, 0.55)) if artery.name in ("rpa", "lpa") else float(r.uniform(0.15, 0.45))
         t1 = min(0.95, t0 + length / artery.length)
         (a, ra), (b, rb) = artery.at(t0), artery.at(t1)
         if kind == "embolus":  # a central filling defect with contrast around it ("polo mint")
-            fa, fb = ra * r.uniform(0.6, 0.75), rb * r.uniform(0.6, 0.75)
+            fa, fb = ra * r.uniform(0.75, 0.88), rb * r.uniform(0.75, 0.88)
             offset = np.zeros(3)
         else:  # a mural crescent against the wall
             fa, fb = ra * 0.5, rb * 0.5

@@ -354,17 +354,40 @@ def _plan_series_folder(folder: Path) -> tuple[Any, dict[str, Path]]:
     return plan, {str(h.SOPInstanceUID): f for h, f in zip(headers, files)}
 
 
+def patient_batches(patients: Sequence[str], batch_size: int, steps: int, seed: int) -> np.ndarray:
+    """Indices (steps, batch_size) of training slices, each row drawn from one patient's slices.
+
+    A patient is picked at random for every batch and ``batch_size`` of its slices are drawn
+    (without replacement while it has enough, with replacement otherwise).
+    """
+    if not patients:
+        raise ValueError("no slices to draw batches from")
+    rng = np.random.default_rng(seed)
+    by_patient: dict[str, list[int]] = {}
+    for index, patient in enumerate(patients):
+        by_patient.setdefault(patient, []).append(index)
+    groups = [np.array(v) for _, v in sorted(by_patient.items())]
+    out = np.empty((steps, batch_size), dtype=np.int64)
+    for step in range(steps):
+        group = groups[int(rng.integers(len(groups)))]
+        out[step] = rng.choice(group, size=batch_size, replace=len(group) < batch_size)
+    return out
+
+
 def load_slices(
     data_dir: Path, studies: Mapping[str, Study], uids: Sequence[str], size: int,
-    windows: Sequence[Sequence[float]], max_slices: int | None = None,
+    windows: Sequence[Sequence[float]], max_slices: int | None = None, patients: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Windowed slices (N, size, size, 3) float16 and their nine targets (N, 9) in PE_HEADS order.
 
     Slices are read as in serving (plan, HU batches, :func:`models.pe.window_slices`); a slice's
     targets are its own ``pe_present_on_image`` and its exam's labels. ``max_slices`` keeps at most
     that many evenly spaced slices per series (all positive slices of a positive series are kept
-    first), which bounds memory on large data sets.
+    first), which bounds memory on large data sets. When a list is given as ``patients``, the
+    PatientID of every slice returned is appended to it.
     """
+    import pydicom
+
     from models.pe import window_slices
     from models.preprocess.ct_series import iter_hu_batches
 
@@ -375,6 +398,8 @@ def load_slices(
         for series_uid, labels in sorted(study.series.items()):
             plan, paths = _plan_series_folder(Path(data_dir) / "train" / uid / series_uid)
             order = list(plan.sop_instance_uids)
+            patient = str(pydicom.dcmread(paths[order[0]], stop_before_pixels=True, specific_tags=["PatientID"])
+                          .get("PatientID", uid)) if patients is not None else ""
             unknown = [s for s in order if s not in labels]
             if unknown:
                 raise ValueError(f"study {uid} series {series_uid}: {len(unknown)} slice(s) not in train.csv, e.g. {unknown[0]}")
@@ -394,6 +419,8 @@ def load_slices(
                     sop = order[indices[r]]
                     row = [float(labels[sop]) if head == "pe_present_on_image" else float(study.exam[head]) for head in PE_HEADS]
                     targets.append(np.array(row, dtype=np.float32))
+                    if patients is not None:
+                        patients.append(patient)
     if not images:
         raise ValueError("no slices loaded")
     return np.concatenate(images), np.stack(targets)
@@ -530,7 +557,8 @@ weights stored as float16 and cast to float32 in the graph (ONNX Runtime compute
 ## Data and training
 RSNA-PE layout (`train.csv` + `train/<study>/<series>/<sop>.dcm`) in a folder `{Path(args.data).name}`: {run['train_studies']} training
 studies ({run['train_slices']} slices), {run['val_studies']} validation studies (study-wise split {args.validation}).
-Targets per slice: its `pe_present_on_image` and its exam's labels. Binary cross-entropy per head, Adam
+Targets per slice: its `pe_present_on_image` and its exam's labels. Binary cross-entropy per head
+(`pe_present_on_image` weighted {args.image_loss_weight:g}), Adam
 (learning rate {args.lr}), batch {args.batch_size}, {run['steps']} steps ({run['seconds']:.0f} s), backbone
 {'frozen' if args.freeze_backbone else 'trained'}, seed {args.seed}.
 
@@ -545,7 +573,7 @@ Flag CTPA series that may show pulmonary embolism so that reading is prioritised
 not validated clinically. Exam aggregation and rules: see `models/pe.py`.
 
 ## How to reproduce
-`python -m models.train.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
+`python -m models.train.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --lr {args.lr:g} --image-loss-weight {args.image_loss_weight:g} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
 """
     path.write_text(text, encoding="utf-8")
 
@@ -563,6 +591,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="slices per step (seed 1: 1000 on a GPU)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--patient-batches", action=argparse.BooleanOptionalAction, default=False,
+                        help="draw each batch from one patient's slices (PatientID): series of one patient with and "
+                             "without emboli then meet in a batch, and the loss contrasts them directly")
+    parser.add_argument("--image-loss-weight", type=float, default=1.0,
+                        help="weight of the pe_present_on_image loss against each exam head's (1: all equal)")
     parser.add_argument("--validation", type=float, default=0.2, help="fraction of studies held out (seed 1: 0.2)")
     parser.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=True,
                         help="train the head only (seed 1, with ImageNet weights); --no-freeze-backbone trains all")
@@ -605,25 +638,40 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
     train_uids, val_uids = split_studies(studies, args.validation, args.seed)
     if not train_uids:
         raise ValueError("no training study left after the validation split")
-    x, y = load_slices(args.data, studies, train_uids, args.size, windows, args.max_slices_per_series)
+    patients: list[str] = []
+    x, y = load_slices(args.data, studies, train_uids, args.size, windows, args.max_slices_per_series, patients)
     print(f"{len(studies)} studies: training on {len(train_uids)} ({len(x)} slices, {int(y[:, PE_HEADS.index('pe_present_on_image')].sum())} "
           f"with PE), validating on {len(val_uids)}", flush=True)
     steps = args.steps or max(1, args.epochs * math.ceil(len(x) / args.batch_size))
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((x, {h: y[:, i:i + 1] for i, h in enumerate(PE_HEADS)}))
-        .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
-        .repeat()
-        .batch(args.batch_size)
-        .map(lambda a, b: (tf.cast(a, tf.float32), b))
-        .prefetch(2)
-    )
+    if args.patient_batches:
+        order = patient_batches(patients, args.batch_size, steps, args.seed)
+
+        def batches() -> Any:
+            for idx in order:
+                yield x[idx].astype(np.float32), {h: y[idx, i:i + 1] for i, h in enumerate(PE_HEADS)}
+
+        signature = (tf.TensorSpec((args.batch_size, args.size, args.size, 3), tf.float32),
+                     {h: tf.TensorSpec((args.batch_size, 1), tf.float32) for h in PE_HEADS})
+        dataset = tf.data.Dataset.from_generator(batches, output_signature=signature).repeat().prefetch(2)
+    else:
+        dataset = (
+            tf.data.Dataset.from_tensor_slices((x, {h: y[:, i:i + 1] for i, h in enumerate(PE_HEADS)}))
+            .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
+            .repeat()
+            .batch(args.batch_size)
+            .map(lambda a, b: (tf.cast(a, tf.float32), b))
+            .prefetch(2)
+        )
     model = build_model(args.size, dropout=args.dropout, freeze_backbone=args.freeze_backbone)
     if not args.freeze_backbone:  # faster-moving statistics for a backbone trained from scratch
         for layer in _batch_norm_layers(model):
             layer.momentum = 0.9
     # No XLA: compiling the training step of a 23 M-parameter graph costs over a minute on CPU.
+    # The exam heads learn from every slice of an exam the same labels, slices with and without clot alike;
+    # only pe_present_on_image says which slice shows it. A larger weight keeps that signal from drowning.
+    loss_weights = {h: float(args.image_loss_weight) if h == "pe_present_on_image" else 1.0 for h in PE_HEADS}
     model.compile(optimizer=keras.optimizers.Adam(args.lr), loss={h: "binary_crossentropy" for h in PE_HEADS},
-                  jit_compile=False, run_eagerly=args.eager)
+                  loss_weights=loss_weights, jit_compile=False, run_eagerly=args.eager)
     chunk = min(steps, 10)
     started = time.monotonic()
     done = 0
@@ -675,8 +723,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Parameters of the demo weights (``ainode models build-demo``); part of the recipe hash.
 DEMO_PARAMS: dict[str, Any] = {
-    "studies": 24, "slices": 60, "phantom_size": 256, "size": 128, "steps": 300, "batch_size": 8,
-    "lr": 1e-3, "max_slices_per_series": 10, "validation": 0.2, "seed": 1, "version": "demo-1",
+    "studies": 160, "slices": 60, "phantom_size": 256, "size": 128, "steps": 600, "batch_size": 8,
+    "lr": 5e-4, "max_slices_per_series": 16, "validation": 0.1, "seed": 1, "version": "demo-2",
+    "negative_margin": 12, "image_loss_weight": 5.0, "patient_batches": True,
 }
 QUICK_PARAMS: dict[str, Any] = {**DEMO_PARAMS, "studies": 3, "slices": 12, "phantom_size": 96, "size": 71,
                                 "steps": 1, "batch_size": 2, "max_slices_per_series": 4, "validation": 0.34}
@@ -703,6 +752,13 @@ def write_phantom_dataset(folder: Path, params: Mapping[str, Any], progress: _Pr
     in turn) and one without: the two differ only inside the clot (``ctpa_phantom``'s guarantee), so
     the model cannot tell them apart by anatomy, contrast or noise and has to learn the filling
     defect itself. Every third positive one is chronic, every fourth has an RV/LV ratio of 1.2.
+
+    With ``params["negative_margin"]`` = *m* > 0 the partner without a clot is written only from *m*
+    slices above to *m* below its twin's clot. Otherwise the trainer's per-series sampling (all
+    positive slices, evenly spaced negatives) shows the model positive slices at the level of the
+    pulmonary arteries and negatives mostly elsewhere, and it learns the level instead of the clot.
+    The slab must reach the levels of the other arteries too (12 slices of 4 mm cover the trunk from
+    a right or left clot): with 3 the model learnt "main pulmonary artery level" as PE.
     """
     import shutil
 
@@ -713,6 +769,8 @@ def write_phantom_dataset(folder: Path, params: Mapping[str, Any], progress: _Pr
     folder.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     total = int(params["studies"])
+    margin = int(params.get("negative_margin", 0))
+    clot_levels: list[int] = []
     for i in range(total):
         pair = i // 2
         side = _DEMO_SIDES[pair % len(_DEMO_SIDES)] if i % 2 == 0 else None
@@ -723,10 +781,22 @@ def write_phantom_dataset(folder: Path, params: Mapping[str, Any], progress: _Pr
         )
         study_uid = f"2.25.{int(hashlib.sha256(f'pe-demo-{i}'.encode()).hexdigest()[:30], 16)}"
         series_uid = f"{study_uid}.1"
-        phantom.write_series(folder / "train" / study_uid / series_uid, study_uid=study_uid, series_uid=series_uid,
-                             file_names="sop_uid")
+        series_dir = folder / "train" / study_uid / series_uid
+        phantom.write_series(series_dir, study_uid=study_uid, series_uid=series_uid, file_names="sop_uid")
+        keep = range(phantom.slices)
+        if side is not None:
+            clot_levels = list(phantom.truth["pe_slices"])
+        elif margin and clot_levels:
+            # The partner without a clot keeps only the slab around its twin's clot: hard negatives,
+            # pulmonary-artery levels identical to the positive slices except for the filling defect.
+            keep = range(max(0, min(clot_levels) - margin), min(phantom.slices, max(clot_levels) + margin + 1))
+            for k, sop in enumerate(phantom.truth["sop_uids"]):
+                if k not in keep:
+                    (series_dir / f"{sop}.dcm").unlink()
         exam = phantom.truth["exam_labels"]
         for k, sop in enumerate(phantom.truth["sop_uids"]):
+            if k not in keep:
+                continue
             rows.append({"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid, "SOPInstanceUID": sop,
                          "pe_present_on_image": int(phantom.truth["pe_present_on_image"][k]), **exam})
         if progress is not None:
@@ -762,6 +832,8 @@ def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) 
     args = _parse([
         "--data", str(data), "--out", str(target), "--size", str(params["size"]), "--steps", str(params["steps"]),
         "--batch-size", str(params["batch_size"]), "--lr", str(params["lr"]), "--validation", str(params["validation"]),
+        "--image-loss-weight", str(params.get("image_loss_weight", 1.0)),
+        *(["--patient-batches"] if params.get("patient_batches") else []),
         "--max-slices-per-series", str(params["max_slices_per_series"]), "--seed", str(params["seed"]),
         "--version", str(params["version"]), "--no-freeze-backbone", "--demo", "--threads", "2",
         *(["--eager"] if quick else []),
