@@ -24,6 +24,7 @@ from models.train.pe import (
     count_parameters,
     export_pe_onnx,
     main,
+    patient_batches,
     read_rsna_labels,
     roc_auc,
     rsna_weighted_log_loss,
@@ -152,3 +153,17 @@ def test_training_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "23,239,089" in card and "1 validation studies" in card
     assert json.loads((out / "model.json").read_text())["postprocessing"]["top_k"] == 3
     assert main(["--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+def test_patient_batches_draw_each_batch_from_one_patient() -> None:
+    patients = ["A"] * 10 + ["B"] * 3 + ["C"] * 6
+    order = patient_batches(patients, batch_size=4, steps=200, seed=1)
+    assert order.shape == (200, 4)
+    for row in order:
+        assert len({patients[i] for i in row}) == 1  # twin series of one patient meet in a batch
+        if patients[row[0]] != "B":
+            assert len(set(row.tolist())) == 4  # without replacement while the patient has enough slices
+    assert {patients[row[0]] for row in order} == {"A", "B", "C"}
+    assert np.array_equal(order, patient_batches(patients, 4, 200, seed=1))
+    with pytest.raises(ValueError, match="no slices"):
+        patient_batches([], 4, 1, seed=0)
