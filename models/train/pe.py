@@ -724,8 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 #: Parameters of the demo weights (``ainode models build-demo``); part of the recipe hash.
 DEMO_PARAMS: dict[str, Any] = {
     "studies": 160, "slices": 60, "phantom_size": 256, "size": 128, "steps": 600, "batch_size": 8,
-    "lr": 5e-4, "max_slices_per_series": 16, "validation": 0.1, "seed": 1, "version": "demo-2",
-    "negative_margin": 12, "image_loss_weight": 5.0, "patient_batches": True,
+    "lr": 5e-4, "max_slices_per_series": 10, "validation": 0.1, "seed": 1, "version": "demo-2",
+    "negative_margin": 3, "image_loss_weight": 5.0, "patient_batches": True,
 }
 QUICK_PARAMS: dict[str, Any] = {**DEMO_PARAMS, "studies": 3, "slices": 12, "phantom_size": 96, "size": 71,
                                 "steps": 1, "batch_size": 2, "max_slices_per_series": 4, "validation": 0.34}
@@ -757,8 +757,10 @@ def write_phantom_dataset(folder: Path, params: Mapping[str, Any], progress: _Pr
     slices above to *m* below its twin's clot. Otherwise the trainer's per-series sampling (all
     positive slices, evenly spaced negatives) shows the model positive slices at the level of the
     pulmonary arteries and negatives mostly elsewhere, and it learns the level instead of the clot.
-    The slab must reach the levels of the other arteries too (12 slices of 4 mm cover the trunk from
-    a right or left clot): with 3 the model learnt "main pulmonary artery level" as PE.
+    Measured (160 studies, 600 steps, 128 px): with a margin of 3 the model reached a validation slice AUC
+    of 0.93 and called 2 of 7 fresh clot-free phantoms negative (all 6 with a clot positive), still
+    marking the main pulmonary artery's level on the others; a margin of 12 with 16 slices per series
+    collapsed to one score for every slice (AUC 0.83, every phantom positive).
     """
     import shutil
 
