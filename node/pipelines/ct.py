@@ -11,6 +11,7 @@ damaged file does not cost the radiologist the whole study.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2"}
 
 
-class CtPipeline:
+class CtPipeline(ABC):
     """What a CT pipeline holds besides its model: where its result objects go, and how the node builds it.
 
     One instance per worker; a subclass names itself (``name``) and loads its model once in
@@ -61,8 +62,9 @@ class CtPipeline:
         self.series_number = series_number
         self.institution_name = institution_name
 
+    @abstractmethod
     def _load_model(self, registry: ModelRegistry, threads: int) -> None:
-        raise NotImplementedError
+        """Load the subclass's model from ``registry`` (verified manifest) with ``threads`` backend threads."""
 
     @classmethod
     def from_settings(cls, registry: ModelRegistry, settings: Settings) -> Self:
