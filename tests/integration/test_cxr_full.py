@@ -201,9 +201,6 @@ def test_phantom_nodule_is_among_the_top_findings(studies: dict[str, Study]) -> 
     assert any("Nodule" in t for t in texts(sr) if t.startswith("Top findings"))
 
 
-# Kept (not deleted) so it turns into a failure, and is un-marked, once the weights are good.
-@pytest.mark.xfail(strict=True, reason="issue 3 open: the demo detector (12 epochs) scores this nodule's box 0.22, under its "
-                                       "validation threshold 0.24; it boxes 21/40 held-out nodules; see weights/cxr-detector/MODEL_CARD.md")
 def test_phantom_nodule_gets_a_box_over_it(studies: dict[str, Study]) -> None:
     study = studies["nodule"]
     sr, gsps, _ = _check_frontal_objects(study)
