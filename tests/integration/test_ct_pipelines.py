@@ -146,8 +146,6 @@ def test_ctpa_with_right_embolus_comes_back_with_sr_kos_gsps(
     assert all(ds.StudyInstanceUID == phantom.truth["study_uid"] for ds, _ in (*found["SR"], *found["KO"], *found["PR"]))
 
 
-# Kept (not deleted) so it turns into a failure, and is un-marked, once the weights are good.
-@pytest.mark.xfail(strict=True, reason="issue 4 open: the ct-pe demo weights mark the pulmonary-artery levels with or without a clot; see weights/ct-pe/MODEL_CARD.md")
 def test_ctpa_without_embolus_comes_back_negative_with_sr_only(
     ct_node: NodeProcess, module_orthanc: OrthancServer, tmp_path: Path
 ) -> None:

@@ -20,7 +20,9 @@ from models.manifest import load_manifest, sha256_file
 from models.train.pe import (
     EXAM_WEIGHTS,
     IMAGE_WEIGHT,
+    _parse,
     build_model,
+    calibrate_on_phantoms,
     count_parameters,
     export_pe_onnx,
     main,
@@ -28,7 +30,10 @@ from models.train.pe import (
     read_rsna_labels,
     roc_auc,
     rsna_weighted_log_loss,
+    separating_threshold,
     split_studies,
+    train,
+    write_phantom_dataset,
 )
 from tests.models.test_pe import write_ct_series
 
@@ -167,3 +172,53 @@ def test_patient_batches_draw_each_batch_from_one_patient() -> None:
     assert np.array_equal(order, patient_batches(patients, 4, 200, seed=1))
     with pytest.raises(ValueError, match="no slices"):
         patient_batches([], 4, 1, seed=0)
+
+
+def test_separating_threshold_takes_the_middle_of_the_gap_or_the_best_balanced_accuracy() -> None:
+    assert separating_threshold([0.8, 0.9, 0.7], [0.2, 0.4, 0.3]) == pytest.approx(0.55)  # separable: mid-gap
+    # Overlap: one negative above two positives; 0.45 calls 3/3 positives and 2/3 negatives right, the best.
+    assert separating_threshold([0.6, 0.65, 0.9], [0.2, 0.3, 0.7]) == pytest.approx(0.45)
+    # 0.4 and 0.8 both call 3 of 4 right: the wider gap (0.2 either side of 0.4) wins.
+    assert separating_threshold([0.6, 0.9], [0.2, 0.7]) == pytest.approx(0.4)
+    assert separating_threshold([0.999, 0.998], [0.997]) == pytest.approx(0.9975)  # saturated, still separable
+    assert separating_threshold([0.3], [0.3]) == pytest.approx(0.65)  # no information: above all, nothing called
+    with pytest.raises(ValueError, match="both"):
+        separating_threshold([], [0.1])
+
+
+def test_demo_training_chooses_the_exam_threshold_on_fresh_phantoms(tmp_path: Path) -> None:
+    data = write_rsna(tmp_path / "rsna", [([0, 1, 1, 0], POS), ([0, 0, 0, 0], NEG), ([0, 0, 1, 0], POS)])
+    out = tmp_path / "out"
+    args = _parse(["--data", str(data), "--out", str(out), "--size", "71", "--steps", "1", "--batch-size", "2",
+                   "--validation", "0.34", "--eager", "--demo"])
+    args.calibration = {"calibration_pairs": 2, "seed": 7, "slices": 10, "phantom_size": 64}
+    train(args)
+    manifest = json.loads((out / "model.json").read_text())
+    threshold = {label["key"]: label["threshold"] for label in manifest["labels"]}["pe_present_on_image"]
+    calibration = calibrate_on_phantoms(out / "model.json", args.calibration)
+    assert threshold == pytest.approx(calibration.threshold) and 0 < threshold < 1
+    assert [(seed, side) for seed, side, _ in calibration.positive] == [(7500, "right"), (7501, "left")]
+    assert [seed for seed, _ in calibration.negative] == [7500, 7501]  # the same seeds without a clot
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"Exam threshold {threshold:.3f}" in card and "2 + 2 fresh phantoms" in card
+    assert load_manifest(out / "model.json").labels[PE_HEADS.index("pe_present_on_image")].threshold == pytest.approx(threshold)
+
+
+def test_demo_data_pairs_each_clot_with_its_clot_free_twin_cut_to_slab_and_stride(tmp_path: Path) -> None:
+    params = {"studies": 4, "slices": 24, "phantom_size": 64, "seed": 3, "negative_margin": 2, "negative_stride": 5}
+    write_phantom_dataset(tmp_path, params)
+    studies = read_rsna_labels(tmp_path / "train.csv")
+    assert len(studies) == 4
+    pairs = [list(studies.values())[i:i + 2] for i in (0, 2)]
+    for positive, negative in pairs:
+        [pos_slices] = positive.series.values()
+        [neg_slices] = negative.series.values()
+        assert len(pos_slices) == 24 and positive.exam["negative_exam_for_pe"] == 0  # the positive twin: whole series
+        assert negative.exam["negative_exam_for_pe"] == 1 and not any(neg_slices.values())
+        # Rows are written in slice order: the twin keeps the clot's slab ± 2 and every 5th slice elsewhere.
+        clot = [k for k, label in enumerate(pos_slices.values()) if label]
+        [series_dir] = (tmp_path / "train" / negative.study_uid).iterdir()
+        on_disk = {p.stem for p in series_dir.glob("*.dcm")}
+        assert on_disk == set(neg_slices)  # every file has its row and no row lacks its file
+        slab = set(range(max(0, clot[0] - 2), min(24, clot[-1] + 3)))
+        assert len(neg_slices) == len(slab | set(range(0, 24, 5)))
