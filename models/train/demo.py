@@ -39,10 +39,10 @@ RECIPES: tuple[tuple[str, str, int], ...] = (
     ("cxr-findings", "models.train.finding_classifier:build_demo", 600),
     ("cxr-four-class", "models.train.four_class:build_demo", 240),
     ("cxr-four-class-cnn", "models.train.four_class:build_demo_cnn", 60),
-    ("cxr-detector", "models.train.detector:build_demo", 600),
+    ("cxr-detector", "models.train.detector:build_demo", 1200),
     # The CT recipes train Xception and EfficientNetV2 on CT phantoms; both import TensorFlow in this
     # process (torch-based recipes run in a child process, so the import order cannot bite).
-    ("ct-pe", "models.train.pe:build_demo", 900),
+    ("ct-pe", "models.train.pe:build_demo", 1600),
     ("ct-lumbar", "models.train.lumbar:build_demo", 600),
 )
 """Demo recipes in build order: model name, ``module:function``, seconds measured on 2 shared, busy cores."""

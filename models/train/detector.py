@@ -104,6 +104,9 @@ QUICK: dict[str, Any] = {
 }
 """Tiny recipe for tests (seconds; quality not checked)."""
 
+DEMO_SOURCES = ("models.train.detector_data", "models.phantoms.chest")
+"""Modules whose source shapes the demo weights, part of the recipe's hash (``models.train.demo``)."""
+
 
 # --------------------------------------------------------------------------- Ultralytics, offline
 

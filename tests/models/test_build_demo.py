@@ -11,6 +11,7 @@ import pytest
 from models.phantoms.cxr_datasets import write_four_class_dataset, write_nih_dataset
 from models.registry import ModelRegistry
 from models.train.demo import RECIPES, Progress, RecipeError, build_demo, recipe_hash
+from tests.helpers import repo_root
 
 MINE = ("cxr-findings", "cxr-four-class", "cxr-four-class-cnn")
 VERSIONS = {"cxr-findings": "demo-2", "cxr-four-class": "demo-1", "cxr-four-class-cnn": "demo-1"}
@@ -125,3 +126,19 @@ def test_evaluate_commands_print_seed_tables(models_dir: tuple[Path, str], tmp_p
     assert four_class.main(["--data", str(tmp_path / "missing"), "--out", str(out / "cxr-four-class"),
                             "--evaluate"]) == 2
     assert "no images in" in capsys.readouterr().err
+
+
+def test_shipped_demo_weights_are_up_to_date_with_their_recipes(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ainode models build-demo --out weights` on a fresh clone rebuilds nothing: every shipped demo
+    model carries the hash of the recipe, phantoms and trainer that made it (a change to any of them
+    must come with rebuilt weights), and its weights match their checksum."""
+    from node.cli import main
+
+    weights = repo_root() / "weights"
+    for name, target, _ in RECIPES:
+        manifest = json.loads((weights / name / "model.json").read_text(encoding="utf-8"))
+        assert manifest["demo"] is True, name
+        assert manifest["postprocessing"].get("recipe_hash") == recipe_hash(target, False), f"{name}: stale demo weights"
+    assert main(["models", "build-demo", "--out", str(weights)]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{name}: up to date, skipped" in printed for name, _, _ in RECIPES), printed
