@@ -5,7 +5,9 @@ Input: one axial CT series (CT Image Storage, PS3.3 A.3) planned by
 time by :func:`~models.preprocess.ct_series.iter_hu_batches`, so memory is bounded by one batch
 whatever the series length. Each slice becomes three channels, one per CT window of the
 manifest's ``input.preprocessing`` (``{"kind": "ct_windows", "windows": [[centre, width], ...]}``,
-PS3.3 C.11.2.1.2 linear window), each clipped to 0..1 and area-resized to the manifest's size.
+PS3.3 C.11.2.1.2 linear window), each clipped to 0..1 and area-resized to the manifest's size;
+with ``"crop": "body"`` each slice is first cut to the square around the patient
+(:func:`crop_to_body`; default ``"none"``, the whole slice, as seed 1).
 The defaults follow the common RSNA-PE practice:
 
 - ``[100, 700]`` "PE window" (−250..450 HU): contrast-filled pulmonary arteries (250–500 HU)
@@ -72,6 +74,9 @@ __all__ = [
     "PeModel",
     "aggregate_exam",
     "apply_consistency",
+    "body_box",
+    "crop_to_body",
+    "exam_pe_probability",
     "select_key_slices",
     "window_slices",
 ]
@@ -86,24 +91,89 @@ _CHRONIC = ("chronic_pe", "acute_and_chronic_pe")
 _PE_ONLY = _RV_LV + _SIDES + _CHRONIC  # labels a negative exam cannot have
 
 
-def window_slices(hu: np.ndarray, windows: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+BODY_HU = -500.0
+"""Pixels above this (HU) are the patient (soft tissue, bone, contrast; lung parenchyma is below)."""
+
+
+def _erode(mask: np.ndarray, k: int) -> np.ndarray:
+    """Binary erosion by a (2k+1)² square, from an integral image (no SciPy needed)."""
+    side = 2 * k + 1
+    padded = np.pad(mask.astype(np.int32), k)
+    integral = np.zeros((padded.shape[0] + 1, padded.shape[1] + 1), dtype=np.int64)
+    integral[1:, 1:] = padded.cumsum(axis=0).cumsum(axis=1)
+    rows, cols = mask.shape
+    window = (integral[side:side + rows, side:side + cols] - integral[:rows, side:side + cols]
+              - integral[side:side + rows, :cols] + integral[:rows, :cols])
+    return window == side * side
+
+
+def body_box(hu: np.ndarray, *, threshold: float = BODY_HU, margin: float = 0.04) -> tuple[int, int, int]:
+    """The square around the patient on one axial slice: ``(row, column, side)`` of its top-left corner.
+
+    The body is every pixel above ``threshold`` HU that survives an erosion by a square of about
+    2 % of the image (grown back afterwards), so a thin table top, a cable or a speck of noise does
+    not stretch the box. The square is the larger side of the body's bounding box plus ``margin``
+    on each side, centred on it; it may reach beyond the image (padded with air when cropped). A
+    slice with no body gives the whole image, squared.
+    """
+    if hu.ndim != 2:
+        raise ValueError(f"expected one slice of shape (rows, columns), got {hu.shape}")
+    rows, cols = hu.shape
+    k = max(1, round(min(rows, cols) / 100))
+    body = _erode(hu > threshold, k)
+    in_rows, in_cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
+    if in_rows.size == 0:
+        side = max(rows, cols)
+        return (rows - side) // 2, (cols - side) // 2, side
+    r0, r1 = max(0, int(in_rows[0]) - k), min(rows, int(in_rows[-1]) + 1 + k)
+    c0, c1 = max(0, int(in_cols[0]) - k), min(cols, int(in_cols[-1]) + 1 + k)
+    extent = max(r1 - r0, c1 - c0)
+    side = max(8, int(round(extent * (1.0 + 2.0 * margin))))
+    return (r0 + r1 - side) // 2, (c0 + c1 - side) // 2, side
+
+
+def crop_to_body(hu: np.ndarray, air: float = -1000.0) -> np.ndarray:
+    """One slice cut to its :func:`body_box`, padded with ``air`` HU where the square leaves the image."""
+    row, col, side = body_box(hu)
+    out = np.full((side, side), air, dtype=np.float32)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + side, hu.shape[0]), min(col + side, hu.shape[1])
+    out[r0 - row:r1 - row, c0 - col:c1 - col] = hu[r0:r1, c0:c1]
+    return out
+
+
+def window_slices(hu: np.ndarray, windows: Sequence[Sequence[float]], height: int, width: int,
+                  crop_body: bool = False) -> np.ndarray:
     """CT slices in HU → model input (N, height, width, len(windows)), each window mapped to 0..1.
 
     A window (centre *c*, width *w*) maps ``c − w/2`` → 0 and ``c + w/2`` → 1 linearly, values
     outside clipped (PS3.3 C.11.2.1.2, without the DICOM −0.5 offsets: the model's own convention).
     Resizing is area-average (box) when shrinking, bilinear when enlarging, per channel.
+    With ``crop_body`` each slice is first cut to the square around the patient
+    (:func:`crop_to_body`), so the patient fills the input whatever the field of view: a
+    slim patient reconstructed at 400 mm no longer spends half the input's pixels on air.
     """
-    from PIL import Image
-
     if hu.ndim != 3:
         raise ValueError(f"expected slices of shape (N, rows, columns), got {hu.shape}")
+    for centre, span in windows:
+        if span <= 0:
+            raise ValueError(f"window width must be positive, got {span}")
+    if not crop_body:
+        return _window_resized(hu, windows, height, width)
+    out = np.empty((hu.shape[0], height, width, len(windows)), dtype=np.float32)
+    for n in range(hu.shape[0]):
+        out[n] = _window_resized(crop_to_body(np.asarray(hu[n], dtype=np.float32))[None], windows, height, width)[0]
+    return out
+
+
+def _window_resized(hu: np.ndarray, windows: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
     out = np.empty((hu.shape[0], height, width, len(windows)), dtype=np.float32)
     same = hu.shape[1:] == (height, width)
     shrinking = hu.shape[1] >= height and hu.shape[2] >= width
     resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
     for c, (centre, span) in enumerate(windows):
-        if span <= 0:
-            raise ValueError(f"window width must be positive, got {span}")
         unit = np.clip((hu - (float(centre) - float(span) / 2.0)) / float(span), 0.0, 1.0).astype(np.float32)
         for n in range(hu.shape[0]):
             if same:
@@ -113,6 +183,16 @@ def window_slices(hu: np.ndarray, windows: Sequence[Sequence[float]], height: in
                 out[n, :, :, c] = np.asarray(img, dtype=np.float32)
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def exam_pe_probability(slice_probabilities: Sequence[float] | np.ndarray, top_k: int = DEFAULT_TOP_K) -> float:
+    """The exam's PE probability: the mean of the ``top_k`` largest slice probabilities (all when fewer)."""
+    probs = np.asarray(slice_probabilities, dtype=np.float64).ravel()
+    if probs.size == 0:
+        raise ValueError("an exam needs at least one slice")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    return float(np.mean(np.sort(probs)[-min(top_k, probs.size):]))
 
 
 def aggregate_exam(scores: np.ndarray, top_k: int = DEFAULT_TOP_K) -> tuple[np.ndarray, dict[str, float]]:
@@ -128,8 +208,7 @@ def aggregate_exam(scores: np.ndarray, top_k: int = DEFAULT_TOP_K) -> tuple[np.n
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     column = {name: scores[:, i] for i, name in enumerate(PE_HEADS)}
     slices = column[_IMAGE]
-    k = min(top_k, len(slices))
-    p_pe = float(np.mean(np.sort(slices)[-k:]))
+    p_pe = exam_pe_probability(slices, top_k)
     weights = slices if float(slices.sum()) > 1e-9 else np.ones_like(slices)
     exam: dict[str, float] = {}
     indeterminate = float(np.mean(column["indeterminate"]))
@@ -194,7 +273,7 @@ def apply_consistency(
             corrections.append(f"{name} set {'present' if value else 'absent'} (p={p[name]:.3f}): {why}")
 
     k = min(max(1, top_k), probs.size)
-    p_pe = float(np.mean(np.sort(probs)[-k:]))
+    p_pe = exam_pe_probability(probs, k)
     if p_pe >= threshold(_IMAGE):
         why = f"the exam is positive (PE probability {p_pe:.3f} over its {k} most likely slices)"
         set_label("negative_exam_for_pe", False, why)
@@ -263,9 +342,13 @@ class PeModel:
         keys = [label.key for label in manifest.labels]
         if keys != list(PE_HEADS):
             raise ModelError(f"model {manifest.name!r}: labels must be the nine PE heads in order {list(PE_HEADS)}, got {keys}")
+        crop = prep.get("crop", "none")
+        if crop not in ("none", "body"):
+            raise ModelError(f"model {manifest.name!r}: input.preprocessing.crop must be 'none' or 'body', got {crop!r}")
         self._model = model
         self.manifest = manifest
         self.windows: list[tuple[float, float]] = [(float(c), float(w)) for c, w in windows]
+        self.crop_body = crop == "body"
         self.top_k = int(manifest.postprocessing.get("top_k", DEFAULT_TOP_K))
         self.slice_stride = int(manifest.postprocessing.get("slice_stride", 1))
         if self.slice_stride < 1:
@@ -306,7 +389,7 @@ class PeModel:
             positions=tuple(plan.positions[i] for i in run))
         scored = np.empty((len(run), len(PE_HEADS)), dtype=np.float32)
         for indices, hu in iter_hu_batches(sub, paths_by_uid, batch_size=batch_size):
-            batch = window_slices(hu, self.windows, spec.height, spec.width)
+            batch = window_slices(hu, self.windows, spec.height, spec.width, self.crop_body)
             del hu
             out = self._model.run(batch).reshape(len(indices), -1)
             if out.shape[1] != len(PE_HEADS):
@@ -315,6 +398,22 @@ class PeModel:
         if len(run) == n:
             return scored
         return np.stack([np.interp(np.arange(n), run, scored[:, h]) for h in range(len(PE_HEADS))], axis=1).astype(np.float32)
+
+    def score_volume(self, hu: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """The nine head outputs, (n, 9), of a volume already in memory: ``hu`` (n, rows, columns) in HU.
+
+        For phantoms and evaluation; a stored series goes through :meth:`score_slices`, which
+        reads it a batch at a time and honours ``slice_stride``.
+        """
+        hu = np.asarray(hu)
+        if hu.ndim != 3 or hu.shape[0] == 0:
+            raise ValueError(f"expected a volume of shape (n ≥ 1, rows, columns), got {hu.shape}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        spec = self.manifest.input
+        out = [self._model.run(window_slices(hu[i:i + batch_size], self.windows, spec.height, spec.width, self.crop_body))
+               .reshape(-1, len(PE_HEADS)) for i in range(0, hu.shape[0], batch_size)]
+        return np.concatenate(out).astype(np.float32, copy=False)
 
     def analyse(
         self, plan: SeriesPlan, paths_by_uid: Mapping[str, str | PathLike[str]], batch_size: int = 8

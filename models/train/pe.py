@@ -36,7 +36,7 @@ import math
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -377,6 +377,7 @@ def patient_batches(patients: Sequence[str], batch_size: int, steps: int, seed: 
 def load_slices(
     data_dir: Path, studies: Mapping[str, Study], uids: Sequence[str], size: int,
     windows: Sequence[Sequence[float]], max_slices: int | None = None, patients: list[str] | None = None,
+    crop_body: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Windowed slices (N, size, size, 3) float16 and their nine targets (N, 9) in PE_HEADS order.
 
@@ -384,7 +385,8 @@ def load_slices(
     targets are its own ``pe_present_on_image`` and its exam's labels. ``max_slices`` keeps at most
     that many evenly spaced slices per series (all positive slices of a positive series are kept
     first), which bounds memory on large data sets. When a list is given as ``patients``, the
-    PatientID of every slice returned is appended to it.
+    PatientID of every slice returned is appended to it. ``crop_body``: each slice cut to the
+    square around the patient first, as the served model does when its manifest says so.
     """
     import pydicom
 
@@ -414,7 +416,7 @@ def load_slices(
                 chosen = [r for r, i in enumerate(indices) if i in keep]
                 if not chosen:
                     continue
-                images.append(window_slices(hu[chosen], windows, size, size).astype(np.float16))
+                images.append(window_slices(hu[chosen], windows, size, size, crop_body).astype(np.float16))
                 for r in chosen:
                     sop = order[indices[r]]
                     row = [float(labels[sop]) if head == "pe_present_on_image" else float(study.exam[head]) for head in PE_HEADS]
@@ -444,6 +446,7 @@ _DISPLAY = {
 def write_manifest(
     out: Path, onnx_path: Path, *, size: int, windows: Sequence[Sequence[float]], version: str, demo: bool,
     description: str, postprocessing: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
+    crop: str = "none",
 ) -> dict[str, Any]:
     """Write ``out/model.json`` for an exported PE model (validated first) and return it."""
     manifest: dict[str, Any] = {
@@ -456,7 +459,7 @@ def write_manifest(
         "labels": [{"key": h, "display": _DISPLAY[h], "threshold": float((thresholds or {}).get(h, 0.5))} for h in PE_HEADS],
         "input": {
             "height": size, "width": size, "channels": 3, "layout": "NHWC", "dtype": "float32",
-            "preprocessing": {"kind": "ct_windows", "windows": [[float(c), float(w)] for c, w in windows]},
+            "preprocessing": {"kind": "ct_windows", "windows": [[float(c), float(w)] for c, w in windows], "crop": crop},
         },
         "manufacturer": "ainode",
         "demo": demo,
@@ -554,7 +557,8 @@ def write_model_card(path: Path, manifest: Mapping[str, Any], args: argparse.Nam
 Xception (Keras, `weights=None`) on {args.size}×{args.size}×3 → global average pooling → dropout {args.dropout}
 → Dense 1024 → Dense 256 → Dense 64 (ReLU) → nine 1-unit sigmoid heads ({', '.join(PE_HEADS)}).
 {EXPECTED_PARAMETERS:,} parameters ({EXPECTED_TRAINABLE_FROZEN:,} trainable with the backbone frozen, as seed 1).
-Channels: CT windows (centre, width) {manifest['input']['preprocessing']['windows']} HU, each clipped to 0..1.
+Channels: CT windows (centre, width) {manifest['input']['preprocessing']['windows']} HU, each clipped to 0..1{
+'; each slice first cut to the square around the patient (crop: body)' if manifest['input']['preprocessing'].get('crop') == 'body' else ''}.
 ONNX: input `image` (N, {args.size}, {args.size}, 3) NHWC float32; output `scores` (N, 9) in the order above;
 weights stored as float16 and cast to float32 in the graph (ONNX Runtime computes in float32).
 
@@ -563,7 +567,7 @@ RSNA-PE layout (`train.csv` + `train/<study>/<series>/<sop>.dcm`) in a folder `{
 studies ({run['train_slices']} slices), {run['val_studies']} validation studies (study-wise split {args.validation}).
 Targets per slice: its `pe_present_on_image` and its exam's labels. Binary cross-entropy per head
 (`pe_present_on_image` weighted {args.image_loss_weight:g}), Adam
-(learning rate {args.lr}), batch {args.batch_size}, {run['steps']} steps ({run['seconds']:.0f} s), backbone
+(learning rate {args.lr}{", cosine decay to 5 %" if args.lr_schedule == "cosine" else ""}), batch {args.batch_size}, {run['steps']} steps ({run['seconds']:.0f} s), backbone
 {'frozen' if args.freeze_backbone else 'trained'}, seed {args.seed}.
 
 ## Validation (serving code: `models.pe.PeModel`, RSNA consistency rules applied to the decisions)
@@ -577,7 +581,7 @@ Flag CTPA series that may show pulmonary embolism so that reading is prioritised
 not validated clinically. Exam aggregation and rules: see `models/pe.py`.
 
 ## How to reproduce
-`python -m models.train.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --lr {args.lr:g} --image-loss-weight {args.image_loss_weight:g} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
+`python -m models.train.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --lr {args.lr:g} --lr-schedule {args.lr_schedule} --image-loss-weight {args.image_loss_weight:g} --crop {args.crop} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
 """
     path.write_text(text, encoding="utf-8")
 
@@ -626,7 +630,8 @@ class Calibration:
                 f"- with a clot: {pos}", f"- without: {neg}"]
 
 
-def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any], progress: _Progress | None = None,
+def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
+                          progress: Callable[[int, int, str], None] | None = None,
                           threads: int = 2) -> Calibration:
     """Score ``params["calibration_pairs"]`` fresh phantom pairs, whole series, and choose the exam threshold.
 
@@ -637,11 +642,10 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any], progre
     positives come from levels it has seen few negatives of, and the threshold has to cover them.
     """
     from models.manifest import load_manifest
-    from models.pe import PeModel, window_slices
+    from models.pe import PeModel, exam_pe_probability
     from models.phantoms.ct import ctpa_phantom
 
     model = PeModel.from_manifest(load_manifest(manifest_path), threads=threads)
-    spec = model.manifest.input
     pairs = int(params["calibration_pairs"])
     positive: list[tuple[int, str, float]] = []
     negative: list[tuple[int, float]] = []
@@ -653,16 +657,14 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any], progre
                                    embolus=embolus,  # type: ignore[arg-type]
                                    chronic=embolus is not None and pair % 3 == 2,
                                    rv_lv_ratio=1.2 if pair % 4 == 3 else 0.8)
-            x = window_slices(phantom.volume_hu, model.windows, spec.height, spec.width)
-            scores = np.concatenate([model._model.run(x[i:i + 16]).reshape(-1, len(PE_HEADS)) for i in range(0, len(x), 16)])
-            slices = scores[:, PE_HEADS.index("pe_present_on_image")]
-            p_pe = float(np.mean(np.sort(slices)[-min(model.top_k, len(slices)):]))
+            slices = model.score_volume(phantom.volume_hu)[:, PE_HEADS.index("pe_present_on_image")]
+            p_pe = exam_pe_probability(slices, model.top_k)
             if embolus is None:
                 negative.append((seed, p_pe))
             else:
                 positive.append((seed, side, p_pe))
         if progress is not None:
-            progress.step(pair + 1, pairs, f"calibration phantom pair {pair + 1}/{pairs}")
+            progress(pair + 1, pairs, f"calibration phantom pair {pair + 1}/{pairs}")
     threshold = separating_threshold([p for _, _, p in positive], [p for _, p in negative])
     return Calibration(threshold, positive, negative)
 
@@ -679,6 +681,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps; overrides --epochs when > 0")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per step (seed 1: 1000 on a GPU)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="'cosine': decay the learning rate along a half cosine to 5 %% of --lr at the last step")
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--patient-batches", action=argparse.BooleanOptionalAction, default=False,
                         help="draw each batch from one patient's slices (PatientID): series of one patient with and "
@@ -692,6 +696,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="keep at most this many slices per series in memory (positives first)")
     parser.add_argument("--windows", type=str, default=";".join(f"{c:g},{w:g}" for c, w in DEFAULT_WINDOWS),
                         help="three 'centre,width' HU windows separated by ';'")
+    parser.add_argument("--crop", choices=("none", "body"), default="none",
+                        help="'body': cut each slice to the square around the patient before resizing (more pixels on "
+                             "the patient when the field of view is wide or the input small); the manifest records it")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0 = default)")
     parser.add_argument("--version", default="1.0.0")
@@ -728,7 +735,8 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
     if not train_uids:
         raise ValueError("no training study left after the validation split")
     patients: list[str] = []
-    x, y = load_slices(args.data, studies, train_uids, args.size, windows, args.max_slices_per_series, patients)
+    x, y = load_slices(args.data, studies, train_uids, args.size, windows, args.max_slices_per_series, patients,
+                       crop_body=args.crop == "body")
     print(f"{len(studies)} studies: training on {len(train_uids)} ({len(x)} slices, {int(y[:, PE_HEADS.index('pe_present_on_image')].sum())} "
           f"with PE), validating on {len(val_uids)}", flush=True)
     steps = args.steps or max(1, args.epochs * math.ceil(len(x) / args.batch_size))
@@ -758,10 +766,13 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
     # No XLA: compiling the training step of a 23 M-parameter graph costs over a minute on CPU.
     # The exam heads learn from every slice of an exam the same labels, slices with and without clot alike;
     # only pe_present_on_image says which slice shows it. A larger weight keeps that signal from drowning.
-    loss_weights = {h: float(args.image_loss_weight) if h == "pe_present_on_image" else 1.0 for h in PE_HEADS}
-    model.compile(optimizer=keras.optimizers.Adam(args.lr), loss={h: "binary_crossentropy" for h in PE_HEADS},
-                  loss_weights=loss_weights, jit_compile=False, run_eagerly=args.eager)
     chunk = min(steps, 10)
+    loss_weights = {h: float(args.image_loss_weight) if h == "pe_present_on_image" else 1.0 for h in PE_HEADS}
+    rate: Any = args.lr
+    if args.lr_schedule == "cosine":  # down to 5 % of --lr at the last step: the small steps at the end settle the fit
+        rate = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, math.ceil(steps / chunk) * chunk), alpha=0.05)
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss={h: "binary_crossentropy" for h in PE_HEADS},
+                  loss_weights=loss_weights, jit_compile=False, run_eagerly=args.eager)
     started = time.monotonic()
     done = 0
 
@@ -787,14 +798,14 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
         + ("; DEMO weights trained on synthetic CTPA phantoms, not for clinical use" if args.demo else "")
     )
     manifest = write_manifest(out, onnx_path, size=args.size, windows=windows, version=args.version, demo=args.demo,
-                              description=description, postprocessing=getattr(args, "postprocessing", None))
+                              description=description, postprocessing=getattr(args, "postprocessing", None), crop=args.crop)
     calibration = None
     phantoms = getattr(args, "calibration", None)  # demo recipe only: the exam threshold chosen on fresh phantoms
     if phantoms:
-        calibration = calibrate_on_phantoms(out / "model.json", phantoms)
+        calibration = calibrate_on_phantoms(out / "model.json", phantoms, progress=progress)
         manifest = write_manifest(out, onnx_path, size=args.size, windows=windows, version=args.version, demo=args.demo,
                                   description=description, postprocessing=getattr(args, "postprocessing", None),
-                                  thresholds={"pe_present_on_image": calibration.threshold})
+                                  thresholds={"pe_present_on_image": calibration.threshold}, crop=args.crop)
     evaluation = evaluate(out / "model.json", args.data, studies, val_uids) if val_uids else None
     run = {"train_studies": len(train_uids), "train_slices": len(y), "val_studies": len(val_uids),
            "steps": math.ceil(steps / chunk) * chunk, "seconds": seconds}
@@ -935,6 +946,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) 
         *(["--patient-batches"] if params.get("patient_batches") else []),
         "--max-slices-per-series", str(params["max_slices_per_series"]), "--seed", str(params["seed"]),
         "--version", str(params["version"]), "--no-freeze-backbone", "--demo", "--threads", "2",
+        "--crop", str(params.get("crop", "none")), "--lr-schedule", str(params.get("lr_schedule", "constant")),
         *(["--eager"] if quick else []),
     ])
     args.calibration = params

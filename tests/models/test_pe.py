@@ -20,7 +20,16 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from models.errors import ModelError
 from models.findings import PE_EXAM_LABELS, PE_HEADS
 from models.manifest import load_manifest, sha256_file
-from models.pe import PeModel, aggregate_exam, apply_consistency, select_key_slices, window_slices
+from models.pe import (
+    PeModel,
+    aggregate_exam,
+    apply_consistency,
+    body_box,
+    crop_to_body,
+    exam_pe_probability,
+    select_key_slices,
+    window_slices,
+)
 from models.preprocess.ct_series import plan_series
 
 WINDOWS = [[100.0, 700.0], [40.0, 400.0], [-600.0, 1500.0]]
@@ -147,6 +156,46 @@ def test_windows_area_resize_keeps_the_mean() -> None:
     full = window_slices(hu, WINDOWS, 64, 64)
     assert out.shape == (2, 16, 16, 3)
     np.testing.assert_allclose(out.mean(axis=(1, 2)), full.mean(axis=(1, 2)), atol=1e-4)
+
+
+def _slim_patient(size: int = 100) -> np.ndarray:
+    """Air, an elliptic body 40 wide and 24 high centred at (row 40, column 50), a table line below."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    hu = np.full((size, size), -1000.0, dtype=np.float32)
+    hu[((cols - 50) / 20.0) ** 2 + ((rows - 40) / 12.0) ** 2 <= 1.0] = 40.0
+    hu[80, 5:95] = 200.0  # table top: one row, long
+    hu[10, 10] = 300.0  # a speck of noise
+    return hu
+
+
+def test_body_box_is_the_square_around_the_patient_not_the_table_or_noise() -> None:
+    row, col, side = body_box(_slim_patient())
+    # Body: rows 28..52, columns 30..70 (41 wide; the erosion takes the one-pixel tips of the ellipse):
+    # the square is that width plus 4 % each side, centred on it.
+    assert round(39 * 1.08) <= side <= round(41 * 1.08)
+    assert abs((col + side / 2) - 50.5) <= 1 and abs((row + side / 2) - 40.5) <= 1
+    assert row + side <= 80  # the table line is left out
+    empty = np.full((30, 40), -1000.0, dtype=np.float32)
+    assert body_box(empty) == (-5, 0, 40)  # nothing above -500 HU: the whole image, squared
+    with pytest.raises(ValueError, match="one slice"):
+        body_box(empty[None])
+
+
+def test_crop_to_body_pads_with_air_where_the_square_leaves_the_image() -> None:
+    hu = np.full((20, 60), -1000.0, dtype=np.float32)
+    hu[2:18, 5:55] = 0.0  # a body wider than the image is high
+    crop = crop_to_body(hu)
+    assert crop.shape[0] == crop.shape[1] == round(50 * 1.08)
+    assert (crop == 0.0).sum() == 16 * 50 and crop.min() == -1000.0
+
+
+def test_window_crop_body_gives_the_patient_the_whole_input() -> None:
+    hu = _slim_patient()[None]
+    whole = window_slices(hu, WINDOWS, 50, 50)[0, :, :, 0]
+    cropped = window_slices(hu, WINDOWS, 50, 50, crop_body=True)[0, :, :, 0]
+    # Soft tissue maps to 290/700 in the PE window; the body covers about 4x more of the cropped input.
+    assert (cropped > 0.2).mean() > 3.0 * (whole > 0.2).mean()
+    assert (cropped > 0.2).mean() > 0.35  # the ellipse, 40 × 24, in a square of about 43
 
 
 def test_aggregation_top_k_weighted_heads_and_negative() -> None:
@@ -343,6 +392,8 @@ def test_pe_model_on_a_written_series(tmp_path: Path) -> None:
                 "preprocessing": {"kind": "radiograph"}}}, "ct_windows"),
     ({"input": {"height": 32, "width": 32, "channels": 3, "layout": "NHWC",
                 "preprocessing": {"kind": "ct_windows", "windows": [[40, 400], [40, 0], [1, 2]]}}}, "positive widths"),
+    ({"input": {"height": 32, "width": 32, "channels": 3, "layout": "NHWC",
+                "preprocessing": {"kind": "ct_windows", "windows": WINDOWS, "crop": "lungs"}}}, "crop must be"),
     ({"labels": [{"key": h, "display": h} for h in reversed(PE_HEADS)]}, "nine PE heads in order"),
 ])
 def test_manifest_mistakes_are_refused_with_reasons(tmp_path: Path, change: dict, message: str) -> None:
@@ -366,3 +417,24 @@ def test_slice_stride_runs_fewer_slices_and_interpolates(tmp_path: Path) -> None
     del paths[plan.sop_instance_uids[1]]  # a slice that is skipped need not even be readable
     # Interpolation blurs the edges by less than a stride: 7 and 13 get 0.75 from 0 and 1.
     assert strided.analyse(plan, paths).positive_slices == [7, 8, 9, 10, 11, 12, 13]
+
+
+def test_exam_probability_is_the_mean_of_the_most_likely_slices() -> None:
+    assert exam_pe_probability([0.1, 0.9, 0.2, 0.8, 0.7], top_k=3) == pytest.approx(0.8)
+    assert exam_pe_probability([0.4, 0.6], top_k=3) == pytest.approx(0.5)  # fewer slices than top_k: all of them
+    with pytest.raises(ValueError, match="at least one slice"):
+        exam_pe_probability([])
+    with pytest.raises(ValueError, match="top_k"):
+        exam_pe_probability([0.5], top_k=0)
+
+
+def test_a_volume_in_memory_scores_as_its_stored_series(tmp_path: Path) -> None:
+    volume = np.full((11, 24, 24), -700.0, dtype=np.float32)
+    volume[4:7] = 350.0
+    written = write_ct_series(tmp_path / "series", volume)
+    plan = plan_series([pydicom.dcmread(p, stop_before_pixels=True) for p, _ in written])
+    model = PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path / "model", size=24)))
+    stored = model.score_slices(plan, {uid: p for p, uid in written})
+    np.testing.assert_allclose(model.score_volume(volume, batch_size=4), stored, atol=1e-5)
+    with pytest.raises(ValueError, match="volume of shape"):
+        model.score_volume(volume[0])

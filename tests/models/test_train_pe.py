@@ -17,6 +17,7 @@ import pytest
 
 from models.findings import PE_EXAM_LABELS, PE_HEADS
 from models.manifest import load_manifest, sha256_file
+from models.pe import PeModel
 from models.train.pe import (
     EXAM_WEIGHTS,
     IMAGE_WEIGHT,
@@ -153,7 +154,8 @@ def test_training_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert manifest.sha256 == sha256_file(out / "model.onnx")
     assert [label.key for label in manifest.labels] == list(PE_HEADS)
     assert manifest.task == "slice-classification" and manifest.input.height == 71
-    assert manifest.input.preprocessing == {"kind": "ct_windows", "windows": [[100.0, 700.0], [40.0, 400.0], [-600.0, 1500.0]]}
+    assert manifest.input.preprocessing == {"kind": "ct_windows", "windows": [[100.0, 700.0], [40.0, 400.0], [-600.0, 1500.0]],
+                                           "crop": "none"}
     card = (out / "MODEL_CARD.md").read_text()
     assert "23,239,089" in card and "1 validation studies" in card
     assert json.loads((out / "model.json").read_text())["postprocessing"]["top_k"] == 3
@@ -190,9 +192,11 @@ def test_demo_training_chooses_the_exam_threshold_on_fresh_phantoms(tmp_path: Pa
     data = write_rsna(tmp_path / "rsna", [([0, 1, 1, 0], POS), ([0, 0, 0, 0], NEG), ([0, 0, 1, 0], POS)])
     out = tmp_path / "out"
     args = _parse(["--data", str(data), "--out", str(out), "--size", "71", "--steps", "1", "--batch-size", "2",
-                   "--validation", "0.34", "--eager", "--demo"])
+                   "--validation", "0.34", "--eager", "--demo", "--crop", "body", "--lr-schedule", "cosine"])
     args.calibration = {"calibration_pairs": 2, "seed": 7, "slices": 10, "phantom_size": 64}
-    train(args)
+    reported: list[str] = []
+    train(args, progress=lambda done, total, message: reported.append(message))
+    assert reported[-2:] == ["calibration phantom pair 1/2", "calibration phantom pair 2/2"]
     manifest = json.loads((out / "model.json").read_text())
     threshold = {label["key"]: label["threshold"] for label in manifest["labels"]}["pe_present_on_image"]
     calibration = calibrate_on_phantoms(out / "model.json", args.calibration)
@@ -202,6 +206,9 @@ def test_demo_training_chooses_the_exam_threshold_on_fresh_phantoms(tmp_path: Pa
     card = (out / "MODEL_CARD.md").read_text()
     assert f"Exam threshold {threshold:.3f}" in card and "2 + 2 fresh phantoms" in card
     assert load_manifest(out / "model.json").labels[PE_HEADS.index("pe_present_on_image")].threshold == pytest.approx(threshold)
+    # The crop the model was trained with is the crop it is served with.
+    assert manifest["input"]["preprocessing"]["crop"] == "body" and "(crop: body)" in card and "cosine decay" in card
+    assert PeModel.from_manifest(load_manifest(out / "model.json")).crop_body
 
 
 def test_demo_data_pairs_each_clot_with_its_clot_free_twin_cut_to_slab_and_stride(tmp_path: Path) -> None:
