@@ -36,16 +36,18 @@ from typing import Any, Callable, TextIO
 __all__ = ["RECIPES", "Progress", "RecipeError", "RecipeOutcome", "build_demo", "main", "recipe_hash"]
 
 RECIPES: tuple[tuple[str, str, int], ...] = (
-    ("cxr-findings", "models.train.finding_classifier:build_demo", 600),
-    ("cxr-four-class", "models.train.four_class:build_demo", 240),
-    ("cxr-four-class-cnn", "models.train.four_class:build_demo_cnn", 60),
-    ("cxr-detector", "models.train.detector:build_demo", 1200),
+    ("cxr-findings", "models.train.finding_classifier:build_demo", 260),
+    ("cxr-four-class", "models.train.four_class:build_demo", 40),
+    ("cxr-four-class-cnn", "models.train.four_class:build_demo_cnn", 10),
+    ("cxr-detector", "models.train.detector:build_demo", 490),
     # The CT recipes train Xception and EfficientNetV2 on CT phantoms; both import TensorFlow in this
     # process (torch-based recipes run in a child process, so the import order cannot bite).
     ("ct-pe", "models.train.pe:build_demo", 1600),
     ("ct-lumbar", "models.train.lumbar:build_demo", 600),
 )
-"""Demo recipes in build order: model name, ``module:function``, seconds measured on 2 shared, busy cores."""
+"""Demo recipes in build order: model name, ``module:function``, estimated seconds on 2 cores (the chest
+recipes as measured alone on the faster of two 2-core machines, which built them in half the time of the
+other; the CT recipes as measured on the slower one)."""
 
 _BAR = 30
 

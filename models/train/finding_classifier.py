@@ -762,9 +762,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 DEMO_NAME = "cxr-findings"
 # Short from-scratch run: no augmentation, dropout or stochastic depth (phantoms vary enough, and the
-# regularisers slow a run of a few hundred steps); the time cap keeps the build within its budget.
+# regularisers slow a run of a few hundred steps). 18 epochs, not 12: the validation AUC still climbs after
+# the learning rate is first halved (around epoch 11), and 12 epochs left the result to chance (the same
+# recipe gave test mean AUC 0.94 on one machine and 0.84 on another; 18 gave 0.91 there). The time cap
+# is only a guard against a far slower machine: a cap that bites makes the weights depend on the CPU.
 DEMO: dict[str, Any] = {"patients": 420, "images_per_patient": (1, 4), "phantom_size": 192, "input_size": 128,
-                        "epochs": 12, "batch_size": 16, "learning_rate": 2e-3, "patience": 4, "max_minutes": 7.0,
+                        "epochs": 18, "batch_size": 16, "learning_rate": 2e-3, "patience": 4, "max_minutes": 15.0,
                         "regularise": False}
 QUICK: dict[str, Any] = {"patients": 12, "images_per_patient": (1, 3), "phantom_size": 128, "input_size": 32, "epochs": 1,
          "batch_size": 8, "learning_rate": 1e-3, "patience": 1, "max_minutes": 0.0, "eager": True}
@@ -780,7 +783,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -
     data = Path(work_dir) / "nih"
     write_nih_dataset(data, patients=int(params["patients"]), images_per_patient=tuple(params["images_per_patient"]),
                       size=int(params["phantom_size"]), seed=2, workers=1 if quick else 2, progress=progress)
-    argv = ["--data", str(data), "--out", str(Path(out_dir) / DEMO_NAME), "--demo", "--version", "demo-2",
+    argv = ["--data", str(data), "--out", str(Path(out_dir) / DEMO_NAME), "--demo", "--version", "demo-3",
             "--size", str(params["input_size"]), "--epochs", str(params["epochs"]),
             "--batch-size", str(params["batch_size"]), "--learning-rate", str(params["learning_rate"]),
             "--patience", str(params["patience"]), "--max-minutes", str(params["max_minutes"]), "--seed", "2"]

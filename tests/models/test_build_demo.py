@@ -14,7 +14,7 @@ from models.train.demo import RECIPES, Progress, RecipeError, build_demo, recipe
 from tests.helpers import repo_root
 
 MINE = ("cxr-findings", "cxr-four-class", "cxr-four-class-cnn")
-VERSIONS = {"cxr-findings": "demo-2", "cxr-four-class": "demo-1", "cxr-four-class-cnn": "demo-1"}
+VERSIONS = {"cxr-findings": "demo-3", "cxr-four-class": "demo-1", "cxr-four-class-cnn": "demo-1"}
 
 
 @pytest.fixture(scope="module")
