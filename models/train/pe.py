@@ -374,6 +374,31 @@ def patient_batches(patients: Sequence[str], batch_size: int, steps: int, seed: 
     return out
 
 
+LOCATION_HEADS = ("leftsided_pe", "rightsided_pe", "central_pe", "chronic_pe", "acute_and_chronic_pe")
+"""Heads that say where a clot is and how old: only a slice that shows the clot can tell."""
+_MASKED = -1.0
+
+
+def mask_location_targets(y: np.ndarray) -> np.ndarray:
+    """A copy of the (N, 9) targets with :data:`LOCATION_HEADS` set to -1 (no loss) on slices without a clot."""
+    y = np.array(y, dtype=np.float32, copy=True)
+    clear = y[:, PE_HEADS.index("pe_present_on_image")] < 0.5
+    for name in LOCATION_HEADS:
+        y[clear, PE_HEADS.index(name)] = _MASKED
+    return y
+
+
+def masked_binary_crossentropy(y_true: Any, y_pred: Any) -> Any:
+    """Binary cross-entropy per sample, zero where the target is -1 (:func:`mask_location_targets`)."""
+    from keras import ops
+
+    keep = ops.cast(ops.greater_equal(y_true, 0.0), y_pred.dtype)
+    target = ops.clip(y_true, 0.0, 1.0)
+    p = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
+    loss = -(target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p)) * keep
+    return ops.mean(loss, axis=-1)
+
+
 def load_slices(
     data_dir: Path, studies: Mapping[str, Study], uids: Sequence[str], size: int,
     windows: Sequence[Sequence[float]], max_slices: int | None = None, patients: list[str] | None = None,
@@ -565,7 +590,7 @@ weights stored as float16 and cast to float32 in the graph (ONNX Runtime compute
 ## Data and training
 RSNA-PE layout (`train.csv` + `train/<study>/<series>/<sop>.dcm`) in a folder `{Path(args.data).name}`: {run['train_studies']} training
 studies ({run['train_slices']} slices), {run['val_studies']} validation studies (study-wise split {args.validation}).
-Targets per slice: its `pe_present_on_image` and its exam's labels. Binary cross-entropy per head
+Targets per slice: its `pe_present_on_image` and its exam's labels{' (location and type heads: on slices with a clot only)' if args.locate_on_clot_slices else ''}. Binary cross-entropy per head
 (`pe_present_on_image` weighted {args.image_loss_weight:g}), Adam
 (learning rate {args.lr}{", cosine decay to 5 %" if args.lr_schedule == "cosine" else ""}), batch {args.batch_size}, {run['steps']} steps ({run['seconds']:.0f} s), backbone
 {'frozen' if args.freeze_backbone else 'trained'}, seed {args.seed}.
@@ -581,7 +606,7 @@ Flag CTPA series that may show pulmonary embolism so that reading is prioritised
 not validated clinically. Exam aggregation and rules: see `models/pe.py`.
 
 ## How to reproduce
-`python -m models.train.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --lr {args.lr:g} --lr-schedule {args.lr_schedule} --image-loss-weight {args.image_loss_weight:g} --crop {args.crop} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
+`python -m models.train.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --lr {args.lr:g} --lr-schedule {args.lr_schedule} --image-loss-weight {args.image_loss_weight:g} --crop {args.crop}{' --locate-on-clot-slices' if args.locate_on_clot_slices else ''} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
 """
     path.write_text(text, encoding="utf-8")
 
@@ -696,6 +721,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="keep at most this many slices per series in memory (positives first)")
     parser.add_argument("--windows", type=str, default=";".join(f"{c:g},{w:g}" for c, w in DEFAULT_WINDOWS),
                         help="three 'centre,width' HU windows separated by ';'")
+    parser.add_argument("--locate-on-clot-slices", action=argparse.BooleanOptionalAction, default=False,
+                        help="train the location and type heads (left, right, central, chronic, acute and chronic) "
+                             "on slices that show a clot only: the others carry no sign of where or how old it is")
     parser.add_argument("--crop", choices=("none", "body"), default="none",
                         help="'body': cut each slice to the square around the patient before resizing (more pixels on "
                              "the patient when the field of view is wide or the input small); the manifest records it")
@@ -740,6 +768,8 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
     print(f"{len(studies)} studies: training on {len(train_uids)} ({len(x)} slices, {int(y[:, PE_HEADS.index('pe_present_on_image')].sum())} "
           f"with PE), validating on {len(val_uids)}", flush=True)
     steps = args.steps or max(1, args.epochs * math.ceil(len(x) / args.batch_size))
+    if args.locate_on_clot_slices:
+        y = mask_location_targets(y)
     if args.patient_batches:
         order = patient_batches(patients, args.batch_size, steps, args.seed)
 
@@ -768,10 +798,12 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
     # only pe_present_on_image says which slice shows it. A larger weight keeps that signal from drowning.
     chunk = min(steps, 10)
     loss_weights = {h: float(args.image_loss_weight) if h == "pe_present_on_image" else 1.0 for h in PE_HEADS}
+    losses = {h: masked_binary_crossentropy if args.locate_on_clot_slices and h in LOCATION_HEADS else "binary_crossentropy"
+              for h in PE_HEADS}
     rate: Any = args.lr
     if args.lr_schedule == "cosine":  # down to 5 % of --lr at the last step: the small steps at the end settle the fit
         rate = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, math.ceil(steps / chunk) * chunk), alpha=0.05)
-    model.compile(optimizer=keras.optimizers.Adam(rate), loss={h: "binary_crossentropy" for h in PE_HEADS},
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss=losses,
                   loss_weights=loss_weights, jit_compile=False, run_eagerly=args.eager)
     started = time.monotonic()
     done = 0
@@ -947,6 +979,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) 
         "--max-slices-per-series", str(params["max_slices_per_series"]), "--seed", str(params["seed"]),
         "--version", str(params["version"]), "--no-freeze-backbone", "--demo", "--threads", "2",
         "--crop", str(params.get("crop", "none")), "--lr-schedule", str(params.get("lr_schedule", "constant")),
+        *(["--locate-on-clot-slices"] if params.get("locate_on_clot_slices") else []),
         *(["--eager"] if quick else []),
     ])
     args.calibration = params

@@ -21,12 +21,15 @@ from models.pe import PeModel
 from models.train.pe import (
     EXAM_WEIGHTS,
     IMAGE_WEIGHT,
+    LOCATION_HEADS,
     _parse,
     build_model,
     calibrate_on_phantoms,
     count_parameters,
     export_pe_onnx,
     main,
+    mask_location_targets,
+    masked_binary_crossentropy,
     patient_batches,
     read_rsna_labels,
     roc_auc,
@@ -192,7 +195,8 @@ def test_demo_training_chooses_the_exam_threshold_on_fresh_phantoms(tmp_path: Pa
     data = write_rsna(tmp_path / "rsna", [([0, 1, 1, 0], POS), ([0, 0, 0, 0], NEG), ([0, 0, 1, 0], POS)])
     out = tmp_path / "out"
     args = _parse(["--data", str(data), "--out", str(out), "--size", "71", "--steps", "1", "--batch-size", "2",
-                   "--validation", "0.34", "--eager", "--demo", "--crop", "body", "--lr-schedule", "cosine"])
+                   "--validation", "0.34", "--eager", "--demo", "--crop", "body", "--lr-schedule", "cosine",
+                   "--locate-on-clot-slices"])
     args.calibration = {"calibration_pairs": 2, "seed": 7, "slices": 10, "phantom_size": 64}
     reported: list[str] = []
     train(args, progress=lambda done, total, message: reported.append(message))
@@ -208,6 +212,7 @@ def test_demo_training_chooses_the_exam_threshold_on_fresh_phantoms(tmp_path: Pa
     assert load_manifest(out / "model.json").labels[PE_HEADS.index("pe_present_on_image")].threshold == pytest.approx(threshold)
     # The crop the model was trained with is the crop it is served with.
     assert manifest["input"]["preprocessing"]["crop"] == "body" and "(crop: body)" in card and "cosine decay" in card
+    assert "on slices with a clot only" in card and "--locate-on-clot-slices" in card
     assert PeModel.from_manifest(load_manifest(out / "model.json")).crop_body
 
 
@@ -229,3 +234,21 @@ def test_demo_data_pairs_each_clot_with_its_clot_free_twin_cut_to_slab_and_strid
         assert on_disk == set(neg_slices)  # every file has its row and no row lacks its file
         slab = set(range(max(0, clot[0] - 2), min(24, clot[-1] + 3)))
         assert len(neg_slices) == len(slab | set(range(0, 24, 5)))
+
+
+def test_location_heads_learn_from_clot_slices_only() -> None:
+    y = np.zeros((3, len(PE_HEADS)), dtype=np.float32)
+    col = {h: i for i, h in enumerate(PE_HEADS)}
+    y[:2, col["rightsided_pe"]] = 1.0  # a right-sided exam: slice 0 shows the clot, slice 1 does not
+    y[0, col["pe_present_on_image"]] = 1.0
+    y[:2, col["rv_lv_ratio_lt_1"]] = 1.0
+    masked = mask_location_targets(y)
+    assert masked[0, col["rightsided_pe"]] == 1.0 and masked[1, col["rightsided_pe"]] == -1.0
+    assert all(masked[2, col[h]] == -1.0 for h in LOCATION_HEADS)  # a clot-free slice says nothing of where
+    assert masked[1, col["rv_lv_ratio_lt_1"]] == 1.0 and y[1, col["rightsided_pe"]] == 1.0  # others kept; a copy
+    import keras
+
+    true = np.array([[1.0], [-1.0], [0.0]], dtype=np.float32)
+    pred = np.array([[0.8], [0.01], [0.3]], dtype=np.float32)
+    loss = keras.ops.convert_to_numpy(masked_binary_crossentropy(true, pred))
+    np.testing.assert_allclose(loss, [-np.log(0.8), 0.0, -np.log(0.7)], rtol=1e-5)
