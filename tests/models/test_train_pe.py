@@ -236,6 +236,34 @@ def test_demo_data_pairs_each_clot_with_its_clot_free_twin_cut_to_slab_and_strid
         assert len(neg_slices) == len(slab | set(range(0, 24, 5)))
 
 
+def _levels(folder: Path) -> list[float]:
+    import pydicom
+
+    return sorted(round(float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]), 3)
+                  for p in folder.glob("*.dcm"))
+
+
+def test_demo_data_with_twin_levels_gives_every_clot_slice_its_clot_free_twin(tmp_path: Path) -> None:
+    # With twin_levels the positive is cut to the same levels as its partner: no slice of a clot is
+    # in the training set without the identical clot-free slice, so the clot is the only thing that
+    # tells them apart (without it, an untwinned clot slice can be learnt from its anatomy and noise).
+    params = {"studies": 4, "slices": 24, "phantom_size": 64, "seed": 3, "negative_margin": 2, "negative_stride": 5,
+              "twin_levels": True}
+    write_phantom_dataset(tmp_path, params)
+    studies = list(read_rsna_labels(tmp_path / "train.csv").values())
+    assert len(studies) == 4
+    for positive, negative in (studies[0:2], studies[2:4]):
+        [pos_slices] = positive.series.values()
+        [neg_slices] = negative.series.values()
+        assert positive.exam["negative_exam_for_pe"] == 0 and negative.exam["negative_exam_for_pe"] == 1
+        assert any(pos_slices.values()) and not any(neg_slices.values())
+        assert 0 < len(pos_slices) == len(neg_slices) < 24  # cut, and to as many slices
+        [pos_dir] = (tmp_path / "train" / positive.study_uid).iterdir()
+        [neg_dir] = (tmp_path / "train" / negative.study_uid).iterdir()
+        assert {p.stem for p in pos_dir.glob("*.dcm")} == set(pos_slices)
+        assert _levels(pos_dir) == _levels(neg_dir)  # the same table positions: slice for slice twins
+
+
 def test_location_heads_learn_from_clot_slices_only() -> None:
     y = np.zeros((3, len(PE_HEADS)), dtype=np.float32)
     col = {h: i for i, h in enumerate(PE_HEADS)}
