@@ -166,9 +166,6 @@ def test_demo_pe_model_finds_the_right_embolus_on_its_slices(
     assert keys and keys <= flagged
 
 
-# Kept (not deleted) so it turns into a failure, and is un-marked, once the weights are good.
-@pytest.mark.xfail(strict=True, reason="the ct-pe demo-3 weights score this clot-free phantom 0.98, over their exam threshold "
-                                       "0.857 (8 of 16 fresh clot-free phantoms called negative); see weights/ct-pe/MODEL_CARD.md")
 def test_demo_pe_model_calls_a_phantom_without_embolus_negative(
     demo_registry: ModelRegistry, ctpa_none: tuple[CtPhantom, list[Path]], tmp_path: Path
 ) -> None:
