@@ -44,6 +44,20 @@ A positive exam: not negative, not indeterminate; exactly one of ``rv_lv_ratio_g
 label. Where a rule forces a choice, the label with the higher probability wins; each change is
 recorded in :attr:`PeExamResult.corrections`.
 
+Side by mirror probes (manifest ``postprocessing.location``: ``"heads"``, the default, or
+``"mirror"``): seed 1 reads left and right from its location heads, which see the slice only
+through global average pooling. With ``"mirror"`` the side comes from the slice head instead,
+on the exam's key slices: each is scored again twice, once with the patient's right half
+replaced by the mirror image of the left half about the body's midline, once the other way
+round. A clot on the right vanishes from the first probe and stays in the second, so
+``rightsided_pe`` = the fall of ``p_i`` when the right half is replaced, as a fraction of
+``p_i`` (0..1), averaged over the key slices weighted by ``p_i``; ``leftsided_pe`` likewise
+(occlusion sensitivity, Zeiler & Fergus 2014, with a mirrored half as the occluder so the
+probe still looks like a chest). Slices reach the model in the usual display orientation
+whatever their storage (:func:`to_canonical`), so the low columns are the patient's right;
+``central_pe`` stays with its head. Two extra forward passes per key
+slice, at most ten per exam.
+
 Speed: with ``postprocessing.slice_stride`` *s* > 1 the network runs on every *s*-th slice only
 and the others are interpolated (see :meth:`PeModel.score_slices`); the default is 1.
 
@@ -77,7 +91,10 @@ __all__ = [
     "body_box",
     "crop_to_body",
     "exam_pe_probability",
+    "mirror_halves",
     "select_key_slices",
+    "side_evidence",
+    "to_canonical",
     "window_slices",
 ]
 
@@ -302,6 +319,64 @@ def apply_consistency(
     return labels, positive, corrections
 
 
+def to_canonical(hu: np.ndarray, orientation: Sequence[float]) -> np.ndarray:
+    """Axial slices (n, rows, columns) turned to the usual display: the patient's right at column 0, anterior at row 0.
+
+    ImageOrientationPatient's first three values point along increasing column index, the last
+    three along increasing row index, in LPS patient coordinates (+x the patient's left, +y
+    posterior). A supine scan stored as usual, (1, 0, 0, 0, 1, 0), is returned as it is; a prone
+    one, (−1, 0, 0, 0, −1, 0), is turned 180°; a scanner storing columns from left to right is
+    mirrored back; rows running left–right are transposed first. Models learnt the usual view, and
+    the mirror probes' "right half" is then always the low columns.
+    """
+    if hu.ndim != 3:
+        raise ValueError(f"expected slices of shape (N, rows, columns), got {hu.shape}")
+    row, col = [float(v) for v in orientation[:3]], [float(v) for v in orientation[3:6]]
+    if abs(row[0]) < abs(row[1]):  # columns run front to back: swap the axes, and the roles of the cosines
+        hu, row, col = np.swapaxes(hu, 1, 2), col, row
+    if row[0] < 0:
+        hu = hu[:, :, ::-1]
+    if col[1] < 0:
+        hu = hu[:, ::-1, :]
+    return hu
+
+
+def mirror_halves(hu: np.ndarray, air: float = -1000.0) -> tuple[np.ndarray, np.ndarray]:
+    """One slice twice: its low-column half replaced by the mirror image of its high-column half, and vice versa.
+
+    The mirror axis is the body's midline (the centre column of :func:`body_box`), so each probe is
+    a plausible, symmetric chest; columns whose mirror falls outside the image become ``air``.
+    Returns ``(low_replaced, high_replaced)``.
+    """
+    if hu.ndim != 2:
+        raise ValueError(f"expected one slice of shape (rows, columns), got {hu.shape}")
+    _, col, side = body_box(hu)
+    mid = col + side / 2.0
+    columns = np.arange(hu.shape[1])
+    source = np.rint(2.0 * mid - 1.0 - columns).astype(np.int64)
+    inside = (source >= 0) & (source < hu.shape[1])
+    mirrored = np.where(inside[None, :], hu[:, np.clip(source, 0, hu.shape[1] - 1)], np.float32(air)).astype(hu.dtype)
+    low = columns[None, :] < mid
+    return np.where(low, mirrored, hu), np.where(low, hu, mirrored)
+
+
+def side_evidence(p: Sequence[float] | np.ndarray, p_without_right: Sequence[float] | np.ndarray,
+                  p_without_left: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """``(rightsided, leftsided)`` from mirror probes of the key slices (see the module docstring).
+
+    Per slice, the fall of its PE probability when that side's half is replaced, as a fraction
+    of the probability (clipped to 0..1); over the slices, the mean weighted by the probability.
+    """
+    p0 = np.asarray(p, dtype=np.float64)
+    if p0.size == 0 or p0.shape != np.shape(p_without_right) or p0.shape != np.shape(p_without_left):
+        raise ValueError("side_evidence needs one probability of each kind per key slice")
+    safe = np.maximum(p0, 1e-6)
+    right = np.clip(1.0 - np.asarray(p_without_right, dtype=np.float64) / safe, 0.0, 1.0)
+    left = np.clip(1.0 - np.asarray(p_without_left, dtype=np.float64) / safe, 0.0, 1.0)
+    weights = p0 if float(p0.sum()) > 1e-9 else np.ones_like(p0)
+    return float(np.average(right, weights=weights)), float(np.average(left, weights=weights))
+
+
 def select_key_slices(
     slice_probabilities: Sequence[float], positive: Sequence[int], max_count: int = MAX_KEY_SLICES
 ) -> list[int]:
@@ -353,6 +428,9 @@ class PeModel:
         self.slice_stride = int(manifest.postprocessing.get("slice_stride", 1))
         if self.slice_stride < 1:
             raise ModelError(f"model {manifest.name!r}: postprocessing.slice_stride must be at least 1, got {self.slice_stride}")
+        self.location = str(manifest.postprocessing.get("location", "heads"))
+        if self.location not in ("heads", "mirror"):
+            raise ModelError(f"model {manifest.name!r}: postprocessing.location must be 'heads' or 'mirror', got {self.location!r}")
         self.thresholds: dict[str, float] = {
             label.key: DEFAULT_THRESHOLD if label.threshold is None else float(label.threshold) for label in manifest.labels
         }
@@ -389,7 +467,7 @@ class PeModel:
             positions=tuple(plan.positions[i] for i in run))
         scored = np.empty((len(run), len(PE_HEADS)), dtype=np.float32)
         for indices, hu in iter_hu_batches(sub, paths_by_uid, batch_size=batch_size):
-            batch = window_slices(hu, self.windows, spec.height, spec.width, self.crop_body)
+            batch = window_slices(to_canonical(hu, plan.orientation), self.windows, spec.height, spec.width, self.crop_body)
             del hu
             out = self._model.run(batch).reshape(len(indices), -1)
             if out.shape[1] != len(PE_HEADS):
@@ -415,6 +493,14 @@ class PeModel:
                .reshape(-1, len(PE_HEADS)) for i in range(0, hu.shape[0], batch_size)]
         return np.concatenate(out).astype(np.float32, copy=False)
 
+    def result_from_volume(self, hu: np.ndarray, slice_uids: list[str] | None = None) -> PeExamResult:
+        """:meth:`analyse` for a volume already in memory (phantoms, evaluation), in the usual display orientation."""
+        hu = np.asarray(hu)
+        scores = self.score_volume(hu)
+        probes = self.probe_slices(scores)
+        sides = self.mirror_sides(hu[probes], scores[probes, PE_HEADS.index(_IMAGE)]) if probes else None
+        return self.result_from_scores(slice_uids or [str(i) for i in range(len(hu))], scores, sides)
+
     def analyse(
         self, plan: SeriesPlan, paths_by_uid: Mapping[str, str | PathLike[str]], batch_size: int = 8
     ) -> PeExamResult:
@@ -435,11 +521,45 @@ class PeModel:
             A slice cannot be read or does not match the plan.
         """
         scores = self.score_slices(plan, paths_by_uid, batch_size)
-        return self.result_from_scores(list(plan.sop_instance_uids), scores)
+        probes = self.probe_slices(scores)
+        sides = None
+        if probes:
+            sub = dataclasses.replace(plan, sop_instance_uids=tuple(plan.sop_instance_uids[i] for i in probes),
+                                      positions=tuple(plan.positions[i] for i in probes))
+            hu = np.concatenate([batch for _, batch in iter_hu_batches(sub, paths_by_uid, batch_size=len(probes))])
+            sides = self.mirror_sides(to_canonical(hu, plan.orientation), scores[probes, PE_HEADS.index(_IMAGE)])
+        return self.result_from_scores(list(plan.sop_instance_uids), scores, sides)
 
-    def result_from_scores(self, slice_uids: list[str], scores: np.ndarray) -> PeExamResult:
-        """The exam result from per-slice head outputs (aggregation, rules, key slices)."""
+    def probe_slices(self, scores: np.ndarray) -> list[int]:
+        """The slices to probe for the side (``location`` ``"mirror"``): the key slices of a positive exam, else none."""
+        if self.location != "mirror":
+            return []
+        probs = np.asarray(scores, dtype=np.float64)[:, PE_HEADS.index(_IMAGE)]
+        if exam_pe_probability(probs, self.top_k) < self.thresholds[_IMAGE]:
+            return []
+        positive = [int(i) for i in np.flatnonzero(probs >= self.thresholds[_IMAGE])]
+        return select_key_slices(probs.tolist(), positive)
+
+    def mirror_sides(self, hu: np.ndarray, p: Sequence[float] | np.ndarray) -> tuple[float, float]:
+        """``(rightsided, leftsided)`` probabilities from mirror probes of ``hu`` (k, rows, columns), slices in
+        the usual display orientation (:func:`to_canonical`) whose PE probabilities are ``p``."""
+        spec = self.manifest.input
+        low, high = zip(*(mirror_halves(np.asarray(h, dtype=np.float32)) for h in hu))
+        probes = np.concatenate([np.stack(low), np.stack(high)])
+        out = self._model.run(window_slices(probes, self.windows, spec.height, spec.width, self.crop_body))
+        image = out.reshape(len(probes), -1)[:, PE_HEADS.index(_IMAGE)]
+        return side_evidence(p, image[:len(hu)], image[len(hu):])  # low columns: the patient's right
+
+    def result_from_scores(
+        self, slice_uids: list[str], scores: np.ndarray, sides: tuple[float, float] | None = None
+    ) -> PeExamResult:
+        """The exam result from per-slice head outputs (aggregation, rules, key slices).
+
+        ``sides``: ``(rightsided, leftsided)`` from :meth:`mirror_sides`, in place of those heads.
+        """
         slices, exam = aggregate_exam(scores, self.top_k)
+        if sides is not None:
+            exam["rightsided_pe"], exam["leftsided_pe"] = float(sides[0]), float(sides[1])
         probabilities = [float(v) for v in slices]
         labels, positive, corrections = apply_consistency(probabilities, exam, self.thresholds, self.top_k)
         return PeExamResult(

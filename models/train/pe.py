@@ -407,7 +407,8 @@ def load_slices(
     """Windowed slices (N, size, size, 3) float16 and their nine targets (N, 9) in PE_HEADS order.
 
     Slices are read as in serving (plan, HU batches, :func:`models.pe.window_slices`); a slice's
-    targets are its own ``pe_present_on_image`` and its exam's labels. ``max_slices`` keeps at most
+    targets are its own ``pe_present_on_image`` and its exam's labels; slices are turned to the usual
+    display orientation first (:func:`models.pe.to_canonical`), as the served model does. ``max_slices`` keeps at most
     that many evenly spaced slices per series (all positive slices of a positive series are kept
     first), which bounds memory on large data sets. When a list is given as ``patients``, the
     PatientID of every slice returned is appended to it. ``crop_body``: each slice cut to the
@@ -415,7 +416,7 @@ def load_slices(
     """
     import pydicom
 
-    from models.pe import window_slices
+    from models.pe import to_canonical, window_slices
     from models.preprocess.ct_series import iter_hu_batches
 
     images: list[np.ndarray] = []
@@ -441,7 +442,8 @@ def load_slices(
                 chosen = [r for r, i in enumerate(indices) if i in keep]
                 if not chosen:
                     continue
-                images.append(window_slices(hu[chosen], windows, size, size, crop_body).astype(np.float16))
+                images.append(window_slices(to_canonical(hu[chosen], plan.orientation), windows, size, size, crop_body)
+                              .astype(np.float16))
                 for r in chosen:
                     sop = order[indices[r]]
                     row = [float(labels[sop]) if head == "pe_present_on_image" else float(study.exam[head]) for head in PE_HEADS]
@@ -606,7 +608,7 @@ Flag CTPA series that may show pulmonary embolism so that reading is prioritised
 not validated clinically. Exam aggregation and rules: see `models/pe.py`.
 
 ## How to reproduce
-`python -m models.train.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --lr {args.lr:g} --lr-schedule {args.lr_schedule} --image-loss-weight {args.image_loss_weight:g} --crop {args.crop}{' --locate-on-clot-slices' if args.locate_on_clot_slices else ''}{' --patient-batches' if args.patient_batches else ''} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
+`python -m models.train.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --lr {args.lr:g} --lr-schedule {args.lr_schedule} --image-loss-weight {args.image_loss_weight:g} --crop {args.crop}{' --locate-on-clot-slices' if args.locate_on_clot_slices else ''}{' --patient-batches' if args.patient_batches else ''}{'' if args.location == 'heads' else ' --location ' + args.location} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
 """
     path.write_text(text, encoding="utf-8")
 
@@ -614,12 +616,13 @@ not validated clinically. Exam aggregation and rules: see `models/pe.py`.
 # --------------------------------------------------------------------------- exam threshold
 
 
-def separating_threshold(positive: Sequence[float], negative: Sequence[float]) -> float:
+def separating_threshold(positive: Sequence[float], negative: Sequence[float], *, balanced: bool = True) -> float:
     """The exam-probability threshold that best separates exams with PE from exams without.
 
     Candidates are the midpoints between neighbouring scores, and halfway to 0 below the lowest
-    and to 1 above the highest; the one with the highest balanced accuracy wins (an exam is
-    positive at or above the threshold), ties going to the widest gap to the nearest score.
+    and to 1 above the highest; the one with the highest balanced accuracy (``balanced=False``:
+    plain accuracy, for a rare class whose few examples should not buy many false calls) wins
+    (an exam is positive at or above the threshold), ties going to the widest gap to the nearest score.
     """
     pos = np.asarray(positive, dtype=np.float64)
     neg = np.asarray(negative, dtype=np.float64)
@@ -630,7 +633,10 @@ def separating_threshold(positive: Sequence[float], negative: Sequence[float]) -
     candidates = np.concatenate([[scores[0] / 2], (scores[:-1] + scores[1:]) / 2, [(scores[-1] + 1) / 2]])
     best: tuple[float, float, float] | None = None
     for t in candidates:
-        accuracy = (float(np.mean(pos >= t)) + float(np.mean(neg < t))) / 2
+        if balanced:
+            accuracy = (float(np.mean(pos >= t)) + float(np.mean(neg < t))) / 2
+        else:
+            accuracy = (float(np.sum(pos >= t)) + float(np.sum(neg < t))) / every.size
         gap = float(np.min(np.abs(every - t)))
         if best is None or (accuracy, gap) > best[:2]:
             best = (accuracy, gap, float(t))
@@ -645,14 +651,27 @@ class Calibration:
     threshold: float
     positive: list[tuple[int, str, float]]  # (phantom seed, side, exam PE probability)
     negative: list[tuple[int, float]]
+    central_threshold: float | None = None
+    central: list[tuple[int, str, float]] = field(default_factory=list)  # (seed, side, exam central_pe probability)
+    sides: list[tuple[int, str, tuple[str, ...]]] = field(default_factory=list)  # (seed, truth, sides called)
 
     def lines(self) -> list[str]:
         pos = ", ".join(f"{p:.2f}" for _, _, p in sorted(self.positive, key=lambda r: r[2]))
         neg = ", ".join(f"{p:.2f}" for _, p in sorted(self.negative, key=lambda r: r[1]))
         right = sum(p >= self.threshold for _, _, p in self.positive) + sum(p < self.threshold for _, p in self.negative)
-        return [f"Exam threshold {self.threshold:.3f} (`pe_present_on_image`), chosen on {len(self.positive)} + "
-                f"{len(self.negative)} fresh phantoms, {right}/{len(self.positive) + len(self.negative)} called right.",
-                f"- with a clot: {pos}", f"- without: {neg}"]
+        out = [f"Exam threshold {self.threshold:.3f} (`pe_present_on_image`), chosen on {len(self.positive)} + "
+               f"{len(self.negative)} fresh phantoms, {right}/{len(self.positive) + len(self.negative)} called right.",
+               f"- with a clot: {pos}", f"- without: {neg}"]
+        if self.central_threshold is not None:
+            hit = sum((p >= self.central_threshold) == (side == "central") for _, side, p in self.central)
+            out.append(f"- `central_pe` threshold {self.central_threshold:.3f}, chosen on the same phantoms with a clot "
+                       f"(central against the others): {hit}/{len(self.central)} right")
+        if self.sides:
+            called = sum(1 for _, _, sides in self.sides if sides)
+            exact = sum(1 for _, truth, sides in self.sides if sides == (truth,))
+            calls = ", ".join(f"{truth} → {'+'.join(sides)}" for _, truth, sides in self.sides if sides)
+            out.append(f"- sides called on the {called} of them called positive: {exact} exactly the planted side ({calls})")
+        return out
 
 
 def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
@@ -667,13 +686,15 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
     positives come from levels it has seen few negatives of, and the threshold has to cover them.
     """
     from models.manifest import load_manifest
-    from models.pe import PeModel, exam_pe_probability
+    from models.pe import PeModel, aggregate_exam, exam_pe_probability
     from models.phantoms.ct import ctpa_phantom
 
     model = PeModel.from_manifest(load_manifest(manifest_path), threads=threads)
     pairs = int(params["calibration_pairs"])
     positive: list[tuple[int, str, float]] = []
     negative: list[tuple[int, float]] = []
+    central: list[tuple[int, str, float]] = []
+    volumes: list[tuple[int, str, Any]] = []
     for pair in range(pairs):
         seed = int(params["seed"]) * 1000 + 500 + pair
         side = _DEMO_SIDES[pair % len(_DEMO_SIDES)]
@@ -682,16 +703,31 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
                                    embolus=embolus,  # type: ignore[arg-type]
                                    chronic=embolus is not None and pair % 3 == 2,
                                    rv_lv_ratio=1.2 if pair % 4 == 3 else 0.8)
-            slices = model.score_volume(phantom.volume_hu)[:, PE_HEADS.index("pe_present_on_image")]
-            p_pe = exam_pe_probability(slices, model.top_k)
+            scores = model.score_volume(phantom.volume_hu)
+            p_pe = exam_pe_probability(scores[:, PE_HEADS.index("pe_present_on_image")], model.top_k)
             if embolus is None:
                 negative.append((seed, p_pe))
             else:
                 positive.append((seed, side, p_pe))
+                central.append((seed, side, aggregate_exam(scores, model.top_k)[1]["central_pe"]))
+                volumes.append((seed, side, phantom.volume_hu))
         if progress is not None:
             progress(pair + 1, pairs, f"calibration phantom pair {pair + 1}/{pairs}")
     threshold = separating_threshold([p for _, _, p in positive], [p for _, p in negative])
-    return Calibration(threshold, positive, negative)
+    central_threshold = None
+    if any(side == "central" for _, side, _ in central) and any(side != "central" for _, side, _ in central):
+        central_threshold = separating_threshold([p for _, side, p in central if side == "central"],
+                                                 [p for _, side, p in central if side != "central"], balanced=False)
+    # The sides then called with both thresholds, as the node would (location heads or mirror probes).
+    model.thresholds["pe_present_on_image"] = threshold
+    if central_threshold is not None:
+        model.thresholds["central_pe"] = central_threshold
+    sides: list[tuple[int, str, tuple[str, ...]]] = []
+    for seed, side, volume in volumes:
+        labels = model.result_from_volume(volume).exam_labels
+        sides.append((seed, side, tuple(name for name, head in (("right", "rightsided_pe"), ("left", "leftsided_pe"),
+                                                                ("central", "central_pe")) if labels[head])))
+    return Calibration(threshold, positive, negative, central_threshold, central, sides)
 
 
 # --------------------------------------------------------------------------- training
@@ -729,6 +765,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--crop", choices=("none", "body"), default="none",
                         help="'body': cut each slice to the square around the patient before resizing (more pixels on "
                              "the patient when the field of view is wide or the input small); the manifest records it")
+    parser.add_argument("--location", choices=("heads", "mirror"), default="heads",
+                        help="how the served model tells left from right (manifest postprocessing.location): 'heads', "
+                             "its location heads (seed 1); 'mirror', the fall of the slice head when each half of the "
+                             "chest is replaced by the other's mirror image (models.pe)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0 = default)")
     parser.add_argument("--version", default="1.0.0")
@@ -828,24 +868,42 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    export_pe_onnx(model, out / "model.onnx")
+    run = {"train_studies": len(train_uids), "train_slices": len(y), "val_studies": len(val_uids),
+           "steps": math.ceil(steps / chunk) * chunk, "seconds": seconds}
+    return finish(args, run, progress)
+
+
+def finish(args: argparse.Namespace, run: Mapping[str, Any], progress: Any = None) -> tuple[dict[str, Any], Evaluation | None]:
+    """Manifest, exam threshold (demo recipe), validation figures and model card of ``args.out/model.onnx``.
+
+    The part of :func:`train` after the export: it needs the model and the data set only, so a
+    change here (how the manifest tells the node to decide) can be applied to weights already
+    trained. ``run`` gives the training figures for the card.
+    """
+    windows = _windows(args.windows)
+    studies = read_rsna_labels(Path(args.data) / "train.csv")
+    _, val_uids = split_studies(studies, args.validation, args.seed)
+    out = Path(args.out)
     onnx_path = out / "model.onnx"
-    export_pe_onnx(model, onnx_path)
     description = (
         "Pulmonary embolism on CT pulmonary angiography (seed 1 design: Xception, nine heads, three CT windows)"
         + ("; DEMO weights trained on synthetic CTPA phantoms, not for clinical use" if args.demo else "")
     )
+    postprocessing = {**dict(getattr(args, "postprocessing", None) or {}), "location": args.location}
     manifest = write_manifest(out, onnx_path, size=args.size, windows=windows, version=args.version, demo=args.demo,
-                              description=description, postprocessing=getattr(args, "postprocessing", None), crop=args.crop)
+                              description=description, postprocessing=postprocessing, crop=args.crop)
     calibration = None
     phantoms = getattr(args, "calibration", None)  # demo recipe only: the exam threshold chosen on fresh phantoms
     if phantoms:
         calibration = calibrate_on_phantoms(out / "model.json", phantoms, progress=progress)
+        thresholds = {"pe_present_on_image": calibration.threshold}
+        if calibration.central_threshold is not None:
+            thresholds["central_pe"] = calibration.central_threshold
         manifest = write_manifest(out, onnx_path, size=args.size, windows=windows, version=args.version, demo=args.demo,
-                                  description=description, postprocessing=getattr(args, "postprocessing", None),
-                                  thresholds={"pe_present_on_image": calibration.threshold}, crop=args.crop)
+                                  description=description, postprocessing=postprocessing,
+                                  thresholds=thresholds, crop=args.crop)
     evaluation = evaluate(out / "model.json", args.data, studies, val_uids) if val_uids else None
-    run = {"train_studies": len(train_uids), "train_slices": len(y), "val_studies": len(val_uids),
-           "steps": math.ceil(steps / chunk) * chunk, "seconds": seconds}
     write_model_card(out / "MODEL_CARD.md", manifest, args, run, evaluation, calibration)
     return manifest, evaluation
 
@@ -881,6 +939,7 @@ DEMO_PARAMS: dict[str, Any] = {
     "lr": 5e-4, "lr_schedule": "cosine", "locate_on_clot_slices": True, "max_slices_per_series": 12,
     "validation": 0.1, "seed": 1, "version": "demo-5",
     "negative_margin": 3, "negative_stride": 6, "image_loss_weight": 5.0, "patient_batches": False, "calibration_pairs": 12,
+    "location": "mirror",
 }
 QUICK_PARAMS: dict[str, Any] = {**DEMO_PARAMS, "studies": 3, "slices": 12, "phantom_size": 96, "size": 71,
                                 "steps": 1, "batch_size": 2, "max_slices_per_series": 4, "validation": 0.34,
@@ -1004,6 +1063,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) 
         "--version", str(params["version"]), "--no-freeze-backbone", "--demo", "--threads", "2",
         "--crop", str(params.get("crop", "none")), "--lr-schedule", str(params.get("lr_schedule", "constant")),
         *(["--locate-on-clot-slices"] if params.get("locate_on_clot_slices") else []),
+        "--location", str(params.get("location", "heads")),
         *(["--eager"] if quick else []),
     ])
     args.calibration = params

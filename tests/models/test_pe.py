@@ -21,6 +21,9 @@ from models.errors import ModelError
 from models.findings import PE_EXAM_LABELS, PE_HEADS
 from models.manifest import load_manifest, sha256_file
 from models.pe import (
+    mirror_halves,
+    side_evidence,
+    to_canonical,
     PeModel,
     aggregate_exam,
     apply_consistency,
@@ -42,7 +45,8 @@ PE_ONLY = ("rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1", "leftsided_pe", "rightsided_
 
 
 def write_ct_series(folder: Path, volume_hu: np.ndarray, *, study_uid: str | None = None,
-                    series_uid: str | None = None, spacing: float = 2.0) -> list[tuple[Path, str]]:
+                    series_uid: str | None = None, spacing: float = 2.0,
+                    orientation: tuple[int, ...] = (1, 0, 0, 0, 1, 0)) -> list[tuple[Path, str]]:
     """Write a (slices, rows, cols) HU volume as CT Image Storage files, slice 0 most inferior.
 
     Instance numbers run opposite to the positions and file names are SOP UIDs, so nothing
@@ -67,8 +71,9 @@ def write_ct_series(folder: Path, volume_hu: np.ndarray, *, study_uid: str | Non
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.InstanceNumber = n - z
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.ImagePositionPatient = ["0", "0", f"{z * spacing:.2f}"]
+        ds.ImageOrientationPatient = [str(v) for v in orientation]
+        normal = np.cross(orientation[:3], orientation[3:])
+        ds.ImagePositionPatient = [f"{v:.2f}" for v in normal * z * spacing]
         ds.PixelSpacing = ["0.8", "0.8"]
         ds.Rows, ds.Columns = volume_hu.shape[1:]
         ds.SamplesPerPixel = 1
@@ -438,3 +443,78 @@ def test_a_volume_in_memory_scores_as_its_stored_series(tmp_path: Path) -> None:
     np.testing.assert_allclose(model.score_volume(volume, batch_size=4), stored, atol=1e-5)
     with pytest.raises(ValueError, match="volume of shape"):
         model.score_volume(volume[0])
+
+
+# ----------------------------------------------------------------------------- orientation and side
+
+
+def test_slices_are_turned_to_the_usual_display_whatever_their_storage() -> None:
+    usual = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)  # right at column 0, anterior at row 0
+    assert to_canonical(usual, (1, 0, 0, 0, 1, 0)) is usual
+    np.testing.assert_array_equal(to_canonical(usual[:, :, ::-1], (-1, 0, 0, 0, 1, 0)), usual)  # columns left → right
+    np.testing.assert_array_equal(to_canonical(usual[:, ::-1, ::-1], (-1, 0, 0, 0, -1, 0)), usual)  # prone
+    np.testing.assert_array_equal(to_canonical(np.swapaxes(usual, 1, 2), (0, 1, 0, 1, 0, 0)), usual)  # transposed
+    with pytest.raises(ValueError, match="shape"):
+        to_canonical(usual[0], (1, 0, 0, 0, 1, 0))
+
+
+def test_mirror_halves_mirror_about_the_body_not_the_image_centre() -> None:
+    hu = np.full((20, 40), -1000.0, dtype=np.float32)
+    hu[4:16, 6:30] = 40.0  # the body: columns 6-29, midline between 17 and 18 (image centre: 19.5)
+    hu[8:10, 8:10] = 300.0  # a bright spot in the low-column half
+    low_replaced, high_replaced = mirror_halves(hu)
+    assert low_replaced.max() == 40.0  # the spot's half replaced by the other's mirror image: gone
+    assert np.array_equal(low_replaced[:, 18:], hu[:, 18:])  # the other half untouched
+    np.testing.assert_array_equal(high_replaced[8:10, 26:28], 300.0)  # the spot mirrored about column 17.5 ...
+    assert np.array_equal(high_replaced[:, :18], hu[:, :18])  # ... and kept where it was
+    assert (high_replaced[4:16, 18:30] >= 40.0).all() and (high_replaced[:, 30:] == -1000.0).all()
+
+
+def test_side_evidence_is_the_fall_of_the_slice_probability_per_half() -> None:
+    # A right clot: replacing the right half takes the slice to 0.1, replacing the left half leaves it.
+    right, left = side_evidence([0.9, 0.8], [0.09, 0.08], [0.9, 0.85])
+    assert right == pytest.approx(0.9) and left == pytest.approx(0.0)
+    # Weighted by the slice probabilities: the surer slice counts more.
+    right, left = side_evidence([0.9, 0.1], [0.0, 0.1], [0.9, 0.0])
+    assert right == pytest.approx(0.9) and left == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="one probability"):
+        side_evidence([0.9], [0.1, 0.2], [0.3])
+
+
+def _lateral_volume() -> np.ndarray:
+    """40 slices of a 48² 'chest' (body: columns 4-43, 150 HU) with contrast (450 HU) on the patient's left,
+    columns 30-41, of slices 22-26. For the tiny model only those slices are positive (PE-window mean 0.58
+    against 0.48), and its heads call them right-sided (rightsided_pe rises with brightness, leftsided_pe falls)."""
+    volume = np.full((40, 48, 48), -1000.0, dtype=np.float32)
+    volume[:, :, 4:44] = 150.0
+    volume[22:27, :, 30:42] = 450.0
+    return volume
+
+
+@pytest.mark.parametrize("orientation", [(1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, -1, 0)])
+def test_mirror_location_reads_the_side_from_the_slice_head(tmp_path: Path, orientation: tuple[int, ...]) -> None:
+    usual = _lateral_volume()
+    stored = usual[:, :, ::-1] if orientation[0] < 0 else usual
+    stored = stored[:, ::-1, :] if orientation[4] < 0 else stored
+    written = write_ct_series(tmp_path / "series", np.ascontiguousarray(stored), orientation=orientation)
+    plan = plan_series([pydicom.dcmread(p, stop_before_pixels=True) for p, _ in written])
+    paths = {uid: p for p, uid in written}
+    heads = PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path / "heads", size=48)))
+    mirror = PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path / "mirror", size=48,
+                                                                postprocessing={"top_k": 3, "location": "mirror"})))
+    by_heads, by_mirror = heads.analyse(plan, paths), mirror.analyse(plan, paths)
+    positive = by_heads.positive_slices
+    assert positive == by_mirror.positive_slices and len(positive) == 5
+    assert {by_heads.slice_uids[i] for i in positive} == {uid for _, uid in written[22:27]}
+    assert by_heads.exam_labels["rightsided_pe"] and not by_heads.exam_labels["leftsided_pe"]  # the heads: wrong side
+    # The probes: replacing the left half (with the right's mirror image) takes the contrast away, replacing the
+    # right half doubles it; stored mirrored or prone, the same answer.
+    assert by_mirror.exam_labels["leftsided_pe"] and not by_mirror.exam_labels["rightsided_pe"], by_mirror.exam_probabilities
+    assert by_mirror.exam_probabilities["leftsided_pe"] > 0.5 and by_mirror.exam_probabilities["rightsided_pe"] == 0.0
+    # A negative exam is not probed: the heads' values stand.
+    assert mirror.probe_slices(np.full((10, len(PE_HEADS)), 0.01, dtype=np.float32)) == []
+
+
+def test_mirror_location_is_refused_unless_known(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="location must be"):
+        PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path, postprocessing={"location": "sideways"})))

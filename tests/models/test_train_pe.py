@@ -189,6 +189,11 @@ def test_separating_threshold_takes_the_middle_of_the_gap_or_the_best_balanced_a
     assert separating_threshold([0.3], [0.3]) == pytest.approx(0.65)  # no information: above all, nothing called
     with pytest.raises(ValueError, match="both"):
         separating_threshold([], [0.1])
+    # A rare class (3 central clots among 12): balanced accuracy buys the third central with three false calls
+    # (0.25); plain accuracy keeps the false calls out (0.4, 11 of 12 right).
+    central, others = [0.46, 0.49, 0.29], [0.1, 0.33, 0.3, 0.2, 0.15, 0.27, 0.25, 0.12, 0.22]
+    assert separating_threshold(central, others) == pytest.approx(0.28)
+    assert separating_threshold(central, others, balanced=False) == pytest.approx(0.395)
 
 
 def test_demo_training_chooses_the_exam_threshold_on_fresh_phantoms(tmp_path: Path) -> None:
@@ -196,19 +201,27 @@ def test_demo_training_chooses_the_exam_threshold_on_fresh_phantoms(tmp_path: Pa
     out = tmp_path / "out"
     args = _parse(["--data", str(data), "--out", str(out), "--size", "71", "--steps", "1", "--batch-size", "2",
                    "--validation", "0.34", "--eager", "--demo", "--crop", "body", "--lr-schedule", "cosine",
-                   "--locate-on-clot-slices"])
-    args.calibration = {"calibration_pairs": 2, "seed": 7, "slices": 10, "phantom_size": 64}
+                   "--locate-on-clot-slices", "--location", "mirror"])
+    args.calibration = {"calibration_pairs": 4, "seed": 7, "slices": 10, "phantom_size": 64}
     reported: list[str] = []
     train(args, progress=lambda done, total, message: reported.append(message))
-    assert reported[-2:] == ["calibration phantom pair 1/2", "calibration phantom pair 2/2"]
+    assert reported[-2:] == ["calibration phantom pair 3/4", "calibration phantom pair 4/4"]
     manifest = json.loads((out / "model.json").read_text())
     threshold = {label["key"]: label["threshold"] for label in manifest["labels"]}["pe_present_on_image"]
     calibration = calibrate_on_phantoms(out / "model.json", args.calibration)
     assert threshold == pytest.approx(calibration.threshold) and 0 < threshold < 1
-    assert [(seed, side) for seed, side, _ in calibration.positive] == [(7500, "right"), (7501, "left")]
-    assert [seed for seed, _ in calibration.negative] == [7500, 7501]  # the same seeds without a clot
+    assert [(seed, side) for seed, side, _ in calibration.positive] == [
+        (7500, "right"), (7501, "left"), (7502, "right"), (7503, "central")]
+    assert [seed for seed, _ in calibration.negative] == [7500, 7501, 7502, 7503]  # the same seeds without a clot
     card = (out / "MODEL_CARD.md").read_text()
-    assert f"Exam threshold {threshold:.3f}" in card and "2 + 2 fresh phantoms" in card
+    assert f"Exam threshold {threshold:.3f}" in card and "4 + 4 fresh phantoms" in card
+    # central_pe gets its own threshold from the same phantoms (central against the other sides), and the card
+    # says which sides the served model then calls.
+    central = {label["key"]: label["threshold"] for label in manifest["labels"]}["central_pe"]
+    assert central == pytest.approx(calibration.central_threshold) and 0 < central < 1
+    assert f"`central_pe` threshold {central:.3f}" in card and "sides called on the" in card
+    assert manifest["postprocessing"]["location"] == "mirror" and "--location mirror" in card
+    assert PeModel.from_manifest(load_manifest(out / "model.json")).location == "mirror"
     assert load_manifest(out / "model.json").labels[PE_HEADS.index("pe_present_on_image")].threshold == pytest.approx(threshold)
     # The crop the model was trained with is the crop it is served with.
     assert manifest["input"]["preprocessing"]["crop"] == "body" and "(crop: body)" in card and "cosine decay" in card

@@ -129,6 +129,11 @@ def ctpa_none(tmp_path_factory: pytest.TempPathFactory) -> tuple[CtPhantom, list
 
 
 @pytest.fixture(scope="module")
+def ctpa_left(tmp_path_factory: pytest.TempPathFactory) -> tuple[CtPhantom, list[Path]]:
+    return _series(ctpa_phantom(2525, slices=60, size=256, embolus="left"), tmp_path_factory.mktemp("ctpa-left"))
+
+
+@pytest.fixture(scope="module")
 def abdomen(tmp_path_factory: pytest.TempPathFactory) -> tuple[CtPhantom, list[Path]]:
     return _series(abdomen_phantom(700, slices=60, size=256, spacing_z=5.0), tmp_path_factory.mktemp("abdomen"))
 
@@ -157,6 +162,7 @@ def test_demo_pe_model_finds_the_right_embolus_on_its_slices(
     assert pe is not None
     assert out.summary.startswith("PE present"), out.summary
     assert pe.exam_labels["rightsided_pe"] and not pe.exam_labels["negative_exam_for_pe"], pe.exam_probabilities
+    assert not pe.exam_labels["leftsided_pe"], pe.exam_probabilities
     flagged = {pe.slice_uids[i] for i in pe.positive_slices}
     assert flagged & set(phantom.truth["pe_sop_uids"]), (sorted(pe.positive_slices), phantom.truth["pe_slices"])
     assert _check_objects(out.objects, tmp_path) == ["SR", "KO", "PR"]
@@ -164,6 +170,37 @@ def test_demo_pe_model_finds_the_right_embolus_on_its_slices(
     keys = {ref.ReferencedSOPInstanceUID for s in kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
             for ref in s.ReferencedSOPSequence}
     assert keys and keys <= flagged
+
+
+def _stored_mirrored(paths: list[Path], folder: Path) -> list[Path]:
+    """The series as a scanner storing its columns from the patient's left to right would: every row reversed and
+    ImageOrientationPatient's row direction (−1, 0, 0), so the patient is the same, only the storage differs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, ::-1]).tobytes()
+        ds.ImageOrientationPatient = ["-1", "0", "0", "0", "1", "0"]
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [f"{x + (ds.Columns - 1) * float(ds.PixelSpacing[1]):.3f}", f"{y:.3f}", f"{z:.3f}"]
+        ds.save_as(folder / path.name, enforce_file_format=True)
+        out.append(folder / path.name)
+    return out
+
+
+def test_demo_pe_model_tells_a_left_embolus_from_a_right_one_however_the_columns_are_stored(
+    demo_registry: ModelRegistry, ctpa_left: tuple[CtPhantom, list[Path]], tmp_path: Path
+) -> None:
+    # The demo manifest says location "mirror": the side comes from the slice head's fall when each half of the
+    # chest is replaced by the other's mirror image; the location heads alone called every clot right-sided.
+    phantom, paths = ctpa_left
+    for series in (paths, _stored_mirrored(paths, tmp_path / "mirrored")):
+        out = CtPePipeline(demo_registry, uid_root=UID_ROOT).analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], series)
+        pe = out.result.pe
+        assert pe is not None and not pe.exam_labels["negative_exam_for_pe"], out.summary
+        assert pe.exam_labels["leftsided_pe"] and not pe.exam_labels["rightsided_pe"], pe.exam_probabilities
+        assert {pe.slice_uids[i] for i in pe.positive_slices} & set(phantom.truth["pe_sop_uids"])
+        assert "left" in out.summary.lower(), out.summary
 
 
 def test_demo_pe_model_calls_a_phantom_without_embolus_negative(
