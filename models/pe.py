@@ -493,10 +493,12 @@ class PeModel:
                .reshape(-1, len(PE_HEADS)) for i in range(0, hu.shape[0], batch_size)]
         return np.concatenate(out).astype(np.float32, copy=False)
 
-    def result_from_volume(self, hu: np.ndarray, slice_uids: list[str] | None = None) -> PeExamResult:
-        """:meth:`analyse` for a volume already in memory (phantoms, evaluation), in the usual display orientation."""
+    def result_from_volume(self, hu: np.ndarray, slice_uids: list[str] | None = None,
+                           scores: np.ndarray | None = None) -> PeExamResult:
+        """:meth:`analyse` for a volume already in memory (phantoms, evaluation), in the usual display orientation;
+        ``scores``: its :meth:`score_volume` output when the caller has it already."""
         hu = np.asarray(hu)
-        scores = self.score_volume(hu)
+        scores = self.score_volume(hu) if scores is None else scores
         probes = self.probe_slices(scores)
         sides = self.mirror_sides(hu[probes], scores[probes, PE_HEADS.index(_IMAGE)]) if probes else None
         return self.result_from_scores(slice_uids or [str(i) for i in range(len(hu))], scores, sides)

@@ -694,7 +694,7 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
     positive: list[tuple[int, str, float]] = []
     negative: list[tuple[int, float]] = []
     central: list[tuple[int, str, float]] = []
-    volumes: list[tuple[int, str, Any]] = []
+    volumes: list[tuple[int, str, Any, Any]] = []  # kept to call the sides once the thresholds are known
     for pair in range(pairs):
         seed = int(params["seed"]) * 1000 + 500 + pair
         side = _DEMO_SIDES[pair % len(_DEMO_SIDES)]
@@ -710,7 +710,7 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
             else:
                 positive.append((seed, side, p_pe))
                 central.append((seed, side, aggregate_exam(scores, model.top_k)[1]["central_pe"]))
-                volumes.append((seed, side, phantom.volume_hu))
+                volumes.append((seed, side, phantom.volume_hu, scores))
         if progress is not None:
             progress(pair + 1, pairs, f"calibration phantom pair {pair + 1}/{pairs}")
     threshold = separating_threshold([p for _, _, p in positive], [p for _, p in negative])
@@ -723,8 +723,8 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
     if central_threshold is not None:
         model.thresholds["central_pe"] = central_threshold
     sides: list[tuple[int, str, tuple[str, ...]]] = []
-    for seed, side, volume in volumes:
-        labels = model.result_from_volume(volume).exam_labels
+    for seed, side, volume, scores in volumes:
+        labels = model.result_from_volume(volume, scores=scores).exam_labels
         sides.append((seed, side, tuple(name for name, head in (("right", "rightsided_pe"), ("left", "leftsided_pe"),
                                                                 ("central", "central_pe")) if labels[head])))
     return Calibration(threshold, positive, negative, central_threshold, central, sides)
