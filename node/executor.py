@@ -7,8 +7,8 @@ number of processes can share one database.
 
 Each worker builds its pipelines once, at start, and reuses the loaded models
 for every job. A job that was running when the process died is put back in
-the queue at start-up (:func:`recover`); after ``MAX_ATTEMPTS`` such restarts
-it is failed, so one poisonous series cannot stop the node.
+the queue at start-up (:func:`recover`); after ``job_max_restarts`` such restarts
+(setting, default ``MAX_ATTEMPTS``) it is failed, so one poisonous series cannot stop the node.
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ class Executor(Protocol):
     def stop(self) -> None: ...
 
 
-def recover(db: Database) -> int:
-    """Put jobs left running by a dead process back in the queue; returns how many."""
+def recover(db: Database, max_attempts: int = MAX_ATTEMPTS) -> int:
+    """Put jobs left running by a dead process back in the queue, or fail those already started
+    ``max_attempts`` times; returns how many."""
     with db.session() as session:
         stuck = session.scalars(select(Job).where(Job.state == JobState.RUNNING)).all()
         for job in stuck:
-            if job.attempts >= MAX_ATTEMPTS:
+            if job.attempts >= max_attempts:
                 # Finished like any failed job, series included: a series left 'queued' would wait forever.
                 _mark_finished(session, job, error=f"the node stopped during this job {job.attempts} times; given up",
                                summary=None, warnings=[])

@@ -183,7 +183,7 @@ class Node:
     def start(self) -> None:
         removed = self.spool.clean_tmp()
         instances = self.receiver.recover_spool()
-        jobs = execution.recover(self.db)
+        jobs = execution.recover(self.db, self.settings.job_max_restarts)
         deliveries = dispatch.recover(self.db)
         if removed or instances or jobs or deliveries:
             log.info("recovered after restart: %d jobs requeued, %d deliveries resumed, %d partial files removed, "

@@ -234,6 +234,8 @@ class Settings(_Strict):
     quiet_period: dict[str, float] = Field(default_factory=lambda: {"default": 10.0, "CR": 0.5, "DX": 0.5})
     workers: int = Field(default=2, ge=1, le=64)
     threads_per_model: int = Field(default=1, ge=1)
+    # A job the node died during this many times is failed: a series that crashes the process cannot stop it.
+    job_max_restarts: int = Field(default=3, ge=1)
     models_dir: Path = REPO_ROOT / "weights"
     models_file: Path | None = REPO_ROOT / "config" / "models.yaml"
     routing_file: Path = REPO_ROOT / "config" / "routing.yaml"

@@ -284,6 +284,17 @@ def test_a_job_that_kills_the_process_repeatedly_is_failed(db: Database, parts) 
     assert series_state == SeriesState.DONE  # not left 'queued' with no job to finish it
 
 
+def test_the_restart_limit_of_a_job_is_a_setting(db: Database, parts) -> None:  # type: ignore[no-untyped-def]
+    settings, receiver, assembler, outbox, dispatcher, destination = parts
+    receiver(_instance(generate_uid(), generate_uid()))
+    assembler.run_once()
+    for _ in range(execution.MAX_ATTEMPTS):  # the default limit reached: with a limit of 5 the job is queued again
+        assert execution.claim_job(db, "w", {"fake"}) is not None
+        execution.recover(db, max_attempts=5)
+    with db.session() as s:
+        assert s.scalar(select(Job.state)) == JobState.QUEUED
+
+
 def test_spool_files_without_rows_are_recorded_again_at_start(db: Database, parts) -> None:  # type: ignore[no-untyped-def]
     """A power cut may lose the last database transactions, never an acknowledged (fsynced) instance."""
     settings, receiver, assembler, outbox, dispatcher, destination = parts
