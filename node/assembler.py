@@ -5,6 +5,11 @@ plus the quiet period of its modality (``quiet_period`` in node.yaml). This
 loop picks stable series, reads one instance's header, asks the router which
 pipeline (if any) should analyse it, and records a queued job. Our own result
 objects and other nodes' SR/SEG/PR/KO are marked ignored, never analysed.
+
+A series re-sent unchanged after it was scheduled (``Series.resend_pending``,
+set by the receiver) is looked at again after its quiet period too: when its
+fingerprint and the pipeline's analysis key equal those of its latest job (see
+:mod:`node.idempotency`), the re-send is recorded and nothing is queued.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import time
 from typing import Callable, Mapping
 
 import pydicom
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from node.background import BackgroundLoop
 from node.audit import audit_row
 from node.db import AuditKind, Database, Instance, Job, JobState, Series, SeriesState, utcnow
+from node.idempotency import series_fingerprint
 from node.router import RoutingConfig, is_own_or_result_object, route
 
 log = logging.getLogger("ainode.assembler")
@@ -38,10 +44,20 @@ class Assembler(BackgroundLoop):
         Used when the matching rule names none.
     on_queued : callable
         Wakes the executor.
+    analysis_keys : mapping, optional
+        Pipeline name → its analysis key (:func:`node.idempotency.analysis_keys`).
+    reanalyse_on_change : bool
+        Whether an unchanged re-send is analysed again when the pipeline's key changed
+        (new model version or settings) since its latest job.
+    on_resent : callable, optional
+        Called with the pipeline and the number of unchanged instances of a re-send that
+        was not analysed again (metrics).
     """
 
     def __init__(self, db: Database, routing: RoutingConfig, enabled: set[str], disabled: Mapping[str, str],
-                 default_destinations: list[str], on_queued: Callable[[], None] | None = None) -> None:
+                 default_destinations: list[str], on_queued: Callable[[], None] | None = None,
+                 analysis_keys: Mapping[str, str] | None = None, reanalyse_on_change: bool = False,
+                 on_resent: Callable[[str, int], None] | None = None) -> None:
         super().__init__("ainode-assembler", log)
         self.db = db
         self.routing = routing
@@ -49,17 +65,17 @@ class Assembler(BackgroundLoop):
         self.disabled = dict(disabled)
         self.default_destinations = list(default_destinations)
         self.on_queued = on_queued
+        self.analysis_keys = dict(analysis_keys or {})
+        self.reanalyse_on_change = reanalyse_on_change
+        self.on_resent = on_resent
 
     def run_once(self) -> float:
         """Queue every stable series; return seconds until the next one may be stable."""
         now = time.time()
         with self.db.session() as session:
-            ready = session.scalars(
-                select(Series.id).where(Series.state == SeriesState.RECEIVING, Series.ready_at <= now)
-            ).all()
-            upcoming = session.scalar(
-                select(Series.ready_at).where(Series.state == SeriesState.RECEIVING).order_by(Series.ready_at).limit(1)
-            )
+            waiting = or_(Series.state == SeriesState.RECEIVING, Series.resend_pending.is_(True))
+            ready = session.scalars(select(Series.id).where(waiting, Series.ready_at <= now)).all()
+            upcoming = session.scalar(select(Series.ready_at).where(waiting).order_by(Series.ready_at).limit(1))
         queued = 0
         for series_id in ready:
             queued += self._schedule(series_id, now)
@@ -72,8 +88,12 @@ class Assembler(BackgroundLoop):
     def _schedule(self, series_id: int, now: float) -> int:
         with self.db.session() as session:
             series = session.get(Series, series_id)
-            if series is None or series.state != SeriesState.RECEIVING or series.ready_at > now:
+            if series is None or series.ready_at > now:
                 return 0  # more instances arrived since we looked
+            resend = bool(series.resend_pending) and series.state != SeriesState.RECEIVING
+            if series.state != SeriesState.RECEIVING and not resend:
+                return 0
+            series.resend_pending = False
             path = session.scalar(
                 select(Instance.path).where(Instance.series_uid == series.series_uid).order_by(Instance.id).limit(1)
             )
@@ -96,11 +116,24 @@ class Assembler(BackgroundLoop):
                 series.note = decision.reason
                 log.info("series %s not routed: %s", series.series_uid, decision.reason)
                 return 0
+            fingerprint = series_fingerprint(
+                (row.sop_uid, row.digest) for row in session.execute(
+                    select(Instance.sop_uid, Instance.digest).where(Instance.series_uid == series.series_uid)))
+            key = self.analysis_keys.get(decision.pipeline)
+            latest = session.scalar(
+                select(Job).where(Job.series_uid == series.series_uid).order_by(Job.id.desc()).limit(1)
+            )
+            if latest is not None and self._same_analysis(latest, decision.pipeline, fingerprint, key):
+                self._record_resend(session, series, latest)
+                return 0
+            if resend:
+                series.generation += 1  # analysed before (or failed): the new results supersede the old
             job = Job(
                 series_uid=series.series_uid, study_uid=series.study_uid, pipeline=decision.pipeline,
                 rule=decision.rule, destinations=list(decision.destinations) or self.default_destinations,
-                generation=series.generation, state=JobState.QUEUED,
+                generation=series.generation, state=JobState.QUEUED, fingerprint=fingerprint, analysis_key=key,
             )
+            series.resent_instances = 0
             if decision.pipeline not in self.enabled:
                 job.state = JobState.FAILED
                 job.error = self.disabled.get(decision.pipeline, f"pipeline {decision.pipeline!r} is not available")
@@ -116,3 +149,26 @@ class Assembler(BackgroundLoop):
             log.info("series %s -> %s (rule %s, generation %d)", series.series_uid, decision.pipeline,
                      decision.rule, series.generation)
             return 1 if job.state == JobState.QUEUED else 0
+
+    def _same_analysis(self, latest: Job, pipeline: str, fingerprint: str, key: str | None) -> bool:
+        """Whether ``latest`` already analysed (or is analysing) this content the way it would be now."""
+        if latest.state == JobState.FAILED or latest.pipeline != pipeline or latest.fingerprint != fingerprint:
+            return False
+        return latest.analysis_key == key or not self.reanalyse_on_change
+
+    def _record_resend(self, session, series: Series, latest: Job) -> None:  # type: ignore[no-untyped-def]
+        """An unchanged re-send: back to the state of the analysis that covers it; audited, nothing queued."""
+        count = series.resent_instances or series.instance_count
+        series.resent_instances = 0
+        series.generation = latest.generation
+        series.state = SeriesState.DONE if latest.state == JobState.DONE else SeriesState.QUEUED
+        what = "analysed" if latest.state == JobState.DONE else "being analysed"
+        message = (f"series re-sent unchanged ({count} instance(s)); already {what} by job {latest.id}: "
+                   "not analysed again, no result sent")
+        session.add(audit_row(AuditKind.RESENT, job_id=latest.id, study_uid=series.study_uid,
+                              series_uid=series.series_uid, instance_count=count, pipeline=latest.pipeline,
+                              calling_ae=series.calling_ae, message=message))
+        log.info("series %s re-sent unchanged (%d instance(s)); job %s covers it: not analysed again",
+                 series.series_uid, count, latest.id)
+        if self.on_resent is not None:
+            self.on_resent(latest.pipeline, count)

@@ -9,6 +9,7 @@ invalid UIDs answer 0xC210; nothing raises to the peer.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -125,7 +126,7 @@ class Receiver:
         modality = str(ds.get("Modality", "") or "")[:16] or None
         bind_log_context(study=study_uid, series=series_uid)
         path = self.spool.store(study_uid, series_uid, sop_uid, request.data)
-        self._register(request, ds, path, study_uid, series_uid, sop_uid, modality)
+        self._register(request, ds, path, study_uid, series_uid, sop_uid, modality, digest(request.data))
 
     def recover_spool(self) -> int:
         """Record spool files that have no database row (after a power cut); returns how many.
@@ -151,21 +152,21 @@ class Receiver:
                 self._register(request, ds, path, check_uid(ds.StudyInstanceUID, "StudyInstanceUID"),
                                check_uid(ds.SeriesInstanceUID, "SeriesInstanceUID"),
                                check_uid(ds.SOPInstanceUID, "SOPInstanceUID"),
-                               str(ds.get("Modality", "") or "")[:16] or None)
+                               str(ds.get("Modality", "") or "")[:16] or None, digest(data))
                 recovered += 1
             except (InputError, OSError, ValueError, AttributeError, SQLAlchemyError) as exc:
                 log.error("spool file %s could not be recovered: %s", path.name, exc)
         return recovered
 
     def _register(self, request: StoreRequest, ds, path, study_uid: str, series_uid: str, sop_uid: str,  # type: ignore[no-untyped-def]
-                  modality: str | None) -> None:
+                  modality: str | None, content: str) -> None:
         quiet = self.settings.quiet_seconds(modality)
 
         def record() -> None:
             with self.db.session() as session:
-                self._record(session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet)
+                self._record(session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet, content)
 
-        if self._record_fast(request, path, study_uid, series_uid, sop_uid, quiet):
+        if self._record_fast(request, path, study_uid, series_uid, sop_uid, quiet, content):
             # Only pushes an existing deadline later: the assembler need not look again.
             log.debug("stored %s (series %s) from %s", sop_uid, series_uid, request.calling_ae)
             return
@@ -182,7 +183,7 @@ class Receiver:
             self.on_stored()
 
     def _record_fast(self, request: StoreRequest, path, study_uid: str, series_uid: str, sop_uid: str,  # type: ignore[no-untyped-def]
-                     quiet: float) -> bool:
+                     quiet: float, content: str) -> bool:
         """The common case in one short transaction: a new instance of a series still receiving.
 
         Returns False (nothing written) when the series is new, no longer receiving, or the
@@ -199,6 +200,7 @@ class Receiver:
                     "sop_class_uid": str(request.sop_class_uid), "transfer_syntax_uid": str(request.transfer_syntax_uid),
                     "path": str(path), "size": len(request.data), "calling_ae": request.calling_ae,
                     "peer_address": request.peer_address, "received_at": now, "times_received": 1,
+                    "digest": content,
                 })
         except (_NotFast, IntegrityError):
             return False
@@ -208,35 +210,43 @@ class Receiver:
             raise
         return True
 
-    def _record(self, session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet) -> None:  # type: ignore[no-untyped-def]
+    def _record(self, session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet,  # type: ignore[no-untyped-def]
+                content) -> None:
         now = utcnow()
         if session.scalar(select(Study.id).where(Study.study_uid == study_uid)) is None:
             session.add(Study(study_uid=study_uid))
             session.flush()
         series = session.scalar(select(Series).where(Series.series_uid == series_uid).with_for_update())
+        instance = session.scalar(select(Instance).where(Instance.sop_uid == sop_uid))
+        # The same SOP instance with the same content: a re-send (Orthanc's stable events, a PACS that
+        # re-sends the whole study after each new object, an operator). It never re-opens a series that
+        # was scheduled or analysed; the assembler only records it, after the quiet period.
+        unchanged = instance is not None and instance.digest == content and instance.series_uid == series_uid
         if series is None:
             series = Series(
                 series_uid=series_uid, study_uid=study_uid, modality=modality, instance_count=0,
                 generation=1, state=SeriesState.RECEIVING, calling_ae=request.calling_ae,
             )
             session.add(series)
+        elif unchanged and series.state in (SeriesState.QUEUED, SeriesState.DONE, SeriesState.UNROUTED):
+            series.resend_pending = True
+            series.resent_instances = (series.resent_instances or 0) + 1
         elif series.state in (SeriesState.QUEUED, SeriesState.DONE):
-            # Late instance after the series was scheduled or analysed: analyse again; the new
-            # results supersede the old ones.
+            # A new or changed instance after the series was scheduled or analysed: analyse again; the
+            # new results supersede the old ones.
             series.generation += 1
             series.state = SeriesState.RECEIVING
         elif series.state == SeriesState.UNROUTED:
             series.state = SeriesState.RECEIVING
         series.last_received_at = now
         series.ready_at = time.time() + quiet
-        instance = session.scalar(select(Instance).where(Instance.sop_uid == sop_uid))
         if instance is None:
             session.add(
                 Instance(
                     sop_uid=sop_uid, series_uid=series_uid, study_uid=study_uid,
                     sop_class_uid=str(request.sop_class_uid), transfer_syntax_uid=str(request.transfer_syntax_uid),
                     path=str(path), size=len(request.data), calling_ae=request.calling_ae,
-                    peer_address=request.peer_address,
+                    peer_address=request.peer_address, digest=content,
                 )
             )
             series.instance_count += 1
@@ -246,3 +256,9 @@ class Receiver:
             instance.size = len(request.data)
             instance.transfer_syntax_uid = str(request.transfer_syntax_uid)
             instance.received_at = now
+            instance.digest = content
+
+
+def digest(data: bytes | memoryview) -> str:
+    """SHA-256 of a data set as received (hex): what makes a re-sent instance "unchanged"."""
+    return hashlib.sha256(data).hexdigest()
