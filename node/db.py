@@ -28,6 +28,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -37,6 +38,8 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import OperationalError
@@ -101,6 +104,10 @@ class Series(Base):
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(Text)
+    # Unchanged instances arrived again after the series was scheduled: the assembler decides (after
+    # the quiet period) whether anything needs analysing; normally nothing does.
+    resend_pending: Mapped[bool | None] = mapped_column(Boolean, default=False, index=True)
+    resent_instances: Mapped[int | None] = mapped_column(Integer, default=0)
 
 
 class Instance(Base):
@@ -117,6 +124,9 @@ class Instance(Base):
     peer_address: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     times_received: Mapped[int] = mapped_column(Integer, default=1)
+    # SHA-256 of the data set as received: an unchanged re-send has the same digest (``None``: recorded
+    # by a version before digests, treated as changed once).
+    digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class Job(Base):
@@ -136,6 +146,10 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     worker: Mapped[str | None] = mapped_column(String(64))
+    # What was analysed and how: the series' content (SOP Instance UIDs and digests) and the
+    # pipeline's models and settings. A re-sent series with both unchanged is not analysed again.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    analysis_key: Mapped[str | None] = mapped_column(String(64))
 
 
 class Result(Base):
@@ -175,6 +189,7 @@ class AuditKind(str, enum.Enum):
     DELIVERY_FAILED = "delivery_failed"            # one attempt failed; retried later
     DEAD_LETTER = "dead_letter"
     RETRIED = "retried"                            # dead letters queued again by hand
+    RESENT = "resent"                              # a series arrived again unchanged: not analysed again
 
 
 class AuditEvent(Base):
@@ -221,7 +236,13 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
+        """Create missing tables, and add columns that a newer version introduced to existing ones.
+
+        Every column added after the first release is nullable, so an ``ALTER TABLE ... ADD
+        COLUMN`` brings a database made by an older version up to date without touching its rows.
+        """
         Base.metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -240,6 +261,26 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """``ALTER TABLE ADD COLUMN`` for each mapped nullable column an existing table lacks; returns them."""
+    existing = inspect(engine)
+    added: list[str] = []
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if not existing.has_table(table.name):
+                continue
+            present = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                if not column.nullable:
+                    raise RuntimeError(f"column {table.name}.{column.name} is not nullable: it needs a migration")
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+                added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

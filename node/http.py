@@ -208,6 +208,11 @@ class Metrics:
             "ainode_delivery_seconds", "Seconds from a result being queued to its delivery being confirmed.",
             ("destination",), DELIVERY_BUCKETS)
         self.started = time.time()
+        self.series_resent = Counter(
+            "ainode_series_resent_total", "Series that arrived again unchanged and were not analysed again.",
+            ("pipeline",))
+        self.instances_resent = Counter(
+            "ainode_instances_resent_total", "Instances of series re-sent unchanged that were not analysed again.")
         self._collectors: list[Callable[[], list[Family]]] = []
 
     def instance(self, code: int) -> None:
@@ -227,7 +232,7 @@ class Metrics:
     def families(self) -> list[Family]:
         families = [self.instances_received.collect(), self.instances_rejected.collect(),
                     self.associations.collect(), self.analysis_seconds.collect(), self.deliveries.collect(),
-                    self.delivery_seconds.collect(),
+                    self.delivery_seconds.collect(), self.series_resent.collect(), self.instances_resent.collect(),
                     Family("ainode_start_time_seconds", "gauge", "Start of the node process, Unix time.",
                            [("ainode_start_time_seconds", {}, self.started)])]
         for collector in self._collectors:

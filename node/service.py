@@ -22,6 +22,7 @@ from node import tls
 from node.assembler import Assembler
 from node.audit import ReceiveAudit
 from node.db import Database
+from node.idempotency import analysis_keys
 from node.errors import ConfigError, ModelError
 from node.http import HttpServer, Metrics, ReadinessProbe, database_gauges
 from node.pipelines import PIPELINE_MODELS, Pipeline
@@ -134,7 +135,9 @@ class Node:
         self.executor.on_job_done = self.dispatcher.notify
         self.executor.metrics = self.dispatcher.metrics = self.metrics
         self.assembler = Assembler(self.db, self.routing, self.models.enabled, self.models.disabled,
-                                   settings.default_destinations, on_queued=self.executor.notify)
+                                   settings.default_destinations, on_queued=self.executor.notify,
+                                   analysis_keys=analysis_keys(settings, self.models.registry, PIPELINE_MODELS),
+                                   reanalyse_on_change=settings.reanalyse_on_change, on_resent=self._on_resent)
         self.receiver = Receiver(settings, self.db, self.spool, on_stored=self.assembler.notify,
                                  on_instance=self._on_instance)
         # A plain port, a TLS port (PS3.15 B.1; 2762 by custom), or both, sharing one receiver.
@@ -148,6 +151,10 @@ class Node:
         self.scps = [s for s in (self.plain_scp, self.tls_scp) if s is not None]
         self.scp: StorageSCP = self.scps[0]  # the plain one when there is one
         self._stopped = threading.Event()
+    def _on_resent(self, pipeline: str, instances: int) -> None:
+        self.metrics.series_resent.inc(pipeline=pipeline)
+        self.metrics.instances_resent.inc(instances)
+
 
     @property
     def port(self) -> int:

@@ -240,6 +240,9 @@ class Settings(_Strict):
     models_file: Path | None = REPO_ROOT / "config" / "models.yaml"
     routing_file: Path = REPO_ROOT / "config" / "routing.yaml"
     destinations: dict[str, Destination] = Field(default_factory=lambda: _default_destinations())
+    # A series re-sent unchanged is never analysed again with the same models and settings; with
+    # new weights or settings, true analyses it again on its next re-send (node.idempotency).
+    reanalyse_on_change: bool = False
     default_destinations: list[str] = Field(default_factory=lambda: ["pacs"])
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     result_series_number: int = Field(default=990, ge=1)
