@@ -57,6 +57,7 @@ from sr_writer.sr import (
     _document,
     _score,
 )
+from sr_writer.source_attributes import significant
 from sr_writer.uids import new_uid
 
 __all__ = ["HU_RANGES", "LEVEL_KEYS", "build_lumbar_report", "build_pe_report"]
@@ -315,7 +316,7 @@ def _positive_slices_group(pe: PeExamResult, slices: list[pydicom.Dataset], algo
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"probability {p!r} of slice {index} is outside 0..1")
         measurements.append(Measurement(
-            name=code("probability"), value=float(p), unit=code("no_units"),
+            name=code("probability"), value=significant(float(p)), unit=code("no_units"),
             referenced_images=[SourceImageForMeasurement.from_source_image(slices[index])],
         ))
     group = MeasurementsAndQualitativeEvaluations(

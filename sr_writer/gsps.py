@@ -29,6 +29,7 @@ import pydicom
 
 from models.findings import ImageResult, Region, SeriesResult
 from sr_writer.codes import display_name
+from sr_writer.source_attributes import probability_text
 from sr_writer.sr import (
     MANUFACTURER,
     _checked_sources,
@@ -45,6 +46,10 @@ __all__ = ["GRAPHIC_LAYER", "build_presentation_state", "box_corners", "caption"
 
 #: Name of the graphic layer that holds our annotations (a CS value: capitals and underscores).
 GRAPHIC_LAYER = "AI_FINDINGS"
+
+#: Attributes a presentation state copies from its first image besides highdicom's, with their Type:
+#: General Series Laterality (0020,0060) is Type 2C, its condition met when the source has one.
+PR_COPIED: dict[str, str] = {"Laterality": "2"}
 
 
 def build_presentation_state(
@@ -100,7 +105,7 @@ def build_presentation_state(
         annotation = _annotation(image, source, layer, demo)
         if annotation is not None:
             annotations.append(annotation)
-            referenced.append(_with_empty_type2(source))
+            referenced.append(_with_empty_type2(source, PR_COPIED))
     if not annotations:
         raise ValueError("result has no box and no top finding on any image; a presentation state would draw nothing")
 
@@ -138,7 +143,8 @@ def _presentation_state(
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=referenced,
         **_new_instance(uid_root, series_number, instance_number),
-        manufacturer_model_name=_lo(result.algorithms[-1].display_name, "algorithm display name"),
+        manufacturer_model_name=_lo(_with_demo(result.algorithms[-1].display_name, _is_demo(result.algorithms)),
+                                    "algorithm display name"),
         software_versions=_lo(f"ainode {_node_version()}", "software version"),
         device_serial_number=MANUFACTURER,
         content_label=layer.GraphicLayer,
@@ -152,7 +158,7 @@ def _presentation_state(
     # General Series Laterality (0020,0060) is Type 2C (PS3.3 C.7.3.1): dciodvfy asks for it on a PR,
     # which has no Image Laterality; copy the source's, else send it empty (unknown).
     gsps.Laterality = referenced[0].get("Laterality", "")
-    _name_series(gsps, result.algorithms, series_description)
+    _name_series(gsps, result.algorithms, series_description, referenced[:1])
     return gsps
 
 
@@ -171,12 +177,13 @@ def box_corners(region: Region, source: pydicom.Dataset, label: str) -> np.ndarr
 
 
 def caption(image: ImageResult, demo: bool) -> str:
-    """One line with the top findings and the triage, e.g. "AI: Nodule 0.87, Mass 0.71 | URGENT"."""
+    """One line with the top findings (3 significant digits) and the triage, e.g. "AI: Nodule 0.870, Mass 0.710 | URGENT"."""
     # "finding" (the 14-label classifier, which the top findings rank) wins over a four-class "class" of the
     # same label (pneumonia).
     ordered = sorted((f for f in image.findings if f.group != "detection"), key=lambda f: f.group == "finding")
     probabilities = {f.label: f.probability for f in ordered}
-    parts = [f"{display_name(label)} {probabilities[label]:.2f}" if label in probabilities else display_name(label)
+    parts = [f"{display_name(label)} {probability_text(probabilities[label])}" if label in probabilities
+             else display_name(label)
              for label in image.top_findings]
     if parts:
         text = "AI: " + ", ".join(parts)
@@ -207,7 +214,7 @@ def _annotation(
     texts = []
     for finding in boxes:
         assert finding.region is not None
-        label = f"{display_name(finding.label)} {finding.probability:.2f}"
+        label = f"{display_name(finding.label)} {probability_text(finding.probability)}"
         texts.append(hd.pr.TextObject(text_value=label, units="PIXEL",
                                       bounding_box=_text_box(finding.region.x_min, finding.region.y_min - line,
                                                              len(label), line, columns, rows),

@@ -24,7 +24,7 @@ from highdicom.sr import ObserverContext
 
 from models.findings import SeriesResult
 from sr_writer.codes import CONCEPTS, code
-from sr_writer.sr import _checked_sources, _evidence, _is_demo, _name_series, _new_instance, _observer, _with_demo
+from sr_writer.sr import _checked_sources, _evidence, _is_demo, _lo, _name_series, _new_instance, _observer, _with_demo
 
 __all__ = ["KOS_TITLES", "build_key_object_selection"]
 
@@ -105,13 +105,17 @@ def build_key_object_selection(
         observer_device_context=observer,
         description=description,
     )
+    evidence = _evidence(selected)
     kos = hd.ko.KeyObjectSelectionDocument(
-        evidence=_evidence(selected),
+        evidence=evidence,
         content=content,
         **_new_instance(uid_root, series_number, instance_number),
         institution_name=institution_name,
     )
-    _name_series(kos, result.algorithms, series_description)
+    # General Equipment (PS3.3 C.7.5.1): the model, saying DEMO for demo weights, as every object of ours does.
+    kos.ManufacturerModelName = _lo(_with_demo(algorithm.display_name, _is_demo(result.algorithms)),
+                                    "algorithm display name")
+    _name_series(kos, result.algorithms, series_description, evidence[:1])
     return kos
 
 

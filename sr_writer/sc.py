@@ -28,8 +28,18 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from models.findings import ImageResult, SeriesResult
 from sr_writer.codes import code, display_name
-from sr_writer.gsps import box_corners, caption
-from sr_writer.sr import _checked_sources, _is_demo, _lo, _name_series, _new_instance, _node_version, _with_empty_type2
+from sr_writer.gsps import PR_COPIED, box_corners, caption
+from sr_writer.source_attributes import probability_text
+from sr_writer.sr import (
+    _checked_sources,
+    _is_demo,
+    _lo,
+    _name_series,
+    _new_instance,
+    _node_version,
+    _with_demo,
+    _with_empty_type2,
+)
 
 __all__ = ["BOX_COLOUR", "build_secondary_capture", "render_radiograph"]
 
@@ -87,8 +97,8 @@ def build_secondary_capture(
     demo = _is_demo(result.algorithms)
 
     pixels = burn_in(image, source, demo)
-    reference = _with_empty_type2(source)
-    orientation = source.get("PatientOrientation")
+    reference = _with_empty_type2(source, {**PR_COPIED, "PatientOrientation": "2"})
+    orientation = reference.get("PatientOrientation")
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=reference,
         pixel_array=pixels,
@@ -101,12 +111,12 @@ def build_secondary_capture(
         **_new_instance(uid_root, series_number, instance_number),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         institution_name=institution_name,
-        manufacturer_model_name=_lo(result.algorithms[-1].display_name, "algorithm display name"),
+        manufacturer_model_name=_lo(_with_demo(result.algorithms[-1].display_name, demo), "algorithm display name"),
         software_versions=_lo(f"ainode {_node_version()}", "software version"),
     )
     if not (orientation and len(orientation) == 2):
         sc.PatientOrientation = ""  # type: ignore[assignment]  # Type 2 in the General Image module: empty means unknown
-    sc.Laterality = source.get("Laterality", "")  # Type 2C; see sr_writer.gsps
+    sc.Laterality = reference.get("Laterality", "")  # Type 2C; see sr_writer.gsps
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = _DERIVATION
@@ -115,7 +125,7 @@ def build_secondary_capture(
     source_item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     source_item.PurposeOfReferenceCodeSequence = [code("source_image_for_processing")]
     sc.SourceImageSequence = [source_item]
-    _name_series(sc, result.algorithms, series_description)
+    _name_series(sc, result.algorithms, series_description, [reference])
     return sc
 
 
@@ -172,7 +182,7 @@ def burn_in(image: ImageResult, source: pydicom.Dataset, demo: bool) -> np.ndarr
         corners = box_corners(finding.region, source, finding.label)
         # Whole pixels: PIL would otherwise split a width-2 line around a fractional coordinate.
         draw.line([(int(round(x)), int(round(y))) for x, y in corners], fill=BOX_COLOUR, width=line)
-        label = f"{display_name(finding.label)} {finding.probability:.2f}"
+        label = f"{display_name(finding.label)} {probability_text(finding.probability)}"
         x, y = float(corners[0][0]), float(corners[0][1])
         # Bottom of the label one line width above the box, so that it never covers the box edge.
         bottom = draw.textbbox((x, 0), label, font=font, stroke_width=1)[3]

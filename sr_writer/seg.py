@@ -117,8 +117,9 @@ def build_tissue_segmentation(
             ),
             anatomic_regions=[code(region_key)] if region_key else None,
         ))
+    cleaned = _with_empty_type2(source)
     seg = hd.seg.Segmentation(
-        source_images=[_with_empty_type2(source)],
+        source_images=[cleaned],
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -130,5 +131,5 @@ def build_tissue_segmentation(
         content_description=_lo(f"Body composition on the L3 slice by {name}", "content description"),
         omit_empty_frames=False,
     )
-    _name_series(seg, [algorithm], series_description)
+    _name_series(seg, [algorithm], series_description, [cleaned])
     return seg

@@ -24,8 +24,9 @@ import highdicom as hd
 import pydicom
 
 from models.findings import LumbarResult, PeExamResult, SeriesResult
-from sr_writer.gsps import _presentation_state, _text_box
-from sr_writer.sr import _checked_sources, _evidence, _is_demo, _with_demo
+from sr_writer.gsps import PR_COPIED, _presentation_state, _text_box
+from sr_writer.source_attributes import probability_text
+from sr_writer.sr import _checked_sources, _is_demo, _with_demo, _with_empty_type2
 
 __all__ = ["LABEL_LAYER", "build_slice_labels", "level_labels", "pe_labels"]
 
@@ -34,8 +35,9 @@ LABEL_LAYER = "AI_LABELS"
 
 
 def pe_labels(pe: PeExamResult) -> dict[str, str]:
-    """Texts for :func:`build_slice_labels` on a CTPA: "PE suspected p=0.93" on each positive slice."""
-    return {pe.slice_uids[i]: f"PE suspected p={pe.slice_probabilities[i]:.2f}" for i in sorted(set(pe.positive_slices))}
+    """Texts for :func:`build_slice_labels` on a CTPA: "PE suspected p=0.930" on each positive slice (3 significant digits)."""
+    return {pe.slice_uids[i]: f"PE suspected p={probability_text(pe.slice_probabilities[i])}"
+            for i in sorted(set(pe.positive_slices))}
 
 
 def level_labels(lumbar: LumbarResult) -> dict[str, str]:
@@ -116,7 +118,7 @@ def build_slice_labels(
         raise ValueError(f"labelled slices {unknown[:3]}{'...' if len(unknown) > 3 else ''} are not among the sources")
 
     gsps = _presentation_state(
-        result, _evidence(referenced), layer, None,
+        result, [_with_empty_type2(referenced[0], PR_COPIED), *referenced[1:]], layer, None,
         content_description=f"Slice labels by {result.algorithms[-1].display_name}",
         presentation_lut_shape="IDENTITY",
         uid_root=uid_root, series_number=series_number, instance_number=instance_number,

@@ -26,9 +26,8 @@ All coded concepts come from :mod:`sr_writer.codes`.
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata
-from typing import Sequence, TypedDict
+from typing import Mapping, Sequence, TypedDict
 
 import highdicom as hd
 import numpy as np
@@ -56,6 +55,7 @@ from highdicom.sr import (
 from models.findings import AlgorithmInfo, Finding, ImageResult, SeriesResult, ViewResult
 from sr_writer.codes import CONCEPTS, TRIAGE_KEYS, VIEW_POSITION_KEYS, code, display_name, finding_concept, finding_key
 from sr_writer.equipment import add_contributing_equipment, device_uid
+from sr_writer.source_attributes import TYPE2_COPIED, clean_source, probability_text, record_issues, significant
 from sr_writer.uids import new_uid, validate_uid_root
 
 __all__ = ["MANUFACTURER", "build_measurement_report"]
@@ -166,8 +166,9 @@ def _document(result: SeriesResult, sources: Sequence[pydicom.Dataset],
     report[0].ContentSequence.extend(notes)
     if predecessors:
         report[0].ContentSequence.append(_supersession_note(predecessors))
+    evidence = _evidence(sources)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=_evidence(sources),
+        evidence=evidence,
         content=report,
         **_new_instance(uid_root, series_number, instance_number),
         is_complete=True,
@@ -175,7 +176,8 @@ def _document(result: SeriesResult, sources: Sequence[pydicom.Dataset],
         is_verified=False,
         institution_name=institution_name,
         previous_versions=list(predecessors) or None,
-        manufacturer_model_name=_lo(primary.display_name, "algorithm display name"),
+        manufacturer_model_name=_lo(_with_demo(primary.display_name, _is_demo(result.algorithms)),
+                                    "algorithm display name"),
         coding_schemes=_private_schemes(),
     )
     # Set here: highdicom passes a tuple through, which pydicom warns about for a multi-valued LO.
@@ -183,7 +185,7 @@ def _document(result: SeriesResult, sources: Sequence[pydicom.Dataset],
         _lo(f"{a.display_name} {a.version}", "algorithm version") for a in result.algorithms
     ]
     sr.SoftwareVersions = versions  # type: ignore[assignment]  # pydicom takes a list for a multi-valued LO
-    _name_series(sr, result.algorithms, series_description)
+    _name_series(sr, result.algorithms, series_description, evidence)
     return sr
 
 
@@ -225,15 +227,21 @@ def _with_demo(text: str, demo: bool) -> str:
     return f"{text} (DEMO)" if demo and "DEMO" not in text else text
 
 
-def _name_series(ds: pydicom.Dataset, algorithms: Sequence[AlgorithmInfo], series_description: str) -> None:
+def _name_series(ds: pydicom.Dataset, algorithms: Sequence[AlgorithmInfo], series_description: str,
+                 sources: Sequence[pydicom.Dataset] = ()) -> None:
     """Series Description (0008,103E), with "(DEMO)" for demo models, and the IHE AI Results
-    contributing-equipment items naming each algorithm: the last touch of every object we write."""
+    contributing-equipment items naming each algorithm: the last touch of every object we write.
+
+    ``sources`` are the cleaned sources the object copied attributes from (:func:`_with_empty_type2`);
+    what was dropped or corrected in them is recorded on ``ds``
+    (:func:`sr_writer.source_attributes.source_attribute_issues`)."""
     ds.SeriesDescription = _lo(_with_demo(series_description, _is_demo(algorithms)), "series_description")
     add_contributing_equipment(ds, list(algorithms))
+    record_issues(ds, sources)
 
 
 def _evidence(sources: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
-    """The sources, the first with its empty Type 2 patient and study attributes filled (highdicom copies them)."""
+    """The sources, the first cleaned (:func:`_with_empty_type2`): highdicom copies its patient and study attributes."""
     return [_with_empty_type2(sources[0]), *sources[1:]]
 
 
@@ -255,21 +263,15 @@ def _index_sources(result: SeriesResult, sources: Sequence[pydicom.Dataset]) -> 
     return by_uid
 
 
-# Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1) that
-# highdicom reads from the first source; real files sometimes omit them, and an SR may carry
-# them empty.
-_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                 "StudyDate", "StudyTime", "ReferringPhysicianName")
+# Type 2 attributes of the Patient and General Study modules that highdicom reads from the first source
+# (kept here under its old name; the list lives with the checks in sr_writer.source_attributes).
+_TYPE2_COPIED = TYPE2_COPIED
 
 
-def _with_empty_type2(source: pydicom.Dataset) -> pydicom.Dataset:
-    missing = [keyword for keyword in _TYPE2_COPIED if keyword not in source]
-    if not missing:
-        return source
-    filled = copy.deepcopy(source)  # a header without pixels: small
-    for keyword in missing:
-        setattr(filled, keyword, "")
-    return filled
+def _with_empty_type2(source: pydicom.Dataset, extra: Mapping[str, str] | None = None) -> pydicom.Dataset:
+    """The source as highdicom may copy it: missing Type 2 attributes empty, every copied value valid for its
+    VR (:func:`sr_writer.source_attributes.clean_source`; what was dropped or corrected is recorded on it)."""
+    return clean_source(source, extra)[0]
 
 
 def _check_supersedes(result: SeriesResult, predecessors: Sequence[pydicom.Dataset]) -> None:
@@ -316,10 +318,10 @@ def _probability(value: float) -> Measurement:
 
 
 def _score(key: str, value: float) -> Measurement:
-    """A 0..1 model output as a NUM with UCUM "1" (TID 300)."""
+    """A 0..1 model output as a NUM with UCUM "1" (TID 300), to 3 significant digits."""
     if not 0.0 <= value <= 1.0 or value != value:
         raise ValueError(f"{key} {value!r} is outside 0..1")
-    return Measurement(name=code(key), value=float(value), unit=code("no_units"))
+    return Measurement(name=code(key), value=significant(float(value)), unit=code("no_units"))
 
 
 def _triage_group(image: ImageResult, source: pydicom.Dataset, number: int, algorithm: AlgorithmInfo,
@@ -340,7 +342,7 @@ def _triage_group(image: ImageResult, source: pydicom.Dataset, number: int, algo
         ordered = sorted((f for f in image.findings if f.group != "detection"), key=lambda f: f.group == "finding")
         probabilities = {finding_key(f.label): f.probability for f in ordered}
         ranked = "; ".join(
-            f"{rank}. {display_name(label)} {probabilities[finding_key(label)]:.2f}"
+            f"{rank}. {display_name(label)} {probability_text(probabilities[finding_key(label)])}"
             for rank, label in enumerate(image.top_findings, start=1)
         )
         group[0].ContentSequence.append(_comment(f"Top findings: {ranked}"))
@@ -365,7 +367,7 @@ def _view_group(
             evaluations.append(QualitativeEvaluation(code("header_image_view"), code(header_key)))
         comments.append(
             f"ViewPosition in header: {view.header_view_position or '(empty)'}; "
-            f"the model finds {view.view} (probability {view.probability:.3f})"
+            f"the model finds {view.view} (probability {probability_text(view.probability)})"
         )
     if not image.analysed_further:
         evaluations.append(QualitativeEvaluation(code("analysed_further"), code("no")))

@@ -38,6 +38,7 @@ from sr_writer import (
     build_slice_labels,
     build_tissue_segmentation,
     code,
+    pe_labels,
 )
 from sr_writer.codes import CONCEPTS, key_for
 from sr_writer.uids import is_under_root
@@ -476,17 +477,16 @@ def test_pe_slice_labels_only_on_flagged_slices_say_demo(tmp_path: Path) -> None
     slices = ct_series(8, window=False)
     result = pe_result(slices)
     assert result.pe is not None
-    labels = {result.pe.slice_uids[i]: f"PE suspected p={result.pe.slice_probabilities[i]:.2f}"
-              for i in result.pe.positive_slices}
+    labels = pe_labels(result.pe)  # the node's own texts: 3 significant digits
     gsps = build_slice_labels(result, headers(slices), labels, uid_root=UID_ROOT, series_number=997)
     path = write(gsps, tmp_path, "pe_labels")
     assert_dciodvfy_clean(path)
     ds = pydicom.dcmread(path)
     texts = {str(a.ReferencedImageSequence[0].ReferencedSOPInstanceUID): str(a.TextObjectSequence[0].UnformattedTextValue)
              for a in ds.GraphicAnnotationSequence}
-    assert texts == {str(slices[4].SOPInstanceUID): "PE suspected p=0.93 (DEMO)",
-                     str(slices[3].SOPInstanceUID): "PE suspected p=0.71 (DEMO)",
-                     str(slices[5].SOPInstanceUID): "PE suspected p=0.88 (DEMO)"}
+    assert texts == {str(slices[4].SOPInstanceUID): "PE suspected p=0.930 (DEMO)",
+                     str(slices[3].SOPInstanceUID): "PE suspected p=0.710 (DEMO)",
+                     str(slices[5].SOPInstanceUID): "PE suspected p=0.880 (DEMO)"}
     # Slices without a window get a full-range one rather than none.
     assert all("WindowCenter" in voi for voi in ds.SoftcopyVOILUTSequence)
 

@@ -169,7 +169,7 @@ def test_ctpa_phantom_with_a_right_embolus_is_reported_right_sided_on_its_slices
         truth["sop_uids"][k] for k in truth["pe_slices"]}
 
     flagged = pe_labels(pe)
-    assert set(flagged.values()) == {"PE suspected p=0.90"}
+    assert set(flagged.values()) == {"PE suspected p=0.900"}
     pr_path = write(build_slice_labels(result, sources, flagged, uid_root=UID_ROOT, series_number=997), tmp_path, "pr")
     assert_dciodvfy_clean(pr_path)
     assert len(pydicom.dcmread(pr_path).GraphicAnnotationSequence) == len(positive)

@@ -104,7 +104,7 @@ def test_sr_of_a_full_cxr_result_is_valid_and_reads_back(name: str, tmp_path: Pa
     (priority,) = triage.get_qualitative_evaluations(name=code("triage_priority"))
     assert priority.value == code("triage_urgent")
     texts = [str(i.TextValue) for i in triage[0].ContentSequence if i.ValueType == "TEXT"]
-    assert "Top findings: 1. Nodule 0.87; 2. Mass 0.71; 3. Pleural effusion 0.64" in texts
+    assert "Top findings: 1. Nodule 0.870; 2. Mass 0.710; 3. Pleural effusion 0.640" in texts
 
     # Detector boxes: planar ROI groups with a closed 5-point POLYLINE in the source's pixels.
     boxes = boxes_for(source)
@@ -226,8 +226,8 @@ def test_gsps_draws_the_boxes_and_labels_with_the_source_voi(name: str, tmp_path
     for box in boxes.values():
         assert any(np.allclose(d, (box.x_min, box.y_min, box.x_max, box.y_max), atol=0.01) for d in drawn)
     texts = [str(t.UnformattedTextValue) for t in annotation.TextObjectSequence]
-    assert "Nodule 0.83" in texts and "Mass 0.58" in texts
-    assert "AI: Nodule 0.87, Mass 0.71, Pleural effusion 0.64 | URGENT" in texts
+    assert "Nodule 0.830" in texts and "Mass 0.580" in texts
+    assert "AI: Nodule 0.870, Mass 0.710, Pleural effusion 0.640 | URGENT" in texts
     for text in annotation.TextObjectSequence:
         left, top = text.BoundingBoxTopLeftHandCorner
         right, bottom = text.BoundingBoxBottomRightHandCorner
@@ -249,10 +249,10 @@ def test_top_findings_show_the_classifier_probability_when_a_class_has_the_same_
     sr = build_measurement_report(result, [rg1_header], uid_root=UID_ROOT)
     texts = [str(item.TextValue) for item in _walk(sr) if item.get("ValueType") == "TEXT"]
     top = [t for t in texts if t.startswith("Top findings:")]
-    assert top and "Pneumonia 0.11" in top[0] and "0.15" not in top[0], top
+    assert top and "Pneumonia 0.110" in top[0] and "0.150" not in top[0], top
     gsps = build_presentation_state(result, [rg1_header], uid_root=UID_ROOT)
     captions = [str(t.UnformattedTextValue) for t in gsps.GraphicAnnotationSequence[0].TextObjectSequence]
-    assert any("Pneumonia 0.11" in c for c in captions) and not any("Pneumonia 0.15" in c for c in captions), captions
+    assert any("Pneumonia 0.110" in c for c in captions) and not any("Pneumonia 0.150" in c for c in captions), captions
 
 
 def _walk(ds: Dataset) -> list[Dataset]:
