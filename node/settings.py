@@ -28,6 +28,9 @@ from node.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "AINODE_"
+#: ``AINODE_*`` variables that are not settings: the file's own name, the test suite's shared data,
+#: and the variables of ``scripts/dev.sh`` (its Python and pip extras), which reach ``ainode serve``.
+NOT_SETTINGS: frozenset[str] = frozenset({"AINODE_CONFIG", "AINODE_SHARED_DATA", "AINODE_EXTRAS", "AINODE_PYTHON"})
 
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
 _UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -223,7 +226,8 @@ class Settings(_Strict):
     port: int | None = Field(default=11112, ge=0, le=65535)  # None: no plain (non-TLS) port
     tls: TlsSettings = Field(default_factory=TlsSettings)
     allowed_peers: list[AllowedPeerSettings] = Field(
-        default_factory=lambda: [AllowedPeerSettings(ae_title="ORTHANC"), AllowedPeerSettings(ae_title="STORESCU")]
+        # Secure by default: only an Orthanc on this machine may store; a PACS is added by name (and address).
+        default_factory=lambda: [AllowedPeerSettings(ae_title="ORTHANC", host="127.0.0.1")]
     )
     max_pdu: int = Field(default=262144, ge=0)
     max_associations: int = Field(default=32, ge=1)
@@ -328,7 +332,7 @@ def _env_overrides(environ: Mapping[str, str], skip: AbstractSet[str] = frozense
     """Nested dict from ``AINODE_A__B=value`` variables (values parsed as YAML), except those in ``skip``."""
     out: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ("AINODE_CONFIG", "AINODE_SHARED_DATA") or name in skip:
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS or name in skip:
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__")]
         try:
