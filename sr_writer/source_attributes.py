@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from pydicom import Dataset
 from pydicom.charset import python_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
@@ -75,6 +76,8 @@ _MAX_LENGTH: dict[str, int] = {
 #: Text VRs that may hold line breaks and tabs (PS3.5 6.1.3); the others allow ESC only.
 _FORMATTED_TEXT = frozenset({"LT", "ST", "UT"})
 _STRING_VRS = frozenset(_MAX_LENGTH)
+#: VRs whose value is in the Specific Character Set (PS3.5 6.1.2.3); the others are in the default repertoire.
+_DECLARED_TEXT = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
 
 #: Enumerated values (PS3.3) of the coded strings the writers copy.
@@ -198,6 +201,11 @@ def clean_source(source: Dataset, extra: Mapping[str, str] | None = None) -> tup
                 if keyword in TYPE2_COPIED:
                     setattr(cleaned, keyword, "")
                 continue
+            undecodable = _undecodable(cleaned.get_item(tag), charset)
+            if undecodable is not None:
+                issues.append(SourceAttributeIssue(keyword, undecodable))
+                _drop(cleaned, tag, keyword, kind)
+                continue
             try:
                 element = cleaned[tag]
             except (ValueError, TypeError, OverflowError, KeyError):  # pydicom cannot even convert it
@@ -284,6 +292,23 @@ def _charset(source: Dataset) -> tuple[_Charset, SourceAttributeIssue | None]:
         return _Charset("utf-8", convert=True), None
     # pydicom reads such a file in the default repertoire: only ASCII text can be trusted.
     return _Charset(None), SourceAttributeIssue("SpecificCharacterSet", "unknown character set")
+
+
+def _undecodable(element: Any, charset: _Charset) -> str | None:
+    """Why the raw bytes of a text element are not text in the declared character set, or None.
+
+    pydicom decodes such bytes with a fallback codec rather than failing, so the check is made
+    on the bytes as read.
+    """
+    if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes):
+        return None
+    if element.VR not in _DECLARED_TEXT or charset.codec is None or charset.convert:
+        return None
+    try:
+        element.value.decode(charset.codec)
+    except (UnicodeDecodeError, LookupError):
+        return f"bytes not valid in the character set ({element.VR})"
+    return None
 
 
 def _drop(dataset: Dataset, tag: Any, keyword: str, kind: str) -> None:

@@ -24,15 +24,31 @@ from models.findings import SeriesResult
 # in one line per plugin, why the pixel data could not be decoded (and users must not see tracebacks).
 logging.getLogger("pydicom.pixels").setLevel(logging.CRITICAL)
 
+log = logging.getLogger("ainode.pipeline")
+
 
 @dataclass
 class PipelineOutput:
-    """What one analysis produced."""
+    """What one analysis produced.
+
+    Source attributes the writers dropped or corrected because their VR does not allow the source's
+    value (:mod:`sr_writer.source_attributes`) are appended to ``summary`` and logged at WARNING, by
+    keyword and reason only: "source attributes dropped: PatientAge (invalid AS)".
+    """
 
     result: SeriesResult
     objects: list[Dataset]
     summary: str
     warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from sr_writer.source_attributes import describe_issues, source_attribute_issues
+
+        issues = [issue for ds in self.objects for issue in source_attribute_issues(ds)]
+        note = describe_issues(issues)
+        if note:
+            self.summary = f"{self.summary}; {note}" if self.summary else note
+            log.warning("%s", note)
 
 
 class Pipeline(Protocol):
