@@ -127,6 +127,9 @@ class Instance(Base):
     # SHA-256 of the data set as received: an unchanged re-send has the same digest (``None``: recorded
     # by a version before digests, treated as changed once).
     digest: Mapped[str | None] = mapped_column(String(64))
+    # When retention removed the file (``node.retention``); the row stays for the audit trail. Cleared
+    # when the instance is received again (the file is then back).
+    purged_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Job(Base):
@@ -165,6 +168,11 @@ class Result(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     superseded_by: Mapped[int | None] = mapped_column(Integer)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Delivery order when a destination has a backlog: 0 urgent, 1 priority, 2 routine (the cxr
+    # triage); ``None`` (no triage) counts as routine.
+    priority: Mapped[int | None] = mapped_column(Integer, default=None)
+    # When retention removed the file from the outbox (all its deliveries done); the row stays.
+    purged_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Delivery(Base):
@@ -178,6 +186,9 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
+    # Dispatcher clock (epoch seconds) of the first failed attempt: a delivery failing for longer than
+    # ``delivery.give_up_after_hours`` becomes a dead letter. Cleared when retried by hand.
+    first_failed_at: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class AuditKind(str, enum.Enum):
@@ -190,6 +201,7 @@ class AuditKind(str, enum.Enum):
     DEAD_LETTER = "dead_letter"
     RETRIED = "retried"                            # dead letters queued again by hand
     RESENT = "resent"                              # a series arrived again unchanged: not analysed again
+    PURGED = "purged"                              # retention removed files (counts and bytes; rows kept)
 
 
 class AuditEvent(Base):

@@ -1,11 +1,23 @@
-"""Delivery of result objects: C-STORE or STOW-RS, retried with exponential back-off.
+"""Delivery of result objects: C-STORE or STOW-RS, retried with exponential back-off for hours.
 
 Each (result, destination) pair is a ``Delivery`` row. The dispatcher sends
 due deliveries, grouped per destination into one association or request,
 and records the outcome: done, or a new attempt after
-``backoff_initial * 2**(attempts-1)`` seconds (capped at ``backoff_max``), or
-after ``max_attempts`` (or a permanent refusal) a dead letter that is kept and
-can be retried by hand (``ainode deliveries retry``). Nothing is dropped.
+``backoff_initial * 2**(attempts-1)`` seconds (capped at ``backoff_max``,
+10 min by default), or a dead letter that is kept and can be retried by hand
+(``ainode deliveries retry``): after a permanent refusal at once, otherwise
+once the first failure is ``give_up_after_hours`` old (48 h by default: a PACS
+maintenance window lasts hours) or, when set, after ``max_attempts``. Nothing
+is dropped.
+
+A backlog goes out in order: urgent results first (``Result.priority``, the
+chest radiograph triage), then by creation. When a delivery to a destination
+succeeds, every other delivery waiting for that destination becomes due at
+once, so a PACS back from maintenance gets its whole backlog now, not each
+result at the end of its own back-off.
+
+Time is read from an injectable clock (``clock``, epoch seconds), so the
+schedule can be tested over simulated hours.
 """
 
 from __future__ import annotations
@@ -14,9 +26,9 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TYPE_CHECKING, Mapping, Protocol, Sequence
+from typing import Any, TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from node import tls
 from node.background import BackgroundLoop
@@ -31,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ainode.dispatcher")
 BATCH = 64
+#: ``Result.priority`` of a result without triage: after urgent (0) and priority (1), with routine (2).
+ROUTINE = 2
 
 
 class Sender(Protocol):
@@ -79,7 +93,8 @@ def retry_dead(db: Database, ids: Sequence[int] = ()) -> int:
         stmt = update(Delivery).where(Delivery.state == DeliveryState.DEAD)
         if ids:
             stmt = stmt.where(Delivery.id.in_(list(ids)))
-        result = session.execute(stmt.values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=0.0))
+        result = session.execute(stmt.values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=0.0,
+                                             first_failed_at=None))
         count = rowcount(result)
         if count:
             which = f"deliveries {', '.join(map(str, ids))}" if ids else "all dead letters"
@@ -93,16 +108,18 @@ class Dispatcher(BackgroundLoop):
 
     retry_seconds = 2.0
 
-    def __init__(self, settings: Settings, db: Database, senders: Mapping[str, Sender]) -> None:
+    def __init__(self, settings: Settings, db: Database, senders: Mapping[str, Sender],
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__("ainode-dispatcher", log)
         self.policy = settings.delivery
         self.db = db
         self.senders = dict(senders)
+        self.clock = clock
         self.metrics: Metrics | None = None
 
     def run_once(self) -> float:
         """Send what is due; return seconds until the next delivery is due (at most 1 s)."""
-        now = time.time()
+        now = self.clock()
         for destination in self.senders:
             self._send_batch(destination, now)
         with self.db.session() as session:
@@ -112,7 +129,11 @@ class Dispatcher(BackgroundLoop):
             )
         if upcoming is None:
             return 1.0
-        return max(0.0, min(1.0, upcoming - time.time()))
+        return max(0.0, min(1.0, upcoming - self.clock()))
+
+    def delay(self, attempts: int) -> float:
+        """Seconds before the next attempt after ``attempts`` failed ones (exponential, capped)."""
+        return float(min(self.policy.backoff_max, self.policy.backoff_initial * 2 ** min(attempts - 1, 60)))
 
     def _send_batch(self, destination: str, now: float) -> None:
         with self.db.session() as session:
@@ -122,7 +143,7 @@ class Dispatcher(BackgroundLoop):
                 .join(Result, Result.id == Delivery.result_id)
                 .where(Delivery.destination == destination, Delivery.state == DeliveryState.PENDING,
                        Delivery.next_attempt_at <= now)
-                .order_by(Delivery.id).limit(BATCH)
+                .order_by(func.coalesce(Result.priority, ROUTINE), Delivery.id).limit(BATCH)
             ).all()
             if not rows:
                 return
@@ -137,7 +158,8 @@ class Dispatcher(BackgroundLoop):
         by_study: dict[str, list[Any]] = {}
         for row in rows:
             by_study.setdefault(row.study_uid, []).append(row)
-        for study_uid, group in by_study.items():
+        groups = list(by_study.items())
+        for index, (study_uid, group) in enumerate(groups):
             jobs = {row.job_id for row in group}
             with log_context(job=jobs.pop() if len(jobs) == 1 else None, study=study_uid):
                 try:
@@ -145,16 +167,38 @@ class Dispatcher(BackgroundLoop):
                 except Exception as exc:  # a sender must not take the dispatcher down
                     attempt = DeliveryAttempt(ok=False, permanent=False, message=f"{type(exc).__name__}: {exc}",
                                               statuses={})
-            self._record(destination, group, attempt)
+            if self._record(destination, group, attempt) and index + 1 < len(groups):
+                # Back after an outage: the rest of this batch goes back to the queue, so that the next pass
+                # sends the whole backlog (now all due) urgent first, not this batch's routine results first.
+                with self.db.session() as session:
+                    session.execute(update(Delivery).where(
+                        Delivery.id.in_([r.id for _, rest in groups[index + 1:] for r in rest]),
+                        Delivery.state == DeliveryState.SENDING).values(state=DeliveryState.PENDING))
+                return
 
-    def _record(self, destination: str, rows: Sequence, attempt: DeliveryAttempt) -> None:  # type: ignore[type-arg]
+    def _record(self, destination: str, rows: Sequence, attempt: DeliveryAttempt) -> int:  # type: ignore[type-arg]
+        """Record one send's outcome; returns how many waiting deliveries it made due now (destination back)."""
+        made_due = 0
         with self.db.session() as session:
+            delivered = False
             for row in rows:
                 with log_context(job=row.job_id, study=row.study_uid, series=row.series_uid):
-                    self._record_one(session, destination, row, attempt)
+                    delivered = self._record_one(session, destination, row, attempt) or delivered
+            if delivered:
+                # The destination answers again: its backlog need not wait for each delivery's back-off.
+                backlog = session.execute(
+                    update(Delivery).where(Delivery.destination == destination,
+                                           Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at > 0,
+                                           Delivery.id.notin_([row.id for row in rows]))
+                    .values(next_attempt_at=0.0))
+                made_due = rowcount(backlog)
+                if made_due:
+                    log.info("destination %s answers again: %d waiting deliveries are due now", destination,
+                             made_due)
+        return made_due
 
-    def _record_one(self, session, destination: str, row, attempt: DeliveryAttempt) -> None:  # type: ignore[no-untyped-def]
-        """One delivery's outcome: its state, its audit row and the metrics, together."""
+    def _record_one(self, session, destination: str, row, attempt: DeliveryAttempt) -> bool:  # type: ignore[no-untyped-def]
+        """One delivery's outcome: its state, its audit row and the metrics, together; True when delivered."""
         audit = {"destination": destination, "sop_uid": row.sop_uid, "study_uid": row.study_uid,
                  "series_uid": row.series_uid, "job_id": row.job_id}
         delivery = session.get(Delivery, row.id)
@@ -168,20 +212,27 @@ class Dispatcher(BackgroundLoop):
             session.add(audit_row(AuditKind.DELIVERED, message=f"attempt {delivery.attempts}", **audit))
             self._count(destination, "delivered", row.created_at)
             log.info("delivered %s to %s", row.sop_uid, destination)
-            return
+            return True
         reason = attempt.message if code is None else f"{attempt.message} (status 0x{code:04X})"
         delivery.last_error = reason
-        if attempt.permanent or delivery.attempts >= self.policy.max_attempts:
+        now = self.clock()
+        if delivery.first_failed_at is None:
+            delivery.first_failed_at = now
+        failing_hours = (now - delivery.first_failed_at) / 3600.0
+        given_up = failing_hours >= self.policy.give_up_after_hours or (
+            self.policy.max_attempts is not None and delivery.attempts >= self.policy.max_attempts)
+        if attempt.permanent or given_up:
             delivery.state = DeliveryState.DEAD
+            why = "refused" if attempt.permanent else f"failing for {failing_hours:.1f} h"
             session.add(audit_row(AuditKind.DEAD_LETTER, message=f"delivery {delivery.id} after "
-                                  f"{delivery.attempts} attempt(s): {reason}", **audit))
+                                  f"{delivery.attempts} attempt(s), {why}: {reason}", **audit))
             self._count(destination, "dead", None)
-            log.error("delivery %s of %s to %s is a dead letter after %d attempts: %s", delivery.id,
-                      row.sop_uid, destination, delivery.attempts, reason)
+            log.error("delivery %s of %s to %s is a dead letter after %d attempts (%s): %s", delivery.id,
+                      row.sop_uid, destination, delivery.attempts, why, reason)
         else:
-            delay = min(self.policy.backoff_max, self.policy.backoff_initial * 2 ** (delivery.attempts - 1))
+            delay = self.delay(delivery.attempts)
             delivery.state = DeliveryState.PENDING
-            delivery.next_attempt_at = time.time() + delay
+            delivery.next_attempt_at = now + delay
             session.add(audit_row(AuditKind.DELIVERY_FAILED, message=f"attempt {delivery.attempts}, next in "
                                   f"{delay:.0f} s: {reason}", **audit))
             self._count(destination, "failed", None)

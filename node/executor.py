@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 import pydicom
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from node.audit import audit_row, model_versions
 from node.db import rowcount, AuditKind, Database, Delivery, Instance, Job, JobState, Result, Series, SeriesState, utcnow
@@ -93,14 +93,23 @@ def run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None:
 
 def _run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None:
     with db.session() as session:
+        # Files removed by retention (``purged_at``) are not read: the job analyses what is on disk.
         paths = [Path(p) for p in session.scalars(
-            select(Instance.path).where(Instance.series_uid == job.series_uid).order_by(Instance.id)
+            select(Instance.path).where(Instance.series_uid == job.series_uid, Instance.purged_at.is_(None))
+            .order_by(Instance.id)
         )]
+        purged = session.scalar(select(func.count()).select_from(Instance).where(
+            Instance.series_uid == job.series_uid, Instance.purged_at.is_not(None))) or 0
         earlier = session.scalars(
             select(Result).where(Result.series_uid == job.series_uid, Result.superseded_by.is_(None),
                                  Result.kind == "SR")
         ).all()
-        predecessor_paths = [Path(r.path) for r in earlier]
+        predecessor_paths = [Path(r.path) for r in earlier if r.purged_at is None]
+    if not paths and purged:
+        _finish(db, job, error=f"the {purged} instance(s) of this series were removed by retention "
+                               "(ainode purge) before this job ran; send the series again to analyse it")
+        log.warning("job %s (series %s) failed: its instances were purged", job.id, job.series_uid)
+        return
     if paths:  # a library's message or a traceback may quote them: keep them out of logs and job errors
         bind_log_context(redact=read_patient_values(paths[0]))
     predecessors = []
@@ -133,6 +142,16 @@ def _kind(sop_class_uid: str) -> str:
     return "KO" if sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.59" else "OT"
 
 
+#: ``Result.priority`` per triage level (lower goes first when a destination has a backlog).
+PRIORITY_BY_TRIAGE = {"urgent": 0, "priority": 1, "routine": 2}
+
+
+def result_priority(output: PipelineOutput) -> int | None:
+    """The delivery priority of a job's results: its most urgent image's triage, ``None`` without triage."""
+    levels = [PRIORITY_BY_TRIAGE[image.triage] for image in output.result.images if image.triage in PRIORITY_BY_TRIAGE]
+    return min(levels) if levels else None
+
+
 def _store_output(db: Database, outbox: Outbox, job: Job, output: PipelineOutput, superseded: list[int]) -> None:
     from io import BytesIO
 
@@ -142,6 +161,7 @@ def _store_output(db: Database, outbox: Outbox, job: Job, output: PipelineOutput
         ds.save_as(buffer, enforce_file_format=True)
         path = outbox.store(job.study_uid, job.series_uid, str(ds.SOPInstanceUID), buffer.getvalue())
         written.append((ds, path))
+    priority = result_priority(output)
     with db.session() as session:
         first_id: int | None = None
         for ds, path in written:
@@ -150,7 +170,7 @@ def _store_output(db: Database, outbox: Outbox, job: Job, output: PipelineOutput
             result = Result(
                 job_id=job.id, series_uid=job.series_uid, study_uid=job.study_uid, sop_uid=str(ds.SOPInstanceUID),
                 sop_class_uid=sop_class, kind=kind, path=str(path),
-                payload=output.result.to_json() if kind == "SR" else None,
+                payload=output.result.to_json() if kind == "SR" else None, priority=priority,
             )
             session.add(result)
             session.flush()

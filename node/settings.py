@@ -149,11 +149,17 @@ Destination = Annotated[DicomDestinationSettings | DicomWebDestinationSettings, 
 
 
 class DeliverySettings(_Strict):
-    """Retry policy of the dispatcher: exponential back-off, then a dead letter."""
+    """Retry policy of the dispatcher: exponential back-off, then a dead letter.
 
-    max_attempts: int = Field(default=8, ge=1)
+    A failing delivery is retried after ``backoff_initial * 2**(attempts-1)`` seconds, at most
+    ``backoff_max``; it becomes a dead letter once its first failure is ``give_up_after_hours``
+    old (a PACS maintenance window lasts hours), or after ``max_attempts`` attempts when that is set.
+    """
+
+    max_attempts: int | None = Field(default=None, ge=1)
     backoff_initial: float = Field(default=2.0, gt=0)
     backoff_max: float = Field(default=600.0, gt=0)
+    give_up_after_hours: float = Field(default=48.0, gt=0)
 
 
 #: Default triage thresholds of the cxr pipeline (label key -> probability at or above which the level applies).

@@ -1,0 +1,270 @@
+"""The delivery schedule over simulated hours: a controllable clock, a fake destination, a real database.
+
+A PACS maintenance window lasts hours: the default schedule (back-off capped at
+10 min, dead letter 48 h after the first failure) keeps trying for at least
+24 h, and a destination that comes back gets its backlog at once, urgent
+results first. The clock is the dispatcher's (``clock=``), so 20 hours take
+milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from dimse import status
+from models.findings import ImageResult, SeriesResult
+from node import dispatcher as dispatch
+from node import executor as execution
+from node.assembler import Assembler
+from node.db import AuditEvent, AuditKind, Base, Database, Delivery, DeliveryState, Result
+from node.fakes import FakeDestination
+from node.pipelines import PipelineOutput
+from node.receiver import Receiver
+from node.router import load_routing
+from node.settings import DeliverySettings, Settings
+from node.spool import Outbox, Spool
+from tests.node.test_flow import ROUTING, TinyPipeline, _instance
+
+HOUR = 3600.0
+
+
+class Clock:
+    """Epoch seconds that move only when the test says so."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TriagedPipeline(TinyPipeline):
+    """One result object per series, with the triage level the test chose for that series."""
+
+    def __init__(self, triage: dict[str, str]) -> None:
+        super().__init__()
+        self.triage = triage
+
+    def analyse(self, study_uid: str, series_uid: str, paths: Sequence[Path],
+                predecessors: Sequence[Dataset] = ()) -> PipelineOutput:
+        output = super().analyse(study_uid, series_uid, paths, predecessors)
+        level = self.triage[series_uid]
+        output.result.images = [ImageResult(str(generate_uid()), triage=level)]  # type: ignore[arg-type]
+        return output
+
+
+class RecordingDestination(FakeDestination):
+    """A fake destination that also keeps the order in which results arrived."""
+
+    def __init__(self, down: bool = False) -> None:
+        super().__init__(down=down)
+        self.order: list[str] = []
+
+    def send(self, paths):  # type: ignore[no-untyped-def]
+        attempt = super().send(paths)
+        if attempt.ok:
+            self.order.extend(attempt.statuses)
+        return attempt
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'node.db'}")
+    Base.metadata.drop_all(database.engine)
+    database.create_schema()
+    yield database
+    database.dispose()
+
+
+def _node(tmp_path: Path, db: Database, clock: Clock, **delivery: object):  # type: ignore[no-untyped-def]
+    settings = Settings(data_dir=tmp_path / "data", quiet_period={"default": 0.0}, delivery=delivery)
+    routing_file = tmp_path / "routing.yaml"
+    routing_file.write_text(ROUTING)
+    receiver = Receiver(settings, db, Spool(settings.spool_dir, settings.tmp_dir))
+    assembler = Assembler(db, load_routing(routing_file), {"fake"}, {}, ["pacs"])
+    destination = RecordingDestination()
+    dispatcher = dispatch.Dispatcher(settings, db, {"pacs": destination}, clock=clock)
+    return settings, receiver, assembler, Outbox(settings.outbox_dir, settings.tmp_dir), dispatcher, destination
+
+
+def _analyse(db: Database, receiver: Receiver, assembler: Assembler, outbox: Outbox,
+             levels: Sequence[str]) -> dict[str, str]:
+    """One series per triage level, analysed in this order; SOP Instance UID of each result -> its level."""
+    triage: dict[str, str] = {}
+    for level in levels:
+        series = generate_uid()
+        triage[series] = level
+        assert receiver(_instance(series, generate_uid())) == status.SUCCESS
+    assembler.run_once()
+    pipeline = TriagedPipeline(triage)
+    while (job := execution.claim_job(db, "test", {"fake"})) is not None:
+        execution.run_job(db, outbox, pipeline, job)
+    with db.session() as s:
+        return {r.sop_uid: triage[r.series_uid] for r in s.scalars(select(Result).where(
+            Result.series_uid.in_(list(triage))))}
+
+
+def _next_due(db: Database) -> float | None:
+    with db.session() as s:
+        return s.scalar(select(Delivery.next_attempt_at).where(Delivery.state == DeliveryState.PENDING)
+                        .order_by(Delivery.next_attempt_at).limit(1))
+
+
+def _states(db: Database) -> dict[DeliveryState, int]:
+    with db.session() as s:
+        states = s.scalars(select(Delivery.state)).all()
+    return {state: states.count(state) for state in set(states)}
+
+
+def _outage(db: Database, dispatcher: dispatch.Dispatcher, clock: Clock, hours: float) -> int:
+    """Run the dispatcher at every due time for ``hours`` of simulated time; returns the passes."""
+    end = clock.now + hours * HOUR
+    passes = 0
+    while True:
+        dispatcher.run_once()
+        passes += 1
+        due = _next_due(db)
+        if due is None or due > end:
+            clock.now = end
+            return passes
+        clock.now = max(clock.now, due)
+
+
+def test_default_schedule_keeps_trying_for_more_than_24_hours() -> None:
+    policy = DeliverySettings()
+    assert policy.max_attempts is None and policy.backoff_max == 600 and policy.give_up_after_hours >= 24
+    dispatcher = dispatch.Dispatcher(Settings(), Database("sqlite://"), {})
+    delays = [dispatcher.delay(n) for n in range(1, 200)]
+    assert delays[:5] == [2, 4, 8, 16, 32] and max(delays) == 600  # 2 -> 512 s, then every 10 min
+    # Attempts before the give-up time: the retries alone span the give-up time, every one at most 10 min apart.
+    elapsed, attempts = 0.0, 0
+    while elapsed < policy.give_up_after_hours * HOUR:
+        attempts += 1
+        elapsed += dispatcher.delay(attempts)
+    assert attempts > 24 * 6 and elapsed >= 24 * HOUR
+
+
+def test_destination_down_20_hours_gets_every_result_urgent_first_and_no_dead_letter(
+    tmp_path: Path, db: Database
+) -> None:
+    clock = Clock()
+    settings, receiver, assembler, outbox, dispatcher, destination = _node(tmp_path, db, clock)
+    # Routine results are created first (lower ids): order by creation alone would send them first.
+    levels = _analyse(db, receiver, assembler, outbox, ["routine", "routine", "priority", "urgent", "routine", "urgent"])
+    destination.down = True
+    passes = _outage(db, dispatcher, clock, hours=20)
+    assert DeliveryState.DEAD not in _states(db), _states(db)
+    with db.session() as s:
+        attempts = s.scalars(select(Delivery.attempts)).all()
+        failed = s.scalar(select(AuditEvent.id).where(AuditEvent.kind == AuditKind.DEAD_LETTER))
+    # 2 + 4 + ... + 512 s, then every 600 s for the rest of 20 h: about 128 attempts each, not 8.
+    assert all(110 <= n <= 140 for n in attempts), attempts
+    assert failed is None and passes < 200  # one pass per due time: simulated, not waited for
+
+    destination.down = False
+    back = clock.now
+    clock.now = _next_due(db) or back  # the next retry finds the PACS back: at most 10 min later
+    assert clock.now - back <= 600
+    for _ in range(5):
+        dispatcher.run_once()
+    assert _states(db) == {DeliveryState.DONE: len(levels)}
+    assert sorted(destination.received) == sorted(levels) and set(destination.received.values()) == {1}
+    arrived = [levels[uid] for uid in destination.order]
+    assert arrived == sorted(arrived, key=["urgent", "priority", "routine"].index), arrived
+
+
+def test_backlog_goes_at_once_urgent_first_when_the_destination_returns(tmp_path: Path, db: Database) -> None:
+    """Deliveries queued at different times have different back-offs; the first success makes all due now."""
+    clock = Clock()
+    settings, receiver, assembler, outbox, dispatcher, destination = _node(tmp_path, db, clock)
+    destination.down = True
+    levels: dict[str, str] = {}
+    for level in ["routine", "routine", "urgent", "priority", "urgent"]:  # one every 7 simulated minutes
+        levels.update(_analyse(db, receiver, assembler, outbox, [level]))
+        _outage(db, dispatcher, clock, hours=7 / 60)
+    _outage(db, dispatcher, clock, hours=3)
+    with db.session() as s:
+        due_times = set(s.scalars(select(Delivery.next_attempt_at)).all())
+    assert len(due_times) == len(levels)  # each on its own schedule, up to 10 min away
+
+    destination.down = False
+    clock.now = min(due_times)  # the earliest retry finds the PACS back; the clock stands still from here
+    for _ in range(4):
+        dispatcher.run_once()
+    assert _states(db) == {DeliveryState.DONE: len(levels)}, "the backlog waited for its own back-off"
+    probe, *rest = [levels[uid] for uid in destination.order]
+    assert len(rest) == len(levels) - 1
+    assert rest == sorted(rest, key=["urgent", "priority", "routine"].index), (probe, rest)
+
+
+def test_dead_letter_after_give_up_hours_then_retry_by_hand_starts_a_new_period(tmp_path: Path, db: Database) -> None:
+    clock = Clock()
+    settings, receiver, assembler, outbox, dispatcher, destination = _node(
+        tmp_path, db, clock, give_up_after_hours=30, backoff_initial=60, backoff_max=1800)
+    _analyse(db, receiver, assembler, outbox, ["routine"])
+    destination.down = True
+    _outage(db, dispatcher, clock, hours=29.4)
+    assert _states(db) == {DeliveryState.PENDING: 1}
+    _outage(db, dispatcher, clock, hours=1.0)
+    assert _states(db) == {DeliveryState.DEAD: 1}
+    with db.session() as s:
+        delivery = s.scalar(select(Delivery))
+        audit = s.scalar(select(AuditEvent.message).where(AuditEvent.kind == AuditKind.DEAD_LETTER))
+    assert "failing for 30." in audit and "fake destination is down" in audit
+    assert dispatch.retry_dead(db) == 1
+    with db.session() as s:
+        assert s.scalar(select(Delivery.first_failed_at)) is None  # a new period, not an instant dead letter
+    clock.now += HOUR
+    dispatcher.run_once()
+    assert _states(db) == {DeliveryState.PENDING: 1}
+    destination.down = False
+    clock.now += HOUR
+    dispatcher.run_once()
+    assert _states(db) == {DeliveryState.DONE: 1} and delivery.id is not None
+
+
+def test_max_attempts_when_set_still_makes_a_dead_letter(tmp_path: Path, db: Database) -> None:
+    clock = Clock()
+    settings, receiver, assembler, outbox, dispatcher, destination = _node(
+        tmp_path, db, clock, max_attempts=4, backoff_initial=1, backoff_max=2)
+    _analyse(db, receiver, assembler, outbox, ["routine"])
+    destination.down = True
+    _outage(db, dispatcher, clock, hours=1)
+    with db.session() as s:
+        delivery = s.scalar(select(Delivery))
+    assert delivery.state == DeliveryState.DEAD and delivery.attempts == 4
+
+
+def test_permanent_refusal_is_a_dead_letter_at_once(tmp_path: Path, db: Database) -> None:
+    clock = Clock()
+    settings, receiver, assembler, outbox, dispatcher, destination = _node(tmp_path, db, clock)
+    _analyse(db, receiver, assembler, outbox, ["routine"])
+    destination.down = destination.permanent = True
+    dispatcher.run_once()
+    with db.session() as s:
+        delivery = s.scalar(select(Delivery))
+    assert delivery.state == DeliveryState.DEAD and delivery.attempts == 1
+
+
+def test_result_priority_is_the_most_urgent_image_triage() -> None:
+    def output(*levels: str | None) -> PipelineOutput:
+        images = [ImageResult(str(generate_uid()), triage=level) for level in levels]  # type: ignore[arg-type]
+        return PipelineOutput(result=SeriesResult("cxr", "1.2", "1.2.3", [], images=images), objects=[], summary="")
+
+    assert execution.result_priority(output("routine", "urgent", "priority")) == 0
+    assert execution.result_priority(output("routine", "priority")) == 1
+    assert execution.result_priority(output("routine")) == 2
+    assert execution.result_priority(output(None)) is None and execution.result_priority(output()) is None
+
+
+def test_invalid_delivery_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="give_up_after_hours"):
+        DeliverySettings(give_up_after_hours=0)
+    with pytest.raises(ValueError, match="max_attempts"):
+        DeliverySettings(max_attempts=0)
