@@ -6,12 +6,14 @@
     ainode analyze PATH... --out DIR  analyse files/folders offline, write result objects to DIR
     ainode route FILE...              which pipeline each file would go to, and why
     ainode echo [DEST]                C-ECHO a destination (or this node)
-    ainode jobs                       recent jobs and their states
-    ainode deliveries [--failed]      deliveries; 'ainode deliveries retry' re-queues dead letters
+    ainode jobs [show ID]             recent jobs and their states; 'show' prints one job in full
+    ainode deliveries [--failed]      deliveries; 'retry' re-queues dead letters, 'show ID' prints one in full
     ainode audit [--since T] [--study UID] [--kind K]   who sent what, what ran, where results went
     ainode models list|verify         the models, their weights and checksums
     ainode models build-demo [--out DIR] [--force] [--quick] [--only NAME]   demo weights from phantoms
     ainode train view-filter|finding-classifier|four-class|detector --data DIR [--out DIR] [trainer options]
+    ainode sample cxr|ct-pe|ct-lumbar --out DIR [--send AE@HOST:PORT]   a synthetic study, written and sent
+    ainode --version
 
 Every command reads the same settings (``--config`` or ``$AINODE_CONFIG``,
 then ``AINODE_*`` variables). Errors a user can fix are printed as one clear
@@ -23,6 +25,8 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -36,9 +40,32 @@ from node.settings import Settings, load_settings
 log = logging.getLogger("ainode.cli")
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+def _terminal_width() -> int | None:
+    """Columns to fit a table into: ``$COLUMNS``, else the terminal's; ``None`` when writing to a pipe or file."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], width: int | None = None) -> str:
+    """Rows under headers, columns padded; with ``width``, the widest columns are cut (``…``) to fit it."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else " ".join(str(c).split()) for c in row]
+                                           for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if width is not None:
+        floor = [max(len(str(h)), 5) for h in headers]  # never narrower than the header (or 5)
+        while sum(widths) + 2 * (len(widths) - 1) > width:
+            shrinkable = [i for i in range(len(widths)) if widths[i] > floor[i]]
+            if not shrinkable:
+                break
+            widest = max(shrinkable, key=lambda i: widths[i])
+            widths[widest] -= 1
+        cells = [[_cut(c, w) for c, w in zip(row, widths)] for row in cells]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -52,6 +79,7 @@ def _setup_logging(settings: Settings) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from node.banner import banner_lines, echo_destinations, emit
     from node.service import Node
 
     node = Node(settings)
@@ -61,21 +89,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     http = None
-    if settings.http_enabled:
-        # Before the DICOM port: /healthz answers during recovery, /readyz says 503 until the port is open.
-        try:
+    try:
+        if settings.http_enabled:
+            # Before the DICOM port: /healthz answers during recovery, /readyz says 503 until the port is open.
+            # A taken port stops start-up (ConfigError): a node nobody can watch is not what was configured.
             http = node.http_server()
             http.start()
-        except OSError as exc:
-            # Receiving studies matters more than being watched: say so loudly and go on.
-            log.error("HTTP endpoint not started: cannot listen on %s:%d: %s", settings.http_host,
-                      settings.http_port, exc)
-    try:
         node.start()
-        where = f"; HTTP on {settings.http_host}:{http.port}" if http else ""
-        ports = ", ".join(f"{scp.port}{' (TLS)' if scp is node.tls_scp else ''}" for scp in node.scps)
-        print(f"ainode: {settings.ae_title} listening on port {ports}{where}; data in {settings.data_dir}",
-              flush=True)
+        emit(banner_lines(node, http.port if http else None))
+        echo_destinations(settings)  # in the background: start-up does not wait for the PACS
         stop.wait()
     finally:
         if http is not None:
@@ -123,27 +145,70 @@ def cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _open_db(settings: Settings):  # type: ignore[no-untyped-def]
-    from node.db import Database
+    """The node's database for reading what it recorded; no database yet is a one-line error, not a new file."""
+    from node.preflight import open_database
 
-    db = Database(settings.db_url())
-    db.create_schema()
-    return db
+    return open_database(settings, create=False)
+
+
+def _when(moment: object) -> str:
+    """A database time as ``2026-11-22 10:00:05`` (UTC), or ``-``."""
+    from datetime import datetime
+
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if isinstance(moment, datetime) else "-"
+
+
+def _details(fields: Sequence[tuple[str, object]]) -> str:
+    """``key: value`` lines, every value whole (multi-line values indented)."""
+    width = max(len(k) for k, _ in fields)
+    lines = []
+    for key, value in fields:
+        text = "-" if value is None or value == "" else str(value)
+        first, *rest = text.splitlines() or [""]
+        lines.append(f"{key.ljust(width)}  {first}")
+        lines += [" " * (width + 2) + line for line in rest]
+    return "\n".join(lines)
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from node.db import Job
+    from node.db import Delivery, Job, Result
 
     db = _open_db(settings)
+    if args.action == "show":
+        if args.id is None:
+            raise AinodeError("ainode jobs show ID: name the job (its id in 'ainode jobs')")
+        with db.session() as session:
+            job = session.get(Job, args.id)
+            if job is None:
+                raise AinodeError(f"no job {args.id} (see 'ainode jobs')")
+            results = session.execute(
+                select(Result, Delivery).outerjoin(Delivery, Delivery.result_id == Result.id)
+                .where(Result.job_id == job.id).order_by(Result.id, Delivery.id)).all()
+        sent = [f"{r.kind} {r.sop_uid}" + (f" -> {d.destination}: {d.state.value} (delivery {d.id})" if d else "")
+                for r, d in results]
+        print(_details([
+            ("job", job.id), ("state", job.state.value), ("pipeline", job.pipeline), ("rule", job.rule),
+            ("study", job.study_uid), ("series", job.series_uid), ("generation", job.generation),
+            ("tries", job.attempts), ("created", _when(job.created_at)), ("started", _when(job.started_at)),
+            ("finished", _when(job.finished_at)), ("worker", job.worker),
+            ("destinations", ", ".join(job.destinations or []) or "default"),
+            ("summary", job.summary), ("error", job.error), ("results", "\n".join(sent) or "none"),
+        ]))
+        return 0
     with db.session() as session:
         stmt = select(Job).order_by(Job.id.desc()).limit(args.limit)
         if args.state:
             stmt = stmt.where(Job.state == args.state)
         jobs = session.scalars(stmt).all()
-        rows = [(j.id, j.state.value, j.pipeline, j.series_uid, j.generation, j.attempts,
-                 (j.error or j.summary or "")[:100]) for j in jobs]
-    print(_table(["id", "state", "pipeline", "series", "gen", "tries", "summary / error"], rows))
+        rows = [(j.id, j.state.value, j.pipeline, _when(j.created_at), _when(j.finished_at), j.study_uid,
+                 j.attempts, j.error or j.summary or "") for j in jobs]
+    table = _table(["id", "state", "pipeline", "created", "finished", "study", "tries",
+                    "summary / error"], rows, width=_terminal_width())
+    print(table)
+    if "…" in table:
+        print("(cells cut to fit end in '…': 'ainode jobs show ID' shows all)")
     return 0
 
 
@@ -158,14 +223,34 @@ def cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
         count = retry_dead(db, args.ids)
         print(f"{count} dead letter(s) queued for delivery again")
         return 0
+    if args.action == "show":
+        if len(args.ids) != 1:
+            raise AinodeError("ainode deliveries show ID: name one delivery (its id in 'ainode deliveries')")
+        with db.session() as session:
+            found = session.execute(select(Delivery, Result).join(Result, Result.id == Delivery.result_id)
+                                    .where(Delivery.id == args.ids[0])).first()
+        if found is None:
+            raise AinodeError(f"no delivery {args.ids[0]} (see 'ainode deliveries')")
+        d, r = found
+        print(_details([
+            ("delivery", d.id), ("state", d.state.value), ("destination", d.destination), ("tries", d.attempts),
+            ("created", _when(d.created_at)), ("delivered", _when(d.delivered_at)), ("kind", r.kind),
+            ("sop instance", r.sop_uid), ("study", r.study_uid), ("source series", r.series_uid),
+            ("job", r.job_id), ("file", r.path), ("last error", d.last_error),
+        ]))
+        return 0
     with db.session() as session:
         stmt = (select(Delivery, Result).join(Result, Result.id == Delivery.result_id)
                 .order_by(Delivery.id.desc()).limit(args.limit))
         if args.failed:
             stmt = stmt.where(Delivery.state == DeliveryState.DEAD)
-        rows = [(d.id, d.state.value, d.destination, r.kind, r.sop_uid, d.attempts, (d.last_error or "")[:80])
-                for d, r in session.execute(stmt).all()]
-    print(_table(["id", "state", "destination", "kind", "sop instance", "tries", "last error"], rows))
+        rows = [(d.id, d.state.value, d.destination, r.kind, _when(d.created_at), _when(d.delivered_at),
+                 r.study_uid, d.attempts, d.last_error or "") for d, r in session.execute(stmt).all()]
+    table = _table(["id", "state", "destination", "kind", "created", "delivered", "study", "tries",
+                    "last error"], rows, width=_terminal_width())
+    print(table)
+    if "…" in table:
+        print("(cells cut to fit end in '…': 'ainode deliveries show ID' shows all)")
     return 0
 
 
@@ -222,6 +307,9 @@ TRAINERS: dict[str, tuple[str, str]] = {
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     import importlib
 
+    if args.model is None:
+        args.train_parser.print_help()
+        return 0 if args.train_help else 2
     if args.model not in TRAINERS:
         raise AinodeError(f"unknown model {args.model!r} (trainers: {', '.join(TRAINERS)})")
     target, folder = TRAINERS[args.model]
@@ -230,8 +318,44 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         train_main = getattr(importlib.import_module(module_name), function)
     except ImportError as exc:
         raise AinodeError(f"trainer {target} cannot be imported ({exc}); install the [train] extra") from exc
-    argv = ["--data", args.data, "--out", args.out or str(settings.models_dir / folder)]
-    return int(train_main(argv + list(args.extra)) or 0)
+    if args.train_help:  # the trainer's own parser lists its options (--steps, --seed, ...)
+        argv = ["--help"]
+    else:
+        argv = (["--data", args.data] if args.data else []) + ["--out", args.out or str(settings.models_dir / folder)]
+    try:
+        return int(train_main(argv + list(args.extra)) or 0)
+    except SystemExit as exc:  # the trainer's argparse: --help (0) or a usage error it already printed (2)
+        return exc.code if isinstance(exc.code, int) else 2
+
+
+def cmd_sample(settings: Settings, args: argparse.Namespace) -> int:
+    from node.sample import parse_address, write_sample
+
+    address = parse_address(args.send) if args.send else None  # a typo is reported before any file is written
+    study = write_sample(args.kind, Path(args.out))
+    for path in study.paths:
+        print(path)
+    print(f"{len(study.paths)} file(s): {study.description}; routes to pipeline {study.pipeline}")
+    print(f"study {study.study_uid}")
+    if address is None:
+        return 0
+    from dimse import status as dimse_status
+    from dimse.scu import AssociationFailed, store_files
+
+    called, host, port = address
+    calling = args.calling_ae or settings.ae_title
+    try:
+        outcomes = store_files(study.paths, host=host, port=port, called_ae=called, calling_ae=calling,
+                               timeout=args.timeout)
+    except AssociationFailed as exc:
+        hint = (f"; is {calling} in the peer's allowed list? (--calling-ae names another)" if exc.permanent else "")
+        print(f"C-STORE to {called}@{host}:{port} as {calling} failed: {exc}{hint}")
+        return 1
+    for path, outcome in zip(study.paths, outcomes):
+        print(f"C-STORE {path.name}: status 0x{outcome.status:04X} ({dimse_status.describe(outcome.status)})")
+    sent = sum(o.succeeded for o in outcomes)
+    print(f"sent {sent}/{len(outcomes)} to {called}@{host}:{port} as {calling}")
+    return 0 if sent == len(outcomes) else 1
 
 
 def cmd_analyze(settings: Settings, args: argparse.Namespace) -> int:
@@ -240,9 +364,22 @@ def cmd_analyze(settings: Settings, args: argparse.Namespace) -> int:
     return analyze_paths(settings, [Path(p) for p in args.paths], Path(args.out), pipeline=args.pipeline)
 
 
+#: The end of every command's --help: which configuration it reads (the same as 'ainode serve').
+CONFIG_HELP = """configuration (the same for every command as for 'ainode serve'):
+  1. the file given by 'ainode --config FILE COMMAND', else $AINODE_CONFIG,
+     else config/node.yaml of this installation (no file: embedded defaults);
+  2. then AINODE_<KEY> environment variables override single keys, nested keys
+     joined by '__': AINODE_DATA_DIR=/srv/ainode, AINODE_DELIVERY__MAX_ATTEMPTS=5.
+  Run a command with the node's own configuration and environment to see its data."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ainode", description="DICOM AI node")
+    from node.banner import version
+
+    parser = argparse.ArgumentParser(prog="ainode", description="DICOM AI node", epilog=CONFIG_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="node.yaml (default: $AINODE_CONFIG or config/node.yaml)")
+    parser.add_argument("--version", action="version", version=f"ainode {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the node").set_defaults(func=cmd_serve)
     p = sub.add_parser("analyze", help="analyse DICOM files or folders offline")
@@ -261,13 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calling-ae")
     p.add_argument("--timeout", type=float, default=10)
     p.set_defaults(func=cmd_echo)
-    p = sub.add_parser("jobs", help="list jobs")
+    p = sub.add_parser("jobs", help="list jobs (times in UTC), or 'show ID' for one job in full")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("id", nargs="?", type=int, help="with show: the job's id")
     p.add_argument("--state", choices=["queued", "running", "done", "failed"])
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_jobs)
-    p = sub.add_parser("deliveries", help="list deliveries, or 'retry' dead letters")
-    p.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
-    p.add_argument("ids", nargs="*", type=int, help="with retry: only these deliveries")
+    p = sub.add_parser("deliveries",
+                       help="list deliveries (times in UTC), 'retry' dead letters, or 'show ID' for one in full")
+    p.add_argument("action", nargs="?", choices=["list", "retry", "show"], default="list")
+    p.add_argument("ids", nargs="*", type=int, help="with retry: only these deliveries; with show: the one to show")
     p.add_argument("--failed", action="store_true", help="only dead letters")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_deliveries)
@@ -285,11 +425,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="build-demo: tiny runs for tests (quality not checked)")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="build-demo: only this recipe")
     p.set_defaults(func=cmd_models)
-    p = sub.add_parser("train", help="train a model (extra [train])")
-    p.add_argument("model", choices=list(TRAINERS))
-    p.add_argument("--data", required=True)
-    p.add_argument("--out")
-    p.set_defaults(func=cmd_train)  # further options (--steps, --seed, ...) go to the trainer
+    # No help of its own: 'ainode train MODEL --help' is the trainer's, with all its options.
+    p = sub.add_parser("train", help="train a model (extra [train])", add_help=False,
+                       usage="ainode train MODEL --data DIR [--out DIR] [trainer options]; ainode train MODEL --help")
+    p.add_argument("-h", "--help", action="store_true", dest="train_help",
+                   help="with MODEL: that trainer's own options; alone: this help")
+    p.add_argument("model", nargs="?", choices=list(TRAINERS))
+    p.add_argument("--data", help="the training data (see the trainer's --help)")
+    p.add_argument("--out", help="model folder to write (default: the models_dir folder of MODEL)")
+    p.set_defaults(func=cmd_train, train_parser=p)  # further options (--steps, --seed, ...) go to the trainer
+    p = sub.add_parser("sample", help="write a synthetic sample study (and send it by C-STORE)",
+                       description="Write a small synthetic study that the shipped routing sends to a pipeline: "
+                                   "cxr (one chest radiograph), ct-pe (a CT pulmonary angiography series), "
+                                   "ct-lumbar (an abdominal CT). Phantoms, no patient data.")
+    p.add_argument("kind", choices=["cxr", "ct-pe", "ct-lumbar"])
+    p.add_argument("--out", required=True, help="folder to write the files into (created if needed)")
+    p.add_argument("--send", metavar="AE@HOST:PORT",
+                   help="then send them by C-STORE, e.g. AINODE@127.0.0.1:11112 or ORTHANC@127.0.0.1:4242")
+    p.add_argument("--calling-ae", help="our AE title when sending (default: the node's ae_title, which the node "
+                                        "itself accepts from this machine)")
+    p.add_argument("--timeout", type=float, default=30, help="seconds for connecting and each C-STORE")
+    p.set_defaults(func=cmd_sample)
+    for command in sub.choices.values():  # every command says which configuration it reads
+        command.epilog = CONFIG_HELP
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -306,13 +465,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AinodeError as exc:
         print(f"ainode: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in a command other than serve (which stops cleanly on SIGINT)
+        print("ainode: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
+        from sqlalchemy.exc import SQLAlchemyError
+
         from models.errors import ModelError as ModelsError
 
+        # The edge: what no command mapped itself is still one line (a bug's traceback stays a traceback).
         if isinstance(exc, ModelsError):
-            print(f"ainode: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+            message = str(exc)
+        elif isinstance(exc, SQLAlchemyError):
+            cause = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+            message = f"database error ({cause}): check database_url and the data directory in the configuration"
+        elif isinstance(exc, OSError):
+            where = f": {exc.filename}" if exc.filename else ""
+            message = f"{exc.strerror or exc}{where}"
+        else:
+            raise
+        print(f"ainode: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ is enough for three read-only routes, so the base install gains no dependency.
 ``GET /healthz``
     ``200 ok`` while the process runs (liveness).
 ``GET /readyz``
-    ``200`` when the DICOM port accepts connections, the database answers and
-    the data directory is writable; otherwise ``503``. The body is JSON:
+    ``200`` when the DICOM port accepts connections, the database answers,
+    the data directory is writable and some pipeline is loaded; otherwise
+    ``503``. The body is JSON:
     ``{"status": "ready"|"not ready", "checks": {"dicom": "ok", ...}}``, a
     failing check holding its reason.
 ``GET /metrics``
@@ -293,7 +294,7 @@ def database_gauges(db: "Database", data_dir: Path) -> list[Family]:
 # -- readiness -------------------------------------------------------------------------------
 
 class ReadinessProbe:
-    """Checks that the node can take a study now: DICOM port, database, data directory.
+    """Checks that the node can take a study now: DICOM port, database, data directory, pipelines.
 
     Parameters
     ----------
@@ -307,20 +308,28 @@ class ReadinessProbe:
     tls_port : (callable, ssl.SSLContext), optional
         The TLS SCP's bound port and a client context; the probe completes a
         TLS handshake (a bare connect would be logged as a failed handshake).
+    pipelines : callable, optional
+        Returns ``"ok"`` or why no pipeline is loaded (a node that stores
+        studies but analyses none is not ready); the check ``"pipelines"``.
     """
 
     def __init__(self, dicom_host: str, dicom_port: Callable[[], int | Sequence[int]], db: "Database",
-                 tmp_dir: Path, tls_port: tuple[Callable[[], int], ssl.SSLContext] | None = None) -> None:
+                 tmp_dir: Path, tls_port: tuple[Callable[[], int], ssl.SSLContext] | None = None,
+                 pipelines: Callable[[], str] | None = None) -> None:
         wildcard = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
         self.dicom_host = wildcard.get(dicom_host, dicom_host)
         self.dicom_port = dicom_port
         self.db = db
         self.tmp_dir = tmp_dir
         self.tls_port = tls_port
+        self.pipelines = pipelines
 
     def checks(self) -> dict[str, str]:
-        """``{"dicom": ..., "database": ..., "data_dir": ...}``, each ``"ok"`` or the reason it fails."""
-        return {"dicom": self._dicom(), "database": self._database(), "data_dir": self._data_dir()}
+        """``{"dicom": ..., "database": ..., "data_dir": ..., "pipelines": ...}``, each ``"ok"`` or why it fails."""
+        checks = {"dicom": self._dicom(), "database": self._database(), "data_dir": self._data_dir()}
+        if self.pipelines is not None:
+            checks["pipelines"] = self.pipelines()
+        return checks
 
     def _dicom(self) -> str:
         ports = self.dicom_port()

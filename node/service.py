@@ -8,7 +8,6 @@ files), start the consumers, and only then open the DICOM port.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,7 +17,7 @@ from models import errors as model_errors
 from models.registry import ModelRegistry
 from node import dispatcher as dispatch
 from node import executor as execution
-from node import tls
+from node import preflight, tls
 from node.assembler import Assembler
 from node.audit import ReceiveAudit
 from node.db import Database
@@ -92,20 +91,8 @@ def allowed_peers(settings: Settings) -> list[AllowedPeer]:
 
 
 def prepare_data_dir(settings: Settings) -> None:
-    """Create the data directory readable by its owner only (it holds patient data).
-
-    The SQLite database is created empty with mode 0600 before SQLite opens it:
-    SQLite gives its -wal and -shm files the database file's mode, and would
-    otherwise create all three with the process umask (often 0644).
-    """
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(settings.data_dir, 0o700)
-    if settings.database_url is None:
-        db_file = settings.data_dir / "ainode.db"
-        os.close(os.open(db_file, os.O_CREAT | os.O_WRONLY, 0o600))
-        for path in (db_file, db_file.with_name("ainode.db-wal"), db_file.with_name("ainode.db-shm")):
-            if path.exists():
-                os.chmod(path, 0o600)
+    """Create the data directory readable by its owner only; see :func:`node.preflight.prepare_data_dir`."""
+    preflight.prepare_data_dir(settings)
 
 
 class Node:
@@ -114,8 +101,7 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         prepare_data_dir(settings)
-        self.db = Database(settings.db_url())
-        self.db.create_schema()
+        self.db: Database = preflight.open_database(settings, create=True)
         self.metrics = Metrics()
         self.metrics.add_collector(partial(database_gauges, self.db, settings.data_dir))
         self.received = ReceiveAudit(self.db)
@@ -178,14 +164,24 @@ class Node:
 
         Raises
         ------
-        OSError
-            When the address cannot be bound (e.g. the port is taken).
+        ConfigError
+            When the address cannot be bound (e.g. the port is taken): one line with the fix.
         """
         tls_scp = self.tls_scp
         tls_port = (lambda: tls_scp.port, tls.probe_context(self.settings.tls)) if tls_scp is not None else None
         probe = ReadinessProbe(self.settings.host, lambda: [self.plain_scp.port] if self.plain_scp else [], self.db,
-                               self.settings.tmp_dir, tls_port=tls_port)
-        return HttpServer(self.settings.http_host, self.settings.http_port, self.metrics, probe)
+                               self.settings.tmp_dir, tls_port=tls_port, pipelines=self.pipelines_check)
+        try:
+            return HttpServer(self.settings.http_host, self.settings.http_port, self.metrics, probe)
+        except OSError as exc:  # a node nobody can watch is not started: the port is fixed or HTTP switched off
+            raise preflight.listen_error("HTTP", self.settings.http_host, self.settings.http_port, exc,
+                                         "http_port") from exc
+
+    def pipelines_check(self) -> str:
+        """``"ok"`` when some pipeline is loaded, else ``"no pipeline loaded: ..."`` with each reason (``/readyz``)."""
+        if self.models.enabled:
+            return "ok"
+        return "no pipeline loaded: " + ("; ".join(self.models.disabled.values()) or "none is configured")
 
     def start(self) -> None:
         removed = self.spool.clean_tmp()
@@ -199,7 +195,16 @@ class Node:
         self.dispatcher.start()
         self.assembler.start()
         for scp in self.scps:
-            scp.start()
+            try:
+                scp.start()
+            except OSError as exc:  # port in use, privileged, not our address: one line, not a traceback
+                tls_port = scp is self.tls_scp
+                raise preflight.listen_error("DICOM TLS" if tls_port else "DICOM", self.settings.host,
+                                             self.settings.tls.port if tls_port else (self.settings.port or 0), exc,
+                                             "tls.port" if tls_port else "port") from exc
+        warning = preflight.exposure_warning(self.settings, self.plain_scp.port if self.plain_scp else None)
+        if warning:
+            log.warning("%s", warning)
         ports = [f"{s.port}{' (TLS)' if s is self.tls_scp else ''}" for s in self.scps]
         log.info("ainode %s listening on %s:%s (pipelines: %s)", self.settings.ae_title, self.settings.host,
                  ", ".join(ports), ", ".join(sorted(self.models.enabled)) or "none")

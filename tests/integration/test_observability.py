@@ -220,16 +220,15 @@ def test_data_directory_and_its_files_are_for_the_owner_only(tmp_path: Path, ort
         node.stop()
 
 
-def test_a_taken_http_port_is_reported_and_dicom_still_served(tmp_path: Path, rg1_uncr: Path) -> None:
+def test_a_taken_http_port_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    # Issue 14: a node running on without its monitoring is not what was configured; the fix is named.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        node = NodeProcess(tmp_path / "node", http_port=port).start()
-        try:
-            assert storescu([rg1_uncr], "127.0.0.1", node.port, "AINODE").returncode == 0
-        finally:
-            node.stop()
+        node = NodeProcess(tmp_path / "node", http_port=port)
+        with pytest.raises(RuntimeError, match="exited with 2"):
+            node.start()
     log = node.log_path.read_text()
-    assert f"HTTP endpoint not started: cannot listen on 127.0.0.1:{port}" in log
-    assert "Traceback" not in log
+    assert f"ainode: error: HTTP port 127.0.0.1:{port} is already in use" in log
+    assert "http_enabled: false" in log and "Traceback" not in log

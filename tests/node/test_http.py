@@ -145,7 +145,8 @@ def test_healthz_readyz_and_metrics_answer(running: tuple[Node, str]) -> None:
     assert get(base + "/healthz")[::2] == (200, "ok\n")
     code, content_type, body = get(base + "/readyz")
     assert (code, content_type) == (200, "application/json")
-    assert json.loads(body) == {"status": "ready", "checks": {"dicom": "ok", "database": "ok", "data_dir": "ok"}}
+    assert json.loads(body) == {"status": "ready", "checks": {"dicom": "ok", "database": "ok", "data_dir": "ok",
+                                                              "pipelines": "ok"}}
     code, content_type, body = get(base + "/metrics")
     assert code == 200 and content_type == "text/plain; version=0.0.4; charset=utf-8"
     samples = parse_metrics(body)

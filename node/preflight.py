@@ -1,0 +1,188 @@
+"""Start-up and command-line checks that turn an unusable environment into one clear line.
+
+Each function raises a :class:`~node.errors.AinodeError` whose message names the
+problem and the fix in one line (``ainode`` prints it and exits 2), instead of
+the ``OSError`` or SQLAlchemy traceback the same problem would otherwise give:
+
+- :func:`prepare_data_dir`: the data directory is a file, cannot be created
+  (``/proc/x``) or is not writable (a read-only mount, a folder of another user);
+- :func:`open_database`: ``ainode jobs`` before the node ever ran, a database
+  server that does not answer;
+- :func:`listen_error`: a DICOM or HTTP port in use, a privileged port, an
+  address that is not this machine's;
+- :func:`exposure_warning`: listening on every interface, a peer not pinned to
+  loopback, and no TLS (a warning, not an error).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from node.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from node.db import Database
+    from node.settings import Settings
+
+__all__ = [
+    "DATA_DIR_FIX",
+    "database_label",
+    "exposure_warning",
+    "listen_error",
+    "open_database",
+    "prepare_data_dir",
+]
+
+DATA_DIR_FIX = "set data_dir in node.yaml (or AINODE_DATA_DIR) to a folder this user can write"
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def prepare_data_dir(settings: "Settings") -> None:
+    """Create the data directory readable by its owner only (it holds patient data), and check it is writable.
+
+    The SQLite database is created empty with mode 0600 before SQLite opens it:
+    SQLite gives its -wal and -shm files the database file's mode, and would
+    otherwise create all three with the process umask (often 0644).
+
+    Raises
+    ------
+    StorageError
+        One line naming the folder, what is wrong and the fix.
+    """
+    path = settings.data_dir
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"data directory {path} is a file, not a folder: {DATA_DIR_FIX}")
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StorageError(f"cannot create data directory {path} ({_reason(exc)}): {DATA_DIR_FIX}") from exc
+    try:
+        os.chmod(path, 0o700)
+        # chmod alone passes on a folder of ours that cannot be written (e.g. a read-only bind mount of it).
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+        if settings.database_url is None:
+            db_file = path / "ainode.db"
+            os.close(os.open(db_file, os.O_CREAT | os.O_WRONLY, 0o600))
+            for name in (db_file, db_file.with_name("ainode.db-wal"), db_file.with_name("ainode.db-shm")):
+                if name.exists():
+                    os.chmod(name, 0o600)
+    except OSError as exc:
+        raise StorageError(f"data directory {path} is not writable ({_reason(exc)}): {DATA_DIR_FIX}") from exc
+
+
+def database_label(url: str) -> str:
+    """The database URL as it may be shown: the password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(invalid database_url)"
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0][:300] if lines else type(cause).__name__
+
+
+def open_database(settings: "Settings", *, create: bool) -> "Database":
+    """Open the node's database, creating its tables (``create``) or only reading one the node made.
+
+    Parameters
+    ----------
+    settings : Settings
+    create : bool
+        ``True`` for the node itself; ``False`` for commands that read what the
+        node recorded (``jobs``, ``deliveries``, ``audit``): an SQLite database
+        that does not exist yet is then an error, not a new empty file.
+
+    Raises
+    ------
+    StorageError
+        No database yet, or the database cannot be opened: one line with the fix.
+    """
+    from node.db import Database
+
+    if settings.database_url is None and not create:
+        db_file = settings.data_dir / "ainode.db"
+        if not db_file.is_file():
+            raise StorageError(
+                f"no database at {db_file}: the node has not run yet with this configuration "
+                "(start it with 'ainode serve', or name the node's configuration with --config or AINODE_CONFIG)"
+            )
+    url = settings.db_url()
+    try:
+        db = Database(url)
+    except (SQLAlchemyError, ImportError) as exc:  # ImportError: the driver (extra 'postgres') is not installed
+        raise ConfigError(f"database_url {database_label(url)} cannot be used ({_first_line(exc)}): "
+                          "check database_url in node.yaml (PostgreSQL needs the 'postgres' extra)") from exc
+    try:
+        db.create_schema()
+    except SQLAlchemyError as exc:
+        db.dispose()
+        raise StorageError(f"database {database_label(url)} cannot be opened ({_first_line(exc)}): "
+                           "check that it runs and that database_url (or the data directory) is right") from exc
+    return db
+
+
+def listen_error(what: str, host: str, port: int, exc: OSError, key: str) -> ConfigError:
+    """A one-line error for a port that cannot be bound; ``key`` is the setting that names it (``port``)."""
+    env = "AINODE_" + key.upper().replace(".", "__")
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        problem = f"{what} port {where} is already in use by another process (another ainode?)"
+        fix = f"stop that process, or choose another port ({key} in node.yaml or {env})"
+    elif exc.errno == errno.EACCES:
+        problem = f"{what} port {where} needs root or CAP_NET_BIND_SERVICE (ports below 1024)"
+        fix = f"choose a port of 1024 or above ({key} in node.yaml or {env}), or grant the capability"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        problem = f"{what} address {host} is not an address of this machine"
+        fix = "set the host in node.yaml to one of its addresses, or 0.0.0.0 for all"
+    else:
+        problem = f"cannot listen for {what} on {where} ({_reason(exc)})"
+        fix = f"check {key} and the host in node.yaml"
+    if what == "HTTP":
+        fix += ", or http_enabled: false to run without monitoring"
+    return ConfigError(f"{problem}: {fix}")
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(settings: "Settings", bound_port: int | None = None) -> str | None:
+    """A warning when anyone on the network could store studies: all interfaces, open peers, plain DICOM.
+
+    ``None`` when the node listens on one address only, every allowed peer is
+    pinned to a loopback address, or there is no plain (non-TLS) port.
+    ``bound_port`` is the plain port as bound (``port: 0`` picks one).
+    """
+    if settings.host not in ("0.0.0.0", "::", "") or settings.port is None:
+        return None
+    open_peers = [p for p in settings.allowed_peers if not _loopback(p.host)]
+    if not open_peers:
+        return None
+    names = ", ".join(f"{p.ae_title}@{p.host or 'any address'}" for p in open_peers)
+    tls = "TLS is off" if not settings.tls.enabled else "the plain port is open besides TLS"
+    return (f"listening on all interfaces ({settings.host}:{bound_port or settings.port}), {tls}, and allowed_peers admits "
+            f"{names}: anyone who can reach this port and use that AE title can store studies. Pin each peer's "
+            "address (host: in allowed_peers), listen on one address (host:), or use TLS only (tls.enabled, port: null)")
