@@ -3,7 +3,8 @@
 One module per object family over highdicom (SR ``sr`` and ``ct_sr``, GSPS ``gsps``
 and ``slice_labels``, Secondary Capture ``sc``, Key Object Selection ``kos``,
 Segmentation ``seg``), plus one table of coded
-concepts (:mod:`sr_writer.codes`). Nothing here touches the network or the
+concepts (:mod:`sr_writer.codes`) and the checks of what every writer copies
+from its sources (:mod:`sr_writer.source_attributes`). Nothing here touches the network or the
 database.
 """
 
@@ -25,6 +26,7 @@ from sr_writer.kos import KOS_TITLES, build_key_object_selection
 from sr_writer.sc import build_secondary_capture, render_radiograph
 from sr_writer.seg import build_tissue_segmentation
 from sr_writer.slice_labels import LABEL_LAYER, build_slice_labels, level_labels, pe_labels
+from sr_writer.source_attributes import SourceAttributeIssue, clean_source, describe_issues, source_attribute_issues
 from sr_writer.sr import MANUFACTURER, build_measurement_report
 from sr_writer.uids import new_uid, validate_uid_root
 
@@ -37,6 +39,7 @@ __all__ = [
     "KOS_TITLES",
     "LABEL_LAYER",
     "MANUFACTURER",
+    "SourceAttributeIssue",
     "TRIAGE_KEYS",
     "build_key_object_selection",
     "build_lumbar_report",
@@ -46,8 +49,10 @@ __all__ = [
     "build_secondary_capture",
     "build_slice_labels",
     "build_tissue_segmentation",
+    "clean_source",
     "code",
     "contributing_equipment_item",
+    "describe_issues",
     "device_uid",
     "display_name",
     "finding_concept",
@@ -56,5 +61,6 @@ __all__ = [
     "new_uid",
     "pe_labels",
     "render_radiograph",
+    "source_attribute_issues",
     "validate_uid_root",
 ]

@@ -177,7 +177,10 @@ def box_corners(region: Region, source: pydicom.Dataset, label: str) -> np.ndarr
 
 
 def caption(image: ImageResult, demo: bool) -> str:
-    """One line with the top findings (3 significant digits) and the triage, e.g. "AI: Nodule 0.870, Mass 0.710 | URGENT"."""
+    """One line with the top findings (3 significant digits) and the triage.
+
+    E.g. "AI: Nodule 0.870, Mass 0.710 | URGENT".
+    """
     # "finding" (the 14-label classifier, which the top findings rank) wins over a four-class "class" of the
     # same label (pneumonia).
     ordered = sorted((f for f in image.findings if f.group != "detection"), key=lambda f: f.group == "finding")

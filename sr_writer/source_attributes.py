@@ -360,10 +360,15 @@ def _checked_sequence(items: Any, charset: _Charset, path: str) -> list[SourceAt
     """Check every element of every item; a correction is made in place, an invalid value drops the sequence."""
     issues: list[SourceAttributeIssue] = []
     for item in items if isinstance(items, (DicomSequence, list)) else []:
-        for element in item:
-            inner = keyword_for_tag(element.tag) or str(element.tag)
-            if element.tag.is_private:
+        for tag in list(item.keys()):
+            inner = keyword_for_tag(tag) or str(tag)
+            if tag.is_private:
                 continue
+            try:
+                element = item[tag]
+            except (ValueError, TypeError, OverflowError, KeyError):  # pydicom cannot even convert it
+                raise _Invalid(f"invalid {inner} in an item: invalid {dictionary_VR(tag) if inner else 'value'}") \
+                    from None
             try:
                 value, corrections = _checked_element(keyword_for_tag(element.tag), element.VR, element.value,
                                                       charset, f"{path} > {inner}")

@@ -182,6 +182,17 @@ def test_a_sequence_with_an_invalid_uid_in_an_item_is_dropped_whole() -> None:
     assert "ReferencedStudySequence" in source
 
 
+def test_a_sequence_item_with_an_unreadable_number_is_dropped_whole() -> None:
+    source = read_rg1_header()
+    item = Dataset()
+    item.PatientID = "OTHER-1"
+    set_raw(item, "PatientWeight", b"80kg")  # pydicom cannot convert it to a number at all
+    source.OtherPatientIDsSequence = [item]
+    cleaned, issues = clean_source(reread(source))
+    assert "OtherPatientIDsSequence" not in cleaned
+    assert issues == [SourceAttributeIssue("OtherPatientIDsSequence", "invalid PatientWeight in an item: invalid DS")]
+
+
 def test_an_unknown_character_set_is_dropped_and_only_ascii_text_kept() -> None:
     source = _source_with({"SpecificCharacterSet": b"LATIN1", "PatientName": b"DOE^JANE",
                            "StudyDescription": b"THORAX \xe9"})
@@ -392,7 +403,8 @@ def test_job_summary_names_the_dropped_attributes_without_their_values(
     assert "source attributes dropped: StudyTime (invalid TM), StudyDescription (longer than 64 characters (LO))" \
         in summary, summary
     assert "source attributes corrected: PatientAge (AS without unit, read as years)" in summary, summary
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "source attributes" in r.message]
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "source attributes" in r.getMessage()]
     assert warned and "StudyTime (invalid TM)" in warned[0]
     for text in [summary, *warned]:
         assert "25:00" not in text and "ERECT" not in text and "62," not in text
