@@ -6,7 +6,12 @@ machine (the node's port, the script's path, Orthanc's own ports and folders) an
 to see three ``StableAge`` periods pass in seconds, the value of ``StableAge``.
 DCMTK's ``storescu`` stores a real chest CR and an abdominal CT phantom into
 Orthanc (no REST shortcut); Orthanc forwards them to a real node process
-with the shipped models; the node sends its results back by C-STORE.
+with the shipped models; the node sends its results back by C-STORE. Then 1,000
+re-sends of the CT series go straight to the node.
+
+Sites also forward on Orthanc's stable events, which re-send the whole study,
+the node's results included, each time it becomes stable again: that looped
+before re-sends were recognised, and is tested here too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
+from dimse.scu import store_files
 from models.phantoms.ct import abdomen_phantom
 from node.db import AuditEvent, AuditKind, Job, JobState, Result, Series, SeriesState
 from tests.helpers import OrthancServer, free_port
@@ -75,6 +81,17 @@ def _wait(condition: Callable[[], Any], timeout: float, what: str, node: NodePro
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}\n--- node ---\n{node.log()}\n--- Orthanc ---\n{orthanc.log_tail()}")
         time.sleep(0.3)
+
+
+def _resent_instances(node: NodeProcess) -> int:
+    """Instances the node recorded as re-sent unchanged (and did not analyse again)."""
+    db = node.database()
+    try:
+        with db.session() as s:
+            return int(s.scalar(select(func.coalesce(func.sum(AuditEvent.instance_count), 0))
+                                .where(AuditEvent.kind == AuditKind.RESENT)) or 0)
+    finally:
+        db.dispose()
 
 
 def _db_counts(node: NodeProcess) -> tuple[int, int, int, int]:
@@ -149,6 +166,15 @@ def test_orthanc_configured_from_the_readme_sends_each_study_once(
         assert (_results(orthanc, cr_study), _results(orthanc, ct_study)) == (cr_results, ct_results)
         counts = _db_counts(node)
         assert counts[:3] == (jobs, results, 4) and counts[3] >= 1  # the results came too, and were ignored
+        # A thousand more re-sends of the CT series straight to the node, 20 instances per association.
+        before = _resent_instances(node)
+        for _ in range(50):
+            outcomes = store_files(ct[:20], host="127.0.0.1", port=node.port, called_ae="AINODE", calling_ae="ORTHANC")
+            assert all(o.succeeded for o in outcomes)
+        _wait(lambda: _resent_instances(node) == before + 1000, 30, "the 1,000 re-sends were not recorded", node,
+              orthanc)
+        assert _db_counts(node)[:2] == (jobs, results)
+        assert (_results(orthanc, cr_study), _results(orthanc, ct_study)) == (cr_results, ct_results)
         audit = node.cli("audit", "--kind", "resent")
         assert audit.returncode == 0 and "not analysed again" in audit.stdout, audit.stdout + audit.stderr
         db = node.database()
@@ -157,5 +183,45 @@ def test_orthanc_configured_from_the_readme_sends_each_study_once(
                 assert all(j.state == JobState.DONE for j in s.scalars(select(Job)))
         finally:
             db.dispose()
+    finally:
+        node.stop()
+
+
+# Scripts other sites use: each sends the whole study or series again whenever it becomes
+# stable, which happens again after every result the node stores.
+STABLE_SCRIPTS = {
+    "OnStableStudy": "function OnStableStudy(studyId, tags, metadata)\n"
+                     "  RestApiPost('/modalities/ainode/store', studyId)\nend\n",
+    "OnStableSeries": "function OnStableSeries(seriesId, tags, metadata)\n"
+                      "  RestApiPost('/modalities/ainode/store', seriesId)\nend\n",
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("event", sorted(STABLE_SCRIPTS))
+def test_forwarding_on_stable_events_does_not_loop(
+    tmp_path: Path, orthanc_factory: Callable[..., OrthancServer], rg1_uncr: Path, event: str
+) -> None:
+    node_port = free_port()
+    script = tmp_path / "forward.lua"
+    script.write_text(STABLE_SCRIPTS[event], encoding="utf-8")
+    orthanc = orthanc_factory(modalities={"ainode": ["AINODE", "127.0.0.1", node_port]},
+                              extra_config={"LuaScripts": [str(script)], "StableAge": 2})
+    node = NodeProcess(tmp_path / "node", port=node_port, destinations={
+        "pacs": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}})
+    node.start()
+    try:
+        orthanc.store_with_storescu([rg1_uncr])
+        study = str(pydicom.dcmread(rg1_uncr, stop_before_pixels=True).StudyInstanceUID)
+        _wait(lambda: _results(orthanc, study).get("SR"), 60, "no SR", node, orthanc)
+        # The SR made the study and its own new series unstable; once stable again, Orthanc sends the
+        # whole study (OnStableStudy: the radiograph is a re-send) or the SR's series (OnStableSeries).
+        resent_or_own = 2 if event == "OnStableStudy" else 3
+        _wait(lambda: _db_counts(node)[resent_or_own] >= 1, 30, "Orthanc sent nothing back", node, orthanc)
+        time.sleep(4 * 2 + 2)  # four more StableAge periods
+        assert _results(orthanc, study) == Counter({"SR": 1}), _results(orthanc, study)
+        jobs, results, resent, ignored = _db_counts(node)
+        assert (jobs, results) == (1, 1) and ignored >= 1  # its own SR came back and was not analysed
+        assert resent >= (1 if event == "OnStableStudy" else 0)
     finally:
         node.stop()
