@@ -14,6 +14,8 @@
 #
 # Environment: AINODE_PYTHON (interpreter for a new .venv), AINODE_EXTRAS
 # (pip extras, default "postgres" for run, "test,postgres,train,yolo" for test).
+# These two belong to this script: the node's settings loader ignores them
+# (node.settings.NOT_SETTINGS), although they share the AINODE_ prefix.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
