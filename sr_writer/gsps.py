@@ -47,9 +47,11 @@ __all__ = ["GRAPHIC_LAYER", "build_presentation_state", "box_corners", "caption"
 #: Name of the graphic layer that holds our annotations (a CS value: capitals and underscores).
 GRAPHIC_LAYER = "AI_FINDINGS"
 
-#: Attributes a presentation state copies from its first image besides highdicom's, with their Type:
-#: General Series Laterality (0020,0060) is Type 2C, its condition met when the source has one.
-PR_COPIED: dict[str, str] = {"Laterality": "2"}
+#: Attributes a presentation state copies from every image (highdicom, with its VOI), with their Type.
+PR_COPIED_EACH: dict[str, str] = {"WindowCenterWidthExplanation": "3"}
+#: And from its first image besides highdicom's patient and study attributes: General Series
+#: Laterality (0020,0060) is Type 2C, its condition met when the source has one.
+PR_COPIED: dict[str, str] = {"Laterality": "2", **PR_COPIED_EACH}
 
 
 def build_presentation_state(
@@ -158,7 +160,7 @@ def _presentation_state(
     # General Series Laterality (0020,0060) is Type 2C (PS3.3 C.7.3.1): dciodvfy asks for it on a PR,
     # which has no Image Laterality; copy the source's, else send it empty (unknown).
     gsps.Laterality = referenced[0].get("Laterality", "")
-    _name_series(gsps, result.algorithms, series_description, referenced[:1])
+    _name_series(gsps, result.algorithms, series_description, referenced)
     return gsps
 
 

@@ -24,8 +24,8 @@ import highdicom as hd
 import pydicom
 
 from models.findings import LumbarResult, PeExamResult, SeriesResult
-from sr_writer.gsps import PR_COPIED, _presentation_state, _text_box
-from sr_writer.source_attributes import probability_text
+from sr_writer.gsps import PR_COPIED, PR_COPIED_EACH, _presentation_state, _text_box
+from sr_writer.source_attributes import clean_source, probability_text
 from sr_writer.sr import _checked_sources, _is_demo, _with_demo, _with_empty_type2
 
 __all__ = ["LABEL_LAYER", "build_slice_labels", "level_labels", "pe_labels"]
@@ -118,7 +118,7 @@ def build_slice_labels(
         raise ValueError(f"labelled slices {unknown[:3]}{'...' if len(unknown) > 3 else ''} are not among the sources")
 
     gsps = _presentation_state(
-        result, [_with_empty_type2(referenced[0], PR_COPIED), *referenced[1:]], layer, None,
+        result, _cleaned(referenced), layer, None,
         content_description=f"Slice labels by {result.algorithms[-1].display_name}",
         presentation_lut_shape="IDENTITY",
         uid_root=uid_root, series_number=series_number, instance_number=instance_number,
@@ -126,6 +126,13 @@ def build_slice_labels(
     )
     gsps.GraphicAnnotationSequence = annotations
     return gsps
+
+
+def _cleaned(referenced: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The labelled slices as the GSPS copies from them: the first wholly cleaned, each other's window
+    explanation checked (copied only when it must change; a series can have hundreds of slices)."""
+    return [_with_empty_type2(referenced[0], PR_COPIED),
+            *(clean_source(ds, PR_COPIED_EACH, patient_study=False)[0] for ds in referenced[1:])]
 
 
 def _annotation(source: pydicom.Dataset, text: str, box: tuple[float, float, float, float]) -> pydicom.Dataset:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import math
 import re
 import warnings
@@ -144,11 +145,16 @@ def copied_attributes(source: Dataset) -> dict[str, str]:
     These are the attributes highdicom copies: those of the Patient and Study information
     entities (and of the Specimen module) of the source's IOD, plus :data:`TYPE2_COPIED`.
     """
+    return dict(_copied_attributes(str(source.get("SOPClassUID", ""))))
+
+
+@functools.lru_cache(maxsize=64)
+def _copied_attributes(sop_class_uid: str) -> tuple[tuple[str, str], ...]:
     found: dict[str, str] = {keyword: "2" for keyword in TYPE2_COPIED}
     try:
         from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
 
-        iod = get_sop_class_iod_map()[str(source.get("SOPClassUID", ""))]
+        iod = get_sop_class_iod_map()[sop_class_uid]
         attributes = get_module_attribute_map()
         for module in get_iod_module_map()[iod]:
             if module["ie"] in ("Patient", "Study") or module["key"] == "specimen":
@@ -157,10 +163,11 @@ def copied_attributes(source: Dataset) -> dict[str, str]:
                         found.setdefault(str(item["keyword"]), str(item["type"]))
     except (ImportError, KeyError):
         pass  # an IOD highdicom does not know: it refuses the source itself; the Type 2 ones still apply
-    return found
+    return tuple(found.items())
 
 
-def clean_source(source: Dataset, extra: Mapping[str, str] | None = None) -> tuple[Dataset, list[SourceAttributeIssue]]:
+def clean_source(source: Dataset, extra: Mapping[str, str] | None = None, *, patient_study: bool = True
+                 ) -> tuple[Dataset, list[SourceAttributeIssue]]:
     """A copy of ``source`` whose attributes copied into results are valid for their VR.
 
     Parameters
@@ -170,6 +177,12 @@ def clean_source(source: Dataset, extra: Mapping[str, str] | None = None) -> tup
     extra : mapping of str to str, optional
         Further keywords the caller copies itself, with their Type in the result
         (e.g. ``{"Laterality": "2"}`` for a presentation state).
+    patient_study : bool
+        Check the patient and study attributes (:func:`copied_attributes`) and
+        the Specific Character Set too: what a writer copies from its first
+        source. False checks ``extra`` only (what it copies from every other
+        source, e.g. each slice's window explanation), and returns ``source``
+        itself, not a copy, when that is valid.
 
     Returns
     -------
@@ -179,11 +192,15 @@ def clean_source(source: Dataset, extra: Mapping[str, str] | None = None) -> tup
         (:func:`source_attribute_issues`). Cleaning a cleaned copy again keeps
         its earlier issues.
     """
-    cleaned = copy.deepcopy(source)  # a header without pixels: small
     issues = list(source_attribute_issues(source))
-    targets = copied_attributes(source)
+    targets = copied_attributes(source) if patient_study else {}
     targets.update(extra or {})
     charset, charset_issue = _charset(source)
+    if not patient_study:
+        charset_issue = None  # the first source's is the one a result copies
+        if _all_valid(source, targets, charset):
+            return source, issues
+    cleaned = copy.deepcopy(source)  # a header without pixels: small
     if charset_issue is not None:
         issues.append(charset_issue)
     with warnings.catch_warnings():
@@ -198,7 +215,7 @@ def clean_source(source: Dataset, extra: Mapping[str, str] | None = None) -> tup
             if tag is None:
                 continue
             if tag not in cleaned:
-                if keyword in TYPE2_COPIED:
+                if keyword in TYPE2_COPIED and patient_study:
                     setattr(cleaned, keyword, "")
                 continue
             undecodable = _undecodable(cleaned.get_item(tag), charset)
@@ -227,6 +244,25 @@ def clean_source(source: Dataset, extra: Mapping[str, str] | None = None) -> tup
         del cleaned.SpecificCharacterSet
     setattr(cleaned, _ISSUES, tuple(issues))
     return cleaned, issues
+
+
+def _all_valid(source: Dataset, targets: Mapping[str, str], charset: _Charset) -> bool:
+    """Whether every non-sequence attribute of ``targets`` in ``source`` is valid as it is (nothing to copy)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for keyword in targets:
+            tag = tag_for_keyword(keyword)
+            if tag is None or tag not in source:
+                continue
+            if dictionary_VR(tag) == "SQ" or _undecodable(source.get_item(tag), charset) is not None:
+                return False
+            try:
+                element = source[tag]
+                if _checked_element(keyword, element.VR, element.value, charset, path=keyword)[1]:
+                    return False
+            except (_Invalid, ValueError, TypeError, OverflowError, KeyError):
+                return False
+    return True
 
 
 def source_attribute_issues(dataset: Dataset) -> list[SourceAttributeIssue]:

@@ -193,6 +193,18 @@ def test_a_sequence_item_with_an_unreadable_number_is_dropped_whole() -> None:
     assert issues == [SourceAttributeIssue("OtherPatientIDsSequence", "invalid PatientWeight in an item: invalid DS")]
 
 
+def test_other_slices_are_checked_for_what_is_copied_from_each_and_copied_only_when_changed() -> None:
+    from sr_writer.gsps import PR_COPIED_EACH
+
+    valid = read_rg1_header()
+    assert clean_source(valid, PR_COPIED_EACH, patient_study=False) == (valid, [])
+    bad = _source_with({"WindowCenterWidthExplanation": b"W" * 65, "PatientAge": b"62"})
+    cleaned, issues = clean_source(bad, PR_COPIED_EACH, patient_study=False)
+    assert cleaned is not bad and "WindowCenterWidthExplanation" not in cleaned
+    assert issues == [SourceAttributeIssue("WindowCenterWidthExplanation", "longer than 64 characters (LO)")]
+    assert cleaned.get_item("PatientAge").value == bad.get_item("PatientAge").value  # not this call's business
+
+
 def test_an_unknown_character_set_is_dropped_and_only_ascii_text_kept() -> None:
     source = _source_with({"SpecificCharacterSet": b"LATIN1", "PatientName": b"DOE^JANE",
                            "StudyDescription": b"THORAX \xe9"})
@@ -233,7 +245,7 @@ CR_VARIANTS: dict[str, tuple[dict[str, bytes | None], str | None]] = {
     "no-unit-iso-dates-latin1-without-charset": ({
         "PatientAge": b"62", "StudyDate": b"2020-01-02", "PatientBirthDate": b"20201301", "StudyTime": b"25:00",
         "PatientName": b"M\xfcller^J\xf6rg", "StudyDescription": b"A" * 70, "PatientID": b"A1\\A2",
-        "PatientSize": b"1,75", "PatientSex": b"MALE",
+        "PatientSize": b"1,75", "PatientSex": b"MALE", "WindowCenterWidthExplanation": b"WINDOW " * 10,
     }, None),
     "padded-age-short-time-c1-bytes": ({
         "PatientAge": b"062", "StudyTime": b"12:3", "PatientName": b"Smith\x85^John", "AccessionNumber": b"X" * 20,
@@ -250,7 +262,7 @@ CR_VARIANTS: dict[str, tuple[dict[str, bytes | None], str | None]] = {
 CR_EXPECTED: dict[str, set[str]] = {
     "no-unit-iso-dates-latin1-without-charset": {
         "PatientAge", "StudyDate", "PatientBirthDate", "StudyTime", "PatientName", "StudyDescription", "PatientID",
-        "PatientSize", "PatientSex"},
+        "PatientSize", "PatientSex", "WindowCenterWidthExplanation"},
     "padded-age-short-time-c1-bytes": {"PatientAge", "StudyTime", "PatientName", "AccessionNumber",
                                        "ReferringPhysicianName", "PatientWeight", "StudyID"},
     "spaced-age-acr-nema-bad-utf8": {"PatientAge", "StudyDate", "StudyTime", "PatientName", "OtherPatientNames",
@@ -291,7 +303,8 @@ def test_cxr_sr_gsps_and_sc_from_a_malformed_cr_pass_dciodvfy(variant: str, tmp_
         assert_dciodvfy_clean(write(ds, tmp_path, name))
         issues = source_attribute_issues(ds)
         named = {i.keyword for i in issues}
-        expected = CR_EXPECTED[variant] - ({"Laterality"} if name == "sr" else set())
+        # Laterality and the window are copied into presentation states and captures only.
+        expected = CR_EXPECTED[variant] - ({"Laterality", "WindowCenterWidthExplanation"} if name == "sr" else set())
         assert named == expected, (name, issues)
         back = pydicom.dcmread(tmp_path / f"{name}.dcm")
         assert back.StudyInstanceUID == header.StudyInstanceUID
@@ -312,6 +325,7 @@ def test_ct_objects_from_a_malformed_series_pass_dciodvfy(tmp_path: Path) -> Non
         set_raw(ds, "StudyDescription", b"ABDOMEN " * 10)
         set_raw(ds, "PatientSex", b"M\\F")
         set_raw(ds, "ReferringPhysicianName", b"R" * 65)
+        set_raw(ds, "WindowCenterWidthExplanation", b"SOFT TISSUE " * 6)  # the GSPS copies each slice's
     files = []
     for number, ds in enumerate(slices):
         files.append(tmp_path / f"slice{number}.dcm")
@@ -346,7 +360,8 @@ def test_ct_objects_from_a_malformed_series_pass_dciodvfy(tmp_path: Path) -> Non
     for name, ds in objects.items():
         path = write(ds, tmp_path, name)
         assert_dciodvfy_clean(path)
-        assert {i.keyword for i in source_attribute_issues(ds)} == expected, name
+        window = {"WindowCenterWidthExplanation"} if name in ("levels", "pe_labels") else set()
+        assert {i.keyword for i in source_attribute_issues(ds)} == expected | window, name
         back = pydicom.dcmread(path)
         # The KOS copies only the Type 2 patient and study attributes (highdicom), not the Patient Study module.
         assert back.get("PatientAge", "062Y") == "062Y" and back.StudyDate == "" and back.PatientName == ""
