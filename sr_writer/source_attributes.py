@@ -122,7 +122,7 @@ class SourceAttributeIssue:
         The attribute's keyword, e.g. ``"PatientAge"``; ``"Seq > Inner"`` for a
         correction inside a sequence item.
     reason : str
-        Why, without the value: ``"invalid AS"``, ``"longer than 64 characters (LO)"``.
+        Why, without the value: ``"invalid AS"``, ``"longer than 64 bytes (LO)"``.
     corrected : bool
         True when the value was corrected (and kept), False when it was dropped.
     """
@@ -445,7 +445,7 @@ def _checked_text(keyword: str, vr: str, text: str, charset: _Charset) -> tuple[
         return value, None
     if vr in ("CS", "DS", "IS", "AE", "UI"):
         value = text.strip(" \0")
-        _length(vr, value)
+        _length(vr, value, charset)
         if vr == "CS" and not _CS.fullmatch(value):
             raise _Invalid("invalid CS")
         if vr == "CS" and keyword in _ENUMERATED and value not in _ENUMERATED[keyword]:
@@ -464,20 +464,25 @@ def _checked_text(keyword: str, vr: str, text: str, charset: _Charset) -> tuple[
         if len(groups) > 3:
             raise _Invalid("more than 3 component groups (PN)")
         for group in groups:
-            if len(group) > _MAX_LENGTH["PN"]:
-                raise _Invalid(f"longer than {_MAX_LENGTH['PN']} characters (PN)")
+            _length(vr, group, charset)
             if group.count("^") > 4:
                 raise _Invalid("more than 5 components (PN)")
         _repertoire(text, vr, charset)
         return text, None
-    _length(vr, text)
+    _length(vr, text, charset)
     _repertoire(text, vr, charset)
     return text, None
 
 
-def _length(vr: str, value: str) -> None:
-    if len(value) > _MAX_LENGTH[vr]:
-        raise _Invalid(f"longer than {_MAX_LENGTH[vr]} characters ({vr})")
+def _length(vr: str, value: str, charset: _Charset) -> None:
+    """At most the VR's maximum (per PN component group), counted in bytes as the result encodes the value.
+
+    PS3.5 6.2 counts characters, which a multi-byte character set makes ambiguous; dciodvfy counts
+    bytes, and a value that fits in bytes fits in characters too.
+    """
+    size = len(value.encode(charset.codec or "ascii", errors="replace")) if not value.isascii() else len(value)
+    if size > _MAX_LENGTH[vr]:
+        raise _Invalid(f"longer than {_MAX_LENGTH[vr]} bytes ({vr})")
 
 
 def _repertoire(text: str, vr: str, charset: _Charset) -> None:

@@ -113,14 +113,17 @@ CASES = [
     ("PatientSex", b"MALE", "keep", "", "not an enumerated value (CS)", False),
     ("PatientSex", b"M\\F", "keep", "", "2 values, VM 1", False),
     ("PatientID", b"A1\\A2", "keep", "", "2 values, VM 1", False),
-    ("StudyDescription", b"A" * 70, "keep", None, "longer than 64 characters (LO)", False),
-    ("AccessionNumber", b"X" * 20, "keep", "", "longer than 16 characters (SH)", False),
-    ("ReferringPhysicianName", b"A" * 70 + b"^B", "keep", "", "longer than 64 characters (PN)", False),
+    ("StudyDescription", b"A" * 70, "keep", None, "longer than 64 bytes (LO)", False),
+    ("AccessionNumber", b"X" * 20, "keep", "", "longer than 16 bytes (SH)", False),
+    ("ReferringPhysicianName", b"A" * 70 + b"^B", "keep", "", "longer than 64 bytes (PN)", False),
     ("PatientName", b"A^B^C^D^E^F", "keep", "", "more than 5 components (PN)", False),
     ("PatientName", b"M\xfcller^J\xf6rg", None, "", "characters outside the default character repertoire (PN)",
      False),
     ("PatientName", b"Smith\x85^John", "ISO_IR 100", "", "control characters (PN)", False),
     ("PatientName", b"M\xc3\x28ller^Hans", "ISO_IR 192", "", "bytes not valid in the character set (PN)", False),
+    # 45 characters but 87 bytes in UTF-8: dciodvfy counts bytes.
+    ("PatientName", ("Ü" * 40 + "^Jörg").encode(), "ISO_IR 192", "", "longer than 64 bytes (PN)", False),
+    ("PatientName", ("Müller" * 6 + "^Jörg").encode(), "ISO_IR 192", "Müller" * 6 + "^Jörg", None, False),
     ("StudyDescription", b"CHEST\x07PA", "keep", None, "control characters (LO)", False),
     ("PatientSize", b"1,75", "keep", None, "invalid DS", False),
     ("PatientWeight", b"80kg", "keep", None, "invalid DS", False),
@@ -201,7 +204,7 @@ def test_other_slices_are_checked_for_what_is_copied_from_each_and_copied_only_w
     bad = _source_with({"WindowCenterWidthExplanation": b"W" * 65, "PatientAge": b"62"})
     cleaned, issues = clean_source(bad, PR_COPIED_EACH, patient_study=False)
     assert cleaned is not bad and "WindowCenterWidthExplanation" not in cleaned
-    assert issues == [SourceAttributeIssue("WindowCenterWidthExplanation", "longer than 64 characters (LO)")]
+    assert issues == [SourceAttributeIssue("WindowCenterWidthExplanation", "longer than 64 bytes (LO)")]
     assert cleaned.get_item("PatientAge").value == bad.get_item("PatientAge").value  # not this call's business
 
 
@@ -254,6 +257,7 @@ CR_VARIANTS: dict[str, tuple[dict[str, bytes | None], str | None]] = {
     "spaced-age-acr-nema-bad-utf8": ({
         "PatientAge": b"62 Y", "StudyDate": b"2020.01.02", "StudyTime": b"12:30:15",
         "PatientName": b"M\xc3\x28ller^Hans", "OtherPatientNames": b"A\x85^B", "Laterality": b"X",
+        "StudyDescription": ("ÉPAULÉ " * 8).encode(),  # 56 characters, 72 bytes in UTF-8
     }, "ISO_IR 192"),
     "multiplicity": ({
         "PatientAge": b"062Y\\063Y", "PatientSex": b"M\\F", "PatientBirthDate": b"19600101\\19600102",
@@ -266,7 +270,7 @@ CR_EXPECTED: dict[str, set[str]] = {
     "padded-age-short-time-c1-bytes": {"PatientAge", "StudyTime", "PatientName", "AccessionNumber",
                                        "ReferringPhysicianName", "PatientWeight", "StudyID"},
     "spaced-age-acr-nema-bad-utf8": {"PatientAge", "StudyDate", "StudyTime", "PatientName", "OtherPatientNames",
-                                     "Laterality"},
+                                     "Laterality", "StudyDescription"},
     "multiplicity": {"PatientAge", "PatientSex", "PatientBirthDate"},
 }
 
@@ -415,7 +419,7 @@ def test_job_summary_names_the_dropped_attributes_without_their_values(
         assert row is not None and row.state == JobState.DONE
         summary = row.summary or ""
     db.dispose()
-    assert "source attributes dropped: StudyTime (invalid TM), StudyDescription (longer than 64 characters (LO))" \
+    assert "source attributes dropped: StudyTime (invalid TM), StudyDescription (longer than 64 bytes (LO))" \
         in summary, summary
     assert "source attributes corrected: PatientAge (AS without unit, read as years)" in summary, summary
     warned = [r.getMessage() for r in caplog.records
