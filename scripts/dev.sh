@@ -27,7 +27,7 @@ export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_NO_INPUT=1
 
-TEST_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql)
+TEST_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql strace)
 SERVICES=(orthanc postgresql)
 
 say() { printf '[dev.sh] %s\n' "$*"; }
