@@ -238,9 +238,13 @@ def clean_source(source: Dataset, extra: Mapping[str, str] | None = None, *, pat
             if corrections:
                 element.value = value
                 issues.extend(corrections)
-    if charset.convert:
+    if not patient_study:
+        pass  # a result takes its character set from the first source only
+    elif charset.convert:
         cleaned.SpecificCharacterSet = _UTF8
-    elif charset_issue is not None and "SpecificCharacterSet" in cleaned:
+    elif charset.codec is None and "SpecificCharacterSet" in cleaned:
+        # Unknown, or the default repertoire said explicitly ("ISO_IR 6", which highdicom refuses): absent
+        # means the same for the ASCII text that is left.
         del cleaned.SpecificCharacterSet
     setattr(cleaned, _ISSUES, tuple(issues))
     return cleaned, issues

@@ -218,7 +218,17 @@ def test_an_unknown_character_set_is_dropped_and_only_ascii_text_kept() -> None:
                                         "StudyDescription (characters outside the default character repertoire (LO))"]
 
 
-def test_iso_2022_names_are_kept_and_the_copy_says_utf8() -> None:
+def test_the_default_repertoire_said_explicitly_is_left_out(tmp_path: Path) -> None:
+    source = _source_with({"PatientName": b"DOE^JOHN"}, "ISO_IR 6")
+    cleaned, issues = clean_source(source)
+    assert issues == [] and "SpecificCharacterSet" not in cleaned and cleaned.PatientName == "DOE^JOHN"
+    # highdicom refuses "ISO_IR 6"; the SR is written without it.
+    sr = build_measurement_report(cxr_result(source), [source], uid_root=UID_ROOT)
+    assert "SpecificCharacterSet" not in sr
+    assert_dciodvfy_clean(write(sr, tmp_path, "sr"))
+
+
+def test_iso_2022_names_are_kept_and_the_copy_says_utf8(tmp_path: Path) -> None:
     source = read_rg1_header()
     source.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
     source = reread(source)
@@ -227,6 +237,11 @@ def test_iso_2022_names_are_kept_and_the_copy_says_utf8() -> None:
     assert issues == []
     assert cleaned.SpecificCharacterSet == "ISO_IR 192"
     assert str(cleaned.PatientName) == "Yamada^Tarou=山田^太郎"
+    sr = build_measurement_report(cxr_result(cleaned), [source], uid_root=UID_ROOT)
+    path = write(sr, tmp_path, "sr")
+    assert_dciodvfy_clean(path)
+    back = pydicom.dcmread(path)
+    assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == "Yamada^Tarou=山田^太郎"
 
 
 def test_cleaning_twice_keeps_the_first_issues_and_records_them_once() -> None:
