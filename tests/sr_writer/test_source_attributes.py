@@ -444,6 +444,24 @@ def test_job_summary_names_the_dropped_attributes_without_their_values(
         assert "25:00" not in text and "ERECT" not in text and "62," not in text
 
 
+def test_a_pipeline_output_without_issues_keeps_its_summary(caplog: pytest.LogCaptureFixture) -> None:
+    from node.pipelines import PipelineOutput
+
+    header = read_rg1_header()
+    result = cxr_result(header)
+    clean = build_measurement_report(result, [header], uid_root=UID_ROOT)
+    with caplog.at_level(logging.WARNING, logger="ainode"):
+        output = PipelineOutput(result=result, objects=[clean], summary="view: frontal 0.99")
+    assert output.summary == "view: frontal 0.99" and not caplog.records
+    # Issues of several objects made from the same source are listed once.
+    malformed = _source_with({"PatientAge": b"62"})
+    objects = [build_measurement_report(cxr_result(malformed), [malformed], uid_root=UID_ROOT),
+               build_presentation_state(cxr_result(malformed), [malformed], uid_root=UID_ROOT)]
+    output = PipelineOutput(result=result, objects=objects, summary="view: frontal 0.99")
+    assert output.summary == ("view: frontal 0.99; source attributes corrected: "
+                              "PatientAge (AS without unit, read as years)")
+
+
 # --- Readability: 3 significant digits, DEMO in the model name ----------------------------
 
 
@@ -516,6 +534,12 @@ def test_sr_nums_and_texts_round_probabilities_and_every_object_says_demo(tmp_pa
                                      uid_root=UID_ROOT, series_number=995, description="Key images")
     labels = build_slice_labels(pe, headers(slices), pe_labels(pe.pe), uid_root=UID_ROOT, series_number=997)
     for ds in (pe_sr, kos, labels):
+        assert "DEMO" in ds.ManufacturerModelName and "DEMO" in ds.SeriesDescription, ds.SOPClassUID
+    masks = {key: np.zeros((64, 64), dtype=bool) for key in ("muscle", "subcutaneous_fat", "visceral_fat")}
+    seg = build_tissue_segmentation(slices[0], masks, AlgorithmInfo(name="ct-lumbar", version="demo-1", demo=True),
+                                    uid_root=UID_ROOT, series_number=996)
+    sc = build_secondary_capture(result, pydicom.dcmread(rg1_uncr_path()), uid_root=UID_ROOT)
+    for ds in (seg, sc):
         assert "DEMO" in ds.ManufacturerModelName and "DEMO" in ds.SeriesDescription, ds.SOPClassUID
     real = AlgorithmInfo(name="ct-pe", version="1.0.0", weights_sha256="c9" * 32)
     not_demo = SeriesResult(pipeline="ct_pe", study_instance_uid=pe.study_instance_uid,
