@@ -137,11 +137,13 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )  # fmt: skip
-        # Durability is pointless for a throw-away cluster; these make it fast.
+        # Durable as a deployed server (fsync, synchronous commits, full page writes: PostgreSQL's
+        # defaults): the node's durability tests on PostgreSQL must not pass only because the
+        # database skipped the disk.
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
             f"-c unix_socket_directories={self.socketdir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c fsync=on -c synchronous_commit=on -c full_page_writes=on "
             "-c max_connections=100"
         )
         self._run(

@@ -53,7 +53,10 @@ class NodeProcess:
             config["models_file"] = str(models_yaml)
             config["cxr"] = {"finding_model": None, "four_class_models": [], "detector_model": None,
                              "presentation_state": False}
-        config.update(settings)
+        # A setting given as None is left out: the node then runs on its shipped default.
+        config.update({k: v for k, v in settings.items() if v is not None})
+        for key in [k for k, v in settings.items() if v is None]:
+            config.pop(key, None)
         self.config_path = workdir / "node.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "node.log"

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pydicom
@@ -62,6 +62,7 @@ class Tally:
     echoes: int = 0
     stuck: list[str] = field(default_factory=list)
     has_destination: bool = False
+    given_up: list[str] = field(default_factory=list)  # series whose latest job failed, with its recorded error
 
 
 # --------------------------------------------------------------------------- test data
@@ -223,6 +224,7 @@ def account(node: NodeProcess, tally: Tally, acknowledged: set[str], orthanc: Or
     for job in jobs:
         latest[job.series_uid] = job
     tally.analysed = sum(1 for j in latest.values() if j.state == JobState.DONE)
+    tally.given_up = [f"{j.series_uid}: {j.error}" for j in latest.values() if j.state == JobState.FAILED]
     tally.results = len(results)
     tally.stuck = [f"job {j.id} {j.state.value}" for j in jobs if j.state in (JobState.QUEUED, JobState.RUNNING)]
     tally.stuck += [f"delivery {d.id} {d.state.value}" for d in deliveries if d.state != DeliveryState.DONE]
@@ -394,8 +396,15 @@ def _phase(node: NodeProcess) -> str:
 
 
 def crash_scenario(workdir: Path, orthanc: OrthancServer, instances: int, kills: int, series_size: int = 5,
-                   pause: float = 0.01, seed: int = 5, timeout: float = 900) -> Tally:
-    """Stream ``instances`` chest DX instances while killing the node ``kills`` times at random moments."""
+                   pause: float = 0.01, seed: int = 5, timeout: float = 900, shipped_defaults: bool = False,
+                   phases: Sequence[str] = ()) -> Tally:
+    """Stream ``instances`` chest DX instances while killing the node ``kills`` times at random moments.
+
+    ``shipped_defaults`` runs the node with its shipped restart limit of a job and delivery
+    schedule (otherwise both are set above what the kills can reach). ``phases`` names the
+    phase ("receive", "analysis", "delivery") each of the first kills waits for (at most
+    20 s, then it kills anyway); the others land at random moments.
+    """
     rng = random.Random(seed)
     template = small_radiograph_template(workdir / "in" / "templates")
     files: list[Path] = []
@@ -409,8 +418,9 @@ def crash_scenario(workdir: Path, orthanc: OrthancServer, instances: int, kills:
                                "port": orthanc.dicom_port, "timeout": 5}}
     # The test's own kills are not a poisonous series: with the default limit (3), three kills landing while
     # the first job waits on a cold start fail it (seen once in CI). Above the kill count, none can.
-    node = NodeProcess(workdir / "node", destinations=destination, log_level="INFO", job_max_restarts=kills + 1,
-                       delivery={"max_attempts": 1000, "backoff_initial": 0.2, "backoff_max": 1.0}).start()
+    limits: dict[str, Any] = {"job_max_restarts": None, "delivery": None} if shipped_defaults else {
+        "job_max_restarts": kills + 1, "delivery": {"max_attempts": 1000, "backoff_initial": 0.2, "backoff_max": 1.0}}
+    node = NodeProcess(workdir / "node", destinations=destination, log_level="INFO", **limits).start()
     tally = Tally(sent=len(files))
     rss = RssSampler()
     rss.pid = node.proc.pid if node.proc else None
@@ -419,10 +429,14 @@ def crash_scenario(workdir: Path, orthanc: OrthancServer, instances: int, kills:
     started = time.monotonic()
     try:
         sender.start()
-        for _ in range(kills):
+        for k in range(kills):
             # Random moments: while instances stream in, while series are analysed, while results go out.
-            time.sleep(rng.uniform(0.3, 2.5))
+            time.sleep(rng.uniform(0.3, 2.5) if k >= len(phases) else 0.05)
             phase = _phase(node)
+            wanted_until = time.monotonic() + 20
+            while k < len(phases) and phase != phases[k] and time.monotonic() < wanted_until:
+                time.sleep(0.005)
+                phase = _phase(node)
             node.kill()
             tally.kills += 1
             tally.kill_phases[phase] = tally.kill_phases.get(phase, 0) + 1
