@@ -166,3 +166,26 @@ def test_sample_mistakes_are_one_line(config: Path, tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     run = ainode("sample", "cxr", "--out", str(tmp_path / "afile"), config=config)
     one_line_error(run, "is a file")
+
+
+def test_dicom_address_not_of_this_machine(config: Path) -> None:
+    run = ainode("serve", config=config, env={"AINODE_HOST": "192.0.2.1"})  # TEST-NET-1: never ours
+    one_line_error(run, "DICOM address 192.0.2.1 is not an address of this machine", "0.0.0.0")
+
+
+def test_privileged_port_message_names_the_fix() -> None:
+    import errno
+
+    from node.preflight import listen_error
+
+    message = str(listen_error("DICOM", "0.0.0.0", 104, PermissionError(errno.EACCES, "Permission denied"), "port"))
+    assert message == ("DICOM port 0.0.0.0:104 needs root or CAP_NET_BIND_SERVICE (ports below 1024): choose a port "
+                       "of 1024 or above (port in node.yaml or AINODE_PORT), or grant the capability")
+    tls = str(listen_error("DICOM TLS", "::", 2762, OSError(errno.EADDRINUSE, "Address in use"), "tls.port"))
+    assert "[::]:2762 is already in use" in tls and "AINODE_TLS__PORT" in tls
+
+
+def test_unusable_database_url_is_one_line(config: Path) -> None:
+    run = ainode("jobs", config=config, env={"AINODE_DATABASE_URL": "nosuchdb://user:s3cret@host/db"})
+    one_line_error(run, "database_url nosuchdb://user:***@host/db cannot be used", "check database_url")
+    assert "s3cret" not in run.stderr
