@@ -95,7 +95,8 @@ class Assembler(BackgroundLoop):
                 return 0
             series.resend_pending = False
             path = session.scalar(
-                select(Instance.path).where(Instance.series_uid == series.series_uid).order_by(Instance.id).limit(1)
+                select(Instance.path).where(Instance.series_uid == series.series_uid, Instance.purged_at.is_(None))
+                .order_by(Instance.id).limit(1)
             )
             try:
                 if path is None:

@@ -9,6 +9,7 @@
     ainode jobs [show ID]             recent jobs and their states; 'show' prints one job in full
     ainode deliveries [--failed]      deliveries; 'retry' re-queues dead letters, 'show ID' prints one in full
     ainode audit [--since T] [--study UID] [--kind K]   who sent what, what ran, where results went
+    ainode purge [--dry-run]          remove finished studies' files by the retention policy (or list them)
     ainode models list|verify         the models, their weights and checksums
     ainode models build-demo [--out DIR] [--force] [--quick] [--only NAME]   demo weights from phantoms
     ainode train view-filter|finding-classifier|four-class|detector --data DIR [--out DIR] [trainer options]
@@ -269,6 +270,35 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    """Apply the retention policy now (``--dry-run``: only list what would go)."""
+    from node.db import utcnow
+    from node.retention import disk_state, plan_purge, purge
+
+    db = _open_db(settings)
+    try:
+        free, total = disk_state(settings)
+    except OSError as exc:
+        raise AinodeError(f"cannot read the free space of the data directory {settings.data_dir}: "
+                          f"{exc.strerror or exc}") from exc
+    plan = plan_purge(db, settings, utcnow(), free, total)
+    policy = settings.retention
+    print(f"free space {100 * free:.1f} % (watermark {policy.min_free_percent:g} %), keep {policy.keep_hours:g} h "
+          f"after delivery; {plan.unfinished_series} series and {plan.unfinished_results} result(s) unfinished, kept")
+    if not plan.items:
+        print("nothing to purge")
+        return 0
+    rows = [(item.kind, item.study_uid, item.series_uid, item.files, item.bytes, item.reason) for item in plan.items]
+    if args.dry_run:
+        print(_table(["kind", "study", "series", "files", "bytes", "reason"], rows))
+        print(f"would purge {plan.files} file(s), {plan.bytes} bytes (dry run: nothing removed)")
+        return 0
+    outcome = purge(db, settings, plan)
+    kept = f"; {outcome.skipped} kept (received again or no longer finished)" if outcome.skipped else ""
+    print(f"purged {outcome.files} file(s), {outcome.bytes} bytes{kept}")
+    return 0
+
+
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from models.registry import ModelRegistry
 
@@ -418,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only events of this kind (repeatable)")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_audit)
+    p = sub.add_parser("purge", help="remove delivered studies' files now by the retention policy (rows kept)")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed, and why")
+    p.set_defaults(func=cmd_purge)
     p = sub.add_parser("models", help="list or verify models, or build the demo weights")
     p.add_argument("action", choices=["list", "verify", "build-demo"])
     p.add_argument("--out", help="build-demo: models directory to write (default: the settings' models_dir)")

@@ -32,7 +32,9 @@ delivery_seconds{destination}          histogram  result queued -> delivery conf
 jobs{state,pipeline}                   gauge      jobs in the database
 dead_letters                           gauge      deliveries given up (``ainode deliveries``)
 deliveries_pending                     gauge      deliveries waiting to be sent
-spool_instances, spool_bytes           gauge      instances kept in the spool
+spool_instances, spool_bytes           gauge      instances kept in the spool (not yet purged)
+purged_files_total{reason},            counter    files removed by retention (``age``,
+purged_bytes_total{reason}                        ``watermark``; see ``node.retention``)
 data_dir_free_bytes                    gauge      free space where the data directory is
 database_up                            gauge      1 when the gauges above could be read
 start_time_seconds                     gauge      process start, Unix time
@@ -214,6 +216,14 @@ class Metrics:
             ("pipeline",))
         self.instances_resent = Counter(
             "ainode_instances_resent_total", "Instances of series re-sent unchanged that were not analysed again.")
+        self.purged_files = Counter(
+            "ainode_purged_files_total", "Spool and outbox files removed by retention, by rule (age, watermark).",
+            ("reason",))
+        self.purged_bytes = Counter(
+            "ainode_purged_bytes_total", "Bytes of spool and outbox files removed by retention, by rule.", ("reason",))
+        for reason in ("age", "watermark"):
+            self.purged_files.inc(0, reason=reason)
+            self.purged_bytes.inc(0, reason=reason)
         self._collectors: list[Callable[[], list[Family]]] = []
 
     def instance(self, code: int) -> None:
@@ -234,6 +244,7 @@ class Metrics:
         families = [self.instances_received.collect(), self.instances_rejected.collect(),
                     self.associations.collect(), self.analysis_seconds.collect(), self.deliveries.collect(),
                     self.delivery_seconds.collect(), self.series_resent.collect(), self.instances_resent.collect(),
+                    self.purged_files.collect(), self.purged_bytes.collect(),
                     Family("ainode_start_time_seconds", "gauge", "Start of the node process, Unix time.",
                            [("ainode_start_time_seconds", {}, self.started)])]
         for collector in self._collectors:
@@ -275,6 +286,7 @@ def database_gauges(db: "Database", data_dir: Path) -> list[Family]:
             ).all())
             instances, size = session.execute(
                 select(func.count(), func.coalesce(func.sum(Instance.size), 0)).select_from(Instance)
+                .where(Instance.purged_at.is_(None))  # rows of purged files stay for the audit trail
             ).one()
     except SQLAlchemyError as exc:
         log.warning("metrics: database not readable: %s", exc)

@@ -253,6 +253,7 @@ class Receiver:
         else:
             instance.times_received += 1
             instance.path = str(path)
+            instance.purged_at = None  # the file is back if retention had removed it
             instance.size = len(request.data)
             instance.transfer_syntax_uid = str(request.transfer_syntax_uid)
             instance.received_at = now

@@ -26,6 +26,7 @@ from node.errors import ConfigError, ModelError
 from node.http import HttpServer, Metrics, ReadinessProbe, database_gauges
 from node.pipelines import PIPELINE_MODELS, Pipeline
 from node.receiver import Receiver
+from node.retention import RetentionLoop
 from node.router import check_references, load_routing
 from node.settings import Settings
 from node.spool import Outbox, Spool
@@ -120,6 +121,7 @@ class Node:
         self.dispatcher = dispatch.Dispatcher(settings, self.db, dispatch.build_senders(settings))
         self.executor.on_job_done = self.dispatcher.notify
         self.executor.metrics = self.dispatcher.metrics = self.metrics
+        self.retention = RetentionLoop(settings, self.db, self.metrics)
         self.assembler = Assembler(self.db, self.routing, self.models.enabled, self.models.disabled,
                                    settings.default_destinations, on_queued=self.executor.notify,
                                    analysis_keys=analysis_keys(settings, self.models.registry, PIPELINE_MODELS),
@@ -194,6 +196,8 @@ class Node:
         self.executor.start()
         self.dispatcher.start()
         self.assembler.start()
+        if self.settings.retention.enabled:
+            self.retention.start()
         for scp in self.scps:
             try:
                 scp.start()
@@ -219,5 +223,6 @@ class Node:
         self.assembler.stop()
         self.executor.stop()
         self.dispatcher.stop()
+        self.retention.stop()
         self.db.dispose()
         log.info("ainode stopped")

@@ -162,6 +162,20 @@ class DeliverySettings(_Strict):
     give_up_after_hours: float = Field(default=48.0, gt=0)
 
 
+class RetentionSettings(_Strict):
+    """What ``node.retention`` removes from the spool and the outbox (database rows are kept).
+
+    Files of a series whose jobs are finished and whose results are all delivered go
+    ``keep_hours`` after the last of those events; earlier, oldest first, while the data
+    directory's free space is under ``min_free_percent``. Never anything unfinished.
+    """
+
+    enabled: bool = True
+    keep_hours: float = Field(default=24.0, ge=0)
+    min_free_percent: float = Field(default=10.0, ge=0, lt=100)
+    interval_seconds: float = Field(default=60.0, gt=0)
+
+
 #: Default triage thresholds of the cxr pipeline (label key -> probability at or above which the level applies).
 #: Urgent: a finding that needs a doctor now (pneumothorax). Priority: findings that need a report today.
 DEFAULT_TRIAGE_URGENT: dict[str, float] = {"pneumothorax": 0.5}
@@ -255,6 +269,7 @@ class Settings(_Strict):
     reanalyse_on_change: bool = False
     default_destinations: list[str] = Field(default_factory=lambda: ["pacs"])
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     result_series_number: int = Field(default=990, ge=1)
     cxr: CxrSettings = Field(default_factory=CxrSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

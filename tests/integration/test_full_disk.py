@@ -1,7 +1,8 @@
 """Full disk: C-STORE answered 0xA700 (out of resources), nothing half-written, receiving resumes without a restart.
 
-Each test makes a small file system of its own (a size-limited tmpfs; a loop
-device with ext4 when tmpfs cannot be mounted) and unmounts it at teardown.
+Each test makes a small file system of its own (``tests.helpers.smallfs``: a
+size-limited tmpfs; a loop device with ext4 when tmpfs cannot be mounted) and
+unmounts it at teardown.
 Neither possible is a failure that says why, not a skip: the guarantee
 "out of disk is a failure status, not a crash" (ARCHITECTURE.md) is not
 tested otherwise.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,47 +23,17 @@ from sqlalchemy import select
 
 from node.db import Database, Instance
 from tests.helpers import echoscu
+from tests.helpers.smallfs import small_file_systems
 from tests.integration.nodeproc import NodeProcess
 
 OUT_OF_RESOURCES = 0xA700
 
 
-def _mount_small_fs(mountpoint: Path, size_mb: int, image: Path) -> str:
-    """Mount a file system of ``size_mb`` at ``mountpoint``; return how ("tmpfs" or "loop")."""
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    tmpfs = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(mountpoint)],
-                           capture_output=True, text=True, check=False)
-    if tmpfs.returncode == 0:
-        return "tmpfs"
-    with open(image, "wb") as fh:
-        fh.truncate(size_mb * 1024 * 1024)
-    mkfs = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True, check=False)
-    loop = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True,
-                          check=False)
-    if mkfs.returncode == 0 and loop.returncode == 0:
-        return "loop"
-    pytest.fail(
-        "the full-disk tests need a small file system and could make none: run them as root (or with "
-        "CAP_SYS_ADMIN).\n"
-        f"  mount -t tmpfs: {tmpfs.stderr.strip() or tmpfs.returncode}\n"
-        f"  mkfs.ext4 + mount -o loop: {(mkfs.stderr + loop.stderr).strip() or loop.returncode}"
-    )
-
-
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
     """``make(name, size_mb)`` mounts a small file system under ``tmp_path``; all are unmounted at teardown."""
-    mounted: list[Path] = []
-
-    def make(name: str, size_mb: int) -> Path:
-        point = tmp_path / name
-        _mount_small_fs(point, size_mb, tmp_path / f"{name}.img")
-        mounted.append(point)
-        return point
-
-    yield make
-    for point in reversed(mounted):
-        subprocess.run(["umount", "-l", str(point)], check=False)
+    with small_file_systems(tmp_path) as make:
+        yield make
 
 
 def _ct(rows: int) -> pydicom.Dataset:

@@ -1,0 +1,435 @@
+"""Retention: received instances and sent results are removed by policy, never anything unfinished.
+
+The spool and the outbox would otherwise keep every file forever, until the
+disk is full and every C-STORE is answered 0xA700. Two rules (``retention:``
+settings), one plan (:func:`plan_purge`) used by the background loop and by
+``ainode purge [--dry-run]``:
+
+age
+    A series' instances go ``keep_hours`` (24 h) after the last of: its last
+    instance received, its jobs finished, its results delivered. A result file
+    goes ``keep_hours`` after its last delivery (or its creation, when it has
+    no destination).
+watermark
+    While free space on the data directory's file system is under
+    ``min_free_percent`` (10 %), purgeable files go earlier, oldest first,
+    until the free space is back above the watermark.
+
+Purgeable means finished: the series is not receiving nor waiting for a
+re-send decision, none of its jobs is queued or running, and every delivery of
+its results is done. A pending, sending or dead delivery (a dead letter can
+be retried by hand) keeps the series' instances and that result's file.
+
+The database keeps every row (the audit trail): a purged instance or result
+gets ``purged_at``; a re-received instance is stored again and loses it. Each
+purge run writes one ``purged`` audit row with counts and bytes, no patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from node.audit import audit_row
+from node.background import BackgroundLoop
+from node.db import (AuditKind, Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series,
+                     SeriesState, rowcount, utcnow)
+from node.settings import Settings
+
+if TYPE_CHECKING:
+    from node.http import Metrics
+
+log = logging.getLogger("ainode.retention")
+
+Kind = Literal["instances", "results"]
+Reason = Literal["age", "watermark"]
+#: A spool file written this much after its row's ``received_at`` was received again while being purged.
+RERECEIVED_SLACK_SECONDS = 1.0
+#: Seconds between passes while free space is under the watermark (files may have become purgeable).
+UNDER_WATERMARK_RETRY_SECONDS = 5.0
+
+
+@dataclass
+class PurgeItem:
+    """The files of one series (instances) or of one series' results that may go, and why."""
+
+    kind: Kind
+    study_uid: str
+    series_uid: str
+    ids: list[int]
+    paths: list[str]
+    bytes: int
+    finished_at: datetime
+    reason: Reason = "age"
+    #: Instances only: ``received_at`` per row id as planned (a file rewritten since was received again).
+    received_at: dict[int, datetime] = field(default_factory=dict)
+
+    @property
+    def files(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class PurgePlan:
+    """What would go now, and the state of the disk it was planned for."""
+
+    items: list[PurgeItem]
+    free_fraction: float
+    total_bytes: int
+    min_free_fraction: float
+    #: Series and results kept because something about them is unfinished.
+    unfinished_series: int = 0
+    unfinished_results: int = 0
+
+    @property
+    def files(self) -> int:
+        return sum(item.files for item in self.items)
+
+    @property
+    def bytes(self) -> int:
+        return sum(item.bytes for item in self.items)
+
+    @property
+    def under_watermark(self) -> bool:
+        return self.free_fraction < self.min_free_fraction
+
+    def still_short(self) -> int:
+        """Bytes still missing to reach the watermark after this plan (0 when it reaches it)."""
+        if not self.under_watermark:
+            return 0
+        needed = (self.min_free_fraction - self.free_fraction) * self.total_bytes
+        return max(0, int(needed) - self.bytes)
+
+
+@dataclass
+class PurgeOutcome:
+    """What a purge removed."""
+
+    files: int = 0
+    bytes: int = 0
+    by_reason: dict[str, tuple[int, int]] = field(default_factory=dict)  # reason -> (files, bytes)
+    skipped: int = 0  # files kept at the last moment (received again, or no longer finished)
+
+    def add(self, reason: str, files: int, size: int) -> None:
+        self.files += files
+        self.bytes += size
+        before = self.by_reason.get(reason, (0, 0))
+        self.by_reason[reason] = (before[0] + files, before[1] + size)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite gives back naive datetimes; they were written in UTC."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _latest(*moments: datetime | None) -> datetime:
+    present = [m for m in (_aware(x) for x in moments) if m is not None]
+    return max(present) if present else datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _under(path: str, roots: Sequence[Path]) -> bool:
+    resolved = Path(path).resolve()
+    return any(resolved.is_relative_to(root) for root in roots)
+
+
+def disk_state(settings: Settings) -> tuple[float, int]:
+    """Free fraction and total bytes of the data directory's file system."""
+    usage = shutil.disk_usage(settings.data_dir)
+    return (usage.free / usage.total if usage.total else 1.0), usage.total
+
+
+def plan_purge(db: Database, settings: Settings, now: datetime, free_fraction: float,
+               total_bytes: int | None = None) -> PurgePlan:
+    """What retention would remove now: the age rule, then (under the watermark) the oldest purgeable.
+
+    Parameters
+    ----------
+    db : Database
+    settings : Settings
+        ``retention.keep_hours`` and ``retention.min_free_percent``; files outside the
+        settings' spool and outbox directories are never planned.
+    now : datetime
+        The moment the age rule compares with (aware, UTC).
+    free_fraction : float
+        Free space of the data directory's file system, 0..1.
+    total_bytes : int, optional
+        Size of that file system (to turn the watermark into bytes); read from the disk when omitted.
+
+    Returns
+    -------
+    PurgePlan
+        Items oldest first within each reason; nothing unfinished is ever in it.
+    """
+    policy = settings.retention
+    if total_bytes is None:
+        total_bytes = shutil.disk_usage(settings.data_dir).total
+    cutoff = _aware(now) - timedelta(hours=policy.keep_hours)  # type: ignore[operator]
+    with db.session() as session:
+        series_items, unfinished_series = _series_candidates(session, settings)
+        result_items, unfinished_results = _result_candidates(session, settings)
+    candidates = sorted(series_items + result_items, key=lambda item: (item.finished_at, item.kind, item.series_uid))
+    plan = PurgePlan(items=[], free_fraction=free_fraction, total_bytes=total_bytes,
+                     min_free_fraction=policy.min_free_percent / 100.0, unfinished_series=unfinished_series,
+                     unfinished_results=unfinished_results)
+    rest: list[PurgeItem] = []
+    for item in candidates:
+        if item.finished_at <= cutoff:
+            item.reason = "age"
+            plan.items.append(item)
+        else:
+            rest.append(item)
+    for item in rest:  # oldest first, only while still under the watermark
+        if plan.still_short() <= 0:
+            break
+        item.reason = "watermark"
+        plan.items.append(item)
+    return plan
+
+
+def _series_candidates(session: Session, settings: Settings) -> tuple[list[PurgeItem], int]:
+    """Series whose instances (those still on disk) are finished with, and how many series are not."""
+    files: dict[str, list[tuple[int, str, int, datetime | None, str]]] = defaultdict(list)
+    for row in session.execute(
+        select(Instance.id, Instance.series_uid, Instance.study_uid, Instance.path, Instance.size,
+               Instance.received_at).where(Instance.purged_at.is_(None))
+    ):
+        files[row.series_uid].append((row.id, row.path, row.size, _aware(row.received_at), row.study_uid))
+    if not files:
+        return [], 0
+    series = {s.series_uid: s for s in session.scalars(select(Series).where(Series.series_uid.in_(list(files))))}
+    busy_jobs = set(session.scalars(select(Job.series_uid).where(
+        Job.series_uid.in_(list(files)), Job.state.in_([JobState.QUEUED, JobState.RUNNING]))))
+    job_end: dict[str, datetime] = {}
+    for uid, finished in session.execute(select(Job.series_uid, Job.finished_at).where(
+            Job.series_uid.in_(list(files)))):
+        job_end[uid] = _latest(job_end.get(uid), finished)
+    undelivered: set[str] = set()
+    delivered: dict[str, datetime] = {}
+    for uid, state, when in session.execute(
+        select(Result.series_uid, Delivery.state, Delivery.delivered_at).join(Delivery, Delivery.result_id == Result.id)
+        .where(Result.series_uid.in_(list(files)))
+    ):
+        if state != DeliveryState.DONE:
+            undelivered.add(uid)
+        else:
+            delivered[uid] = _latest(delivered.get(uid), when)
+    roots = [settings.spool_dir.resolve()]
+    items: list[PurgeItem] = []
+    unfinished = 0
+    for uid, rows in files.items():
+        s = series.get(uid)
+        if (s is None or s.state in (SeriesState.RECEIVING, SeriesState.QUEUED) or s.resend_pending
+                or uid in busy_jobs or uid in undelivered):
+            unfinished += 1
+            continue
+        rows = [r for r in rows if _under(r[1], roots)]
+        if not rows:
+            continue
+        finished = _latest(s.last_received_at, job_end.get(uid), delivered.get(uid), *(r[3] for r in rows))
+        items.append(PurgeItem(
+            kind="instances", study_uid=rows[0][4], series_uid=uid, ids=[r[0] for r in rows],
+            paths=[r[1] for r in rows], bytes=sum(r[2] for r in rows), finished_at=finished,
+            received_at={r[0]: r[3] for r in rows if r[3] is not None},
+        ))
+    return items, unfinished
+
+
+def _result_candidates(session: Session, settings: Settings) -> tuple[list[PurgeItem], int]:
+    """Result files (still in the outbox) whose deliveries are all done, grouped per source series."""
+    results = session.execute(
+        select(Result.id, Result.study_uid, Result.series_uid, Result.path, Result.created_at)
+        .where(Result.purged_at.is_(None))
+    ).all()
+    if not results:
+        return [], 0
+    ids = [r.id for r in results]
+    undelivered: set[int] = set()
+    delivered: dict[int, datetime] = {}
+    for result_id, state, when in session.execute(
+        select(Delivery.result_id, Delivery.state, Delivery.delivered_at).where(Delivery.result_id.in_(ids))
+    ):
+        if state != DeliveryState.DONE:
+            undelivered.add(result_id)
+        else:
+            delivered[result_id] = _latest(delivered.get(result_id), when)
+    roots = [settings.outbox_dir.resolve()]
+    groups: dict[tuple[str, str], PurgeItem] = {}
+    for r in results:
+        if r.id in undelivered or not _under(r.path, roots):
+            continue
+        finished = _latest(r.created_at, delivered.get(r.id))
+        try:
+            size = os.stat(r.path).st_size
+        except OSError:
+            size = 0  # already gone: the row is marked, nothing to free
+        item = groups.get((r.study_uid, r.series_uid))
+        if item is None:
+            groups[(r.study_uid, r.series_uid)] = PurgeItem(
+                kind="results", study_uid=r.study_uid, series_uid=r.series_uid, ids=[r.id], paths=[r.path],
+                bytes=size, finished_at=finished)
+        else:
+            item.ids.append(r.id)
+            item.paths.append(r.path)
+            item.bytes += size
+            item.finished_at = max(item.finished_at, finished)
+    return list(groups.values()), len({r.id for r in results} & undelivered)
+
+
+def purge(db: Database, settings: Settings, plan: PurgePlan, metrics: Metrics | None = None) -> PurgeOutcome:
+    """Remove the plan's files; rows are kept and marked ``purged_at``; one audit row for the run.
+
+    Each item is checked again in the transaction that marks it (another process, or a
+    re-sent series, may have changed it since the plan), and a spool file written after
+    its row was planned (an instance received again meanwhile) is kept.
+    """
+    outcome = PurgeOutcome()
+    for item in plan.items:
+        removed, size, kept = _purge_item(db, settings, item)
+        outcome.skipped += kept
+        if removed:
+            outcome.add(item.reason, removed, size)
+            if metrics is not None:
+                metrics.purged_files.inc(removed, reason=item.reason)
+                metrics.purged_bytes.inc(size, reason=item.reason)
+    if outcome.files:
+        parts = ", ".join(f"{reason}: {files} file(s), {size} bytes"
+                          for reason, (files, size) in sorted(outcome.by_reason.items()))
+        with db.session() as session:
+            session.add(audit_row(AuditKind.PURGED, instance_count=outcome.files,
+                                  message=f"purged {outcome.files} file(s), {outcome.bytes} bytes ({parts}); "
+                                          "database rows kept"))
+        log.info("retention purged %d file(s), %d bytes (%s)", outcome.files, outcome.bytes, parts)
+    return outcome
+
+
+def _still_finished(session: Session, item: PurgeItem) -> bool:
+    if item.kind == "results":
+        return not session.scalar(select(Delivery.id).where(
+            Delivery.result_id.in_(item.ids), Delivery.state != DeliveryState.DONE).limit(1))
+    series = session.scalar(select(Series).where(Series.series_uid == item.series_uid))
+    if series is None or series.state in (SeriesState.RECEIVING, SeriesState.QUEUED) or series.resend_pending:
+        return False
+    if session.scalar(select(Job.id).where(Job.series_uid == item.series_uid,
+                                           Job.state.in_([JobState.QUEUED, JobState.RUNNING])).limit(1)):
+        return False
+    return not session.scalar(
+        select(Delivery.id).join(Result, Result.id == Delivery.result_id)
+        .where(Result.series_uid == item.series_uid, Delivery.state != DeliveryState.DONE).limit(1))
+
+
+def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int, int, int]:
+    """Mark, then delete one item's files; returns (files removed, bytes, files kept)."""
+    table = Instance if item.kind == "instances" else Result
+    moment = utcnow()
+    with db.session() as session:
+        if not _still_finished(session, item):
+            return 0, 0, item.files
+        marked = session.execute(update(table).where(table.id.in_(item.ids), table.purged_at.is_(None))
+                                 .values(purged_at=moment))
+        if rowcount(marked) == 0:
+            return 0, 0, item.files
+    removed = size = kept = 0
+    back: list[int] = []
+    dirs: set[Path] = set()
+    for row_id, path_text in zip(item.ids, item.paths):
+        path = Path(path_text)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue  # gone already (by hand): the row stays marked
+        except OSError as exc:
+            log.warning("retention: cannot read %s: %s", path.name, exc)
+            back.append(row_id)
+            continue
+        planned = item.received_at.get(row_id)
+        if planned is not None and st.st_mtime > planned.timestamp() + RERECEIVED_SLACK_SECONDS:
+            back.append(row_id)  # received again while we planned: the new file stays
+            continue
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("retention: cannot remove %s: %s", path.name, exc)
+            back.append(row_id)
+            continue
+        removed += 1
+        size += st.st_size
+        dirs.add(path.parent)
+    if back:
+        kept = len(back)
+        with db.session() as session:
+            session.execute(update(table).where(table.id.in_(back), table.purged_at == moment).values(purged_at=None))
+    root = settings.spool_dir if item.kind == "instances" else settings.outbox_dir
+    _remove_empty_dirs(dirs, root)
+    return removed, size, kept
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_empty_dirs(dirs: Iterable[Path], root: Path) -> None:
+    """fsync each directory files left; remove it, then its parent, while empty and below ``root``."""
+    root = root.resolve()
+    for directory in dirs:
+        current = directory.resolve()
+        _fsync_dir(current)
+        while current != root and current.is_relative_to(root):
+            try:
+                current.rmdir()
+            except OSError:
+                break  # not empty (or a receiver is writing into it): it stays
+            _fsync_dir(current.parent)
+            current = current.parent
+
+
+class RetentionLoop(BackgroundLoop):
+    """Applies the retention policy every ``retention.interval_seconds`` (sooner while under the watermark)."""
+
+    retry_seconds = 10.0
+
+    def __init__(self, settings: Settings, db: Database, metrics: Metrics | None = None) -> None:
+        super().__init__("ainode-retention", log)
+        self.settings = settings
+        self.db = db
+        self.metrics = metrics
+        self._warned = False
+
+    def run_once(self) -> float:
+        interval = self.settings.retention.interval_seconds
+        free, total = disk_state(self.settings)
+        plan = plan_purge(self.db, self.settings, utcnow(), free, total)
+        if plan.items:
+            purge(self.db, self.settings, plan, self.metrics)
+        if plan.under_watermark:
+            free, total = disk_state(self.settings)
+            if free < plan.min_free_fraction:
+                if not self._warned:
+                    log.warning("free space %.1f %% is under the retention watermark (%.0f %%) and nothing more "
+                                "can be purged: %d series and %d result(s) are unfinished (jobs or deliveries)",
+                                100 * free, 100 * plan.min_free_fraction, plan.unfinished_series,
+                                plan.unfinished_results)
+                    self._warned = True
+                return min(interval, UNDER_WATERMARK_RETRY_SECONDS)
+        self._warned = False
+        return interval
