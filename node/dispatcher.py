@@ -238,6 +238,7 @@ class Dispatcher(BackgroundLoop):
             self._count(destination, "failed", None)
             log.warning("delivery of %s to %s failed (attempt %d), next in %.0f s: %s", row.sop_uid,
                         destination, delivery.attempts, delay, reason)
+        return False
 
     def _count(self, destination: str, outcome: str, queued_at: datetime | None) -> None:
         if self.metrics is None:

@@ -175,7 +175,7 @@ def plan_purge(db: Database, settings: Settings, now: datetime, free_fraction: f
     policy = settings.retention
     if total_bytes is None:
         total_bytes = shutil.disk_usage(settings.data_dir).total
-    cutoff = _aware(now) - timedelta(hours=policy.keep_hours)  # type: ignore[operator]
+    cutoff = (now if now.tzinfo else now.replace(tzinfo=timezone.utc)) - timedelta(hours=policy.keep_hours)
     with db.session() as session:
         series_items, unfinished_series = _series_candidates(session, settings)
         result_items, unfinished_results = _result_candidates(session, settings)
