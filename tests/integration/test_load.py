@@ -1,8 +1,8 @@
 """Load: several DCMTK storescu processes at once against a real node process.
 
 Every instance is stored exactly once (spool files = database rows = sent),
-every chest series is analysed by exactly one job, the node's memory stays
-bounded, and it answers C-ECHO within a second throughout. The full size
+every chest series is analysed by exactly one job, and it answers C-ECHO within a
+second throughout (memory per instance: ``test_memory_growth.py``). The full size
 (10 senders × 200) runs in ``bench/soak.py``.
 """
 
@@ -13,8 +13,6 @@ from pathlib import Path
 from tests.integration.soakkit import load_scenario
 
 SENDERS, PER_SENDER, SERIES_SIZE = 4, 50, 10
-#: The node with ONNX Runtime and one loaded model sits near 250 MB; a leak per instance would pass this.
-RSS_LIMIT_MB = 700
 
 
 def test_concurrent_senders_every_instance_stored_once_and_every_series_analysed_once(tmp_path: Path) -> None:
@@ -29,4 +27,4 @@ def test_concurrent_senders_every_instance_stored_once_and_every_series_analysed
     assert tally.stuck == [], tally.stuck
     assert tally.echoes >= 5 and tally.echo_failures == 0, tally
     assert tally.echo_max_seconds < 1.0, tally
-    assert 0 < tally.peak_rss_mb < RSS_LIMIT_MB, tally
+    assert tally.peak_rss_mb > 0, tally  # sampled; its growth per instance is tested in test_memory_growth.py
