@@ -4,15 +4,44 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.train.data import CLASSES
+from models.train.data import CLASSES, IMAGE_GROUPS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from models.train.view_filter import TrainResult
 
-__all__ = ["write_model_card"]
+__all__ = ["write_model_card", "wilson_interval"]
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval (95 % by default) of a proportion ``correct / total``.
+
+    Raises
+    ------
+    ValueError
+        If ``total`` is not positive or ``correct`` is outside 0..total.
+    """
+    if total <= 0 or not 0 <= correct <= total:
+        raise ValueError(f"need 0 <= correct <= total and total > 0, got {correct}/{total}")
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _group_lines(result: "TrainResult") -> list[str]:
+    lines = [
+        "| image group | held-out images | correct | accuracy | 95 % interval (Wilson) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for group, (correct, total) in result.group_accuracy().items():
+        low, high = wilson_interval(correct, total)
+        lines.append(f"| {group} | {total} | {correct} | {correct / total:.3f} | {low:.3f}–{high:.3f} |")
+    return lines
 
 
 def _accuracy_lines(result: "TrainResult") -> list[str]:
@@ -37,7 +66,37 @@ def write_model_card(path: Path, args: argparse.Namespace, result: "TrainResult"
     """Write ``MODEL_CARD.md`` for a run: data and licence, design, figures, limits, how to reproduce."""
     matrix = result.confusion()
     held = {c: sum(matrix[i]) for i, c in enumerate(CLASSES)}
-    n_train = sum(result.train_counts)
+    by_group = result.group_accuracy()
+    total_groups = result.total_group_counts
+    train_groups = ", ".join(f"{result.train_group_counts.get(g, 0):,} {g}" for g in IMAGE_GROUPS)
+    held_groups = ", ".join(f"{by_group.get(g, (0, 0))[1]:,} {g}" for g in IMAGE_GROUPS)
+    if result.balance == "sampling":
+        balance = (
+            "Balance: group-balanced sampling. Each training example is drawn from one of the "
+            f"{len(result.group_shares)} image groups present with equal probability ("
+            + ", ".join(f"{g} {share:.2f}" for g, share in result.group_shares.items())
+            + "), then uniformly within the group; no loss weights. So adults' frontals, children's "
+            "frontals and laterals each make up about the same share of every batch, and the few "
+            "laterals are seen often, augmented anew each time."
+        )
+    else:
+        balance = (
+            "Balance: loss weights n / (k × n_group), the same total weight for each of the "
+            f"{len(result.group_shares)} image groups: "
+            + ", ".join(f"{g} {share:.2f}" for g, share in result.group_shares.items())
+            + "; batches are drawn uniformly from all training images."
+        )
+    lateral_correct, lateral_total = by_group.get("lateral", (0, 0))
+    if lateral_total:
+        low, high = wilson_interval(lateral_correct, lateral_total)
+        lateral_note = (
+            f"With {lateral_total} held-out laterals, the lateral accuracy "
+            f"({lateral_correct}/{lateral_total}) is uncertain: its 95 % Wilson interval is "
+            f"{low:.3f}–{high:.3f}, so an error rate of up to about {1 - low:.0%} on laterals like these "
+            "is compatible with this test."
+        )
+    else:
+        lateral_note = "No lateral was held out: the lateral accuracy is unknown."
     wrong = ", ".join(
         f"`{f}` ({p:.3f})"
         for f, y, p in zip(result.holdout_files, result.holdout_labels, result.holdout_probabilities)
@@ -52,7 +111,7 @@ Weights file `{manifest['weights']}`, SHA-256 `{manifest['sha256']}`.
 
 The training images come from a public COVID-19 chest X-ray collection whose images carry
 mostly CC BY-NC-SA and CC BY-NC-ND terms (others CC BY, or "see source"), plus NIH
-ChestX-ray14 images (CC0). Weights trained on non-commercial images inherit their terms:
+ChestX-ray14 images (CC0) and pediatric radiographs of Kermany et al. (CC BY 4.0). Weights trained on non-commercial images inherit their terms:
 **these weights may be used for research and non-commercial purposes only.** The code that
 trains them is under the repository's licence; retrain on data you may use commercially
 if you need that.
@@ -60,16 +119,22 @@ if you need that.
 ## Data
 
 Folder `frontal/` and `lateral/` of grey PNGs (the shared `cxr-view` set): {result.total_counts[0]:,} frontal
-and {result.total_counts[1]:,} lateral images in the run reported here; {result.nih_frontals:,} of the frontals are
-NIH ChestX-ray14 images reduced to 64×64 (`nih-*`), the others and all laterals are full
+and {result.total_counts[1]:,} lateral images in the run reported here, in three image groups:
+{total_groups.get('adult frontal', 0):,} adult frontal, {total_groups.get('pediatric frontal', 0):,} pediatric frontal
+(`peds-*`: Kermany et al., CC BY 4.0, one image per child; normal, bacterial and viral
+pneumonia) and {total_groups.get('lateral', 0):,} lateral (all adults). {result.nih_frontals:,} of the adult frontals are
+NIH ChestX-ray14 images reduced to 64×64 (`nih-*`); the other adult frontals and all laterals are full
 radiographs (≤ 512 px) from the COVID-19 collection. Labels may be noisy.
 
-Hold-out: whole patients, drawn until about {args.holdout:.0%} of each class's images are held out
-(`models/train/data.py`: NIH patient ID from the file name; other files grouped by file name
-without its view/panel tag and by case URL in `SOURCES.csv`). Training: {result.train_counts[0]}
-frontal + {result.train_counts[1]} lateral images of {result.train_patients} patients; held out:
-{held['frontal']} frontal + {held['lateral']} lateral images of {result.holdout_patients}
-other patients, listed in `holdout.txt` with each image's P(lateral).
+Hold-out: whole patients, drawn until about {args.holdout:.0%} of each image group's images are held
+out (`models/train/data.py`: NIH patient ID from the file name; other files grouped by file name
+without its view/panel tag and by case URL in `SOURCES.csv`; each child is its own patient).
+
+**Images these weights saw:** every image of the set except those listed in `holdout.txt`, that is
+{train_groups} images ({result.train_counts[0]} frontal + {result.train_counts[1]} lateral) of
+{result.train_patients} patients. Held out and never trained on: {held_groups} images
+({held['frontal']} frontal + {held['lateral']} lateral) of {result.holdout_patients} other patients,
+listed in `holdout.txt` with each image's P(lateral).
 
 ## Design (seed 5)
 
@@ -84,12 +149,17 @@ NHWC, float32; output (N, 1).
 
 Binary cross-entropy, RMSprop (learning rate 1e-3), batch {args.batch_size}, {result.steps} steps
 ({result.seconds:.0f} s on CPU). Augmentation: rotation ±45°, shifts ±10 %, shear 0.1,
-zoom ±10 %, horizontal flip. Class weights n / (2 × n_class), inverse to class
-frequency: frontal {n_train / (2 * result.train_counts[0]):.2f}, lateral {n_train / (2 * result.train_counts[1]):.2f}.
+zoom ±10 %, horizontal flip. {balance}
 ONNX export by tf2onnx; largest |ONNX − Keras| difference on the held-out images:
 {result.onnx_max_abs_diff:.1e}.
 
 ## Held-out results (threshold 0.5)
+
+Per image group:
+
+{chr(10).join(_group_lines(result))}
+
+Per class and source:
 
 {chr(10).join(_accuracy_lines(result))}
 
@@ -102,19 +172,19 @@ Confusion matrix (rows = true, columns = predicted):
 
 Misclassified held-out images (path, P(lateral)): {wrong}
 
-With {held['lateral']} held-out laterals, the lateral accuracy has a wide confidence interval;
-seed 5 reports 1.0 on 174 validation images and 99.74 % on 38,552 more, with far more laterals.
+{lateral_note} Seed 5 reports 1.0 on 174 validation images and 99.74 % on 38,552 more, with far more laterals.
 
 ## Intended use and limits
 
 - Use: decide whether a chest CR/DX image is a frontal (PA/AP) or a lateral view, so that
   frontal-only classifiers are not run on laterals, and flag images whose ViewPosition
   (0018,5101) contradicts the pixels.
-- Not a diagnostic device; not validated clinically. Adults' chest radiographs only;
-  other body parts, children, oblique or decubitus views are outside its training data
-  and get an arbitrary answer.
-- Few laterals (35, from one collection) and frontal images from two sources of very
-  different resolution: the model may have learnt features of the sources. Check it on
+- Not a diagnostic device; not validated clinically. Chest radiographs of adults, and
+  children's frontal radiographs like those of the Kermany set (young children from one
+  hospital); children's laterals, other body parts, oblique or decubitus views are outside
+  its training data and get an arbitrary answer.
+- Few laterals ({total_groups.get('lateral', 0)}, adults, from one collection) and frontal images from three sources
+  of different resolution: the model may have learnt features of the sources. Check it on
   your site's images before relying on it; the node records its output next to the header's
   view and never discards an image on the model's word alone.
 
@@ -122,8 +192,8 @@ seed 5 reports 1.0 on 174 validation images and 99.74 % on 38,552 more, with far
 
 ```
 pip install -e '.[train]'
-ainode train view-filter --data DATA --out MODELS_DIR/cxr-view-filter --seed {args.seed} --steps {result.steps}
-# or: python -m models.train.view_filter --data DATA --out OUT --seed {args.seed} --steps {result.steps}
+ainode train view-filter --data DATA --out MODELS_DIR/cxr-view-filter --seed {args.seed} --steps {result.steps} --balance {result.balance}
+# or: python -m models.train.view_filter --data DATA --out OUT --seed {args.seed} --steps {result.steps} --balance {result.balance}
 ```
 
 TensorFlow on CPU is not bit-for-bit deterministic across machines; figures may differ

@@ -20,7 +20,11 @@ and files are merged (union-find) when any of their keys agree:
   the split stricter). A URL shared by more than ``MAX_CASE_FILES`` files names a
   collection (a repository, a data set's home page), not a case, and is not used.
 
-The split is stratified by class and deterministic for a given seed.
+Each image also belongs to one of three *image groups* (:data:`IMAGE_GROUPS`):
+laterals, children's frontals (files ``peds-*``, one child each) and the other
+(adult) frontals. The split is stratified by image group, so that each group has
+about the same held-out fraction, and is deterministic for a given seed; training
+balances the groups (``models.train.view_filter``).
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Sample", "list_samples", "patient_groups", "split_by_patient", "CLASSES"]
+__all__ = ["Sample", "list_samples", "patient_groups", "split_by_patient", "image_group", "CLASSES", "IMAGE_GROUPS"]
 
 CLASSES: tuple[str, str] = ("frontal", "lateral")
+#: Image groups, reported and balanced separately: adults' frontals, children's frontals, laterals.
+IMAGE_GROUPS: tuple[str, str, str] = ("adult frontal", "pediatric frontal", "lateral")
+PEDIATRIC_PREFIX = "peds-"
 _NIH = re.compile(r"^nih-(\d{8})_\d{3}$")
 _TAG = re.compile(r"[-_](?:L|l|PA|pa|AP|ap|[a-h]\d?)$")
 MAX_CASE_FILES = 12
@@ -51,6 +58,23 @@ class Sample:
     @property
     def name(self) -> str:
         return Path(self.relpath).name
+
+    @property
+    def group(self) -> str:
+        """The sample's image group (see :func:`image_group`)."""
+        return image_group(self.relpath)
+
+
+def image_group(relpath: str) -> str:
+    """Image group of a data-set path such as ``frontal/peds-normal-IM-0341-0001.png``.
+
+    ``lateral`` for anything under ``lateral/``; ``pediatric frontal`` for a frontal
+    whose file name starts with ``peds-``; ``adult frontal`` for the other frontals.
+    """
+    folder, _, name = relpath.replace("\\", "/").rpartition("/")
+    if folder.rsplit("/", 1)[-1] == "lateral":
+        return "lateral"
+    return "pediatric frontal" if name.startswith(PEDIATRIC_PREFIX) else "adult frontal"
 
 
 def list_samples(data_dir: Path) -> list[Sample]:
@@ -128,34 +152,35 @@ def split_by_patient(
 ) -> tuple[list[int], list[int]]:
     """Indices of (training, held-out) samples; no patient group on both sides.
 
-    Groups holding a lateral image are drawn first (in a seeded random order) until
-    about ``fraction`` of the laterals are held out, then frontal-only groups until
-    about ``fraction`` of the frontals are; so both classes are represented.
+    Each patient group is assigned to the rarest image group among its images
+    (lateral before pediatric frontal before adult frontal). Patient groups are
+    drawn in a seeded random order, image group by image group (laterals first),
+    until about ``fraction`` of that image group's images are held out; so every
+    image group, however small, is represented on both sides.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"hold-out fraction must be between 0 and 1, got {fraction}")
     members: dict[int, list[int]] = defaultdict(list)
     for index, group in enumerate(groups):
         members[group].append(index)
-    labels = np.array([s.label for s in samples])
-    target = [round(fraction * int(np.sum(labels == c))) for c in range(len(CLASSES))]
+    sample_groups = [s.group for s in samples]
+    total = {g: sample_groups.count(g) for g in IMAGE_GROUPS}
+    target = {g: round(fraction * total[g]) for g in IMAGE_GROUPS}
+    drawn_for = {
+        group: next(g for g in reversed(IMAGE_GROUPS) if any(sample_groups[i] == g for i in idx))
+        for group, idx in members.items()
+    }
     rng = np.random.default_rng(seed)
     order = [sorted(members)[i] for i in rng.permutation(len(members))]
     held: list[int] = []
-    counts = [0, 0]
-    for wanted_class in (1, 0):
+    counts = dict.fromkeys(IMAGE_GROUPS, 0)
+    for wanted in reversed(IMAGE_GROUPS):
         for group in order:
-            idx = members[group]
-            if idx[0] in held or counts[wanted_class] >= target[wanted_class]:
+            if drawn_for[group] != wanted or counts[wanted] >= target[wanted]:
                 continue
-            group_labels = labels[idx]
-            if wanted_class == 1 and not np.any(group_labels == 1):
-                continue
-            if wanted_class == 0 and np.any(group_labels == 1):
-                continue
-            held.extend(idx)
-            for c in range(len(CLASSES)):
-                counts[c] += int(np.sum(group_labels == c))
+            held.extend(members[group])
+            for i in members[group]:
+                counts[sample_groups[i]] += 1
     held_set = set(held)
     train = [i for i in range(len(samples)) if i not in held_set]
     return train, sorted(held)

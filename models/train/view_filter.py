@@ -4,9 +4,13 @@ Architecture (exactly seed 5's, one grey channel): 64×64×1 input; Conv2D 3×3 
 16, 32, 64 and 128 filters (valid padding, ReLU), 2×2 max-pooling after the first
 three, 4×4 average pooling, flatten, Dense 64 ReLU, Dense 1 sigmoid = P(lateral);
 105,473 parameters. Binary cross-entropy, RMSprop, batch 32, 1,000 steps by
-default; augmentation rotation ±45°, shifts, shear, zoom and horizontal flip;
-class weights inverse to class frequency (the shared data set has ~36 frontals per
-lateral). About 20 % of the patients are held out (``models.train.data``).
+default; augmentation rotation ±45°, shifts, shear, zoom and horizontal flip.
+The three image groups (adults' frontals, children's frontals, laterals; the shared
+data set has ~36 adult frontals per lateral) are balanced: by default each batch
+draws from each group with equal probability (``--balance sampling``), or
+alternatively the loss weights each group's images inversely to the group's size
+(``--balance weights``). About 20 % of each group's patients are held out
+(``models.train.data``).
 
 Usage::
 
@@ -33,13 +37,14 @@ import numpy as np
 from models.manifest import manifest_from_mapping, sha256_file
 from models.preprocess.radiograph import grey_png_to_input
 from models.train.card import write_model_card
-from models.train.data import CLASSES, Sample, list_samples, patient_groups, split_by_patient
+from models.train.data import CLASSES, IMAGE_GROUPS, Sample, image_group, list_samples, patient_groups, split_by_patient
 
 __all__ = ["EXPECTED_PARAMETERS", "INPUT_SIZE", "build_model", "export_onnx", "main", "TrainResult"]
 
 INPUT_SIZE = 64
 EXPECTED_PARAMETERS = 105_473  # seed 5: 105,761 with 3 channels, 105,473 with one
 MODEL_NAME = "cxr-view-filter"
+BALANCE_MODES = ("sampling", "weights")
 ONNX_INPUT_NAME = "image"
 
 
@@ -114,8 +119,12 @@ class TrainResult:
     holdout_labels: list[int]
     holdout_probabilities: list[float]
     total_counts: tuple[int, int]
+    total_group_counts: dict[str, int]
     nih_frontals: int
     train_counts: tuple[int, int]
+    train_group_counts: dict[str, int]
+    balance: str
+    group_shares: dict[str, float]
     train_patients: int
     holdout_patients: int
     steps: int
@@ -129,6 +138,15 @@ class TrainResult:
             matrix[label][int(p >= 0.5)] += 1
         return matrix
 
+    def group_accuracy(self) -> dict[str, tuple[int, int]]:
+        """(correct, held-out images) per image group present in the hold-out, at 0.5."""
+        tally: dict[str, list[int]] = {}
+        for path, label, p in zip(self.holdout_files, self.holdout_labels, self.holdout_probabilities):
+            entry = tally.setdefault(image_group(path), [0, 0])
+            entry[0] += int(int(p >= 0.5) == label)
+            entry[1] += 1
+        return {g: (tally[g][0], tally[g][1]) for g in IMAGE_GROUPS if g in tally}
+
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ainode train view-filter", description=__doc__.split("\n\n")[0])
@@ -139,6 +157,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     group.add_argument("--steps", type=int, default=None, help="training steps (default 1000, as seed 5)")
     group.add_argument("--epochs", type=int, default=None, help="passes over the training images instead")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--balance", choices=BALANCE_MODES, default="sampling",
+                        help="balance the image groups (adult frontal, pediatric frontal, lateral) by drawing each "
+                             "with equal probability (sampling, default) or by loss weights inverse to group size")
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of patients held out")
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0 = all cores)")
@@ -168,17 +189,39 @@ def train(args: argparse.Namespace) -> TrainResult:
     counts = (int(np.sum(y_train == 0)), int(np.sum(y_train == 1)))
     if min(counts) == 0:
         raise ValueError(f"training split has {counts[0]} frontal and {counts[1]} lateral images; need both")
-    class_weight = np.array([len(y_train) / (2 * c) for c in counts], dtype=np.float32)
-    weights = class_weight[y_train.astype(int)]
+    train_groups = np.array([samples[i].group for i in train_idx])
+    present = [g for g in IMAGE_GROUPS if np.any(train_groups == g)]
+    group_counts = {g: int(np.sum(train_groups == g)) for g in present}
     steps = args.steps or (args.epochs * math.ceil(len(y_train) / args.batch_size) if args.epochs else 1000)
 
     augment = _augmenter(args.seed)
+    if args.balance == "sampling":
+        # Every present group is drawn with the same probability, each image of a group
+        # equally often: the 28 laterals appear in every batch, augmented anew each time.
+        shares = {g: 1.0 / len(present) for g in present}
+        per_group = [
+            tf.data.Dataset.from_tensor_slices(
+                (x_train[train_groups == g], y_train[train_groups == g][:, None],
+                 np.ones(group_counts[g], dtype=np.float32))
+            ).shuffle(group_counts[g], seed=args.seed + k, reshuffle_each_iteration=True).repeat()
+            for k, g in enumerate(present)
+        ]
+        mixed = tf.data.Dataset.sample_from_datasets(per_group, weights=[shares[g] for g in present], seed=args.seed)
+    else:
+        # Loss weight n / (k × n_group): each group carries the same total weight.
+        shares = {g: len(y_train) / (len(present) * group_counts[g]) for g in present}
+        weights = np.array([shares[g] for g in train_groups], dtype=np.float32)
+        mixed = (
+            tf.data.Dataset.from_tensor_slices((x_train, y_train[:, None], weights))
+            .shuffle(len(y_train), seed=args.seed, reshuffle_each_iteration=True)
+            .repeat()
+        )
     dataset = (
-        tf.data.Dataset.from_tensor_slices((x_train, y_train[:, None], weights))
-        .shuffle(len(y_train), seed=args.seed, reshuffle_each_iteration=True)
-        .repeat()
+        mixed
         .batch(args.batch_size)
-        .map(lambda x, y, w: (augment(x, training=True), y, w), num_parallel_calls=tf.data.AUTOTUNE)
+        # Augmentation draws from a random state: mapped in parallel, the draws reach the
+        # batches in a varying order and two runs with one seed train different models.
+        .map(lambda x, y, w: (augment(x, training=True), y, w))
         .prefetch(tf.data.AUTOTUNE)
     )
     model = build_model()
@@ -204,8 +247,12 @@ def train(args: argparse.Namespace) -> TrainResult:
         holdout_labels=[samples[i].label for i in held_idx],
         holdout_probabilities=[float(p) for p in onnx_p],
         total_counts=(int(np.sum(labels == 0)), int(np.sum(labels == 1))),
+        total_group_counts={g: sum(1 for s in samples if s.group == g) for g in IMAGE_GROUPS},
         nih_frontals=sum(1 for s in samples if s.relpath.startswith("frontal/nih-")),
         train_counts=counts,
+        train_group_counts=group_counts,
+        balance=args.balance,
+        group_shares=shares,
         train_patients=len({groups[i] for i in train_idx}),
         holdout_patients=len({groups[i] for i in held_idx}),
         steps=steps,
@@ -269,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     for c, cls in enumerate(CLASSES):
         total = sum(matrix[c])
         print(f"held-out {cls}: {matrix[c][c]}/{total} correct" + (f" ({matrix[c][c] / total:.3f})" if total else ""))
+    for group, (correct, total) in result.group_accuracy().items():
+        print(f"held-out {group}: {correct}/{total} correct ({correct / total:.3f})")
     return 0
 
 
