@@ -163,6 +163,10 @@ class PeExamResult:
         The few slices a radiologist should see first (for the KOS and GSPS).
     corrections : list of str
         What the consistency rules changed, in words, for the SR and the log.
+    indeterminate_reasons : list of str
+        Why the series cannot be read for PE at all (``models.plausibility``: it does not cover
+        the lungs, or flagged slices lie outside them); when set the exam is indeterminate,
+        with no positive or key slices.
     """
 
     slice_uids: list[str]
@@ -172,6 +176,7 @@ class PeExamResult:
     positive_slices: list[int] = field(default_factory=list)
     key_slices: list[int] = field(default_factory=list)
     corrections: list[str] = field(default_factory=list)
+    indeterminate_reasons: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -218,6 +223,9 @@ class LumbarResult:
         The slice at the centre of the L3 run, or None when no L3 was found.
     composition : BodyComposition or None
         Areas measured on the L3 slice.
+    not_determined : list of str
+        Why the decoded level map is anatomically impossible (``models.plausibility``); when
+        set the levels are not reported as findings, and there is no L3 slice or composition.
     """
 
     slice_uids: list[str]
@@ -226,6 +234,7 @@ class LumbarResult:
     runs: list[LevelRun] = field(default_factory=list)
     l3_index: int | None = None
     composition: BodyComposition | None = None
+    not_determined: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -292,4 +301,5 @@ def _lumbar_from_json(data: dict[str, Any]) -> LumbarResult:
         runs=[LevelRun(**r) for r in data.get("runs", [])],
         l3_index=data.get("l3_index"),
         composition=BodyComposition(**composition) if composition else None,
+        not_determined=list(data.get("not_determined", [])),
     )

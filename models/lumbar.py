@@ -27,13 +27,20 @@ about half a lumbar vertebra with its disc; and at most ``max_coarse_samples``, 
 last one, and decodes them. Then each gap between
 neighbouring samples whose decoded levels differ and that holds a boundary of a refined
 level (by default L3: the L2|L3 and L3|L4 boundaries, or an L3 hidden between L2 and L4)
-is bisected: its middle slice is evaluated, all samples are decoded again, until such
-gaps are one slice wide. Slices never evaluated take the level of the nearer evaluated
+is bisected, and so is every gap across which a level is skipped (coarse samples L1 then
+L3: where is L2?): its middle slice is evaluated, all samples are decoded again, until such
+gaps are one slice wide. A level missing from the column is then the model's answer, not a
+gap in the sampling, and :mod:`models.plausibility` may call it impossible. Slices never evaluated take the level of the nearer evaluated
 slice (the decoded interval). For 300 slices of 0.93 mm: 16 coarse + 2 × 4–5 bisection
 passes ≈ 25 forward passes (12 mm steps: 32), and the L3 run is the one an exhaustive
 decode would give whenever the model's levels are monotonic. A hidden L3 (coarse samples
 L2 then L4) is found because that gap holds L3's boundaries too. ``evaluated`` records the slices
 the model ran on.
+
+Plausibility: the decoded map is checked against anatomy (:func:`models.plausibility.check_level_map`:
+order along the patient axis, no level skipped, L3 between L2 and L4, each run's height in mm).
+An impossible map is returned with its reasons in ``not_determined`` and without an L3 slice
+or body composition: the levels could not be determined, and nothing is measured on a guess.
 
 Output: :class:`models.findings.LumbarResult` — the level of every slice, the runs, the
 L3 slice (centre of the L3 run) — and :mod:`models.body_composition` on the L3 slice with
@@ -57,6 +64,7 @@ from models.body_composition import measure
 from models.errors import ModelError
 from models.findings import LUMBAR_LEVELS, AlgorithmInfo, LevelRun, LumbarResult
 from models.manifest import Manifest
+from models.plausibility import check_level_map, superior_mm
 from models.preprocess.ct_series import SeriesPlan, iter_hu_batches
 from models.preprocess.radiograph import resize_image
 
@@ -191,7 +199,7 @@ def search_levels(
         middles = [
             (a + b) // 2
             for (a, la), (b, lb) in zip(zip(samples, labels), zip(samples[1:], labels[1:]))
-            if b - a > 1 and la != lb and any(la <= r <= lb for r in refine)
+            if b - a > 1 and la != lb and (lb - la > 1 or any(la <= r <= lb for r in refine))
         ]
         if not middles:
             break
@@ -309,7 +317,9 @@ class LumbarModel:
         -------
         tuple of (LumbarResult, dict or None)
             The result, and the L3 slice's boolean masks ``muscle``, ``subcutaneous_fat``,
-            ``visceral_fat`` (None when no L3 was found or no body was on it).
+            ``visceral_fat`` (None when no L3 was found or no body was on it). A level map
+            that is anatomically impossible comes back with ``not_determined`` set and
+            neither L3 nor masks.
         """
 
         def evaluate(indices: list[int]) -> np.ndarray:
@@ -326,6 +336,10 @@ class LumbarModel:
         levels = [LUMBAR_LEVELS[i] for i in indices]
         runs = level_runs(levels)
         result = LumbarResult(list(plan.sop_instance_uids), levels, evaluated, runs)
+        result.not_determined = check_level_map(levels, superior_mm(plan.positions, plan.normal), evaluated)
+        if result.not_determined:
+            log.warning("vertebral levels not determined: %s", "; ".join(result.not_determined))
+            return result, None
         l3 = next((r for r in runs if r.level == "L3"), None)
         if l3 is None:
             return result, None

@@ -64,6 +64,11 @@ and the others are interpolated (see :meth:`PeModel.score_slices`); the default 
 Output: :class:`models.findings.PeExamResult` with ``key_slices``: up to five positive slices of
 highest probability, at least ``max(2, n // 40)`` slices apart so they show different parts of
 the clot burden.
+
+Coverage (:meth:`PeModel.analyse` only): the lung area of every slice read is measured on the
+pixels already in memory, and a series that does not show the lungs over at least 100 mm, or
+whose flagged slices lie outside them, is indeterminate with the reasons
+(:func:`models.plausibility.check_pe_coverage`, :func:`not_assessable`).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ from models.backends.onnx_backend import OnnxModel
 from models.errors import ModelError
 from models.findings import PE_EXAM_LABELS, PE_HEADS, AlgorithmInfo, PeExamResult
 from models.manifest import Manifest
+from models.plausibility import check_pe_coverage, lung_area_cm2, superior_mm
 from models.preprocess.ct_series import SeriesPlan, iter_hu_batches
 
 __all__ = [
@@ -92,6 +98,7 @@ __all__ = [
     "crop_to_body",
     "exam_pe_probability",
     "mirror_halves",
+    "not_assessable",
     "select_key_slices",
     "side_evidence",
     "to_canonical",
@@ -319,6 +326,18 @@ def apply_consistency(
     return labels, positive, corrections
 
 
+def not_assessable(result: PeExamResult, reasons: Sequence[str]) -> PeExamResult:
+    """The exam as indeterminate because the series cannot be read for PE (``reasons``, in words).
+
+    The probabilities stay as the model gave them; the decisions become: indeterminate, not
+    negative, no type, side or RV/LV label, no positive or key slice (nothing a radiologist could
+    read as a finding).
+    """
+    labels = {label: label == "indeterminate" for label in result.exam_labels}
+    return dataclasses.replace(result, exam_labels=labels, positive_slices=[], key_slices=[],
+                               indeterminate_reasons=list(reasons))
+
+
 def to_canonical(hu: np.ndarray, orientation: Sequence[float]) -> np.ndarray:
     """Axial slices (n, rows, columns) turned to the usual display: the patient's right at column 0, anterior at row 0.
 
@@ -457,6 +476,13 @@ class PeModel:
         last) only, and the slices between get scores interpolated linearly along the series: an
         embolus spans several thin slices, and the forward pass is the cost of a 300-slice CTPA.
         """
+        return self.score_slices_and_lungs(plan, paths_by_uid, batch_size)[0]
+
+    def score_slices_and_lungs(
+        self, plan: SeriesPlan, paths_by_uid: Mapping[str, str | PathLike[str]], batch_size: int = 8
+    ) -> tuple[np.ndarray, dict[int, float]]:
+        """:meth:`score_slices`, and the lung area in cm² (:func:`models.plausibility.lung_area_cm2`) of each
+        slice read, by plan index: measured on the pixels already in memory, for the coverage check."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         spec = self.manifest.input
@@ -466,7 +492,10 @@ class PeModel:
             plan, sop_instance_uids=tuple(plan.sop_instance_uids[i] for i in run),
             positions=tuple(plan.positions[i] for i in run))
         scored = np.empty((len(run), len(PE_HEADS)), dtype=np.float32)
+        lungs: dict[int, float] = {}
         for indices, hu in iter_hu_batches(sub, paths_by_uid, batch_size=batch_size):
+            for index, image in zip(indices, hu):
+                lungs[run[index]] = lung_area_cm2(image, plan.pixel_spacing)
             batch = window_slices(to_canonical(hu, plan.orientation), self.windows, spec.height, spec.width, self.crop_body)
             del hu
             out = self._model.run(batch).reshape(len(indices), -1)
@@ -474,8 +503,9 @@ class PeModel:
                 raise ModelError(f"model {self.manifest.name!r} returned {out.shape[1]} scores per slice, expected {len(PE_HEADS)}")
             scored[indices[0]:indices[-1] + 1] = out
         if len(run) == n:
-            return scored
-        return np.stack([np.interp(np.arange(n), run, scored[:, h]) for h in range(len(PE_HEADS))], axis=1).astype(np.float32)
+            return scored, lungs
+        interpolated = np.stack([np.interp(np.arange(n), run, scored[:, h]) for h in range(len(PE_HEADS))], axis=1)
+        return interpolated.astype(np.float32), lungs
 
     def score_volume(self, hu: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """The nine head outputs, (n, 9), of a volume already in memory: ``hu`` (n, rows, columns) in HU.
@@ -504,7 +534,8 @@ class PeModel:
         return self.result_from_scores(slice_uids or [str(i) for i in range(len(hu))], scores, sides)
 
     def analyse(
-        self, plan: SeriesPlan, paths_by_uid: Mapping[str, str | PathLike[str]], batch_size: int = 8
+        self, plan: SeriesPlan, paths_by_uid: Mapping[str, str | PathLike[str]], batch_size: int = 8,
+        *, check_coverage: bool = True,
     ) -> PeExamResult:
         """Score every slice, aggregate over the exam and apply the RSNA consistency rules.
 
@@ -516,13 +547,23 @@ class PeModel:
             Where each planned slice is stored.
         batch_size : int
             Slices decoded and run together (memory ≈ batch × rows × columns × 4 bytes × 4).
+        check_coverage : bool
+            Check that the series shows the lungs (see Returns); False only to score synthetic
+            volumes that are no chest (tests of the model's mechanics).
+
+        Returns
+        -------
+        PeExamResult
+            With ``indeterminate_reasons`` (and the exam indeterminate, no positive or key
+            slices) when the series cannot be read for PE: it does not cover the lungs, or the
+            model flags slices outside them (:func:`models.plausibility.check_pe_coverage`).
 
         Raises
         ------
         SeriesError
             A slice cannot be read or does not match the plan.
         """
-        scores = self.score_slices(plan, paths_by_uid, batch_size)
+        scores, lungs = self.score_slices_and_lungs(plan, paths_by_uid, batch_size)
         probes = self.probe_slices(scores)
         sides = None
         if probes:
@@ -530,7 +571,11 @@ class PeModel:
                                       positions=tuple(plan.positions[i] for i in probes))
             hu = np.concatenate([batch for _, batch in iter_hu_batches(sub, paths_by_uid, batch_size=len(probes))])
             sides = self.mirror_sides(to_canonical(hu, plan.orientation), scores[probes, PE_HEADS.index(_IMAGE)])
-        return self.result_from_scores(list(plan.sop_instance_uids), scores, sides)
+        result = self.result_from_scores(list(plan.sop_instance_uids), scores, sides)
+        if not check_coverage:
+            return result
+        reasons = check_pe_coverage(superior_mm(plan.positions, plan.normal), lungs, result.positive_slices)
+        return not_assessable(result, reasons) if reasons else result
 
     def probe_slices(self, scores: np.ndarray) -> list[int]:
         """The slices to probe for the side (``location`` ``"mirror"``): the key slices of a positive exam, else none."""

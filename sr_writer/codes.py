@@ -296,6 +296,8 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType({
     "l4_vertebra": _c("11994002", "SCT", "L4 vertebra", f"{_PS316}, CID 7151"),
     "l5_vertebra": _c("49668003", "SCT", "L5 vertebra", f"{_PS316}, CID 7151"),
     "sacrum": _c("54735007", "SCT", "Sacrum", f"{_PS316}, CID 4"),
+    # The finding of a level map that could not be determined (its value: SCT Indeterminate).
+    "vertebral_level": _c("VERTLEVEL", "99AINODE", "Vertebral level", "private: no standard code"),
     "skeletal_muscle": _c("127954009", "SCT", "Skeletal muscle", f"{_PS316}, CID 8134"),
     # PS3.16 has no "subcutaneous/visceral adipose tissue": subcutaneous fat is the subcutaneous
     # tissue (CID 7166), visceral fat is fat (CID 7166) with the modifier "Internal" (CID 2).

@@ -26,7 +26,15 @@ the Predecessor Documents Sequence (PS3.3 C.17.2).
   are every slice of the run;
 - the L3 slice group: the slice, the three tissue areas as "Area" NUMs in
   UCUM cm2 with the tissue as finding site, the skeletal muscle index in
-  cm2/m2 when the height is known, and the HU ranges in words.
+  cm2/m2 when the height is known, and the HU ranges in words;
+- or, when the level map is anatomically impossible (``lumbar.not_determined``,
+  :mod:`models.plausibility`), one group only: "Vertebral level" = Indeterminate
+  (SCT), with "Vertebral level could not be determined" and each reason as TEXT;
+  no level runs, no L3, no areas.
+
+A PE exam that cannot be read (``pe.indeterminate_reasons``: the series does not
+cover the lungs, or flags slices outside them) is Indeterminate with the reasons
+as TEXT in the exam group.
 
 All coded concepts come from :mod:`sr_writer.codes`.
 """
@@ -186,7 +194,8 @@ def build_lumbar_report(
     ValueError
         When ``result.lumbar`` is missing, its runs do not match its levels,
         a level is unknown, an area is negative, or a slice is not among the
-        sources.
+        sources; or when a result whose levels were not determined carries an
+        L3 slice or a body composition.
     """
     lumbar = result.lumbar
     if lumbar is None:
@@ -197,6 +206,13 @@ def build_lumbar_report(
     slices = [_source(by_uid, uid) for uid in lumbar.slice_uids]
     if not lumbar.runs:
         raise ValueError("lumbar result has no level runs; there is nothing to report")
+    if lumbar.not_determined:
+        if lumbar.l3_index is not None or lumbar.composition is not None:
+            raise ValueError("a lumbar result whose levels were not determined cannot have an L3 slice or areas")
+        return _document(result, sources, [_not_determined_group(lumbar.not_determined, algorithm, uid_root)],
+                         predecessors, uid_root=uid_root, series_number=series_number,
+                         instance_number=instance_number, series_description=series_description,
+                         institution_name=institution_name)
 
     groups: list[_Group] = []
     for number, run in enumerate(lumbar.runs, start=1):
@@ -241,10 +257,13 @@ def _check_pe(pe: PeExamResult) -> None:
     for index in (*pe.positive_slices, *pe.key_slices):
         if not 0 <= index < n:
             raise ValueError(f"PE slice index {index} is outside the {n} slices of the result")
+    if pe.indeterminate_reasons and (not pe.exam_labels["indeterminate"] or pe.positive_slices or pe.key_slices):
+        raise ValueError("a PE exam that cannot be read must be indeterminate, without positive or key slices")
 
 
 def _pe_present(pe: PeExamResult) -> bool:
-    return not pe.exam_labels["negative_exam_for_pe"]
+    # RSNA: an indeterminate exam is not negative either, and it is no finding of PE.
+    return not pe.exam_labels["negative_exam_for_pe"] and not pe.exam_labels["indeterminate"]
 
 
 def _pe_exam_group(pe: PeExamResult, algorithm: AlgorithmInfo, uid_root: str) -> _Group:
@@ -260,12 +279,15 @@ def _pe_exam_group(pe: PeExamResult, algorithm: AlgorithmInfo, uid_root: str) ->
         measurements=[_score("probability", 1.0 - pe.exam_probabilities["negative_exam_for_pe"])],
         qualitative_evaluations=[QualitativeEvaluation(code("pulmonary_embolism"), value)],
     )
-    texts = [_summary(pe)] + [f"Label consistency rule applied: {c}" for c in pe.corrections]
+    texts = [_summary(pe)] + [f"Not assessable: {reason}" for reason in pe.indeterminate_reasons]
+    texts += [f"Label consistency rule applied: {c}" for c in pe.corrections]
     group[0].ContentSequence.extend(_comment(text) for text in texts)
     return group
 
 
 def _summary(pe: PeExamResult) -> str:
+    if pe.indeterminate_reasons:
+        return "Study indeterminate for pulmonary embolism: the series cannot be read for it"
     if pe.exam_labels["indeterminate"]:
         return "Study indeterminate for pulmonary embolism"
     if not _pe_present(pe):
@@ -382,6 +404,21 @@ def _l3_group(result: SeriesResult, l3: pydicom.Dataset, by_uid: dict[str, pydic
         measurements=measurements or None,
         source_images=[SourceImageForMeasurementGroup.from_source_image(l3)],
     )
+    group[0].ContentSequence.extend(_comment(text) for text in texts)
+    return group
+
+
+def _not_determined_group(reasons: Sequence[str], algorithm: AlgorithmInfo, uid_root: str) -> _Group:
+    """The finding of a level map that is anatomically impossible: the level is Indeterminate, and why."""
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="vertebral level not determined"),
+        algorithm_id=_algorithm_id(algorithm),
+        finding_type=code("vertebral_level"),
+        qualitative_evaluations=[QualitativeEvaluation(code("vertebral_level"), code("indeterminate"))],
+    )
+    texts = ["Vertebral level could not be determined: the level map found by the algorithm is anatomically "
+             "impossible, so no level, L3 slice or body composition is reported"]
+    texts += [f"Reason: {reason}" for reason in reasons]
     group[0].ContentSequence.extend(_comment(text) for text in texts)
     return group
 

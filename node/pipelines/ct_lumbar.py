@@ -11,7 +11,11 @@ subcutaneous and visceral fat there. Results go back as:
 - a presentation state with the level written on every slice;
 - a Key Object Selection of the L3 slice.
 
-A series in which no L3 is found gets the report and the level labels only.
+A level map that is anatomically impossible (``models.plausibility``: levels out of order, a
+level missing, no L3 between L2 and L4, a run too short or too long in mm) gets the report
+only, saying that the vertebral level could not be determined and why: no level labels, no
+L3 slice, no segmentation, nothing a radiologist could read as a finding. The job is done,
+its summary "level not determined: <reasons>".
 """
 
 from __future__ import annotations
@@ -71,6 +75,13 @@ class CtLumbarPipeline(CtPipeline):
         )
         objects = [build_lumbar_report(result, sources, uid_root=self.uid_root, series_number=self.series_number,
                                        institution_name=self.institution_name, predecessors=predecessors)]
+        if lumbar.not_determined:
+            summary = (f"level not determined: {'; '.join(lumbar.not_determined)}"
+                       f"; {len(lumbar.evaluated)} of {len(lumbar.slice_uids)} slices through the model"
+                       f"; plan {planned - started:.2f} s, model {inferred - planned:.2f} s, "
+                       f"objects {time.perf_counter() - inferred:.2f} s")
+            log.info("%s", summary)
+            return PipelineOutput(result=result, objects=objects, summary=summary, warnings=series.warnings)
         objects.append(build_slice_labels(result, sources, level_labels(lumbar), uid_root=self.uid_root,
                                           series_number=self.series_number + 2, institution_name=self.institution_name))
         if lumbar.l3_index is not None:

@@ -9,7 +9,10 @@ and enforces the RSNA label-consistency rules. Results go back as:
   opens first) and a presentation state with a text on every flagged slice.
 
 A negative exam gets the report only: a KOS or GSPS with nothing in it would be noise
-in the viewer.
+in the viewer. So does an indeterminate one, among them a series that cannot be read for
+PE at all (``models.plausibility``: it does not cover the lungs, where the pulmonary
+arteries run, or the model flags slices outside them): the report says indeterminate and
+why, the job's summary "PE indeterminate: <reasons>".
 """
 
 from __future__ import annotations
@@ -83,7 +86,9 @@ class CtPePipeline(CtPipeline):
                                               institution_name=self.institution_name))
         written = time.perf_counter()
         sides = [s for s in ("rightsided_pe", "leftsided_pe", "central_pe") if pe.exam_labels.get(s)]
-        summary = (f"PE {'present' if present else 'absent'}"
+        outcome = "present" if present else "indeterminate" if pe.exam_labels.get("indeterminate") else "absent"
+        summary = (f"PE {outcome}"
+                   + (f": {'; '.join(pe.indeterminate_reasons)}" if pe.indeterminate_reasons else "")
                    + (f" ({', '.join(s.replace('sided_pe', '').replace('_pe', '') for s in sides)})" if sides else "")
                    + f"; {len(pe.positive_slices)} positive of {len(pe.slice_uids)} slices"
                    + f"; plan {planned - started:.2f} s, model {inferred - planned:.2f} s, objects {written - inferred:.2f} s")
