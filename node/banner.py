@@ -80,7 +80,8 @@ def _spool(node: "Node") -> str:
     try:
         with node.db.session() as session:
             count, size = session.execute(
-                select(func.count(), func.coalesce(func.sum(Instance.size), 0)).select_from(Instance)).one()
+                select(func.count(), func.coalesce(func.sum(Instance.size), 0)).select_from(Instance)
+                .where(Instance.purged_at.is_(None))).one()  # files retention removed are not in the spool
     except SQLAlchemyError as exc:
         return f"spool size unknown ({type(exc).__name__})"
     return f"spool {count} instance(s), {human_bytes(float(size))}"

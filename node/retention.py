@@ -30,20 +30,19 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from node.audit import audit_row
 from node.background import BackgroundLoop
 from node.db import (AuditKind, Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series,
-                     SeriesState, rowcount, utcnow)
+                     SeriesState, utcnow)
 from node.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,26 +56,33 @@ Reason = Literal["age", "watermark"]
 RERECEIVED_SLACK_SECONDS = 1.0
 #: Seconds between passes while free space is under the watermark (files may have become purgeable).
 UNDER_WATERMARK_RETRY_SECONDS = 5.0
+#: UIDs or ids per ``IN (...)`` query: a spool of many series must not exceed a database's parameter limit.
+CHUNK = 500
+
+
+def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
+    items = list(values)
+    for start in range(0, len(items), CHUNK):
+        yield items[start:start + CHUNK]
 
 
 @dataclass
 class PurgeItem:
-    """The files of one series (instances) or of one series' results that may go, and why."""
+    """The files of one series (instances) or of one series' results that may go, and why.
+
+    For instances, the rows are the series' rows still on disk when the item is purged (read
+    in the transaction that marks them); for results, ``ids`` and ``paths`` name them.
+    """
 
     kind: Kind
     study_uid: str
     series_uid: str
-    ids: list[int]
-    paths: list[str]
+    files: int
     bytes: int
     finished_at: datetime
     reason: Reason = "age"
-    #: Instances only: ``received_at`` per row id as planned (a file rewritten since was received again).
-    received_at: dict[int, datetime] = field(default_factory=dict)
-
-    @property
-    def files(self) -> int:
-        return len(self.paths)
+    ids: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -139,9 +145,14 @@ def _latest(*moments: datetime | None) -> datetime:
     return max(present) if present else datetime.min.replace(tzinfo=timezone.utc)
 
 
-def _under(path: str, roots: Sequence[Path]) -> bool:
-    resolved = Path(path).resolve()
-    return any(resolved.is_relative_to(root) for root in roots)
+def _under(path: str, roots: Sequence[str]) -> bool:
+    """Whether ``path`` lies in one of ``roots`` (normalised strings: no file system call per row)."""
+    normal = os.path.normpath(path)
+    return any(normal.startswith(root) for root in roots)
+
+
+def _root(directory: Path) -> str:
+    return os.path.join(os.path.normpath(directory.resolve()), "")
 
 
 def disk_state(settings: Settings) -> tuple[float, int]:
@@ -200,49 +211,48 @@ def plan_purge(db: Database, settings: Settings, now: datetime, free_fraction: f
 
 def _series_candidates(session: Session, settings: Settings) -> tuple[list[PurgeItem], int]:
     """Series whose instances (those still on disk) are finished with, and how many series are not."""
-    files: dict[str, list[tuple[int, str, int, datetime | None, str]]] = defaultdict(list)
-    for row in session.execute(
-        select(Instance.id, Instance.series_uid, Instance.study_uid, Instance.path, Instance.size,
-               Instance.received_at).where(Instance.purged_at.is_(None))
-    ):
-        files[row.series_uid].append((row.id, row.path, row.size, _aware(row.received_at), row.study_uid))
+    # One row per series (aggregated by the database): a spool of 100,000 instances is planned in a moment.
+    files = {row.series_uid: row for row in session.execute(
+        select(Instance.series_uid, func.min(Instance.study_uid).label("study_uid"), func.count().label("files"),
+               func.coalesce(func.sum(Instance.size), 0).label("size"),
+               func.max(Instance.received_at).label("received_at"))
+        .where(Instance.purged_at.is_(None)).group_by(Instance.series_uid)
+    )}
     if not files:
         return [], 0
-    series = {s.series_uid: s for s in session.scalars(select(Series).where(Series.series_uid.in_(list(files))))}
-    busy_jobs = set(session.scalars(select(Job.series_uid).where(
-        Job.series_uid.in_(list(files)), Job.state.in_([JobState.QUEUED, JobState.RUNNING]))))
+    # Filters by sub-query, not by lists of UIDs: no parameter limit, one query each.
+    live = select(Instance.series_uid).where(Instance.purged_at.is_(None))
+    series = {s.series_uid: s for s in session.execute(
+        select(Series.series_uid, Series.state, Series.resend_pending, Series.last_received_at)
+        .where(Series.series_uid.in_(live)))}
+    busy_jobs: set[str] = set()
     job_end: dict[str, datetime] = {}
-    for uid, finished in session.execute(select(Job.series_uid, Job.finished_at).where(
-            Job.series_uid.in_(list(files)))):
+    for uid, job_state, finished in session.execute(
+            select(Job.series_uid, Job.state, Job.finished_at).where(Job.series_uid.in_(live))):
+        if job_state in (JobState.QUEUED, JobState.RUNNING):
+            busy_jobs.add(uid)
         job_end[uid] = _latest(job_end.get(uid), finished)
     undelivered: set[str] = set()
     delivered: dict[str, datetime] = {}
     for uid, state, when in session.execute(
-        select(Result.series_uid, Delivery.state, Delivery.delivered_at).join(Delivery, Delivery.result_id == Result.id)
-        .where(Result.series_uid.in_(list(files)))
+        select(Result.series_uid, Delivery.state, Delivery.delivered_at)
+        .join(Delivery, Delivery.result_id == Result.id).where(Result.series_uid.in_(live))
     ):
         if state != DeliveryState.DONE:
             undelivered.add(uid)
         else:
             delivered[uid] = _latest(delivered.get(uid), when)
-    roots = [settings.spool_dir.resolve()]
     items: list[PurgeItem] = []
     unfinished = 0
-    for uid, rows in files.items():
+    for uid, row in files.items():
         s = series.get(uid)
         if (s is None or s.state in (SeriesState.RECEIVING, SeriesState.QUEUED) or s.resend_pending
                 or uid in busy_jobs or uid in undelivered):
             unfinished += 1
             continue
-        rows = [r for r in rows if _under(r[1], roots)]
-        if not rows:
-            continue
-        finished = _latest(s.last_received_at, job_end.get(uid), delivered.get(uid), *(r[3] for r in rows))
-        items.append(PurgeItem(
-            kind="instances", study_uid=rows[0][4], series_uid=uid, ids=[r[0] for r in rows],
-            paths=[r[1] for r in rows], bytes=sum(r[2] for r in rows), finished_at=finished,
-            received_at={r[0]: r[3] for r in rows if r[3] is not None},
-        ))
+        finished = _latest(s.last_received_at, job_end.get(uid), delivered.get(uid), row.received_at)
+        items.append(PurgeItem(kind="instances", study_uid=row.study_uid, series_uid=uid, files=int(row.files),
+                               bytes=int(row.size), finished_at=finished))
     return items, unfinished
 
 
@@ -254,17 +264,17 @@ def _result_candidates(session: Session, settings: Settings) -> tuple[list[Purge
     ).all()
     if not results:
         return [], 0
-    ids = [r.id for r in results]
     undelivered: set[int] = set()
     delivered: dict[int, datetime] = {}
     for result_id, state, when in session.execute(
-        select(Delivery.result_id, Delivery.state, Delivery.delivered_at).where(Delivery.result_id.in_(ids))
+        select(Delivery.result_id, Delivery.state, Delivery.delivered_at)
+        .where(Delivery.result_id.in_(select(Result.id).where(Result.purged_at.is_(None))))
     ):
         if state != DeliveryState.DONE:
             undelivered.add(result_id)
         else:
             delivered[result_id] = _latest(delivered.get(result_id), when)
-    roots = [settings.outbox_dir.resolve()]
+    roots = [_root(settings.outbox_dir)]
     groups: dict[tuple[str, str], PurgeItem] = {}
     for r in results:
         if r.id in undelivered or not _under(r.path, roots):
@@ -277,11 +287,12 @@ def _result_candidates(session: Session, settings: Settings) -> tuple[list[Purge
         item = groups.get((r.study_uid, r.series_uid))
         if item is None:
             groups[(r.study_uid, r.series_uid)] = PurgeItem(
-                kind="results", study_uid=r.study_uid, series_uid=r.series_uid, ids=[r.id], paths=[r.path],
-                bytes=size, finished_at=finished)
+                kind="results", study_uid=r.study_uid, series_uid=r.series_uid, files=1, ids=[r.id],
+                paths=[r.path], bytes=size, finished_at=finished)
         else:
             item.ids.append(r.id)
             item.paths.append(r.path)
+            item.files += 1
             item.bytes += size
             item.finished_at = max(item.finished_at, finished)
     return list(groups.values()), len({r.id for r in results} & undelivered)
@@ -332,18 +343,35 @@ def _still_finished(session: Session, item: PurgeItem) -> bool:
 def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int, int, int]:
     """Mark, then delete one item's files; returns (files removed, bytes, files kept)."""
     table = Instance if item.kind == "instances" else Result
+    root = settings.spool_dir if item.kind == "instances" else settings.outbox_dir
     moment = utcnow()
+    received: dict[int, datetime] = {}
     with db.session() as session:
         if not _still_finished(session, item):
             return 0, 0, item.files
-        marked = session.execute(update(table).where(table.id.in_(item.ids), table.purged_at.is_(None))
-                                 .values(purged_at=moment))
-        if rowcount(marked) == 0:
-            return 0, 0, item.files
-    removed = size = kept = 0
+        if item.kind == "instances":
+            rows = session.execute(select(Instance.id, Instance.path, Instance.received_at).where(
+                Instance.series_uid == item.series_uid, Instance.purged_at.is_(None))).all()
+            targets = [(r.id, r.path) for r in rows]
+            received = {r.id: a for r in rows if (a := _aware(r.received_at)) is not None}
+        else:
+            targets = list(zip(item.ids, item.paths))
+        roots = [_root(root)]
+        foreign = [path for _, path in targets if not _under(path, roots)]
+        if foreign:  # a row naming a file elsewhere (data_dir changed by hand): never deleted, left as it is
+            log.warning("retention: %d file(s) of series %s are outside %s; left alone", len(foreign),
+                        item.series_uid, root)
+            targets = [(row_id, path) for row_id, path in targets if _under(path, roots)]
+        if not targets:
+            return 0, 0, len(foreign)
+        for ids in _chunks(row_id for row_id, _ in targets):
+            session.execute(update(table).where(table.id.in_(ids), table.purged_at.is_(None))
+                            .values(purged_at=moment))
+    removed = size = 0
+    kept = len(foreign)
     back: list[int] = []
     dirs: set[Path] = set()
-    for row_id, path_text in zip(item.ids, item.paths):
+    for row_id, path_text in targets:
         path = Path(path_text)
         try:
             st = path.stat()
@@ -353,7 +381,7 @@ def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int,
             log.warning("retention: cannot read %s: %s", path.name, exc)
             back.append(row_id)
             continue
-        planned = item.received_at.get(row_id)
+        planned = received.get(row_id)
         if planned is not None and st.st_mtime > planned.timestamp() + RERECEIVED_SLACK_SECONDS:
             back.append(row_id)  # received again while we planned: the new file stays
             continue
@@ -367,10 +395,11 @@ def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int,
         size += st.st_size
         dirs.add(path.parent)
     if back:
-        kept = len(back)
+        kept += len(back)
         with db.session() as session:
-            session.execute(update(table).where(table.id.in_(back), table.purged_at == moment).values(purged_at=None))
-    root = settings.spool_dir if item.kind == "instances" else settings.outbox_dir
+            for ids in _chunks(back):
+                session.execute(update(table).where(table.id.in_(ids), table.purged_at == moment)
+                                .values(purged_at=None))
     _remove_empty_dirs(dirs, root)
     return removed, size, kept
 

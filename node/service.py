@@ -155,6 +155,8 @@ class Node:
 
     def _on_instance(self, request: StoreRequest, study_uid: str | None, code: int) -> None:
         self.metrics.instance(code)
+        if code == 0xA700 and self.settings.retention.enabled:  # out of resources: purge now, not at the next pass
+            self.retention.notify()
         self.received.instance(request, study_uid, stored=code == 0 or 0xB000 <= code <= 0xB0FF)
 
     def _on_association(self, event: AssociationEvent) -> None:

@@ -269,3 +269,28 @@ def test_cli_purge_dry_run_lists_then_purge_removes(tmp_path: Path, db: Database
     assert "purged 3 file(s), 2300 bytes" in capsys.readouterr().out
     assert cli_main(["--config", str(config), "purge", "--dry-run"]) == 0
     assert "nothing to purge" in capsys.readouterr().out
+
+
+def test_loop_under_the_watermark_with_nothing_purgeable_warns_once_and_looks_again_soon(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import node.retention as retention
+
+    _, pending = _series(db, settings, age_hours=1000, deliveries=(DeliveryState.DEAD,))
+    free = {"fraction": 0.02}
+    monkeypatch.setattr(retention, "disk_state", lambda _settings: (free["fraction"], TOTAL))
+    loop = RetentionLoop(settings, db, Metrics())
+    with caplog.at_level("WARNING", logger="ainode.retention"):
+        waits = [loop.run_once(), loop.run_once()]
+    assert waits == [retention.UNDER_WATERMARK_RETRY_SECONDS] * 2
+    warnings = [r.getMessage() for r in caplog.records if "under the retention watermark" in r.getMessage()]
+    assert len(warnings) == 1 and "1 series and 1 result(s) are unfinished" in warnings[0], warnings
+    with db.session() as s:  # the dead letter's series is not touched
+        assert s.scalar(select(Instance.purged_at).where(Instance.series_uid == pending)) is None
+    free["fraction"] = 0.5
+    assert loop.run_once() == settings.retention.interval_seconds
+    free["fraction"] = 0.02
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ainode.retention"):
+        loop.run_once()
+    assert any("under the retention watermark" in r.getMessage() for r in caplog.records)  # a new episode
