@@ -12,6 +12,7 @@
     ainode purge [--dry-run]          remove finished studies' files by the retention policy (or list them)
     ainode models list|verify         the models, their weights and checksums
     ainode models build-demo [--out DIR] [--force] [--quick] [--only NAME]   demo weights from phantoms
+    ainode models evaluate NAME [--count N] [--write]   a demo model on fresh phantoms (card section)
     ainode train view-filter|finding-classifier|four-class|detector --data DIR [--out DIR] [trainer options]
     ainode sample cxr|ct-pe|ct-lumbar --out DIR [--send AE@HOST:PORT]   a synthetic study, written and sent
     ainode --version
@@ -299,6 +300,29 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    """``ainode models evaluate NAME [--count N] [--write]``: the demo model on fresh phantoms (``models.evaluation``)."""
+    from models.evaluation import EVALUATIONS, evaluate, render_table, write_evaluation
+
+    if args.name not in EVALUATIONS:
+        print(f"ainode: error: models evaluate needs a model name, one of {', '.join(EVALUATIONS)}", file=sys.stderr)
+        return 2
+    if args.count is not None and args.count < 1:
+        print(f"ainode: error: --count must be at least 1, got {args.count}", file=sys.stderr)
+        return 2
+    model_dir = (Path(args.out) if args.out else settings.models_dir) / args.name
+    try:
+        ev = evaluate(args.name, model_dir, args.count)
+    except ValueError as exc:
+        print(f"ainode: error: {exc}", file=sys.stderr)
+        return 2
+    print(render_table(ev))
+    if args.write:
+        write_evaluation(model_dir, ev)
+        print(f"wrote {model_dir / 'evaluation.json'} and the generated section of {model_dir / 'MODEL_CARD.md'}")
+    return 0
+
+
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from models.registry import ModelRegistry
 
@@ -307,6 +331,8 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
         out = Path(args.out) if args.out else settings.models_dir
         return run_cli(out, force=args.force, quick=args.quick, only=args.only)
+    if args.action == "evaluate":
+        return _models_evaluate(settings, args)
 
     registry = ModelRegistry.discover(settings.models_dir, settings.models_file)
     manifests = {m.name: m for m in registry.manifests()}
@@ -451,9 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("purge", help="remove delivered studies' files now by the retention policy (rows kept)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed, and why")
     p.set_defaults(func=cmd_purge)
-    p = sub.add_parser("models", help="list or verify models, or build the demo weights")
-    p.add_argument("action", choices=["list", "verify", "build-demo"])
-    p.add_argument("--out", help="build-demo: models directory to write (default: the settings' models_dir)")
+    p = sub.add_parser("models", help="list or verify models, build the demo weights, or evaluate a demo model")
+    p.add_argument("action", choices=["list", "verify", "build-demo", "evaluate"])
+    p.add_argument("name", nargs="?", help="evaluate: the model (cxr-findings, cxr-detector, ct-pe, ct-lumbar)")
+    p.add_argument("--count", type=int, help="evaluate: phantoms per kind, CTPA pairs or abdomen series per spacing")
+    p.add_argument("--write", action="store_true",
+                   help="evaluate: store evaluation.json and rewrite the model card's generated section")
+    p.add_argument("--out", help="build-demo, evaluate: models directory (default: the settings' models_dir)")
     p.add_argument("--force", action="store_true", help="build-demo: rebuild even when up to date")
     p.add_argument("--quick", action="store_true", help="build-demo: tiny runs for tests (quality not checked)")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="build-demo: only this recipe")
