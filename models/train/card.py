@@ -86,6 +86,7 @@ def write_model_card(path: Path, args: argparse.Namespace, result: "TrainResult"
             + ", ".join(f"{g} {share:.2f}" for g, share in result.group_shares.items())
             + "; batches are drawn uniformly from all training images."
         )
+    threads = f" --threads {args.threads}" if args.threads else ""
     lateral_correct, lateral_total = by_group.get("lateral", (0, 0))
     if lateral_total:
         low, high = wilson_interval(lateral_correct, lateral_total)
@@ -192,11 +193,11 @@ Misclassified held-out images (path, P(lateral)): {wrong}
 
 ```
 pip install -e '.[train]'
-ainode train view-filter --data DATA --out MODELS_DIR/cxr-view-filter --seed {args.seed} --steps {result.steps} --balance {result.balance}
-# or: python -m models.train.view_filter --data DATA --out OUT --seed {args.seed} --steps {result.steps} --balance {result.balance}
+ainode train view-filter --data DATA --out MODELS_DIR/cxr-view-filter --seed {args.seed} --steps {result.steps} --balance {result.balance}{threads}
+# or: python -m models.train.view_filter --data DATA --out OUT --seed {args.seed} --steps {result.steps} --balance {result.balance}{threads}
 ```
 
-TensorFlow on CPU is not bit-for-bit deterministic across machines; figures may differ
-slightly from this card.
+With `--threads 1` a run is repeatable on one machine (same seed, same model); TensorFlow on
+CPU is not bit-for-bit deterministic across machines, so figures may differ slightly from this card.
 """
     path.write_text(text, encoding="utf-8")

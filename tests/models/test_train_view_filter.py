@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from models.registry import ModelRegistry
-from models.train.data import list_samples, patient_groups, split_by_patient
+from models.train.card import wilson_interval
+from models.train.data import image_group, list_samples, patient_groups, split_by_patient
 
 
 def draw(path: Path, lateral: bool, size: tuple[int, int], seed: int) -> None:
@@ -27,7 +28,9 @@ def draw(path: Path, lateral: bool, size: tuple[int, int], seed: int) -> None:
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="L").save(path)
 
 
-def make_data(root: Path) -> Path:
+def make_data(root: Path, children: int = 0) -> Path:
+    for child in range(1, children + 1):  # children's frontals, one image per child
+        draw(root / "frontal" / f"peds-normal-IM-{child:04d}-0001.png", False, (70, 90), 300 + child)
     for patient in range(1, 9):  # NIH-style: 8 patients, 2 images each (64 px)
         for follow_up in range(2):
             draw(root / "frontal" / f"nih-{patient:08d}_{follow_up:03d}.png", False, (64, 64), patient * 10 + follow_up)
@@ -73,6 +76,37 @@ def test_split_is_by_patient_stratified_and_deterministic(tmp_path: Path) -> Non
         split_by_patient(samples, groups, 1.0, seed=1)
 
 
+def test_image_groups_follow_folder_and_file_name() -> None:
+    assert image_group("frontal/peds-viral-person439_virus_890.png") == "pediatric frontal"
+    assert image_group("frontal/nih-00000032_058.png") == "adult frontal"
+    assert image_group("frontal/covid-peds-x.png") == "adult frontal"  # the prefix must start the name
+    assert image_group("lateral/covid-x-L.png") == image_group("lateral/peds-x.png") == "lateral"
+
+
+def test_split_holds_out_every_image_group_and_each_child_alone(tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data", children=10)
+    samples = list_samples(data)
+    groups = patient_groups(samples, data)
+    children = [i for i, s in enumerate(samples) if s.group == "pediatric frontal"]
+    assert len(children) == 10 and len({groups[i] for i in children}) == 10
+    for seed in range(5):
+        train, held = split_by_patient(samples, groups, 0.2, seed)
+        by_group = {g: sum(1 for i in held if samples[i].group == g) for g in ("pediatric frontal", "lateral")}
+        assert by_group == {"pediatric frontal": 2, "lateral": 2}, seed  # 20 % of 10 children, of 8 laterals
+        assert any(samples[i].group == "pediatric frontal" for i in train)
+        assert not {groups[i] for i in train} & {groups[i] for i in held}
+
+
+def test_wilson_interval() -> None:
+    low, high = wilson_interval(8, 10)
+    assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)  # the textbook example
+    low, high = wilson_interval(7, 7)
+    assert round(low, 3) == 0.646 and high == 1.0
+    assert wilson_interval(0, 5)[0] == 0.0
+    with pytest.raises(ValueError, match="total > 0"):
+        wilson_interval(0, 0)
+
+
 def test_tiny_training_exports_a_working_onnx_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import onnxruntime as ort
 
@@ -102,6 +136,24 @@ def test_tiny_training_exports_a_working_onnx_model(tmp_path: Path, capsys: pyte
     assert any(p.startswith("lateral/") for p in listed) and any(p.startswith("frontal/") for p in listed)
     card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "non-commercial" in card and "105,473" in card and "| lateral |" in card
+    assert "group-balanced sampling" in card and "Images these weights saw" in card
+
+
+def test_tiny_training_with_children_and_group_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from models.train.view_filter import main
+
+    data, out = make_data(tmp_path / "data", children=10), tmp_path / "out"
+    assert main(["--data", str(data), "--out", str(out), "--steps", "4", "--batch-size", "8", "--seed", "3",
+                 "--threads", "2", "--balance", "weights"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out pediatric frontal: " in printed and "held-out adult frontal: " in printed
+    card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    # 32 training images: 18 adult frontal (6 held out: 2 beside held-out laterals, 2 NIH patients),
+    # 8 children, 6 laterals; weight n / (3 n_group) each.
+    assert "18 adult frontal, 8 pediatric frontal, 6 lateral images" in card
+    assert "loss weights n / (k × n_group)" in card
+    assert "adult frontal 0.59, pediatric frontal 1.33, lateral 1.78" in card
+    assert "| pediatric frontal | 2 |" in card and "--balance weights" in card
 
 
 def test_missing_data_folder_is_a_clean_exit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
