@@ -73,9 +73,10 @@ class RecordingDestination(FakeDestination):
         return attempt
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'node.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    url = f"sqlite:///{tmp_path / 'node.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres")
+    database = Database(url)
     Base.metadata.drop_all(database.engine)
     database.create_schema()
     yield database

@@ -2,8 +2,8 @@
 
 Rows are made as the node makes them (series, instances with their spool
 files, jobs, results with their outbox files, deliveries); the free space is
-given to the plan, so each rule is tested on its own. The full node on a small
-file system is ``tests/integration/test_retention.py``.
+given to the plan, so each rule is tested on its own. SQLite and PostgreSQL. The
+full node on a small file system is ``tests/integration/test_retention.py``.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
 TOTAL = 1_000_000  # bytes of the pretend file system
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'node.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    url = f"sqlite:///{tmp_path / 'node.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres")
+    database = Database(url)
     Base.metadata.drop_all(database.engine)
     database.create_schema()
     yield database
@@ -294,3 +295,28 @@ def test_loop_under_the_watermark_with_nothing_purgeable_warns_once_and_looks_ag
     with caplog.at_level("WARNING", logger="ainode.retention"):
         loop.run_once()
     assert any("under the retention watermark" in r.getMessage() for r in caplog.records)  # a new episode
+
+
+def test_a_database_made_before_retention_gets_the_new_columns_at_start(tmp_path: Path) -> None:
+    """Only nullable columns were added: ``create_schema`` adds them to an existing database, rows untouched."""
+    from sqlalchemy import inspect, text
+
+    database = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        database.create_schema()
+        new = {"instances": ["purged_at"], "results": ["priority", "purged_at"], "deliveries": ["first_failed_at"]}
+        with database.engine.begin() as conn:
+            for table, columns in new.items():
+                for column in columns:
+                    conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+            conn.execute(text("INSERT INTO series (series_uid, study_uid, state, generation, last_received_at, "
+                              "ready_at, instance_count) VALUES ('1.2', '1.3', 'done', 1, '2026-01-01 00:00:00', 0, 0)"))
+        database.create_schema()
+        columns = {t: {c["name"] for c in inspect(database.engine).get_columns(t)} for t in new}
+        assert all(set(wanted) <= columns[t] for t, wanted in new.items()), columns
+        settings = Settings(data_dir=tmp_path / "data")
+        assert plan_purge(database, settings, NOW, 0.5, TOTAL).items == []
+        with database.session() as s:
+            assert s.scalar(select(Series.state).where(Series.series_uid == "1.2")) == SeriesState.DONE
+    finally:
+        database.dispose()
