@@ -153,7 +153,8 @@ def check_level_map(
     -------
     list of str
         The reasons, each a sentence naming the levels, slices (1-based, in the order given)
-        and millimetres concerned.
+        and millimetres concerned; ASCII only, as they go into SR TEXT items written in the
+        default character repertoire.
 
     Raises
     ------
@@ -184,7 +185,7 @@ def check_level_map(
     def slices(a: int, b: int) -> str:
         """1-based numbers (order given) of hf slices a..b."""
         numbers = sorted(plan_of[i] + 1 for i in range(a, b + 1))
-        return f"slice {numbers[0]}" if len(numbers) == 1 else f"slices {numbers[0]}–{numbers[-1]}"
+        return f"slice {numbers[0]}" if len(numbers) == 1 else f"slices {numbers[0]}-{numbers[-1]}"
 
     # 1. Order.
     rank = [LUMBAR_LEVELS.index(level) for level, _, _ in runs]
@@ -232,7 +233,7 @@ def check_level_map(
         low, high = LUMBAR_TOTAL_MM
         if least > high or most < low:
             reasons.append(f"L1 to L5 span {decoded:.0f} mm ({slices(a, b)}); a lumbar spine spans "
-                           f"{low:.0f}–{high:.0f} mm")
+                           f"{low:.0f}-{high:.0f} mm")
     return reasons
 
 
@@ -354,7 +355,7 @@ def check_pe_coverage(
         first, last = measured[core[0]], measured[core[1]]
         length = float(superior[first]) - float(superior[last])
         if length < MIN_LUNG_EXTENT_MM:
-            where = (f"slice {first + 1}" if first == last else f"slices {min(first, last) + 1}–{max(first, last) + 1}")
+            where = (f"slice {first + 1}" if first == last else f"slices {min(first, last) + 1}-{max(first, last) + 1}")
             reasons.append(f"lung seen over only {length:.0f} mm ({where}); "
                            f"a CT pulmonary angiogram covers the lungs, where the pulmonary arteries run, over at least "
                            f"{MIN_LUNG_EXTENT_MM:.0f} mm")
@@ -368,7 +369,7 @@ def check_pe_coverage(
                      if top is None or bottom is None
                      or not bottom - OUTSIDE_LUNG_TOLERANCE_MM <= float(superior[i]) <= top + OUTSIDE_LUNG_TOLERANCE_MM)
     if outside:
-        shown = ", ".join(str(i + 1) for i in outside[:8]) + (", …" if len(outside) > 8 else "")
+        shown = ", ".join(str(i + 1) for i in outside[:8]) + (", ..." if len(outside) > 8 else "")
         reasons.append(f"{len(outside)} slice(s) flagged for embolism lie outside the lungs (slices {shown}; "
                        f"no lung within {OUTSIDE_LUNG_TOLERANCE_MM:.0f} mm): no pulmonary artery is there")
     return reasons

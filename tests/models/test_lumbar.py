@@ -19,6 +19,7 @@ from models.errors import ModelError
 from models.findings import LUMBAR_LEVELS
 from models.lumbar import LumbarModel, decode_monotonic, hu_to_unit, level_runs, search_levels
 from models.manifest import load_manifest, sha256_file
+from models.plausibility import check_level_map
 from models.preprocess.ct_series import plan_series
 from tests.models.test_body_composition import PIXEL_MM, _cm2, crafted_slice
 from tests.models.test_ct_series import ct_slice
@@ -126,6 +127,18 @@ def test_an_isolated_wrong_sample_does_not_break_the_search() -> None:
     full, _ = search_levels(300, lambda i: table[i], head_first=True, step=1)
     l3 = [i for i, v in enumerate(levels) if v == L3]
     assert l3 == [i for i, v in enumerate(full) if v == L3] == list(range(104, 139))
+
+
+def test_a_level_skipped_between_coarse_samples_is_searched_for() -> None:
+    # L1 is 8 slices between coarse samples 30 (T) and 40 (L2): the gap is bisected although it holds no L3
+    # boundary, so L1 is found and the plausibility guard does not call the column broken (a level missing).
+    truth_hf = _truth([31, 8, 30, 30, 30, 30, 30])
+    table = _table(truth_hf, strength=2.5, noise=0.3, seed=3)
+    levels, evaluated = search_levels(len(truth_hf), lambda i: table[i], head_first=True, step=10)
+    assert any(31 <= i <= 38 for i in evaluated) and LUMBAR_LEVELS.index("L1") in levels
+    names = [LUMBAR_LEVELS[v] for v in levels]
+    reasons = check_level_map(names, [-1.0 * k for k in range(len(names))], evaluated)
+    assert not any("missing" in r for r in reasons), reasons
 
 
 # --- the model on DICOM series ---------------------------------------------------------
@@ -244,6 +257,7 @@ def test_a_series_without_l3_has_no_l3_slice(tmp_path: Path) -> None:
     result, masks = model.analyse(plan, paths)
     assert result.l3_index is None and result.composition is None and masks is None
     assert set(result.levels) == {"T", "L1"}
+    assert result.not_determined == ["no L3 in the series (levels found: T, L1)"]
 
 
 def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
