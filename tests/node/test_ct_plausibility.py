@@ -24,7 +24,7 @@ import pydicom
 import pytest
 
 from models.findings import LUMBAR_LEVELS
-from models.phantoms.ct import CtPhantom, abdomen_phantom
+from models.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 from models.plausibility import (
     LEVEL_HEIGHT_MM,
     MIN_LUNG_EXTENT_MM,
@@ -345,6 +345,26 @@ def test_demo_lumbar_on_the_plausible_phantom_still_finds_l3_with_seg(
     assert lumbar is not None and lumbar.not_determined == [] and lumbar.l3_index is not None, out.summary
     assert [str(o.Modality) for o in out.objects] == ["SR", "PR", "KO", "SEG"]
     assert out.summary.startswith("levels "), out.summary
+
+
+def test_demo_pe_on_a_chest_cut_to_its_lower_third_is_indeterminate(tmp_path: Path) -> None:
+    # The last 32 slices of an 80-slice CTPA phantom (3 mm): the lung bases over about 80 mm, not the hila.
+    phantom = ctpa_phantom(503, slices=80, size=256, embolus="right")
+    paths = phantom.write_series(tmp_path / "series")
+    assert [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths] == phantom.truth["sop_uids"]
+    registry = ModelRegistry.discover(REPO_ROOT / "weights", REPO_ROOT / "config" / "models.yaml")
+    out = CtPePipeline(registry, uid_root=UID_ROOT).analyse(phantom.truth["study_uid"], phantom.truth["series_uid"],
+                                                           paths[48:])
+    pe = out.result.pe
+    assert pe is not None and pe.exam_labels["indeterminate"] and pe.positive_slices == [], out.summary
+    (reason,) = pe.indeterminate_reasons
+    assert reason.startswith("lung seen over only ") and "at least 100 mm" in reason, reason
+    assert out.summary.startswith(f"PE indeterminate: {reason}"), out.summary
+    assert [str(o.Modality) for o in out.objects] == ["SR"]
+    # The whole series covers the lungs: read as usual.
+    whole = CtPePipeline(registry, uid_root=UID_ROOT).analyse(phantom.truth["study_uid"], phantom.truth["series_uid"],
+                                                             paths)
+    assert whole.result.pe is not None and whole.result.pe.indeterminate_reasons == [], whole.summary
 
 
 def test_an_abdomen_sent_to_the_pe_pipeline_is_indeterminate(
