@@ -10,6 +10,10 @@ once the first failure is ``give_up_after_hours`` old (48 h by default: a PACS
 maintenance window lasts hours) or, when set, after ``max_attempts``. Nothing
 is dropped.
 
+While a destination is down, two connections per pass find it so: when two sends in a row
+fail without an answer (no association, a timeout), the other due deliveries of that pass
+fail with them, each on its own back-off, instead of each waiting for the same timeout.
+
 A backlog goes out in order: urgent results first (``Result.priority``, the
 chest radiograph triage), then by creation. When a delivery to a destination
 succeeds, every other delivery waiting for that destination becomes due at
@@ -45,6 +49,8 @@ log = logging.getLogger("ainode.dispatcher")
 BATCH = 64
 #: ``Result.priority`` of a result without triage: after urgent (0) and priority (1), with routine (2).
 ROUTINE = 2
+#: Sends of one pass the destination left unanswered after which the rest of the pass fails with them.
+UNANSWERED_IS_DOWN = 2
 
 
 class Sender(Protocol):
@@ -159,6 +165,8 @@ class Dispatcher(BackgroundLoop):
         for row in rows:
             by_study.setdefault(row.study_uid, []).append(row)
         groups = list(by_study.items())
+        unanswered = 0  # consecutive sends the destination did not answer at all
+        failed: list[int] = []  # deliveries that failed in this pass: a later success does not make them due
         for index, (study_uid, group) in enumerate(groups):
             jobs = {row.job_id for row in group}
             with log_context(job=jobs.pop() if len(jobs) == 1 else None, study=study_uid):
@@ -167,17 +175,31 @@ class Dispatcher(BackgroundLoop):
                 except Exception as exc:  # a sender must not take the dispatcher down
                     attempt = DeliveryAttempt(ok=False, permanent=False, message=f"{type(exc).__name__}: {exc}",
                                               statuses={})
-            if self._record(destination, group, attempt) and index + 1 < len(groups):
+            rest = [row for _, later in groups[index + 1:] for row in later]
+            unanswered = unanswered + 1 if not attempt.ok and not attempt.permanent and not attempt.statuses else 0
+            if rest and unanswered >= UNANSWERED_IS_DOWN:
+                # The destination itself is down (no association, no answer, twice: not one object it chokes on):
+                # the rest of the batch would only wait for the same timeout once per study. They fail with it
+                # now, each on its own back-off.
+                self._record(destination, group + rest, attempt)
+                return
+            if not attempt.ok:
+                failed += [row.id for row in group]
+            if self._record(destination, group, attempt, failed) and rest:
                 # Back after an outage: the rest of this batch goes back to the queue, so that the next pass
                 # sends the whole backlog (now all due) urgent first, not this batch's routine results first.
                 with self.db.session() as session:
                     session.execute(update(Delivery).where(
-                        Delivery.id.in_([r.id for _, rest in groups[index + 1:] for r in rest]),
-                        Delivery.state == DeliveryState.SENDING).values(state=DeliveryState.PENDING))
+                        Delivery.id.in_([r.id for r in rest]), Delivery.state == DeliveryState.SENDING)
+                        .values(state=DeliveryState.PENDING))
                 return
 
-    def _record(self, destination: str, rows: Sequence, attempt: DeliveryAttempt) -> int:  # type: ignore[type-arg]
-        """Record one send's outcome; returns how many waiting deliveries it made due now (destination back)."""
+    def _record(self, destination: str, rows: Sequence, attempt: DeliveryAttempt,  # type: ignore[type-arg]
+                failed: Sequence[int] = ()) -> int:
+        """Record one send's outcome; returns how many waiting deliveries it made due now (destination back).
+
+        ``failed``: deliveries that failed earlier in the same pass, which keep their back-off.
+        """
         made_due = 0
         with self.db.session() as session:
             delivered = False
@@ -189,7 +211,7 @@ class Dispatcher(BackgroundLoop):
                 backlog = session.execute(
                     update(Delivery).where(Delivery.destination == destination,
                                            Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at > 0,
-                                           Delivery.id.notin_([row.id for row in rows]))
+                                           Delivery.id.notin_([row.id for row in rows] + list(failed)))
                     .values(next_attempt_at=0.0))
                 made_due = rowcount(backlog)
                 if made_due:

@@ -269,3 +269,50 @@ def test_invalid_delivery_settings_are_refused() -> None:
         DeliverySettings(give_up_after_hours=0)
     with pytest.raises(ValueError, match="max_attempts"):
         DeliverySettings(max_attempts=0)
+
+
+def test_a_destination_that_answers_nothing_costs_two_connections_per_pass_not_one_per_study(
+    tmp_path: Path, db: Database
+) -> None:
+    clock = Clock()
+    settings, receiver, assembler, outbox, dispatcher, destination = _node(tmp_path, db, clock)
+    _analyse(db, receiver, assembler, outbox, ["routine"] * 6)  # six studies: six sends per pass before
+    destination.down = True
+    dispatcher.run_once()
+    assert destination.attempts == dispatch.UNANSWERED_IS_DOWN == 2
+    with db.session() as s:
+        rows = s.scalars(select(Delivery)).all()
+    assert [(d.state, d.attempts) for d in rows] == [(DeliveryState.PENDING, 1)] * 6
+    assert all(d.first_failed_at == clock.now and d.next_attempt_at == clock.now + 2 for d in rows)
+    assert all("fake destination is down" in (d.last_error or "") for d in rows)
+
+
+class ChokingDestination(RecordingDestination):
+    """Answers nothing (like a crash of the peer) when one chosen object is in the batch; stores the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.poison: str | None = None
+
+    def send(self, paths):  # type: ignore[no-untyped-def]
+        import pydicom
+
+        uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
+        if self.poison in uids:
+            self.attempts += 1
+            from node.destinations import DeliveryAttempt
+
+            return DeliveryAttempt(ok=False, permanent=False, message="association aborted", statuses={})
+        return super().send(paths)
+
+
+def test_one_object_the_destination_chokes_on_does_not_hold_back_the_others(tmp_path: Path, db: Database) -> None:
+    clock = Clock()
+    settings, receiver, assembler, outbox, dispatcher, _ = _node(tmp_path, db, clock)
+    destination = ChokingDestination()
+    dispatcher.senders["pacs"] = destination
+    levels = _analyse(db, receiver, assembler, outbox, ["urgent", "routine", "routine"])
+    destination.poison = next(uid for uid, level in levels.items() if level == "urgent")  # first in every batch
+    dispatcher.run_once()
+    assert sorted(destination.order) == sorted(uid for uid in levels if uid != destination.poison)
+    assert _states(db) == {DeliveryState.PENDING: 1, DeliveryState.DONE: 2}
