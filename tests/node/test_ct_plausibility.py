@@ -16,6 +16,7 @@ Three layers, each with the real thing:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import highdicom as hd
@@ -23,7 +24,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from models.findings import LUMBAR_LEVELS
+from models.findings import LUMBAR_LEVELS, SeriesResult
 from models.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 from models.plausibility import (
     LEVEL_HEIGHT_MM,
@@ -258,6 +259,25 @@ def test_pe_sr_of_an_unreadable_series_is_indeterminate_with_the_reason(tmp_path
     result.pe.positive_slices = [2]
     with pytest.raises(ValueError, match="must be indeterminate, without positive or key slices"):
         build_pe_report(result, headers(slices), uid_root=UID_ROOT, series_number=993)
+
+
+def test_the_reasons_survive_the_stored_result() -> None:
+    # The job's result is stored as JSON (SeriesResult.to_json) and read back for re-sending and the API.
+    slices = ct_series(14)
+    lumbar = lumbar_result(slices, with_l3=False)
+    assert lumbar.lumbar is not None
+    lumbar.lumbar.not_determined = ["no L3 in the series (levels found: T, L1, L2, L4, L5, S)"]
+    again = SeriesResult.from_json(json.loads(json.dumps(lumbar.to_json())))
+    assert again.lumbar is not None and again.lumbar.not_determined == lumbar.lumbar.not_determined
+    pe = pe_result(slices, positive=False)
+    assert pe.pe is not None
+    pe.pe.indeterminate_reasons = ["no lung on any of the 14 slices examined"]
+    again = SeriesResult.from_json(json.loads(json.dumps(pe.to_json())))
+    assert again.pe is not None and again.pe.indeterminate_reasons == pe.pe.indeterminate_reasons
+    # Results stored before issue 14 have neither key.
+    old = lumbar.to_json()
+    del old["lumbar"]["not_determined"]
+    assert SeriesResult.from_json(old).lumbar.not_determined == []  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- the pipelines, demo weights
