@@ -53,7 +53,7 @@ log = logging.getLogger("ainode.retention")
 Kind = Literal["instances", "results"]
 Reason = Literal["age", "watermark"]
 #: A spool file written this much after its row's ``received_at`` was received again while being purged.
-RERECEIVED_SLACK_SECONDS = 1.0
+RERECEIVED_SLACK_SECONDS = 2.0
 #: Seconds between passes while free space is under the watermark (files may have become purgeable).
 UNDER_WATERMARK_RETRY_SECONDS = 5.0
 #: UIDs or ids per ``IN (...)`` query: a spool of many series must not exceed a database's parameter limit.
@@ -370,6 +370,7 @@ def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int,
     removed = size = 0
     kept = len(foreign)
     back: list[int] = []
+    newer = 0
     dirs: set[Path] = set()
     for row_id, path_text in targets:
         path = Path(path_text)
@@ -384,6 +385,7 @@ def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int,
         planned = received.get(row_id)
         if planned is not None and st.st_mtime > planned.timestamp() + RERECEIVED_SLACK_SECONDS:
             back.append(row_id)  # received again while we planned: the new file stays
+            newer += 1
             continue
         try:
             path.unlink()
@@ -400,6 +402,12 @@ def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int,
             for ids in _chunks(back):
                 session.execute(update(table).where(table.id.in_(ids), table.purged_at == moment)
                                 .values(purged_at=None))
+    if newer:
+        # Normally an instance sent again while it was being purged. Every pass, for every series: the file
+        # system's clock (a network mount) runs ahead of this machine's, and nothing in the spool can be purged.
+        log.warning("retention: kept %d file(s) of series %s written after their database row (sent again "
+                    "meanwhile, or the data directory's file system clock is ahead of this machine's)", newer,
+                    item.series_uid)
     _remove_empty_dirs(dirs, root)
     return removed, size, kept
 

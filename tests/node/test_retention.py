@@ -193,14 +193,17 @@ def test_purge_checks_again_and_keeps_what_changed_since_the_plan(db: Database, 
     assert len(paths) == 2 and all(Path(p).is_file() for p in paths)
 
 
-def test_a_file_received_again_while_purging_is_kept(db: Database, settings: Settings) -> None:
+def test_a_file_received_again_while_purging_is_kept(db: Database, settings: Settings,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     _, series = _series(db, settings, age_hours=30, instances=1)
     plan = plan_purge(db, settings, NOW, free_fraction=0.5, total_bytes=TOTAL)
     with db.session() as s:
         path = Path(s.scalar(select(Instance.path).where(Instance.series_uid == series)))
     path.write_bytes(b"\2" * 1000)  # the receiver wrote it again (its row is recorded just after)
-    outcome = purge(db, settings, plan)
+    with caplog.at_level("WARNING", logger="ainode.retention"):
+        outcome = purge(db, settings, plan)
     assert path.read_bytes() == b"\2" * 1000 and outcome.skipped == 1
+    assert any("written after their database row" in r.getMessage() for r in caplog.records)
     with db.session() as s:
         assert s.scalar(select(Instance.purged_at).where(Instance.series_uid == series)) is None
 
