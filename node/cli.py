@@ -214,6 +214,25 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _delivery_schedule(settings: Settings, delivery: object) -> list[tuple[str, object]]:
+    """``failing since`` / ``next try`` / ``dead letter after`` of a delivery that failed and waits (UTC)."""
+    from datetime import datetime, timezone
+
+    from node.db import DeliveryState
+
+    first = getattr(delivery, "first_failed_at", None)
+    if first is None or getattr(delivery, "state", None) != DeliveryState.PENDING:
+        return []
+
+    def when(epoch: float) -> str:
+        return _when(datetime.fromtimestamp(epoch, timezone.utc))
+
+    give_up = first + settings.delivery.give_up_after_hours * 3600
+    return [("failing since", when(first)), ("next try", when(getattr(delivery, "next_attempt_at", 0.0))),
+            ("dead letter after", when(give_up) + (f" or try {settings.delivery.max_attempts}"
+                                                   if settings.delivery.max_attempts else ""))]
+
+
 def cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
@@ -234,11 +253,13 @@ def cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
         if found is None:
             raise AinodeError(f"no delivery {args.ids[0]} (see 'ainode deliveries')")
         d, r = found
+        schedule = _delivery_schedule(settings, d)
         print(_details([
             ("delivery", d.id), ("state", d.state.value), ("destination", d.destination), ("tries", d.attempts),
-            ("created", _when(d.created_at)), ("delivered", _when(d.delivered_at)), ("kind", r.kind),
+            ("created", _when(d.created_at)), ("delivered", _when(d.delivered_at)), *schedule, ("kind", r.kind),
             ("sop instance", r.sop_uid), ("study", r.study_uid), ("source series", r.series_uid),
-            ("job", r.job_id), ("file", r.path), ("last error", d.last_error),
+            ("job", r.job_id), ("file", "(removed by retention)" if r.purged_at else r.path),
+            ("last error", d.last_error),
         ]))
         return 0
     with db.session() as session:

@@ -9,6 +9,7 @@ milliseconds.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -316,3 +317,31 @@ def test_one_object_the_destination_chokes_on_does_not_hold_back_the_others(tmp_
     dispatcher.run_once()
     assert sorted(destination.order) == sorted(uid for uid in levels if uid != destination.poison)
     assert _states(db) == {DeliveryState.PENDING: 1, DeliveryState.DONE: 2}
+
+
+def test_deliveries_show_says_since_when_a_delivery_fails_and_when_it_becomes_a_dead_letter(
+    tmp_path: Path, db: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from node.cli import main as cli_main
+
+    clock = Clock(start=datetime(2026, 12, 5, 8, 0, tzinfo=timezone.utc).timestamp())
+    settings, receiver, assembler, outbox, dispatcher, destination = _node(tmp_path, db, clock)
+    _analyse(db, receiver, assembler, outbox, ["routine"])
+    destination.down = True
+    _outage(db, dispatcher, clock, hours=3)
+    config = tmp_path / "cli.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(settings.data_dir), "database_url": db.url}))
+    with db.session() as s:
+        delivery_id = s.scalar(select(Delivery.id))
+    assert cli_main(["--config", str(config), "deliveries", "show", str(delivery_id)]) == 0
+    out = capsys.readouterr().out
+    assert "failing since      2026-12-05 08:00:00" in out, out
+    assert "dead letter after  2026-12-07 08:00:00" in out, out  # 48 h, the default
+    assert "next try           2026-12-05 11:0" in out, out
+    destination.down = False
+    clock.now = _next_due(db) or clock.now
+    dispatcher.run_once()
+    assert cli_main(["--config", str(config), "deliveries", "show", str(delivery_id)]) == 0
+    assert "failing since" not in capsys.readouterr().out  # delivered: no schedule
