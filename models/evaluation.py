@@ -104,9 +104,16 @@ def _header(name: str, model_dir: Path, count: int) -> dict[str, Any]:
 
 
 def _load(model_dir: Path) -> Any:
-    from models.manifest import load_manifest
+    """The manifest in ``model_dir``, once its weights match its SHA-256 (the evaluation names that checksum)."""
+    from models.manifest import load_manifest, sha256_file
 
-    return load_manifest(Path(model_dir) / "model.json")
+    manifest = load_manifest(Path(model_dir) / "model.json")
+    if not manifest.weights_path.is_file():
+        raise ValueError(f"{manifest.weights_path}: weights file missing (build the demo weights: ainode models build-demo)")
+    actual = sha256_file(manifest.weights_path)
+    if actual != manifest.sha256:
+        raise ValueError(f"{manifest.weights_path}: SHA-256 {actual} differs from model.json's {manifest.sha256}")
+    return manifest
 
 
 def _check_count(count: int) -> None:

@@ -234,3 +234,19 @@ def test_cli_evaluate_without_weights_is_one_line(tmp_path: Path, capsys: pytest
     assert main(["models", "evaluate", "ct-lumbar", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no model.json (build the demo weights: ainode models build-demo)" in err and "Traceback" not in err
+
+
+def test_cli_evaluate_refuses_weights_that_are_not_the_manifests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The evaluation names the manifest's checksum, so it runs only on those weights."""
+    from node.cli import main
+
+    model = tmp_path / "cxr-detector"
+    model.mkdir()
+    (model / "model.json").write_bytes((WEIGHTS / "cxr-detector" / "model.json").read_bytes())
+    assert main(["models", "evaluate", "cxr-detector", "--out", str(tmp_path)]) == 2
+    assert "weights file missing (build the demo weights: ainode models build-demo)" in capsys.readouterr().err
+    (model / "model.onnx").write_bytes(b"not these weights")
+    assert main(["models", "evaluate", "cxr-detector", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "differs from model.json's" in err and "Traceback" not in err
+    assert not (model / "evaluation.json").exists()
