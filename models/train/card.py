@@ -70,14 +70,15 @@ def write_model_card(path: Path, args: argparse.Namespace, result: "TrainResult"
     total_groups = result.total_group_counts
     train_groups = ", ".join(f"{result.train_group_counts.get(g, 0):,} {g}" for g in IMAGE_GROUPS)
     held_groups = ", ".join(f"{by_group.get(g, (0, 0))[1]:,} {g}" for g in IMAGE_GROUPS)
-    if result.balance == "sampling":
+    if result.balance in ("sampling", "sqrt-sampling"):
+        how = ("equal probability" if result.balance == "sampling"
+               else "probability proportional to the square root of its size")
         balance = (
             "Balance: group-balanced sampling. Each training example is drawn from one of the "
-            f"{len(result.group_shares)} image groups present with equal probability ("
+            f"{len(result.group_shares)} image groups present with {how} ("
             + ", ".join(f"{g} {share:.2f}" for g, share in result.group_shares.items())
-            + "), then uniformly within the group; no loss weights. So adults' frontals, children's "
-            "frontals and laterals each make up about the same share of every batch, and the few "
-            "laterals are seen often, augmented anew each time."
+            + "), then uniformly within the group; no loss weights. So no group is drowned out by a "
+            "larger one, and the few laterals are seen often, augmented anew each time."
         )
     else:
         balance = (
@@ -112,10 +113,10 @@ Weights file `{manifest['weights']}`, SHA-256 `{manifest['sha256']}`.
 
 The training images come from a public COVID-19 chest X-ray collection whose images carry
 mostly CC BY-NC-SA and CC BY-NC-ND terms (others CC BY, or "see source"), plus NIH
-ChestX-ray14 images (CC0) and pediatric radiographs of Kermany et al. (CC BY 4.0). Weights trained on non-commercial images inherit their terms:
-**these weights may be used for research and non-commercial purposes only.** The code that
-trains them is under the repository's licence; retrain on data you may use commercially
-if you need that.
+ChestX-ray14 images (CC0) and pediatric radiographs of Kermany et al. (CC BY 4.0). Weights
+trained on non-commercial images inherit their terms: **these weights may be used for research
+and non-commercial purposes only.** The code that trains them is under the repository's
+licence; retrain on data you may use commercially if you need that.
 
 ## Data
 
@@ -123,16 +124,16 @@ Folder `frontal/` and `lateral/` of grey PNGs (the shared `cxr-view` set): {resu
 and {result.total_counts[1]:,} lateral images in the run reported here, in three image groups:
 {total_groups.get('adult frontal', 0):,} adult frontal, {total_groups.get('pediatric frontal', 0):,} pediatric frontal
 (`peds-*`: Kermany et al., CC BY 4.0, one image per child; normal, bacterial and viral
-pneumonia) and {total_groups.get('lateral', 0):,} lateral (all adults). {result.nih_frontals:,} of the adult frontals are
-NIH ChestX-ray14 images reduced to 64×64 (`nih-*`); the other adult frontals and all laterals are full
-radiographs (≤ 512 px) from the COVID-19 collection. Labels may be noisy.
+pneumonia) and {total_groups.get('lateral', 0):,} lateral (all adults). {result.nih_frontals:,} of the adult
+frontals are NIH ChestX-ray14 images reduced to 64×64 (`nih-*`); the other adult frontals and
+all laterals are full radiographs (≤ 512 px) from the COVID-19 collection. Labels may be noisy.
 
 Hold-out: whole patients, drawn until about {args.holdout:.0%} of each image group's images are held
 out (`models/train/data.py`: NIH patient ID from the file name; other files grouped by file name
 without its view/panel tag and by case URL in `SOURCES.csv`; each child is its own patient).
 
 **Images these weights saw:** every image of the set except those listed in `holdout.txt`, that is
-{train_groups} images ({result.train_counts[0]} frontal + {result.train_counts[1]} lateral) of
+{train_groups} images ({result.train_counts[0]:,} frontal + {result.train_counts[1]:,} lateral) of
 {result.train_patients} patients. Held out and never trained on: {held_groups} images
 ({held['frontal']} frontal + {held['lateral']} lateral) of {result.holdout_patients} other patients,
 listed in `holdout.txt` with each image's P(lateral).

@@ -6,10 +6,12 @@ three, 4×4 average pooling, flatten, Dense 64 ReLU, Dense 1 sigmoid = P(lateral
 105,473 parameters. Binary cross-entropy, RMSprop, batch 32, 1,000 steps by
 default; augmentation rotation ±45°, shifts, shear, zoom and horizontal flip.
 The three image groups (adults' frontals, children's frontals, laterals; the shared
-data set has ~36 adult frontals per lateral) are balanced: by default each batch
-draws from each group with equal probability (``--balance sampling``), or
-alternatively the loss weights each group's images inversely to the group's size
-(``--balance weights``). About 20 % of each group's patients are held out
+data set has ~36 adult frontals per lateral) are balanced: by default each example
+is drawn from a group with probability proportional to the square root of the
+group's size (``--balance sqrt-sampling``: about 0.60 adult, 0.30 pediatric, 0.10
+lateral), uniformly within the group; ``--balance sampling`` draws the groups with
+equal probability, ``--balance weights`` weights each group's images inversely to
+the group's size. Of these, sqrt-sampling met issue 19's bar on the most seeds. About 20 % of each group's patients are held out
 (``models.train.data``).
 
 Usage::
@@ -44,7 +46,7 @@ __all__ = ["EXPECTED_PARAMETERS", "INPUT_SIZE", "build_model", "export_onnx", "m
 INPUT_SIZE = 64
 EXPECTED_PARAMETERS = 105_473  # seed 5: 105,761 with 3 channels, 105,473 with one
 MODEL_NAME = "cxr-view-filter"
-BALANCE_MODES = ("sampling", "weights")
+BALANCE_MODES = ("sampling", "sqrt-sampling", "weights")
 ONNX_INPUT_NAME = "image"
 
 
@@ -157,9 +159,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     group.add_argument("--steps", type=int, default=None, help="training steps (default 1000, as seed 5)")
     group.add_argument("--epochs", type=int, default=None, help="passes over the training images instead")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--balance", choices=BALANCE_MODES, default="sampling",
+    parser.add_argument("--balance", choices=BALANCE_MODES, default="sqrt-sampling",
                         help="balance the image groups (adult frontal, pediatric frontal, lateral) by drawing each "
-                             "with equal probability (sampling, default) or by loss weights inverse to group size")
+                             "with equal probability (sampling), with probability proportional to the "
+                             "square root of its size (sqrt-sampling, default), or by loss weights inverse to group size")
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of patients held out")
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0 = all cores)")
@@ -195,10 +198,13 @@ def train(args: argparse.Namespace) -> TrainResult:
     steps = args.steps or (args.epochs * math.ceil(len(y_train) / args.batch_size) if args.epochs else 1000)
 
     augment = _augmenter(args.seed)
-    if args.balance == "sampling":
-        # Every present group is drawn with the same probability, each image of a group
-        # equally often: the 28 laterals appear in every batch, augmented anew each time.
-        shares = {g: 1.0 / len(present) for g in present}
+    if args.balance in ("sampling", "sqrt-sampling"):
+        # Each present group is drawn with the same probability (sampling) or with one
+        # proportional to the square root of its size (sqrt-sampling: a middle way between
+        # drawing images uniformly and groups uniformly), each image of a group equally
+        # often: the 28 laterals appear in every batch, augmented anew each time.
+        sizes = {g: 1.0 if args.balance == "sampling" else math.sqrt(group_counts[g]) for g in present}
+        shares = {g: sizes[g] / sum(sizes.values()) for g in present}
         per_group = [
             tf.data.Dataset.from_tensor_slices(
                 (x_train[train_groups == g], y_train[train_groups == g][:, None],

@@ -146,7 +146,7 @@ def test_metrics_audit_and_logs_of_a_study_through_the_node(
         assert "1 refused" in row("received", "STORESCU", "0 instance(s) stored")
         assert "calling-AE-title-not-recognised" in row("association_rejected", "INTRUDER", "127.0.0.1")
         for done in done_jobs:
-            assert "cxr-view-filter 1.0.0" in row("job_done", study, "cxr", f" {done.id} ")
+            assert "cxr-view-filter 1.1.0" in row("job_done", study, "cxr", f" {done.id} ")
         for failed in failed_jobs:
             row("job_failed", study, "cxr", f" {failed.id} ")
         for sr in srs:

@@ -163,7 +163,7 @@ def test_banner_names_version_pipelines_models_destinations_and_data(tmp_path: P
     out = "\n".join(lines)
     version = ainode("--version", config=cfg).stdout.split()[-1]
     assert lines[0].startswith(f"ainode {version}: AINODE listening on 0.0.0.0 port {port}; HTTP on 127.0.0.1:")
-    assert "pipeline cxr: enabled: cxr-view-filter 1.0.0 (real weights; licence: Weights: non-commercial" in out
+    assert "pipeline cxr: enabled: cxr-view-filter 1.1.0 (real weights; licence: Weights: non-commercial" in out
     assert "pipeline ct_pe: DISABLED (pipeline 'ct_pe' disabled: " in out
     assert f"destination itself: C-ECHO AINODE@127.0.0.1:{port}: status 0x0000 (success)" in out
     assert f"destination down: C-ECHO PACS@127.0.0.1:{closed} failed" in out and "retried" in out
