@@ -3,7 +3,7 @@
 Rows are made as the node makes them (series, instances with their spool
 files, jobs, results with their outbox files, deliveries); the free space is
 given to the plan, so each rule is tested on its own. SQLite and PostgreSQL. The
-full node on a small file system is ``tests/integration/test_retention.py``.
+full node on a small file system is ``tests/integration/test_retention_small_fs.py``.
 """
 
 from __future__ import annotations
