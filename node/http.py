@@ -210,7 +210,6 @@ class Metrics:
         self.delivery_seconds = Histogram(
             "ainode_delivery_seconds", "Seconds from a result being queued to its delivery being confirmed.",
             ("destination",), DELIVERY_BUCKETS)
-        self.started = time.time()
         self.series_resent = Counter(
             "ainode_series_resent_total", "Series that arrived again unchanged and were not analysed again.",
             ("pipeline",))
@@ -224,6 +223,7 @@ class Metrics:
         for reason in ("age", "watermark"):
             self.purged_files.inc(0, reason=reason)
             self.purged_bytes.inc(0, reason=reason)
+        self.started = time.time()
         self._collectors: list[Callable[[], list[Family]]] = []
 
     def instance(self, code: int) -> None:

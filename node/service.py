@@ -21,8 +21,8 @@ from node import preflight, tls
 from node.assembler import Assembler
 from node.audit import ReceiveAudit
 from node.db import Database
-from node.idempotency import analysis_keys
 from node.errors import ConfigError, ModelError
+from node.idempotency import analysis_keys
 from node.http import HttpServer, Metrics, ReadinessProbe, database_gauges
 from node.pipelines import PIPELINE_MODELS, Pipeline
 from node.receiver import Receiver
@@ -139,10 +139,6 @@ class Node:
         self.scps = [s for s in (self.plain_scp, self.tls_scp) if s is not None]
         self.scp: StorageSCP = self.scps[0]  # the plain one when there is one
         self._stopped = threading.Event()
-    def _on_resent(self, pipeline: str, instances: int) -> None:
-        self.metrics.series_resent.inc(pipeline=pipeline)
-        self.metrics.instances_resent.inc(instances)
-
 
     @property
     def port(self) -> int:
@@ -158,6 +154,10 @@ class Node:
         if code == 0xA700 and self.settings.retention.enabled:  # out of resources: purge now, not at the next pass
             self.retention.notify()
         self.received.instance(request, study_uid, stored=code == 0 or 0xB000 <= code <= 0xB0FF)
+
+    def _on_resent(self, pipeline: str, instances: int) -> None:
+        self.metrics.series_resent.inc(pipeline=pipeline)
+        self.metrics.instances_resent.inc(instances)
 
     def _on_association(self, event: AssociationEvent) -> None:
         self.metrics.association(event)

@@ -260,13 +260,13 @@ class Settings(_Strict):
     threads_per_model: int = Field(default=1, ge=1)
     # A job the node died during this many times is failed: a series that crashes the process cannot stop it.
     job_max_restarts: int = Field(default=3, ge=1)
+    # A series re-sent unchanged is never analysed again with the same models and settings; with
+    # new weights or settings, true analyses it again on its next re-send (node.idempotency).
+    reanalyse_on_change: bool = False
     models_dir: Path = REPO_ROOT / "weights"
     models_file: Path | None = REPO_ROOT / "config" / "models.yaml"
     routing_file: Path = REPO_ROOT / "config" / "routing.yaml"
     destinations: dict[str, Destination] = Field(default_factory=lambda: _default_destinations())
-    # A series re-sent unchanged is never analysed again with the same models and settings; with
-    # new weights or settings, true analyses it again on its next re-send (node.idempotency).
-    reanalyse_on_change: bool = False
     default_destinations: list[str] = Field(default_factory=lambda: ["pacs"])
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
