@@ -23,7 +23,7 @@ from models.findings import ImageResult, SeriesResult
 from node import dispatcher as dispatch
 from node import executor as execution
 from node.assembler import Assembler
-from node.db import AuditEvent, AuditKind, Base, Database, Delivery, DeliveryState, Result
+from node.db import AuditEvent, AuditKind, Database, Delivery, DeliveryState, Result
 from node.fakes import FakeDestination
 from node.pipelines import PipelineOutput
 from node.receiver import Receiver
@@ -72,16 +72,6 @@ class RecordingDestination(FakeDestination):
         if attempt.ok:
             self.order.extend(attempt.statuses)
         return attempt
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
-    url = f"sqlite:///{tmp_path / 'node.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres")
-    database = Database(url)
-    Base.metadata.drop_all(database.engine)
-    database.create_schema()
-    yield database
-    database.dispose()
 
 
 def _node(tmp_path: Path, db: Database, clock: Clock, **delivery: object):  # type: ignore[no-untyped-def]

@@ -74,21 +74,6 @@ class TinyPipeline:
         return PipelineOutput(result=result, objects=[ds], summary=f"{len(paths)} instances")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'node.db'}"
-    else:
-        url = request.getfixturevalue("postgres")
-    database = Database(url)
-    from node.db import Base
-
-    Base.metadata.drop_all(database.engine)
-    database.create_schema()
-    yield database
-    database.dispose()
-
-
 @pytest.fixture
 def parts(tmp_path: Path, db: Database):  # type: ignore[no-untyped-def]
     settings = Settings(data_dir=tmp_path / "data", quiet_period={"default": 0.0},

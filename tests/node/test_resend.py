@@ -23,7 +23,7 @@ from node.errors import InputError
 from node.idempotency import analysis_key, series_fingerprint
 from node.receiver import Receiver
 from node.router import load_routing
-from tests.node.test_flow import ROUTING, TinyPipeline, _instance, _run_all_jobs, db, parts  # noqa: F401 (fixtures)
+from tests.node.test_flow import ROUTING, TinyPipeline, _instance, _run_all_jobs, parts  # noqa: F401 (a fixture)
 
 
 def _counts(database: Database) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from dimse import status
 from node import executor as execution
 from node.cli import main as cli_main
-from node.db import (AuditEvent, AuditKind, Base, Database, Delivery, DeliveryState, Instance, Job, JobState, Result,
+from node.db import (AuditEvent, AuditKind, Database, Delivery, DeliveryState, Instance, Job, JobState, Result,
                      Series, SeriesState, Study)
 from node.http import Metrics, database_gauges
 from node.receiver import Receiver
@@ -31,16 +31,6 @@ from tests.node.test_flow import TinyPipeline, _instance
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
 TOTAL = 1_000_000  # bytes of the pretend file system
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
-    url = f"sqlite:///{tmp_path / 'node.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres")
-    database = Database(url)
-    Base.metadata.drop_all(database.engine)
-    database.create_schema()
-    yield database
-    database.dispose()
 
 
 @pytest.fixture
