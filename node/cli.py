@@ -405,6 +405,10 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         return exc.code if isinstance(exc.code, int) else 2
 
 
+#: The calling AE title of ``ainode sample --send`` to a peer other than the node (a modality's, as it were).
+SAMPLE_CALLING_AE = "MODALITY"
+
+
 def cmd_sample(settings: Settings, args: argparse.Namespace) -> int:
     from node.sample import parse_address, write_sample
 
@@ -420,7 +424,9 @@ def cmd_sample(settings: Settings, args: argparse.Namespace) -> int:
     from dimse.scu import AssociationFailed, store_files
 
     called, host, port = address
-    calling = args.calling_ae or settings.ae_title
+    # To the node itself: its own AE title, which it accepts from this machine. To anyone else (Orthanc): not the
+    # node's AE title, which the README's Orthanc script treats as the node's results and never forwards.
+    calling = args.calling_ae or (settings.ae_title if called == settings.ae_title else SAMPLE_CALLING_AE)
     try:
         outcomes = store_files(study.paths, host=host, port=port, called_ae=called, calling_ae=calling,
                                timeout=args.timeout)
@@ -526,8 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write the files into (created if needed)")
     p.add_argument("--send", metavar="AE@HOST:PORT",
                    help="then send them by C-STORE, e.g. AINODE@127.0.0.1:11112 or ORTHANC@127.0.0.1:4242")
-    p.add_argument("--calling-ae", help="our AE title when sending (default: the node's ae_title, which the node "
-                                        "itself accepts from this machine)")
+    p.add_argument("--calling-ae", help="our AE title when sending (default: the node's ae_title when sending to the "
+                                        f"node, which accepts it from this machine; {SAMPLE_CALLING_AE} to anyone else)")
     p.add_argument("--timeout", type=float, default=30, help="seconds for connecting and each C-STORE")
     p.set_defaults(func=cmd_sample)
     for command in sub.choices.values():  # every command says which configuration it reads

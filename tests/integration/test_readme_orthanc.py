@@ -225,3 +225,25 @@ def test_forwarding_on_stable_events_does_not_loop(
         assert resent >= (1 if event == "OnStableStudy" else 0)
     finally:
         node.stop()
+
+
+@pytest.mark.integration
+def test_the_quick_start_sample_sent_into_orthanc_comes_back_analysed(
+    tmp_path: Path, orthanc_factory: Callable[..., OrthancServer]
+) -> None:
+    """The first hour: ``ainode sample cxr --send ORTHANC@…`` into the README's Orthanc, results back in Orthanc."""
+    node_port = free_port()
+    orthanc = _orthanc_from_readme(orthanc_factory, tmp_path / "orthanc", node_port)
+    node = NodeProcess(tmp_path / "node", port=node_port, destinations={
+        "pacs": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}})
+    node.start()
+    try:
+        started = time.monotonic()
+        run = node.cli("sample", "cxr", "--out", str(tmp_path / "sample"), "--send",
+                       f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
+        assert run.returncode == 0 and "as MODALITY" in run.stdout, run.stdout + run.stderr
+        study = next(line.split()[1] for line in run.stdout.splitlines() if line.startswith("study "))
+        _wait(lambda: _results(orthanc, study).get("SR"), 60, "no SR for the sample", node, orthanc)
+        print(f"sample into Orthanc -> SR in Orthanc: {time.monotonic() - started:.1f} s")
+    finally:
+        node.stop()
