@@ -55,8 +55,24 @@ def test_the_readme_recipe_is_what_this_test_runs() -> None:
     assert "OnStable" not in lua  # stable events would add StableAge to every result and re-send studies
 
 
-def _orthanc_from_readme(factory: Callable[..., OrthancServer], workdir: Path, node_port: int) -> OrthancServer:
+DEBIAN_CONFIG = Path("/etc/orthanc/orthanc.json")
+#: Keys of Debian's configuration the test machine must change: ports, folders, plugins (the fixture sets them).
+MACHINE_KEYS = {"HttpPort", "DicomPort", "StorageDirectory", "IndexDirectory", "Plugins"}
+
+
+def debian_orthanc_config() -> dict[str, Any]:
+    """Debian's ``/etc/orthanc/orthanc.json`` (comments removed), as the package installs it."""
+    text = re.sub(r"/\*.*?\*/", "", DEBIAN_CONFIG.read_text(encoding="utf-8"), flags=re.S)
+    config = json.loads(re.sub(r"(?m)^\s*//.*$", "", text))
+    assert isinstance(config, dict)
+    return {k: v for k, v in config.items() if k not in MACHINE_KEYS}
+
+
+def _orthanc_from_readme(factory: Callable[..., OrthancServer], workdir: Path, node_port: int,
+                         base: dict[str, Any] | None = None) -> OrthancServer:
+    """Orthanc with the README's keys set (over ``base``, e.g. Debian's own configuration)."""
     config, lua = readme_recipe()
+    config = {**(base or {}), **config}
     script = workdir / "ainode.lua"
     workdir.mkdir(parents=True, exist_ok=True)
     script.write_text(lua, encoding="utf-8")
@@ -231,9 +247,10 @@ def test_forwarding_on_stable_events_does_not_loop(
 def test_the_quick_start_sample_sent_into_orthanc_comes_back_analysed(
     tmp_path: Path, orthanc_factory: Callable[..., OrthancServer]
 ) -> None:
-    """The first hour: ``ainode sample cxr --send ORTHANC@…`` into the README's Orthanc, results back in Orthanc."""
+    """The first hour: ``ainode sample cxr --send ORTHANC@…`` into Debian's Orthanc configured as the README says
+    (its four keys set in ``/etc/orthanc/orthanc.json``), results back in Orthanc."""
     node_port = free_port()
-    orthanc = _orthanc_from_readme(orthanc_factory, tmp_path / "orthanc", node_port)
+    orthanc = _orthanc_from_readme(orthanc_factory, tmp_path / "orthanc", node_port, base=debian_orthanc_config())
     node = NodeProcess(tmp_path / "node", port=node_port, destinations={
         "pacs": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}})
     node.start()
