@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState
-from tests.helpers import OrthancServer, storescu
+from tests.helpers import OrthancServer, radiograph_copies, storescu
 from tests.integration.nodeproc import NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -32,13 +31,7 @@ def test_node_on_postgresql_survives_a_kill_and_delivers_everything_once(
     from node.db import Base
 
     Base.metadata.drop_all(db.engine)  # the session's database: start from an empty schema
-    files = []
-    for i in range(COUNT):
-        ds = pydicom.dcmread(rg1_uncr)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        files.append(tmp_path / f"{i}.dcm")
-        ds.save_as(files[-1], enforce_file_format=True)
+    files = radiograph_copies(rg1_uncr, tmp_path / "in", COUNT)
     node = NodeProcess(tmp_path / "node", database_url=postgres, quiet_period={"default": 10, "CR": 2.0}, destinations={
         "orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}})
     node.start()

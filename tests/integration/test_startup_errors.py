@@ -20,16 +20,9 @@ import pytest
 import yaml
 
 from tests.helpers import free_port, wait_for_port
+from tests.helpers.cli import ainode
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def ainode(*args: str, config: Path, env: dict[str, str] | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(config.parent),
-               "AINODE_CONFIG": str(config), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=REPO, env=environ, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def one_line_error(run: subprocess.CompletedProcess[str], *expected: str) -> str:

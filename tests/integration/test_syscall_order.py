@@ -18,12 +18,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 import yaml
-from pydicom.uid import generate_uid
 
-from tests.helpers import free_port, require_tool, storescu, tool_env, wait_for_port
+from tests.helpers import free_port, radiograph_copies, require_tool, storescu, tool_env, wait_for_port
 from tests.integration.nodeproc import REPO
 from tests.integration.syscalls import STRACE_ARGS, Report, check, parse
 
@@ -71,19 +69,6 @@ def destination(tmp_path: Path) -> Iterator[int]:
         proc.wait(10)
 
 
-def _radiographs(source: Path, folder: Path) -> list[Path]:
-    """``INSTANCES`` chest radiographs, each its own study (so each makes new folders and a result)."""
-    folder.mkdir()
-    paths = []
-    for i in range(INSTANCES):
-        ds = pydicom.dcmread(source)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        paths.append(folder / f"{i}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths
-
-
 def _traced_node(tmp_path: Path, radiographs: list[Path], destination: int, mutation: str | None) -> Report:
     work = tmp_path / (mutation or "node")
     data = work / "data"
@@ -129,7 +114,7 @@ def _traced_node(tmp_path: Path, radiographs: list[Path], destination: int, muta
 def test_every_acknowledged_instance_result_and_delivery_is_durable_in_time(
     tmp_path: Path, rg1_uncr: Path, destination: int
 ) -> None:
-    report = _traced_node(tmp_path, _radiographs(rg1_uncr, tmp_path / "in"), destination, None)
+    report = _traced_node(tmp_path, radiograph_copies(rg1_uncr, tmp_path / "in", INSTANCES), destination, None)
     assert report.problems == [], "\n".join(report.problems)
     assert report.acknowledged == report.spooled == INSTANCES, report
     assert report.results == INSTANCES and report.delivered >= INSTANCES, report
@@ -139,7 +124,7 @@ def test_every_acknowledged_instance_result_and_delivery_is_durable_in_time(
 def test_the_check_fails_when_one_fsync_is_taken_out(
     tmp_path: Path, rg1_uncr: Path, destination: int, mutation: str
 ) -> None:
-    report = _traced_node(tmp_path, _radiographs(rg1_uncr, tmp_path / "in"), destination, mutation)
+    report = _traced_node(tmp_path, radiograph_copies(rg1_uncr, tmp_path / "in", INSTANCES), destination, mutation)
     assert report.acknowledged == INSTANCES
     expected = {"file": "data not fsynced before its rename", "folder": "after its rename",
                 "new-folder": "parent of the new folder"}[mutation]

@@ -25,18 +25,11 @@ from node.preflight import exposure_warning
 from node.service import Node
 from node.settings import AllowedPeerSettings, Settings, TlsSettings, load_settings
 from tests.helpers import echoscu, free_port
+from tests.helpers.cli import ainode
 from tests.node.test_http import get
 
 REPO = Path(__file__).resolve().parents[2]
 LONG_ERROR = "pixel data cannot be decoded: " + "the JPEG 2000 codestream ends early " * 12 + "END-OF-ERROR"
-
-
-def ainode(*args: str, config: Path, env: dict[str, str] | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(config.parent),
-               "AINODE_CONFIG": str(config), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=REPO, env=environ, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def _view_filter_only(tmp_path: Path) -> dict[str, Any]:
