@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Callable, Mapping
 
 import pydicom
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 
 from node.background import BackgroundLoop
 from node.audit import audit_row
 from node.db import AuditKind, Database, Instance, Job, JobState, Series, SeriesState, utcnow
-from node.idempotency import series_fingerprint
+from node.idempotency import file_digest, series_fingerprint
 from node.router import RoutingConfig, is_own_or_result_object, route
 
 log = logging.getLogger("ainode.assembler")
@@ -86,6 +87,7 @@ class Assembler(BackgroundLoop):
         return max(0.02, min(1.0, upcoming - time.time()))
 
     def _schedule(self, series_id: int, now: float) -> int:
+        self._take_digests(series_id)
         with self.db.session() as session:
             series = session.get(Series, series_id)
             if series is None or series.ready_at > now:
@@ -150,6 +152,29 @@ class Assembler(BackgroundLoop):
             log.info("series %s -> %s (rule %s, generation %d)", series.series_uid, decision.pipeline,
                      decision.rule, series.generation)
             return 1 if job.state == JobState.QUEUED else 0
+
+    def _take_digests(self, series_id: int) -> None:
+        """The SHA-256 of each instance of the series still without one (the receiver leaves new instances'
+        to this loop, off the acknowledgement path), hashed outside any write transaction."""
+        with self.db.session() as session:
+            series_uid = session.scalar(select(Series.series_uid).where(Series.id == series_id))
+            missing = session.execute(
+                select(Instance.id, Instance.path).where(Instance.series_uid == series_uid, Instance.digest.is_(None),
+                                                         Instance.purged_at.is_(None))
+            ).all()
+        taken = []
+        for row in missing:
+            try:
+                taken.append((row.id, file_digest(Path(row.path))))
+            except OSError as exc:  # unreadable now: no digest, so the series counts as changed
+                log.warning("instance file %s unreadable for its digest: %s", Path(row.path).name, exc)
+        if not taken:
+            return
+        with self.db.session() as session:
+            for instance_id, content in taken:
+                # A re-send in the meantime recorded the digest of what it wrote: that one wins.
+                session.execute(update(Instance).where(Instance.id == instance_id, Instance.digest.is_(None))
+                                .values(digest=content))
 
     def _same_analysis(self, latest: Job, pipeline: str, fingerprint: str, key: str | None) -> bool:
         """Whether ``latest`` already analysed (or is analysing) this content the way it would be now."""

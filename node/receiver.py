@@ -126,7 +126,7 @@ class Receiver:
         modality = str(ds.get("Modality", "") or "")[:16] or None
         bind_log_context(study=study_uid, series=series_uid)
         path = self.spool.store(study_uid, series_uid, sop_uid, request.data)
-        self._register(request, ds, path, study_uid, series_uid, sop_uid, modality, digest(request.data))
+        self._register(request, ds, path, study_uid, series_uid, sop_uid, modality)
 
     def recover_spool(self) -> int:
         """Record spool files that have no database row (after a power cut); returns how many.
@@ -152,21 +152,21 @@ class Receiver:
                 self._register(request, ds, path, check_uid(ds.StudyInstanceUID, "StudyInstanceUID"),
                                check_uid(ds.SeriesInstanceUID, "SeriesInstanceUID"),
                                check_uid(ds.SOPInstanceUID, "SOPInstanceUID"),
-                               str(ds.get("Modality", "") or "")[:16] or None, digest(data))
+                               str(ds.get("Modality", "") or "")[:16] or None)
                 recovered += 1
             except (InputError, OSError, ValueError, AttributeError, SQLAlchemyError) as exc:
                 log.error("spool file %s could not be recovered: %s", path.name, exc)
         return recovered
 
     def _register(self, request: StoreRequest, ds, path, study_uid: str, series_uid: str, sop_uid: str,  # type: ignore[no-untyped-def]
-                  modality: str | None, content: str) -> None:
+                  modality: str | None) -> None:
         quiet = self.settings.quiet_seconds(modality)
 
         def record() -> None:
             with self.db.session() as session:
-                self._record(session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet, content)
+                self._record(session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet)
 
-        if self._record_fast(request, path, study_uid, series_uid, sop_uid, quiet, content):
+        if self._record_fast(request, path, study_uid, series_uid, sop_uid, quiet):
             # Only pushes an existing deadline later: the assembler need not look again.
             log.debug("stored %s (series %s) from %s", sop_uid, series_uid, request.calling_ae)
             return
@@ -183,7 +183,7 @@ class Receiver:
             self.on_stored()
 
     def _record_fast(self, request: StoreRequest, path, study_uid: str, series_uid: str, sop_uid: str,  # type: ignore[no-untyped-def]
-                     quiet: float, content: str) -> bool:
+                     quiet: float) -> bool:
         """The common case in one short transaction: a new instance of a series still receiving.
 
         Returns False (nothing written) when the series is new, no longer receiving, or the
@@ -200,7 +200,6 @@ class Receiver:
                     "sop_class_uid": str(request.sop_class_uid), "transfer_syntax_uid": str(request.transfer_syntax_uid),
                     "path": str(path), "size": len(request.data), "calling_ae": request.calling_ae,
                     "peer_address": request.peer_address, "received_at": now, "times_received": 1,
-                    "digest": content,
                 })
         except (_NotFast, IntegrityError):
             return False
@@ -210,8 +209,7 @@ class Receiver:
             raise
         return True
 
-    def _record(self, session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet,  # type: ignore[no-untyped-def]
-                content) -> None:
+    def _record(self, session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet) -> None:  # type: ignore[no-untyped-def]
         now = utcnow()
         if session.scalar(select(Study.id).where(Study.study_uid == study_uid)) is None:
             session.add(Study(study_uid=study_uid))
@@ -221,6 +219,9 @@ class Receiver:
         # The same SOP instance with the same content: a re-send (Orthanc's stable events, a PACS that
         # re-sends the whole study after each new object, an operator). It never re-opens a series that
         # was scheduled or analysed; the assembler only records it, after the quiet period.
+        # Digests are taken here, off the fast path of new instances, and by the assembler for the rest
+        # (node.idempotency): 0.3 ms per 0.5 MB instance was 8 % of a durable receive.
+        content = digest(request.data) if instance is not None else None
         unchanged = instance is not None and instance.digest == content and instance.series_uid == series_uid
         if series is None:
             series = Series(
@@ -246,7 +247,7 @@ class Receiver:
                     sop_uid=sop_uid, series_uid=series_uid, study_uid=study_uid,
                     sop_class_uid=str(request.sop_class_uid), transfer_syntax_uid=str(request.transfer_syntax_uid),
                     path=str(path), size=len(request.data), calling_ae=request.calling_ae,
-                    peer_address=request.peer_address, digest=content,
+                    peer_address=request.peer_address,
                 )
             )
             series.instance_count += 1
