@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ __all__ = [
     "dciodvfy",
     "echoscu",
     "require_tool",
+    "pynetdicom_store",
     "storescu",
     "tool_env",
 ]
@@ -266,3 +268,22 @@ def echoscu(
         stdin=subprocess.DEVNULL,
         check=False,
     )
+
+
+def pynetdicom_store(port: int, datasets: Sequence[Any], calling_ae: str = "STORESCU",
+                     called_ae: str = "AINODE") -> list[int | None]:
+    """C-STORE each data set on one pynetdicom association; the status of each (None: no answer).
+
+    One presentation context per SOP class and transfer syntax of the data sets.
+    """
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_ae)
+    for sop_class, syntax in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}):
+        ae.add_requested_context(sop_class, [syntax])
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    assert assoc.is_established, "the node refused the association"
+    try:
+        return [getattr(assoc.send_c_store(ds), "Status", None) for ds in datasets]
+    finally:
+        assoc.release()

@@ -22,7 +22,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from node.db import Database, Instance
-from tests.helpers import echoscu
+from tests.helpers import echoscu, pynetdicom_store
 from tests.helpers.smallfs import small_file_systems
 from tests.integration.nodeproc import NodeProcess
 
@@ -57,21 +57,6 @@ def _instances(template: pydicom.Dataset, count: int) -> list[pydicom.Dataset]:
     return out
 
 
-def _store(port: int, datasets: list[pydicom.Dataset]) -> list[int | None]:
-    """C-STORE each data set on one association; the status of each (None: no answer)."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import CTImageStorage
-
-    ae = AE(ae_title="STORESCU")
-    ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", port, ae_title="AINODE")
-    assert assoc.is_established, "the node refused the association"
-    try:
-        return [getattr(assoc.send_c_store(ds), "Status", None) for ds in datasets]
-    finally:
-        assoc.release()
-
-
 def _consistent(node: NodeProcess, db_url: str) -> tuple[set[str], set[str]]:
     """Spool files and database rows; asserts nothing half-written: no temporary file, no row without its file."""
     leftovers = list((node.data_dir / "tmp").glob("*"))
@@ -103,7 +88,7 @@ def test_full_data_disk_answers_out_of_resources_then_resumes_without_restart(
     db_url = f"sqlite:///{fs / 'data' / 'ainode.db'}"
     try:
         batch = _instances(_ct(512), 12)  # ~0.5 MB each: 6 MB do not fit in the 3 MB left, but do once the 5 MB ballast goes
-        statuses = _store(node.port, batch)
+        statuses = pynetdicom_store(node.port, batch)
         assert set(statuses) == {0, OUT_OF_RESOURCES}, [hex(s) if s is not None else s for s in statuses]
         accepted = [ds.SOPInstanceUID for ds, s in zip(batch, statuses) if s == 0]
         refused = [ds for ds, s in zip(batch, statuses) if s == OUT_OF_RESOURCES]
@@ -116,7 +101,7 @@ def test_full_data_disk_answers_out_of_resources_then_resumes_without_restart(
         assert "no space left on device" in node.log()
 
         ballast.unlink()  # space freed: the same node takes the refused instances now
-        again = _store(node.port, refused)
+        again = pynetdicom_store(node.port, refused)
         assert again == [0] * len(refused), again
         assert node.proc is not None and node.proc.pid == pid and node.proc.poll() is None  # no restart
         files, rows = _consistent(node, db_url)
@@ -133,7 +118,7 @@ def test_full_database_disk_answers_out_of_resources_then_resumes(
     db_url = f"sqlite:///{dbfs / 'ainode.db'}"
     node = NodeProcess(tmp_path / "node", database_url=db_url, quiet_period={"default": 60.0}).start()
     try:
-        assert _store(node.port, _instances(_ct(16), 1)) == [0]
+        assert pynetdicom_store(node.port, _instances(_ct(16), 1)) == [0]
         ballast = dbfs / "ballast"
         fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o600)  # fill the file system to the last block
         try:
@@ -144,7 +129,7 @@ def test_full_database_disk_answers_out_of_resources_then_resumes(
         finally:
             os.close(fd)
         batch = _instances(_ct(16), 40)
-        statuses = _store(node.port, batch)
+        statuses = pynetdicom_store(node.port, batch)
         assert OUT_OF_RESOURCES in statuses, [hex(s) if s is not None else s for s in statuses]
         assert set(statuses) <= {0, OUT_OF_RESOURCES}, [hex(s) if s is not None else s for s in statuses]
         files, rows = _consistent(node, db_url)
@@ -154,7 +139,7 @@ def test_full_database_disk_answers_out_of_resources_then_resumes(
         assert echoscu("127.0.0.1", node.port, "AINODE", "STORESCU").returncode == 0
 
         ballast.unlink()
-        assert _store(node.port, refused) == [0] * len(refused)
+        assert pynetdicom_store(node.port, refused) == [0] * len(refused)
         files, rows = _consistent(node, db_url)
         assert {str(ds.SOPInstanceUID) for ds in batch} <= rows
     finally:

@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from node.db import AuditEvent, AuditKind, Delivery, DeliveryState, Instance, Job, JobState, Result
-from tests.helpers import OrthancServer, free_port
+from tests.helpers import OrthancServer, free_port, pynetdicom_store
 from tests.helpers.smallfs import small_file_systems
 from tests.integration.nodeproc import NodeProcess
 from tests.integration.soakkit import ct_template, small_radiograph_template
@@ -54,21 +54,6 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
         yield server
     finally:
         server.stop()
-
-
-def _store(port: int, datasets: list[pydicom.Dataset]) -> list[int | None]:
-    """C-STORE each data set on one association; the status of each (None: no answer)."""
-    from pynetdicom import AE
-
-    ae = AE(ae_title="STORESCU")
-    for ds in datasets:
-        ae.add_requested_context(ds.SOPClassUID, [str(ds.file_meta.TransferSyntaxUID)])
-    assoc = ae.associate("127.0.0.1", port, ae_title="AINODE")
-    assert assoc.is_established, "the node refused the association"
-    try:
-        return [getattr(assoc.send_c_store(ds), "Status", None) for ds in datasets]
-    finally:
-        assoc.release()
 
 
 def _series(template: pydicom.Dataset, count: int, description: str | None = None) -> list[pydicom.Dataset]:
@@ -122,7 +107,7 @@ def test_watermark_frees_space_by_policy_node_keeps_answering_and_unfinished_is_
             # Unfinished: a CT series still receiving, a radiograph whose destination is down.
             receiving = _series(ct_template(), 1)
             held = _series(template, 1, description="HOLD chest")
-            assert _store(node.port, receiving) == [0] and _store(node.port, held) == [0]
+            assert pynetdicom_store(node.port, receiving) == [0] and pynetdicom_store(node.port, held) == [0]
             node.wait_jobs(1)
             _wait(lambda: node.delivery_attempts() >= 1, 30, "the held result's first failed delivery", node)
 
@@ -135,7 +120,7 @@ def test_watermark_frees_space_by_policy_node_keeps_answering_and_unfinished_is_
             sent = 0
             for round_ in range(ROUNDS):
                 batch = _series(template, PER_ROUND)
-                statuses += _store(node.port, batch)
+                statuses += pynetdicom_store(node.port, batch)
                 sent += sum(len(ds.PixelData) for ds in batch)
                 node.wait_jobs(round_ + 2, timeout=60)
 
