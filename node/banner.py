@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.pipelines import PIPELINE_MODELS
+from node.pipelines import PIPELINE_MODELS, pipeline_models
 from node.settings import DicomDestinationSettings, DicomWebDestinationSettings, Settings
 
 if TYPE_CHECKING:
     from node.service import Node
 
-__all__ = ["banner_lines", "echo_destinations", "emit", "human_bytes", "pipeline_models", "version"]
+__all__ = ["banner_lines", "echo_destinations", "emit", "human_bytes", "version"]
 
 log = logging.getLogger("ainode.banner")
 
@@ -51,15 +51,6 @@ def human_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
-
-
-def pipeline_models(settings: Settings, pipeline: str) -> list[str]:
-    """The models a pipeline runs: those it needs, then (cxr) the optional ones configured."""
-    names = list(PIPELINE_MODELS.get(pipeline, ()))
-    if pipeline == "cxr":
-        cxr = settings.cxr
-        names += [n for n in (cxr.finding_model, *cxr.four_class_models, cxr.detector_model) if n]
-    return list(dict.fromkeys(names))
 
 
 def _model_line(node: "Node", name: str) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from models.registry import ModelRegistry
-from node.pipelines import PIPELINE_MODELS
+from node.pipelines import pipeline_models
 from node.settings import Settings
 
 __all__ = ["analysis_key", "analysis_keys", "series_fingerprint"]
@@ -55,14 +55,6 @@ def series_fingerprint(instances: Iterable[tuple[str, str | None]]) -> str:
     return h.hexdigest()
 
 
-def _pipeline_models(pipeline: str, settings: Settings) -> list[str]:
-    names = list(PIPELINE_MODELS.get(pipeline, ()))
-    if pipeline == "cxr":
-        cxr = settings.cxr
-        names += [n for n in (cxr.finding_model, *cxr.four_class_models, cxr.detector_model) if n]
-    return names
-
-
 def _pipeline_settings(pipeline: str, settings: Settings) -> dict[str, Any]:
     if pipeline == "cxr":
         return settings.cxr.model_dump(mode="json")
@@ -82,7 +74,7 @@ def analysis_keys(settings: Settings, registry: ModelRegistry, pipelines: Iterab
     keys: dict[str, str] = {}
     for pipeline in pipelines:
         models = {}
-        for name in _pipeline_models(pipeline, settings):
+        for name in pipeline_models(settings, pipeline):
             manifest = installed.get(name)
             models[name] = manifest.model_dump(mode="json") if manifest is not None else None
         keys[pipeline] = analysis_key(pipeline, models, _pipeline_settings(pipeline, settings))

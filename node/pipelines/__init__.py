@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import pydicom
 import pydicom.encaps
@@ -19,6 +19,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from models.findings import SeriesResult
+
+if TYPE_CHECKING:
+    from node.settings import Settings
 
 # pydicom logs each failed decoder plugin at ERROR with its traceback; the job's error already says,
 # in one line per plugin, why the pixel data could not be decoded (and users must not see tracebacks).
@@ -161,6 +164,15 @@ PIPELINE_MODELS: dict[str, tuple[str, ...]] = {
     "ct_pe": ("ct-pe",),
     "ct_lumbar": ("ct-lumbar",),
 }
+
+def pipeline_models(settings: "Settings", pipeline: str) -> list[str]:
+    """The models a pipeline runs: those it needs (:data:`PIPELINE_MODELS`), then (cxr) the optional ones configured."""
+    names = list(PIPELINE_MODELS.get(pipeline, ()))
+    if pipeline == "cxr":
+        cxr = settings.cxr
+        names += [n for n in (cxr.finding_model, *cxr.four_class_models, cxr.detector_model) if n]
+    return list(dict.fromkeys(names))
+
 
 #: The class implementing each pipeline, as "module:Class"; built once per worker with
 #: ``Class.from_settings(registry, settings)`` (imported only when the pipeline is enabled).
