@@ -67,6 +67,13 @@ class NodeProcess:
         return {**os.environ, "AINODE_CONFIG": str(self.config_path)}
 
     def start(self, timeout: float = 60) -> "NodeProcess":
+        """Start ``ainode serve``; return once *this* process listens (its log says so and the port answers).
+
+        The port was free when chosen, but another process may take it before the node binds it: a
+        connect alone would then succeed against that process while the node exits on the taken port.
+        """
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        mine = f"listening on 127.0.0.1:{self.port}".encode()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve"], cwd=REPO, env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -74,8 +81,11 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ainode serve exited with {self.proc.returncode}:\n{self.log()}")
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                listening = mine in fh.read()
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                if listening and s.connect_ex(("127.0.0.1", self.port)) == 0:
                     return self
             time.sleep(0.05)
         self.kill()
