@@ -4,7 +4,7 @@ Each pipeline runs with the **seed architecture at 512** (Xception with the nine
 EfficientNetV2-M for the levels) with random weights, since timing and memory do not
 depend on the weights' values; labels, windows and decision parameters are the demo
 manifests' (``weights/ct-pe``, ``weights/ct-lumbar``). The series are synthetic phantoms
-written as CT Image Storage files (``models.phantoms.ct``).
+written as CT Image Storage files (``training.phantoms.ct``).
 
 Each analysis runs in a fresh process, as a node worker would, calling the pipeline's
 ``analyse`` (series planning, model, result objects), and reports its wall time and its
@@ -41,12 +41,12 @@ MODEL_OF = {"ct_pe": "ct-pe", "ct_lumbar": "ct-lumbar"}
 
 _BUILD = {
     "ct-pe": (
-        "from models.train.pe import build_model, export_pe_onnx\n"
+        "from training.pe import build_model, export_pe_onnx\n"
         "export_pe_onnx(build_model({size}), {path!r}, fp16_weights=False)\n"
     ),
     "ct-lumbar": (
-        "from models.train.architectures import export_onnx\n"
-        "from models.train.lumbar import build_model\n"
+        "from training.architectures import export_onnx\n"
+        "from training.lumbar import build_model\n"
         "export_onnx(build_model('V2M', {size}, channels={channels}), {path!r})\n"
     ),
 }
@@ -82,7 +82,7 @@ def seed_model(name: str, size: int) -> Path:
 
 
 def write_phantom(kind: str, folder: Path, slices: int, size: int) -> list[Path]:
-    from models.phantoms.ct import abdomen_phantom, ctpa_phantom
+    from training.phantoms.ct import abdomen_phantom, ctpa_phantom
 
     if kind == "ct_pe":
         phantom = ctpa_phantom(7, slices=slices, size=size, embolus="right")

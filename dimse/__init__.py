@@ -7,7 +7,7 @@ thread (:mod:`dimse.scp`), the SCU sends from the calling thread
 (:mod:`dimse.scu`, :mod:`dimse.requestor`). pynetdicom is used only for its
 tables (storage SOP classes, implementation UID) and pydicom to read files and,
 when a peer refuses a file's own syntax, to re-encode it. Imports nothing from
-the rest of the node. Status codes live in :mod:`dimse.status`.
+the rest of the node. Status codes live in :mod:`core.status`.
 """
 
 from dimse.scp import ACCEPTED_TRANSFER_SYNTAXES, AllowedPeer, AssociationEvent, StorageSCP, StoreRequest, StoreSink

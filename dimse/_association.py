@@ -24,7 +24,7 @@ import ssl
 import threading
 from typing import TYPE_CHECKING, Literal
 
-from dimse import status
+from core import status
 from dimse.commands import (
     C_CANCEL_RQ,
     C_ECHO_RQ,

@@ -61,7 +61,7 @@ from pydicom.uid import (
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 
-from dimse import status
+from core import status
 from dimse._association import Association
 from dimse.commands import Command, encode_file_meta
 from dimse.upper_layer import DICOM_APPLICATION_CONTEXT, AssociateRequest
@@ -152,7 +152,7 @@ class StoreRequest:
     data: bytes
 
 
-#: Makes an instance durable and recorded; returns a status from :mod:`dimse.status`.
+#: Makes an instance durable and recorded; returns a status from :mod:`core.status`.
 StoreSink = Callable[[StoreRequest], int]
 
 

@@ -45,7 +45,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-from dimse import status
+from core import status
 from dimse.commands import VERIFICATION_SOP_CLASS, encode_c_echo_rq, encode_c_store_rq
 from dimse.requestor import MAX_CONTEXTS, AssociationError, Requestor
 from dimse.upper_layer import CONTEXT_ACCEPTED, PresentationContext

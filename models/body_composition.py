@@ -44,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from models.findings import BodyComposition
+from core.findings import BodyComposition
 
 __all__ = [
     "MUSCLE_HU",

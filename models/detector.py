@@ -27,9 +27,9 @@ Ultralytics' default); the ``postprocessing.max_detections`` (default 20) best b
 remain. Boxes are then mapped back through the letterbox (minus padding, divided by
 the per-axis scale, as ``ultralytics.utils.ops.scale_boxes``) and clipped to the image.
 
-Output: one :class:`models.findings.Finding` per box (``group="detection"``,
+Output: one :class:`core.findings.Finding` per box (``group="detection"``,
 ``present=True``) with the class label (a key of ``sr_writer.codes.CONCEPTS``), the
-confidence as probability and the box as a :class:`models.findings.Region` in the
+confidence as probability and the box as a :class:`core.findings.Region` in the
 **source image's pixel coordinates** (column, row; 0-based; edges of pixels), best first.
 """
 
@@ -42,7 +42,7 @@ import numpy as np
 from models.backends import InferenceModel, batch_size, check_images
 from models.errors import ModelError
 from models.finding_classifier import RadiographModel
-from models.findings import Finding, Region
+from core.findings import Finding, Region
 from models.preprocess.radiograph import resize_image
 
 __all__ = ["Detector", "Letterbox", "letterbox", "letterbox_geometry", "decode", "nms"]

@@ -4,16 +4,16 @@ Input: frontal chest radiographs as :func:`models.preprocess.radiograph.radiogra
 gives them (float 0..1, bone white, full resolution; CR/DX of PS3.3 A.2 / A.26), each
 resized to the manifest's ``input.height × input.width`` with
 :func:`models.preprocess.radiograph.resize_image` (area average, aspect stretched —
-as the training in ``models.train`` does) and fed as one grey channel (NHWC, or
+as the training in ``training`` does) and fed as one grey channel (NHWC, or
 NCHW when the manifest says so).
 
-Model (seed 2's design, ``models.train.architectures.finding_classifier``): an
+Model (seed 2's design, ``training.architectures.finding_classifier``): an
 EfficientNet backbone (B0 by default; the variant is the training's choice) →
 global average pooling → dropout → Dense(14, sigmoid); 512×512 input by default.
 Seed 2 reports a mean test AUC of 0.7848 on ChestX-ray14 (0.8412 with PGGAN
 augmentation); our figures are in the weights' model card.
 
-Output: one :class:`models.findings.Finding` per manifest label per image
+Output: one :class:`core.findings.Finding` per manifest label per image
 (``group="finding"``): the label's sigmoid probability, ``present`` when it reaches
 the label's threshold in the manifest (0.5 when the manifest gives none). The labels
 are keys of ``sr_writer.codes.CONCEPTS`` in the model's output order. A model whose
@@ -30,7 +30,7 @@ import numpy as np
 
 from models.backends import InferenceModel, algorithm_info, batch_size, check_images, load_backend
 from models.errors import ModelError
-from models.findings import AlgorithmInfo, Finding, FindingGroup
+from core.findings import AlgorithmInfo, Finding, FindingGroup
 from models.manifest import Manifest
 from models.preprocess.radiograph import resize_image
 

@@ -5,13 +5,13 @@ gives them (float 0..1, bone white, full resolution; CR/DX of PS3.3 A.2 / A.26),
 resized to the manifest's size (seed 4: 256×256, scaled to 0..1) with
 :func:`models.preprocess.radiograph.resize_image` and fed as one grey channel.
 
-Models (seed 4, ``models.train.architectures``): ResNet-18 (manifest
+Models (seed 4, ``training.architectures``): ResNet-18 (manifest
 ``cxr-four-class``) or the 5-layer CNN — three Conv 3×3 + ReLU + max-pooling blocks
 and two fully connected layers (``cxr-four-class-cnn``) — each with a softmax over
 the four classes. Seed 4 reports accuracy 0.778 (CNN) and 0.80 (ResNet-18 with
 augmentation); our figures are in the weights' model cards.
 
-Output: one :class:`models.findings.Finding` per class per image (``group="class"``)
+Output: one :class:`core.findings.Finding` per class per image (``group="class"``)
 with the softmax probability; ``present`` is true for the most probable class only
 (the classes exclude each other), whatever the manifest thresholds say. Labels are
 keys of ``sr_writer.codes.CONCEPTS`` in the model's output order. A model whose last
@@ -26,7 +26,7 @@ import numpy as np
 from models.backends import InferenceModel, batch_size, check_images
 from models.errors import ModelError
 from models.finding_classifier import RadiographModel, label_findings, label_scores, output_kind
-from models.findings import Finding
+from core.findings import Finding
 
 __all__ = ["FourClassClassifier"]
 

@@ -9,8 +9,8 @@ channel), quantised to 8 bits exactly as the training PNGs are, and resized (are
 average) to the manifest's input size.
 
 Model (seed 3): EfficientNetV2 backbone (M at 512×512 in the seed; S selectable;
-``models.train.lumbar``), softmax over the seven classes of
-:data:`models.findings.LUMBAR_LEVELS` — T, L1, L2, L3, L4, L5, S — per slice. The seed
+``training.lumbar``), softmax over the seven classes of
+:data:`core.findings.LUMBAR_LEVELS` — T, L1, L2, L3, L4, L5, S — per slice. The seed
 reports 97.6 % slice accuracy, with errors only between neighbouring levels.
 
 Decoding: the levels of a series are one **monotonic sequence** along the patient axis
@@ -42,7 +42,7 @@ order along the patient axis, no level skipped, L3 between L2 and L4, each run's
 An impossible map is returned with its reasons in ``not_determined`` and without an L3 slice
 or body composition: the levels could not be determined, and nothing is measured on a guess.
 
-Output: :class:`models.findings.LumbarResult` — the level of every slice, the runs, the
+Output: :class:`core.findings.LumbarResult` — the level of every slice, the runs, the
 L3 slice (centre of the L3 run) — and :mod:`models.body_composition` on the L3 slice with
 its tissue masks (muscle, subcutaneous fat, visceral fat; rows × columns booleans).
 """
@@ -62,7 +62,7 @@ import pydicom
 from models.backends.onnx_backend import OnnxModel
 from models.body_composition import measure
 from models.errors import ModelError
-from models.findings import LUMBAR_LEVELS, AlgorithmInfo, LevelRun, LumbarResult
+from core.findings import LUMBAR_LEVELS, AlgorithmInfo, LevelRun, LumbarResult
 from models.manifest import Manifest
 from models.plausibility import check_level_map, superior_mm
 from models.preprocess.ct_series import SeriesPlan, iter_hu_batches
@@ -81,7 +81,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOWS: tuple[tuple[float, float], ...] = ((40.0, 400.0),)
 """The abdominal soft-tissue window (−160..240 HU), that of the lumbar PNG data sets
-(``models.phantoms.ct_datasets.LUMBAR_PNG_WINDOW``): organs, muscle and fat apart, bone white."""
+(``training.phantoms.ct_datasets.LUMBAR_PNG_WINDOW``): organs, muscle and fat apart, bone white."""
 DEFAULT_COARSE_STEP_MM = 20.0
 DEFAULT_MAX_COARSE = 16
 DEFAULT_REFINE: tuple[str, ...] = ("L3",)

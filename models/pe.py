@@ -18,7 +18,7 @@ The defaults follow the common RSNA-PE practice:
 - ``[-600, 1500]`` lung (−1350..150 HU): lung parenchyma and vessels' course into the lobes
   (which side, infarcts).
 
-Model (seed 1, ``models.train.pe``): Xception → GAP → dropout → Dense 1024 → 256 → 64 → nine
+Model (seed 1, ``training.pe``): Xception → GAP → dropout → Dense 1024 → 256 → 64 → nine
 sigmoid heads; its ONNX graph has one output (N, 9), the heads in :data:`PE_HEADS` order.
 
 Aggregation over the *n* slices of the exam (``p_i`` = ``pe_present_on_image`` of slice *i*):
@@ -61,7 +61,7 @@ slice, at most ten per exam.
 Speed: with ``postprocessing.slice_stride`` *s* > 1 the network runs on every *s*-th slice only
 and the others are interpolated (see :meth:`PeModel.score_slices`); the default is 1.
 
-Output: :class:`models.findings.PeExamResult` with ``key_slices``: up to five positive slices of
+Output: :class:`core.findings.PeExamResult` with ``key_slices``: up to five positive slices of
 highest probability, at least ``max(2, n // 40)`` slices apart so they show different parts of
 the clot burden.
 
@@ -82,7 +82,7 @@ import numpy as np
 
 from models.backends.onnx_backend import OnnxModel
 from models.errors import ModelError
-from models.findings import PE_EXAM_LABELS, PE_HEADS, AlgorithmInfo, PeExamResult
+from core.findings import PE_EXAM_LABELS, PE_HEADS, AlgorithmInfo, PeExamResult
 from models.manifest import Manifest
 from models.plausibility import check_pe_coverage, lung_area_cm2, superior_mm
 from models.preprocess.ct_series import SeriesPlan, iter_hu_batches

@@ -74,7 +74,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from models.body_composition import fill_holes, label_components
-from models.findings import LUMBAR_LEVELS
+from core.findings import LUMBAR_LEVELS
 
 __all__ = [
     "LEVEL_HEIGHT_MM",
@@ -142,7 +142,7 @@ def check_level_map(
     Parameters
     ----------
     levels : sequence of str
-        One of :data:`~models.findings.LUMBAR_LEVELS` per slice, in any slice order.
+        One of :data:`~core.findings.LUMBAR_LEVELS` per slice, in any slice order.
     superior : sequence of float
         Each slice's coordinate along the patient's superior axis in mm (:func:`superior_mm`).
     evaluated : sequence of int, optional

@@ -6,14 +6,14 @@ turned into a 64×64 float image in 0..1, bone white, by
 percentile window, MONOCHROME1 inverted, first frame, area-average resize with the
 aspect stretched as in seed 5's training).
 
-Model (seed 5's design, ``models.train.view_filter``): 64×64×1 → Conv2D 3×3 16, 32,
+Model (seed 5's design, ``training.view_filter``): 64×64×1 → Conv2D 3×3 16, 32,
 64, 128 (valid, ReLU) with 2×2 max-pooling after the first three → 4×4 average
 pooling → Dense 64 ReLU → Dense 1 sigmoid = P(lateral); 105,473 parameters (seed 5:
 105,761 with three channels). Seed 5 reports validation accuracy 1.0 and 99.74 % on
 38,552 further MIMIC-CXR images; our figures on held-out patients are in the
 weights' ``MODEL_CARD.md``.
 
-Output: one :class:`models.findings.ViewResult` per dataset: the predicted view
+Output: one :class:`core.findings.ViewResult` per dataset: the predicted view
 (``frontal``/``lateral``) and its probability (0.5..1), the header's View Position
 (0018,5101) and what it means, and ``disagreement`` when the header names the other
 view and the prediction's probability reaches the manifest's
@@ -30,7 +30,7 @@ import numpy as np
 
 from models.backends.onnx_backend import OnnxModel
 from models.errors import ModelError, PreprocessError
-from models.findings import AlgorithmInfo, View, ViewResult
+from core.findings import AlgorithmInfo, View, ViewResult
 from models.manifest import Manifest
 from models.preprocess.radiograph import radiograph_input
 

@@ -36,7 +36,7 @@ from node.db import AuditEvent, AuditKind, Database
 
 if TYPE_CHECKING:
     from dimse.scp import AssociationEvent, StoreRequest
-    from models.findings import SeriesResult
+    from core.findings import SeriesResult
 
 __all__ = ["AuditKind", "ReceiveAudit", "audit_row", "format_events", "model_versions", "query", "record"]
 

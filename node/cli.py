@@ -322,8 +322,8 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _models_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    """``ainode models evaluate NAME [--count N] [--write]``: the demo model on fresh phantoms (``models.evaluation``)."""
-    from models.evaluation import EVALUATIONS, evaluate, render_table, write_evaluation
+    """``ainode models evaluate NAME [--count N] [--write]``: the demo model on fresh phantoms (``training.evaluation``)."""
+    from training.evaluation import EVALUATIONS, evaluate, render_table, write_evaluation
 
     if args.name not in EVALUATIONS:
         print(f"ainode: error: models evaluate needs a model name, one of {', '.join(EVALUATIONS)}", file=sys.stderr)
@@ -348,7 +348,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from models.registry import ModelRegistry
 
     if args.action == "build-demo":
-        from models.train.demo import run_cli
+        from training.demo import run_cli
 
         out = Path(args.out) if args.out else settings.models_dir
         return run_cli(out, force=args.force, quick=args.quick, only=args.only)
@@ -372,12 +372,12 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
 # `ainode train NAME`: the trainer's "module:main" and the model folder it writes by default.
 TRAINERS: dict[str, tuple[str, str]] = {
-    "view-filter": ("models.train.view_filter:main", "cxr-view-filter"),
-    "finding-classifier": ("models.train.finding_classifier:main", "cxr-findings"),
-    "four-class": ("models.train.four_class:main", "cxr-four-class"),
-    "detector": ("models.train.detector:main", "cxr-detector"),
-    "ct-pe": ("models.train.pe:main", "ct-pe"),
-    "ct-lumbar": ("models.train.lumbar:main", "ct-lumbar"),
+    "view-filter": ("training.view_filter:main", "cxr-view-filter"),
+    "finding-classifier": ("training.finding_classifier:main", "cxr-findings"),
+    "four-class": ("training.four_class:main", "cxr-four-class"),
+    "detector": ("training.detector:main", "cxr-detector"),
+    "ct-pe": ("training.pe:main", "ct-pe"),
+    "ct-lumbar": ("training.lumbar:main", "ct-lumbar"),
 }
 
 
@@ -420,7 +420,7 @@ def cmd_sample(settings: Settings, args: argparse.Namespace) -> int:
     print(f"study {study.study_uid}")
     if address is None:
         return 0
-    from dimse import status as dimse_status
+    from core import status as dimse_status
     from dimse.scu import AssociationFailed, store_files
 
     called, host, port = address

@@ -37,7 +37,7 @@ import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
 
-from dimse import status as dimse_status
+from core import status as dimse_status
 from dimse.scu import AssociationFailed, store_files
 from node.tls import handshake_error
 

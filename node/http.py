@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from dimse import status as dimse_status
+from core import status as dimse_status
 
 if TYPE_CHECKING:
     from dimse.scp import AssociationEvent

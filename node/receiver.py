@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from dimse import status
+from core import status
 from dimse.scp import StoreRequest
 from node.dicomheader import read_identifiers
 from node.db import Database, Instance, Series, SeriesState, Study, retry_locked, utcnow

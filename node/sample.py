@@ -1,6 +1,6 @@
 """``ainode sample``: a small synthetic study for each pipeline, written to a folder and optionally sent.
 
-The studies come from the phantom writers of :mod:`models.phantoms` (synthetic
+The studies come from the phantom writers of :mod:`training.phantoms` (synthetic
 anatomy with planted findings, no patient data); nothing of the training code,
 TensorFlow or torch is imported. Each is made so that the shipped routing
 rules send it to its pipeline:
@@ -43,7 +43,7 @@ class SampleStudy:
 
 
 def _cxr(out: Path, seed: int) -> tuple[str, list[Path]]:
-    from models.phantoms import chest_phantom, phantom_dataset
+    from training.phantoms import chest_phantom, phantom_dataset
 
     ds = phantom_dataset(chest_phantom(seed, ["effusion"], size=512), patient_id=f"SAMPLE-CXR-{seed}",
                          patient_name="SAMPLE^CHEST")
@@ -55,7 +55,7 @@ def _cxr(out: Path, seed: int) -> tuple[str, list[Path]]:
 
 def _ct(kind: str) -> Callable[[Path, int], tuple[str, list[Path]]]:
     def write(out: Path, seed: int) -> tuple[str, list[Path]]:
-        from models.phantoms.ct import abdomen_phantom, ctpa_phantom, write_ct_series
+        from training.phantoms.ct import abdomen_phantom, ctpa_phantom, write_ct_series
 
         if kind == "ct-pe":
             phantom = ctpa_phantom(seed, slices=60, size=256, embolus="right")

@@ -1,4 +1,4 @@
-"""Encoding AI results (``models.findings``) as standard DICOM objects.
+"""Encoding AI results (``core.findings``) as standard DICOM objects.
 
 One module per object family over highdicom (SR ``sr`` and ``ct_sr``, GSPS ``gsps``
 and ``slice_labels``, Secondary Capture ``sc``, Key Object Selection ``kos``,

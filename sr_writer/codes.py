@@ -15,7 +15,7 @@ each one against that dictionary. Concepts with no standard code use the
 private scheme ``99AINODE`` (PS3.16 section 8.2: private scheme designators
 begin with ``99``); ``99IHE`` is IHE's own private scheme (IHE RAD AI Results).
 
-Labels of :class:`models.findings.Finding` are keys of this table whose
+Labels of :class:`core.findings.Finding` are keys of this table whose
 concept is marked ``is_finding``.
 """
 
@@ -155,7 +155,7 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType({
     # view or a generic finding; DCM 122157 "Probability" is the generic concept.
     "probability": _c("122157", "DCM", "Probability", f"{_PS316}, Annex D"),
     "no_units": _c("1", "UCUM", "no units", f"{_PS316}, CID 7181"),
-    # --- Findings (labels of models.findings.Finding) -----------------------------------
+    # --- Findings (labels of core.findings.Finding) -----------------------------------
     # The 14 NIH ChestX-ray14 labels, keyed as Data_Entry_2017.csv spells them (lower case,
     # "_" for the space). Where PS3.16 holds the concept (chest CAD CIDs 6102/6104, CID 3700,
     # CID 12248) the code is the standard's and the test re-checks it; the others were checked
@@ -341,7 +341,7 @@ CHESTXRAY14_LABELS: tuple[str, ...] = (
 #: The four classes of the seed-4 classifier.
 FOUR_CLASS_LABELS: tuple[str, ...] = ("covid19", "normal", "pneumonia", "tuberculosis")
 
-#: Triage levels (``models.findings.ImageResult.triage``) mapped to their concept keys.
+#: Triage levels (``core.findings.ImageResult.triage``) mapped to their concept keys.
 TRIAGE_KEYS: Mapping[str, str] = MappingProxyType({
     "urgent": "triage_urgent",
     "priority": "triage_priority_level",

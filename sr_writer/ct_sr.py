@@ -55,7 +55,7 @@ from highdicom.sr import (
     TrackingIdentifier,
 )
 
-from models.findings import LUMBAR_LEVELS, PE_EXAM_LABELS, AlgorithmInfo, PeExamResult, SeriesResult
+from core.findings import LUMBAR_LEVELS, PE_EXAM_LABELS, AlgorithmInfo, PeExamResult, SeriesResult
 from sr_writer.codes import code
 from sr_writer.sr import (
     _algorithm_id,
@@ -112,7 +112,7 @@ def build_pe_report(
 
     Parameters
     ----------
-    result : models.findings.SeriesResult
+    result : core.findings.SeriesResult
         With ``pe`` set; ``result.algorithms[-1]`` is the PE model.
     sources : sequence of pydicom.Dataset
         Headers of the series' slices (pixels not needed); every slice of
@@ -176,7 +176,7 @@ def build_lumbar_report(
 
     Parameters
     ----------
-    result : models.findings.SeriesResult
+    result : core.findings.SeriesResult
         With ``lumbar`` set; ``result.algorithms[-1]`` is the level model.
     sources : sequence of pydicom.Dataset
         Headers of the series' slices; every slice of

@@ -17,7 +17,7 @@ import uuid
 from pydicom import Dataset
 from pydicom.valuerep import DT
 
-from models.findings import AlgorithmInfo
+from core.findings import AlgorithmInfo
 from sr_writer.codes import code
 
 __all__ = ["add_contributing_equipment", "contributing_equipment_item", "device_uid"]
@@ -42,8 +42,8 @@ def contributing_equipment_item(algorithm: AlgorithmInfo, when: datetime.datetim
 
     Parameters
     ----------
-    algorithm : models.findings.AlgorithmInfo
-        The model; its :attr:`~models.findings.AlgorithmInfo.display_name`
+    algorithm : core.findings.AlgorithmInfo
+        The model; its :attr:`~core.findings.AlgorithmInfo.display_name`
         (with "(DEMO)" for demo weights) becomes Manufacturer's Model Name.
     when : datetime.datetime, optional
         Contribution DateTime (0018,A002); now when omitted.

@@ -27,7 +27,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from models.findings import ImageResult, Region, SeriesResult
+from core.findings import ImageResult, Region, SeriesResult
 from sr_writer.codes import display_name
 from sr_writer.source_attributes import probability_text
 from sr_writer.sr import (
@@ -68,7 +68,7 @@ def build_presentation_state(
 
     Parameters
     ----------
-    result : models.findings.SeriesResult
+    result : core.findings.SeriesResult
         What the pipeline found; findings with a ``region`` become boxes,
         ``top_findings`` and ``triage`` of an image become its caption.
     sources : sequence of pydicom.Dataset

@@ -22,7 +22,7 @@ import highdicom as hd
 import pydicom
 from highdicom.sr import ObserverContext
 
-from models.findings import SeriesResult
+from core.findings import SeriesResult
 from sr_writer.codes import CONCEPTS, code
 from sr_writer.sr import _checked_sources, _evidence, _is_demo, _lo, _name_series, _new_instance, _observer, _with_demo
 
@@ -49,7 +49,7 @@ def build_key_object_selection(
 
     Parameters
     ----------
-    result : models.findings.SeriesResult
+    result : core.findings.SeriesResult
         The result the selection comes from; ``result.algorithms[-1]`` is the
         observer.
     sources : sequence of pydicom.Dataset

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian
 
-from models.findings import ImageResult, SeriesResult
+from core.findings import ImageResult, SeriesResult
 from sr_writer.codes import code, display_name
 from sr_writer.gsps import PR_COPIED, box_corners, caption
 from sr_writer.source_attributes import probability_text
@@ -65,7 +65,7 @@ def build_secondary_capture(
 
     Parameters
     ----------
-    result : models.findings.SeriesResult
+    result : core.findings.SeriesResult
         What the pipeline found; the image whose SOP Instance UID is that of
         ``source`` is drawn.
     source : pydicom.Dataset

@@ -27,7 +27,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from models.findings import AlgorithmInfo
+from core.findings import AlgorithmInfo
 from sr_writer.codes import code
 from sr_writer.ct_sr import HU_RANGES
 from sr_writer.sr import MANUFACTURER, _lo, _name_series, _new_instance, _node_version, _with_empty_type2
@@ -64,7 +64,7 @@ def build_tissue_segmentation(
     masks : mapping of str to numpy.ndarray
         Boolean (or 0/1) arrays of shape (Rows, Columns) for the keys
         ``"muscle"``, ``"subcutaneous_fat"`` and ``"visceral_fat"``.
-    algorithm : models.findings.AlgorithmInfo
+    algorithm : core.findings.AlgorithmInfo
         The model that chose the slice; its display name (with "(DEMO)") is
         the segment algorithm name.
     uid_root : str

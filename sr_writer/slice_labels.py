@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import highdicom as hd
 import pydicom
 
-from models.findings import LumbarResult, PeExamResult, SeriesResult
+from core.findings import LumbarResult, PeExamResult, SeriesResult
 from sr_writer.gsps import PR_COPIED, PR_COPIED_EACH, _presentation_state, _text_box
 from sr_writer.source_attributes import clean_source, probability_text
 from sr_writer.sr import _checked_sources, _is_demo, _with_demo, _with_empty_type2
@@ -64,7 +64,7 @@ def build_slice_labels(
 
     Parameters
     ----------
-    result : models.findings.SeriesResult
+    result : core.findings.SeriesResult
         The result the labels come from (its algorithms are named).
     sources : sequence of pydicom.Dataset
         Headers of the series' slices (pixels not needed), single-sample.

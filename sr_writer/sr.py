@@ -52,7 +52,7 @@ from highdicom.sr import (
     TrackingIdentifier,
 )
 
-from models.findings import AlgorithmInfo, Finding, ImageResult, SeriesResult, ViewResult
+from core.findings import AlgorithmInfo, Finding, ImageResult, SeriesResult, ViewResult
 from sr_writer.codes import CONCEPTS, TRIAGE_KEYS, VIEW_POSITION_KEYS, code, display_name, finding_concept, finding_key
 from sr_writer.equipment import add_contributing_equipment, device_uid
 from sr_writer.source_attributes import TYPE2_COPIED, clean_source, probability_text, record_issues, significant
@@ -81,7 +81,7 @@ def build_measurement_report(
 
     Parameters
     ----------
-    result : models.findings.SeriesResult
+    result : core.findings.SeriesResult
         What the pipeline found; ``result.algorithms[0]`` is the observer and
         the algorithm of the view groups, ``result.algorithms[-1]`` that of
         the finding groups (pipelines list the view filter first).

@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from models.errors import ModelError
-from models.findings import AlgorithmInfo
+from core.findings import AlgorithmInfo
 from models.manifest import Manifest
 
 __all__ = [

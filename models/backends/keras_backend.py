@@ -4,7 +4,7 @@ Needs the ``[train]`` extra (TensorFlow, Keras 3). The file is opened with
 ``keras.saving.load_model(path, compile=False)``: no optimizer or loss is needed to
 predict, and a model saved with a custom loss still loads. The model is called in
 inference mode (dropout off, batch norm with its moving statistics), which is what
-its ONNX export (``models.train.architectures.export_onnx``) computes too.
+its ONNX export (``training.architectures.export_onnx``) computes too.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Resizing (:func:`resize_image`) is an area average when shrinking (each output
 pixel is the mean of the input pixels it covers, so thin structures are not lost
 to aliasing) and bilinear when enlarging. The aspect ratio is **stretched**, not
 padded: the view filter (seed 5) was trained on images resized plainly to 64×64,
-and its training in ``models.train.view_filter`` uses this same function, so
+and its training in ``training.view_filter`` uses this same function, so
 inference sees the same geometry as training did.
 """
 

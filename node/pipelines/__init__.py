@@ -18,7 +18,7 @@ from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from models.findings import SeriesResult
+from core.findings import SeriesResult
 
 if TYPE_CHECKING:
     from node.settings import Settings

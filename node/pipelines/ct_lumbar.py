@@ -28,7 +28,7 @@ from typing import Sequence
 import pydicom
 from pydicom import Dataset
 
-from models.findings import SeriesResult
+from core.findings import SeriesResult
 from models.lumbar import LumbarModel
 from models.registry import ModelRegistry
 from node.errors import InputError

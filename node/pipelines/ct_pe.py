@@ -24,7 +24,7 @@ from typing import Sequence
 
 from pydicom import Dataset
 
-from models.findings import SeriesResult
+from core.findings import SeriesResult
 from models.pe import PeModel
 from models.registry import ModelRegistry
 from node.pipelines import PipelineOutput

@@ -49,7 +49,7 @@ from pydicom.dataset import FileMetaDataset
 
 from models.errors import ModelError as ModelsModelError
 from models.errors import PreprocessError
-from models.findings import AlgorithmInfo, Finding, ImageResult, SeriesResult, Triage, View, ViewResult
+from core.findings import AlgorithmInfo, Finding, ImageResult, SeriesResult, Triage, View, ViewResult
 from models.preprocess.radiograph import radiograph_to_unit, resize_image
 from models.registry import ModelRegistry
 from models.view_filter import ViewFilter, header_view

@@ -19,7 +19,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from models.phantoms.dicom import DX_FOR_PRESENTATION, dx_for_presentation
+from training.phantoms.dicom import DX_FOR_PRESENTATION, dx_for_presentation
 
 __all__ = [
     "DX_FOR_PRESENTATION",

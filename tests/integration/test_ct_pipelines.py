@@ -29,7 +29,7 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from models.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
+from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 from tests.node.test_ct_pipeline_units import assert_on_the_clot
 from node.db import Delivery, DeliveryState, Job, JobState, Result
 from tests.helpers import OrthancServer, assert_dciodvfy_clean

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pydicom
 
-from models.phantoms.ct import abdomen_phantom
+from training.phantoms.ct import abdomen_phantom
 from node.db import JobState
 from tests.helpers import OrthancServer
 from tests.integration.nodeproc import NodeProcess

@@ -27,7 +27,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from models.phantoms import chest_phantom, phantom_dataset
+from training.phantoms import chest_phantom, phantom_dataset
 from node.db import DeliveryState
 from sr_writer.codes import code, finding_concept
 from tests.helpers import OrthancServer, assert_dciodvfy_clean, lateral_radiograph, rg1_uncr_path

@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import func, select
 
 from dimse.scu import store_files
-from models.phantoms.ct import abdomen_phantom
+from training.phantoms.ct import abdomen_phantom
 from node.db import AuditEvent, AuditKind, Job, JobState, Result, Series, SeriesState
 from tests.helpers import OrthancServer, free_port
 from tests.integration.nodeproc import REPO, NodeProcess

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from models.train.architectures import (
+from training.architectures import (
     FOUR_CLASSES,
     export_onnx,
     finding_classifier,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models.body_composition import convex_hull_mask, fill_holes, label_components, measure
-from models.phantoms.ct import abdomen_phantom
+from training.phantoms.ct import abdomen_phantom
 
 PIXEL_MM = 0.8
 SIZE = 512

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from models.phantoms.cxr_datasets import write_four_class_dataset, write_nih_dataset
+from training.phantoms.cxr_datasets import write_four_class_dataset, write_nih_dataset
 from models.registry import ModelRegistry
-from models.train.demo import RECIPES, Progress, RecipeError, build_demo, recipe_hash
+from training.demo import RECIPES, Progress, RecipeError, build_demo, recipe_hash
 from tests.helpers import repo_root
 
 MINE = ("cxr-findings", "cxr-four-class", "cxr-four-class-cnn")
@@ -65,11 +65,11 @@ def test_second_run_is_cached_and_force_rebuilds(models_dir: tuple[Path, str]) -
 def test_missing_recipe_module_is_named_and_others_still_build(models_dir: tuple[Path, str]) -> None:
     out, _ = models_dir
     log = io.StringIO()
-    recipes = [("ghost", "models.train.no_such_recipe:build_demo", 1),
+    recipes = [("ghost", "training.no_such_recipe:build_demo", 1),
                ("cxr-four-class-cnn", dict((n, t) for n, t, _ in RECIPES)["cxr-four-class-cnn"], 1)]
     outcomes = build_demo(out, quick=True, recipes=recipes, stream=log)
     assert [(o.name, o.state) for o in outcomes] == [("ghost", "failed"), ("cxr-four-class-cnn", "cached")]
-    assert "models.train.no_such_recipe" in outcomes[0].message and "not found" in outcomes[0].message
+    assert "training.no_such_recipe" in outcomes[0].message and "not found" in outcomes[0].message
     assert "ghost: FAILED" in log.getvalue()
     with pytest.raises(RecipeError, match="no demo recipe named 'nope'"):
         build_demo(out, only=["nope"], stream=io.StringIO())
@@ -84,7 +84,7 @@ def test_cli_builds_into_out_and_reports_cache(models_dir: tuple[Path, str], cap
     assert "cxr-four-class-cnn: up to date, skipped" in capsys.readouterr().out
     assert main(["models", "build-demo", "--out", str(out), "--only", "nope"]) == 2
     assert "no demo recipe named 'nope'" in capsys.readouterr().err
-    assert TRAINERS["detector"] == ("models.train.detector:main", "cxr-detector")
+    assert TRAINERS["detector"] == ("training.detector:main", "cxr-detector")
 
 
 def test_progress_bar_on_a_terminal_and_lines_otherwise() -> None:
@@ -105,7 +105,7 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise() -> None:
 
 def test_evaluate_commands_print_seed_tables(models_dir: tuple[Path, str], tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from models.train import finding_classifier, four_class
+    from training import finding_classifier, four_class
 
     out, _ = models_dir
     write_nih_dataset(tmp_path / "nih", patients=4, images_per_patient=(1, 2), size=128, seed=9)

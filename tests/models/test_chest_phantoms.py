@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from models.phantoms import FINDINGS, FOUR_CLASSES, NIH_LABELS, chest_phantom, phantom_dataset
+from training.phantoms import FINDINGS, FOUR_CLASSES, NIH_LABELS, chest_phantom, phantom_dataset
 from models.registry import ModelRegistry
 from models.view_filter import ViewFilter
 from node.router import load_routing, route

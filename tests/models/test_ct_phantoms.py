@@ -15,8 +15,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from models.phantoms.ct import LEVELS, PE_EXAM_LABELS, TISSUES, CtPhantom, abdomen_phantom, ctpa_phantom
-from models.phantoms.ct_datasets import (
+from training.phantoms.ct import LEVELS, PE_EXAM_LABELS, TISSUES, CtPhantom, abdomen_phantom, ctpa_phantom
+from training.phantoms.ct_datasets import (
     LUMBAR_PNG_WINDOW,
     RSNA_PE_COLUMNS,
     window_to_uint8,
@@ -325,7 +325,7 @@ def test_abdomen_rejects_short_coverage() -> None:
 # ----------------------------------------------------------------------------- data sets
 
 
-@pytest.mark.parametrize("module", ["models.phantoms.ct", "models.phantoms.ct_datasets"])
+@pytest.mark.parametrize("module", ["training.phantoms.ct", "training.phantoms.ct_datasets"])
 def test_public_names_exist(module: str) -> None:
     imported = __import__(module, fromlist=["__all__"])
     assert imported.__all__ and all(hasattr(imported, name) for name in imported.__all__)

@@ -17,7 +17,7 @@ from models.errors import ModelError
 from models.finding_classifier import FindingClassifier
 from models.four_class import FourClassClassifier
 from models.manifest import Manifest, manifest_from_mapping, sha256_file
-from models.train.architectures import FOUR_CLASSES, export_onnx, four_class_cnn
+from training.architectures import FOUR_CLASSES, export_onnx, four_class_cnn
 from sr_writer.codes import CHESTXRAY14_LABELS
 
 

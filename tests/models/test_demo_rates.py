@@ -5,7 +5,7 @@ The stated rates are those in ``weights/*/evaluation.json`` (``ainode models eva
 say exactly those). Here the same serving code runs on smaller sets drawn from other seeds
 (:data:`CHEST_NODULE`, :data:`CHEST_CLEAN`, :data:`CTPA`, :data:`ABDOMEN`: disjoint from the
 evaluation's, from training, from threshold calibration and from every earlier check, see
-``models.evaluation``), none of which were looked at to choose a threshold.
+``training.evaluation``), none of which were looked at to choose a threshold.
 
 The bound: a stated rate *k* of *n* is read as the smoothed rate p = (k + 0.5) / (n + 1) (so
 that 0/40 does not claim a rate of exactly zero, nor 40/40 one of exactly one). A set of *m*
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from models.evaluation import (
+from training.evaluation import (
     LUMBAR_SPACINGS_MM,
     evaluate_ct_lumbar,
     evaluate_ct_pe,

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from models.errors import ModelError
-from models.findings import LUMBAR_LEVELS
+from core.findings import LUMBAR_LEVELS
 from models.lumbar import LumbarModel, decode_monotonic, hu_to_unit, level_runs, search_levels
 from models.manifest import load_manifest, sha256_file
 from models.plausibility import check_level_map

@@ -17,9 +17,9 @@ MODULES = [
     "models.backends.onnx_backend",
     "models.preprocess.radiograph",
     "models.view_filter",
-    "models.train.data",
-    "models.train.card",
-    "models.train.view_filter",
+    "training.data",
+    "training.card",
+    "training.view_filter",
 ]
 
 

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from models.errors import ModelError
-from models.findings import PE_EXAM_LABELS, PE_HEADS
+from core.findings import PE_EXAM_LABELS, PE_HEADS
 from models.manifest import load_manifest, sha256_file
 from models.pe import (
     mirror_halves,

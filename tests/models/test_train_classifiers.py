@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.phantoms.cxr_datasets import FOUR_CLASS_FOLDERS, NIH_COLUMNS, write_four_class_dataset, write_nih_dataset
-from models.train.architectures import FOUR_CLASSES
-from models.train.finding_classifier import (
+from training.phantoms.cxr_datasets import FOUR_CLASS_FOLDERS, NIH_COLUMNS, write_four_class_dataset, write_nih_dataset
+from training.architectures import FOUR_CLASSES
+from training.finding_classifier import (
     choose_threshold,
     format_auc_table,
     iterative_stratified_split,
@@ -21,7 +21,7 @@ from models.train.finding_classifier import (
     read_data_entry,
     roc_auc,
 )
-from models.train.four_class import classification_metrics, confusion_matrix, format_metrics, list_four_class
+from training.four_class import classification_metrics, confusion_matrix, format_metrics, list_four_class
 
 REAL_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
                "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")

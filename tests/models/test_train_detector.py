@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from models.manifest import load_manifest, sha256_file
-from models.train.detector import MODEL_NAME, build_demo, recipe_hash
-from models.train.detector_data import (
+from training.detector import MODEL_NAME, build_demo, recipe_hash
+from training.detector_data import (
     CHESTX_DET_CLASSES,
     KEYS_WITHOUT_CONCEPT,
     LABEL_KEYS,
@@ -204,7 +204,7 @@ def test_evaluate_prints_the_four_metrics(quick_demo: tuple[Path, Path, _Steps])
     data_yaml = work / "cxr-detector" / "yolo" / "data.yaml"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run(
-        [sys.executable, "-m", "models.train.detector", "evaluate", "--weights", str(models_dir / MODEL_NAME / "model.onnx"),
+        [sys.executable, "-m", "training.detector", "evaluate", "--weights", str(models_dir / MODEL_NAME / "model.onnx"),
          "--data", str(data_yaml), "--work", str(work / "eval")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
@@ -218,7 +218,7 @@ def test_evaluate_prints_the_four_metrics(quick_demo: tuple[Path, Path, _Steps])
 
 def test_convert_command_and_pretrained_names_refused(tiny_chestx_det: tuple[Path, Path], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from models.train.detector import main, train
+    from training.detector import main, train
 
     annotations, images = tiny_chestx_det
     assert main(["convert", "--annotations", str(annotations), "--images", str(images), "--out", str(tmp_path / "y"),

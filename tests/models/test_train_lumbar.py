@@ -11,12 +11,12 @@ import pydicom
 import pytest
 from PIL import Image
 
-from models.findings import LUMBAR_LEVELS
+from core.findings import LUMBAR_LEVELS
 from models.lumbar import LumbarModel, hu_to_unit
 from models.manifest import load_manifest
-from models.phantoms.ct_datasets import LUMBAR_PNG_WINDOW, window_to_uint8
+from training.phantoms.ct_datasets import LUMBAR_PNG_WINDOW, window_to_uint8
 from models.preprocess.ct_series import plan_series
-from models.train import lumbar as train_lumbar
+from training import lumbar as train_lumbar
 from tests.models.test_lumbar import _truth, write_abdomen
 
 

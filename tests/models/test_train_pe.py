@@ -15,10 +15,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from models.findings import PE_EXAM_LABELS, PE_HEADS
+from core.findings import PE_EXAM_LABELS, PE_HEADS
 from models.manifest import load_manifest, sha256_file
 from models.pe import PeModel
-from models.train.pe import (
+from training.pe import (
     EXAM_WEIGHTS,
     IMAGE_WEIGHT,
     LOCATION_HEADS,

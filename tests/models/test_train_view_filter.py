@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from models.registry import ModelRegistry
-from models.train.card import wilson_interval
-from models.train.data import image_group, list_samples, patient_groups, split_by_patient
+from training.card import wilson_interval
+from training.data import image_group, list_samples, patient_groups, split_by_patient
 
 
 def draw(path: Path, lateral: bool, size: tuple[int, int], seed: int) -> None:
@@ -110,7 +110,7 @@ def test_wilson_interval() -> None:
 def test_tiny_training_exports_a_working_onnx_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import onnxruntime as ort
 
-    from models.train.view_filter import EXPECTED_PARAMETERS, build_model, main
+    from training.view_filter import EXPECTED_PARAMETERS, build_model, main
 
     assert EXPECTED_PARAMETERS == 105_473 and build_model().count_params() == 105_473
     data, out = make_data(tmp_path / "data"), tmp_path / "out"
@@ -140,7 +140,7 @@ def test_tiny_training_exports_a_working_onnx_model(tmp_path: Path, capsys: pyte
 
 
 def test_tiny_training_with_children_and_group_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from models.train.view_filter import main
+    from training.view_filter import main
 
     data, out = make_data(tmp_path / "data", children=10), tmp_path / "out"
     assert main(["--data", str(data), "--out", str(out), "--steps", "4", "--batch-size", "8", "--seed", "3",
@@ -157,7 +157,7 @@ def test_tiny_training_with_children_and_group_weights(tmp_path: Path, capsys: p
 
 
 def test_missing_data_folder_is_a_clean_exit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from models.train.view_filter import main
+    from training.view_filter import main
 
     assert main(["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "out"), "--steps", "1"]) == 2
     assert "no PNG images" in capsys.readouterr().err

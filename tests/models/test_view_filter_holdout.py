@@ -19,8 +19,8 @@ import pytest
 
 from models.manifest import Manifest
 from models.registry import ModelRegistry
-from models.train.data import IMAGE_GROUPS, Sample, image_group, list_samples, patient_groups, split_by_patient
-from models.train.view_filter import load_images
+from training.data import IMAGE_GROUPS, Sample, image_group, list_samples, patient_groups, split_by_patient
+from training.view_filter import load_images
 from models.view_filter import ViewFilter
 from tests.helpers.radiographs import cxr_view_dir, repo_root
 

@@ -25,9 +25,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from pydicom.uid import JPEG2000Lossless
 
-from models.findings import LUMBAR_LEVELS, PE_HEADS
+from core.findings import LUMBAR_LEVELS, PE_HEADS
 from models.manifest import sha256_file
-from models.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
+from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 from models.registry import ModelRegistry
 from node.errors import InputError
 from node.pipelines import PIPELINE_CLASSES, PIPELINE_MODELS

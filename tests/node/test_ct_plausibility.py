@@ -24,8 +24,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from models.findings import LUMBAR_LEVELS, SeriesResult
-from models.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
+from core.findings import LUMBAR_LEVELS, SeriesResult
+from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 from models.plausibility import (
     LEVEL_HEIGHT_MM,
     MIN_LUNG_EXTENT_MM,

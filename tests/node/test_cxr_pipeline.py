@@ -18,8 +18,8 @@ import pydicom
 import pytest
 
 from models.errors import PreprocessError
-from models.findings import AlgorithmInfo, Finding, Region
-from models.phantoms import chest_phantom, phantom_dataset
+from core.findings import AlgorithmInfo, Finding, Region
+from training.phantoms import chest_phantom, phantom_dataset
 from models.registry import ModelRegistry
 from models.view_filter import ViewFilter
 from node.errors import ConfigError, InputError

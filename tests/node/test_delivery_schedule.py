@@ -18,8 +18,8 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dimse import status
-from models.findings import ImageResult, SeriesResult
+from core import status
+from core.findings import ImageResult, SeriesResult
 from node import dispatcher as dispatch
 from node import executor as execution
 from node.assembler import Assembler

@@ -27,7 +27,7 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from dimse import status as dimse_status
+from core import status as dimse_status
 from node.destinations import DeliveryAttempt, DicomDestination, DicomWebDestination, is_permanent_status
 
 pytestmark = pytest.mark.integration

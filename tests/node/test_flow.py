@@ -19,9 +19,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
-from dimse import status
+from core import status
 from dimse.scp import StoreRequest
-from models.findings import SeriesResult
+from core.findings import SeriesResult
 from node import dispatcher as dispatch
 from node import executor as execution
 from node.assembler import Assembler

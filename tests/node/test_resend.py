@@ -15,7 +15,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select, text
 
-from dimse import status
+from core import status
 from node import executor as execution
 from node.assembler import Assembler
 from node.db import AuditEvent, AuditKind, Database, Instance, Job, JobState, Result, Series, SeriesState

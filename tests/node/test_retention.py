@@ -17,7 +17,7 @@ import yaml
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dimse import status
+from core import status
 from node import executor as execution
 from node.cli import main as cli_main
 from node.db import (AuditEvent, AuditKind, Database, Delivery, DeliveryState, Instance, Job, JobState, Result,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pydicom
 from pydicom import Dataset
 
-from models.findings import AlgorithmInfo, Finding, ImageResult, Region, SeriesResult, ViewResult
+from core.findings import AlgorithmInfo, Finding, ImageResult, Region, SeriesResult, ViewResult
 from sr_writer import build_measurement_report
 from tests.helpers import rg1_uncr_path
 

@@ -19,7 +19,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from models.findings import (
+from core.findings import (
     LUMBAR_LEVELS,
     PE_EXAM_LABELS,
     AlgorithmInfo,

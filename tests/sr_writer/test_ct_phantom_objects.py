@@ -1,6 +1,6 @@
 """The CT writers on the repository's CT phantoms, written to disk as the scanner would.
 
-The phantoms (``models.phantoms.ct``) are written as CT Image Storage files with
+The phantoms (``training.phantoms.ct``) are written as CT Image Storage files with
 shuffled file names and two windows per slice, then read back as the node reads
 them. Results are built from the phantoms' ground truth in series-plan order
 (ascending z, the reverse of the phantom's volume order), as the models give
@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from models.findings import (
+from core.findings import (
     AlgorithmInfo,
     BodyComposition,
     LevelRun,
@@ -25,7 +25,7 @@ from models.findings import (
     PeExamResult,
     SeriesResult,
 )
-from models.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
+from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 from sr_writer import (
     build_key_object_selection,
     build_lumbar_report,

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from models.findings import Finding, ImageResult, Region, SeriesResult
+from core.findings import Finding, ImageResult, Region, SeriesResult
 from sr_writer import (
     CHESTXRAY14_LABELS,
     FOUR_CLASS_LABELS,

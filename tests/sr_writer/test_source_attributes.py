@@ -30,7 +30,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from sqlalchemy import select
 
-from models.findings import AlgorithmInfo, ImageResult, SeriesResult, ViewResult
+from core.findings import AlgorithmInfo, ImageResult, SeriesResult, ViewResult
 from sr_writer import (
     build_key_object_selection,
     build_lumbar_report,
@@ -392,7 +392,7 @@ def test_ct_objects_from_a_malformed_series_pass_dciodvfy(tmp_path: Path) -> Non
 
 def test_job_summary_names_the_dropped_attributes_without_their_values(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from models.phantoms import chest_phantom, phantom_dataset
+    from training.phantoms import chest_phantom, phantom_dataset
     from models.registry import ModelRegistry
     from models.view_filter import ViewFilter
     from node import executor as execution

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from models.findings import AlgorithmInfo
+from core.findings import AlgorithmInfo
 from sr_writer.equipment import contributing_equipment_item, device_uid
 
 ALGO = AlgorithmInfo(name="cxr-view-filter", version="1.2.0", manufacturer="ainode", weights_sha256="a1" * 32)

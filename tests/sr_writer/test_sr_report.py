@@ -12,7 +12,7 @@ import pytest
 from pydicom import Dataset
 
 import sr_writer
-from models.findings import Finding, ImageResult, Region, ViewResult
+from core.findings import Finding, ImageResult, Region, ViewResult
 from sr_writer import MANUFACTURER, build_measurement_report, code, device_uid
 from sr_writer.uids import is_under_root
 from tests.helpers import dciodvfy

@@ -66,10 +66,10 @@ PE_EXAM_LABELS: tuple[str, ...] = (
     "negative_exam_for_pe", "indeterminate", "rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1", "leftsided_pe",
     "rightsided_pe", "central_pe", "chronic_pe", "acute_and_chronic_pe",
 )
-"""RSNA-PE exam labels (the same names as ``models.findings.PE_EXAM_LABELS``)."""
+"""RSNA-PE exam labels (the same names as ``core.findings.PE_EXAM_LABELS``)."""
 
 LEVELS: tuple[str, ...] = ("T", "L1", "L2", "L3", "L4", "L5", "S")
-"""Seed 3's classes, cranial → caudal (as ``models.findings.LUMBAR_LEVELS``)."""
+"""Seed 3's classes, cranial → caudal (as ``core.findings.LUMBAR_LEVELS``)."""
 
 NOISE_SD_HU = 12.0
 """Standard deviation of the Gaussian noise; it is clipped at ±3σ (36 HU)."""

@@ -4,7 +4,7 @@ Seed 2 trains YOLOv5 on 14 classes and reports mAP@0.5 0.972, mAP@0.5:0.95 0.702
 precision 0.894, recall 0.936. Here an Ultralytics YOLO is built from its YAML
 (``yolov8n.yaml`` by default, ``--model yolo11n.yaml`` allowed; no pretrained weights,
 nothing is downloaded) and trained on ChestX-Det converted to the YOLO layout by
-:mod:`models.train.detector_data`, on CPU, with AMP off and a fixed seed.
+:mod:`training.detector_data`, on CPU, with AMP off and a fixed seed.
 
 Serving form (what ``models.detector.Detector`` reads): ONNX (opset 17) with input
 ``images`` of shape (batch, 3, imgsz, imgsz), NCHW float32 RGB 0..1 (the grey
@@ -16,9 +16,9 @@ images, and ``postprocessing`` {iou 0.45, max_detections 20, letterbox_pad 114}.
 
 Usage::
 
-    python -m models.train.detector convert --annotations ChestX_Det_train.json --images train_data --out YOLO
-    python -m models.train.detector train --data YOLO/data.yaml --out MODELS_DIR/cxr-detector --work WORK
-    python -m models.train.detector evaluate --weights MODELS_DIR/cxr-detector/model.onnx --data YOLO/data.yaml
+    python -m training.detector convert --annotations ChestX_Det_train.json --images train_data --out YOLO
+    python -m training.detector train --data YOLO/data.yaml --out MODELS_DIR/cxr-detector --work WORK
+    python -m training.detector evaluate --weights MODELS_DIR/cxr-detector/model.onnx --data YOLO/data.yaml
 
 ``evaluate`` prints mAP@0.5, mAP@0.5:0.95, precision and recall (overall and per class)
 computed by Ultralytics' own validator on the YOLO layout's ``val`` images.
@@ -46,7 +46,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.manifest import manifest_from_mapping, sha256_file
-from models.train.detector_data import (
+from training.detector_data import (
     CHESTX_DET_CLASSES,
     LABEL_KEYS,
     PHANTOM_CLASSES,
@@ -57,7 +57,7 @@ from models.train.detector_data import (
 
 
 class Progress(Protocol):
-    """What :func:`build_demo` reports to (``models.train.demo.Progress`` has this shape)."""
+    """What :func:`build_demo` reports to (``training.demo.Progress`` has this shape)."""
 
     def step(self, done: int, total: int, message: str) -> None: ...
 
@@ -105,8 +105,8 @@ QUICK: dict[str, Any] = {
 }
 """Tiny recipe for tests (seconds; quality not checked)."""
 
-DEMO_SOURCES = ("models.train.detector_data", "models.phantoms.chest")
-"""Modules whose source shapes the demo weights, part of the recipe's hash (``models.train.demo``)."""
+DEMO_SOURCES = ("training.detector_data", "training.phantoms.chest")
+"""Modules whose source shapes the demo weights, part of the recipe's hash (``training.demo``)."""
 
 
 # --------------------------------------------------------------------------- Ultralytics, offline
@@ -187,7 +187,7 @@ def train(
     Parameters
     ----------
     data_yaml : Path
-        ``data.yaml`` written by :func:`models.train.detector_data.chestx_det_to_yolo`.
+        ``data.yaml`` written by :func:`training.detector_data.chestx_det_to_yolo`.
     work_dir : Path
         Gets the Ultralytics run folder (``runs/train``) and its config folder.
     model : str
@@ -331,12 +331,12 @@ def recipe_hash(quick: bool = False) -> str:
     """The demo recipe's hash, as ``ainode models build-demo`` computes and checks it.
 
     One definition for both ways in (``build-demo`` and this module's own ``demo`` command), so
-    weights built either way are recognised as up to date (``models.train.demo.recipe_hash``:
+    weights built either way are recognised as up to date (``training.demo.recipe_hash``:
     this module's source and :data:`DEMO_SOURCES`).
     """
-    from models.train.demo import recipe_hash as demo_recipe_hash
+    from training.demo import recipe_hash as demo_recipe_hash
 
-    return demo_recipe_hash("models.train.detector:build_demo", quick)
+    return demo_recipe_hash("training.detector:build_demo", quick)
 
 
 def write_manifest(
@@ -386,7 +386,7 @@ def holdout_phantoms(out_dir: Path, count: int, *, seed: int = 9_000_000, size: 
     """
     from models.detector import Detector
     from models.manifest import load_manifest
-    from models.phantoms.chest import chest_phantom
+    from training.phantoms.chest import chest_phantom
 
     detector = Detector.from_manifest(load_manifest(out_dir / "model.json"), threads=2)
     hits = 0
@@ -439,7 +439,7 @@ def write_card(out_dir: Path, manifest: dict[str, Any], params: dict[str, Any], 
 """
     text = f"""# {manifest['name']} {manifest['version']} — chest radiograph detector (seed 2){' — DEMO' if manifest['demo'] else ''}
 
-Trained {_dt.date.today().isoformat()} with `models/train/detector.py` (seed {params['seed']}).
+Trained {_dt.date.today().isoformat()} with `training/detector.py` (seed {params['seed']}).
 Weights `{manifest['weights']}`, SHA-256 `{manifest['sha256']}`.
 
 ## Data
@@ -527,15 +527,15 @@ def _run_demo(out_dir: Path, work_dir: Path, quick: bool, overrides: Sequence[st
         staging, summary.names, thresholds, params["imgsz"], version="demo-3", demo=True,
         description=f"Chest detector ({', '.join(summary.names)}) trained on synthetic phantoms with planted findings; "
                     "for demonstration only.",
-        recipe=recipe_hash(quick) if not overrides else None, train_command="ainode models build-demo  # or: python -m models.train.detector train ...",
+        recipe=recipe_hash(quick) if not overrides else None, train_command="ainode models build-demo  # or: python -m training.detector train ...",
     )
     _emit(94, total, "checking held-out phantoms")
     holdout = holdout_phantoms(staging, params["holdout"], size=512 if not quick else 128)
     print("HOLDOUT " + json.dumps(holdout), flush=True)
-    data_note = (f"{params['images']} synthetic chest phantoms (`models/phantoms/chest.py`) drawn at "
+    data_note = (f"{params['images']} synthetic chest phantoms (`training/phantoms/chest.py`) drawn at "
                  f"{params['phantom_size']} px with planted findings ({', '.join(PHANTOM_CLASSES)}; about a quarter "
                  "without any, kept as negatives), written as a ChestX-Det JSON + PNGs and converted to the YOLO "
-                 f"layout by `models/train/detector_data.py`: {summary.images['train']} training and "
+                 f"layout by `training/detector_data.py`: {summary.images['train']} training and "
                  f"{summary.images['val']} validation images.")
     write_card(staging, manifest, params, ev, holdout, run, data_note)
     shutil.rmtree(target, ignore_errors=True)
@@ -549,7 +549,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -
 
     Writes ``out_dir/cxr-detector/{model.json, model.onnx, MODEL_CARD.md}`` (a demo
     manifest; ``postprocessing.recipe_hash`` = :func:`recipe_hash`). The work runs in a
-    child process (``python -m models.train.detector demo``) because torch must not be
+    child process (``python -m training.detector demo``) because torch must not be
     imported where TensorFlow already is; its progress lines are passed to
     ``progress.step`` and its whole log is kept in ``work_dir/cxr-detector.log``.
 
@@ -561,7 +561,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / "cxr-detector.log"
-    command = [sys.executable, "-m", "models.train.detector", "demo", "--out", str(out_dir.resolve()),
+    command = [sys.executable, "-m", "training.detector", "demo", "--out", str(out_dir.resolve()),
                "--work", str((work_dir / "cxr-detector").resolve())] + (["--quick"] if quick else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])),
                PYTHONUNBUFFERED="1")
@@ -582,7 +582,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m models.train.detector", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.detector", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="ChestX-Det JSON + images → YOLO layout")
     p.add_argument("--annotations", type=Path, required=True)
@@ -649,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = write_manifest(
         args.out, run.names, _thresholds(run.names, ev), args.imgsz, version=args.version, demo=False,
         description=f"Chest detector ({', '.join(run.names)}), Ultralytics {args.model} trained on {args.data.parent.name}.",
-        recipe=None, train_command=f"python -m models.train.detector train --data DATA_YAML --out OUT --work WORK "
+        recipe=None, train_command=f"python -m training.detector train --data DATA_YAML --out OUT --work WORK "
                                    f"--model {args.model} --imgsz {args.imgsz} --epochs {args.epochs} --seed {args.seed}",
     )
     params = {"seed": args.seed, "model": args.model, "imgsz": args.imgsz, "batch": args.batch}

@@ -8,10 +8,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.train.data import CLASSES, IMAGE_GROUPS
+from training.data import CLASSES, IMAGE_GROUPS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from models.train.view_filter import TrainResult
+    from training.view_filter import TrainResult
 
 __all__ = ["write_model_card", "wilson_interval"]
 
@@ -106,7 +106,7 @@ def write_model_card(path: Path, args: argparse.Namespace, result: "TrainResult"
     ) or "none"
     text = f"""# {manifest['name']} {manifest['version']} — frontal vs lateral chest radiograph filter
 
-Trained {_dt.date.today().isoformat()} with `models/train/view_filter.py` (seed {args.seed}).
+Trained {_dt.date.today().isoformat()} with `training/view_filter.py` (seed {args.seed}).
 Weights file `{manifest['weights']}`, SHA-256 `{manifest['sha256']}`.
 
 ## Licence of these weights: non-commercial use only
@@ -129,7 +129,7 @@ frontals are NIH ChestX-ray14 images reduced to 64×64 (`nih-*`); the other adul
 all laterals are full radiographs (≤ 512 px) from the COVID-19 collection. Labels may be noisy.
 
 Hold-out: whole patients, drawn until about {args.holdout:.0%} of each image group's images are held
-out (`models/train/data.py`: NIH patient ID from the file name; other files grouped by file name
+out (`training/data.py`: NIH patient ID from the file name; other files grouped by file name
 without its view/panel tag and by case URL in `SOURCES.csv`; each child is its own patient).
 
 **Images these weights saw:** every image of the set except those listed in `holdout.txt`, that is
@@ -195,7 +195,7 @@ Misclassified held-out images (path, P(lateral)): {wrong}
 ```
 pip install -e '.[train]'
 ainode train view-filter --data DATA --out MODELS_DIR/cxr-view-filter --seed {args.seed} --steps {result.steps} --balance {result.balance}{threads}
-# or: python -m models.train.view_filter --data DATA --out OUT --seed {args.seed} --steps {result.steps} --balance {result.balance}{threads}
+# or: python -m training.view_filter --data DATA --out OUT --seed {args.seed} --steps {result.steps} --balance {result.balance}{threads}
 ```
 
 With `--threads 1` a run is repeatable on one machine (same seed, same model); TensorFlow on

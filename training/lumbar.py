@@ -13,7 +13,7 @@ serving). Disc slices are left out, as in the seed.
 Architecture (seed 3): EfficientNetV2 backbone from ``keras.applications`` — **M** by
 default at **512×512** as in the seed, S or B0..B3 selectable — with ``weights=None``
 (no download: trained from scratch) and ``include_preprocessing=False`` (the input is
-already 0..1, and the graph keeps one input, see ``models.train.architectures``),
+already 0..1, and the graph keeps one input, see ``training.architectures``),
 global average pooling, dropout, Dense(7, softmax) over T, L1..L5, S. Input channels =
 number of windows (1 by default: the serving side windows HU exactly as the PNGs were).
 
@@ -24,9 +24,9 @@ matrix, accuracy, per-class recall (printed, in ``evaluation.json`` and the card
 
 Usage::
 
-    python -m models.train.lumbar --data DATA --out weights/ct-lumbar            # V2-M, 512
-    python -m models.train.lumbar --data DATA --out OUT --variant V2S --input-size 384
-    python -m models.train.lumbar --data DATA --evaluate weights/ct-lumbar        # evaluation only
+    python -m training.lumbar --data DATA --out weights/ct-lumbar            # V2-M, 512
+    python -m training.lumbar --data DATA --out OUT --variant V2S --input-size 384
+    python -m training.lumbar --data DATA --evaluate weights/ct-lumbar        # evaluation only
 
 Needs the ``[train]`` extra (TensorFlow, Keras 3, tf2onnx, onnx); TensorFlow is imported
 inside functions only.
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from models.findings import LUMBAR_LEVELS
+from core.findings import LUMBAR_LEVELS
 from models.lumbar import DEFAULT_WINDOWS
 from models.manifest import manifest_from_mapping, sha256_file
 from models.preprocess.radiograph import resize_image
@@ -97,7 +97,7 @@ def build_model(variant: str = "V2M", input_size: int = 512, *, channels: int = 
     -------
     keras.Model
         Input ``image`` (N, input_size, input_size, channels) in 0..1, output ``levels``
-        (N, 7) softmax in the order of :data:`models.findings.LUMBAR_LEVELS`.
+        (N, 7) softmax in the order of :data:`core.findings.LUMBAR_LEVELS`.
     """
     import keras
     from keras import layers
@@ -335,7 +335,7 @@ def train(args: argparse.Namespace, progress: Any = None) -> Evaluation:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
-    from models.train.architectures import export_onnx
+    from training.architectures import export_onnx
 
     export_onnx(classifier, onnx_path, input_name="image", output_name="levels")
     if args.fp16_weights:
@@ -352,7 +352,7 @@ def train(args: argparse.Namespace, progress: Any = None) -> Evaluation:
 
 def _manifest(args: argparse.Namespace, onnx_path: Path, extra_post: dict[str, Any] | None = None) -> dict[str, Any]:
     demo = bool(args.demo)
-    what = "trained on synthetic abdomen phantoms; not for clinical use" if demo else "trained by models/train/lumbar.py"
+    what = "trained on synthetic abdomen phantoms; not for clinical use" if demo else "trained by training/lumbar.py"
     return {
         "name": MODEL_NAME,
         "version": args.version,
@@ -423,8 +423,8 @@ Finds the L3 slice for body-composition measurement. Not a diagnostic device.
 {"These are DEMO weights: trained on synthetic phantoms only, they say nothing about real CT." if args.demo else ""}
 
 ## How to reproduce
-`python -m models.train.lumbar --data DATA --out OUT --variant {args.variant} --input-size {args.input_size} --epochs {args.epochs} --batch-size {args.batch_size} --learning-rate {args.learning_rate:g} {' '.join(f'--window {c:g} {w:g}' for c, w in args.windows)} --seed {args.seed}{' --fp16-weights' if args.fp16_weights else ''}{' --demo' if args.demo else ''}`
-{"(the demo: `ainode models build-demo`, recipe `models.train.lumbar:build_demo`)" if args.demo else ""}
+`python -m training.lumbar --data DATA --out OUT --variant {args.variant} --input-size {args.input_size} --epochs {args.epochs} --batch-size {args.batch_size} --learning-rate {args.learning_rate:g} {' '.join(f'--window {c:g} {w:g}' for c, w in args.windows)} --seed {args.seed}{' --fp16-weights' if args.fp16_weights else ''}{' --demo' if args.demo else ''}`
+{"(the demo: `ainode models build-demo`, recipe `training.lumbar:build_demo`)" if args.demo else ""}
 """
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     print(f"wrote {onnx_path}, model.json, evaluation.json, MODEL_CARD.md", flush=True)
@@ -432,9 +432,9 @@ Finds the L3 slice for body-composition measurement. Not a diagnostic device.
 
 # ----------------------------------------------------------------------------- demo recipe
 
-DEMO_SOURCES = ("models.phantoms.ct", "models.phantoms.ct_datasets", "models.train.architectures",
+DEMO_SOURCES = ("training.phantoms.ct", "training.phantoms.ct_datasets", "training.architectures",
                 "models.preprocess.radiograph")
-"""Modules whose source shapes the demo weights, part of the recipe's hash (``models.train.demo``)."""
+"""Modules whose source shapes the demo weights, part of the recipe's hash (``training.demo``)."""
 @dataclass(frozen=True)
 class DemoParams:
     """Parameters of a demo run (constants of this module, hence part of the recipe hash)."""
@@ -471,7 +471,7 @@ def check_on_phantoms(model_dir: Path, work_dir: Path, cases: Sequence[tuple[int
     work_dir : Path
         Where the phantom series are written.
     cases : sequence of (seed, size, slices, spacing_z)
-        The phantoms (:func:`models.phantoms.ct.abdomen_phantom`).
+        The phantoms (:func:`training.phantoms.ct.abdomen_phantom`).
 
     Returns
     -------
@@ -483,7 +483,7 @@ def check_on_phantoms(model_dir: Path, work_dir: Path, cases: Sequence[tuple[int
 
     from models.lumbar import LumbarModel
     from models.manifest import load_manifest
-    from models.phantoms.ct import abdomen_phantom
+    from training.phantoms.ct import abdomen_phantom
     from models.preprocess.ct_series import plan_series
 
     model = LumbarModel.from_manifest(load_manifest(model_dir / "model.json"))
@@ -509,13 +509,13 @@ def check_on_phantoms(model_dir: Path, work_dir: Path, cases: Sequence[tuple[int
 
 
 def build_demo(out_dir: Path, work_dir: Path, progress: Any, quick: bool) -> None:
-    """Demo recipe (``models.train.demo``): abdomen phantoms → lumbar folders → :func:`train` → check.
+    """Demo recipe (``training.demo``): abdomen phantoms → lumbar folders → :func:`train` → check.
 
     Writes ``out_dir/ct-lumbar/`` (demo manifest, ONNX, card, evaluation) from
     :data:`DEMO` (:data:`QUICK` when ``quick``), then runs the served model on fresh
     phantom series and appends the L3 distances to the card and ``evaluation.json``.
     """
-    from models.phantoms.ct_datasets import LUMBAR_PNG_WINDOW, write_lumbar_folders
+    from training.phantoms.ct_datasets import LUMBAR_PNG_WINDOW, write_lumbar_folders
 
     p = QUICK if quick else DEMO
     data = Path(work_dir) / "lumbar-folders"

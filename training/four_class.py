@@ -17,8 +17,8 @@ plateau, early stopping on validation macro F1 with the best weights kept.
 
 Usage::
 
-    python -m models.train.four_class --data DATA --out weights/cxr-four-class [--arch resnet18|cnn]
-    python -m models.train.four_class --data DATA --out weights/cxr-four-class --evaluate
+    python -m training.four_class --data DATA --out weights/cxr-four-class [--arch resnet18|cnn]
+    python -m training.four_class --data DATA --out weights/cxr-four-class --evaluate
 
 ``--evaluate`` prints seed 4's figures on ``test/``: confusion matrix, accuracy, macro
 precision, recall and F1.
@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.manifest import manifest_from_mapping, sha256_file
-from models.train.architectures import FOUR_CLASSES
-from models.train.finding_classifier import (
+from training.architectures import FOUR_CLASSES
+from training.finding_classifier import (
     batches_callback,
     Indices,
     configure_tensorflow,
@@ -55,7 +55,7 @@ from models.train.finding_classifier import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from models.train.demo import Progress
+    from training.demo import Progress
 
 __all__ = ["FOLDER_ALIASES", "build_demo", "build_demo_cnn", "classification_metrics", "confusion_matrix",
            "format_metrics", "list_four_class", "main", "run"]
@@ -204,7 +204,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> TrainResu
     """Train as described by parsed arguments; write the model folder."""
     import keras
 
-    from models.train.architectures import export_onnx, four_class_cnn, four_class_resnet18
+    from training.architectures import export_onnx, four_class_cnn, four_class_resnet18
 
     configure_tensorflow(args.threads, args.seed)
     found = list_four_class(args.data)
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> TrainResu
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path, output_name="classes")
     if args.fp16_weights:
-        from models.train.lumbar import store_fp16_weights  # one implementation for every trainer
+        from training.lumbar import store_fp16_weights  # one implementation for every trainer
 
         store_fp16_weights(onnx_path)
     check = val_idx[:32]
@@ -325,7 +325,7 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
         ("Test results", "```\n" + result.test_report + "\n```"),
         ("Intended use and limits",
          ("Demo weights: the phantoms' four classes are caricatures drawn to give the model something to learn "
-          "(see models/phantoms/chest.py), not medicine; every result object made with them says DEMO."
+          "(see training/phantoms/chest.py), not medicine; every result object made with them says DEMO."
           if args.demo else "Not a diagnostic device; not validated clinically.")),
         ("How to reproduce",
          f"```\nainode train four-class --data DATA --out OUT --arch {args.arch} --size {args.size} --epochs "
@@ -374,12 +374,12 @@ DEMO: dict[str, Any] = {"per_class": 100, "phantom_size": 128, "input_size": 64,
                         "regularise": False}
 QUICK: dict[str, Any] = {"per_class": 6, "phantom_size": 128, "input_size": 32, "epochs": 1, "batch_size": 8,
          "learning_rate": 1e-3, "patience": 1, "max_minutes": {"resnet18": 0.0, "cnn": 0.0}, "eager": True}
-DEMO_SOURCES = ("models.phantoms.chest", "models.phantoms.cxr_datasets", "models.train.architectures",
-                "models.train.finding_classifier", "models.preprocess.radiograph", "models.train.lumbar")
+DEMO_SOURCES = ("training.phantoms.chest", "training.phantoms.cxr_datasets", "training.architectures",
+                "training.finding_classifier", "models.preprocess.radiograph", "training.lumbar")
 
 
 def _build(arch: str, out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -> None:
-    from models.phantoms.cxr_datasets import write_four_class_dataset
+    from training.phantoms.cxr_datasets import write_four_class_dataset
 
     params = QUICK if quick else DEMO
     data = Path(work_dir) / "four-class"

@@ -1,7 +1,7 @@
 """Synthetic chest radiograph data sets written in the layout of the real public ones.
 
 The training commands read the real data sets; the demo build (``ainode models
-build-demo``) writes phantoms (:func:`models.phantoms.chest.chest_phantom`) in the
+build-demo``) writes phantoms (:func:`training.phantoms.chest.chest_phantom`) in the
 same layout and runs the same commands on them, so the code path that trains on
 phantoms is the one that trains on real data.
 
@@ -24,7 +24,7 @@ Four-class folders (:func:`write_four_class_dataset`), the layout of the Kaggle 
     ROOT/train/COVID19/*.png  ROOT/train/NORMAL/  ROOT/train/PNEUMONIA/  ROOT/train/TUBERCULOSIS/
     ROOT/val/...              ROOT/test/...
 
-Folder names map to the class keys of :data:`models.train.architectures.FOUR_CLASSES`
+Folder names map to the class keys of :data:`training.architectures.FOUR_CLASSES`
 by :data:`FOUR_CLASS_FOLDERS` (upper case in the data set, lower case keys here).
 """
 
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.phantoms.chest import DETECTOR_MM, FINDINGS, FOUR_CLASSES, chest_phantom
+from training.phantoms.chest import DETECTOR_MM, FINDINGS, FOUR_CLASSES, chest_phantom
 
 __all__ = [
     "FOUR_CLASS_FOLDERS",
@@ -135,7 +135,7 @@ def write_nih_dataset(
     anatomy and noise, so a patient's images differ only by their findings (a model
     cannot tell a nodule from the anatomy it sits on by memorising the patient). An image is normal with
     probability ``normal_fraction``; otherwise it holds one finding (two with
-    probability 0.3) drawn from :data:`models.phantoms.chest.FINDINGS`, nodules
+    probability 0.3) drawn from :data:`training.phantoms.chest.FINDINGS`, nodules
     twice as often as the others; a ``pneumonia_fraction`` of images get seed 4's
     pneumonia pattern (labels Pneumonia and Consolidation). ``Finding Labels`` is
     the phantom's ground truth, sorted, joined by ``|``.

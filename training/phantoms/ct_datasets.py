@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from models.phantoms.ct import LEVELS, abdomen_phantom, ctpa_phantom
+from training.phantoms.ct import LEVELS, abdomen_phantom, ctpa_phantom
 
 __all__ = [
     "RSNA_PE_COLUMNS",
@@ -142,7 +142,7 @@ def write_lumbar_folders(
     ----------
     folder : path
         Root (created): ``train/<class>/`` and ``test/<class>/`` for every class of
-        :data:`models.phantoms.ct.LEVELS`, each created even when empty.
+        :data:`training.phantoms.ct.LEVELS`, each created even when empty.
     series : int
         Abdominal phantoms; whole series go to one split (no patient in both): the last
         ``ceil(series * test_fraction)`` (at least one when ``series >= 2``) go to ``test``.

@@ -29,7 +29,7 @@ intended keys are kept so that a 13-class model trained on the real set keeps th
 real class ids.
 
 The synthetic writer (:func:`write_synthetic_chestx_det`) draws phantoms of
-``models.phantoms.chest`` with planted findings and writes them in exactly this
+``training.phantoms.chest`` with planted findings and writes them in exactly this
 layout, so the demo detector goes through the same converter as real data. Phantoms
 have no traced contours: a synthetic record's polygon is its box outline.
 """
@@ -295,7 +295,7 @@ def _draw_one(job: tuple[Path, str, int, Sequence[str], int, int, tuple[str, ...
     """Draw one phantom, save its PNG, return its ChestX-Det record (runs in a worker process)."""
     from PIL import Image
 
-    from models.phantoms.chest import chest_phantom
+    from training.phantoms.chest import chest_phantom
 
     folder, file_name, phantom_seed, findings, phantom_size, size, classes = job
     phantom = chest_phantom(phantom_seed, findings, size=phantom_size)

@@ -12,7 +12,7 @@ from pydicom.sr.coding import Code
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-from models.phantoms.chest import ChestPhantom
+from training.phantoms.chest import ChestPhantom
 
 __all__ = ["DX_FOR_PRESENTATION", "ORIENTATION", "VIEW_CODES", "dx_for_presentation", "phantom_dataset"]
 
@@ -45,7 +45,7 @@ def phantom_dataset(
     Parameters
     ----------
     phantom : ChestPhantom
-        From :func:`models.phantoms.chest_phantom`.
+        From :func:`training.phantoms.chest_phantom`.
     patient_id : str, optional
         Patient ID (0010,0020); ``PHANTOM-<seed>`` by default.
     patient_name : str

@@ -12,11 +12,11 @@ group's size (``--balance sqrt-sampling``: about 0.60 adult, 0.30 pediatric, 0.1
 lateral), uniformly within the group; ``--balance sampling`` draws the groups with
 equal probability, ``--balance weights`` weights each group's images inversely to
 the group's size. Of these, sqrt-sampling met issue 19's bar on the most seeds. About 20 % of each group's patients are held out
-(``models.train.data``).
+(``training.data``).
 
 Usage::
 
-    python -m models.train.view_filter --data DATA --out weights/cxr-view-filter --seed 5
+    python -m training.view_filter --data DATA --out weights/cxr-view-filter --seed 5
 
 writes ``model.onnx``, ``model.json`` (manifest with SHA-256), ``MODEL_CARD.md`` and
 ``holdout.txt`` into ``--out``. Needs the ``[train]`` extra (TensorFlow, Keras 3,
@@ -38,8 +38,8 @@ import numpy as np
 
 from models.manifest import manifest_from_mapping, sha256_file
 from models.preprocess.radiograph import grey_png_to_input
-from models.train.card import write_model_card
-from models.train.data import CLASSES, IMAGE_GROUPS, Sample, image_group, list_samples, patient_groups, split_by_patient
+from training.card import write_model_card
+from training.data import CLASSES, IMAGE_GROUPS, Sample, image_group, list_samples, patient_groups, split_by_patient
 
 __all__ = ["EXPECTED_PARAMETERS", "INPUT_SIZE", "build_model", "export_onnx", "main", "TrainResult"]
 
@@ -108,7 +108,7 @@ def load_images(data_dir: Path, samples: list[Sample]) -> np.ndarray:
 
 def export_onnx(model: Any, path: Path, opset: int = 17) -> None:
     """Export to ONNX with input ``image`` of shape (N, 64, 64, 1) (NHWC) and one output."""
-    from models.train.architectures import export_onnx as export_image_model
+    from training.architectures import export_onnx as export_image_model
 
     export_image_model(model, path, input_name=ONNX_INPUT_NAME, output_name="lateral", opset=opset)
 

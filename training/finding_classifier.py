@@ -31,8 +31,8 @@ average pooling, dropout, 14 sigmoid outputs (:func:`architectures.finding_class
 
 Usage::
 
-    python -m models.train.finding_classifier --data DATA --out weights/cxr-findings
-    python -m models.train.finding_classifier --data DATA --out weights/cxr-findings --evaluate
+    python -m training.finding_classifier --data DATA --out weights/cxr-findings
+    python -m training.finding_classifier --data DATA --out weights/cxr-findings --evaluate
 
 writes ``model.onnx``, ``model.json``, ``MODEL_CARD.md`` and ``split.csv`` (the split of
 each image); ``--evaluate`` prints seed 2's per-label AUC table (14 rows + mean) of the
@@ -56,11 +56,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.manifest import manifest_from_mapping, sha256_file
-from models.phantoms.chest import NIH_LABELS
+from training.phantoms.chest import NIH_LABELS
 from models.preprocess.radiograph import grey_png_to_input
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from models.train.demo import Progress
+    from training.demo import Progress
 
 __all__ = [
     "NihRecord",
@@ -276,7 +276,7 @@ def format_auc_table(y: np.ndarray, p: np.ndarray, title: str) -> str:
     return "\n".join(lines)
 
 
-# --- helpers shared with models.train.four_class ------------------------------------------------------------
+# --- helpers shared with training.four_class ------------------------------------------------------------
 
 
 def configure_tensorflow(threads: int, seed: int) -> None:
@@ -566,7 +566,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> TrainResu
     """Train as described by parsed arguments (see :func:`main`); write the model folder."""
     import keras
 
-    from models.train.architectures import export_onnx, finding_classifier
+    from training.architectures import export_onnx, finding_classifier
 
     configure_tensorflow(args.threads, args.seed)
     records = read_data_entry(args.data / "Data_Entry_2017.csv")
@@ -771,13 +771,13 @@ DEMO: dict[str, Any] = {"patients": 420, "images_per_patient": (1, 4), "phantom_
                         "regularise": False}
 QUICK: dict[str, Any] = {"patients": 12, "images_per_patient": (1, 3), "phantom_size": 128, "input_size": 32, "epochs": 1,
          "batch_size": 8, "learning_rate": 1e-3, "patience": 1, "max_minutes": 0.0, "eager": True}
-DEMO_SOURCES = ("models.phantoms.chest", "models.phantoms.cxr_datasets", "models.train.architectures",
+DEMO_SOURCES = ("training.phantoms.chest", "training.phantoms.cxr_datasets", "training.architectures",
                 "models.preprocess.radiograph")
 
 
 def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -> None:
     """Demo recipe: a phantom NIH set in the real layout, then the same training as real data."""
-    from models.phantoms.cxr_datasets import write_nih_dataset
+    from training.phantoms.cxr_datasets import write_nih_dataset
 
     params = QUICK if quick else DEMO
     data = Path(work_dir) / "nih"

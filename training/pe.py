@@ -3,7 +3,7 @@
 Architecture (:func:`build_model`, seed 1): ``keras.applications.Xception`` (``weights=None``:
 ImageNet weights are never downloaded) on an H×W×3 input (512 by default) → global average
 pooling → dropout → Dense 1024 → Dense 256 → Dense 64 (ReLU) → nine 1-unit sigmoid heads named
-as :data:`models.findings.PE_HEADS`. 23,239,089 parameters; 2,377,609 trainable with the
+as :data:`core.findings.PE_HEADS`. 23,239,089 parameters; 2,377,609 trainable with the
 backbone frozen (seed 1's figures: the Xception body has 20,861,480, of which 54,528 batch-norm
 statistics; the head 2,098,176 + 262,400 + 16,448 + 9 × 65). The input is the three CT windows of
 ``models.pe`` as channels, each 0..1; Xception's own ``[-1, 1]`` scaling is not applied (the model
@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import ArrayLike
 
-from models.findings import PE_EXAM_LABELS, PE_HEADS
+from core.findings import PE_EXAM_LABELS, PE_HEADS
 from models.manifest import manifest_from_mapping, sha256_file
 
 __all__ = [
@@ -207,7 +207,7 @@ def export_pe_onnx(model: Any, path: str | Path, *, fp16_weights: bool = True) -
     import keras
     from keras import layers
 
-    from models.train.architectures import export_onnx
+    from training.architectures import export_onnx
 
     if len(model.outputs) != len(PE_HEADS):
         raise ValueError(f"expected {len(PE_HEADS)} heads, the model has {len(model.outputs)}")
@@ -495,7 +495,7 @@ def write_manifest(
         "card": "MODEL_CARD.md",
         "postprocessing": {"top_k": 3, "negative_threshold": 0.5, "output": "scores (N, 9) in label order",
                            **dict(postprocessing or {})},
-        "train_command": "python -m models.train.pe --data DATA --out MODELS_DIR/ct-pe",
+        "train_command": "python -m training.pe --data DATA --out MODELS_DIR/ct-pe",
     }
     manifest_from_mapping(manifest, out, "generated manifest")
     (out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -608,7 +608,7 @@ Flag CTPA series that may show pulmonary embolism so that reading is prioritised
 not validated clinically. Exam aggregation and rules: see `models/pe.py`.
 
 ## How to reproduce
-`python -m models.train.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --lr {args.lr:g} --lr-schedule {args.lr_schedule} --image-loss-weight {args.image_loss_weight:g} --crop {args.crop}{' --locate-on-clot-slices' if args.locate_on_clot_slices else ''}{' --patient-batches' if args.patient_batches else ''}{'' if args.location == 'heads' else ' --location ' + args.location} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
+`python -m training.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --lr {args.lr:g} --lr-schedule {args.lr_schedule} --image-loss-weight {args.image_loss_weight:g} --crop {args.crop}{' --locate-on-clot-slices' if args.locate_on_clot_slices else ''}{' --patient-batches' if args.patient_batches else ''}{'' if args.location == 'heads' else ' --location ' + args.location} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
 """
     path.write_text(text, encoding="utf-8")
 
@@ -687,7 +687,7 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
     """
     from models.manifest import load_manifest
     from models.pe import PeModel, aggregate_exam, exam_pe_probability
-    from models.phantoms.ct import ctpa_phantom
+    from training.phantoms.ct import ctpa_phantom
 
     model = PeModel.from_manifest(load_manifest(manifest_path), threads=threads)
     pairs = int(params["calibration_pairs"])
@@ -734,7 +734,7 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m models.train.pe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.pe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="RSNA-PE folder: train.csv and train/<study>/<series>/*.dcm")
     parser.add_argument("--out", type=Path, required=True, help="folder for model.onnx, model.json, MODEL_CARD.md")
     parser.add_argument("--size", type=int, default=512, help="input height and width (seed 1: 512)")
@@ -945,8 +945,8 @@ QUICK_PARAMS: dict[str, Any] = {**DEMO_PARAMS, "studies": 3, "slices": 12, "phan
                                 "steps": 1, "batch_size": 2, "max_slices_per_series": 4, "validation": 0.34,
                                 "calibration_pairs": 1}
 _DEMO_SIDES: tuple[str, ...] = ("right", "left", "right", "central")
-DEMO_SOURCES = ("models.pe", "models.phantoms.ct", "models.preprocess.ct_series")
-"""Modules whose source shapes the demo weights, part of the recipe's hash (``models.train.demo``)."""
+DEMO_SOURCES = ("models.pe", "training.phantoms.ct", "models.preprocess.ct_series")
+"""Modules whose source shapes the demo weights, part of the recipe's hash (``training.demo``)."""
 
 
 class _Progress(Protocol):
@@ -954,7 +954,7 @@ class _Progress(Protocol):
 
 
 def write_phantom_dataset(folder: Path, params: Mapping[str, Any], progress: _Progress | None = None) -> Path:
-    """CTPA phantoms (``models.phantoms.ct.ctpa_phantom``) written in the RSNA-PE layout; returns ``folder``.
+    """CTPA phantoms (``training.phantoms.ct.ctpa_phantom``) written in the RSNA-PE layout; returns ``folder``.
 
     Studies come in pairs drawn from the same seed, one with an embolus (right, left, right, central
     in turn) and one without: the two differ only inside the clot (``ctpa_phantom``'s guarantee), so
@@ -989,7 +989,7 @@ def write_phantom_dataset(folder: Path, params: Mapping[str, Any], progress: _Pr
     """
     import shutil
 
-    from models.phantoms.ct import ctpa_phantom
+    from training.phantoms.ct import ctpa_phantom
 
     if (folder / "train").exists():  # new SOP UIDs on every write: stale files would be unlabelled slices
         shutil.rmtree(folder / "train")
@@ -1049,7 +1049,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) 
     ImageNet weights are available here, so a frozen random backbone would learn nothing.
     The exam threshold (that of ``pe_present_on_image``) is then chosen on fresh whole-series
     phantoms (:func:`calibrate_on_phantoms`) and written into the manifest and the model card.
-    ``models.train.demo`` caches the result by recipe hash (this module, :data:`DEMO_SOURCES`).
+    ``training.demo`` caches the result by recipe hash (this module, :data:`DEMO_SOURCES`).
     """
     params = QUICK_PARAMS if quick else DEMO_PARAMS
     target = Path(out_dir) / MODEL_NAME

@@ -36,14 +36,14 @@ from typing import Any, Callable, TextIO
 __all__ = ["RECIPES", "Progress", "RecipeError", "RecipeOutcome", "build_demo", "main", "recipe_hash"]
 
 RECIPES: tuple[tuple[str, str, int], ...] = (
-    ("cxr-findings", "models.train.finding_classifier:build_demo", 260),
-    ("cxr-four-class", "models.train.four_class:build_demo", 40),
-    ("cxr-four-class-cnn", "models.train.four_class:build_demo_cnn", 10),
-    ("cxr-detector", "models.train.detector:build_demo", 490),
+    ("cxr-findings", "training.finding_classifier:build_demo", 260),
+    ("cxr-four-class", "training.four_class:build_demo", 40),
+    ("cxr-four-class-cnn", "training.four_class:build_demo_cnn", 10),
+    ("cxr-detector", "training.detector:build_demo", 490),
     # The CT recipes train Xception and EfficientNetV2 on CT phantoms; both import TensorFlow in this
     # process (torch-based recipes run in a child process, so the import order cannot bite).
-    ("ct-pe", "models.train.pe:build_demo", 2400),
-    ("ct-lumbar", "models.train.lumbar:build_demo", 600),
+    ("ct-pe", "training.pe:build_demo", 2400),
+    ("ct-lumbar", "training.lumbar:build_demo", 600),
 )
 """Demo recipes in build order: model name, ``module:function``, estimated seconds on 2 cores (the chest
 recipes as measured alone on the faster of two 2-core machines, which built the chest models in half the
@@ -278,7 +278,7 @@ def build_demo(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m models.train.demo --out DIR [--force] [--quick] [--only NAME ...]``; exit 1 if any failed."""
+    """``python -m training.demo --out DIR [--force] [--quick] [--only NAME ...]``; exit 1 if any failed."""
     parser = argparse.ArgumentParser(prog="ainode models build-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="models directory to write")
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")

@@ -24,7 +24,7 @@ Each image also belongs to one of three *image groups* (:data:`IMAGE_GROUPS`):
 laterals, children's frontals (files ``peds-*``, one child each) and the other
 (adult) frontals. The split is stratified by image group, so that each group has
 about the same held-out fraction, and is deterministic for a given seed; training
-balances the groups (``models.train.view_filter``).
+balances the groups (``training.view_filter``).
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def evaluate_cxr_findings(model_dir: Path, count: int = 40, *, nodule_seed: int 
         ``clean_labels`` (label → clean phantoms flagged for it), the missed seeds.
     """
     from models.finding_classifier import FindingClassifier
-    from models.phantoms.chest import chest_phantom
+    from training.phantoms.chest import chest_phantom
 
     _check_count(count)
     model = FindingClassifier.from_manifest(_load(model_dir), threads=threads)
@@ -188,7 +188,7 @@ def evaluate_cxr_detector(model_dir: Path, count: int = 40, *, nodule_seed: int 
         nodule box).
     """
     from models.detector import Detector
-    from models.phantoms.chest import chest_phantom
+    from training.phantoms.chest import chest_phantom
 
     _check_count(count)
     detector = Detector.from_manifest(_load(model_dir), threads=threads)
@@ -234,7 +234,7 @@ def evaluate_ct_pe(model_dir: Path, count: int = 32, *, seed: int = CTPA_SEED, t
         PE probabilities and the exam AUC.
     """
     from models.pe import PeModel, exam_pe_probability
-    from models.phantoms.ct import ctpa_phantom
+    from training.phantoms.ct import ctpa_phantom
 
     _check_count(count)
     model = PeModel.from_manifest(_load(model_dir), threads=threads)
@@ -308,7 +308,7 @@ def evaluate_ct_lumbar(model_dir: Path, count: int = 8, *, seed: int = ABDOMEN_S
     import pydicom
 
     from models.lumbar import LumbarModel
-    from models.phantoms.ct import abdomen_phantom
+    from training.phantoms.ct import abdomen_phantom
     from models.preprocess.ct_series import plan_series
 
     _check_count(count)
