@@ -53,8 +53,13 @@ def start_node(workdir: Path, port: int, extra: dict | None = None) -> subproces
     cfg = workdir / "node.yaml"
     cfg.write_text(yaml.safe_dump(config))
     env = {**os.environ, "AINODE_CONFIG": str(cfg)}
-    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(workdir / "node.log", "wb"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "serve"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "node.log", "wb"),
+    )
     wait_port(port)
     return proc
 
@@ -70,8 +75,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 def ct_instances(folder: Path, count: int, rows: int = 512) -> list[Path]:
     """``count`` CT instances of ``rows``×``rows`` 16-bit pixels (about 0.5 MB each), one series."""
-    from pydicom.data import get_testdata_file
     import numpy as np
+    from pydicom.data import get_testdata_file
 
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     template.Rows = template.Columns = rows
@@ -95,6 +100,6 @@ def ct_instances(folder: Path, count: int, rows: int = 512) -> list[Path]:
 def table(headers: list[str], rows: list[list[object]]) -> str:
     cells = [headers] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + " |" for r in cells]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)

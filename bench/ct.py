@@ -58,8 +58,10 @@ def seed_model(name: str, size: int) -> Path:
 
     demo_path = REPO / "weights" / name / "model.json"
     if not demo_path.is_file():
-        raise SystemExit(f"{demo_path.relative_to(REPO)} is missing: the bench takes labels, windows and decision "
-                         f"parameters from the demo manifest (build it with `ainode models build-demo`)")
+        raise SystemExit(
+            f"{demo_path.relative_to(REPO)} is missing: the bench takes labels, windows and decision "
+            f"parameters from the demo manifest (build it with `ainode models build-demo`)"
+        )
     demo = json.loads(demo_path.read_text())
     channels = int(demo["input"]["channels"])
     # The graph's input depends on the size and on the number of windows (channels) of the demo manifest.
@@ -67,14 +69,20 @@ def seed_model(name: str, size: int) -> Path:
     onnx = folder / "model.onnx"
     if not onnx.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        print(f"building {name} at {size} px with random weights (once; cached in {folder.relative_to(REPO)}) ...",
-              flush=True)
+        print(
+            f"building {name} at {size} px with random weights (once; cached in {folder.relative_to(REPO)}) ...",
+            flush=True,
+        )
         code = _BUILD[name].format(size=size, path=str(onnx) + ".part", channels=channels)
         subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
         (folder / "model.onnx.part").rename(onnx)
     manifest = dict(demo)
-    manifest.update(weights="model.onnx", sha256=sha256_file(onnx), version="bench-random-weights",
-                    description=f"{name}: seed architecture at {size} px, RANDOM weights, for bench/ct.py only")
+    manifest.update(
+        weights="model.onnx",
+        sha256=sha256_file(onnx),
+        version="bench-random-weights",
+        description=f"{name}: seed architecture at {size} px, RANDOM weights, for bench/ct.py only",
+    )
     manifest["input"] = {**demo["input"], "height": size, "width": size}
     manifest.pop("card", None)
     (folder / "model.json").write_text(json.dumps(manifest, indent=2))
@@ -131,7 +139,7 @@ def hu_floor(folder: Path) -> float:
     paths = sorted(folder.glob("*.dcm"))
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     plan = plan_series(headers)
-    by_uid = {str(h.SOPInstanceUID): p for h, p in zip(headers, paths)}
+    by_uid = {str(h.SOPInstanceUID): p for h, p in zip(headers, paths, strict=False)}
     for _ in iter_hu_batches(plan, by_uid, batch_size=16):
         pass
     return time.perf_counter() - t0
@@ -139,8 +147,9 @@ def hu_floor(folder: Path) -> float:
 
 def run(kind: str, folder: Path, models: Path, threads: int, profile: bool) -> dict:
     module, cls = ("ct_pe", "CtPePipeline") if kind == "ct_pe" else ("ct_lumbar", "CtLumbarPipeline")
-    code = _CHILD.format(module=module, cls=cls, folder=str(folder), models=str(models), threads=threads,
-                         profile=profile)
+    code = _CHILD.format(
+        module=module, cls=cls, folder=str(folder), models=str(models), threads=threads, profile=profile
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{done.stderr[-4000:]}")
@@ -170,28 +179,62 @@ def main() -> int:
             series = work / f"series-{kind}"
             t0 = time.perf_counter()
             write_phantom(kind, series, args.slices, args.image_size)
-            print(f"{kind}: wrote {args.slices} slices of {args.image_size}² in {time.perf_counter() - t0:.1f} s",
-                  flush=True)
+            print(
+                f"{kind}: wrote {args.slices} slices of {args.image_size}² in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
             floor = hu_floor(series)
             result = run(kind, series, models, args.threads, args.profile)
             target_s, target_gb = TARGETS[kind]
-            rows.append([
-                kind, f"{args.slices} × {args.image_size}²", f"{result['wall']:.1f}", f"{target_s:.0f}",
-                f"{result['wall'] / target_s:.2f}", f"{result['cpu']:.1f}", f"{result['cpu'] / args.threads:.1f}",
-                f"{result['rss_gb']:.2f}",
-                f"{target_gb:.1f}" if target_gb else "–", f"{floor:.1f}", f"{result['wall'] / floor:.1f}×",
-                f"{result['load']:.1f}", "+".join(result["objects"]),
-            ])
+            rows.append(
+                [
+                    kind,
+                    f"{args.slices} × {args.image_size}²",
+                    f"{result['wall']:.1f}",
+                    f"{target_s:.0f}",
+                    f"{result['wall'] / target_s:.2f}",
+                    f"{result['cpu']:.1f}",
+                    f"{result['cpu'] / args.threads:.1f}",
+                    f"{result['rss_gb']:.2f}",
+                    f"{target_gb:.1f}" if target_gb else "–",
+                    f"{floor:.1f}",
+                    f"{result['wall'] / floor:.1f}×",
+                    f"{result['load']:.1f}",
+                    "+".join(result["objects"]),
+                ]
+            )
             print(f"{kind}: {result['summary']}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()
     print()
     # Other processes on the machine share the two cores: the load average says how far the times are from an idle machine's.
-    print(f"load average at the end (1, 5, 15 min): {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} on {os.cpu_count()} CPUs")
-    print("CPU s: processor time of the analysis; CPU s / threads is what the wall time would be with the threads' cores to itself")
-    print(table(["pipeline", "series", "wall s", "target s", "wall/target", "CPU s", "CPU s / threads", "peak RSS GB", "target GB",
-                 "HU read s (ref)", "wall/ref", "model load s", "objects"], rows))
+    print(
+        f"load average at the end (1, 5, 15 min): {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} on {os.cpu_count()} CPUs"
+    )
+    print(
+        "CPU s: processor time of the analysis; CPU s / threads is what the wall time would be with the threads' cores to itself"
+    )
+    print(
+        table(
+            [
+                "pipeline",
+                "series",
+                "wall s",
+                "target s",
+                "wall/target",
+                "CPU s",
+                "CPU s / threads",
+                "peak RSS GB",
+                "target GB",
+                "HU read s (ref)",
+                "wall/ref",
+                "model load s",
+                "objects",
+            ],
+            rows,
+        )
+    )
     return 0
 
 

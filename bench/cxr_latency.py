@@ -73,8 +73,11 @@ STEPS = {
 
 
 def results_arrived(orthanc: OrthancServer, study_uid: str) -> bool:
-    found = requests.post(f"{orthanc.http_url}/tools/find", json={
-        "Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True}, timeout=5).json()
+    found = requests.post(
+        f"{orthanc.http_url}/tools/find",
+        json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True},
+        timeout=5,
+    ).json()
     modalities = {s["MainDicomTags"].get("Modality") for s in found}
     return all(m in modalities for m in WANTED)
 
@@ -90,12 +93,17 @@ def main() -> int:
     try:
         files = radiograph_copies(rg1_uncr_path(), work / "in", args.rounds + 1)
         port = free_port()
-        node = start_node(work / "node", port, {
-            "destinations": {"orthanc": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1",
-                                         "port": orthanc.dicom_port}},
-            "default_destinations": ["orthanc"],
-            "quiet_period": {"default": 10, "CR": args.quiet, "DX": args.quiet},
-        })
+        node = start_node(
+            work / "node",
+            port,
+            {
+                "destinations": {
+                    "orthanc": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}
+                },
+                "default_destinations": ["orthanc"],
+                "quiet_period": {"default": 10, "CR": args.quiet, "DX": args.quiet},
+            },
+        )
         latencies = []
         for i, path in enumerate(files):
             study = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
@@ -112,19 +120,30 @@ def main() -> int:
         node = None
         phases, steps = breakdown(work / "node" / "data" / "ainode.db")
         med = statistics.median(latencies)
-        rows = [["end to end (last C-STORE -> SR and GSPS in Orthanc)", f"{med:.3f}", f"{min(latencies):.3f}",
-                 f"{max(latencies):.3f}", f"{SEED_LITERATURE_S / med:.1f}x"]]
+        rows = [
+            [
+                "end to end (last C-STORE -> SR and GSPS in Orthanc)",
+                f"{med:.3f}",
+                f"{min(latencies):.3f}",
+                f"{max(latencies):.3f}",
+                f"{SEED_LITERATURE_S / med:.1f}x",
+            ]
+        ]
         for name, values in phases.items():
             rows.append([name, *_stats(values), ""])
         for key, values in sorted(steps.items(), key=lambda kv: list(STEPS).index(kv[0]) if kv[0] in STEPS else 99):
             rows.append([f"  {STEPS.get(key, key)}", *_stats(values), ""])
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(f"Chest radiograph latency, whole cxr pipeline, {len(latencies)} rounds (RG1_UNCR.dcm, 7 MB CR), "
-              f"quiet period {args.quiet} s, {os.cpu_count()} CPU cores, load average {load} "
-              "(other processes share the cores)")
+        print(
+            f"Chest radiograph latency, whole cxr pipeline, {len(latencies)} rounds (RG1_UNCR.dcm, 7 MB CR), "
+            f"quiet period {args.quiet} s, {os.cpu_count()} CPU cores, load average {load} "
+            "(other processes share the cores)"
+        )
         print(table(["phase", "median s", "min s", "max s", SEED_COLUMN], rows))
-        print(f"The last column divides seed 2's literature figure ({SEED_LITERATURE_S:g} s per image on a laptop, "
-              "not run here) by this run's median; every other figure is measured in this run.")
+        print(
+            f"The last column divides seed 2's literature figure ({SEED_LITERATURE_S:g} s per image on a laptop, "
+            "not run here) by this run's median; every other figure is measured in this run."
+        )
         return 0
     finally:
         if node is not None:
@@ -146,23 +165,30 @@ def breakdown(db_path: Path) -> tuple[dict[str, list[float]], dict[str, list[flo
     from node.db import Database, Delivery, Instance, Job, Result
 
     db = Database(f"sqlite:///{db_path}")
-    phases: dict[str, list[float]] = {"received -> job started (quiet period, queue)": [],
-                                      "job started -> finished (analysis + writers)": [],
-                                      "job finished -> last object delivered (C-STORE)": []}
+    phases: dict[str, list[float]] = {
+        "received -> job started (quiet period, queue)": [],
+        "job started -> finished (analysis + writers)": [],
+        "job finished -> last object delivered (C-STORE)": [],
+    }
     steps: dict[str, list[float]] = {}
     with db.session() as s:
         for job in s.scalars(select(Job).order_by(Job.id)).all()[1:]:  # the warm-up round is not counted
             received = s.scalar(select(func.max(Instance.received_at)).where(Instance.series_uid == job.series_uid))
-            delivered = s.scalar(select(func.max(Delivery.delivered_at)).join(Result, Result.id == Delivery.result_id)
-                                 .where(Result.job_id == job.id))
+            delivered = s.scalar(
+                select(func.max(Delivery.delivered_at))
+                .join(Result, Result.id == Delivery.result_id)
+                .where(Result.job_id == job.id)
+            )
             phases["received -> job started (quiet period, queue)"].append((job.started_at - received).total_seconds())
             phases["job started -> finished (analysis + writers)"].append(
-                (job.finished_at - job.started_at).total_seconds())
+                (job.finished_at - job.started_at).total_seconds()
+            )
             if delivered:
                 phases["job finished -> last object delivered (C-STORE)"].append(
-                    (delivered - job.finished_at).total_seconds())
+                    (delivered - job.finished_at).total_seconds()
+                )
             match = re.search(r"times_ms ((?:[\w-]+=\d+ ?)+)", job.summary or "")
-            for pair in (match.group(1).split() if match else []):
+            for pair in match.group(1).split() if match else []:
                 key, value = pair.split("=")
                 steps.setdefault(key, []).append(int(value) / 1000)
     db.dispose()

@@ -25,9 +25,24 @@ from _common import ct_instances, free_port, start_node, stop, table, tool_env, 
 
 def send(folder: Path, port: int, called: str) -> float:
     start = time.perf_counter()
-    subprocess.run(["storescu", "-aet", "STORESCU", "-aec", called, "--scan-directories", "-xs",
-                    "127.0.0.1", str(port), str(folder)], check=True, env=tool_env(),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        [
+            "storescu",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            called,
+            "--scan-directories",
+            "-xs",
+            "127.0.0.1",
+            str(port),
+            str(folder),
+        ],
+        check=True,
+        env=tool_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     return time.perf_counter() - start
 
 
@@ -45,8 +60,12 @@ def main() -> int:
             port = free_port()
             out = work / f"storescp{r}"
             out.mkdir()
-            scp = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out), "+B", str(port)],
-                                   env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            scp = subprocess.Popen(
+                ["storescp", "-aet", "STORESCP", "-od", str(out), "+B", str(port)],
+                env=tool_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             wait_port(port)
             times["storescp"].append(send(work / "in", port, "STORESCP"))
             stop(scp)
@@ -62,8 +81,16 @@ def main() -> int:
         ref = statistics.median(times["storescp"])
         for name, values in times.items():
             med = statistics.median(values)
-            rows.append([name, args.count, f"{med:.2f}", f"{args.count / med:.0f}", f"{megabytes / med:.0f}",
-                         f"{ref / med:.2f}"])
+            rows.append(
+                [
+                    name,
+                    args.count,
+                    f"{med:.2f}",
+                    f"{args.count / med:.0f}",
+                    f"{megabytes / med:.0f}",
+                    f"{ref / med:.2f}",
+                ]
+            )
         print(f"C-STORE receive, {args.count} instances of {megabytes / args.count:.2f} MB, median of {args.rounds}")
         print(table(["receiver", "instances", "seconds", "inst/s", "MB/s", "rate vs storescp"], rows))
         return 0

@@ -29,24 +29,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import ct_instances, free_port, stop, table, tool_env, wait_port  # noqa: E402
 
-from dimse import AllowedPeer, StorageSCP, StoreRequest, status  # noqa: E402
+from core import status  # noqa: E402
+from dimse import AllowedPeer, StorageSCP, StoreRequest
 from node.spool import write_durable  # noqa: E402
 
 
 def send(folder: Path, port: int, called: str) -> float:
     """Send every file of ``folder`` over one association; seconds taken."""
     start = time.perf_counter()
-    subprocess.run(["storescu", "-aet", "STORESCU", "-aec", called, "--scan-directories", "-xs",
-                    "127.0.0.1", str(port), str(folder)], check=True, env=tool_env(),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        [
+            "storescu",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            called,
+            "--scan-directories",
+            "-xs",
+            "127.0.0.1",
+            str(port),
+            str(folder),
+        ],
+        check=True,
+        env=tool_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     return time.perf_counter() - start
 
 
 def run_storescp(folder: Path, out: Path, count: int) -> float:
     port = free_port()
     out.mkdir()
-    scp = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out), "+B", str(port)],
-                           env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scp = subprocess.Popen(
+        ["storescp", "-aet", "STORESCP", "-od", str(out), "+B", str(port)],
+        env=tool_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_port(port)
         seconds = send(folder, port, "STORESCP")
@@ -58,8 +78,7 @@ def run_storescp(folder: Path, out: Path, count: int) -> float:
 
 
 def run_scp(folder: Path, sink: Callable[[StoreRequest], int], count: int, received: list[int]) -> float:
-    scp = StorageSCP(ae_title="AINODE", port=0, host="127.0.0.1", sink=sink,
-                     allowed_peers=[AllowedPeer("STORESCU")])
+    scp = StorageSCP(ae_title="AINODE", port=0, host="127.0.0.1", sink=sink, allowed_peers=[AllowedPeer("STORESCU")])
     scp.start()
     try:
         seconds = send(folder, scp.port, "AINODE")
@@ -78,8 +97,7 @@ def main() -> int:
     try:
         files = ct_instances(work / "in", args.count)
         megabytes = sum(p.stat().st_size for p in files) / 1e6
-        times: dict[str, list[float]] = {"storescp": [], "StorageSCP, null sink": [],
-                                         "StorageSCP, durable sink": []}
+        times: dict[str, list[float]] = {"storescp": [], "StorageSCP, null sink": [], "StorageSCP, durable sink": []}
         for r in range(args.rounds):
             times["storescp"].append(run_storescp(work / "in", work / f"storescp{r}", args.count))
 
@@ -100,16 +118,25 @@ def main() -> int:
                 durable_received[0] += 1
                 return status.SUCCESS
 
-            times["StorageSCP, durable sink"].append(
-                run_scp(work / "in", durable_sink, args.count, durable_received))
+            times["StorageSCP, durable sink"].append(run_scp(work / "in", durable_sink, args.count, durable_received))
         rows = []
         ref = statistics.median(times["storescp"])
         for name, values in times.items():
             med = statistics.median(values)
-            rows.append([name, args.count, f"{med:.2f}", f"{args.count / med:.0f}", f"{megabytes / med:.0f}",
-                         f"{ref / med:.2f}"])
-        print(f"C-STORE receive, {args.count} instances of {megabytes / args.count:.2f} MB "
-              f"from storescu (one association), median of {args.rounds}")
+            rows.append(
+                [
+                    name,
+                    args.count,
+                    f"{med:.2f}",
+                    f"{args.count / med:.0f}",
+                    f"{megabytes / med:.0f}",
+                    f"{ref / med:.2f}",
+                ]
+            )
+        print(
+            f"C-STORE receive, {args.count} instances of {megabytes / args.count:.2f} MB "
+            f"from storescu (one association), median of {args.rounds}"
+        )
         print(table(["receiver", "instances", "seconds", "inst/s", "MB/s", "rate vs storescp"], rows))
         return 0
     finally:

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import ct_instances, free_port, stop, table, tool_env, wait_port  # noqa: E402
 
-from dimse import AllowedPeer, StorageSCP, StoreRequest, status, store_files  # noqa: E402
+from core import status  # noqa: E402
+from dimse import AllowedPeer, StorageSCP, StoreRequest, store_files
 
 #: A sender is given the files, the port and the called AE title; it returns seconds taken.
 Sender = Callable[[list[Path], int, str], float]
@@ -38,9 +39,13 @@ Sender = Callable[[list[Path], int, str], float]
 
 def storescu(files: list[Path], port: int, called: str) -> float:
     start = time.perf_counter()
-    subprocess.run(["storescu", "-aet", "STORESCU", "-aec", called, "-xs", "127.0.0.1", str(port),
-                    *map(str, files)], check=True, env=tool_env(), stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE)
+    subprocess.run(
+        ["storescu", "-aet", "STORESCU", "-aec", called, "-xs", "127.0.0.1", str(port), *map(str, files)],
+        check=True,
+        env=tool_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     return time.perf_counter() - start
 
 
@@ -55,8 +60,12 @@ def our_scu(files: list[Path], port: int, called: str) -> float:
 
 def to_storescp(send: Sender, files: list[Path]) -> float:
     port = free_port()
-    scp = subprocess.Popen(["storescp", "-aet", "STORESCP", "--ignore", str(port)],
-                           env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scp = subprocess.Popen(
+        ["storescp", "-aet", "STORESCP", "--ignore", str(port)],
+        env=tool_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_port(port)
         return send(files, port, "STORESCP")
@@ -71,8 +80,9 @@ def to_our_scp(send: Sender, files: list[Path]) -> float:
         received[0] += 1
         return status.SUCCESS
 
-    scp = StorageSCP(ae_title="AINODE", port=0, host="127.0.0.1", sink=null_sink,
-                     allowed_peers=[AllowedPeer("STORESCU")])
+    scp = StorageSCP(
+        ae_title="AINODE", port=0, host="127.0.0.1", sink=null_sink, allowed_peers=[AllowedPeer("STORESCU")]
+    )
     scp.start()
     try:
         seconds = send(files, scp.port, "AINODE")
@@ -106,12 +116,25 @@ def main() -> int:
         for (sender_name, receiver_name), values in times.items():
             med = statistics.median(values)
             ref = statistics.median(times[("storescu", receiver_name)])
-            rows.append([sender_name, receiver_name, args.count, f"{med:.2f}", f"{max(values):.2f}",
-                         f"{args.count / med:.0f}", f"{megabytes / med:.0f}", f"{ref / med:.2f}"])
-        print(f"C-STORE send, {args.count} instances of {megabytes / args.count:.2f} MB over one "
-              f"association on loopback, median of {args.rounds}")
-        print(table(["sender", "receiver", "instances", "seconds", "worst", "inst/s", "MB/s",
-                     "rate vs storescu"], rows))
+            rows.append(
+                [
+                    sender_name,
+                    receiver_name,
+                    args.count,
+                    f"{med:.2f}",
+                    f"{max(values):.2f}",
+                    f"{args.count / med:.0f}",
+                    f"{megabytes / med:.0f}",
+                    f"{ref / med:.2f}",
+                ]
+            )
+        print(
+            f"C-STORE send, {args.count} instances of {megabytes / args.count:.2f} MB over one "
+            f"association on loopback, median of {args.rounds}"
+        )
+        print(
+            table(["sender", "receiver", "instances", "seconds", "worst", "inst/s", "MB/s", "rate vs storescu"], rows)
+        )
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -50,16 +50,30 @@ def main() -> int:
         finally:
             orthanc.stop()
         tallies.append((f"crash: {args.kills} × SIGKILL", crash))
-    headers = ["scenario", "sent", "acknowledged", "stored", "series analysed", "results delivered", "lost",
-               "duplicates", "peak RSS (MB)", "wall (s)"]
+    headers = [
+        "scenario",
+        "sent",
+        "acknowledged",
+        "stored",
+        "series analysed",
+        "results delivered",
+        "lost",
+        "duplicates",
+        "peak RSS (MB)",
+        "wall (s)",
+    ]
     print(table(headers, [tally_row(name, t) for name, t in tallies]))
     print()
-    print(f"load: {load.series} series ({load.routed_series} routed to cxr, {load.jobs} jobs), "
-          f"{load.echoes} C-ECHO probes, slowest {load.echo_max_seconds:.2f} s, {load.echo_failures} failed")
+    print(
+        f"load: {load.series} series ({load.routed_series} routed to cxr, {load.jobs} jobs), "
+        f"{load.echoes} C-ECHO probes, slowest {load.echo_max_seconds:.2f} s, {load.echo_failures} failed"
+    )
     phases = ", ".join(f"{k} {v}" for k, v in sorted(crash.kill_phases.items()))
-    print(f"crash: {crash.kills} kills (node busy with: {phases}); {crash.series} series, {crash.jobs} jobs, "
-          f"{crash.results} results ({crash.results - crash.analysed} superseded by re-analysis after late "
-          f"instances)")
+    print(
+        f"crash: {crash.kills} kills (node busy with: {phases}); {crash.series} series, {crash.jobs} jobs, "
+        f"{crash.results} results ({crash.results - crash.analysed} superseded by re-analysis after late "
+        f"instances)"
+    )
     problems = [f"{name}: {s}" for name, t in tallies for s in t.stuck]
     problems += [f"{name}: {t.lost} lost" for name, t in tallies if t.lost]
     for problem in problems:

@@ -24,13 +24,27 @@ TRIAGE_LEVELS: tuple[str, ...] = ("urgent", "priority", "routine")
 
 #: The nine sigmoid heads of seed 1's PE model, in the seed's output order.
 PE_HEADS: tuple[str, ...] = (
-    "acute_and_chronic_pe", "central_pe", "chronic_pe", "indeterminate", "leftsided_pe",
-    "pe_present_on_image", "rightsided_pe", "rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1",
+    "acute_and_chronic_pe",
+    "central_pe",
+    "chronic_pe",
+    "indeterminate",
+    "leftsided_pe",
+    "pe_present_on_image",
+    "rightsided_pe",
+    "rv_lv_ratio_gte_1",
+    "rv_lv_ratio_lt_1",
 )
 #: Exam-level labels of the RSNA PE challenge (``pe_present_on_image`` is per slice).
 PE_EXAM_LABELS: tuple[str, ...] = (
-    "negative_exam_for_pe", "indeterminate", "rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1", "leftsided_pe",
-    "rightsided_pe", "central_pe", "chronic_pe", "acute_and_chronic_pe",
+    "negative_exam_for_pe",
+    "indeterminate",
+    "rv_lv_ratio_gte_1",
+    "rv_lv_ratio_lt_1",
+    "leftsided_pe",
+    "rightsided_pe",
+    "central_pe",
+    "chronic_pe",
+    "acute_and_chronic_pe",
 )
 #: Seed 3's seven vertebral levels, head to feet.
 LUMBAR_LEVELS: tuple[str, ...] = ("T", "L1", "L2", "L3", "L4", "L5", "S")
@@ -261,7 +275,7 @@ class SeriesResult:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SeriesResult":
+    def from_json(cls, data: dict[str, Any]) -> SeriesResult:
         images = []
         for img in data.get("images", []):
             view = ViewResult(**img["view"]) if img.get("view") else None

@@ -100,7 +100,8 @@ class Association:
         #: True between A-ASSOCIATE-AC and the release or abort.
         self.established = False
         self.thread = threading.Thread(
-            target=self.run, name=f"dimse-scp-{self.peer_address}:{self.peer_port}", daemon=True)
+            target=self.run, name=f"dimse-scp-{self.peer_address}:{self.peer_port}", daemon=True
+        )
         self._stop_event = threading.Event()  # set by request_stop()
         self._holds_slot = False
         self._peer_max_pdu = 0
@@ -169,8 +170,7 @@ class Association:
                 return
             request = parse_associate_rq(body)
         except TimeoutError:
-            LOGGER.info("no A-ASSOCIATE-RQ from %s:%d within %s s", self.peer_address, self.peer_port,
-                        scp.acse_timeout)
+            LOGGER.info("no A-ASSOCIATE-RQ from %s:%d within %s s", self.peer_address, self.peer_port, scp.acse_timeout)
             return
         except ProtocolError as exc:
             LOGGER.warning("invalid A-ASSOCIATE-RQ from %s:%d: %s", self.peer_address, self.peer_port, exc)
@@ -190,8 +190,14 @@ class Association:
             verdict = (*_LOCAL_LIMIT_EXCEEDED, "local-limit-exceeded")
         if verdict is not None:
             result, source, reason, text = verdict
-            LOGGER.warning("rejecting association from %r at %s:%d calling %r: %s",
-                           request.calling_ae, self.peer_address, self.peer_port, request.called_ae, text)
+            LOGGER.warning(
+                "rejecting association from %r at %s:%d calling %r: %s",
+                request.calling_ae,
+                self.peer_address,
+                self.peer_port,
+                request.called_ae,
+                text,
+            )
             scp._notify("rejected", self, text)
             # pynetdicom requestors (our own SCU included) check their connection is still open
             # *after* sending the A-ASSOCIATE-RQ; a rejection that arrived and closed it first is
@@ -205,13 +211,20 @@ class Association:
         self._contexts = {c.context_id: c for c in results if c.result == CONTEXT_ACCEPTED}
         self._peer_max_pdu = request.max_pdu
         accept = encode_associate_ac(
-            request, results, max_pdu=scp.max_pdu,
+            request,
+            results,
+            max_pdu=scp.max_pdu,
             implementation_class_uid=scp.implementation_class_uid,
             implementation_version_name=scp.implementation_version_name,
         )
-        LOGGER.info("association accepted from %r at %s:%d (%d of %d presentation contexts)",
-                    request.calling_ae, self.peer_address, self.peer_port, len(self._contexts),
-                    len(results))
+        LOGGER.info(
+            "association accepted from %r at %s:%d (%d of %d presentation contexts)",
+            request.calling_ae,
+            self.peer_address,
+            self.peer_port,
+            len(self._contexts),
+            len(results),
+        )
         self.established = True
         scp._notify("accepted", self)
         try:
@@ -245,8 +258,7 @@ class Association:
                     self._release()
                     return
                 if pdu_type == A_ABORT:
-                    LOGGER.warning("association with %r at %s aborted by the peer", self.calling_ae,
-                                   self.peer_address)
+                    LOGGER.warning("association with %r at %s aborted by the peer", self.calling_ae, self.peer_address)
                     self._ended("aborted", "aborted by the peer")
                     return
                 if pdu_type in KNOWN_PDU_TYPES:
@@ -254,20 +266,21 @@ class Association:
                 raise ProtocolError(f"unrecognised PDU type 0x{pdu_type:02X}", ABORT_UNRECOGNIZED_PDU)
             except TimeoutError:
                 which = "DIMSE timeout" if in_message else "network timeout"
-                LOGGER.warning("association with %r at %s: %s (%s s), aborting", self.calling_ae,
-                               self.peer_address, which, timeout)
+                LOGGER.warning(
+                    "association with %r at %s: %s (%s s), aborting", self.calling_ae, self.peer_address, which, timeout
+                )
                 self._abort(ABORT_SOURCE_PROVIDER, ABORT_REASON_NOT_SPECIFIED, which)
                 return
             except (ProtocolError, ProtocolViolation) as exc:
-                LOGGER.warning("protocol error from %r at %s: %s; aborting", self.calling_ae,
-                               self.peer_address, exc)
+                LOGGER.warning("protocol error from %r at %s: %s; aborting", self.calling_ae, self.peer_address, exc)
                 reason = exc.reason if isinstance(exc, ProtocolError) else ABORT_INVALID_PARAMETER
                 self._abort(ABORT_SOURCE_PROVIDER, reason, f"protocol error: {exc}")
                 return
             except (ConnectionClosed, OSError) as exc:
                 if self._stop_event.is_set():
-                    LOGGER.warning("aborting association with %r at %s: the SCP stops", self.calling_ae,
-                                   self.peer_address)
+                    LOGGER.warning(
+                        "aborting association with %r at %s: the SCP stops", self.calling_ae, self.peer_address
+                    )
                     self._abort(ABORT_SOURCE_USER, ABORT_REASON_NOT_SPECIFIED, "stopped")
                 else:
                     LOGGER.warning("association with %r at %s lost: %s", self.calling_ae, self.peer_address, exc)
@@ -332,8 +345,7 @@ class Association:
         else:
             LOGGER.warning("unsupported DIMSE command 0x%04X from %r", field, self.calling_ae)
             response = encode_response(command, 0x0211, include_instance=False)  # unrecognised operation
-        self._pdus.send(encode_p_data(context.context_id, response, command=True,
-                                      peer_max_pdu=self._peer_max_pdu))
+        self._pdus.send(encode_p_data(context.context_id, response, command=True, peer_max_pdu=self._peer_max_pdu))
 
     # -- endings ---------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ def _decode_elements(encoded: bytes) -> dict[int, bytes]:
         offset += _ELEMENT.size
         if group != 0x0000 or offset + length > end:
             raise ProtocolViolation(f"element ({group:04X},{element:04X}) does not belong in a command set")
-        values[element] = encoded[offset:offset + length]
+        values[element] = encoded[offset : offset + length]
         offset += length
     return values
 
@@ -116,9 +116,7 @@ def _uid_value(uid: str) -> bytes:
     return raw + b"\x00" if len(raw) % 2 else raw  # UI pads with NUL to even length (PS3.5 6.2)
 
 
-def encode_response(
-    request: Command, status: int, *, include_instance: bool
-) -> bytes:
+def encode_response(request: Command, status: int, *, include_instance: bool) -> bytes:
     """Encode the response command set to ``request`` (PS3.7 9.3.1.2 C-STORE-RSP, 9.3.5.2 C-ECHO-RSP).
 
     Parameters
@@ -209,24 +207,28 @@ def _command_set(elements: list[bytes]) -> bytes:
 
 def encode_c_store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
     """Encode a C-STORE-RQ command set, priority medium, a data set following (PS3.7 9.3.1.1)."""
-    return _command_set([
-        _element(0x0002, _uid_value(sop_class_uid)),
-        _element(0x0100, _US.pack(C_STORE_RQ)),
-        _element(0x0110, _US.pack(message_id)),
-        _element(0x0700, _US.pack(PRIORITY_MEDIUM)),
-        _element(0x0800, _US.pack(DATA_SET_PRESENT)),
-        _element(0x1000, _uid_value(sop_instance_uid)),
-    ])
+    return _command_set(
+        [
+            _element(0x0002, _uid_value(sop_class_uid)),
+            _element(0x0100, _US.pack(C_STORE_RQ)),
+            _element(0x0110, _US.pack(message_id)),
+            _element(0x0700, _US.pack(PRIORITY_MEDIUM)),
+            _element(0x0800, _US.pack(DATA_SET_PRESENT)),
+            _element(0x1000, _uid_value(sop_instance_uid)),
+        ]
+    )
 
 
 def encode_c_echo_rq(message_id: int) -> bytes:
     """Encode a C-ECHO-RQ command set (PS3.7 9.3.5.1)."""
-    return _command_set([
-        _element(0x0002, _uid_value(VERIFICATION_SOP_CLASS)),
-        _element(0x0100, _US.pack(C_ECHO_RQ)),
-        _element(0x0110, _US.pack(message_id)),
-        _element(0x0800, _US.pack(NO_DATA_SET)),
-    ])
+    return _command_set(
+        [
+            _element(0x0002, _uid_value(VERIFICATION_SOP_CLASS)),
+            _element(0x0100, _US.pack(C_ECHO_RQ)),
+            _element(0x0110, _US.pack(message_id)),
+            _element(0x0800, _US.pack(NO_DATA_SET)),
+        ]
+    )
 
 
 def decode_response(encoded: bytes) -> Response:

@@ -88,8 +88,9 @@ class Requestor:
     association; otherwise it is released.
     """
 
-    def __init__(self, pdus: PDUSocket, contexts: Sequence[PresentationContext], peer_max_pdu: int,
-                 where: str, timeout: float) -> None:
+    def __init__(
+        self, pdus: PDUSocket, contexts: Sequence[PresentationContext], peer_max_pdu: int, where: str, timeout: float
+    ) -> None:
         self._pdus = pdus
         self.sock = pdus.sock
         #: The proposed contexts with the acceptor's answers, in proposal order.
@@ -152,7 +153,10 @@ class Requestor:
             for index, (abstract, syntaxes) in enumerate(contexts)
         ]
         request = encode_associate_rq(
-            called_ae=called_ae, calling_ae=calling_ae, contexts=proposed, max_pdu=max_pdu,
+            called_ae=called_ae,
+            calling_ae=calling_ae,
+            contexts=proposed,
+            max_pdu=max_pdu,
             implementation_class_uid=implementation_class_uid,
             implementation_version_name=implementation_version_name,
         )
@@ -174,16 +178,17 @@ class Requestor:
             _abort_and_close(sock)
             raise AssociationError(
                 f"association with {where} aborted during negotiation (by the peer, or by us after no "
-                "answer within the timeout)") from exc
+                "answer within the timeout)"
+            ) from exc
         accepted = sum(1 for c in accept.contexts if c.result == CONTEXT_ACCEPTED)
-        LOGGER.debug("association with %s established (%d of %d presentation contexts)", where, accepted,
-                     len(proposed))
+        LOGGER.debug("association with %s established (%d of %d presentation contexts)", where, accepted, len(proposed))
         return cls(pdus, accept.contexts, accept.max_pdu, where, timeout)
 
     # -- DIMSE messages ------------------------------------------------------------------
 
-    def request(self, context_id: int, command: bytes, data_set: bytes | memoryview | None,
-                message_id: int) -> Response:
+    def request(
+        self, context_id: int, command: bytes, data_set: bytes | memoryview | None, message_id: int
+    ) -> Response:
         """Send one DIMSE request and block until its response (PS3.7 7.5, PS3.8 Annex E).
 
         Parameters
@@ -238,7 +243,7 @@ class Requestor:
             view = memoryview(message)
             length = len(view)
             for start in range(0, max(length, 1), chunk):
-                fragment = view[start:start + chunk]
+                fragment = view[start : start + chunk]
                 control = kind | (0x02 if start + chunk >= length else 0x00)
                 batch += (encode_p_data_headers(context_id, control, len(fragment)), fragment)
                 batched += len(fragment)
@@ -280,7 +285,8 @@ class Requestor:
                 response = decode_response(b"".join(parts))
                 if response.message_id_being_responded_to != message_id:
                     raise ProtocolError(
-                        f"response to message {response.message_id_being_responded_to}, expected {message_id}")
+                        f"response to message {response.message_id_being_responded_to}, expected {message_id}"
+                    )
                 return response
 
     # -- endings -------------------------------------------------------------------------
@@ -321,8 +327,9 @@ class Requestor:
     def __enter__(self) -> Requestor:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if kind is None:
             self.release()
         else:
@@ -335,8 +342,8 @@ def _connect(host: str, port: int, timeout: float, ssl_context: ssl.SSLContext |
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise AssociationError(
-            f"could not associate with {where}: connection refused, unreachable or TLS handshake failed "
-            f"({exc})") from exc
+            f"could not associate with {where}: connection refused, unreachable or TLS handshake failed ({exc})"
+        ) from exc
     try:
         # Nagle would hold the last P-DATA of each request until the peer's delayed ACK (~40 ms)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -346,8 +353,8 @@ def _connect(host: str, port: int, timeout: float, ssl_context: ssl.SSLContext |
     except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
         _close(sock)
         raise AssociationError(
-            f"could not associate with {where}: connection refused, unreachable or TLS handshake failed "
-            f"({exc})") from exc
+            f"could not associate with {where}: connection refused, unreachable or TLS handshake failed ({exc})"
+        ) from exc
     return sock
 
 

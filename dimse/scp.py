@@ -272,11 +272,15 @@ class StorageSCP:
             listener = socket.create_server((self._host, self._requested_port), family=family, backlog=64)
             self._listener = listener
             self._accept_thread = threading.Thread(
-                target=self._accept_loop, args=(listener,), name=f"dimse-scp-{self.ae_title}", daemon=True)
+                target=self._accept_loop, args=(listener,), name=f"dimse-scp-{self.ae_title}", daemon=True
+            )
             self._accept_thread.start()
         LOGGER.info(
             "Storage SCP %s listening on %s:%d (%d allowed peers)",
-            self.ae_title, self._host, self.port, len(self._allowed_peers),
+            self.ae_title,
+            self._host,
+            self.port,
+            len(self._allowed_peers),
         )
 
     def stop(self, timeout: float = 30) -> None:
@@ -404,17 +408,29 @@ class StorageSCP:
         if verdict is not None:
             return (_REJECTED_PERMANENT, _SOURCE_SERVICE_USER, *verdict)
         if not request.protocol_version & 0x0001:
-            return (_REJECTED_PERMANENT, _SOURCE_SERVICE_PROVIDER_ACSE, _PROTOCOL_VERSION_NOT_SUPPORTED,
-                    "protocol-version-not-supported")
+            return (
+                _REJECTED_PERMANENT,
+                _SOURCE_SERVICE_PROVIDER_ACSE,
+                _PROTOCOL_VERSION_NOT_SUPPORTED,
+                "protocol-version-not-supported",
+            )
         if request.application_context != DICOM_APPLICATION_CONTEXT:
-            return (_REJECTED_PERMANENT, _SOURCE_SERVICE_USER, _APPLICATION_CONTEXT_NOT_SUPPORTED,
-                    "application-context-name-not-supported")
+            return (
+                _REJECTED_PERMANENT,
+                _SOURCE_SERVICE_USER,
+                _APPLICATION_CONTEXT_NOT_SUPPORTED,
+                "application-context-name-not-supported",
+            )
         return None
 
     # -- association notifications -----------------------------------------------
 
-    def _notify(self, kind: Literal["accepted", "rejected", "released", "aborted"],
-                association: Association, reason: str | None = None) -> None:
+    def _notify(
+        self,
+        kind: Literal["accepted", "rejected", "released", "aborted"],
+        association: Association,
+        reason: str | None = None,
+    ) -> None:
         if self._on_association is None:
             return
         event = AssociationEvent(kind, association.calling_ae, association.peer_address, reason)
@@ -425,8 +441,9 @@ class StorageSCP:
 
     # -- C-STORE ----------------------------------------------------------------------
 
-    def _store(self, association: Association, transfer_syntax: str, command: Command,
-               fragments: list[memoryview]) -> int:
+    def _store(
+        self, association: Association, transfer_syntax: str, command: Command, fragments: list[memoryview]
+    ) -> int:
         """Pass one received instance to the sink (PS3.4 B.2.2); the status to answer.
 
         Never raises: anything unexpected is answered with 0x0110.
@@ -457,11 +474,16 @@ class StorageSCP:
         except Exception:
             LOGGER.exception(
                 "C-STORE of %s from %r failed in the sink; answering 0x%04X",
-                sop_instance_uid, association.calling_ae, status.PROCESSING_FAILURE,
+                sop_instance_uid,
+                association.calling_ae,
+                status.PROCESSING_FAILURE,
             )
             return status.PROCESSING_FAILURE
         LOGGER.debug(
-            "C-STORE %s from %r (%s): %s", sop_instance_uid, association.calling_ae,
-            transfer_syntax, status.describe(result),
+            "C-STORE %s from %r (%s): %s",
+            sop_instance_uid,
+            association.calling_ae,
+            transfer_syntax,
+            status.describe(result),
         )
         return result

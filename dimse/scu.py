@@ -124,8 +124,14 @@ def _open(
     """Open an association or raise :class:`AssociationFailed` saying why."""
     try:
         return Requestor.open(
-            host=host, port=port, called_ae=called_ae, calling_ae=calling_ae, contexts=contexts,
-            timeout=timeout, max_pdu=max_pdu, ssl_context=ssl_context,
+            host=host,
+            port=port,
+            called_ae=called_ae,
+            calling_ae=calling_ae,
+            contexts=contexts,
+            timeout=timeout,
+            max_pdu=max_pdu,
+            ssl_context=ssl_context,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
         )
@@ -154,7 +160,11 @@ def echo(
     """
     requestor = _open(
         [(VERIFICATION_SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])],
-        host=host, port=port, called_ae=called_ae, calling_ae=calling_ae, timeout=timeout,
+        host=host,
+        port=port,
+        called_ae=called_ae,
+        calling_ae=calling_ae,
+        timeout=timeout,
         ssl_context=ssl_context,
     )
     with requestor:
@@ -211,10 +221,7 @@ def _contexts_for(headers: Sequence[_Header]) -> list[tuple[str, list[str]]]:
     9.3.3.2); an exact match is preferred over a conversion when sending.
     """
     keys = dict.fromkeys(key for header in headers for key in _context_keys(header))
-    return [
-        (sop_class, _FALLBACK_SYNTAXES if syntax == _FALLBACK else [syntax])
-        for sop_class, syntax in keys
-    ]
+    return [(sop_class, _FALLBACK_SYNTAXES if syntax == _FALLBACK else [syntax]) for sop_class, syntax in keys]
 
 
 def _batches(items: Sequence[tuple[int, _Header]]) -> list[list[tuple[int, _Header]]]:
@@ -271,9 +278,9 @@ def _data_set_offset(raw: bytes) -> int:
         if vr in _LONG_VRS:
             if offset + 12 > len(raw):
                 raise ValueError("truncated File Meta Information")
-            offset += 12 + int.from_bytes(raw[offset + 8:offset + 12], "little")
+            offset += 12 + int.from_bytes(raw[offset + 8 : offset + 12], "little")
         else:
-            offset += 8 + int.from_bytes(raw[offset + 6:offset + 8], "little")
+            offset += 8 + int.from_bytes(raw[offset + 6 : offset + 8], "little")
         if offset > len(raw):
             raise ValueError("File Meta Information runs past the end of the file")
     return offset
@@ -283,7 +290,7 @@ def _data_set(header: _Header, transfer_syntax: UID) -> bytes | memoryview:
     """The file's data set encoded in ``transfer_syntax``: its own bytes when that is its syntax."""
     if transfer_syntax == header.transfer_syntax_uid:
         raw = header.path.read_bytes()
-        return memoryview(raw)[_data_set_offset(raw):]
+        return memoryview(raw)[_data_set_offset(raw) :]
     # to Explicit or Implicit VR Little Endian only (see _choose_context); pydicom re-encodes
     dataset = dcmread(header.path)
     buffer = DicomBytesIO()
@@ -305,7 +312,9 @@ def _send_one(requestor: Requestor, header: _Header, message_id: int) -> int:
     if context is None:
         LOGGER.error(
             "not sending %s: peer accepted no context for %s in %s",
-            header.sop_instance_uid, header.sop_class_uid.name, header.transfer_syntax_uid.name,
+            header.sop_instance_uid,
+            header.sop_class_uid.name,
+            header.transfer_syntax_uid.name,
         )
         return status.SOP_CLASS_NOT_SUPPORTED
     try:
@@ -373,8 +382,14 @@ def store_files(
     indexed = [(i, h) for i, h in enumerate(headers) if h is not None]
     for batch in _batches(indexed):
         requestor = _open(
-            _contexts_for([h for _, h in batch]), host=host, port=port, called_ae=called_ae,
-            calling_ae=calling_ae, timeout=timeout, ssl_context=ssl_context, max_pdu=max_pdu,
+            _contexts_for([h for _, h in batch]),
+            host=host,
+            port=port,
+            called_ae=called_ae,
+            calling_ae=calling_ae,
+            timeout=timeout,
+            ssl_context=ssl_context,
+            max_pdu=max_pdu,
             outcomes=collected(),
         )
         with requestor:
@@ -390,6 +405,10 @@ def store_files(
                     ) from exc
     LOGGER.info(
         "sent %d files to %s@%s:%d: %d succeeded",
-        len(headers), called_ae, host, port, sum(1 for o in collected() if o.succeeded),
+        len(headers),
+        called_ae,
+        host,
+        port,
+        sum(1 for o in collected() if o.succeeded),
     )
     return collected()

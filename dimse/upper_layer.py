@@ -200,7 +200,7 @@ def _items(body: bytes | bytearray | memoryview, start: int, end: int) -> Iterat
         offset += _ITEM.size
         if offset + length > end:
             raise ProtocolError(f"item 0x{item_type:02X} runs past the end of its PDU")
-        yield item_type, view[offset:offset + length]
+        yield item_type, view[offset : offset + length]
         offset += length
 
 
@@ -288,8 +288,9 @@ def negotiate(
         if not chosen and context.transfer_syntaxes:
             # the sub-item is not significant for a rejected context (9.3.3.2); echo one
             chosen = context.transfer_syntaxes[0]
-        results.append(PresentationContext(
-            context.context_id, context.abstract_syntax, context.transfer_syntaxes, result, chosen))
+        results.append(
+            PresentationContext(context.context_id, context.abstract_syntax, context.transfer_syntaxes, result, chosen)
+        )
     return results
 
 
@@ -361,7 +362,7 @@ def encode_p_data(context_id: int, message: bytes, *, command: bool, peer_max_pd
     chunk = max(peer_max_pdu - _PDV.size, 1) if peer_max_pdu else max(len(message), 1)
     pdus = []
     for start in range(0, max(len(message), 1), chunk):
-        fragment = message[start:start + chunk]
+        fragment = message[start : start + chunk]
         last = start + chunk >= len(message)
         control = (0x01 if command else 0x00) | (0x02 if last else 0x00)
         pdv = _PDV.pack(len(fragment) + 2, context_id, control) + fragment
@@ -396,7 +397,7 @@ def iter_pdvs(body: bytearray) -> Iterator[tuple[int, int, memoryview]]:
         length, context_id, control = _PDV.unpack_from(view, offset)
         if length < 2 or offset + 4 + length > end:
             raise ProtocolError(f"PDV item length {length} does not fit its P-DATA-TF PDU")
-        yield context_id, control, view[offset + _PDV.size:offset + 4 + length]
+        yield context_id, control, view[offset + _PDV.size : offset + 4 + length]
         offset += 4 + length
 
 
@@ -436,8 +437,12 @@ class AssociateReject:
 _RJ_RESULTS = {1: "Rejected Permanent", 2: "Rejected Transient"}
 _RJ_SOURCES = {1: "Service User", 2: "Service Provider (ACSE)", 3: "Service Provider (Presentation)"}
 _RJ_REASONS = {
-    1: {1: "No reason given", 2: "Application context name not supported", 3: "Calling AE title not recognised",
-        7: "Called AE title not recognised"},
+    1: {
+        1: "No reason given",
+        2: "Application context name not supported",
+        3: "Calling AE title not recognised",
+        7: "Called AE title not recognised",
+    },
     2: {1: "No reason given", 2: "Protocol version not supported"},
     3: {1: "Temporary congestion", 2: "Local limit exceeded"},
 }
@@ -518,8 +523,12 @@ def parse_associate_ac(body: bytes | bytearray, proposed: Sequence[PresentationC
             if result == CONTEXT_ACCEPTED and syntax not in ours.transfer_syntaxes:
                 result = CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED
             answered[context_id] = PresentationContext(
-                context_id, ours.abstract_syntax, ours.transfer_syntaxes, result,
-                syntax if result == CONTEXT_ACCEPTED else "")
+                context_id,
+                ours.abstract_syntax,
+                ours.transfer_syntaxes,
+                result,
+                syntax if result == CONTEXT_ACCEPTED else "",
+            )
         elif item_type == 0x50:  # User Information Item (9.3.3.3)
             for sub_type, sub_value in _items(value, 0, len(value)):
                 if sub_type == 0x51 and len(sub_value) == 4:
@@ -529,8 +538,12 @@ def parse_associate_ac(body: bytes | bytearray, proposed: Sequence[PresentationC
                 elif sub_type == 0x55:
                     version_name = bytes(sub_value).decode("ascii", errors="replace").strip()
     contexts = tuple(
-        answered.get(c.context_id, PresentationContext(
-            c.context_id, c.abstract_syntax, c.transfer_syntaxes, CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED))
+        answered.get(
+            c.context_id,
+            PresentationContext(
+                c.context_id, c.abstract_syntax, c.transfer_syntaxes, CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED
+            ),
+        )
         for c in proposed
     )
     return AssociateAccept(contexts, max_pdu, class_uid, version_name)

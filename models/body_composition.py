@@ -195,7 +195,9 @@ def _morph(mask: np.ndarray, radius: Radius, erode: bool) -> np.ndarray:
     for axis, steps in enumerate(radius):
         for _ in range(steps):
             # An erosion treats outside the image as set: a body cut by the field of view has no skin there.
-            padded = np.pad(out, [(1, 1) if a == axis else (0, 0) for a in (0, 1)], mode="edge" if erode else "constant")
+            padded = np.pad(
+                out, [(1, 1) if a == axis else (0, 0) for a in (0, 1)], mode="edge" if erode else "constant"
+            )
             before, after = (padded[:-2], padded[2:]) if axis == 0 else (padded[:, :-2], padded[:, 2:])
             out = (out & before & after) if erode else (out | before | after)
     return out
@@ -264,7 +266,7 @@ def label_components(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarra
             i = int(parent[i])
         return i
 
-    for i, j in zip(a.tolist(), b.tolist()):
+    for i, j in zip(a.tolist(), b.tolist(), strict=False):
         ri, rj = find(i), find(j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
@@ -297,7 +299,9 @@ def convex_hull_mask(mask: np.ndarray) -> np.ndarray:
     # The leftmost and rightmost pixel of each row are the only hull candidates.
     left = mask[rows].argmax(axis=1)
     right = mask.shape[1] - 1 - mask[rows, ::-1].argmax(axis=1)
-    points = sorted(set(zip(left.tolist(), rows.tolist())) | set(zip(right.tolist(), rows.tolist())))
+    points = sorted(
+        set(zip(left.tolist(), rows.tolist(), strict=False)) | set(zip(right.tolist(), rows.tolist(), strict=False))
+    )
     hull = _monotone_chain(points)
     image = Image.new("1", (mask.shape[1], mask.shape[0]), 0)
     if len(hull) == 1:

@@ -37,12 +37,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 import numpy as np
 
+from core.findings import Finding, Region
 from models.backends import InferenceModel, batch_size, check_images
 from models.errors import ModelError
 from models.finding_classifier import RadiographModel
-from core.findings import Finding, Region
 from models.preprocess.radiograph import resize_image
 
 __all__ = ["Detector", "Letterbox", "letterbox", "letterbox_geometry", "decode", "nms"]
@@ -218,7 +219,9 @@ class Detector(RadiographModel):
         super().__init__(model)
         manifest = model.manifest
         if manifest.input.channels not in (1, 3):
-            raise ModelError(f"model {manifest.name!r}: the detector takes 1 or 3 channels, not {manifest.input.channels}")
+            raise ModelError(
+                f"model {manifest.name!r}: the detector takes 1 or 3 channels, not {manifest.input.channels}"
+            )
         post = manifest.postprocessing
         try:
             conf = float(post.get("conf", DEFAULT_CONF))
@@ -279,7 +282,7 @@ class Detector(RadiographModel):
         results: list[list[Finding]] = []
         for start in range(0, len(images), self._batch):
             batch, geometries = self.prepare(images[start : start + self._batch])
-            for raw, geometry, uid in zip(self.raw(batch), geometries, uids[start : start + self._batch]):
+            for raw, geometry, uid in zip(self.raw(batch), geometries, uids[start : start + self._batch], strict=False):
                 results.append(self._findings(raw, geometry, uid))
         return results
 
@@ -288,7 +291,7 @@ class Detector(RadiographModel):
             raw, self.thresholds, iou=self.iou, max_detections=self.max_detections, multi_label=self.multi_label
         )
         findings = []
-        for (x1, y1, x2, y2), score, cls in zip(geometry.to_source(boxes), scores, classes):
+        for (x1, y1, x2, y2), score, cls in zip(geometry.to_source(boxes), scores, classes, strict=False):
             if x2 <= x1 or y2 <= y1:  # wholly in the padding: nothing of the image inside
                 continue
             findings.append(

@@ -28,9 +28,9 @@ from typing import ClassVar, Self
 
 import numpy as np
 
+from core.findings import AlgorithmInfo, Finding, FindingGroup
 from models.backends import InferenceModel, algorithm_info, batch_size, check_images, load_backend
 from models.errors import ModelError
-from core.findings import AlgorithmInfo, Finding, FindingGroup
 from models.manifest import Manifest
 from models.preprocess.radiograph import resize_image
 
@@ -53,22 +53,31 @@ def label_scores(model: InferenceModel, images: Sequence[np.ndarray], batch: int
         chunk = images[start : start + batch]
         out = np.asarray(model.run(grey_batch(chunk, manifest)), dtype=np.float64).reshape(len(chunk), -1)
         if out.shape[1] != len(manifest.labels):
-            raise ModelError(f"model {manifest.name!r} gives {out.shape[1]} outputs per image; its manifest has "
-                             f"{len(manifest.labels)} {what}")
+            raise ModelError(
+                f"model {manifest.name!r} gives {out.shape[1]} outputs per image; its manifest has "
+                f"{len(manifest.labels)} {what}"
+            )
         rows.append(out)
     return np.concatenate(rows) if rows else np.zeros((0, len(manifest.labels)))
 
 
-def label_findings(model: RadiographModel, probabilities: np.ndarray, present: np.ndarray, uids: Sequence[str],
-                   group: FindingGroup) -> list[list[Finding]]:
+def label_findings(
+    model: RadiographModel, probabilities: np.ndarray, present: np.ndarray, uids: Sequence[str], group: FindingGroup
+) -> list[list[Finding]]:
     """Per image (row), one :class:`Finding` per label of ``model`` with its probability and whether it is present."""
     return [
         [
-            Finding(label=label, probability=float(p), present=bool(flag), source_sop_uid=uid, group=group,
-                    algorithm=model.manifest.name)
-            for label, p, flag in zip(model.labels, row, flags)
+            Finding(
+                label=label,
+                probability=float(p),
+                present=bool(flag),
+                source_sop_uid=uid,
+                group=group,
+                algorithm=model.manifest.name,
+            )
+            for label, p, flag in zip(model.labels, row, flags, strict=False)
         ]
-        for uid, row, flags in zip(uids, probabilities, present)
+        for uid, row, flags in zip(uids, probabilities, present, strict=False)
     ]
 
 
@@ -99,7 +108,9 @@ def output_kind(manifest: Manifest) -> str:
     """``postprocessing.output`` of a classifier manifest: ``"probabilities"`` (default) or ``"logits"``."""
     kind = manifest.postprocessing.get("output", "probabilities")
     if kind not in ("probabilities", "logits"):
-        raise ModelError(f"model {manifest.name!r}: postprocessing.output must be 'probabilities' or 'logits', got {kind!r}")
+        raise ModelError(
+            f"model {manifest.name!r}: postprocessing.output must be 'probabilities' or 'logits', got {kind!r}"
+        )
     return str(kind)
 
 
@@ -163,7 +174,8 @@ class FindingClassifier(RadiographModel):
                 f"model {manifest.name!r}: the finding classifier takes one grey channel, not {manifest.input.channels}"
             )
         self.thresholds = np.array(
-            [DEFAULT_THRESHOLD if spec.threshold is None else spec.threshold for spec in manifest.labels], dtype=np.float64
+            [DEFAULT_THRESHOLD if spec.threshold is None else spec.threshold for spec in manifest.labels],
+            dtype=np.float64,
         )
         self._logits = output_kind(manifest) == "logits"
         self._batch = batch_size(manifest)

@@ -21,12 +21,13 @@ layer gives logits says so with ``postprocessing.output: "logits"``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 
+from core.findings import Finding
 from models.backends import InferenceModel, batch_size, check_images
 from models.errors import ModelError
 from models.finding_classifier import RadiographModel, label_findings, label_scores, output_kind
-from core.findings import Finding
 
 __all__ = ["FourClassClassifier"]
 

@@ -59,10 +59,10 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from core.findings import LUMBAR_LEVELS, AlgorithmInfo, LevelRun, LumbarResult
 from models.backends.onnx_backend import OnnxModel
 from models.body_composition import measure
 from models.errors import ModelError
-from core.findings import LUMBAR_LEVELS, AlgorithmInfo, LevelRun, LumbarResult
 from models.manifest import Manifest
 from models.plausibility import check_level_map, superior_mm
 from models.preprocess.ct_series import SeriesPlan, iter_hu_batches
@@ -189,7 +189,7 @@ def search_levels(
     def run(hf_indices: list[int]) -> None:
         fresh = [i for i in hf_indices if i not in probs]
         if fresh:
-            for i, p in zip(fresh, np.asarray(evaluate([to_plan(i) for i in fresh]))):
+            for i, p in zip(fresh, np.asarray(evaluate([to_plan(i) for i in fresh])), strict=False):
                 probs[i] = p
 
     run(sorted(set(range(0, count, step)) | {count - 1}))
@@ -198,7 +198,9 @@ def search_levels(
         labels = decode_monotonic(np.stack([probs[i] for i in samples]))
         middles = [
             (a + b) // 2
-            for (a, la), (b, lb) in zip(zip(samples, labels), zip(samples[1:], labels[1:]))
+            for (a, la), (b, lb) in zip(
+                zip(samples, labels, strict=False), zip(samples[1:], labels[1:], strict=False), strict=False
+            )
             if b - a > 1 and la != lb and (lb - la > 1 or any(la <= r <= lb for r in refine))
         ]
         if not middles:
@@ -241,7 +243,9 @@ class LumbarModel:
             raise ModelError(f"model {manifest.name!r}: labels {keys} must be the levels {LUMBAR_LEVELS} in order")
         pre = manifest.input.preprocessing
         if pre.get("kind") != "ct_windows":
-            raise ModelError(f"model {manifest.name!r}: input.preprocessing.kind must be 'ct_windows', got {pre.get('kind')!r}")
+            raise ModelError(
+                f"model {manifest.name!r}: input.preprocessing.kind must be 'ct_windows', got {pre.get('kind')!r}"
+            )
         self.windows = [(float(c), float(w)) for c, w in pre.get("windows", DEFAULT_WINDOWS)]
         if len(self.windows) != manifest.input.channels:
             raise ModelError(
@@ -259,7 +263,7 @@ class LumbarModel:
         self.manifest = manifest
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> "LumbarModel":
+    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> LumbarModel:
         """Create the model from a verified manifest (``ModelRegistry.require``)."""
         return cls(OnnxModel(manifest, threads=threads))
 
@@ -267,7 +271,9 @@ class LumbarModel:
     def algorithm(self) -> AlgorithmInfo:
         """Identification of the model for result objects."""
         m = self.manifest
-        return AlgorithmInfo(name=m.name, version=m.version, manufacturer=m.manufacturer, weights_sha256=m.sha256, demo=m.demo)
+        return AlgorithmInfo(
+            name=m.name, version=m.version, manufacturer=m.manufacturer, weights_sha256=m.sha256, demo=m.demo
+        )
 
     def level_probabilities(self, hu: np.ndarray) -> np.ndarray:
         """Softmax over :data:`LUMBAR_LEVELS` for slices in HU, shape (N, rows, columns) → (N, 7)."""
@@ -326,7 +332,7 @@ class LumbarModel:
             out = np.empty((len(indices), len(LUMBAR_LEVELS)), dtype=np.float32)
             done = 0
             for _, hu in iter_hu_batches(_subplan(plan, indices), paths_by_uid, batch_size):
-                out[done:done + len(hu)] = self.level_probabilities(hu)
+                out[done : done + len(hu)] = self.level_probabilities(hu)
                 done += len(hu)
             return out
 

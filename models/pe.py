@@ -80,9 +80,9 @@ from typing import Any
 
 import numpy as np
 
+from core.findings import PE_EXAM_LABELS, PE_HEADS, AlgorithmInfo, PeExamResult
 from models.backends.onnx_backend import OnnxModel
 from models.errors import ModelError
-from core.findings import PE_EXAM_LABELS, PE_HEADS, AlgorithmInfo, PeExamResult
 from models.manifest import Manifest
 from models.plausibility import check_pe_coverage, lung_area_cm2, superior_mm
 from models.preprocess.ct_series import SeriesPlan, iter_hu_batches
@@ -126,8 +126,12 @@ def _erode(mask: np.ndarray, k: int) -> np.ndarray:
     integral = np.zeros((padded.shape[0] + 1, padded.shape[1] + 1), dtype=np.int64)
     integral[1:, 1:] = padded.cumsum(axis=0).cumsum(axis=1)
     rows, cols = mask.shape
-    window = (integral[side:side + rows, side:side + cols] - integral[:rows, side:side + cols]
-              - integral[side:side + rows, :cols] + integral[:rows, :cols])
+    window = (
+        integral[side : side + rows, side : side + cols]
+        - integral[:rows, side : side + cols]
+        - integral[side : side + rows, :cols]
+        + integral[:rows, :cols]
+    )
     return window == side * side
 
 
@@ -162,12 +166,13 @@ def crop_to_body(hu: np.ndarray, air: float = -1000.0) -> np.ndarray:
     out = np.full((side, side), air, dtype=np.float32)
     r0, c0 = max(row, 0), max(col, 0)
     r1, c1 = min(row + side, hu.shape[0]), min(col + side, hu.shape[1])
-    out[r0 - row:r1 - row, c0 - col:c1 - col] = hu[r0:r1, c0:c1]
+    out[r0 - row : r1 - row, c0 - col : c1 - col] = hu[r0:r1, c0:c1]
     return out
 
 
-def window_slices(hu: np.ndarray, windows: Sequence[Sequence[float]], height: int, width: int,
-                  crop_body: bool = False) -> np.ndarray:
+def window_slices(
+    hu: np.ndarray, windows: Sequence[Sequence[float]], height: int, width: int, crop_body: bool = False
+) -> np.ndarray:
     """CT slices in HU → model input (N, height, width, len(windows)), each window mapped to 0..1.
 
     A window (centre *c*, width *w*) maps ``c − w/2`` → 0 and ``c + w/2`` → 1 linearly, values
@@ -216,7 +221,7 @@ def exam_pe_probability(slice_probabilities: Sequence[float] | np.ndarray, top_k
         raise ValueError("an exam needs at least one slice")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    return float(np.mean(np.sort(probs)[-min(top_k, probs.size):]))
+    return float(np.mean(np.sort(probs)[-min(top_k, probs.size) :]))
 
 
 def aggregate_exam(scores: np.ndarray, top_k: int = DEFAULT_TOP_K) -> tuple[np.ndarray, dict[str, float]]:
@@ -276,6 +281,7 @@ def apply_consistency(
         ``(exam_labels, positive_slices, corrections)``: decisions for every exam label, the
         positive slice indices (ascending) and, in words, each change the rules made.
     """
+
     def threshold(name: str) -> float:
         value = thresholds.get(name)
         return DEFAULT_THRESHOLD if value is None else float(value)
@@ -307,7 +313,9 @@ def apply_consistency(
             for name in _RV_LV:
                 set_label(name, name == keep, "a positive exam has exactly one RV/LV ratio label, the more likely kept")
         if not any(labels[name] for name in _SIDES):
-            set_label(_pick(labels, p, _SIDES), True, "a positive exam has at least one location, the most likely taken")
+            set_label(
+                _pick(labels, p, _SIDES), True, "a positive exam has at least one location, the most likely taken"
+            )
         if all(labels[name] for name in _CHRONIC):
             drop = _CHRONIC[1] if _pick(labels, p, _CHRONIC) == _CHRONIC[0] else _CHRONIC[0]
             set_label(drop, False, "chronic and acute-and-chronic exclude each other, the more likely kept")
@@ -322,7 +330,11 @@ def apply_consistency(
         if labels[outcome[0]] == labels[outcome[1]]:
             keep = _pick(labels, p, outcome)
             for name in outcome:
-                set_label(name, name == keep, "a negative exam is either negative for PE or indeterminate, the more likely kept")
+                set_label(
+                    name,
+                    name == keep,
+                    "a negative exam is either negative for PE or indeterminate, the more likely kept",
+                )
     return labels, positive, corrections
 
 
@@ -334,8 +346,9 @@ def not_assessable(result: PeExamResult, reasons: Sequence[str]) -> PeExamResult
     read as a finding).
     """
     labels = {label: label == "indeterminate" for label in result.exam_labels}
-    return dataclasses.replace(result, exam_labels=labels, positive_slices=[], key_slices=[],
-                               indeterminate_reasons=list(reasons))
+    return dataclasses.replace(
+        result, exam_labels=labels, positive_slices=[], key_slices=[], indeterminate_reasons=list(reasons)
+    )
 
 
 def to_canonical(hu: np.ndarray, orientation: Sequence[float]) -> np.ndarray:
@@ -379,8 +392,11 @@ def mirror_halves(hu: np.ndarray, air: float = -1000.0) -> tuple[np.ndarray, np.
     return np.where(low, mirrored, hu), np.where(low, hu, mirrored)
 
 
-def side_evidence(p: Sequence[float] | np.ndarray, p_without_right: Sequence[float] | np.ndarray,
-                  p_without_left: Sequence[float] | np.ndarray) -> tuple[float, float]:
+def side_evidence(
+    p: Sequence[float] | np.ndarray,
+    p_without_right: Sequence[float] | np.ndarray,
+    p_without_left: Sequence[float] | np.ndarray,
+) -> tuple[float, float]:
     """``(rightsided, leftsided)`` from mirror probes of the key slices (see the module docstring).
 
     Per slice, the fall of its PE probability when that side's half is replaced, as a fraction
@@ -425,20 +441,29 @@ class PeModel:
             raise ModelError(f"model {manifest.name!r}: the PE model takes NHWC input, the manifest says {spec.layout}")
         prep = spec.preprocessing
         if prep.get("kind") != "ct_windows":
-            raise ModelError(f"model {manifest.name!r}: input.preprocessing.kind must be 'ct_windows', got {prep.get('kind')!r}")
+            raise ModelError(
+                f"model {manifest.name!r}: input.preprocessing.kind must be 'ct_windows', got {prep.get('kind')!r}"
+            )
         windows = prep.get("windows")
-        if (not isinstance(windows, list) or len(windows) != spec.channels
-                or not all(isinstance(w, list) and len(w) == 2 and float(w[1]) > 0 for w in windows)):
+        if (
+            not isinstance(windows, list)
+            or len(windows) != spec.channels
+            or not all(isinstance(w, list) and len(w) == 2 and float(w[1]) > 0 for w in windows)
+        ):
             raise ModelError(
                 f"model {manifest.name!r}: input.preprocessing.windows must list {spec.channels} [centre, width] "
                 f"pairs with positive widths, got {windows!r}"
             )
         keys = [label.key for label in manifest.labels]
         if keys != list(PE_HEADS):
-            raise ModelError(f"model {manifest.name!r}: labels must be the nine PE heads in order {list(PE_HEADS)}, got {keys}")
+            raise ModelError(
+                f"model {manifest.name!r}: labels must be the nine PE heads in order {list(PE_HEADS)}, got {keys}"
+            )
         crop = prep.get("crop", "none")
         if crop not in ("none", "body"):
-            raise ModelError(f"model {manifest.name!r}: input.preprocessing.crop must be 'none' or 'body', got {crop!r}")
+            raise ModelError(
+                f"model {manifest.name!r}: input.preprocessing.crop must be 'none' or 'body', got {crop!r}"
+            )
         self._model = model
         self.manifest = manifest
         self.windows: list[tuple[float, float]] = [(float(c), float(w)) for c, w in windows]
@@ -446,18 +471,25 @@ class PeModel:
         self.top_k = int(manifest.postprocessing.get("top_k", DEFAULT_TOP_K))
         self.slice_stride = int(manifest.postprocessing.get("slice_stride", 1))
         if self.slice_stride < 1:
-            raise ModelError(f"model {manifest.name!r}: postprocessing.slice_stride must be at least 1, got {self.slice_stride}")
+            raise ModelError(
+                f"model {manifest.name!r}: postprocessing.slice_stride must be at least 1, got {self.slice_stride}"
+            )
         self.location = str(manifest.postprocessing.get("location", "heads"))
         if self.location not in ("heads", "mirror"):
-            raise ModelError(f"model {manifest.name!r}: postprocessing.location must be 'heads' or 'mirror', got {self.location!r}")
+            raise ModelError(
+                f"model {manifest.name!r}: postprocessing.location must be 'heads' or 'mirror', got {self.location!r}"
+            )
         self.thresholds: dict[str, float] = {
-            label.key: DEFAULT_THRESHOLD if label.threshold is None else float(label.threshold) for label in manifest.labels
+            label.key: DEFAULT_THRESHOLD if label.threshold is None else float(label.threshold)
+            for label in manifest.labels
         }
         # negative_exam_for_pe is derived, not a head: its threshold comes from postprocessing.
-        self.thresholds["negative_exam_for_pe"] = float(manifest.postprocessing.get("negative_threshold", DEFAULT_THRESHOLD))
+        self.thresholds["negative_exam_for_pe"] = float(
+            manifest.postprocessing.get("negative_threshold", DEFAULT_THRESHOLD)
+        )
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> "PeModel":
+    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> PeModel:
         """Create the model from a verified manifest (``ModelRegistry.require``)."""
         return cls(OnnxModel(manifest, threads=threads))
 
@@ -465,7 +497,9 @@ class PeModel:
     def algorithm(self) -> AlgorithmInfo:
         """Identification of the model for result objects."""
         m = self.manifest
-        return AlgorithmInfo(name=m.name, version=m.version, manufacturer=m.manufacturer, weights_sha256=m.sha256, demo=m.demo)
+        return AlgorithmInfo(
+            name=m.name, version=m.version, manufacturer=m.manufacturer, weights_sha256=m.sha256, demo=m.demo
+        )
 
     def score_slices(
         self, plan: SeriesPlan, paths_by_uid: Mapping[str, str | PathLike[str]], batch_size: int = 8
@@ -488,20 +522,30 @@ class PeModel:
         spec = self.manifest.input
         n = len(plan)
         run = sorted(set(range(0, n, self.slice_stride)) | {n - 1})
-        sub = plan if len(run) == n else dataclasses.replace(
-            plan, sop_instance_uids=tuple(plan.sop_instance_uids[i] for i in run),
-            positions=tuple(plan.positions[i] for i in run))
+        sub = (
+            plan
+            if len(run) == n
+            else dataclasses.replace(
+                plan,
+                sop_instance_uids=tuple(plan.sop_instance_uids[i] for i in run),
+                positions=tuple(plan.positions[i] for i in run),
+            )
+        )
         scored = np.empty((len(run), len(PE_HEADS)), dtype=np.float32)
         lungs: dict[int, float] = {}
         for indices, hu in iter_hu_batches(sub, paths_by_uid, batch_size=batch_size):
-            for index, image in zip(indices, hu):
+            for index, image in zip(indices, hu, strict=False):
                 lungs[run[index]] = lung_area_cm2(image, plan.pixel_spacing)
-            batch = window_slices(to_canonical(hu, plan.orientation), self.windows, spec.height, spec.width, self.crop_body)
+            batch = window_slices(
+                to_canonical(hu, plan.orientation), self.windows, spec.height, spec.width, self.crop_body
+            )
             del hu
             out = self._model.run(batch).reshape(len(indices), -1)
             if out.shape[1] != len(PE_HEADS):
-                raise ModelError(f"model {self.manifest.name!r} returned {out.shape[1]} scores per slice, expected {len(PE_HEADS)}")
-            scored[indices[0]:indices[-1] + 1] = out
+                raise ModelError(
+                    f"model {self.manifest.name!r} returned {out.shape[1]} scores per slice, expected {len(PE_HEADS)}"
+                )
+            scored[indices[0] : indices[-1] + 1] = out
         if len(run) == n:
             return scored, lungs
         interpolated = np.stack([np.interp(np.arange(n), run, scored[:, h]) for h in range(len(PE_HEADS))], axis=1)
@@ -519,12 +563,17 @@ class PeModel:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         spec = self.manifest.input
-        out = [self._model.run(window_slices(hu[i:i + batch_size], self.windows, spec.height, spec.width, self.crop_body))
-               .reshape(-1, len(PE_HEADS)) for i in range(0, hu.shape[0], batch_size)]
+        out = [
+            self._model.run(
+                window_slices(hu[i : i + batch_size], self.windows, spec.height, spec.width, self.crop_body)
+            ).reshape(-1, len(PE_HEADS))
+            for i in range(0, hu.shape[0], batch_size)
+        ]
         return np.concatenate(out).astype(np.float32, copy=False)
 
-    def result_from_volume(self, hu: np.ndarray, slice_uids: list[str] | None = None,
-                           scores: np.ndarray | None = None) -> PeExamResult:
+    def result_from_volume(
+        self, hu: np.ndarray, slice_uids: list[str] | None = None, scores: np.ndarray | None = None
+    ) -> PeExamResult:
         """:meth:`analyse` for a volume already in memory (phantoms, evaluation), in the usual display orientation;
         ``scores``: its :meth:`score_volume` output when the caller has it already."""
         hu = np.asarray(hu)
@@ -534,8 +583,12 @@ class PeModel:
         return self.result_from_scores(slice_uids or [str(i) for i in range(len(hu))], scores, sides)
 
     def analyse(
-        self, plan: SeriesPlan, paths_by_uid: Mapping[str, str | PathLike[str]], batch_size: int = 8,
-        *, check_coverage: bool = True,
+        self,
+        plan: SeriesPlan,
+        paths_by_uid: Mapping[str, str | PathLike[str]],
+        batch_size: int = 8,
+        *,
+        check_coverage: bool = True,
     ) -> PeExamResult:
         """Score every slice, aggregate over the exam and apply the RSNA consistency rules.
 
@@ -567,8 +620,11 @@ class PeModel:
         probes = self.probe_slices(scores)
         sides = None
         if probes:
-            sub = dataclasses.replace(plan, sop_instance_uids=tuple(plan.sop_instance_uids[i] for i in probes),
-                                      positions=tuple(plan.positions[i] for i in probes))
+            sub = dataclasses.replace(
+                plan,
+                sop_instance_uids=tuple(plan.sop_instance_uids[i] for i in probes),
+                positions=tuple(plan.positions[i] for i in probes),
+            )
             hu = np.concatenate([batch for _, batch in iter_hu_batches(sub, paths_by_uid, batch_size=len(probes))])
             sides = self.mirror_sides(to_canonical(hu, plan.orientation), scores[probes, PE_HEADS.index(_IMAGE)])
         result = self.result_from_scores(list(plan.sop_instance_uids), scores, sides)
@@ -591,11 +647,11 @@ class PeModel:
         """``(rightsided, leftsided)`` probabilities from mirror probes of ``hu`` (k, rows, columns), slices in
         the usual display orientation (:func:`to_canonical`) whose PE probabilities are ``p``."""
         spec = self.manifest.input
-        low, high = zip(*(mirror_halves(np.asarray(h, dtype=np.float32)) for h in hu))
+        low, high = zip(*(mirror_halves(np.asarray(h, dtype=np.float32)) for h in hu), strict=False)
         probes = np.concatenate([np.stack(low), np.stack(high)])
         out = self._model.run(window_slices(probes, self.windows, spec.height, spec.width, self.crop_body))
         image = out.reshape(len(probes), -1)[:, PE_HEADS.index(_IMAGE)]
-        return side_evidence(p, image[:len(hu)], image[len(hu):])  # low columns: the patient's right
+        return side_evidence(p, image[: len(hu)], image[len(hu) :])  # low columns: the patient's right
 
     def result_from_scores(
         self, slice_uids: list[str], scores: np.ndarray, sides: tuple[float, float] | None = None

@@ -73,8 +73,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from models.body_composition import fill_holes, label_components
 from core.findings import LUMBAR_LEVELS
+from models.body_composition import fill_holes, label_components
 
 __all__ = [
     "LEVEL_HEIGHT_MM",
@@ -189,10 +189,12 @@ def check_level_map(
 
     # 1. Order.
     rank = [LUMBAR_LEVELS.index(level) for level, _, _ in runs]
-    for (la, a0, a1), (lb, b0, b1), ra, rb in zip(runs, runs[1:], rank, rank[1:]):
+    for (la, a0, a1), (lb, b0, b1), ra, rb in zip(runs, runs[1:], rank, rank[1:], strict=False):
         if rb < ra:
-            return [f"levels out of anatomical order: {lb} ({slices(b0, b1)}) lies below {la} ({slices(a0, a1)}); "
-                    f"from head to feet the spine runs {', '.join(LUMBAR_LEVELS)}"]
+            return [
+                f"levels out of anatomical order: {lb} ({slices(b0, b1)}) lies below {la} ({slices(a0, a1)}); "
+                f"from head to feet the spine runs {', '.join(LUMBAR_LEVELS)}"
+            ]
     reasons: list[str] = []
     by_level = {level: (a, b) for level, a, b in runs}
 
@@ -200,8 +202,10 @@ def check_level_map(
     lo, hi = rank[0], rank[-1]
     missing = [LUMBAR_LEVELS[k] for k in range(lo, hi + 1) if LUMBAR_LEVELS[k] not in by_level]
     if missing:
-        reasons.append(f"{', '.join(missing)} missing between {LUMBAR_LEVELS[lo]} and {LUMBAR_LEVELS[hi]}: "
-                       f"the spine cannot skip a level")
+        reasons.append(
+            f"{', '.join(missing)} missing between {LUMBAR_LEVELS[lo]} and {LUMBAR_LEVELS[hi]}: "
+            f"the spine cannot skip a level"
+        )
 
     # 3. L3 with L2 above and L4 below.
     if "L3" not in by_level:
@@ -221,25 +225,32 @@ def check_level_map(
         least, most = extent.bounds(a, b, checked)
         decoded = extent.of(a, b)
         if high is not None and least > high:
-            reasons.append(f"{level} spans {decoded:.0f} mm ({slices(a, b)}), more than the {high:.0f} mm "
-                           f"{_WHAT[level]} can")
+            reasons.append(
+                f"{level} spans {decoded:.0f} mm ({slices(a, b)}), more than the {high:.0f} mm {_WHAT[level]} can"
+            )
         elif low is not None and not cut and most < low:
-            reasons.append(f"{level} spans only {decoded:.0f} mm ({slices(a, b)}), less than the {low:.0f} mm "
-                           f"{_WHAT[level]} needs")
+            reasons.append(
+                f"{level} spans only {decoded:.0f} mm ({slices(a, b)}), less than the {low:.0f} mm {_WHAT[level]} needs"
+            )
     if "L1" in by_level and "L5" in by_level and by_level["L1"][0] > 0 and by_level["L5"][1] < n - 1:
         a, b = by_level["L1"][0], by_level["L5"][1]
         least, most = extent.bounds(a, b, checked)
         decoded = extent.of(a, b)
         low, high = LUMBAR_TOTAL_MM
         if least > high or most < low:
-            reasons.append(f"L1 to L5 span {decoded:.0f} mm ({slices(a, b)}); a lumbar spine spans "
-                           f"{low:.0f}-{high:.0f} mm")
+            reasons.append(
+                f"L1 to L5 span {decoded:.0f} mm ({slices(a, b)}); a lumbar spine spans {low:.0f}-{high:.0f} mm"
+            )
     return reasons
 
 
 _WHAT = {
-    "T": "the thoracic spine", "L1": "a lumbar level with its disc", "L2": "a lumbar level with its disc",
-    "L3": "a lumbar level with its disc", "L4": "a lumbar level with its disc", "L5": "a lumbar level with its disc",
+    "T": "the thoracic spine",
+    "L1": "a lumbar level with its disc",
+    "L2": "a lumbar level with its disc",
+    "L3": "a lumbar level with its disc",
+    "L4": "a lumbar level with its disc",
+    "L5": "a lumbar level with its disc",
     "S": "the sacrum and the pelvis below it",
 }
 
@@ -349,29 +360,39 @@ def check_pe_coverage(
     top: float | None = None
     bottom: float | None = None
     if core is None:
-        reasons.append(f"no lung on any of the {len(measured)} slices examined: the series does not show the chest, "
-                       "where the pulmonary arteries run")
+        reasons.append(
+            f"no lung on any of the {len(measured)} slices examined: the series does not show the chest, "
+            "where the pulmonary arteries run"
+        )
     else:
         first, last = measured[core[0]], measured[core[1]]
         length = float(superior[first]) - float(superior[last])
         if length < MIN_LUNG_EXTENT_MM:
-            where = (f"slice {first + 1}" if first == last else f"slices {min(first, last) + 1}-{max(first, last) + 1}")
-            reasons.append(f"lung seen over only {length:.0f} mm ({where}); "
-                           f"a CT pulmonary angiogram covers the lungs, where the pulmonary arteries run, over at least "
-                           f"{MIN_LUNG_EXTENT_MM:.0f} mm")
+            where = f"slice {first + 1}" if first == last else f"slices {min(first, last) + 1}-{max(first, last) + 1}"
+            reasons.append(
+                f"lung seen over only {length:.0f} mm ({where}); "
+                f"a CT pulmonary angiogram covers the lungs, where the pulmonary arteries run, over at least "
+                f"{MIN_LUNG_EXTENT_MM:.0f} mm"
+            )
         a, b = core  # the apex and the costophrenic recesses: neighbours with a little lung
         while a > 0 and areas[a - 1] >= LUNG_EDGE_CM2:
             a -= 1
         while b + 1 < len(areas) and areas[b + 1] >= LUNG_EDGE_CM2:
             b += 1
         top, bottom = float(superior[measured[a]]), float(superior[measured[b]])
-    outside = sorted(i for i in set(flagged)
-                     if top is None or bottom is None
-                     or not bottom - OUTSIDE_LUNG_TOLERANCE_MM <= float(superior[i]) <= top + OUTSIDE_LUNG_TOLERANCE_MM)
+    outside = sorted(
+        i
+        for i in set(flagged)
+        if top is None
+        or bottom is None
+        or not bottom - OUTSIDE_LUNG_TOLERANCE_MM <= float(superior[i]) <= top + OUTSIDE_LUNG_TOLERANCE_MM
+    )
     if outside:
         shown = ", ".join(str(i + 1) for i in outside[:8]) + (", ..." if len(outside) > 8 else "")
-        reasons.append(f"{len(outside)} slice(s) flagged for embolism lie outside the lungs (slices {shown}; "
-                       f"no lung within {OUTSIDE_LUNG_TOLERANCE_MM:.0f} mm): no pulmonary artery is there")
+        reasons.append(
+            f"{len(outside)} slice(s) flagged for embolism lie outside the lungs (slices {shown}; "
+            f"no lung within {OUTSIDE_LUNG_TOLERANCE_MM:.0f} mm): no pulmonary artery is there"
+        )
     return reasons
 
 

@@ -59,7 +59,7 @@ class ModelRegistry:
         self._verified: dict[str, tuple[int, int, str]] = {}  # name -> (size, mtime_ns, sha256)
 
     @classmethod
-    def discover(cls, models_dir: Path, config_file: Path | None = None) -> "ModelRegistry":
+    def discover(cls, models_dir: Path, config_file: Path | None = None) -> ModelRegistry:
         """Find the models' manifests.
 
         Parameters
@@ -88,7 +88,9 @@ class ModelRegistry:
                 first = entries[entry.name]
                 where = first.source if isinstance(first, Manifest) else "an earlier entry"
                 other = entry.source if isinstance(entry, Manifest) else "another entry"
-                entries[entry.name] = _Invalid(entry.name, f"model {entry.name!r} is defined twice: {where} and {other}")
+                entries[entry.name] = _Invalid(
+                    entry.name, f"model {entry.name!r} is defined twice: {where} and {other}"
+                )
             else:
                 entries[entry.name] = entry
         return cls(entries)
@@ -214,9 +216,12 @@ def _load_entry(item: Any, index: int, models_dir: Path, config_file: Path) -> M
             # Not installed (a fresh checkout before `ainode models build-demo`, or weights not yet copied):
             # like absent weights, this disables what needs the model instead of stopping the node.
             name = ref.parent.name or f"models[{index}]"
-            return _Absent(name, f"model {name!r} is not installed: its manifest {path} does not exist "
-                                 f"(listed in {config_file}); build the demo weights with `ainode models build-demo`, "
-                                 f"or copy the model's folder (model.json and weights) to {path.parent}")
+            return _Absent(
+                name,
+                f"model {name!r} is not installed: its manifest {path} does not exist "
+                f"(listed in {config_file}); build the demo weights with `ainode models build-demo`, "
+                f"or copy the model's folder (model.json and weights) to {path.parent}",
+            )
         return _guarded(lambda: load_manifest(path), ref.parent.name or f"models[{index}]")
     named = isinstance(item, dict) and isinstance(item.get("name"), str)
     fallback = item["name"] if named else f"models[{index}]"

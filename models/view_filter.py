@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from core.findings import AlgorithmInfo, View, ViewResult
 from models.backends.onnx_backend import OnnxModel
 from models.errors import ModelError, PreprocessError
-from core.findings import AlgorithmInfo, View, ViewResult
 from models.manifest import Manifest
 from models.preprocess.radiograph import radiograph_input
 
@@ -80,7 +80,7 @@ class ViewFilter:
         )
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> "ViewFilter":
+    def from_manifest(cls, manifest: Manifest, threads: int = 1) -> ViewFilter:
         """Create the filter from a verified manifest (``ModelRegistry.require``)."""
         return cls(OnnxModel(manifest, threads=threads))
 
@@ -88,7 +88,9 @@ class ViewFilter:
     def algorithm(self) -> AlgorithmInfo:
         """Identification of the model for result objects."""
         m = self.manifest
-        return AlgorithmInfo(name=m.name, version=m.version, manufacturer=m.manufacturer, weights_sha256=m.sha256, demo=m.demo)
+        return AlgorithmInfo(
+            name=m.name, version=m.version, manufacturer=m.manufacturer, weights_sha256=m.sha256, demo=m.demo
+        )
 
     def lateral_probabilities(self, images: np.ndarray) -> np.ndarray:
         """P(lateral) for preprocessed images of shape (N, height, width), values 0..1."""
@@ -120,13 +122,15 @@ class ViewFilter:
                 uid = ds.get("SOPInstanceUID", f"#{i}")
                 raise PreprocessError(f"image {uid}: {exc}") from exc
         results = []
-        for ds, p_lateral in zip(datasets, self.lateral_probabilities(images)):
+        for ds, p_lateral in zip(datasets, self.lateral_probabilities(images), strict=False):
             p = float(p_lateral)
             view: View = "lateral" if p >= self.threshold else "frontal"
             probability = p if view == "lateral" else 1.0 - p
             position = ds.get("ViewPosition") or None
             position = str(position).strip() if position is not None else None
             from_header = header_view(position)
-            disagreement = from_header is not None and from_header != view and probability >= self.disagreement_probability
+            disagreement = (
+                from_header is not None and from_header != view and probability >= self.disagreement_probability
+            )
             results.append(ViewResult(view, probability, position or None, from_header, disagreement))
         return results

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Sequence, TextIO
-
+from typing import TextIO
 
 from node.errors import AinodeError, ConfigError, InputError
 from node.pipelines import Pipeline
@@ -69,8 +69,9 @@ def find_files(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def analyze_paths(settings: Settings, paths: Sequence[Path], out: Path, pipeline: str | None = None,
-                  stream: TextIO = sys.stdout) -> int:
+def analyze_paths(
+    settings: Settings, paths: Sequence[Path], out: Path, pipeline: str | None = None, stream: TextIO = sys.stdout
+) -> int:
     """Analyse ``paths``; returns 0 when every file was analysed, 1 when some failed."""
     from node.service import pipeline_factory, plan_models
 
@@ -135,8 +136,11 @@ def analyze_paths(settings: Settings, paths: Sequence[Path], out: Path, pipeline
 
     print(_table(["input", "pipeline", "outcome", "details"], rows), file=stream)
     done = sum(1 for r in rows if r[2] == "done")
-    print(f"{done} series analysed, {sum(1 for r in rows if r[2] == 'failed')} failed, "
-          f"{sum(1 for r in rows if r[2] == 'skipped')} skipped; results in {out}", file=stream)
+    print(
+        f"{done} series analysed, {sum(1 for r in rows if r[2] == 'failed')} failed, "
+        f"{sum(1 for r in rows if r[2] == 'skipped')} skipped; results in {out}",
+        file=stream,
+    )
     return 1 if failed else 0
 
 

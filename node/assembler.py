@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import pydicom
 from sqlalchemy import or_, select, update
 
-from node.background import BackgroundLoop
 from node.audit import audit_row
+from node.background import BackgroundLoop
 from node.db import AuditKind, Database, Instance, Job, JobState, Series, SeriesState, utcnow
 from node.idempotency import file_digest, series_fingerprint
 from node.router import RoutingConfig, is_own_or_result_object, route
@@ -55,10 +55,18 @@ class Assembler(BackgroundLoop):
         was not analysed again (metrics).
     """
 
-    def __init__(self, db: Database, routing: RoutingConfig, enabled: set[str], disabled: Mapping[str, str],
-                 default_destinations: list[str], on_queued: Callable[[], None] | None = None,
-                 analysis_keys: Mapping[str, str] | None = None, reanalyse_on_change: bool = False,
-                 on_resent: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        routing: RoutingConfig,
+        enabled: set[str],
+        disabled: Mapping[str, str],
+        default_destinations: list[str],
+        on_queued: Callable[[], None] | None = None,
+        analysis_keys: Mapping[str, str] | None = None,
+        reanalyse_on_change: bool = False,
+        on_resent: Callable[[str, int], None] | None = None,
+    ) -> None:
         super().__init__("ainode-assembler", log)
         self.db = db
         self.routing = routing
@@ -97,8 +105,10 @@ class Assembler(BackgroundLoop):
                 return 0
             series.resend_pending = False
             path = session.scalar(
-                select(Instance.path).where(Instance.series_uid == series.series_uid, Instance.purged_at.is_(None))
-                .order_by(Instance.id).limit(1)
+                select(Instance.path)
+                .where(Instance.series_uid == series.series_uid, Instance.purged_at.is_(None))
+                .order_by(Instance.id)
+                .limit(1)
             )
             try:
                 if path is None:
@@ -120,8 +130,11 @@ class Assembler(BackgroundLoop):
                 log.info("series %s not routed: %s", series.series_uid, decision.reason)
                 return 0
             fingerprint = series_fingerprint(
-                (row.sop_uid, row.digest) for row in session.execute(
-                    select(Instance.sop_uid, Instance.digest).where(Instance.series_uid == series.series_uid)))
+                (row.sop_uid, row.digest)
+                for row in session.execute(
+                    select(Instance.sop_uid, Instance.digest).where(Instance.series_uid == series.series_uid)
+                )
+            )
             key = self.analysis_keys.get(decision.pipeline)
             latest = session.scalar(
                 select(Job).where(Job.series_uid == series.series_uid).order_by(Job.id.desc()).limit(1)
@@ -132,9 +145,15 @@ class Assembler(BackgroundLoop):
             if resend:
                 series.generation += 1  # analysed before (or failed): the new results supersede the old
             job = Job(
-                series_uid=series.series_uid, study_uid=series.study_uid, pipeline=decision.pipeline,
-                rule=decision.rule, destinations=list(decision.destinations) or self.default_destinations,
-                generation=series.generation, state=JobState.QUEUED, fingerprint=fingerprint, analysis_key=key,
+                series_uid=series.series_uid,
+                study_uid=series.study_uid,
+                pipeline=decision.pipeline,
+                rule=decision.rule,
+                destinations=list(decision.destinations) or self.default_destinations,
+                generation=series.generation,
+                state=JobState.QUEUED,
+                fingerprint=fingerprint,
+                analysis_key=key,
             )
             series.resent_instances = 0
             if decision.pipeline not in self.enabled:
@@ -147,10 +166,23 @@ class Assembler(BackgroundLoop):
             session.add(job)
             if job.state == JobState.FAILED:
                 session.flush()  # the audit row names the job
-                session.add(audit_row(AuditKind.JOB_FAILED, job_id=job.id, study_uid=job.study_uid,
-                                      series_uid=job.series_uid, pipeline=job.pipeline, message=job.error))
-            log.info("series %s -> %s (rule %s, generation %d)", series.series_uid, decision.pipeline,
-                     decision.rule, series.generation)
+                session.add(
+                    audit_row(
+                        AuditKind.JOB_FAILED,
+                        job_id=job.id,
+                        study_uid=job.study_uid,
+                        series_uid=job.series_uid,
+                        pipeline=job.pipeline,
+                        message=job.error,
+                    )
+                )
+            log.info(
+                "series %s -> %s (rule %s, generation %d)",
+                series.series_uid,
+                decision.pipeline,
+                decision.rule,
+                series.generation,
+            )
             return 1 if job.state == JobState.QUEUED else 0
 
     def _take_digests(self, series_id: int) -> None:
@@ -159,8 +191,9 @@ class Assembler(BackgroundLoop):
         with self.db.session() as session:
             series_uid = session.scalar(select(Series.series_uid).where(Series.id == series_id))
             missing = session.execute(
-                select(Instance.id, Instance.path).where(Instance.series_uid == series_uid, Instance.digest.is_(None),
-                                                         Instance.purged_at.is_(None))
+                select(Instance.id, Instance.path).where(
+                    Instance.series_uid == series_uid, Instance.digest.is_(None), Instance.purged_at.is_(None)
+                )
             ).all()
         taken = []
         for row in missing:
@@ -173,8 +206,9 @@ class Assembler(BackgroundLoop):
         with self.db.session() as session:
             for instance_id, content in taken:
                 # A re-send in the meantime recorded the digest of what it wrote: that one wins.
-                session.execute(update(Instance).where(Instance.id == instance_id, Instance.digest.is_(None))
-                                .values(digest=content))
+                session.execute(
+                    update(Instance).where(Instance.id == instance_id, Instance.digest.is_(None)).values(digest=content)
+                )
 
     def _same_analysis(self, latest: Job, pipeline: str, fingerprint: str, key: str | None) -> bool:
         """Whether ``latest`` already analysed (or is analysing) this content the way it would be now."""
@@ -189,12 +223,27 @@ class Assembler(BackgroundLoop):
         series.generation = latest.generation
         series.state = SeriesState.DONE if latest.state == JobState.DONE else SeriesState.QUEUED
         what = "analysed" if latest.state == JobState.DONE else "being analysed"
-        message = (f"series re-sent unchanged ({count} instance(s)); already {what} by job {latest.id}: "
-                   "not analysed again, no result sent")
-        session.add(audit_row(AuditKind.RESENT, job_id=latest.id, study_uid=series.study_uid,
-                              series_uid=series.series_uid, instance_count=count, pipeline=latest.pipeline,
-                              calling_ae=series.calling_ae, message=message))
-        log.info("series %s re-sent unchanged (%d instance(s)); job %s covers it: not analysed again",
-                 series.series_uid, count, latest.id)
+        message = (
+            f"series re-sent unchanged ({count} instance(s)); already {what} by job {latest.id}: "
+            "not analysed again, no result sent"
+        )
+        session.add(
+            audit_row(
+                AuditKind.RESENT,
+                job_id=latest.id,
+                study_uid=series.study_uid,
+                series_uid=series.series_uid,
+                instance_count=count,
+                pipeline=latest.pipeline,
+                calling_ae=series.calling_ae,
+                message=message,
+            )
+        )
+        log.info(
+            "series %s re-sent unchanged (%d instance(s)); job %s covers it: not analysed again",
+            series.series_uid,
+            count,
+            latest.id,
+        )
         if self.on_resent is not None:
             self.on_resent(latest.pipeline, count)

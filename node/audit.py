@@ -26,7 +26,7 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -35,15 +35,23 @@ from sqlalchemy.exc import SQLAlchemyError
 from node.db import AuditEvent, AuditKind, Database
 
 if TYPE_CHECKING:
-    from dimse.scp import AssociationEvent, StoreRequest
     from core.findings import SeriesResult
+    from dimse.scp import AssociationEvent, StoreRequest
 
 __all__ = ["AuditKind", "ReceiveAudit", "audit_row", "format_events", "model_versions", "query", "record"]
 
 log = logging.getLogger("ainode.audit")
 
-_LIMITS = {"calling_ae": 16, "peer_address": 64, "study_uid": 64, "series_uid": 64, "sop_uid": 64,
-           "pipeline": 64, "model_versions": 512, "destination": 64}
+_LIMITS = {
+    "calling_ae": 16,
+    "peer_address": 64,
+    "study_uid": 64,
+    "series_uid": 64,
+    "sop_uid": 64,
+    "pipeline": 64,
+    "model_versions": 512,
+    "destination": 64,
+}
 
 
 def audit_row(kind: AuditKind | str, **fields: Any) -> AuditEvent:
@@ -68,7 +76,7 @@ def record(db: Database, kind: AuditKind | str, **fields: Any) -> None:
         log.error("audit event %s could not be written: %s", kind, exc)
 
 
-def model_versions(result: "SeriesResult | None") -> str | None:
+def model_versions(result: SeriesResult | None) -> str | None:
     """``name version`` of each algorithm that produced ``result``, comma-separated (``(demo)`` marked)."""
     if result is None or not result.algorithms:
         return None
@@ -77,11 +85,12 @@ def model_versions(result: "SeriesResult | None") -> str | None:
 
 # -- received: counted in memory per association, written when it ends -----------------------
 
+
 @dataclass
 class _OpenAssociation:
     calling_ae: str
     peer_address: str
-    stored: dict[str, int] = field(default_factory=dict)    # study UID -> instances stored
+    stored: dict[str, int] = field(default_factory=dict)  # study UID -> instances stored
     rejected: dict[str, int] = field(default_factory=dict)  # study UID ("" unknown) -> instances refused
 
 
@@ -100,7 +109,7 @@ class ReceiveAudit:
         self._open: dict[int, _OpenAssociation] = {}
         self._lock = threading.Lock()
 
-    def association(self, event: "AssociationEvent") -> None:
+    def association(self, event: AssociationEvent) -> None:
         """Handle an accepted, rejected, released or aborted association (PS3.8 7.1-7.3)."""
         key = threading.get_ident()
         if event.kind == "accepted":
@@ -108,19 +117,30 @@ class ReceiveAudit:
                 self._open[key] = _OpenAssociation(event.calling_ae, event.peer_address)
             return
         if event.kind == "rejected":
-            record(self.db, AuditKind.ASSOCIATION_REJECTED, calling_ae=event.calling_ae,
-                   peer_address=event.peer_address, message=event.reason)
+            record(
+                self.db,
+                AuditKind.ASSOCIATION_REJECTED,
+                calling_ae=event.calling_ae,
+                peer_address=event.peer_address,
+                message=event.reason,
+            )
             return
         with self._lock:
             open_ = self._open.pop(key, None)
             if open_ is None:
-                key = next((k for k, o in self._open.items()
-                            if (o.calling_ae, o.peer_address) == (event.calling_ae, event.peer_address)), key)
+                key = next(
+                    (
+                        k
+                        for k, o in self._open.items()
+                        if (o.calling_ae, o.peer_address) == (event.calling_ae, event.peer_address)
+                    ),
+                    key,
+                )
                 open_ = self._open.pop(key, None)
         if open_ is not None:
             self._write(open_, event.kind if event.reason is None else f"{event.kind}: {event.reason}")
 
-    def instance(self, request: "StoreRequest", study_uid: str | None, stored: bool) -> None:
+    def instance(self, request: StoreRequest, study_uid: str | None, stored: bool) -> None:
         """Count one C-STORE of the current association (no database work)."""
         key = threading.get_ident()
         with self._lock:
@@ -142,29 +162,43 @@ class ReceiveAudit:
         for study in sorted(set(open_.stored) | set(open_.rejected)):
             stored, refused = open_.stored.get(study, 0), open_.rejected.get(study, 0)
             message = f"{stored} instance(s) stored" + (f", {refused} refused" if refused else "")
-            rows.append(audit_row(AuditKind.RECEIVED, calling_ae=open_.calling_ae, peer_address=open_.peer_address,
-                                  study_uid=study or None, instance_count=stored,
-                                  message=f"{message}; association {ending}"))
+            rows.append(
+                audit_row(
+                    AuditKind.RECEIVED,
+                    calling_ae=open_.calling_ae,
+                    peer_address=open_.peer_address,
+                    study_uid=study or None,
+                    instance_count=stored,
+                    message=f"{message}; association {ending}",
+                )
+            )
         if not rows:
             return  # C-ECHO only: nothing was sent
         try:
             with self.db.session() as session:
                 session.add_all(rows)
         except SQLAlchemyError as exc:
-            log.error("audit of association from %r at %s could not be written: %s", open_.calling_ae,
-                      open_.peer_address, exc)
+            log.error(
+                "audit of association from %r at %s could not be written: %s", open_.calling_ae, open_.peer_address, exc
+            )
 
 
 # -- reading ---------------------------------------------------------------------------------
 
-def query(db: Database, *, since: datetime | None = None, study: str | None = None,
-          kinds: Sequence[str] = (), limit: int = 100) -> list[AuditEvent]:
+
+def query(
+    db: Database,
+    *,
+    since: datetime | None = None,
+    study: str | None = None,
+    kinds: Sequence[str] = (),
+    limit: int = 100,
+) -> list[AuditEvent]:
     """Audit events, newest first, filtered by time, study UID and kind."""
     stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
     if since is not None:
         # In UTC: SQLite keeps the UTC wall time and compares text, ignoring any offset.
-        stmt = stmt.where(AuditEvent.time >= (since.astimezone(timezone.utc) if since.tzinfo
-                                              else since.replace(tzinfo=timezone.utc)))
+        stmt = stmt.where(AuditEvent.time >= (since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)))
     if study:
         stmt = stmt.where(AuditEvent.study_uid == study)
     if kinds:
@@ -175,13 +209,36 @@ def query(db: Database, *, since: datetime | None = None, study: str | None = No
 
 def format_events(events: Iterable[AuditEvent]) -> tuple[list[str], list[list[object]]]:
     """Headers and rows for a table: time (UTC), kind, who, study, what, where, message."""
-    headers = ["time (UTC)", "kind", "calling AE", "address", "study", "count", "pipeline / models",
-               "destination", "job", "sop instance", "message"]
+    headers = [
+        "time (UTC)",
+        "kind",
+        "calling AE",
+        "address",
+        "study",
+        "count",
+        "pipeline / models",
+        "destination",
+        "job",
+        "sop instance",
+        "message",
+    ]
     rows: list[list[object]] = []
     for e in events:
-        when = e.time if e.time.tzinfo else e.time.replace(tzinfo=timezone.utc)
+        when = e.time if e.time.tzinfo else e.time.replace(tzinfo=UTC)
         what = " ".join(x for x in (e.pipeline, f"[{e.model_versions}]" if e.model_versions else None) if x)
-        rows.append([when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), e.kind.value, e.calling_ae,
-                     e.peer_address, e.study_uid, e.instance_count, what or None, e.destination, e.job_id,
-                     e.sop_uid, (e.message or "")[:100]])
+        rows.append(
+            [
+                when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                e.kind.value,
+                e.calling_ae,
+                e.peer_address,
+                e.study_uid,
+                e.instance_count,
+                what or None,
+                e.destination,
+                e.job_id,
+                e.sop_uid,
+                (e.message or "")[:100],
+            ]
+        )
     return headers, rows

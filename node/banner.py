@@ -53,7 +53,7 @@ def human_bytes(size: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _model_line(node: "Node", name: str) -> str:
+def _model_line(node: Node, name: str) -> str:
     states = {s.name: s for s in node.models.registry.verify()}  # cached per file: no second checksum
     manifests = {m.name: m for m in node.models.registry.manifests()}
     state, manifest = states.get(name), manifests.get(name)
@@ -65,14 +65,16 @@ def _model_line(node: "Node", name: str) -> str:
     return f"{name} {manifest.version} ({weights}{licence})"
 
 
-def _spool(node: "Node") -> str:
+def _spool(node: Node) -> str:
     from node.db import Instance
 
     try:
         with node.db.session() as session:
             count, size = session.execute(
-                select(func.count(), func.coalesce(func.sum(Instance.size), 0)).select_from(Instance)
-                .where(Instance.purged_at.is_(None))).one()  # files retention removed are not in the spool
+                select(func.count(), func.coalesce(func.sum(Instance.size), 0))
+                .select_from(Instance)
+                .where(Instance.purged_at.is_(None))
+            ).one()  # files retention removed are not in the spool
     except SQLAlchemyError as exc:
         return f"spool size unknown ({type(exc).__name__})"
     return f"spool {count} instance(s), {human_bytes(float(size))}"
@@ -85,7 +87,7 @@ def _destination(name: str, dest: DicomDestinationSettings | DicomWebDestination
     return f"destination {name}: STOW-RS to {dest.url}"
 
 
-def banner_lines(node: "Node", http_port: int | None) -> list[str]:
+def banner_lines(node: Node, http_port: int | None) -> list[str]:
     """The banner of a started node; ``http_port`` is the bound HTTP port, ``None`` without HTTP."""
     settings = node.settings
     ports = ", ".join(f"{scp.port}{' (TLS)' if scp is node.tls_scp else ''}" for scp in node.scps)
@@ -128,8 +130,9 @@ def emit(lines: Sequence[str], level: int = logging.INFO) -> None:
         print("\n".join(lines), flush=True)
 
 
-def echo_destinations(settings: Settings, timeout: float = ECHO_TIMEOUT,
-                      report: Callable[[str, bool], None] | None = None) -> threading.Thread | None:
+def echo_destinations(
+    settings: Settings, timeout: float = ECHO_TIMEOUT, report: Callable[[str, bool], None] | None = None
+) -> threading.Thread | None:
     """C-ECHO every DICOM destination in a background thread; each result is reported as it comes.
 
     ``report(line, ok)`` defaults to :func:`emit` at INFO (answered) or WARNING
@@ -152,11 +155,20 @@ def echo_destinations(settings: Settings, timeout: float = ECHO_TIMEOUT,
         for name, dest in dicom.items():
             where = f"{dest.ae_title}@{dest.host}:{dest.port}{' over TLS' if dest.tls else ''}"
             try:
-                code = echo(host=dest.host, port=dest.port, called_ae=dest.ae_title, calling_ae=settings.ae_title,
-                            timeout=timeout, ssl_context=tls.destination_context(name, dest))
+                code = echo(
+                    host=dest.host,
+                    port=dest.port,
+                    called_ae=dest.ae_title,
+                    calling_ae=settings.ae_title,
+                    timeout=timeout,
+                    ssl_context=tls.destination_context(name, dest),
+                )
             except (AssociationFailed, ConfigError, OSError) as exc:
-                out(f"  destination {name}: C-ECHO {where} failed: {exc}; results for it wait and are retried "
-                    f"(check with 'ainode echo {name}')", False)
+                out(
+                    f"  destination {name}: C-ECHO {where} failed: {exc}; results for it wait and are retried "
+                    f"(check with 'ainode echo {name}')",
+                    False,
+                )
                 continue
             ok = code == 0
             out(f"  destination {name}: C-ECHO {where}: status 0x{code:04X}{' (success)' if ok else ''}", ok)

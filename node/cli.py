@@ -32,8 +32,9 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
-from typing import Sequence
 
 from node.db import AuditKind
 from node.errors import AinodeError
@@ -51,13 +52,12 @@ def _terminal_width() -> int | None:
 
 
 def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], width: int | None = None) -> str:
     """Rows under headers, columns padded; with ``width``, the widest columns are cut (``…``) to fit it."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else " ".join(str(c).split()) for c in row]
-                                           for row in rows]
+    cells = [[str(h) for h in headers]] + [["" if c is None else " ".join(str(c).split()) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     if width is not None:
         floor = [max(len(str(h)), 5) for h in headers]  # never narrower than the header (or 5)
@@ -67,8 +67,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], width: int 
                 break
             widest = max(shrinkable, key=lambda i: widths[i])
             widths[widest] -= 1
-        cells = [[_cut(c, w) for c, w in zip(row, widths)] for row in cells]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+        cells = [[_cut(c, w) for c, w in zip(row, widths, strict=False)] for row in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -126,7 +126,9 @@ def cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
     if args.destination:
         dest = settings.destinations.get(args.destination)
         if not isinstance(dest, DicomDestinationSettings):
-            raise AinodeError(f"no DICOM destination named {args.destination!r} (have: {sorted(settings.destinations)})")
+            raise AinodeError(
+                f"no DICOM destination named {args.destination!r} (have: {sorted(settings.destinations)})"
+            )
         host, port, called = dest.host, dest.port, dest.ae_title
         context = tls.destination_context(args.destination, dest)  # the same TLS as deliveries
     else:
@@ -136,8 +138,14 @@ def cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
         context = tls.probe_context(settings.tls) if settings.port is None and not args.port else None
     over = " over TLS" if context is not None else ""
     try:
-        code = echo(host=host, port=port, called_ae=called, calling_ae=args.calling_ae or settings.ae_title,
-                    timeout=args.timeout, ssl_context=context)
+        code = echo(
+            host=host,
+            port=port,
+            called_ae=called,
+            calling_ae=args.calling_ae or settings.ae_title,
+            timeout=args.timeout,
+            ssl_context=context,
+        )
     except AssociationFailed as exc:
         cause = tls.handshake_error(host, port, context, timeout=args.timeout) if context is not None else None
         print(f"C-ECHO {called}@{host}:{port}{over} failed: {exc}{'; ' + cause if cause else ''}")
@@ -186,28 +194,61 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             if job is None:
                 raise AinodeError(f"no job {args.id} (see 'ainode jobs')")
             results = session.execute(
-                select(Result, Delivery).outerjoin(Delivery, Delivery.result_id == Result.id)
-                .where(Result.job_id == job.id).order_by(Result.id, Delivery.id)).all()
-        sent = [f"{r.kind} {r.sop_uid}" + (f" -> {d.destination}: {d.state.value} (delivery {d.id})" if d else "")
-                for r, d in results]
-        print(_details([
-            ("job", job.id), ("state", job.state.value), ("pipeline", job.pipeline), ("rule", job.rule),
-            ("study", job.study_uid), ("series", job.series_uid), ("generation", job.generation),
-            ("tries", job.attempts), ("created", _when(job.created_at)), ("started", _when(job.started_at)),
-            ("finished", _when(job.finished_at)), ("worker", job.worker),
-            ("destinations", ", ".join(job.destinations or []) or "default"),
-            ("summary", job.summary), ("error", job.error), ("results", "\n".join(sent) or "none"),
-        ]))
+                select(Result, Delivery)
+                .outerjoin(Delivery, Delivery.result_id == Result.id)
+                .where(Result.job_id == job.id)
+                .order_by(Result.id, Delivery.id)
+            ).all()
+        sent = [
+            f"{r.kind} {r.sop_uid}" + (f" -> {d.destination}: {d.state.value} (delivery {d.id})" if d else "")
+            for r, d in results
+        ]
+        print(
+            _details(
+                [
+                    ("job", job.id),
+                    ("state", job.state.value),
+                    ("pipeline", job.pipeline),
+                    ("rule", job.rule),
+                    ("study", job.study_uid),
+                    ("series", job.series_uid),
+                    ("generation", job.generation),
+                    ("tries", job.attempts),
+                    ("created", _when(job.created_at)),
+                    ("started", _when(job.started_at)),
+                    ("finished", _when(job.finished_at)),
+                    ("worker", job.worker),
+                    ("destinations", ", ".join(job.destinations or []) or "default"),
+                    ("summary", job.summary),
+                    ("error", job.error),
+                    ("results", "\n".join(sent) or "none"),
+                ]
+            )
+        )
         return 0
     with db.session() as session:
         stmt = select(Job).order_by(Job.id.desc()).limit(args.limit)
         if args.state:
             stmt = stmt.where(Job.state == args.state)
         jobs = session.scalars(stmt).all()
-        rows = [(j.id, j.state.value, j.pipeline, _when(j.created_at), _when(j.finished_at), j.study_uid,
-                 j.attempts, j.error or j.summary or "") for j in jobs]
-    table = _table(["id", "state", "pipeline", "created", "finished", "study", "tries",
-                    "summary / error"], rows, width=_terminal_width())
+        rows = [
+            (
+                j.id,
+                j.state.value,
+                j.pipeline,
+                _when(j.created_at),
+                _when(j.finished_at),
+                j.study_uid,
+                j.attempts,
+                j.error or j.summary or "",
+            )
+            for j in jobs
+        ]
+    table = _table(
+        ["id", "state", "pipeline", "created", "finished", "study", "tries", "summary / error"],
+        rows,
+        width=_terminal_width(),
+    )
     print(table)
     if "…" in table:
         print("(cells cut to fit end in '…': 'ainode jobs show ID' shows all)")
@@ -216,7 +257,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 def _delivery_schedule(settings: Settings, delivery: object) -> list[tuple[str, object]]:
     """``failing since`` / ``next try`` / ``dead letter after`` of a delivery that failed and waits (UTC)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from node.db import DeliveryState
 
@@ -225,12 +266,17 @@ def _delivery_schedule(settings: Settings, delivery: object) -> list[tuple[str, 
         return []
 
     def when(epoch: float) -> str:
-        return _when(datetime.fromtimestamp(epoch, timezone.utc))
+        return _when(datetime.fromtimestamp(epoch, UTC))
 
     give_up = first + settings.delivery.give_up_after_hours * 3600
-    return [("failing since", when(first)), ("next try", when(getattr(delivery, "next_attempt_at", 0.0))),
-            ("dead letter after", when(give_up) + (f" or try {settings.delivery.max_attempts}"
-                                                   if settings.delivery.max_attempts else ""))]
+    return [
+        ("failing since", when(first)),
+        ("next try", when(getattr(delivery, "next_attempt_at", 0.0))),
+        (
+            "dead letter after",
+            when(give_up) + (f" or try {settings.delivery.max_attempts}" if settings.delivery.max_attempts else ""),
+        ),
+    ]
 
 
 def cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
@@ -248,29 +294,62 @@ def cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
         if len(args.ids) != 1:
             raise AinodeError("ainode deliveries show ID: name one delivery (its id in 'ainode deliveries')")
         with db.session() as session:
-            found = session.execute(select(Delivery, Result).join(Result, Result.id == Delivery.result_id)
-                                    .where(Delivery.id == args.ids[0])).first()
+            found = session.execute(
+                select(Delivery, Result).join(Result, Result.id == Delivery.result_id).where(Delivery.id == args.ids[0])
+            ).first()
         if found is None:
             raise AinodeError(f"no delivery {args.ids[0]} (see 'ainode deliveries')")
         d, r = found
         schedule = _delivery_schedule(settings, d)
-        print(_details([
-            ("delivery", d.id), ("state", d.state.value), ("destination", d.destination), ("tries", d.attempts),
-            ("created", _when(d.created_at)), ("delivered", _when(d.delivered_at)), *schedule, ("kind", r.kind),
-            ("sop instance", r.sop_uid), ("study", r.study_uid), ("source series", r.series_uid),
-            ("job", r.job_id), ("file", "(removed by retention)" if r.purged_at else r.path),
-            ("last error", d.last_error),
-        ]))
+        print(
+            _details(
+                [
+                    ("delivery", d.id),
+                    ("state", d.state.value),
+                    ("destination", d.destination),
+                    ("tries", d.attempts),
+                    ("created", _when(d.created_at)),
+                    ("delivered", _when(d.delivered_at)),
+                    *schedule,
+                    ("kind", r.kind),
+                    ("sop instance", r.sop_uid),
+                    ("study", r.study_uid),
+                    ("source series", r.series_uid),
+                    ("job", r.job_id),
+                    ("file", "(removed by retention)" if r.purged_at else r.path),
+                    ("last error", d.last_error),
+                ]
+            )
+        )
         return 0
     with db.session() as session:
-        stmt = (select(Delivery, Result).join(Result, Result.id == Delivery.result_id)
-                .order_by(Delivery.id.desc()).limit(args.limit))
+        stmt = (
+            select(Delivery, Result)
+            .join(Result, Result.id == Delivery.result_id)
+            .order_by(Delivery.id.desc())
+            .limit(args.limit)
+        )
         if args.failed:
             stmt = stmt.where(Delivery.state == DeliveryState.DEAD)
-        rows = [(d.id, d.state.value, d.destination, r.kind, _when(d.created_at), _when(d.delivered_at),
-                 r.study_uid, d.attempts, d.last_error or "") for d, r in session.execute(stmt).all()]
-    table = _table(["id", "state", "destination", "kind", "created", "delivered", "study", "tries",
-                    "last error"], rows, width=_terminal_width())
+        rows = [
+            (
+                d.id,
+                d.state.value,
+                d.destination,
+                r.kind,
+                _when(d.created_at),
+                _when(d.delivered_at),
+                r.study_uid,
+                d.attempts,
+                d.last_error or "",
+            )
+            for d, r in session.execute(stmt).all()
+        ]
+    table = _table(
+        ["id", "state", "destination", "kind", "created", "delivered", "study", "tries", "last error"],
+        rows,
+        width=_terminal_width(),
+    )
     print(table)
     if "…" in table:
         print("(cells cut to fit end in '…': 'ainode deliveries show ID' shows all)")
@@ -301,12 +380,15 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     try:
         free, total = disk_state(settings)
     except OSError as exc:
-        raise AinodeError(f"cannot read the free space of the data directory {settings.data_dir}: "
-                          f"{exc.strerror or exc}") from exc
+        raise AinodeError(
+            f"cannot read the free space of the data directory {settings.data_dir}: {exc.strerror or exc}"
+        ) from exc
     plan = plan_purge(db, settings, utcnow(), free, total)
     policy = settings.retention
-    print(f"free space {100 * free:.1f} % (watermark {policy.min_free_percent:g} %), keep {policy.keep_hours:g} h "
-          f"after delivery; {plan.unfinished_series} series and {plan.unfinished_results} result(s) unfinished, kept")
+    print(
+        f"free space {100 * free:.1f} % (watermark {policy.min_free_percent:g} %), keep {policy.keep_hours:g} h "
+        f"after delivery; {plan.unfinished_series} series and {plan.unfinished_results} result(s) unfinished, kept"
+    )
     if not plan.items:
         print("nothing to purge")
         return 0
@@ -362,8 +444,17 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     for st in statuses:
         m = manifests.get(st.name)
         detail = m.sha256[:16] if st.state == "ok" and m else st.message
-        rows.append((st.name, m.version if m else "-", m.task if m else "-", m.backend if m else "-",
-                     ("yes" if m.demo else "no") if m else "-", st.state, detail))
+        rows.append(
+            (
+                st.name,
+                m.version if m else "-",
+                m.task if m else "-",
+                m.backend if m else "-",
+                ("yes" if m.demo else "no") if m else "-",
+                st.state,
+                detail,
+            )
+        )
     print(_table(["model", "version", "task", "backend", "demo", "weights", "sha256 / problem"], rows))
     if args.action == "verify":
         return 0 if all(st.state == "ok" for st in statuses) else 1
@@ -428,13 +519,14 @@ def cmd_sample(settings: Settings, args: argparse.Namespace) -> int:
     # node's AE title, which the README's Orthanc script treats as the node's results and never forwards.
     calling = args.calling_ae or (settings.ae_title if called == settings.ae_title else SAMPLE_CALLING_AE)
     try:
-        outcomes = store_files(study.paths, host=host, port=port, called_ae=called, calling_ae=calling,
-                               timeout=args.timeout)
+        outcomes = store_files(
+            study.paths, host=host, port=port, called_ae=called, calling_ae=calling, timeout=args.timeout
+        )
     except AssociationFailed as exc:
-        hint = (f"; is {calling} in the peer's allowed list? (--calling-ae names another)" if exc.permanent else "")
+        hint = f"; is {calling} in the peer's allowed list? (--calling-ae names another)" if exc.permanent else ""
         print(f"C-STORE to {called}@{host}:{port} as {calling} failed: {exc}{hint}")
         return 1
-    for path, outcome in zip(study.paths, outcomes):
+    for path, outcome in zip(study.paths, outcomes, strict=False):
         print(f"C-STORE {path.name}: status 0x{outcome.status:04X} ({dimse_status.describe(outcome.status)})")
     sent = sum(o.succeeded for o in outcomes)
     print(f"sent {sent}/{len(outcomes)} to {called}@{host}:{port} as {calling}")
@@ -459,8 +551,12 @@ CONFIG_HELP = """configuration (the same for every command as for 'ainode serve'
 def build_parser() -> argparse.ArgumentParser:
     from node.banner import version
 
-    parser = argparse.ArgumentParser(prog="ainode", description="DICOM AI node", epilog=CONFIG_HELP,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="ainode",
+        description="DICOM AI node",
+        epilog=CONFIG_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", help="node.yaml (default: $AINODE_CONFIG or config/node.yaml)")
     parser.add_argument("--version", action="version", version=f"ainode {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -487,8 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=["queued", "running", "done", "failed"])
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_jobs)
-    p = sub.add_parser("deliveries",
-                       help="list deliveries (times in UTC), 'retry' dead letters, or 'show ID' for one in full")
+    p = sub.add_parser(
+        "deliveries", help="list deliveries (times in UTC), 'retry' dead letters, or 'show ID' for one in full"
+    )
     p.add_argument("action", nargs="?", choices=["list", "retry", "show"], default="list")
     p.add_argument("ids", nargs="*", type=int, help="with retry: only these deliveries; with show: the one to show")
     p.add_argument("--failed", action="store_true", help="only dead letters")
@@ -497,8 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="the audit log: who sent what, what ran, where results went")
     p.add_argument("--since", help="only events at or after this UTC time, e.g. 2026-11-22T10:00")
     p.add_argument("--study", help="only events of this Study Instance UID")
-    p.add_argument("--kind", action="append", choices=[k.value for k in AuditKind],
-                   help="only events of this kind (repeatable)")
+    p.add_argument(
+        "--kind", action="append", choices=[k.value for k in AuditKind], help="only events of this kind (repeatable)"
+    )
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_audit)
     p = sub.add_parser("purge", help="remove delivered studies' files now by the retention policy (rows kept)")
@@ -508,32 +606,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "verify", "build-demo", "evaluate"])
     p.add_argument("name", nargs="?", help="evaluate: the model (cxr-findings, cxr-detector, ct-pe, ct-lumbar)")
     p.add_argument("--count", type=int, help="evaluate: phantoms per kind, CTPA pairs or abdomen series per spacing")
-    p.add_argument("--write", action="store_true",
-                   help="evaluate: store evaluation.json and rewrite the model card's generated section")
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="evaluate: store evaluation.json and rewrite the model card's generated section",
+    )
     p.add_argument("--out", help="build-demo, evaluate: models directory (default: the settings' models_dir)")
     p.add_argument("--force", action="store_true", help="build-demo: rebuild even when up to date")
     p.add_argument("--quick", action="store_true", help="build-demo: tiny runs for tests (quality not checked)")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="build-demo: only this recipe")
     p.set_defaults(func=cmd_models)
     # No help of its own: 'ainode train MODEL --help' is the trainer's, with all its options.
-    p = sub.add_parser("train", help="train a model (extra [train])", add_help=False,
-                       usage="ainode train MODEL --data DIR [--out DIR] [trainer options]; ainode train MODEL --help")
-    p.add_argument("-h", "--help", action="store_true", dest="train_help",
-                   help="with MODEL: that trainer's own options; alone: this help")
+    p = sub.add_parser(
+        "train",
+        help="train a model (extra [train])",
+        add_help=False,
+        usage="ainode train MODEL --data DIR [--out DIR] [trainer options]; ainode train MODEL --help",
+    )
+    p.add_argument(
+        "-h",
+        "--help",
+        action="store_true",
+        dest="train_help",
+        help="with MODEL: that trainer's own options; alone: this help",
+    )
     p.add_argument("model", nargs="?", choices=list(TRAINERS))
     p.add_argument("--data", help="the training data (see the trainer's --help)")
     p.add_argument("--out", help="model folder to write (default: the models_dir folder of MODEL)")
     p.set_defaults(func=cmd_train, train_parser=p)  # further options (--steps, --seed, ...) go to the trainer
-    p = sub.add_parser("sample", help="write a synthetic sample study (and send it by C-STORE)",
-                       description="Write a small synthetic study that the shipped routing sends to a pipeline: "
-                                   "cxr (one chest radiograph), ct-pe (a CT pulmonary angiography series), "
-                                   "ct-lumbar (an abdominal CT). Phantoms, no patient data.")
+    p = sub.add_parser(
+        "sample",
+        help="write a synthetic sample study (and send it by C-STORE)",
+        description="Write a small synthetic study that the shipped routing sends to a pipeline: "
+        "cxr (one chest radiograph), ct-pe (a CT pulmonary angiography series), "
+        "ct-lumbar (an abdominal CT). Phantoms, no patient data.",
+    )
     p.add_argument("kind", choices=["cxr", "ct-pe", "ct-lumbar"])
     p.add_argument("--out", required=True, help="folder to write the files into (created if needed)")
-    p.add_argument("--send", metavar="AE@HOST:PORT",
-                   help="then send them by C-STORE, e.g. AINODE@127.0.0.1:11112 or ORTHANC@127.0.0.1:4242")
-    p.add_argument("--calling-ae", help="our AE title when sending (default: the node's ae_title when sending to the "
-                                        f"node, which accepts it from this machine; {SAMPLE_CALLING_AE} to anyone else)")
+    p.add_argument(
+        "--send",
+        metavar="AE@HOST:PORT",
+        help="then send them by C-STORE, e.g. AINODE@127.0.0.1:11112 or ORTHANC@127.0.0.1:4242",
+    )
+    p.add_argument(
+        "--calling-ae",
+        help="our AE title when sending (default: the node's ae_title when sending to the "
+        f"node, which accepts it from this machine; {SAMPLE_CALLING_AE} to anyone else)",
+    )
     p.add_argument("--timeout", type=float, default=30, help="seconds for connecting and each C-STORE")
     p.set_defaults(func=cmd_sample)
     for command in sub.choices.values():  # every command says which configuration it reads

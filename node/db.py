@@ -23,7 +23,7 @@ import enum
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -49,15 +49,15 @@ UID = String(64)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class SeriesState(str, enum.Enum):
-    RECEIVING = "receiving"   # instances arriving; analysed after the quiet period
-    QUEUED = "queued"         # a job was created
-    DONE = "done"             # the latest job finished (or failed: see the job)
-    IGNORED = "ignored"       # our own output or a result object: never analysed
-    UNROUTED = "unrouted"     # no routing rule matched
+    RECEIVING = "receiving"  # instances arriving; analysed after the quiet period
+    QUEUED = "queued"  # a job was created
+    DONE = "done"  # the latest job finished (or failed: see the job)
+    IGNORED = "ignored"  # our own output or a result object: never analysed
+    UNROUTED = "unrouted"  # no routing rule matched
 
 
 class JobState(str, enum.Enum):
@@ -71,7 +71,7 @@ class DeliveryState(str, enum.Enum):
     PENDING = "pending"
     SENDING = "sending"
     DONE = "done"
-    DEAD = "dead"             # retry limit reached; kept until retried by hand
+    DEAD = "dead"  # retry limit reached; kept until retried by hand
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
@@ -192,16 +192,16 @@ class Delivery(Base):
 
 
 class AuditKind(str, enum.Enum):
-    RECEIVED = "received"                          # one row per association and study
+    RECEIVED = "received"  # one row per association and study
     ASSOCIATION_REJECTED = "association_rejected"
     JOB_DONE = "job_done"
     JOB_FAILED = "job_failed"
     DELIVERED = "delivered"
-    DELIVERY_FAILED = "delivery_failed"            # one attempt failed; retried later
+    DELIVERY_FAILED = "delivery_failed"  # one attempt failed; retried later
     DEAD_LETTER = "dead_letter"
-    RETRIED = "retried"                            # dead letters queued again by hand
-    RESENT = "resent"                              # a series arrived again unchanged: not analysed again
-    PURGED = "purged"                              # retention removed files (counts and bytes; rows kept)
+    RETRIED = "retried"  # dead letters queued again by hand
+    RESENT = "resent"  # a series arrived again unchanged: not analysed again
+    PURGED = "purged"  # retention removed files (counts and bytes; rows kept)
 
 
 class AuditEvent(Base):
@@ -211,7 +211,8 @@ class AuditEvent(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     time: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     kind: Mapped[AuditKind] = mapped_column(
-        Enum(AuditKind, values_callable=lambda e: [m.value for m in e], native_enum=False, length=32), index=True)
+        Enum(AuditKind, values_callable=lambda e: [m.value for m in e], native_enum=False, length=32), index=True
+    )
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     peer_address: Mapped[str | None] = mapped_column(String(64))
     study_uid: Mapped[str | None] = mapped_column(UID, index=True)
@@ -290,7 +291,7 @@ def add_missing_columns(engine: Engine) -> list[str]:
                 if not column.nullable:
                     raise RuntimeError(f"column {table.name}.{column.name} is not nullable: it needs a migration")
                 kind = column.type.compile(dialect=engine.dialect)
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
                 added.append(f"{table.name}.{column.name}")
     return added
 

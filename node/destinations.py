@@ -168,8 +168,13 @@ class DicomDestination:
             return DeliveryAttempt(True, False, f"{where}: nothing to send", {})
         try:
             outcomes = store_files(
-                paths, host=self.host, port=self.port, called_ae=self.ae_title,
-                calling_ae=self.calling_ae, timeout=self.timeout, ssl_context=self.ssl_context,
+                paths,
+                host=self.host,
+                port=self.port,
+                called_ae=self.ae_title,
+                calling_ae=self.calling_ae,
+                timeout=self.timeout,
+                ssl_context=self.ssl_context,
             )
         except AssociationFailed as exc:
             statuses = {o.sop_instance_uid: o.status for o in exc.outcomes if o.sop_instance_uid}
@@ -308,9 +313,7 @@ class _Session(requests.Session):
 def _read_for_stow(path: Path) -> pydicom.Dataset:
     """A Part 10 file (PS3.10 7.1) with the UIDs STOW-RS needs, or an exception."""
     ds = pydicom.dcmread(path)
-    missing = [
-        keyword for keyword in ("SOPClassUID", "SOPInstanceUID") if not str(ds.get(keyword, "") or "")
-    ]
+    missing = [keyword for keyword in ("SOPClassUID", "SOPInstanceUID") if not str(ds.get(keyword, "") or "")]
     if "TransferSyntaxUID" not in ds.file_meta:
         missing.append("TransferSyntaxUID (File Meta Information)")
     if missing:
@@ -318,9 +321,7 @@ def _read_for_stow(path: Path) -> pydicom.Dataset:
     return ds
 
 
-def _stow_statuses(
-    response: pydicom.Dataset | None, sent: Iterable[str], *, assume_success: bool
-) -> dict[str, int]:
+def _stow_statuses(response: pydicom.Dataset | None, sent: Iterable[str], *, assume_success: bool) -> dict[str, int]:
     """Per-instance statuses from a STOW-RS response (PS3.18 Table 10.5.3-1)."""
     statuses: dict[str, int] = {}
     if response is None or len(response) == 0:

@@ -47,7 +47,7 @@ def dataset_offset(data: bytes | memoryview) -> tuple[int, str] | None:
         group, element = struct.unpack_from("<HH", data, pos)
         if group != 0x0002:
             break
-        vr = bytes(data[pos + 4:pos + 6])
+        vr = bytes(data[pos + 4 : pos + 6])
         if vr in _LONG_VRS:
             length = struct.unpack_from("<I", data, pos + 8)[0]
             value_at = pos + 12
@@ -55,7 +55,7 @@ def dataset_offset(data: bytes | memoryview) -> tuple[int, str] | None:
             length = struct.unpack_from("<H", data, pos + 6)[0]
             value_at = pos + 8
         if element == 0x0010:
-            syntax = bytes(data[value_at:value_at + length]).rstrip(b"\x00 ").decode("ascii", "replace")
+            syntax = bytes(data[value_at : value_at + length]).rstrip(b"\x00 ").decode("ascii", "replace")
         pos = value_at + length
     return (pos, syntax) if syntax else None
 
@@ -85,7 +85,7 @@ def _header(data: bytes | memoryview, pos: int, implicit: bool) -> tuple[int, in
     group, element = struct.unpack_from("<HH", data, pos)
     if group == 0xFFFE or implicit:
         return group, element, b"", struct.unpack_from("<I", data, pos + 4)[0], pos + 8
-    vr = bytes(data[pos + 4:pos + 6])
+    vr = bytes(data[pos + 4 : pos + 6])
     if vr in _LONG_VRS:
         return group, element, vr, struct.unpack_from("<I", data, pos + 8)[0], pos + 12
     if not (vr.isalpha() and vr.isupper()):
@@ -110,7 +110,7 @@ def _scan(data: bytes | memoryview, pos: int, end: int, implicit: bool, found: d
         if value_at + length > end:
             raise _Malformed("element runs past the end")
         if top and (group, element) in WANTED:
-            raw = bytes(data[value_at:value_at + length])
+            raw = bytes(data[value_at : value_at + length])
             found[WANTED[(group, element)]] = raw.rstrip(b"\x00 ").decode("ascii", "replace").strip()
         pos = value_at + length
     return pos

@@ -28,16 +28,17 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, select, update
 
 from node import tls
-from node.background import BackgroundLoop
 from node.audit import audit_row
-from node.db import rowcount, AuditKind, Database, Delivery, DeliveryState, Result, utcnow
+from node.background import BackgroundLoop
+from node.db import AuditKind, Database, Delivery, DeliveryState, Result, rowcount, utcnow
 from node.destinations import DeliveryAttempt, DicomDestination, DicomWebDestination
 from node.logs import log_context
 from node.settings import DicomDestinationSettings, Settings
@@ -69,15 +70,25 @@ def build_senders(settings: Settings) -> dict[str, Sender]:
     for name, dest in settings.destinations.items():
         if isinstance(dest, DicomDestinationSettings):
             senders[name] = DicomDestination(
-                name, ae_title=dest.ae_title, host=dest.host, port=dest.port, calling_ae=settings.ae_title,
-                timeout=dest.timeout, ssl_context=tls.destination_context(name, dest),
+                name,
+                ae_title=dest.ae_title,
+                host=dest.host,
+                port=dest.port,
+                calling_ae=settings.ae_title,
+                timeout=dest.timeout,
+                ssl_context=tls.destination_context(name, dest),
             )
         else:
             secret = dest.secret()
             senders[name] = DicomWebDestination(
-                name, url=dest.url, auth=dest.auth, username=dest.username,
-                password=secret if dest.auth == "basic" else None, token=secret if dest.auth == "bearer" else None,
-                timeout=dest.timeout, verify_tls=tls.https_verify(name, dest),
+                name,
+                url=dest.url,
+                auth=dest.auth,
+                username=dest.username,
+                password=secret if dest.auth == "basic" else None,
+                token=secret if dest.auth == "bearer" else None,
+                timeout=dest.timeout,
+                verify_tls=tls.https_verify(name, dest),
             )
             if not dest.verify_tls and dest.url.startswith("https:"):
                 log.warning("destination %s: verify_tls is false, the server's certificate is not checked", name)
@@ -99,13 +110,19 @@ def retry_dead(db: Database, ids: Sequence[int] = ()) -> int:
         stmt = update(Delivery).where(Delivery.state == DeliveryState.DEAD)
         if ids:
             stmt = stmt.where(Delivery.id.in_(list(ids)))
-        result = session.execute(stmt.values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=0.0,
-                                             first_failed_at=None))
+        result = session.execute(
+            stmt.values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=0.0, first_failed_at=None)
+        )
         count = rowcount(result)
         if count:
             which = f"deliveries {', '.join(map(str, ids))}" if ids else "all dead letters"
-            session.add(audit_row(AuditKind.RETRIED, instance_count=count,
-                                  message=f"{count} dead letter(s) queued again by hand ({which})"))
+            session.add(
+                audit_row(
+                    AuditKind.RETRIED,
+                    instance_count=count,
+                    message=f"{count} dead letter(s) queued again by hand ({which})",
+                )
+            )
         return count
 
 
@@ -114,8 +131,9 @@ class Dispatcher(BackgroundLoop):
 
     retry_seconds = 2.0
 
-    def __init__(self, settings: Settings, db: Database, senders: Mapping[str, Sender],
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, senders: Mapping[str, Sender], clock: Callable[[], float] = time.time
+    ) -> None:
         super().__init__("ainode-dispatcher", log)
         self.policy = settings.delivery
         self.db = db
@@ -130,8 +148,10 @@ class Dispatcher(BackgroundLoop):
             self._send_batch(destination, now)
         with self.db.session() as session:
             upcoming = session.scalar(
-                select(Delivery.next_attempt_at).where(Delivery.state == DeliveryState.PENDING)
-                .order_by(Delivery.next_attempt_at).limit(1)
+                select(Delivery.next_attempt_at)
+                .where(Delivery.state == DeliveryState.PENDING)
+                .order_by(Delivery.next_attempt_at)
+                .limit(1)
             )
         if upcoming is None:
             return 1.0
@@ -144,17 +164,29 @@ class Dispatcher(BackgroundLoop):
     def _send_batch(self, destination: str, now: float) -> None:
         with self.db.session() as session:
             rows = session.execute(
-                select(Delivery.id, Delivery.created_at, Result.path, Result.sop_uid, Result.study_uid,
-                       Result.series_uid, Result.job_id)
+                select(
+                    Delivery.id,
+                    Delivery.created_at,
+                    Result.path,
+                    Result.sop_uid,
+                    Result.study_uid,
+                    Result.series_uid,
+                    Result.job_id,
+                )
                 .join(Result, Result.id == Delivery.result_id)
-                .where(Delivery.destination == destination, Delivery.state == DeliveryState.PENDING,
-                       Delivery.next_attempt_at <= now)
-                .order_by(func.coalesce(Result.priority, ROUTINE), Delivery.id).limit(BATCH)
+                .where(
+                    Delivery.destination == destination,
+                    Delivery.state == DeliveryState.PENDING,
+                    Delivery.next_attempt_at <= now,
+                )
+                .order_by(func.coalesce(Result.priority, ROUTINE), Delivery.id)
+                .limit(BATCH)
             ).all()
             if not rows:
                 return
             claimed = session.execute(
-                update(Delivery).where(Delivery.id.in_([r.id for r in rows]), Delivery.state == DeliveryState.PENDING)
+                update(Delivery)
+                .where(Delivery.id.in_([r.id for r in rows]), Delivery.state == DeliveryState.PENDING)
                 .values(state=DeliveryState.SENDING)
             )
             if rowcount(claimed) != len(rows):
@@ -173,9 +205,10 @@ class Dispatcher(BackgroundLoop):
                 try:
                     attempt = self.senders[destination].send([Path(r.path) for r in group])
                 except Exception as exc:  # a sender must not take the dispatcher down
-                    attempt = DeliveryAttempt(ok=False, permanent=False, message=f"{type(exc).__name__}: {exc}",
-                                              statuses={})
-            rest = [row for _, later in groups[index + 1:] for row in later]
+                    attempt = DeliveryAttempt(
+                        ok=False, permanent=False, message=f"{type(exc).__name__}: {exc}", statuses={}
+                    )
+            rest = [row for _, later in groups[index + 1 :] for row in later]
             unanswered = unanswered + 1 if not attempt.ok and not attempt.permanent and not attempt.statuses else 0
             if rest and unanswered >= UNANSWERED_IS_DOWN:
                 # The destination itself is down (no association, no answer, twice: not one object it chokes on):
@@ -189,13 +222,20 @@ class Dispatcher(BackgroundLoop):
                 # Back after an outage: the rest of this batch goes back to the queue, so that the next pass
                 # sends the whole backlog (now all due) urgent first, not this batch's routine results first.
                 with self.db.session() as session:
-                    session.execute(update(Delivery).where(
-                        Delivery.id.in_([r.id for r in rest]), Delivery.state == DeliveryState.SENDING)
-                        .values(state=DeliveryState.PENDING))
+                    session.execute(
+                        update(Delivery)
+                        .where(Delivery.id.in_([r.id for r in rest]), Delivery.state == DeliveryState.SENDING)
+                        .values(state=DeliveryState.PENDING)
+                    )
                 return
 
-    def _record(self, destination: str, rows: Sequence, attempt: DeliveryAttempt,  # type: ignore[type-arg]
-                failed: Sequence[int] = ()) -> int:
+    def _record(
+        self,
+        destination: str,
+        rows: Sequence,
+        attempt: DeliveryAttempt,  # type: ignore[type-arg]
+        failed: Sequence[int] = (),
+    ) -> int:
         """Record one send's outcome; returns how many waiting deliveries it made due now (destination back).
 
         ``failed``: deliveries that failed earlier in the same pass, which keep their back-off.
@@ -209,20 +249,29 @@ class Dispatcher(BackgroundLoop):
             if delivered:
                 # The destination answers again: its backlog need not wait for each delivery's back-off.
                 backlog = session.execute(
-                    update(Delivery).where(Delivery.destination == destination,
-                                           Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at > 0,
-                                           Delivery.id.notin_([row.id for row in rows] + list(failed)))
-                    .values(next_attempt_at=0.0))
+                    update(Delivery)
+                    .where(
+                        Delivery.destination == destination,
+                        Delivery.state == DeliveryState.PENDING,
+                        Delivery.next_attempt_at > 0,
+                        Delivery.id.notin_([row.id for row in rows] + list(failed)),
+                    )
+                    .values(next_attempt_at=0.0)
+                )
                 made_due = rowcount(backlog)
                 if made_due:
-                    log.info("destination %s answers again: %d waiting deliveries are due now", destination,
-                             made_due)
+                    log.info("destination %s answers again: %d waiting deliveries are due now", destination, made_due)
         return made_due
 
     def _record_one(self, session, destination: str, row, attempt: DeliveryAttempt) -> bool:  # type: ignore[no-untyped-def]
         """One delivery's outcome: its state, its audit row and the metrics, together; True when delivered."""
-        audit = {"destination": destination, "sop_uid": row.sop_uid, "study_uid": row.study_uid,
-                 "series_uid": row.series_uid, "job_id": row.job_id}
+        audit = {
+            "destination": destination,
+            "sop_uid": row.sop_uid,
+            "study_uid": row.study_uid,
+            "series_uid": row.series_uid,
+            "job_id": row.job_id,
+        }
         delivery = session.get(Delivery, row.id)
         code = attempt.statuses.get(row.sop_uid)
         ok = attempt.ok if code is None else (code == 0 or 0xB000 <= code <= 0xBFFF)
@@ -242,24 +291,48 @@ class Dispatcher(BackgroundLoop):
             delivery.first_failed_at = now
         failing_hours = (now - delivery.first_failed_at) / 3600.0
         given_up = failing_hours >= self.policy.give_up_after_hours or (
-            self.policy.max_attempts is not None and delivery.attempts >= self.policy.max_attempts)
+            self.policy.max_attempts is not None and delivery.attempts >= self.policy.max_attempts
+        )
         if attempt.permanent or given_up:
             delivery.state = DeliveryState.DEAD
             why = "refused" if attempt.permanent else f"failing for {failing_hours:.1f} h"
-            session.add(audit_row(AuditKind.DEAD_LETTER, message=f"delivery {delivery.id} after "
-                                  f"{delivery.attempts} attempt(s), {why}: {reason}", **audit))
+            session.add(
+                audit_row(
+                    AuditKind.DEAD_LETTER,
+                    message=f"delivery {delivery.id} after {delivery.attempts} attempt(s), {why}: {reason}",
+                    **audit,
+                )
+            )
             self._count(destination, "dead", None)
-            log.error("delivery %s of %s to %s is a dead letter after %d attempts (%s): %s", delivery.id,
-                      row.sop_uid, destination, delivery.attempts, why, reason)
+            log.error(
+                "delivery %s of %s to %s is a dead letter after %d attempts (%s): %s",
+                delivery.id,
+                row.sop_uid,
+                destination,
+                delivery.attempts,
+                why,
+                reason,
+            )
         else:
             delay = self.delay(delivery.attempts)
             delivery.state = DeliveryState.PENDING
             delivery.next_attempt_at = now + delay
-            session.add(audit_row(AuditKind.DELIVERY_FAILED, message=f"attempt {delivery.attempts}, next in "
-                                  f"{delay:.0f} s: {reason}", **audit))
+            session.add(
+                audit_row(
+                    AuditKind.DELIVERY_FAILED,
+                    message=f"attempt {delivery.attempts}, next in {delay:.0f} s: {reason}",
+                    **audit,
+                )
+            )
             self._count(destination, "failed", None)
-            log.warning("delivery of %s to %s failed (attempt %d), next in %.0f s: %s", row.sop_uid,
-                        destination, delivery.attempts, delay, reason)
+            log.warning(
+                "delivery of %s to %s failed (attempt %d), next in %.0f s: %s",
+                row.sop_uid,
+                destination,
+                delivery.attempts,
+                delay,
+                reason,
+            )
         return False
 
     def _count(self, destination: str, outcome: str, queued_at: datetime | None) -> None:
@@ -268,6 +341,7 @@ class Dispatcher(BackgroundLoop):
         self.metrics.deliveries.inc(destination=destination, outcome=outcome)
         if queued_at is not None:
             # SQLite gives back naive datetimes; they were written in UTC.
-            queued = queued_at if queued_at.tzinfo else queued_at.replace(tzinfo=timezone.utc)
-            self.metrics.delivery_seconds.observe(max(0.0, (utcnow() - queued).total_seconds()),
-                                                  destination=destination)
+            queued = queued_at if queued_at.tzinfo else queued_at.replace(tzinfo=UTC)
+            self.metrics.delivery_seconds.observe(
+                max(0.0, (utcnow() - queued).total_seconds()), destination=destination
+            )

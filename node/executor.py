@@ -18,14 +18,27 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pydicom
 from sqlalchemy import func, select, update
 
 from node.audit import audit_row, model_versions
-from node.db import rowcount, AuditKind, Database, Delivery, Instance, Job, JobState, Result, Series, SeriesState, utcnow
+from node.db import (
+    AuditKind,
+    Database,
+    Delivery,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    Series,
+    SeriesState,
+    rowcount,
+    utcnow,
+)
 from node.errors import InputError
 from node.logs import bind_log_context, log_context, read_patient_values, redact
 from node.pipelines import Pipeline, PipelineOutput
@@ -59,8 +72,13 @@ def recover(db: Database, max_attempts: int = MAX_ATTEMPTS) -> int:
         for job in stuck:
             if job.attempts >= max_attempts:
                 # Finished like any failed job, series included: a series left 'queued' would wait forever.
-                _mark_finished(session, job, error=f"the node stopped during this job {job.attempts} times; given up",
-                               summary=None, warnings=[])
+                _mark_finished(
+                    session,
+                    job,
+                    error=f"the node stopped during this job {job.attempts} times; given up",
+                    summary=None,
+                    warnings=[],
+                )
             else:
                 job.state = JobState.QUEUED
                 job.worker = None
@@ -94,20 +112,35 @@ def run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None:
 def _run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None:
     with db.session() as session:
         # Files removed by retention (``purged_at``) are not read: the job analyses what is on disk.
-        paths = [Path(p) for p in session.scalars(
-            select(Instance.path).where(Instance.series_uid == job.series_uid, Instance.purged_at.is_(None))
-            .order_by(Instance.id)
-        )]
-        purged = session.scalar(select(func.count()).select_from(Instance).where(
-            Instance.series_uid == job.series_uid, Instance.purged_at.is_not(None))) or 0
+        paths = [
+            Path(p)
+            for p in session.scalars(
+                select(Instance.path)
+                .where(Instance.series_uid == job.series_uid, Instance.purged_at.is_(None))
+                .order_by(Instance.id)
+            )
+        ]
+        purged = (
+            session.scalar(
+                select(func.count())
+                .select_from(Instance)
+                .where(Instance.series_uid == job.series_uid, Instance.purged_at.is_not(None))
+            )
+            or 0
+        )
         earlier = session.scalars(
-            select(Result).where(Result.series_uid == job.series_uid, Result.superseded_by.is_(None),
-                                 Result.kind == "SR")
+            select(Result).where(
+                Result.series_uid == job.series_uid, Result.superseded_by.is_(None), Result.kind == "SR"
+            )
         ).all()
         predecessor_paths = [Path(r.path) for r in earlier if r.purged_at is None]
     if not paths and purged:
-        _finish(db, job, error=f"the {purged} instance(s) of this series were removed by retention "
-                               "(ainode purge) before this job ran; send the series again to analyse it")
+        _finish(
+            db,
+            job,
+            error=f"the {purged} instance(s) of this series were removed by retention "
+            "(ainode purge) before this job ran; send the series again to analyse it",
+        )
         log.warning("job %s (series %s) failed: its instances were purged", job.id, job.series_uid)
         return
     if paths:  # a library's message or a traceback may quote them: keep them out of logs and job errors
@@ -127,8 +160,13 @@ def _run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None
     except Exception as exc:  # a bug or an unforeseen input must not stop the worker
         _finish(db, job, error=redact(f"internal error: {type(exc).__name__}: {exc}"))
         # One line for the administrator; the traceback, for a bug report, only at DEBUG.
-        log.error("job %s (series %s) failed unexpectedly: %s: %s", job.id, job.series_uid, type(exc).__name__,
-                  redact(str(exc).splitlines()[0] if str(exc) else ""))
+        log.error(
+            "job %s (series %s) failed unexpectedly: %s: %s",
+            job.id,
+            job.series_uid,
+            type(exc).__name__,
+            redact(str(exc).splitlines()[0] if str(exc) else ""),
+        )
         log.debug("traceback of job %s:\n%s", job.id, redact(traceback.format_exc()))
         return
     _store_output(db, outbox, job, output, [r.id for r in earlier])
@@ -168,9 +206,15 @@ def _store_output(db: Database, outbox: Outbox, job: Job, output: PipelineOutput
             sop_class = str(ds.SOPClassUID)
             kind = "KO" if sop_class == "1.2.840.10008.5.1.4.1.1.88.59" else _kind(sop_class)
             result = Result(
-                job_id=job.id, series_uid=job.series_uid, study_uid=job.study_uid, sop_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=sop_class, kind=kind, path=str(path),
-                payload=output.result.to_json() if kind == "SR" else None, priority=priority,
+                job_id=job.id,
+                series_uid=job.series_uid,
+                study_uid=job.study_uid,
+                sop_uid=str(ds.SOPInstanceUID),
+                sop_class_uid=sop_class,
+                kind=kind,
+                path=str(path),
+                payload=output.result.to_json() if kind == "SR" else None,
+                priority=priority,
             )
             session.add(result)
             session.flush()
@@ -179,8 +223,14 @@ def _store_output(db: Database, outbox: Outbox, job: Job, output: PipelineOutput
                 session.add(Delivery(result_id=result.id, destination=destination))
         if superseded and first_id is not None:
             session.execute(update(Result).where(Result.id.in_(superseded)).values(superseded_by=first_id))
-        _mark_finished(session, job, error=None, summary=output.summary, warnings=output.warnings,
-                       models=model_versions(output.result))
+        _mark_finished(
+            session,
+            job,
+            error=None,
+            summary=output.summary,
+            warnings=output.warnings,
+            models=model_versions(output.result),
+        )
 
 
 def _finish(db: Database, job: Job, error: str) -> None:
@@ -188,16 +238,31 @@ def _finish(db: Database, job: Job, error: str) -> None:
         _mark_finished(session, job, error=error, summary=None, warnings=[])
 
 
-def _mark_finished(session, job: Job, *, error: str | None, summary: str | None, warnings: list[str],  # type: ignore[no-untyped-def]
-                   models: str | None = None) -> None:
+def _mark_finished(
+    session,
+    job: Job,
+    *,
+    error: str | None,
+    summary: str | None,
+    warnings: list[str],  # type: ignore[no-untyped-def]
+    models: str | None = None,
+) -> None:
     row = session.get(Job, job.id)
     row.state = JobState.FAILED if error else JobState.DONE
     row.error = error if error else (redact("; ".join(warnings)) or None)
     row.summary = summary if summary is None else redact(summary)
     row.finished_at = utcnow()
-    session.add(audit_row(AuditKind.JOB_FAILED if error else AuditKind.JOB_DONE, job_id=job.id,
-                          study_uid=job.study_uid, series_uid=job.series_uid, pipeline=job.pipeline,
-                          model_versions=models, message=row.error if error else row.summary))
+    session.add(
+        audit_row(
+            AuditKind.JOB_FAILED if error else AuditKind.JOB_DONE,
+            job_id=job.id,
+            study_uid=job.study_uid,
+            series_uid=job.series_uid,
+            pipeline=job.pipeline,
+            model_versions=models,
+            message=row.error if error else row.summary,
+        )
+    )
     series = session.scalar(select(Series).where(Series.series_uid == job.series_uid))
     # Instances that arrived while this job ran bumped the generation: leave the series to be analysed again.
     if series is not None and series.generation == job.generation and series.state == SeriesState.QUEUED:
@@ -214,8 +279,14 @@ class LocalExecutor:
     parallelism for inference while sharing one process's memory.
     """
 
-    def __init__(self, db: Database, outbox: Outbox, factories: Mapping[str, PipelineFactory], workers: int = 2,
-                 poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        factories: Mapping[str, PipelineFactory],
+        workers: int = 2,
+        poll_seconds: float = 1.0,
+    ) -> None:
         self.db = db
         self.outbox = outbox
         self.factories = dict(factories)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pydicom
 
@@ -29,8 +29,9 @@ class FakeDestination:
         with self._lock:
             self.attempts += 1
             if self.down:
-                return DeliveryAttempt(ok=False, permanent=self.permanent, message="fake destination is down",
-                                       statuses={})
+                return DeliveryAttempt(
+                    ok=False, permanent=self.permanent, message="fake destination is down", statuses={}
+                )
             statuses = {}
             for path in paths:
                 uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)

@@ -94,6 +94,7 @@ DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900,
 
 # -- exposition ------------------------------------------------------------------------------
 
+
 @dataclass
 class Family:
     """One metric family as exposed: ``# HELP``, ``# TYPE`` and its samples."""
@@ -130,6 +131,7 @@ def render(families: Iterable[Family]) -> str:
 
 # -- in-process instruments ------------------------------------------------------------------
 
+
 class Counter:
     """A monotonically increasing count per label combination; thread-safe."""
 
@@ -150,8 +152,12 @@ class Counter:
     def collect(self) -> Family:
         with self._lock:
             items = sorted(self._values.items())
-        return Family(self.name, "counter", self.help,
-                      [(self.name, dict(zip(self.labelnames, key)), value) for key, value in items])
+        return Family(
+            self.name,
+            "counter",
+            self.help,
+            [(self.name, dict(zip(self.labelnames, key, strict=False)), value) for key, value in items],
+        )
 
 
 class Histogram:
@@ -179,9 +185,9 @@ class Histogram:
             items = sorted((key, list(series)) for key, series in self._series.items())
         fam = Family(self.name, "histogram", self.help)
         for key, series in items:
-            labels = dict(zip(self.labelnames, key))
+            labels = dict(zip(self.labelnames, key, strict=False))
             cumulative = 0.0
-            for bound, count in zip(self.buckets, series):
+            for bound, count in zip(self.buckets, series, strict=False):
                 cumulative += count
                 fam.samples.append((f"{self.name}_bucket", {**labels, "le": _number(bound)}, cumulative))
             fam.samples.append((f"{self.name}_sum", labels, series[-2]))
@@ -194,32 +200,45 @@ class Metrics:
 
     def __init__(self) -> None:
         self.instances_received = Counter(
-            "ainode_instances_received_total", "C-STORE requests answered with success (instance durable).")
+            "ainode_instances_received_total", "C-STORE requests answered with success (instance durable)."
+        )
         self.instances_rejected = Counter(
-            "ainode_instances_rejected_total", "C-STORE requests answered with a failure status.",
-            ("status", "reason"))
-        self.associations = Counter(
-            "ainode_associations_total", "Incoming associations by outcome.", ("outcome",))
+            "ainode_instances_rejected_total", "C-STORE requests answered with a failure status.", ("status", "reason")
+        )
+        self.associations = Counter("ainode_associations_total", "Incoming associations by outcome.", ("outcome",))
         for outcome in ("accepted", "rejected", "released", "aborted"):
             self.associations.inc(0, outcome=outcome)
         self.analysis_seconds = Histogram(
-            "ainode_analysis_seconds", "Seconds a worker spent on one job (load, infer, write results).",
-            ("pipeline",), ANALYSIS_BUCKETS)
+            "ainode_analysis_seconds",
+            "Seconds a worker spent on one job (load, infer, write results).",
+            ("pipeline",),
+            ANALYSIS_BUCKETS,
+        )
         self.deliveries = Counter(
-            "ainode_deliveries_total", "Delivery attempts of result objects by outcome.", ("destination", "outcome"))
+            "ainode_deliveries_total", "Delivery attempts of result objects by outcome.", ("destination", "outcome")
+        )
         self.delivery_seconds = Histogram(
-            "ainode_delivery_seconds", "Seconds from a result being queued to its delivery being confirmed.",
-            ("destination",), DELIVERY_BUCKETS)
+            "ainode_delivery_seconds",
+            "Seconds from a result being queued to its delivery being confirmed.",
+            ("destination",),
+            DELIVERY_BUCKETS,
+        )
         self.series_resent = Counter(
-            "ainode_series_resent_total", "Series that arrived again unchanged and were not analysed again.",
-            ("pipeline",))
+            "ainode_series_resent_total",
+            "Series that arrived again unchanged and were not analysed again.",
+            ("pipeline",),
+        )
         self.instances_resent = Counter(
-            "ainode_instances_resent_total", "Instances of series re-sent unchanged that were not analysed again.")
+            "ainode_instances_resent_total", "Instances of series re-sent unchanged that were not analysed again."
+        )
         self.purged_files = Counter(
-            "ainode_purged_files_total", "Spool and outbox files removed by retention, by rule (age, watermark).",
-            ("reason",))
+            "ainode_purged_files_total",
+            "Spool and outbox files removed by retention, by rule (age, watermark).",
+            ("reason",),
+        )
         self.purged_bytes = Counter(
-            "ainode_purged_bytes_total", "Bytes of spool and outbox files removed by retention, by rule.", ("reason",))
+            "ainode_purged_bytes_total", "Bytes of spool and outbox files removed by retention, by rule.", ("reason",)
+        )
         for reason in ("age", "watermark"):
             self.purged_files.inc(0, reason=reason)
             self.purged_bytes.inc(0, reason=reason)
@@ -233,7 +252,7 @@ class Metrics:
         else:
             self.instances_rejected.inc(status=f"0x{code:04X}", reason=dimse_status.describe(code))
 
-    def association(self, event: "AssociationEvent") -> None:
+    def association(self, event: AssociationEvent) -> None:
         self.associations.inc(outcome=event.kind)
 
     def add_collector(self, collector: Callable[[], list[Family]]) -> None:
@@ -241,12 +260,24 @@ class Metrics:
         self._collectors.append(collector)
 
     def families(self) -> list[Family]:
-        families = [self.instances_received.collect(), self.instances_rejected.collect(),
-                    self.associations.collect(), self.analysis_seconds.collect(), self.deliveries.collect(),
-                    self.delivery_seconds.collect(), self.series_resent.collect(), self.instances_resent.collect(),
-                    self.purged_files.collect(), self.purged_bytes.collect(),
-                    Family("ainode_start_time_seconds", "gauge", "Start of the node process, Unix time.",
-                           [("ainode_start_time_seconds", {}, self.started)])]
+        families = [
+            self.instances_received.collect(),
+            self.instances_rejected.collect(),
+            self.associations.collect(),
+            self.analysis_seconds.collect(),
+            self.deliveries.collect(),
+            self.delivery_seconds.collect(),
+            self.series_resent.collect(),
+            self.instances_resent.collect(),
+            self.purged_files.collect(),
+            self.purged_bytes.collect(),
+            Family(
+                "ainode_start_time_seconds",
+                "gauge",
+                "Start of the node process, Unix time.",
+                [("ainode_start_time_seconds", {}, self.started)],
+            ),
+        ]
         for collector in self._collectors:
             try:
                 families.extend(collector())
@@ -262,15 +293,16 @@ def _gauge(name: str, help: str, value: float, **labels: str) -> Family:
     return Family(name, "gauge", help, [(name, labels, value)])
 
 
-def database_gauges(db: "Database", data_dir: Path) -> list[Family]:
+def database_gauges(db: Database, data_dir: Path) -> list[Family]:
     """Gauges read at scrape time: jobs, dead letters, spool, free disk (a few aggregate queries)."""
     from node.db import Delivery, DeliveryState, Instance, Job
 
     families = []
     try:
         usage = shutil.disk_usage(data_dir)
-        families.append(_gauge("ainode_data_dir_free_bytes", "Free bytes on the data directory's file system.",
-                               usage.free))
+        families.append(
+            _gauge("ainode_data_dir_free_bytes", "Free bytes on the data directory's file system.", usage.free)
+        )
     except OSError as exc:
         log.warning("cannot read free space of %s: %s", data_dir, exc)
     jobs = Family("ainode_jobs", "gauge", "Jobs in the database by state and pipeline.")
@@ -280,12 +312,16 @@ def database_gauges(db: "Database", data_dir: Path) -> list[Family]:
                 select(Job.state, Job.pipeline, func.count()).group_by(Job.state, Job.pipeline)
             ).all():
                 jobs.samples.append(("ainode_jobs", {"state": state.value, "pipeline": pipeline}, count))
-            deliveries = dict(session.execute(
-                select(Delivery.state, func.count()).where(
-                    Delivery.state.in_([DeliveryState.DEAD, DeliveryState.PENDING])).group_by(Delivery.state)
-            ).all())
+            deliveries = dict(
+                session.execute(
+                    select(Delivery.state, func.count())
+                    .where(Delivery.state.in_([DeliveryState.DEAD, DeliveryState.PENDING]))
+                    .group_by(Delivery.state)
+                ).all()
+            )
             instances, size = session.execute(
-                select(func.count(), func.coalesce(func.sum(Instance.size), 0)).select_from(Instance)
+                select(func.count(), func.coalesce(func.sum(Instance.size), 0))
+                .select_from(Instance)
                 .where(Instance.purged_at.is_(None))  # rows of purged files stay for the audit trail
             ).one()
     except SQLAlchemyError as exc:
@@ -293,10 +329,16 @@ def database_gauges(db: "Database", data_dir: Path) -> list[Family]:
         return families + [_gauge("ainode_database_up", "1 when the database answered this scrape.", 0)]
     return families + [
         jobs,
-        _gauge("ainode_dead_letters", "Deliveries given up after the retry limit (ainode deliveries --failed).",
-               deliveries.get(DeliveryState.DEAD, 0)),
-        _gauge("ainode_deliveries_pending", "Deliveries waiting to be sent or retried.",
-               deliveries.get(DeliveryState.PENDING, 0)),
+        _gauge(
+            "ainode_dead_letters",
+            "Deliveries given up after the retry limit (ainode deliveries --failed).",
+            deliveries.get(DeliveryState.DEAD, 0),
+        ),
+        _gauge(
+            "ainode_deliveries_pending",
+            "Deliveries waiting to be sent or retried.",
+            deliveries.get(DeliveryState.PENDING, 0),
+        ),
         _gauge("ainode_spool_instances", "Received instances kept in the spool.", instances),
         _gauge("ainode_spool_bytes", "Bytes of received instances kept in the spool.", size),
         _gauge("ainode_database_up", "1 when the database answered this scrape.", 1),
@@ -304,6 +346,7 @@ def database_gauges(db: "Database", data_dir: Path) -> list[Family]:
 
 
 # -- readiness -------------------------------------------------------------------------------
+
 
 class ReadinessProbe:
     """Checks that the node can take a study now: DICOM port, database, data directory, pipelines.
@@ -325,9 +368,15 @@ class ReadinessProbe:
         studies but analyses none is not ready); the check ``"pipelines"``.
     """
 
-    def __init__(self, dicom_host: str, dicom_port: Callable[[], int | Sequence[int]], db: "Database",
-                 tmp_dir: Path, tls_port: tuple[Callable[[], int], ssl.SSLContext] | None = None,
-                 pipelines: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        dicom_host: str,
+        dicom_port: Callable[[], int | Sequence[int]],
+        db: Database,
+        tmp_dir: Path,
+        tls_port: tuple[Callable[[], int], ssl.SSLContext] | None = None,
+        pipelines: Callable[[], str] | None = None,
+    ) -> None:
         wildcard = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
         self.dicom_host = wildcard.get(dicom_host, dicom_host)
         self.dicom_port = dicom_port
@@ -387,6 +436,7 @@ class ReadinessProbe:
 
 # -- server ----------------------------------------------------------------------------------
 
+
 class HttpServer:
     """``/healthz``, ``/readyz`` and ``/metrics`` on a background thread.
 
@@ -403,8 +453,9 @@ class HttpServer:
         self.metrics = metrics
         self.readiness = readiness
         handler = type("Handler", (_Handler,), {"endpoint": self})
-        server_class = type("Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6
-                                                               if ":" in host else socket.AF_INET})
+        server_class = type(
+            "Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET}
+        )
         # Binds now, so a taken port is an error of the caller, not of a thread.
         self._server = server_class((host, port), handler)
         self._server.daemon_threads = True
@@ -415,8 +466,9 @@ class HttpServer:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name="ainode-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, name="ainode-http", daemon=True
+        )
         self._thread.start()
         log.info("HTTP endpoint on http://%s:%d (/healthz, /readyz, /metrics)", self.host, self.port)
 

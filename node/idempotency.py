@@ -63,8 +63,9 @@ def _pipeline_settings(pipeline: str, settings: Settings) -> dict[str, Any]:
 
 def analysis_key(pipeline: str, models: Mapping[str, Any], pipeline_settings: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of a pipeline, its models (name → manifest as JSON, or ``None`` when absent) and settings."""
-    text = json.dumps({"pipeline": pipeline, "models": dict(models), "settings": pipeline_settings},
-                      sort_keys=True, default=str)
+    text = json.dumps(
+        {"pipeline": pipeline, "models": dict(models), "settings": pipeline_settings}, sort_keys=True, default=str
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 

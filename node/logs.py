@@ -32,12 +32,21 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ContextFilter", "JsonFormatter", "TextFormatter", "bind_log_context", "log_context", "patient_values",
-           "read_patient_values", "redact", "setup_logging"]
+__all__ = [
+    "ContextFilter",
+    "JsonFormatter",
+    "TextFormatter",
+    "bind_log_context",
+    "log_context",
+    "patient_values",
+    "read_patient_values",
+    "redact",
+    "setup_logging",
+]
 
 _JOB: ContextVar[int | None] = ContextVar("ainode_log_job", default=None)
 _STUDY: ContextVar[str | None] = ContextVar("ainode_log_study", default=None)
@@ -45,8 +54,16 @@ _SERIES: ContextVar[str | None] = ContextVar("ainode_log_series", default=None)
 _REDACT: ContextVar[tuple[str, ...]] = ContextVar("ainode_log_redact", default=())
 
 #: Patient Module attributes (PS3.3 C.7.1.1) whose values must never reach a log.
-PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
-                    "PatientBirthName", "PatientMotherBirthName", "IssuerOfPatientID")
+PATIENT_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "IssuerOfPatientID",
+)
 REDACTED = "<patient data>"
 
 #: Libraries whose INFO lines (association details, attribute copying) are not for administrators
@@ -55,8 +72,9 @@ QUIET_LIBRARIES = ("pynetdicom", "highdicom", "pydicom")
 
 
 @contextmanager
-def log_context(job: int | None = None, study: str | None = None, series: str | None = None,
-                redact: Sequence[str] = ()) -> Iterator[None]:
+def log_context(
+    job: int | None = None, study: str | None = None, series: str | None = None, redact: Sequence[str] = ()
+) -> Iterator[None]:
     """Within the block, log records of this thread carry ``job``, ``study`` and ``series``.
 
     Values not given keep what an enclosing block set; whatever is set inside
@@ -74,8 +92,9 @@ def log_context(job: int | None = None, study: str | None = None, series: str | 
         _REDACT.set(saved[3])
 
 
-def bind_log_context(job: int | None = None, study: str | None = None, series: str | None = None,
-                     redact: Sequence[str] = ()) -> None:
+def bind_log_context(
+    job: int | None = None, study: str | None = None, series: str | None = None, redact: Sequence[str] = ()
+) -> None:
     """Set what this thread works on until the enclosing :func:`log_context` ends."""
     if job is not None:
         _JOB.set(job)
@@ -158,8 +177,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        parts = [f"{key}={getattr(record, key)}" for key in ("job", "study", "series")
-                 if getattr(record, key, None) is not None]
+        parts = [
+            f"{key}={getattr(record, key)}"
+            for key in ("job", "study", "series")
+            if getattr(record, key, None) is not None
+        ]
         if not parts:
             return line
         first, newline, rest = line.partition("\n")  # keep a traceback below the tagged line
@@ -171,7 +193,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

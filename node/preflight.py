@@ -20,7 +20,6 @@ import errno
 import ipaddress
 import os
 import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
@@ -48,7 +47,7 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def prepare_data_dir(settings: "Settings") -> None:
+def prepare_data_dir(settings: Settings) -> None:
     """Create the data directory readable by its owner only (it holds patient data), and check it is writable.
 
     The SQLite database is created empty with mode 0600 before SQLite opens it:
@@ -97,7 +96,7 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(cause).__name__
 
 
-def open_database(settings: "Settings", *, create: bool) -> "Database":
+def open_database(settings: Settings, *, create: bool) -> Database:
     """Open the node's database, creating its tables (``create``) or only reading one the node made.
 
     Parameters
@@ -126,14 +125,18 @@ def open_database(settings: "Settings", *, create: bool) -> "Database":
     try:
         db = Database(url)
     except (SQLAlchemyError, ImportError) as exc:  # ImportError: the driver (extra 'postgres') is not installed
-        raise ConfigError(f"database_url {database_label(url)} cannot be used ({_first_line(exc)}): "
-                          "check database_url in node.yaml (PostgreSQL needs the 'postgres' extra)") from exc
+        raise ConfigError(
+            f"database_url {database_label(url)} cannot be used ({_first_line(exc)}): "
+            "check database_url in node.yaml (PostgreSQL needs the 'postgres' extra)"
+        ) from exc
     try:
         db.create_schema()
     except SQLAlchemyError as exc:
         db.dispose()
-        raise StorageError(f"database {database_label(url)} cannot be opened ({_first_line(exc)}): "
-                           "check that it runs and that database_url (or the data directory) is right") from exc
+        raise StorageError(
+            f"database {database_label(url)} cannot be opened ({_first_line(exc)}): "
+            "check that it runs and that database_url (or the data directory) is right"
+        ) from exc
     return db
 
 
@@ -169,7 +172,7 @@ def _loopback(host: str | None) -> bool:
         return False
 
 
-def exposure_warning(settings: "Settings", bound_port: int | None = None) -> str | None:
+def exposure_warning(settings: Settings, bound_port: int | None = None) -> str | None:
     """A warning when anyone on the network could store studies: all interfaces, open peers, plain DICOM.
 
     ``None`` when the node listens on one address only, every allowed peer is
@@ -183,6 +186,8 @@ def exposure_warning(settings: "Settings", bound_port: int | None = None) -> str
         return None
     names = ", ".join(f"{p.ae_title}@{p.host or 'any address'}" for p in open_peers)
     tls = "TLS is off" if not settings.tls.enabled else "the plain port is open besides TLS"
-    return (f"listening on all interfaces ({settings.host}:{bound_port or settings.port}), {tls}, and allowed_peers admits "
-            f"{names}: anyone who can reach this port and use that AE title can store studies. Pin each peer's "
-            "address (host: in allowed_peers), listen on one address (host:), or use TLS only (tls.enabled, port: null)")
+    return (
+        f"listening on all interfaces ({settings.host}:{bound_port or settings.port}), {tls}, and allowed_peers admits "
+        f"{names}: anyone who can reach this port and use that AE title can store studies. Pin each peer's "
+        "address (host: in allowed_peers), listen on one address (host:), or use TLS only (tls.enabled, port: null)"
+    )

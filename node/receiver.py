@@ -13,8 +13,9 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from io import BytesIO
-from typing import Any, Callable
+from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -23,8 +24,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from core import status
 from dimse.scp import StoreRequest
-from node.dicomheader import read_identifiers
 from node.db import Database, Instance, Series, SeriesState, Study, retry_locked, utcnow
+from node.dicomheader import read_identifiers
 from node.errors import InputError, StorageError, StorageFull
 from node.logs import bind_log_context, log_context
 from node.settings import Settings
@@ -67,7 +68,11 @@ class Receiver:
     """
 
     def __init__(
-        self, settings: Settings, db: Database, spool: Spool, on_stored: Callable[[], None] | None = None,
+        self,
+        settings: Settings,
+        db: Database,
+        spool: Spool,
+        on_stored: Callable[[], None] | None = None,
         on_instance: Callable[[StoreRequest, str | None, int], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -100,7 +105,9 @@ class Receiver:
             # SQLAlchemy's text carries the statement and its parameters over many lines: keep the cause only.
             cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             log.error("could not record %s: %s", request.sop_instance_uid, cause)
-            return self._reject(status.OUT_OF_RESOURCES if full or isinstance(exc, StorageError) else status.PROCESSING_FAILURE)
+            return self._reject(
+                status.OUT_OF_RESOURCES if full or isinstance(exc, StorageError) else status.PROCESSING_FAILURE
+            )
         with self._lock:
             self.counts["stored"] += 1
         return status.SUCCESS
@@ -113,7 +120,7 @@ class Receiver:
     def _store(self, request: StoreRequest, study: list[str]) -> None:
         try:
             ds: Any = read_identifiers(request.data)  # microseconds; pydicom when the bytes need it
-            if ds is None or not REQUIRED_TAGS <= ds.keys():
+            if ds is None or not ds.keys() >= REQUIRED_TAGS:
                 ds = pydicom.dcmread(BytesIO(request.data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
         except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, KeyError, OSError) as exc:
             raise InputError(f"unreadable data set: {exc}") from exc
@@ -145,21 +152,38 @@ class Receiver:
                 ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
                 meta = ds.file_meta
                 request = StoreRequest(
-                    calling_ae="", peer_address="", peer_port=0, sop_class_uid=str(meta.MediaStorageSOPClassUID),
+                    calling_ae="",
+                    peer_address="",
+                    peer_port=0,
+                    sop_class_uid=str(meta.MediaStorageSOPClassUID),
                     sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
-                    transfer_syntax_uid=str(meta.TransferSyntaxUID), data=data,
+                    transfer_syntax_uid=str(meta.TransferSyntaxUID),
+                    data=data,
                 )
-                self._register(request, ds, path, check_uid(ds.StudyInstanceUID, "StudyInstanceUID"),
-                               check_uid(ds.SeriesInstanceUID, "SeriesInstanceUID"),
-                               check_uid(ds.SOPInstanceUID, "SOPInstanceUID"),
-                               str(ds.get("Modality", "") or "")[:16] or None)
+                self._register(
+                    request,
+                    ds,
+                    path,
+                    check_uid(ds.StudyInstanceUID, "StudyInstanceUID"),
+                    check_uid(ds.SeriesInstanceUID, "SeriesInstanceUID"),
+                    check_uid(ds.SOPInstanceUID, "SOPInstanceUID"),
+                    str(ds.get("Modality", "") or "")[:16] or None,
+                )
                 recovered += 1
             except (InputError, OSError, ValueError, AttributeError, SQLAlchemyError) as exc:
                 log.error("spool file %s could not be recovered: %s", path.name, exc)
         return recovered
 
-    def _register(self, request: StoreRequest, ds, path, study_uid: str, series_uid: str, sop_uid: str,  # type: ignore[no-untyped-def]
-                  modality: str | None) -> None:
+    def _register(
+        self,
+        request: StoreRequest,
+        ds,
+        path,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,  # type: ignore[no-untyped-def]
+        modality: str | None,
+    ) -> None:
         quiet = self.settings.quiet_seconds(modality)
 
         def record() -> None:
@@ -182,8 +206,15 @@ class Receiver:
         if self.on_stored is not None:  # a new or re-opened series may be due before any other
             self.on_stored()
 
-    def _record_fast(self, request: StoreRequest, path, study_uid: str, series_uid: str, sop_uid: str,  # type: ignore[no-untyped-def]
-                     quiet: float) -> bool:
+    def _record_fast(
+        self,
+        request: StoreRequest,
+        path,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,  # type: ignore[no-untyped-def]
+        quiet: float,
+    ) -> bool:
         """The common case in one short transaction: a new instance of a series still receiving.
 
         Returns False (nothing written) when the series is new, no longer receiving, or the
@@ -195,12 +226,22 @@ class Receiver:
                 moved = conn.execute(_EXTEND_SERIES, {"series": series_uid, "now": now, "ready": time.time() + quiet})
                 if moved.rowcount != 1:
                     raise _NotFast()
-                conn.execute(_ADD_INSTANCE, {
-                    "sop_uid": sop_uid, "series_uid": series_uid, "study_uid": study_uid,
-                    "sop_class_uid": str(request.sop_class_uid), "transfer_syntax_uid": str(request.transfer_syntax_uid),
-                    "path": str(path), "size": len(request.data), "calling_ae": request.calling_ae,
-                    "peer_address": request.peer_address, "received_at": now, "times_received": 1,
-                })
+                conn.execute(
+                    _ADD_INSTANCE,
+                    {
+                        "sop_uid": sop_uid,
+                        "series_uid": series_uid,
+                        "study_uid": study_uid,
+                        "sop_class_uid": str(request.sop_class_uid),
+                        "transfer_syntax_uid": str(request.transfer_syntax_uid),
+                        "path": str(path),
+                        "size": len(request.data),
+                        "calling_ae": request.calling_ae,
+                        "peer_address": request.peer_address,
+                        "received_at": now,
+                        "times_received": 1,
+                    },
+                )
         except (_NotFast, IntegrityError):
             return False
         except OperationalError as exc:
@@ -225,8 +266,13 @@ class Receiver:
         unchanged = instance is not None and instance.digest == content and instance.series_uid == series_uid
         if series is None:
             series = Series(
-                series_uid=series_uid, study_uid=study_uid, modality=modality, instance_count=0,
-                generation=1, state=SeriesState.RECEIVING, calling_ae=request.calling_ae,
+                series_uid=series_uid,
+                study_uid=study_uid,
+                modality=modality,
+                instance_count=0,
+                generation=1,
+                state=SeriesState.RECEIVING,
+                calling_ae=request.calling_ae,
             )
             session.add(series)
         elif unchanged and series.state in (SeriesState.QUEUED, SeriesState.DONE, SeriesState.UNROUTED):
@@ -244,9 +290,14 @@ class Receiver:
         if instance is None:
             session.add(
                 Instance(
-                    sop_uid=sop_uid, series_uid=series_uid, study_uid=study_uid,
-                    sop_class_uid=str(request.sop_class_uid), transfer_syntax_uid=str(request.transfer_syntax_uid),
-                    path=str(path), size=len(request.data), calling_ae=request.calling_ae,
+                    sop_uid=sop_uid,
+                    series_uid=series_uid,
+                    study_uid=study_uid,
+                    sop_class_uid=str(request.sop_class_uid),
+                    transfer_syntax_uid=str(request.transfer_syntax_uid),
+                    path=str(path),
+                    size=len(request.data),
+                    calling_ae=request.calling_ae,
                     peer_address=request.peer_address,
                 )
             )

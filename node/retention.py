@@ -32,7 +32,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,8 +41,19 @@ from sqlalchemy.orm import Session
 
 from node.audit import audit_row
 from node.background import BackgroundLoop
-from node.db import (AuditKind, Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series,
-                     SeriesState, utcnow)
+from node.db import (
+    AuditKind,
+    Database,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    Series,
+    SeriesState,
+    utcnow,
+)
 from node.settings import Settings
 
 if TYPE_CHECKING:
@@ -63,7 +74,7 @@ CHUNK = 500
 def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
     items = list(values)
     for start in range(0, len(items), CHUNK):
-        yield items[start:start + CHUNK]
+        yield items[start : start + CHUNK]
 
 
 @dataclass
@@ -137,12 +148,12 @@ def _aware(moment: datetime | None) -> datetime | None:
     """SQLite gives back naive datetimes; they were written in UTC."""
     if moment is None:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _latest(*moments: datetime | None) -> datetime:
     present = [m for m in (_aware(x) for x in moments) if m is not None]
-    return max(present) if present else datetime.min.replace(tzinfo=timezone.utc)
+    return max(present) if present else datetime.min.replace(tzinfo=UTC)
 
 
 def _under(path: str, roots: Sequence[str]) -> bool:
@@ -161,8 +172,9 @@ def disk_state(settings: Settings) -> tuple[float, int]:
     return (usage.free / usage.total if usage.total else 1.0), usage.total
 
 
-def plan_purge(db: Database, settings: Settings, now: datetime, free_fraction: float,
-               total_bytes: int | None = None) -> PurgePlan:
+def plan_purge(
+    db: Database, settings: Settings, now: datetime, free_fraction: float, total_bytes: int | None = None
+) -> PurgePlan:
     """What retention would remove now: the age rule, then (under the watermark) the oldest purgeable.
 
     Parameters
@@ -186,14 +198,19 @@ def plan_purge(db: Database, settings: Settings, now: datetime, free_fraction: f
     policy = settings.retention
     if total_bytes is None:
         total_bytes = shutil.disk_usage(settings.data_dir).total
-    cutoff = (now if now.tzinfo else now.replace(tzinfo=timezone.utc)) - timedelta(hours=policy.keep_hours)
+    cutoff = (now if now.tzinfo else now.replace(tzinfo=UTC)) - timedelta(hours=policy.keep_hours)
     with db.session() as session:
         series_items, unfinished_series = _series_candidates(session, settings)
         result_items, unfinished_results = _result_candidates(session, settings)
     candidates = sorted(series_items + result_items, key=lambda item: (item.finished_at, item.kind, item.series_uid))
-    plan = PurgePlan(items=[], free_fraction=free_fraction, total_bytes=total_bytes,
-                     min_free_fraction=policy.min_free_percent / 100.0, unfinished_series=unfinished_series,
-                     unfinished_results=unfinished_results)
+    plan = PurgePlan(
+        items=[],
+        free_fraction=free_fraction,
+        total_bytes=total_bytes,
+        min_free_fraction=policy.min_free_percent / 100.0,
+        unfinished_series=unfinished_series,
+        unfinished_results=unfinished_results,
+    )
     rest: list[PurgeItem] = []
     for item in candidates:
         if item.finished_at <= cutoff:
@@ -212,23 +229,37 @@ def plan_purge(db: Database, settings: Settings, now: datetime, free_fraction: f
 def _series_candidates(session: Session, settings: Settings) -> tuple[list[PurgeItem], int]:
     """Series whose instances (those still on disk) are finished with, and how many series are not."""
     # One row per series (aggregated by the database): a spool of 100,000 instances is planned in a moment.
-    files = {row.series_uid: row for row in session.execute(
-        select(Instance.series_uid, func.min(Instance.study_uid).label("study_uid"), func.count().label("files"),
-               func.coalesce(func.sum(Instance.size), 0).label("size"),
-               func.max(Instance.received_at).label("received_at"))
-        .where(Instance.purged_at.is_(None)).group_by(Instance.series_uid)
-    )}
+    files = {
+        row.series_uid: row
+        for row in session.execute(
+            select(
+                Instance.series_uid,
+                func.min(Instance.study_uid).label("study_uid"),
+                func.count().label("files"),
+                func.coalesce(func.sum(Instance.size), 0).label("size"),
+                func.max(Instance.received_at).label("received_at"),
+            )
+            .where(Instance.purged_at.is_(None))
+            .group_by(Instance.series_uid)
+        )
+    }
     if not files:
         return [], 0
     # Filters by sub-query, not by lists of UIDs: no parameter limit, one query each.
     live = select(Instance.series_uid).where(Instance.purged_at.is_(None))
-    series = {s.series_uid: s for s in session.execute(
-        select(Series.series_uid, Series.state, Series.resend_pending, Series.last_received_at)
-        .where(Series.series_uid.in_(live)))}
+    series = {
+        s.series_uid: s
+        for s in session.execute(
+            select(Series.series_uid, Series.state, Series.resend_pending, Series.last_received_at).where(
+                Series.series_uid.in_(live)
+            )
+        )
+    }
     busy_jobs: set[str] = set()
     job_end: dict[str, datetime] = {}
     for uid, job_state, finished in session.execute(
-            select(Job.series_uid, Job.state, Job.finished_at).where(Job.series_uid.in_(live))):
+        select(Job.series_uid, Job.state, Job.finished_at).where(Job.series_uid.in_(live))
+    ):
         if job_state in (JobState.QUEUED, JobState.RUNNING):
             busy_jobs.add(uid)
         job_end[uid] = _latest(job_end.get(uid), finished)
@@ -236,7 +267,8 @@ def _series_candidates(session: Session, settings: Settings) -> tuple[list[Purge
     delivered: dict[str, datetime] = {}
     for uid, state, when in session.execute(
         select(Result.series_uid, Delivery.state, Delivery.delivered_at)
-        .join(Delivery, Delivery.result_id == Result.id).where(Result.series_uid.in_(live))
+        .join(Delivery, Delivery.result_id == Result.id)
+        .where(Result.series_uid.in_(live))
     ):
         if state != DeliveryState.DONE:
             undelivered.add(uid)
@@ -246,29 +278,44 @@ def _series_candidates(session: Session, settings: Settings) -> tuple[list[Purge
     unfinished = 0
     for uid, row in files.items():
         s = series.get(uid)
-        if (s is None or s.state in (SeriesState.RECEIVING, SeriesState.QUEUED) or s.resend_pending
-                or uid in busy_jobs or uid in undelivered):
+        if (
+            s is None
+            or s.state in (SeriesState.RECEIVING, SeriesState.QUEUED)
+            or s.resend_pending
+            or uid in busy_jobs
+            or uid in undelivered
+        ):
             unfinished += 1
             continue
         finished = _latest(s.last_received_at, job_end.get(uid), delivered.get(uid), row.received_at)
-        items.append(PurgeItem(kind="instances", study_uid=row.study_uid, series_uid=uid, files=int(row.files),
-                               bytes=int(row.size), finished_at=finished))
+        items.append(
+            PurgeItem(
+                kind="instances",
+                study_uid=row.study_uid,
+                series_uid=uid,
+                files=int(row.files),
+                bytes=int(row.size),
+                finished_at=finished,
+            )
+        )
     return items, unfinished
 
 
 def _result_candidates(session: Session, settings: Settings) -> tuple[list[PurgeItem], int]:
     """Result files (still in the outbox) whose deliveries are all done, grouped per source series."""
     results = session.execute(
-        select(Result.id, Result.study_uid, Result.series_uid, Result.path, Result.created_at)
-        .where(Result.purged_at.is_(None))
+        select(Result.id, Result.study_uid, Result.series_uid, Result.path, Result.created_at).where(
+            Result.purged_at.is_(None)
+        )
     ).all()
     if not results:
         return [], 0
     undelivered: set[int] = set()
     delivered: dict[int, datetime] = {}
     for result_id, state, when in session.execute(
-        select(Delivery.result_id, Delivery.state, Delivery.delivered_at)
-        .where(Delivery.result_id.in_(select(Result.id).where(Result.purged_at.is_(None))))
+        select(Delivery.result_id, Delivery.state, Delivery.delivered_at).where(
+            Delivery.result_id.in_(select(Result.id).where(Result.purged_at.is_(None)))
+        )
     ):
         if state != DeliveryState.DONE:
             undelivered.add(result_id)
@@ -287,8 +334,15 @@ def _result_candidates(session: Session, settings: Settings) -> tuple[list[Purge
         item = groups.get((r.study_uid, r.series_uid))
         if item is None:
             groups[(r.study_uid, r.series_uid)] = PurgeItem(
-                kind="results", study_uid=r.study_uid, series_uid=r.series_uid, files=1, ids=[r.id],
-                paths=[r.path], bytes=size, finished_at=finished)
+                kind="results",
+                study_uid=r.study_uid,
+                series_uid=r.series_uid,
+                files=1,
+                ids=[r.id],
+                paths=[r.path],
+                bytes=size,
+                finished_at=finished,
+            )
         else:
             item.ids.append(r.id)
             item.paths.append(r.path)
@@ -315,29 +369,41 @@ def purge(db: Database, settings: Settings, plan: PurgePlan, metrics: Metrics | 
                 metrics.purged_files.inc(removed, reason=item.reason)
                 metrics.purged_bytes.inc(size, reason=item.reason)
     if outcome.files:
-        parts = ", ".join(f"{reason}: {files} file(s), {size} bytes"
-                          for reason, (files, size) in sorted(outcome.by_reason.items()))
+        parts = ", ".join(
+            f"{reason}: {files} file(s), {size} bytes" for reason, (files, size) in sorted(outcome.by_reason.items())
+        )
         with db.session() as session:
-            session.add(audit_row(AuditKind.PURGED, instance_count=outcome.files,
-                                  message=f"purged {outcome.files} file(s), {outcome.bytes} bytes ({parts}); "
-                                          "database rows kept"))
+            session.add(
+                audit_row(
+                    AuditKind.PURGED,
+                    instance_count=outcome.files,
+                    message=f"purged {outcome.files} file(s), {outcome.bytes} bytes ({parts}); database rows kept",
+                )
+            )
         log.info("retention purged %d file(s), %d bytes (%s)", outcome.files, outcome.bytes, parts)
     return outcome
 
 
 def _still_finished(session: Session, item: PurgeItem) -> bool:
     if item.kind == "results":
-        return not session.scalar(select(Delivery.id).where(
-            Delivery.result_id.in_(item.ids), Delivery.state != DeliveryState.DONE).limit(1))
+        return not session.scalar(
+            select(Delivery.id).where(Delivery.result_id.in_(item.ids), Delivery.state != DeliveryState.DONE).limit(1)
+        )
     series = session.scalar(select(Series).where(Series.series_uid == item.series_uid))
     if series is None or series.state in (SeriesState.RECEIVING, SeriesState.QUEUED) or series.resend_pending:
         return False
-    if session.scalar(select(Job.id).where(Job.series_uid == item.series_uid,
-                                           Job.state.in_([JobState.QUEUED, JobState.RUNNING])).limit(1)):
+    if session.scalar(
+        select(Job.id)
+        .where(Job.series_uid == item.series_uid, Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
+        .limit(1)
+    ):
         return False
     return not session.scalar(
-        select(Delivery.id).join(Result, Result.id == Delivery.result_id)
-        .where(Result.series_uid == item.series_uid, Delivery.state != DeliveryState.DONE).limit(1))
+        select(Delivery.id)
+        .join(Result, Result.id == Delivery.result_id)
+        .where(Result.series_uid == item.series_uid, Delivery.state != DeliveryState.DONE)
+        .limit(1)
+    )
 
 
 def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int, int, int]:
@@ -350,23 +416,26 @@ def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int,
         if not _still_finished(session, item):
             return 0, 0, item.files
         if item.kind == "instances":
-            rows = session.execute(select(Instance.id, Instance.path, Instance.received_at).where(
-                Instance.series_uid == item.series_uid, Instance.purged_at.is_(None))).all()
+            rows = session.execute(
+                select(Instance.id, Instance.path, Instance.received_at).where(
+                    Instance.series_uid == item.series_uid, Instance.purged_at.is_(None)
+                )
+            ).all()
             targets = [(r.id, r.path) for r in rows]
             received = {r.id: a for r in rows if (a := _aware(r.received_at)) is not None}
         else:
-            targets = list(zip(item.ids, item.paths))
+            targets = list(zip(item.ids, item.paths, strict=False))
         roots = [_root(root)]
         foreign = [path for _, path in targets if not _under(path, roots)]
         if foreign:  # a row naming a file elsewhere (data_dir changed by hand): never deleted, left as it is
-            log.warning("retention: %d file(s) of series %s are outside %s; left alone", len(foreign),
-                        item.series_uid, root)
+            log.warning(
+                "retention: %d file(s) of series %s are outside %s; left alone", len(foreign), item.series_uid, root
+            )
             targets = [(row_id, path) for row_id, path in targets if _under(path, roots)]
         if not targets:
             return 0, 0, len(foreign)
         for ids in _chunks(row_id for row_id, _ in targets):
-            session.execute(update(table).where(table.id.in_(ids), table.purged_at.is_(None))
-                            .values(purged_at=moment))
+            session.execute(update(table).where(table.id.in_(ids), table.purged_at.is_(None)).values(purged_at=moment))
     removed = size = 0
     kept = len(foreign)
     back: list[int] = []
@@ -400,14 +469,18 @@ def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int,
         kept += len(back)
         with db.session() as session:
             for ids in _chunks(back):
-                session.execute(update(table).where(table.id.in_(ids), table.purged_at == moment)
-                                .values(purged_at=None))
+                session.execute(
+                    update(table).where(table.id.in_(ids), table.purged_at == moment).values(purged_at=None)
+                )
     if newer:
         # Normally an instance sent again while it was being purged. Every pass, for every series: the file
         # system's clock (a network mount) runs ahead of this machine's, and nothing in the spool can be purged.
-        log.warning("retention: kept %d file(s) of series %s written after their database row (sent again "
-                    "meanwhile, or the data directory's file system clock is ahead of this machine's)", newer,
-                    item.series_uid)
+        log.warning(
+            "retention: kept %d file(s) of series %s written after their database row (sent again "
+            "meanwhile, or the data directory's file system clock is ahead of this machine's)",
+            newer,
+            item.series_uid,
+        )
     _remove_empty_dirs(dirs, root)
     return removed, size, kept
 
@@ -462,10 +535,14 @@ class RetentionLoop(BackgroundLoop):
             free, total = disk_state(self.settings)
             if free < plan.min_free_fraction:
                 if not self._warned:
-                    log.warning("free space %.1f %% is under the retention watermark (%.0f %%) and nothing more "
-                                "can be purged: %d series and %d result(s) are unfinished (jobs or deliveries)",
-                                100 * free, 100 * plan.min_free_fraction, plan.unfinished_series,
-                                plan.unfinished_results)
+                    log.warning(
+                        "free space %.1f %% is under the retention watermark (%.0f %%) and nothing more "
+                        "can be purged: %d series and %d result(s) are unfinished (jobs or deliveries)",
+                        100 * free,
+                        100 * plan.min_free_fraction,
+                        plan.unfinished_series,
+                        plan.unfinished_results,
+                    )
                     self._warned = True
                 return min(interval, UNDER_WATERMARK_RETRY_SECONDS)
         self._warned = False

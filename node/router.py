@@ -111,9 +111,7 @@ OWN_MANUFACTURER = "ainode"
 # Result-object SOP classes (PS3.4 Annex B.5): all SR and KOS (…88.x),
 # softcopy/volumetric presentation states (…11.x), and segmentations.
 _RESULT_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.")
-_SEGMENTATION_SOP_CLASSES = frozenset(
-    "1.2.840.10008.5.1.4.1.1.66." + suffix for suffix in ("4", "5", "7", "8")
-)
+_SEGMENTATION_SOP_CLASSES = frozenset("1.2.840.10008.5.1.4.1.1.66." + suffix for suffix in ("4", "5", "7", "8"))
 _RESULT_MODALITIES = frozenset({"SR", "SEG", "PR", "KO"})
 # IHE "Processing Algorithm" purpose used in Contributing Equipment (IHE AIR).
 _PURPOSE_PROCESSING = ("Newcode1", "99IHE")
@@ -292,14 +290,10 @@ def _parse_condition(raw: Any, key: str) -> Condition:
     unknown = [str(k) for k in raw if k not in _COMBINATORS]
     if not kinds:
         hint = f" (unknown key {', '.join(map(repr, unknown))})" if unknown else ""
-        raise _ConditionSyntaxError(
-            key, f"a condition needs 'attribute' or one of all/any/not{hint}", "condition"
-        )
+        raise _ConditionSyntaxError(key, f"a condition needs 'attribute' or one of all/any/not{hint}", "condition")
     if len(raw) != 1:
         extra = ", ".join(repr(str(k)) for k in raw if k != kinds[0])
-        raise _ConditionSyntaxError(
-            key, f"'{kinds[0]}' must stand alone in its mapping; also found {extra}", kinds[0]
-        )
+        raise _ConditionSyntaxError(key, f"'{kinds[0]}' must stand alone in its mapping; also found {extra}", kinds[0])
     kind = kinds[0]
     body = raw[kind]
     if kind == "not":
@@ -434,9 +428,7 @@ def parse_routing(data: Any, *, source: str = "routing rules") -> RoutingConfig:
         raise ConfigError(_format_errors(source, data, exc)) from None
 
 
-def check_references(
-    config: RoutingConfig, *, pipelines: Collection[str], destinations: Collection[str]
-) -> None:
+def check_references(config: RoutingConfig, *, pipelines: Collection[str], destinations: Collection[str]) -> None:
     """Check that enabled rules name only known pipelines and destinations.
 
     Raises
@@ -489,8 +481,7 @@ def is_own_or_result_object(ds: Dataset) -> str | None:
     for item in ds.get("ContributingEquipmentSequence", None) or []:
         purposes = item.get("PurposeOfReferenceCodeSequence", None) or []
         processing = any(
-            (_text(code.get("CodeValue", "")), _text(code.get("CodingSchemeDesignator", "")))
-            == _PURPOSE_PROCESSING
+            (_text(code.get("CodeValue", "")), _text(code.get("CodingSchemeDesignator", ""))) == _PURPOSE_PROCESSING
             for code in purposes
         )
         if processing and _is_own(item.get("Manufacturer")):
@@ -608,7 +599,7 @@ def format_route_table(paths: Sequence[Path], config: RoutingConfig) -> tuple[st
     header = ("FILE", "PIPELINE", "RULE", "REASON")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
     lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=False)) + "  " + row[3]
         for row in [header, *rows]
     ]
     return "\n".join(lines), 1 if failed else 0

@@ -45,8 +45,9 @@ class SampleStudy:
 def _cxr(out: Path, seed: int) -> tuple[str, list[Path]]:
     from training.phantoms import chest_phantom, phantom_dataset
 
-    ds = phantom_dataset(chest_phantom(seed, ["effusion"], size=512), patient_id=f"SAMPLE-CXR-{seed}",
-                         patient_name="SAMPLE^CHEST")
+    ds = phantom_dataset(
+        chest_phantom(seed, ["effusion"], size=512), patient_id=f"SAMPLE-CXR-{seed}", patient_name="SAMPLE^CHEST"
+    )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "CXR00001.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -61,8 +62,13 @@ def _ct(kind: str) -> Callable[[Path, int], tuple[str, list[Path]]]:
             phantom = ctpa_phantom(seed, slices=60, size=256, embolus="right")
         else:
             phantom = abdomen_phantom(seed, slices=60, size=256, spacing_z=5.0)
-        paths = write_ct_series(phantom, out, patient_id=f"SAMPLE-{kind.upper()}-{seed}",
-                                patient_name=f"SAMPLE^{kind.upper()}", file_names="ordered")
+        paths = write_ct_series(
+            phantom,
+            out,
+            patient_id=f"SAMPLE-{kind.upper()}-{seed}",
+            patient_name=f"SAMPLE^{kind.upper()}",
+            file_names="ordered",
+        )
         return str(phantom.truth["study_uid"]), paths
 
     return write
@@ -71,8 +77,11 @@ def _ct(kind: str) -> Callable[[Path, int], tuple[str, list[Path]]]:
 #: kind -> (pipeline the shipped routing sends it to, description, writer)
 KINDS: dict[str, tuple[str, str, Callable[[Path, int], tuple[str, list[Path]]]]] = {
     "cxr": ("cxr", "chest radiograph, PA, pleural effusion (synthetic)", _cxr),
-    "ct-pe": ("ct_pe", "CT pulmonary angiography, 60 slices, clot in the right pulmonary artery (synthetic)",
-              _ct("ct-pe")),
+    "ct-pe": (
+        "ct_pe",
+        "CT pulmonary angiography, 60 slices, clot in the right pulmonary artery (synthetic)",
+        _ct("ct-pe"),
+    ),
     "ct-lumbar": ("ct_lumbar", "CT abdomen-pelvis with contrast, 60 slices (synthetic)", _ct("ct-lumbar")),
 }
 
@@ -95,7 +104,9 @@ def write_sample(kind: str, out: Path, seed: int = 1) -> SampleStudy:
     try:
         study_uid, paths = writer(out, seed)
     except OSError as exc:
-        raise AinodeError(f"cannot write the sample into {out} ({exc.strerror or exc}): name a writable folder") from exc
+        raise AinodeError(
+            f"cannot write the sample into {out} ({exc.strerror or exc}): name a writable folder"
+        ) from exc
     return SampleStudy(kind=kind, pipeline=pipeline, description=description, study_uid=study_uid, paths=paths)
 
 
@@ -110,6 +121,7 @@ def parse_address(text: str) -> tuple[str, str, int]:
     match = _ADDRESS.match(text.strip())
     port = int(match["port"]) if match else 0
     if not match or not 1 <= port <= 65535:
-        raise ConfigError(f"--send {text!r}: expected AE@HOST:PORT, e.g. AINODE@127.0.0.1:11112 or "
-                          "ORTHANC@127.0.0.1:4242")
+        raise ConfigError(
+            f"--send {text!r}: expected AE@HOST:PORT, e.g. AINODE@127.0.0.1:11112 or ORTHANC@127.0.0.1:4242"
+        )
     return match["ae"], match["host"].strip("[]"), port

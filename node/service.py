@@ -22,8 +22,8 @@ from node.assembler import Assembler
 from node.audit import ReceiveAudit
 from node.db import Database
 from node.errors import ConfigError, ModelError
-from node.idempotency import analysis_keys
 from node.http import HttpServer, Metrics, ReadinessProbe, database_gauges
+from node.idempotency import analysis_keys
 from node.pipelines import PIPELINE_MODELS, Pipeline
 from node.receiver import Receiver
 from node.retention import RetentionLoop
@@ -58,11 +58,16 @@ def plan_models(settings: Settings) -> ModelPlan:
     states = {s.name: s for s in registry.verify()}
     broken = [s for s in states.values() if s.state in ("mismatch", "invalid")]
     if broken:
-        raise ModelError("model weights do not match their manifests:\n" + "\n".join(f"  - {s.message}" for s in broken))
+        raise ModelError(
+            "model weights do not match their manifests:\n" + "\n".join(f"  - {s.message}" for s in broken)
+        )
     plan = ModelPlan(registry=registry)
     for pipeline, needed in PIPELINE_MODELS.items():
-        missing = [states[n].message if n in states else f"no manifest for model {n!r}" for n in needed
-                   if n not in states or states[n].state != "ok"]
+        missing = [
+            states[n].message if n in states else f"no manifest for model {n!r}"
+            for n in needed
+            if n not in states or states[n].state != "ok"
+        ]
         if missing:
             plan.disabled[pipeline] = f"pipeline {pipeline!r} disabled: " + "; ".join(missing)
         else:
@@ -114,7 +119,8 @@ class Node:
         for reason in self.models.disabled.values():
             log.warning("%s", reason)
         self.executor = execution.LocalExecutor(
-            self.db, self.outbox,
+            self.db,
+            self.outbox,
             {name: partial(pipeline_factory, name, settings, self.models.registry) for name in self.models.enabled},
             workers=settings.workers,
         )
@@ -122,16 +128,31 @@ class Node:
         self.executor.on_job_done = self.dispatcher.notify
         self.executor.metrics = self.dispatcher.metrics = self.metrics
         self.retention = RetentionLoop(settings, self.db, self.metrics)
-        self.assembler = Assembler(self.db, self.routing, self.models.enabled, self.models.disabled,
-                                   settings.default_destinations, on_queued=self.executor.notify,
-                                   analysis_keys=analysis_keys(settings, self.models.registry, PIPELINE_MODELS),
-                                   reanalyse_on_change=settings.reanalyse_on_change, on_resent=self._on_resent)
-        self.receiver = Receiver(settings, self.db, self.spool, on_stored=self.assembler.notify,
-                                 on_instance=self._on_instance)
+        self.assembler = Assembler(
+            self.db,
+            self.routing,
+            self.models.enabled,
+            self.models.disabled,
+            settings.default_destinations,
+            on_queued=self.executor.notify,
+            analysis_keys=analysis_keys(settings, self.models.registry, PIPELINE_MODELS),
+            reanalyse_on_change=settings.reanalyse_on_change,
+            on_resent=self._on_resent,
+        )
+        self.receiver = Receiver(
+            settings, self.db, self.spool, on_stored=self.assembler.notify, on_instance=self._on_instance
+        )
         # A plain port, a TLS port (PS3.15 B.1; 2762 by custom), or both, sharing one receiver.
-        scp = partial(StorageSCP, ae_title=settings.ae_title, host=settings.host, sink=self.receiver,
-                      allowed_peers=allowed_peers(settings), max_pdu=settings.max_pdu,
-                      max_associations=settings.max_associations, on_association=self._on_association)
+        scp = partial(
+            StorageSCP,
+            ae_title=settings.ae_title,
+            host=settings.host,
+            sink=self.receiver,
+            allowed_peers=allowed_peers(settings),
+            max_pdu=settings.max_pdu,
+            max_associations=settings.max_associations,
+            on_association=self._on_association,
+        )
         self.tls_scp: StorageSCP | None = None
         if settings.tls.enabled:
             self.tls_scp = scp(port=settings.tls.port, ssl_context=tls.server_context(settings.tls))
@@ -173,13 +194,20 @@ class Node:
         """
         tls_scp = self.tls_scp
         tls_port = (lambda: tls_scp.port, tls.probe_context(self.settings.tls)) if tls_scp is not None else None
-        probe = ReadinessProbe(self.settings.host, lambda: [self.plain_scp.port] if self.plain_scp else [], self.db,
-                               self.settings.tmp_dir, tls_port=tls_port, pipelines=self.pipelines_check)
+        probe = ReadinessProbe(
+            self.settings.host,
+            lambda: [self.plain_scp.port] if self.plain_scp else [],
+            self.db,
+            self.settings.tmp_dir,
+            tls_port=tls_port,
+            pipelines=self.pipelines_check,
+        )
         try:
             return HttpServer(self.settings.http_host, self.settings.http_port, self.metrics, probe)
         except OSError as exc:  # a node nobody can watch is not started: the port is fixed or HTTP switched off
-            raise preflight.listen_error("HTTP", self.settings.http_host, self.settings.http_port, exc,
-                                         "http_port") from exc
+            raise preflight.listen_error(
+                "HTTP", self.settings.http_host, self.settings.http_port, exc, "http_port"
+            ) from exc
 
     def pipelines_check(self) -> str:
         """``"ok"`` when some pipeline is loaded, else ``"no pipeline loaded: ..."`` with each reason (``/readyz``)."""
@@ -193,8 +221,14 @@ class Node:
         jobs = execution.recover(self.db, self.settings.job_max_restarts)
         deliveries = dispatch.recover(self.db)
         if removed or instances or jobs or deliveries:
-            log.info("recovered after restart: %d jobs requeued, %d deliveries resumed, %d partial files removed, "
-                     "%d spool files recorded again", jobs, deliveries, removed, instances)
+            log.info(
+                "recovered after restart: %d jobs requeued, %d deliveries resumed, %d partial files removed, "
+                "%d spool files recorded again",
+                jobs,
+                deliveries,
+                removed,
+                instances,
+            )
         self.executor.start()
         self.dispatcher.start()
         self.assembler.start()
@@ -205,15 +239,24 @@ class Node:
                 scp.start()
             except OSError as exc:  # port in use, privileged, not our address: one line, not a traceback
                 tls_port = scp is self.tls_scp
-                raise preflight.listen_error("DICOM TLS" if tls_port else "DICOM", self.settings.host,
-                                             self.settings.tls.port if tls_port else (self.settings.port or 0), exc,
-                                             "tls.port" if tls_port else "port") from exc
+                raise preflight.listen_error(
+                    "DICOM TLS" if tls_port else "DICOM",
+                    self.settings.host,
+                    self.settings.tls.port if tls_port else (self.settings.port or 0),
+                    exc,
+                    "tls.port" if tls_port else "port",
+                ) from exc
         warning = preflight.exposure_warning(self.settings, self.plain_scp.port if self.plain_scp else None)
         if warning:
             log.warning("%s", warning)
         ports = [f"{s.port}{' (TLS)' if s is self.tls_scp else ''}" for s in self.scps]
-        log.info("ainode %s listening on %s:%s (pipelines: %s)", self.settings.ae_title, self.settings.host,
-                 ", ".join(ports), ", ".join(sorted(self.models.enabled)) or "none")
+        log.info(
+            "ainode %s listening on %s:%s (pipelines: %s)",
+            self.settings.ae_title,
+            self.settings.host,
+            ", ".join(ports),
+            ", ".join(sorted(self.models.enabled)) or "none",
+        )
 
     def stop(self) -> None:
         if self._stopped.is_set():

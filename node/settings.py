@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import AbstractSet, Annotated, Any, Literal, Mapping
+from typing import AbstractSet, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -77,11 +78,13 @@ class TlsSettings(_Strict):
     require_client_certificate: bool = False
 
     @model_validator(mode="after")
-    def _check_files_named(self) -> "TlsSettings":
+    def _check_files_named(self) -> TlsSettings:
         if self.enabled and (self.certificate is None or self.private_key is None):
             raise ValueError("enabled TLS needs 'certificate' and 'private_key' (PEM file paths)")
         if self.require_client_certificate and self.ca_certificates is None:
-            raise ValueError("require_client_certificate needs 'ca_certificates' (the CAs that sign client certificates)")
+            raise ValueError(
+                "require_client_certificate needs 'ca_certificates' (the CAs that sign client certificates)"
+            )
         return self
 
 
@@ -100,7 +103,7 @@ class DicomDestinationSettings(_Strict):
     verify_hostname: bool = True
 
     @model_validator(mode="after")
-    def _check_tls(self) -> "DicomDestinationSettings":
+    def _check_tls(self) -> DicomDestinationSettings:
         named = [k for k in ("ca_certificates", "certificate", "private_key") if getattr(self, k) is not None]
         if named and not self.tls:
             raise ValueError(f"{', '.join(named)} given but 'tls' is false (set tls: true)")
@@ -180,8 +183,15 @@ class RetentionSettings(_Strict):
 #: Urgent: a finding that needs a doctor now (pneumothorax). Priority: findings that need a report today.
 DEFAULT_TRIAGE_URGENT: dict[str, float] = {"pneumothorax": 0.5}
 DEFAULT_TRIAGE_PRIORITY: dict[str, float] = {
-    "mass": 0.5, "nodule": 0.5, "effusion": 0.5, "consolidation": 0.5, "pneumonia": 0.5, "edema": 0.5,
-    "cardiomegaly": 0.5, "covid19": 0.5, "tuberculosis": 0.5,
+    "mass": 0.5,
+    "nodule": 0.5,
+    "effusion": 0.5,
+    "consolidation": 0.5,
+    "pneumonia": 0.5,
+    "edema": 0.5,
+    "cardiomegaly": 0.5,
+    "covid19": 0.5,
+    "tuberculosis": 0.5,
 }
 
 
@@ -284,7 +294,9 @@ class Settings(_Strict):
     def _check_uid_root(cls, value: str) -> str:
         value = value.rstrip(".")
         if not _UID_ROOT.match(value) or len(value) > 53:
-            raise ValueError("must be digits separated by dots, no leading zeros, at most 53 characters (so that generated UIDs fit in 64)")
+            raise ValueError(
+                "must be digits separated by dots, no leading zeros, at most 53 characters (so that generated UIDs fit in 64)"
+            )
         return value
 
     @field_validator("data_dir")
@@ -303,7 +315,7 @@ class Settings(_Strict):
         return {k if k == "default" else k.upper(): float(v) for k, v in value.items()}
 
     @model_validator(mode="after")
-    def _check_ports(self) -> "Settings":
+    def _check_ports(self) -> Settings:
         if self.port is None and not self.tls.enabled:
             raise ValueError("port is null (no plain DICOM port) and tls is not enabled: the node would not listen")
         if self.tls.enabled and self.port is not None and self.port != 0 and self.port == self.tls.port:
@@ -311,7 +323,7 @@ class Settings(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _check_destination_names(self) -> "Settings":
+    def _check_destination_names(self) -> Settings:
         unknown = [d for d in self.default_destinations if d not in self.destinations]
         if unknown:
             raise ValueError(
@@ -345,8 +357,13 @@ def _secret_variables(data: Mapping[str, Any]) -> set[str]:
     destinations = data.get("destinations")
     if not isinstance(destinations, Mapping):
         return set()
-    return {str(d[k]) for d in destinations.values() if isinstance(d, Mapping)
-            for k in ("password_env", "token_env") if d.get(k)}
+    return {
+        str(d[k])
+        for d in destinations.values()
+        if isinstance(d, Mapping)
+        for k in ("password_env", "token_env")
+        if d.get(k)
+    }
 
 
 def _env_overrides(environ: Mapping[str, str], skip: AbstractSet[str] = frozenset()) -> dict[str, Any]:
@@ -355,7 +372,7 @@ def _env_overrides(environ: Mapping[str, str], skip: AbstractSet[str] = frozense
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS or name in skip:
             continue
-        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__")]
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:

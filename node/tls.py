@@ -36,7 +36,14 @@ from node.errors import ConfigError
 if TYPE_CHECKING:
     from node.settings import DicomDestinationSettings, DicomWebDestinationSettings, TlsSettings
 
-__all__ = ["client_context", "destination_context", "handshake_error", "https_verify", "probe_context", "server_context"]
+__all__ = [
+    "client_context",
+    "destination_context",
+    "handshake_error",
+    "https_verify",
+    "probe_context",
+    "server_context",
+]
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 
@@ -98,8 +105,9 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
     # Built bare, not with create_default_context: that would also trust the system's public CAs
     # to sign client certificates. The ciphers and options are the same.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_SINGLE_DH_USE \
-        | ssl.OP_SINGLE_ECDH_USE
+    context.options |= (
+        ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_SINGLE_DH_USE | ssl.OP_SINGLE_ECDH_USE
+    )
     context.minimum_version = MINIMUM_VERSION
     _load_chain(context, "tls.", tls.certificate, tls.private_key)
     if tls.ca_certificates is not None:
@@ -163,8 +171,11 @@ def destination_context(name: str, dest: DicomDestinationSettings) -> ssl.SSLCon
     if not dest.tls:
         return None
     return client_context(
-        f"destinations.{name}", ca_certificates=dest.ca_certificates, certificate=dest.certificate,
-        private_key=dest.private_key, verify_hostname=dest.verify_hostname,
+        f"destinations.{name}",
+        ca_certificates=dest.ca_certificates,
+        certificate=dest.certificate,
+        private_key=dest.private_key,
+        verify_hostname=dest.verify_hostname,
     )
 
 

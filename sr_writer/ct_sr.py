@@ -41,7 +41,7 @@ All coded concepts come from :mod:`sr_writer.codes`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import highdicom as hd
 import pydicom
@@ -57,6 +57,7 @@ from highdicom.sr import (
 
 from core.findings import LUMBAR_LEVELS, PE_EXAM_LABELS, AlgorithmInfo, PeExamResult, SeriesResult
 from sr_writer.codes import code
+from sr_writer.source_attributes import significant
 from sr_writer.sr import (
     _algorithm_id,
     _check_supersedes,
@@ -65,15 +66,19 @@ from sr_writer.sr import (
     _document,
     _score,
 )
-from sr_writer.source_attributes import significant
 from sr_writer.uids import new_uid
 
 __all__ = ["HU_RANGES", "LEVEL_KEYS", "build_lumbar_report", "build_pe_report"]
 
 #: Seed 3's level classes mapped to concept keys of :mod:`sr_writer.codes`.
 LEVEL_KEYS: dict[str, str] = {
-    "T": "thoracic_spine", "L1": "l1_vertebra", "L2": "l2_vertebra", "L3": "l3_vertebra",
-    "L4": "l4_vertebra", "L5": "l5_vertebra", "S": "sacrum",
+    "T": "thoracic_spine",
+    "L1": "l1_vertebra",
+    "L2": "l2_vertebra",
+    "L3": "l3_vertebra",
+    "L4": "l4_vertebra",
+    "L5": "l5_vertebra",
+    "S": "sacrum",
 }
 assert set(LEVEL_KEYS) == set(LUMBAR_LEVELS)
 
@@ -156,9 +161,17 @@ def build_pe_report(
     groups.append(_acute_group(pe, algorithm, uid_root))
     if pe.positive_slices:
         groups.append(_positive_slices_group(pe, slices, algorithm, uid_root))
-    return _document(result, sources, groups, predecessors, uid_root=uid_root, series_number=series_number,
-                     instance_number=instance_number, series_description=series_description,
-                     institution_name=institution_name)
+    return _document(
+        result,
+        sources,
+        groups,
+        predecessors,
+        uid_root=uid_root,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=series_description,
+        institution_name=institution_name,
+    )
 
 
 def build_lumbar_report(
@@ -209,10 +222,17 @@ def build_lumbar_report(
     if lumbar.not_determined:
         if lumbar.l3_index is not None or lumbar.composition is not None:
             raise ValueError("a lumbar result whose levels were not determined cannot have an L3 slice or areas")
-        return _document(result, sources, [_not_determined_group(lumbar.not_determined, algorithm, uid_root)],
-                         predecessors, uid_root=uid_root, series_number=series_number,
-                         instance_number=instance_number, series_description=series_description,
-                         institution_name=institution_name)
+        return _document(
+            result,
+            sources,
+            [_not_determined_group(lumbar.not_determined, algorithm, uid_root)],
+            predecessors,
+            uid_root=uid_root,
+            series_number=series_number,
+            instance_number=instance_number,
+            series_description=series_description,
+            institution_name=institution_name,
+        )
 
     groups: list[_Group] = []
     for number, run in enumerate(lumbar.runs, start=1):
@@ -222,26 +242,37 @@ def build_lumbar_report(
             raise ValueError(f"run {number} ({run.level}) covers slices {run.first}..{run.last} of {len(slices)}")
         if any(lumbar.levels[i] != run.level for i in range(run.first, run.last + 1)):
             raise ValueError(f"run {number} says {run.level} for slices {run.first}..{run.last}, the levels disagree")
-        run_slices = slices[run.first:run.last + 1]
+        run_slices = slices[run.first : run.last + 1]
         group = MeasurementsAndQualitativeEvaluations(
             tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier=f"level {run.level} run {number}"),
             algorithm_id=_algorithm_id(algorithm),
             finding_sites=[FindingSite(code(LEVEL_KEYS[run.level]))],
             source_images=[SourceImageForMeasurementGroup.from_source_image(s) for s in run_slices],
         )
-        group[0].ContentSequence.append(_comment(
-            f"Level {run.level}: slices {run.first + 1} to {run.last + 1} of {len(slices)} along the patient axis "
-            f"(instance numbers {_instance(run_slices[0])} to {_instance(run_slices[-1])})"
-        ))
+        group[0].ContentSequence.append(
+            _comment(
+                f"Level {run.level}: slices {run.first + 1} to {run.last + 1} of {len(slices)} along the patient axis "
+                f"(instance numbers {_instance(run_slices[0])} to {_instance(run_slices[-1])})"
+            )
+        )
         groups.append(group)
     if lumbar.l3_index is not None:
         if not 0 <= lumbar.l3_index < len(slices) or lumbar.levels[lumbar.l3_index] != "L3":
             raise ValueError(f"L3 slice index {lumbar.l3_index} is not a slice decoded as L3")
         groups.append(_l3_group(result, slices[lumbar.l3_index], by_uid, algorithm, uid_root))
     notes = [_no_l3_note()] if lumbar.l3_index is None else []
-    return _document(result, sources, groups, predecessors, uid_root=uid_root, series_number=series_number,
-                     instance_number=instance_number, series_description=series_description,
-                     institution_name=institution_name, notes=notes)
+    return _document(
+        result,
+        sources,
+        groups,
+        predecessors,
+        uid_root=uid_root,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=series_description,
+        institution_name=institution_name,
+        notes=notes,
+    )
 
 
 # --- PE ---------------------------------------------------------------------------------
@@ -292,24 +323,41 @@ def _summary(pe: PeExamResult) -> str:
         return "Study indeterminate for pulmonary embolism"
     if not _pe_present(pe):
         return "No pulmonary embolism"
-    sides = [side for label, side in (("rightsided_pe", "right"), ("leftsided_pe", "left"), ("central_pe", "central"))
-             if pe.exam_labels[label]]
-    kind = "chronic" if pe.exam_labels["chronic_pe"] else (
-        "acute and chronic" if pe.exam_labels["acute_and_chronic_pe"] else "acute")
+    sides = [
+        side
+        for label, side in (("rightsided_pe", "right"), ("leftsided_pe", "left"), ("central_pe", "central"))
+        if pe.exam_labels[label]
+    ]
+    kind = (
+        "chronic"
+        if pe.exam_labels["chronic_pe"]
+        else ("acute and chronic" if pe.exam_labels["acute_and_chronic_pe"] else "acute")
+    )
     ratio = "RV/LV >= 1" if pe.exam_labels["rv_lv_ratio_gte_1"] else "RV/LV < 1"
-    return (f"Pulmonary embolism present ({kind}; {', '.join(sides) or 'location not given'}; {ratio}); "
-            f"{len(pe.positive_slices)} positive slice(s)")
+    return (
+        f"Pulmonary embolism present ({kind}; {', '.join(sides) or 'location not given'}; {ratio}); "
+        f"{len(pe.positive_slices)} positive slice(s)"
+    )
 
 
-def _label_group(concept: hd.sr.CodedConcept, tracking: str, pe: PeExamResult, label: str, algorithm: AlgorithmInfo,
-                 uid_root: str, sites: list[FindingSite] | None = None) -> _Group:
+def _label_group(
+    concept: hd.sr.CodedConcept,
+    tracking: str,
+    pe: PeExamResult,
+    label: str,
+    algorithm: AlgorithmInfo,
+    uid_root: str,
+    sites: list[FindingSite] | None = None,
+) -> _Group:
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier=tracking),
         algorithm_id=_algorithm_id(algorithm),
         finding_type=concept,
         finding_sites=sites,
         measurements=[_score("probability", pe.exam_probabilities[label])],
-        qualitative_evaluations=[QualitativeEvaluation(concept, code("present" if pe.exam_labels[label] else "absent"))],
+        qualitative_evaluations=[
+            QualitativeEvaluation(concept, code("present" if pe.exam_labels[label] else "absent"))
+        ],
     )
 
 
@@ -324,12 +372,15 @@ def _acute_group(pe: PeExamResult, algorithm: AlgorithmInfo, uid_root: str) -> _
             QualitativeEvaluation(code("acute_pulmonary_embolism"), code("present" if acute else "absent"))
         ],
     )
-    group[0].ContentSequence.append(_comment("Derived: pulmonary embolism present, neither chronic nor acute and chronic"))
+    group[0].ContentSequence.append(
+        _comment("Derived: pulmonary embolism present, neither chronic nor acute and chronic")
+    )
     return group
 
 
-def _positive_slices_group(pe: PeExamResult, slices: list[pydicom.Dataset], algorithm: AlgorithmInfo,
-                           uid_root: str) -> _Group:
+def _positive_slices_group(
+    pe: PeExamResult, slices: list[pydicom.Dataset], algorithm: AlgorithmInfo, uid_root: str
+) -> _Group:
     """The slices with PE, each with its pe_present_on_image probability referencing it."""
     positive = sorted(set(pe.positive_slices))
     measurements = []
@@ -337,10 +388,14 @@ def _positive_slices_group(pe: PeExamResult, slices: list[pydicom.Dataset], algo
         p = pe.slice_probabilities[index]
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"probability {p!r} of slice {index} is outside 0..1")
-        measurements.append(Measurement(
-            name=code("probability"), value=significant(float(p)), unit=code("no_units"),
-            referenced_images=[SourceImageForMeasurement.from_source_image(slices[index])],
-        ))
+        measurements.append(
+            Measurement(
+                name=code("probability"),
+                value=significant(float(p)),
+                unit=code("no_units"),
+                referenced_images=[SourceImageForMeasurement.from_source_image(slices[index])],
+            )
+        )
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="slices with PE"),
         algorithm_id=_algorithm_id(algorithm),
@@ -358,8 +413,13 @@ def _positive_slices_group(pe: PeExamResult, slices: list[pydicom.Dataset], algo
 # --- Lumbar -----------------------------------------------------------------------------
 
 
-def _l3_group(result: SeriesResult, l3: pydicom.Dataset, by_uid: dict[str, pydicom.Dataset],
-              algorithm: AlgorithmInfo, uid_root: str) -> _Group:
+def _l3_group(
+    result: SeriesResult,
+    l3: pydicom.Dataset,
+    by_uid: dict[str, pydicom.Dataset],
+    algorithm: AlgorithmInfo,
+    uid_root: str,
+) -> _Group:
     assert result.lumbar is not None
     composition = result.lumbar.composition
     measurements: list[Measurement] = []
@@ -372,27 +432,43 @@ def _l3_group(result: SeriesResult, l3: pydicom.Dataset, by_uid: dict[str, pydic
             "subcutaneous_fat": FindingSite(code("subcutaneous_tissue")),
             "visceral_fat": FindingSite(code("fat"), topographical_modifier=code("internal")),
         }
-        values = {"muscle": composition.muscle_cm2, "subcutaneous_fat": composition.subcutaneous_fat_cm2,
-                  "visceral_fat": composition.visceral_fat_cm2}
+        values = {
+            "muscle": composition.muscle_cm2,
+            "subcutaneous_fat": composition.subcutaneous_fat_cm2,
+            "visceral_fat": composition.visceral_fat_cm2,
+        }
         for tissue, area in values.items():
             if not area >= 0.0:
                 raise ValueError(f"{tissue} area {area!r} cm2 is negative or not a number")
-            measurements.append(Measurement(name=code("area"), value=float(area), unit=code("square_centimeter"),
-                                            finding_sites=[sites[tissue]], referenced_images=reference))
+            measurements.append(
+                Measurement(
+                    name=code("area"),
+                    value=float(area),
+                    unit=code("square_centimeter"),
+                    finding_sites=[sites[tissue]],
+                    referenced_images=reference,
+                )
+            )
         if composition.skeletal_muscle_index is not None:
-            measurements.append(Measurement(
-                name=code("skeletal_muscle_index"), value=float(composition.skeletal_muscle_index),
-                unit=code("square_centimeter_per_square_meter"), finding_sites=[sites["muscle"]],
-                referenced_images=reference,
-            ))
+            measurements.append(
+                Measurement(
+                    name=code("skeletal_muscle_index"),
+                    value=float(composition.skeletal_muscle_index),
+                    unit=code("square_centimeter_per_square_meter"),
+                    finding_sites=[sites["muscle"]],
+                    referenced_images=reference,
+                )
+            )
         muscle, fat = HU_RANGES["muscle"], HU_RANGES["fat"]
         texts.append(
             f"Areas from PixelSpacing on that slice: skeletal muscle {muscle[0]} to {muscle[1]} HU; "
             f"subcutaneous and visceral fat {fat[0]} to {fat[1]} HU (visceral = fat inside the abdominal wall)"
         )
         if composition.skeletal_muscle_index is not None and composition.patient_size_m is not None:
-            texts.append(f"Skeletal muscle index = muscle area / height squared, height {composition.patient_size_m:.2f} m "
-                         "from PatientSize")
+            texts.append(
+                f"Skeletal muscle index = muscle area / height squared, height {composition.patient_size_m:.2f} m "
+                "from PatientSize"
+            )
         elif composition.skeletal_muscle_index is None:
             texts.append("No skeletal muscle index: PatientSize (0010,1020) is not in the images")
     else:
@@ -416,8 +492,10 @@ def _not_determined_group(reasons: Sequence[str], algorithm: AlgorithmInfo, uid_
         finding_type=code("vertebral_level"),
         qualitative_evaluations=[QualitativeEvaluation(code("vertebral_level"), code("indeterminate"))],
     )
-    texts = ["Vertebral level could not be determined: the level map found by the algorithm is anatomically "
-             "impossible, so no level, L3 slice or body composition is reported"]
+    texts = [
+        "Vertebral level could not be determined: the level map found by the algorithm is anatomically "
+        "impossible, so no level, L3 slice or body composition is reported"
+    ]
     texts += [f"Reason: {reason}" for reason in reasons]
     group[0].ContentSequence.extend(_comment(text) for text in texts)
     return group
@@ -436,8 +514,9 @@ def _no_l3_note() -> hd.sr.ContainerContentItem:
 # --- Shared -----------------------------------------------------------------------------
 
 
-def _prepare(result: SeriesResult, sources: Sequence[pydicom.Dataset], uid_root: str,
-             predecessors: Sequence[pydicom.Dataset]) -> tuple[AlgorithmInfo, dict[str, pydicom.Dataset]]:
+def _prepare(
+    result: SeriesResult, sources: Sequence[pydicom.Dataset], uid_root: str, predecessors: Sequence[pydicom.Dataset]
+) -> tuple[AlgorithmInfo, dict[str, pydicom.Dataset]]:
     by_uid = _checked_sources(result, sources, uid_root)
     _check_supersedes(result, predecessors)
     return result.algorithms[-1], by_uid

@@ -21,7 +21,7 @@ The text says DEMO when a demo model contributed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -114,11 +114,17 @@ def build_presentation_state(
     detector = result.algorithms[-1]
     inverse = str(referenced[0].get("PhotometricInterpretation", "")) == "MONOCHROME1"
     return _presentation_state(
-        result, referenced, layer, annotations,
+        result,
+        referenced,
+        layer,
+        annotations,
         content_description=_with_demo(f"Boxes by {detector.display_name}", demo),
         presentation_lut_shape="INVERSE" if inverse else "IDENTITY",
-        uid_root=uid_root, series_number=series_number, instance_number=instance_number,
-        series_description=series_description, institution_name=institution_name,
+        uid_root=uid_root,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=series_description,
+        institution_name=institution_name,
     )
 
 
@@ -145,8 +151,9 @@ def _presentation_state(
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=referenced,
         **_new_instance(uid_root, series_number, instance_number),
-        manufacturer_model_name=_lo(_with_demo(result.algorithms[-1].display_name, _is_demo(result.algorithms)),
-                                    "algorithm display name"),
+        manufacturer_model_name=_lo(
+            _with_demo(result.algorithms[-1].display_name, _is_demo(result.algorithms)), "algorithm display name"
+        ),
         software_versions=_lo(f"ainode {_node_version()}", "software version"),
         device_serial_number=MANUFACTURER,
         content_label=layer.GraphicLayer,
@@ -187,9 +194,12 @@ def caption(image: ImageResult, demo: bool) -> str:
     # same label (pneumonia).
     ordered = sorted((f for f in image.findings if f.group != "detection"), key=lambda f: f.group == "finding")
     probabilities = {f.label: f.probability for f in ordered}
-    parts = [f"{display_name(label)} {probability_text(probabilities[label])}" if label in probabilities
-             else display_name(label)
-             for label in image.top_findings]
+    parts = [
+        f"{display_name(label)} {probability_text(probabilities[label])}"
+        if label in probabilities
+        else display_name(label)
+        for label in image.top_findings
+    ]
     if parts:
         text = "AI: " + ", ".join(parts)
     elif any(f.present for f in image.findings if f.group == "finding"):
@@ -220,22 +230,34 @@ def _annotation(
     for finding in boxes:
         assert finding.region is not None
         label = f"{display_name(finding.label)} {probability_text(finding.probability)}"
-        texts.append(hd.pr.TextObject(text_value=label, units="PIXEL",
-                                      bounding_box=_text_box(finding.region.x_min, finding.region.y_min - line,
-                                                             len(label), line, columns, rows),
-                                      text_justification="LEFT"))
+        texts.append(
+            hd.pr.TextObject(
+                text_value=label,
+                units="PIXEL",
+                bounding_box=_text_box(
+                    finding.region.x_min, finding.region.y_min - line, len(label), line, columns, rows
+                ),
+                text_justification="LEFT",
+            )
+        )
     if image.top_findings or image.triage is not None or demo:
         text = caption(image, demo)
-        texts.append(hd.pr.TextObject(text_value=text, units="PIXEL",
-                                      bounding_box=_text_box(line / 2, line / 2, len(text), line, columns, rows),
-                                      text_justification="LEFT"))
+        texts.append(
+            hd.pr.TextObject(
+                text_value=text,
+                units="PIXEL",
+                bounding_box=_text_box(line / 2, line / 2, len(text), line, columns, rows),
+                text_justification="LEFT",
+            )
+        )
     return hd.pr.GraphicAnnotation(
         referenced_images=[source], graphic_layer=layer, graphic_objects=graphics or None, text_objects=texts or None
     )
 
 
-def _text_box(left: float, top: float, characters: int, line: float, columns: int, rows: int
-              ) -> tuple[float, float, float, float]:
+def _text_box(
+    left: float, top: float, characters: int, line: float, columns: int, rows: int
+) -> tuple[float, float, float, float]:
     """A bounding box (left, top, right, bottom) for one line of text, kept inside the image."""
     width = min(float(columns) - 1, characters * line * 0.6)
     top = min(max(0.0, top), rows - line - 1)
@@ -255,8 +277,11 @@ def _voi(referenced: Sequence[pydicom.Dataset]) -> list[hd.pr.SoftcopyVOILUTTran
         slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
         low = -(2 ** (bits - 1)) if int(ds.get("PixelRepresentation", 0)) else 0
         center = slope * (low + 2 ** (bits - 1)) + intercept
-        transforms.append(hd.pr.SoftcopyVOILUTTransformation(
-            window_center=center, window_width=abs(slope) * 2 ** bits,
-            referenced_images=hd.ReferencedImageSequence(referenced_images=[ds]),
-        ))
+        transforms.append(
+            hd.pr.SoftcopyVOILUTTransformation(
+                window_center=center,
+                window_width=abs(slope) * 2**bits,
+                referenced_images=hd.ReferencedImageSequence(referenced_images=[ds]),
+            )
+        )
     return transforms

@@ -16,7 +16,7 @@ study, in a new series, and holds:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import highdicom as hd
 import pydicom
@@ -113,8 +113,9 @@ def build_key_object_selection(
         institution_name=institution_name,
     )
     # General Equipment (PS3.3 C.7.5.1): the model, saying DEMO for demo weights, as every object of ours does.
-    kos.ManufacturerModelName = _lo(_with_demo(algorithm.display_name, _is_demo(result.algorithms)),
-                                    "algorithm display name")
+    kos.ManufacturerModelName = _lo(
+        _with_demo(algorithm.display_name, _is_demo(result.algorithms)), "algorithm display name"
+    )
     _name_series(kos, result.algorithms, series_description, evidence[:1])
     return kos
 

@@ -203,5 +203,3 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: scalable
     except (TypeError, OSError):
         return ImageFont.load_default()
-
-

@@ -21,7 +21,7 @@ equipment. "(DEMO)" is in the name for demo models.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import highdicom as hd
 import numpy as np
@@ -104,19 +104,23 @@ def build_tissue_segmentation(
     descriptions = []
     for number, (key, (label, type_key, region_key, hu_key)) in enumerate(TISSUES.items(), start=1):
         low, high = HU_RANGES[hu_key]
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=label,
-            segmented_property_category=code("tissue"),
-            segmented_property_type=code(type_key),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=hd.AlgorithmIdentificationSequence(
-                name=name, family=code("artificial_intelligence"), version=_lo(algorithm.version, "version"),
-                source=_lo(algorithm.manufacturer, "manufacturer"),
-                parameters={"HU range": f"{low} to {high}", "mask": key},
-            ),
-            anatomic_regions=[code(region_key)] if region_key else None,
-        ))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=label,
+                segmented_property_category=code("tissue"),
+                segmented_property_type=code(type_key),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=hd.AlgorithmIdentificationSequence(
+                    name=name,
+                    family=code("artificial_intelligence"),
+                    version=_lo(algorithm.version, "version"),
+                    source=_lo(algorithm.manufacturer, "manufacturer"),
+                    parameters={"HU range": f"{low} to {high}", "mask": key},
+                ),
+                anatomic_regions=[code(region_key)] if region_key else None,
+            )
+        )
     cleaned = _with_empty_type2(source)
     seg = hd.seg.Segmentation(
         source_images=[cleaned],

@@ -18,7 +18,7 @@ Labels say "(DEMO)" when a demo model contributed.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 import pydicom
@@ -36,13 +36,15 @@ LABEL_LAYER = "AI_LABELS"
 
 def pe_labels(pe: PeExamResult) -> dict[str, str]:
     """Texts for :func:`build_slice_labels` on a CTPA: "PE suspected p=0.930" on each positive slice (3 significant digits)."""
-    return {pe.slice_uids[i]: f"PE suspected p={probability_text(pe.slice_probabilities[i])}"
-            for i in sorted(set(pe.positive_slices))}
+    return {
+        pe.slice_uids[i]: f"PE suspected p={probability_text(pe.slice_probabilities[i])}"
+        for i in sorted(set(pe.positive_slices))
+    }
 
 
 def level_labels(lumbar: LumbarResult) -> dict[str, str]:
     """Texts for :func:`build_slice_labels` on an abdominal CT: the level of every slice, "L3 (L3 slice)" on L3."""
-    labels = dict(zip(lumbar.slice_uids, lumbar.levels))
+    labels = dict(zip(lumbar.slice_uids, lumbar.levels, strict=False))
     if lumbar.l3_index is not None:
         uid = lumbar.slice_uids[lumbar.l3_index]
         labels[uid] = f"{labels[uid]} (L3 slice)"
@@ -118,11 +120,17 @@ def build_slice_labels(
         raise ValueError(f"labelled slices {unknown[:3]}{'...' if len(unknown) > 3 else ''} are not among the sources")
 
     gsps = _presentation_state(
-        result, _cleaned(referenced), layer, None,
+        result,
+        _cleaned(referenced),
+        layer,
+        None,
         content_description=f"Slice labels by {result.algorithms[-1].display_name}",
         presentation_lut_shape="IDENTITY",
-        uid_root=uid_root, series_number=series_number, instance_number=instance_number,
-        series_description=series_description, institution_name=institution_name,
+        uid_root=uid_root,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=series_description,
+        institution_name=institution_name,
     )
     gsps.GraphicAnnotationSequence = annotations
     return gsps
@@ -131,8 +139,10 @@ def build_slice_labels(
 def _cleaned(referenced: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     """The labelled slices as the GSPS copies from them: the first wholly cleaned, each other's window
     explanation checked (copied only when it must change; a series can have hundreds of slices)."""
-    return [_with_empty_type2(referenced[0], PR_COPIED),
-            *(clean_source(ds, PR_COPIED_EACH, patient_study=False)[0] for ds in referenced[1:])]
+    return [
+        _with_empty_type2(referenced[0], PR_COPIED),
+        *(clean_source(ds, PR_COPIED_EACH, patient_study=False)[0] for ds in referenced[1:]),
+    ]
 
 
 def _annotation(source: pydicom.Dataset, text: str, box: tuple[float, float, float, float]) -> pydicom.Dataset:

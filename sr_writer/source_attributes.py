@@ -34,14 +34,15 @@ import functools
 import math
 import re
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.charset import python_encoding
-from pydicom.dataelem import RawDataElement
 from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 
@@ -59,8 +60,17 @@ __all__ = [
 
 # Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1) that highdicom
 # reads from the first source; real files sometimes omit them, and a result may carry them empty.
-TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                "StudyDate", "StudyTime", "ReferringPhysicianName")
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 # The result must be in the source's study whatever its UID looks like; the writers check it themselves.
 _NEVER_TOUCHED = frozenset({"StudyInstanceUID", "SpecificCharacterSet"})
@@ -71,8 +81,23 @@ _ISSUES = "_ainode_source_issues"
 
 #: Maximum length in characters per value (PS3.5 Table 6.2-1); PN is per component group.
 _MAX_LENGTH: dict[str, int] = {
-    "AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "DT": 26, "IS": 12, "LO": 64, "LT": 10240, "PN": 64,
-    "SH": 16, "ST": 1024, "TM": 14, "UI": 64, "UC": 2**32 - 2, "UT": 2**32 - 2, "UR": 2**32 - 2,
+    "AE": 16,
+    "AS": 4,
+    "CS": 16,
+    "DA": 8,
+    "DS": 16,
+    "DT": 26,
+    "IS": 12,
+    "LO": 64,
+    "LT": 10240,
+    "PN": 64,
+    "SH": 16,
+    "ST": 1024,
+    "TM": 14,
+    "UI": 64,
+    "UC": 2**32 - 2,
+    "UT": 2**32 - 2,
+    "UR": 2**32 - 2,
 }
 #: Text VRs that may hold line breaks and tabs (PS3.5 6.1.3); the others allow ESC only.
 _FORMATTED_TEXT = frozenset({"LT", "ST", "UT"})
@@ -93,10 +118,25 @@ _ENUMERATED: dict[str, frozenset[str]] = {
 
 #: Specific Character Set values a result can keep as they are (single-byte or single-valued; highdicom
 #: accepts them); a source in ISO 2022 code extensions gets its text decoded and the result in UTF-8.
-_KEPT_CHARSETS = frozenset({
-    "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 144", "ISO_IR 127", "ISO_IR 126",
-    "ISO_IR 138", "ISO_IR 148", "ISO_IR 203", "ISO_IR 13", "ISO_IR 166", "ISO_IR 192", "GB18030", "GBK",
-})
+_KEPT_CHARSETS = frozenset(
+    {
+        "ISO_IR 100",
+        "ISO_IR 101",
+        "ISO_IR 109",
+        "ISO_IR 110",
+        "ISO_IR 144",
+        "ISO_IR 127",
+        "ISO_IR 126",
+        "ISO_IR 138",
+        "ISO_IR 148",
+        "ISO_IR 203",
+        "ISO_IR 13",
+        "ISO_IR 166",
+        "ISO_IR 192",
+        "GB18030",
+        "GBK",
+    }
+)
 _UTF8 = "ISO_IR 192"
 
 _AS = re.compile(r"\d{3}[DWMY]")
@@ -166,8 +206,9 @@ def _copied_attributes(sop_class_uid: str) -> tuple[tuple[str, str], ...]:
     return tuple(found.items())
 
 
-def clean_source(source: Dataset, extra: Mapping[str, str] | None = None, *, patient_study: bool = True
-                 ) -> tuple[Dataset, list[SourceAttributeIssue]]:
+def clean_source(
+    source: Dataset, extra: Mapping[str, str] | None = None, *, patient_study: bool = True
+) -> tuple[Dataset, list[SourceAttributeIssue]]:
     """A copy of ``source`` whose attributes copied into results are valid for their VR.
 
     Parameters
@@ -368,8 +409,9 @@ def _values(value: Any) -> list[Any]:
     return [value]
 
 
-def _checked_element(keyword: str, vr: str, value: Any, charset: _Charset, path: str
-                     ) -> tuple[Any, list[SourceAttributeIssue]]:
+def _checked_element(
+    keyword: str, vr: str, value: Any, charset: _Charset, path: str
+) -> tuple[Any, list[SourceAttributeIssue]]:
     """The element's value, corrected where allowed, and the corrections; raises :class:`_Invalid`."""
     if vr == "SQ":
         return value, _checked_sequence(value, charset, path)
@@ -407,11 +449,13 @@ def _checked_sequence(items: Any, charset: _Charset, path: str) -> list[SourceAt
             try:
                 element = item[tag]
             except (ValueError, TypeError, OverflowError, KeyError):  # pydicom cannot even convert it
-                raise _Invalid(f"invalid {inner} in an item: invalid {dictionary_VR(tag) if inner else 'value'}") \
-                    from None
+                raise _Invalid(
+                    f"invalid {inner} in an item: invalid {dictionary_VR(tag) if inner else 'value'}"
+                ) from None
             try:
-                value, corrections = _checked_element(keyword_for_tag(element.tag), element.VR, element.value,
-                                                      charset, f"{path} > {inner}")
+                value, corrections = _checked_element(
+                    keyword_for_tag(element.tag), element.VR, element.value, charset, f"{path} > {inner}"
+                )
             except _Invalid as exc:
                 raise _Invalid(f"invalid {inner} in an item: {exc}") from None
             if corrections:
@@ -562,4 +606,3 @@ def _datetime(value: str) -> None:
         raise _Invalid("invalid DT")
     if offset and (int(offset[1:3]) > 14 or int(offset[3:]) > 59):
         raise _Invalid("invalid DT")
-

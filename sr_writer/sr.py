@@ -27,7 +27,8 @@ All coded concepts come from :mod:`sr_writer.codes`.
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Mapping, Sequence, TypedDict
+from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import highdicom as hd
 import numpy as np
@@ -135,22 +136,42 @@ def build_measurement_report(
             if finding_source is None:
                 raise ValueError(f"finding {finding.label!r} refers to {finding.source_sop_uid}, not among the sources")
             rank = ranks.pop(finding_key(finding.label), None) if finding.group != "detection" else None
-            groups.append(_finding_group(finding, finding_source, number, _algorithm_of(finding, result.algorithms),
-                                         uid_root, rank))
+            groups.append(
+                _finding_group(
+                    finding, finding_source, number, _algorithm_of(finding, result.algorithms), uid_root, rank
+                )
+            )
         if image.triage is not None or image.top_findings:
             groups.append(_triage_group(image, source, number, result.algorithms[-1], uid_root))
     if not groups:
         raise ValueError("result has no view and no finding on any image; there is nothing to report")
 
-    return _document(result, sources, groups, predecessors, uid_root=uid_root, series_number=series_number,
-                     instance_number=instance_number, series_description=series_description,
-                     institution_name=institution_name)
+    return _document(
+        result,
+        sources,
+        groups,
+        predecessors,
+        uid_root=uid_root,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=series_description,
+        institution_name=institution_name,
+    )
 
 
-def _document(result: SeriesResult, sources: Sequence[pydicom.Dataset],
-              groups: Sequence[_Group], predecessors: Sequence[pydicom.Dataset], *,
-              uid_root: str, series_number: int, instance_number: int, series_description: str,
-              institution_name: str | None, notes: Sequence[ContainerContentItem] = ()) -> pydicom.Dataset:
+def _document(
+    result: SeriesResult,
+    sources: Sequence[pydicom.Dataset],
+    groups: Sequence[_Group],
+    predecessors: Sequence[pydicom.Dataset],
+    *,
+    uid_root: str,
+    series_number: int,
+    instance_number: int,
+    series_description: str,
+    institution_name: str | None,
+    notes: Sequence[ContainerContentItem] = (),
+) -> pydicom.Dataset:
     """The Comprehensive 3D SR (TID 1500) around ``groups``: what every SR writer of the node returns.
 
     The first algorithm of the result is the observer device and the model name; every algorithm is
@@ -176,8 +197,9 @@ def _document(result: SeriesResult, sources: Sequence[pydicom.Dataset],
         is_verified=False,
         institution_name=institution_name,
         previous_versions=list(predecessors) or None,
-        manufacturer_model_name=_lo(_with_demo(primary.display_name, _is_demo(result.algorithms)),
-                                    "algorithm display name"),
+        manufacturer_model_name=_lo(
+            _with_demo(primary.display_name, _is_demo(result.algorithms)), "algorithm display name"
+        ),
         coding_schemes=_private_schemes(),
     )
     # Set here: highdicom passes a tuple through, which pydicom warns about for a multi-valued LO.
@@ -189,8 +211,9 @@ def _document(result: SeriesResult, sources: Sequence[pydicom.Dataset],
     return sr
 
 
-def _checked_sources(result: SeriesResult, sources: Sequence[pydicom.Dataset],
-                     uid_root: str) -> dict[str, pydicom.Dataset]:
+def _checked_sources(
+    result: SeriesResult, sources: Sequence[pydicom.Dataset], uid_root: str
+) -> dict[str, pydicom.Dataset]:
     """What every writer checks first: the UID root, that the result names its algorithm, and the sources.
 
     Returns the sources by SOP Instance UID (:func:`_index_sources`).
@@ -213,9 +236,13 @@ class _NewInstance(TypedDict):
 
 def _new_instance(uid_root: str, series_number: int, instance_number: int) -> _NewInstance:
     """New Series and SOP Instance UIDs under ``uid_root``, the numbers, and our Manufacturer (0008,0070)."""
-    return _NewInstance(series_instance_uid=new_uid(uid_root), series_number=series_number,
-                        sop_instance_uid=new_uid(uid_root), instance_number=instance_number,
-                        manufacturer=MANUFACTURER)
+    return _NewInstance(
+        series_instance_uid=new_uid(uid_root),
+        series_number=series_number,
+        sop_instance_uid=new_uid(uid_root),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+    )
 
 
 def _is_demo(algorithms: Sequence[AlgorithmInfo]) -> bool:
@@ -227,8 +254,12 @@ def _with_demo(text: str, demo: bool) -> str:
     return f"{text} (DEMO)" if demo and "DEMO" not in text else text
 
 
-def _name_series(ds: pydicom.Dataset, algorithms: Sequence[AlgorithmInfo], series_description: str,
-                 sources: Sequence[pydicom.Dataset] = ()) -> None:
+def _name_series(
+    ds: pydicom.Dataset,
+    algorithms: Sequence[AlgorithmInfo],
+    series_description: str,
+    sources: Sequence[pydicom.Dataset] = (),
+) -> None:
     """Series Description (0008,103E), with "(DEMO)" for demo models, and the IHE AI Results
     contributing-equipment items naming each algorithm: the last touch of every object we write.
 
@@ -324,8 +355,9 @@ def _score(key: str, value: float) -> Measurement:
     return Measurement(name=code(key), value=significant(float(value)), unit=code("no_units"))
 
 
-def _triage_group(image: ImageResult, source: pydicom.Dataset, number: int, algorithm: AlgorithmInfo,
-                  uid_root: str) -> MeasurementsAndQualitativeEvaluations:
+def _triage_group(
+    image: ImageResult, source: pydicom.Dataset, number: int, algorithm: AlgorithmInfo, uid_root: str
+) -> MeasurementsAndQualitativeEvaluations:
     """TID 1501 group with the triage level (coded) and the top findings in words."""
     evaluations = []
     if image.triage is not None:
@@ -346,8 +378,9 @@ def _triage_group(image: ImageResult, source: pydicom.Dataset, number: int, algo
             for rank, label in enumerate(image.top_findings, start=1)
         )
         group[0].ContentSequence.append(_comment(f"Top findings: {ranked}"))
-    elif any(f.group == "finding" for f in image.findings) and not any(f.present for f in image.findings
-                                                                       if f.group == "finding"):
+    elif any(f.group == "finding" for f in image.findings) and not any(
+        f.present for f in image.findings if f.group == "finding"
+    ):
         group[0].ContentSequence.append(_comment("Top findings: none at or above its threshold"))
     return group
 
@@ -393,11 +426,13 @@ def _ranks(image: ImageResult) -> dict[str, int]:
     if len(set(keys)) != len(keys):
         raise ValueError(f"top findings of image {image.sop_instance_uid} repeat a label: {image.top_findings}")
     reported = {finding_key(f.label) for f in image.findings if f.group != "detection"}
-    missing = [label for label, key in zip(image.top_findings, keys) if key not in reported]
+    missing = [label for label, key in zip(image.top_findings, keys, strict=False) if key not in reported]
     if missing:
         raise ValueError(f"top findings {missing} of image {image.sop_instance_uid} are not among its findings")
     if image.triage is not None and image.triage not in TRIAGE_KEYS:
-        raise ValueError(f"triage {image.triage!r} of image {image.sop_instance_uid} is not one of {sorted(TRIAGE_KEYS)}")
+        raise ValueError(
+            f"triage {image.triage!r} of image {image.sop_instance_uid} is not one of {sorted(TRIAGE_KEYS)}"
+        )
     return {key: rank for rank, key in enumerate(keys, start=1)}
 
 
@@ -410,8 +445,14 @@ def _algorithm_of(finding: Finding, algorithms: Sequence[AlgorithmInfo]) -> Algo
     raise ValueError(f"finding {finding.label!r} names algorithm {finding.algorithm!r}, which the result does not list")
 
 
-def _finding_group(finding: Finding, source: pydicom.Dataset, number: int, algorithm: AlgorithmInfo, uid_root: str,
-                   rank: int | None = None) -> _Group:
+def _finding_group(
+    finding: Finding,
+    source: pydicom.Dataset,
+    number: int,
+    algorithm: AlgorithmInfo,
+    uid_root: str,
+    rank: int | None = None,
+) -> _Group:
     concept = finding_concept(finding.label)
     kind = {"finding": "", "class": " class", "detection": " box"}[finding.group]
     tracking = TrackingIdentifier(uid=new_uid(uid_root), identifier=f"image {number}{kind} {finding.label}")
@@ -469,8 +510,12 @@ def _supersession_note(predecessors: Sequence[pydicom.Dataset]) -> ContainerCont
         name=code("qualitative_evaluations"), relationship_type=RelationshipTypeValues.CONTAINS
     )
     container.ContentSequence = ContentSequence(
-        [_comment(f"This report supersedes the earlier report{plural} {uids} of this series "
-                  "because new instances arrived after it was written.")]
+        [
+            _comment(
+                f"This report supersedes the earlier report{plural} {uids} of this series "
+                "because new instances arrived after it was written."
+            )
+        ]
     )
     return container
 

@@ -37,8 +37,21 @@ __all__ = [
 ]
 
 EFFICIENTNET_VARIANTS = (
-    "B0", "B1", "B2", "B3", "B4", "B5", "B6", "B7",
-    "V2B0", "V2B1", "V2B2", "V2B3", "V2S", "V2M", "V2L",
+    "B0",
+    "B1",
+    "B2",
+    "B3",
+    "B4",
+    "B5",
+    "B6",
+    "B7",
+    "V2B0",
+    "V2B1",
+    "V2B2",
+    "V2B3",
+    "V2S",
+    "V2M",
+    "V2L",
 )
 """Backbone variants accepted by :func:`finding_classifier`."""
 

@@ -33,7 +33,7 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _group_lines(result: "TrainResult") -> list[str]:
+def _group_lines(result: TrainResult) -> list[str]:
     lines = [
         "| image group | held-out images | correct | accuracy | 95 % interval (Wilson) |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -44,7 +44,7 @@ def _group_lines(result: "TrainResult") -> list[str]:
     return lines
 
 
-def _accuracy_lines(result: "TrainResult") -> list[str]:
+def _accuracy_lines(result: TrainResult) -> list[str]:
     matrix = result.confusion()
     lines = ["| class | held-out images | correct | accuracy |", "| --- | ---: | ---: | ---: |"]
     for c, cls in enumerate(CLASSES):
@@ -54,15 +54,18 @@ def _accuracy_lines(result: "TrainResult") -> list[str]:
     # The NIH images are 64-px frontals: report them apart, so that a model that
     # only learnt "small source image = frontal" would show in the other row.
     for prefix, what in (("frontal/nih-", "frontal, NIH 64-px copies"), ("frontal/covid-", "frontal, other sources")):
-        picked = [(y, p) for f, y, p in zip(result.holdout_files, result.holdout_labels,
-                                             result.holdout_probabilities) if f.startswith(prefix)]
+        picked = [
+            (y, p)
+            for f, y, p in zip(result.holdout_files, result.holdout_labels, result.holdout_probabilities, strict=False)
+            if f.startswith(prefix)
+        ]
         if picked:
             correct = sum(1 for y, p in picked if int(p >= 0.5) == y)
             lines.append(f"| {what} | {len(picked)} | {correct} | {correct / len(picked):.3f} |")
     return lines
 
 
-def write_model_card(path: Path, args: argparse.Namespace, result: "TrainResult", manifest: dict[str, Any]) -> None:
+def write_model_card(path: Path, args: argparse.Namespace, result: TrainResult, manifest: dict[str, Any]) -> None:
     """Write ``MODEL_CARD.md`` for a run: data and licence, design, figures, limits, how to reproduce."""
     matrix = result.confusion()
     held = {c: sum(matrix[i]) for i, c in enumerate(CLASSES)}
@@ -71,8 +74,11 @@ def write_model_card(path: Path, args: argparse.Namespace, result: "TrainResult"
     train_groups = ", ".join(f"{result.train_group_counts.get(g, 0):,} {g}" for g in IMAGE_GROUPS)
     held_groups = ", ".join(f"{by_group.get(g, (0, 0))[1]:,} {g}" for g in IMAGE_GROUPS)
     if result.balance in ("sampling", "sqrt-sampling"):
-        how = ("equal probability" if result.balance == "sampling"
-               else "probability proportional to the square root of its size")
+        how = (
+            "equal probability"
+            if result.balance == "sampling"
+            else "probability proportional to the square root of its size"
+        )
         balance = (
             "Balance: group-balanced sampling. Each training example is drawn from one of the "
             f"{len(result.group_shares)} image groups present with {how} ("
@@ -99,15 +105,18 @@ def write_model_card(path: Path, args: argparse.Namespace, result: "TrainResult"
         )
     else:
         lateral_note = "No lateral was held out: the lateral accuracy is unknown."
-    wrong = ", ".join(
-        f"`{f}` ({p:.3f})"
-        for f, y, p in zip(result.holdout_files, result.holdout_labels, result.holdout_probabilities)
-        if int(p >= 0.5) != y
-    ) or "none"
-    text = f"""# {manifest['name']} {manifest['version']} — frontal vs lateral chest radiograph filter
+    wrong = (
+        ", ".join(
+            f"`{f}` ({p:.3f})"
+            for f, y, p in zip(result.holdout_files, result.holdout_labels, result.holdout_probabilities, strict=False)
+            if int(p >= 0.5) != y
+        )
+        or "none"
+    )
+    text = f"""# {manifest["name"]} {manifest["version"]} — frontal vs lateral chest radiograph filter
 
 Trained {_dt.date.today().isoformat()} with `training/view_filter.py` (seed {args.seed}).
-Weights file `{manifest['weights']}`, SHA-256 `{manifest['sha256']}`.
+Weights file `{manifest["weights"]}`, SHA-256 `{manifest["sha256"]}`.
 
 ## Licence of these weights: non-commercial use only
 
@@ -122,9 +131,9 @@ licence; retrain on data you may use commercially if you need that.
 
 Folder `frontal/` and `lateral/` of grey PNGs (the shared `cxr-view` set): {result.total_counts[0]:,} frontal
 and {result.total_counts[1]:,} lateral images in the run reported here, in three image groups:
-{total_groups.get('adult frontal', 0):,} adult frontal, {total_groups.get('pediatric frontal', 0):,} pediatric frontal
+{total_groups.get("adult frontal", 0):,} adult frontal, {total_groups.get("pediatric frontal", 0):,} pediatric frontal
 (`peds-*`: Kermany et al., CC BY 4.0, one image per child; normal, bacterial and viral
-pneumonia) and {total_groups.get('lateral', 0):,} lateral (all adults). {result.nih_frontals:,} of the adult
+pneumonia) and {total_groups.get("lateral", 0):,} lateral (all adults). {result.nih_frontals:,} of the adult
 frontals are NIH ChestX-ray14 images reduced to 64×64 (`nih-*`); the other adult frontals and
 all laterals are full radiographs (≤ 512 px) from the COVID-19 collection. Labels may be noisy.
 
@@ -135,7 +144,7 @@ without its view/panel tag and by case URL in `SOURCES.csv`; each child is its o
 **Images these weights saw:** every image of the set except those listed in `holdout.txt`, that is
 {train_groups} images ({result.train_counts[0]:,} frontal + {result.train_counts[1]:,} lateral) of
 {result.train_patients} patients. Held out and never trained on: {held_groups} images
-({held['frontal']} frontal + {held['lateral']} lateral) of {result.holdout_patients} other patients,
+({held["frontal"]} frontal + {held["lateral"]} lateral) of {result.holdout_patients} other patients,
 listed in `holdout.txt` with each image's P(lateral).
 
 ## Design (seed 5)
@@ -185,7 +194,7 @@ Misclassified held-out images (path, P(lateral)): {wrong}
   children's frontal radiographs like those of the Kermany set (young children from one
   hospital); children's laterals, other body parts, oblique or decubitus views are outside
   its training data and get an arbitrary answer.
-- Few laterals ({total_groups.get('lateral', 0)}, adults, from one collection) and frontal images from three sources
+- Few laterals ({total_groups.get("lateral", 0)}, adults, from one collection) and frontal images from three sources
   of different resolution: the model may have learnt features of the sources. Check it on
   your site's images before relying on it; the node records its output next to the header's
   view and never discards an image on the model's word alone.

@@ -28,10 +28,10 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 __all__ = ["RECIPES", "Progress", "RecipeError", "RecipeOutcome", "build_demo", "main", "recipe_hash"]
 
@@ -85,8 +85,10 @@ class Progress:
         elapsed = time.monotonic() - self.started
         if self.tty:
             filled = int(round(fraction * _BAR))
-            line = (f"\r{self.name:<20} [{'#' * filled}{'.' * (_BAR - filled)}] {fraction:4.0%} "
-                    f"{done}/{total} {message[:40]:<40} {elapsed:5.0f} s")
+            line = (
+                f"\r{self.name:<20} [{'#' * filled}{'.' * (_BAR - filled)}] {fraction:4.0%} "
+                f"{done}/{total} {message[:40]:<40} {elapsed:5.0f} s"
+            )
             self.stream.write(line)
             self.stream.flush()
             self._bar_open = True
@@ -167,8 +169,11 @@ def _cached(model_dir: Path, wanted_hash: str) -> bool:
         return False
     try:
         manifest = load_manifest(model_dir / "model.json")
-        return (manifest.postprocessing.get("recipe_hash") == wanted_hash
-                and manifest.weights_path.is_file() and sha256_file(manifest.weights_path) == manifest.sha256)
+        return (
+            manifest.postprocessing.get("recipe_hash") == wanted_hash
+            and manifest.weights_path.is_file()
+            and sha256_file(manifest.weights_path) == manifest.sha256
+        )
     except (ModelError, OSError):
         return False
 
@@ -183,7 +188,7 @@ def _stamp(model_dir: Path, name: str, wanted_hash: str) -> None:
     if manifest.name != name:
         raise RecipeError(f"recipe {name!r} wrote a manifest named {manifest.name!r}")
     if not manifest.demo:
-        raise RecipeError(f"recipe {name!r} wrote a manifest without \"demo\": true")
+        raise RecipeError(f'recipe {name!r} wrote a manifest without "demo": true')
     data = json.loads(path.read_text(encoding="utf-8"))
     data.setdefault("postprocessing", {})["recipe_hash"] = wanted_hash
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -236,8 +241,10 @@ def build_demo(
     chosen = [r for r in recipes if not only or r[0] in only]
     stream = stream or sys.stdout
     estimate = sum(seconds for _, _, seconds in chosen)
-    stream.write(f"building {len(chosen)} demo model(s) into {out_dir} (about {estimate / 60:.0f} min on 2 cores"
-                 f"{', quick' if quick else ''})\n")
+    stream.write(
+        f"building {len(chosen)} demo model(s) into {out_dir} (about {estimate / 60:.0f} min on 2 cores"
+        f"{', quick' if quick else ''})\n"
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes = []
     for name, target, _ in chosen:

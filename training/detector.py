@@ -55,11 +55,11 @@ from training.detector_data import (
 )
 
 
-
 class Progress(Protocol):
     """What :func:`build_demo` reports to (``training.demo.Progress`` has this shape)."""
 
     def step(self, done: int, total: int, message: str) -> None: ...
+
 
 __all__ = [
     "DEMO",
@@ -85,8 +85,16 @@ _PROGRESS = "@@progress"
 _REPO = Path(__file__).resolve().parents[2]
 
 DEMO: dict[str, Any] = {
-    "images": 400, "phantom_size": 320, "imgsz": 320, "epochs": 20, "batch": 8, "seed": 2, "model": DEFAULT_MODEL,
-    "holdout": 40, "lr0": 0.002, "warmup_epochs": 0.0,
+    "images": 400,
+    "phantom_size": 320,
+    "imgsz": 320,
+    "epochs": 20,
+    "batch": 8,
+    "seed": 2,
+    "model": DEFAULT_MODEL,
+    "holdout": 40,
+    "lr0": 0.002,
+    "warmup_epochs": 0.0,
 }
 """Demo recipe: phantoms drawn, image and input size, epochs, batch, seed, held-out phantoms per kind.
 
@@ -100,8 +108,16 @@ with confidences just under the nodule threshold; 24 epochs 39 of 40 on one mach
 chest build within its 15 minutes there."""
 
 QUICK: dict[str, Any] = {
-    "images": 16, "phantom_size": 128, "imgsz": 128, "epochs": 1, "batch": 4, "seed": 2, "model": DEFAULT_MODEL,
-    "holdout": 2, "lr0": 0.002, "warmup_epochs": 0.0,
+    "images": 16,
+    "phantom_size": 128,
+    "imgsz": 128,
+    "epochs": 1,
+    "batch": 4,
+    "seed": 2,
+    "model": DEFAULT_MODEL,
+    "holdout": 2,
+    "lr0": 0.002,
+    "warmup_epochs": 0.0,
 }
 """Tiny recipe for tests (seconds; quality not checked)."""
 
@@ -135,7 +151,9 @@ def _find_font() -> Path:
     candidates: list[Path] = []
     fc_list = shutil.which("fc-list")
     if fc_list:
-        out = subprocess.run([fc_list, ":fontformat=TrueType", "file"], capture_output=True, text=True, check=False).stdout
+        out = subprocess.run(
+            [fc_list, ":fontformat=TrueType", "file"], capture_output=True, text=True, check=False
+        ).stdout
         candidates += [Path(line.split(":")[0].strip()) for line in out.splitlines() if line.strip()]
     for root in (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path("/Library/Fonts")):
         if root.is_dir():
@@ -149,7 +167,6 @@ def _find_font() -> Path:
 def _import_ultralytics(config_dir: Path) -> Any:
     ultralytics_offline(config_dir)
     import torch  # before anything that might pull TensorFlow in
-
     from ultralytics import YOLO
 
     return torch, YOLO
@@ -213,20 +230,48 @@ def train(
         yolo.add_callback("on_train_epoch_end", lambda trainer: on_epoch(int(trainer.epoch) + 1, int(trainer.epochs)))
     start = time.monotonic()
     yolo.train(
-        data=str(data_yaml), imgsz=imgsz, epochs=epochs, batch=batch, seed=seed, deterministic=True,
-        device="cpu", workers=0, amp=False, plots=False, val=False, pretrained=False,
-        optimizer="AdamW", lr0=lr0, warmup_epochs=warmup_epochs, cos_lr=False,
-        project=str((work_dir / "runs").resolve()), name="train", exist_ok=True, verbose=False,
+        data=str(data_yaml),
+        imgsz=imgsz,
+        epochs=epochs,
+        batch=batch,
+        seed=seed,
+        deterministic=True,
+        device="cpu",
+        workers=0,
+        amp=False,
+        plots=False,
+        val=False,
+        pretrained=False,
+        optimizer="AdamW",
+        lr0=lr0,
+        warmup_epochs=warmup_epochs,
+        cos_lr=False,
+        project=str((work_dir / "runs").resolve()),
+        name="train",
+        exist_ok=True,
+        verbose=False,
         # Grey radiographs: no colour jitter. Mirrored chests still look like chests.
-        hsv_h=0.0, hsv_s=0.0, hsv_v=0.2, fliplr=0.5, scale=0.25, translate=0.08, mosaic=1.0,
-        close_mosaic=max(1, epochs // 4), patience=epochs,
+        hsv_h=0.0,
+        hsv_s=0.0,
+        hsv_v=0.2,
+        fliplr=0.5,
+        scale=0.25,
+        translate=0.08,
+        mosaic=1.0,
+        close_mosaic=max(1, epochs // 4),
+        patience=epochs,
         # Ultralytics accumulates gradients up to a nominal batch of 64: with batch 8 that is one
         # optimizer step in 8 batches, far too few steps for a short CPU run. Step every batch.
         nbs=batch,
     )
     trainer = yolo.trainer
     best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
-    return TrainRun(best_pt=best, seconds=time.monotonic() - start, epochs=int(trainer.epoch) + 1, names=list(trainer.data["names"].values()))
+    return TrainRun(
+        best_pt=best,
+        seconds=time.monotonic() - start,
+        epochs=int(trainer.epoch) + 1,
+        names=list(trainer.data["names"].values()),
+    )
 
 
 def export_onnx(weights: Path, out_path: Path, imgsz: int, work_dir: Path, opset: int = 17) -> Path:
@@ -241,8 +286,19 @@ def export_onnx(weights: Path, out_path: Path, imgsz: int, work_dir: Path, opset
 
     yolo = YOLO(str(weights))
     strides = [int(v) for v in yolo.model.stride]  # 8, 16, 32 (and 4 with a P2 head)
-    exported = Path(yolo.export(format="onnx", imgsz=imgsz, opset=opset, dynamic=True, simplify=False,
-                                              nms=False, half=False, device="cpu", verbose=False))
+    exported = Path(
+        yolo.export(
+            format="onnx",
+            imgsz=imgsz,
+            opset=opset,
+            dynamic=True,
+            simplify=False,
+            nms=False,
+            half=False,
+            device="cpu",
+            verbose=False,
+        )
+    )
     graph = onnx.load(str(exported))
     dims = graph.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_value = imgsz
@@ -281,22 +337,48 @@ def evaluate(weights: Path, data_yaml: Path, imgsz: int, work_dir: Path, batch: 
     """
     _, YOLO = _import_ultralytics(Path(work_dir) / "ultralytics-config")
     model = YOLO(str(weights), task="detect")
-    metrics = model.val(data=str(data_yaml), imgsz=imgsz, batch=batch, device="cpu", workers=0, plots=False, rect=False,
-                        verbose=False, project=str((Path(work_dir) / "runs").resolve()), name="val", exist_ok=True)
+    metrics = model.val(
+        data=str(data_yaml),
+        imgsz=imgsz,
+        batch=batch,
+        device="cpu",
+        workers=0,
+        plots=False,
+        rect=False,
+        verbose=False,
+        project=str((Path(work_dir) / "runs").resolve()),
+        name="val",
+        exist_ok=True,
+    )
     box = metrics.box
     names = metrics.names
     rows = []
     thresholds = {}
     for i, cls in enumerate(box.ap_class_index):
         p, r, ap50, ap = box.class_result(i)
-        rows.append((names[int(cls)], int(metrics.nt_per_image[cls]), int(metrics.nt_per_class[cls]),
-                     float(p), float(r), float(ap50), float(ap)))
+        rows.append(
+            (
+                names[int(cls)],
+                int(metrics.nt_per_image[cls]),
+                int(metrics.nt_per_class[cls]),
+                float(p),
+                float(r),
+                float(ap50),
+                float(ap),
+            )
+        )
         f1 = np.asarray(box.f1_curve[i])
         if f1.size and float(f1.max()) > 0:
             thresholds[names[int(cls)]] = float(np.asarray(box.px)[int(f1.argmax())])
     return Evaluation(
-        precision=float(box.mp), recall=float(box.mr), map50=float(box.map50), map50_95=float(box.map),
-        images=_val_images(data_yaml), instances=int(np.sum(metrics.nt_per_class)), rows=rows, f1_thresholds=thresholds,
+        precision=float(box.mp),
+        recall=float(box.mr),
+        map50=float(box.map50),
+        map50_95=float(box.map),
+        images=_val_images(data_yaml),
+        instances=int(np.sum(metrics.nt_per_class)),
+        rows=rows,
+        f1_thresholds=thresholds,
     )
 
 
@@ -310,9 +392,11 @@ def _val_images(data_yaml: Path) -> int:
 
 def format_table(ev: Evaluation) -> str:
     """The metrics as a Markdown table, overall row first (seed 2 reports the overall one)."""
-    lines = ["| class | images | instances | precision | recall | mAP@0.5 | mAP@0.5:0.95 |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-             f"| all | {ev.images} | {ev.instances} | {ev.precision:.3f} | {ev.recall:.3f} | {ev.map50:.3f} | {ev.map50_95:.3f} |"]
+    lines = [
+        "| class | images | instances | precision | recall | mAP@0.5 | mAP@0.5:0.95 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| all | {ev.images} | {ev.instances} | {ev.precision:.3f} | {ev.recall:.3f} | {ev.map50:.3f} | {ev.map50_95:.3f} |",
+    ]
     lines += [f"| {n} | {im} | {k} | {p:.3f} | {r:.3f} | {a50:.3f} | {a:.3f} |" for n, im, k, p, r, a50, a in ev.rows]
     return "\n".join(lines)
 
@@ -340,8 +424,16 @@ def recipe_hash(quick: bool = False) -> str:
 
 
 def write_manifest(
-    out_dir: Path, names: Sequence[str], thresholds: dict[str, float], imgsz: int, *,
-    version: str, demo: bool, description: str, recipe: str | None, train_command: str,
+    out_dir: Path,
+    names: Sequence[str],
+    thresholds: dict[str, float],
+    imgsz: int,
+    *,
+    version: str,
+    demo: bool,
+    description: str,
+    recipe: str | None,
+    train_command: str,
 ) -> dict[str, Any]:
     """Write ``model.json`` for ``out_dir/model.onnx`` (validated by ``models.manifest``)."""
     displays = {key: name for name, key in LABEL_KEYS.items()}
@@ -349,16 +441,36 @@ def write_manifest(
     if recipe:
         post["recipe_hash"] = recipe
     data = {
-        "name": MODEL_NAME, "version": version, "task": "detection", "backend": "onnx",
-        "weights": "model.onnx", "sha256": sha256_file(out_dir / "model.onnx"),
+        "name": MODEL_NAME,
+        "version": version,
+        "task": "detection",
+        "backend": "onnx",
+        "weights": "model.onnx",
+        "sha256": sha256_file(out_dir / "model.onnx"),
         "labels": [{"key": n, "display": displays.get(n, n), "threshold": thresholds[n]} for n in names],
-        "input": {"height": imgsz, "width": imgsz, "channels": 3, "layout": "NCHW", "dtype": "float32",
-                  "preprocessing": {"kind": "radiograph", "range": [0.0, 1.0], "resize": "letterbox",
-                                    "pad": LETTERBOX_PAD, "colour": "grey repeated to RGB"}},
-        "manufacturer": "ainode", "demo": demo, "description": description,
-        "licence": "Demo weights trained on synthetic phantoms only (no patient data)." if demo else
-                   "ChestX-Det annotations and NIH ChestX-ray14 images: check their terms before use.",
-        "card": "MODEL_CARD.md", "postprocessing": post, "train_command": train_command,
+        "input": {
+            "height": imgsz,
+            "width": imgsz,
+            "channels": 3,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "preprocessing": {
+                "kind": "radiograph",
+                "range": [0.0, 1.0],
+                "resize": "letterbox",
+                "pad": LETTERBOX_PAD,
+                "colour": "grey repeated to RGB",
+            },
+        },
+        "manufacturer": "ainode",
+        "demo": demo,
+        "description": description,
+        "licence": "Demo weights trained on synthetic phantoms only (no patient data)."
+        if demo
+        else "ChestX-Det annotations and NIH ChestX-ray14 images: check their terms before use.",
+        "card": "MODEL_CARD.md",
+        "postprocessing": post,
+        "train_command": train_command,
     }
     manifest_from_mapping(data, out_dir, str(out_dir / "model.json"))  # refuse to write an invalid manifest
     (out_dir / "model.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -398,8 +510,11 @@ def holdout_phantoms(out_dir: Path, count: int, *, seed: int = 9_000_000, size: 
         nodule = chest_phantom(seed + i, ["Nodule"], size=size)
         truth = nodule.boxes_of("Nodule")[0].as_tuple()
         found = detector.predict([nodule.image], [f"n{i}"])[0]
-        ious = [_iou(truth, (f.region.x_min, f.region.y_min, f.region.x_max, f.region.y_max))
-                for f in found if f.label == "nodule" and f.region is not None]
+        ious = [
+            _iou(truth, (f.region.x_min, f.region.y_min, f.region.x_max, f.region.y_max))
+            for f in found
+            if f.label == "nodule" and f.region is not None
+        ]
         best = max(ious, default=0.0)
         best_ious.append(best)
         diameter_mm = (truth[2] - truth[0]) * nodule.pixel_spacing_mm
@@ -410,18 +525,30 @@ def holdout_phantoms(out_dir: Path, count: int, *, seed: int = 9_000_000, size: 
         clean_any += bool(boxes)
         clean_nodule += any(f.label == "nodule" for f in boxes)
     return {
-        "phantoms": count, "size": size, "nodule_hits": hits, "nodule_hit_rate": hits / max(count, 1),
+        "phantoms": count,
+        "size": size,
+        "nodule_hits": hits,
+        "nodule_hit_rate": hits / max(count, 1),
         "median_best_iou": float(np.median(best_ious)) if best_ious else 0.0,
-        "hit_diameters_mm": sorted(sizes_hit), "missed_diameters_mm": sorted(sizes_missed),
-        "clean_with_any_box": clean_any, "clean_with_nodule_box": clean_nodule,
+        "hit_diameters_mm": sorted(sizes_hit),
+        "missed_diameters_mm": sorted(sizes_missed),
+        "clean_with_any_box": clean_any,
+        "clean_with_nodule_box": clean_nodule,
     }
 
 
 # --------------------------------------------------------------------------- model card
 
 
-def write_card(out_dir: Path, manifest: dict[str, Any], params: dict[str, Any], ev: Evaluation,
-               holdout: dict[str, Any] | None, run: TrainRun, data_note: str) -> None:
+def write_card(
+    out_dir: Path,
+    manifest: dict[str, Any],
+    params: dict[str, Any],
+    ev: Evaluation,
+    holdout: dict[str, Any] | None,
+    run: TrainRun,
+    data_note: str,
+) -> None:
     """Write ``MODEL_CARD.md``: data, design, figures, limits, how to reproduce."""
     thresholds = ", ".join(f"{spec['key']} {spec['threshold']}" for spec in manifest["labels"])
     held = ""
@@ -429,18 +556,18 @@ def write_card(out_dir: Path, manifest: dict[str, Any], params: dict[str, Any], 
         held = f"""
 ## Held-out phantoms (through `models.detector.Detector`, as the pipeline runs it)
 
-{holdout['phantoms']} phantoms ({holdout['size']}×{holdout['size']}) with one planted nodule and
-{holdout['phantoms']} without findings, from seeds no training image used:
+{holdout["phantoms"]} phantoms ({holdout["size"]}×{holdout["size"]}) with one planted nodule and
+{holdout["phantoms"]} without findings, from seeds no training image used:
 
-- nodule boxed with IoU ≥ 0.5: **{holdout['nodule_hits']}/{holdout['phantoms']}**
-  (median best IoU {holdout['median_best_iou']:.2f}); diameters missed (mm): {holdout['missed_diameters_mm'] or 'none'}
-- clean phantoms with a nodule box: **{holdout['clean_with_nodule_box']}/{holdout['phantoms']}**;
-  with any box: {holdout['clean_with_any_box']}/{holdout['phantoms']}
+- nodule boxed with IoU ≥ 0.5: **{holdout["nodule_hits"]}/{holdout["phantoms"]}**
+  (median best IoU {holdout["median_best_iou"]:.2f}); diameters missed (mm): {holdout["missed_diameters_mm"] or "none"}
+- clean phantoms with a nodule box: **{holdout["clean_with_nodule_box"]}/{holdout["phantoms"]}**;
+  with any box: {holdout["clean_with_any_box"]}/{holdout["phantoms"]}
 """
-    text = f"""# {manifest['name']} {manifest['version']} — chest radiograph detector (seed 2){' — DEMO' if manifest['demo'] else ''}
+    text = f"""# {manifest["name"]} {manifest["version"]} — chest radiograph detector (seed 2){" — DEMO" if manifest["demo"] else ""}
 
-Trained {_dt.date.today().isoformat()} with `training/detector.py` (seed {params['seed']}).
-Weights `{manifest['weights']}`, SHA-256 `{manifest['sha256']}`.
+Trained {_dt.date.today().isoformat()} with `training/detector.py` (seed {params["seed"]}).
+Weights `{manifest["weights"]}`, SHA-256 `{manifest["sha256"]}`.
 
 ## Data
 
@@ -448,11 +575,11 @@ Weights `{manifest['weights']}`, SHA-256 `{manifest['sha256']}`.
 
 ## Design
 
-Ultralytics `{params['model']}` built from its YAML (no pretrained weights), {len(manifest['labels'])} classes
-({', '.join(spec['key'] for spec in manifest['labels'])}), input {params['imgsz']}×{params['imgsz']}.
-Trained {run.epochs} epochs, batch {params['batch']}, CPU, AMP off, deterministic seed,
+Ultralytics `{params["model"]}` built from its YAML (no pretrained weights), {len(manifest["labels"])} classes
+({", ".join(spec["key"] for spec in manifest["labels"])}), input {params["imgsz"]}×{params["imgsz"]}.
+Trained {run.epochs} epochs, batch {params["batch"]}, CPU, AMP off, deterministic seed,
 mosaic and horizontal flips, no colour jitter ({run.seconds:.0f} s).
-ONNX (opset 17): input `images` (batch, 3, {params['imgsz']}, {params['imgsz']}), NCHW float32 RGB 0..1 = the grey
+ONNX (opset 17): input `images` (batch, 3, {params["imgsz"]}, {params["imgsz"]}), NCHW float32 RGB 0..1 = the grey
 radiograph repeated, letterboxed as Ultralytics does (pad grey {LETTERBOX_PAD}); output `output0` (batch, 4 + nc,
 anchors) = cx, cy, w, h in letterboxed pixels and sigmoid class scores (no NMS inside).
 Postprocessing: per-class confidence thresholds ({thresholds}) = the confidence of best F1
@@ -467,15 +594,15 @@ precision 0.894, recall 0.936.
 {held}
 ## Intended use and limits
 
-- Not a diagnostic device. {'These are **demo weights**, trained on synthetic phantoms only: they find the phantoms drawn shapes and mean nothing on real radiographs.' if manifest['demo'] else 'Validate on your own images before relying on it.'}
+- Not a diagnostic device. {"These are **demo weights**, trained on synthetic phantoms only: they find the phantoms drawn shapes and mean nothing on real radiographs." if manifest["demo"] else "Validate on your own images before relying on it."}
 - Small findings suffer from the input size: a 5 mm nodule on a 43 cm detector spans about
-  {5 * params['imgsz'] / 430:.1f} pixels at {params['imgsz']} px.
+  {5 * params["imgsz"] / 430:.1f} pixels at {params["imgsz"]} px.
 
 ## How to reproduce
 
 ```
 pip install -e '.[yolo]'
-{manifest['train_command']}
+{manifest["train_command"]}
 ```
 """
     (out_dir / "MODEL_CARD.md").write_text(text, encoding="utf-8")
@@ -506,14 +633,29 @@ def _run_demo(out_dir: Path, work_dir: Path, quick: bool, overrides: Sequence[st
     shutil.rmtree(raw, ignore_errors=True)
     _emit(0, total, "drawing phantoms")
     annotations = write_synthetic_chestx_det(
-        raw, params["images"], seed=params["seed"], phantom_size=params["phantom_size"], image_size=params["imgsz"], workers=2,
+        raw,
+        params["images"],
+        seed=params["seed"],
+        phantom_size=params["phantom_size"],
+        image_size=params["imgsz"],
+        workers=2,
         progress=lambda d, n: _emit(int(20 * d / n), total, f"phantom {d}/{n}") if d % 20 == 0 or d == n else None,
     )
-    summary = chestx_det_to_yolo(annotations, raw / "images", work_dir / "yolo", classes=PHANTOM_CLASSES,
-                                 val_fraction=0.2, seed=params["seed"])
-    run = train(summary.data_yaml, work_dir, model=params["model"], imgsz=params["imgsz"], epochs=params["epochs"],
-                batch=params["batch"], seed=params["seed"], lr0=params["lr0"],
-                warmup_epochs=params["warmup_epochs"], on_epoch=lambda d, n: _emit(20 + int(65 * d / n), total, f"epoch {d}/{n}"))
+    summary = chestx_det_to_yolo(
+        annotations, raw / "images", work_dir / "yolo", classes=PHANTOM_CLASSES, val_fraction=0.2, seed=params["seed"]
+    )
+    run = train(
+        summary.data_yaml,
+        work_dir,
+        model=params["model"],
+        imgsz=params["imgsz"],
+        epochs=params["epochs"],
+        batch=params["batch"],
+        seed=params["seed"],
+        lr0=params["lr0"],
+        warmup_epochs=params["warmup_epochs"],
+        on_epoch=lambda d, n: _emit(20 + int(65 * d / n), total, f"epoch {d}/{n}"),
+    )
     _emit(86, total, "exporting ONNX")
     target = out_dir / MODEL_NAME
     staging = out_dir / f".{MODEL_NAME}.building"
@@ -524,19 +666,27 @@ def _run_demo(out_dir: Path, work_dir: Path, quick: bool, overrides: Sequence[st
     print(format_table(ev), flush=True)
     thresholds = _thresholds(summary.names, ev)
     manifest = write_manifest(
-        staging, summary.names, thresholds, params["imgsz"], version="demo-3", demo=True,
+        staging,
+        summary.names,
+        thresholds,
+        params["imgsz"],
+        version="demo-3",
+        demo=True,
         description=f"Chest detector ({', '.join(summary.names)}) trained on synthetic phantoms with planted findings; "
-                    "for demonstration only.",
-        recipe=recipe_hash(quick) if not overrides else None, train_command="ainode models build-demo  # or: python -m training.detector train ...",
+        "for demonstration only.",
+        recipe=recipe_hash(quick) if not overrides else None,
+        train_command="ainode models build-demo  # or: python -m training.detector train ...",
     )
     _emit(94, total, "checking held-out phantoms")
     holdout = holdout_phantoms(staging, params["holdout"], size=512 if not quick else 128)
     print("HOLDOUT " + json.dumps(holdout), flush=True)
-    data_note = (f"{params['images']} synthetic chest phantoms (`training/phantoms/chest.py`) drawn at "
-                 f"{params['phantom_size']} px with planted findings ({', '.join(PHANTOM_CLASSES)}; about a quarter "
-                 "without any, kept as negatives), written as a ChestX-Det JSON + PNGs and converted to the YOLO "
-                 f"layout by `training/detector_data.py`: {summary.images['train']} training and "
-                 f"{summary.images['val']} validation images.")
+    data_note = (
+        f"{params['images']} synthetic chest phantoms (`training/phantoms/chest.py`) drawn at "
+        f"{params['phantom_size']} px with planted findings ({', '.join(PHANTOM_CLASSES)}; about a quarter "
+        "without any, kept as negatives), written as a ChestX-Det JSON + PNGs and converted to the YOLO "
+        f"layout by `training/detector_data.py`: {summary.images['train']} training and "
+        f"{summary.images['val']} validation images."
+    )
     write_card(staging, manifest, params, ev, holdout, run, data_note)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)  # the model appears complete or not at all
@@ -561,14 +711,34 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / "cxr-detector.log"
-    command = [sys.executable, "-m", "training.detector", "demo", "--out", str(out_dir.resolve()),
-               "--work", str((work_dir / "cxr-detector").resolve())] + (["--quick"] if quick else [])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])),
-               PYTHONUNBUFFERED="1")
+    command = [
+        sys.executable,
+        "-m",
+        "training.detector",
+        "demo",
+        "--out",
+        str(out_dir.resolve()),
+        "--work",
+        str((work_dir / "cxr-detector").resolve()),
+    ] + (["--quick"] if quick else [])
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+    )
     tail: list[str] = []
-    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
-        command, cwd=_REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-    ) as child:
+    with (
+        open(log_path, "w", encoding="utf-8") as log,
+        subprocess.Popen(
+            command,
+            cwd=_REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        ) as child,
+    ):
         assert child.stdout is not None
         for line in child.stdout:
             log.write(line)
@@ -606,7 +776,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, required=True, help="model.onnx or a .pt")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--imgsz", type=int, default=None, help="default: the manifest's beside the weights, else 640")
-    p.add_argument("--work", type=Path, default=None, help="folder for Ultralytics' config and run (default: a temp dir)")
+    p.add_argument(
+        "--work", type=Path, default=None, help="folder for Ultralytics' config and run (default: a temp dir)"
+    )
     p = sub.add_parser("demo", help="the demo recipe (build_demo runs this in a child process)")
     p.add_argument("--out", type=Path, required=True, help="models directory")
     p.add_argument("--work", type=Path, required=True)
@@ -619,10 +791,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``convert``, ``train``, ``evaluate`` or ``demo`` (see the module docstring)."""
     args = _parse(argv)
     if args.command == "convert":
-        s = chestx_det_to_yolo(args.annotations, args.images, args.out, classes=args.classes,
-                               val_fraction=args.val_fraction, seed=args.seed)
-        print(f"{s.data_yaml}: train {s.images['train']} images ({s.negatives['train']} without boxes), "
-              f"val {s.images['val']} ({s.negatives['val']}); boxes {dict(s.boxes)}; skipped {s.skipped_boxes}")
+        s = chestx_det_to_yolo(
+            args.annotations,
+            args.images,
+            args.out,
+            classes=args.classes,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+        )
+        print(
+            f"{s.data_yaml}: train {s.images['train']} images ({s.negatives['train']} without boxes), "
+            f"val {s.images['val']} ({s.negatives['val']}); boxes {dict(s.boxes)}; skipped {s.skipped_boxes}"
+        )
         return 0
     if args.command == "demo":
         return _run_demo(args.out, args.work, args.quick, args.set)
@@ -636,10 +816,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             ev = evaluate(args.weights, args.data, imgsz, args.work or Path(tmp))
         print(format_table(ev))
-        print(f"mAP@0.5 {ev.map50:.4f}  mAP@0.5:0.95 {ev.map50_95:.4f}  precision {ev.precision:.4f}  recall {ev.recall:.4f}")
+        print(
+            f"mAP@0.5 {ev.map50:.4f}  mAP@0.5:0.95 {ev.map50_95:.4f}  precision {ev.precision:.4f}  recall {ev.recall:.4f}"
+        )
         return 0
-    run = train(args.data, args.work, model=args.model, imgsz=args.imgsz, epochs=args.epochs, batch=args.batch,
-                seed=args.seed, on_epoch=lambda d, n: print(f"epoch {d}/{n}", flush=True))
+    run = train(
+        args.data,
+        args.work,
+        model=args.model,
+        imgsz=args.imgsz,
+        epochs=args.epochs,
+        batch=args.batch,
+        seed=args.seed,
+        on_epoch=lambda d, n: print(f"epoch {d}/{n}", flush=True),
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     export_onnx(run.best_pt, args.out / "model.onnx", args.imgsz, args.work)
     if args.keep_pt:
@@ -647,10 +837,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev = evaluate(args.out / "model.onnx", args.data, args.imgsz, args.work)
     print(format_table(ev))
     manifest = write_manifest(
-        args.out, run.names, _thresholds(run.names, ev), args.imgsz, version=args.version, demo=False,
+        args.out,
+        run.names,
+        _thresholds(run.names, ev),
+        args.imgsz,
+        version=args.version,
+        demo=False,
         description=f"Chest detector ({', '.join(run.names)}), Ultralytics {args.model} trained on {args.data.parent.name}.",
-        recipe=None, train_command=f"python -m training.detector train --data DATA_YAML --out OUT --work WORK "
-                                   f"--model {args.model} --imgsz {args.imgsz} --epochs {args.epochs} --seed {args.seed}",
+        recipe=None,
+        train_command=f"python -m training.detector train --data DATA_YAML --out OUT --work WORK "
+        f"--model {args.model} --imgsz {args.imgsz} --epochs {args.epochs} --seed {args.seed}",
     )
     params = {"seed": args.seed, "model": args.model, "imgsz": args.imgsz, "batch": args.batch}
     write_card(args.out, manifest, params, ev, None, run, f"YOLO layout `{args.data}` (converted from ChestX-Det).")

@@ -60,8 +60,19 @@ __all__ = [
 ]
 
 CHESTX_DET_CLASSES: tuple[str, ...] = (
-    "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "Diffuse Nodule", "Effusion", "Emphysema",
-    "Fibrosis", "Fracture", "Mass", "Nodule", "Pleural Thickening", "Pneumothorax",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Consolidation",
+    "Diffuse Nodule",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Fracture",
+    "Mass",
+    "Nodule",
+    "Pleural Thickening",
+    "Pneumothorax",
 )
 """ChestX-Det's 13 class names as spelled in its ``syms``, in its (alphabetical) order."""
 
@@ -86,7 +97,13 @@ KEYS_WITHOUT_CONCEPT: frozenset[str] = frozenset({"calcification", "diffuse_nodu
 """Intended keys that ``sr_writer.codes`` does not define yet (ChestX-Det-only classes)."""
 
 PHANTOM_CLASSES: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Mass", "Nodule", "Pneumothorax",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Effusion",
+    "Mass",
+    "Nodule",
+    "Pneumothorax",
 )
 """The ChestX-Det classes a chest phantom can draw (same spelling as its NIH labels)."""
 
@@ -162,12 +179,15 @@ def read_chestx_det(path: Path, classes: Sequence[str] = CHESTX_DET_CLASSES) -> 
         syms, boxes = rec.get("syms", []), rec.get("boxes", [])
         if not isinstance(syms, list) or not isinstance(boxes, list) or len(syms) != len(boxes):
             raise ValueError(f"{where}: 'syms' and 'boxes' must be lists of the same length")
-        for sym, box in zip(syms, boxes):
+        for sym, box in zip(syms, boxes, strict=False):
             if sym not in allowed:
                 known = ", ".join(classes)
                 raise ValueError(f"{where}: unknown class name {sym!r}; expected one of: {known}")
-            if (not isinstance(box, list) or len(box) != 4
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+            if (
+                not isinstance(box, list)
+                or len(box) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+            ):
                 raise ValueError(f"{where}: box {box!r} is not [x1, y1, x2, y2]")
     return records
 
@@ -236,7 +256,9 @@ def chestx_det_to_yolo(
     """
     unknown = [c for c in classes if c not in LABEL_KEYS]
     if unknown:
-        raise ValueError(f"unknown ChestX-Det class name(s) {unknown}; expected some of: {', '.join(CHESTX_DET_CLASSES)}")
+        raise ValueError(
+            f"unknown ChestX-Det class name(s) {unknown}; expected some of: {', '.join(CHESTX_DET_CLASSES)}"
+        )
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     records = read_chestx_det(annotations, classes)
@@ -254,7 +276,7 @@ def chestx_det_to_yolo(
             raise ValueError(f"{annotations}: image {rec['file_name']!r} not found in {images}")
         width, height = _image_size(src)
         lines = []
-        for sym, (x1, y1, x2, y2) in zip(rec.get("syms", []), rec.get("boxes", [])):
+        for sym, (x1, y1, x2, y2) in zip(rec.get("syms", []), rec.get("boxes", []), strict=False):
             x1, x2 = sorted((min(max(float(x1), 0.0), width), min(max(float(x2), 0.0), width)))
             y1, y2 = sorted((min(max(float(y1), 0.0), height), min(max(float(y2), 0.0), height)))
             if x2 - x1 <= 0 or y2 - y1 <= 0:
@@ -308,8 +330,12 @@ def _draw_one(job: tuple[Path, str, int, Sequence[str], int, int, tuple[str, ...
     for box in phantom.boxes:
         if box.label not in classes:  # e.g. a class pattern's label outside the detector's classes
             continue
-        x1, y1, x2, y2 = (int(np.floor(box.x_min * scale)), int(np.floor(box.y_min * scale)),
-                          int(np.ceil(box.x_max * scale)), int(np.ceil(box.y_max * scale)))
+        x1, y1, x2, y2 = (
+            int(np.floor(box.x_min * scale)),
+            int(np.floor(box.y_min * scale)),
+            int(np.ceil(box.x_max * scale)),
+            int(np.ceil(box.y_max * scale)),
+        )
         syms.append(box.label)
         boxes.append([x1, y1, x2, y2])
         polygons.append([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
@@ -367,8 +393,18 @@ def write_synthetic_chestx_det(
     (out / "images").mkdir(parents=True, exist_ok=True)
     # Findings are picked here, in order, so that the set does not depend on the number of workers.
     pick = np.random.default_rng([seed, 7])
-    jobs = [(out / "images", f"{seed:03d}{i:05d}.png", seed * 100003 + i, _pick_findings(pick, classes, negative_fraction),
-             phantom_size, image_size or phantom_size, tuple(classes)) for i in range(count)]
+    jobs = [
+        (
+            out / "images",
+            f"{seed:03d}{i:05d}.png",
+            seed * 100003 + i,
+            _pick_findings(pick, classes, negative_fraction),
+            phantom_size,
+            image_size or phantom_size,
+            tuple(classes),
+        )
+        for i in range(count)
+    ]
     records: list[dict[str, Any]] = []
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor

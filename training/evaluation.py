@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -99,8 +100,13 @@ def _command(name: str, count: int) -> str:
 
 def _header(name: str, model_dir: Path, count: int) -> dict[str, Any]:
     manifest = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
-    return {"model": name, "version": manifest.get("version"), "weights_sha256": manifest.get("sha256"),
-            "command": _command(name, count), "count": count}
+    return {
+        "model": name,
+        "version": manifest.get("version"),
+        "weights_sha256": manifest.get("sha256"),
+        "command": _command(name, count),
+        "count": count,
+    }
 
 
 def _load(model_dir: Path) -> Any:
@@ -109,7 +115,9 @@ def _load(model_dir: Path) -> Any:
 
     manifest = load_manifest(Path(model_dir) / "model.json")
     if not manifest.weights_path.is_file():
-        raise ValueError(f"{manifest.weights_path}: weights file missing (build the demo weights: ainode models build-demo)")
+        raise ValueError(
+            f"{manifest.weights_path}: weights file missing (build the demo weights: ainode models build-demo)"
+        )
     actual = sha256_file(manifest.weights_path)
     if actual != manifest.sha256:
         raise ValueError(f"{manifest.weights_path}: SHA-256 {actual} differs from model.json's {manifest.sha256}")
@@ -124,8 +132,14 @@ def _check_count(count: int) -> None:
 # --------------------------------------------------------------------------- chest radiographs
 
 
-def evaluate_cxr_findings(model_dir: Path, count: int = 40, *, nodule_seed: int = CHEST_NODULE_SEED,
-                          clean_seed: int = CHEST_CLEAN_SEED, threads: int = 2) -> dict[str, Any]:
+def evaluate_cxr_findings(
+    model_dir: Path,
+    count: int = 40,
+    *,
+    nodule_seed: int = CHEST_NODULE_SEED,
+    clean_seed: int = CHEST_CLEAN_SEED,
+    threads: int = 2,
+) -> dict[str, Any]:
     """The finding classifier on ``count`` nodule phantoms and ``count`` clean ones.
 
     Returns
@@ -160,12 +174,18 @@ def evaluate_cxr_findings(model_dir: Path, count: int = 40, *, nodule_seed: int 
         clean_nodule += "nodule" in flagged
         for key in flagged:
             clean_labels[key] = clean_labels.get(key, 0) + 1
-    return {**_header("cxr-findings", model_dir, count), "phantom_size": CHEST_SIZE,
-            "seeds": {"nodule": [nodule_seed, nodule_seed + count - 1], "clean": [clean_seed, clean_seed + count - 1]},
-            "nodule_threshold": round(float(model.thresholds[nodule]), 6),
-            "nodule_hits": hits, "nodule_top2": int(top2), "nodule_missed_seeds": missed,
-            "clean_nodule": clean_nodule, "clean_any": clean_any,
-            "clean_labels": dict(sorted(clean_labels.items(), key=lambda kv: (-kv[1], kv[0])))}
+    return {
+        **_header("cxr-findings", model_dir, count),
+        "phantom_size": CHEST_SIZE,
+        "seeds": {"nodule": [nodule_seed, nodule_seed + count - 1], "clean": [clean_seed, clean_seed + count - 1]},
+        "nodule_threshold": round(float(model.thresholds[nodule]), 6),
+        "nodule_hits": hits,
+        "nodule_top2": int(top2),
+        "nodule_missed_seeds": missed,
+        "clean_nodule": clean_nodule,
+        "clean_any": clean_any,
+        "clean_labels": dict(sorted(clean_labels.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -175,8 +195,14 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
     return w * h / union if union > 0 else 0.0
 
 
-def evaluate_cxr_detector(model_dir: Path, count: int = 40, *, nodule_seed: int = CHEST_NODULE_SEED,
-                          clean_seed: int = CHEST_CLEAN_SEED, threads: int = 2) -> dict[str, Any]:
+def evaluate_cxr_detector(
+    model_dir: Path,
+    count: int = 40,
+    *,
+    nodule_seed: int = CHEST_NODULE_SEED,
+    clean_seed: int = CHEST_CLEAN_SEED,
+    threads: int = 2,
+) -> dict[str, Any]:
     """The detector on ``count`` nodule phantoms and ``count`` clean ones.
 
     Returns
@@ -197,23 +223,41 @@ def evaluate_cxr_detector(model_dir: Path, count: int = 40, *, nodule_seed: int 
         phantom = chest_phantom(nodule_seed + i, ["Nodule"], size=CHEST_SIZE)
         truth = phantom.boxes_of("Nodule")[0].as_tuple()
         found = detector.predict([phantom.image], [f"n{i}"])[0]
-        best = max((_iou(truth, (f.region.x_min, f.region.y_min, f.region.x_max, f.region.y_max))
-                    for f in found if f.label == "nodule" and f.region is not None), default=0.0)
+        best = max(
+            (
+                _iou(truth, (f.region.x_min, f.region.y_min, f.region.x_max, f.region.y_max))
+                for f in found
+                if f.label == "nodule" and f.region is not None
+            ),
+            default=0.0,
+        )
         best_ious.append(best)
         if best >= IOU_HIT:
             hits += 1
         else:
-            missed.append({"seed": nodule_seed + i, "diameter_mm": round((truth[2] - truth[0]) * phantom.pixel_spacing_mm, 1),
-                           "best_iou": round(best, 2)})
+            missed.append(
+                {
+                    "seed": nodule_seed + i,
+                    "diameter_mm": round((truth[2] - truth[0]) * phantom.pixel_spacing_mm, 1),
+                    "best_iou": round(best, 2),
+                }
+            )
     clean_any, clean_nodule = 0, 0
     for i in range(count):
         boxes = detector.predict([chest_phantom(clean_seed + i, [], size=CHEST_SIZE).image], [f"c{i}"])[0]
         clean_any += bool(boxes)
         clean_nodule += any(f.label == "nodule" for f in boxes)
-    return {**_header("cxr-detector", model_dir, count), "phantom_size": CHEST_SIZE,
-            "seeds": {"nodule": [nodule_seed, nodule_seed + count - 1], "clean": [clean_seed, clean_seed + count - 1]},
-            "iou_hit": IOU_HIT, "nodule_hits": hits, "median_best_iou": round(float(np.median(best_ious)), 2),
-            "nodule_missed": missed, "clean_any": clean_any, "clean_nodule": clean_nodule}
+    return {
+        **_header("cxr-detector", model_dir, count),
+        "phantom_size": CHEST_SIZE,
+        "seeds": {"nodule": [nodule_seed, nodule_seed + count - 1], "clean": [clean_seed, clean_seed + count - 1]},
+        "iou_hit": IOU_HIT,
+        "nodule_hits": hits,
+        "median_best_iou": round(float(np.median(best_ious)), 2),
+        "nodule_missed": missed,
+        "clean_any": clean_any,
+        "clean_nodule": clean_nodule,
+    }
 
 
 # --------------------------------------------------------------------------- CT
@@ -249,8 +293,14 @@ def evaluate_ct_pe(model_dir: Path, count: int = 32, *, seed: int = CTPA_SEED, t
     for i in range(count):
         side = CTPA_SIDES[i % len(CTPA_SIDES)]
         for embolus in (side, None):
-            phantom = ctpa_phantom(seed + i, slices=CTPA_SLICES, size=CTPA_SIZE, embolus=embolus,  # type: ignore[arg-type]
-                                   chronic=embolus is not None and i % 3 == 2, rv_lv_ratio=1.2 if i % 4 == 3 else 0.8)
+            phantom = ctpa_phantom(
+                seed + i,
+                slices=CTPA_SLICES,
+                size=CTPA_SIZE,
+                embolus=embolus,  # type: ignore[arg-type]
+                chronic=embolus is not None and i % 3 == 2,
+                rv_lv_ratio=1.2 if i % 4 == 3 else 0.8,
+            )
             result = model.result_from_volume(phantom.volume_hu)
             p = exam_pe_probability(result.slice_probabilities, model.top_k)
             positive = p >= threshold
@@ -268,19 +318,30 @@ def evaluate_ct_pe(model_dir: Path, count: int = 32, *, seed: int = CTPA_SEED, t
             positives_right += 1
             row = sides.setdefault(side, {"called_positive": 0, "side_named": 0, "only_that_side": 0})
             row["called_positive"] += 1
-            called = {name for name, head in (("right", "rightsided_pe"), ("left", "leftsided_pe"),
-                                              ("central", "central_pe")) if result.exam_labels[head]}
+            called = {
+                name
+                for name, head in (("right", "rightsided_pe"), ("left", "leftsided_pe"), ("central", "central_pe"))
+                if result.exam_labels[head]
+            }
             row["side_named"] += side in called
             row["only_that_side"] += called == {side}
             flagged += len(result.positive_slices)
             flagged_on_clot += sum(1 for k in result.positive_slices if k in clot)
-    return {**_header("ct-pe", model_dir, count), "phantom": {"slices": CTPA_SLICES, "size": CTPA_SIZE},
-            "seeds": [seed, seed + count - 1], "threshold": round(float(threshold), 4),
-            "negatives_called_negative": negatives_right, "positives_called_positive": positives_right,
-            "false_positive_seeds": false_positive_seeds, "missed": missed, "sides": dict(sorted(sides.items())),
-            "flagged_slices": flagged, "flagged_slices_on_clot": flagged_on_clot,
-            "exam_auc": round(_auc(pos_p, neg_p), 3),
-            "exam_probabilities": {"with_clot": [round(v, 3) for v in pos_p], "without": [round(v, 3) for v in neg_p]}}
+    return {
+        **_header("ct-pe", model_dir, count),
+        "phantom": {"slices": CTPA_SLICES, "size": CTPA_SIZE},
+        "seeds": [seed, seed + count - 1],
+        "threshold": round(float(threshold), 4),
+        "negatives_called_negative": negatives_right,
+        "positives_called_positive": positives_right,
+        "false_positive_seeds": false_positive_seeds,
+        "missed": missed,
+        "sides": dict(sorted(sides.items())),
+        "flagged_slices": flagged,
+        "flagged_slices_on_clot": flagged_on_clot,
+        "exam_auc": round(_auc(pos_p, neg_p), 3),
+        "exam_probabilities": {"with_clot": [round(v, 3) for v in pos_p], "without": [round(v, 3) for v in neg_p]},
+    }
 
 
 def _auc(positive: Sequence[float], negative: Sequence[float]) -> float:
@@ -291,8 +352,14 @@ def _auc(positive: Sequence[float], negative: Sequence[float]) -> float:
     return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
 
 
-def evaluate_ct_lumbar(model_dir: Path, count: int = 8, *, seed: int = ABDOMEN_SEED,
-                       spacings_mm: Sequence[float] = LUMBAR_SPACINGS_MM, threads: int = 2) -> dict[str, Any]:
+def evaluate_ct_lumbar(
+    model_dir: Path,
+    count: int = 8,
+    *,
+    seed: int = ABDOMEN_SEED,
+    spacings_mm: Sequence[float] = LUMBAR_SPACINGS_MM,
+    threads: int = 2,
+) -> dict[str, Any]:
     """The lumbar model (search, decoding, L3, plausibility) on ``count`` abdomen series per slice spacing.
 
     Spacing ``spacings_mm[j]`` uses seeds ``seed + j * count`` … ``seed + (j + 1) * count - 1``;
@@ -308,8 +375,8 @@ def evaluate_ct_lumbar(model_dir: Path, count: int = 8, *, seed: int = ABDOMEN_S
     import pydicom
 
     from models.lumbar import LumbarModel
-    from training.phantoms.ct import abdomen_phantom
     from models.preprocess.ct_series import plan_series
+    from training.phantoms.ct import abdomen_phantom
 
     _check_count(count)
     model = LumbarModel.from_manifest(_load(model_dir), threads=threads)
@@ -319,12 +386,18 @@ def evaluate_ct_lumbar(model_dir: Path, count: int = 8, *, seed: int = ABDOMEN_S
             errors: list[int | None] = []
             not_determined = 0
             for i in range(count):
-                phantom = abdomen_phantom(seed + j * count + i, slices=int(round(LUMBAR_COVERAGE_MM / spacing)),
-                                          size=LUMBAR_SIZE, spacing_z=float(spacing))
+                phantom = abdomen_phantom(
+                    seed + j * count + i,
+                    slices=int(round(LUMBAR_COVERAGE_MM / spacing)),
+                    size=LUMBAR_SIZE,
+                    spacing_z=float(spacing),
+                )
                 paths = phantom.write_series(Path(tmp) / f"s{j}-{i}")
                 headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
                 plan = plan_series(headers)
-                result, _ = model.analyse(plan, {str(h.SOPInstanceUID): p for h, p in zip(headers, paths)})
+                result, _ = model.analyse(
+                    plan, {str(h.SOPInstanceUID): p for h, p in zip(headers, paths, strict=False)}
+                )
                 for p in paths:
                     p.unlink()
                 not_determined += bool(result.not_determined)
@@ -333,14 +406,25 @@ def evaluate_ct_lumbar(model_dir: Path, count: int = 8, *, seed: int = ABDOMEN_S
                 else:
                     errors.append(int(phantom.plan_index(result.l3_index)) - int(phantom.truth["l3_index"]))
             found = [abs(e) for e in errors if e is not None]
-            rows.append({"spacing_mm": float(spacing), "slices": int(round(LUMBAR_COVERAGE_MM / spacing)),
-                         "seeds": [seed + j * count, seed + (j + 1) * count - 1], "series": count,
-                         "within_one_slice": sum(1 for e in found if e <= 1),
-                         "within_5_mm": sum(1 for e in found if e * spacing <= 5.0 + 1e-9),
-                         "max_error_slices": max(found) if found else None,
-                         "errors_slices": errors, "not_determined": not_determined})
-    return {**_header("ct-lumbar", model_dir, count), "phantom_size": LUMBAR_SIZE,
-            "coverage_mm": LUMBAR_COVERAGE_MM, "by_spacing": rows}
+            rows.append(
+                {
+                    "spacing_mm": float(spacing),
+                    "slices": int(round(LUMBAR_COVERAGE_MM / spacing)),
+                    "seeds": [seed + j * count, seed + (j + 1) * count - 1],
+                    "series": count,
+                    "within_one_slice": sum(1 for e in found if e <= 1),
+                    "within_5_mm": sum(1 for e in found if e * spacing <= 5.0 + 1e-9),
+                    "max_error_slices": max(found) if found else None,
+                    "errors_slices": errors,
+                    "not_determined": not_determined,
+                }
+            )
+    return {
+        **_header("ct-lumbar", model_dir, count),
+        "phantom_size": LUMBAR_SIZE,
+        "coverage_mm": LUMBAR_COVERAGE_MM,
+        "by_spacing": rows,
+    }
 
 
 EVALUATIONS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -411,8 +495,10 @@ def render_lines(ev: dict[str, Any]) -> list[str]:
         ]
     if name == "ct-pe":
         sides = ev["sides"]
-        side_rows = [f"| {side} | {r['called_positive']} | {r['side_named']} | {r['only_that_side']} |"
-                     for side, r in sides.items()]
+        side_rows = [
+            f"| {side} | {r['called_positive']} | {r['side_named']} | {r['only_that_side']} |"
+            for side, r in sides.items()
+        ]
         missed = ", ".join(f"{m['side']} ({m['clot_slices']} slices)" for m in ev["missed"]) or "none"
         return [
             f"{n} pairs of CTPA phantoms ({ev['phantom']['size']}², {ev['phantom']['slices']} slices, scored apex to "
@@ -436,11 +522,16 @@ def render_lines(ev: dict[str, Any]) -> list[str]:
         rows = []
         for r in ev["by_spacing"]:
             errors = ", ".join("none" if e is None else f"{e:+d}" for e in r["errors_slices"])
-            worst = ("–" if r["max_error_slices"] is None
-                     else f"{r['max_error_slices']} ({r['max_error_slices'] * r['spacing_mm']:.1f} mm)")
-            rows.append(f"| {r['spacing_mm']:g} mm | {r['slices']} | {r['seeds'][0]}–{r['seeds'][1]} | "
-                        f"{_frac(r['within_one_slice'], r['series'])} | {_frac(r['within_5_mm'], r['series'])} | "
-                        f"{worst} | {r['not_determined']} | {errors} |")
+            worst = (
+                "–"
+                if r["max_error_slices"] is None
+                else f"{r['max_error_slices']} ({r['max_error_slices'] * r['spacing_mm']:.1f} mm)"
+            )
+            rows.append(
+                f"| {r['spacing_mm']:g} mm | {r['slices']} | {r['seeds'][0]}–{r['seeds'][1]} | "
+                f"{_frac(r['within_one_slice'], r['series'])} | {_frac(r['within_5_mm'], r['series'])} | "
+                f"{worst} | {r['not_determined']} | {errors} |"
+            )
         return [
             f"{n} abdomen phantoms ({ev['phantom_size']}², {ev['coverage_mm']:g} mm long) per slice spacing, served "
             "by `models.lumbar.LumbarModel` (search, decoding, plausibility checks); L3 error = slice found − "
@@ -457,8 +548,10 @@ def render_lines(ev: dict[str, Any]) -> list[str]:
 def render_card_section(ev: dict[str, Any]) -> str:
     """The card's generated section for ``ev``: marker, heading, lines, end marker (ends with a newline)."""
     body = "\n".join(render_lines(ev))
-    return (f"{card_marker(ev['model'], ev['count'])}\n## Measured on fresh phantoms "
-            f"(`{ev['command']}`, {ev['version']})\n\n{body}\n{CARD_END}\n")
+    return (
+        f"{card_marker(ev['model'], ev['count'])}\n## Measured on fresh phantoms "
+        f"(`{ev['command']}`, {ev['version']})\n\n{body}\n{CARD_END}\n"
+    )
 
 
 def render_table(ev: dict[str, Any]) -> str:
@@ -484,7 +577,7 @@ def replace_card_section(card: str, section: str) -> str:
     ends = [i for i, line in enumerate(lines) if line.rstrip("\n") == CARD_END and i > starts[0]]
     if not ends:
         raise ValueError(f"the model card's generated section has no end line {CARD_END!r}")
-    return "".join(lines[:starts[0]]) + section + "".join(lines[ends[0] + 1:])
+    return "".join(lines[: starts[0]]) + section + "".join(lines[ends[0] + 1 :])
 
 
 def write_evaluation(model_dir: Path, ev: dict[str, Any]) -> None:

@@ -56,8 +56,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.manifest import manifest_from_mapping, sha256_file
-from training.phantoms.chest import NIH_LABELS
 from models.preprocess.radiograph import grey_png_to_input
+from training.phantoms.chest import NIH_LABELS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from training.demo import Progress
@@ -123,12 +123,14 @@ def read_data_entry(path: Path) -> list[NihRecord]:
             bad = [t for t in labels if t.lower().replace(" ", "_") not in known]
             if bad:
                 raise ValueError(f"{path} line {line}: unknown label(s) {bad}")
-            records.append(NihRecord(
-                image=row[col["Image Index"]].strip(),
-                labels=tuple(sorted(known[t.lower().replace(" ", "_")] for t in labels)),
-                patient=row[col["Patient ID"]].strip(),
-                follow_up=int(row[col["Follow-up #"]] or 0),
-            ))
+            records.append(
+                NihRecord(
+                    image=row[col["Image Index"]].strip(),
+                    labels=tuple(sorted(known[t.lower().replace(" ", "_")] for t in labels)),
+                    patient=row[col["Patient ID"]].strip(),
+                    follow_up=int(row[col["Follow-up #"]] or 0),
+                )
+            )
     if not records:
         raise ValueError(f"{path} lists no images")
     return records
@@ -229,7 +231,7 @@ def roc_auc(y_true: Scores, scores: Scores) -> float:
         end = start
         while end + 1 < len(s) and sorted_scores[end + 1] == sorted_scores[start]:
             end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2.0 + 1.0
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
         start = end + 1
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
@@ -307,8 +309,10 @@ def load_images(paths: Sequence[Path], size: int, *, cache_mb: int = 4096) -> np
 
     needed_mb = len(paths) * size * size * 4 / 2**20
     if needed_mb > cache_mb:
-        raise ValueError(f"{len(paths)} images at {size} px need {needed_mb:.0f} MB in memory, more than "
-                         f"--cache-mb {cache_mb}; raise it or lower --size")
+        raise ValueError(
+            f"{len(paths)} images at {size} px need {needed_mb:.0f} MB in memory, more than "
+            f"--cache-mb {cache_mb}; raise it or lower --size"
+        )
     images = np.empty((len(paths), size, size, 1), dtype=np.float32)
     for i, path in enumerate(paths):
         if not Path(path).is_file():
@@ -363,31 +367,44 @@ def make_augmenter(seed: int, *, rotation_deg: float, shift: float, zoom: float,
     import keras
     from keras import layers
 
-    return keras.Sequential([
-        layers.RandomRotation(rotation_deg / 360.0, fill_mode="nearest", seed=seed),
-        layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 1),
-        layers.RandomZoom(zoom, fill_mode="nearest", seed=seed + 2),
-        layers.RandomBrightness(brightness, value_range=(0.0, 1.0), seed=seed + 3),
-    ], name="augment")
+    return keras.Sequential(
+        [
+            layers.RandomRotation(rotation_deg / 360.0, fill_mode="nearest", seed=seed),
+            layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 1),
+            layers.RandomZoom(zoom, fill_mode="nearest", seed=seed + 2),
+            layers.RandomBrightness(brightness, value_range=(0.0, 1.0), seed=seed + 3),
+        ],
+        name="augment",
+    )
 
 
-def make_dataset(images: np.ndarray, y: np.ndarray, index: Indices, batch_size: int, augment: Any,
-                 seed: int) -> Any:
+def make_dataset(images: np.ndarray, y: np.ndarray, index: Indices, batch_size: int, augment: Any, seed: int) -> Any:
     """Shuffled, repeated, batched (and augmented) ``tf.data`` pipeline over ``images[index]``."""
     import tensorflow as tf
 
     index = np.asarray(index)
-    dataset = (tf.data.Dataset.from_tensor_slices((images[index], y[index]))
-               .shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
-               .repeat()
-               .batch(batch_size))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((images[index], y[index]))
+        .shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+        .batch(batch_size)
+    )
     if augment is not None:
         dataset = dataset.map(lambda x, t: (augment(x, training=True), t), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def epoch_monitor(images: np.ndarray, val_idx: Indices, score: Callable[[np.ndarray], float], patience: int,
-                  lr_patience: int, max_minutes: float, progress: Progress | None, epochs: int, what: str) -> Any:
+def epoch_monitor(
+    images: np.ndarray,
+    val_idx: Indices,
+    score: Callable[[np.ndarray], float],
+    patience: int,
+    lr_patience: int,
+    max_minutes: float,
+    progress: Progress | None,
+    epochs: int,
+    what: str,
+) -> Any:
     """A Keras callback: validation score per epoch, learning-rate halving, early stopping, best weights.
 
     The returned object has ``history`` (per epoch: epoch, loss, score, learning rate),
@@ -408,8 +425,14 @@ def epoch_monitor(images: np.ndarray, val_idx: Indices, score: Callable[[np.ndar
             value = score(p)
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             self.epochs_run = epoch + 1
-            self.history.append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", float("nan"))),
-                                 "score": value, "learning_rate": lr})
+            self.history.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": float((logs or {}).get("loss", float("nan"))),
+                    "score": value,
+                    "learning_rate": lr,
+                }
+            )
             if value > self.best + 1e-4:
                 self.best, self.best_epoch, self.wait = value, epoch + 1, 0
                 self.best_weights = self.model.get_weights()
@@ -456,7 +479,9 @@ def onnx_predict(path: Path, images: np.ndarray, index: Indices, batch_size: int
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     index = np.asarray(index, dtype=np.int64)
-    outputs = [session.run(None, {name: images[index[i:i + batch_size]]})[0] for i in range(0, len(index), batch_size)]
+    outputs = [
+        session.run(None, {name: images[index[i : i + batch_size]]})[0] for i in range(0, len(index), batch_size)
+    ]
     width = session.get_outputs()[0].shape[-1]
     return np.concatenate(outputs) if outputs else np.zeros((0, int(width)), dtype=np.float32)
 
@@ -480,13 +505,17 @@ def read_split_file(path: Path) -> dict[str, str]:
 def write_card(path: Path, manifest: dict[str, Any], sections: Sequence[tuple[str, str]]) -> None:
     """``MODEL_CARD.md``: title, weights and their SHA-256, then the given sections."""
     demo = " (DEMO weights, synthetic phantoms)" if manifest.get("demo") else ""
-    text = [f"# {manifest['name']} {manifest['version']}{demo}", "", manifest.get("description", ""), "",
-            f"Weights `{manifest['weights']}`, SHA-256 `{manifest['sha256']}`; written "
-            f"{time.strftime('%Y-%m-%d')}.", ""]
+    text = [
+        f"# {manifest['name']} {manifest['version']}{demo}",
+        "",
+        manifest.get("description", ""),
+        "",
+        f"Weights `{manifest['weights']}`, SHA-256 `{manifest['sha256']}`; written {time.strftime('%Y-%m-%d')}.",
+        "",
+    ]
     for title, body in sections:
         text += [f"## {title}", "", body, ""]
     path.write_text("\n".join(text), encoding="utf-8")
-
 
 
 @dataclass
@@ -512,8 +541,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, required=True, help="folder with Data_Entry_2017.csv and images/")
     parser.add_argument("--out", type=Path, required=True, help="model folder (written; read with --evaluate)")
     parser.add_argument("--evaluate", action="store_true", help="print the AUC table of the model in --out")
-    parser.add_argument("--eval-split", choices=["test", "val", "train", "all"], default="test",
-                        help="with --evaluate: images of this split of the model's split.csv, or all")
+    parser.add_argument(
+        "--eval-split",
+        choices=["test", "val", "train", "all"],
+        default="test",
+        help="with --evaluate: images of this split of the model's split.csv, or all",
+    )
     parser.add_argument("--variant", default="B0", help="EfficientNet variant: B0..B7, V2B0..V2B3, V2S, V2M, V2L")
     parser.add_argument("--size", type=int, default=512, help="input height and width")
     parser.add_argument("--epochs", type=int, default=30)
@@ -533,12 +566,23 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true", help="mark the manifest as demo weights (phantom data)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0 = all cores)")
     parser.add_argument("--dropout", type=float, default=0.3, help="dropout before the output layer")
-    parser.add_argument("--stochastic-depth", type=float, default=None,
-                        help="drop rate of every EfficientNet block (default: Keras' 0.2 × depth)")
-    parser.add_argument("--bn-momentum", type=float, default=0.9,
-                        help="batch-norm moving-average momentum (Keras' 0.99 is slow for short runs)")
-    parser.add_argument("--eager", action="store_true",
-                        help="run eagerly: no graph tracing (saves a minute on tiny runs, slower per step)")
+    parser.add_argument(
+        "--stochastic-depth",
+        type=float,
+        default=None,
+        help="drop rate of every EfficientNet block (default: Keras' 0.2 × depth)",
+    )
+    parser.add_argument(
+        "--bn-momentum",
+        type=float,
+        default=0.9,
+        help="batch-norm moving-average momentum (Keras' 0.99 is slow for short runs)",
+    )
+    parser.add_argument(
+        "--eager",
+        action="store_true",
+        help="run eagerly: no graph tracing (saves a minute on tiny runs, slower per step)",
+    )
     args = parser.parse_args(argv)
     try:
         args.fractions = tuple(float(v) for v in args.split.split(","))
@@ -583,26 +627,33 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> TrainResu
     n_neg = len(train_idx) - n_pos
     positive_weights = np.where(n_pos > 0, np.minimum(n_neg / np.maximum(n_pos, 1), MAX_POSITIVE_WEIGHT), 1.0)
     steps = args.steps_per_epoch or math.ceil(len(train_idx) / args.batch_size)
-    augment = None if args.no_augment else make_augmenter(args.seed, rotation_deg=5, shift=0.05, zoom=0.1,
-                                                           brightness=0.1)
+    augment = (
+        None if args.no_augment else make_augmenter(args.seed, rotation_deg=5, shift=0.05, zoom=0.1, brightness=0.1)
+    )
     dataset = make_dataset(images, y, train_idx, args.batch_size, augment, args.seed)
     model = finding_classifier(args.variant, args.size, len(NIH_LABELS), dropout=args.dropout)
     follow_batch_statistics(model, args.bn_momentum)
     if args.stochastic_depth is not None:
         set_stochastic_depth(model, args.stochastic_depth)
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=_weighted_bce(positive_weights),
-                  run_eagerly=args.eager)
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=_weighted_bce(positive_weights),
+        run_eagerly=args.eager,
+    )
 
     def score(p: np.ndarray) -> float:
         return auc_table(y[val_idx], p)[1]
 
-    monitor = epoch_monitor(images, val_idx, score, args.patience, args.lr_patience, args.max_minutes, progress,
-                           args.epochs, "val mean AUC")
-    print(f"{len(records)} images of {len(set(patients))} patients; train {len(train_idx)}, val {len(val_idx)}, "
-          f"test {len(test_idx)}; {args.variant} at {args.size} px, {steps} steps × ≤{args.epochs} epochs", flush=True)
+    monitor = epoch_monitor(
+        images, val_idx, score, args.patience, args.lr_patience, args.max_minutes, progress, args.epochs, "val mean AUC"
+    )
+    print(
+        f"{len(records)} images of {len(set(patients))} patients; train {len(train_idx)}, val {len(val_idx)}, "
+        f"test {len(test_idx)}; {args.variant} at {args.size} px, {steps} steps × ≤{args.epochs} epochs",
+        flush=True,
+    )
     callbacks = [monitor] + ([batches_callback(progress, steps * args.epochs)] if progress else [])
-    model.fit(dataset, steps_per_epoch=steps, epochs=args.epochs, verbose=0 if progress else 2,
-              callbacks=callbacks)
+    model.fit(dataset, steps_per_epoch=steps, epochs=args.epochs, verbose=0 if progress else 2, callbacks=callbacks)
     seconds = time.monotonic() - started
 
     out: Path = args.out
@@ -620,13 +671,13 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> TrainResu
     table = format_auc_table(y[test_idx], test_p, f"Test split ({len(test_idx)} images), per-label AUC:")
     print(table, flush=True)
     split_of = {}
-    for name, fold in zip(SPLITS, folds):
+    for name, fold in zip(SPLITS, folds, strict=False):
         for i in fold:
             split_of[records[i].image] = name
     write_split_file(out / "split.csv", [(r.image, split_of[r.image]) for r in records])
     result = TrainResult(
-        counts={name: (len(f), len({patients[i] for i in f})) for name, f in zip(SPLITS, folds)},
-        positives={name: [int(v) for v in y[f].sum(axis=0)] for name, f in zip(SPLITS, folds)},
+        counts={name: (len(f), len({patients[i] for i in f})) for name, f in zip(SPLITS, folds, strict=False)},
+        positives={name: [int(v) for v in y[f].sum(axis=0)] for name, f in zip(SPLITS, folds, strict=False)},
         thresholds=thresholds,
         val_auc=[a for _, _, a in val_rows],
         test_auc=[a for _, _, a in test_rows],
@@ -653,27 +704,37 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
         "backend": "onnx",
         "weights": onnx_path.name,
         "sha256": sha256_file(onnx_path),
-        "labels": [{"key": key, "display": label.replace("_", " "), "threshold": round(t, 6)}
-                   for key, label, t in zip(LABEL_KEYS, NIH_LABELS, result.thresholds)],
+        "labels": [
+            {"key": key, "display": label.replace("_", " "), "threshold": round(t, 6)}
+            for key, label, t in zip(LABEL_KEYS, NIH_LABELS, result.thresholds, strict=False)
+        ],
         "input": {
-            "height": args.size, "width": args.size, "channels": 1, "layout": "NHWC", "dtype": "float32",
+            "height": args.size,
+            "width": args.size,
+            "channels": 1,
+            "layout": "NHWC",
+            "dtype": "float32",
             "preprocessing": {"kind": "radiograph", "range": [0.0, 1.0], "resize": "area, stretched"},
         },
         "manufacturer": "ainode",
         "demo": bool(args.demo),
-        "description": (f"EfficientNet-{args.variant} 14-label NIH ChestX-ray14 finding classifier (seed 2 design), "
-                        f"{args.size} px input"
-                        + ("; demo weights trained on synthetic chest phantoms, not for clinical use" if args.demo
-                           else "")),
-        "licence": ("Demo weights trained on synthetic phantoms (no patient data)." if args.demo else
-                    "Weights inherit the terms of their training images (NIH ChestX-ray14: CC0)."),
+        "description": (
+            f"EfficientNet-{args.variant} 14-label NIH ChestX-ray14 finding classifier (seed 2 design), "
+            f"{args.size} px input"
+            + ("; demo weights trained on synthetic chest phantoms, not for clinical use" if args.demo else "")
+        ),
+        "licence": (
+            "Demo weights trained on synthetic phantoms (no patient data)."
+            if args.demo
+            else "Weights inherit the terms of their training images (NIH ChestX-ray14: CC0)."
+        ),
         "card": "MODEL_CARD.md",
         "postprocessing": {
             "activation": "sigmoid",
             "variant": args.variant,
             "threshold_method": args.threshold_method,
-            "validation_auc": dict(zip(LABEL_KEYS, rounded(result.val_auc))),
-            "test_auc": dict(zip(LABEL_KEYS, rounded(result.test_auc))),
+            "validation_auc": dict(zip(LABEL_KEYS, rounded(result.val_auc), strict=False)),
+            "test_auc": dict(zip(LABEL_KEYS, rounded(result.test_auc), strict=False)),
             "test_mean_auc": None if math.isnan(result.test_mean_auc) else round(result.test_mean_auc, 4),
         },
         "train_command": f"ainode train finding-classifier --data DATA --out MODELS_DIR/{args.name}",
@@ -682,42 +743,65 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
     (args.out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     split_lines = "\n".join(
         f"| {name} | {result.counts[name][0]} | {result.counts[name][1]} | "
-        + " ".join(str(v) for v in result.positives[name]) + " |" for name in SPLITS)
+        + " ".join(str(v) for v in result.positives[name])
+        + " |"
+        for name in SPLITS
+    )
     threshold_lines = "\n".join(
         f"| {label.replace('_', ' ')} | {t:.4f} | {'n/a' if math.isnan(v) else f'{v:.4f}'} |"
-        for label, t, v in zip(NIH_LABELS, result.thresholds, result.val_auc))
-    write_card(args.out / "MODEL_CARD.md", manifest, [
-        ("Design (seed 2)",
-         f"EfficientNet-{args.variant} backbone from scratch"
-         f"{'' if args.stochastic_depth is None else f' (stochastic depth {args.stochastic_depth:g} in training)'}, "
-         f"global average pooling, dropout {args.dropout:g}, Dense(14, sigmoid) "
-         f"for the NIH ChestX-ray14 labels. Input {args.size}×{args.size}×1 grey in 0..1 (bone white), area-resized, "
-         f"aspect stretched. ONNX input `image` (N, {args.size}, {args.size}, 1) NHWC float32, output `findings` (N, 14)."),
-        ("Data and split",
-         f"`Data_Entry_2017.csv` + `images/` from `{'synthetic phantoms' if args.demo else 'DATA'}`. Patient-wise "
-         f"multi-label iterative stratification (seed {args.seed}, shares {args.split}); no patient in two splits.\n\n"
-         f"| split | images | patients | positives per label ({', '.join(NIH_LABELS)}) |\n| --- | ---: | ---: | --- |\n"
-         f"{split_lines}"),
-        ("Training",
-         f"Weighted binary cross-entropy (positive weight n_neg/n_pos per label, ≤ {MAX_POSITIVE_WEIGHT:g}), Adam "
-         f"{args.learning_rate:g}, batch {args.batch_size}, learning rate halved after {args.lr_patience} epochs without "
-         f"a better validation mean AUC, early stopping after {args.patience}; "
-         f"{'no augmentation' if args.no_augment else 'augmentation rotation ±5°, shift ±5 %, zoom ±10 %, brightness ±10 %, no horizontal flip (left and right are not interchangeable on a radiograph)'}. "
-         f"{result.epochs_run} epochs run, best epoch {result.best_epoch}, {result.seconds:.0f} s on CPU. "
-         f"Largest |ONNX − Keras| difference on validation images: {result.onnx_max_abs_diff:.1e}."),
-        ("Thresholds (chosen on the validation split, " + args.threshold_method + ")",
-         "| label | threshold | validation AUC |\n| --- | ---: | ---: |\n" + threshold_lines),
-        ("Test results", "```\n" + result.test_table + "\n```"),
-        ("Intended use and limits",
-         ("Demo weights: trained on synthetic phantoms with planted findings, to exercise the node end to end. "
-          "They say nothing about real radiographs; every result object made with them says DEMO. Labels that "
-          "the phantoms never draw (Edema, Emphysema, Fibrosis, Hernia, Pleural thickening) were never positive "
-          "in training and stay near zero." if args.demo else
-          "Not a diagnostic device; not validated clinically. NIH labels were mined from reports and are noisy.")),
-        ("How to reproduce",
-         f"```\nainode train finding-classifier --data DATA --out OUT --variant {args.variant} --size {args.size} "
-         f"--epochs {args.epochs} --seed {args.seed}\nainode train finding-classifier --data DATA --out OUT --evaluate\n```"),
-    ])
+        for label, t, v in zip(NIH_LABELS, result.thresholds, result.val_auc, strict=False)
+    )
+    write_card(
+        args.out / "MODEL_CARD.md",
+        manifest,
+        [
+            (
+                "Design (seed 2)",
+                f"EfficientNet-{args.variant} backbone from scratch"
+                f"{'' if args.stochastic_depth is None else f' (stochastic depth {args.stochastic_depth:g} in training)'}, "
+                f"global average pooling, dropout {args.dropout:g}, Dense(14, sigmoid) "
+                f"for the NIH ChestX-ray14 labels. Input {args.size}×{args.size}×1 grey in 0..1 (bone white), area-resized, "
+                f"aspect stretched. ONNX input `image` (N, {args.size}, {args.size}, 1) NHWC float32, output `findings` (N, 14).",
+            ),
+            (
+                "Data and split",
+                f"`Data_Entry_2017.csv` + `images/` from `{'synthetic phantoms' if args.demo else 'DATA'}`. Patient-wise "
+                f"multi-label iterative stratification (seed {args.seed}, shares {args.split}); no patient in two splits.\n\n"
+                f"| split | images | patients | positives per label ({', '.join(NIH_LABELS)}) |\n| --- | ---: | ---: | --- |\n"
+                f"{split_lines}",
+            ),
+            (
+                "Training",
+                f"Weighted binary cross-entropy (positive weight n_neg/n_pos per label, ≤ {MAX_POSITIVE_WEIGHT:g}), Adam "
+                f"{args.learning_rate:g}, batch {args.batch_size}, learning rate halved after {args.lr_patience} epochs without "
+                f"a better validation mean AUC, early stopping after {args.patience}; "
+                f"{'no augmentation' if args.no_augment else 'augmentation rotation ±5°, shift ±5 %, zoom ±10 %, brightness ±10 %, no horizontal flip (left and right are not interchangeable on a radiograph)'}. "
+                f"{result.epochs_run} epochs run, best epoch {result.best_epoch}, {result.seconds:.0f} s on CPU. "
+                f"Largest |ONNX − Keras| difference on validation images: {result.onnx_max_abs_diff:.1e}.",
+            ),
+            (
+                "Thresholds (chosen on the validation split, " + args.threshold_method + ")",
+                "| label | threshold | validation AUC |\n| --- | ---: | ---: |\n" + threshold_lines,
+            ),
+            ("Test results", "```\n" + result.test_table + "\n```"),
+            (
+                "Intended use and limits",
+                (
+                    "Demo weights: trained on synthetic phantoms with planted findings, to exercise the node end to end. "
+                    "They say nothing about real radiographs; every result object made with them says DEMO. Labels that "
+                    "the phantoms never draw (Edema, Emphysema, Fibrosis, Hernia, Pleural thickening) were never positive "
+                    "in training and stay near zero."
+                    if args.demo
+                    else "Not a diagnostic device; not validated clinically. NIH labels were mined from reports and are noisy."
+                ),
+            ),
+            (
+                "How to reproduce",
+                f"```\nainode train finding-classifier --data DATA --out OUT --variant {args.variant} --size {args.size} "
+                f"--epochs {args.epochs} --seed {args.seed}\nainode train finding-classifier --data DATA --out OUT --evaluate\n```",
+            ),
+        ],
+    )
 
 
 def evaluate(args: argparse.Namespace) -> str:
@@ -766,13 +850,36 @@ DEMO_NAME = "cxr-findings"
 # the learning rate is first halved (around epoch 11), and 12 epochs left the result to chance (the same
 # recipe gave test mean AUC 0.94 on one machine and 0.84 on another; 18 gave 0.91 there). The time cap
 # is only a guard against a far slower machine: a cap that bites makes the weights depend on the CPU.
-DEMO: dict[str, Any] = {"patients": 420, "images_per_patient": (1, 4), "phantom_size": 192, "input_size": 128,
-                        "epochs": 18, "batch_size": 16, "learning_rate": 2e-3, "patience": 4, "max_minutes": 15.0,
-                        "regularise": False}
-QUICK: dict[str, Any] = {"patients": 12, "images_per_patient": (1, 3), "phantom_size": 128, "input_size": 32, "epochs": 1,
-         "batch_size": 8, "learning_rate": 1e-3, "patience": 1, "max_minutes": 0.0, "eager": True}
-DEMO_SOURCES = ("training.phantoms.chest", "training.phantoms.cxr_datasets", "training.architectures",
-                "models.preprocess.radiograph")
+DEMO: dict[str, Any] = {
+    "patients": 420,
+    "images_per_patient": (1, 4),
+    "phantom_size": 192,
+    "input_size": 128,
+    "epochs": 18,
+    "batch_size": 16,
+    "learning_rate": 2e-3,
+    "patience": 4,
+    "max_minutes": 15.0,
+    "regularise": False,
+}
+QUICK: dict[str, Any] = {
+    "patients": 12,
+    "images_per_patient": (1, 3),
+    "phantom_size": 128,
+    "input_size": 32,
+    "epochs": 1,
+    "batch_size": 8,
+    "learning_rate": 1e-3,
+    "patience": 1,
+    "max_minutes": 0.0,
+    "eager": True,
+}
+DEMO_SOURCES = (
+    "training.phantoms.chest",
+    "training.phantoms.cxr_datasets",
+    "training.architectures",
+    "models.preprocess.radiograph",
+)
 
 
 def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -> None:
@@ -781,20 +888,48 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -
 
     params = QUICK if quick else DEMO
     data = Path(work_dir) / "nih"
-    write_nih_dataset(data, patients=int(params["patients"]), images_per_patient=tuple(params["images_per_patient"]),
-                      size=int(params["phantom_size"]), seed=2, workers=1 if quick else 2, progress=progress)
-    argv = ["--data", str(data), "--out", str(Path(out_dir) / DEMO_NAME), "--demo", "--version", "demo-3",
-            "--size", str(params["input_size"]), "--epochs", str(params["epochs"]),
-            "--batch-size", str(params["batch_size"]), "--learning-rate", str(params["learning_rate"]),
-            "--patience", str(params["patience"]), "--max-minutes", str(params["max_minutes"]), "--seed", "2"]
+    write_nih_dataset(
+        data,
+        patients=int(params["patients"]),
+        images_per_patient=tuple(params["images_per_patient"]),
+        size=int(params["phantom_size"]),
+        seed=2,
+        workers=1 if quick else 2,
+        progress=progress,
+    )
+    argv = [
+        "--data",
+        str(data),
+        "--out",
+        str(Path(out_dir) / DEMO_NAME),
+        "--demo",
+        "--version",
+        "demo-3",
+        "--size",
+        str(params["input_size"]),
+        "--epochs",
+        str(params["epochs"]),
+        "--batch-size",
+        str(params["batch_size"]),
+        "--learning-rate",
+        str(params["learning_rate"]),
+        "--patience",
+        str(params["patience"]),
+        "--max-minutes",
+        str(params["max_minutes"]),
+        "--seed",
+        "2",
+    ]
     argv += ["--eager"] if params.get("eager") else []
     if not params.get("regularise", True):
         argv += ["--no-augment", "--dropout", "0", "--stochastic-depth", "0"]
     result = run(_parse(argv), progress)
     (Path(out_dir) / DEMO_NAME / "split.csv").unlink()  # names images of a work folder that is deleted
-    progress.note(f"test mean AUC {result.test_mean_auc:.3f} "
-                  f"(nodule {result.test_auc[NIH_LABELS.index('Nodule')]:.3f}), "
-                  f"{result.epochs_run} epochs, {result.seconds:.0f} s")
+    progress.note(
+        f"test mean AUC {result.test_mean_auc:.3f} "
+        f"(nodule {result.test_auc[NIH_LABELS.index('Nodule')]:.3f}), "
+        f"{result.epochs_run} epochs, {result.seconds:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ import numpy as np
 from models.manifest import manifest_from_mapping, sha256_file
 from training.architectures import FOUR_CLASSES
 from training.finding_classifier import (
-    batches_callback,
     Indices,
+    batches_callback,
     configure_tensorflow,
     epoch_monitor,
     follow_batch_statistics,
@@ -57,11 +57,27 @@ from training.finding_classifier import (
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from training.demo import Progress
 
-__all__ = ["FOLDER_ALIASES", "build_demo", "build_demo_cnn", "classification_metrics", "confusion_matrix",
-           "format_metrics", "list_four_class", "main", "run"]
+__all__ = [
+    "FOLDER_ALIASES",
+    "build_demo",
+    "build_demo_cnn",
+    "classification_metrics",
+    "confusion_matrix",
+    "format_metrics",
+    "list_four_class",
+    "main",
+    "run",
+]
 
-FOLDER_ALIASES = {"covid19": "covid19", "covid-19": "covid19", "covid": "covid19", "normal": "normal",
-                  "pneumonia": "pneumonia", "tuberculosis": "tuberculosis", "tb": "tuberculosis"}
+FOLDER_ALIASES = {
+    "covid19": "covid19",
+    "covid-19": "covid19",
+    "covid": "covid19",
+    "normal": "normal",
+    "pneumonia": "pneumonia",
+    "tuberculosis": "tuberculosis",
+    "tb": "tuberculosis",
+}
 """Class folder name (lower case) → class key."""
 
 DISPLAY = {"covid19": "COVID-19", "normal": "Normal", "pneumonia": "Pneumonia", "tuberculosis": "Tuberculosis"}
@@ -90,10 +106,15 @@ def list_four_class(data_dir: Path) -> dict[str, list[tuple[str, int]]]:
             if key is None:
                 raise ValueError(f"{class_dir}: unknown class folder; expected {', '.join(sorted(FOLDER_ALIASES))}")
             label = FOUR_CLASSES.index(key)
-            found[split] += [(f"{split}/{class_dir.name}/{f.name}", label)
-                             for f in sorted(class_dir.iterdir()) if f.suffix.lower() in _SUFFIXES]
+            found[split] += [
+                (f"{split}/{class_dir.name}/{f.name}", label)
+                for f in sorted(class_dir.iterdir())
+                if f.suffix.lower() in _SUFFIXES
+            ]
     if not found["train"]:
-        raise FileNotFoundError(f"no images in {data_dir / 'train'}/<class>/: expected the train/val/test class folders")
+        raise FileNotFoundError(
+            f"no images in {data_dir / 'train'}/<class>/: expected the train/val/test class folders"
+        )
     return found
 
 
@@ -119,7 +140,9 @@ def classification_metrics(matrix: np.ndarray) -> dict[str, Any]:
     present = actual > 0
     return {
         "accuracy": float(tp.sum() / matrix.sum()) if matrix.sum() else float("nan"),
-        "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
         "macro_precision": float(precision[present].mean()) if present.any() else float("nan"),
         "macro_recall": float(recall[present].mean()) if present.any() else float("nan"),
         "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
@@ -130,15 +153,22 @@ def format_metrics(matrix: np.ndarray, title: str) -> str:
     """Seed 4's report: confusion matrix, accuracy, macro precision, recall and F1."""
     m = classification_metrics(matrix)
     width = max(len(DISPLAY[c]) for c in FOUR_CLASSES) + 2
-    lines = [title, "confusion matrix (rows = true, columns = predicted):",
-             " " * width + "".join(f"{DISPLAY[c]:>{width}}" for c in FOUR_CLASSES)]
-    for c, row in zip(FOUR_CLASSES, matrix):
+    lines = [
+        title,
+        "confusion matrix (rows = true, columns = predicted):",
+        " " * width + "".join(f"{DISPLAY[c]:>{width}}" for c in FOUR_CLASSES),
+    ]
+    for c, row in zip(FOUR_CLASSES, matrix, strict=False):
         lines.append(f"{DISPLAY[c]:<{width}}" + "".join(f"{int(v):>{width}}" for v in row))
     lines.append(f"{'class':<{width}}{'precision':>10}{'recall':>10}{'F1':>10}")
     for i, c in enumerate(FOUR_CLASSES):
         lines.append(f"{DISPLAY[c]:<{width}}{m['precision'][i]:>10.4f}{m['recall'][i]:>10.4f}{m['f1'][i]:>10.4f}")
-    lines += [f"accuracy        {m['accuracy']:.4f}", f"macro precision {m['macro_precision']:.4f}",
-              f"macro recall    {m['macro_recall']:.4f}", f"macro F1        {m['macro_f1']:.4f}"]
+    lines += [
+        f"accuracy        {m['accuracy']:.4f}",
+        f"macro precision {m['macro_precision']:.4f}",
+        f"macro recall    {m['macro_recall']:.4f}",
+        f"macro F1        {m['macro_f1']:.4f}",
+    ]
     return "\n".join(lines)
 
 
@@ -177,8 +207,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true", help="mark the manifest as demo weights (phantom data)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--bn-momentum", type=float, default=0.9, help="batch-norm moving-average momentum")
-    parser.add_argument("--fp16-weights", action="store_true",
-                        help="store the ONNX weights as float16 (half the file; ONNX Runtime computes in float32)")
+    parser.add_argument(
+        "--fp16-weights",
+        action="store_true",
+        help="store the ONNX weights as float16 (half the file; ONNX Runtime computes in float32)",
+    )
     parser.add_argument("--eager", action="store_true", help="run eagerly (no graph tracing; tiny runs)")
     args = parser.parse_args(argv)
     args.name = args.name or ("cxr-four-class" if args.arch == "resnet18" else "cxr-four-class-cnn")
@@ -195,7 +228,7 @@ def _top_up_validation(found: dict[str, list[tuple[str, int]]], seed: int) -> No
     for c in range(len(FOUR_CLASSES)):
         members = [i for i, (_, y) in enumerate(found["train"]) if y == c]
         take = max(MIN_VAL_PER_CLASS - int(have[c]), math.ceil(0.1 * len(members))) if members else 0
-        moved |= set(rng.permutation(members)[:min(take, max(len(members) - 1, 0))].tolist())
+        moved |= set(rng.permutation(members)[: min(take, max(len(members) - 1, 0))].tolist())
     found["val"] += [found["train"][i] for i in sorted(moved)]
     found["train"] = [item for i, item in enumerate(found["train"]) if i not in moved]
 
@@ -233,8 +266,9 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> TrainResu
         return per_sample * keras.losses.categorical_crossentropy(y_true, y_pred)
 
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=weighted_cce, run_eagerly=args.eager)
-    augment = None if args.no_augment else make_augmenter(args.seed, rotation_deg=10, shift=0.1, zoom=0.1,
-                                                           brightness=0.1)
+    augment = (
+        None if args.no_augment else make_augmenter(args.seed, rotation_deg=10, shift=0.1, zoom=0.1, brightness=0.1)
+    )
     steps = args.steps_per_epoch or math.ceil(len(train_idx) / args.batch_size)
     dataset = make_dataset(images, onehot, train_idx, args.batch_size, augment, args.seed)
 
@@ -242,10 +276,22 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> TrainResu
         matrix = confusion_matrix(labels[val_idx], p.argmax(axis=1), len(FOUR_CLASSES))
         return float(classification_metrics(matrix)["macro_f1"])
 
-    monitor = epoch_monitor(images, val_idx, macro_f1, args.patience, args.lr_patience, args.max_minutes, progress,
-                            args.epochs, "val macro F1")
-    print(f"{args.arch} at {args.size} px: train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)} images; "
-          f"class weights {np.round(class_weights, 2).tolist()}", flush=True)
+    monitor = epoch_monitor(
+        images,
+        val_idx,
+        macro_f1,
+        args.patience,
+        args.lr_patience,
+        args.max_minutes,
+        progress,
+        args.epochs,
+        "val macro F1",
+    )
+    print(
+        f"{args.arch} at {args.size} px: train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)} images; "
+        f"class weights {np.round(class_weights, 2).tolist()}",
+        flush=True,
+    )
     callbacks = [monitor] + ([batches_callback(progress, steps * args.epochs)] if progress else [])
     model.fit(dataset, steps_per_epoch=steps, epochs=args.epochs, verbose=0 if progress else 2, callbacks=callbacks)
     seconds = time.monotonic() - started
@@ -267,8 +313,12 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> TrainResu
     write_split_file(out / "split.csv", [(rel, split) for split in ("train", "val", "test") for rel, _ in found[split]])
     result = TrainResult(
         counts={s: np.bincount(labels[split_index[s]], minlength=len(FOUR_CLASSES)).tolist() for s in split_index},
-        test_matrix=matrix, test_report=report, epochs_run=monitor.epochs_run, best_epoch=monitor.best_epoch,
-        seconds=seconds, onnx_max_abs_diff=diff,
+        test_matrix=matrix,
+        test_report=report,
+        epochs_run=monitor.epochs_run,
+        best_epoch=monitor.best_epoch,
+        seconds=seconds,
+        onnx_max_abs_diff=diff,
     )
     _write_manifest_and_card(args, result, onnx_path)
     return result
@@ -286,20 +336,30 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
         "sha256": sha256_file(onnx_path),
         "labels": [{"key": c, "display": DISPLAY[c]} for c in FOUR_CLASSES],
         "input": {
-            "height": args.size, "width": args.size, "channels": 1, "layout": "NHWC", "dtype": "float32",
+            "height": args.size,
+            "width": args.size,
+            "channels": 1,
+            "layout": "NHWC",
+            "dtype": "float32",
             "preprocessing": {"kind": "radiograph", "range": [0.0, 1.0], "resize": "area, stretched"},
         },
         "manufacturer": "ainode",
         "demo": bool(args.demo),
-        "description": (f"{arch} four-class chest radiograph classifier (COVID-19, normal, pneumonia, tuberculosis; "
-                        f"seed 4 design), {args.size} px input"
-                        + ("; demo weights trained on synthetic chest phantoms, not for clinical use" if args.demo
-                           else "")),
-        "licence": ("Demo weights trained on synthetic phantoms (no patient data)." if args.demo else
-                    "Weights inherit the terms of their training images."),
+        "description": (
+            f"{arch} four-class chest radiograph classifier (COVID-19, normal, pneumonia, tuberculosis; "
+            f"seed 4 design), {args.size} px input"
+            + ("; demo weights trained on synthetic chest phantoms, not for clinical use" if args.demo else "")
+        ),
+        "licence": (
+            "Demo weights trained on synthetic phantoms (no patient data)."
+            if args.demo
+            else "Weights inherit the terms of their training images."
+        ),
         "card": "MODEL_CARD.md",
         "postprocessing": {
-            "activation": "softmax", "decision": "argmax", "architecture": args.arch,
+            "activation": "softmax",
+            "decision": "argmax",
+            "architecture": args.arch,
             "test_accuracy": round(metrics["accuracy"], 4) if metrics else None,
             "test_macro_f1": round(metrics["macro_f1"], 4) if metrics else None,
         },
@@ -308,29 +368,46 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
     manifest_from_mapping(manifest, args.out, "generated manifest")
     (args.out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     counts = "\n".join(f"| {s} | " + " | ".join(str(v) for v in result.counts[s]) + " |" for s in result.counts)
-    write_card(args.out / "MODEL_CARD.md", manifest, [
-        ("Design (seed 4)",
-         f"{arch} from scratch, softmax over {', '.join(FOUR_CLASSES)}. Input {args.size}×{args.size}×1 grey in 0..1 "
-         f"(bone white), area-resized, aspect stretched. ONNX input `image` (N, {args.size}, {args.size}, 1) NHWC "
-         f"float32, output `classes` (N, 4); the decision is the argmax."),
-        ("Data",
-         f"Class folders train/val/test of `{'synthetic phantoms (seed 4 caricatures)' if args.demo else 'DATA'}`.\n\n"
-         "| split | " + " | ".join(FOUR_CLASSES) + " |\n| --- |" + " ---: |" * len(FOUR_CLASSES) + "\n" + counts),
-        ("Training",
-         f"Class-weighted categorical cross-entropy (n / (4 n_class)), Adam {args.learning_rate:g}, batch "
-         f"{args.batch_size}; {'no augmentation' if args.no_augment else 'rotation ±10°, shift ±10 %, zoom ±10 %, brightness ±10 %, no flip'}; "
-         f"learning rate halved after {args.lr_patience} epochs without a better validation macro F1, early "
-         f"stopping after {args.patience}. {result.epochs_run} epochs run, best {result.best_epoch}, "
-         f"{result.seconds:.0f} s on CPU. Largest |ONNX − Keras| difference: {result.onnx_max_abs_diff:.1e}."),
-        ("Test results", "```\n" + result.test_report + "\n```"),
-        ("Intended use and limits",
-         ("Demo weights: the phantoms' four classes are caricatures drawn to give the model something to learn "
-          "(see training/phantoms/chest.py), not medicine; every result object made with them says DEMO."
-          if args.demo else "Not a diagnostic device; not validated clinically.")),
-        ("How to reproduce",
-         f"```\nainode train four-class --data DATA --out OUT --arch {args.arch} --size {args.size} --epochs "
-         f"{args.epochs} --seed {args.seed}\nainode train four-class --data DATA --out OUT --evaluate\n```"),
-    ])
+    write_card(
+        args.out / "MODEL_CARD.md",
+        manifest,
+        [
+            (
+                "Design (seed 4)",
+                f"{arch} from scratch, softmax over {', '.join(FOUR_CLASSES)}. Input {args.size}×{args.size}×1 grey in 0..1 "
+                f"(bone white), area-resized, aspect stretched. ONNX input `image` (N, {args.size}, {args.size}, 1) NHWC "
+                f"float32, output `classes` (N, 4); the decision is the argmax.",
+            ),
+            (
+                "Data",
+                f"Class folders train/val/test of `{'synthetic phantoms (seed 4 caricatures)' if args.demo else 'DATA'}`.\n\n"
+                "| split | " + " | ".join(FOUR_CLASSES) + " |\n| --- |" + " ---: |" * len(FOUR_CLASSES) + "\n" + counts,
+            ),
+            (
+                "Training",
+                f"Class-weighted categorical cross-entropy (n / (4 n_class)), Adam {args.learning_rate:g}, batch "
+                f"{args.batch_size}; {'no augmentation' if args.no_augment else 'rotation ±10°, shift ±10 %, zoom ±10 %, brightness ±10 %, no flip'}; "
+                f"learning rate halved after {args.lr_patience} epochs without a better validation macro F1, early "
+                f"stopping after {args.patience}. {result.epochs_run} epochs run, best {result.best_epoch}, "
+                f"{result.seconds:.0f} s on CPU. Largest |ONNX − Keras| difference: {result.onnx_max_abs_diff:.1e}.",
+            ),
+            ("Test results", "```\n" + result.test_report + "\n```"),
+            (
+                "Intended use and limits",
+                (
+                    "Demo weights: the phantoms' four classes are caricatures drawn to give the model something to learn "
+                    "(see training/phantoms/chest.py), not medicine; every result object made with them says DEMO."
+                    if args.demo
+                    else "Not a diagnostic device; not validated clinically."
+                ),
+            ),
+            (
+                "How to reproduce",
+                f"```\nainode train four-class --data DATA --out OUT --arch {args.arch} --size {args.size} --epochs "
+                f"{args.epochs} --seed {args.seed}\nainode train four-class --data DATA --out OUT --evaluate\n```",
+            ),
+        ],
+    )
 
 
 def evaluate(args: argparse.Namespace) -> str:
@@ -369,13 +446,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Short from-scratch runs need many small steps more than resolution: the classes' patterns are lobe-sized,
 # so 64 px suffices; no augmentation (phantoms vary enough, and it slows a run of a few hundred steps).
-DEMO: dict[str, Any] = {"per_class": 100, "phantom_size": 128, "input_size": 64, "epochs": 25, "batch_size": 16,
-                        "learning_rate": 1e-3, "patience": 6, "max_minutes": {"resnet18": 3.0, "cnn": 1.5},
-                        "regularise": False}
-QUICK: dict[str, Any] = {"per_class": 6, "phantom_size": 128, "input_size": 32, "epochs": 1, "batch_size": 8,
-         "learning_rate": 1e-3, "patience": 1, "max_minutes": {"resnet18": 0.0, "cnn": 0.0}, "eager": True}
-DEMO_SOURCES = ("training.phantoms.chest", "training.phantoms.cxr_datasets", "training.architectures",
-                "training.finding_classifier", "models.preprocess.radiograph", "training.lumbar")
+DEMO: dict[str, Any] = {
+    "per_class": 100,
+    "phantom_size": 128,
+    "input_size": 64,
+    "epochs": 25,
+    "batch_size": 16,
+    "learning_rate": 1e-3,
+    "patience": 6,
+    "max_minutes": {"resnet18": 3.0, "cnn": 1.5},
+    "regularise": False,
+}
+QUICK: dict[str, Any] = {
+    "per_class": 6,
+    "phantom_size": 128,
+    "input_size": 32,
+    "epochs": 1,
+    "batch_size": 8,
+    "learning_rate": 1e-3,
+    "patience": 1,
+    "max_minutes": {"resnet18": 0.0, "cnn": 0.0},
+    "eager": True,
+}
+DEMO_SOURCES = (
+    "training.phantoms.chest",
+    "training.phantoms.cxr_datasets",
+    "training.architectures",
+    "training.finding_classifier",
+    "models.preprocess.radiograph",
+    "training.lumbar",
+)
 
 
 def _build(arch: str, out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -> None:
@@ -383,21 +483,50 @@ def _build(arch: str, out_dir: Path, work_dir: Path, progress: Progress, quick: 
 
     params = QUICK if quick else DEMO
     data = Path(work_dir) / "four-class"
-    write_four_class_dataset(data, per_class=int(params["per_class"]), size=int(params["phantom_size"]), seed=4,
-                             workers=1 if quick else 2, progress=progress)
+    write_four_class_dataset(
+        data,
+        per_class=int(params["per_class"]),
+        size=int(params["phantom_size"]),
+        seed=4,
+        workers=1 if quick else 2,
+        progress=progress,
+    )
     name = "cxr-four-class" if arch == "resnet18" else "cxr-four-class-cnn"
-    argv = ["--data", str(data), "--out", str(Path(out_dir) / name), "--arch", arch, "--demo", "--version", "demo-1",
-            "--size", str(params["input_size"]), "--epochs", str(params["epochs"]),
-            "--batch-size", str(params["batch_size"]), "--learning-rate", str(params["learning_rate"]),
-            "--patience", str(params["patience"]), "--max-minutes", str(params["max_minutes"][arch]), "--seed", "4"]
+    argv = [
+        "--data",
+        str(data),
+        "--out",
+        str(Path(out_dir) / name),
+        "--arch",
+        arch,
+        "--demo",
+        "--version",
+        "demo-1",
+        "--size",
+        str(params["input_size"]),
+        "--epochs",
+        str(params["epochs"]),
+        "--batch-size",
+        str(params["batch_size"]),
+        "--learning-rate",
+        str(params["learning_rate"]),
+        "--patience",
+        str(params["patience"]),
+        "--max-minutes",
+        str(params["max_minutes"][arch]),
+        "--seed",
+        "4",
+    ]
     argv += ["--eager"] if params.get("eager") else []
     argv += [] if params.get("regularise", True) else ["--no-augment"]
     argv += ["--fp16-weights"]  # ResNet-18's 11 M parameters: 45 MB as float32
     result = run(_parse(argv), progress)
     (Path(out_dir) / name / "split.csv").unlink()  # names images of a work folder that is deleted
     metrics = classification_metrics(result.test_matrix)
-    progress.note(f"test accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f}, "
-                  f"{result.epochs_run} epochs, {result.seconds:.0f} s")
+    progress.note(
+        f"test accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f}, "
+        f"{result.epochs_run} epochs, {result.seconds:.0f} s"
+    )
 
 
 def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -> None:

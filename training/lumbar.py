@@ -73,8 +73,12 @@ MODEL_NAME = "ct-lumbar"
 VARIANTS = ("V2B0", "V2B1", "V2B2", "V2B3", "V2S", "V2M", "V2L")
 """EfficientNetV2 backbones accepted (seed 3: V2M)."""
 LEVEL_DISPLAY = {
-    "T": "Thoracic vertebra", "L1": "First lumbar vertebra", "L2": "Second lumbar vertebra",
-    "L3": "Third lumbar vertebra", "L4": "Fourth lumbar vertebra", "L5": "Fifth lumbar vertebra",
+    "T": "Thoracic vertebra",
+    "L1": "First lumbar vertebra",
+    "L2": "Second lumbar vertebra",
+    "L3": "Third lumbar vertebra",
+    "L4": "Fourth lumbar vertebra",
+    "L5": "Fifth lumbar vertebra",
     "S": "Sacrum",
 }
 
@@ -180,9 +184,13 @@ class Evaluation:
         """The confusion matrix, accuracy and per-class recall as printable lines."""
         head = "true\\pred " + " ".join(f"{lv:>5}" for lv in LUMBAR_LEVELS) + "  recall"
         rows = [head]
-        for level, row in zip(LUMBAR_LEVELS, self.confusion):
+        for level, row in zip(LUMBAR_LEVELS, self.confusion, strict=False):
             recall = self.recall[level]
-            rows.append(f"{level:>9} " + " ".join(f"{v:>5}" for v in row) + (f"  {recall:.3f}" if recall is not None else "     -"))
+            rows.append(
+                f"{level:>9} "
+                + " ".join(f"{v:>5}" for v in row)
+                + (f"  {recall:.3f}" if recall is not None else "     -")
+            )
         rows.append(f"accuracy {self.accuracy:.4f} on {self.images} test images")
         return rows
 
@@ -196,10 +204,10 @@ def evaluate_onnx(onnx_path: Path, data_dir: Path, size: int, channels: int, bat
     samples = list_split(data_dir, "test")
     confusion = np.zeros((len(LUMBAR_LEVELS), len(LUMBAR_LEVELS)), dtype=int)
     for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
+        chunk = samples[start : start + batch_size]
         images = load_images([p for p, _ in chunk], size, channels)
         predicted = np.argmax(session.run(None, {name: images})[0], axis=1)
-        for (_, truth), guess in zip(chunk, predicted):
+        for (_, truth), guess in zip(chunk, predicted, strict=False):
             confusion[truth, int(guess)] += 1
     totals = confusion.sum(axis=1)
     recall = {lv: (float(confusion[i, i] / totals[i]) if totals[i] else None) for i, lv in enumerate(LUMBAR_LEVELS)}
@@ -233,7 +241,9 @@ def store_fp16_weights(path: Path, min_elements: int = 1024) -> dict[str, float]
             continue
         half = numpy_helper.from_array(array.astype(np.float16), f"{init.name}__fp16")
         kept.append(half)
-        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=f"{init.name}__cast"))
+        casts.append(
+            helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=f"{init.name}__cast")
+        )
     del graph.initializer[:]
     graph.initializer.extend(kept)
     nodes = casts + list(graph.node)  # the Casts first: the graph stays topologically sorted
@@ -241,7 +251,11 @@ def store_fp16_weights(path: Path, min_elements: int = 1024) -> dict[str, float]
     graph.node.extend(nodes)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    return {"bytes_before": float(before), "bytes_after": float(Path(path).stat().st_size), "converted": float(len(casts))}
+    return {
+        "bytes_before": float(before),
+        "bytes_after": float(Path(path).stat().st_size),
+        "converted": float(len(casts)),
+    }
 
 
 def _batches(samples: list[tuple[Path, int]], size: int, channels: int, batch_size: int, seed: int) -> Any:
@@ -258,7 +272,7 @@ def _batches(samples: list[tuple[Path, int]], size: int, channels: int, batch_si
             return max(1, -(-len(samples) // batch_size))
 
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-            picked = [samples[i] for i in self.order[index * batch_size:(index + 1) * batch_size]]
+            picked = [samples[i] for i in self.order[index * batch_size : (index + 1) * batch_size]]
             x = load_images([p for p, _ in picked], size, channels)
             y = np.eye(len(LUMBAR_LEVELS), dtype=np.float32)[[label for _, label in picked]]
             return x, y
@@ -276,8 +290,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--evaluate", type=Path, metavar="MODEL_DIR", help="only evaluate the model in MODEL_DIR")
     parser.add_argument("--variant", default="V2M", help=f"backbone, one of {', '.join(VARIANTS)} (seed: V2M)")
     parser.add_argument("--input-size", type=int, default=512)
-    parser.add_argument("--window", type=float, nargs=2, action="append", metavar=("CENTER", "WIDTH"),
-                        help="CT window of a channel, in the PNGs' order (default: 40 400, abdominal)")
+    parser.add_argument(
+        "--window",
+        type=float,
+        nargs=2,
+        action="append",
+        metavar=("CENTER", "WIDTH"),
+        help="CT window of a channel, in the PNGs' order (default: 40 400, abdominal)",
+    )
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -285,10 +305,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--demo", action="store_true", help="mark the manifest as demo weights (synthetic data)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0 = all cores)")
-    parser.add_argument("--fp16-weights", action="store_true",
-                        help="store the ONNX weights as float16 (half the file; ONNX Runtime computes in float32)")
-    parser.add_argument("--eager", action="store_true",
-                        help="train without compiling the step (faster for a handful of steps, e.g. smoke tests)")
+    parser.add_argument(
+        "--fp16-weights",
+        action="store_true",
+        help="store the ONNX weights as float16 (half the file; ONNX Runtime computes in float32)",
+    )
+    parser.add_argument(
+        "--eager",
+        action="store_true",
+        help="train without compiling the step (faster for a handful of steps, e.g. smoke tests)",
+    )
     args = parser.parse_args(argv)
     if (args.out is None) == (args.evaluate is None):
         parser.error("give either --out (train) or --evaluate MODEL_DIR")
@@ -314,19 +340,29 @@ def train(args: argparse.Namespace, progress: Any = None) -> Evaluation:
     channels = len(args.windows)
     samples = list_split(args.data, "train")
     counts = np.bincount([label for _, label in samples], minlength=len(LUMBAR_LEVELS))
-    print("training images per level: " + ", ".join(f"{lv} {n}" for lv, n in zip(LUMBAR_LEVELS, counts)), flush=True)
+    print(
+        "training images per level: " + ", ".join(f"{lv} {n}" for lv, n in zip(LUMBAR_LEVELS, counts, strict=False)),
+        flush=True,
+    )
 
     classifier = build_model(args.variant, args.input_size, channels=channels)
     shape = (args.input_size, args.input_size, channels)
     trainer = keras.Sequential([keras.Input(shape=shape), _augmenter(args.seed), classifier], name="trainer")
-    trainer.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss="categorical_crossentropy",
-                    metrics=["accuracy"], run_eagerly=bool(args.eager))
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        run_eagerly=bool(args.eager),
+    )
     callbacks = []
     if progress is not None:
-        callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: progress(epoch + 1, args.epochs,
-                                                      f"epoch {epoch + 1}: loss {(logs or {}).get('loss', float('nan')):.3f}")
-        ))
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: progress(
+                    epoch + 1, args.epochs, f"epoch {epoch + 1}: loss {(logs or {}).get('loss', float('nan')):.3f}"
+                )
+            )
+        )
     started = time.monotonic()
     batches = _batches(samples, args.input_size, channels, args.batch_size, args.seed)
     history = trainer.fit(batches, epochs=args.epochs, verbose=2, callbacks=callbacks)
@@ -340,8 +376,10 @@ def train(args: argparse.Namespace, progress: Any = None) -> Evaluation:
     export_onnx(classifier, onnx_path, input_name="image", output_name="levels")
     if args.fp16_weights:
         sizes = store_fp16_weights(onnx_path)
-        print(f"ONNX weights stored as float16: {sizes['bytes_before'] / 1e6:.1f} → {sizes['bytes_after'] / 1e6:.1f} MB",
-              flush=True)
+        print(
+            f"ONNX weights stored as float16: {sizes['bytes_before'] / 1e6:.1f} → {sizes['bytes_after'] / 1e6:.1f} MB",
+            flush=True,
+        )
     evaluation = evaluate_onnx(onnx_path, args.data, args.input_size, channels, args.batch_size)
     for line in evaluation.lines():
         print(line, flush=True)
@@ -362,24 +400,38 @@ def _manifest(args: argparse.Namespace, onnx_path: Path, extra_post: dict[str, A
         "sha256": sha256_file(onnx_path),
         "labels": [{"key": lv, "display": LEVEL_DISPLAY[lv]} for lv in LUMBAR_LEVELS],
         "input": {
-            "height": args.input_size, "width": args.input_size, "channels": len(args.windows),
-            "layout": "NHWC", "dtype": "float32",
+            "height": args.input_size,
+            "width": args.input_size,
+            "channels": len(args.windows),
+            "layout": "NHWC",
+            "dtype": "float32",
             "preprocessing": {"kind": "ct_windows", "windows": [list(w) for w in args.windows]},
         },
         "manufacturer": "ainode",
         "demo": demo,
         "description": f"Vertebral level per axial CT slice (seed 3 design, EfficientNet{args.variant}, "
-                       f"{args.input_size} px), {what}.",
+        f"{args.input_size} px), {what}.",
         "licence": "Weights trained on synthetic data generated by this repository." if demo else "",
         "card": "MODEL_CARD.md",
-        "postprocessing": {"coarse_step_mm": 20.0, "max_coarse_samples": 16, "refine_levels": ["L3"],
-                           **(extra_post or {})},
+        "postprocessing": {
+            "coarse_step_mm": 20.0,
+            "max_coarse_samples": 16,
+            "refine_levels": ["L3"],
+            **(extra_post or {}),
+        },
         "train_command": "ainode train ct-lumbar --data DATA --out MODELS_DIR/ct-lumbar",
     }
 
 
-def _write_outputs(args: argparse.Namespace, evaluation: Evaluation, onnx_path: Path, parameters: int,
-                   counts: list[int], seconds: float, final_loss: float) -> None:
+def _write_outputs(
+    args: argparse.Namespace,
+    evaluation: Evaluation,
+    onnx_path: Path,
+    parameters: int,
+    counts: list[int],
+    seconds: float,
+    final_loss: float,
+) -> None:
     out: Path = args.out
     manifest = _manifest(args, onnx_path, getattr(args, "extra_postprocessing", None))
     manifest_from_mapping(manifest, out, "generated manifest")  # validate before writing
@@ -387,19 +439,22 @@ def _write_outputs(args: argparse.Namespace, evaluation: Evaluation, onnx_path: 
     (out / "evaluation.json").write_text(json.dumps(asdict(evaluation), indent=2) + "\n", encoding="utf-8")
     table = "\n".join(
         [f"| true \\ predicted | {' | '.join(LUMBAR_LEVELS)} | recall |", "|---" * (len(LUMBAR_LEVELS) + 2) + "|"]
-        + [f"| {lv} | {' | '.join(str(v) for v in row)} | "
-           + (f"{evaluation.recall[lv]:.3f}" if evaluation.recall[lv] is not None else "–") + " |"
-           for lv, row in zip(LUMBAR_LEVELS, evaluation.confusion)]
+        + [
+            f"| {lv} | {' | '.join(str(v) for v in row)} | "
+            + (f"{evaluation.recall[lv]:.3f}" if evaluation.recall[lv] is not None else "–")
+            + " |"
+            for lv, row in zip(LUMBAR_LEVELS, evaluation.confusion, strict=False)
+        ]
     )
     windows = ", ".join(f"{c:g}/{w:g}" for c, w in args.windows)
     card = f"""# {MODEL_NAME} {args.version} — vertebral level of axial abdominal CT slices (seed 3)
 
-{manifest['description']}
-Weights `{onnx_path.name}`, SHA-256 `{manifest['sha256']}`.
+{manifest["description"]}
+Weights `{onnx_path.name}`, SHA-256 `{manifest["sha256"]}`.
 
 ## Design
 EfficientNet{args.variant} backbone (Keras, trained from scratch, {parameters:,} parameters), global
-average pooling, dropout 0.2, Dense(7, softmax) over {', '.join(LUMBAR_LEVELS)}. Input
+average pooling, dropout 0.2, Dense(7, softmax) over {", ".join(LUMBAR_LEVELS)}. Input
 {args.input_size}×{args.input_size}×{len(args.windows)} (NHWC, 0..1): HU windowed (center/width {windows}),
 quantised to 8 bits, area-resized. The node decodes the slices' probabilities as a sequence that is
 monotonic along the patient axis and runs the model on a coarse sample plus a bisection of the L3
@@ -407,7 +462,7 @@ boundaries (`models/lumbar.py`).
 
 ## Training
 Data: `{args.data.name}` in the lumbar folder format; training images per level:
-{', '.join(f'{lv} {n}' for lv, n in zip(LUMBAR_LEVELS, counts))}. Categorical cross-entropy, Adam
+{", ".join(f"{lv} {n}" for lv, n in zip(LUMBAR_LEVELS, counts, strict=False))}. Categorical cross-entropy, Adam
 (learning rate {args.learning_rate:g}), batch {args.batch_size}, {args.epochs} epoch(s), {seconds:.0f} s on CPU;
 final training loss {final_loss:.4f}. Augmentation: rotation ±10°, zoom ±10 %, horizontal and vertical flips.
 
@@ -423,7 +478,7 @@ Finds the L3 slice for body-composition measurement. Not a diagnostic device.
 {"These are DEMO weights: trained on synthetic phantoms only, they say nothing about real CT." if args.demo else ""}
 
 ## How to reproduce
-`python -m training.lumbar --data DATA --out OUT --variant {args.variant} --input-size {args.input_size} --epochs {args.epochs} --batch-size {args.batch_size} --learning-rate {args.learning_rate:g} {' '.join(f'--window {c:g} {w:g}' for c, w in args.windows)} --seed {args.seed}{' --fp16-weights' if args.fp16_weights else ''}{' --demo' if args.demo else ''}`
+`python -m training.lumbar --data DATA --out OUT --variant {args.variant} --input-size {args.input_size} --epochs {args.epochs} --batch-size {args.batch_size} --learning-rate {args.learning_rate:g} {" ".join(f"--window {c:g} {w:g}" for c, w in args.windows)} --seed {args.seed}{" --fp16-weights" if args.fp16_weights else ""}{" --demo" if args.demo else ""}`
 {"(the demo: `ainode models build-demo`, recipe `training.lumbar:build_demo`)" if args.demo else ""}
 """
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
@@ -432,9 +487,15 @@ Finds the L3 slice for body-composition measurement. Not a diagnostic device.
 
 # ----------------------------------------------------------------------------- demo recipe
 
-DEMO_SOURCES = ("training.phantoms.ct", "training.phantoms.ct_datasets", "training.architectures",
-                "models.preprocess.radiograph")
+DEMO_SOURCES = (
+    "training.phantoms.ct",
+    "training.phantoms.ct_datasets",
+    "training.architectures",
+    "models.preprocess.radiograph",
+)
 """Modules whose source shapes the demo weights, part of the recipe's hash (``training.demo``)."""
+
+
 @dataclass(frozen=True)
 class DemoParams:
     """Parameters of a demo run (constants of this module, hence part of the recipe hash)."""
@@ -451,17 +512,35 @@ class DemoParams:
     """Fresh phantoms the served model is run on: (seed, size, slices, spacing_z)."""
 
 
-DEMO = DemoParams("V2B0", 128, data=((3, 20, 512, 95, 3.0), (4, 8, 256, 60, 5.0)), epochs=13, batch_size=16,
-                  learning_rate=1e-3, seed=3, check=((9001, 512, 95, 3.0), (9002, 512, 120, 2.5), (9003, 256, 60, 5.0)))
+DEMO = DemoParams(
+    "V2B0",
+    128,
+    data=((3, 20, 512, 95, 3.0), (4, 8, 256, 60, 5.0)),
+    epochs=13,
+    batch_size=16,
+    learning_rate=1e-3,
+    seed=3,
+    check=((9001, 512, 95, 3.0), (9002, 512, 120, 2.5), (9003, 256, 60, 5.0)),
+)
 """The demo run: EfficientNetV2-B0 (the smallest V2; V2-S trains ~3× slower on 2 cores) at 128 px,
 learning rate 1e-3 (the seed's 1e-4 fine-tunes ImageNet weights; from scratch it needs far more
 epochs). Many phantoms (habitus varies by seed) at 512 and 256 px, area-resized like served
 series; the last fifth of each set is the test split."""
-QUICK = DemoParams("V2B0", 32, data=((3, 2, 128, 95, 3.0),), epochs=1, batch_size=16, learning_rate=1e-3,
-                   seed=3, check=((9001, 128, 60, 5.0),))
+QUICK = DemoParams(
+    "V2B0",
+    32,
+    data=((3, 2, 128, 95, 3.0),),
+    epochs=1,
+    batch_size=16,
+    learning_rate=1e-3,
+    seed=3,
+    check=((9001, 128, 60, 5.0),),
+)
 
 
-def check_on_phantoms(model_dir: Path, work_dir: Path, cases: Sequence[tuple[int, int, int, float]]) -> list[dict[str, Any]]:
+def check_on_phantoms(
+    model_dir: Path, work_dir: Path, cases: Sequence[tuple[int, int, int, float]]
+) -> list[dict[str, Any]]:
     """Run the served model (search, decoding, body composition) on fresh abdomen phantoms.
 
     Parameters
@@ -483,8 +562,8 @@ def check_on_phantoms(model_dir: Path, work_dir: Path, cases: Sequence[tuple[int
 
     from models.lumbar import LumbarModel
     from models.manifest import load_manifest
-    from training.phantoms.ct import abdomen_phantom
     from models.preprocess.ct_series import plan_series
+    from training.phantoms.ct import abdomen_phantom
 
     model = LumbarModel.from_manifest(load_manifest(model_dir / "model.json"))
     rows = []
@@ -493,17 +572,29 @@ def check_on_phantoms(model_dir: Path, work_dir: Path, cases: Sequence[tuple[int
         paths = phantom.write_series(work_dir / f"check-{seed}")
         headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
         plan = plan_series(headers)
-        paths_by_uid = {str(h.SOPInstanceUID): p for h, p in zip(headers, paths)}
+        paths_by_uid = {str(h.SOPInstanceUID): p for h, p in zip(headers, paths, strict=False)}
         result, _ = model.analyse(plan, paths_by_uid)
         found = None if result.l3_index is None else phantom.plan_index(result.l3_index)  # plan → volume index
-        row: dict[str, Any] = {"seed": seed, "size": size, "spacing_mm": spacing, "slices": len(plan), "l3_found": found,
-                               "l3_truth": phantom.truth["l3_index"], "forward_passes": len(result.evaluated)}
+        row: dict[str, Any] = {
+            "seed": seed,
+            "size": size,
+            "spacing_mm": spacing,
+            "slices": len(plan),
+            "l3_found": found,
+            "l3_truth": phantom.truth["l3_index"],
+            "forward_passes": len(result.evaluated),
+        }
         if result.composition is not None:
             truth = phantom.truth["areas_cm2"]
             c = result.composition
-            row["area_errors"] = {k: round(v / truth[k] - 1.0, 4) for k, v in (
-                ("muscle", c.muscle_cm2), ("subcutaneous_fat", c.subcutaneous_fat_cm2),
-                ("visceral_fat", c.visceral_fat_cm2))}
+            row["area_errors"] = {
+                k: round(v / truth[k] - 1.0, 4)
+                for k, v in (
+                    ("muscle", c.muscle_cm2),
+                    ("subcutaneous_fat", c.subcutaneous_fat_cm2),
+                    ("visceral_fat", c.visceral_fat_cm2),
+                )
+            }
         rows.append(row)
     return rows
 
@@ -521,17 +612,39 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Any, quick: bool) -> Non
     data = Path(work_dir) / "lumbar-folders"
     for done, (seed, series, size, slices, spacing) in enumerate(p.data):
         progress.step(done, len(p.data), "phantoms → lumbar folders")
-        write_lumbar_folders(data, series=series, size=size, seed=seed, slices=slices, spacing_z=spacing,
-                             test_fraction=0.2)
+        write_lumbar_folders(
+            data, series=series, size=size, seed=seed, slices=slices, spacing_z=spacing, test_fraction=0.2
+        )
     progress.step(len(p.data), len(p.data), "phantoms → lumbar folders")
     out = Path(out_dir) / MODEL_NAME
-    args = _parse([
-        "--data", str(data), "--out", str(out), "--variant", p.variant, "--input-size", str(p.input_size),
-        "--epochs", str(p.epochs), "--batch-size", str(p.batch_size), "--learning-rate", str(p.learning_rate),
-        "--seed", str(p.seed),
-        "--window", str(LUMBAR_PNG_WINDOW[0]), str(LUMBAR_PNG_WINDOW[1]), "--demo", "--version", "demo-1",
-        "--fp16-weights", *(["--eager"] if quick else []),
-    ])
+    args = _parse(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--variant",
+            p.variant,
+            "--input-size",
+            str(p.input_size),
+            "--epochs",
+            str(p.epochs),
+            "--batch-size",
+            str(p.batch_size),
+            "--learning-rate",
+            str(p.learning_rate),
+            "--seed",
+            str(p.seed),
+            "--window",
+            str(LUMBAR_PNG_WINDOW[0]),
+            str(LUMBAR_PNG_WINDOW[1]),
+            "--demo",
+            "--version",
+            "demo-1",
+            "--fp16-weights",
+            *(["--eager"] if quick else []),
+        ]
+    )
     train(args, progress=lambda done, total, message: progress.step(done, total, f"training, {message}"))
     progress.step(0, 1, "check on fresh phantom series")
     rows = check_on_phantoms(out, Path(work_dir), p.check)
@@ -539,16 +652,24 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Any, quick: bool) -> Non
     evaluation = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
     evaluation["phantom_series"] = rows
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
-    lines = [f"| {r['seed']} | {r['size']}² × {r['slices']}, {r['spacing_mm']:g} mm | {r['forward_passes']} | "
-             f"{r['l3_found']} | {r['l3_truth']} | "
-             + (", ".join(f"{k} {v:+.1%}" for k, v in r.get("area_errors", {}).items()) or "–") + " |" for r in rows]
+    lines = [
+        f"| {r['seed']} | {r['size']}² × {r['slices']}, {r['spacing_mm']:g} mm | {r['forward_passes']} | "
+        f"{r['l3_found']} | {r['l3_truth']} | "
+        + (", ".join(f"{k} {v:+.1%}" for k, v in r.get("area_errors", {}).items()) or "–")
+        + " |"
+        for r in rows
+    ]
     with open(out / "MODEL_CARD.md", "a", encoding="utf-8") as card:
-        card.write("\n## End to end on fresh abdomen phantoms (served model: search, decoding, L3, areas)\n\n"
-                   "| phantom seed | series | forward passes | L3 slice found | L3 truth | area errors |\n"
-                   "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+        card.write(
+            "\n## End to end on fresh abdomen phantoms (served model: search, decoding, L3, areas)\n\n"
+            "| phantom seed | series | forward passes | L3 slice found | L3 truth | area errors |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+        )
     for r in rows:
-        progress.note(f"phantom {r['seed']}: L3 slice {r['l3_found']} (truth {r['l3_truth']}), "
-                      f"{r['forward_passes']} forward passes")
+        progress.note(
+            f"phantom {r['seed']}: L3 slice {r['l3_found']} (truth {r['l3_truth']}), "
+            f"{r['forward_passes']} forward passes"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,6 @@ import json
 import math
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,7 +151,7 @@ def recalibrate_batch_norm(model: Any, images: np.ndarray, batch_size: int, batc
     for _ in range(batches):
         pick = rng.choice(len(images), size=min(batch_size, len(images)), replace=False)
         model(images[pick].astype(np.float32), training=True)
-    for layer, momentum in zip(norms, saved):
+    for layer, momentum in zip(norms, saved, strict=False):
         layer.momentum = momentum
     return len(norms)
 
@@ -188,8 +187,11 @@ def store_weights_fp16(path: str | Path, *, min_elements: int = 1024) -> tuple[i
         if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= min_elements:
             values = numpy_helper.to_array(init).astype(np.float16)
             kept.append(numpy_helper.from_array(values, name=f"{init.name}__fp16"))
-            casts.append(helper.make_node("Cast", [f"{init.name}__fp16"], [init.name], to=TensorProto.FLOAT,
-                                          name=f"{init.name}__cast"))
+            casts.append(
+                helper.make_node(
+                    "Cast", [f"{init.name}__fp16"], [init.name], to=TensorProto.FLOAT, name=f"{init.name}__cast"
+                )
+            )
         else:
             kept.append(init)
     del graph.initializer[:]
@@ -246,7 +248,7 @@ def rsna_weighted_log_loss(
         raise ValueError("no exam to score")
     total_loss = 0.0
     total_weight = 0.0
-    for y_img, p_img, y_exam, p_exam in zip(image_true, image_pred, exam_true, exam_pred):
+    for y_img, p_img, y_exam, p_exam in zip(image_true, image_pred, exam_true, exam_pred, strict=False):
         y = np.asarray(y_img, dtype=np.float64)
         if y.shape != np.asarray(p_img).shape or y.size == 0:
             raise ValueError(f"an exam has {y.size} image labels and {np.asarray(p_img).size} predictions")
@@ -274,7 +276,7 @@ def roc_auc(y_true: ArrayLike, scores: ArrayLike) -> float | None:
         stop = start
         while stop + 1 < len(s) and sorted_s[stop + 1] == sorted_s[start]:
             stop += 1
-        ranks[order[start:stop + 1]] = (start + stop) / 2.0 + 1.0
+        ranks[order[start : stop + 1]] = (start + stop) / 2.0 + 1.0
         start = stop + 1
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
@@ -316,7 +318,9 @@ def read_rsna_labels(csv_path: Path) -> dict[str, Study]:
             study = studies.setdefault(row["StudyInstanceUID"], Study(row["StudyInstanceUID"]))
             exam = {c: values[c] for c in PE_EXAM_LABELS}
             if study.exam and study.exam != exam:
-                raise ValueError(f"{csv_path} line {line}: exam labels of study {study.study_uid} differ from its earlier rows")
+                raise ValueError(
+                    f"{csv_path} line {line}: exam labels of study {study.study_uid} differ from its earlier rows"
+                )
             study.exam = exam
             study.series.setdefault(row["SeriesInstanceUID"], {})[row["SOPInstanceUID"]] = values["pe_present_on_image"]
     if not studies:
@@ -335,7 +339,9 @@ def split_studies(studies: Mapping[str, Study], validation: float, seed: int) ->
     rng = np.random.default_rng(seed)
     held: set[str] = set()
     for negative in (0, 1):
-        group = sorted(u for u, s in studies.items() if int(s.exam["negative_exam_for_pe"] or s.exam["indeterminate"]) == negative)
+        group = sorted(
+            u for u, s in studies.items() if int(s.exam["negative_exam_for_pe"] or s.exam["indeterminate"]) == negative
+        )
         held.update(str(u) for u in rng.permutation(group)[: round(validation * len(group))])
     uids = sorted(studies)
     return [u for u in uids if u not in held], [u for u in uids if u in held]
@@ -351,7 +357,7 @@ def _plan_series_folder(folder: Path) -> tuple[Any, dict[str, Path]]:
         raise FileNotFoundError(f"no .dcm files in {folder}")
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     plan = plan_series(headers)
-    return plan, {str(h.SOPInstanceUID): f for h, f in zip(headers, files)}
+    return plan, {str(h.SOPInstanceUID): f for h, f in zip(headers, files, strict=False)}
 
 
 def patient_batches(patients: Sequence[str], batch_size: int, steps: int, seed: int) -> np.ndarray:
@@ -400,8 +406,13 @@ def masked_binary_crossentropy(y_true: Any, y_pred: Any) -> Any:
 
 
 def load_slices(
-    data_dir: Path, studies: Mapping[str, Study], uids: Sequence[str], size: int,
-    windows: Sequence[Sequence[float]], max_slices: int | None = None, patients: list[str] | None = None,
+    data_dir: Path,
+    studies: Mapping[str, Study],
+    uids: Sequence[str],
+    size: int,
+    windows: Sequence[Sequence[float]],
+    max_slices: int | None = None,
+    patients: list[str] | None = None,
     crop_body: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Windowed slices (N, size, size, 3) float16 and their nine targets (N, 9) in PE_HEADS order.
@@ -426,11 +437,20 @@ def load_slices(
         for series_uid, labels in sorted(study.series.items()):
             plan, paths = _plan_series_folder(Path(data_dir) / "train" / uid / series_uid)
             order = list(plan.sop_instance_uids)
-            patient = str(pydicom.dcmread(paths[order[0]], stop_before_pixels=True, specific_tags=["PatientID"])
-                          .get("PatientID", uid)) if patients is not None else ""
+            patient = (
+                str(
+                    pydicom.dcmread(paths[order[0]], stop_before_pixels=True, specific_tags=["PatientID"]).get(
+                        "PatientID", uid
+                    )
+                )
+                if patients is not None
+                else ""
+            )
             unknown = [s for s in order if s not in labels]
             if unknown:
-                raise ValueError(f"study {uid} series {series_uid}: {len(unknown)} slice(s) not in train.csv, e.g. {unknown[0]}")
+                raise ValueError(
+                    f"study {uid} series {series_uid}: {len(unknown)} slice(s) not in train.csv, e.g. {unknown[0]}"
+                )
             keep = set(range(len(order)))
             if max_slices is not None and len(order) > max_slices:
                 pos = [i for i, s in enumerate(order) if labels[s]]
@@ -442,11 +462,17 @@ def load_slices(
                 chosen = [r for r, i in enumerate(indices) if i in keep]
                 if not chosen:
                     continue
-                images.append(window_slices(to_canonical(hu[chosen], plan.orientation), windows, size, size, crop_body)
-                              .astype(np.float16))
+                images.append(
+                    window_slices(to_canonical(hu[chosen], plan.orientation), windows, size, size, crop_body).astype(
+                        np.float16
+                    )
+                )
                 for r in chosen:
                     sop = order[indices[r]]
-                    row = [float(labels[sop]) if head == "pe_present_on_image" else float(study.exam[head]) for head in PE_HEADS]
+                    row = [
+                        float(labels[sop]) if head == "pe_present_on_image" else float(study.exam[head])
+                        for head in PE_HEADS
+                    ]
                     targets.append(np.array(row, dtype=np.float32))
                     if patients is not None:
                         patients.append(patient)
@@ -471,8 +497,16 @@ _DISPLAY = {
 
 
 def write_manifest(
-    out: Path, onnx_path: Path, *, size: int, windows: Sequence[Sequence[float]], version: str, demo: bool,
-    description: str, postprocessing: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
+    out: Path,
+    onnx_path: Path,
+    *,
+    size: int,
+    windows: Sequence[Sequence[float]],
+    version: str,
+    demo: bool,
+    description: str,
+    postprocessing: Mapping[str, Any] | None = None,
+    thresholds: Mapping[str, float] | None = None,
     crop: str = "none",
 ) -> dict[str, Any]:
     """Write ``out/model.json`` for an exported PE model (validated first) and return it."""
@@ -483,18 +517,32 @@ def write_manifest(
         "backend": "onnx",
         "weights": onnx_path.name,
         "sha256": sha256_file(onnx_path),
-        "labels": [{"key": h, "display": _DISPLAY[h], "threshold": float((thresholds or {}).get(h, 0.5))} for h in PE_HEADS],
+        "labels": [
+            {"key": h, "display": _DISPLAY[h], "threshold": float((thresholds or {}).get(h, 0.5))} for h in PE_HEADS
+        ],
         "input": {
-            "height": size, "width": size, "channels": 3, "layout": "NHWC", "dtype": "float32",
-            "preprocessing": {"kind": "ct_windows", "windows": [[float(c), float(w)] for c, w in windows], "crop": crop},
+            "height": size,
+            "width": size,
+            "channels": 3,
+            "layout": "NHWC",
+            "dtype": "float32",
+            "preprocessing": {
+                "kind": "ct_windows",
+                "windows": [[float(c), float(w)] for c, w in windows],
+                "crop": crop,
+            },
         },
         "manufacturer": "ainode",
         "demo": demo,
         "description": description,
         "licence": "Apache-2.0 (code); weights: as the training data's licence (RSNA-PE: non-commercial).",
         "card": "MODEL_CARD.md",
-        "postprocessing": {"top_k": 3, "negative_threshold": 0.5, "output": "scores (N, 9) in label order",
-                           **dict(postprocessing or {})},
+        "postprocessing": {
+            "top_k": 3,
+            "negative_threshold": 0.5,
+            "output": "scores (N, 9) in label order",
+            **dict(postprocessing or {}),
+        },
         "train_command": "python -m training.pe --data DATA --out MODELS_DIR/ct-pe",
     }
     manifest_from_mapping(manifest, out, "generated manifest")
@@ -513,16 +561,20 @@ class Evaluation:
     accuracy: dict[str, float]
 
     def lines(self) -> list[str]:
-        out = [f"{self.studies} validation studies, {self.slices} slices; RSNA weighted log loss {self.weighted_log_loss:.4f}",
-               "| label | AUC | accuracy |", "| --- | ---: | ---: |"]
+        out = [
+            f"{self.studies} validation studies, {self.slices} slices; RSNA weighted log loss {self.weighted_log_loss:.4f}",
+            "| label | AUC | accuracy |",
+            "| --- | ---: | ---: |",
+        ]
         for label in ("pe_present_on_image", *PE_EXAM_LABELS):
             auc = self.auc.get(label)
             out.append(f"| {label} | {'n/a' if auc is None else f'{auc:.3f}'} | {self.accuracy[label]:.3f} |")
         return out
 
 
-def evaluate(manifest_path: Path, data_dir: Path, studies: Mapping[str, Study], uids: Sequence[str],
-             threads: int = 2) -> Evaluation:
+def evaluate(
+    manifest_path: Path, data_dir: Path, studies: Mapping[str, Study], uids: Sequence[str], threads: int = 2
+) -> Evaluation:
     """Run the exported model through :class:`models.pe.PeModel` (serving code) on the given studies.
 
     Exam probabilities are scored before the consistency rules (the metric wants probabilities);
@@ -557,45 +609,74 @@ def evaluate(manifest_path: Path, data_dir: Path, studies: Mapping[str, Study], 
     accuracy = {"pe_present_on_image": float(np.mean(np.concatenate(img_true) == np.concatenate(img_decision)))}
     for label in PE_EXAM_LABELS:
         auc[label] = roc_auc([t[label] for t in ex_true], [p[label] for p in ex_pred])
-        accuracy[label] = float(np.mean([t[label] == float(d[label]) for t, d in zip(ex_true, ex_decision)]))
-    return Evaluation(len(ex_true), int(sum(len(t) for t in img_true)),
-                      rsna_weighted_log_loss(img_true, img_pred, ex_true, ex_pred), auc, accuracy)
+        accuracy[label] = float(
+            np.mean([t[label] == float(d[label]) for t, d in zip(ex_true, ex_decision, strict=False)])
+        )
+    return Evaluation(
+        len(ex_true),
+        int(sum(len(t) for t in img_true)),
+        rsna_weighted_log_loss(img_true, img_pred, ex_true, ex_pred),
+        auc,
+        accuracy,
+    )
 
 
-def write_model_card(path: Path, manifest: Mapping[str, Any], args: argparse.Namespace, run: Mapping[str, Any],
-                     evaluation: Evaluation | None, calibration: Calibration | None = None) -> None:
+def write_model_card(
+    path: Path,
+    manifest: Mapping[str, Any],
+    args: argparse.Namespace,
+    run: Mapping[str, Any],
+    evaluation: Evaluation | None,
+    calibration: Calibration | None = None,
+) -> None:
     """``MODEL_CARD.md``: design, data, training, held-out figures, limits, how to reproduce."""
     figures = "\n".join(evaluation.lines()) if evaluation else "No validation studies (validation fraction 0)."
     if calibration is not None:
-        figures = "\n".join([
-            "### Exam threshold, chosen on fresh whole-series phantoms (exam PE probability = mean of the 3 most likely slices)",
-            *calibration.lines(), "", "### Validation studies (at that threshold)", figures])
+        figures = "\n".join(
+            [
+                "### Exam threshold, chosen on fresh whole-series phantoms (exam PE probability = mean of the 3 most likely slices)",
+                *calibration.lines(),
+                "",
+                "### Validation studies (at that threshold)",
+                figures,
+            ]
+        )
     demo_note = (
         "**Demo weights**: trained on synthetic CTPA phantoms (bright pulmonary arteries with planted filling "
         "defects), from scratch (no ImageNet weights here), with the backbone trained too and at a small input size. "
         "They show the pipeline end to end; they are not a diagnostic model and know nothing of real anatomy.\n\n"
-        if manifest.get("demo") else ""
+        if manifest.get("demo")
+        else ""
     )
-    text = f"""# {manifest['name']} {manifest['version']} — pulmonary embolism on CTPA (seed 1 design)
+    text = f"""# {manifest["name"]} {manifest["version"]} — pulmonary embolism on CTPA (seed 1 design)
 
-{demo_note}Weights `{manifest['weights']}`, SHA-256 `{manifest['sha256']}`.
+{demo_note}Weights `{manifest["weights"]}`, SHA-256 `{manifest["sha256"]}`.
 
 ## Design
 Xception (Keras, `weights=None`) on {args.size}×{args.size}×3 → global average pooling → dropout {args.dropout}
-→ Dense 1024 → Dense 256 → Dense 64 (ReLU) → nine 1-unit sigmoid heads ({', '.join(PE_HEADS)}).
+→ Dense 1024 → Dense 256 → Dense 64 (ReLU) → nine 1-unit sigmoid heads ({", ".join(PE_HEADS)}).
 {EXPECTED_PARAMETERS:,} parameters ({EXPECTED_TRAINABLE_FROZEN:,} trainable with the backbone frozen, as seed 1).
-Channels: CT windows (centre, width) {manifest['input']['preprocessing']['windows']} HU, each clipped to 0..1{
-'; each slice first cut to the square around the patient (crop: body)' if manifest['input']['preprocessing'].get('crop') == 'body' else ''}.
+Channels: CT windows (centre, width) {manifest["input"]["preprocessing"]["windows"]} HU, each clipped to 0..1{
+        "; each slice first cut to the square around the patient (crop: body)"
+        if manifest["input"]["preprocessing"].get("crop") == "body"
+        else ""
+    }.
 ONNX: input `image` (N, {args.size}, {args.size}, 3) NHWC float32; output `scores` (N, 9) in the order above;
 weights stored as float16 and cast to float32 in the graph (ONNX Runtime computes in float32).
 
 ## Data and training
-RSNA-PE layout (`train.csv` + `train/<study>/<series>/<sop>.dcm`) in a folder `{Path(args.data).name}`: {run['train_studies']} training
-studies ({run['train_slices']} slices), {run['val_studies']} validation studies (study-wise split {args.validation}).
-Targets per slice: its `pe_present_on_image` and its exam's labels{' (location and type heads: on slices with a clot only)' if args.locate_on_clot_slices else ''}. Binary cross-entropy per head
+RSNA-PE layout (`train.csv` + `train/<study>/<series>/<sop>.dcm`) in a folder `{Path(args.data).name}`: {
+        run["train_studies"]
+    } training
+studies ({run["train_slices"]} slices), {run["val_studies"]} validation studies (study-wise split {args.validation}).
+Targets per slice: its `pe_present_on_image` and its exam's labels{
+        " (location and type heads: on slices with a clot only)" if args.locate_on_clot_slices else ""
+    }. Binary cross-entropy per head
 (`pe_present_on_image` weighted {args.image_loss_weight:g}), Adam
-(learning rate {args.lr}{", cosine decay to 5 %" if args.lr_schedule == "cosine" else ""}), batch {args.batch_size}, {run['steps']} steps ({run['seconds']:.0f} s), backbone
-{'frozen' if args.freeze_backbone else 'trained'}, seed {args.seed}.
+(learning rate {args.lr}{", cosine decay to 5 %" if args.lr_schedule == "cosine" else ""}), batch {args.batch_size}, {
+        run["steps"]
+    } steps ({run["seconds"]:.0f} s), backbone
+{"frozen" if args.freeze_backbone else "trained"}, seed {args.seed}.
 
 ## Validation (serving code: `models.pe.PeModel`, RSNA consistency rules applied to the decisions)
 {figures}
@@ -608,7 +689,15 @@ Flag CTPA series that may show pulmonary embolism so that reading is prioritised
 not validated clinically. Exam aggregation and rules: see `models/pe.py`.
 
 ## How to reproduce
-`python -m training.pe --data DATA --out OUT --size {args.size} --steps {run['steps']} --batch-size {args.batch_size} --lr {args.lr:g} --lr-schedule {args.lr_schedule} --image-loss-weight {args.image_loss_weight:g} --crop {args.crop}{' --locate-on-clot-slices' if args.locate_on_clot_slices else ''}{' --patient-batches' if args.patient_batches else ''}{'' if args.location == 'heads' else ' --location ' + args.location} --seed {args.seed}{'' if args.freeze_backbone else ' --no-freeze-backbone'}`
+`python -m training.pe --data DATA --out OUT --size {args.size} --steps {run["steps"]} --batch-size {
+        args.batch_size
+    } --lr {args.lr:g} --lr-schedule {args.lr_schedule} --image-loss-weight {args.image_loss_weight:g} --crop {
+        args.crop
+    }{" --locate-on-clot-slices" if args.locate_on_clot_slices else ""}{
+        " --patient-batches" if args.patient_batches else ""
+    }{"" if args.location == "heads" else " --location " + args.location} --seed {args.seed}{
+        "" if args.freeze_backbone else " --no-freeze-backbone"
+    }`
 """
     path.write_text(text, encoding="utf-8")
 
@@ -658,25 +747,37 @@ class Calibration:
     def lines(self) -> list[str]:
         pos = ", ".join(f"{p:.2f}" for _, _, p in sorted(self.positive, key=lambda r: r[2]))
         neg = ", ".join(f"{p:.2f}" for _, p in sorted(self.negative, key=lambda r: r[1]))
-        right = sum(p >= self.threshold for _, _, p in self.positive) + sum(p < self.threshold for _, p in self.negative)
-        out = [f"Exam threshold {self.threshold:.3f} (`pe_present_on_image`), chosen on {len(self.positive)} + "
-               f"{len(self.negative)} fresh phantoms, {right}/{len(self.positive) + len(self.negative)} called right.",
-               f"- with a clot: {pos}", f"- without: {neg}"]
+        right = sum(p >= self.threshold for _, _, p in self.positive) + sum(
+            p < self.threshold for _, p in self.negative
+        )
+        out = [
+            f"Exam threshold {self.threshold:.3f} (`pe_present_on_image`), chosen on {len(self.positive)} + "
+            f"{len(self.negative)} fresh phantoms, {right}/{len(self.positive) + len(self.negative)} called right.",
+            f"- with a clot: {pos}",
+            f"- without: {neg}",
+        ]
         if self.central_threshold is not None:
             hit = sum((p >= self.central_threshold) == (side == "central") for _, side, p in self.central)
-            out.append(f"- `central_pe` threshold {self.central_threshold:.3f}, chosen on the same phantoms with a clot "
-                       f"(central against the others): {hit}/{len(self.central)} right")
+            out.append(
+                f"- `central_pe` threshold {self.central_threshold:.3f}, chosen on the same phantoms with a clot "
+                f"(central against the others): {hit}/{len(self.central)} right"
+            )
         if self.sides:
             called = sum(1 for _, _, sides in self.sides if sides)
             exact = sum(1 for _, truth, sides in self.sides if sides == (truth,))
             calls = ", ".join(f"{truth} → {'+'.join(sides)}" for _, truth, sides in self.sides if sides)
-            out.append(f"- sides called on the {called} of them called positive: {exact} exactly the planted side ({calls})")
+            out.append(
+                f"- sides called on the {called} of them called positive: {exact} exactly the planted side ({calls})"
+            )
         return out
 
 
-def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
-                          progress: Callable[[int, int, str], None] | None = None,
-                          threads: int = 2) -> Calibration:
+def calibrate_on_phantoms(
+    manifest_path: Path,
+    params: Mapping[str, Any],
+    progress: Callable[[int, int, str], None] | None = None,
+    threads: int = 2,
+) -> Calibration:
     """Score ``params["calibration_pairs"]`` fresh phantom pairs, whole series, and choose the exam threshold.
 
     Each pair is one seed drawn with a clot (sides, chronic and RV/LV ratio in the training
@@ -699,10 +800,14 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
         seed = int(params["seed"]) * 1000 + 500 + pair
         side = _DEMO_SIDES[pair % len(_DEMO_SIDES)]
         for embolus in (side, None):
-            phantom = ctpa_phantom(seed, slices=int(params["slices"]), size=int(params["phantom_size"]),
-                                   embolus=embolus,  # type: ignore[arg-type]
-                                   chronic=embolus is not None and pair % 3 == 2,
-                                   rv_lv_ratio=1.2 if pair % 4 == 3 else 0.8)
+            phantom = ctpa_phantom(
+                seed,
+                slices=int(params["slices"]),
+                size=int(params["phantom_size"]),
+                embolus=embolus,  # type: ignore[arg-type]
+                chronic=embolus is not None and pair % 3 == 2,
+                rv_lv_ratio=1.2 if pair % 4 == 3 else 0.8,
+            )
             scores = model.score_volume(phantom.volume_hu)
             p_pe = exam_pe_probability(scores[:, PE_HEADS.index("pe_present_on_image")], model.top_k)
             if embolus is None:
@@ -716,8 +821,11 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
     threshold = separating_threshold([p for _, _, p in positive], [p for _, p in negative])
     central_threshold = None
     if any(side == "central" for _, side, _ in central) and any(side != "central" for _, side, _ in central):
-        central_threshold = separating_threshold([p for _, side, p in central if side == "central"],
-                                                 [p for _, side, p in central if side != "central"], balanced=False)
+        central_threshold = separating_threshold(
+            [p for _, side, p in central if side == "central"],
+            [p for _, side, p in central if side != "central"],
+            balanced=False,
+        )
     # The sides then called with both thresholds, as the node would (location heads or mirror probes).
     model.thresholds["pe_present_on_image"] = threshold
     if central_threshold is not None:
@@ -725,8 +833,17 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
     sides: list[tuple[int, str, tuple[str, ...]]] = []
     for seed, side, volume, scores in volumes:
         labels = model.result_from_volume(volume, scores=scores).exam_labels
-        sides.append((seed, side, tuple(name for name, head in (("right", "rightsided_pe"), ("left", "leftsided_pe"),
-                                                                ("central", "central_pe")) if labels[head])))
+        sides.append(
+            (
+                seed,
+                side,
+                tuple(
+                    name
+                    for name, head in (("right", "rightsided_pe"), ("left", "leftsided_pe"), ("central", "central_pe"))
+                    if labels[head]
+                ),
+            )
+        )
     return Calibration(threshold, positive, negative, central_threshold, central, sides)
 
 
@@ -735,46 +852,87 @@ def calibrate_on_phantoms(manifest_path: Path, params: Mapping[str, Any],
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.pe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="RSNA-PE folder: train.csv and train/<study>/<series>/*.dcm")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="RSNA-PE folder: train.csv and train/<study>/<series>/*.dcm"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for model.onnx, model.json, MODEL_CARD.md")
     parser.add_argument("--size", type=int, default=512, help="input height and width (seed 1: 512)")
     parser.add_argument("--epochs", type=int, default=3, help="passes over the training slices (seed 1: 3)")
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps; overrides --epochs when > 0")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per step (seed 1: 1000 on a GPU)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                        help="'cosine': decay the learning rate along a half cosine to 5 %% of --lr at the last step")
+    parser.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="'cosine': decay the learning rate along a half cosine to 5 %% of --lr at the last step",
+    )
     parser.add_argument("--dropout", type=float, default=0.3)
-    parser.add_argument("--patient-batches", action=argparse.BooleanOptionalAction, default=False,
-                        help="draw each batch from one patient's slices (PatientID). Beware batch norm: a backbone "
-                             "trained so normalises every batch by one patient's statistics (contrast level, anatomy) "
-                             "and then meets population statistics when served. ct-pe demo-3, trained so, called "
-                             "clot-free phantoms of low contrast (300-340 HU) positive, its own training ones included")
-    parser.add_argument("--image-loss-weight", type=float, default=1.0,
-                        help="weight of the pe_present_on_image loss against each exam head's (1: all equal)")
+    parser.add_argument(
+        "--patient-batches",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="draw each batch from one patient's slices (PatientID). Beware batch norm: a backbone "
+        "trained so normalises every batch by one patient's statistics (contrast level, anatomy) "
+        "and then meets population statistics when served. ct-pe demo-3, trained so, called "
+        "clot-free phantoms of low contrast (300-340 HU) positive, its own training ones included",
+    )
+    parser.add_argument(
+        "--image-loss-weight",
+        type=float,
+        default=1.0,
+        help="weight of the pe_present_on_image loss against each exam head's (1: all equal)",
+    )
     parser.add_argument("--validation", type=float, default=0.2, help="fraction of studies held out (seed 1: 0.2)")
-    parser.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=True,
-                        help="train the head only (seed 1, with ImageNet weights); --no-freeze-backbone trains all")
-    parser.add_argument("--max-slices-per-series", type=int, default=None,
-                        help="keep at most this many slices per series in memory (positives first)")
-    parser.add_argument("--windows", type=str, default=";".join(f"{c:g},{w:g}" for c, w in DEFAULT_WINDOWS),
-                        help="three 'centre,width' HU windows separated by ';'")
-    parser.add_argument("--locate-on-clot-slices", action=argparse.BooleanOptionalAction, default=False,
-                        help="train the location and type heads (left, right, central, chronic, acute and chronic) "
-                             "on slices that show a clot only: the others carry no sign of where or how old it is")
-    parser.add_argument("--crop", choices=("none", "body"), default="none",
-                        help="'body': cut each slice to the square around the patient before resizing (more pixels on "
-                             "the patient when the field of view is wide or the input small); the manifest records it")
-    parser.add_argument("--location", choices=("heads", "mirror"), default="heads",
-                        help="how the served model tells left from right (manifest postprocessing.location): 'heads', "
-                             "its location heads (seed 1); 'mirror', the fall of the slice head when each half of the "
-                             "chest is replaced by the other's mirror image (models.pe)")
+    parser.add_argument(
+        "--freeze-backbone",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the head only (seed 1, with ImageNet weights); --no-freeze-backbone trains all",
+    )
+    parser.add_argument(
+        "--max-slices-per-series",
+        type=int,
+        default=None,
+        help="keep at most this many slices per series in memory (positives first)",
+    )
+    parser.add_argument(
+        "--windows",
+        type=str,
+        default=";".join(f"{c:g},{w:g}" for c, w in DEFAULT_WINDOWS),
+        help="three 'centre,width' HU windows separated by ';'",
+    )
+    parser.add_argument(
+        "--locate-on-clot-slices",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="train the location and type heads (left, right, central, chronic, acute and chronic) "
+        "on slices that show a clot only: the others carry no sign of where or how old it is",
+    )
+    parser.add_argument(
+        "--crop",
+        choices=("none", "body"),
+        default="none",
+        help="'body': cut each slice to the square around the patient before resizing (more pixels on "
+        "the patient when the field of view is wide or the input small); the manifest records it",
+    )
+    parser.add_argument(
+        "--location",
+        choices=("heads", "mirror"),
+        default="heads",
+        help="how the served model tells left from right (manifest postprocessing.location): 'heads', "
+        "its location heads (seed 1); 'mirror', the fall of the slice head when each half of the "
+        "chest is replaced by the other's mirror image (models.pe)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0 = default)")
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--demo", action="store_true", help="mark the manifest as demo weights (synthetic data)")
-    parser.add_argument("--eager", action="store_true",
-                        help="run the training step eagerly: no graph tracing (~40 s), slower steps; for tiny runs")
+    parser.add_argument(
+        "--eager",
+        action="store_true",
+        help="run the training step eagerly: no graph tracing (~40 s), slower steps; for tiny runs",
+    )
     return parser.parse_args(list(argv) if argv is not None else None)
 
 
@@ -805,10 +963,21 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
     if not train_uids:
         raise ValueError("no training study left after the validation split")
     patients: list[str] = []
-    x, y = load_slices(args.data, studies, train_uids, args.size, windows, args.max_slices_per_series, patients,
-                       crop_body=args.crop == "body")
-    print(f"{len(studies)} studies: training on {len(train_uids)} ({len(x)} slices, {int(y[:, PE_HEADS.index('pe_present_on_image')].sum())} "
-          f"with PE), validating on {len(val_uids)}", flush=True)
+    x, y = load_slices(
+        args.data,
+        studies,
+        train_uids,
+        args.size,
+        windows,
+        args.max_slices_per_series,
+        patients,
+        crop_body=args.crop == "body",
+    )
+    print(
+        f"{len(studies)} studies: training on {len(train_uids)} ({len(x)} slices, {int(y[:, PE_HEADS.index('pe_present_on_image')].sum())} "
+        f"with PE), validating on {len(val_uids)}",
+        flush=True,
+    )
     steps = args.steps or max(1, args.epochs * math.ceil(len(x) / args.batch_size))
     if args.locate_on_clot_slices:
         y = mask_location_targets(y)
@@ -820,12 +989,12 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
 
         def pick(idx: Any) -> Any:
             rows = tf.gather(y_all, idx)
-            return tf.cast(tf.gather(x_all, idx), tf.float32), {h: rows[:, i:i + 1] for i, h in enumerate(PE_HEADS)}
+            return tf.cast(tf.gather(x_all, idx), tf.float32), {h: rows[:, i : i + 1] for i, h in enumerate(PE_HEADS)}
 
         dataset = tf.data.Dataset.from_tensor_slices(order).map(pick).repeat().prefetch(2)
     else:
         dataset = (
-            tf.data.Dataset.from_tensor_slices((x, {h: y[:, i:i + 1] for i, h in enumerate(PE_HEADS)}))
+            tf.data.Dataset.from_tensor_slices((x, {h: y[:, i : i + 1] for i, h in enumerate(PE_HEADS)}))
             .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
             .repeat()
             .batch(args.batch_size)
@@ -841,13 +1010,22 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
     # only pe_present_on_image says which slice shows it. A larger weight keeps that signal from drowning.
     chunk = min(steps, 10)
     loss_weights = {h: float(args.image_loss_weight) if h == "pe_present_on_image" else 1.0 for h in PE_HEADS}
-    losses = {h: masked_binary_crossentropy if args.locate_on_clot_slices and h in LOCATION_HEADS else "binary_crossentropy"
-              for h in PE_HEADS}
+    losses = {
+        h: masked_binary_crossentropy if args.locate_on_clot_slices and h in LOCATION_HEADS else "binary_crossentropy"
+        for h in PE_HEADS
+    }
     rate: Any = args.lr
     if args.lr_schedule == "cosine":  # down to 5 % of --lr at the last step: the small steps at the end settle the fit
-        rate = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, math.ceil(steps / chunk) * chunk), alpha=0.05)
-    model.compile(optimizer=keras.optimizers.Adam(rate), loss=losses,
-                  loss_weights=loss_weights, jit_compile=False, run_eagerly=args.eager)
+        rate = keras.optimizers.schedules.CosineDecay(
+            args.lr, decay_steps=max(1, math.ceil(steps / chunk) * chunk), alpha=0.05
+        )
+    model.compile(
+        optimizer=keras.optimizers.Adam(rate),
+        loss=losses,
+        loss_weights=loss_weights,
+        jit_compile=False,
+        run_eagerly=args.eager,
+    )
     started = time.monotonic()
     done = 0
 
@@ -869,12 +1047,19 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     export_pe_onnx(model, out / "model.onnx")
-    run = {"train_studies": len(train_uids), "train_slices": len(y), "val_studies": len(val_uids),
-           "steps": math.ceil(steps / chunk) * chunk, "seconds": seconds}
+    run = {
+        "train_studies": len(train_uids),
+        "train_slices": len(y),
+        "val_studies": len(val_uids),
+        "steps": math.ceil(steps / chunk) * chunk,
+        "seconds": seconds,
+    }
     return finish(args, run, progress)
 
 
-def finish(args: argparse.Namespace, run: Mapping[str, Any], progress: Any = None) -> tuple[dict[str, Any], Evaluation | None]:
+def finish(
+    args: argparse.Namespace, run: Mapping[str, Any], progress: Any = None
+) -> tuple[dict[str, Any], Evaluation | None]:
     """Manifest, exam threshold (demo recipe), validation figures and model card of ``args.out/model.onnx``.
 
     The part of :func:`train` after the export: it needs the model and the data set only, so a
@@ -891,8 +1076,17 @@ def finish(args: argparse.Namespace, run: Mapping[str, Any], progress: Any = Non
         + ("; DEMO weights trained on synthetic CTPA phantoms, not for clinical use" if args.demo else "")
     )
     postprocessing = {**dict(getattr(args, "postprocessing", None) or {}), "location": args.location}
-    manifest = write_manifest(out, onnx_path, size=args.size, windows=windows, version=args.version, demo=args.demo,
-                              description=description, postprocessing=postprocessing, crop=args.crop)
+    manifest = write_manifest(
+        out,
+        onnx_path,
+        size=args.size,
+        windows=windows,
+        version=args.version,
+        demo=args.demo,
+        description=description,
+        postprocessing=postprocessing,
+        crop=args.crop,
+    )
     calibration = None
     phantoms = getattr(args, "calibration", None)  # demo recipe only: the exam threshold chosen on fresh phantoms
     if phantoms:
@@ -900,9 +1094,18 @@ def finish(args: argparse.Namespace, run: Mapping[str, Any], progress: Any = Non
         thresholds = {"pe_present_on_image": calibration.threshold}
         if calibration.central_threshold is not None:
             thresholds["central_pe"] = calibration.central_threshold
-        manifest = write_manifest(out, onnx_path, size=args.size, windows=windows, version=args.version, demo=args.demo,
-                                  description=description, postprocessing=postprocessing,
-                                  thresholds=thresholds, crop=args.crop)
+        manifest = write_manifest(
+            out,
+            onnx_path,
+            size=args.size,
+            windows=windows,
+            version=args.version,
+            demo=args.demo,
+            description=description,
+            postprocessing=postprocessing,
+            thresholds=thresholds,
+            crop=args.crop,
+        )
     evaluation = evaluate(out / "model.json", args.data, studies, val_uids) if val_uids else None
     write_model_card(out / "MODEL_CARD.md", manifest, args, run, evaluation, calibration)
     return manifest, evaluation
@@ -935,15 +1138,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 #: (seeds 2500-2531) demo-5 calls 32/32 clot-free exams negative (demo-3: 19/32) and 26/32 with a clot
 #: positive (demo-3: 29/32); exam AUC 0.95 (demo-3: 0.79).
 DEMO_PARAMS: dict[str, Any] = {
-    "studies": 160, "slices": 60, "phantom_size": 256, "size": 128, "crop": "body", "steps": 2400, "batch_size": 8,
-    "lr": 5e-4, "lr_schedule": "cosine", "locate_on_clot_slices": True, "max_slices_per_series": 12,
-    "validation": 0.1, "seed": 1, "version": "demo-5",
-    "negative_margin": 3, "negative_stride": 6, "image_loss_weight": 5.0, "patient_batches": False, "calibration_pairs": 12,
+    "studies": 160,
+    "slices": 60,
+    "phantom_size": 256,
+    "size": 128,
+    "crop": "body",
+    "steps": 2400,
+    "batch_size": 8,
+    "lr": 5e-4,
+    "lr_schedule": "cosine",
+    "locate_on_clot_slices": True,
+    "max_slices_per_series": 12,
+    "validation": 0.1,
+    "seed": 1,
+    "version": "demo-5",
+    "negative_margin": 3,
+    "negative_stride": 6,
+    "image_loss_weight": 5.0,
+    "patient_batches": False,
+    "calibration_pairs": 12,
     "location": "mirror",
 }
-QUICK_PARAMS: dict[str, Any] = {**DEMO_PARAMS, "studies": 3, "slices": 12, "phantom_size": 96, "size": 71,
-                                "steps": 1, "batch_size": 2, "max_slices_per_series": 4, "validation": 0.34,
-                                "calibration_pairs": 1}
+QUICK_PARAMS: dict[str, Any] = {
+    **DEMO_PARAMS,
+    "studies": 3,
+    "slices": 12,
+    "phantom_size": 96,
+    "size": 71,
+    "steps": 1,
+    "batch_size": 2,
+    "max_slices_per_series": 4,
+    "validation": 0.34,
+    "calibration_pairs": 1,
+}
 _DEMO_SIDES: tuple[str, ...] = ("right", "left", "right", "central")
 DEMO_SOURCES = ("models.pe", "training.phantoms.ct", "models.preprocess.ct_series")
 """Modules whose source shapes the demo weights, part of the recipe's hash (``training.demo``)."""
@@ -1004,9 +1231,12 @@ def write_phantom_dataset(folder: Path, params: Mapping[str, Any], progress: _Pr
         pair = i // 2
         side = _DEMO_SIDES[pair % len(_DEMO_SIDES)] if i % 2 == 0 else None
         phantom = ctpa_phantom(
-            int(params["seed"]) * 1000 + pair, slices=int(params["slices"]), size=int(params["phantom_size"]),
+            int(params["seed"]) * 1000 + pair,
+            slices=int(params["slices"]),
+            size=int(params["phantom_size"]),
             embolus=side,  # type: ignore[arg-type]
-            chronic=side is not None and pair % 3 == 2, rv_lv_ratio=1.2 if pair % 4 == 3 else 0.8,
+            chronic=side is not None and pair % 3 == 2,
+            rv_lv_ratio=1.2 if pair % 4 == 3 else 0.8,
         )
         study_uid = f"2.25.{int(hashlib.sha256(f'pe-demo-{i}'.encode()).hexdigest()[:30], 16)}"
         series_uid = f"{study_uid}.1"
@@ -1029,8 +1259,15 @@ def write_phantom_dataset(folder: Path, params: Mapping[str, Any], progress: _Pr
         for k, sop in enumerate(phantom.truth["sop_uids"]):
             if k not in keep:
                 continue
-            rows.append({"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid, "SOPInstanceUID": sop,
-                         "pe_present_on_image": int(phantom.truth["pe_present_on_image"][k]), **exam})
+            rows.append(
+                {
+                    "StudyInstanceUID": study_uid,
+                    "SeriesInstanceUID": series_uid,
+                    "SOPInstanceUID": sop,
+                    "pe_present_on_image": int(phantom.truth["pe_present_on_image"][k]),
+                    **exam,
+                }
+            )
         if progress is not None:
             progress.step(i + 1, total, f"CTPA phantom {i + 1}/{total} ({side or 'no'} embolus)")
     columns = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "pe_present_on_image", *PE_EXAM_LABELS]
@@ -1054,17 +1291,44 @@ def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) 
     params = QUICK_PARAMS if quick else DEMO_PARAMS
     target = Path(out_dir) / MODEL_NAME
     data = write_phantom_dataset(Path(work_dir) / "ct-pe-rsna", params, progress)
-    args = _parse([
-        "--data", str(data), "--out", str(target), "--size", str(params["size"]), "--steps", str(params["steps"]),
-        "--batch-size", str(params["batch_size"]), "--lr", str(params["lr"]), "--validation", str(params["validation"]),
-        "--image-loss-weight", str(params.get("image_loss_weight", 1.0)),
-        *(["--patient-batches"] if params.get("patient_batches") else []),
-        "--max-slices-per-series", str(params["max_slices_per_series"]), "--seed", str(params["seed"]),
-        "--version", str(params["version"]), "--no-freeze-backbone", "--demo", "--threads", "2",
-        "--crop", str(params.get("crop", "none")), "--lr-schedule", str(params.get("lr_schedule", "constant")),
-        *(["--locate-on-clot-slices"] if params.get("locate_on_clot_slices") else []),
-        "--location", str(params.get("location", "heads")),
-        *(["--eager"] if quick else []),
-    ])
+    args = _parse(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(target),
+            "--size",
+            str(params["size"]),
+            "--steps",
+            str(params["steps"]),
+            "--batch-size",
+            str(params["batch_size"]),
+            "--lr",
+            str(params["lr"]),
+            "--validation",
+            str(params["validation"]),
+            "--image-loss-weight",
+            str(params.get("image_loss_weight", 1.0)),
+            *(["--patient-batches"] if params.get("patient_batches") else []),
+            "--max-slices-per-series",
+            str(params["max_slices_per_series"]),
+            "--seed",
+            str(params["seed"]),
+            "--version",
+            str(params["version"]),
+            "--no-freeze-backbone",
+            "--demo",
+            "--threads",
+            "2",
+            "--crop",
+            str(params.get("crop", "none")),
+            "--lr-schedule",
+            str(params.get("lr_schedule", "constant")),
+            *(["--locate-on-clot-slices"] if params.get("locate_on_clot_slices") else []),
+            "--location",
+            str(params.get("location", "heads")),
+            *(["--eager"] if quick else []),
+        ]
+    )
     args.calibration = params
     train(args, progress=lambda done, total, message: progress.step(done, total, message))

@@ -136,14 +136,14 @@ class TrainResult:
     def confusion(self) -> list[list[int]]:
         """Rows = true class (frontal, lateral), columns = predicted class, at 0.5."""
         matrix = [[0, 0], [0, 0]]
-        for label, p in zip(self.holdout_labels, self.holdout_probabilities):
+        for label, p in zip(self.holdout_labels, self.holdout_probabilities, strict=False):
             matrix[label][int(p >= 0.5)] += 1
         return matrix
 
     def group_accuracy(self) -> dict[str, tuple[int, int]]:
         """(correct, held-out images) per image group present in the hold-out, at 0.5."""
         tally: dict[str, list[int]] = {}
-        for path, label, p in zip(self.holdout_files, self.holdout_labels, self.holdout_probabilities):
+        for path, label, p in zip(self.holdout_files, self.holdout_labels, self.holdout_probabilities, strict=False):
             entry = tally.setdefault(image_group(path), [0, 0])
             entry[0] += int(int(p >= 0.5) == label)
             entry[1] += 1
@@ -159,10 +159,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     group.add_argument("--steps", type=int, default=None, help="training steps (default 1000, as seed 5)")
     group.add_argument("--epochs", type=int, default=None, help="passes over the training images instead")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--balance", choices=BALANCE_MODES, default="sqrt-sampling",
-                        help="balance the image groups (adult frontal, pediatric frontal, lateral) by drawing each "
-                             "with equal probability (sampling), with probability proportional to the "
-                             "square root of its size (sqrt-sampling, default), or by loss weights inverse to group size")
+    parser.add_argument(
+        "--balance",
+        choices=BALANCE_MODES,
+        default="sqrt-sampling",
+        help="balance the image groups (adult frontal, pediatric frontal, lateral) by drawing each "
+        "with equal probability (sampling), with probability proportional to the "
+        "square root of its size (sqrt-sampling, default), or by loss weights inverse to group size",
+    )
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of patients held out")
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0 = all cores)")
@@ -184,8 +188,11 @@ def train(args: argparse.Namespace) -> TrainResult:
     samples = list_samples(args.data)
     groups = patient_groups(samples, args.data)
     train_idx, held_idx = split_by_patient(samples, groups, args.holdout, args.seed)
-    print(f"{len(samples)} images of {len(set(groups))} patients; training on {len(train_idx)}, "
-          f"holding out {len(held_idx)}", flush=True)
+    print(
+        f"{len(samples)} images of {len(set(groups))} patients; training on {len(train_idx)}, "
+        f"holding out {len(held_idx)}",
+        flush=True,
+    )
     images = load_images(args.data, samples)
     labels = np.array([s.label for s in samples], dtype=np.float32)
     x_train, y_train = images[train_idx], labels[train_idx]
@@ -207,9 +214,14 @@ def train(args: argparse.Namespace) -> TrainResult:
         shares = {g: sizes[g] / sum(sizes.values()) for g in present}
         per_group = [
             tf.data.Dataset.from_tensor_slices(
-                (x_train[train_groups == g], y_train[train_groups == g][:, None],
-                 np.ones(group_counts[g], dtype=np.float32))
-            ).shuffle(group_counts[g], seed=args.seed + k, reshuffle_each_iteration=True).repeat()
+                (
+                    x_train[train_groups == g],
+                    y_train[train_groups == g][:, None],
+                    np.ones(group_counts[g], dtype=np.float32),
+                )
+            )
+            .shuffle(group_counts[g], seed=args.seed + k, reshuffle_each_iteration=True)
+            .repeat()
             for k, g in enumerate(present)
         ]
         mixed = tf.data.Dataset.sample_from_datasets(per_group, weights=[shares[g] for g in present], seed=args.seed)
@@ -223,8 +235,7 @@ def train(args: argparse.Namespace) -> TrainResult:
             .repeat()
         )
     dataset = (
-        mixed
-        .batch(args.batch_size)
+        mixed.batch(args.batch_size)
         # Augmentation draws from a random state: mapped in parallel, the draws reach the
         # batches in a varying order and two runs with one seed train different models.
         .map(lambda x, y, w: (augment(x, training=True), y, w))
@@ -273,10 +284,11 @@ def _write_outputs(args: argparse.Namespace, result: TrainResult, onnx_path: Pat
     out: Path = args.out
     (out / "holdout.txt").write_text(
         "# Held-out images (by patient, seed %d), not used for training.\n"
-        "# path,true_view,p_lateral\n" % args.seed
+        "# path,true_view,p_lateral\n"
+        % args.seed
         + "".join(
             f"{f},{CLASSES[y]},{p:.4f}\n"
-            for f, y, p in zip(result.holdout_files, result.holdout_labels, result.holdout_probabilities)
+            for f, y, p in zip(result.holdout_files, result.holdout_labels, result.holdout_probabilities, strict=False)
         ),
         encoding="utf-8",
     )

@@ -23,8 +23,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from models.errors import ModelError
 from core.findings import AlgorithmInfo
+from models.errors import ModelError
 from models.manifest import Manifest
 
 __all__ = [
@@ -145,6 +145,8 @@ def check_images(images: Sequence[np.ndarray], uids: Sequence[str]) -> None:
     """Raise ``ValueError`` unless ``images`` are 2-D arrays, one per SOP Instance UID."""
     if len(images) != len(uids):
         raise ValueError(f"{len(images)} images but {len(uids)} SOP Instance UIDs")
-    for image, uid in zip(images, uids):
+    for image, uid in zip(images, uids, strict=False):
         if np.ndim(image) != 2:
-            raise ValueError(f"image {uid}: expected a 2-D grey image (radiograph_to_unit), got shape {np.shape(image)}")
+            raise ValueError(
+                f"image {uid}: expected a 2-D grey image (radiograph_to_unit), got shape {np.shape(image)}"
+            )

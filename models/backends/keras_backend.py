@@ -81,7 +81,7 @@ class KerasModel:
             raise ModelError(f"model {manifest.name!r} has {len(inputs)} inputs; one is supported")
         declared = tuple(inputs[0].shape[1:])
         expected = item_shape(manifest)
-        if len(declared) != 3 or any(d is not None and int(d) != e for d, e in zip(declared, expected)):
+        if len(declared) != 3 or any(d is not None and int(d) != e for d, e in zip(declared, expected, strict=False)):
             raise ModelError(
                 f"model {manifest.name!r}: Keras input has shape {tuple(inputs[0].shape)}, manifest says "
                 f"(N, {', '.join(map(str, expected))}) {manifest.input.layout}"

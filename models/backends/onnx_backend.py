@@ -55,10 +55,12 @@ class OnnxModel:
         self.output_names: list[str] = [o.name for o in self._session.get_outputs()]
         spec = manifest.input
         expected = (
-            (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, spec.channels)
+            (spec.channels, spec.height, spec.width)
+            if spec.layout == "NCHW"
+            else (spec.height, spec.width, spec.channels)
         )
         declared = tuple(inputs[0].shape[1:])
-        if len(declared) != 3 or any(isinstance(d, int) and d != e for d, e in zip(declared, expected)):
+        if len(declared) != 3 or any(isinstance(d, int) and d != e for d, e in zip(declared, expected, strict=False)):
             raise ModelError(
                 f"model {manifest.name!r}: graph input {self.input_name!r} has shape {inputs[0].shape}, "
                 f"manifest says (N, {', '.join(map(str, expected))}) {spec.layout}"
@@ -78,7 +80,11 @@ class OnnxModel:
             If the batch does not have the manifest's per-item shape.
         """
         spec = self.manifest.input
-        item = (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, spec.channels)
+        item = (
+            (spec.channels, spec.height, spec.width)
+            if spec.layout == "NCHW"
+            else (spec.height, spec.width, spec.channels)
+        )
         if batch.ndim != 4 or tuple(batch.shape[1:]) != item:
             raise ValueError(f"batch of shape {batch.shape} does not match (N, {', '.join(map(str, item))})")
         batch = batch.astype(self._dtype, copy=False)

@@ -183,7 +183,7 @@ def _same_geometry(a: _Slice, b: _Slice) -> bool:
     return (
         _same_orientation(a.orientation, b.orientation)
         and (a.rows, a.columns) == (b.rows, b.columns)
-        and max(abs(x - y) for x, y in zip(a.pixel_spacing, b.pixel_spacing)) <= _SPACING_TOLERANCE
+        and max(abs(x - y) for x, y in zip(a.pixel_spacing, b.pixel_spacing, strict=False)) <= _SPACING_TOLERANCE
     )
 
 
@@ -216,8 +216,7 @@ def _spacing_stats(positions: np.ndarray, warnings: list[str]) -> SpacingStats:
             )
         else:
             warnings.append(
-                f"gap of {gap:.3f} mm between slices {index} and {index + 1} differs from the median "
-                f"{median:.3f} mm"
+                f"gap of {gap:.3f} mm between slices {index} and {index + 1} differs from the median {median:.3f} mm"
             )
     return SpacingStats(float(gaps.min()), median, float(gaps.max()), missing, uneven)
 
@@ -258,10 +257,7 @@ def plan_series(headers: Sequence[Any]) -> SeriesPlan:
 
     # A lone slice whose orientation matches no other is an untagged scout.
     if len(slices) > 2:
-        lone = [
-            s for s in slices
-            if sum(_same_orientation(s.orientation, t.orientation) for t in slices) == 1
-        ]
+        lone = [s for s in slices if sum(_same_orientation(s.orientation, t.orientation) for t in slices) == 1]
         if len(lone) == 1:
             slices = [s for s in slices if s is not lone[0]]
             dropped.append(DroppedSlice(lone[0].uid, "localizer: the only slice with its orientation"))

@@ -8,9 +8,10 @@ result data sets; the executor makes them durable and queues deliveries.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import pydicom
 import pydicom.encaps
@@ -121,8 +122,10 @@ def check_decodable_size(ds: Dataset) -> None:
     rows, columns = number("Rows", 0), number("Columns", 0)
     frames, samples = number("NumberOfFrames", 1), number("SamplesPerPixel", 1)
     if rows * columns * frames * samples > MAX_PIXELS:
-        raise InputError(f"image of {rows}×{columns} pixels × {samples} sample(s) × {frames} frame(s) is larger "
-                         f"than the node decodes ({MAX_PIXELS:,} values); not decoded")
+        raise InputError(
+            f"image of {rows}×{columns} pixels × {samples} sample(s) × {frames} frame(s) is larger "
+            f"than the node decodes ({MAX_PIXELS:,} values); not decoded"
+        )
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is None or not syntax.is_encapsulated or "PixelData" not in ds:
@@ -133,8 +136,10 @@ def check_decodable_size(ds: Dataset) -> None:
         return  # not valid encapsulation: the decoder says so itself, without a large allocation
     size = _codestream_size(bytes(first[:65536]))
     if size is not None and size[0] * size[1] * samples > MAX_PIXELS:
-        raise InputError(f"compressed pixel data claims {size[1]}×{size[0]} pixels (the header says "
-                         f"{rows}×{columns}); larger than the node decodes ({MAX_PIXELS:,} values); not decoded")
+        raise InputError(
+            f"compressed pixel data claims {size[1]}×{size[0]} pixels (the header says "
+            f"{rows}×{columns}); larger than the node decodes ({MAX_PIXELS:,} values); not decoded"
+        )
 
 
 def _codestream_size(data: bytes) -> tuple[int, int] | None:
@@ -143,15 +148,15 @@ def _codestream_size(data: bytes) -> tuple[int, int] | None:
 
     siz = data.find(b"\xff\x4f\xff\x51")  # SOC then SIZ, also inside a JP2 'jp2c' box
     if siz >= 0 and len(data) >= siz + 24:
-        xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", data[siz + 8:siz + 24])
+        xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", data[siz + 8 : siz + 24])
         return max(xsiz - xosiz, 0), max(ysiz - yosiz, 0)
     if not data.startswith(b"\xff\xd8"):
         return None
     i = 2
     while i + 4 <= len(data) and data[i] == 0xFF:
-        marker, length = data[i + 1], struct.unpack(">H", data[i + 2:i + 4])[0]
+        marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
         if marker in _JPEG_SOF and i + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
             return width, height
         i += 2 + length
     return None
@@ -165,7 +170,8 @@ PIPELINE_MODELS: dict[str, tuple[str, ...]] = {
     "ct_lumbar": ("ct-lumbar",),
 }
 
-def pipeline_models(settings: "Settings", pipeline: str) -> list[str]:
+
+def pipeline_models(settings: Settings, pipeline: str) -> list[str]:
     """The models a pipeline runs: those it needs (:data:`PIPELINE_MODELS`), then (cxr) the optional ones configured."""
     names = list(PIPELINE_MODELS.get(pipeline, ()))
     if pipeline == "cxr":

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Self, Sequence
+from typing import TYPE_CHECKING, Self
 
 import pydicom
 from pydicom import Dataset
@@ -55,8 +55,15 @@ class CtPipeline(ABC):
 
     name: str
 
-    def __init__(self, registry: ModelRegistry, *, uid_root: str, threads: int = 1, series_number: int = 990,
-                 institution_name: str | None = None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        uid_root: str,
+        threads: int = 1,
+        series_number: int = 990,
+        institution_name: str | None = None,
+    ) -> None:
         self._load_model(registry, threads)
         self.uid_root = uid_root
         self.series_number = series_number
@@ -69,8 +76,13 @@ class CtPipeline(ABC):
     @classmethod
     def from_settings(cls, registry: ModelRegistry, settings: Settings) -> Self:
         """The pipeline as the node's settings configure it."""
-        return cls(registry, uid_root=settings.uid_root, threads=settings.threads_per_model,
-                   series_number=settings.result_series_number, institution_name=settings.institution_name)
+        return cls(
+            registry,
+            uid_root=settings.uid_root,
+            threads=settings.threads_per_model,
+            series_number=settings.result_series_number,
+            institution_name=settings.institution_name,
+        )
 
 
 @dataclass
@@ -135,19 +147,27 @@ def plan_ct_series(paths: Sequence[Path], *, min_slices: int, pipeline: str) -> 
         headers[uid] = ds
         files[uid] = Path(path)
     if not headers:
-        raise InputError(f"{pipeline}: no readable CT image in the series" + (": " + "; ".join(warnings[:5]) if warnings else ""))
+        raise InputError(
+            f"{pipeline}: no readable CT image in the series" + (": " + "; ".join(warnings[:5]) if warnings else "")
+        )
     try:
         plan = plan_series(list(headers.values()))
     except SeriesError as exc:
         raise InputError(f"{pipeline}: {exc}") from exc
     if len(plan) < min_slices:
-        raise InputError(f"{pipeline}: the series has {len(plan)} axial slice(s) after planning; at least {min_slices} "
-                         "are needed (a scout, a single-slice series or a thin slab is not analysed)")
+        raise InputError(
+            f"{pipeline}: the series has {len(plan)} axial slice(s) after planning; at least {min_slices} "
+            "are needed (a scout, a single-slice series or a thin slab is not analysed)"
+        )
     warnings.extend(plan.warnings)
     warnings.extend(f"{d.sop_instance_uid}: {d.reason}" for d in plan.dropped)
     kept = set(plan.sop_instance_uids)
-    return PlannedSeries(plan=plan, headers={u: h for u, h in headers.items() if u in kept},
-                         paths={u: p for u, p in files.items() if u in kept}, warnings=warnings)
+    return PlannedSeries(
+        plan=plan,
+        headers={u: h for u, h in headers.items() if u in kept},
+        paths={u: p for u, p in files.items() if u in kept},
+        warnings=warnings,
+    )
 
 
 def _short_pixel_data(ds: Dataset, path: Path) -> str | None:

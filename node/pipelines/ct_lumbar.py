@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pydicom
 from pydicom import Dataset
@@ -70,40 +70,83 @@ class CtLumbarPipeline(CtPipeline):
             lumbar, masks = self.model.analyse(series.plan, series.paths, patient_size_m=height)
         inferred = time.perf_counter()
         result = SeriesResult(
-            pipeline=self.name, study_instance_uid=study_uid, series_instance_uid=series_uid,
-            algorithms=[self.model.algorithm], lumbar=lumbar, supersedes=[str(p.SOPInstanceUID) for p in predecessors],
+            pipeline=self.name,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            algorithms=[self.model.algorithm],
+            lumbar=lumbar,
+            supersedes=[str(p.SOPInstanceUID) for p in predecessors],
         )
-        objects = [build_lumbar_report(result, sources, uid_root=self.uid_root, series_number=self.series_number,
-                                       institution_name=self.institution_name, predecessors=predecessors)]
+        objects = [
+            build_lumbar_report(
+                result,
+                sources,
+                uid_root=self.uid_root,
+                series_number=self.series_number,
+                institution_name=self.institution_name,
+                predecessors=predecessors,
+            )
+        ]
         if lumbar.not_determined:
-            summary = (f"level not determined: {'; '.join(lumbar.not_determined)}"
-                       f"; {len(lumbar.evaluated)} of {len(lumbar.slice_uids)} slices through the model"
-                       f"; plan {planned - started:.2f} s, model {inferred - planned:.2f} s, "
-                       f"objects {time.perf_counter() - inferred:.2f} s")
+            summary = (
+                f"level not determined: {'; '.join(lumbar.not_determined)}"
+                f"; {len(lumbar.evaluated)} of {len(lumbar.slice_uids)} slices through the model"
+                f"; plan {planned - started:.2f} s, model {inferred - planned:.2f} s, "
+                f"objects {time.perf_counter() - inferred:.2f} s"
+            )
             log.info("%s", summary)
             return PipelineOutput(result=result, objects=objects, summary=summary, warnings=series.warnings)
-        objects.append(build_slice_labels(result, sources, level_labels(lumbar), uid_root=self.uid_root,
-                                          series_number=self.series_number + 2, institution_name=self.institution_name))
+        objects.append(
+            build_slice_labels(
+                result,
+                sources,
+                level_labels(lumbar),
+                uid_root=self.uid_root,
+                series_number=self.series_number + 2,
+                institution_name=self.institution_name,
+            )
+        )
         if lumbar.l3_index is not None:
             l3_uid = lumbar.slice_uids[lumbar.l3_index]
-            objects.append(build_key_object_selection(
-                result, sources, [l3_uid], title="of_interest", uid_root=self.uid_root,
-                series_number=self.series_number + 1, description="Key image: L3 slice for body composition",
-                institution_name=self.institution_name))
+            objects.append(
+                build_key_object_selection(
+                    result,
+                    sources,
+                    [l3_uid],
+                    title="of_interest",
+                    uid_root=self.uid_root,
+                    series_number=self.series_number + 1,
+                    description="Key image: L3 slice for body composition",
+                    institution_name=self.institution_name,
+                )
+            )
             if masks is not None:
                 try:
                     l3_source = pydicom.dcmread(series.paths[l3_uid])
                 except Exception as exc:  # the file was read moments ago by the model
                     raise InputError(f"{self.name}: cannot re-read the L3 slice {l3_uid}: {exc}") from exc
-                objects.append(build_tissue_segmentation(l3_source, masks, self.model.algorithm,
-                                                         uid_root=self.uid_root, series_number=self.series_number + 3))
+                objects.append(
+                    build_tissue_segmentation(
+                        l3_source,
+                        masks,
+                        self.model.algorithm,
+                        uid_root=self.uid_root,
+                        series_number=self.series_number + 3,
+                    )
+                )
         written = time.perf_counter()
         comp = lumbar.composition
         runs = ", ".join(f"{r.level} {r.first}-{r.last}" for r in lumbar.runs)
-        summary = (f"levels {runs}; L3 slice {lumbar.l3_index if lumbar.l3_index is not None else 'not found'}"
-                   + (f"; muscle {comp.muscle_cm2:.1f} cm², SAT {comp.subcutaneous_fat_cm2:.1f} cm², "
-                      f"VAT {comp.visceral_fat_cm2:.1f} cm²" if comp else "")
-                   + f"; {len(lumbar.evaluated)} of {len(lumbar.slice_uids)} slices through the model"
-                   + f"; plan {planned - started:.2f} s, model {inferred - planned:.2f} s, objects {written - inferred:.2f} s")
+        summary = (
+            f"levels {runs}; L3 slice {lumbar.l3_index if lumbar.l3_index is not None else 'not found'}"
+            + (
+                f"; muscle {comp.muscle_cm2:.1f} cm², SAT {comp.subcutaneous_fat_cm2:.1f} cm², "
+                f"VAT {comp.visceral_fat_cm2:.1f} cm²"
+                if comp
+                else ""
+            )
+            + f"; {len(lumbar.evaluated)} of {len(lumbar.slice_uids)} slices through the model"
+            + f"; plan {planned - started:.2f} s, model {inferred - planned:.2f} s, objects {written - inferred:.2f} s"
+        )
         log.info("%s", summary)
         return PipelineOutput(result=result, objects=objects, summary=summary, warnings=series.warnings)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pydicom import Dataset
 
@@ -48,10 +48,19 @@ class CtPePipeline(CtPipeline):
     name = "ct_pe"
     model: PeModel
 
-    def __init__(self, registry: ModelRegistry, *, uid_root: str, threads: int = 1, series_number: int = 990,
-                 institution_name: str | None = None, batch_size: int = 8) -> None:
-        super().__init__(registry, uid_root=uid_root, threads=threads, series_number=series_number,
-                         institution_name=institution_name)
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        uid_root: str,
+        threads: int = 1,
+        series_number: int = 990,
+        institution_name: str | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        super().__init__(
+            registry, uid_root=uid_root, threads=threads, series_number=series_number, institution_name=institution_name
+        )
         self.batch_size = batch_size
 
     def _load_model(self, registry: ModelRegistry, threads: int) -> None:
@@ -67,31 +76,63 @@ class CtPePipeline(CtPipeline):
             pe = self.model.analyse(series.plan, series.paths, batch_size=self.batch_size)
         inferred = time.perf_counter()
         result = SeriesResult(
-            pipeline=self.name, study_instance_uid=study_uid, series_instance_uid=series_uid,
-            algorithms=[self.model.algorithm], pe=pe, supersedes=[str(p.SOPInstanceUID) for p in predecessors],
+            pipeline=self.name,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            algorithms=[self.model.algorithm],
+            pe=pe,
+            supersedes=[str(p.SOPInstanceUID) for p in predecessors],
         )
         sources = series.sources()
-        objects = [build_pe_report(result, sources, uid_root=self.uid_root, series_number=self.series_number,
-                                   institution_name=self.institution_name, predecessors=predecessors)]
-        present = not pe.exam_labels.get("negative_exam_for_pe", True) and not pe.exam_labels.get("indeterminate", False)
+        objects = [
+            build_pe_report(
+                result,
+                sources,
+                uid_root=self.uid_root,
+                series_number=self.series_number,
+                institution_name=self.institution_name,
+                predecessors=predecessors,
+            )
+        ]
+        present = not pe.exam_labels.get("negative_exam_for_pe", True) and not pe.exam_labels.get(
+            "indeterminate", False
+        )
         if present and pe.key_slices:
             key_uids = [pe.slice_uids[i] for i in pe.key_slices]
-            objects.append(build_key_object_selection(
-                result, sources, key_uids, title="of_interest", uid_root=self.uid_root,
-                series_number=self.series_number + 1, description="Key images: suspected pulmonary embolism",
-                institution_name=self.institution_name))
+            objects.append(
+                build_key_object_selection(
+                    result,
+                    sources,
+                    key_uids,
+                    title="of_interest",
+                    uid_root=self.uid_root,
+                    series_number=self.series_number + 1,
+                    description="Key images: suspected pulmonary embolism",
+                    institution_name=self.institution_name,
+                )
+            )
         if present and pe.positive_slices:
-            objects.append(build_slice_labels(result, sources, pe_labels(pe), uid_root=self.uid_root,
-                                              series_number=self.series_number + 2,
-                                              institution_name=self.institution_name))
+            objects.append(
+                build_slice_labels(
+                    result,
+                    sources,
+                    pe_labels(pe),
+                    uid_root=self.uid_root,
+                    series_number=self.series_number + 2,
+                    institution_name=self.institution_name,
+                )
+            )
         written = time.perf_counter()
         sides = [s for s in ("rightsided_pe", "leftsided_pe", "central_pe") if pe.exam_labels.get(s)]
         outcome = "present" if present else "indeterminate" if pe.exam_labels.get("indeterminate") else "absent"
-        summary = (f"PE {outcome}"
-                   + (f": {'; '.join(pe.indeterminate_reasons)}" if pe.indeterminate_reasons else "")
-                   + (f" ({', '.join(s.replace('sided_pe', '').replace('_pe', '') for s in sides)})" if sides else "")
-                   + f"; {len(pe.positive_slices)} positive of {len(pe.slice_uids)} slices"
-                   + f"; plan {planned - started:.2f} s, model {inferred - planned:.2f} s, objects {written - inferred:.2f} s")
+        summary = (
+            f"PE {outcome}"
+            + (f": {'; '.join(pe.indeterminate_reasons)}" if pe.indeterminate_reasons else "")
+            + (f" ({', '.join(s.replace('sided_pe', '').replace('_pe', '') for s in sides)})" if sides else "")
+            + f"; {len(pe.positive_slices)} positive of {len(pe.slice_uids)} slices"
+            + f"; plan {planned - started:.2f} s, model {inferred - planned:.2f} s, objects {written - inferred:.2f} s"
+        )
         log.info("%s", summary)
-        return PipelineOutput(result=result, objects=objects, summary=summary,
-                              warnings=series.warnings + pe.corrections)
+        return PipelineOutput(
+            result=result, objects=objects, summary=summary, warnings=series.warnings + pe.corrections
+        )

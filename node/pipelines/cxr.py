@@ -35,21 +35,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from highdicom.enum import SpecificCharacterSetValues
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 
+from core.findings import AlgorithmInfo, Finding, ImageResult, SeriesResult, Triage, View, ViewResult
 from models.errors import ModelError as ModelsModelError
 from models.errors import PreprocessError
-from core.findings import AlgorithmInfo, Finding, ImageResult, SeriesResult, Triage, View, ViewResult
 from models.preprocess.radiograph import radiograph_to_unit, resize_image
 from models.registry import ModelRegistry
 from models.view_filter import ViewFilter, header_view
@@ -65,10 +65,10 @@ log = logging.getLogger("ainode.pipeline.cxr")
 
 #: SOP classes analysed: CR, DX for presentation and for processing, and digital mammography is not.
 RADIOGRAPH_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.1",      # CR Image Storage
-    "1.2.840.10008.5.1.4.1.1.1.1",    # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1",  # CR Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
     "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.7",      # Secondary Capture (scanned films), when routed here
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture (scanned films), when routed here
 }
 
 #: Errors a model's preprocessing or inference raises for one bad image (not a bug of ours).
@@ -110,8 +110,11 @@ def top_findings(findings: Sequence[Finding], count: int = 3, present_only: bool
     With ``present_only``, only findings at or above their threshold are ranked (fewer than ``count``, or
     none, on an image without findings).
     """
-    ranked = sorted((f for f in findings if f.group == "finding" and (f.present or not present_only)),
-                    key=lambda f: f.probability, reverse=True)
+    ranked = sorted(
+        (f for f in findings if f.group == "finding" and (f.present or not present_only)),
+        key=lambda f: f.probability,
+        reverse=True,
+    )
     labels: list[str] = []
     for f in ranked:
         if f.label not in labels:
@@ -164,13 +167,24 @@ class CxrPipeline:
 
     name = "cxr"
 
-    def __init__(self, view_filter: ViewFilter, *, uid_root: str, finding_model: RadiographModel | None = None,
-                 four_class_models: Sequence[RadiographModel] = (), detector: RadiographModel | None = None,
-                 missing: Mapping[str, str] | None = None, triage: TriageRules | None = None,
-                 top_count: int = 3, top_present_only: bool = False, presentation_state: bool = True,
-                 secondary_capture: bool = False,
-                 parallel_models: bool = True, series_number: int = 990,
-                 institution_name: str | None = None) -> None:
+    def __init__(
+        self,
+        view_filter: ViewFilter,
+        *,
+        uid_root: str,
+        finding_model: RadiographModel | None = None,
+        four_class_models: Sequence[RadiographModel] = (),
+        detector: RadiographModel | None = None,
+        missing: Mapping[str, str] | None = None,
+        triage: TriageRules | None = None,
+        top_count: int = 3,
+        top_present_only: bool = False,
+        presentation_state: bool = True,
+        secondary_capture: bool = False,
+        parallel_models: bool = True,
+        series_number: int = 990,
+        institution_name: str | None = None,
+    ) -> None:
         self.view_filter = view_filter
         self.finding_model = finding_model
         self.four_class_models = list(four_class_models)
@@ -186,11 +200,14 @@ class CxrPipeline:
         self.institution_name = institution_name
         count = len(self._models())
         # Threads of this worker's own: the models of one study run at once (see _run_models).
-        self._pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="ainode-cxr-model") \
-            if parallel_models and count > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(max_workers=count, thread_name_prefix="ainode-cxr-model")
+            if parallel_models and count > 1
+            else None
+        )
 
     @classmethod
-    def from_settings(cls, registry: ModelRegistry, settings: "Settings") -> "CxrPipeline":
+    def from_settings(cls, registry: ModelRegistry, settings: Settings) -> CxrPipeline:
         """The pipeline as the node's settings configure it (``cxr`` section of ``node.yaml``).
 
         A model after the view filter that is configured but not installed is a warning, one that
@@ -235,17 +252,28 @@ class CxrPipeline:
             return model
 
         finding_model = load(config.finding_model, "models.finding_classifier", "FindingClassifier")
-        four_class = [m for m in (load(n, "models.four_class", "FourClassClassifier") for n in config.four_class_models)
-                      if m is not None]
+        four_class = [
+            m
+            for m in (load(n, "models.four_class", "FourClassClassifier") for n in config.four_class_models)
+            if m is not None
+        ]
         detector = load(config.detector_model, "models.detector", "Detector")
-        return cls(view_filter, uid_root=settings.uid_root, finding_model=finding_model, four_class_models=four_class,
-                   detector=detector, missing=missing,
-                   triage=TriageRules(dict(config.triage.urgent), dict(config.triage.priority)),
-                   top_count=config.top_findings, top_present_only=config.top_findings_present_only,
-                   presentation_state=config.presentation_state,
-                   secondary_capture=config.secondary_capture, parallel_models=config.parallel_models,
-                   series_number=settings.result_series_number,
-                   institution_name=settings.institution_name)
+        return cls(
+            view_filter,
+            uid_root=settings.uid_root,
+            finding_model=finding_model,
+            four_class_models=four_class,
+            detector=detector,
+            missing=missing,
+            triage=TriageRules(dict(config.triage.urgent), dict(config.triage.priority)),
+            top_count=config.top_findings,
+            top_present_only=config.top_findings_present_only,
+            presentation_state=config.presentation_state,
+            secondary_capture=config.secondary_capture,
+            parallel_models=config.parallel_models,
+            series_number=settings.result_series_number,
+            institution_name=settings.institution_name,
+        )
 
     # Analysis ------------------------------------------------------------------------------------
     def analyse(
@@ -266,33 +294,43 @@ class CxrPipeline:
             raise InputError("no analysable image in the series: " + "; ".join(problems))
         with clock("view_filter"):
             views = self._views(decoded)
-        frontal = [d for d, v in zip(decoded, views) if v.view == "frontal"]
+        frontal = [d for d, v in zip(decoded, views, strict=False) if v.view == "frontal"]
         per_image: dict[str, list[Finding]] = {str(d.ds.SOPInstanceUID): [] for d in frontal}
         with clock("models"):  # all models, wall clock (they may overlap: parallel_models)
             ran = self._run_models(frontal)
         for model, outputs, failures, seconds in ran:
             clock.seconds[model.algorithm.name] = seconds
             problems += failures
-            for uid, found in zip(per_image, outputs):
+            for uid, found in zip(per_image, outputs, strict=False):
                 per_image[uid].extend(found)
 
         images: list[ImageResult] = []
-        for d, view in zip(decoded, views):
+        for d, view in zip(decoded, views, strict=False):
             uid = str(d.ds.SOPInstanceUID)
             if view.view != "frontal":
-                images.append(ImageResult(uid, view=view, analysed_further=False,
-                                          note="lateral view: not analysed further"))
+                images.append(
+                    ImageResult(uid, view=view, analysed_further=False, note="lateral view: not analysed further")
+                )
                 continue
             findings = per_image[uid]
             top = top_findings(findings, self.top_count, self.top_present_only) if self.finding_model else []
-            images.append(ImageResult(
-                uid, view=view, findings=findings, analysed_further=True, note=self._missing_note(),
-                top_findings=top,
-                triage=self.triage.level(findings) if findings else None,
-            ))
+            images.append(
+                ImageResult(
+                    uid,
+                    view=view,
+                    findings=findings,
+                    analysed_further=True,
+                    note=self._missing_note(),
+                    top_findings=top,
+                    triage=self.triage.level(findings) if findings else None,
+                )
+            )
         result = SeriesResult(
-            pipeline=self.name, study_instance_uid=study_uid, series_instance_uid=series_uid,
-            algorithms=self._algorithms(for_boxes=False), images=images,
+            pipeline=self.name,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            algorithms=self._algorithms(for_boxes=False),
+            images=images,
             supersedes=[str(p.SOPInstanceUID) for p in predecessors],
         )
         objects = self._write(result, decoded, predecessors, clock, problems)
@@ -342,10 +380,13 @@ class CxrPipeline:
         vf = self.view_filter
         spec = vf.manifest.input
         batch = np.stack([resize_image(d.unit, spec.height, spec.width) for d in decoded])
-        return [_view_result(vf, d.ds, float(p)) for d, p in zip(decoded, vf.lateral_probabilities(batch))]
+        return [
+            _view_result(vf, d.ds, float(p)) for d, p in zip(decoded, vf.lateral_probabilities(batch), strict=False)
+        ]
 
-    def _run_models(self, frontal: Sequence[_Decoded]
-                    ) -> list[tuple[RadiographModel, list[list[Finding]], list[str], float]]:
+    def _run_models(
+        self, frontal: Sequence[_Decoded]
+    ) -> list[tuple[RadiographModel, list[list[Finding]], list[str], float]]:
         """Each model on the frontal images: its findings per image, its failures, its seconds (wall clock).
 
         With ``parallel_models`` the models run at once in threads (ONNX Runtime releases the GIL while it
@@ -357,7 +398,7 @@ class CxrPipeline:
         if self._pool is None or len(models) == 1:
             return [(m, *self._run(m, frontal)) for m in models]
         futures = [self._pool.submit(self._run, m, frontal) for m in models]
-        return [(m, *f.result()) for m, f in zip(models, futures)]
+        return [(m, *f.result()) for m, f in zip(models, futures, strict=False)]
 
     @staticmethod
     def _run(model: RadiographModel, frontal: Sequence[_Decoded]) -> tuple[list[list[Finding]], list[str], float]:
@@ -369,7 +410,7 @@ class CxrPipeline:
             outputs = model.predict([d.unit for d in frontal], uids)
         except _IMAGE_ERRORS:
             outputs = []
-            for d, uid in zip(frontal, uids):
+            for d, uid in zip(frontal, uids, strict=False):
                 try:
                     outputs.append(model.predict([d.unit], [uid])[0])
                 except _IMAGE_ERRORS as exc:
@@ -378,41 +419,75 @@ class CxrPipeline:
         return outputs, failures, time.perf_counter() - start
 
     # Writers -------------------------------------------------------------------------------------
-    def _write(self, result: SeriesResult, decoded: Sequence[_Decoded], predecessors: Sequence[Dataset],
-               clock: _Stopwatch, problems: list[str]) -> list[Dataset]:
+    def _write(
+        self,
+        result: SeriesResult,
+        decoded: Sequence[_Decoded],
+        predecessors: Sequence[Dataset],
+        clock: _Stopwatch,
+        problems: list[str],
+    ) -> list[Dataset]:
         headers = {str(d.ds.SOPInstanceUID): _header(d.ds) for d in decoded}
         analysed = [headers[i.sop_instance_uid] for i in result.images]
         with clock("sr"):
             sr = build_measurement_report(
-                result, analysed, uid_root=self.uid_root, series_number=self.series_number,
-                institution_name=self.institution_name, predecessors=predecessors,
+                result,
+                analysed,
+                uid_root=self.uid_root,
+                series_number=self.series_number,
+                institution_name=self.institution_name,
+                predecessors=predecessors,
             )
         objects: list[Dataset] = [sr]
         drawn = replace(result, algorithms=self._algorithms(for_boxes=True))
         # What a GSPS or SC can show: boxes, or a caption with the top findings and the triage (a routine
         # image without findings still gets its caption, so the viewer shows that it was analysed).
-        frontal = [i for i in result.images if i.analysed_further and (
-            i.top_findings or i.triage is not None or any(f.region for f in i.findings))]
+        frontal = [
+            i
+            for i in result.images
+            if i.analysed_further and (i.top_findings or i.triage is not None or any(f.region for f in i.findings))
+        ]
         pixels = {str(d.ds.SOPInstanceUID): d.ds for d in decoded}
         if self.presentation_state:
             with clock("gsps"):
-                objects += self._per_image(drawn, frontal, problems, "GSPS",
-                                           lambda one, image: build_presentation_state(
-                                               one, [headers[image.sop_instance_uid]], uid_root=self.uid_root,
-                                               series_number=self.series_number + 1,
-                                               institution_name=self.institution_name))
+                objects += self._per_image(
+                    drawn,
+                    frontal,
+                    problems,
+                    "GSPS",
+                    lambda one, image: build_presentation_state(
+                        one,
+                        [headers[image.sop_instance_uid]],
+                        uid_root=self.uid_root,
+                        series_number=self.series_number + 1,
+                        institution_name=self.institution_name,
+                    ),
+                )
         if self.secondary_capture:
             with clock("sc"):
-                objects += self._per_image(drawn, frontal, problems, "secondary capture",
-                                           lambda one, image: build_secondary_capture(
-                                               one, pixels[image.sop_instance_uid], uid_root=self.uid_root,
-                                               series_number=self.series_number + 2,
-                                               institution_name=self.institution_name))
+                objects += self._per_image(
+                    drawn,
+                    frontal,
+                    problems,
+                    "secondary capture",
+                    lambda one, image: build_secondary_capture(
+                        one,
+                        pixels[image.sop_instance_uid],
+                        uid_root=self.uid_root,
+                        series_number=self.series_number + 2,
+                        institution_name=self.institution_name,
+                    ),
+                )
         return objects
 
     @staticmethod
-    def _per_image(result: SeriesResult, images: Sequence[ImageResult], problems: list[str], kind: str,
-                   build: Callable[[SeriesResult, ImageResult], Dataset]) -> list[Dataset]:
+    def _per_image(
+        result: SeriesResult,
+        images: Sequence[ImageResult],
+        problems: list[str],
+        kind: str,
+        build: Callable[[SeriesResult, ImageResult], Dataset],
+    ) -> list[Dataset]:
         """One object per image, all in one new series (the first object's), numbered 1, 2, ...
 
         A writer that refuses one image (e.g. a colour radiograph for a GSPS) is a warning on the job; the

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, dcmtk_env, free_port, running_storescp, wait_for_port
+from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, running_storescp
 
 from dimse import AllowedPeer, AssociationEvent, StorageSCP, StoreRequest
 

@@ -6,18 +6,19 @@ stalls ~40 ms on Nagle/delayed ACK).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from collections.abc import Iterator
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydicom.data import get_testdata_file
 
-from dimse import StoreRequest, status
+from core import status
+from dimse import StoreRequest
 
 LOCALHOST = "127.0.0.1"
 NODE_AE = "AINODE"
@@ -83,7 +84,9 @@ def running_storescp(out_dir: Path, *options: str) -> Iterator[int]:
     assert tool is not None, "DCMTK storescp is not on PATH"
     process = subprocess.Popen(
         [tool, "-aet", "DCMTKSCP", *options, "-od", str(out_dir), str(port)],
-        env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dcmtk_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port, process)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from io import BytesIO
 
+from dimse_helpers import LOCALHOST
 from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -22,8 +23,6 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext
-
-from dimse_helpers import LOCALHOST
 
 RELEASE_RP = bytes((0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0))
 ABORT = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0))
@@ -87,8 +86,13 @@ class Peer:
     def accept_all(self, max_pdu: int = 16384) -> None:
         """Accept every proposed context with its first transfer syntax."""
         assert self.request is not None
-        self.accept([(c.context_id, 0, c.transfer_syntax[0]) for c in self.request.to_primitive()
-                     .presentation_context_definition_list], max_pdu)
+        self.accept(
+            [
+                (c.context_id, 0, c.transfer_syntax[0])
+                for c in self.request.to_primitive().presentation_context_definition_list
+            ],
+            max_pdu,
+        )
 
     def read_message(self) -> tuple[int, Dataset, bytes]:
         """Read P-DATA-TF PDUs until a whole DIMSE message: (context ID, command set, data set bytes)."""
@@ -116,8 +120,9 @@ class Peer:
                         assert command_done and has_data
                         return context_id, dataset, data
 
-    def respond(self, context_id: int, request: Dataset, status: int, *, message_id: int | None = None,
-                max_pdu: int = 16384) -> None:
+    def respond(
+        self, context_id: int, request: Dataset, status: int, *, message_id: int | None = None, max_pdu: int = 16384
+    ) -> None:
         """Answer a C-STORE-RQ or C-ECHO-RQ, encoded by pynetdicom."""
         primitive = C_STORE() if request.CommandField == 0x0001 else C_ECHO()
         primitive.MessageIDBeingRespondedTo = request.MessageID if message_id is None else message_id
@@ -186,7 +191,7 @@ class RawAcceptor:
 
 def data_set_bytes(path: str | BytesIO) -> bytes:
     """A Part 10 file's bytes after its File Meta Information, found by pydicom."""
-    from pydicom.filereader import read_preamble, _read_file_meta_info  # pydicom's own parser
+    from pydicom.filereader import _read_file_meta_info, read_preamble  # pydicom's own parser
 
     with open(path, "rb") if isinstance(path, str) else path as fp:
         read_preamble(fp, False)

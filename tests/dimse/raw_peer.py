@@ -11,6 +11,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
+from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -20,8 +21,6 @@ from pynetdicom.pdu_primitives import (
     SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import PresentationContext
-
-from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE
 
 _PDU_TYPES = {0x02: A_ASSOCIATE_AC, 0x03: A_ASSOCIATE_RJ, 0x07: A_ABORT_RQ}
 

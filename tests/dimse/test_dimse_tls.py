@@ -14,7 +14,8 @@ import pytest
 from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, DirectorySink, pydicom_file
 from pydicom import dcmread
 
-from dimse import AssociationFailed, echo, status, store_files
+from core import status
+from dimse import AssociationFailed, echo, store_files
 
 
 @pytest.fixture
@@ -23,10 +24,26 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
     assert openssl is not None, "openssl is not on PATH"
     cert, key = tmp_path / "node.crt", tmp_path / "node.key"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=ainode-test", "-addext", f"subjectAltName=IP:{LOCALHOST}",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ainode-test",
+            "-addext",
+            f"subjectAltName=IP:{LOCALHOST}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -39,21 +56,30 @@ def test_echo_and_store_over_tls(start_scp, tmp_path: Path, certificate: tuple[P
     sink = DirectorySink(tmp_path)
     scp = start_scp(sink, ssl_context=server_context)
 
-    assert echo(host=LOCALHOST, port=scp.port, called_ae=NODE_AE, calling_ae=PACS_AE,
-                ssl_context=client_context) == status.SUCCESS
-    (outcome,) = store_files([pydicom_file("CT_small.dcm")], host=LOCALHOST, port=scp.port,
-                             called_ae=NODE_AE, calling_ae=PACS_AE, ssl_context=client_context)
+    assert (
+        echo(host=LOCALHOST, port=scp.port, called_ae=NODE_AE, calling_ae=PACS_AE, ssl_context=client_context)
+        == status.SUCCESS
+    )
+    (outcome,) = store_files(
+        [pydicom_file("CT_small.dcm")],
+        host=LOCALHOST,
+        port=scp.port,
+        called_ae=NODE_AE,
+        calling_ae=PACS_AE,
+        ssl_context=client_context,
+    )
     assert outcome.succeeded
     assert sink.requests[0].sop_instance_uid == dcmread(pydicom_file("CT_small.dcm")).SOPInstanceUID
 
     # a client that does not trust the certificate gets no association
     untrusting = ssl.create_default_context()
     with pytest.raises(AssociationFailed):
-        echo(host=LOCALHOST, port=scp.port, called_ae=NODE_AE, calling_ae=PACS_AE,
-             ssl_context=untrusting, timeout=5)
+        echo(host=LOCALHOST, port=scp.port, called_ae=NODE_AE, calling_ae=PACS_AE, ssl_context=untrusting, timeout=5)
     # and the server keeps serving
-    assert echo(host=LOCALHOST, port=scp.port, called_ae=NODE_AE, calling_ae=PACS_AE,
-                ssl_context=client_context) == status.SUCCESS
+    assert (
+        echo(host=LOCALHOST, port=scp.port, called_ae=NODE_AE, calling_ae=PACS_AE, ssl_context=client_context)
+        == status.SUCCESS
+    )
 
 
 def test_stop_aborts_an_idle_tls_association(start_scp, tmp_path: Path, certificate: tuple[Path, Path]) -> None:
@@ -70,8 +96,9 @@ def test_stop_aborts_an_idle_tls_association(start_scp, tmp_path: Path, certific
     scp = start_scp(DirectorySink(tmp_path), ssl_context=server_context, events=events)
     ae = AE(ae_title=PACS_AE)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(LOCALHOST, scp.port, ae_title=NODE_AE,
-                         tls_args=(ssl.create_default_context(cafile=str(cert)), LOCALHOST))
+    assoc = ae.associate(
+        LOCALHOST, scp.port, ae_title=NODE_AE, tls_args=(ssl.create_default_context(cafile=str(cert)), LOCALHOST)
+    )
     assert assoc.is_established
 
     scp.stop(timeout=0.2)

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, DirectorySink, dcmtk_env, pydicom_file, run_dcmtk
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
-from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, DirectorySink, dcmtk_env, pydicom_file, run_dcmtk
-from dimse import AllowedPeer, AssociationEvent, StoreRequest, echo, status, store_files
+from core import status
+from dimse import AllowedPeer, AssociationEvent, StoreRequest, echo, store_files
 
 FILES = ("CT_small.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm")
 
@@ -56,8 +57,20 @@ def test_storescu_fragmenting_at_16k_sends_a_large_instance_intact(start_scp, tm
     sink = DirectorySink(tmp_path)
     scp = start_scp(sink)
 
-    result = run_dcmtk("storescu", "-v", "-aet", PACS_AE, "-aec", NODE_AE, "--max-send-pdu", "16384",
-                       LOCALHOST, str(scp.port), str(big), str(pydicom_file("CT_small.dcm")))
+    result = run_dcmtk(
+        "storescu",
+        "-v",
+        "-aet",
+        PACS_AE,
+        "-aec",
+        NODE_AE,
+        "--max-send-pdu",
+        "16384",
+        LOCALHOST,
+        str(scp.port),
+        str(big),
+        str(pydicom_file("CT_small.dcm")),
+    )
 
     assert result.returncode == 0, result.stderr
     assert_received(sink, big)
@@ -94,9 +107,12 @@ def test_concurrent_associations_are_served_in_parallel(start_scp, tmp_path: Pat
 
     scp = start_scp(slow_sink)
     senders = [
-        subprocess.Popen(["storescu", "-aet", PACS_AE, "-aec", NODE_AE, *option, LOCALHOST, str(scp.port),
-                          str(pydicom_file(name))], env=dcmtk_env(), stderr=subprocess.PIPE)
-        for name, option in zip(FILES, ((), ("-xw",), ("-xr",)))
+        subprocess.Popen(
+            ["storescu", "-aet", PACS_AE, "-aec", NODE_AE, *option, LOCALHOST, str(scp.port), str(pydicom_file(name))],
+            env=dcmtk_env(),
+            stderr=subprocess.PIPE,
+        )
+        for name, option in zip(FILES, ((), ("-xw",), ("-xr",)), strict=False)
     ]
 
     assert [p.wait(30) for p in senders] == [0, 0, 0]
@@ -116,9 +132,20 @@ def test_stop_lets_an_association_in_progress_finish(start_scp, tmp_path: Path) 
         return sink_dir(request)
 
     scp = start_scp(slow_sink, events=events)
-    sender = subprocess.Popen(["storescu", "-aet", PACS_AE, "-aec", NODE_AE, LOCALHOST, str(scp.port),
-                               *(str(pydicom_file("CT_small.dcm")) for _ in range(3))],
-                              env=dcmtk_env(), stderr=subprocess.PIPE)
+    sender = subprocess.Popen(
+        [
+            "storescu",
+            "-aet",
+            PACS_AE,
+            "-aec",
+            NODE_AE,
+            LOCALHOST,
+            str(scp.port),
+            *(str(pydicom_file("CT_small.dcm")) for _ in range(3)),
+        ],
+        env=dcmtk_env(),
+        stderr=subprocess.PIPE,
+    )
     assert first_store.wait(10)
 
     scp.stop(timeout=10)

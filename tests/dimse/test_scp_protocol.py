@@ -8,21 +8,24 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+from dimse_helpers import PACS_AE, DirectorySink, pydicom_file
 from pydicom import Dataset, dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000, RLELossless
+from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.dsutils import encode_file_meta as pydicom_file_meta
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.pdu import A_ASSOCIATE_AC, P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification
 from raw_peer import RawPeer, associate_rq, p_data
 
-from dimse import AssociationEvent, status
+from core import status
+from dimse import AssociationEvent
 from dimse.commands import decode_command, encode_file_meta, encode_response
+from dimse.scp import SUPPORTED_CONTEXTS
 from dimse.upper_layer import (
     CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED,
     CONTEXT_ACCEPTED,
@@ -34,8 +37,6 @@ from dimse.upper_layer import (
     negotiate,
     parse_associate_rq,
 )
-from dimse_helpers import PACS_AE, DirectorySink, pydicom_file
-from dimse.scp import SUPPORTED_CONTEXTS
 
 CT = str(CTImageStorage)
 ECHO = str(Verification)
@@ -44,7 +45,9 @@ ECHO = str(Verification)
 def command_bytes(message: C_STORE_RQ | C_ECHO_RQ) -> bytes:
     """The command set pynetdicom encodes for a DIMSE request."""
     pdvs = list(message.encode_msg(1, 2**20))
-    return b"".join(pdv.presentation_data_value_list[0][1][1:] for pdv in pdvs if pdv.presentation_data_value_list[0][1][0] & 1)
+    return b"".join(
+        pdv.presentation_data_value_list[0][1][1:] for pdv in pdvs if pdv.presentation_data_value_list[0][1][0] & 1
+    )
 
 
 def store_rq(message_id: int = 7) -> bytes:
@@ -76,8 +79,12 @@ def decode_implicit(encoded: bytes) -> Dataset:
 
 
 def test_associate_rq_is_parsed_like_pynetdicom_encodes_it() -> None:
-    raw = associate_rq([(1, CT, [JPEG2000, ExplicitVRLittleEndian]), (3, ECHO, [ImplicitVRLittleEndian])],
-                       max_pdu=32768, async_ops=(5, 5), roles=[(CT, True, False)])
+    raw = associate_rq(
+        [(1, CT, [JPEG2000, ExplicitVRLittleEndian]), (3, ECHO, [ImplicitVRLittleEndian])],
+        max_pdu=32768,
+        async_ops=(5, 5),
+        roles=[(CT, True, False)],
+    )
 
     request = parse_associate_rq(bytearray(raw[6:]))
 
@@ -85,7 +92,9 @@ def test_associate_rq_is_parsed_like_pynetdicom_encodes_it() -> None:
     assert request.protocol_version == 1
     assert request.application_context == "1.2.840.10008.3.1.1.1"
     assert [(c.context_id, c.abstract_syntax, c.transfer_syntaxes) for c in request.contexts] == [
-        (1, CT, (JPEG2000, ExplicitVRLittleEndian)), (3, ECHO, (ImplicitVRLittleEndian,))]
+        (1, CT, (JPEG2000, ExplicitVRLittleEndian)),
+        (3, ECHO, (ImplicitVRLittleEndian,)),
+    ]
     assert request.max_pdu == 32768
     assert request.implementation_class_uid == "1.2.826.0.1.3680043.9.3811.99"
     assert 0x53 in request.extra_items and 0x54 in request.extra_items
@@ -98,12 +107,18 @@ def test_truncated_associate_rq_is_a_protocol_error() -> None:
 
 
 def test_negotiation_prefers_our_order_and_rejects_what_we_do_not_know() -> None:
-    proposed = parse_associate_rq(bytearray(associate_rq([
-        (1, CT, [JPEG2000, ImplicitVRLittleEndian, ExplicitVRLittleEndian]),
-        (3, CT, [RLELossless]),
-        (5, "1.2.3.4", [ExplicitVRLittleEndian]),
-        (7, ECHO, [JPEG2000]),
-    ])[6:])).contexts
+    proposed = parse_associate_rq(
+        bytearray(
+            associate_rq(
+                [
+                    (1, CT, [JPEG2000, ImplicitVRLittleEndian, ExplicitVRLittleEndian]),
+                    (3, CT, [RLELossless]),
+                    (5, "1.2.3.4", [ExplicitVRLittleEndian]),
+                    (7, ECHO, [JPEG2000]),
+                ]
+            )[6:]
+        )
+    ).contexts
 
     results = negotiate(proposed, SUPPORTED_CONTEXTS)
 
@@ -116,16 +131,24 @@ def test_negotiation_prefers_our_order_and_rejects_what_we_do_not_know() -> None
 
 
 def test_associate_ac_decodes_with_pynetdicom() -> None:
-    request = parse_associate_rq(bytearray(associate_rq([(1, CT, [ExplicitVRLittleEndian]), (3, "1.2.3", ["1.2"])])[6:]))
-    encoded = encode_associate_ac(request, negotiate(request.contexts, SUPPORTED_CONTEXTS), max_pdu=4096,
-                                  implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-                                  implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION)
+    request = parse_associate_rq(
+        bytearray(associate_rq([(1, CT, [ExplicitVRLittleEndian]), (3, "1.2.3", ["1.2"])])[6:])
+    )
+    encoded = encode_associate_ac(
+        request,
+        negotiate(request.contexts, SUPPORTED_CONTEXTS),
+        max_pdu=4096,
+        implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+        implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+    )
     ac = A_ASSOCIATE_AC()
     ac.decode(encoded)
 
     assert ac.application_context_name == "1.2.840.10008.3.1.1.1"
     assert [(c.context_id, c.result, c.transfer_syntax) for c in ac.presentation_context] == [
-        (1, 0, ExplicitVRLittleEndian), (3, 3, "1.2")]
+        (1, 0, ExplicitVRLittleEndian),
+        (3, 3, "1.2"),
+    ]
     assert ac.user_information.maximum_length == 4096
     assert ac.user_information.implementation_class_uid == PYNETDICOM_IMPLEMENTATION_UID
     assert ac.user_information.implementation_version_name == PYNETDICOM_IMPLEMENTATION_VERSION
@@ -140,7 +163,7 @@ def test_p_data_respects_the_peers_max_pdu_and_decodes_with_pynetdicom() -> None
     while offset < len(encoded):
         length = struct.unpack_from(">L", encoded, offset + 2)[0]
         pdu = P_DATA_TF()
-        pdu.decode(encoded[offset:offset + 6 + length])
+        pdu.decode(encoded[offset : offset + 6 + length])
         assert length <= 100
         pdus.append(pdu)
         offset += 6 + length
@@ -185,10 +208,17 @@ def test_file_meta_is_byte_identical_to_pydicom() -> None:
     meta.SourceApplicationEntityTitle = "ORTHANC"
     expected = b"\x00" * 128 + b"DICM" + pydicom_file_meta(meta)
 
-    assert encode_file_meta(sop_class_uid=CT, sop_instance_uid="1.2.3.45", transfer_syntax_uid=JPEG2000,
-                            implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-                            implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
-                            source_ae_title="ORTHANC") == expected
+    assert (
+        encode_file_meta(
+            sop_class_uid=CT,
+            sop_instance_uid="1.2.3.45",
+            transfer_syntax_uid=JPEG2000,
+            implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+            implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+            source_ae_title="ORTHANC",
+        )
+        == expected
+    )
 
 
 # -- the SCP on raw sockets -----------------------------------------------------------------
@@ -245,13 +275,13 @@ def test_command_in_fragments_and_data_set_in_the_same_pdu(start_scp, tmp_path: 
     scp = start_scp(sink)
     peer = established(scp.port)
     command = store_rq(message_id=2)
-    dataset = (tmp_path / "dataset.bin")
+    dataset = tmp_path / "dataset.bin"
     original = pydicom_file("CT_small.dcm")
     encoded = dcmread(original)
     encoded.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     encoded.save_as(dataset, enforce_file_format=True)
     body = dataset.read_bytes()
-    body = body[132 + 12 + struct.unpack_from("<L", body, 140)[0]:]  # the data set after the file meta
+    body = body[132 + 12 + struct.unpack_from("<L", body, 140)[0] :]  # the data set after the file meta
     # command in two fragments, then the data set's first and last fragments in one PDU
     peer.send(p_data(1, command[:20], command=True, last=False) + p_data(1, command[20:], command=True, last=True))
     first, last = p_data(1, body[:1000], command=False, last=False), p_data(1, body[1000:], command=False, last=True)
@@ -323,9 +353,7 @@ def test_idle_association_is_aborted_after_the_network_timeout(start_scp, tmp_pa
     assert [(e.kind, e.reason) for e in events] == [("accepted", None), ("aborted", "network timeout")]
 
 
-def test_connection_dropped_without_release_is_reported_aborted_and_frees_its_slot(
-    start_scp, tmp_path: Path
-) -> None:
+def test_connection_dropped_without_release_is_reported_aborted_and_frees_its_slot(start_scp, tmp_path: Path) -> None:
     events: list[AssociationEvent] = []
     scp = start_scp(DirectorySink(tmp_path), events=events, max_associations=1)
     established(scp.port).close()

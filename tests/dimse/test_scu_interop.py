@@ -10,14 +10,14 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from dimse_helpers import running_storescp
-from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, DirectorySink, pydicom_file
+from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, DirectorySink, pydicom_file, running_storescp
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AllStoragePresentationContexts
 from raw_acceptor import data_set_bytes
 
-from dimse import AssociationEvent, AssociationFailed, StoreOutcome, echo, status, store_files
+from core import status
+from dimse import AssociationEvent, AssociationFailed, StoreOutcome, echo, store_files
 from dimse.scu import MAX_CONTEXTS
 from tests.helpers import OrthancServer
 
@@ -34,8 +34,9 @@ def received_by_uid(directory: Path) -> dict[str, Path]:
 
 def test_storescp_accepting_all_syntaxes_receives_jpeg_2000_as_it_is(tmp_path: Path) -> None:
     with running_storescp(tmp_path / "out", "+xa") as port:
-        outcomes = store_files([CT, MR_IMPLICIT, J2K], host=LOCALHOST, port=port, called_ae=DCMTK_AE,
-                               calling_ae=PACS_AE)
+        outcomes = store_files(
+            [CT, MR_IMPLICIT, J2K], host=LOCALHOST, port=port, called_ae=DCMTK_AE, calling_ae=PACS_AE
+        )
     assert [o.status for o in outcomes] == [status.SUCCESS] * 3
     stored = received_by_uid(tmp_path / "out")
     for path in (CT, MR_IMPLICIT, J2K):
@@ -79,8 +80,7 @@ def test_storescp_refusing_the_association_is_a_permanent_rejection(tmp_path: Pa
 def test_storescp_aborting_a_c_store_loses_the_association(tmp_path: Path, option: str) -> None:
     started = time.monotonic()
     with running_storescp(tmp_path / "out", option) as port, pytest.raises(AssociationFailed) as raised:
-        store_files([CT, MR_IMPLICIT], host=LOCALHOST, port=port, called_ae=DCMTK_AE, calling_ae=PACS_AE,
-                    timeout=10)
+        store_files([CT, MR_IMPLICIT], host=LOCALHOST, port=port, called_ae=DCMTK_AE, calling_ae=PACS_AE, timeout=10)
     assert not raised.value.permanent
     assert raised.value.outcomes == []
     assert "lost while sending" in raised.value.reason
@@ -90,8 +90,17 @@ def test_storescp_aborting_a_c_store_loses_the_association(tmp_path: Path, optio
 # -- our own SCP ---------------------------------------------------------------------------------
 
 
-FILES = ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG2000.dcm",
-         "MR_small_RLE.dcm", "SC_rgb_jpeg_gdcm.dcm", "JPEG-lossy.dcm", "JPEGLSNearLossless_16.dcm"]
+FILES = [
+    "CT_small.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "image_dfl.dcm",
+    "JPEG2000.dcm",
+    "MR_small_RLE.dcm",
+    "SC_rgb_jpeg_gdcm.dcm",
+    "JPEG-lossy.dcm",
+    "JPEGLSNearLossless_16.dcm",
+]
 
 
 def test_our_scp_receives_each_data_set_byte_for_byte(start_scp, tmp_path: Path) -> None:
@@ -132,8 +141,7 @@ def test_more_than_128_contexts_twenty_times_without_a_timeout(start_scp, tmp_pa
     slowest = 0.0
     for _ in range(20):
         started = time.monotonic()
-        outcomes = store_files(files, host=LOCALHOST, port=scp.port, called_ae=NODE_AE, calling_ae=PACS_AE,
-                               timeout=5)
+        outcomes = store_files(files, host=LOCALHOST, port=scp.port, called_ae=NODE_AE, calling_ae=PACS_AE, timeout=5)
         slowest = max(slowest, time.monotonic() - started)
         assert [o.status for o in outcomes] == [status.SUCCESS] * len(files)
 
@@ -149,8 +157,7 @@ def test_more_than_128_contexts_to_storescp_twenty_times_without_a_timeout(tmp_p
     with running_storescp(tmp_path / "out", "-pm", "--ignore") as port:
         for _ in range(20):
             started = time.monotonic()
-            outcomes = store_files(files, host=LOCALHOST, port=port, called_ae=DCMTK_AE, calling_ae=PACS_AE,
-                                   timeout=5)
+            outcomes = store_files(files, host=LOCALHOST, port=port, called_ae=DCMTK_AE, calling_ae=PACS_AE, timeout=5)
             slowest = max(slowest, time.monotonic() - started)
             assert [o.status for o in outcomes] == [status.SUCCESS] * len(files)
     assert slowest < 5, f"a round took {slowest:.1f} s: a response was waited for until the timeout"
@@ -163,8 +170,7 @@ def test_orthanc_echo_and_store(orthanc: OrthancServer) -> None:
     assert echo(host=LOCALHOST, port=orthanc.dicom_port, called_ae=orthanc.aet, calling_ae=PACS_AE) == status.SUCCESS
     paths = [CT, MR_IMPLICIT, J2K]
 
-    outcomes = store_files(paths, host=LOCALHOST, port=orthanc.dicom_port, called_ae=orthanc.aet,
-                           calling_ae=PACS_AE)
+    outcomes = store_files(paths, host=LOCALHOST, port=orthanc.dicom_port, called_ae=orthanc.aet, calling_ae=PACS_AE)
 
     assert outcomes == [StoreOutcome(dcmread(p).SOPInstanceUID, status.SUCCESS) for p in paths]
     stored = {i.sop_instance_uid: i for i in orthanc.wait_for_instances(count=3)}
@@ -181,4 +187,3 @@ def test_orthanc_rejects_an_unknown_called_ae_title(orthanc_factory) -> None:
         echo(host=LOCALHOST, port=orthanc.dicom_port, called_ae="NOTORTHANC", calling_ae=PACS_AE, timeout=5)
     assert raised.value.permanent
     assert "Called AE title not recognised" in raised.value.reason
-

@@ -6,47 +6,54 @@ import time
 from pathlib import Path
 
 import pytest
+from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, pydicom_file
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000
+from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.sop_class import CTImageStorage, Verification
 from raw_acceptor import ABORT, Peer, RawAcceptor, data_set_bytes
 
-from dimse import AssociationFailed, StoreOutcome, echo, status, store_files
-from dimse.commands import decode_response, encode_c_echo_rq, encode_c_store_rq, encode_response, decode_command
+from core import status
+from dimse import AssociationFailed, StoreOutcome, echo, store_files
+from dimse.commands import decode_command, decode_response, encode_c_echo_rq, encode_c_store_rq, encode_response
 from dimse.scu import _data_set_offset
 from dimse.upper_layer import PresentationContext, encode_associate_rq, parse_associate_rj
-from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, pydicom_file
 
 CT = str(CTImageStorage)
 
 
 def store(paths: list[Path], port: int, **kwargs: object) -> list[StoreOutcome]:
-    return store_files(paths, host=LOCALHOST, port=port, called_ae=NODE_AE, calling_ae=PACS_AE,
-                       **kwargs)  # type: ignore[arg-type]
+    return store_files(paths, host=LOCALHOST, port=port, called_ae=NODE_AE, calling_ae=PACS_AE, **kwargs)  # type: ignore[arg-type]
 
 
 # -- codecs against pynetdicom and pydicom ------------------------------------------------------
 
 
 def test_associate_rq_decodes_with_pynetdicom() -> None:
-    contexts = [PresentationContext(1, CT, (ExplicitVRLittleEndian,)),
-                PresentationContext(3, CT, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
-    encoded = encode_associate_rq(called_ae=NODE_AE, calling_ae=PACS_AE, contexts=contexts, max_pdu=32768,
-                                  implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-                                  implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION)
+    contexts = [
+        PresentationContext(1, CT, (ExplicitVRLittleEndian,)),
+        PresentationContext(3, CT, (ExplicitVRLittleEndian, ImplicitVRLittleEndian)),
+    ]
+    encoded = encode_associate_rq(
+        called_ae=NODE_AE,
+        calling_ae=PACS_AE,
+        contexts=contexts,
+        max_pdu=32768,
+        implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+        implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+    )
     pdu = A_ASSOCIATE_RQ()
     pdu.decode(encoded)
     request = pdu.to_primitive()
 
     assert (request.called_ae_title, request.calling_ae_title) == (NODE_AE, PACS_AE)
     assert request.application_context_name == "1.2.840.10008.3.1.1.1"
-    assert [(c.context_id, c.abstract_syntax, c.transfer_syntax)
-            for c in request.presentation_context_definition_list] == [
-        (1, CT, [ExplicitVRLittleEndian]), (3, CT, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+    assert [
+        (c.context_id, c.abstract_syntax, c.transfer_syntax) for c in request.presentation_context_definition_list
+    ] == [(1, CT, [ExplicitVRLittleEndian]), (3, CT, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
     assert request.maximum_length_received == 32768
     assert request.implementation_class_uid == PYNETDICOM_IMPLEMENTATION_UID
     assert pdu.user_information.implementation_version_name == PYNETDICOM_IMPLEMENTATION_VERSION
@@ -54,8 +61,14 @@ def test_associate_rq_decodes_with_pynetdicom() -> None:
 
 def test_ae_titles_are_checked_before_anything_is_sent() -> None:
     with pytest.raises(ValueError):
-        encode_associate_rq(called_ae="A" * 17, calling_ae=PACS_AE, contexts=[], max_pdu=0,
-                            implementation_class_uid="1.2", implementation_version_name="X")
+        encode_associate_rq(
+            called_ae="A" * 17,
+            calling_ae=PACS_AE,
+            contexts=[],
+            max_pdu=0,
+            implementation_class_uid="1.2",
+            implementation_version_name="X",
+        )
 
 
 def test_request_command_sets_decode_with_pydicom_and_our_scp() -> None:
@@ -84,11 +97,12 @@ def test_rejection_reasons_read_like_pynetdicom_words_them() -> None:
     assert parse_associate_rj(bytes((0, 1, 1, 7))).permanent
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm", "image_dfl.dcm",
-                                  "MR_small_bigendian.dcm"])
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm", "image_dfl.dcm", "MR_small_bigendian.dcm"]
+)
 def test_data_set_offset_agrees_with_pydicom(name: str) -> None:
     raw = pydicom_file(name).read_bytes()
-    assert raw[_data_set_offset(raw):] == data_set_bytes(str(pydicom_file(name)))
+    assert raw[_data_set_offset(raw) :] == data_set_bytes(str(pydicom_file(name)))
 
 
 # -- against a scripted acceptor ----------------------------------------------------------------
@@ -136,7 +150,9 @@ def test_refused_exact_syntax_is_re_encoded_to_the_accepted_fallback() -> None:
     def script(peer: Peer) -> None:
         contexts = peer.read_request().to_primitive().presentation_context_definition_list
         assert [(c.abstract_syntax, c.transfer_syntax) for c in contexts] == [
-            (CT, [ExplicitVRLittleEndian]), (CT, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+            (CT, [ExplicitVRLittleEndian]),
+            (CT, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+        ]
         peer.accept([(1, 4, ExplicitVRLittleEndian), (3, 0, ImplicitVRLittleEndian)], max_pdu=16384)
         context_id, command, data = peer.read_message()
         seen.update(context_id=context_id, data=data)
@@ -238,8 +254,10 @@ def test_transient_rejection_is_not_permanent() -> None:
     with RawAcceptor(script) as acceptor, pytest.raises(AssociationFailed) as raised:
         echo(host=LOCALHOST, port=acceptor.port, called_ae=NODE_AE, calling_ae=PACS_AE)
     assert not raised.value.permanent
-    assert raised.value.reason == (f"{NODE_AE}@{LOCALHOST}:{acceptor.port} rejected the association: "
-                                   "Rejected Transient, Service Provider (Presentation): Local limit exceeded")
+    assert raised.value.reason == (
+        f"{NODE_AE}@{LOCALHOST}:{acceptor.port} rejected the association: "
+        "Rejected Transient, Service Provider (Presentation): Local limit exceeded"
+    )
 
 
 def test_unanswered_release_is_aborted_and_the_outcomes_kept() -> None:
@@ -271,8 +289,8 @@ def test_echo_without_an_accepted_verification_context_sends_nothing() -> None:
 
 def test_more_contexts_than_one_association_holds_are_split_in_order(tmp_path: Path) -> None:
     """Files of 65 SOP classes need 130 contexts: the 65th file goes on a second association."""
-    from pynetdicom import AllStoragePresentationContexts
     from pydicom.uid import generate_uid
+    from pynetdicom import AllStoragePresentationContexts
 
     template = dcmread(pydicom_file("CT_small.dcm"))
     paths = []

@@ -8,14 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
+from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, DirectorySink, pydicom_file, run_dcmtk
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, DirectorySink, run_dcmtk, pydicom_file
-from dimse import AllowedPeer, AssociationEvent, StoreRequest, echo, scu, status
+from core import status
+from dimse import AllowedPeer, AssociationEvent, StoreRequest, echo, scu
 
 
 def storescu(port: int, path: Path, *, calling: str = PACS_AE, called: str = NODE_AE, extra: tuple[str, ...] = ()):
@@ -30,8 +31,9 @@ def without_padding(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def associate(port: int, *, calling: str = PACS_AE, called: str = NODE_AE,
-              bind_address: tuple[str, int] = (LOCALHOST, 0)) -> Association:
+def associate(
+    port: int, *, calling: str = PACS_AE, called: str = NODE_AE, bind_address: tuple[str, int] = (LOCALHOST, 0)
+) -> Association:
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -81,9 +83,7 @@ def test_storescu_uncompressed_file_is_received_byte_for_byte(start_scp, tmp_pat
         ("JPEG-lossy.dcm", "-xx"),  # JPEG Extended 12-bit
     ],
 )
-def test_storescu_compressed_file_is_stored_not_transcoded(
-    start_scp, tmp_path: Path, name: str, propose: str
-) -> None:
+def test_storescu_compressed_file_is_stored_not_transcoded(start_scp, tmp_path: Path, name: str, propose: str) -> None:
     sink = DirectorySink(tmp_path)
     scp = start_scp(sink)
     original = pydicom_file(name)
@@ -235,8 +235,15 @@ def test_accepted_sockets_have_tcp_nodelay(start_scp, tmp_path: Path) -> None:
 
 def test_scu_sockets_have_tcp_nodelay(start_scp, tmp_path: Path) -> None:
     scp = start_scp(DirectorySink(tmp_path))
-    requestor = scu._open([(Verification, [ImplicitVRLittleEndian])], host=LOCALHOST, port=scp.port,
-                          called_ae=NODE_AE, calling_ae=PACS_AE, timeout=5, ssl_context=None)
+    requestor = scu._open(
+        [(Verification, [ImplicitVRLittleEndian])],
+        host=LOCALHOST,
+        port=scp.port,
+        called_ae=NODE_AE,
+        calling_ae=PACS_AE,
+        timeout=5,
+        ssl_context=None,
+    )
     with requestor:
         assert requestor.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 

@@ -14,7 +14,8 @@ from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AllStoragePresentationContexts
 
 import dimse
-from dimse import AssociationEvent, AssociationFailed, StoreOutcome, StoreRequest, echo, status, store_files
+from core import status
+from dimse import AssociationEvent, AssociationFailed, StoreOutcome, StoreRequest, echo, store_files
 from dimse.scu import MAX_CONTEXTS
 
 DCMTK_AE = "DCMTKSCP"
@@ -151,7 +152,10 @@ def test_unreadable_file_fails_alone(start_scp, tmp_path: Path) -> None:
 
     outcomes = store_files(
         [not_dicom, ct, tmp_path / "missing.dcm"],
-        host=LOCALHOST, port=scp.port, called_ae=NODE_AE, calling_ae=PACS_AE,
+        host=LOCALHOST,
+        port=scp.port,
+        called_ae=NODE_AE,
+        calling_ae=PACS_AE,
     )
 
     assert outcomes == [
@@ -190,8 +194,9 @@ def test_more_than_128_contexts_use_several_associations(start_scp, tmp_path: Pa
 def test_closed_port_raises_association_failed() -> None:
     port = free_port()  # nothing listens there
     with pytest.raises(AssociationFailed) as raised:
-        store_files([pydicom_file("CT_small.dcm")], host=LOCALHOST, port=port, called_ae=NODE_AE,
-                    calling_ae=PACS_AE, timeout=5)
+        store_files(
+            [pydicom_file("CT_small.dcm")], host=LOCALHOST, port=port, called_ae=NODE_AE, calling_ae=PACS_AE, timeout=5
+        )
     assert not raised.value.permanent
     assert "could not associate" in raised.value.reason
     with pytest.raises(AssociationFailed):
@@ -214,8 +219,9 @@ def test_silent_peer_raises_association_failed_after_the_timeout() -> None:
 def test_rejection_is_permanent_with_the_reason(start_scp, tmp_path: Path) -> None:
     scp = start_scp(DirectorySink(tmp_path))
     with pytest.raises(AssociationFailed) as raised:
-        store_files([pydicom_file("CT_small.dcm")], host=LOCALHOST, port=scp.port, called_ae=NODE_AE,
-                    calling_ae="STRANGER")
+        store_files(
+            [pydicom_file("CT_small.dcm")], host=LOCALHOST, port=scp.port, called_ae=NODE_AE, calling_ae="STRANGER"
+        )
     assert raised.value.permanent
     assert "Calling AE title not recognised" in raised.value.reason
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import copy
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import pydicom
@@ -33,13 +34,13 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
-    PYDICOM_IMPLEMENTATION_UID,
     generate_uid,
 )
 
@@ -94,9 +95,9 @@ def part10(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> bytes:
 def dataset_bytes(file: bytes) -> bytes:
     """The data set of a PS3.10 file: what follows the File Meta Information (its group length, PS3.10 7.1)."""
     start = 128 if file[128:132] == b"DICM" else 0  # without the preamble, "DICM" comes first
-    assert file[start:start + 4] == b"DICM", "not a PS3.10 file"
-    (group_length,) = struct.unpack("<I", file[start + 12:start + 16])
-    return file[start + 16 + group_length:]
+    assert file[start : start + 4] == b"DICM", "not a PS3.10 file"
+    (group_length,) = struct.unpack("<I", file[start + 12 : start + 16])
+    return file[start + 16 + group_length :]
 
 
 def _meta(sop_class: str, sop_instance: str, syntax: str) -> FileMetaDataset:
@@ -108,8 +109,9 @@ def _meta(sop_class: str, sop_instance: str, syntax: str) -> FileMetaDataset:
     return meta
 
 
-def wrap(data_set: bytes, sop_instance: str, syntax: str = ExplicitVRLittleEndian,
-         sop_class: str = DX_FOR_PRESENTATION) -> bytes:
+def wrap(
+    data_set: bytes, sop_instance: str, syntax: str = ExplicitVRLittleEndian, sop_class: str = DX_FOR_PRESENTATION
+) -> bytes:
     """A PS3.10 file around arbitrary ``data_set`` bytes: the network form of any input."""
     buffer = BytesIO()
     buffer.write(b"\0" * 128 + b"DICM")
@@ -139,33 +141,73 @@ class _Builder:
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
         return ds
 
-    def dataset(self, name: str, description: str, change: Callable[[Dataset], None] | None = None,
-                syntax: str = ExplicitVRLittleEndian, expect: Expect = "any") -> None:
+    def dataset(
+        self,
+        name: str,
+        description: str,
+        change: Callable[[Dataset], None] | None = None,
+        syntax: str = ExplicitVRLittleEndian,
+        expect: Expect = "any",
+    ) -> None:
         """An item that is a (possibly odd) data set pydicom can write: the file and the wire share it."""
         ds = self.fresh()
         if change is not None:
             change(ds)
         file = part10(ds, syntax)
-        self.items.append(CorpusItem(name, description, file, file, str(ds.SOPInstanceUID),
-                                     str(ds.SeriesInstanceUID), expect))
+        self.items.append(
+            CorpusItem(name, description, file, file, str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), expect)
+        )
 
-    def raw(self, name: str, description: str, data: bytes, wire_set: bytes | None = None,
-            syntax: str = ExplicitVRLittleEndian, series_uid: str | None = None, expect: Expect = "any",
-            sop_uid: str | None = None) -> None:
+    def raw(
+        self,
+        name: str,
+        description: str,
+        data: bytes,
+        wire_set: bytes | None = None,
+        syntax: str = ExplicitVRLittleEndian,
+        series_uid: str | None = None,
+        expect: Expect = "any",
+        sop_uid: str | None = None,
+    ) -> None:
         """An item given as bytes: ``data`` on disk; ``wire_set`` (default ``data``) sent as the data set."""
         uid = sop_uid or generate_uid()
-        self.items.append(CorpusItem(name, description, data, wrap(data if wire_set is None else wire_set, uid, syntax),
-                                     uid, series_uid, expect))
+        self.items.append(
+            CorpusItem(
+                name,
+                description,
+                data,
+                wrap(data if wire_set is None else wire_set, uid, syntax),
+                uid,
+                series_uid,
+                expect,
+            )
+        )
 
-    def mutated(self, name: str, description: str, mutate: Callable[[bytes], bytes], expect: Expect = "any",
-                change: Callable[[Dataset], None] | None = None, syntax: str = ExplicitVRLittleEndian) -> None:
+    def mutated(
+        self,
+        name: str,
+        description: str,
+        mutate: Callable[[bytes], bytes],
+        expect: Expect = "any",
+        change: Callable[[Dataset], None] | None = None,
+        syntax: str = ExplicitVRLittleEndian,
+    ) -> None:
         """A valid file whose bytes are then damaged; the wire carries the same damaged data set."""
         ds = self.fresh()
         if change is not None:
             change(ds)
         file = mutate(part10(ds, syntax))
-        self.items.append(CorpusItem(name, description, file, wrap(dataset_bytes(file), str(ds.SOPInstanceUID), syntax),
-                                     str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), expect))
+        self.items.append(
+            CorpusItem(
+                name,
+                description,
+                file,
+                wrap(dataset_bytes(file), str(ds.SOPInstanceUID), syntax),
+                str(ds.SOPInstanceUID),
+                str(ds.SeriesInstanceUID),
+                expect,
+            )
+        )
 
 
 def _set(**values: object) -> Callable[[Dataset], None]:
@@ -175,6 +217,7 @@ def _set(**values: object) -> Callable[[Dataset], None]:
                 delattr(ds, keyword)
             else:
                 setattr(ds, keyword, value)
+
     return change
 
 
@@ -185,6 +228,7 @@ def _encapsulated(fragment: bytes, **values: object) -> Callable[[Dataset], None
         _set(**values)(ds)
         ds.PixelData = encapsulate([fragment])
         ds["PixelData"].VR = "OB"
+
     return change
 
 
@@ -221,6 +265,7 @@ def _charset(charset: str, name: str, description: str) -> Callable[[Dataset], N
         ds.SpecificCharacterSet = charset
         ds.PatientName = name
         ds.StudyDescription = description
+
     return change
 
 
@@ -281,13 +326,13 @@ def _no_preamble(file: bytes) -> bytes:
 def _bad_length(file: bytes) -> bytes:
     """Patient Name's 16-bit value length (PS3.5 7.1.2) set to 0xFFF0: it swallows the data set."""
     at = file.find(b"\x10\x00\x10\x00PN")
-    return file[: at + 6] + struct.pack("<H", 0xFFF0) + file[at + 8:]
+    return file[: at + 6] + struct.pack("<H", 0xFFF0) + file[at + 8 :]
 
 
 def _huge_length(file: bytes) -> bytes:
     """Pixel Data's 32-bit value length set to 0xFFFFFFF0 (about 4 GB) with a few kB behind it."""
     at = file.rfind(b"\xe0\x7f\x10\x00OW\x00\x00")
-    return file[: at + 8] + struct.pack("<I", 0xFFFFFFF0) + file[at + 12:]
+    return file[: at + 8] + struct.pack("<I", 0xFFFFFFF0) + file[at + 12 :]
 
 
 def _unclosed_sequence(file: bytes) -> bytes:
@@ -306,8 +351,13 @@ def build_corpus(folder: Path) -> list[CorpusItem]:
     # Not DICOM at all, or cut short.
     b.raw("empty", "an empty file", b"", expect="refused")
     b.raw("random-1k", "1 kB of random bytes", rng.bytes(1024), expect="refused")
-    b.raw("random-with-dicm", "a preamble and DICM, then random bytes", b"\0" * 128 + b"DICM" + rng.bytes(2048),
-          wire_set=rng.bytes(2048), expect="refused")
+    b.raw(
+        "random-with-dicm",
+        "a preamble and DICM, then random bytes",
+        b"\0" * 128 + b"DICM" + rng.bytes(2048),
+        wire_set=rng.bytes(2048),
+        expect="refused",
+    )
     b.raw("text-file", "a text file", b"Patient report\nnothing to see\n" * 40, expect="refused")
     b.raw("truncated-meta", "cut inside the File Meta Information", good[:150], wire_set=b"", expect="refused")
     b.mutated("truncated-header", "cut in the middle of the data set header", lambda f: f[:600], expect="any")
@@ -326,8 +376,7 @@ def build_corpus(folder: Path) -> list[CorpusItem]:
     b.dataset("bits-stored-over-allocated", "Bits Stored 20 of 16 allocated", _set(BitsStored=20, HighBit=19))
     b.dataset("bits-allocated-1", "Bits Allocated 1 over 16-bit data", _set(BitsAllocated=1, BitsStored=1, HighBit=0))
     b.dataset("samples-per-pixel-4", "4 samples per pixel on grey data", _set(SamplesPerPixel=4, PlanarConfiguration=0))
-    b.dataset("absurd-dimensions", "Rows = Columns = 65535 with 32 kB of pixel data",
-              _set(Rows=65535, Columns=65535))
+    b.dataset("absurd-dimensions", "Rows = Columns = 65535 with 32 kB of pixel data", _set(Rows=65535, Columns=65535))
     b.dataset("absurd-frames", "a million frames declared, one present", _set(NumberOfFrames=1_000_000))
     b.dataset("float-pixel-data", "Float Pixel Data instead of Pixel Data", _float_pixels)
 
@@ -335,59 +384,126 @@ def build_corpus(folder: Path) -> list[CorpusItem]:
     grey8 = (rng.integers(0, 255, size=(128, 128))).astype(np.uint8)
     good_jpeg = _jpeg(grey8)
     jpeg_attrs = dict(BitsAllocated=8, BitsStored=8, HighBit=7, WindowCenter=128, WindowWidth=256)
-    b.dataset("jpeg-corrupt", "JPEG baseline whose entropy-coded data is random",
-              _encapsulated(good_jpeg[:300] + rng.bytes(len(good_jpeg) - 300), **jpeg_attrs), syntax=JPEGBaseline8Bit)
-    b.dataset("jpeg-truncated", "JPEG baseline cut after its headers", _encapsulated(good_jpeg[:200], **jpeg_attrs),
-              syntax=JPEGBaseline8Bit)
-    b.dataset("jpeg-not-jpeg", "a JPEG transfer syntax over random bytes", _encapsulated(rng.bytes(4000), **jpeg_attrs),
-              syntax=JPEGBaseline8Bit)
+    b.dataset(
+        "jpeg-corrupt",
+        "JPEG baseline whose entropy-coded data is random",
+        _encapsulated(good_jpeg[:300] + rng.bytes(len(good_jpeg) - 300), **jpeg_attrs),
+        syntax=JPEGBaseline8Bit,
+    )
+    b.dataset(
+        "jpeg-truncated",
+        "JPEG baseline cut after its headers",
+        _encapsulated(good_jpeg[:200], **jpeg_attrs),
+        syntax=JPEGBaseline8Bit,
+    )
+    b.dataset(
+        "jpeg-not-jpeg",
+        "a JPEG transfer syntax over random bytes",
+        _encapsulated(rng.bytes(4000), **jpeg_attrs),
+        syntax=JPEGBaseline8Bit,
+    )
     j2k = _j2k(grey8)
-    b.dataset("j2k-corrupt", "JPEG 2000 whose code blocks are random",
-              _encapsulated(j2k[:120] + rng.bytes(len(j2k) - 120), **jpeg_attrs), syntax=JPEG2000Lossless)
-    b.dataset("j2k-bomb", "JPEG 2000 claiming 65535×65535 (Rows/Columns agree) in 3 kB: a decompression bomb",
-              _encapsulated(_j2k_bomb(), **{**jpeg_attrs, "Rows": 65535, "Columns": 65535}), syntax=JPEG2000Lossless)
-    b.dataset("j2k-bomb-hidden", "JPEG 2000 claiming 65535×65535 where Rows/Columns say 128×128",
-              _encapsulated(_j2k_bomb(), **jpeg_attrs), syntax=JPEG2000Lossless)
-    b.dataset("jpeg-bomb-hidden", "JPEG baseline whose SOF claims 65535×65535 where Rows/Columns say 128×128",
-              _encapsulated(_jpeg_bomb(good_jpeg), **jpeg_attrs), syntax=JPEGBaseline8Bit)
-    b.dataset("j2k-size-mismatch", "JPEG 2000 of 128×128 where the header says 1024×1024",
-              _encapsulated(j2k, **{**jpeg_attrs, "Rows": 1024, "Columns": 1024}), syntax=JPEG2000Lossless)
+    b.dataset(
+        "j2k-corrupt",
+        "JPEG 2000 whose code blocks are random",
+        _encapsulated(j2k[:120] + rng.bytes(len(j2k) - 120), **jpeg_attrs),
+        syntax=JPEG2000Lossless,
+    )
+    b.dataset(
+        "j2k-bomb",
+        "JPEG 2000 claiming 65535×65535 (Rows/Columns agree) in 3 kB: a decompression bomb",
+        _encapsulated(_j2k_bomb(), **{**jpeg_attrs, "Rows": 65535, "Columns": 65535}),
+        syntax=JPEG2000Lossless,
+    )
+    b.dataset(
+        "j2k-bomb-hidden",
+        "JPEG 2000 claiming 65535×65535 where Rows/Columns say 128×128",
+        _encapsulated(_j2k_bomb(), **jpeg_attrs),
+        syntax=JPEG2000Lossless,
+    )
+    b.dataset(
+        "jpeg-bomb-hidden",
+        "JPEG baseline whose SOF claims 65535×65535 where Rows/Columns say 128×128",
+        _encapsulated(_jpeg_bomb(good_jpeg), **jpeg_attrs),
+        syntax=JPEGBaseline8Bit,
+    )
+    b.dataset(
+        "j2k-size-mismatch",
+        "JPEG 2000 of 128×128 where the header says 1024×1024",
+        _encapsulated(j2k, **{**jpeg_attrs, "Rows": 1024, "Columns": 1024}),
+        syntax=JPEG2000Lossless,
+    )
 
     # UIDs that are too long or try to name a path.
-    b.dataset("uid-too-long", "a Study Instance UID of 70 characters", _set(StudyInstanceUID="1.2." + "3" * 66),
-              expect="refused")
-    b.dataset("uid-dot-dot-study", "Study Instance UID '../../..'", _set(StudyInstanceUID=f"../../../../{marker}"),
-              expect="refused")
-    b.dataset("uid-absolute-series", "an absolute path as Series Instance UID",
-              _set(SeriesInstanceUID=f"/tmp/{marker}"), expect="refused")
-    b.dataset("uid-letters", "letters in the Series Instance UID", _set(SeriesInstanceUID="1.2.abc.4"),
-              expect="refused")
+    b.dataset(
+        "uid-too-long",
+        "a Study Instance UID of 70 characters",
+        _set(StudyInstanceUID="1.2." + "3" * 66),
+        expect="refused",
+    )
+    b.dataset(
+        "uid-dot-dot-study",
+        "Study Instance UID '../../..'",
+        _set(StudyInstanceUID=f"../../../../{marker}"),
+        expect="refused",
+    )
+    b.dataset(
+        "uid-absolute-series",
+        "an absolute path as Series Instance UID",
+        _set(SeriesInstanceUID=f"/tmp/{marker}"),
+        expect="refused",
+    )
+    b.dataset(
+        "uid-letters", "letters in the Series Instance UID", _set(SeriesInstanceUID="1.2.abc.4"), expect="refused"
+    )
     b.dataset("uid-missing-study", "no Study Instance UID", _set(StudyInstanceUID=None), expect="refused")
     sop = f"../../{marker}"
     escape = b.fresh()
     escape.SOPInstanceUID = sop
-    b.raw("uid-dot-dot-sop", "'../' in the SOP Instance UID, in the data set and the request",
-          part10(escape), wire_set=dataset_bytes(part10(escape)), sop_uid=sop, series_uid=str(escape.SeriesInstanceUID),
-          expect="refused")
+    b.raw(
+        "uid-dot-dot-sop",
+        "'../' in the SOP Instance UID, in the data set and the request",
+        part10(escape),
+        wire_set=dataset_bytes(part10(escape)),
+        sop_uid=sop,
+        series_uid=str(escape.SeriesInstanceUID),
+        expect="refused",
+    )
 
     # Character sets (PS3.5 6.1): each must work.
-    b.dataset("charset-korean", "ISO 2022 IR 149 (Korean)",
-              _charset("\\ISO 2022 IR 149", "Hong^Gildong=洪^吉洞=홍^길동", "흉부 CHEST"), expect="sr")
-    b.dataset("charset-japanese", "ISO 2022 IR 87 (Japanese kanji)",
-              _charset("\\ISO 2022 IR 87", "Yamada^Tarou=山田^太郎=やまだ^たろう", "胸部 CHEST"), expect="sr")
-    b.dataset("charset-utf8", "ISO_IR 192 (UTF-8)", _charset("ISO_IR 192", "Müller^Zoë=李^小龍", "Thorax ČHEST"),
-              expect="sr")
-    b.dataset("charset-latin1", "ISO_IR 100 (Latin-1)", _charset("ISO_IR 100", "Gérard^Hélène", "Thorax pa"),
-              expect="sr")
-    b.dataset("charset-unknown", "an unknown Specific Character Set", _charset("ISO_IR 999", "Doe^John", "CHEST"),
-              expect="sr")
+    b.dataset(
+        "charset-korean",
+        "ISO 2022 IR 149 (Korean)",
+        _charset("\\ISO 2022 IR 149", "Hong^Gildong=洪^吉洞=홍^길동", "흉부 CHEST"),
+        expect="sr",
+    )
+    b.dataset(
+        "charset-japanese",
+        "ISO 2022 IR 87 (Japanese kanji)",
+        _charset("\\ISO 2022 IR 87", "Yamada^Tarou=山田^太郎=やまだ^たろう", "胸部 CHEST"),
+        expect="sr",
+    )
+    b.dataset(
+        "charset-utf8", "ISO_IR 192 (UTF-8)", _charset("ISO_IR 192", "Müller^Zoë=李^小龍", "Thorax ČHEST"), expect="sr"
+    )
+    b.dataset(
+        "charset-latin1", "ISO_IR 100 (Latin-1)", _charset("ISO_IR 100", "Gérard^Hélène", "Thorax pa"), expect="sr"
+    )
+    b.dataset(
+        "charset-unknown", "an unknown Specific Character Set", _charset("ISO_IR 999", "Doe^John", "CHEST"), expect="sr"
+    )
 
     def latin1_declared_utf8(ds: Dataset) -> None:
         ds.SpecificCharacterSet = "ISO_IR 192"
         ds.PatientName = "Gérard"
-    b.mutated("charset-invalid-bytes", "UTF-8 declared, Latin-1 bytes written",
-              lambda f: f.replace("Gérard".encode("utf-8"), "Gérard ".encode("latin-1")), change=latin1_declared_utf8,
-              expect="sr")
+
+    b.mutated(
+        "charset-invalid-bytes",
+        "UTF-8 declared, Latin-1 bytes written",
+        lambda f: f.replace("Gérard".encode(), "Gérard ".encode("latin-1")),
+        change=latin1_declared_utf8,
+        expect="sr",
+    )
 
     # Unusual but valid encodings and images.
     b.dataset("rgb", "an RGB radiograph (3 samples, 8 bits)", _rgb)
@@ -401,32 +517,50 @@ def build_corpus(folder: Path) -> list[CorpusItem]:
     b.mutated("no-preamble", "no 128-byte preamble (starts with DICM)", _no_preamble, expect="sr")
     bare = b.fresh()
     bare_file = part10(bare, ImplicitVRLittleEndian)
-    b.raw("no-meta", "a bare Implicit VR data set: no preamble, no DICM, no File Meta Information",
-          dataset_bytes(bare_file), syntax=ImplicitVRLittleEndian, series_uid=str(bare.SeriesInstanceUID),
-          sop_uid=str(bare.SOPInstanceUID), expect="sr")
-    b.dataset("spacing-zero", "Pixel Spacing and Imager Pixel Spacing 0\\0",
-              _set(PixelSpacing=[0, 0], ImagerPixelSpacing=[0, 0]), expect="sr")
-    b.dataset("spacing-negative", "negative Pixel Spacing", _set(PixelSpacing=[-0.2, -0.2],
-                                                                 ImagerPixelSpacing=[-0.2, -0.2]), expect="sr")
-    b.mutated("spacing-garbage", "Imager Pixel Spacing 'abc\\def' (not a decimal string)",
-              lambda f: f.replace(b"\x18\x00\x64\x11DS\x0e\x003.3594\\3.3594 ", b"\x18\x00\x64\x11DS\x08\x00abc\\def "),
-              change=_set(ImagerPixelSpacing=[3.3594, 3.3594]))
+    b.raw(
+        "no-meta",
+        "a bare Implicit VR data set: no preamble, no DICM, no File Meta Information",
+        dataset_bytes(bare_file),
+        syntax=ImplicitVRLittleEndian,
+        series_uid=str(bare.SeriesInstanceUID),
+        sop_uid=str(bare.SOPInstanceUID),
+        expect="sr",
+    )
+    b.dataset(
+        "spacing-zero",
+        "Pixel Spacing and Imager Pixel Spacing 0\\0",
+        _set(PixelSpacing=[0, 0], ImagerPixelSpacing=[0, 0]),
+        expect="sr",
+    )
+    b.dataset(
+        "spacing-negative",
+        "negative Pixel Spacing",
+        _set(PixelSpacing=[-0.2, -0.2], ImagerPixelSpacing=[-0.2, -0.2]),
+        expect="sr",
+    )
+    b.mutated(
+        "spacing-garbage",
+        "Imager Pixel Spacing 'abc\\def' (not a decimal string)",
+        lambda f: f.replace(b"\x18\x00\x64\x11DS\x0e\x003.3594\\3.3594 ", b"\x18\x00\x64\x11DS\x08\x00abc\\def "),
+        change=_set(ImagerPixelSpacing=[3.3594, 3.3594]),
+    )
     b.dataset("window-garbage", "Window Center/Width of zero width", _set(WindowWidth=0))
     b.dataset("photometric-ybr", "YBR_FULL declared on grey data", _set(PhotometricInterpretation="YBR_FULL"))
     b.dataset("photometric-unknown", "an unknown Photometric Interpretation", _set(PhotometricInterpretation="WEIRD"))
     return b.items
 
 
-def send_wire(port: int, path: Path, called_ae: str = "AINODE", calling_ae: str = "STORESCU",
-              timeout: float = 30) -> int | None:
+def send_wire(
+    port: int, path: Path, called_ae: str = "AINODE", calling_ae: str = "STORESCU", timeout: float = 30
+) -> int | None:
     """C-STORE one ``.wire`` file's data set bytes unparsed (pynetdicom's chunked mode); its status, None if none.
 
     The association proposes exactly the SOP class and transfer syntax of the
     file's meta information. ``-1`` means the node accepted no presentation
     context for them.
     """
-    from pynetdicom import AE, _config
     from pydicom.filereader import read_file_meta_info
+    from pynetdicom import AE, _config
 
     meta = read_file_meta_info(path)
     ae = AE(ae_title=calling_ae)

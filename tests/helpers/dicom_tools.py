@@ -11,9 +11,9 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "DciodvfyReport",
@@ -61,8 +61,7 @@ def require_tool(name: str) -> str:
     if found is None:
         package = _TOOL_PACKAGES.get(name, name)
         raise FileNotFoundError(
-            f"{name!r} is not installed; install the Debian package {package!r} "
-            "(bash scripts/dev.sh test does it)"
+            f"{name!r} is not installed; install the Debian package {package!r} (bash scripts/dev.sh test does it)"
         )
     return found
 
@@ -270,8 +269,9 @@ def echoscu(
     )
 
 
-def pynetdicom_store(port: int, datasets: Sequence[Any], calling_ae: str = "STORESCU",
-                     called_ae: str = "AINODE") -> list[int | None]:
+def pynetdicom_store(
+    port: int, datasets: Sequence[Any], calling_ae: str = "STORESCU", called_ae: str = "AINODE"
+) -> list[int | None]:
     """C-STORE each data set on one pynetdicom association; the status of each (None: no answer).
 
     One presentation context per SOP class and transfer syntax of the data sets.

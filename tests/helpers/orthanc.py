@@ -233,9 +233,7 @@ class OrthancServer:
                 self._process = None
                 if "already in use" in self.log_tail():
                     raise _PortTaken
-                raise RuntimeError(
-                    f"Orthanc exited with status {process.returncode} at start-up:\n{self.log_tail()}"
-                )
+                raise RuntimeError(f"Orthanc exited with status {process.returncode} at start-up:\n{self.log_tail()}")
             try:
                 if requests.get(f"{self.http_url}/system", timeout=0.5, auth=self.http_auth).ok:
                     return self
@@ -438,9 +436,7 @@ class OrthancServer:
             if len(matching) >= count:
                 return matching
             if time.monotonic() >= deadline:
-                stored = "\n".join(
-                    f"  {i.modality} {i.sop_class_uid} study={i.study_instance_uid}" for i in everything
-                )
+                stored = "\n".join(f"  {i.modality} {i.sop_class_uid} study={i.study_instance_uid}" for i in everything)
                 raise TimeoutError(
                     f"{len(matching)} of {count} expected instance(s) (study_uid={study_uid}, "
                     f"modality={modality}) in {self!r} after {timeout} s; stored:\n"

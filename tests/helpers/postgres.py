@@ -44,8 +44,7 @@ def find_postgres_bindir() -> Path:
     if on_path:
         return Path(on_path).parent
     raise FileNotFoundError(
-        "PostgreSQL's initdb was not found; install the Debian package 'postgresql' "
-        "(bash scripts/dev.sh test does it)"
+        "PostgreSQL's initdb was not found; install the Debian package 'postgresql' (bash scripts/dev.sh test does it)"
     )
 
 

@@ -36,6 +36,7 @@ __all__ = [
 PATIENT_MODULE_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
 """The Patient Module attributes (PS3.3 C.7.1.1) copied into built images."""
 
+
 def repo_root() -> Path:
     """Return the repository root (the folder holding ``pyproject.toml``)."""
     return Path(__file__).resolve().parents[2]
@@ -225,8 +226,6 @@ def frontal_radiograph_from_png(
     return radiograph_from_png(
         source, _free_name(tmp_path, "frontal"), view_position, patient=patient, study_uid=study_uid
     )
-
-
 
 
 def _free_name(folder: str | os.PathLike[str], stem: str) -> Path:

@@ -18,15 +18,20 @@ import pytest
 def mount_small_fs(mountpoint: Path, size_mb: int, image: Path) -> str:
     """Mount a file system of ``size_mb`` at ``mountpoint``; return how ("tmpfs" or "loop")."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    tmpfs = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(mountpoint)],
-                           capture_output=True, text=True, check=False)
+    tmpfs = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if tmpfs.returncode == 0:
         return "tmpfs"
     with open(image, "wb") as fh:
         fh.truncate(size_mb * 1024 * 1024)
     mkfs = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True, check=False)
-    loop = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True,
-                          check=False)
+    loop = subprocess.run(
+        ["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True, check=False
+    )
     if mkfs.returncode == 0 and loop.returncode == 0:
         return "loop"
     pytest.fail(

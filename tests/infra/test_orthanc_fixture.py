@@ -56,9 +56,7 @@ def test_stow_rs_into_dicomweb_url(orthanc: OrthancServer, tmp_path: Path) -> No
     assert len(found) == 1
 
 
-def test_forward_study_reaches_a_dicom_peer(
-    orthanc_factory: Callable[..., OrthancServer], rg1_uncr: Path
-) -> None:
+def test_forward_study_reaches_a_dicom_peer(orthanc_factory: Callable[..., OrthancServer], rg1_uncr: Path) -> None:
     received: list[str] = []
 
     def on_store(event: evt.Event) -> int:

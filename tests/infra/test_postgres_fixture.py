@@ -36,8 +36,7 @@ def test_postgres_refuses_a_wrong_password(postgres: str) -> None:
     wrong = make_url(postgres).set(password="not-the-password")
     engine = create_engine(wrong)
     try:
-        with pytest.raises(OperationalError, match="password authentication failed"):
-            with engine.connect():
-                pass
+        with pytest.raises(OperationalError, match="password authentication failed"), engine.connect():
+            pass
     finally:
         engine.dispose()

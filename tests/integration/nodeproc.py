@@ -28,8 +28,9 @@ def _free_port() -> int:
 class NodeProcess:
     """Start, kill and restart ``ainode serve`` with a config written into ``workdir``."""
 
-    def __init__(self, workdir: Path, destinations: dict[str, Any] | None = None, *, full_models: bool = False,
-                 **settings: Any) -> None:
+    def __init__(
+        self, workdir: Path, destinations: dict[str, Any] | None = None, *, full_models: bool = False, **settings: Any
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = settings.pop("port", None) or _free_port()
@@ -51,8 +52,12 @@ class NodeProcess:
             models_yaml = workdir / "models.yaml"
             models_yaml.write_text("models:\n  - manifest: cxr-view-filter/model.json\n")
             config["models_file"] = str(models_yaml)
-            config["cxr"] = {"finding_model": None, "four_class_models": [], "detector_model": None,
-                             "presentation_state": False}
+            config["cxr"] = {
+                "finding_model": None,
+                "four_class_models": [],
+                "detector_model": None,
+                "presentation_state": False,
+            }
         # A setting given as None is left out: the node then runs on its shipped default.
         config.update({k: v for k, v in settings.items() if v is not None})
         for key in [k for k, v in settings.items() if v is None]:
@@ -66,7 +71,7 @@ class NodeProcess:
     def env(self) -> dict[str, str]:
         return {**os.environ, "AINODE_CONFIG": str(self.config_path)}
 
-    def start(self, timeout: float = 60) -> "NodeProcess":
+    def start(self, timeout: float = 60) -> NodeProcess:
         """Start ``ainode serve``; return once *this* process listens (its log says so and the port answers).
 
         The port was free when chosen, but another process may take it before the node binds it: a
@@ -75,8 +80,14 @@ class NodeProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         mine = f"listening on 127.0.0.1:{self.port}".encode()
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve"], cwd=REPO, env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "serve"],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -110,8 +121,14 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=REPO, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "node.cli", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def database(self) -> Database:
         return Database(f"sqlite:///{self.data_dir / 'ainode.db'}")

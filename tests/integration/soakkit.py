@@ -20,9 +20,10 @@ import random
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -30,7 +31,7 @@ from PIL import Image
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series
+from node.db import Delivery, DeliveryState, Instance, Job, JobState, Result, Series
 from tests.helpers import OrthancServer, cxr_view_dir, radiograph_from_png, require_tool, tool_env
 from tests.integration.nodeproc import NodeProcess
 
@@ -228,8 +229,9 @@ def account(node: NodeProcess, tally: Tally, acknowledged: set[str], orthanc: Or
     tally.results = len(results)
     tally.stuck = [f"job {j.id} {j.state.value}" for j in jobs if j.state in (JobState.QUEUED, JobState.RUNNING)]
     tally.stuck += [f"delivery {d.id} {d.state.value}" for d in deliveries if d.state != DeliveryState.DONE]
-    tally.stuck += [f"series {s.series_uid} {s.state.value}" for s in series
-                    if s.series_uid in routed and s.state.value != "done"]
+    tally.stuck += [
+        f"series {s.series_uid} {s.state.value}" for s in series if s.series_uid in routed and s.state.value != "done"
+    ]
     if orthanc is not None:
         there = {i["MainDicomTags"].get("SOPInstanceUID") for i in orthanc.api.get_json("instances?expand")}
         tally.has_destination = True
@@ -247,17 +249,22 @@ def wait_settled(node: NodeProcess, routed_expected: int | None, timeout: float)
     try:
         while True:
             with db.session() as s:
-                busy = s.scalar(select(func.count()).select_from(Series).where(Series.state.in_(["receiving", "queued"])))
+                busy = s.scalar(
+                    select(func.count()).select_from(Series).where(Series.state.in_(["receiving", "queued"]))
+                )
                 jobs = s.scalar(select(func.count()).select_from(Job).where(Job.state.in_(["queued", "running"])))
-                pending = s.scalar(select(func.count()).select_from(Delivery)
-                                   .where(Delivery.state.in_(["pending", "sending"])))
+                pending = s.scalar(
+                    select(func.count()).select_from(Delivery).where(Delivery.state.in_(["pending", "sending"]))
+                )
                 routed = s.scalar(select(func.count(func.distinct(Job.series_uid))))
             if not busy and not jobs and not pending and (routed_expected is None or routed >= routed_expected):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"node not settled after {timeout} s: {busy} series receiving/queued, {jobs} jobs "
-                                   f"queued/running, {pending} deliveries pending, {routed} series with jobs\n"
-                                   f"{node.log()}")
+                raise TimeoutError(
+                    f"node not settled after {timeout} s: {busy} series receiving/queued, {jobs} jobs "
+                    f"queued/running, {pending} deliveries pending, {routed} series with jobs\n"
+                    f"{node.log()}"
+                )
             time.sleep(0.2)
     finally:
         db.dispose()
@@ -266,14 +273,21 @@ def wait_settled(node: NodeProcess, routed_expected: int | None, timeout: float)
 # --------------------------------------------------------------------------- load
 
 
-def load_scenario(workdir: Path, senders: int, per_sender: int, series_size: int = 10,
-                  timeout: float = 600) -> Tally:
+def load_scenario(workdir: Path, senders: int, per_sender: int, series_size: int = 10, timeout: float = 600) -> Tally:
     """``senders`` storescu processes at once, ``per_sender`` instances each, echo probed, RSS sampled."""
     corpus = load_corpus(workdir / "in", senders, per_sender, series_size)
-    dx_series = {str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID)
-                 for files in corpus for p in files if p.name.startswith("dx-")}
-    node = NodeProcess(workdir / "node", quiet_period={"default": 2.0, "CR": 2.0, "DX": 2.0},
-                       max_associations=senders + 4, log_level="INFO").start()
+    dx_series = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID)
+        for files in corpus
+        for p in files
+        if p.name.startswith("dx-")
+    }
+    node = NodeProcess(
+        workdir / "node",
+        quiet_period={"default": 2.0, "CR": 2.0, "DX": 2.0},
+        max_associations=senders + 4,
+        log_level="INFO",
+    ).start()
     tally = Tally(sent=sum(len(f) for f in corpus))
     rss, echo = RssSampler(), EchoProbe(node.port)
     rss.pid = node.proc.pid if node.proc else None
@@ -281,16 +295,38 @@ def load_scenario(workdir: Path, senders: int, per_sender: int, series_size: int
     try:
         rss.start()
         echo.start()
-        procs = [subprocess.Popen([require_tool("storescu"), "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
-                                   str(node.port), *map(str, files)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=tool_env())
-                 for files in corpus]
+        procs = [
+            subprocess.Popen(
+                [
+                    require_tool("storescu"),
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "AINODE",
+                    "127.0.0.1",
+                    str(node.port),
+                    *map(str, files),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=tool_env(),
+            )
+            for files in corpus
+        ]
         outputs = [p.communicate(timeout=timeout) for p in procs]
-        failed = [f"sender {i}: exit {p.returncode}: {err[-500:]}" for i, (p, (_, err)) in enumerate(zip(procs, outputs))
-                  if p.returncode != 0 or "Store Failed" in err or "Error" in err]
+        failed = [
+            f"sender {i}: exit {p.returncode}: {err[-500:]}"
+            for i, (p, (_, err)) in enumerate(zip(procs, outputs, strict=False))
+            if p.returncode != 0 or "Store Failed" in err or "Error" in err
+        ]
         # storescu exits 0 only when every C-STORE was answered with success.
-        acknowledged = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-                        for files, proc in zip(corpus, procs) if proc.returncode == 0 for p in files}
+        acknowledged = {
+            str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+            for files, proc in zip(corpus, procs, strict=False)
+            if proc.returncode == 0
+            for p in files
+        }
         tally.acknowledged = len(acknowledged)
         wait_settled(node, len(dx_series), timeout)
         tally.wall_seconds = time.monotonic() - started
@@ -379,8 +415,11 @@ def _phase(node: NodeProcess) -> str:
     try:
         with db.session() as s:
             running = s.scalar(select(func.count()).select_from(Job).where(Job.state == JobState.RUNNING))
-            pending = s.scalar(select(func.count()).select_from(Delivery)
-                               .where(Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING])))
+            pending = s.scalar(
+                select(func.count())
+                .select_from(Delivery)
+                .where(Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING]))
+            )
             receiving = s.scalar(select(func.count()).select_from(Series).where(Series.state == "receiving"))
     except Exception:  # the schema may not exist yet in the first second of the first start
         return "start-up"
@@ -395,9 +434,18 @@ def _phase(node: NodeProcess) -> str:
     return "idle"
 
 
-def crash_scenario(workdir: Path, orthanc: OrthancServer, instances: int, kills: int, series_size: int = 5,
-                   pause: float = 0.01, seed: int = 5, timeout: float = 900, shipped_defaults: bool = False,
-                   phases: Sequence[str] = ()) -> Tally:
+def crash_scenario(
+    workdir: Path,
+    orthanc: OrthancServer,
+    instances: int,
+    kills: int,
+    series_size: int = 5,
+    pause: float = 0.01,
+    seed: int = 5,
+    timeout: float = 900,
+    shipped_defaults: bool = False,
+    phases: Sequence[str] = (),
+) -> Tally:
     """Stream ``instances`` chest DX instances while killing the node ``kills`` times at random moments.
 
     ``shipped_defaults`` runs the node with its shipped restart limit of a job and delivery
@@ -414,12 +462,25 @@ def crash_scenario(workdir: Path, orthanc: OrthancServer, instances: int, kills:
             study = generate_uid()
         files += write_series(template, workdir / "in", study, min(series_size, instances - len(files)), "dx")
     series_uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for p in files}
-    destination = {"orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1",
-                               "port": orthanc.dicom_port, "timeout": 5}}
+    destination = {
+        "orthanc": {
+            "type": "dicom",
+            "ae_title": orthanc.aet,
+            "host": "127.0.0.1",
+            "port": orthanc.dicom_port,
+            "timeout": 5,
+        }
+    }
     # The test's own kills are not a poisonous series: with the default limit (3), three kills landing while
     # the first job waits on a cold start fail it (seen once in CI). Above the kill count, none can.
-    limits: dict[str, Any] = {"job_max_restarts": None, "delivery": None} if shipped_defaults else {
-        "job_max_restarts": kills + 1, "delivery": {"max_attempts": 1000, "backoff_initial": 0.2, "backoff_max": 1.0}}
+    limits: dict[str, Any] = (
+        {"job_max_restarts": None, "delivery": None}
+        if shipped_defaults
+        else {
+            "job_max_restarts": kills + 1,
+            "delivery": {"max_attempts": 1000, "backoff_initial": 0.2, "backoff_max": 1.0},
+        }
+    )
     node = NodeProcess(workdir / "node", destinations=destination, log_level="INFO", **limits).start()
     tally = Tally(sent=len(files))
     rss = RssSampler()
@@ -470,5 +531,15 @@ def _analysed_series(node: NodeProcess) -> list[str]:
 
 
 def tally_row(name: str, t: Tally) -> list[Any]:
-    return [name, t.sent, t.acknowledged, t.stored, t.analysed, t.delivered if t.has_destination else "- (none configured)", t.lost,
-            t.duplicates, f"{t.peak_rss_mb:.0f}", f"{t.wall_seconds:.1f}"]
+    return [
+        name,
+        t.sent,
+        t.acknowledged,
+        t.stored,
+        t.analysed,
+        t.delivered if t.has_destination else "- (none configured)",
+        t.lost,
+        t.duplicates,
+        f"{t.peak_rss_mb:.0f}",
+        f"{t.wall_seconds:.1f}",
+    ]

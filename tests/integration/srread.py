@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from pydicom import Dataset
 
@@ -28,8 +28,11 @@ def texts(ds: Dataset) -> list[str]:
 
 
 def numbers(ds: Dataset) -> list[float]:
-    return [float(item.MeasuredValueSequence[0].NumericValue) for item in walk(ds)
-            if item.get("ValueType") == "NUM" and item.get("MeasuredValueSequence")]
+    return [
+        float(item.MeasuredValueSequence[0].NumericValue)
+        for item in walk(ds)
+        if item.get("ValueType") == "NUM" and item.get("MeasuredValueSequence")
+    ]
 
 
 def referenced_sops(ds: Dataset) -> set[str]:

@@ -79,10 +79,10 @@ class _Durability:
     """Per thread: files renamed and folders created whose fsyncs are still owed."""
 
     def __init__(self, under: str) -> None:
-        self.under = under          # only files renamed into this folder count
-        self.synced: dict[str, bool] = {}   # temporary file -> fsynced since its last write
-        self.owed: dict[str, str] = {}      # folder that must be fsynced -> why
-        self.files: list[str] = []          # files made durable (renamed into place)
+        self.under = under  # only files renamed into this folder count
+        self.synced: dict[str, bool] = {}  # temporary file -> fsynced since its last write
+        self.owed: dict[str, str] = {}  # folder that must be fsynced -> why
+        self.files: list[str] = []  # files made durable (renamed into place)
         self.problems: list[str] = []
 
     def see(self, call: Call) -> None:
@@ -114,10 +114,10 @@ class _Durability:
 
 @dataclass
 class Report:
-    acknowledged: int = 0   # C-STORE responses the node sent
-    spooled: int = 0        # instances renamed into the spool
-    results: int = 0        # result files renamed into the outbox
-    delivered: int = 0      # C-STORE responses the node received from the destination
+    acknowledged: int = 0  # C-STORE responses the node sent
+    spooled: int = 0  # instances renamed into the spool
+    results: int = 0  # result files renamed into the outbox
+    delivered: int = 0  # C-STORE responses the node received from the destination
     problems: list[str] | None = None
 
 
@@ -145,8 +145,9 @@ def check(calls: list[Call], data_dir: Path, scp_port: int, destination_port: in
             if call.name in ("write", "pwrite64") and call.fd == wal:
                 results.settle(f"database write (thread {pid})")
                 if awaiting_answer:
-                    report.problems.append(f"database write (thread {pid}) while a C-STORE to the destination "
-                                           "had no answer yet")
+                    report.problems.append(
+                        f"database write (thread {pid}) while a C-STORE to the destination had no answer yet"
+                    )
         report.spooled += len(receive.files)
         report.results += len(results.files)
         report.problems += receive.problems + results.problems

@@ -116,8 +116,14 @@ def test_corpus_over_the_network(tmp_path: Path, corpus: tuple[Path, list[Corpus
     assert "failed" in listing.stdout and "done" in listing.stdout
     assert _escaped(tmp_path) == []
     assert sorted(p.name for p in node.workdir.iterdir()) == ["data", "models.yaml", "node.log", "node.yaml"]
-    assert {p.name for p in node.data_dir.iterdir()} <= {"ainode.db", "ainode.db-shm", "ainode.db-wal", "outbox",
-                                                          "spool", "tmp"}
+    assert {p.name for p in node.data_dir.iterdir()} <= {
+        "ainode.db",
+        "ainode.db-shm",
+        "ainode.db-wal",
+        "outbox",
+        "spool",
+        "tmp",
+    }
     assert not list((node.data_dir / "tmp").iterdir())
     assert peak < RSS_LIMIT_MB, f"peak RSS {peak:.0f} MB"
 
@@ -130,8 +136,11 @@ def _wait_jobs(node: NodeProcess, sop_uids: set[str], timeout: float) -> None:
         while True:
             with db.session() as s:
                 series = set(s.scalars(select(Instance.series_uid).where(Instance.sop_uid.in_(sop_uids))))
-                busy = s.scalars(select(Series.series_uid).where(Series.series_uid.in_(series),
-                                                                 Series.state.in_(["receiving", "queued"]))).all()
+                busy = s.scalars(
+                    select(Series.series_uid).where(
+                        Series.series_uid.in_(series), Series.state.in_(["receiving", "queued"])
+                    )
+                ).all()
             if len(series) and not busy:
                 return
             assert time.monotonic() < deadline, f"{len(busy)} series still waiting:\n{node.log()}"
@@ -145,8 +154,14 @@ def test_corpus_through_analyze(tmp_path: Path, corpus: tuple[Path, list[CorpusI
     node = NodeProcess(tmp_path / "node")  # only its configuration: analyze needs no server
     out = tmp_path / "out"
     rss = RssSampler(interval=0.05)
-    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "analyze", str(folder / "files"), "--out", str(out)],
-                            cwd=REPO, env=node.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "analyze", str(folder / "files"), "--out", str(out)],
+        cwd=REPO,
+        env=node.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     rss.pid = proc.pid
     rss.start()
     try:

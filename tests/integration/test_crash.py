@@ -26,8 +26,18 @@ PHASES = ("receive", "analysis", "delivery")
 
 
 def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path, orthanc: OrthancServer) -> None:
-    tally = crash_scenario(tmp_path, orthanc, INSTANCES, KILLS, series_size=5, pause=0.01, seed=5, timeout=240,
-                           shipped_defaults=True, phases=PHASES)
+    tally = crash_scenario(
+        tmp_path,
+        orthanc,
+        INSTANCES,
+        KILLS,
+        series_size=5,
+        pause=0.01,
+        seed=5,
+        timeout=240,
+        shipped_defaults=True,
+        phases=PHASES,
+    )
     assert tally.kills == KILLS
     assert set(PHASES) <= set(tally.kill_phases), tally.kill_phases  # every hand-off was hit
     assert tally.acknowledged == tally.sent == INSTANCES, tally
@@ -36,8 +46,9 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path, or
     assert tally.lost == 0, tally
     # Every series ends analysed by a finished job, or failed by the poison-job guard with its reason.
     assert tally.routed_series == INSTANCES // 5, tally
-    assert all("the node stopped during this job" in reason and "given up" in reason
-               for reason in tally.given_up), tally.given_up
+    assert all("the node stopped during this job" in reason and "given up" in reason for reason in tally.given_up), (
+        tally.given_up
+    )
     assert tally.analysed + len(tally.given_up) == tally.routed_series, tally
     # Every result (superseded ones too) is in Orthanc.
     assert tally.results >= tally.analysed and tally.delivered == tally.results, tally

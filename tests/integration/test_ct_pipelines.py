@@ -29,11 +29,11 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
-from tests.node.test_ct_pipeline_units import assert_on_the_clot
 from node.db import Delivery, DeliveryState, Job, JobState, Result
 from tests.helpers import OrthancServer, assert_dciodvfy_clean
 from tests.integration.nodeproc import NodeProcess
+from tests.node.test_ct_pipeline_units import assert_on_the_clot
+from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -42,9 +42,14 @@ SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 def ct_node(module_orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """One node for the module, sending results back to the module's Orthanc by C-STORE."""
     orthanc = module_orthanc
-    node = NodeProcess(tmp_path_factory.mktemp("ct-node"), full_models=True, destinations={
-        "orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}},
-        quiet_period={"default": 1.0, "CR": 0.5, "DX": 0.5})
+    node = NodeProcess(
+        tmp_path_factory.mktemp("ct-node"),
+        full_models=True,
+        destinations={
+            "orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
+        quiet_period={"default": 1.0, "CR": 0.5, "DX": 0.5},
+    )
     node.start()
     try:
         time.sleep(0.5)  # the start-up report is logged right after the port opens
@@ -74,12 +79,19 @@ def _finished_job(node: NodeProcess, series_uid: str, timeout: float = 60.0) -> 
                 job = s.scalars(select(Job).where(Job.series_uid == series_uid)).first()
                 waiting = 0
                 if job is not None:
-                    waiting = len(s.scalars(select(Delivery.id).join(Result, Delivery.result_id == Result.id).where(
-                        Result.job_id == job.id, Delivery.state != DeliveryState.DONE)).all())
+                    waiting = len(
+                        s.scalars(
+                            select(Delivery.id)
+                            .join(Result, Delivery.result_id == Result.id)
+                            .where(Result.job_id == job.id, Delivery.state != DeliveryState.DONE)
+                        ).all()
+                    )
             if job is not None and job.state in (JobState.DONE, JobState.FAILED) and waiting == 0:
                 return job
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job of series {series_uid}: {job and job.state}, {waiting} deliveries open\n{node.log()}")
+                raise TimeoutError(
+                    f"job of series {series_uid}: {job and job.state}, {waiting} deliveries open\n{node.log()}"
+                )
             time.sleep(0.2)
     finally:
         db.dispose()
@@ -112,8 +124,11 @@ def _evaluation(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> str:
 
 
 def _kos_references(kos: pydicom.Dataset) -> set[str]:
-    return {str(ref.ReferencedSOPInstanceUID) for item in kos.ContentSequence
-            for ref in item.get("ReferencedSOPSequence", [])}
+    return {
+        str(ref.ReferencedSOPInstanceUID)
+        for item in kos.ContentSequence
+        for ref in item.get("ReferencedSOPSequence", [])
+    }
 
 
 def test_ctpa_with_right_embolus_comes_back_with_sr_kos_gsps(
@@ -141,10 +156,15 @@ def test_ctpa_with_right_embolus_comes_back_with_sr_kos_gsps(
     keys = _kos_references(kos)
     assert keys and keys <= flagged and keys & truth
     [(gsps, _)] = found["PR"]
-    labelled = {str(ref.ReferencedSOPInstanceUID) for item in gsps.GraphicAnnotationSequence
-                for ref in item.ReferencedImageSequence}
+    labelled = {
+        str(ref.ReferencedSOPInstanceUID)
+        for item in gsps.GraphicAnnotationSequence
+        for ref in item.ReferencedImageSequence
+    }
     assert labelled == flagged
-    assert all(ds.StudyInstanceUID == phantom.truth["study_uid"] for ds, _ in (*found["SR"], *found["KO"], *found["PR"]))
+    assert all(
+        ds.StudyInstanceUID == phantom.truth["study_uid"] for ds, _ in (*found["SR"], *found["KO"], *found["PR"])
+    )
 
 
 def test_ctpa_without_embolus_comes_back_negative_with_sr_only(
@@ -177,8 +197,11 @@ def test_abdomen_comes_back_with_sr_seg_gsps_kos_l3_and_areas(
     group = _groups(sr)["L3 slice body composition"]
     [l3] = {s.referenced_sop_instance_uid for s in group.source_images}
     assert abs(order.index(l3) - truth_l3) <= 1, (order.index(l3), truth_l3)
-    areas = {m.finding_sites[0].value.meaning: float(m.value) for m in group.get_measurements()
-             if m.name.meaning == "Area" and m.unit.value == "cm2"}
+    areas = {
+        m.finding_sites[0].value.meaning: float(m.value)
+        for m in group.get_measurements()
+        if m.name.meaning == "Area" and m.unit.value == "cm2"
+    }
     expected = phantom.truth["areas_cm2"]
     assert areas["Skeletal muscle"] == pytest.approx(expected["muscle"], rel=0.05), (areas, expected)
     assert areas["Subcutaneous tissue"] == pytest.approx(expected["subcutaneous_fat"], rel=0.05), (areas, expected)
@@ -187,8 +210,11 @@ def test_abdomen_comes_back_with_sr_seg_gsps_kos_l3_and_areas(
     [(kos, _)] = found["KO"]
     assert _kos_references(kos) == {l3}
     [(gsps, _)] = found["PR"]
-    labelled = {str(ref.ReferencedSOPInstanceUID) for item in gsps.GraphicAnnotationSequence
-                for ref in item.ReferencedImageSequence}
+    labelled = {
+        str(ref.ReferencedSOPInstanceUID)
+        for item in gsps.GraphicAnnotationSequence
+        for ref in item.ReferencedImageSequence
+    }
     assert labelled == set(order)  # the level written on every slice
     [(_, seg_path)] = found["SEG"]
     seg = hd.seg.segread(seg_path)
@@ -196,7 +222,7 @@ def test_abdomen_comes_back_with_sr_seg_gsps_kos_l3_and_areas(
     assert [str(d.SegmentLabel) for d in seg.SegmentSequence] == ["skeletal muscle", "subcutaneous fat", "visceral fat"]
     # The masks are on the L3 slice and are what the areas were measured on.
     masks = seg.get_pixels_by_source_instance([l3], segment_numbers=[1, 2, 3])[0]
-    pixel_cm2 = phantom.pixel_mm ** 2 / 100.0
+    pixel_cm2 = phantom.pixel_mm**2 / 100.0
     for plane, tissue in enumerate(["Skeletal muscle", "Subcutaneous tissue", "Fat"]):
         assert float(masks[:, :, plane].sum()) * pixel_cm2 == pytest.approx(areas[tissue], rel=1e-3), tissue
 

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import pydicom
 
-from training.phantoms.ct import abdomen_phantom
 from node.db import JobState
 from tests.helpers import OrthancServer
 from tests.integration.nodeproc import NodeProcess
 from tests.integration.test_ct_pipelines import _evaluation, _finished_job, _groups, _results, ct_node  # noqa: F401
+from training.phantoms.ct import abdomen_phantom
 
 
 def test_a_stretched_abdomen_comes_back_as_not_determined_and_nothing_else(
-    ct_node: NodeProcess, module_orthanc: OrthancServer, tmp_path: Path  # noqa: F811
+    ct_node: NodeProcess,
+    module_orthanc: OrthancServer,
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     phantom = abdomen_phantom(611, slices=60, size=256, spacing_z=5.0)
     paths = phantom.write_series(tmp_path / "series")

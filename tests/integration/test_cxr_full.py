@@ -19,20 +19,20 @@ The node runs once for the module; each test looks at one study's objects.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pydicom
 import pytest
 
-from training.phantoms import chest_phantom, phantom_dataset
 from node.db import DeliveryState
 from sr_writer.codes import code, finding_concept
 from tests.helpers import OrthancServer, assert_dciodvfy_clean, lateral_radiograph, rg1_uncr_path
 from tests.integration.nodeproc import NodeProcess
 from tests.integration.srread import coded_values, texts, walk
+from training.phantoms import chest_phantom, phantom_dataset
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 PR_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
@@ -77,10 +77,19 @@ def studies(module_orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFact
     found = {name: Study(pydicom.dcmread(path, stop_before_pixels=True)) for name, path in files.items()}
     found["nodule"].truth = [b.as_tuple() for b in nodule.boxes_of("Nodule")]
 
-    node = NodeProcess(work / "node", full_models=True, destinations={
-        "orthanc": {"type": "dicom", "ae_title": module_orthanc.aet, "host": "127.0.0.1",
-                    "port": module_orthanc.dicom_port}},
-        cxr={"secondary_capture": True})
+    node = NodeProcess(
+        work / "node",
+        full_models=True,
+        destinations={
+            "orthanc": {
+                "type": "dicom",
+                "ae_title": module_orthanc.aet,
+                "host": "127.0.0.1",
+                "port": module_orthanc.dicom_port,
+            }
+        },
+        cxr={"secondary_capture": True},
+    )
     node.start()
     try:
         module_orthanc.add_modality("ainode-cxr", "AINODE", node.port)
@@ -150,22 +159,27 @@ def _nodule_boxes(sr: pydicom.Dataset) -> list[tuple[float, float, float, float]
 
 def _top_ranked(sr: pydicom.Dataset) -> dict[str, int]:
     """Finding code -> rank among the top findings, from the rank NUM of each finding group."""
-    return {str(g["finding"]): int(g["numbers"][RANK]) for g in _groups(sr)  # type: ignore[index]
-            if RANK in g["numbers"]}  # type: ignore[operator]
+    return {
+        str(g["finding"]): int(g["numbers"][RANK])
+        for g in _groups(sr)  # type: ignore[index]
+        if RANK in g["numbers"]
+    }  # type: ignore[operator]
 
 
 def _present(sr: pydicom.Dataset, finding: str) -> bool:
     """Whether the classifiers' group of ``finding`` says present (vs absent); pneumonia has two
     (the 14-label classifier's and the four-class one's), and either saying present counts."""
-    values = [g["values"][finding] for g in _groups(sr)  # type: ignore[index]
-              if g["finding"] == finding and not g["boxes"] and finding in g["values"]]  # type: ignore[operator]
+    values = [
+        g["values"][finding]
+        for g in _groups(sr)  # type: ignore[index]
+        if g["finding"] == finding and not g["boxes"] and finding in g["values"]
+    ]  # type: ignore[operator]
     assert values, f"no classifier group for {finding}"
     return PRESENT in values
 
 
 def _gsps_boxes(gsps: pydicom.Dataset) -> list[tuple[float, float, float, float]]:
-    return [_bounds(g.GraphicData) for a in gsps.GraphicAnnotationSequence
-            for g in a.get("GraphicObjectSequence", [])]
+    return [_bounds(g.GraphicData) for a in gsps.GraphicAnnotationSequence for g in a.get("GraphicObjectSequence", [])]
 
 
 def _check_frontal_objects(study: Study) -> tuple[pydicom.Dataset, pydicom.Dataset, pydicom.Dataset]:
@@ -182,8 +196,9 @@ def _check_frontal_objects(study: Study) -> tuple[pydicom.Dataset, pydicom.Datas
     assert [v.lower() for v in coded_values(sr, TRIAGE)] in (["urgent"], ["priority"], ["routine"])
     ranked = _top_ranked(sr)  # the default ranks only findings at or above their thresholds
     assert len(ranked) <= 3 and all(_present(sr, finding) for finding in ranked), ranked
-    assert gsps.GraphicAnnotationSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID == \
-        source.SOPInstanceUID
+    assert (
+        gsps.GraphicAnnotationSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    )
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert list(sc.ImageType) == ["DERIVED", "SECONDARY"] and sc.BurnedInAnnotation == "YES"
     return sr, gsps, sc

@@ -29,8 +29,15 @@ def test_results_wait_through_an_outage_and_the_backlog_arrives_at_once(tmp_path
     template = small_radiograph_template(tmp_path / "in")
     node = NodeProcess(
         tmp_path / "node",
-        destinations={"pacs": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1",
-                               "port": orthanc.dicom_port, "timeout": 2}},
+        destinations={
+            "pacs": {
+                "type": "dicom",
+                "ae_title": orthanc.aet,
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+                "timeout": 2,
+            }
+        },
         delivery={"backoff_initial": BACKOFF_INITIAL, "backoff_max": BACKOFF_MAX, "max_attempts": None},
         quiet_period={"default": 0.3},
     ).start()
@@ -40,8 +47,11 @@ def test_results_wait_through_an_outage_and_the_backlog_arrives_at_once(tmp_path
         orthanc.wait_for_instances(modality="SR", count=1, timeout=60)
         orthanc.stop()  # PACS maintenance
 
-        backlog = [p for i in range(BACKLOG)
-                   for p in write_series(template, tmp_path / "in" / f"b{i}", pydicom.uid.generate_uid(), 1, "dx")]
+        backlog = [
+            p
+            for i in range(BACKLOG)
+            for p in write_series(template, tmp_path / "in" / f"b{i}", pydicom.uid.generate_uid(), 1, "dx")
+        ]
         assert storescu(backlog, "127.0.0.1", node.port, "AINODE").returncode == 0
         node.wait_jobs(1 + BACKLOG)
         deadline = time.monotonic() + 90

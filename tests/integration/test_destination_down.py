@@ -68,12 +68,20 @@ def test_many_results_back_off_become_dead_letters_and_are_delivered_by_retry(tm
     peer = RefusingPeer(orthanc.dicom_port)
     peer.start()
     template = small_radiograph_template(tmp_path / "in")
-    files = [p for _ in range(RESULTS) for p in write_series(template, tmp_path / "in", pydicom.uid.generate_uid(), 1,
-                                                               "dx")]
+    files = [
+        p for _ in range(RESULTS) for p in write_series(template, tmp_path / "in", pydicom.uid.generate_uid(), 1, "dx")
+    ]
     node = NodeProcess(
         tmp_path / "node",
-        destinations={"pacs": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1",
-                               "port": orthanc.dicom_port, "timeout": 2}},
+        destinations={
+            "pacs": {
+                "type": "dicom",
+                "ae_title": orthanc.aet,
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+                "timeout": 2,
+            }
+        },
         delivery={"max_attempts": MAX_ATTEMPTS, "backoff_initial": BACKOFF_INITIAL, "backoff_max": BACKOFF_MAX},
         quiet_period={"default": 0.3},
     ).start()
@@ -102,7 +110,7 @@ def test_many_results_back_off_become_dead_letters_and_are_delivered_by_retry(tm
     # Every result failed max_attempts - 1 times with a warning, then became a dead letter on the last.
     assert len(attempts) == RESULTS and all(len(t) == MAX_ATTEMPTS - 1 for t in attempts.values()), attempts
     for uid, times in attempts.items():
-        for n, (earlier, later) in enumerate(zip(times, times[1:]), start=1):
+        for n, (earlier, later) in enumerate(zip(times, times[1:], strict=False), start=1):
             delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (n - 1))
             assert delay * 0.9 <= later - earlier <= delay + 1.5, (uid, n, later - earlier, delay)
     assert retry.returncode == 0 and f"{RESULTS} dead letter(s) queued" in retry.stdout, retry.stdout

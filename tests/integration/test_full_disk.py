@@ -87,11 +87,13 @@ def test_full_data_disk_answers_out_of_resources_then_resumes_without_restart(
     pid = node.proc.pid if node.proc else None
     db_url = f"sqlite:///{fs / 'data' / 'ainode.db'}"
     try:
-        batch = _instances(_ct(512), 12)  # ~0.5 MB each: 6 MB do not fit in the 3 MB left, but do once the 5 MB ballast goes
+        batch = _instances(
+            _ct(512), 12
+        )  # ~0.5 MB each: 6 MB do not fit in the 3 MB left, but do once the 5 MB ballast goes
         statuses = pynetdicom_store(node.port, batch)
         assert set(statuses) == {0, OUT_OF_RESOURCES}, [hex(s) if s is not None else s for s in statuses]
-        accepted = [ds.SOPInstanceUID for ds, s in zip(batch, statuses) if s == 0]
-        refused = [ds for ds, s in zip(batch, statuses) if s == OUT_OF_RESOURCES]
+        accepted = [ds.SOPInstanceUID for ds, s in zip(batch, statuses, strict=False) if s == 0]
+        refused = [ds for ds, s in zip(batch, statuses, strict=False) if s == OUT_OF_RESOURCES]
         assert statuses.index(OUT_OF_RESOURCES) == len(accepted), "a success after the disk was full"
         files, rows = _consistent(node, db_url)
         assert set(accepted) <= rows and set(accepted) <= files
@@ -133,7 +135,7 @@ def test_full_database_disk_answers_out_of_resources_then_resumes(
         assert OUT_OF_RESOURCES in statuses, [hex(s) if s is not None else s for s in statuses]
         assert set(statuses) <= {0, OUT_OF_RESOURCES}, [hex(s) if s is not None else s for s in statuses]
         files, rows = _consistent(node, db_url)
-        refused = [ds for ds, s in zip(batch, statuses) if s != 0]
+        refused = [ds for ds, s in zip(batch, statuses, strict=False) if s != 0]
         assert not rows & {ds.SOPInstanceUID for ds in refused}
         assert "full" in node.log()
         assert echoscu("127.0.0.1", node.port, "AINODE", "STORESCU").returncode == 0

@@ -60,6 +60,6 @@ def test_resident_memory_does_not_grow_per_instance(tmp_path: Path) -> None:
     finally:
         node.stop()
     slope = float(np.polyfit(handled[1:], rss[1:], 1)[0])
-    table = ", ".join(f"{n}: {kb / 1024:.1f} MB" for n, kb in zip(handled, rss))
+    table = ", ".join(f"{n}: {kb / 1024:.1f} MB" for n, kb in zip(handled, rss, strict=False))
     assert slope < SLOPE_LIMIT_KB, f"RSS grows {slope:.2f} KB per instance ({table})"
     print(f"RSS slope {slope:.3f} KB/instance over rounds 2-{ROUNDS} ({table})")

@@ -90,7 +90,8 @@ def test_metrics_audit_and_logs_of_a_study_through_the_node(
             "down": {"type": "dicom", "ae_title": "NOBODY", "host": "127.0.0.1", "port": free_port(), "timeout": 2},
         },
         delivery={"max_attempts": 2, "backoff_initial": 0.1, "backoff_max": 0.2},
-        http_port=http_port, log_format=log_format,
+        http_port=http_port,
+        log_format=log_format,
     ).start()
     base = f"http://127.0.0.1:{http_port}"
     try:
@@ -109,8 +110,7 @@ def test_metrics_audit_and_logs_of_a_study_through_the_node(
 
         after = _metrics(base)
         assert sample(after, "ainode_instances_received_total") == 3
-        assert sample(after, "ainode_instances_rejected_total", status="0xC210",
-                      reason="Error: cannot understand") == 1
+        assert sample(after, "ainode_instances_rejected_total", status="0xC210", reason="Error: cannot understand") == 1
         assert sample(after, "ainode_associations_total", outcome="accepted") == 2
         assert sample(after, "ainode_associations_total", outcome="released") == 2
         assert sample(after, "ainode_associations_total", outcome="rejected") == 1
@@ -179,8 +179,9 @@ def test_metrics_audit_and_logs_of_a_study_through_the_node(
 
     if log_format == "json":
         entries = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
-        assert entries and all({"time", "level", "logger", "message", "job", "study", "series"} <= set(e)
-                               for e in entries)
+        assert entries and all(
+            {"time", "level", "logger", "message", "job", "study", "series"} <= set(e) for e in entries
+        )
         about_jobs = [e for e in entries if e["logger"] == "ainode.executor"]
         assert {e["job"] for e in about_jobs} == {j.id for j in jobs}
         assert all(e["study"] == study and e["series"] for e in about_jobs)
@@ -194,11 +195,16 @@ def test_metrics_audit_and_logs_of_a_study_through_the_node(
         assert any(f"[job={j.id} study={study}" in delivered for j in done_jobs)
 
 
-def test_data_directory_and_its_files_are_for_the_owner_only(tmp_path: Path, orthanc: OrthancServer,
-                                                              rg1_uncr: Path) -> None:
-    node = NodeProcess(tmp_path / "node", destinations={
-        "orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}},
-        http_port=free_port())
+def test_data_directory_and_its_files_are_for_the_owner_only(
+    tmp_path: Path, orthanc: OrthancServer, rg1_uncr: Path
+) -> None:
+    node = NodeProcess(
+        tmp_path / "node",
+        destinations={
+            "orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
+        http_port=free_port(),
+    )
     old_umask = os.umask(0o022)  # what a service usually runs with; the node must not rely on a stricter one
     try:
         node.start()
@@ -212,8 +218,9 @@ def test_data_directory_and_its_files_are_for_the_owner_only(tmp_path: Path, ort
         assert any(p.suffix == ".dcm" and "spool" in p.parts for p in files)
         assert any(p.suffix == ".dcm" and "outbox" in p.parts for p in files)
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
-        readable = {str(p.relative_to(data)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files
-                    if p.stat().st_mode & 0o077}
+        readable = {
+            str(p.relative_to(data)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files if p.stat().st_mode & 0o077
+        }
         assert not readable, f"files open to group or others: {readable}"
         if os.geteuid() == 0:
             # What counts: another local account cannot list the folder nor read an instance.

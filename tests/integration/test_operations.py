@@ -26,8 +26,15 @@ def test_dead_letters_are_listed_and_delivered_by_retry(tmp_path: Path, rg1_uncr
     orthanc = OrthancServer(tmp_path / "orthanc")  # not started: the PACS is down
     node = NodeProcess(
         tmp_path / "node",
-        destinations={"pacs": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1",
-                               "port": orthanc.dicom_port, "timeout": 2}},
+        destinations={
+            "pacs": {
+                "type": "dicom",
+                "ae_title": "ORTHANC",
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+                "timeout": 2,
+            }
+        },
         delivery={"max_attempts": 2, "backoff_initial": 0.1, "backoff_max": 0.2},
     ).start()
     try:
@@ -58,8 +65,12 @@ def test_dead_letters_are_listed_and_delivered_by_retry(tmp_path: Path, rg1_uncr
 def test_late_instance_causes_a_new_sr_that_supersedes_the_first(
     tmp_path: Path, rg1_uncr: Path, orthanc: OrthancServer
 ) -> None:
-    node = NodeProcess(tmp_path / "node", destinations={
-        "orthanc": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}}).start()
+    node = NodeProcess(
+        tmp_path / "node",
+        destinations={
+            "orthanc": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
+    ).start()
     source = pydicom.dcmread(rg1_uncr)
     study = str(source.StudyInstanceUID)
     try:

@@ -38,8 +38,12 @@ def _sr_from_orthanc(orthanc: OrthancServer, study_uid: str, tmp_path: Path) -> 
 def test_frontal_radiograph_forwarded_by_orthanc_gets_sr_back_by_cstore(
     tmp_path: Path, orthanc: OrthancServer, rg1_uncr: Path
 ) -> None:
-    node = NodeProcess(tmp_path / "node", destinations={
-        "orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}})
+    node = NodeProcess(
+        tmp_path / "node",
+        destinations={
+            "orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
+    )
     node.start()
     try:
         orthanc.add_modality("ainode", "AINODE", node.port)
@@ -64,8 +68,9 @@ def test_frontal_radiograph_forwarded_by_orthanc_gets_sr_back_by_cstore(
 def test_lateral_radiograph_gets_view_filter_sr_back_by_stow_rs(
     tmp_path: Path, orthanc: OrthancServer, lateral_dicom: Path
 ) -> None:
-    node = NodeProcess(tmp_path / "node", destinations={
-        "orthanc-web": {"type": "dicomweb", "url": orthanc.dicomweb_url}})
+    node = NodeProcess(
+        tmp_path / "node", destinations={"orthanc-web": {"type": "dicomweb", "url": orthanc.dicomweb_url}}
+    )
     node.start()
     try:
         orthanc.add_modality("ainode", "AINODE", node.port)

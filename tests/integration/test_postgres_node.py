@@ -32,8 +32,14 @@ def test_node_on_postgresql_survives_a_kill_and_delivers_everything_once(
 
     Base.metadata.drop_all(db.engine)  # the session's database: start from an empty schema
     files = radiograph_copies(rg1_uncr, tmp_path / "in", COUNT)
-    node = NodeProcess(tmp_path / "node", database_url=postgres, quiet_period={"default": 10, "CR": 2.0}, destinations={
-        "orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}})
+    node = NodeProcess(
+        tmp_path / "node",
+        database_url=postgres,
+        quiet_period={"default": 10, "CR": 2.0},
+        destinations={
+            "orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
+    )
     node.start()
     try:
         sent = storescu(files, "127.0.0.1", node.port, "AINODE")

@@ -20,18 +20,19 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pydicom
 import pytest
 from sqlalchemy import func, select
 
 from dimse.scu import store_files
-from training.phantoms.ct import abdomen_phantom
 from node.db import AuditEvent, AuditKind, Job, JobState, Result, Series, SeriesState
 from tests.helpers import OrthancServer, free_port
 from tests.integration.nodeproc import REPO, NodeProcess
+from training.phantoms.ct import abdomen_phantom
 
 RESULT_MODALITIES = {"SR", "PR", "SEG", "KO", "OT"}
 STABLE_AGE = 3  # seconds, so that three periods pass within the test
@@ -68,8 +69,9 @@ def debian_orthanc_config() -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in MACHINE_KEYS}
 
 
-def _orthanc_from_readme(factory: Callable[..., OrthancServer], workdir: Path, node_port: int,
-                         base: dict[str, Any] | None = None) -> OrthancServer:
+def _orthanc_from_readme(
+    factory: Callable[..., OrthancServer], workdir: Path, node_port: int, base: dict[str, Any] | None = None
+) -> OrthancServer:
     """Orthanc with the README's keys set (over ``base``, e.g. Debian's own configuration)."""
     config, lua = readme_recipe()
     config = {**(base or {}), **config}
@@ -84,8 +86,9 @@ def _orthanc_from_readme(factory: Callable[..., OrthancServer], workdir: Path, n
 
 
 def _results(orthanc: OrthancServer, study_uid: str) -> Counter[str]:
-    return Counter(i.modality for i in orthanc.instances()
-                   if i.study_instance_uid == study_uid and i.modality in RESULT_MODALITIES)
+    return Counter(
+        i.modality for i in orthanc.instances() if i.study_instance_uid == study_uid and i.modality in RESULT_MODALITIES
+    )
 
 
 def _wait(condition: Callable[[], Any], timeout: float, what: str, node: NodeProcess, orthanc: OrthancServer) -> Any:
@@ -104,8 +107,14 @@ def _resent_instances(node: NodeProcess) -> int:
     db = node.database()
     try:
         with db.session() as s:
-            return int(s.scalar(select(func.coalesce(func.sum(AuditEvent.instance_count), 0))
-                                .where(AuditEvent.kind == AuditKind.RESENT)) or 0)
+            return int(
+                s.scalar(
+                    select(func.coalesce(func.sum(AuditEvent.instance_count), 0)).where(
+                        AuditEvent.kind == AuditKind.RESENT
+                    )
+                )
+                or 0
+            )
     finally:
         db.dispose()
 
@@ -115,9 +124,12 @@ def _db_counts(node: NodeProcess) -> tuple[int, int, int, int]:
     db = node.database()
     try:
         with db.session() as s:
-            return (s.scalar(select(func.count(Job.id))) or 0, s.scalar(select(func.count(Result.id))) or 0,
-                    s.scalar(select(func.count(AuditEvent.id)).where(AuditEvent.kind == AuditKind.RESENT)) or 0,
-                    s.scalar(select(func.count(Series.id)).where(Series.state == SeriesState.IGNORED)) or 0)
+            return (
+                s.scalar(select(func.count(Job.id))) or 0,
+                s.scalar(select(func.count(Result.id))) or 0,
+                s.scalar(select(func.count(AuditEvent.id)).where(AuditEvent.kind == AuditKind.RESENT)) or 0,
+                s.scalar(select(func.count(Series.id)).where(Series.state == SeriesState.IGNORED)) or 0,
+            )
     finally:
         db.dispose()
 
@@ -128,9 +140,15 @@ def test_orthanc_configured_from_the_readme_sends_each_study_once(
 ) -> None:
     node_port = free_port()
     orthanc = _orthanc_from_readme(orthanc_factory, tmp_path / "orthanc", node_port)
-    node = NodeProcess(tmp_path / "node", full_models=True, port=node_port, destinations={
-        "pacs": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}},
-        quiet_period={"default": 2.0, "CR": 0.5, "DX": 0.5})
+    node = NodeProcess(
+        tmp_path / "node",
+        full_models=True,
+        port=node_port,
+        destinations={
+            "pacs": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
+        quiet_period={"default": 2.0, "CR": 0.5, "DX": 0.5},
+    )
     node.start()
     try:
         ct = abdomen_phantom(603, slices=60, size=256, spacing_z=5.0).write_series(tmp_path / "ct")
@@ -140,11 +158,21 @@ def test_orthanc_configured_from_the_readme_sends_each_study_once(
         orthanc.store_with_storescu([rg1_uncr])
         orthanc.store_with_storescu(ct)
 
-        cr_results = _wait(lambda: _results(orthanc, cr_study).get("SR") and _results(orthanc, cr_study),
-                           60, "no SR for the radiograph", node, orthanc)
+        cr_results = _wait(
+            lambda: _results(orthanc, cr_study).get("SR") and _results(orthanc, cr_study),
+            60,
+            "no SR for the radiograph",
+            node,
+            orthanc,
+        )
         cr_seconds = time.monotonic() - started
-        ct_results = _wait(lambda: {"SR", "SEG"} <= set(_results(orthanc, ct_study)) and _results(orthanc, ct_study),
-                           120, "no SR and SEG for the abdominal CT", node, orthanc)
+        ct_results = _wait(
+            lambda: {"SR", "SEG"} <= set(_results(orthanc, ct_study)) and _results(orthanc, ct_study),
+            120,
+            "no SR and SEG for the abdominal CT",
+            node,
+            orthanc,
+        )
         time.sleep(2)  # the last objects of the CT's results
         cr_results, ct_results = _results(orthanc, cr_study), _results(orthanc, ct_study)
         jobs, results, _, _ = _db_counts(node)
@@ -187,8 +215,9 @@ def test_orthanc_configured_from_the_readme_sends_each_study_once(
         for _ in range(50):
             outcomes = store_files(ct[:20], host="127.0.0.1", port=node.port, called_ae="AINODE", calling_ae="ORTHANC")
             assert all(o.succeeded for o in outcomes)
-        _wait(lambda: _resent_instances(node) == before + 1000, 30, "the 1,000 re-sends were not recorded", node,
-              orthanc)
+        _wait(
+            lambda: _resent_instances(node) == before + 1000, 30, "the 1,000 re-sends were not recorded", node, orthanc
+        )
         assert _db_counts(node)[:2] == (jobs, results)
         assert (_results(orthanc, cr_study), _results(orthanc, ct_study)) == (cr_results, ct_results)
         audit = node.cli("audit", "--kind", "resent")
@@ -207,9 +236,9 @@ def test_orthanc_configured_from_the_readme_sends_each_study_once(
 # stable, which happens again after every result the node stores.
 STABLE_SCRIPTS = {
     "OnStableStudy": "function OnStableStudy(studyId, tags, metadata)\n"
-                     "  RestApiPost('/modalities/ainode/store', studyId)\nend\n",
+    "  RestApiPost('/modalities/ainode/store', studyId)\nend\n",
     "OnStableSeries": "function OnStableSeries(seriesId, tags, metadata)\n"
-                      "  RestApiPost('/modalities/ainode/store', seriesId)\nend\n",
+    "  RestApiPost('/modalities/ainode/store', seriesId)\nend\n",
 }
 
 
@@ -221,10 +250,17 @@ def test_forwarding_on_stable_events_does_not_loop(
     node_port = free_port()
     script = tmp_path / "forward.lua"
     script.write_text(STABLE_SCRIPTS[event], encoding="utf-8")
-    orthanc = orthanc_factory(modalities={"ainode": ["AINODE", "127.0.0.1", node_port]},
-                              extra_config={"LuaScripts": [str(script)], "StableAge": 2})
-    node = NodeProcess(tmp_path / "node", port=node_port, destinations={
-        "pacs": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}})
+    orthanc = orthanc_factory(
+        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]},
+        extra_config={"LuaScripts": [str(script)], "StableAge": 2},
+    )
+    node = NodeProcess(
+        tmp_path / "node",
+        port=node_port,
+        destinations={
+            "pacs": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
+    )
     node.start()
     try:
         orthanc.store_with_storescu([rg1_uncr])
@@ -251,13 +287,19 @@ def test_the_quick_start_sample_sent_into_orthanc_comes_back_analysed(
     (its four keys set in ``/etc/orthanc/orthanc.json``), results back in Orthanc."""
     node_port = free_port()
     orthanc = _orthanc_from_readme(orthanc_factory, tmp_path / "orthanc", node_port, base=debian_orthanc_config())
-    node = NodeProcess(tmp_path / "node", port=node_port, destinations={
-        "pacs": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}})
+    node = NodeProcess(
+        tmp_path / "node",
+        port=node_port,
+        destinations={
+            "pacs": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
+    )
     node.start()
     try:
         started = time.monotonic()
-        run = node.cli("sample", "cxr", "--out", str(tmp_path / "sample"), "--send",
-                       f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
+        run = node.cli(
+            "sample", "cxr", "--out", str(tmp_path / "sample"), "--send", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+        )
         assert run.returncode == 0 and "as MODALITY" in run.stdout, run.stdout + run.stderr
         study = next(line.split()[1] for line in run.stdout.splitlines() if line.startswith("study "))
         _wait(lambda: _results(orthanc, study).get("SR"), 60, "no SR for the sample", node, orthanc)

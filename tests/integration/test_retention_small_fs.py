@@ -91,11 +91,19 @@ def test_watermark_frees_space_by_policy_node_keeps_answering_and_unfinished_is_
         fs = make("fs", FS_MB)
         node = NodeProcess(
             tmp_path / "node",
-            destinations={"pacs": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1",
-                                   "port": orthanc.dicom_port, "timeout": 5},
-                          "down": {"type": "dicom", "ae_title": "DOWN", "host": "127.0.0.1", "port": free_port(),
-                                   "timeout": 2}},
-            default_destinations=["pacs"], routing_file=str(routing), data_dir=str(fs / "data"),
+            destinations={
+                "pacs": {
+                    "type": "dicom",
+                    "ae_title": orthanc.aet,
+                    "host": "127.0.0.1",
+                    "port": orthanc.dicom_port,
+                    "timeout": 5,
+                },
+                "down": {"type": "dicom", "ae_title": "DOWN", "host": "127.0.0.1", "port": free_port(), "timeout": 2},
+            },
+            default_destinations=["pacs"],
+            routing_file=str(routing),
+            data_dir=str(fs / "data"),
             quiet_period={"default": 0.3, "CT": 3600.0},
             delivery={"backoff_initial": 0.5, "backoff_max": 2.0, "max_attempts": None},
             retention={"keep_hours": 24, "min_free_percent": WATERMARK_PERCENT, "interval_seconds": 0.5},
@@ -126,12 +134,15 @@ def test_watermark_frees_space_by_policy_node_keeps_answering_and_unfinished_is_
 
                 def delivered() -> bool:
                     with db.session() as s:
-                        return not s.scalar(select(func.count()).select_from(Delivery).where(
-                            Delivery.destination == "pacs", Delivery.state != DeliveryState.DONE))
+                        return not s.scalar(
+                            select(func.count())
+                            .select_from(Delivery)
+                            .where(Delivery.destination == "pacs", Delivery.state != DeliveryState.DONE)
+                        )
+
                 _wait(delivered, 60, f"round {round_}'s results delivered", node)
                 # Each round lands under the watermark at most briefly: the loop purges within a pass.
-                _wait(lambda: _free(fs) >= WATERMARK_PERCENT / 100, 30, "free space back above the watermark",
-                      node)
+                _wait(lambda: _free(fs) >= WATERMARK_PERCENT / 100, 30, "free space back above the watermark", node)
             assert statuses == [0] * ROUNDS * PER_ROUND, [hex(s) if s is not None else s for s in statuses]
             assert sent > 1.5 * free_at_start  # impossible without retention
 

@@ -42,11 +42,20 @@ def config(tmp_path: Path) -> Path:
     models_yaml = tmp_path / "models.yaml"
     models_yaml.write_text("models:\n  - manifest: cxr-view-filter/model.json\n")
     cfg = tmp_path / "node.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "host": "127.0.0.1", "port": 0, "http_port": 0, "data_dir": str(tmp_path / "data"),
-        "destinations": {}, "default_destinations": [], "models_file": str(models_yaml),
-        "cxr": {"finding_model": None, "four_class_models": [], "detector_model": None},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "host": "127.0.0.1",
+                "port": 0,
+                "http_port": 0,
+                "data_dir": str(tmp_path / "data"),
+                "destinations": {},
+                "default_destinations": [],
+                "models_file": str(models_yaml),
+                "cxr": {"finding_model": None, "four_class_models": [], "detector_model": None},
+            }
+        )
+    )
     return cfg
 
 
@@ -71,11 +80,20 @@ def test_http_port_in_use_stops_start_up(config: Path, taken_port: int) -> None:
 
 def test_http_port_in_use_with_http_disabled_starts(config: Path, taken_port: int) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve"], cwd=REPO, text=True,
-                            env={"PATH": os.environ.get("PATH", ""), "AINODE_CONFIG": str(config),
-                                 "AINODE_PORT": str(port), "AINODE_HTTP_PORT": str(taken_port),
-                                 "AINODE_HTTP_ENABLED": "false"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "serve"],
+        cwd=REPO,
+        text=True,
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "AINODE_CONFIG": str(config),
+            "AINODE_PORT": str(port),
+            "AINODE_HTTP_PORT": str(taken_port),
+            "AINODE_HTTP_ENABLED": "false",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert wait_for_port(port, timeout=60), proc.stderr.read() if proc.poll() is not None else "not listening"
         assert "HTTP off" in (proc.stdout.readline() if proc.stdout else "")
@@ -102,8 +120,9 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs mounted read-only (root can write to any chmod'ed folder, not to a read-only mount)."""
     point = tmp_path / "ro"
     point.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(point)],
-                           capture_output=True, text=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(point)], capture_output=True, text=True
+    )
     if mount.returncode != 0:
         pytest.fail(f"cannot mount a read-only tmpfs for this test (needs root): {mount.stderr.strip()}")
     try:
@@ -119,12 +138,14 @@ def test_data_dir_on_a_read_only_file_system(config: Path, read_only_dir: Path) 
     one_line_error(run, f"cannot create data directory {read_only_dir / 'node'}", "Read-only file system")
 
 
-@pytest.mark.parametrize("command", [("jobs",), ("jobs", "show", "1"), ("deliveries",), ("deliveries", "retry"),
-                                     ("audit",)])
+@pytest.mark.parametrize(
+    "command", [("jobs",), ("jobs", "show", "1"), ("deliveries",), ("deliveries", "retry"), ("audit",)]
+)
 def test_commands_before_the_node_ever_ran(config: Path, tmp_path: Path, command: tuple[str, ...]) -> None:
     run = ainode(*command, config=config)
-    one_line_error(run, f"no database at {tmp_path / 'data' / 'ainode.db'}",
-                   "the node has not run yet with this configuration")
+    one_line_error(
+        run, f"no database at {tmp_path / 'data' / 'ainode.db'}", "the node has not run yet with this configuration"
+    )
     assert not (tmp_path / "data").exists()  # a listing creates nothing
 
 
@@ -138,11 +159,20 @@ def test_unreachable_postgresql_is_one_line(config: Path) -> None:
 def test_dev_sh_variables_are_not_settings(config: Path) -> None:
     """``AINODE_EXTRAS=postgres bash scripts/dev.sh run`` hands its own variables to ``ainode serve``."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve"], cwd=REPO, text=True,
-                            env={"PATH": os.environ.get("PATH", ""), "AINODE_CONFIG": str(config),
-                                 "AINODE_PORT": str(port), "AINODE_EXTRAS": "postgres",
-                                 "AINODE_PYTHON": sys.executable},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "serve"],
+        cwd=REPO,
+        text=True,
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "AINODE_CONFIG": str(config),
+            "AINODE_PORT": str(port),
+            "AINODE_EXTRAS": "postgres",
+            "AINODE_PYTHON": sys.executable,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         assert "listening" in line, line
@@ -172,8 +202,10 @@ def test_privileged_port_message_names_the_fix() -> None:
     from node.preflight import listen_error
 
     message = str(listen_error("DICOM", "0.0.0.0", 104, PermissionError(errno.EACCES, "Permission denied"), "port"))
-    assert message == ("DICOM port 0.0.0.0:104 needs root or CAP_NET_BIND_SERVICE (ports below 1024): choose a port "
-                       "of 1024 or above (port in node.yaml or AINODE_PORT), or grant the capability")
+    assert message == (
+        "DICOM port 0.0.0.0:104 needs root or CAP_NET_BIND_SERVICE (ports below 1024): choose a port "
+        "of 1024 or above (port in node.yaml or AINODE_PORT), or grant the capability"
+    )
     tls = str(listen_error("DICOM TLS", "::", 2762, OSError(errno.EADDRINUSE, "Address in use"), "tls.port"))
     assert "[::]:2762 is already in use" in tls and "AINODE_TLS__PORT" in tls
 

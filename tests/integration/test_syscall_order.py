@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 INSTANCES = 4
 
 # Run inside the node's process: ``os.fsync`` skips the fsyncs of one kind, then the node serves.
-MUTANT = '''
+MUTANT = """
 import os, sys
 kind, data = sys.argv[1], sys.argv[2]
 real = os.fsync
@@ -50,7 +50,7 @@ def fsync(fd):
 os.fsync = fsync
 from node.cli import main
 sys.exit(main(["serve"]))
-'''
+"""
 
 
 @pytest.fixture
@@ -59,8 +59,12 @@ def destination(tmp_path: Path) -> Iterator[int]:
     port = free_port()
     out = tmp_path / "pacs"
     out.mkdir()
-    proc = subprocess.Popen([require_tool("storescp"), "-od", str(out), "-aet", "PACS", str(port)],
-                            env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [require_tool("storescp"), "-od", str(out), "-aet", "PACS", str(port)],
+        env=tool_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_for_port(port, timeout=10), "storescp did not start"
         yield port
@@ -75,20 +79,44 @@ def _traced_node(tmp_path: Path, radiographs: list[Path], destination: int, muta
     port = free_port()
     work.mkdir()
     (work / "models.yaml").write_text("models:\n  - manifest: cxr-view-filter/model.json\n")
-    (work / "node.yaml").write_text(yaml.safe_dump({
-        "port": port, "host": "127.0.0.1", "data_dir": str(data), "http_enabled": False,
-        "allowed_peers": [{"ae_title": "STORESCU"}], "models_file": str(work / "models.yaml"),
-        "cxr": {"finding_model": None, "four_class_models": [], "detector_model": None, "presentation_state": False},
-        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": destination}},
-        "default_destinations": ["pacs"], "quiet_period": {"default": 0.2},
-    }))
+    (work / "node.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "port": port,
+                "host": "127.0.0.1",
+                "data_dir": str(data),
+                "http_enabled": False,
+                "allowed_peers": [{"ae_title": "STORESCU"}],
+                "models_file": str(work / "models.yaml"),
+                "cxr": {
+                    "finding_model": None,
+                    "four_class_models": [],
+                    "detector_model": None,
+                    "presentation_state": False,
+                },
+                "destinations": {
+                    "pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": destination}
+                },
+                "default_destinations": ["pacs"],
+                "quiet_period": {"default": 0.2},
+            }
+        )
+    )
     trace = work / "strace.log"
-    node = ([sys.executable, "-c", MUTANT, mutation, str(data.resolve())] if mutation
-            else [sys.executable, "-m", "node.cli", "serve"])
+    node = (
+        [sys.executable, "-c", MUTANT, mutation, str(data.resolve())]
+        if mutation
+        else [sys.executable, "-m", "node.cli", "serve"]
+    )
     log = open(work / "node.log", "wb")
-    proc = subprocess.Popen([require_tool("strace"), *STRACE_ARGS, "-o", str(trace), *node], cwd=REPO,
-                            env={**os.environ, "AINODE_CONFIG": str(work / "node.yaml")}, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [require_tool("strace"), *STRACE_ARGS, "-o", str(trace), *node],
+        cwd=REPO,
+        env={**os.environ, "AINODE_CONFIG": str(work / "node.yaml")},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert wait_for_port(port, timeout=120), (work / "node.log").read_text()[-3000:]
         sent = storescu(radiographs, "127.0.0.1", port, "AINODE")
@@ -100,7 +128,7 @@ def _traced_node(tmp_path: Path, radiographs: list[Path], destination: int, muta
     finally:
         # SIGTERM to the node itself (strace's child); strace ends when it does.
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-        for child in (children.read_text().split() if children.exists() else []):
+        for child in children.read_text().split() if children.exists() else []:
             os.kill(int(child), signal.SIGTERM)
         try:
             proc.wait(60)
@@ -126,8 +154,11 @@ def test_the_check_fails_when_one_fsync_is_taken_out(
 ) -> None:
     report = _traced_node(tmp_path, radiograph_copies(rg1_uncr, tmp_path / "in", INSTANCES), destination, mutation)
     assert report.acknowledged == INSTANCES
-    expected = {"file": "data not fsynced before its rename", "folder": "after its rename",
-                "new-folder": "parent of the new folder"}[mutation]
+    expected = {
+        "file": "data not fsynced before its rename",
+        "folder": "after its rename",
+        "new-folder": "parent of the new folder",
+    }[mutation]
     spooled = [p for p in report.problems if "/spool/" in p and expected in p]
     results = [p for p in report.problems if "/outbox/" in p and expected in p]
     assert spooled and results, report.problems

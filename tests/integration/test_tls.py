@@ -61,9 +61,25 @@ def _openssl(*args: str) -> None:
 
 def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             "-keyout", str(key), "-out", str(cert))
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+    )
     return cert, key
 
 
@@ -71,8 +87,23 @@ def _make_leaf(directory: Path, name: str, ca: tuple[Path, Path], usage: str) ->
     cert, key, csr, ext = (directory / f"{name}{s}" for s in (".crt", ".key", ".csr", ".ext"))
     ext.write_text(f"basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\nsubjectAltName=IP:{LOCALHOST}\n")
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
-             "-days", "2", "-extfile", str(ext), "-out", str(cert))
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca[0]),
+        "-CAkey",
+        str(ca[1]),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(cert),
+    )
     return cert, key
 
 
@@ -90,8 +121,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def _tls_settings(pki: Pki, port: int, **more: object) -> dict[str, object]:
-    return {"enabled": True, "port": port, "certificate": str(pki.server_cert), "private_key": str(pki.server_key),
-            "ca_certificates": str(pki.ca), **more}
+    return {
+        "enabled": True,
+        "port": port,
+        "certificate": str(pki.server_cert),
+        "private_key": str(pki.server_key),
+        "ca_certificates": str(pki.ca),
+        **more,
+    }
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str, node: NodeProcess) -> None:
@@ -118,8 +155,11 @@ def _last_errors(node: NodeProcess, destination: str) -> list[str]:
 def tls_node(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[tuple[NodeProcess, int, int]]:
     """A node with a plain port and a TLS port that requires a client certificate signed by the test CA."""
     tls_port, http_port = free_port(), free_port()
-    node = NodeProcess(tmp_path_factory.mktemp("tls-node"), http_port=http_port,
-                       tls=_tls_settings(pki, tls_port, require_client_certificate=True)).start()
+    node = NodeProcess(
+        tmp_path_factory.mktemp("tls-node"),
+        http_port=http_port,
+        tls=_tls_settings(pki, tls_port, require_client_certificate=True),
+    ).start()
     try:
         assert wait_for_port(tls_port), node.log()
         yield node, tls_port, http_port
@@ -137,11 +177,14 @@ def test_dcmtk_stores_over_tls_with_a_client_certificate_and_the_node_analyses(
     tls_node: tuple[NodeProcess, int, int], pki: Pki, rg1_uncr: Path
 ) -> None:
     node, tls_port, http_port = tls_node
-    assert echoscu(LOCALHOST, tls_port, "AINODE", "STORESCU",
-                   _client_tls(pki, pki.client_cert, pki.client_key)).returncode == 0
+    assert (
+        echoscu(LOCALHOST, tls_port, "AINODE", "STORESCU", _client_tls(pki, pki.client_cert, pki.client_key)).returncode
+        == 0
+    )
 
-    sent = storescu([rg1_uncr], LOCALHOST, tls_port, "AINODE",
-                    extra_args=_client_tls(pki, pki.client_cert, pki.client_key))
+    sent = storescu(
+        [rg1_uncr], LOCALHOST, tls_port, "AINODE", extra_args=_client_tls(pki, pki.client_cert, pki.client_key)
+    )
 
     assert sent.returncode == 0 and "E: " not in sent.stderr, sent.stderr
     [job] = node.wait_jobs(1)
@@ -163,8 +206,13 @@ def test_clients_without_a_certificate_or_from_another_ca_are_refused(
     node, tls_port, _ = tls_node
     failed_before = node.log().count("TLS handshake with")
     anonymous = storescu([rg1_uncr], LOCALHOST, tls_port, "AINODE", extra_args=_client_tls(pki))
-    foreign = storescu([rg1_uncr], LOCALHOST, tls_port, "AINODE",
-                       extra_args=_client_tls(pki, pki.other_client_cert, pki.other_client_key))
+    foreign = storescu(
+        [rg1_uncr],
+        LOCALHOST,
+        tls_port,
+        "AINODE",
+        extra_args=_client_tls(pki, pki.other_client_cert, pki.other_client_key),
+    )
 
     for refused in (anonymous, foreign):
         assert refused.returncode != 0, refused.stderr
@@ -172,8 +220,10 @@ def test_clients_without_a_certificate_or_from_another_ca_are_refused(
     _wait(lambda: node.log().count("TLS handshake with") >= failed_before + 2, 10, "logged refusals", node)
     assert "Traceback" not in node.log()
     # still serving with the right certificate
-    assert echoscu(LOCALHOST, tls_port, "AINODE", "STORESCU",
-                   _client_tls(pki, pki.client_cert, pki.client_key)).returncode == 0
+    assert (
+        echoscu(LOCALHOST, tls_port, "AINODE", "STORESCU", _client_tls(pki, pki.client_cert, pki.client_key)).returncode
+        == 0
+    )
 
 
 def test_plain_dicom_to_the_tls_port_fails_and_the_node_keeps_serving(
@@ -184,8 +234,10 @@ def test_plain_dicom_to_the_tls_port_fails_and_the_node_keeps_serving(
 
     assert plain.returncode != 0
     assert echoscu(LOCALHOST, node.port, "AINODE", "STORESCU").returncode == 0
-    assert echoscu(LOCALHOST, tls_port, "AINODE", "STORESCU",
-                   _client_tls(pki, pki.client_cert, pki.client_key)).returncode == 0
+    assert (
+        echoscu(LOCALHOST, tls_port, "AINODE", "STORESCU", _client_tls(pki, pki.client_cert, pki.client_key)).returncode
+        == 0
+    )
     assert node.proc is not None and node.proc.poll() is None
     assert "Traceback" not in node.log()
 
@@ -193,11 +245,16 @@ def test_plain_dicom_to_the_tls_port_fails_and_the_node_keeps_serving(
 # -- start-up checks ---------------------------------------------------------------------------------
 
 
-def test_a_key_that_does_not_match_the_certificate_stops_serve_with_the_key_and_file(
-    tmp_path: Path, pki: Pki
-) -> None:
-    node = NodeProcess(tmp_path / "node", tls={
-        "enabled": True, "port": free_port(), "certificate": str(pki.server_cert), "private_key": str(pki.client_key)})
+def test_a_key_that_does_not_match_the_certificate_stops_serve_with_the_key_and_file(tmp_path: Path, pki: Pki) -> None:
+    node = NodeProcess(
+        tmp_path / "node",
+        tls={
+            "enabled": True,
+            "port": free_port(),
+            "certificate": str(pki.server_cert),
+            "private_key": str(pki.client_key),
+        },
+    )
     with pytest.raises(RuntimeError) as failed:
         node.start(timeout=30)
     assert "tls.private_key" in str(failed.value) and str(pki.client_key) in str(failed.value)
@@ -211,8 +268,11 @@ def test_unusable_tls_files_are_config_errors_naming_key_and_file(tmp_path: Path
     cases = [
         (TlsSettings(enabled=True, certificate=pki.server_cert, private_key=missing), "tls.private_key", missing),
         (TlsSettings(enabled=True, certificate=not_pem, private_key=pki.server_key), "tls.certificate", not_pem),
-        (TlsSettings(enabled=True, certificate=pki.server_cert, private_key=pki.server_key,
-                     ca_certificates=missing), "tls.ca_certificates", missing),
+        (
+            TlsSettings(enabled=True, certificate=pki.server_cert, private_key=pki.server_key, ca_certificates=missing),
+            "tls.ca_certificates",
+            missing,
+        ),
     ]
     for settings, key, path in cases:
         with pytest.raises(ConfigError) as failed:
@@ -222,8 +282,14 @@ def test_unusable_tls_files_are_config_errors_naming_key_and_file(tmp_path: Path
     context = tls.server_context(TlsSettings(enabled=True, certificate=pki.server_cert, private_key=pki.server_key))
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
 
-    dest = {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST, "port": 104, "tls": True,
-            "ca_certificates": str(missing)}
+    dest = {
+        "type": "dicom",
+        "ae_title": "PACS",
+        "host": LOCALHOST,
+        "port": 104,
+        "tls": True,
+        "ca_certificates": str(missing),
+    }
     with pytest.raises(ConfigError, match=r"destinations\.pacs\.ca_certificates"):
         build_senders(Settings(destinations={"pacs": dest}, default_destinations=[]))
     web = {"type": "dicomweb", "url": "https://pacs.invalid/dicom-web", "ca_certificates": str(not_pem)}
@@ -237,8 +303,7 @@ def test_settings_say_what_is_wrong_with_a_tls_section(tmp_path: Path) -> None:
         ("tls: {enabled: true}\n", "needs 'certificate' and 'private_key'"),
         ("port: null\n", "the node would not listen"),
         ("tls: {enabled: true, port: 11112, certificate: a.crt, private_key: a.key}\n", "must differ"),
-        ("destinations: {p: {type: dicom, ae_title: P, host: h, port: 1, ca_certificates: ca.crt}}\n",
-         "set tls: true"),
+        ("destinations: {p: {type: dicom, ae_title: P, host: h, port: 1, ca_certificates: ca.crt}}\n", "set tls: true"),
     ]:
         config.write_text(text)
         with pytest.raises(ConfigError, match=expected):
@@ -251,9 +316,16 @@ def test_tls_only_node_is_ready_and_answers_ainode_echo(
     """``port: null`` turns the plain port off; /readyz and ``ainode echo`` then use the TLS port."""
     from node.service import Node
 
-    settings = Settings(port=None, host=LOCALHOST, data_dir=tmp_path / "data", allowed_peers=[],
-                        destinations={}, default_destinations=[], http_port=0,
-                        tls=TlsSettings(**_tls_settings(pki, free_port())))
+    settings = Settings(
+        port=None,
+        host=LOCALHOST,
+        data_dir=tmp_path / "data",
+        allowed_peers=[],
+        destinations={},
+        default_destinations=[],
+        http_port=0,
+        tls=TlsSettings(**_tls_settings(pki, free_port())),
+    )
     node = Node(settings)
     node.start()
     try:
@@ -262,12 +334,19 @@ def test_tls_only_node_is_ready_and_answers_ainode_echo(
         assert server.readiness.checks()["dicom"] == "ok"
         server.stop()
         config = tmp_path / "node.yaml"
-        config.write_text(f"port: null\ndata_dir: {tmp_path / 'data'}\ndestinations: {{}}\ndefault_destinations: []\n"
-                          f"tls: {{enabled: true, port: {settings.tls.port}, certificate: {pki.server_cert}, "
-                          f"private_key: {pki.server_key}}}\n")
-        result = subprocess.run([sys.executable, "-m", "node.cli", "echo"], capture_output=True, text=True,
-                                env={**os.environ, "AINODE_CONFIG": str(config)}, cwd=Path(__file__).parents[2],
-                                timeout=60)
+        config.write_text(
+            f"port: null\ndata_dir: {tmp_path / 'data'}\ndestinations: {{}}\ndefault_destinations: []\n"
+            f"tls: {{enabled: true, port: {settings.tls.port}, certificate: {pki.server_cert}, "
+            f"private_key: {pki.server_key}}}\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "node.cli", "echo"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "AINODE_CONFIG": str(config)},
+            cwd=Path(__file__).parents[2],
+            timeout=60,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "over TLS: status 0x0000 (success)" in result.stdout
     finally:
@@ -285,7 +364,11 @@ def _storescp(out: Path, *tls_options: str) -> Iterator[int]:
     out.mkdir()
     proc = subprocess.Popen(
         [require_tool("storescp"), *tls_options, "-od", str(out), "-aet", "TLSPACS", str(port)],
-        env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        env=tool_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         # a bare connect: a TLS storescp notes a failed handshake and goes on
         assert wait_for_port(port), f"storescp did not open port {port}"
@@ -307,16 +390,27 @@ def test_node_delivers_over_tls_and_never_falls_back_to_plain(
     tmp_path: Path, pki: Pki, rg1_uncr: Path, dcmtk_tls_storescp: tuple[int, Path]
 ) -> None:
     port, received = dcmtk_tls_storescp
-    good = {"type": "dicom", "ae_title": "TLSPACS", "host": LOCALHOST, "port": port, "tls": True,
-            "ca_certificates": str(pki.ca), "certificate": str(pki.client_cert), "private_key": str(pki.client_key),
-            "timeout": 10}
+    good = {
+        "type": "dicom",
+        "ae_title": "TLSPACS",
+        "host": LOCALHOST,
+        "port": port,
+        "tls": True,
+        "ca_certificates": str(pki.ca),
+        "certificate": str(pki.client_cert),
+        "private_key": str(pki.client_key),
+        "timeout": 10,
+    }
     untrusted = {**good, "ca_certificates": str(pki.other_ca)}  # the PACS certificate does not verify
     plain_dir = tmp_path / "plain-received"
     with _storescp(plain_dir) as plain_port:
         # a peer that speaks only plain DICOM: a TLS destination must fail, never send in the clear
         plain = {**good, "port": plain_port}
-        node = NodeProcess(tmp_path / "node", destinations={"secure": good, "untrusted": untrusted, "plain": plain},
-                           delivery={"max_attempts": 1, "backoff_initial": 0.1, "backoff_max": 0.2}).start()
+        node = NodeProcess(
+            tmp_path / "node",
+            destinations={"secure": good, "untrusted": untrusted, "plain": plain},
+            delivery={"max_attempts": 1, "backoff_initial": 0.1, "backoff_max": 0.2},
+        ).start()
         echoed, refused = _deliver_and_echo(node, rg1_uncr)
 
     modalities = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).Modality) for p in received.iterdir())
@@ -334,8 +428,12 @@ def _deliver_and_echo(node: NodeProcess, image: Path) -> tuple[subprocess.Comple
     try:
         assert storescu([image], LOCALHOST, node.port, "AINODE").returncode == 0
         node.wait_jobs(1)
-        _wait(lambda: node.deliveries(DeliveryState.PENDING) + node.deliveries(DeliveryState.SENDING) == 0,
-              60, "finished deliveries", node)
+        _wait(
+            lambda: node.deliveries(DeliveryState.PENDING) + node.deliveries(DeliveryState.SENDING) == 0,
+            60,
+            "finished deliveries",
+            node,
+        )
         return node.cli("echo", "secure"), node.cli("echo", "untrusted")
     finally:
         node.stop()
@@ -410,19 +508,34 @@ def test_stow_rs_over_https_with_basic_auth_keeps_the_password_out_of_logs_and_o
     orthanc = OrthancServer(tmp_path / "orthanc", http_auth=("ainode", password)).start()
     front = _HttpsFront(orthanc.http_port, pki.server_cert, pki.server_key)
     try:
-        web = {"type": "dicomweb", "url": f"{front.url}/dicom-web", "auth": "basic", "username": "ainode",
-               "password_env": "AINODE_TEST_STOW_PASSWORD", "ca_certificates": str(pki.ca), "timeout": 10}
-        node = NodeProcess(tmp_path / "node", destinations={
-            "archive": web,
-            "wrong-password": {**web, "password_env": None, "password_file": str(secret_file)},
-            "system-cas": {**web, "ca_certificates": None},  # the default trust (here: the other CA)
-        }, delivery={"max_attempts": 1, "backoff_initial": 0.1, "backoff_max": 0.2}).start()
+        web = {
+            "type": "dicomweb",
+            "url": f"{front.url}/dicom-web",
+            "auth": "basic",
+            "username": "ainode",
+            "password_env": "AINODE_TEST_STOW_PASSWORD",
+            "ca_certificates": str(pki.ca),
+            "timeout": 10,
+        }
+        node = NodeProcess(
+            tmp_path / "node",
+            destinations={
+                "archive": web,
+                "wrong-password": {**web, "password_env": None, "password_file": str(secret_file)},
+                "system-cas": {**web, "ca_certificates": None},  # the default trust (here: the other CA)
+            },
+            delivery={"max_attempts": 1, "backoff_initial": 0.1, "backoff_max": 0.2},
+        ).start()
         try:
             assert storescu([rg1_uncr], LOCALHOST, node.port, "AINODE").returncode == 0
             study = str(pydicom.dcmread(rg1_uncr, stop_before_pixels=True).StudyInstanceUID)
             stored = orthanc.wait_for_instances(study_uid=study, modality="SR", timeout=60)
-            _wait(lambda: node.deliveries(DeliveryState.PENDING) + node.deliveries(DeliveryState.SENDING) == 0,
-                  60, "finished deliveries", node)
+            _wait(
+                lambda: node.deliveries(DeliveryState.PENDING) + node.deliveries(DeliveryState.SENDING) == 0,
+                60,
+                "finished deliveries",
+                node,
+            )
             outputs = [node.cli(*args) for args in (("deliveries",), ("audit",), ("jobs",), ("echo", "archive"))]
         finally:
             node.stop()
@@ -449,9 +562,7 @@ def test_stow_rs_over_https_with_basic_auth_keeps_the_password_out_of_logs_and_o
 # -- verify_hostname, and secrets kept in AINODE_* variables ---------------------------------------
 
 
-def test_verify_hostname_checks_the_subject_alt_name_and_false_still_checks_the_chain(
-    tmp_path: Path, pki: Pki
-) -> None:
+def test_verify_hostname_checks_the_subject_alt_name_and_false_still_checks_the_chain(tmp_path: Path, pki: Pki) -> None:
     """The server certificate names IP 127.0.0.1 only: 'localhost' does not match it."""
     from dimse.scp import AllowedPeer, StorageSCP
     from node.destinations import DicomDestination
@@ -462,16 +573,35 @@ def test_verify_hostname_checks_the_subject_alt_name_and_false_still_checks_the_
         received.append(str(getattr(request, "sop_instance_uid", "")))
         return 0
 
-    scp = StorageSCP(ae_title="TLSPACS", port=0, host=LOCALHOST, sink=sink,  # type: ignore[arg-type]
-                     allowed_peers=[AllowedPeer("AINODE")], ssl_context=tls.server_context(
-                         TlsSettings(enabled=True, certificate=pki.server_cert, private_key=pki.server_key)))
+    scp = StorageSCP(
+        ae_title="TLSPACS",
+        port=0,
+        host=LOCALHOST,
+        sink=sink,  # type: ignore[arg-type]
+        allowed_peers=[AllowedPeer("AINODE")],
+        ssl_context=tls.server_context(
+            TlsSettings(enabled=True, certificate=pki.server_cert, private_key=pki.server_key)
+        ),
+    )
     scp.start()
     image = Path(get_testdata_file("SC_rgb.dcm"))
     try:
+
         def send(host: str, verify_hostname: bool, ca: Path) -> str:
             context = tls.client_context("destinations.pacs", ca_certificates=ca, verify_hostname=verify_hostname)
-            return DicomDestination("pacs", ae_title="TLSPACS", host=host, port=scp.port, calling_ae="AINODE",
-                                    timeout=5, ssl_context=context).send([image]).message
+            return (
+                DicomDestination(
+                    "pacs",
+                    ae_title="TLSPACS",
+                    host=host,
+                    port=scp.port,
+                    calling_ae="AINODE",
+                    timeout=5,
+                    ssl_context=context,
+                )
+                .send([image])
+                .message
+            )
 
         mismatch = send("localhost", True, pki.ca)
         assert "stored" not in mismatch and "Hostname mismatch" in mismatch, mismatch
@@ -488,8 +618,10 @@ def test_a_secret_in_an_ainode_variable_is_not_a_setting_and_is_never_echoed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tmp_path / "node.yaml"
-    config.write_text("destinations: {web: {type: dicomweb, url: 'https://pacs.invalid/dicom-web', auth: basic,\n"
-                      "  username: ainode, password_env: AINODE_WEB_PASSWORD}}\ndefault_destinations: [web]\n")
+    config.write_text(
+        "destinations: {web: {type: dicomweb, url: 'https://pacs.invalid/dicom-web', auth: basic,\n"
+        "  username: ainode, password_env: AINODE_WEB_PASSWORD}}\ndefault_destinations: [web]\n"
+    )
     environ = {"AINODE_WEB_PASSWORD": "pa55-in-env", "AINODE_UNKNOWN_TOKEN": "t0ken-in-env"}
     with pytest.raises(ConfigError) as failed:  # a misspelt variable is an unknown key, its value not shown
         load_settings(config, environ=environ)

@@ -16,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.helpers.radiographs import cxr_view_dir, repo_root
 
+
 def build_grey_image(
     pixels: np.ndarray,
     *,
@@ -87,6 +88,11 @@ def png_as_dicom(png: Path, view_position: str | None, *, invert: bool = False) 
     with Image.open(png) as image:
         grey = np.asarray(image.convert("L"), dtype=np.uint8)
     if invert:
-        return build_grey_image(255 - grey, photometric="MONOCHROME1", window=(127.5, 255.0),
-                                voi_function="LINEAR_EXACT", view_position=view_position)
+        return build_grey_image(
+            255 - grey,
+            photometric="MONOCHROME1",
+            window=(127.5, 255.0),
+            voi_function="LINEAR_EXACT",
+            view_position=view_position,
+        )
     return build_grey_image(grey, window=(127.5, 255.0), voi_function="LINEAR_EXACT", view_position=view_position)

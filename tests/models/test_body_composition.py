@@ -120,7 +120,7 @@ def _flood_labels(mask: np.ndarray, connectivity: int) -> int:
     if connectivity == 8:
         steps += [(1, 1), (1, -1), (-1, 1), (-1, -1)]
     count = 0
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=False):
         if seen[start]:
             continue
         count += 1
@@ -163,7 +163,9 @@ def test_fill_holes_and_hull() -> None:
 def test_abdomen_phantom_l3_areas_match_its_truth(seed: int) -> None:
     phantom = abdomen_phantom(seed, slices=95, size=512)
     k = phantom.truth["l3_index"]
-    result, masks = measure(phantom.volume_hu[k], (phantom.pixel_mm, phantom.pixel_mm), phantom.truth["patient_size_m"], "x")
+    result, masks = measure(
+        phantom.volume_hu[k], (phantom.pixel_mm, phantom.pixel_mm), phantom.truth["patient_size_m"], "x"
+    )
     truth = phantom.truth["areas_cm2"]
     assert result.muscle_cm2 == pytest.approx(truth["muscle"], rel=0.02)
     assert result.subcutaneous_fat_cm2 == pytest.approx(truth["subcutaneous_fat"], rel=0.02)

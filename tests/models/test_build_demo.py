@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from training.phantoms.cxr_datasets import write_four_class_dataset, write_nih_dataset
 from models.registry import ModelRegistry
-from training.demo import RECIPES, Progress, RecipeError, build_demo, recipe_hash
 from tests.helpers import repo_root
+from training.demo import RECIPES, Progress, RecipeError, build_demo, recipe_hash
+from training.phantoms.cxr_datasets import write_four_class_dataset, write_nih_dataset
 
 MINE = ("cxr-findings", "cxr-four-class", "cxr-four-class-cnn")
 VERSIONS = {"cxr-findings": "demo-3", "cxr-four-class": "demo-1", "cxr-four-class-cnn": "demo-1"}
@@ -65,8 +65,10 @@ def test_second_run_is_cached_and_force_rebuilds(models_dir: tuple[Path, str]) -
 def test_missing_recipe_module_is_named_and_others_still_build(models_dir: tuple[Path, str]) -> None:
     out, _ = models_dir
     log = io.StringIO()
-    recipes = [("ghost", "training.no_such_recipe:build_demo", 1),
-               ("cxr-four-class-cnn", dict((n, t) for n, t, _ in RECIPES)["cxr-four-class-cnn"], 1)]
+    recipes = [
+        ("ghost", "training.no_such_recipe:build_demo", 1),
+        ("cxr-four-class-cnn", dict((n, t) for n, t, _ in RECIPES)["cxr-four-class-cnn"], 1),
+    ]
     outcomes = build_demo(out, quick=True, recipes=recipes, stream=log)
     assert [(o.name, o.state) for o in outcomes] == [("ghost", "failed"), ("cxr-four-class-cnn", "cached")]
     assert "training.no_such_recipe" in outcomes[0].message and "not found" in outcomes[0].message
@@ -76,7 +78,9 @@ def test_missing_recipe_module_is_named_and_others_still_build(models_dir: tuple
     assert "cxr-detector" in [name for name, _, _ in RECIPES]
 
 
-def test_cli_builds_into_out_and_reports_cache(models_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_builds_into_out_and_reports_cache(
+    models_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     from node.cli import TRAINERS, main
 
     out, _ = models_dir
@@ -103,8 +107,9 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise() -> None:
     assert "\r" not in plain.getvalue() and 5 <= len(lines) <= 11 and lines[-1].startswith("cxr-x: training")
 
 
-def test_evaluate_commands_print_seed_tables(models_dir: tuple[Path, str], tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_commands_print_seed_tables(
+    models_dir: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from training import finding_classifier, four_class
 
     out, _ = models_dir
@@ -115,16 +120,18 @@ def test_evaluate_commands_print_seed_tables(models_dir: tuple[Path, str], tmp_p
     assert "on all images (" in lines[0] and len(lines) == 17 and lines[-1].startswith("mean")
     assert finding_classifier.main(model) == 0  # the demo keeps no split.csv (its data are gone): all images
     assert "on all images (no test split of them in split.csv) (" in capsys.readouterr().out.splitlines()[0]
-    (out / "cxr-findings" / "split.csv").write_text("image,split\n00000001_000.png,test\n00000002_000.png,test\n"
-                                                     "00000003_000.png,train\n", encoding="utf-8")
+    (out / "cxr-findings" / "split.csv").write_text(
+        "image,split\n00000001_000.png,test\n00000002_000.png,test\n00000003_000.png,train\n", encoding="utf-8"
+    )
     assert finding_classifier.main(model) == 0
     assert "on test split (2 images)" in capsys.readouterr().out.splitlines()[0]
     write_four_class_dataset(tmp_path / "fc", per_class=2, fractions=(0.5, 0.0, 0.5), size=128, seed=9)
     assert four_class.main(["--data", str(tmp_path / "fc"), "--out", str(out / "cxr-four-class"), "--evaluate"]) == 0
     report = capsys.readouterr().out
     assert "on test/ (4 images)" in report and "confusion matrix" in report and "macro F1" in report
-    assert four_class.main(["--data", str(tmp_path / "missing"), "--out", str(out / "cxr-four-class"),
-                            "--evaluate"]) == 2
+    assert (
+        four_class.main(["--data", str(tmp_path / "missing"), "--out", str(out / "cxr-four-class"), "--evaluate"]) == 2
+    )
     assert "no images in" in capsys.readouterr().err
 
 
@@ -138,7 +145,9 @@ def test_shipped_demo_weights_are_up_to_date_with_their_recipes(capsys: pytest.C
     for name, target, _ in RECIPES:
         manifest = json.loads((weights / name / "model.json").read_text(encoding="utf-8"))
         assert manifest["demo"] is True, name
-        assert manifest["postprocessing"].get("recipe_hash") == recipe_hash(target, False), f"{name}: stale demo weights"
+        assert manifest["postprocessing"].get("recipe_hash") == recipe_hash(target, False), (
+            f"{name}: stale demo weights"
+        )
     assert main(["models", "build-demo", "--out", str(weights)]) == 0
     printed = capsys.readouterr().out
     assert all(f"{name}: up to date, skipped" in printed for name, _, _ in RECIPES), printed

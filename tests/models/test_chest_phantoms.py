@@ -8,11 +8,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from training.phantoms import FINDINGS, FOUR_CLASSES, NIH_LABELS, chest_phantom, phantom_dataset
 from models.registry import ModelRegistry
 from models.view_filter import ViewFilter
 from node.router import load_routing, route
 from tests.helpers import assert_dciodvfy_clean, repo_root
+from training.phantoms import FINDINGS, FOUR_CLASSES, NIH_LABELS, chest_phantom, phantom_dataset
 
 SEEDS = (0, 1, 2)
 # Findings that add density (mean rises in their box) and those that remove it.
@@ -27,7 +27,7 @@ def test_same_seed_same_image_other_seed_other_image() -> None:
     c = chest_phantom(12, ["Nodule", "Effusion"])
     assert np.mean(np.abs(a.image - c.image)) > 0.005 and a.boxes != c.boxes
     assert a.image.dtype == np.float32 and a.image.shape == (512, 512)
-    assert 0.0 <= a.image.min() and a.image.max() <= 1.0
+    assert a.image.min() >= 0.0 and a.image.max() <= 1.0
 
 
 def test_normal_phantom_anatomy() -> None:
@@ -58,7 +58,7 @@ def test_finding_changes_the_image_inside_its_box(finding: str, seed: int) -> No
         assert change_inside < -0.01, change_inside
     # The box holds the whole finding: outside it the image is the normal one (up to the blur's edge).
     margin = np.zeros_like(inside)
-    margin[max(0, y0 - 3):y1 + 3, max(0, x0 - 3):x1 + 3] = True
+    margin[max(0, y0 - 3) : y1 + 3, max(0, x0 - 3) : x1 + 3] = True
     assert np.abs(diff[~margin]).max() < 1e-6
 
 
@@ -82,7 +82,7 @@ def test_cardiothoracic_ratio(seed: int) -> None:
         dense = p.image[row0:row1] > 0.58
         widths = []
         for row in dense:
-            cols = np.nonzero(row[p.thorax[0]:p.thorax[1]])[0]
+            cols = np.nonzero(row[p.thorax[0] : p.thorax[1]])[0]
             widths.append(cols.max() - cols.min() + 1 if len(cols) else 0)
         measured = max(widths) / (p.thorax[1] - p.thorax[0])
         assert measured == pytest.approx(p.cardiothoracic_ratio, abs=0.03)
@@ -92,8 +92,12 @@ def test_cardiothoracic_ratio(seed: int) -> None:
 def test_four_classes(four_class: str) -> None:
     normal, p = chest_phantom(4), chest_phantom(4, four_class=four_class)
     assert p.four_class == four_class
-    expected = {"normal": (), "pneumonia": ("Consolidation", "Pneumonia"), "covid19": ("Infiltration",),
-                "tuberculosis": ("Infiltration", "Nodule")}[four_class]
+    expected = {
+        "normal": (),
+        "pneumonia": ("Consolidation", "Pneumonia"),
+        "covid19": ("Infiltration",),
+        "tuberculosis": ("Infiltration", "Nodule"),
+    }[four_class]
     assert p.labels == expected
     if four_class == "covid19":  # bilateral
         centres = sorted((b.x_min + b.x_max) / 2 for b in p.boxes)
@@ -132,8 +136,11 @@ def test_dicom_is_valid_dx_for_presentation(phantom_files: list[Path]) -> None:
         assert_dciodvfy_clean(path)
     ds = pydicom.dcmread(phantom_files[1])
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.1" and ds.ViewPosition == "PA"
-    assert [float(v) for v in ds.PixelSpacing] == [float(v) for v in ds.ImagerPixelSpacing] == pytest.approx(
-        [430 / 512] * 2, abs=1e-5)
+    assert (
+        [float(v) for v in ds.PixelSpacing]
+        == [float(v) for v in ds.ImagerPixelSpacing]
+        == pytest.approx([430 / 512] * 2, abs=1e-5)
+    )
     expected = np.round(chest_phantom(1, ["Nodule"]).image * 4095)
     np.testing.assert_array_equal(ds.pixel_array, expected)
 

@@ -15,6 +15,8 @@ import pydicom
 import pytest
 from PIL import Image
 
+from models.preprocess.ct_series import iter_hu_batches, plan_series
+from tests.helpers import OrthancServer, dciodvfy
 from training.phantoms.ct import LEVELS, PE_EXAM_LABELS, TISSUES, CtPhantom, abdomen_phantom, ctpa_phantom
 from training.phantoms.ct_datasets import (
     LUMBAR_PNG_WINDOW,
@@ -23,8 +25,6 @@ from training.phantoms.ct_datasets import (
     write_lumbar_folders,
     write_rsna_pe,
 )
-from models.preprocess.ct_series import iter_hu_batches, plan_series
-from tests.helpers import OrthancServer, dciodvfy
 
 RSNA_HEADER = (
     "StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID,pe_present_on_image,negative_exam_for_pe,qa_motion,"
@@ -41,7 +41,11 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     background = ~mask
     outside = np.zeros_like(mask)
     outside[0, :], outside[-1, :], outside[:, 0], outside[:, -1] = (
-        background[0, :], background[-1, :], background[:, 0], background[:, -1])
+        background[0, :],
+        background[-1, :],
+        background[:, 0],
+        background[:, -1],
+    )
     while True:
         grown = outside.copy()
         grown[1:, :] |= outside[:-1, :]
@@ -65,7 +69,7 @@ def _threshold_composition(hu: np.ndarray) -> dict[str, np.ndarray]:
 
 def _load(paths: list[Path]) -> tuple[list[pydicom.Dataset], dict[str, Path]]:
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
-    return headers, {str(h.SOPInstanceUID): p for h, p in zip(headers, paths)}
+    return headers, {str(h.SOPInstanceUID): p for h, p in zip(headers, paths, strict=False)}
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +93,26 @@ def test_ctpa_same_seed_same_volume_and_the_clot_is_the_only_difference() -> Non
 
 @pytest.mark.parametrize(
     ("side", "chronic", "acute_and_chronic"),
-    [("right", False, False), ("left", False, False), ("central", False, False), ("right", True, False),
-     ("left", False, True)],
+    [
+        ("right", False, False),
+        ("left", False, False),
+        ("central", False, False),
+        ("right", True, False),
+        ("left", False, True),
+    ],
 )
 @pytest.mark.parametrize("seed", [0, 11])
-def test_pe_slices_hold_a_defect_inside_the_artery(side: str, chronic: bool, acute_and_chronic: bool, seed: int) -> None:
-    sick = ctpa_phantom(seed, slices=60, size=256, embolus=side, chronic=chronic,  # type: ignore[arg-type]
-                        acute_and_chronic=acute_and_chronic)
+def test_pe_slices_hold_a_defect_inside_the_artery(
+    side: str, chronic: bool, acute_and_chronic: bool, seed: int
+) -> None:
+    sick = ctpa_phantom(
+        seed,
+        slices=60,
+        size=256,
+        embolus=side,
+        chronic=chronic,  # type: ignore[arg-type]
+        acute_and_chronic=acute_and_chronic,
+    )
     normal = ctpa_phantom(seed, slices=60, size=256, embolus=None)
     truth = sick.truth
     assert truth["pe_slices"] and truth["pe_slices"] == sorted(truth["pe_slices"])
@@ -188,7 +205,8 @@ def test_series_load_in_position_order_despite_shuffled_names_and_numbers(tmp_pa
     in_plan = phantom.plan_truth()
     assert in_plan["sop_uids"] == list(plan.sop_instance_uids)
     assert [plan.sop_instance_uids[k] for k in in_plan["pe_slices"]] == sorted(
-        phantom.truth["pe_sop_uids"], key=list(plan.sop_instance_uids).index)
+        phantom.truth["pe_sop_uids"], key=list(plan.sop_instance_uids).index
+    )
     volume = np.concatenate([batch for _, batch in iter_hu_batches(plan, by_uid, batch_size=7)])
     np.testing.assert_array_equal(volume[::-1], phantom.volume_hu)  # HU round trip, exact
     assert phantom.truth["pe_sop_uids"] == [phantom.truth["sop_uids"][k] for k in phantom.truth["pe_slices"]]
@@ -221,8 +239,9 @@ def test_headers_like_a_scanner_and_dciodvfy_clean(tmp_path: Path, abdomen512: C
 
 def test_localizer_in_the_series_is_dropped_and_descriptions_can_change(tmp_path: Path) -> None:
     phantom = ctpa_phantom(8, slices=16, size=64)
-    paths = phantom.write_series(tmp_path, localizer=True,
-                                 descriptions={"StudyDescription": "CT CHEST", "ContrastBolusAgent": ""})
+    paths = phantom.write_series(
+        tmp_path, localizer=True, descriptions={"StudyDescription": "CT CHEST", "ContrastBolusAgent": ""}
+    )
     files = sorted(tmp_path.iterdir())
     assert len(paths) == 16 and len(files) == 17
     plan = plan_series([pydicom.dcmread(p, stop_before_pixels=True) for p in files])
@@ -246,7 +265,8 @@ def test_orthanc_stores_the_series_under_the_given_uids(tmp_path: Path, orthanc:
     stored = orthanc.wait_for_instances(study_uid=study, count=90)
     assert {i.sop_instance_uid for i in stored} == set(phantom.truth["sop_uids"])
     assert {(i.series_instance_uid, i.modality, i.sop_class_uid) for i in stored} == {
-        (series, "CT", "1.2.840.10008.5.1.4.1.1.2")}
+        (series, "CT", "1.2.840.10008.5.1.4.1.1.2")
+    }
     assert all("ABD" in i.series_description for i in stored)
 
 
@@ -276,9 +296,11 @@ def test_levels_run_head_to_feet_with_vertebral_heights(abdomen512: CtPhantom) -
 def test_level_features_change_down_the_spine(abdomen512: CtPhantom) -> None:
     """What a CNN can use: kidneys at L1–L2, iliac bone from L4 down, psoas growing, ribs only at T/L1."""
     truth, p = abdomen512.truth, abdomen512
+
     def mid(level: str) -> int:
         first, last = truth["level_ranges"][level]
         return (first + last) // 2
+
     kidney = p.mask("kidney").sum(axis=(1, 2))
     assert kidney[mid("L1")] > 0 and kidney[mid("L2")] > 0 and kidney[truth["l3_index"]] == 0
     assert kidney[mid("L4")] == 0
@@ -377,6 +399,7 @@ def test_lumbar_folders(tmp_path: Path) -> None:
     assert sum(1 for _ in (root / "train").rglob("*.png")) == len(kept)
     k = phantom.truth["l3_index"]
     np.testing.assert_array_equal(
-        np.asarray(Image.open(root / "train" / "L3" / f"s1-000-{k:03d}.png")), window_to_uint8(phantom.volume_hu[k]))
+        np.asarray(Image.open(root / "train" / "L3" / f"s1-000-{k:03d}.png")), window_to_uint8(phantom.volume_hu[k])
+    )
     center, width = LUMBAR_PNG_WINDOW
     assert window_to_uint8(np.array([center - width / 2, center, center + width / 2])).tolist() == [0, 128, 255]

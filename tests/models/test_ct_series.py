@@ -92,7 +92,7 @@ def write_series(
     numbers = list(instance_numbers) if instance_numbers is not None else list(range(n, 0, -1))
     paths = []
     for k in range(n):
-        position = [o + k * s for o, s in zip(origin, step)]
+        position = [o + k * s for o, s in zip(origin, step, strict=False)]
         ds = ct_slice(stored[k], position, orientation=orientation, instance_number=numbers[k], **slice_kwargs)
         path = folder / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -135,23 +135,29 @@ def test_feet_first_series_with_random_instance_numbers_is_ordered_inferior_to_s
     # Acquired from the head down (z decreasing); numbered at random.
     numbers = list(range(1, 11))
     random.Random(3).shuffle(numbers)
-    paths = write_series(tmp_path, ramp_volume(10), origin=(0, 0, 300.0), step=(0, 0, -3.0),
-                         instance_numbers=numbers)
+    paths = write_series(tmp_path, ramp_volume(10), origin=(0, 0, 300.0), step=(0, 0, -3.0), instance_numbers=numbers)
     plan = plan_series(headers(paths))
     assert list(plan.sop_instance_uids) == uids(paths)[::-1]
     assert plan.positions == pytest.approx([273.0 + 3.0 * k for k in range(10)])
-    hu = np.concatenate([batch for _, batch in iter_hu_batches(plan, dict(zip(uids(paths), paths)), batch_size=4)])
+    hu = np.concatenate(
+        [batch for _, batch in iter_hu_batches(plan, dict(zip(uids(paths), paths, strict=False)), batch_size=4)]
+    )
     # Slice k of the volume was written at z = 300 - 3k, so the plan reads it backwards.
-    assert [float(s.mean()) + 1024 for s in hu] == pytest.approx([float(ramp_volume(10)[k].mean()) for k in
-                                                                  range(9, -1, -1)])
+    assert [float(s.mean()) + 1024 for s in hu] == pytest.approx(
+        [float(ramp_volume(10)[k].mean()) for k in range(9, -1, -1)]
+    )
 
 
 def test_localizers_are_dropped_with_a_reason(tmp_path: Path) -> None:
     paths = write_series(tmp_path / "axial", ramp_volume(8))
-    tagged = write_series(tmp_path / "scout", ramp_volume(1), orientation=(0, 1, 0, 0, 0, -1), origin=(0, -200, 100),
-                          image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
-    untagged = write_series(tmp_path / "scout2", ramp_volume(1), orientation=(1, 0, 0, 0, 0, -1),
-                            origin=(-200, 0, 100))
+    tagged = write_series(
+        tmp_path / "scout",
+        ramp_volume(1),
+        orientation=(0, 1, 0, 0, 0, -1),
+        origin=(0, -200, 100),
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+    )
+    untagged = write_series(tmp_path / "scout2", ramp_volume(1), orientation=(1, 0, 0, 0, 0, -1), origin=(-200, 0, 100))
     plan = plan_series(headers(paths + tagged + untagged))
     assert list(plan.sop_instance_uids) == uids(paths)
     reasons = {d.sop_instance_uid: d.reason for d in plan.dropped}
@@ -168,8 +174,7 @@ def test_sagittal_reformat_is_refused(tmp_path: Path) -> None:
 
 def test_mixed_geometry_is_refused_naming_the_groups(tmp_path: Path) -> None:
     thin = write_series(tmp_path / "a", ramp_volume(5))
-    coarse = write_series(tmp_path / "b", ramp_volume(5, size=32), origin=(-100, -100, 1.0),
-                          pixel_spacing=(1.4, 1.4))
+    coarse = write_series(tmp_path / "b", ramp_volume(5, size=32), origin=(-100, -100, 1.0), pixel_spacing=(1.4, 1.4))
     coarse = coarse[:3]
     messages = set()
     for seed in (1, 2):
@@ -223,7 +228,7 @@ def test_duplicate_positions_are_dropped_deterministically(tmp_path: Path) -> No
     plan = plans[0]
     assert len(plan) == 6 and plan.positions == pytest.approx([2.5 * k for k in range(6)])
     assert sum("duplicate position" in d.reason for d in plan.dropped) == 2
-    for position_index, (first, second) in enumerate(zip(uids(paths)[2:4], uids(again))):
+    for position_index, (first, second) in enumerate(zip(uids(paths)[2:4], uids(again), strict=False)):
         assert plan.sop_instance_uids[2 + position_index] == min(first, second)
     assert any("2 slice(s) at an already occupied position" in w for w in plan.warnings)
 
@@ -232,7 +237,7 @@ def test_256_series_is_accepted_and_read_at_its_size(tmp_path: Path) -> None:
     paths = write_series(tmp_path, ramp_volume(3, size=256), pixel_spacing=(0.9, 0.8))
     plan = plan_series(headers(paths))
     assert (plan.rows, plan.columns, plan.pixel_spacing) == (256, 256, (0.9, 0.8))
-    (indices, batch), = list(iter_hu_batches(plan, dict(zip(uids(paths), paths))))
+    ((indices, batch),) = list(iter_hu_batches(plan, dict(zip(uids(paths), paths, strict=False))))
     assert indices == [0, 1, 2] and batch.shape == (3, 256, 256) and batch.dtype == np.float32
 
 
@@ -243,7 +248,7 @@ def test_hu_equal_the_planted_volume(tmp_path: Path, slope: float) -> None:
     stored = ((hu + 1024) / slope).astype(np.int16)
     paths = write_series(tmp_path, stored, slope=slope, intercept=-1024.0)
     plan = plan_series(headers(paths))
-    out = list(iter_hu_batches(plan, dict(zip(uids(paths), paths)), batch_size=4))
+    out = list(iter_hu_batches(plan, dict(zip(uids(paths), paths, strict=False)), batch_size=4))
     assert [indices for indices, _ in out] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
     volume = np.concatenate([batch for _, batch in out])
     assert volume.dtype == np.float32 and volume.shape == (9, 64, 64)
@@ -297,10 +302,13 @@ def test_error_when_position_or_orientation_is_missing(tmp_path: Path, keyword: 
         plan_series(hs)
 
 
-@pytest.mark.parametrize(("orientation", "message"), [
-    ((1, 0, 0, 1, 0, 0), "not orthogonal"),
-    ((0, 0, 0, 0, 1, 0), "not unit vectors"),
-])
+@pytest.mark.parametrize(
+    ("orientation", "message"),
+    [
+        ((1, 0, 0, 1, 0, 0), "not orthogonal"),
+        ((0, 0, 0, 0, 1, 0), "not unit vectors"),
+    ],
+)
 def test_error_when_orientation_is_degenerate(tmp_path: Path, orientation: tuple[float, ...], message: str) -> None:
     hs = planned_headers(tmp_path)
     for ds in hs:
@@ -312,7 +320,7 @@ def test_error_when_orientation_is_degenerate(tmp_path: Path, orientation: tuple
 def test_reading_refuses_a_file_that_is_not_the_planned_slice(tmp_path: Path) -> None:
     paths = write_series(tmp_path, ramp_volume(3))
     plan: SeriesPlan = plan_series(headers(paths))
-    swapped = dict(zip(uids(paths), [paths[1], paths[0], paths[2]]))
+    swapped = dict(zip(uids(paths), [paths[1], paths[0], paths[2]], strict=False))
     with pytest.raises(SeriesError, match="not the planned"):
         list(iter_hu_batches(plan, swapped))
     with pytest.raises(SeriesError, match="have no file"):

@@ -17,8 +17,8 @@ from models.errors import ModelError
 from models.finding_classifier import FindingClassifier
 from models.four_class import FourClassClassifier
 from models.manifest import Manifest, manifest_from_mapping, sha256_file
-from training.architectures import FOUR_CLASSES, export_onnx, four_class_cnn
 from sr_writer.codes import CHESTXRAY14_LABELS
+from training.architectures import FOUR_CLASSES, export_onnx, four_class_cnn
 
 
 def make_manifest(
@@ -63,7 +63,9 @@ def make_manifest(
         ((50, 60), (128, 128)),
     ],
 )
-def test_letterbox_round_trip_keeps_a_source_box_within_one_pixel(source: tuple[int, int], canvas: tuple[int, int]) -> None:
+def test_letterbox_round_trip_keeps_a_source_box_within_one_pixel(
+    source: tuple[int, int], canvas: tuple[int, int]
+) -> None:
     rows, cols = source
     image = np.zeros(source, dtype=np.float32)
     # A bright rectangle whose edges are known in source pixels.
@@ -118,11 +120,13 @@ def test_box_outside_the_image_is_clipped_to_it() -> None:
 # --------------------------------------------------------------------------- decode and NMS
 
 
-def raw_tensor(boxes: list[tuple[float, float, float, float]], scores: list[list[float]], anchors: int = 12) -> np.ndarray:
+def raw_tensor(
+    boxes: list[tuple[float, float, float, float]], scores: list[list[float]], anchors: int = 12
+) -> np.ndarray:
     """A raw YOLO output (4 + nc, anchors) with the given xyxy boxes and class scores, the rest zero."""
     nc = len(scores[0])
     raw = np.zeros((4 + nc, anchors), dtype=np.float32)
-    for i, ((x1, y1, x2, y2), s) in enumerate(zip(boxes, scores)):
+    for i, ((x1, y1, x2, y2), s) in enumerate(zip(boxes, scores, strict=False)):
         raw[:4, i] = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
         raw[4:, i] = s
     return raw
@@ -152,7 +156,7 @@ def test_decode_applies_each_label_its_own_threshold_and_the_limit() -> None:
         [[0.5, 0.0], [0.0, 0.35], [0.0, 0.29], [0.61, 0.0]],
     )
     _, scores, classes = decode(raw, np.array([0.6, 0.3]))
-    assert list(zip(classes.tolist(), np.round(scores, 2).tolist())) == [(0, 0.61), (1, 0.35)]
+    assert list(zip(classes.tolist(), np.round(scores, 2).tolist(), strict=False)) == [(0, 0.61), (1, 0.35)]
     _, scores, _ = decode(raw, np.array([0.1, 0.1]), max_detections=3)
     np.testing.assert_allclose(scores, [0.61, 0.5, 0.35], atol=1e-6)
     boxes, scores, classes = decode(raw, np.array([0.99, 0.99]))  # nothing reaches its threshold
@@ -209,7 +213,7 @@ def finding_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, 
     export_onnx(model, folder / "findings.onnx")
     # Thresholds just above/below the planted probabilities decide `present` unambiguously.
     thresholds = [float(t + (0.03 if i % 2 else -0.03)) for i, t in enumerate(target)]
-    labels = list(zip(CHESTXRAY14_LABELS, thresholds))
+    labels = list(zip(CHESTXRAY14_LABELS, thresholds, strict=False))
     common = dict(task="multilabel-classification", labels=labels, size=(48, 48), postprocessing={"batch": 3})
     return (
         make_manifest(folder / "findings.onnx", backend="onnx", **common),  # type: ignore[arg-type]
@@ -243,7 +247,7 @@ def test_finding_classifier_same_on_onnx_and_keras_and_thresholds_per_label(
 
     results = via_keras.predict(images, uids)
     assert len(results) == 7
-    for uid, findings in zip(uids, results):
+    for uid, findings in zip(uids, results, strict=False):
         assert [f.label for f in findings] == list(CHESTXRAY14_LABELS)
         # Odd labels have their threshold above the planted probability, even ones below.
         assert [f.present for f in findings] == [i % 2 == 0 for i in range(14)]
@@ -251,7 +255,10 @@ def test_finding_classifier_same_on_onnx_and_keras_and_thresholds_per_label(
         assert {f.group for f in findings} == {"finding"} and {f.algorithm for f in findings} == {"test-model"}
     info = via_onnx.algorithm
     assert (info.name, info.version, info.weights_sha256, info.display_name) == (
-        "test-model", "test-1", onnx_manifest.sha256, "test-model (DEMO)"
+        "test-model",
+        "test-1",
+        onnx_manifest.sha256,
+        "test-model (DEMO)",
     )
     assert via_onnx.predict([], []) == []
 
@@ -286,7 +293,7 @@ def test_four_class_softmax_same_on_onnx_keras_and_h5_and_only_the_argmax_is_pre
     np.testing.assert_allclose(probabilities[0].sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-4)
     np.testing.assert_allclose(probabilities[0], probabilities[2], atol=1e-4)
-    for row, findings in zip(probabilities[0], classifiers[0].predict(images, uids)):
+    for row, findings in zip(probabilities[0], classifiers[0].predict(images, uids), strict=False):
         assert [f.label for f in findings] == list(FOUR_CLASSES)
         assert [f.present for f in findings] == [i == int(np.argmax(row)) for i in range(4)]
         assert sum(f.present for f in findings) == 1 and {f.group for f in findings} == {"class"}
@@ -302,8 +309,12 @@ def test_four_class_logits_output_gets_a_softmax(tmp_path: Path) -> None:
     model.get_layer("logits").set_weights([np.zeros((1, 4), np.float32), np.array([0.0, 1.0, 3.0, 0.5], np.float32)])
     model.save(tmp_path / "logits.keras")
     manifest = make_manifest(
-        tmp_path / "logits.keras", task="classification", backend="keras", labels=[(c, None) for c in FOUR_CLASSES],
-        size=(16, 16), postprocessing={"output": "logits"},
+        tmp_path / "logits.keras",
+        task="classification",
+        backend="keras",
+        labels=[(c, None) for c in FOUR_CLASSES],
+        size=(16, 16),
+        postprocessing={"output": "logits"},
     )
     [findings] = FourClassClassifier.from_manifest(manifest).predict([np.zeros((20, 20), np.float32)], ["1.2"])
     expected = np.exp([0.0, 1.0, 3.0, 0.5]) / np.exp([0.0, 1.0, 3.0, 0.5]).sum()
@@ -322,14 +333,16 @@ def test_wrong_task_label_count_and_input_shape_are_model_errors(
     # A manifest with 3 labels for a 14-output model fails on the first batch, naming both counts.
     three = manifest_from_mapping(
         {**onnx_manifest.to_json_dict(), "labels": [{"key": k, "display": k} for k in CHESTXRAY14_LABELS[:3]]},
-        onnx_manifest.base_dir, "three labels",
+        onnx_manifest.base_dir,
+        "three labels",
     )
     with pytest.raises(ModelError, match="14 outputs per image; its manifest has 3 labels"):
         FindingClassifier.from_manifest(three).predict([np.zeros((48, 48), np.float32)], ["1.2"])
     # The Keras file's input is 48×48; a manifest saying 64×64 is refused at load time.
     wrong_size = manifest_from_mapping(
         {**keras_manifest.to_json_dict(), "input": {"height": 64, "width": 64, "channels": 1, "layout": "NHWC"}},
-        keras_manifest.base_dir, "wrong size",
+        keras_manifest.base_dir,
+        "wrong size",
     )
     with pytest.raises(ModelError, match=r"Keras input has shape \(None, 48, 48, 1\), manifest says \(N, 64, 64, 1\)"):
         load_backend(wrong_size)

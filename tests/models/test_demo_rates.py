@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import repo_root
 from training.evaluation import (
     LUMBAR_SPACINGS_MM,
     evaluate_ct_lumbar,
@@ -31,7 +32,6 @@ from training.evaluation import (
     evaluate_cxr_detector,
     evaluate_cxr_findings,
 )
-from tests.helpers import repo_root
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def _stated(name: str) -> dict[str, Any]:
 
 
 def _pmf(n: int, p: float, k: int) -> float:
-    return math.comb(n, k) * p ** k * (1.0 - p) ** (n - k)
+    return math.comb(n, k) * p**k * (1.0 - p) ** (n - k)
 
 
 def _rate(k: int, n: int) -> float:
@@ -104,10 +104,12 @@ def test_bounds() -> None:
 @pytest.fixture(scope="module")
 def chest() -> dict[str, dict[str, Any]]:
     return {
-        "cxr-findings": evaluate_cxr_findings(WEIGHTS / "cxr-findings", CHEST_COUNT, nodule_seed=CHEST_NODULE,
-                                              clean_seed=CHEST_CLEAN),
-        "cxr-detector": evaluate_cxr_detector(WEIGHTS / "cxr-detector", CHEST_COUNT, nodule_seed=CHEST_NODULE,
-                                              clean_seed=CHEST_CLEAN),
+        "cxr-findings": evaluate_cxr_findings(
+            WEIGHTS / "cxr-findings", CHEST_COUNT, nodule_seed=CHEST_NODULE, clean_seed=CHEST_CLEAN
+        ),
+        "cxr-detector": evaluate_cxr_detector(
+            WEIGHTS / "cxr-detector", CHEST_COUNT, nodule_seed=CHEST_NODULE, clean_seed=CHEST_CLEAN
+        ),
     }
 
 
@@ -130,38 +132,74 @@ def test_detector_rates(chest: dict[str, dict[str, Any]]) -> None:
 def test_pe_rates() -> None:
     got, stated = evaluate_ct_pe(WEIGHTS / "ct-pe", CTPA_PAIRS, seed=CTPA), _stated("ct-pe")
     n, m = stated["count"], CTPA_PAIRS
-    at_least("clot-free phantoms called negative", got["negatives_called_negative"], m,
-             stated["negatives_called_negative"], n)
-    at_least("phantoms with a clot called positive", got["positives_called_positive"], m,
-             stated["positives_called_positive"], n)
+    at_least(
+        "clot-free phantoms called negative",
+        got["negatives_called_negative"],
+        m,
+        stated["negatives_called_negative"],
+        n,
+    )
+    at_least(
+        "phantoms with a clot called positive",
+        got["positives_called_positive"],
+        m,
+        stated["positives_called_positive"],
+        n,
+    )
     # Right and left clots called positive name their side (stated: every one of them).
     for side in ("right", "left"):
         row, said = got["sides"].get(side), stated["sides"][side]
         if row:
-            at_least(f"{side} clots called positive with that side named", row["side_named"], row["called_positive"],
-                     said["side_named"], said["called_positive"])
-    at_least("flagged slices on the clot", got["flagged_slices_on_clot"], got["flagged_slices"],
-             stated["flagged_slices_on_clot"], stated["flagged_slices"])
+            at_least(
+                f"{side} clots called positive with that side named",
+                row["side_named"],
+                row["called_positive"],
+                said["side_named"],
+                said["called_positive"],
+            )
+    at_least(
+        "flagged slices on the clot",
+        got["flagged_slices_on_clot"],
+        got["flagged_slices"],
+        stated["flagged_slices_on_clot"],
+        stated["flagged_slices"],
+    )
 
 
 def test_lumbar_l3_by_slice_spacing() -> None:
     got, stated = evaluate_ct_lumbar(WEIGHTS / "ct-lumbar", LUMBAR_PER_SPACING, seed=ABDOMEN), _stated("ct-lumbar")
     assert [r["spacing_mm"] for r in got["by_spacing"]] == list(LUMBAR_SPACINGS_MM)
-    for row, said in zip(got["by_spacing"], stated["by_spacing"]):
+    for row, said in zip(got["by_spacing"], stated["by_spacing"], strict=False):
         assert row["spacing_mm"] == said["spacing_mm"]
         what = f"{row['spacing_mm']:g} mm series with L3"
-        at_least(f"{what} within one slice", row["within_one_slice"], row["series"], said["within_one_slice"],
-                 said["series"])
+        at_least(
+            f"{what} within one slice", row["within_one_slice"], row["series"], said["within_one_slice"], said["series"]
+        )
         at_least(f"{what} within 5 mm", row["within_5_mm"], row["series"], said["within_5_mm"], said["series"])
-        at_most(f"{row['spacing_mm']:g} mm series not determined", row["not_determined"], row["series"],
-                said["not_determined"], said["series"])
+        at_most(
+            f"{row['spacing_mm']:g} mm series not determined",
+            row["not_determined"],
+            row["series"],
+            said["not_determined"],
+            said["series"],
+        )
     # Per spacing a few series bound little; over all spacings the set is large enough to.
     m, n = sum(r["series"] for r in got["by_spacing"]), sum(r["series"] for r in stated["by_spacing"])
     for key in ("within_one_slice", "within_5_mm"):
-        at_least(f"all series, L3 {key}", sum(r[key] for r in got["by_spacing"]), m,
-                 sum(r[key] for r in stated["by_spacing"]), n)
-    at_most("all series, not determined", sum(r["not_determined"] for r in got["by_spacing"]), m,
-            sum(r["not_determined"] for r in stated["by_spacing"]), n)
+        at_least(
+            f"all series, L3 {key}",
+            sum(r[key] for r in got["by_spacing"]),
+            m,
+            sum(r[key] for r in stated["by_spacing"]),
+            n,
+        )
+    at_most(
+        "all series, not determined",
+        sum(r["not_determined"] for r in got["by_spacing"]),
+        m,
+        sum(r["not_determined"] for r in stated["by_spacing"]),
+        n,
+    )
 
 
 def test_stated_rates_are_on_larger_sets_than_these() -> None:

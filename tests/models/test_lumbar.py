@@ -15,8 +15,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from models.errors import ModelError
 from core.findings import LUMBAR_LEVELS
+from models.errors import ModelError
 from models.lumbar import LumbarModel, decode_monotonic, hu_to_unit, level_runs, search_levels
 from models.manifest import load_manifest, sha256_file
 from models.plausibility import check_level_map
@@ -81,7 +81,9 @@ CASES = [
 
 @pytest.mark.parametrize("counts, step", CASES)
 @pytest.mark.parametrize("head_first", [True, False])
-def test_search_gives_the_exhaustive_l3_run_with_few_evaluations(counts: list[int], step: int, head_first: bool) -> None:
+def test_search_gives_the_exhaustive_l3_run_with_few_evaluations(
+    counts: list[int], step: int, head_first: bool
+) -> None:
     truth_hf = _truth(counts)
     n = len(truth_hf)
     table_hf = _table(truth_hf, strength=2.5, noise=0.6, seed=n)
@@ -105,7 +107,7 @@ def test_search_gives_the_exhaustive_l3_run_with_few_evaluations(counts: list[in
     steps = np.diff(levels) if head_first else -np.diff(levels)
     assert np.all(steps >= 0)
     # Away from the unrefined boundaries the levels are the truth too.
-    assert sum(a != b for a, b in zip(levels, plan_truth)) <= 6 * step
+    assert sum(a != b for a, b in zip(levels, plan_truth, strict=False)) <= 6 * step
     if n == 300:
         assert len(evaluated) <= 42, f"{len(evaluated)} forward passes for 300 slices"
 
@@ -176,7 +178,8 @@ def _tiny_onnx(path: Path, size: int) -> None:
         numpy_helper.from_array(np.array([-300.0], dtype=np.float32), "neg_k"),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_lumbar",
+        nodes,
+        "tiny_lumbar",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 1])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 7])],
         inits,
@@ -190,11 +193,21 @@ def tiny_manifest(folder: Path, *, size: int = 32, refine: list[str] | None = No
     folder.mkdir(parents=True, exist_ok=True)
     _tiny_onnx(folder / "model.onnx", size)
     manifest = {
-        "name": "ct-lumbar", "version": "test-1", "task": "slice-classification", "backend": "onnx",
-        "weights": "model.onnx", "sha256": sha256_file(folder / "model.onnx"),
+        "name": "ct-lumbar",
+        "version": "test-1",
+        "task": "slice-classification",
+        "backend": "onnx",
+        "weights": "model.onnx",
+        "sha256": sha256_file(folder / "model.onnx"),
         "labels": [{"key": k, "display": k} for k in LUMBAR_LEVELS],
-        "input": {"height": size, "width": size, "channels": 1, "layout": "NHWC", "dtype": "float32",
-                  "preprocessing": {"kind": "ct_windows", "windows": [list(WINDOW)]}},
+        "input": {
+            "height": size,
+            "width": size,
+            "channels": 1,
+            "layout": "NHWC",
+            "dtype": "float32",
+            "preprocessing": {"kind": "ct_windows", "windows": [list(WINDOW)]},
+        },
         "postprocessing": {"coarse_step_mm": 12.0, "max_coarse_samples": 32, "refine_levels": refine or ["L3"]},
     }
     manifest.update(changes)
@@ -213,8 +226,13 @@ def write_abdomen(folder: Path, truth_hf: list[int], *, head_first_iop: bool, sp
     for k, level in enumerate(truth_hf):  # k = 0 is the most cranial slice
         hu = base.copy()
         hu[:MARKER, :MARKER] = _level_hu(level)
-        ds = ct_slice(np.round(hu + 1024).astype(np.int16), (-200.0, -200.0, spacing * (n - 1 - k)),
-                      orientation=orientation, instance_number=k + 1, pixel_spacing=(PIXEL_MM, PIXEL_MM))
+        ds = ct_slice(
+            np.round(hu + 1024).astype(np.int16),
+            (-200.0, -200.0, spacing * (n - 1 - k)),
+            orientation=orientation,
+            instance_number=k + 1,
+            pixel_spacing=(PIXEL_MM, PIXEL_MM),
+        )
         ds.PatientSize = "1.64"
         path = folder / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -280,10 +298,17 @@ def test_default_search_needs_about_25_passes_on_300_slices(tmp_path: Path) -> N
 
     spacing = 280.0 / 300
     plan = SeriesPlan(
-        sop_instance_uids=tuple(f"1.2.{i}" for i in range(300)), positions=tuple(i * spacing for i in range(300)),
-        normal=(0.0, 0.0, 1.0), orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), rows=512, columns=512,
-        pixel_spacing=(0.8, 0.8), spacing=SpacingStats(spacing, spacing, spacing, 0, False), tilt_degrees=0.0,
-        warnings=(), dropped=(),
+        sop_instance_uids=tuple(f"1.2.{i}" for i in range(300)),
+        positions=tuple(i * spacing for i in range(300)),
+        normal=(0.0, 0.0, 1.0),
+        orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+        rows=512,
+        columns=512,
+        pixel_spacing=(0.8, 0.8),
+        spacing=SpacingStats(spacing, spacing, spacing, 0, False),
+        tilt_degrees=0.0,
+        warnings=(),
+        dropped=(),
     )
     manifest = json.loads(tiny_manifest(tmp_path / "m").read_text())
     del manifest["postprocessing"]  # the defaults

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from training.evaluation import CARD_END, EVALUATIONS, render_card_section, replace_card_section
 from tests.helpers import repo_root
+from training.evaluation import CARD_END, EVALUATIONS, render_card_section, replace_card_section
 
 WEIGHTS = repo_root() / "weights"
 CARDS = sorted(WEIGHTS.glob("*/MODEL_CARD.md"))
@@ -113,8 +113,9 @@ def test_every_demo_model_is_evaluated_on_its_shipped_weights(name: str) -> None
     assert evaluation is not None, f"run: ainode models evaluate {name} --write"
     manifest = json.loads((WEIGHTS / name / "model.json").read_text(encoding="utf-8"))
     assert evaluation["model"] == name
-    assert (evaluation["weights_sha256"], evaluation["version"]) == (manifest["sha256"], manifest["version"]), \
+    assert (evaluation["weights_sha256"], evaluation["version"]) == (manifest["sha256"], manifest["version"]), (
         f"weights changed since the evaluation: run ainode models evaluate {name} --write"
+    )
     assert evaluation["command"] == f"ainode models evaluate {name} --count {evaluation['count']}"
 
 
@@ -130,13 +131,17 @@ def test_the_checks_catch_a_hand_edit() -> None:
     added = card + "\n## Measured again\n\nThe nodule is found on 39 of 40 fresh phantoms.\n"
     assert hand_figures(added) == ["The nodule is found on 39 of 40 fresh phantoms."]
     # The hand-added ct-pe section this test replaced (heading, table, paragraph) is caught too.
-    old = card + ("\n## Measured on the test phantoms (256², 60 slices, not in training)\n\n| phantom | truth |\n"
-                  "| --- | --- |\n| seed 501 | right |\n\nSides, on the 26 exams called positive: right-sided clots "
-                  "called right 14 of 14.\n")
+    old = card + (
+        "\n## Measured on the test phantoms (256², 60 slices, not in training)\n\n| phantom | truth |\n"
+        "| --- | --- |\n| seed 501 | right |\n\nSides, on the 26 exams called positive: right-sided clots "
+        "called right 14 of 14.\n"
+    )
     assert len(hand_figures(old)) == 2
     # A section headed like a trainer's hides nothing after the next heading of its level.
-    sneaky = card + "\n## Held-out phantoms (through `models.detector.Detector`, as the pipeline runs it)\n\n" \
-                    "fine\n\n## Other\n\n7/8 phantoms boxed.\n"
+    sneaky = (
+        card + "\n## Held-out phantoms (through `models.detector.Detector`, as the pipeline runs it)\n\n"
+        "fine\n\n## Other\n\n7/8 phantoms boxed.\n"
+    )
     assert hand_figures(sneaky) == ["7/8 phantoms boxed."]
 
 
@@ -177,7 +182,9 @@ def readme_phrases() -> list[str]:
     ]
     for row in lumbar["by_spacing"]:
         phrases.append(f"{row['spacing_mm']:g} mm: {row['within_one_slice']} of {row['series']}")
-    largest = max(r["max_error_slices"] * r["spacing_mm"] for r in lumbar["by_spacing"] if r["max_error_slices"] is not None)
+    largest = max(
+        r["max_error_slices"] * r["spacing_mm"] for r in lumbar["by_spacing"] if r["max_error_slices"] is not None
+    )
     phrases.append(f"error {largest:g} mm")
     undetermined = sum(r["not_determined"] for r in lumbar["by_spacing"])
     phrases.append(f'"not determined" for {undetermined} of {sum(r["series"] for r in lumbar["by_spacing"])}')
@@ -192,8 +199,9 @@ def test_readme_words_hold_for_the_evaluation() -> None:
     assert p is not None
     claims = {
         "every flagged slice on the clot": p["flagged_slices_on_clot"] == p["flagged_slices"],
-        "it names the side of every right or left clot it finds":
-            all(p["sides"][s]["side_named"] == p["sides"][s]["called_positive"] for s in ("right", "left")),
+        "it names the side of every right or left clot it finds": all(
+            p["sides"][s]["side_named"] == p["sides"][s]["called_positive"] for s in ("right", "left")
+        ),
     }
     for claim, holds in claims.items():
         assert claim in readme, f"README.md no longer says {claim!r}: update this test"
@@ -221,11 +229,14 @@ def test_cli_evaluate_writes_evaluation_and_card(tmp_path: Path, capsys: pytest.
     assert card.count(START) == 1 and "--count 40" not in card  # replaced, not appended
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["models", "evaluate"], "models evaluate needs a model name, one of cxr-findings"),
-    (["models", "evaluate", "cxr-four-class"], "models evaluate needs a model name"),
-    (["models", "evaluate", "ct-pe", "--count", "0"], "--count must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["models", "evaluate"], "models evaluate needs a model name, one of cxr-findings"),
+        (["models", "evaluate", "cxr-four-class"], "models evaluate needs a model name"),
+        (["models", "evaluate", "ct-pe", "--count", "0"], "--count must be at least 1, got 0"),
+    ],
+)
 def test_cli_evaluate_refuses_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     from node.cli import main
 
@@ -242,7 +253,9 @@ def test_cli_evaluate_without_weights_is_one_line(tmp_path: Path, capsys: pytest
     assert "no model.json (build the demo weights: ainode models build-demo)" in err and "Traceback" not in err
 
 
-def test_cli_evaluate_refuses_weights_that_are_not_the_manifests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_evaluate_refuses_weights_that_are_not_the_manifests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The evaluation names the manifest's checksum, so it runs only on those weights."""
     from node.cli import main
 

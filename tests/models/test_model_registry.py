@@ -26,8 +26,14 @@ def manifest_dict(name: str = "toy", weights: str = "model.onnx", data: bytes = 
         "weights": weights,
         "sha256": hashlib.sha256(data).hexdigest(),
         "labels": [{"key": "normal", "display": "Normal", "threshold": 0.5}],
-        "input": {"height": 8, "width": 8, "channels": 1, "layout": "NCHW", "dtype": "float32",
-                  "preprocessing": {"kind": "radiograph"}},
+        "input": {
+            "height": 8,
+            "width": 8,
+            "channels": 1,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "preprocessing": {"kind": "radiograph"},
+        },
         "manufacturer": "tests",
         "licence": "CC0",
         "card": "MODEL_CARD.md",
@@ -91,7 +97,9 @@ def test_changed_weights_are_a_mismatch_naming_both_checksums(tmp_path: Path) ->
         ({"colour": "blue"}, "colour"),
     ],
 )
-def test_invalid_manifest_is_reported_with_its_file_and_field(tmp_path: Path, change: dict[str, Any], field: str) -> None:
+def test_invalid_manifest_is_reported_with_its_file_and_field(
+    tmp_path: Path, change: dict[str, Any], field: str
+) -> None:
     folder = write_model(tmp_path, **change)
     registry = ModelRegistry.discover(tmp_path)
     [status] = registry.verify()
@@ -122,9 +130,7 @@ def test_models_yaml_lists_references_and_inline_manifests(tmp_path: Path) -> No
     (models_dir / "inline" / "weights.bin").write_bytes(b"inline weights")
     inline = manifest_dict("inline-model", weights="inline/weights.bin", data=b"inline weights")
     config = tmp_path / "models.yaml"
-    config.write_text(
-        "models:\n  - manifest: toy/model.json\n  - " + json.dumps(inline) + "\n", encoding="utf-8"
-    )
+    config.write_text("models:\n  - manifest: toy/model.json\n  - " + json.dumps(inline) + "\n", encoding="utf-8")
     registry = ModelRegistry.discover(models_dir, config)
     assert registry.names() == ["inline-model", "toy"]  # only what the file lists
     assert [s.state for s in registry.verify()] == ["ok", "ok"]
@@ -160,7 +166,9 @@ def test_a_name_defined_twice_is_invalid(tmp_path: Path) -> None:
     write_model(models_dir, name="toy")
     config = tmp_path / "models.yaml"
     config.write_text(
-        "models:\n  - manifest: toy/model.json\n  - " + json.dumps(manifest_dict("toy", weights="toy/model.onnx")) + "\n",
+        "models:\n  - manifest: toy/model.json\n  - "
+        + json.dumps(manifest_dict("toy", weights="toy/model.onnx"))
+        + "\n",
         encoding="utf-8",
     )
     [status] = ModelRegistry.discover(models_dir, config).verify()

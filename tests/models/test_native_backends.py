@@ -41,8 +41,14 @@ def make_manifest(
 ) -> Manifest:
     """A manifest for ``weights`` with its real SHA-256 (as ``tests/models/test_cxr_inference.py`` builds them)."""
     data = {
-        "name": name, "version": "test-1", "task": task, "backend": backend, "weights": weights.name,
-        "sha256": sha256_file(weights), "demo": True, "postprocessing": postprocessing or {},
+        "name": name,
+        "version": "test-1",
+        "task": task,
+        "backend": backend,
+        "weights": weights.name,
+        "sha256": sha256_file(weights),
+        "demo": True,
+        "postprocessing": postprocessing or {},
         "labels": [{"key": k, "display": k, **({} if t is None else {"threshold": t})} for k, t in labels],
         "input": {"height": size[0], "width": size[1], "channels": channels, "layout": layout},
     }
@@ -86,7 +92,7 @@ def yolo_files(yolo_env: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
             if isinstance(module, torch.nn.Conv2d) and module.weight.requires_grad:  # not the fixed DFL conv
                 torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
         head = yolo.model.model[-1]
-        for box_branch, class_branch in zip(head.cv2, head.cv3):
+        for box_branch, class_branch in zip(head.cv2, head.cv3, strict=False):
             box_branch[-1].weight.mul_(300.0)
             box_branch[-1].bias.copy_((-1.2 * torch.arange(16.0)).repeat(4))  # favour short distances
             class_branch[-1].weight.mul_(100.0)
@@ -104,8 +110,14 @@ def yolo_files(yolo_env: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 def _detector_manifest(weights: Path, backend: str, **post: Any) -> Manifest:
     return make_manifest(
-        weights, task="detection", backend=backend, labels=LABELS, size=(IMGSZ, IMGSZ), channels=3, layout="NCHW",
-        postprocessing={"conf": 0.5, "iou": 0.45, "batch": 3, **post}
+        weights,
+        task="detection",
+        backend=backend,
+        labels=LABELS,
+        size=(IMGSZ, IMGSZ),
+        channels=3,
+        layout="NCHW",
+        postprocessing={"conf": 0.5, "iou": 0.45, "batch": 3, **post},
     )
 
 
@@ -116,7 +128,11 @@ def _radiographs(rng: np.random.Generator) -> list[np.ndarray]:
         image = rng.random((rows, cols), dtype=np.float32) * 0.3
         yy, xx = np.mgrid[:rows, :cols]
         for _ in range(3):
-            cy, cx, r = rng.uniform(0.2, 0.8) * rows, rng.uniform(0.2, 0.8) * cols, rng.uniform(0.05, 0.15) * min(rows, cols)
+            cy, cx, r = (
+                rng.uniform(0.2, 0.8) * rows,
+                rng.uniform(0.2, 0.8) * cols,
+                rng.uniform(0.05, 0.15) * min(rows, cols),
+            )
             image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 0.95
         images.append(image)
     return images
@@ -136,16 +152,16 @@ def test_ultralytics_pt_and_its_onnx_export_give_the_same_raw_output_and_boxes(y
     assert raw_native.shape == raw_onnx.shape == (4, 6, (16 * 16 + 8 * 8 + 4 * 4))
     np.testing.assert_allclose(raw_native[:, :4], raw_onnx[:, :4], atol=1e-3)  # boxes, letterboxed pixels
     np.testing.assert_allclose(raw_native[:, 4:], raw_onnx[:, 4:], atol=1e-4)  # sigmoid scores
-    assert 0.0 <= raw_native[:, 4:].min() and raw_native[:, 4:].max() <= 1.0
+    assert raw_native[:, 4:].min() >= 0.0 and raw_native[:, 4:].max() <= 1.0
     assert raw_native[:, 4:].std() > 0.01 and raw_native[:, 2:4].std() > 0.5  # the random head makes varied output
 
     uids = [f"1.2.5.{i}" for i in range(len(images))]
     by_native = Detector(native).predict(images, uids)
     by_onnx = Detector(exported).predict(images, uids)
     assert sum(len(f) for f in by_native) > 4, "the test needs boxes to compare"
-    for image, uid, a, b in zip(images, uids, by_native, by_onnx):
+    for image, uid, a, b in zip(images, uids, by_native, by_onnx, strict=False):
         assert [f.label for f in a] == [f.label for f in b]
-        for fa, fb in zip(a, b):
+        for fa, fb in zip(a, b, strict=False):
             assert fa.region is not None and fb.region is not None
             np.testing.assert_allclose(
                 [fa.region.x_min, fa.region.y_min, fa.region.x_max, fa.region.y_max],
@@ -189,11 +205,16 @@ def test_missing_extras_and_corrupt_weights_are_model_errors(
     bad_pt.write_bytes(pt.read_bytes()[:5000])
     with pytest.raises(ModelError, match=r"cannot load Ultralytics weights .*broken\.pt of 'test-detector'"):
         load_backend(_detector_manifest(bad_pt, "ultralytics"))
+
     def two_classes(weights: Path) -> Manifest:
-        return make_manifest(weights, task="classification", backend="keras", labels=[("a", None), ("b", None)], size=(32, 32))
+        return make_manifest(
+            weights, task="classification", backend="keras", labels=[("a", None), ("b", None)], size=(32, 32)
+        )
 
     def on_pt(size: tuple[int, int], channels: int, layout: str) -> Manifest:
-        return make_manifest(pt, task="detection", backend="ultralytics", labels=LABELS, size=size, channels=channels, layout=layout)
+        return make_manifest(
+            pt, task="detection", backend="ultralytics", labels=LABELS, size=size, channels=channels, layout=layout
+        )
 
     bad_keras = tmp_path / "broken.keras"
     bad_keras.write_bytes(b"PK\x03\x04 not really a zip archive")

@@ -17,36 +17,49 @@ from onnx import TensorProto, helper, numpy_helper
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from models.errors import ModelError
 from core.findings import PE_EXAM_LABELS, PE_HEADS
+from models.errors import ModelError
 from models.manifest import load_manifest, sha256_file
 from models.pe import (
-    mirror_halves,
-    side_evidence,
-    to_canonical,
     PeModel,
     aggregate_exam,
     apply_consistency,
     body_box,
     crop_to_body,
     exam_pe_probability,
+    mirror_halves,
     select_key_slices,
+    side_evidence,
+    to_canonical,
     window_slices,
 )
 from models.preprocess.ct_series import plan_series
 
 WINDOWS = [[100.0, 700.0], [40.0, 400.0], [-600.0, 1500.0]]
 T = {label: 0.5 for label in (*PE_EXAM_LABELS, "pe_present_on_image")}
-PE_ONLY = ("rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1", "leftsided_pe", "rightsided_pe", "central_pe", "chronic_pe",
-           "acute_and_chronic_pe")
+PE_ONLY = (
+    "rv_lv_ratio_gte_1",
+    "rv_lv_ratio_lt_1",
+    "leftsided_pe",
+    "rightsided_pe",
+    "central_pe",
+    "chronic_pe",
+    "acute_and_chronic_pe",
+)
 
 
 # ----------------------------------------------------------------------------- fixtures
 
 
-def write_ct_series(folder: Path, volume_hu: np.ndarray, *, study_uid: str | None = None,
-                    series_uid: str | None = None, spacing: float = 2.0,
-                    orientation: tuple[int, ...] = (1, 0, 0, 0, 1, 0)) -> list[tuple[Path, str]]:
+def write_ct_series(
+    folder: Path,
+    volume_hu: np.ndarray,
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    spacing: float = 2.0,
+    orientation: tuple[int, ...] = (1, 0, 0, 0, 1, 0),
+) -> list[tuple[Path, str]]:
     """Write a (slices, rows, cols) HU volume as CT Image Storage files, slice 0 most inferior.
 
     Instance numbers run opposite to the positions and file names are SOP UIDs, so nothing
@@ -105,12 +118,24 @@ def tiny_onnx(path: Path, size: int) -> None:
         helper.make_node("Add", ["lin", "b"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["scores"]),
     ]
-    inits = [numpy_helper.from_array(v, name) for name, v in (
-        ("starts", np.array([0], np.int64)), ("ends", np.array([1], np.int64)), ("axes", np.array([3], np.int64)),
-        ("mean_axes", np.array([1, 2], np.int64)), ("a", a), ("b", b))]
-    graph = helper.make_graph(nodes, "tiny_pe",
-                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 3])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 9])], inits)
+    inits = [
+        numpy_helper.from_array(v, name)
+        for name, v in (
+            ("starts", np.array([0], np.int64)),
+            ("ends", np.array([1], np.int64)),
+            ("axes", np.array([3], np.int64)),
+            ("mean_axes", np.array([1, 2], np.int64)),
+            ("a", a),
+            ("b", b),
+        )
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_pe",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 9])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -121,11 +146,20 @@ def tiny_manifest(folder: Path, size: int = 32, **changes: object) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tiny_onnx(folder / "model.onnx", size)
     manifest = {
-        "name": "ct-pe", "version": "test-1", "task": "slice-classification", "backend": "onnx",
-        "weights": "model.onnx", "sha256": sha256_file(folder / "model.onnx"),
+        "name": "ct-pe",
+        "version": "test-1",
+        "task": "slice-classification",
+        "backend": "onnx",
+        "weights": "model.onnx",
+        "sha256": sha256_file(folder / "model.onnx"),
         "labels": [{"key": h, "display": h, "threshold": 0.5} for h in PE_HEADS],
-        "input": {"height": size, "width": size, "channels": 3, "layout": "NHWC",
-                  "preprocessing": {"kind": "ct_windows", "windows": WINDOWS}},
+        "input": {
+            "height": size,
+            "width": size,
+            "channels": 3,
+            "layout": "NHWC",
+            "preprocessing": {"kind": "ct_windows", "windows": WINDOWS},
+        },
         "postprocessing": {"top_k": 3},
     }
     manifest.update(changes)
@@ -244,18 +278,26 @@ def test_consistent_positive_exam_is_left_alone() -> None:
 
 @pytest.mark.parametrize("label", ["negative_exam_for_pe", "indeterminate"])
 def test_positive_exam_is_neither_negative_nor_indeterminate(label: str) -> None:
-    labels, _, corrections = apply_consistency(POSITIVE, exam(**{label: 0.9, "rightsided_pe": 0.8, "rv_lv_ratio_lt_1": 0.8}), T)
+    labels, _, corrections = apply_consistency(
+        POSITIVE, exam(**{label: 0.9, "rightsided_pe": 0.8, "rv_lv_ratio_lt_1": 0.8}), T
+    )
     assert labels[label] is False
     assert corrections == [c for c in corrections if c.startswith(f"{label} set absent")] and len(corrections) == 1
 
 
-@pytest.mark.parametrize(("gte", "lt", "kept"), [
-    (0.9, 0.6, "rv_lv_ratio_gte_1"), (0.6, 0.9, "rv_lv_ratio_lt_1"),  # both above threshold
-    (0.4, 0.2, "rv_lv_ratio_gte_1"), (0.2, 0.4, "rv_lv_ratio_lt_1"),  # neither
-])
+@pytest.mark.parametrize(
+    ("gte", "lt", "kept"),
+    [
+        (0.9, 0.6, "rv_lv_ratio_gte_1"),
+        (0.6, 0.9, "rv_lv_ratio_lt_1"),  # both above threshold
+        (0.4, 0.2, "rv_lv_ratio_gte_1"),
+        (0.2, 0.4, "rv_lv_ratio_lt_1"),  # neither
+    ],
+)
 def test_positive_exam_has_exactly_one_rv_lv_label(gte: float, lt: float, kept: str) -> None:
     labels, _, corrections = apply_consistency(
-        POSITIVE, exam(rv_lv_ratio_gte_1=gte, rv_lv_ratio_lt_1=lt, leftsided_pe=0.9), T)
+        POSITIVE, exam(rv_lv_ratio_gte_1=gte, rv_lv_ratio_lt_1=lt, leftsided_pe=0.9), T
+    )
     assert [name for name in ("rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1") if labels[name]] == [kept]
     assert len(corrections) == 1 and "exactly one RV/LV" in corrections[0]
 
@@ -266,12 +308,15 @@ def test_positive_exam_without_location_gets_the_most_likely(best: str) -> None:
     probs[best] = 0.45
     labels, _, corrections = apply_consistency(POSITIVE, probs, T)
     assert [s for s in ("leftsided_pe", "rightsided_pe", "central_pe") if labels[s]] == [best]
-    assert corrections == [f"{best} set present (p=0.450): a positive exam has at least one location, the most likely taken"]
+    assert corrections == [
+        f"{best} set present (p=0.450): a positive exam has at least one location, the most likely taken"
+    ]
 
 
 def test_positive_exam_keeps_several_locations() -> None:
     labels, _, corrections = apply_consistency(
-        POSITIVE, exam(leftsided_pe=0.7, rightsided_pe=0.8, central_pe=0.6, rv_lv_ratio_gte_1=0.9), T)
+        POSITIVE, exam(leftsided_pe=0.7, rightsided_pe=0.8, central_pe=0.6, rv_lv_ratio_gte_1=0.9), T
+    )
     assert labels["leftsided_pe"] and labels["rightsided_pe"] and labels["central_pe"]
     assert corrections == []
 
@@ -279,7 +324,8 @@ def test_positive_exam_keeps_several_locations() -> None:
 @pytest.mark.parametrize(("chronic", "both", "kept"), [(0.9, 0.7, "chronic_pe"), (0.7, 0.9, "acute_and_chronic_pe")])
 def test_positive_exam_has_at_most_one_chronicity(chronic: float, both: float, kept: str) -> None:
     labels, _, corrections = apply_consistency(
-        POSITIVE, exam(chronic_pe=chronic, acute_and_chronic_pe=both, central_pe=0.9, rv_lv_ratio_gte_1=0.9), T)
+        POSITIVE, exam(chronic_pe=chronic, acute_and_chronic_pe=both, central_pe=0.9, rv_lv_ratio_gte_1=0.9), T
+    )
     assert [c for c in ("chronic_pe", "acute_and_chronic_pe") if labels[c]] == [kept]
     assert len(corrections) == 1 and "exclude each other" in corrections[0]
 
@@ -309,17 +355,25 @@ def test_negative_exam_has_no_positive_slice() -> None:
     few = [0.1] * 20 + [0.9] + [0.1] * 5  # one slice above the threshold, top-3 mean 0.37
     labels, positive, corrections = apply_consistency(few, exam(negative_exam_for_pe=0.7), T)
     assert positive == [] and labels["negative_exam_for_pe"]
-    assert corrections == ["1 slice(s) at or above the slice threshold cleared: the exam is negative "
-                           "(PE probability 0.367 over its 3 most likely slices)"]
+    assert corrections == [
+        "1 slice(s) at or above the slice threshold cleared: the exam is negative "
+        "(PE probability 0.367 over its 3 most likely slices)"
+    ]
 
 
-@pytest.mark.parametrize(("negative", "indeterminate", "kept"), [
-    (0.9, 0.6, "negative_exam_for_pe"), (0.6, 0.9, "indeterminate"),  # both
-    (0.4, 0.3, "negative_exam_for_pe"), (0.3, 0.4, "indeterminate"),  # neither
-])
+@pytest.mark.parametrize(
+    ("negative", "indeterminate", "kept"),
+    [
+        (0.9, 0.6, "negative_exam_for_pe"),
+        (0.6, 0.9, "indeterminate"),  # both
+        (0.4, 0.3, "negative_exam_for_pe"),
+        (0.3, 0.4, "indeterminate"),  # neither
+    ],
+)
 def test_negative_exam_is_either_negative_or_indeterminate(negative: float, indeterminate: float, kept: str) -> None:
     labels, _, corrections = apply_consistency(
-        NEGATIVE, exam(negative_exam_for_pe=negative, indeterminate=indeterminate), T)
+        NEGATIVE, exam(negative_exam_for_pe=negative, indeterminate=indeterminate), T
+    )
     assert [name for name in ("negative_exam_for_pe", "indeterminate") if labels[name]] == [kept]
     assert len(corrections) == 1 and "either negative for PE or indeterminate" in corrections[0]
 
@@ -328,7 +382,7 @@ def test_every_decision_combination_ends_consistent() -> None:
     """All 2^9 above/below-threshold combinations of the exam labels, on a positive and a negative exam."""
     for slices in (POSITIVE, NEGATIVE):
         for bits in itertools.product((0.2, 0.8), repeat=len(PE_EXAM_LABELS)):
-            probs = dict(zip(PE_EXAM_LABELS, bits))
+            probs = dict(zip(PE_EXAM_LABELS, bits, strict=False))
             labels, positive, _ = apply_consistency(slices, probs, T)
             if slices is POSITIVE:
                 assert positive and not labels["negative_exam_for_pe"] and not labels["indeterminate"]
@@ -395,17 +449,60 @@ def test_pe_model_on_a_written_series(tmp_path: Path) -> None:
     assert max(negative.slice_probabilities) < 0.01
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"input": {"height": 32, "width": 32, "channels": 3, "layout": "NCHW",
-                "preprocessing": {"kind": "ct_windows", "windows": WINDOWS}}}, "NCHW"),
-    ({"input": {"height": 32, "width": 32, "channels": 3, "layout": "NHWC",
-                "preprocessing": {"kind": "radiograph"}}}, "ct_windows"),
-    ({"input": {"height": 32, "width": 32, "channels": 3, "layout": "NHWC",
-                "preprocessing": {"kind": "ct_windows", "windows": [[40, 400], [40, 0], [1, 2]]}}}, "positive widths"),
-    ({"input": {"height": 32, "width": 32, "channels": 3, "layout": "NHWC",
-                "preprocessing": {"kind": "ct_windows", "windows": WINDOWS, "crop": "lungs"}}}, "crop must be"),
-    ({"labels": [{"key": h, "display": h} for h in reversed(PE_HEADS)]}, "nine PE heads in order"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {
+                "input": {
+                    "height": 32,
+                    "width": 32,
+                    "channels": 3,
+                    "layout": "NCHW",
+                    "preprocessing": {"kind": "ct_windows", "windows": WINDOWS},
+                }
+            },
+            "NCHW",
+        ),
+        (
+            {
+                "input": {
+                    "height": 32,
+                    "width": 32,
+                    "channels": 3,
+                    "layout": "NHWC",
+                    "preprocessing": {"kind": "radiograph"},
+                }
+            },
+            "ct_windows",
+        ),
+        (
+            {
+                "input": {
+                    "height": 32,
+                    "width": 32,
+                    "channels": 3,
+                    "layout": "NHWC",
+                    "preprocessing": {"kind": "ct_windows", "windows": [[40, 400], [40, 0], [1, 2]]},
+                }
+            },
+            "positive widths",
+        ),
+        (
+            {
+                "input": {
+                    "height": 32,
+                    "width": 32,
+                    "channels": 3,
+                    "layout": "NHWC",
+                    "preprocessing": {"kind": "ct_windows", "windows": WINDOWS, "crop": "lungs"},
+                }
+            },
+            "crop must be",
+        ),
+        ({"labels": [{"key": h, "display": h} for h in reversed(PE_HEADS)]}, "nine PE heads in order"),
+    ],
+)
 def test_manifest_mistakes_are_refused_with_reasons(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path, **change)))
@@ -418,8 +515,9 @@ def test_slice_stride_runs_fewer_slices_and_interpolates(tmp_path: Path) -> None
     plan = plan_series([pydicom.dcmread(p, stop_before_pixels=True) for p, _ in written])
     paths = {uid: p for p, uid in written}
     every = PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path / "every", size=24)))
-    strided = PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path / "strided", size=24,
-                                                                 postprocessing={"slice_stride": 4})))
+    strided = PeModel.from_manifest(
+        load_manifest(tiny_manifest(tmp_path / "strided", size=24, postprocessing={"slice_stride": 4}))
+    )
     full, sparse = every.score_slices(plan, paths), strided.score_slices(plan, paths)
     run = [0, 4, 8, 12, 16, 20]
     np.testing.assert_allclose(sparse[run], full[run], atol=1e-6)  # slices run: the same scores
@@ -505,8 +603,9 @@ def test_mirror_location_reads_the_side_from_the_slice_head(tmp_path: Path, orie
     plan = plan_series([pydicom.dcmread(p, stop_before_pixels=True) for p, _ in written])
     paths = {uid: p for p, uid in written}
     heads = PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path / "heads", size=48)))
-    mirror = PeModel.from_manifest(load_manifest(tiny_manifest(tmp_path / "mirror", size=48,
-                                                                postprocessing={"top_k": 3, "location": "mirror"})))
+    mirror = PeModel.from_manifest(
+        load_manifest(tiny_manifest(tmp_path / "mirror", size=48, postprocessing={"top_k": 3, "location": "mirror"}))
+    )
     # A body without lungs is no chest for the coverage check (models.plausibility): off, as it is not the subject.
     by_heads = heads.analyse(plan, paths, check_coverage=False)
     by_mirror = mirror.analyse(plan, paths, check_coverage=False)
@@ -516,7 +615,9 @@ def test_mirror_location_reads_the_side_from_the_slice_head(tmp_path: Path, orie
     assert by_heads.exam_labels["rightsided_pe"] and not by_heads.exam_labels["leftsided_pe"]  # the heads: wrong side
     # The probes: replacing the left half (with the right's mirror image) takes the contrast away, replacing the
     # right half doubles it; stored mirrored or prone, the same answer.
-    assert by_mirror.exam_labels["leftsided_pe"] and not by_mirror.exam_labels["rightsided_pe"], by_mirror.exam_probabilities
+    assert by_mirror.exam_labels["leftsided_pe"] and not by_mirror.exam_labels["rightsided_pe"], (
+        by_mirror.exam_probabilities
+    )
     assert by_mirror.exam_probabilities["leftsided_pe"] > 0.5 and by_mirror.exam_probabilities["rightsided_pe"] == 0.0
     # A negative exam is not probed: the heads' values stand.
     assert mirror.probe_slices(np.full((10, len(PE_HEADS)), 0.01, dtype=np.float32)) == []

@@ -22,12 +22,14 @@ def read(name: str) -> Dataset:
 
 def assert_unit_image(out: np.ndarray, shape: tuple[int, int]) -> None:
     assert out.dtype == np.float32 and out.shape == shape
-    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     assert float(out.max()) - float(out.min()) > 0.5  # the window shows real contrast
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "US1_J2KR.dcm", "RG1_UNCR.dcm", "RG1_J2KI.dcm",
-                                  "RG3_UNCR.dcm", "MR2_J2KR.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    ["CT_small.dcm", "MR_small.dcm", "US1_J2KR.dcm", "RG1_UNCR.dcm", "RG1_J2KI.dcm", "RG3_UNCR.dcm", "MR2_J2KR.dcm"],
+)
 def test_real_files_give_unit_range_images_of_their_size(name: str) -> None:
     ds = read(name)
     assert_unit_image(radiograph_to_unit(ds), (ds.Rows, ds.Columns))
@@ -108,8 +110,9 @@ def test_twelve_bit_window_follows_ps3_3_linear_function() -> None:
 
 def test_window_applies_to_rescaled_values() -> None:
     stored = np.array([[0, 500, 1000, 1500, 2000]] * 4, dtype=np.uint16)  # HU = 2*stored - 1000
-    out = radiograph_to_unit(build_grey_image(stored, rescale=(2.0, -1000.0), window=(0.0, 2000.0),
-                                              voi_function="LINEAR_EXACT"))
+    out = radiograph_to_unit(
+        build_grey_image(stored, rescale=(2.0, -1000.0), window=(0.0, 2000.0), voi_function="LINEAR_EXACT")
+    )
     np.testing.assert_allclose(out[0], [0.0, 0.5, 1.0, 1.0, 1.0], atol=1e-6)  # HU -1000, 0, 1000, ...
     assert radiograph_to_unit(build_grey_image(stored, window=(0.0, 2000.0), voi_function="LINEAR_EXACT"))[0, 1] == 0.75
 
@@ -182,8 +185,10 @@ def test_png_and_dicom_of_the_same_pixels_give_the_same_input() -> None:
 def test_unused_high_bits_are_ignored_and_twelve_bit_signed_is_sign_extended() -> None:
     clean = np.array([[5, 100, 4095, 7]] * 3, dtype=np.uint16)
     dirty = clean | np.uint16(0xF000)  # overlay bits above BitsStored 12 (PS3.5 8.1.1)
-    np.testing.assert_array_equal(radiograph_to_unit(build_grey_image(clean, bits_stored=12)),
-                                  radiograph_to_unit(build_grey_image(dirty, bits_stored=12)))
+    np.testing.assert_array_equal(
+        radiograph_to_unit(build_grey_image(clean, bits_stored=12)),
+        radiograph_to_unit(build_grey_image(dirty, bits_stored=12)),
+    )
     raw = np.array([[0x0800, 0x0FFF, 0x0000, 0x07FF]] * 3, dtype=np.uint16)  # -2048, -1, 0, 2047
     ds = build_grey_image(raw, bits_stored=12)
     ds.PixelRepresentation = 1

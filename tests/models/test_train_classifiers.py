@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.phantoms.cxr_datasets import FOUR_CLASS_FOLDERS, NIH_COLUMNS, write_four_class_dataset, write_nih_dataset
 from training.architectures import FOUR_CLASSES
 from training.finding_classifier import (
     choose_threshold,
@@ -22,9 +21,12 @@ from training.finding_classifier import (
     roc_auc,
 )
 from training.four_class import classification_metrics, confusion_matrix, format_metrics, list_four_class
+from training.phantoms.cxr_datasets import FOUR_CLASS_FOLDERS, NIH_COLUMNS, write_four_class_dataset, write_nih_dataset
 
-REAL_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-               "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+REAL_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 
 
 def test_nih_writer_produces_the_release_layout(tmp_path: Path) -> None:
@@ -40,8 +42,20 @@ def test_nih_writer_produces_the_release_layout(tmp_path: Path) -> None:
         assert row["Image Index"].startswith(f"{int(row['Patient ID']):08d}_")
         assert int(row["Image Index"][9:12]) == int(row["Follow-up #"])
         assert row["Finding Labels"] == "No Finding" or all(
-            label in {"Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Infiltration", "Mass", "Nodule",
-                      "Pneumonia", "Pneumothorax"} for label in row["Finding Labels"].split("|"))
+            label
+            in {
+                "Atelectasis",
+                "Cardiomegaly",
+                "Consolidation",
+                "Effusion",
+                "Infiltration",
+                "Mass",
+                "Nodule",
+                "Pneumonia",
+                "Pneumothorax",
+            }
+            for label in row["Finding Labels"].split("|")
+        )
         assert row["View Position"] in ("PA", "AP") and row["Patient Gender"] in ("M", "F")
         assert (row["OriginalImage[Width"], row["Height]"]) == ("128", "128")
         assert float(row["OriginalImagePixelSpacing[x"]) == pytest.approx(430 / 128, abs=1e-3)
@@ -58,8 +72,11 @@ def test_nih_writer_produces_the_release_layout(tmp_path: Path) -> None:
 
 def test_read_data_entry_accepts_the_2017_trailing_column_and_rejects_unknown_labels(tmp_path: Path) -> None:
     path = tmp_path / "Data_Entry_2017.csv"
-    path.write_text(REAL_HEADER + ",\n00000001_000.png,Cardiomegaly|Emphysema,0,1,58,M,PA,2682,2749,0.143,0.143,\n"
-                    "00000002_000.png,No Finding,0,2,81,M,PA,2500,2048,0.171,0.171,\n", encoding="utf-8")
+    path.write_text(
+        REAL_HEADER + ",\n00000001_000.png,Cardiomegaly|Emphysema,0,1,58,M,PA,2682,2749,0.143,0.143,\n"
+        "00000002_000.png,No Finding,0,2,81,M,PA,2500,2048,0.171,0.171,\n",
+        encoding="utf-8",
+    )
     records = read_data_entry(path)
     assert records[0].labels == ("Cardiomegaly", "Emphysema") and records[1].labels == ()
     assert label_matrix(records)[0].tolist() == [0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]
@@ -97,12 +114,12 @@ def test_patient_split_is_disjoint_and_keeps_label_proportions() -> None:
     assert sorted(np.concatenate(folds).tolist()) == list(range(len(patients)))
     owners = [{patients[i] for i in fold} for fold in folds]
     assert not (owners[0] & owners[1] or owners[0] & owners[2] or owners[1] & owners[2])
-    for fold, share in zip(folds, (0.7, 0.15, 0.15)):
+    for fold, share in zip(folds, (0.7, 0.15, 0.15), strict=False):
         assert len(fold) / len(patients) == pytest.approx(share, abs=0.03)
         for label in range(5):  # each label's positives are split like the images
             assert y_arr[fold, label].sum() / y_arr[:, label].sum() == pytest.approx(share, abs=0.05)
     again = iterative_stratified_split(patients, y_arr, (0.7, 0.15, 0.15), seed=2)
-    assert all(np.array_equal(a, b) for a, b in zip(folds, again))
+    assert all(np.array_equal(a, b) for a, b in zip(folds, again, strict=False))
     with pytest.raises(ValueError, match="summing to 1"):
         iterative_stratified_split(patients, y_arr, (0.7, 0.2, 0.2), seed=2)
 

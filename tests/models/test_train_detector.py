@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from models.manifest import load_manifest, sha256_file
+from sr_writer.codes import CONCEPTS
 from training.detector import MODEL_NAME, build_demo, recipe_hash
 from training.detector_data import (
     CHESTX_DET_CLASSES,
@@ -23,7 +24,6 @@ from training.detector_data import (
     read_chestx_det,
     write_synthetic_chestx_det,
 )
-from sr_writer.codes import CONCEPTS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,8 +45,12 @@ def tiny_chestx_det(tmp_path: Path) -> tuple[Path, Path]:
     _png(images / "b.png", 64, 64)
     _png(images / "c.png", 50, 80)
     records = [
-        {"file_name": "a.png", "syms": ["Nodule", "Effusion"], "boxes": [[10, 20, 30, 60], [100, 0, 200, 100]],
-         "polygons": [[[10, 20], [30, 20], [30, 60]], [[100, 0], [200, 100], [100, 100]]]},
+        {
+            "file_name": "a.png",
+            "syms": ["Nodule", "Effusion"],
+            "boxes": [[10, 20, 30, 60], [100, 0, 200, 100]],
+            "polygons": [[[10, 20], [30, 20], [30, 60]], [[100, 0], [200, 100], [100, 100]]],
+        },
         {"file_name": "b.png", "syms": ["Fracture"], "boxes": [[-8, 32, 16, 80]], "polygons": [[[0, 32], [16, 64]]]},
         {"file_name": "c.png", "syms": [], "boxes": [], "polygons": []},
     ]
@@ -67,7 +71,9 @@ def test_mapping_covers_chestx_det_and_names_concepts() -> None:
     assert all(LABEL_KEYS[c] in CONCEPTS for c in PHANTOM_CLASSES)
 
 
-def test_converter_writes_normalised_boxes_class_ids_and_keeps_negatives(tiny_chestx_det: tuple[Path, Path], tmp_path: Path) -> None:
+def test_converter_writes_normalised_boxes_class_ids_and_keeps_negatives(
+    tiny_chestx_det: tuple[Path, Path], tmp_path: Path
+) -> None:
     annotations, images = tiny_chestx_det
     out = tmp_path / "yolo"
     summary = chestx_det_to_yolo(annotations, images, out, val_fraction=0.0)
@@ -86,7 +92,9 @@ def test_converter_writes_normalised_boxes_class_ids_and_keeps_negatives(tiny_ch
     assert '10: "nodule"' in data and '4: "diffuse_nodule"' in data
 
 
-def test_converter_with_a_class_subset_renumbers_and_rejects_others(tiny_chestx_det: tuple[Path, Path], tmp_path: Path) -> None:
+def test_converter_with_a_class_subset_renumbers_and_rejects_others(
+    tiny_chestx_det: tuple[Path, Path], tmp_path: Path
+) -> None:
     annotations, images = tiny_chestx_det
     with pytest.raises(ValueError, match=r"unknown class name 'Fracture'"):
         chestx_det_to_yolo(annotations, images, tmp_path / "y", classes=PHANTOM_CLASSES)
@@ -99,7 +107,9 @@ def test_converter_with_a_class_subset_renumbers_and_rejects_others(tiny_chestx_
         chestx_det_to_yolo(annotations, images, tmp_path / "y", classes=["Nodule", "Nodules"])
 
 
-def test_converter_refuses_mismatched_syms_and_missing_images(tiny_chestx_det: tuple[Path, Path], tmp_path: Path) -> None:
+def test_converter_refuses_mismatched_syms_and_missing_images(
+    tiny_chestx_det: tuple[Path, Path], tmp_path: Path
+) -> None:
     annotations, images = tiny_chestx_det
     records = json.loads(annotations.read_text())
     records[0]["boxes"] = records[0]["boxes"][:1]
@@ -136,8 +146,9 @@ def test_split_is_reproducible_and_independent_of_record_order(tmp_path: Path) -
 
 
 def test_synthetic_writer_output_is_read_by_the_converter(tmp_path: Path) -> None:
-    annotations = write_synthetic_chestx_det(tmp_path / "cxd", 6, seed=3, phantom_size=160, image_size=128,
-                                             negative_fraction=0.3)
+    annotations = write_synthetic_chestx_det(
+        tmp_path / "cxd", 6, seed=3, phantom_size=160, image_size=128, negative_fraction=0.3
+    )
     records = read_chestx_det(annotations)
     assert len(records) == 6 and any(not r["syms"] for r in records) and any(r["syms"] for r in records)
     for rec in records:
@@ -150,7 +161,9 @@ def test_synthetic_writer_output_is_read_by_the_converter(tmp_path: Path) -> Non
     assert sum(summary.images.values()) == 6
     assert sum(summary.boxes.values()) == sum(len(r["boxes"]) for r in records)
     # Same seed, same set.
-    again = write_synthetic_chestx_det(tmp_path / "again", 6, seed=3, phantom_size=160, image_size=128, negative_fraction=0.3)
+    again = write_synthetic_chestx_det(
+        tmp_path / "again", 6, seed=3, phantom_size=160, image_size=128, negative_fraction=0.3
+    )
     assert json.loads(again.read_text()) == json.loads(annotations.read_text())
 
 
@@ -170,7 +183,9 @@ def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, _S
     return root / "models", root / "work", steps
 
 
-def test_quick_demo_writes_a_demo_manifest_and_an_onnx_of_the_declared_shape(quick_demo: tuple[Path, Path, _Steps]) -> None:
+def test_quick_demo_writes_a_demo_manifest_and_an_onnx_of_the_declared_shape(
+    quick_demo: tuple[Path, Path, _Steps],
+) -> None:
     import onnxruntime as ort
 
     models_dir, _, steps = quick_demo
@@ -204,25 +219,54 @@ def test_evaluate_prints_the_four_metrics(quick_demo: tuple[Path, Path, _Steps])
     data_yaml = work / "cxr-detector" / "yolo" / "data.yaml"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run(
-        [sys.executable, "-m", "training.detector", "evaluate", "--weights", str(models_dir / MODEL_NAME / "model.onnx"),
-         "--data", str(data_yaml), "--work", str(work / "eval")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "training.detector",
+            "evaluate",
+            "--weights",
+            str(models_dir / MODEL_NAME / "model.onnx"),
+            "--data",
+            str(data_yaml),
+            "--work",
+            str(work / "eval"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     last = result.stdout.strip().splitlines()[-1].split()
-    figures = dict(zip(last[::2], (float(v) for v in last[1::2])))
+    figures = dict(zip(last[::2], (float(v) for v in last[1::2]), strict=False))
     assert set(figures) == {"mAP@0.5", "mAP@0.5:0.95", "precision", "recall"}
     assert all(0.0 <= v <= 1.0 for v in figures.values())
     assert "| all |" in result.stdout
 
 
-def test_convert_command_and_pretrained_names_refused(tiny_chestx_det: tuple[Path, Path], tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_command_and_pretrained_names_refused(
+    tiny_chestx_det: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from training.detector import main, train
 
     annotations, images = tiny_chestx_det
-    assert main(["convert", "--annotations", str(annotations), "--images", str(images), "--out", str(tmp_path / "y"),
-                 "--val-fraction", "0"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--annotations",
+                str(annotations),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "y"),
+                "--val-fraction",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "train 3 images (1 without boxes)" in capsys.readouterr().out
     # A .pt name makes Ultralytics download pretrained weights: refused before anything is imported.
     with pytest.raises(ValueError, match="model YAML"):

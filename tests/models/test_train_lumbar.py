@@ -14,10 +14,10 @@ from PIL import Image
 from core.findings import LUMBAR_LEVELS
 from models.lumbar import LumbarModel, hu_to_unit
 from models.manifest import load_manifest
-from training.phantoms.ct_datasets import LUMBAR_PNG_WINDOW, window_to_uint8
 from models.preprocess.ct_series import plan_series
-from training import lumbar as train_lumbar
 from tests.models.test_lumbar import _truth, write_abdomen
+from training import lumbar as train_lumbar
+from training.phantoms.ct_datasets import LUMBAR_PNG_WINDOW, window_to_uint8
 
 
 def write_folders(root: Path, per_level: dict[str, int], size: int = 48) -> None:
@@ -42,14 +42,22 @@ def test_list_split_reads_the_lumbar_folder_format(tmp_path: Path) -> None:
     assert [(p.parent.name, label) for p, label in samples] == [("T", 0), ("T", 0), ("L3", 3), ("S", 6)]
     images = train_lumbar.load_images([p for p, _ in samples], 32, 1)
     assert images.shape == (4, 32, 32, 1) and images.dtype == np.float32
-    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.min() >= 0.0 and images.max() <= 1.0
     with pytest.raises(FileNotFoundError, match="no PNG"):
         train_lumbar.list_split(tmp_path / "missing", "train")
 
 
-def test_parse_defaults_are_the_seed_and_one_mode_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_parse_defaults_are_the_seed_and_one_mode_is_required(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = train_lumbar._parse(["--data", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert (args.variant, args.input_size, args.batch_size, args.epochs, args.learning_rate) == ("V2M", 512, 16, 100, 1e-4)
+    assert (args.variant, args.input_size, args.batch_size, args.epochs, args.learning_rate) == (
+        "V2M",
+        512,
+        16,
+        100,
+        1e-4,
+    )
     assert args.windows == [(40.0, 400.0)] == [LUMBAR_PNG_WINDOW]  # the window of the phantom data sets
     with pytest.raises(SystemExit):
         train_lumbar._parse(["--data", str(tmp_path)])
@@ -83,10 +91,26 @@ def test_train_export_evaluate_and_serve_a_tiny_model(
     monkeypatch.setattr(train_lumbar, "build_model", _small_cnn)
     data, out = tmp_path / "data", tmp_path / "ct-lumbar"
     write_folders(data, {level: 3 for level in LUMBAR_LEVELS})
-    status = train_lumbar.main([
-        "--data", str(data), "--out", str(out), "--variant", "V2B0", "--input-size", "32",
-        "--epochs", "1", "--batch-size", "7", "--demo", "--version", "demo-test", "--fp16-weights",
-    ])
+    status = train_lumbar.main(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--variant",
+            "V2B0",
+            "--input-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "7",
+            "--demo",
+            "--version",
+            "demo-test",
+            "--fp16-weights",
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "recall" in printed
@@ -124,8 +148,10 @@ def test_fp16_weights_halve_the_file_and_keep_the_outputs(tmp_path: Path) -> Non
     weights = rng.normal(0.0, 0.5, (256, 7)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["p"], axis=1)],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 7])], [numpy_helper.from_array(weights, "w")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 7])],
+        [numpy_helper.from_array(weights, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -18,6 +18,7 @@ import pytest
 from core.findings import PE_EXAM_LABELS, PE_HEADS
 from models.manifest import load_manifest, sha256_file
 from models.pe import PeModel
+from tests.models.test_pe import write_ct_series
 from training.pe import (
     EXAM_WEIGHTS,
     IMAGE_WEIGHT,
@@ -39,7 +40,6 @@ from training.pe import (
     train,
     write_phantom_dataset,
 )
-from tests.models.test_pe import write_ct_series
 
 
 def test_seed_1_parameter_counts_and_head_order() -> None:
@@ -81,15 +81,16 @@ def test_weighted_log_loss_on_a_hand_computed_exam() -> None:
     loss = rsna_weighted_log_loss([[1, 0]], [[0.8, 0.4]], [exam_true], [{label: 0.5 for label in PE_EXAM_LABELS}])
     expected = (w_img * 0.5 * (-math.log(0.8) - math.log(0.6)) + w_exam * math.log(2)) / (w_img * 0.5 * 2 + w_exam)
     assert loss == pytest.approx(expected, rel=1e-12)
-    assert IMAGE_WEIGHT == w_img and w_exam == pytest.approx(1.0, abs=1e-9)  # the official weights sum to 1
+    assert w_img == IMAGE_WEIGHT and w_exam == pytest.approx(1.0, abs=1e-9)  # the official weights sum to 1
     # A negative exam (q = 0): images carry no weight, only the exam labels count.
     only_exam = rsna_weighted_log_loss([[0, 0, 0]], [[0.9, 0.9, 0.9]], [exam_true], [{k: 0.5 for k in PE_EXAM_LABELS}])
     assert only_exam == pytest.approx(math.log(2))
     # rv_lv_ratio_gte_1 weighs most: a wrong answer there costs more than on leftsided_pe.
     wrong_rv = dict(exam_true, rv_lv_ratio_gte_1=1.0)
     confident = {k: float(exam_true[k]) * 0.98 + 0.01 for k in PE_EXAM_LABELS}
-    assert (rsna_weighted_log_loss([[0]], [[0.0]], [wrong_rv], [confident])
-            > rsna_weighted_log_loss([[0]], [[0.0]], [dict(exam_true, leftsided_pe=1.0)], [confident]))
+    assert rsna_weighted_log_loss([[0]], [[0.0]], [wrong_rv], [confident]) > rsna_weighted_log_loss(
+        [[0]], [[0.0]], [dict(exam_true, leftsided_pe=1.0)], [confident]
+    )
 
 
 def test_auc_with_ties_and_undefined() -> None:
@@ -109,14 +110,21 @@ def write_rsna(folder: Path, exams: list[tuple[list[int], dict[str, int]]], size
         volume = rng.normal(-700, 20, size=(len(slice_labels), size, size)).astype(np.float32)
         for z, positive in enumerate(slice_labels):
             if positive:
-                volume[z, size // 4: 3 * size // 4, : size // 2] = 350.0
+                volume[z, size // 4 : 3 * size // 4, : size // 2] = 350.0
         study, series = f"1.2.826.0.1.{index + 1}", f"1.2.826.0.1.{index + 1}.1"
         written = write_ct_series(folder / "train" / study / series, volume, study_uid=study, series_uid=series)
-        for (path, sop), positive in zip(written, slice_labels):
+        for (path, sop), positive in zip(written, slice_labels, strict=False):
             path.rename(path.with_name(f"{sop}.dcm"))
-            rows.append({"StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": sop,
-                         "pe_present_on_image": positive, "qa_motion": 0,
-                         **{label: exam_labels.get(label, 0) for label in PE_EXAM_LABELS}})
+            rows.append(
+                {
+                    "StudyInstanceUID": study,
+                    "SeriesInstanceUID": series,
+                    "SOPInstanceUID": sop,
+                    "pe_present_on_image": positive,
+                    "qa_motion": 0,
+                    **{label: exam_labels.get(label, 0) for label in PE_EXAM_LABELS},
+                }
+            )
     with open(folder / "train.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -129,8 +137,11 @@ NEG = {"negative_exam_for_pe": 1}
 
 
 def test_reading_labels_and_study_wise_split(tmp_path: Path) -> None:
-    data = write_rsna(tmp_path, [([0, 1, 1, 0], POS), ([0, 0, 0, 0], NEG), ([0, 1, 0, 0], POS), ([0, 0, 0, 0], NEG),
-                                 ([1, 1, 0, 0], POS)], size=8)
+    data = write_rsna(
+        tmp_path,
+        [([0, 1, 1, 0], POS), ([0, 0, 0, 0], NEG), ([0, 1, 0, 0], POS), ([0, 0, 0, 0], NEG), ([1, 1, 0, 0], POS)],
+        size=8,
+    )
     studies = read_rsna_labels(data / "train.csv")
     assert len(studies) == 5
     first = studies["1.2.826.0.1.1"]
@@ -148,8 +159,25 @@ def test_reading_labels_and_study_wise_split(tmp_path: Path) -> None:
 def test_training_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_rsna(tmp_path / "rsna", [([0, 1, 1, 0, 0], POS), ([0, 0, 0, 0, 0], NEG), ([0, 0, 1, 1, 0], POS)])
     out = tmp_path / "out"
-    status = main(["--data", str(data), "--out", str(out), "--size", "71", "--steps", "1", "--batch-size", "2",
-                   "--validation", "0.34", "--eager", "--version", "test-1"])
+    status = main(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--size",
+            "71",
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--validation",
+            "0.34",
+            "--eager",
+            "--version",
+            "test-1",
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "RSNA weighted log loss" in printed and "| pe_present_on_image |" in printed
@@ -157,8 +185,11 @@ def test_training_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert manifest.sha256 == sha256_file(out / "model.onnx")
     assert [label.key for label in manifest.labels] == list(PE_HEADS)
     assert manifest.task == "slice-classification" and manifest.input.height == 71
-    assert manifest.input.preprocessing == {"kind": "ct_windows", "windows": [[100.0, 700.0], [40.0, 400.0], [-600.0, 1500.0]],
-                                           "crop": "none"}
+    assert manifest.input.preprocessing == {
+        "kind": "ct_windows",
+        "windows": [[100.0, 700.0], [40.0, 400.0], [-600.0, 1500.0]],
+        "crop": "none",
+    }
     card = (out / "MODEL_CARD.md").read_text()
     assert "23,239,089" in card and "1 validation studies" in card
     assert json.loads((out / "model.json").read_text())["postprocessing"]["top_k"] == 3
@@ -199,9 +230,31 @@ def test_separating_threshold_takes_the_middle_of_the_gap_or_the_best_balanced_a
 def test_demo_training_chooses_the_exam_threshold_on_fresh_phantoms(tmp_path: Path) -> None:
     data = write_rsna(tmp_path / "rsna", [([0, 1, 1, 0], POS), ([0, 0, 0, 0], NEG), ([0, 0, 1, 0], POS)])
     out = tmp_path / "out"
-    args = _parse(["--data", str(data), "--out", str(out), "--size", "71", "--steps", "1", "--batch-size", "2",
-                   "--validation", "0.34", "--eager", "--demo", "--crop", "body", "--lr-schedule", "cosine",
-                   "--locate-on-clot-slices", "--location", "mirror"])
+    args = _parse(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--size",
+            "71",
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--validation",
+            "0.34",
+            "--eager",
+            "--demo",
+            "--crop",
+            "body",
+            "--lr-schedule",
+            "cosine",
+            "--locate-on-clot-slices",
+            "--location",
+            "mirror",
+        ]
+    )
     args.calibration = {"calibration_pairs": 4, "seed": 7, "slices": 10, "phantom_size": 64}
     reported: list[str] = []
     train(args, progress=lambda done, total, message: reported.append(message))
@@ -211,7 +264,11 @@ def test_demo_training_chooses_the_exam_threshold_on_fresh_phantoms(tmp_path: Pa
     calibration = calibrate_on_phantoms(out / "model.json", args.calibration)
     assert threshold == pytest.approx(calibration.threshold) and 0 < threshold < 1
     assert [(seed, side) for seed, side, _ in calibration.positive] == [
-        (7500, "right"), (7501, "left"), (7502, "right"), (7503, "central")]
+        (7500, "right"),
+        (7501, "left"),
+        (7502, "right"),
+        (7503, "central"),
+    ]
     assert [seed for seed, _ in calibration.negative] == [7500, 7501, 7502, 7503]  # the same seeds without a clot
     card = (out / "MODEL_CARD.md").read_text()
     assert f"Exam threshold {threshold:.3f}" in card and "4 + 4 fresh phantoms" in card
@@ -222,7 +279,9 @@ def test_demo_training_chooses_the_exam_threshold_on_fresh_phantoms(tmp_path: Pa
     assert f"`central_pe` threshold {central:.3f}" in card and "sides called on the" in card
     assert manifest["postprocessing"]["location"] == "mirror" and "--location mirror" in card
     assert PeModel.from_manifest(load_manifest(out / "model.json")).location == "mirror"
-    assert load_manifest(out / "model.json").labels[PE_HEADS.index("pe_present_on_image")].threshold == pytest.approx(threshold)
+    assert load_manifest(out / "model.json").labels[PE_HEADS.index("pe_present_on_image")].threshold == pytest.approx(
+        threshold
+    )
     # The crop the model was trained with is the crop it is served with.
     assert manifest["input"]["preprocessing"]["crop"] == "body" and "(crop: body)" in card and "cosine decay" in card
     assert "on slices with a clot only" in card and "--locate-on-clot-slices" in card
@@ -234,7 +293,7 @@ def test_demo_data_pairs_each_clot_with_its_clot_free_twin_cut_to_slab_and_strid
     write_phantom_dataset(tmp_path, params)
     studies = read_rsna_labels(tmp_path / "train.csv")
     assert len(studies) == 4
-    pairs = [list(studies.values())[i:i + 2] for i in (0, 2)]
+    pairs = [list(studies.values())[i : i + 2] for i in (0, 2)]
     for positive, negative in pairs:
         [pos_slices] = positive.series.values()
         [neg_slices] = negative.series.values()
@@ -252,16 +311,25 @@ def test_demo_data_pairs_each_clot_with_its_clot_free_twin_cut_to_slab_and_strid
 def _levels(folder: Path) -> list[float]:
     import pydicom
 
-    return sorted(round(float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]), 3)
-                  for p in folder.glob("*.dcm"))
+    return sorted(
+        round(float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]), 3)
+        for p in folder.glob("*.dcm")
+    )
 
 
 def test_demo_data_with_twin_levels_gives_every_clot_slice_its_clot_free_twin(tmp_path: Path) -> None:
     # With twin_levels the positive is cut to the same levels as its partner: no slice of a clot is
     # in the training set without the identical clot-free slice, so the clot is the only thing that
     # tells them apart (without it, an untwinned clot slice can be learnt from its anatomy and noise).
-    params = {"studies": 4, "slices": 24, "phantom_size": 64, "seed": 3, "negative_margin": 2, "negative_stride": 5,
-              "twin_levels": True}
+    params = {
+        "studies": 4,
+        "slices": 24,
+        "phantom_size": 64,
+        "seed": 3,
+        "negative_margin": 2,
+        "negative_stride": 5,
+        "twin_levels": True,
+    }
     write_phantom_dataset(tmp_path, params)
     studies = list(read_rsna_labels(tmp_path / "train.csv").values())
     assert len(studies) == 4

@@ -48,12 +48,16 @@ def test_patient_groups_follow_file_names_and_case_urls(tmp_path: Path) -> None:
         "view,file,source,licence,url\n"
         "frontal,covid-0001-a.png,x,CC BY,https://example.org/case/7\n"
         "lateral,covid-0002-b.png,x,CC BY,https://example.org/case/7\n"
-        + "".join(f"frontal,nih-{p:08d}_00{f}.png,NIH,CC0,https://example.org/all\n" for p in range(1, 9) for f in (0, 1))
-        + "".join(f"x,covid-case-{c}-{v}.png,x,CC BY,https://example.org/repo\n" for c in range(1, 9) for v in ("PA", "L")),
+        + "".join(
+            f"frontal,nih-{p:08d}_00{f}.png,NIH,CC0,https://example.org/all\n" for p in range(1, 9) for f in (0, 1)
+        )
+        + "".join(
+            f"x,covid-case-{c}-{v}.png,x,CC BY,https://example.org/repo\n" for c in range(1, 9) for v in ("PA", "L")
+        ),
         encoding="utf-8",
     )
     samples = list_samples(data)
-    groups = dict(zip((s.name for s in samples), patient_groups(samples, data)))
+    groups = dict(zip((s.name for s in samples), patient_groups(samples, data), strict=False))
     assert groups["nih-00000001_000.png"] == groups["nih-00000001_001.png"] != groups["nih-00000002_000.png"]
     assert groups["covid-case-3-PA.png"] == groups["covid-case-3-L.png"] != groups["covid-case-4-L.png"]
     assert groups["covid-0001-a.png"] == groups["covid-0002-b.png"]  # one case URL
@@ -114,8 +118,25 @@ def test_tiny_training_exports_a_working_onnx_model(tmp_path: Path, capsys: pyte
 
     assert EXPECTED_PARAMETERS == 105_473 and build_model().count_params() == 105_473
     data, out = make_data(tmp_path / "data"), tmp_path / "out"
-    assert main(["--data", str(data), "--out", str(out), "--steps", "6", "--batch-size", "8", "--seed", "3",
-                 "--threads", "2"]) == 0
+    assert (
+        main(
+            [
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--steps",
+                "6",
+                "--batch-size",
+                "8",
+                "--seed",
+                "3",
+                "--threads",
+                "2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "holding out" in printed and "ONNX vs Keras" in printed and "held-out lateral" in printed
 
@@ -143,8 +164,27 @@ def test_tiny_training_with_children_and_group_weights(tmp_path: Path, capsys: p
     from training.view_filter import main
 
     data, out = make_data(tmp_path / "data", children=10), tmp_path / "out"
-    assert main(["--data", str(data), "--out", str(out), "--steps", "4", "--batch-size", "8", "--seed", "3",
-                 "--threads", "2", "--balance", "weights"]) == 0
+    assert (
+        main(
+            [
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--steps",
+                "4",
+                "--batch-size",
+                "8",
+                "--seed",
+                "3",
+                "--threads",
+                "2",
+                "--balance",
+                "weights",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "held-out pediatric frontal: " in printed and "held-out adult frontal: " in printed
     card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")

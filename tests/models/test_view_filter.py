@@ -30,9 +30,22 @@ def view_filter(manifest: Manifest) -> ViewFilter:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("PA", "frontal"), ("AP", "frontal"), (" ap ", "frontal"), ("AP SUPINE", "frontal"), ("PA-ERECT", "frontal"),
-     ("LL", "lateral"), ("RL", "lateral"), ("LATERAL", "lateral"), ("lat", "lateral"),
-     ("RLD", None), ("LLD", None), ("APEX", None), ("", None), (None, None)],
+    [
+        ("PA", "frontal"),
+        ("AP", "frontal"),
+        (" ap ", "frontal"),
+        ("AP SUPINE", "frontal"),
+        ("PA-ERECT", "frontal"),
+        ("LL", "lateral"),
+        ("RL", "lateral"),
+        ("LATERAL", "lateral"),
+        ("lat", "lateral"),
+        ("RLD", None),
+        ("LLD", None),
+        ("APEX", None),
+        ("", None),
+        (None, None),
+    ],
 )
 def test_header_view_position_mapping(value: str | None, expected: str | None) -> None:
     assert header_view(value) == expected
@@ -49,7 +62,7 @@ def test_held_out_laterals_are_lateral_in_one_batch(view_filter: ViewFilter) -> 
     assert len(laterals) >= 5
     results = view_filter.predict([png_as_dicom(png, "LL") for png, _ in laterals])
     assert [r.view for r in results] == ["lateral"] * len(laterals)
-    for result, (png, p_lateral) in zip(results, laterals):
+    for result, (png, p_lateral) in zip(results, laterals, strict=False):
         # The DICOM route reproduces the training input: same probability as holdout.txt.
         assert result.probability == pytest.approx(p_lateral, abs=2e-3), png.name
         assert result.header_view == "lateral" and not result.disagreement
@@ -69,8 +82,16 @@ def test_header_disagreement_is_flagged_when_the_model_is_confident(view_filter:
     rg1 = pydicom.dcmread(rg1_uncr_path())
     rg1.ViewPosition = "LL"  # a frontal image whose header says lateral
     lateral_said_pa, frontal_said_ll = view_filter.predict([png_as_dicom(png, "PA"), rg1])
-    assert (lateral_said_pa.view, lateral_said_pa.header_view, lateral_said_pa.disagreement) == ("lateral", "frontal", True)
-    assert (frontal_said_ll.view, frontal_said_ll.header_view, frontal_said_ll.disagreement) == ("frontal", "lateral", True)
+    assert (lateral_said_pa.view, lateral_said_pa.header_view, lateral_said_pa.disagreement) == (
+        "lateral",
+        "frontal",
+        True,
+    )
+    assert (frontal_said_ll.view, frontal_said_ll.header_view, frontal_said_ll.disagreement) == (
+        "frontal",
+        "lateral",
+        True,
+    )
 
 
 def test_no_disagreement_below_the_manifest_probability(manifest: Manifest, tmp_path: Path) -> None:
@@ -93,8 +114,12 @@ def test_bad_image_in_a_batch_names_its_uid(view_filter: ViewFilter) -> None:
 
 def test_algorithm_identification(view_filter: ViewFilter, manifest: Manifest) -> None:
     info = view_filter.algorithm
-    assert (info.name, info.version, info.weights_sha256, info.demo) == ("cxr-view-filter", manifest.version,
-                                                                         manifest.sha256, False)
+    assert (info.name, info.version, info.weights_sha256, info.demo) == (
+        "cxr-view-filter",
+        manifest.version,
+        manifest.sha256,
+        False,
+    )
 
 
 def test_onnx_backend_shapes_threads_and_errors(manifest: Manifest, tmp_path: Path) -> None:

@@ -19,10 +19,10 @@ import pytest
 
 from models.manifest import Manifest
 from models.registry import ModelRegistry
-from training.data import IMAGE_GROUPS, Sample, image_group, list_samples, patient_groups, split_by_patient
-from training.view_filter import load_images
 from models.view_filter import ViewFilter
 from tests.helpers.radiographs import cxr_view_dir, repo_root
+from training.data import IMAGE_GROUPS, Sample, image_group, list_samples, patient_groups, split_by_patient
+from training.view_filter import load_images
 
 WEIGHTS = repo_root() / "weights" / "cxr-view-filter"
 # Issue 19's bar: >= 99.5 % of each frontal group, every lateral.
@@ -69,7 +69,7 @@ def measured() -> Measured:
 
 def group_accuracy(samples: list[Sample], probabilities: np.ndarray) -> dict[str, tuple[int, int]]:
     tally = {g: [0, 0] for g in IMAGE_GROUPS}
-    for sample, p in zip(samples, probabilities):
+    for sample, p in zip(samples, probabilities, strict=False):
         entry = tally[sample.group]
         entry[0] += int(int(p >= 0.5) == sample.label)
         entry[1] += 1
@@ -82,8 +82,11 @@ def test_every_group_meets_its_bar_on_held_out_patients(measured: Measured) -> N
     for group in IMAGE_GROUPS:
         correct, total = accuracy[group]
         assert total >= MIN_HELD_OUT[group], f"only {total} held-out {group} images"
-        wrong = [(s.relpath, round(float(p), 3)) for s, p in zip(samples, probabilities)
-                 if s.group == group and int(p >= 0.5) != s.label]
+        wrong = [
+            (s.relpath, round(float(p), 3))
+            for s, p in zip(samples, probabilities, strict=False)
+            if s.group == group and int(p >= 0.5) != s.label
+        ]
         assert correct / total >= MIN_ACCURACY[group], f"{group}: {correct}/{total} correct; wrong: {wrong}"
 
 

@@ -22,8 +22,9 @@ def ainode(*args: str, config: Path | None = None, timeout: float = 180) -> subp
     env = {"PATH": "/usr/bin:/bin", "HOME": tempfile.gettempdir()}  # caches (Keras, ONNX) stay out of the repo
     if config:
         env["AINODE_CONFIG"] = str(config)
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _by_modality(folder: Path) -> dict[str, list[Path]]:
@@ -36,13 +37,13 @@ def _by_modality(folder: Path) -> dict[str, list[Path]]:
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     cfg = tmp_path / "node.yaml"
-    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "destinations": {},
-                                   "default_destinations": []}))
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "destinations": {}, "default_destinations": []}))
     return cfg
 
 
-def test_analyze_folder_writes_valid_srs_and_one_bad_file_fails_alone(tmp_path: Path, config: Path,
-                                                                      rg1_uncr: Path) -> None:
+def test_analyze_folder_writes_valid_srs_and_one_bad_file_fails_alone(
+    tmp_path: Path, config: Path, rg1_uncr: Path
+) -> None:
     inputs = tmp_path / "in" / "nested"
     inputs.mkdir(parents=True)
     shutil.copy(rg1_uncr, inputs / "frontal.dcm")
@@ -86,8 +87,17 @@ def test_changed_weights_stop_start_up_and_absent_weights_disable_the_pipeline(t
     models = tmp_path / "models"
     shutil.copytree(REPO / "weights", models)
     cfg = tmp_path / "node.yaml"
-    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "models_dir": str(models), "port": 0,
-                                   "destinations": {}, "default_destinations": []}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "models_dir": str(models),
+                "port": 0,
+                "destinations": {},
+                "default_destinations": [],
+            }
+        )
+    )
     weights = models / "cxr-view-filter" / "model.onnx"
     weights.write_bytes(weights.read_bytes() + b"tampered")
     run = ainode("serve", config=cfg, timeout=60)
@@ -96,9 +106,14 @@ def test_changed_weights_stop_start_up_and_absent_weights_disable_the_pipeline(t
     assert "Traceback" not in run.stderr
     assert ainode("models", "verify", config=cfg).returncode == 1
     weights.unlink()
-    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve"], cwd=REPO, text=True,
-                            env={"PATH": "/usr/bin:/bin", "AINODE_CONFIG": str(cfg)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "serve"],
+        cwd=REPO,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "AINODE_CONFIG": str(cfg)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         line = proc.stdout.readline()  # printed once listening
         assert "listening" in line
@@ -152,8 +167,17 @@ def test_invalid_manifest_is_listed_with_its_problem(tmp_path: Path) -> None:
     broken.mkdir()
     (broken / "model.json").write_text('{"name": "broken-model", "version": "1"}')
     cfg = tmp_path / "node.yaml"
-    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "models_dir": str(models),
-                                   "models_file": None, "destinations": {}, "default_destinations": []}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "models_dir": str(models),
+                "models_file": None,
+                "destinations": {},
+                "default_destinations": [],
+            }
+        )
+    )
     listing = ainode("models", "list", config=cfg)
     assert listing.returncode == 0, listing.stderr
     row = next(line for line in listing.stdout.splitlines() if line.startswith("broken-model"))
@@ -168,14 +192,24 @@ def test_train_view_filter_command_builds_verified_weights(tmp_path: Path, confi
 
     data = make_data(tmp_path / "data")
     out = tmp_path / "models" / "cxr-view-filter"
-    run = ainode("train", "view-filter", "--data", str(data), "--out", str(out), "--steps", "6", config=config,
-                 timeout=300)
+    run = ainode(
+        "train", "view-filter", "--data", str(data), "--out", str(out), "--steps", "6", config=config, timeout=300
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert (out / "model.onnx").is_file() and (out / "MODEL_CARD.md").is_file()
     cfg = tmp_path / "trained.yaml"
     only_view_filter = tmp_path / "models.yaml"
     only_view_filter.write_text("models:\n  - manifest: cxr-view-filter/model.json\n")
-    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "d2"), "models_dir": str(tmp_path / "models"),
-                                   "models_file": str(only_view_filter), "destinations": {}, "default_destinations": []}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "d2"),
+                "models_dir": str(tmp_path / "models"),
+                "models_file": str(only_view_filter),
+                "destinations": {},
+                "default_destinations": [],
+            }
+        )
+    )
     verify = ainode("models", "verify", config=cfg)
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -27,7 +27,6 @@ from pydicom.uid import JPEG2000Lossless
 
 from core.findings import LUMBAR_LEVELS, PE_HEADS
 from models.manifest import sha256_file
-from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 from models.registry import ModelRegistry
 from node.errors import InputError
 from node.pipelines import PIPELINE_CLASSES, PIPELINE_MODELS
@@ -37,6 +36,7 @@ from node.pipelines.ct_pe import MIN_SLICES as PE_MIN_SLICES
 from node.pipelines.ct_pe import CtPePipeline
 from node.settings import REPO_ROOT
 from tests.helpers import assert_dciodvfy_clean, lateral_radiograph
+from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498.1"
 PE_WINDOWS = [[100.0, 700.0], [40.0, 400.0], [-600.0, 1500.0]]
@@ -45,8 +45,17 @@ PE_WINDOWS = [[100.0, 700.0], [40.0, 400.0], [-600.0, 1500.0]]
 # --------------------------------------------------------------------------- tiny constant models
 
 
-def write_constant_model(folder: Path, name: str, labels: tuple[str, ...], bias: list[float], *, channels: int,
-                         windows: list[list[float]], softmax: bool, size: int = 64) -> None:
+def write_constant_model(
+    folder: Path,
+    name: str,
+    labels: tuple[str, ...],
+    bias: list[float],
+    *,
+    channels: int,
+    windows: list[list[float]],
+    softmax: bool,
+    size: int = 64,
+) -> None:
     """A model folder (``model.onnx`` + ``model.json``) whose output is ``activation(bias)`` for any slice.
 
     The graph averages each input channel, multiplies by zero weights and adds ``bias``: a real
@@ -55,25 +64,40 @@ def write_constant_model(folder: Path, name: str, labels: tuple[str, ...], bias:
     folder.mkdir(parents=True, exist_ok=True)
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, channels])
     scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", len(labels)])
-    init = [numpy_helper.from_array(np.zeros((channels, len(labels)), np.float32), "w"),
-            numpy_helper.from_array(np.asarray(bias, np.float32), "b"),
-            numpy_helper.from_array(np.array([1, 2], np.int64), "axes")]
-    nodes = [helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),
-             helper.make_node("MatMul", ["mean", "w"], ["z"]),
-             helper.make_node("Add", ["z", "b"], ["logits"]),
-             helper.make_node("Softmax", ["logits"], ["scores"], axis=-1) if softmax
-             else helper.make_node("Sigmoid", ["logits"], ["scores"])]
-    model = helper.make_model(helper.make_graph(nodes, name, [image], [scores], init),
-                              opset_imports=[helper.make_opsetid("", 18)])
+    init = [
+        numpy_helper.from_array(np.zeros((channels, len(labels)), np.float32), "w"),
+        numpy_helper.from_array(np.asarray(bias, np.float32), "b"),
+        numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),
+        helper.make_node("MatMul", ["mean", "w"], ["z"]),
+        helper.make_node("Add", ["z", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["scores"], axis=-1)
+        if softmax
+        else helper.make_node("Sigmoid", ["logits"], ["scores"]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, name, [image], [scores], init), opset_imports=[helper.make_opsetid("", 18)]
+    )
     model.ir_version = 9
     onnx.checker.check_model(model)
     onnx.save(model, folder / "model.onnx")
     manifest = {
-        "name": name, "version": "test-1", "task": "slice-classification", "backend": "onnx",
-        "weights": "model.onnx", "sha256": sha256_file(folder / "model.onnx"),
+        "name": name,
+        "version": "test-1",
+        "task": "slice-classification",
+        "backend": "onnx",
+        "weights": "model.onnx",
+        "sha256": sha256_file(folder / "model.onnx"),
         "labels": [{"key": key, "display": key} for key in labels],
-        "input": {"height": size, "width": size, "channels": channels, "layout": "NHWC",
-                  "preprocessing": {"kind": "ct_windows", "windows": windows}},
+        "input": {
+            "height": size,
+            "width": size,
+            "channels": channels,
+            "layout": "NHWC",
+            "preprocessing": {"kind": "ct_windows", "windows": windows},
+        },
         "demo": True,
     }
     (folder / "model.json").write_text(json.dumps(manifest))
@@ -89,8 +113,9 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     write_constant_model(root / "ct-pe", "ct-pe", PE_HEADS, pe_bias, channels=3, windows=PE_WINDOWS, softmax=False)
     level_bias = [0.0] * len(LUMBAR_LEVELS)
     level_bias[LUMBAR_LEVELS.index("L3")] = 4.0
-    write_constant_model(root / "ct-lumbar", "ct-lumbar", LUMBAR_LEVELS, level_bias, channels=1,
-                         windows=[[400.0, 1800.0]], softmax=True)
+    write_constant_model(
+        root / "ct-lumbar", "ct-lumbar", LUMBAR_LEVELS, level_bias, channels=1, windows=[[400.0, 1800.0]], softmax=True
+    )
     return ModelRegistry.discover(root)
 
 
@@ -157,7 +182,9 @@ def test_demo_pe_model_finds_the_right_embolus_on_its_slices(
     demo_registry: ModelRegistry, ctpa_right: tuple[CtPhantom, list[Path]], tmp_path: Path
 ) -> None:
     phantom, paths = ctpa_right
-    out = CtPePipeline(demo_registry, uid_root=UID_ROOT).analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], paths)
+    out = CtPePipeline(demo_registry, uid_root=UID_ROOT).analyse(
+        phantom.truth["study_uid"], phantom.truth["series_uid"], paths
+    )
     pe = out.result.pe
     assert pe is not None
     assert out.summary.startswith("PE present"), out.summary
@@ -167,8 +194,11 @@ def test_demo_pe_model_finds_the_right_embolus_on_its_slices(
     assert_on_the_clot(flagged, phantom)
     assert _check_objects(out.objects, tmp_path) == ["SR", "KO", "PR"]
     kos = out.objects[1]
-    keys = {ref.ReferencedSOPInstanceUID for s in kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
-            for ref in s.ReferencedSOPSequence}
+    keys = {
+        ref.ReferencedSOPInstanceUID
+        for s in kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for ref in s.ReferencedSOPSequence
+    }
     assert keys and keys <= flagged
 
 
@@ -204,7 +234,9 @@ def test_demo_pe_model_tells_a_left_embolus_from_a_right_one_however_the_columns
     # chest is replaced by the other's mirror image; the location heads alone called every clot right-sided.
     phantom, paths = ctpa_left
     for series in (paths, _stored_mirrored(paths, tmp_path / "mirrored")):
-        out = CtPePipeline(demo_registry, uid_root=UID_ROOT).analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], series)
+        out = CtPePipeline(demo_registry, uid_root=UID_ROOT).analyse(
+            phantom.truth["study_uid"], phantom.truth["series_uid"], series
+        )
         pe = out.result.pe
         assert pe is not None and not pe.exam_labels["negative_exam_for_pe"], out.summary
         assert pe.exam_labels["leftsided_pe"] and not pe.exam_labels["rightsided_pe"], pe.exam_probabilities
@@ -216,7 +248,9 @@ def test_demo_pe_model_calls_a_phantom_without_embolus_negative(
     demo_registry: ModelRegistry, ctpa_none: tuple[CtPhantom, list[Path]], tmp_path: Path
 ) -> None:
     phantom, paths = ctpa_none
-    out = CtPePipeline(demo_registry, uid_root=UID_ROOT).analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], paths)
+    out = CtPePipeline(demo_registry, uid_root=UID_ROOT).analyse(
+        phantom.truth["study_uid"], phantom.truth["series_uid"], paths
+    )
     pe = out.result.pe
     assert pe is not None
     assert out.summary.startswith("PE absent"), out.summary
@@ -228,11 +262,13 @@ def test_demo_lumbar_model_finds_levels_l3_and_body_composition(
     demo_registry: ModelRegistry, abdomen: tuple[CtPhantom, list[Path]], tmp_path: Path
 ) -> None:
     phantom, paths = abdomen
-    out = CtLumbarPipeline(demo_registry, uid_root=UID_ROOT).analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], paths)
+    out = CtLumbarPipeline(demo_registry, uid_root=UID_ROOT).analyse(
+        phantom.truth["study_uid"], phantom.truth["series_uid"], paths
+    )
     lumbar = out.result.lumbar
     assert lumbar is not None and lumbar.l3_index is not None, out.summary
     truth_levels = phantom.truth["levels_by_sop_uid"]
-    agree = np.mean([level == truth_levels[uid] for uid, level in zip(lumbar.slice_uids, lumbar.levels)])
+    agree = np.mean([level == truth_levels[uid] for uid, level in zip(lumbar.slice_uids, lumbar.levels, strict=False)])
     assert agree >= 0.85, out.summary
     order = [LUMBAR_LEVELS.index(r.level) for r in lumbar.runs]
     assert order == sorted(order) or order == sorted(order, reverse=True), "levels not monotonic along the series"
@@ -242,7 +278,11 @@ def test_demo_lumbar_model_finds_levels_l3_and_body_composition(
     assert abs(found_l3 - truth_l3) <= 1, out.summary
     comp = lumbar.composition
     assert comp is not None
-    areas = {"muscle": comp.muscle_cm2, "subcutaneous_fat": comp.subcutaneous_fat_cm2, "visceral_fat": comp.visceral_fat_cm2}
+    areas = {
+        "muscle": comp.muscle_cm2,
+        "subcutaneous_fat": comp.subcutaneous_fat_cm2,
+        "visceral_fat": comp.visceral_fat_cm2,
+    }
     for tissue, expected in phantom.truth["areas_cm2"].items():
         assert areas[tissue] == pytest.approx(expected, rel=0.05), (tissue, areas, phantom.truth["areas_cm2"])
     assert _check_objects(out.objects, tmp_path) == ["SR", "PR", "KO", "SEG"]
@@ -254,7 +294,9 @@ def test_demo_lumbar_model_finds_levels_l3_and_body_composition(
 
 
 def test_constant_models_drive_each_branch(
-    tiny_pe: CtPePipeline, tiny_lumbar: CtLumbarPipeline, ctpa_none: tuple[CtPhantom, list[Path]],
+    tiny_pe: CtPePipeline,
+    tiny_lumbar: CtLumbarPipeline,
+    ctpa_none: tuple[CtPhantom, list[Path]],
     abdomen: tuple[CtPhantom, list[Path]],
 ) -> None:
     # PE on every slice: the exam is positive and right-sided whatever the phantom shows.
@@ -329,20 +371,25 @@ def test_sagittal_series_is_refused_naming_the_reason(
         def change(ds: pydicom.Dataset) -> None:
             ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
             ds.ImagePositionPatient = [-100.0 + 2.0 * k, -100.0, 150.0]
+
         return change
 
-    series = [_rewrite(p, tmp_path / f"sag{k}.dcm", sagittal(k)) for k, p in enumerate(paths[:PE_MIN_SLICES + 2])]
+    series = [_rewrite(p, tmp_path / f"sag{k}.dcm", sagittal(k)) for k, p in enumerate(paths[: PE_MIN_SLICES + 2])]
     with pytest.raises(InputError, match=r"ct_pe: not an axial series: .*sagittal or coronal"):
         tiny_pe.analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], series)
 
 
 def test_too_few_slices_are_refused(
-    tiny_pe: CtPePipeline, tiny_lumbar: CtLumbarPipeline, ctpa_none: tuple[CtPhantom, list[Path]],
+    tiny_pe: CtPePipeline,
+    tiny_lumbar: CtLumbarPipeline,
+    ctpa_none: tuple[CtPhantom, list[Path]],
     abdomen: tuple[CtPhantom, list[Path]],
 ) -> None:
     phantom, paths = ctpa_none
-    with pytest.raises(InputError, match=rf"ct_pe: the series has {PE_MIN_SLICES - 1} axial slice\(s\).*at least {PE_MIN_SLICES}"):
-        tiny_pe.analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], paths[:PE_MIN_SLICES - 1])
+    with pytest.raises(
+        InputError, match=rf"ct_pe: the series has {PE_MIN_SLICES - 1} axial slice\(s\).*at least {PE_MIN_SLICES}"
+    ):
+        tiny_pe.analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], paths[: PE_MIN_SLICES - 1])
     phantom, paths = abdomen
     with pytest.raises(InputError, match=rf"at least {LUMBAR_MIN_SLICES}"):
         tiny_lumbar.analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], paths[:5])
@@ -379,4 +426,6 @@ def test_localizer_sent_with_the_series_is_dropped(tiny_lumbar: CtLumbarPipeline
     out = tiny_lumbar.analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], every_file)
     scout = phantom.truth["localizer_sop_uid"]
     assert any(w.startswith(f"{scout}: localizer") for w in out.warnings), out.warnings
-    assert out.result.lumbar is not None and out.result.lumbar.slice_uids == phantom.truth["sop_uids"][:len(slices)][::-1]
+    assert (
+        out.result.lumbar is not None and out.result.lumbar.slice_uids == phantom.truth["sop_uids"][: len(slices)][::-1]
+    )

@@ -25,7 +25,6 @@ import pydicom
 import pytest
 
 from core.findings import LUMBAR_LEVELS, SeriesResult
-from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 from models.plausibility import (
     LEVEL_HEIGHT_MM,
     MIN_LUNG_EXTENT_MM,
@@ -42,6 +41,7 @@ from sr_writer import build_lumbar_report, build_pe_report, code
 from tests.helpers import assert_dciodvfy_clean
 from tests.node.test_ct_pipeline_units import UID_ROOT, tiny_registry  # noqa: F401  (a fixture)
 from tests.sr_writer.test_ct_objects import _evaluation, _groups, _texts, ct_series, headers, lumbar_result, pe_result
+from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 
 # --------------------------------------------------------------------------- level maps
 
@@ -94,10 +94,12 @@ def test_levels_upside_down_or_going_back_are_out_of_order() -> None:
 def test_l3_at_an_end_of_the_series_is_cut() -> None:
     hf = column({"L3": 30.0, "L4": 39.0, "L5": 39.0, "S": 60.0})
     assert check_level_map(*feet_first(hf)) == [
-        f"L3 (slices {len(hf) - 9}-{len(hf)}) is cut by the cranial end of the series: no L2 above it"]
+        f"L3 (slices {len(hf) - 9}-{len(hf)}) is cut by the cranial end of the series: no L2 above it"
+    ]
     hf = column({"T": 60.0, "L1": 36.0, "L2": 36.0, "L3": 20.0})
     assert check_level_map(hf, [-3.0 * k for k in range(len(hf))]) == [
-        f"L3 (slices {len(hf) - 6}-{len(hf)}) is cut by the caudal end of the series: no L4 below it"]
+        f"L3 (slices {len(hf) - 6}-{len(hf)}) is cut by the caudal end of the series: no L4 below it"
+    ]
 
 
 def test_a_run_too_short_or_too_long_in_mm() -> None:
@@ -118,8 +120,10 @@ def test_a_lumbar_spine_too_short_in_total() -> None:
     assert check_level_map(*feet_first(column({**ADULT, **{f"L{i}": 18.0 for i in range(1, 6)}}))) == []
     hf = column({**ADULT, **{f"L{i}": 16.5 for i in range(1, 6)}}, 1.5)
     reasons = check_level_map(hf, [-1.5 * k for k in range(len(hf))])
-    assert reasons == [f"L1 to L5 span 82 mm (slices {hf.index('L1') + 1}-{len(hf) - hf[::-1].index('L5')}); "
-                       "a lumbar spine spans 90-280 mm"]
+    assert reasons == [
+        f"L1 to L5 span 82 mm (slices {hf.index('L1') + 1}-{len(hf) - hf[::-1].index('L5')}); "
+        "a lumbar spine spans 90-280 mm"
+    ]
 
 
 def test_boundaries_between_evaluated_slices_give_the_benefit_of_the_doubt() -> None:
@@ -157,13 +161,13 @@ def chest_slice(lung_mm: float, *, size: int = 256, pixel: float = 1.5) -> np.nd
     hu = np.full((size, size), -1000.0)
     hu[(x / 150.0) ** 2 + (y / 110.0) ** 2 <= 1.0] = 40.0
     for cx in (-65.0, 65.0):
-        hu[(x - cx) ** 2 + y ** 2 <= lung_mm ** 2] = -850.0
+        hu[(x - cx) ** 2 + y**2 <= lung_mm**2] = -850.0
     return hu
 
 
 def test_lung_area_counts_air_inside_the_body_only() -> None:
     area = lung_area_cm2(chest_slice(50.0), (1.5, 1.5))
-    assert area == pytest.approx(2 * np.pi * 5.0 ** 2, rel=0.08)  # two discs of 5 cm radius, sampled at 3 mm
+    assert area == pytest.approx(2 * np.pi * 5.0**2, rel=0.08)  # two discs of 5 cm radius, sampled at 3 mm
     assert lung_area_cm2(chest_slice(0.0), (1.5, 1.5)) == 0.0  # the air around the body is not lung
     assert lung_area_cm2(np.full((64, 64), -1000.0), (1.0, 1.0)) == 0.0  # no body at all
     with pytest.raises(ValueError, match="one slice"):
@@ -199,8 +203,10 @@ def test_flagged_slices_outside_the_lungs() -> None:
     z, lungs = profile(areas)
     assert check_pe_coverage(z, lungs, flagged=[10, 31]) == []  # 5 mm below the last lung slice: within 10 mm
     (reason,) = check_pe_coverage(z, lungs, flagged=[10, 33, 40])
-    assert reason == ("2 slice(s) flagged for embolism lie outside the lungs (slices 34, 41; no lung within 10 mm): "
-                      "no pulmonary artery is there")
+    assert reason == (
+        "2 slice(s) flagged for embolism lie outside the lungs (slices 34, 41; no lung within 10 mm): "
+        "no pulmonary artery is there"
+    )
     # Measured on every other slice only (a slice stride): the flags are placed by position all the same.
     sparse = {i: a for i, a in lungs.items() if i % 2 == 0}
     assert check_pe_coverage(z, sparse, flagged=[33])[0].startswith("1 slice(s) flagged")
@@ -213,8 +219,10 @@ def test_lumbar_sr_of_an_impossible_map_says_not_determined_and_why(tmp_path: Pa
     slices = ct_series(14)
     result = lumbar_result(slices, with_l3=False)
     assert result.lumbar is not None
-    result.lumbar.not_determined = ["no L3 in the series (levels found: T, L1, L2, L4, L5, S)",
-                                    "L3 missing between L2 and L4: the spine cannot skip a level"]
+    result.lumbar.not_determined = [
+        "no L3 in the series (levels found: T, L1, L2, L4, L5, S)",
+        "L3 missing between L2 and L4: the spine cannot skip a level",
+    ]
     sr = build_lumbar_report(result, headers(slices), uid_root=UID_ROOT, series_number=994)
     path = tmp_path / "not_determined.dcm"
     sr.save_as(path, enforce_file_format=True)
@@ -303,7 +311,7 @@ def _restacked(paths: list[Path], folder: Path, *, stretch: float = 1.0, upside_
     if upside_down:
         z = z[::-1]
     out = []
-    for ds, position in zip(datasets, z):
+    for ds, position in zip(datasets, z, strict=False):
         x, y, _ = ds.ImagePositionPatient
         ds.ImagePositionPatient = [x, y, f"{position * stretch:.3f}"]
         ds.SliceLocation = f"{position * stretch:.3f}"
@@ -322,15 +330,20 @@ def _not_determined(out_objects: list[pydicom.Dataset], folder: Path) -> list[st
     assert_dciodvfy_clean(path)
     groups = _groups(path)
     assert list(groups) == ["vertebral level not determined"]
-    texts = [t for t in _texts(groups["vertebral level not determined"]) if t.startswith(("Vertebral level", "Reason: "))]
+    texts = [
+        t for t in _texts(groups["vertebral level not determined"]) if t.startswith(("Vertebral level", "Reason: "))
+    ]
     assert texts[0].startswith("Vertebral level could not be determined")
     return [t.removeprefix("Reason: ") for t in texts[1:]]
 
 
 @pytest.mark.parametrize("case", ["stretched", "upside_down", "all_sacrum"])
 def test_demo_lumbar_on_a_phantom_made_implausible_says_not_determined(
-    demo_lumbar: CtLumbarPipeline, abdomen: tuple[CtPhantom, list[Path]], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, case: str,
+    demo_lumbar: CtLumbarPipeline,
+    abdomen: tuple[CtPhantom, list[Path]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
 ) -> None:
     phantom, paths = abdomen
     if case == "stretched":  # the same images said to lie 15 mm apart: every vertebra three times too tall
@@ -357,7 +370,8 @@ def test_demo_lumbar_on_a_phantom_made_implausible_says_not_determined(
 
 
 def test_demo_lumbar_on_the_plausible_phantom_still_finds_l3_with_seg(
-    demo_lumbar: CtLumbarPipeline, abdomen: tuple[CtPhantom, list[Path]],
+    demo_lumbar: CtLumbarPipeline,
+    abdomen: tuple[CtPhantom, list[Path]],
 ) -> None:
     phantom, paths = abdomen
     out = demo_lumbar.analyse(phantom.truth["study_uid"], phantom.truth["series_uid"], paths)
@@ -373,8 +387,9 @@ def test_demo_pe_on_a_chest_cut_to_its_lower_third_is_indeterminate(tmp_path: Pa
     paths = phantom.write_series(tmp_path / "series")
     assert [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths] == phantom.truth["sop_uids"]
     registry = ModelRegistry.discover(REPO_ROOT / "weights", REPO_ROOT / "config" / "models.yaml")
-    out = CtPePipeline(registry, uid_root=UID_ROOT).analyse(phantom.truth["study_uid"], phantom.truth["series_uid"],
-                                                           paths[48:])
+    out = CtPePipeline(registry, uid_root=UID_ROOT).analyse(
+        phantom.truth["study_uid"], phantom.truth["series_uid"], paths[48:]
+    )
     pe = out.result.pe
     assert pe is not None and pe.exam_labels["indeterminate"] and pe.positive_slices == [], out.summary
     (reason,) = pe.indeterminate_reasons
@@ -382,25 +397,30 @@ def test_demo_pe_on_a_chest_cut_to_its_lower_third_is_indeterminate(tmp_path: Pa
     assert out.summary.startswith(f"PE indeterminate: {reason}"), out.summary
     assert [str(o.Modality) for o in out.objects] == ["SR"]
     # The whole series covers the lungs: read as usual.
-    whole = CtPePipeline(registry, uid_root=UID_ROOT).analyse(phantom.truth["study_uid"], phantom.truth["series_uid"],
-                                                             paths)
+    whole = CtPePipeline(registry, uid_root=UID_ROOT).analyse(
+        phantom.truth["study_uid"], phantom.truth["series_uid"], paths
+    )
     assert whole.result.pe is not None and whole.result.pe.indeterminate_reasons == [], whole.summary
 
 
 def test_an_abdomen_sent_to_the_pe_pipeline_is_indeterminate(
-    tiny_registry: ModelRegistry, abdomen: tuple[CtPhantom, list[Path]], tmp_path: Path,  # noqa: F811
+    tiny_registry: ModelRegistry,
+    abdomen: tuple[CtPhantom, list[Path]],
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     # The tiny PE model flags every slice: on an abdomen, that is impossible (this phantom's lung bases hold less
     # than 25 cm² of lung per slice: no lungs at all for the check).
     phantom, paths = abdomen
-    out = CtPePipeline(tiny_registry, uid_root=UID_ROOT).analyse(phantom.truth["study_uid"],
-                                                                 phantom.truth["series_uid"], paths)
+    out = CtPePipeline(tiny_registry, uid_root=UID_ROOT).analyse(
+        phantom.truth["study_uid"], phantom.truth["series_uid"], paths
+    )
     pe = out.result.pe
     assert pe is not None and pe.exam_labels["indeterminate"] and not pe.exam_labels["negative_exam_for_pe"]
     assert pe.positive_slices == [] == pe.key_slices
     assert pe.indeterminate_reasons[0].startswith("no lung on any of the 60 slices"), pe.indeterminate_reasons
-    assert pe.indeterminate_reasons[1].startswith("60 slice(s) flagged for embolism lie outside the lungs (slices 1, 2, "
-                                                  "3, 4, 5, 6, 7, 8, ...;"), pe.indeterminate_reasons
+    assert pe.indeterminate_reasons[1].startswith(
+        "60 slice(s) flagged for embolism lie outside the lungs (slices 1, 2, 3, 4, 5, 6, 7, 8, ...;"
+    ), pe.indeterminate_reasons
     assert out.summary.startswith("PE indeterminate: no lung on any"), out.summary
     assert [str(o.Modality) for o in out.objects] == ["SR"]  # no KOS or GSPS of key slices
     path = tmp_path / "sr.dcm"

@@ -10,16 +10,15 @@ checked with dciodvfy.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pydicom
 import pytest
 
-from models.errors import PreprocessError
 from core.findings import AlgorithmInfo, Finding, Region
-from training.phantoms import chest_phantom, phantom_dataset
+from models.errors import PreprocessError
 from models.registry import ModelRegistry
 from models.view_filter import ViewFilter
 from node.errors import ConfigError, InputError
@@ -29,6 +28,7 @@ from node.settings import REPO_ROOT, Settings, load_settings
 from sr_writer.codes import CHESTXRAY14_LABELS, code
 from tests.helpers import assert_dciodvfy_clean, lateral_radiograph
 from tests.integration.srread import coded_values, texts
+from training.phantoms import chest_phantom, phantom_dataset
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498.1"
 PR_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
@@ -44,8 +44,14 @@ class ScriptedModel:
     a model's preprocessing would refuse it.
     """
 
-    def __init__(self, name: str, group: str, probabilities: dict[str, float],
-                 boxes: dict[str, Region] | None = None, threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        name: str,
+        group: str,
+        probabilities: dict[str, float],
+        boxes: dict[str, Region] | None = None,
+        threshold: float = 0.5,
+    ) -> None:
         self._algorithm = AlgorithmInfo(name=name, version="test-1", demo=True)
         self.group = group
         self.probabilities = probabilities
@@ -58,20 +64,48 @@ class ScriptedModel:
 
     def predict(self, images: Sequence[np.ndarray], uids: Sequence[str]) -> list[list[Finding]]:
         out = []
-        for image, uid in zip(images, uids):
+        for image, uid in zip(images, uids, strict=False):
             if float(image.std()) == 0.0:
                 raise PreprocessError(f"image {uid} is blank")
             if self.group == "detection":
-                out.append([Finding(label, self.probabilities[label], True, region=box, source_sop_uid=uid,
-                                    group="detection", algorithm=self._algorithm.name)
-                            for label, box in self.boxes.items()])
+                out.append(
+                    [
+                        Finding(
+                            label,
+                            self.probabilities[label],
+                            True,
+                            region=box,
+                            source_sop_uid=uid,
+                            group="detection",
+                            algorithm=self._algorithm.name,
+                        )
+                        for label, box in self.boxes.items()
+                    ]
+                )
             elif self.group == "class":
                 best = max(self.probabilities, key=self.probabilities.__getitem__)
-                out.append([Finding(label, p, label == best, source_sop_uid=uid, group="class",
-                                    algorithm=self._algorithm.name) for label, p in self.probabilities.items()])
+                out.append(
+                    [
+                        Finding(
+                            label, p, label == best, source_sop_uid=uid, group="class", algorithm=self._algorithm.name
+                        )
+                        for label, p in self.probabilities.items()
+                    ]
+                )
             else:
-                out.append([Finding(label, p, p >= self.threshold, source_sop_uid=uid, group="finding",
-                                    algorithm=self._algorithm.name) for label, p in self.probabilities.items()])
+                out.append(
+                    [
+                        Finding(
+                            label,
+                            p,
+                            p >= self.threshold,
+                            source_sop_uid=uid,
+                            group="finding",
+                            algorithm=self._algorithm.name,
+                        )
+                        for label, p in self.probabilities.items()
+                    ]
+                )
         return out
 
 
@@ -89,8 +123,11 @@ def _pipeline(view_filter: ViewFilter, findings: dict[str, float] = FINDINGS, **
     settings = Settings()
     defaults: dict[str, object] = dict(
         finding_model=ScriptedModel("cxr-findings", "finding", findings),
-        four_class_models=[ScriptedModel("cxr-four-class", "class",
-                                         {"covid19": 0.1, "normal": 0.2, "pneumonia": 0.6, "tuberculosis": 0.1})],
+        four_class_models=[
+            ScriptedModel(
+                "cxr-four-class", "class", {"covid19": 0.1, "normal": 0.2, "pneumonia": 0.6, "tuberculosis": 0.1}
+            )
+        ],
         detector=ScriptedModel("cxr-detector", "detection", {"nodule": 0.8}, {"nodule": NODULE_BOX}),
         triage=TriageRules(settings.cxr.triage.urgent, settings.cxr.triage.priority),
     )
@@ -176,9 +213,13 @@ def test_triage_levels_follow_the_configured_thresholds() -> None:
 
 
 def test_top_findings_rank_only_the_fourteen_labels() -> None:
-    found = [Finding("mass", 0.3, False), Finding("nodule", 0.8, True), Finding("edema", 0.5, True),
-             Finding("pneumonia", 0.99, True, group="class"),
-             Finding("fibrosis", 0.95, True, region=Region(0, 0, 2, 2), group="detection")]
+    found = [
+        Finding("mass", 0.3, False),
+        Finding("nodule", 0.8, True),
+        Finding("edema", 0.5, True),
+        Finding("pneumonia", 0.99, True, group="class"),
+        Finding("fibrosis", 0.95, True, region=Region(0, 0, 2, 2), group="detection"),
+    ]
     assert top_findings(found) == ["nodule", "edema", "mass"]
     assert top_findings(found, 1) == ["nodule"]
     assert top_findings(found, present_only=True) == ["nodule", "edema"]  # mass is below its threshold
@@ -191,8 +232,13 @@ def test_by_default_an_image_without_findings_has_no_top_finding(tmp_path: Path,
     path = _frontal(tmp_path)
     source = pydicom.dcmread(path, stop_before_pixels=True)
     quiet = {label: 0.1 for label in CHESTXRAY14_LABELS}
-    pipeline = _pipeline(view_filter, quiet, top_present_only=True, four_class_models=[],
-                         detector=ScriptedModel("cxr-detector", "detection", {}, {}))
+    pipeline = _pipeline(
+        view_filter,
+        quiet,
+        top_present_only=True,
+        four_class_models=[],
+        detector=ScriptedModel("cxr-detector", "detection", {}, {}),
+    )
     output = pipeline.analyse(str(source.StudyInstanceUID), str(source.SeriesInstanceUID), [path])
     [image] = output.result.images
     assert image.top_findings == [] and image.triage == "routine"
@@ -207,8 +253,9 @@ def test_routine_image_still_gets_a_gsps_with_the_caption(tmp_path: Path, view_f
     path = _frontal(tmp_path)
     source = pydicom.dcmread(path, stop_before_pixels=True)
     quiet = {label: 0.1 for label in CHESTXRAY14_LABELS}
-    pipeline = _pipeline(view_filter, quiet, detector=ScriptedModel("cxr-detector", "detection", {}, {}),
-                         four_class_models=[])
+    pipeline = _pipeline(
+        view_filter, quiet, detector=ScriptedModel("cxr-detector", "detection", {}, {}), four_class_models=[]
+    )
     output = pipeline.analyse(str(source.StudyInstanceUID), str(source.SeriesInstanceUID), [path])
     [image] = output.result.images
     assert image.triage == "routine" and len(image.top_findings) == 3
@@ -235,10 +282,10 @@ def test_lateral_image_stops_after_the_view_filter(tmp_path: Path, view_filter: 
     assert any("not analysed further" in t for t in texts(sr))
     [gsps] = _by_class(output.objects, PR_CLASS)  # only for the frontal image
     assert [a.ReferencedImageSequence[0].ReferencedSOPInstanceUID for a in gsps.GraphicAnnotationSequence] == [
-        first.SOPInstanceUID]
+        first.SOPInstanceUID
+    ]
 
-    only_lateral = _pipeline(view_filter).analyse(str(first.StudyInstanceUID), str(first.SeriesInstanceUID),
-                                                  [lateral])
+    only_lateral = _pipeline(view_filter).analyse(str(first.StudyInstanceUID), str(first.SeriesInstanceUID), [lateral])
     assert [str(ds.SOPClassUID) for ds in only_lateral.objects] == ["1.2.840.10008.5.1.4.1.1.88.34"]  # SR only
 
 
@@ -246,7 +293,8 @@ def test_secondary_capture_when_switched_on(tmp_path: Path, view_filter: ViewFil
     path = _frontal(tmp_path)
     source = pydicom.dcmread(path)
     output = _pipeline(view_filter, secondary_capture=True).analyse(
-        str(source.StudyInstanceUID), str(source.SeriesInstanceUID), [path])
+        str(source.StudyInstanceUID), str(source.SeriesInstanceUID), [path]
+    )
     [sc] = _by_class(output.objects, SC_CLASS)
     assert list(sc.ImageType) == ["DERIVED", "SECONDARY"] and sc.BurnedInAnnotation == "YES"
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
@@ -275,8 +323,9 @@ def test_bad_image_fails_alone(tmp_path: Path, view_filter: ViewFilter) -> None:
     uids = {p.name: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
     first = pydicom.dcmread(good, stop_before_pixels=True)
 
-    output = _pipeline(view_filter).analyse(str(first.StudyInstanceUID), str(first.SeriesInstanceUID),
-                                            [*paths, garbage])
+    output = _pipeline(view_filter).analyse(
+        str(first.StudyInstanceUID), str(first.SeriesInstanceUID), [*paths, garbage]
+    )
     by_uid = {i.sop_instance_uid: i for i in output.result.images}
     assert uids["short.dcm"] not in by_uid
     assert by_uid[uids["good.dcm"]].top_findings == ["nodule", "pneumothorax", "mass"]
@@ -321,8 +370,10 @@ def test_cxr_settings_from_yaml_and_their_errors(tmp_path: Path) -> None:
     assert shipped.cxr.triage.urgent == {"pneumothorax": 0.5} and shipped.cxr.secondary_capture is False
 
     config = tmp_path / "node.yaml"
-    config.write_text("cxr:\n  secondary_capture: true\n  four_class_models: [cxr-four-class, cxr-four-class-cnn]\n"
-                      "  triage: {urgent: {Pneumothorax: 0.4}, priority: {}}\n")
+    config.write_text(
+        "cxr:\n  secondary_capture: true\n  four_class_models: [cxr-four-class, cxr-four-class-cnn]\n"
+        "  triage: {urgent: {Pneumothorax: 0.4}, priority: {}}\n"
+    )
     settings = load_settings(config, environ={"AINODE_CXR__TOP_FINDINGS": "2"})
     assert settings.cxr.secondary_capture and settings.cxr.top_findings == 2
     assert settings.cxr.four_class_models == ["cxr-four-class", "cxr-four-class-cnn"]
@@ -349,40 +400,68 @@ def _tiny_onnx_models(models_dir: Path) -> None:
 
     rng = np.random.default_rng(0)
 
-    def save(name: str, graph: onnx.GraphProto, task: str, labels: Sequence[str], size: int, channels: int,
-             layout: str) -> None:
+    def save(
+        name: str, graph: onnx.GraphProto, task: str, labels: Sequence[str], size: int, channels: int, layout: str
+    ) -> None:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         folder = models_dir / name
         folder.mkdir()
         onnx.save(model, folder / "model.onnx")
-        (folder / "model.json").write_text(json.dumps({
-            "name": name, "version": "test-1", "task": task, "backend": "onnx", "weights": "model.onnx",
-            "sha256": sha256_file(folder / "model.onnx"), "labels": [{"key": k, "display": k} for k in labels],
-            "input": {"height": size, "width": size, "channels": channels, "layout": layout}, "demo": True}))
+        (folder / "model.json").write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "version": "test-1",
+                    "task": task,
+                    "backend": "onnx",
+                    "weights": "model.onnx",
+                    "sha256": sha256_file(folder / "model.onnx"),
+                    "labels": [{"key": k, "display": k} for k in labels],
+                    "input": {"height": size, "width": size, "channels": channels, "layout": layout},
+                    "demo": True,
+                }
+            )
+        )
 
     def classifier(name: str, labels: Sequence[str], final: str, task: str) -> None:
         weights = numpy_helper.from_array(rng.normal(0, 0.05, (32 * 32, len(labels))).astype(np.float32), "w")
         shape = numpy_helper.from_array(np.array([-1, 32 * 32], np.int64), "shape")
-        nodes = [helper.make_node("Reshape", ["x", "shape"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["z"]),
-                 helper.make_node(final, ["z"], ["y"], **({"axis": 1} if final == "Softmax" else {}))]
+        nodes = [
+            helper.make_node("Reshape", ["x", "shape"], ["f"]),
+            helper.make_node("MatMul", ["f", "w"], ["z"]),
+            helper.make_node(final, ["z"], ["y"], **({"axis": 1} if final == "Softmax" else {})),
+        ]
         graph = helper.make_graph(
-            nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32, 32, 1])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", len(labels)])], [weights, shape])
+            nodes,
+            name,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32, 32, 1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", len(labels)])],
+            [weights, shape],
+        )
         save(name, graph, task, labels, 32, 1, "NHWC")
 
     classifier("cxr-findings", CHESTXRAY14_LABELS, "Sigmoid", "multilabel-classification")
     classifier("cxr-four-class", FOUR_CLASS_LABELS, "Softmax", "classification")
     raw = np.zeros((1, 5, 8), np.float32)
     raw[0, :, 0] = [100, 80, 30, 30, 0.9]  # cx, cy, w, h on the 128×128 canvas, nodule score
-    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
-             helper.make_node("Unsqueeze", ["m", "axes"], ["m2"]),
-             helper.make_node("Mul", ["m2", "zero"], ["m3"]), helper.make_node("Add", ["m3", "raw"], ["y"])]
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Unsqueeze", ["m", "axes"], ["m2"]),
+        helper.make_node("Mul", ["m2", "zero"], ["m3"]),
+        helper.make_node("Add", ["m3", "raw"], ["y"]),
+    ]
     graph = helper.make_graph(
-        nodes, "detector", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 128, 128])],
+        nodes,
+        "detector",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 128, 128])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 8])],
-        [numpy_helper.from_array(raw, "raw"), numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
-         numpy_helper.from_array(np.zeros((1,), np.float32), "zero")])
+        [
+            numpy_helper.from_array(raw, "raw"),
+            numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+            numpy_helper.from_array(np.zeros((1,), np.float32), "zero"),
+        ],
+    )
     save("cxr-detector", graph, "detection", ["nodule"], 128, 3, "NCHW")
     (models_dir / "cxr-view-filter").symlink_to(REPO_ROOT / "weights" / "cxr-view-filter")
 
@@ -393,8 +472,12 @@ def test_installed_models_are_loaded_from_the_registry(tmp_path: Path, parallel:
     models_dir = tmp_path / "models"
     models_dir.mkdir()
     _tiny_onnx_models(models_dir)
-    settings = Settings(models_dir=models_dir, models_file=None, data_dir=tmp_path / "data",
-                        cxr={"parallel_models": parallel, "secondary_capture": True})
+    settings = Settings(
+        models_dir=models_dir,
+        models_file=None,
+        data_dir=tmp_path / "data",
+        cxr={"parallel_models": parallel, "secondary_capture": True},
+    )
     pipeline = CxrPipeline.from_settings(ModelRegistry.discover(models_dir, None), settings)
     assert not pipeline.missing
 
@@ -410,14 +493,20 @@ def test_installed_models_are_loaded_from_the_registry(tmp_path: Path, parallel:
     probabilities = {f.label: f.probability for f in image.findings if f.group == "finding"}
     assert image.top_findings == sorted(probabilities, key=probabilities.__getitem__, reverse=True)[:3]
     assert [a.name for a in output.result.algorithms] == [
-        "cxr-view-filter", "cxr-four-class", "cxr-detector", "cxr-findings"]
+        "cxr-view-filter",
+        "cxr-four-class",
+        "cxr-detector",
+        "cxr-findings",
+    ]
     assert sorted(str(ds.SOPClassUID) for ds in output.objects) == sorted(
-        ["1.2.840.10008.5.1.4.1.1.88.34", PR_CLASS, SC_CLASS])
+        ["1.2.840.10008.5.1.4.1.1.88.34", PR_CLASS, SC_CLASS]
+    )
     assert output.warnings == []
 
 
-def test_model_that_cannot_be_loaded_leaves_the_others_running(tmp_path: Path,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_model_that_cannot_be_loaded_leaves_the_others_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import json
 
     models_dir = tmp_path / "models"

@@ -9,9 +9,9 @@ milliseconds.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 from pydicom import Dataset
@@ -52,8 +52,9 @@ class TriagedPipeline(TinyPipeline):
         super().__init__()
         self.triage = triage
 
-    def analyse(self, study_uid: str, series_uid: str, paths: Sequence[Path],
-                predecessors: Sequence[Dataset] = ()) -> PipelineOutput:
+    def analyse(
+        self, study_uid: str, series_uid: str, paths: Sequence[Path], predecessors: Sequence[Dataset] = ()
+    ) -> PipelineOutput:
         output = super().analyse(study_uid, series_uid, paths, predecessors)
         level = self.triage[series_uid]
         output.result.images = [ImageResult(str(generate_uid()), triage=level)]  # type: ignore[arg-type]
@@ -85,8 +86,9 @@ def _node(tmp_path: Path, db: Database, clock: Clock, **delivery: object):  # ty
     return settings, receiver, assembler, Outbox(settings.outbox_dir, settings.tmp_dir), dispatcher, destination
 
 
-def _analyse(db: Database, receiver: Receiver, assembler: Assembler, outbox: Outbox,
-             levels: Sequence[str]) -> dict[str, str]:
+def _analyse(
+    db: Database, receiver: Receiver, assembler: Assembler, outbox: Outbox, levels: Sequence[str]
+) -> dict[str, str]:
     """One series per triage level, analysed in this order; SOP Instance UID of each result -> its level."""
     triage: dict[str, str] = {}
     for level in levels:
@@ -98,14 +100,20 @@ def _analyse(db: Database, receiver: Receiver, assembler: Assembler, outbox: Out
     while (job := execution.claim_job(db, "test", {"fake"})) is not None:
         execution.run_job(db, outbox, pipeline, job)
     with db.session() as s:
-        return {r.sop_uid: triage[r.series_uid] for r in s.scalars(select(Result).where(
-            Result.series_uid.in_(list(triage))))}
+        return {
+            r.sop_uid: triage[r.series_uid]
+            for r in s.scalars(select(Result).where(Result.series_uid.in_(list(triage))))
+        }
 
 
 def _next_due(db: Database) -> float | None:
     with db.session() as s:
-        return s.scalar(select(Delivery.next_attempt_at).where(Delivery.state == DeliveryState.PENDING)
-                        .order_by(Delivery.next_attempt_at).limit(1))
+        return s.scalar(
+            select(Delivery.next_attempt_at)
+            .where(Delivery.state == DeliveryState.PENDING)
+            .order_by(Delivery.next_attempt_at)
+            .limit(1)
+        )
 
 
 def _states(db: Database) -> dict[DeliveryState, int]:
@@ -148,7 +156,9 @@ def test_destination_down_20_hours_gets_every_result_urgent_first_and_no_dead_le
     clock = Clock()
     settings, receiver, assembler, outbox, dispatcher, destination = _node(tmp_path, db, clock)
     # Routine results are created first (lower ids): order by creation alone would send them first.
-    levels = _analyse(db, receiver, assembler, outbox, ["routine", "routine", "priority", "urgent", "routine", "urgent"])
+    levels = _analyse(
+        db, receiver, assembler, outbox, ["routine", "routine", "priority", "urgent", "routine", "urgent"]
+    )
     destination.down = True
     passes = _outage(db, dispatcher, clock, hours=20)
     assert DeliveryState.DEAD not in _states(db), _states(db)
@@ -198,7 +208,8 @@ def test_backlog_goes_at_once_urgent_first_when_the_destination_returns(tmp_path
 def test_dead_letter_after_give_up_hours_then_retry_by_hand_starts_a_new_period(tmp_path: Path, db: Database) -> None:
     clock = Clock()
     settings, receiver, assembler, outbox, dispatcher, destination = _node(
-        tmp_path, db, clock, give_up_after_hours=30, backoff_initial=60, backoff_max=1800)
+        tmp_path, db, clock, give_up_after_hours=30, backoff_initial=60, backoff_max=1800
+    )
     _analyse(db, receiver, assembler, outbox, ["routine"])
     destination.down = True
     _outage(db, dispatcher, clock, hours=29.4)
@@ -224,7 +235,8 @@ def test_dead_letter_after_give_up_hours_then_retry_by_hand_starts_a_new_period(
 def test_max_attempts_when_set_still_makes_a_dead_letter(tmp_path: Path, db: Database) -> None:
     clock = Clock()
     settings, receiver, assembler, outbox, dispatcher, destination = _node(
-        tmp_path, db, clock, max_attempts=4, backoff_initial=1, backoff_max=2)
+        tmp_path, db, clock, max_attempts=4, backoff_initial=1, backoff_max=2
+    )
     _analyse(db, receiver, assembler, outbox, ["routine"])
     destination.down = True
     _outage(db, dispatcher, clock, hours=1)
@@ -316,7 +328,7 @@ def test_deliveries_show_says_since_when_a_delivery_fails_and_when_it_becomes_a_
 
     from node.cli import main as cli_main
 
-    clock = Clock(start=datetime(2026, 12, 5, 8, 0, tzinfo=timezone.utc).timestamp())
+    clock = Clock(start=datetime(2026, 12, 5, 8, 0, tzinfo=UTC).timestamp())
     settings, receiver, assembler, outbox, dispatcher, destination = _node(tmp_path, db, clock)
     _analyse(db, receiver, assembler, outbox, ["routine"])
     destination.down = True

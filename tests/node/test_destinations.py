@@ -110,7 +110,9 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     log = (root / "orthanc.log").open("wb")
     process = subprocess.Popen(
         [_tool("Orthanc"), str(root / "orthanc.json")],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TCP_NODELAY": "1"},
     )
     server = Orthanc(http_port, f"http://127.0.0.1:{http_port}/dicom-web")
     try:
@@ -146,7 +148,9 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path, subprocess.Popen[bytes
 def _start_storescp(port: int, folder: Path, *extra: str) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [_tool("storescp"), "-aet", "STORESCP", "-od", str(folder), *extra, str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TCP_NODELAY": "1"},
     )
     deadline = time.monotonic() + 10
     while True:
@@ -250,8 +254,9 @@ def test_c_store_to_storescp(storescp: tuple[int, Path, subprocess.Popen[bytes]]
 
 def test_c_store_closed_port_is_transient(tmp_path: Path) -> None:
     port = _free_port()
-    destination = DicomDestination("pacs", ae_title="STORESCP", host="127.0.0.1", port=port, calling_ae="AINODE",
-                                   timeout=5)
+    destination = DicomDestination(
+        "pacs", ae_title="STORESCP", host="127.0.0.1", port=port, calling_ae="AINODE", timeout=5
+    )
     attempt = destination.send([_copy("CT_small.dcm", tmp_path)])
     assert (attempt.ok, attempt.permanent, attempt.statuses) == (False, False, {})
     # dimse.scu words a refused TCP connection as "aborted"; either way it is retried.
@@ -268,8 +273,9 @@ def test_c_store_rejected_permanent_association_is_permanent(tmp_path: Path) -> 
     port = _free_port()
     server = scp.start_server(("127.0.0.1", port), block=False)
     try:
-        destination = DicomDestination("pacs", ae_title="WRONG_AET", host="127.0.0.1", port=port,
-                                       calling_ae="AINODE", timeout=5)
+        destination = DicomDestination(
+            "pacs", ae_title="WRONG_AET", host="127.0.0.1", port=port, calling_ae="AINODE", timeout=5
+        )
         attempt = destination.send([_copy("CT_small.dcm", tmp_path)])
     finally:
         server.shutdown()
@@ -285,8 +291,9 @@ def test_c_store_unreadable_file_fails_permanently_while_the_rest_arrives(
     broken = tmp_path / "broken.dcm"
     broken.write_text("not DICOM")
     good = _copy("CT_small.dcm", tmp_path)
-    attempt = DicomDestination("pacs", ae_title="STORESCP", host="127.0.0.1", port=port,
-                               calling_ae="AINODE").send([broken, good])
+    attempt = DicomDestination("pacs", ae_title="STORESCP", host="127.0.0.1", port=port, calling_ae="AINODE").send(
+        [broken, good]
+    )
     assert (attempt.ok, attempt.permanent) == (False, True)
     assert attempt.statuses == {_uid(good): 0}
     assert [_uid(f) for f in received.iterdir()] == [_uid(good)]
@@ -299,8 +306,9 @@ def test_c_store_unaccepted_transfer_syntax_fails_only_that_instance(tmp_path: P
     process = _start_storescp(port, received)  # uncompressed syntaxes only: no JPEG 2000
     try:
         files = [_copy("CT_small.dcm", tmp_path), _copy("RG1_J2KR.dcm", tmp_path)]
-        attempt = DicomDestination("pacs", ae_title="STORESCP", host="127.0.0.1", port=port,
-                                   calling_ae="AINODE").send(files)
+        attempt = DicomDestination("pacs", ae_title="STORESCP", host="127.0.0.1", port=port, calling_ae="AINODE").send(
+            files
+        )
     finally:
         _stop(process)
     ct, j2k = (_uid(f) for f in files)

@@ -27,9 +27,22 @@ def _expected(data: bytes) -> dict[str, str]:
 
 
 def _testfiles() -> list[str]:
-    names = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_gdcm.dcm",
-             "rtplan.dcm", "image_dfl.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "RG1_UNCR.dcm",
-             "RG1_J2KR.dcm", "emri_small.dcm", "liver.dcm", "SC_rgb_small_odd.dcm"]
+    names = [
+        "CT_small.dcm",
+        "MR_small.dcm",
+        "JPEG2000.dcm",
+        "MR_small_RLE.dcm",
+        "SC_rgb_jpeg_gdcm.dcm",
+        "rtplan.dcm",
+        "image_dfl.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "RG1_UNCR.dcm",
+        "RG1_J2KR.dcm",
+        "emri_small.dcm",
+        "liver.dcm",
+        "SC_rgb_small_odd.dcm",
+    ]
     return [n for n in names if get_testdata_file(n)]
 
 
@@ -40,8 +53,12 @@ def test_agrees_with_pydicom_or_declines(name: str) -> None:
     if found is None:  # big endian / deflated / no file meta: the receiver uses pydicom
         ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True)
         meta = getattr(ds, "file_meta", None)
-        assert meta is None or "TransferSyntaxUID" not in meta or meta.TransferSyntaxUID in (
-            ExplicitVRBigEndian, "1.2.840.10008.1.2.1.99") or data[128:132] != b"DICM"
+        assert (
+            meta is None
+            or "TransferSyntaxUID" not in meta
+            or meta.TransferSyntaxUID in (ExplicitVRBigEndian, "1.2.840.10008.1.2.1.99")
+            or data[128:132] != b"DICM"
+        )
         return
     assert found == _expected(data)
 

@@ -8,9 +8,9 @@ late instances supersede; a restart resumes what was in flight.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
-from typing import Sequence
 
 import pydicom
 import pytest
@@ -20,12 +20,24 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from core import status
-from dimse.scp import StoreRequest
 from core.findings import SeriesResult
+from dimse.scp import StoreRequest
 from node import dispatcher as dispatch
 from node import executor as execution
 from node.assembler import Assembler
-from node.db import AuditEvent, AuditKind, Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series, SeriesState
+from node.db import (
+    AuditEvent,
+    AuditKind,
+    Database,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    Series,
+    SeriesState,
+)
 from node.errors import InputError
 from node.fakes import FakeDestination
 from node.pipelines import PipelineOutput
@@ -54,8 +66,9 @@ class TinyPipeline:
         self.calls: list[tuple[str, int, list[str]]] = []
         self.fail_with: Exception | None = None
 
-    def analyse(self, study_uid: str, series_uid: str, paths: Sequence[Path],
-                predecessors: Sequence[Dataset] = ()) -> PipelineOutput:
+    def analyse(
+        self, study_uid: str, series_uid: str, paths: Sequence[Path], predecessors: Sequence[Dataset] = ()
+    ) -> PipelineOutput:
         self.calls.append((series_uid, len(paths), [str(p.SOPInstanceUID) for p in predecessors]))
         if self.fail_with:
             raise self.fail_with
@@ -69,22 +82,27 @@ class TinyPipeline:
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = generate_uid()
         ds.Modality = "SR"
-        result = SeriesResult(pipeline="fake", study_instance_uid=study_uid, series_instance_uid=series_uid,
-                              algorithms=[])
+        result = SeriesResult(
+            pipeline="fake", study_instance_uid=study_uid, series_instance_uid=series_uid, algorithms=[]
+        )
         return PipelineOutput(result=result, objects=[ds], summary=f"{len(paths)} instances")
 
 
 @pytest.fixture
 def parts(tmp_path: Path, db: Database):  # type: ignore[no-untyped-def]
-    settings = Settings(data_dir=tmp_path / "data", quiet_period={"default": 0.0},
-                        delivery={"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.02})
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        quiet_period={"default": 0.0},
+        delivery={"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.02},
+    )
     routing_file = tmp_path / "routing.yaml"
     routing_file.write_text(ROUTING)
     spool = Spool(settings.spool_dir, settings.tmp_dir)
     outbox = Outbox(settings.outbox_dir, settings.tmp_dir)
     receiver = Receiver(settings, db, spool)
-    assembler = Assembler(db, load_routing(routing_file), {"fake"}, {"missing": "pipeline 'missing' disabled: "
-                          "weights absent"}, ["pacs"])
+    assembler = Assembler(
+        db, load_routing(routing_file), {"fake"}, {"missing": "pipeline 'missing' disabled: weights absent"}, ["pacs"]
+    )
     destination = FakeDestination()
     dispatcher = dispatch.Dispatcher(settings, db, {"pacs": destination})
     return settings, receiver, assembler, outbox, dispatcher, destination
@@ -100,9 +118,15 @@ def _instance(series_uid: str, study_uid: str, source: str = "CT_small.dcm", **c
         setattr(ds, key, value)
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return StoreRequest(calling_ae="STORESCU", peer_address="127.0.0.1", peer_port=40000,
-                        sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID),
-                        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), data=buffer.getvalue())
+    return StoreRequest(
+        calling_ae="STORESCU",
+        peer_address="127.0.0.1",
+        peer_port=40000,
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        data=buffer.getvalue(),
+    )
 
 
 def _run_all_jobs(db: Database, outbox: Outbox, pipeline: TinyPipeline) -> int:

@@ -17,7 +17,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,10 @@ from node.settings import Settings
 from tests.helpers import PostgresServer
 
 # One sample line of the text format 0.0.4: name, optional {labels}, value.
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*)\})? '
-                     r'(\S+)$')
+_SAMPLE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*)\})? '
+    r"(\S+)$"
+)
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\.)*)"')
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -83,6 +85,7 @@ def get(url: str) -> tuple[int, str, str]:
 
 # -- exposition -------------------------------------------------------------------------------
 
+
 def test_counters_and_histograms_render_as_prometheus_text() -> None:
     counter = Counter("t_requests_total", "Requests.\nSecond line", ("path",))
     counter.inc(path='a"b\\c\nd')
@@ -122,9 +125,18 @@ def test_counters_are_exact_under_concurrent_increments() -> None:
 
 # -- a running node ------------------------------------------------------------------------------
 
+
 def _settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(port=0, host="127.0.0.1", data_dir=tmp_path / "data", http_port=0, destinations={},
-                    default_destinations=[], allowed_peers=[{"ae_title": "STORESCU"}], **overrides)
+    return Settings(
+        port=0,
+        host="127.0.0.1",
+        data_dir=tmp_path / "data",
+        http_port=0,
+        destinations={},
+        default_destinations=[],
+        allowed_peers=[{"ae_title": "STORESCU"}],
+        **overrides,
+    )
 
 
 @pytest.fixture
@@ -145,8 +157,10 @@ def test_healthz_readyz_and_metrics_answer(running: tuple[Node, str]) -> None:
     assert get(base + "/healthz")[::2] == (200, "ok\n")
     code, content_type, body = get(base + "/readyz")
     assert (code, content_type) == (200, "application/json")
-    assert json.loads(body) == {"status": "ready", "checks": {"dicom": "ok", "database": "ok", "data_dir": "ok",
-                                                              "pipelines": "ok"}}
+    assert json.loads(body) == {
+        "status": "ready",
+        "checks": {"dicom": "ok", "database": "ok", "data_dir": "ok", "pipelines": "ok"},
+    }
     code, content_type, body = get(base + "/metrics")
     assert code == 200 and content_type == "text/plain; version=0.0.4; charset=utf-8"
     samples = parse_metrics(body)
@@ -211,7 +225,8 @@ def test_one_received_audit_row_per_association_and_study(
     # The audit row is written as the association is released, before the release is answered.
     rows = query(node.db, kinds=[AuditKind.RECEIVED.value])
     assert sorted((r.study_uid, r.instance_count, r.calling_ae, r.peer_address) for r in rows) == sorted(
-        [(study_a, 3, "STORESCU", "127.0.0.1"), (study_b, 1, "STORESCU", "127.0.0.1")])
+        [(study_a, 3, "STORESCU", "127.0.0.1"), (study_b, 1, "STORESCU", "127.0.0.1")]
+    )
     assert all("association released" in (r.message or "") for r in rows)
     samples = parse_metrics(get(base + "/metrics")[2])
     assert sample(samples, "ainode_instances_received_total") == 4
@@ -221,6 +236,7 @@ def test_one_received_audit_row_per_association_and_study(
 
 
 # -- structured logs ------------------------------------------------------------------------------
+
 
 def _logger(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:
     stream = io.StringIO()
@@ -253,8 +269,9 @@ def test_json_lines_carry_the_job_and_study_of_their_own_thread() -> None:
     assert len(lines) == 4 * 201
     inside = [e for e in lines if e["message"] != "outside"]
     assert all(set(e) >= {"time", "level", "logger", "message", "job", "study", "series"} for e in lines)
-    assert all(e["study"] == f"1.2.{e['job']}" and e["series"] == f"1.2.{e['job']}.{e['message'].split()[1]}"
-               for e in inside)
+    assert all(
+        e["study"] == f"1.2.{e['job']}" and e["series"] == f"1.2.{e['job']}.{e['message'].split()[1]}" for e in inside
+    )
     assert all(e["job"] is None and e["study"] is None for e in lines if e["message"] == "outside")
 
 
@@ -294,7 +311,7 @@ def test_patient_values_bound_to_a_job_are_redacted_from_messages_and_tracebacks
 def test_audit_query_filters_by_time_in_any_offset_study_and_kind(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'audit.db'}")
     db.create_schema()
-    start = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
     for minute, kind, study in ((0, "received", "1.2.1"), (10, "job_done", "1.2.1"), (20, "received", "1.2.2")):
         record(db, kind, time=start + timedelta(minutes=minute), study_uid=study)
     paris = timezone(timedelta(hours=1))

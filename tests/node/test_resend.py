@@ -130,8 +130,12 @@ def test_a_resend_after_a_failed_analysis_is_analysed_again(db: Database, parts)
 
 
 @pytest.mark.parametrize("reanalyse", [False, True])
-def test_new_models_analyse_a_resend_only_when_configured(db: Database, parts, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                          reanalyse: bool) -> None:
+def test_new_models_analyse_a_resend_only_when_configured(
+    db: Database,
+    parts,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    reanalyse: bool,
+) -> None:
     settings, receiver, _, outbox, dispatcher, destination = parts
     routing = tmp_path / "routing.yaml"
     routing.write_text(ROUTING)
@@ -141,8 +145,15 @@ def test_new_models_analyse_a_resend_only_when_configured(db: Database, parts, t
     old.run_once()
     _run_all_jobs(db, outbox, TinyPipeline())
     # The node restarts with new weights: a new receiver and assembler on the same database.
-    new = Assembler(db, load_routing(routing), {"fake"}, {}, ["pacs"], analysis_keys={"fake": "weights v2"},
-                    reanalyse_on_change=reanalyse)
+    new = Assembler(
+        db,
+        load_routing(routing),
+        {"fake"},
+        {},
+        ["pacs"],
+        analysis_keys={"fake": "weights v2"},
+        reanalyse_on_change=reanalyse,
+    )
     Receiver(settings, db, receiver.spool)(request)
     new.run_once()
     assert _run_all_jobs(db, outbox, TinyPipeline()) == (1 if reanalyse else 0)
@@ -186,13 +197,21 @@ def test_a_database_of_an_older_version_gets_the_new_columns(tmp_path: Path) -> 
     try:
         database.create_schema()
         with database.engine.begin() as conn:  # the schema before re-sends were recognised
-            for table, column in (("instances", "digest"), ("jobs", "fingerprint"), ("jobs", "analysis_key"),
-                                  ("series", "resent_instances")):
+            for table, column in (
+                ("instances", "digest"),
+                ("jobs", "fingerprint"),
+                ("jobs", "analysis_key"),
+                ("series", "resent_instances"),
+            ):
                 conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
             conn.execute(text("DROP INDEX ix_series_resend_pending"))
             conn.execute(text("ALTER TABLE series DROP COLUMN resend_pending"))
-            conn.execute(text("INSERT INTO jobs (series_uid, study_uid, pipeline, destinations, generation, state, "
-                              "attempts, created_at) VALUES ('1.2', '1.3', 'cxr', '[]', 1, 'done', 1, '2026-01-01')"))
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (series_uid, study_uid, pipeline, destinations, generation, state, "
+                    "attempts, created_at) VALUES ('1.2', '1.3', 'cxr', '[]', 1, 'done', 1, '2026-01-01')"
+                )
+            )
         database.create_schema()
         with database.session() as s:
             job = s.scalar(select(Job))

@@ -9,7 +9,7 @@ full node on a small file system is ``tests/integration/test_retention_small_fs.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,20 @@ from sqlalchemy import select
 from core import status
 from node import executor as execution
 from node.cli import main as cli_main
-from node.db import (AuditEvent, AuditKind, Database, Delivery, DeliveryState, Instance, Job, JobState, Result,
-                     Series, SeriesState, Study)
+from node.db import (
+    AuditEvent,
+    AuditKind,
+    Database,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    Series,
+    SeriesState,
+    Study,
+)
 from node.http import Metrics, database_gauges
 from node.receiver import Receiver
 from node.retention import RetentionLoop, plan_purge, purge
@@ -29,7 +41,7 @@ from node.settings import Settings
 from node.spool import Outbox, Spool
 from tests.node.test_flow import TinyPipeline, _instance
 
-NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 TOTAL = 1_000_000  # bytes of the pretend file system
 
 
@@ -38,9 +50,17 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", retention={"keep_hours": 24, "min_free_percent": 10})
 
 
-def _series(db: Database, settings: Settings, *, age_hours: float, instances: int = 2, size: int = 1000,
-            series_state: SeriesState = SeriesState.DONE, job: JobState | None = JobState.DONE,
-            deliveries: tuple[DeliveryState, ...] = (DeliveryState.DONE,)) -> tuple[str, str]:
+def _series(
+    db: Database,
+    settings: Settings,
+    *,
+    age_hours: float,
+    instances: int = 2,
+    size: int = 1000,
+    series_state: SeriesState = SeriesState.DONE,
+    job: JobState | None = JobState.DONE,
+    deliveries: tuple[DeliveryState, ...] = (DeliveryState.DONE,),
+) -> tuple[str, str]:
     """A series finished ``age_hours`` before NOW (received, analysed, delivered); its files written."""
     study, series = generate_uid(), generate_uid()
     when = NOW - timedelta(hours=age_hours)
@@ -48,30 +68,63 @@ def _series(db: Database, settings: Settings, *, age_hours: float, instances: in
     outbox = Outbox(settings.outbox_dir, settings.tmp_dir)
     with db.session() as s:
         s.add(Study(study_uid=study, first_received_at=when))
-        s.add(Series(series_uid=series, study_uid=study, state=series_state, last_received_at=when,
-                     instance_count=instances))
+        s.add(
+            Series(
+                series_uid=series, study_uid=study, state=series_state, last_received_at=when, instance_count=instances
+            )
+        )
         for _ in range(instances):
             sop = generate_uid()
             path = spool.store(study, series, sop, b"\0" * size)
             os.utime(path, (when.timestamp(), when.timestamp()))
-            s.add(Instance(sop_uid=sop, series_uid=series, study_uid=study, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                           transfer_syntax_uid="1.2.840.10008.1.2.1", path=str(path), size=size, received_at=when))
+            s.add(
+                Instance(
+                    sop_uid=sop,
+                    series_uid=series,
+                    study_uid=study,
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                    transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    path=str(path),
+                    size=size,
+                    received_at=when,
+                )
+            )
         if job is not None:
-            row = Job(series_uid=series, study_uid=study, pipeline="fake", state=job, created_at=when,
-                      finished_at=when if job in (JobState.DONE, JobState.FAILED) else None)
+            row = Job(
+                series_uid=series,
+                study_uid=study,
+                pipeline="fake",
+                state=job,
+                created_at=when,
+                finished_at=when if job in (JobState.DONE, JobState.FAILED) else None,
+            )
             s.add(row)
             s.flush()
             if job == JobState.DONE:
                 sop = generate_uid()
                 path = outbox.store(study, series, sop, b"\1" * 300)
-                result = Result(job_id=row.id, series_uid=series, study_uid=study, sop_uid=sop,
-                                sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33", kind="SR", path=str(path),
-                                created_at=when)
+                result = Result(
+                    job_id=row.id,
+                    series_uid=series,
+                    study_uid=study,
+                    sop_uid=sop,
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33",
+                    kind="SR",
+                    path=str(path),
+                    created_at=when,
+                )
                 s.add(result)
                 s.flush()
                 for state in deliveries:
-                    s.add(Delivery(result_id=result.id, destination="pacs", state=state, created_at=when,
-                                   delivered_at=when if state == DeliveryState.DONE else None))
+                    s.add(
+                        Delivery(
+                            result_id=result.id,
+                            destination="pacs",
+                            state=state,
+                            created_at=when,
+                            delivered_at=when if state == DeliveryState.DONE else None,
+                        )
+                    )
     return study, series
 
 
@@ -79,7 +132,9 @@ def _planned(plan) -> set[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
     return {(item.kind, item.series_uid, item.reason) for item in plan.items}
 
 
-def test_age_rule_purges_series_and_results_finished_longer_ago_than_keep_hours(db: Database, settings: Settings) -> None:
+def test_age_rule_purges_series_and_results_finished_longer_ago_than_keep_hours(
+    db: Database, settings: Settings
+) -> None:
     _, old = _series(db, settings, age_hours=30)
     _, young = _series(db, settings, age_hours=5)
     plan = plan_purge(db, settings, NOW, free_fraction=0.5, total_bytes=TOTAL)
@@ -94,8 +149,18 @@ def test_age_rule_purges_series_and_results_finished_longer_ago_than_keep_hours(
     assert plan_purge(db, settings, NOW, free_fraction=0.5, total_bytes=TOTAL).items == []
 
 
-@pytest.mark.parametrize("case", ["receiving", "queued job", "running job", "pending delivery", "sending delivery",
-                                  "dead letter", "one of two deliveries pending"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "receiving",
+        "queued job",
+        "running job",
+        "pending delivery",
+        "sending delivery",
+        "dead letter",
+        "one of two deliveries pending",
+    ],
+)
 def test_nothing_unfinished_is_ever_planned_even_on_a_full_disk(db: Database, settings: Settings, case: str) -> None:
     kwargs: dict[str, object] = {
         "receiving": {"series_state": SeriesState.RECEIVING, "job": None},
@@ -118,7 +183,8 @@ def test_a_series_whose_latest_job_failed_is_finished(db: Database, settings: Se
     _, failed = _series(db, settings, age_hours=30, job=JobState.FAILED)
     _, unrouted = _series(db, settings, age_hours=30, job=None, series_state=SeriesState.UNROUTED)
     assert {("instances", failed, "age"), ("instances", unrouted, "age")} == _planned(
-        plan_purge(db, settings, NOW, free_fraction=0.5, total_bytes=TOTAL))
+        plan_purge(db, settings, NOW, free_fraction=0.5, total_bytes=TOTAL)
+    )
 
 
 def test_watermark_purges_finished_series_oldest_first_until_above_it(db: Database, settings: Settings) -> None:
@@ -129,8 +195,12 @@ def test_watermark_purges_finished_series_oldest_first_until_above_it(db: Databa
     plan = plan_purge(db, settings, NOW, free_fraction=0.075, total_bytes=TOTAL)
     assert all(item.reason == "watermark" for item in plan.items)
     assert [(i.kind, i.series_uid) for i in plan.items] == [
-        ("instances", made[20]), ("results", made[20]), ("instances", made[12]), ("results", made[12]),
-        ("instances", made[10])]
+        ("instances", made[20]),
+        ("results", made[20]),
+        ("instances", made[12]),
+        ("results", made[12]),
+        ("instances", made[10]),
+    ]
     assert plan.bytes == 30_600 and plan.still_short() == 0
     # Above the watermark, younger than keep_hours: nothing.
     assert plan_purge(db, settings, NOW, free_fraction=0.11, total_bytes=TOTAL).items == []
@@ -178,13 +248,15 @@ def test_purge_checks_again_and_keeps_what_changed_since_the_plan(db: Database, 
     outcome = purge(db, settings, plan)
     assert outcome.files == 1 and outcome.skipped == 2  # the result file (delivered) went; the instances stay
     with db.session() as s:
-        paths = s.scalars(select(Instance.path).where(Instance.series_uid == series,
-                                                      Instance.purged_at.is_(None))).all()
+        paths = s.scalars(
+            select(Instance.path).where(Instance.series_uid == series, Instance.purged_at.is_(None))
+        ).all()
     assert len(paths) == 2 and all(Path(p).is_file() for p in paths)
 
 
-def test_a_file_received_again_while_purging_is_kept(db: Database, settings: Settings,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_a_file_received_again_while_purging_is_kept(
+    db: Database, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     _, series = _series(db, settings, age_hours=30, instances=1)
     plan = plan_purge(db, settings, NOW, free_fraction=0.5, total_bytes=TOTAL)
     with db.session() as s:
@@ -198,15 +270,16 @@ def test_a_file_received_again_while_purging_is_kept(db: Database, settings: Set
         assert s.scalar(select(Instance.purged_at).where(Instance.series_uid == series)) is None
 
 
-def test_re_received_instance_is_stored_again_and_a_job_never_reads_a_purged_file(db: Database,
-                                                                                  settings: Settings) -> None:
+def test_re_received_instance_is_stored_again_and_a_job_never_reads_a_purged_file(
+    db: Database, settings: Settings
+) -> None:
     receiver = Receiver(settings, db, Spool(settings.spool_dir, settings.tmp_dir))
     study, series = generate_uid(), generate_uid()
     requests = [_instance(series, study) for _ in range(2)]
     assert [receiver(r) for r in requests] == [status.SUCCESS] * 2
     with db.session() as s:
         s.scalar(select(Series).where(Series.series_uid == series)).state = SeriesState.DONE
-    plan = plan_purge(db, settings, datetime.now(timezone.utc) + timedelta(hours=25), 0.5, TOTAL)
+    plan = plan_purge(db, settings, datetime.now(UTC) + timedelta(hours=25), 0.5, TOTAL)
     assert purge(db, settings, plan).files == 2
     assert receiver(requests[0]) == status.SUCCESS  # sent again: stored again, no longer purged
     with db.session() as s:
@@ -238,18 +311,25 @@ def test_re_received_instance_is_stored_again_and_a_job_never_reads_a_purged_fil
 
 def test_loop_purges_on_its_own_pass(db: Database, settings: Settings) -> None:
     _, series = _series(db, settings, age_hours=1)
-    loop = RetentionLoop(settings.model_copy(update={"retention": settings.retention.model_copy(
-        update={"keep_hours": 0.5, "interval_seconds": 7})}), db, Metrics())
+    loop = RetentionLoop(
+        settings.model_copy(
+            update={"retention": settings.retention.model_copy(update={"keep_hours": 0.5, "interval_seconds": 7})}
+        ),
+        db,
+        Metrics(),
+    )
     assert loop.run_once() == 7
     with db.session() as s:
         assert s.scalar(select(Instance.purged_at).where(Instance.series_uid == series)) is not None
 
 
-def test_cli_purge_dry_run_lists_then_purge_removes(tmp_path: Path, db: Database, settings: Settings,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_purge_dry_run_lists_then_purge_removes(
+    tmp_path: Path, db: Database, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "node.yaml"
-    config.write_text(yaml.safe_dump({"data_dir": str(settings.data_dir), "database_url": db.url,
-                                      "retention": {"keep_hours": 24}}))
+    config.write_text(
+        yaml.safe_dump({"data_dir": str(settings.data_dir), "database_url": db.url, "retention": {"keep_hours": 24}})
+    )
     _, old = _series(db, settings, age_hours=24 * 400)  # the CLI plans for the real now
     _, pending = _series(db, settings, age_hours=24 * 400, deliveries=(DeliveryState.PENDING,))
     assert cli_main(["--config", str(config), "purge", "--dry-run"]) == 0
@@ -302,8 +382,12 @@ def test_a_database_made_before_retention_gets_the_new_columns_at_start(tmp_path
             for table, columns in new.items():
                 for column in columns:
                     conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
-            conn.execute(text("INSERT INTO series (series_uid, study_uid, state, generation, last_received_at, "
-                              "ready_at, instance_count) VALUES ('1.2', '1.3', 'done', 1, '2026-01-01 00:00:00', 0, 0)"))
+            conn.execute(
+                text(
+                    "INSERT INTO series (series_uid, study_uid, state, generation, last_received_at, "
+                    "ready_at, instance_count) VALUES ('1.2', '1.3', 'done', 1, '2026-01-01 00:00:00', 0, 0)"
+                )
+            )
         database.create_schema()
         columns = {t: {c["name"] for c in inspect(database.engine).get_columns(t)} for t in new}
         assert all(set(wanted) <= columns[t] for t, wanted in new.items()), columns

@@ -8,7 +8,6 @@ from typing import Any
 
 import pydicom
 import pytest
-import yaml
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -127,10 +126,12 @@ def test_all_any_not_and_nesting() -> None:
             {
                 "any": [
                     {"attribute": "BodyPartExamined", "regex": "(?i)^chest"},
-                    {"all": [
-                        {"attribute": "BodyPartExamined", "present": False},
-                        {"attribute": "ViewPosition", "one_of": ["PA", "AP"]},
-                    ]},
+                    {
+                        "all": [
+                            {"attribute": "BodyPartExamined", "present": False},
+                            {"attribute": "ViewPosition", "one_of": ["PA", "AP"]},
+                        ]
+                    },
                 ]
             },
             {"not": {"attribute": "StudyDescription", "regex": "(?i)spine"}},
@@ -140,18 +141,30 @@ def test_all_any_not_and_nesting() -> None:
     assert _matches(match, _dataset(Modality="DX", ViewPosition="AP"))
     assert not _matches(match, _dataset(Modality="DX", BodyPartExamined="HAND", ViewPosition="PA"))
     assert not _matches(match, _dataset(Modality="CT", BodyPartExamined="CHEST"))
-    assert not _matches(
-        match, _dataset(Modality="CR", BodyPartExamined="CHEST", StudyDescription="T-Spine")
-    )
+    assert not _matches(match, _dataset(Modality="CR", BodyPartExamined="CHEST", StudyDescription="T-Spine"))
 
 
 def test_first_enabled_matching_rule_wins() -> None:
-    config = parse_routing({"rules": [
-        {"name": "no-localizers", "pipeline": None, "match": {"attribute": "ImageType", "equals": "LOCALIZER"}},
-        {"name": "old-ct", "pipeline": "ct_old", "enabled": False, "match": {"attribute": "Modality", "equals": "CT"}},
-        {"name": "ct", "pipeline": "ct_new", "destinations": ["pacs"], "match": {"attribute": "Modality", "equals": "CT"}},
-        {"name": "ct-again", "pipeline": "ct_other", "match": {"attribute": "Modality", "equals": "CT"}},
-    ]})
+    config = parse_routing(
+        {
+            "rules": [
+                {"name": "no-localizers", "pipeline": None, "match": {"attribute": "ImageType", "equals": "LOCALIZER"}},
+                {
+                    "name": "old-ct",
+                    "pipeline": "ct_old",
+                    "enabled": False,
+                    "match": {"attribute": "Modality", "equals": "CT"},
+                },
+                {
+                    "name": "ct",
+                    "pipeline": "ct_new",
+                    "destinations": ["pacs"],
+                    "match": {"attribute": "Modality", "equals": "CT"},
+                },
+                {"name": "ct-again", "pipeline": "ct_other", "match": {"attribute": "Modality", "equals": "CT"}},
+            ]
+        }
+    )
     decision = route(_dataset(Modality="CT", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"]), config)
     assert (decision.pipeline, decision.rule, decision.destinations) == ("ct_new", "ct", ("pacs",))
     assert decision.reason == "matched rule 'ct'"
@@ -228,29 +241,60 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_unknown_keyword_names_rule_key_and_suggests() -> None:
-    message = _config_error({"rules": [
-        {"name": "ok", "pipeline": "p", "match": {"attribute": "Modality", "equals": "CT"}},
-        {"name": "chest", "pipeline": "cxr", "match": {"all": [
-            {"attribute": "Modality", "equals": "CR"},
-            {"attribute": "BodyPartExamine", "equals": "CHEST"},
-        ]}},
-    ]})
+    message = _config_error(
+        {
+            "rules": [
+                {"name": "ok", "pipeline": "p", "match": {"attribute": "Modality", "equals": "CT"}},
+                {
+                    "name": "chest",
+                    "pipeline": "cxr",
+                    "match": {
+                        "all": [
+                            {"attribute": "Modality", "equals": "CR"},
+                            {"attribute": "BodyPartExamine", "equals": "CHEST"},
+                        ]
+                    },
+                },
+            ]
+        }
+    )
     assert "routing.yaml: rule 'chest' (rule 2), key match.all[1].attribute" in message
     assert "unknown DICOM keyword 'BodyPartExamine'; did you mean 'BodyPartExamined'?" in message
     assert "example: attribute: BodyPartExamined" in message
 
 
 def test_bad_regex_fails_at_load_with_rule_and_key() -> None:
-    message = _config_error({"rules": [{"name": "chest", "pipeline": "cxr", "match": {"any": [
-        {"attribute": "StudyDescription", "regex": "(?i)(chest"},
-    ]}}]})
+    message = _config_error(
+        {
+            "rules": [
+                {
+                    "name": "chest",
+                    "pipeline": "cxr",
+                    "match": {
+                        "any": [
+                            {"attribute": "StudyDescription", "regex": "(?i)(chest"},
+                        ]
+                    },
+                }
+            ]
+        }
+    )
     assert "rule 'chest' (rule 1), key match.any[0].regex: invalid regular expression '(?i)(chest'" in message
     assert 'example: regex: "(?i)^(chest|thorax)"' in message
 
 
 def test_unknown_condition_names_rule_and_key() -> None:
-    message = _config_error({"rules": [{"name": "ct", "pipeline": "ct_pe", "match": {
-        "not": {"attribute": "ImageType", "contains": "LOCALIZER"}}}]})
+    message = _config_error(
+        {
+            "rules": [
+                {
+                    "name": "ct",
+                    "pipeline": "ct_pe",
+                    "match": {"not": {"attribute": "ImageType", "contains": "LOCALIZER"}},
+                }
+            ]
+        }
+    )
     assert "rule 'ct' (rule 1), key match.not.contains: unknown condition 'contains'" in message
 
 
@@ -275,13 +319,27 @@ def test_malformed_conditions_are_explained(match: dict[str, Any], expected: str
 
 
 def test_rule_level_mistakes_are_explained() -> None:
-    typo = _config_error({"rules": [{"name": "x", "pipeline": "p", "destination": ["pacs"],
-                                     "match": {"attribute": "Modality", "equals": "CT"}}]})
+    typo = _config_error(
+        {
+            "rules": [
+                {
+                    "name": "x",
+                    "pipeline": "p",
+                    "destination": ["pacs"],
+                    "match": {"attribute": "Modality", "equals": "CT"},
+                }
+            ]
+        }
+    )
     assert "key destination: unknown key 'destination'; did you mean 'destinations'?" in typo
-    twice = _config_error({"rules": [
-        {"name": "x", "pipeline": "p", "match": {"attribute": "Modality", "equals": "CT"}},
-        {"name": "x", "pipeline": "q", "match": {"attribute": "Modality", "equals": "MR"}},
-    ]})
+    twice = _config_error(
+        {
+            "rules": [
+                {"name": "x", "pipeline": "p", "match": {"attribute": "Modality", "equals": "CT"}},
+                {"name": "x", "pipeline": "q", "match": {"attribute": "Modality", "equals": "MR"}},
+            ]
+        }
+    )
     assert "rule name 'x' is used twice" in twice
     no_pipeline = _config_error({"rules": [{"name": "x", "match": {"attribute": "Modality", "equals": "CT"}}]})
     assert "rule 'x' (rule 1), key pipeline: Field required" in no_pipeline
@@ -328,9 +386,7 @@ def test_shipped_rules_skip_sr_with_loop_reason(shipped: RoutingConfig) -> None:
     assert decision.reason == "result object not routed (loop prevention): Modality SR"
 
 
-def test_shipped_cxr_rule_reads_old_file_without_preamble_or_image_type(
-    shipped: RoutingConfig, tmp_path: Path
-) -> None:
+def test_shipped_cxr_rule_reads_old_file_without_preamble_or_image_type(shipped: RoutingConfig, tmp_path: Path) -> None:
     ds = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
     del ds.ImageType
     del ds.BodyPartExamined  # falls back to the description
@@ -377,8 +433,10 @@ AXIAL = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ({"BodyPartExamined": "ABDOMEN"}, "ct_lumbar"),
         ({"StudyDescription": "CT Abdomen/Pelvis w contrast", "ContrastBolusAgent": "OMNIPAQUE"}, "ct_lumbar"),
         ({"BodyPartExamined": "LSPINE"}, "ct_lumbar"),
-        ({"StudyDescription": "CT Chest Abdomen Pelvis", "BodyPartExamined": "CHEST", "ContrastBolusAgent": "X"},
-         "ct_lumbar"),
+        (
+            {"StudyDescription": "CT Chest Abdomen Pelvis", "BodyPartExamined": "CHEST", "ContrastBolusAgent": "X"},
+            "ct_lumbar",
+        ),
         # Scouts, reformats and projections are never analysed.
         ({"BodyPartExamined": "ABDOMEN", "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}, None),
         ({"BodyPartExamined": "ABDOMEN", "ImageType": ["DERIVED", "SECONDARY", "REFORMATTED"]}, None),

@@ -22,12 +22,15 @@ def test_embedded_defaults_run_without_any_file(tmp_path: Path) -> None:
 def test_environment_overrides_nested_keys(tmp_path: Path) -> None:
     cfg = tmp_path / "node.yaml"
     cfg.write_text("port: 104\ndelivery: {max_attempts: 3}\n")
-    settings = load_settings(cfg, environ={
-        "AINODE_PORT": "11113",
-        "AINODE_DELIVERY__BACKOFF_INITIAL": "0.5",
-        "AINODE_ALLOWED_PEERS": "[{ae_title: PACS, host: 10.0.0.5}]",
-        "AINODE_UID_ROOT": "1.2.3",
-    })
+    settings = load_settings(
+        cfg,
+        environ={
+            "AINODE_PORT": "11113",
+            "AINODE_DELIVERY__BACKOFF_INITIAL": "0.5",
+            "AINODE_ALLOWED_PEERS": "[{ae_title: PACS, host: 10.0.0.5}]",
+            "AINODE_UID_ROOT": "1.2.3",
+        },
+    )
     assert settings.port == 11113
     assert settings.delivery.max_attempts == 3
     assert settings.delivery.backoff_initial == 0.5

@@ -12,8 +12,19 @@ from node.spool import Spool, check_uid, write_durable
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "../../etc/passwd", "1.2.3/../../x", "1.2.3\\x", "1.2.03", "1.2.a", "1." * 40 + "1", "1..2", ".1.2",
-     "1.2.3\x00", "/abs/1.2"],
+    [
+        "",
+        "../../etc/passwd",
+        "1.2.3/../../x",
+        "1.2.3\\x",
+        "1.2.03",
+        "1.2.a",
+        "1." * 40 + "1",
+        "1..2",
+        ".1.2",
+        "1.2.3\x00",
+        "/abs/1.2",
+    ],
 )
 def test_invalid_uids_never_become_paths(tmp_path: Path, bad: str) -> None:
     spool = Spool(tmp_path / "spool", tmp_path / "tmp")

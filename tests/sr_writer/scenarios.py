@@ -43,8 +43,12 @@ def lateral_header(source: Dataset, uid: str = "1.2.826.0.1.3680043.10.543.7.99.
     return header
 
 
-def series_result(images: list[ImageResult], source: Dataset, algorithm: AlgorithmInfo = VIEW_FILTER,
-                  supersedes: list[str] | None = None) -> SeriesResult:
+def series_result(
+    images: list[ImageResult],
+    source: Dataset,
+    algorithm: AlgorithmInfo = VIEW_FILTER,
+    supersedes: list[str] | None = None,
+) -> SeriesResult:
     return SeriesResult(
         pipeline="cxr",
         study_instance_uid=str(source.StudyInstanceUID),
@@ -75,8 +79,9 @@ def disagreeing_image(source: Dataset) -> ImageResult:
     """The header says PA (frontal); the model is confident it is lateral."""
     return ImageResult(
         sop_instance_uid=str(source.SOPInstanceUID),
-        view=ViewResult(view="lateral", probability=0.96, header_view_position="PA", header_view="frontal",
-                        disagreement=True),
+        view=ViewResult(
+            view="lateral", probability=0.96, header_view_position="PA", header_view="frontal", disagreement=True
+        ),
         analysed_further=False,
     )
 
@@ -99,9 +104,20 @@ DEMO_DETECTOR = AlgorithmInfo(name="cxr-detector", version="0.1.0", weights_sha2
 
 #: Probabilities of the 14 ChestX-ray14 findings in the CXR scenario (nodule, mass, effusion on top).
 FINDING_PROBABILITIES = {
-    "atelectasis": 0.21, "cardiomegaly": 0.08, "consolidation": 0.12, "edema": 0.03, "effusion": 0.64,
-    "emphysema": 0.02, "fibrosis": 0.05, "hernia": 0.01, "infiltration": 0.30, "mass": 0.71, "nodule": 0.87,
-    "pleural_thickening": 0.09, "pneumonia": 0.11, "pneumothorax": 0.04,
+    "atelectasis": 0.21,
+    "cardiomegaly": 0.08,
+    "consolidation": 0.12,
+    "edema": 0.03,
+    "effusion": 0.64,
+    "emphysema": 0.02,
+    "fibrosis": 0.05,
+    "hernia": 0.01,
+    "infiltration": 0.30,
+    "mass": 0.71,
+    "nodule": 0.87,
+    "pleural_thickening": 0.09,
+    "pneumonia": 0.11,
+    "pneumothorax": 0.04,
 }
 CLASS_PROBABILITIES = {"covid19": 0.05, "normal": 0.10, "pneumonia": 0.15, "tuberculosis": 0.70}
 THRESHOLD = 0.5
@@ -119,16 +135,26 @@ def boxes_for(source: Dataset) -> dict[str, Region]:
 def cxr_image(source: Dataset, *, detector: AlgorithmInfo = DETECTOR) -> ImageResult:
     """A frontal image with the 14 findings, the 4 classes, 2 boxes, the top three and a triage."""
     uid = str(source.SOPInstanceUID)
-    findings = [Finding(label, p, p >= THRESHOLD, algorithm=CLASSIFIER.name) for label, p in FINDING_PROBABILITIES.items()]
-    findings += [Finding(label, p, p == max(CLASS_PROBABILITIES.values()), group="class", algorithm=FOUR_CLASS.name)
-                 for label, p in CLASS_PROBABILITIES.items()]
+    findings = [
+        Finding(label, p, p >= THRESHOLD, algorithm=CLASSIFIER.name) for label, p in FINDING_PROBABILITIES.items()
+    ]
+    findings += [
+        Finding(label, p, p == max(CLASS_PROBABILITIES.values()), group="class", algorithm=FOUR_CLASS.name)
+        for label, p in CLASS_PROBABILITIES.items()
+    ]
     confidences = {"nodule": 0.83, "mass": 0.58}
-    findings += [Finding(label, confidences[label], True, region=box, group="detection", algorithm=detector.name)
-                 for label, box in boxes_for(source).items()]
+    findings += [
+        Finding(label, confidences[label], True, region=box, group="detection", algorithm=detector.name)
+        for label, box in boxes_for(source).items()
+    ]
     return ImageResult(
         sop_instance_uid=uid,
-        view=ViewResult(view="frontal", probability=0.99, header_view_position=str(source.get("ViewPosition", "")) or None,
-                        header_view="frontal"),
+        view=ViewResult(
+            view="frontal",
+            probability=0.99,
+            header_view_position=str(source.get("ViewPosition", "")) or None,
+            header_view="frontal",
+        ),
         findings=findings,
         top_findings=["nodule", "mass", "effusion"],
         triage="urgent",
@@ -164,7 +190,9 @@ def build_variant(name: str) -> tuple[Dataset, list[Dataset]]:
     elif name == "findings":
         sources, images = [frontal], [finding_image(frontal)]
     elif name == "cxr":
-        sr = build_measurement_report(cxr_result(frontal), [frontal], uid_root=UID_ROOT, institution_name="Test Hospital")
+        sr = build_measurement_report(
+            cxr_result(frontal), [frontal], uid_root=UID_ROOT, institution_name="Test Hospital"
+        )
         return sr, [frontal]
     elif name == "predecessor":
         first = build_measurement_report(series_result([frontal_image(frontal)], frontal), [frontal], uid_root=UID_ROOT)

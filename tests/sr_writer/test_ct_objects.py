@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from core.findings import (
     LUMBAR_LEVELS,
@@ -50,8 +50,9 @@ PE_MODEL = AlgorithmInfo(name="ct-pe", version="demo-1", weights_sha256="a7" * 3
 LUMBAR_MODEL = AlgorithmInfo(name="ct-lumbar", version="1.0.0", weights_sha256="b8" * 32)
 
 
-def ct_series(n: int, *, size: int = 64, spacing_z: float = 2.5, patient_size: float | None = 1.75,
-              window: bool = True) -> list[Dataset]:
+def ct_series(
+    n: int, *, size: int = 64, spacing_z: float = 2.5, patient_size: float | None = 1.75, window: bool = True
+) -> list[Dataset]:
     """``n`` axial CT slices of one series (slice 0 most cranial), 0.8 mm pixels, HU = stored - 1024."""
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     now = datetime.datetime(2026, 11, 22, 10, 30, 0)
@@ -111,7 +112,7 @@ def pe_result(slices: list[Dataset], *, positive: bool = True) -> SeriesResult:
     positive_slices: list[int] = []
     if positive:
         positive_slices = [3, 4, 5]
-        for i, p in zip(positive_slices, (0.71, 0.93, 0.88)):
+        for i, p in zip(positive_slices, (0.71, 0.93, 0.88), strict=False):
             probabilities[i] = p
     labels = {label: False for label in PE_EXAM_LABELS}
     exam_p = {label: 0.05 for label in PE_EXAM_LABELS}
@@ -122,12 +123,21 @@ def pe_result(slices: list[Dataset], *, positive: bool = True) -> SeriesResult:
         labels.update(negative_exam_for_pe=True, rv_lv_ratio_lt_1=False)
         exam_p.update(negative_exam_for_pe=0.96)
     pe = PeExamResult(
-        slice_uids=uids, slice_probabilities=probabilities, exam_probabilities=exam_p, exam_labels=labels,
-        positive_slices=positive_slices, key_slices=[4] if positive else [],
+        slice_uids=uids,
+        slice_probabilities=probabilities,
+        exam_probabilities=exam_p,
+        exam_labels=labels,
+        positive_slices=positive_slices,
+        key_slices=[4] if positive else [],
         corrections=["leftsided_pe set to absent: probability 0.41 below the exam threshold"] if positive else [],
     )
-    return SeriesResult(pipeline="ct_pe", study_instance_uid=str(slices[0].StudyInstanceUID),
-                        series_instance_uid=str(slices[0].SeriesInstanceUID), algorithms=[PE_MODEL], pe=pe)
+    return SeriesResult(
+        pipeline="ct_pe",
+        study_instance_uid=str(slices[0].StudyInstanceUID),
+        series_instance_uid=str(slices[0].SeriesInstanceUID),
+        algorithms=[PE_MODEL],
+        pe=pe,
+    )
 
 
 #: Levels of the 14-slice lumbar scenario, head to feet.
@@ -146,15 +156,28 @@ def lumbar_result(slices: list[Dataset], *, with_l3: bool = True) -> SeriesResul
     l3 = 7 if with_l3 else None
     if l3 is not None:
         composition = BodyComposition(
-            sop_instance_uid=str(slices[l3].SOPInstanceUID), muscle_cm2=AREAS["muscle"],
-            subcutaneous_fat_cm2=AREAS["subcutaneous_fat"], visceral_fat_cm2=AREAS["visceral_fat"],
-            patient_size_m=1.75, skeletal_muscle_index=AREAS["muscle"] / 1.75 ** 2,
+            sop_instance_uid=str(slices[l3].SOPInstanceUID),
+            muscle_cm2=AREAS["muscle"],
+            subcutaneous_fat_cm2=AREAS["subcutaneous_fat"],
+            visceral_fat_cm2=AREAS["visceral_fat"],
+            patient_size_m=1.75,
+            skeletal_muscle_index=AREAS["muscle"] / 1.75**2,
         )
-    lumbar = LumbarResult(slice_uids=[str(s.SOPInstanceUID) for s in slices], levels=list(levels),
-                          evaluated=[0, 4, 7, 10, 13], runs=runs, l3_index=l3, composition=composition)
-    return SeriesResult(pipeline="ct_lumbar", study_instance_uid=str(slices[0].StudyInstanceUID),
-                        series_instance_uid=str(slices[0].SeriesInstanceUID), algorithms=[LUMBAR_MODEL],
-                        lumbar=lumbar)
+    lumbar = LumbarResult(
+        slice_uids=[str(s.SOPInstanceUID) for s in slices],
+        levels=list(levels),
+        evaluated=[0, 4, 7, 10, 13],
+        runs=runs,
+        l3_index=l3,
+        composition=composition,
+    )
+    return SeriesResult(
+        pipeline="ct_lumbar",
+        study_instance_uid=str(slices[0].StudyInstanceUID),
+        series_instance_uid=str(slices[0].SeriesInstanceUID),
+        algorithms=[LUMBAR_MODEL],
+        lumbar=lumbar,
+    )
 
 
 def _common(ds: Dataset, source: Dataset, model: str) -> None:
@@ -163,8 +186,9 @@ def _common(ds: Dataset, source: Dataset, model: str) -> None:
     assert ds.SeriesInstanceUID != source.SeriesInstanceUID
     assert is_under_root(ds.SeriesInstanceUID, UID_ROOT) and is_under_root(ds.SOPInstanceUID, UID_ROOT)
     assert ds.Manufacturer == MANUFACTURER
-    (item,) = [i for i in ds.ContributingEquipmentSequence
-               if i.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"]
+    (item,) = [
+        i for i in ds.ContributingEquipmentSequence if i.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+    ]
     assert item.ManufacturerModelName == model and item.Manufacturer == "ainode"
 
 
@@ -209,9 +233,11 @@ def test_pe_report_says_present_right_sided_with_the_positive_slices(tmp_path: P
     observer = {i.ConceptNameCodeSequence[0].CodeValue: i for i in ds.ContentSequence}
     assert str(observer["121013"].TextValue) == "ct-pe (DEMO)"
     # Evidence: the series' slices.
-    evidence = {str(i.ReferencedSOPInstanceUID)
-                for s in ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
-                for i in s.ReferencedSOPSequence}
+    evidence = {
+        str(i.ReferencedSOPInstanceUID)
+        for s in ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for i in s.ReferencedSOPSequence
+    }
     assert evidence == {str(s.SOPInstanceUID) for s in slices}
 
     groups = _groups(path)
@@ -236,15 +262,19 @@ def test_pe_report_says_present_right_sided_with_the_positive_slices(tmp_path: P
 
     # Positive slices: the group references exactly slices 3, 4, 5, each probability its own slice.
     evidence_group = groups["slices with PE"]
-    referenced = [str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-                  for i in evidence_group[0].ContentSequence if i.ValueType == "IMAGE"]
+    referenced = [
+        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for i in evidence_group[0].ContentSequence
+        if i.ValueType == "IMAGE"
+    ]
     assert referenced == [str(slices[i].SOPInstanceUID) for i in (3, 4, 5)]
     per_slice = {}
     for m in evidence_group.get_measurements(name=code("probability")):
         (image,) = m.referenced_images
         per_slice[str(image.referenced_sop_instance_uid)] = m.value
-    assert per_slice == pytest.approx({str(slices[3].SOPInstanceUID): 0.71, str(slices[4].SOPInstanceUID): 0.93,
-                                       str(slices[5].SOPInstanceUID): 0.88})
+    assert per_slice == pytest.approx(
+        {str(slices[3].SOPInstanceUID): 0.71, str(slices[4].SOPInstanceUID): 0.93, str(slices[5].SOPInstanceUID): 0.88}
+    )
     assert "Key slices (instance numbers): 5" in _texts(evidence_group)
 
 
@@ -277,12 +307,15 @@ def test_pe_report_indeterminate_and_supersession(tmp_path: Path) -> None:
     assert predecessor.ReferencedSOPInstanceUID == first.SOPInstanceUID
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ("no_pe", "no PE exam result"),
-    ("missing_label", "lacks exam labels"),
-    ("index", "outside the"),
-    ("foreign_slice", "not among the sources"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("no_pe", "no PE exam result"),
+        ("missing_label", "lacks exam labels"),
+        ("index", "outside the"),
+        ("foreign_slice", "not among the sources"),
+    ],
+)
 def test_inconsistent_pe_results_are_refused(change: str, message: str) -> None:
     slices = ct_series(6)
     result = pe_result(slices)
@@ -316,13 +349,28 @@ def test_lumbar_report_has_level_runs_l3_slice_and_areas_in_cm2(tmp_path: Path) 
 
     # One group per run, each referencing all its slices, with the vertebra as finding site.
     runs = {k: g for k, g in groups.items() if k.startswith("level ")}
-    assert list(runs) == ["level T run 1", "level L1 run 2", "level L2 run 3", "level L3 run 4", "level L4 run 5",
-                          "level L5 run 6", "level S run 7"]
+    assert list(runs) == [
+        "level T run 1",
+        "level L1 run 2",
+        "level L2 run 3",
+        "level L3 run 4",
+        "level L4 run 5",
+        "level L5 run 6",
+        "level S run 7",
+    ]
     assert {g.finding_sites[0].value.meaning for g in runs.values()} == {
-        "Thoracic spine", "L1 vertebra", "L2 vertebra", "L3 vertebra", "L4 vertebra", "L5 vertebra", "Sacrum"}
+        "Thoracic spine",
+        "L1 vertebra",
+        "L2 vertebra",
+        "L3 vertebra",
+        "L4 vertebra",
+        "L5 vertebra",
+        "Sacrum",
+    }
     l3_run = runs["level L3 run 4"]
     assert [str(s.referenced_sop_instance_uid) for s in l3_run.source_images] == [
-        str(slices[i].SOPInstanceUID) for i in (6, 7, 8)]
+        str(slices[i].SOPInstanceUID) for i in (6, 7, 8)
+    ]
     assert "Level L3: slices 7 to 9 of 14 along the patient axis (instance numbers 7 to 9)" in _texts(l3_run)
 
     l3 = groups["L3 slice body composition"]
@@ -331,24 +379,33 @@ def test_lumbar_report_has_level_runs_l3_slice_and_areas_in_cm2(tmp_path: Path) 
     for m in l3.get_measurements(name=code("area")):
         assert m.unit == code("square_centimeter") and m.unit.value == "cm2"
         site = m.finding_sites[0]
-        areas[(site.value.meaning, site.topographical_modifier.meaning if site.topographical_modifier else None)] = m.value
-    assert areas == pytest.approx({("Skeletal muscle", None): 152.3, ("Subcutaneous tissue", None): 201.7,
-                                   ("Fat", "Internal"): 120.4})
+        areas[(site.value.meaning, site.topographical_modifier.meaning if site.topographical_modifier else None)] = (
+            m.value
+        )
+    assert areas == pytest.approx(
+        {("Skeletal muscle", None): 152.3, ("Subcutaneous tissue", None): 201.7, ("Fat", "Internal"): 120.4}
+    )
     (smi,) = l3.get_measurements(name=code("skeletal_muscle_index"))
-    assert smi.unit.value == "cm2/m2" and smi.value == pytest.approx(152.3 / 1.75 ** 2)
+    assert smi.unit.value == "cm2/m2" and smi.value == pytest.approx(152.3 / 1.75**2)
     assert any("-29 to 150 HU" in t and "-190 to -30 HU" in t for t in _texts(l3))
 
 
 def test_lumbar_report_without_l3_says_so(tmp_path: Path) -> None:
     slices = ct_series(len(LEVELS))
-    sr = build_lumbar_report(lumbar_result(slices, with_l3=False), headers(slices), uid_root=UID_ROOT,
-                             series_number=994)
+    sr = build_lumbar_report(
+        lumbar_result(slices, with_l3=False), headers(slices), uid_root=UID_ROOT, series_number=994
+    )
     path = write(sr, tmp_path, "lumbar_no_l3")
     assert_dciodvfy_clean(path)
     groups = _groups(path)
     assert "L3 slice body composition" not in groups
-    texts = [str(i.TextValue) for c in pydicom.dcmread(path).ContentSequence if c.ValueType == "CONTAINER"
-             for i in c.get("ContentSequence", []) if i.ValueType == "TEXT"]
+    texts = [
+        str(i.TextValue)
+        for c in pydicom.dcmread(path).ContentSequence
+        if c.ValueType == "CONTAINER"
+        for i in c.get("ContentSequence", [])
+        if i.ValueType == "TEXT"
+    ]
     assert any("No L3 vertebra was found" in t for t in texts)
 
 
@@ -368,8 +425,15 @@ def test_lumbar_runs_that_contradict_the_levels_are_refused() -> None:
 def test_kos_references_exactly_the_key_slices(tmp_path: Path) -> None:
     slices = ct_series(8)
     keys = [str(slices[i].SOPInstanceUID) for i in (4, 3)]
-    kos = build_key_object_selection(pe_result(slices), headers(slices), keys, title="of_interest",
-                                     uid_root=UID_ROOT, series_number=995, description="Slices with pulmonary embolism")
+    kos = build_key_object_selection(
+        pe_result(slices),
+        headers(slices),
+        keys,
+        title="of_interest",
+        uid_root=UID_ROOT,
+        series_number=995,
+        description="Slices with pulmonary embolism",
+    )
     path = write(kos, tmp_path, "kos")
     assert_dciodvfy_clean(path)
     ds = pydicom.dcmread(path)
@@ -377,16 +441,24 @@ def test_kos_references_exactly_the_key_slices(tmp_path: Path) -> None:
     _codes_from_table(ds)
     assert ds.Modality == "KO"
     assert (ds.ConceptNameCodeSequence[0].CodeValue, ds.ConceptNameCodeSequence[0].CodingSchemeDesignator) == (
-        "113000", "DCM")
-    images = [str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in ds.ContentSequence
-              if i.ValueType == "IMAGE"]
+        "113000",
+        "DCM",
+    )
+    images = [
+        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in ds.ContentSequence if i.ValueType == "IMAGE"
+    ]
     assert images == keys
-    evidence = [str(i.ReferencedSOPInstanceUID)
-                for s in ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
-                for i in s.ReferencedSOPSequence]
+    evidence = [
+        str(i.ReferencedSOPInstanceUID)
+        for s in ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for i in s.ReferencedSOPSequence
+    ]
     assert sorted(evidence) == sorted(keys)
-    descriptions = [str(i.TextValue) for i in ds.ContentSequence
-                    if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "113012"]
+    descriptions = [
+        str(i.TextValue)
+        for i in ds.ContentSequence
+        if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "113012"
+    ]
     assert descriptions == ["Slices with pulmonary embolism (DEMO)"]
     # highdicom reads it back as a KOS (its own checks of TID 2010 pass).
     document = hd.ko.KeyObjectSelectionDocument.from_dataset(ds)
@@ -396,12 +468,25 @@ def test_kos_references_exactly_the_key_slices(tmp_path: Path) -> None:
 def test_kos_refuses_unknown_titles_and_foreign_slices() -> None:
     slices = ct_series(6)
     with pytest.raises(ValueError, match="is not one we write"):
-        build_key_object_selection(pe_result(slices), headers(slices), [str(slices[0].SOPInstanceUID)],
-                                   title="Rejected for Quality Reasons", uid_root=UID_ROOT, series_number=995,
-                                   description="x")
+        build_key_object_selection(
+            pe_result(slices),
+            headers(slices),
+            [str(slices[0].SOPInstanceUID)],
+            title="Rejected for Quality Reasons",
+            uid_root=UID_ROOT,
+            series_number=995,
+            description="x",
+        )
     with pytest.raises(ValueError, match="not among the sources"):
-        build_key_object_selection(pe_result(slices), headers(slices), ["1.2.3.4"], title="Of Interest",
-                                   uid_root=UID_ROOT, series_number=995, description="x")
+        build_key_object_selection(
+            pe_result(slices),
+            headers(slices),
+            ["1.2.3.4"],
+            title="Of Interest",
+            uid_root=UID_ROOT,
+            series_number=995,
+            description="x",
+        )
 
 
 # --- SEG --------------------------------------------------------------------------------
@@ -412,8 +497,11 @@ def test_tissue_segmentation_reads_back_equal(tmp_path: Path) -> None:
     source = slices[1]
     yy, xx = np.mgrid[:64, :64]
     r = np.hypot(yy - 32, xx - 32)
-    masks = {"subcutaneous_fat": (r >= 26) & (r < 30), "muscle": (r >= 20) & (r < 26),
-             "visceral_fat": (r < 12) & (xx > 32)}
+    masks = {
+        "subcutaneous_fat": (r >= 26) & (r < 30),
+        "muscle": (r >= 20) & (r < 26),
+        "visceral_fat": (r < 12) & (xx > 32),
+    }
     demo = AlgorithmInfo(name="ct-lumbar", version="demo-1", demo=True)
     seg = build_tissue_segmentation(source, masks, demo, uid_root=UID_ROOT, series_number=996)
     path = write(seg, tmp_path, "seg")
@@ -426,11 +514,15 @@ def test_tissue_segmentation_reads_back_equal(tmp_path: Path) -> None:
     labels = [str(d.SegmentLabel) for d in back.SegmentSequence]
     assert labels == ["skeletal muscle", "subcutaneous fat", "visceral fat"]
     assert [d.SegmentedPropertyTypeCodeSequence[0].CodeValue for d in back.SegmentSequence] == [
-        "127954009", "71966008", "55603005"]
+        "127954009",
+        "71966008",
+        "55603005",
+    ]
     assert all(d.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Tissue" for d in back.SegmentSequence)
     assert all(d.SegmentAlgorithmName == "ct-lumbar (DEMO)" for d in back.SegmentSequence)
-    pixels = back.get_pixels_by_source_instance(source_sop_instance_uids=[str(source.SOPInstanceUID)],
-                                                segment_numbers=[1, 2, 3])
+    pixels = back.get_pixels_by_source_instance(
+        source_sop_instance_uids=[str(source.SOPInstanceUID)], segment_numbers=[1, 2, 3]
+    )
     assert pixels.shape == (1, 64, 64, 3)
     for number, key in enumerate(("muscle", "subcutaneous_fat", "visceral_fat")):
         np.testing.assert_array_equal(pixels[0, :, :, number].astype(bool), masks[key])
@@ -442,8 +534,9 @@ def test_tissue_segmentation_refuses_wrong_masks() -> None:
     with pytest.raises(ValueError, match="must be exactly"):
         build_tissue_segmentation(source, {"muscle": full["muscle"]}, LUMBAR_MODEL, uid_root=UID_ROOT, series_number=9)
     with pytest.raises(ValueError, match="has shape"):
-        build_tissue_segmentation(source, {**full, "muscle": np.zeros((32, 64), bool)}, LUMBAR_MODEL,
-                                  uid_root=UID_ROOT, series_number=9)
+        build_tissue_segmentation(
+            source, {**full, "muscle": np.zeros((32, 64), bool)}, LUMBAR_MODEL, uid_root=UID_ROOT, series_number=9
+        )
 
 
 # --- GSPS slice labels ------------------------------------------------------------------
@@ -452,7 +545,7 @@ def test_tissue_segmentation_refuses_wrong_masks() -> None:
 def test_slice_labels_put_the_level_on_every_slice_with_its_window(tmp_path: Path) -> None:
     slices = ct_series(len(LEVELS))
     result = lumbar_result(slices)
-    labels = {str(s.SOPInstanceUID): level for s, level in zip(slices, LEVELS)}
+    labels = {str(s.SOPInstanceUID): level for s, level in zip(slices, LEVELS, strict=False)}
     gsps = build_slice_labels(result, headers(slices), labels, uid_root=UID_ROOT, series_number=997)
     path = write(gsps, tmp_path, "labels")
     assert_dciodvfy_clean(path)
@@ -482,11 +575,15 @@ def test_pe_slice_labels_only_on_flagged_slices_say_demo(tmp_path: Path) -> None
     path = write(gsps, tmp_path, "pe_labels")
     assert_dciodvfy_clean(path)
     ds = pydicom.dcmread(path)
-    texts = {str(a.ReferencedImageSequence[0].ReferencedSOPInstanceUID): str(a.TextObjectSequence[0].UnformattedTextValue)
-             for a in ds.GraphicAnnotationSequence}
-    assert texts == {str(slices[4].SOPInstanceUID): "PE suspected p=0.930 (DEMO)",
-                     str(slices[3].SOPInstanceUID): "PE suspected p=0.710 (DEMO)",
-                     str(slices[5].SOPInstanceUID): "PE suspected p=0.880 (DEMO)"}
+    texts = {
+        str(a.ReferencedImageSequence[0].ReferencedSOPInstanceUID): str(a.TextObjectSequence[0].UnformattedTextValue)
+        for a in ds.GraphicAnnotationSequence
+    }
+    assert texts == {
+        str(slices[4].SOPInstanceUID): "PE suspected p=0.930 (DEMO)",
+        str(slices[3].SOPInstanceUID): "PE suspected p=0.710 (DEMO)",
+        str(slices[5].SOPInstanceUID): "PE suspected p=0.880 (DEMO)",
+    }
     # Slices without a window get a full-range one rather than none.
     assert all("WindowCenter" in voi for voi in ds.SoftcopyVOILUTSequence)
 
@@ -499,7 +596,9 @@ def test_detector_and_ct_labels_have_finding_concepts() -> None:
 
     # ChestX-Det's extra classes: chest CAD concepts of PS3.16 and SNOMED's fracture of bone.
     assert (finding_concept("calcification").value, finding_concept("calcification").scheme_designator) == (
-        "112063", "DCM")
+        "112063",
+        "DCM",
+    )
     assert display_name("diffuse_nodule") == "Nodular pattern"
     assert finding_concept("fracture").value == "125605004"
     assert finding_concept("acute_pulmonary_embolism").value == "706870000"

@@ -25,7 +25,6 @@ from core.findings import (
     PeExamResult,
     SeriesResult,
 )
-from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 from sr_writer import (
     build_key_object_selection,
     build_lumbar_report,
@@ -38,6 +37,7 @@ from sr_writer import (
 )
 from tests.helpers import assert_dciodvfy_clean
 from tests.sr_writer.scenarios import UID_ROOT, write
+from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 
 PE_MODEL = AlgorithmInfo(name="ct-pe", version="demo-1", demo=True)
 LUMBAR_MODEL = AlgorithmInfo(name="ct-lumbar", version="demo-1", demo=True)
@@ -76,20 +76,26 @@ def _lumbar_result(phantom: CtPhantom, slices: dict[str, Dataset]) -> SeriesResu
     l3 = phantom.plan_index(phantom.truth["l3_index"])
     areas = phantom.truth["areas_cm2"]
     composition = BodyComposition(
-        sop_instance_uid=uids[l3], muscle_cm2=areas["muscle"], subcutaneous_fat_cm2=areas["subcutaneous_fat"],
-        visceral_fat_cm2=areas["visceral_fat"], patient_size_m=phantom.truth["patient_size_m"],
+        sop_instance_uid=uids[l3],
+        muscle_cm2=areas["muscle"],
+        subcutaneous_fat_cm2=areas["subcutaneous_fat"],
+        visceral_fat_cm2=areas["visceral_fat"],
+        patient_size_m=phantom.truth["patient_size_m"],
         skeletal_muscle_index=phantom.truth["skeletal_muscle_index"],
     )
     first = slices[uids[0]]
     return SeriesResult(
-        pipeline="ct_lumbar", study_instance_uid=str(first.StudyInstanceUID),
-        series_instance_uid=str(first.SeriesInstanceUID), algorithms=[LUMBAR_MODEL],
+        pipeline="ct_lumbar",
+        study_instance_uid=str(first.StudyInstanceUID),
+        series_instance_uid=str(first.SeriesInstanceUID),
+        algorithms=[LUMBAR_MODEL],
         lumbar=LumbarResult(slice_uids=uids, levels=levels, runs=runs, l3_index=l3, composition=composition),
     )
 
 
-def test_abdomen_phantom_gets_sr_seg_gsps_and_kos(abdomen: tuple[CtPhantom, dict[str, Dataset]],
-                                                   tmp_path: Path) -> None:
+def test_abdomen_phantom_gets_sr_seg_gsps_and_kos(
+    abdomen: tuple[CtPhantom, dict[str, Dataset]], tmp_path: Path
+) -> None:
     phantom, slices = abdomen
     result = _lumbar_result(phantom, slices)
     assert result.lumbar is not None
@@ -110,12 +116,18 @@ def test_abdomen_phantom_gets_sr_seg_gsps_and_kos(abdomen: tuple[CtPhantom, dict
         expected = {phantom.truth["sop_uids"][k] for k in range(first, last + 1)}
         assert {str(s.referenced_sop_instance_uid) for s in run.source_images} == expected, level
 
-    masks = {key: np.asarray(phantom.truth["masks_at_l3"][key]) for key in ("muscle", "subcutaneous_fat", "visceral_fat")}
-    seg_path = write(build_tissue_segmentation(slices[l3_uid], masks, LUMBAR_MODEL, uid_root=UID_ROOT,
-                                               series_number=996), tmp_path, "seg")
+    masks = {
+        key: np.asarray(phantom.truth["masks_at_l3"][key]) for key in ("muscle", "subcutaneous_fat", "visceral_fat")
+    }
+    seg_path = write(
+        build_tissue_segmentation(slices[l3_uid], masks, LUMBAR_MODEL, uid_root=UID_ROOT, series_number=996),
+        tmp_path,
+        "seg",
+    )
     assert_dciodvfy_clean(seg_path)
     pixels = hd.seg.segread(seg_path).get_pixels_by_source_instance(
-        source_sop_instance_uids=[l3_uid], segment_numbers=[1, 2, 3])
+        source_sop_instance_uids=[l3_uid], segment_numbers=[1, 2, 3]
+    )
     for number, key in enumerate(masks):
         np.testing.assert_array_equal(pixels[0, :, :, number].astype(bool), masks[key])
         assert masks[key].any(), key  # the phantom has every tissue on L3
@@ -124,8 +136,10 @@ def test_abdomen_phantom_gets_sr_seg_gsps_and_kos(abdomen: tuple[CtPhantom, dict
     pr_path = write(build_slice_labels(result, sources, labels, uid_root=UID_ROOT, series_number=997), tmp_path, "pr")
     assert_dciodvfy_clean(pr_path)
     pr = pydicom.dcmread(pr_path)
-    shown = {str(a.ReferencedImageSequence[0].ReferencedSOPInstanceUID): str(a.TextObjectSequence[0].UnformattedTextValue)
-             for a in pr.GraphicAnnotationSequence}
+    shown = {
+        str(a.ReferencedImageSequence[0].ReferencedSOPInstanceUID): str(a.TextObjectSequence[0].UnformattedTextValue)
+        for a in pr.GraphicAnnotationSequence
+    }
     expected = {uid: f"{level} (DEMO)" for uid, level in phantom.truth["levels_by_sop_uid"].items()}
     expected[l3_uid] = "L3 (L3 slice) (DEMO)"
     assert shown == expected
@@ -134,17 +148,29 @@ def test_abdomen_phantom_gets_sr_seg_gsps_and_kos(abdomen: tuple[CtPhantom, dict
         assert [float(c) for c in voi.WindowCenter] == [float(c) for c in slices[l3_uid].WindowCenter]
         assert [float(w) for w in voi.WindowWidth] == [float(w) for w in slices[l3_uid].WindowWidth]
 
-    kos_path = write(build_key_object_selection(result, sources, [l3_uid], title="for_referring_provider",
-                                                uid_root=UID_ROOT, series_number=995, description="L3 slice"),
-                     tmp_path, "kos")
+    kos_path = write(
+        build_key_object_selection(
+            result,
+            sources,
+            [l3_uid],
+            title="for_referring_provider",
+            uid_root=UID_ROOT,
+            series_number=995,
+            description="L3 slice",
+        ),
+        tmp_path,
+        "kos",
+    )
     assert_dciodvfy_clean(kos_path)
     kos = pydicom.dcmread(kos_path)
-    assert [str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in kos.ContentSequence
-            if i.ValueType == "IMAGE"] == [l3_uid]
+    assert [
+        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in kos.ContentSequence if i.ValueType == "IMAGE"
+    ] == [l3_uid]
 
 
 def test_ctpa_phantom_with_a_right_embolus_is_reported_right_sided_on_its_slices(
-        ctpa: tuple[CtPhantom, dict[str, Dataset]], tmp_path: Path) -> None:
+    ctpa: tuple[CtPhantom, dict[str, Dataset]], tmp_path: Path
+) -> None:
     phantom, slices = ctpa
     truth = phantom.truth
     uids = _plan_uids(phantom)
@@ -152,12 +178,22 @@ def test_ctpa_phantom_with_a_right_embolus_is_reported_right_sided_on_its_slices
     assert positive, "the phantom must have slices with the embolus"
     probabilities = [0.9 if i in positive else 0.05 for i in range(len(uids))]
     labels = {k: bool(v) for k, v in truth["exam_labels"].items()}
-    pe = PeExamResult(slice_uids=uids, slice_probabilities=probabilities,
-                      exam_probabilities={k: 0.9 if v else 0.1 for k, v in labels.items()}, exam_labels=labels,
-                      positive_slices=positive, key_slices=positive[:1])
+    pe = PeExamResult(
+        slice_uids=uids,
+        slice_probabilities=probabilities,
+        exam_probabilities={k: 0.9 if v else 0.1 for k, v in labels.items()},
+        exam_labels=labels,
+        positive_slices=positive,
+        key_slices=positive[:1],
+    )
     first = slices[uids[0]]
-    result = SeriesResult(pipeline="ct_pe", study_instance_uid=str(first.StudyInstanceUID),
-                          series_instance_uid=str(first.SeriesInstanceUID), algorithms=[PE_MODEL], pe=pe)
+    result = SeriesResult(
+        pipeline="ct_pe",
+        study_instance_uid=str(first.StudyInstanceUID),
+        series_instance_uid=str(first.SeriesInstanceUID),
+        algorithms=[PE_MODEL],
+        pe=pe,
+    )
     sources = list(slices.values())
 
     sr_path = write(build_pe_report(result, sources, uid_root=UID_ROOT, series_number=993), tmp_path, "sr")
@@ -166,7 +202,8 @@ def test_ctpa_phantom_with_a_right_embolus_is_reported_right_sided_on_its_slices
     (evaluation,) = groups["exam right-sided PE"].get_qualitative_evaluations(name=code("pulmonary_embolism"))
     assert evaluation.value == code("present")
     assert {str(s.referenced_sop_instance_uid) for s in groups["slices with PE"].source_images} == {
-        truth["sop_uids"][k] for k in truth["pe_slices"]}
+        truth["sop_uids"][k] for k in truth["pe_slices"]
+    }
 
     flagged = pe_labels(pe)
     assert set(flagged.values()) == {"PE suspected p=0.900"}
@@ -174,7 +211,17 @@ def test_ctpa_phantom_with_a_right_embolus_is_reported_right_sided_on_its_slices
     assert_dciodvfy_clean(pr_path)
     assert len(pydicom.dcmread(pr_path).GraphicAnnotationSequence) == len(positive)
 
-    kos_path = write(build_key_object_selection(result, sources, [uids[i] for i in positive], title="of_interest",
-                                                uid_root=UID_ROOT, series_number=995,
-                                                description="Slices with pulmonary embolism"), tmp_path, "kos")
+    kos_path = write(
+        build_key_object_selection(
+            result,
+            sources,
+            [uids[i] for i in positive],
+            title="of_interest",
+            uid_root=UID_ROOT,
+            series_number=995,
+            description="Slices with pulmonary embolism",
+        ),
+        tmp_path,
+        "kos",
+    )
     assert_dciodvfy_clean(kos_path)

@@ -61,8 +61,11 @@ def _sop_uid_root_and_equipment(ds: Dataset, source: Dataset, detector: str = "c
     assert ds.PatientID == source.PatientID
     purposes = {item.PurposeOfReferenceCodeSequence[0].CodeValue: item for item in ds.ContributingEquipmentSequence}
     assert "Newcode1" in purposes, "IHE AIR Processing Algorithm item missing"
-    algorithms = [item.ManufacturerModelName for item in ds.ContributingEquipmentSequence
-                  if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"]
+    algorithms = [
+        item.ManufacturerModelName
+        for item in ds.ContributingEquipmentSequence
+        if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+    ]
     assert algorithms == ["cxr-view-filter", "cxr-findings", "cxr-four-class", detector]
 
 
@@ -83,8 +86,10 @@ def test_sr_of_a_full_cxr_result_is_valid_and_reads_back(name: str, tmp_path: Pa
     # probable class for the four-class model), with its probability.
     assert set(FINDING_PROBABILITIES) == set(CHESTXRAY14_LABELS) and set(CLASS_PROBABILITIES) == set(FOUR_CLASS_LABELS)
     expected = [(f"image 1 {label}", label, p, p >= 0.5) for label, p in FINDING_PROBABILITIES.items()]
-    expected += [(f"image 1 class {label}", label, p, p == max(CLASS_PROBABILITIES.values()))
-                 for label, p in CLASS_PROBABILITIES.items()]
+    expected += [
+        (f"image 1 class {label}", label, p, p == max(CLASS_PROBABILITIES.values()))
+        for label, p in CLASS_PROBABILITIES.items()
+    ]
     by_tracking = {str(g.tracking_identifier): g for g in groups}
     for tracking, label, probability, present in expected:
         group = by_tracking[tracking]
@@ -117,8 +122,11 @@ def test_sr_of_a_full_cxr_result_is_valid_and_reads_back(name: str, tmp_path: Pa
         points = np.asarray(region.value)
         assert points.shape == (5, 2) and np.array_equal(points[0], points[-1])
         b = boxes[label]
-        np.testing.assert_allclose(points, [[b.x_min, b.y_min], [b.x_max, b.y_min], [b.x_max, b.y_max],
-                                            [b.x_min, b.y_max], [b.x_min, b.y_min]], rtol=1e-6)
+        np.testing.assert_allclose(
+            points,
+            [[b.x_min, b.y_min], [b.x_max, b.y_min], [b.x_max, b.y_max], [b.x_min, b.y_max], [b.x_min, b.y_min]],
+            rtol=1e-6,
+        )
         assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
         (confidence,) = group.get_measurements(name=code("confidence"))
         assert confidence.value == pytest.approx({"nodule": 0.83, "mass": 0.58}[label])
@@ -131,8 +139,11 @@ def test_sr_groups_name_the_model_that_produced_them(rg1_header: Dataset) -> Non
     names = {}
     groups = [*report.content.get_image_measurement_groups(), *report.content.get_planar_roi_measurement_groups()]
     for group in groups:
-        values = {i.ConceptNameCodeSequence[0].CodeValue: str(i.TextValue)
-                  for i in group[0].ContentSequence if i.ValueType == "TEXT"}
+        values = {
+            i.ConceptNameCodeSequence[0].CodeValue: str(i.TextValue)
+            for i in group[0].ContentSequence
+            if i.ValueType == "TEXT"
+        }
         names[str(group.tracking_identifier)] = values[code("algorithm_name").value]
     assert names["image 1 nodule"] == "cxr-findings"
     assert names["image 1 class tuberculosis"] == "cxr-four-class"
@@ -271,7 +282,7 @@ def test_gsps_of_a_source_without_voi_gets_a_full_range_window(tmp_path: Path) -
     gsps = build_presentation_state(cxr_result(source), [source], uid_root=UID_ROOT)
     voi = gsps.SoftcopyVOILUTSequence[0]
     bits = int(source.BitsStored)
-    assert float(voi.WindowWidth) == 2 ** bits and float(voi.WindowCenter) == 2 ** (bits - 1)
+    assert float(voi.WindowWidth) == 2**bits and float(voi.WindowCenter) == 2 ** (bits - 1)
     assert_dciodvfy_clean(write(gsps, tmp_path, "no_voi_pr"))
 
 
@@ -282,7 +293,8 @@ def test_gsps_refuses_a_result_with_nothing_to_draw(rg1_header: Dataset) -> None
         build_presentation_state(result, [rg1_header], uid_root=UID_ROOT)
     outside = cxr_result(rg1_header)
     outside.images[0].findings.append(
-        Finding("nodule", 0.9, True, region=Region(10, 10, rg1_header.Columns + 5, 50), group="detection"))
+        Finding("nodule", 0.9, True, region=Region(10, 10, rg1_header.Columns + 5, 50), group="detection")
+    )
     with pytest.raises(ValueError, match="outside"):
         build_presentation_state(outside, [rg1_header], uid_root=UID_ROOT)
 
@@ -316,15 +328,19 @@ def test_secondary_capture_burns_in_the_boxes_and_is_marked_derived(name: str, t
         bottom, right = int(round(box.y_max)), int(round(box.x_max))
         is_box = (pixels == BOX_COLOUR).all(axis=2)
         # Each point of each edge has the box colour within a line width (2 px) of it.
-        for edge in (is_box[top - 2:top + 3, left:right].any(axis=0), is_box[bottom - 2:bottom + 3, left:right].any(axis=0),
-                     is_box[top:bottom, left - 2:left + 3].any(axis=1), is_box[top:bottom, right - 2:right + 3].any(axis=1)):
+        for edge in (
+            is_box[top - 2 : top + 3, left:right].any(axis=0),
+            is_box[bottom - 2 : bottom + 3, left:right].any(axis=0),
+            is_box[top:bottom, left - 2 : left + 3].any(axis=1),
+            is_box[top:bottom, right - 2 : right + 3].any(axis=1),
+        ):
             assert edge.all()
         # ... and differs from the source as rendered there.
         assert not np.array_equal(pixels[bottom, left:right, 0], grey[bottom, left:right])
         # Inside the box, away from its label and edges, the image is untouched grey.
-        inner = pixels[(top + bottom) // 2, left + 10:right - 10]
+        inner = pixels[(top + bottom) // 2, left + 10 : right - 10]
         assert np.array_equal(inner[:, 0], inner[:, 2])
-        np.testing.assert_array_equal(inner[:, 0], grey[(top + bottom) // 2, left + 10:right - 10])
+        np.testing.assert_array_equal(inner[:, 0], grey[(top + bottom) // 2, left + 10 : right - 10])
     # The banner (white text on black) is at the top; the bottom row is the radiograph as rendered.
     assert (pixels[: max(12, ds.Rows // 45), :, :] == 255).all(axis=2).any()
     np.testing.assert_array_equal(pixels[-1, :, 1], grey[-1])
@@ -340,7 +356,10 @@ def test_rendering_follows_the_source_window_and_polarity(tmp_path: Path) -> Non
     dx = _source("dx", tmp_path, pixels=True)  # MONOCHROME2: high stored values are white
     grey_dx = render_radiograph(dx)
     stored = dx.pixel_array
-    assert grey_dx[np.unravel_index(stored.argmax(), stored.shape)] >= grey_dx[np.unravel_index(stored.argmin(), stored.shape)]
+    assert (
+        grey_dx[np.unravel_index(stored.argmax(), stored.shape)]
+        >= grey_dx[np.unravel_index(stored.argmin(), stored.shape)]
+    )
     with pytest.raises(ValueError, match="no pixel data"):
         render_radiograph(_source("dx", tmp_path))
 
@@ -350,8 +369,8 @@ def test_rendering_applies_a_voi_lut_sequence(tmp_path: Path) -> None:
     bits = int(dx.BitsStored)
     # An inverting 8-bit VOI LUT over the whole stored range: the rendering must follow it.
     item = Dataset()
-    item.LUTDescriptor = [2 ** bits if bits < 16 else 0, 0, 8]
-    item.LUTData = [int(255 - v * 255 // (2 ** bits - 1)) for v in range(2 ** bits)]
+    item.LUTDescriptor = [2**bits if bits < 16 else 0, 0, 8]
+    item.LUTData = [int(255 - v * 255 // (2**bits - 1)) for v in range(2**bits)]
     for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"):
         if keyword in dx:
             delattr(dx, keyword)
@@ -376,8 +395,11 @@ def test_every_code_in_gsps_and_sc_comes_from_the_table(kind: str, tmp_path: Pat
 
     source = _source("rg1", tmp_path, pixels=kind == "sc")
     result = cxr_result(source)
-    ds = (build_presentation_state(result, [source], uid_root=UID_ROOT) if kind == "gsps"
-          else build_secondary_capture(result, source, uid_root=UID_ROOT))
+    ds = (
+        build_presentation_state(result, [source], uid_root=UID_ROOT)
+        if kind == "gsps"
+        else build_secondary_capture(result, source, uid_root=UID_ROOT)
+    )
     seen = 0
     for path, item in _code_items(ds):
         seen += 1

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from io import BytesIO
 import warnings
 from dataclasses import replace
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +117,7 @@ CASES = [
     ("AccessionNumber", b"X" * 20, "keep", "", "longer than 16 bytes (SH)", False),
     ("ReferringPhysicianName", b"A" * 70 + b"^B", "keep", "", "longer than 64 bytes (PN)", False),
     ("PatientName", b"A^B^C^D^E^F", "keep", "", "more than 5 components (PN)", False),
-    ("PatientName", b"M\xfcller^J\xf6rg", None, "", "characters outside the default character repertoire (PN)",
-     False),
+    ("PatientName", b"M\xfcller^J\xf6rg", None, "", "characters outside the default character repertoire (PN)", False),
     ("PatientName", b"Smith\x85^John", "ISO_IR 100", "", "control characters (PN)", False),
     ("PatientName", b"M\xc3\x28ller^Hans", "ISO_IR 192", "", "bytes not valid in the character set (PN)", False),
     # 45 characters but 87 bytes in UTF-8: dciodvfy counts bytes.
@@ -134,10 +133,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("keyword, raw, charset, expected, reason, corrected", CASES,
-                         ids=[f"{c[0]}-{c[1][:12]!r}-{c[2]}" for c in CASES])
+@pytest.mark.parametrize(
+    "keyword, raw, charset, expected, reason, corrected", CASES, ids=[f"{c[0]}-{c[1][:12]!r}-{c[2]}" for c in CASES]
+)
 def test_each_malformation_is_corrected_or_dropped_and_named_without_its_value(
-        keyword: str, raw: bytes, charset: str | None, expected: object, reason: str | None, corrected: bool) -> None:
+    keyword: str, raw: bytes, charset: str | None, expected: object, reason: str | None, corrected: bool
+) -> None:
     source = _source_with({keyword: raw}, charset)
     before = copy.deepcopy(source)
     cleaned, issues = clean_source(source)
@@ -180,8 +181,9 @@ def test_a_sequence_with_an_invalid_uid_in_an_item_is_dropped_whole() -> None:
     source = reread(source)
     cleaned, issues = clean_source(source)
     assert "ReferencedStudySequence" not in cleaned
-    assert issues == [SourceAttributeIssue("ReferencedStudySequence",
-                                           "invalid ReferencedSOPInstanceUID in an item: invalid UI")]
+    assert issues == [
+        SourceAttributeIssue("ReferencedStudySequence", "invalid ReferencedSOPInstanceUID in an item: invalid UI")
+    ]
     assert "ReferencedStudySequence" in source
 
 
@@ -209,13 +211,16 @@ def test_other_slices_are_checked_for_what_is_copied_from_each_and_copied_only_w
 
 
 def test_an_unknown_character_set_is_dropped_and_only_ascii_text_kept() -> None:
-    source = _source_with({"SpecificCharacterSet": b"LATIN1", "PatientName": b"DOE^JANE",
-                           "StudyDescription": b"THORAX \xe9"})
+    source = _source_with(
+        {"SpecificCharacterSet": b"LATIN1", "PatientName": b"DOE^JANE", "StudyDescription": b"THORAX \xe9"}
+    )
     cleaned, issues = clean_source(source)
     assert "SpecificCharacterSet" not in cleaned and cleaned.PatientName == "DOE^JANE"
     assert "StudyDescription" not in cleaned
-    assert [str(i) for i in issues] == ["SpecificCharacterSet (unknown character set)",
-                                        "StudyDescription (characters outside the default character repertoire (LO))"]
+    assert [str(i) for i in issues] == [
+        "SpecificCharacterSet (unknown character set)",
+        "StudyDescription (characters outside the default character repertoire (LO))",
+    ]
 
 
 def test_the_default_repertoire_said_explicitly_is_left_out(tmp_path: Path) -> None:
@@ -251,8 +256,10 @@ def test_cleaning_twice_keeps_the_first_issues_and_records_them_once() -> None:
     result = Dataset()
     record_issues(result, [once, twice])
     assert source_attribute_issues(result) == first
-    assert describe_issues(first) == ("source attributes dropped: StudyTime (invalid TM); "
-                                      "source attributes corrected: PatientAge (AS without unit, read as years)")
+    assert describe_issues(first) == (
+        "source attributes dropped: StudyTime (invalid TM); "
+        "source attributes corrected: PatientAge (AS without unit, read as years)"
+    )
     assert describe_issues([]) == ""
 
 
@@ -260,32 +267,85 @@ def test_cleaning_twice_keeps_the_first_issues_and_records_them_once() -> None:
 
 #: Malformations combined per source (an attribute can be malformed one way at a time).
 CR_VARIANTS: dict[str, tuple[dict[str, bytes | None], str | None]] = {
-    "no-unit-iso-dates-latin1-without-charset": ({
-        "PatientAge": b"62", "StudyDate": b"2020-01-02", "PatientBirthDate": b"20201301", "StudyTime": b"25:00",
-        "PatientName": b"M\xfcller^J\xf6rg", "StudyDescription": b"A" * 70, "PatientID": b"A1\\A2",
-        "PatientSize": b"1,75", "PatientSex": b"MALE", "WindowCenterWidthExplanation": b"WINDOW " * 10,
-    }, None),
-    "padded-age-short-time-c1-bytes": ({
-        "PatientAge": b"062", "StudyTime": b"12:3", "PatientName": b"Smith\x85^John", "AccessionNumber": b"X" * 20,
-        "ReferringPhysicianName": b"A" * 70 + b"^B", "PatientWeight": b"80kg", "StudyID": b"1\\2",
-    }, "ISO_IR 100"),
-    "spaced-age-acr-nema-bad-utf8": ({
-        "PatientAge": b"62 Y", "StudyDate": b"2020.01.02", "StudyTime": b"12:30:15",
-        "PatientName": b"M\xc3\x28ller^Hans", "OtherPatientNames": b"A\x85^B", "Laterality": b"X",
-        "StudyDescription": ("ÉPAULÉ " * 8).encode(),  # 56 characters, 72 bytes in UTF-8
-    }, "ISO_IR 192"),
-    "multiplicity": ({
-        "PatientAge": b"062Y\\063Y", "PatientSex": b"M\\F", "PatientBirthDate": b"19600101\\19600102",
-    }, "keep"),
+    "no-unit-iso-dates-latin1-without-charset": (
+        {
+            "PatientAge": b"62",
+            "StudyDate": b"2020-01-02",
+            "PatientBirthDate": b"20201301",
+            "StudyTime": b"25:00",
+            "PatientName": b"M\xfcller^J\xf6rg",
+            "StudyDescription": b"A" * 70,
+            "PatientID": b"A1\\A2",
+            "PatientSize": b"1,75",
+            "PatientSex": b"MALE",
+            "WindowCenterWidthExplanation": b"WINDOW " * 10,
+        },
+        None,
+    ),
+    "padded-age-short-time-c1-bytes": (
+        {
+            "PatientAge": b"062",
+            "StudyTime": b"12:3",
+            "PatientName": b"Smith\x85^John",
+            "AccessionNumber": b"X" * 20,
+            "ReferringPhysicianName": b"A" * 70 + b"^B",
+            "PatientWeight": b"80kg",
+            "StudyID": b"1\\2",
+        },
+        "ISO_IR 100",
+    ),
+    "spaced-age-acr-nema-bad-utf8": (
+        {
+            "PatientAge": b"62 Y",
+            "StudyDate": b"2020.01.02",
+            "StudyTime": b"12:30:15",
+            "PatientName": b"M\xc3\x28ller^Hans",
+            "OtherPatientNames": b"A\x85^B",
+            "Laterality": b"X",
+            "StudyDescription": ("ÉPAULÉ " * 8).encode(),  # 56 characters, 72 bytes in UTF-8
+        },
+        "ISO_IR 192",
+    ),
+    "multiplicity": (
+        {
+            "PatientAge": b"062Y\\063Y",
+            "PatientSex": b"M\\F",
+            "PatientBirthDate": b"19600101\\19600102",
+        },
+        "keep",
+    ),
 }
 CR_EXPECTED: dict[str, set[str]] = {
     "no-unit-iso-dates-latin1-without-charset": {
-        "PatientAge", "StudyDate", "PatientBirthDate", "StudyTime", "PatientName", "StudyDescription", "PatientID",
-        "PatientSize", "PatientSex", "WindowCenterWidthExplanation"},
-    "padded-age-short-time-c1-bytes": {"PatientAge", "StudyTime", "PatientName", "AccessionNumber",
-                                       "ReferringPhysicianName", "PatientWeight", "StudyID"},
-    "spaced-age-acr-nema-bad-utf8": {"PatientAge", "StudyDate", "StudyTime", "PatientName", "OtherPatientNames",
-                                     "Laterality", "StudyDescription"},
+        "PatientAge",
+        "StudyDate",
+        "PatientBirthDate",
+        "StudyTime",
+        "PatientName",
+        "StudyDescription",
+        "PatientID",
+        "PatientSize",
+        "PatientSex",
+        "WindowCenterWidthExplanation",
+    },
+    "padded-age-short-time-c1-bytes": {
+        "PatientAge",
+        "StudyTime",
+        "PatientName",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "PatientWeight",
+        "StudyID",
+    },
+    "spaced-age-acr-nema-bad-utf8": {
+        "PatientAge",
+        "StudyDate",
+        "StudyTime",
+        "PatientName",
+        "OtherPatientNames",
+        "Laterality",
+        "StudyDescription",
+    },
     "multiplicity": {"PatientAge", "PatientSex", "PatientBirthDate"},
 }
 
@@ -356,8 +416,15 @@ def test_ct_objects_from_a_malformed_series_pass_dciodvfy(tmp_path: Path) -> Non
         header = pydicom.dcmread(f, defer_size=4096)
         del header.PixelData
         sources.append(header)
-    expected = {"PatientAge", "StudyDate", "StudyTime", "PatientName", "StudyDescription", "PatientSex",
-                "ReferringPhysicianName"}
+    expected = {
+        "PatientAge",
+        "StudyDate",
+        "StudyTime",
+        "PatientName",
+        "StudyDescription",
+        "PatientSex",
+        "ReferringPhysicianName",
+    }
 
     lumbar = lumbar_result(read)
     pe = pe_result(read)
@@ -369,11 +436,19 @@ def test_ct_objects_from_a_malformed_series_pass_dciodvfy(tmp_path: Path) -> Non
     objects = {
         "lumbar_sr": build_lumbar_report(lumbar, sources, uid_root=UID_ROOT, series_number=994),
         "pe_sr": build_pe_report(pe, sources, uid_root=UID_ROOT, series_number=993),
-        "kos": build_key_object_selection(pe, sources, [str(l3.SOPInstanceUID)], title="of_interest",
-                                          uid_root=UID_ROOT, series_number=995, description="Key image"),
+        "kos": build_key_object_selection(
+            pe,
+            sources,
+            [str(l3.SOPInstanceUID)],
+            title="of_interest",
+            uid_root=UID_ROOT,
+            series_number=995,
+            description="Key image",
+        ),
         "seg": build_tissue_segmentation(l3, masks, lumbar.algorithms[-1], uid_root=UID_ROOT, series_number=996),
-        "levels": build_slice_labels(lumbar, sources, level_labels(lumbar.lumbar), uid_root=UID_ROOT,
-                                     series_number=997),
+        "levels": build_slice_labels(
+            lumbar, sources, level_labels(lumbar.lumbar), uid_root=UID_ROOT, series_number=997
+        ),
         "pe_labels": build_slice_labels(pe, sources, pe_labels(pe.pe), uid_root=UID_ROOT, series_number=998),
     }
     for name, ds in objects.items():
@@ -391,8 +466,9 @@ def test_ct_objects_from_a_malformed_series_pass_dciodvfy(tmp_path: Path) -> Non
 
 
 def test_job_summary_names_the_dropped_attributes_without_their_values(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from training.phantoms import chest_phantom, phantom_dataset
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dimse.scp import StoreRequest
     from models.registry import ModelRegistry
     from models.view_filter import ViewFilter
     from node import executor as execution
@@ -403,7 +479,7 @@ def test_job_summary_names_the_dropped_attributes_without_their_values(
     from node.router import load_routing
     from node.settings import REPO_ROOT, Settings
     from node.spool import Outbox, Spool
-    from dimse.scp import StoreRequest
+    from training.phantoms import chest_phantom, phantom_dataset
 
     ds = phantom_dataset(chest_phantom(3, ["Nodule"]))
     set_raw(ds, "PatientAge", b"62")
@@ -418,9 +494,15 @@ def test_job_summary_names_the_dropped_attributes_without_their_values(
     receiver = Receiver(settings, db, Spool(settings.spool_dir, settings.tmp_dir))
     outbox = Outbox(settings.outbox_dir, settings.tmp_dir)
     assembler = Assembler(db, load_routing(REPO_ROOT / "config" / "routing.yaml"), {"cxr"}, {}, [])
-    request = StoreRequest(calling_ae="STORESCU", peer_address="127.0.0.1", peer_port=40000,
-                           sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID),
-                           transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), data=buffer.getvalue())
+    request = StoreRequest(
+        calling_ae="STORESCU",
+        peer_address="127.0.0.1",
+        peer_port=40000,
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        data=buffer.getvalue(),
+    )
     assert receiver(request) == 0
     assembler.run_once()
     registry = ModelRegistry.discover(REPO_ROOT / "weights", REPO_ROOT / "config" / "models.yaml")
@@ -434,11 +516,13 @@ def test_job_summary_names_the_dropped_attributes_without_their_values(
         assert row is not None and row.state == JobState.DONE
         summary = row.summary or ""
     db.dispose()
-    assert "source attributes dropped: StudyTime (invalid TM), StudyDescription (longer than 64 bytes (LO))" \
-        in summary, summary
+    assert (
+        "source attributes dropped: StudyTime (invalid TM), StudyDescription (longer than 64 bytes (LO))" in summary
+    ), summary
     assert "source attributes corrected: PatientAge (AS without unit, read as years)" in summary, summary
-    warned = [r.getMessage() for r in caplog.records
-              if r.levelno == logging.WARNING and "source attributes" in r.getMessage()]
+    warned = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "source attributes" in r.getMessage()
+    ]
     assert warned and "StudyTime (invalid TM)" in warned[0]
     for text in [summary, *warned]:
         assert "25:00" not in text and "ERECT" not in text and "62," not in text
@@ -455,20 +539,31 @@ def test_a_pipeline_output_without_issues_keeps_its_summary(caplog: pytest.LogCa
     assert output.summary == "view: frontal 0.99" and not caplog.records
     # Issues of several objects made from the same source are listed once.
     malformed = _source_with({"PatientAge": b"62"})
-    objects = [build_measurement_report(cxr_result(malformed), [malformed], uid_root=UID_ROOT),
-               build_presentation_state(cxr_result(malformed), [malformed], uid_root=UID_ROOT)]
+    objects = [
+        build_measurement_report(cxr_result(malformed), [malformed], uid_root=UID_ROOT),
+        build_presentation_state(cxr_result(malformed), [malformed], uid_root=UID_ROOT),
+    ]
     output = PipelineOutput(result=result, objects=objects, summary="view: frontal 0.99")
-    assert output.summary == ("view: frontal 0.99; source attributes corrected: "
-                              "PatientAge (AS without unit, read as years)")
+    assert output.summary == (
+        "view: frontal 0.99; source attributes corrected: PatientAge (AS without unit, read as years)"
+    )
 
 
 # --- Readability: 3 significant digits, DEMO in the model name ----------------------------
 
 
-@pytest.mark.parametrize("value, text, number", [
-    (0.87, "0.870", 0.87), (0.8712, "0.871", 0.871), (0.99951, "1.00", 1.0), (1.0, "1.00", 1.0),
-    (0.0123456, "0.0123", 0.0123), (0.00001, "0.0000100", 0.00001), (0.0, "0.00", 0.0),
-])
+@pytest.mark.parametrize(
+    "value, text, number",
+    [
+        (0.87, "0.870", 0.87),
+        (0.8712, "0.871", 0.871),
+        (0.99951, "1.00", 1.0),
+        (1.0, "1.00", 1.0),
+        (0.0123456, "0.0123", 0.0123),
+        (0.00001, "0.0000100", 0.00001),
+        (0.0, "0.00", 0.0),
+    ],
+)
 def test_probabilities_have_three_significant_digits(value: float, text: str, number: float) -> None:
     assert probability_text(value) == text
     assert significant(value) == number
@@ -503,10 +598,21 @@ def test_sr_nums_and_texts_round_probabilities_and_every_object_says_demo(tmp_pa
     assert image.view is not None
     precise = [replace(f, probability=f.probability + 0.001234) for f in image.findings]
     view = ViewResult("lateral", 0.987654, "PA", "frontal", disagreement=True)
-    result = SeriesResult(pipeline=result.pipeline, study_instance_uid=result.study_instance_uid,
-                          series_instance_uid=result.series_instance_uid, algorithms=result.algorithms,
-                          images=[ImageResult(image.sop_instance_uid, view=view, findings=precise,
-                                              top_findings=image.top_findings, triage=image.triage)])
+    result = SeriesResult(
+        pipeline=result.pipeline,
+        study_instance_uid=result.study_instance_uid,
+        series_instance_uid=result.series_instance_uid,
+        algorithms=result.algorithms,
+        images=[
+            ImageResult(
+                image.sop_instance_uid,
+                view=view,
+                findings=precise,
+                top_findings=image.top_findings,
+                triage=image.triage,
+            )
+        ],
+    )
     sr = build_measurement_report(result, [header], uid_root=UID_ROOT)
     numbers = _num_values(sr)
     assert numbers and all(_digits(n) <= 3 for n in numbers), numbers
@@ -530,20 +636,44 @@ def test_sr_nums_and_texts_round_probabilities_and_every_object_says_demo(tmp_pa
     numbers = _num_values(pe_sr)
     assert 0.935 in numbers and 0.912 in numbers and all(_digits(n) <= 3 for n in numbers), numbers
     assert pe_labels(pe.pe)[str(slices[4].SOPInstanceUID)] == "PE suspected p=0.935"
-    kos = build_key_object_selection(pe, headers(slices), [str(slices[4].SOPInstanceUID)], title="of_interest",
-                                     uid_root=UID_ROOT, series_number=995, description="Key images")
+    kos = build_key_object_selection(
+        pe,
+        headers(slices),
+        [str(slices[4].SOPInstanceUID)],
+        title="of_interest",
+        uid_root=UID_ROOT,
+        series_number=995,
+        description="Key images",
+    )
     labels = build_slice_labels(pe, headers(slices), pe_labels(pe.pe), uid_root=UID_ROOT, series_number=997)
     for ds in (pe_sr, kos, labels):
         assert "DEMO" in ds.ManufacturerModelName and "DEMO" in ds.SeriesDescription, ds.SOPClassUID
     masks = {key: np.zeros((64, 64), dtype=bool) for key in ("muscle", "subcutaneous_fat", "visceral_fat")}
-    seg = build_tissue_segmentation(slices[0], masks, AlgorithmInfo(name="ct-lumbar", version="demo-1", demo=True),
-                                    uid_root=UID_ROOT, series_number=996)
+    seg = build_tissue_segmentation(
+        slices[0],
+        masks,
+        AlgorithmInfo(name="ct-lumbar", version="demo-1", demo=True),
+        uid_root=UID_ROOT,
+        series_number=996,
+    )
     sc = build_secondary_capture(result, pydicom.dcmread(rg1_uncr_path()), uid_root=UID_ROOT)
     for ds in (seg, sc):
         assert "DEMO" in ds.ManufacturerModelName and "DEMO" in ds.SeriesDescription, ds.SOPClassUID
     real = AlgorithmInfo(name="ct-pe", version="1.0.0", weights_sha256="c9" * 32)
-    not_demo = SeriesResult(pipeline="ct_pe", study_instance_uid=pe.study_instance_uid,
-                            series_instance_uid=pe.series_instance_uid, algorithms=[real], pe=pe.pe)
-    kos = build_key_object_selection(not_demo, headers(slices), [str(slices[4].SOPInstanceUID)], title="of_interest",
-                                     uid_root=UID_ROOT, series_number=995, description="Key images")
+    not_demo = SeriesResult(
+        pipeline="ct_pe",
+        study_instance_uid=pe.study_instance_uid,
+        series_instance_uid=pe.series_instance_uid,
+        algorithms=[real],
+        pe=pe.pe,
+    )
+    kos = build_key_object_selection(
+        not_demo,
+        headers(slices),
+        [str(slices[4].SOPInstanceUID)],
+        title="of_interest",
+        uid_root=UID_ROOT,
+        series_number=995,
+        description="Key images",
+    )
     assert kos.ManufacturerModelName == "ct-pe" and "DEMO" not in kos.SeriesDescription

@@ -22,10 +22,12 @@ for _scheme, _by_keyword in PS316_CONCEPTS.items():
 
 # Concepts whose source says PS3.16 are re-checked against pydicom's copy of it; the other
 # standard codes (SNOMED concepts no CID holds) name the published page they were checked on.
-_CHECKABLE = sorted(k for k, c in CONCEPTS.items()
-                    if c.scheme in ("DCM", "SCT", "LN", "UCUM") and c.source.startswith("PS3.16"))
-_OUTSIDE_PS316 = sorted(k for k, c in CONCEPTS.items()
-                        if c.scheme in ("DCM", "SCT", "LN") and not c.source.startswith("PS3.16"))
+_CHECKABLE = sorted(
+    k for k, c in CONCEPTS.items() if c.scheme in ("DCM", "SCT", "LN", "UCUM") and c.source.startswith("PS3.16")
+)
+_OUTSIDE_PS316 = sorted(
+    k for k, c in CONCEPTS.items() if c.scheme in ("DCM", "SCT", "LN") and not c.source.startswith("PS3.16")
+)
 #: UCUM units not listed in PS3.16 (CID 7181 admits any UCUM expression) must say how they follow the grammar.
 _UCUM_OUTSIDE_PS316 = sorted(k for k, c in CONCEPTS.items() if c.scheme == "UCUM" and not c.source.startswith("PS3.16"))
 
@@ -95,7 +97,10 @@ def test_known_triplets() -> None:
     assert code("image_view").meaning == "Image View"
     processing = code("processing_algorithm")
     assert (processing.value, processing.scheme_designator, processing.meaning) == (
-        "Newcode1", "99IHE", "Processing Algorithm")
+        "Newcode1",
+        "99IHE",
+        "Processing Algorithm",
+    )
     assert code("no_units").value == "1" and code("no_units").scheme_designator == "UCUM"
     # 111047 is the mammography "Probability of cancer": not what we measure.
     assert code("probability").value != "111047"
@@ -140,7 +145,9 @@ def test_every_code_in_our_srs_comes_from_the_table(variant: str) -> None:
     for path, item in _code_items(sr):
         seen += 1
         key = key_for(str(item.CodeValue), str(item.CodingSchemeDesignator))
-        assert key is not None, f"{variant}: code ({item.CodeValue}, {item.CodingSchemeDesignator}, " \
-                                f"{item.CodeMeaning!r}) at {path} is not in sr_writer.codes.CONCEPTS"
+        assert key is not None, (
+            f"{variant}: code ({item.CodeValue}, {item.CodingSchemeDesignator}, "
+            f"{item.CodeMeaning!r}) at {path} is not in sr_writer.codes.CONCEPTS"
+        )
         assert item.CodeMeaning == CONCEPTS[key].meaning, f"{variant}: {path} meaning differs from the table"
     assert seen >= 20, f"{variant}: only {seen} codes found; the walk is not reaching the content tree"

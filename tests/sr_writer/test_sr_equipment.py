@@ -26,7 +26,10 @@ def test_item_names_the_algorithm_as_ihe_processing_algorithm() -> None:
     item = contributing_equipment_item(dataclasses.replace(ALGO, demo=True))
     purpose = item.PurposeOfReferenceCodeSequence[0]
     assert (purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning) == (
-        "Newcode1", "99IHE", "Processing Algorithm")
+        "Newcode1",
+        "99IHE",
+        "Processing Algorithm",
+    )
     assert item.Manufacturer == "ainode"
     assert item.ManufacturerModelName == "cxr-view-filter (DEMO)"
     assert item.SoftwareVersions == "1.2.0"

@@ -45,14 +45,20 @@ def _read_back(sr: Dataset, tmp_path: Path, name: str) -> tuple[Dataset, hd.sr.C
 
 
 def _texts(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> list[str]:
-    return [str(item.TextValue) for item in group[0].ContentSequence
-            if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == code("comment").value]
+    return [
+        str(item.TextValue)
+        for item in group[0].ContentSequence
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == code("comment").value
+    ]
 
 
 def _algorithm(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> tuple[str, str]:
     """(name, version) of the group's TID 4019 Algorithm Identification."""
-    values = {item.ConceptNameCodeSequence[0].CodeValue: str(item.TextValue)
-              for item in group[0].ContentSequence if item.ValueType == "TEXT"}
+    values = {
+        item.ConceptNameCodeSequence[0].CodeValue: str(item.TextValue)
+        for item in group[0].ContentSequence
+        if item.ValueType == "TEXT"
+    }
     return values[code("algorithm_name").value], values[code("algorithm_version").value]
 
 
@@ -101,9 +107,15 @@ def test_frontal_round_trip(tmp_path: Path, rg1_header: Dataset) -> None:
 
 
 def _ihe_items(ds: Dataset) -> list[Dataset]:
-    return [item for item in ds.ContributingEquipmentSequence
-            if (item.PurposeOfReferenceCodeSequence[0].CodeValue,
-                item.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator) == ("Newcode1", "99IHE")]
+    return [
+        item
+        for item in ds.ContributingEquipmentSequence
+        if (
+            item.PurposeOfReferenceCodeSequence[0].CodeValue,
+            item.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator,
+        )
+        == ("Newcode1", "99IHE")
+    ]
 
 
 def test_contributing_equipment_names_the_model_version(tmp_path: Path, rg1_header: Dataset) -> None:
@@ -114,15 +126,17 @@ def test_contributing_equipment_names_the_model_version(tmp_path: Path, rg1_head
     assert item.SoftwareVersions == "1.2.0"
 
     newer = dataclasses.replace(VIEW_FILTER, version="1.3.0")
-    sr2 = build_measurement_report(series_result([frontal_image(rg1_header)], rg1_header, algorithm=newer),
-                                   [rg1_header], uid_root=UID_ROOT)
+    sr2 = build_measurement_report(
+        series_result([frontal_image(rg1_header)], rg1_header, algorithm=newer), [rg1_header], uid_root=UID_ROOT
+    )
     ds2, _ = _read_back(sr2, tmp_path, "v2")
     (item2,) = _ihe_items(ds2)
     assert item2.SoftwareVersions == "1.3.0"
     assert item2.DeviceUID != item.DeviceUID
     # The same model build always names the same device.
-    sr3 = build_measurement_report(series_result([frontal_image(rg1_header)], rg1_header),
-                                   [rg1_header], uid_root=UID_ROOT)
+    sr3 = build_measurement_report(
+        series_result([frontal_image(rg1_header)], rg1_header), [rg1_header], uid_root=UID_ROOT
+    )
     assert _ihe_items(sr3)[0].DeviceUID == item.DeviceUID
 
 
@@ -163,14 +177,18 @@ def test_demo_model_says_demo_everywhere_a_user_looks(tmp_path: Path) -> None:
 def test_predecessor_is_referenced_and_explained(tmp_path: Path) -> None:
     sr, _ = build_variant("predecessor")
     ds, report = _read_back(sr, tmp_path, "predecessor")
-    first_uid = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0] \
-        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    first_uid = (
+        sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    )
     assert first_uid != ds.SOPInstanceUID
     pre = ds.PredecessorDocumentsSequence[0]
     assert pre.StudyInstanceUID == ds.StudyInstanceUID
     assert pre.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPClassUID == ds.SOPClassUID
-    (container,) = [item for item in ds.ContentSequence
-                    if item.ConceptNameCodeSequence[0].CodeValue == code("qualitative_evaluations").value]
+    (container,) = [
+        item
+        for item in ds.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == code("qualitative_evaluations").value
+    ]
     (note,) = container.ContentSequence
     assert "supersedes" in note.TextValue and first_uid in note.TextValue and "new instances" in note.TextValue
     assert len(report.content.get_image_measurement_groups()) == 2
@@ -241,8 +259,9 @@ def test_source_without_type2_study_attributes_still_gives_a_valid_sr(rg1_header
     # Real files omit Type 2 attributes at times; the SR carries them empty (PS3.3 C.7.1.1, C.7.2.1).
     for keyword in ("PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
         del rg1_header[keyword]
-    sr = build_measurement_report(series_result([frontal_image(rg1_header)], rg1_header), [rg1_header],
-                                  uid_root=UID_ROOT)
+    sr = build_measurement_report(
+        series_result([frontal_image(rg1_header)], rg1_header), [rg1_header], uid_root=UID_ROOT
+    )
     ds, _ = _read_back(sr, tmp_path, "sparse")
     assert ds.PatientBirthDate == "" and ds.StudyID == "" and ds.AccessionNumber == ""
     assert ds.PatientID == rg1_header.PatientID

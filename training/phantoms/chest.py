@@ -53,13 +53,32 @@ __all__ = [
 ]
 
 NIH_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
-    "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Hernia",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
 )
 """The 14 NIH ChestX-ray14 labels as spelled in ``Data_Entry_2017.csv``."""
 
 FINDINGS = (
-    "Nodule", "Mass", "Effusion", "Cardiomegaly", "Pneumothorax", "Consolidation", "Infiltration", "Atelectasis",
+    "Nodule",
+    "Mass",
+    "Effusion",
+    "Cardiomegaly",
+    "Pneumothorax",
+    "Consolidation",
+    "Infiltration",
+    "Atelectasis",
 )
 """The findings :func:`chest_phantom` can plant (a subset of :data:`NIH_LABELS`)."""
 
@@ -155,8 +174,8 @@ def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps /= taps.sum()
     padded = np.pad(image, radius, mode="edge")
-    rows = sum(w * padded[:, k:k + image.shape[1]] for k, w in enumerate(taps))
-    return sum(w * rows[k:k + image.shape[0], :] for k, w in enumerate(taps))
+    rows = sum(w * padded[:, k : k + image.shape[1]] for k, w in enumerate(taps))
+    return sum(w * rows[k : k + image.shape[0], :] for k, w in enumerate(taps))
 
 
 def _box_of(mask: np.ndarray, label: str) -> FindingBox:
@@ -255,7 +274,9 @@ def _anatomy(seed: int, size: int, ctr: float) -> tuple[np.ndarray, _Anatomy, tu
     return image, anatomy, heart_cols, heart
 
 
-def _point_in_lung(r: np.random.Generator, a: _Anatomy, side: int, radius: float, zone: str = "any") -> tuple[float, float]:
+def _point_in_lung(
+    r: np.random.Generator, a: _Anatomy, side: int, radius: float, zone: str = "any"
+) -> tuple[float, float]:
     """A random centre whose disc of ``radius`` lies inside lung ``side`` (and in the zone, if given)."""
     (lx, ly), (rx, ry) = a.lung_centres[side], a.lung_radii[side]
     lung = a.lungs[side]
@@ -270,7 +291,14 @@ def _point_in_lung(r: np.random.Generator, a: _Anatomy, side: int, radius: float
 
 
 def _round_opacity(
-    image: np.ndarray, a: _Anatomy, x: float, y: float, radius: float, amplitude: float, lobulation: float, r: np.random.Generator
+    image: np.ndarray,
+    a: _Anatomy,
+    x: float,
+    y: float,
+    radius: float,
+    amplitude: float,
+    lobulation: float,
+    r: np.random.Generator,
 ) -> np.ndarray:
     """Add a soft-edged (optionally lobulated) round opacity; return its mask."""
     angle = np.arctan2(a.yy - y, a.xx - x)
@@ -283,7 +311,13 @@ def _round_opacity(
 
 
 def _patches(
-    image: np.ndarray, a: _Anatomy, region: np.ndarray, r: np.random.Generator, count: int, amplitude: float, sigma: float
+    image: np.ndarray,
+    a: _Anatomy,
+    region: np.ndarray,
+    r: np.random.Generator,
+    count: int,
+    amplitude: float,
+    sigma: float,
 ) -> np.ndarray:
     """Add blurred random blobs confined to ``region``; return where they add visibly."""
     seeds = np.zeros_like(image)
@@ -303,7 +337,9 @@ def _plant(name: str, image: np.ndarray, a: _Anatomy, r: np.random.Generator, mm
         diameter = r.uniform(15.0, 30.0) if name == "Nodule" else r.uniform(35.0, 60.0)
         radius = diameter / mm / 2.0
         x, y = _point_in_lung(r, a, side, radius)
-        mask = _round_opacity(image, a, x, y, radius, 0.38 if name == "Nodule" else 0.33, 0.0 if name == "Nodule" else 0.08, r)
+        mask = _round_opacity(
+            image, a, x, y, radius, 0.38 if name == "Nodule" else 0.33, 0.0 if name == "Nodule" else 0.08, r
+        )
         return [_box_of(mask, name)]
     lung = a.lungs[side]
     (lx, ly), (rx, ry) = a.lung_centres[side], a.lung_radii[side]
@@ -324,13 +360,19 @@ def _plant(name: str, image: np.ndarray, a: _Anatomy, r: np.random.Generator, mm
         inner = (((a.xx - lx - shift[0]) / (rx * shrink)) ** 2 + ((a.yy - ly - shift[1]) / (ry * 0.95)) ** 2) <= 1.0
         rim = lung & ~inner
         rim &= (a.yy < ly - 0.2 * ry) if apex else (lateral * (a.xx - lx) > 0.2 * rx)
-        pleura = inner & ~np.pad(inner[1:-1, 1:-1] & inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:], 1)
+        pleura = inner & ~np.pad(
+            inner[1:-1, 1:-1] & inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:], 1
+        )
         pleura &= lung & (np.roll(rim, 1, 0) | np.roll(rim, -1, 0) | np.roll(rim, 1, 1) | np.roll(rim, -1, 1))
         image[rim] = _LUNG - 0.10
         image[pleura] = _LUNG + 0.10
         return [_box_of(rim | pleura, name)]
     if name in ("Consolidation", "Infiltration"):
-        zone = (a.yy > ly + 0.05 * ry) if name == "Consolidation" else (np.abs(a.yy - ly - r.uniform(-0.4, 0.4) * ry) < 0.35 * ry)
+        zone = (
+            (a.yy > ly + 0.05 * ry)
+            if name == "Consolidation"
+            else (np.abs(a.yy - ly - r.uniform(-0.4, 0.4) * ry) < 0.35 * ry)
+        )
         region = lung & zone
         if name == "Consolidation":
             mask = _patches(image, a, region, r, count=int(r.integers(5, 9)), amplitude=0.26, sigma=a.size / 40.0)
@@ -348,7 +390,9 @@ def _plant(name: str, image: np.ndarray, a: _Anatomy, r: np.random.Generator, mm
     raise ValueError(f"unknown finding {name!r}; choose from {', '.join(FINDINGS)}")
 
 
-def _plant_class(name: str, image: np.ndarray, a: _Anatomy, r: np.random.Generator, mm: float) -> tuple[list[FindingBox], set[str]]:
+def _plant_class(
+    name: str, image: np.ndarray, a: _Anatomy, r: np.random.Generator, mm: float
+) -> tuple[list[FindingBox], set[str]]:
     if name == "pneumonia":
         # Lobar consolidation: one lower lobe largely and homogeneously opacified.
         side = int(r.integers(2))
@@ -363,7 +407,9 @@ def _plant_class(name: str, image: np.ndarray, a: _Anatomy, r: np.random.Generat
             (lx, ly), (rx, ry) = a.lung_centres[side], a.lung_radii[side]
             lateral = -1.0 if side == 0 else 1.0
             periphery = a.lungs[side] & (lateral * (a.xx - lx) > 0.3 * rx) & (a.yy > ly - 0.2 * ry)
-            boxes.append(_box_of(_patches(image, a, periphery, r, count=8, amplitude=0.12, sigma=a.size / 45.0), "Infiltration"))
+            boxes.append(
+                _box_of(_patches(image, a, periphery, r, count=8, amplitude=0.12, sigma=a.size / 45.0), "Infiltration")
+            )
         return boxes, {"Infiltration"}
     if name == "tuberculosis":
         # Upper-lobe opacities, some with a lucent cavity (a thick-walled ring).
@@ -371,7 +417,9 @@ def _plant_class(name: str, image: np.ndarray, a: _Anatomy, r: np.random.Generat
         for side in sorted({int(r.integers(2)), int(r.integers(2))}):
             (lx, ly), (rx, ry) = a.lung_centres[side], a.lung_radii[side]
             upper = a.lungs[side] & (a.yy < ly - 0.3 * ry)
-            boxes.append(_box_of(_patches(image, a, upper, r, count=6, amplitude=0.2, sigma=a.size / 50.0), "Infiltration"))
+            boxes.append(
+                _box_of(_patches(image, a, upper, r, count=6, amplitude=0.2, sigma=a.size / 50.0), "Infiltration")
+            )
             radius = r.uniform(10.0, 18.0) / mm
             x, y = _point_in_lung(r, a, side, radius, zone="upper")
             wall = _round_opacity(image, a, x, y, radius, 0.28, 0.05, r)
@@ -384,7 +432,9 @@ def _plant_class(name: str, image: np.ndarray, a: _Anatomy, r: np.random.Generat
     raise ValueError(f"unknown four-class class {name!r}; choose from {', '.join(FOUR_CLASSES)}")
 
 
-def chest_phantom(seed: int, findings: Iterable[str] = (), *, four_class: str = "normal", size: int = 512) -> ChestPhantom:
+def chest_phantom(
+    seed: int, findings: Iterable[str] = (), *, four_class: str = "normal", size: int = 512
+) -> ChestPhantom:
     """Draw a synthetic PA chest radiograph with planted findings.
 
     Parameters

@@ -54,17 +54,47 @@ __all__ = [
 ]
 
 TISSUES: tuple[str, ...] = (
-    "air", "subcutaneous_fat", "visceral_fat", "muscle", "soft_tissue", "lung", "cortical_bone",
-    "trabecular_bone", "canal", "disc", "pulmonary_artery", "embolus", "aorta", "vein",
-    "right_ventricle", "left_ventricle", "myocardium", "airway", "liver", "spleen", "kidney",
-    "bowel", "gas", "table", "bladder", "atrium", "chronic_embolus",
+    "air",
+    "subcutaneous_fat",
+    "visceral_fat",
+    "muscle",
+    "soft_tissue",
+    "lung",
+    "cortical_bone",
+    "trabecular_bone",
+    "canal",
+    "disc",
+    "pulmonary_artery",
+    "embolus",
+    "aorta",
+    "vein",
+    "right_ventricle",
+    "left_ventricle",
+    "myocardium",
+    "airway",
+    "liver",
+    "spleen",
+    "kidney",
+    "bowel",
+    "gas",
+    "table",
+    "bladder",
+    "atrium",
+    "chronic_embolus",
 )
 """Tissue names; the label map holds ``TISSUES.index(name)``."""
 _T = {name: code for code, name in enumerate(TISSUES)}
 
 PE_EXAM_LABELS: tuple[str, ...] = (
-    "negative_exam_for_pe", "indeterminate", "rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1", "leftsided_pe",
-    "rightsided_pe", "central_pe", "chronic_pe", "acute_and_chronic_pe",
+    "negative_exam_for_pe",
+    "indeterminate",
+    "rv_lv_ratio_gte_1",
+    "rv_lv_ratio_lt_1",
+    "leftsided_pe",
+    "rightsided_pe",
+    "central_pe",
+    "chronic_pe",
+    "acute_and_chronic_pe",
 )
 """RSNA-PE exam labels (the same names as ``core.findings.PE_EXAM_LABELS``)."""
 
@@ -116,8 +146,9 @@ class _Canvas:
         self.d = depth
         self.lab = np.zeros((grid.n, grid.n), dtype=np.uint8)
 
-    def _paint(self, rs: slice, cs: slice, m: np.ndarray, tissue: str, clip: np.ndarray | None,
-               only: Sequence[str] | None) -> None:
+    def _paint(
+        self, rs: slice, cs: slice, m: np.ndarray, tissue: str, clip: np.ndarray | None, only: Sequence[str] | None
+    ) -> None:
         view = self.lab[rs, cs]
         if clip is not None:
             m = m & clip[rs, cs]
@@ -125,8 +156,19 @@ class _Canvas:
             m = m & np.isin(view, [_T[t] for t in only])
         view[m] = _T[tissue]
 
-    def ellipse(self, cx: float, cy: float, rx: float, ry: float, tissue: str, *, angle: float = 0.0,
-                clip: np.ndarray | None = None, only: Sequence[str] | None = None, power: float = 2.0) -> None:
+    def ellipse(
+        self,
+        cx: float,
+        cy: float,
+        rx: float,
+        ry: float,
+        tissue: str,
+        *,
+        angle: float = 0.0,
+        clip: np.ndarray | None = None,
+        only: Sequence[str] | None = None,
+        power: float = 2.0,
+    ) -> None:
         """Paint an ellipse (``power`` > 2: a superellipse, squarer)."""
         if rx <= 0 or ry <= 0:
             return
@@ -155,16 +197,26 @@ class _Canvas:
             mask[rs, cs] = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1.0
         return mask
 
-    def rect(self, x0: float, x1: float, y0: float, y1: float, tissue: str, *, clip: np.ndarray | None = None,
-             only: Sequence[str] | None = None) -> None:
+    def rect(
+        self,
+        x0: float,
+        x1: float,
+        y0: float,
+        y1: float,
+        tissue: str,
+        *,
+        clip: np.ndarray | None = None,
+        only: Sequence[str] | None = None,
+    ) -> None:
         w = self.g.window(x0, x1, y0, y1)
         if w is None:
             return
         rs, cs, xs, ys = w
         self._paint(rs, cs, (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1), tissue, clip, only)
 
-    def capsule_mask(self, a: Sequence[float], b: Sequence[float], ra: float, rb: float
-                     ) -> tuple[slice, slice, np.ndarray] | None:
+    def capsule_mask(
+        self, a: Sequence[float], b: Sequence[float], ra: float, rb: float
+    ) -> tuple[slice, slice, np.ndarray] | None:
         """Where this slice cuts a tapered capsule from ``a`` to ``b`` (x, y, depth in mm)."""
         ax, ay, ad = a
         bx, by, bd = b
@@ -194,8 +246,17 @@ class _Canvas:
             return None
         return rs, cs, m
 
-    def capsule(self, a: Sequence[float], b: Sequence[float], ra: float, rb: float, tissue: str, *,
-                clip: np.ndarray | None = None, only: Sequence[str] | None = None) -> None:
+    def capsule(
+        self,
+        a: Sequence[float],
+        b: Sequence[float],
+        ra: float,
+        rb: float,
+        tissue: str,
+        *,
+        clip: np.ndarray | None = None,
+        only: Sequence[str] | None = None,
+    ) -> None:
         hit = self.capsule_mask(a, b, ra, rb)
         if hit is not None:
             self._paint(hit[0], hit[1], hit[2], tissue, clip, only)
@@ -307,7 +368,6 @@ class CtPhantom:
         return np.isin(self.labels, [_T[t] for t in tissues])
 
 
-
 # ----------------------------------------------------------------------------- chest CT angiography
 
 _CTPA_COVERAGE_MM = 240.0  # lung apex to upper abdomen
@@ -341,6 +401,7 @@ class _Tube:
 
 def _pulmonary_arteries(r: np.random.Generator, sc: float, bif: float) -> list[_Tube]:
     """Main trunk, left/right pulmonary arteries and lobar branches, jittered per seed."""
+
     def p(x: float, y: float, d: float) -> tuple[float, float, float]:
         return (x * sc + r.normal(0, 2.0), y * sc + r.normal(0, 2.0), d + r.normal(0, 2.0))
 
@@ -362,8 +423,9 @@ def _pulmonary_arteries(r: np.random.Generator, sc: float, bif: float) -> list[_
     ]
 
 
-def _peripheral_vessels(r: np.random.Generator, lobar: list[_Tube], lungs: list[tuple[float, float]],
-                        bif: float) -> list[_Tube]:
+def _peripheral_vessels(
+    r: np.random.Generator, lobar: list[_Tube], lungs: list[tuple[float, float]], bif: float
+) -> list[_Tube]:
     """Smaller contrast-filled branches fanning from the lobar ends and hila into the lungs."""
     tubes: list[_Tube] = []
     for tube in lobar:
@@ -374,7 +436,9 @@ def _peripheral_vessels(r: np.random.Generator, lobar: list[_Tube], lungs: list[
             direction[2] *= 1.5
             direction /= np.linalg.norm(direction)
             tip = np.array(tube.b) + direction * r.uniform(25, 45)
-            tubes.append(_Tube("peripheral", tube.b, (float(tip[0]), float(tip[1]), float(tip[2])), tube.rb * 0.55, 1.2))
+            tubes.append(
+                _Tube("peripheral", tube.b, (float(tip[0]), float(tip[1]), float(tip[2])), tube.rb * 0.55, 1.2)
+            )
     for lx, ly in lungs:
         hilum = (lx * 0.8, ly, bif + 10)
         for _ in range(36):
@@ -383,8 +447,9 @@ def _peripheral_vessels(r: np.random.Generator, lobar: list[_Tube], lungs: list[
     return tubes
 
 
-def _emboli(r: np.random.Generator, arteries: list[_Tube], side: str, chronic: bool, acute_and_chronic: bool
-            ) -> list[tuple[_Tube, str, str]]:
+def _emboli(
+    r: np.random.Generator, arteries: list[_Tube], side: str, chronic: bool, acute_and_chronic: bool
+) -> list[tuple[_Tube, str, str]]:
     """Clots (tube, tissue, artery name): along (acute: centred) or against the wall of (chronic) an artery."""
     by_name = {t.name: t for t in arteries}
     candidates = list(_ARTERY_SIDES[side])
@@ -408,8 +473,19 @@ def _emboli(r: np.random.Generator, arteries: list[_Tube], side: str, chronic: b
             side_vec /= np.linalg.norm(side_vec)
             offset = side_vec * (min(ra, rb) * 0.5)
         a2, b2 = a + offset, b + offset
-        clots.append((_Tube(kind, (float(a2[0]), float(a2[1]), float(a2[2])),
-                            (float(b2[0]), float(b2[1]), float(b2[2])), float(fa), float(fb)), kind, artery.name))
+        clots.append(
+            (
+                _Tube(
+                    kind,
+                    (float(a2[0]), float(a2[1]), float(a2[2])),
+                    (float(b2[0]), float(b2[1]), float(b2[2])),
+                    float(fa),
+                    float(fb),
+                ),
+                kind,
+                artery.name,
+            )
+        )
     return clots
 
 
@@ -612,12 +688,30 @@ def ctpa_phantom(
         labels[k] = cv.lab
 
     table = {
-        "air": -1000, "subcutaneous_fat": -100, "visceral_fat": -95, "muscle": 45, "soft_tissue": 40,
-        "lung": -860, "cortical_bone": 700, "trabecular_bone": 230, "canal": 15, "disc": 85,
-        "pulmonary_artery": contrast, "embolus": 50, "chronic_embolus": 85, "aorta": 0.6 * contrast + 40,
-        "vein": 1.3 * contrast, "right_ventricle": 0.95 * contrast, "left_ventricle": 0.6 * contrast + 30,
-        "atrium": 0.6 * contrast + 30, "myocardium": 100, "airway": -980, "liver": 75, "spleen": 95,
-        "gas": -980, "table": 300,
+        "air": -1000,
+        "subcutaneous_fat": -100,
+        "visceral_fat": -95,
+        "muscle": 45,
+        "soft_tissue": 40,
+        "lung": -860,
+        "cortical_bone": 700,
+        "trabecular_bone": 230,
+        "canal": 15,
+        "disc": 85,
+        "pulmonary_artery": contrast,
+        "embolus": 50,
+        "chronic_embolus": 85,
+        "aorta": 0.6 * contrast + 40,
+        "vein": 1.3 * contrast,
+        "right_ventricle": 0.95 * contrast,
+        "left_ventricle": 0.6 * contrast + 30,
+        "atrium": 0.6 * contrast + 30,
+        "myocardium": 100,
+        "airway": -980,
+        "liver": 75,
+        "spleen": 95,
+        "gas": -980,
+        "table": 300,
     }
     volume = _to_hu(labels, table, seed, _NOISE)
     defect = np.isin(labels, [_T["embolus"], _T["chronic_embolus"]]).sum(axis=(1, 2)) * grid.mm**2
@@ -657,8 +751,9 @@ def _draw_thoracic_spine(cv: _Canvas, y: float, sc: float, disc: bool) -> None:
     cv.ellipse(0, canal_y, 8, 7, "canal")
 
 
-def _draw_ribs(cv: _Canvas, cx: float, cy: float, rx: float, ry: float, *, first: float, last: float,
-               posterior_only: bool = False) -> None:
+def _draw_ribs(
+    cv: _Canvas, cx: float, cy: float, rx: float, ry: float, *, first: float, last: float, posterior_only: bool = False
+) -> None:
     """Rib cross-sections on the inner chest wall: hoops sloping down anteriorly, 24 mm apart.
 
     ``posterior_only`` keeps the posterolateral arcs (the floating 11th and 12th ribs).
@@ -684,13 +779,37 @@ _ABDOMEN_HU: dict[str, float] = {
     # with the ±36 HU noise; at L3 every other tissue is outside both windows (bone, contrast-
     # enhanced vessels/kidneys/bowel ≥ 200 HU, gas) except the canal, which lies inside a closed
     # bony ring (see abdomen_phantom).
-    "air": -1000, "subcutaneous_fat": -100, "visceral_fat": -100, "muscle": 50, "soft_tissue": 40,
-    "lung": -850, "cortical_bone": 700, "trabecular_bone": 250, "canal": 10, "disc": 90,
-    "aorta": 230, "vein": 200, "liver": 105, "spleen": 115, "kidney": 205, "bowel": 260, "gas": -900,
-    "table": 300, "bladder": 10,
+    "air": -1000,
+    "subcutaneous_fat": -100,
+    "visceral_fat": -100,
+    "muscle": 50,
+    "soft_tissue": 40,
+    "lung": -850,
+    "cortical_bone": 700,
+    "trabecular_bone": 250,
+    "canal": 10,
+    "disc": 90,
+    "aorta": 230,
+    "vein": 200,
+    "liver": 105,
+    "spleen": 115,
+    "kidney": 205,
+    "bowel": 260,
+    "gas": -900,
+    "table": 300,
+    "bladder": 10,
 }
-_BODY_HEIGHTS_MM = {"T10": 23.0, "T11": 24.0, "T12": 25.0, "L1": 27.0, "L2": 28.0, "L3": 28.5, "L4": 29.0,
-                    "L5": 29.0, "S1": 28.0}
+_BODY_HEIGHTS_MM = {
+    "T10": 23.0,
+    "T11": 24.0,
+    "T12": 25.0,
+    "L1": 27.0,
+    "L2": 28.0,
+    "L3": 28.5,
+    "L4": 29.0,
+    "L5": 29.0,
+    "S1": 28.0,
+}
 _DISC_MM = {"T10": 7.0, "T11": 7.5, "T12": 8.0, "L1": 8.5, "L2": 9.0, "L3": 9.5, "L4": 10.0, "L5": 10.0}
 _SACRUM_MM = 105.0  # S1 upper endplate to the sacral tip
 _TP_MM = {"L1": 18.0, "L2": 24.0, "L3": 34.0, "L4": 27.0, "L5": 21.0}  # transverse process length; L3's longest
@@ -818,9 +937,7 @@ def abdomen_phantom(
     span = by["S1"].bottom - by["T12"].top
     coverage = spacing_z * (slices - 1)
     if coverage < span + 10.0:
-        raise ValueError(
-            f"{slices} slices of {spacing_z} mm cover {coverage:.0f} mm; T12..S1 needs {span + 10:.0f} mm"
-        )
+        raise ValueError(f"{slices} slices of {spacing_z} mm cover {coverage:.0f} mm; T12..S1 needs {span + 10:.0f} mm")
     column = _column(_rng(seed, _VESSELS), min(60.0, max(5.0, 0.28 * (coverage - span))))
     by = {v.name: v for v in column}
     if grid.n * mm < 300.0:
@@ -906,18 +1023,46 @@ class _Loop:
 
 def _bowel_loops(r: np.random.Generator, hab: float) -> list[_Loop]:
     """Vertical bowel loops: long ones spanning all of L3 (so areas near L3 change slowly), short ones elsewhere."""
-    loops = [_Loop(float(r.uniform(-60, 60) * hab), float(r.uniform(0.12, 0.55)), float(r.uniform(10, 17)),
-                   float(r.uniform(0.8, 2.5)), float(r.uniform(4.3, 6.5)), bool(r.random() < 0.5)) for _ in range(7)]
+    loops = [
+        _Loop(
+            float(r.uniform(-60, 60) * hab),
+            float(r.uniform(0.12, 0.55)),
+            float(r.uniform(10, 17)),
+            float(r.uniform(0.8, 2.5)),
+            float(r.uniform(4.3, 6.5)),
+            bool(r.random() < 0.5),
+        )
+        for _ in range(7)
+    ]
     for _ in range(6):
         u0 = float(r.choice([r.uniform(-0.5, 1.5), r.uniform(4.3, 6.0)]))
-        loops.append(_Loop(float(r.uniform(-70, 70) * hab), float(r.uniform(0.1, 0.6)), float(r.uniform(9, 15)),
-                           u0, u0 + float(r.uniform(0.6, 1.2)), bool(r.random() < 0.5)))
+        loops.append(
+            _Loop(
+                float(r.uniform(-70, 70) * hab),
+                float(r.uniform(0.1, 0.6)),
+                float(r.uniform(9, 15)),
+                u0,
+                u0 + float(r.uniform(0.6, 1.2)),
+                bool(r.random() < 0.5),
+            )
+        )
     return loops
 
 
-def _draw_abdominal_organs(cv: _Canvas, u: float, d: float, hab: float, spine_y: float, front: float, r2x: float,
-                           cavity: np.ndarray, e1: np.ndarray, kidney_d: float, kidney_h: float,
-                           loops: list[_Loop]) -> None:
+def _draw_abdominal_organs(
+    cv: _Canvas,
+    u: float,
+    d: float,
+    hab: float,
+    spine_y: float,
+    front: float,
+    r2x: float,
+    cavity: np.ndarray,
+    e1: np.ndarray,
+    kidney_d: float,
+    kidney_h: float,
+    loops: list[_Loop],
+) -> None:
     """Viscera by lumbar coordinate ``u`` (0 = T12 upper endplate, L3 = 3..4)."""
     if u < 0.5:  # lung bases in the posterior costophrenic recesses
         f = math.sqrt(min(1.0, (0.5 - u) / 1.0))
@@ -974,11 +1119,12 @@ def _vertebral_size(u: float, hab: float) -> tuple[float, float]:
     return (20.0 + 1.1 * c) * (0.9 + 0.1 * hab), (14.0 + 0.5 * c) * (0.9 + 0.1 * hab)
 
 
-def _draw_lumbar_spine(cv: _Canvas, column: list[_Vertebra], d: float, u: float, hab: float, spine_y: float,
-                       r2x: float, e1: np.ndarray) -> None:
+def _draw_lumbar_spine(
+    cv: _Canvas, column: list[_Vertebra], d: float, u: float, hab: float, spine_y: float, r2x: float, e1: np.ndarray
+) -> None:
     """Psoas, vertebral body or disc with its closed posterior ring, transverse processes, pelvis."""
     w, h = _vertebral_size(u, hab)
-    if 0.6 < u:
+    if u > 0.6:
         rp = min(24.0, 3.0 + 4.5 * (u - 0.6))
         shift = min(1.5, max(0.0, u - 6.0))
         for sx in (-1, 1):
@@ -1155,8 +1301,13 @@ def write_ct_series(
     frame = _uid(uid_entropy, "frame", series)
     sops = [_uid(uid_entropy, "sop", series, k) for k in range(n + int(localizer))]
     spec = dict(_DESCRIPTIONS[phantom.kind])
-    unknown = set(descriptions or {}) - {"StudyDescription", "SeriesDescription", "ProtocolName", "BodyPartExamined",
-                                         "ContrastBolusAgent"}
+    unknown = set(descriptions or {}) - {
+        "StudyDescription",
+        "SeriesDescription",
+        "ProtocolName",
+        "BodyPartExamined",
+        "ContrastBolusAgent",
+    }
     if unknown:
         raise ValueError(f"descriptions cannot override {sorted(unknown)}")
     spec.update(descriptions or {})
@@ -1268,5 +1419,5 @@ def write_ct_series(
         phantom.truth["pe_sop_uids"] = [sops[k] for k in phantom.truth["pe_slices"]]
     else:
         phantom.truth["l3_sop_uid"] = sops[phantom.truth["l3_index"]]
-        phantom.truth["levels_by_sop_uid"] = dict(zip(sops, phantom.truth["levels"]))
+        phantom.truth["levels_by_sop_uid"] = dict(zip(sops, phantom.truth["levels"], strict=False))
     return paths

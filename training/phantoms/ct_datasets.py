@@ -34,9 +34,22 @@ __all__ = [
 ]
 
 RSNA_PE_COLUMNS: tuple[str, ...] = (
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "pe_present_on_image", "negative_exam_for_pe",
-    "qa_motion", "qa_contrast", "flow_artifact", "rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1", "leftsided_pe",
-    "chronic_pe", "true_filling_defect_not_pe", "rightsided_pe", "acute_and_chronic_pe", "central_pe",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "pe_present_on_image",
+    "negative_exam_for_pe",
+    "qa_motion",
+    "qa_contrast",
+    "flow_artifact",
+    "rv_lv_ratio_gte_1",
+    "rv_lv_ratio_lt_1",
+    "leftsided_pe",
+    "chronic_pe",
+    "true_filling_defect_not_pe",
+    "rightsided_pe",
+    "acute_and_chronic_pe",
+    "central_pe",
     "indeterminate",
 )
 """Columns of the challenge's ``train.csv``, in its order."""
@@ -57,8 +70,9 @@ _PE_EXAMS: tuple[dict[str, Any], ...] = (
 )
 
 
-def window_to_uint8(hu: np.ndarray, center: float = LUMBAR_PNG_WINDOW[0], width: float = LUMBAR_PNG_WINDOW[1]
-                    ) -> np.ndarray:
+def window_to_uint8(
+    hu: np.ndarray, center: float = LUMBAR_PNG_WINDOW[0], width: float = LUMBAR_PNG_WINDOW[1]
+) -> np.ndarray:
     """Map HU through a linear window (PS3.3 C.11.2.1.2, without the -0.5 offsets) to 0..255 uint8."""
     if width <= 0:
         raise ValueError(f"window width must be positive, got {width}")
@@ -104,8 +118,12 @@ def write_rsna_pe(folder: Path | str, studies: int = 4, slices: int = 40, size: 
         study = generate_uid(entropy_srcs=[entropy, "study"])
         series = generate_uid(entropy_srcs=[entropy, "series"])
         phantom.write_series(
-            root / "train" / study / series, study_uid=study, series_uid=series, file_names="sop_uid",
-            instance_numbers="shuffled" if index % 2 else "feet_first", uid_entropy=entropy,
+            root / "train" / study / series,
+            study_uid=study,
+            series_uid=series,
+            file_names="sop_uid",
+            instance_numbers="shuffled" if index % 2 else "feet_first",
+            uid_entropy=entropy,
             patient_id=f"RSNA-PHANTOM-{seed}-{index}",
         )
         truth = phantom.truth
@@ -113,8 +131,12 @@ def write_rsna_pe(folder: Path | str, studies: int = 4, slices: int = 40, size: 
         exam_rows = []
         for k, sop in enumerate(truth["sop_uids"]):
             row: dict[str, Any] = dict.fromkeys(RSNA_PE_COLUMNS, 0)
-            row.update(StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID=sop,
-                       pe_present_on_image=truth["pe_present_on_image"][k])
+            row.update(
+                StudyInstanceUID=study,
+                SeriesInstanceUID=series,
+                SOPInstanceUID=sop,
+                pe_present_on_image=truth["pe_present_on_image"][k],
+            )
             row.update({label: exam[label] for label in exam})
             exam_rows.append(row)
         rows.extend(sorted(exam_rows, key=lambda r: r["SOPInstanceUID"]))

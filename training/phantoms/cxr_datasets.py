@@ -52,19 +52,39 @@ __all__ = [
 ]
 
 NIH_COLUMNS = (
-    "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
-    "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]",
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+    "OriginalImage[Width",
+    "Height]",
+    "OriginalImagePixelSpacing[x",
+    "y]",
 )
 """Header of ``Data_Entry_2017.csv`` (the comma inside the brackets makes two columns of each)."""
 
-FOUR_CLASS_FOLDERS = {"COVID19": "covid19", "NORMAL": "normal", "PNEUMONIA": "pneumonia", "TUBERCULOSIS": "tuberculosis"}
+FOUR_CLASS_FOLDERS = {
+    "COVID19": "covid19",
+    "NORMAL": "normal",
+    "PNEUMONIA": "pneumonia",
+    "TUBERCULOSIS": "tuberculosis",
+}
 """Class folder of the Kaggle four-class set → class key (``FOUR_CLASSES``)."""
 
 # Relative frequency of each plantable finding in a demo NIH set (when an image has findings).
 # Small lesions are drawn more often: they are the hardest to learn and the ones the demo is checked on.
 _FINDING_WEIGHTS = {
-    "Nodule": 2.0, "Mass": 1.0, "Effusion": 1.0, "Cardiomegaly": 1.0, "Pneumothorax": 1.0,
-    "Consolidation": 1.0, "Infiltration": 1.0, "Atelectasis": 1.0,
+    "Nodule": 2.0,
+    "Mass": 1.0,
+    "Effusion": 1.0,
+    "Cardiomegaly": 1.0,
+    "Pneumothorax": 1.0,
+    "Consolidation": 1.0,
+    "Infiltration": 1.0,
+    "Atelectasis": 1.0,
 }
 assert set(_FINDING_WEIGHTS) == set(FINDINGS), "every plantable finding needs a weight"
 
@@ -96,7 +116,9 @@ def _draw(job: tuple[str, int, tuple[str, ...], str, int]) -> tuple[str, tuple[s
     return path, phantom.labels
 
 
-def _run(jobs: list[tuple[str, int, tuple[str, ...], str, int]], workers: int, progress: object = None) -> list[tuple[str, ...]]:
+def _run(
+    jobs: list[tuple[str, int, tuple[str, ...], str, int]], workers: int, progress: object = None
+) -> list[tuple[str, ...]]:
     """Draw all jobs (in ``workers`` processes when > 1); the labels of each, in order."""
     report = getattr(progress, "step", None)
     labels: list[tuple[str, ...]] = []
@@ -199,12 +221,26 @@ def write_nih_dataset(
     with open(root / "Data_Entry_2017.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(NIH_COLUMNS)
-        for (image, age, sex, view), lab in zip(rows, labels):
-            image = NihImage(image.index, lab, image.follow_up, image.patient_id, image.seed, image.findings,
-                             image.four_class)
+        for (image, age, sex, view), lab in zip(rows, labels, strict=False):
+            image = NihImage(
+                image.index, lab, image.follow_up, image.patient_id, image.seed, image.findings, image.four_class
+            )
             written.append(image)
-            writer.writerow([image.index, "|".join(lab) if lab else "No Finding", image.follow_up,
-                             image.patient_id, age, sex, view, size, size, spacing, spacing])
+            writer.writerow(
+                [
+                    image.index,
+                    "|".join(lab) if lab else "No Finding",
+                    image.follow_up,
+                    image.patient_id,
+                    age,
+                    sex,
+                    view,
+                    size,
+                    size,
+                    spacing,
+                    spacing,
+                ]
+            )
     return written
 
 

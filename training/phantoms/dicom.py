@@ -7,9 +7,9 @@ from collections.abc import Mapping
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from training.phantoms.chest import ChestPhantom
@@ -63,8 +63,12 @@ def phantom_dataset(
     return dx_for_presentation(
         pixels,
         view_position="PA",
-        patient={"PatientName": patient_name, "PatientID": patient_id or f"PHANTOM-{phantom.seed}",
-                 "PatientBirthDate": "", "PatientSex": "O"},
+        patient={
+            "PatientName": patient_name,
+            "PatientID": patient_id or f"PHANTOM-{phantom.seed}",
+            "PatientBirthDate": "",
+            "PatientSex": "O",
+        },
         study_uid=study_uid,
         study_description="CHEST PHANTOM",
         manufacturer="ainode synthetic phantom",

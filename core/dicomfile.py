@@ -1,0 +1,109 @@
+"""The one place the node reads DICOM files (PS3.10), with one error.
+
+Every package reads files through :func:`read_dataset` (whole data set or
+header only) so that old files are read the same way everywhere and any
+failure reaches the caller as :class:`core.errors.UnreadableDicom` with words
+a PACS administrator understands, never a pydicom traceback:
+
+- a file whose 128-byte preamble is missing (it starts with ``DICM``,
+  PS3.10 7.1) is read with a blank preamble put back;
+- a data set written before PS3.10 (no preamble, no ``DICM``, no group 0002)
+  is read as pydicom detects its encoding, provided it holds an SOP Class or
+  Instance UID or a Modality, and its transfer syntax is recorded from that
+  encoding so its pixels can be decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from core.errors import UnreadableDicom
+
+__all__ = ["preamble_restored", "read_dataset"]
+
+_IDENTIFYING = ("SOPClassUID", "SOPInstanceUID", "Modality")
+
+
+def read_dataset(
+    path: Path | str,
+    *,
+    header_only: bool = False,
+    tags: Sequence[str] | None = None,
+    defer_size: int | str | None = None,
+) -> Dataset:
+    """Read one DICOM file.
+
+    Parameters
+    ----------
+    path : Path or str
+        The file.
+    header_only : bool
+        Stop before Pixel Data (``stop_before_pixels``).
+    tags : sequence of str, optional
+        Read only these keywords (``specific_tags``); implies nothing about pixels.
+    defer_size : int or str, optional
+        Values larger than this are read from the file when first used.
+
+    Raises
+    ------
+    UnreadableDicom
+        The file cannot be opened, or is not DICOM, or is corrupt.
+    """
+    path = Path(path)
+    options: dict[str, object] = {"stop_before_pixels": header_only}
+    if tags is not None:
+        options["specific_tags"] = list(tags)
+    if defer_size is not None:
+        options["defer_size"] = defer_size
+    try:
+        return pydicom.dcmread(path, **options)  # type: ignore[arg-type]
+    except InvalidDicomError:
+        pass
+    except OSError as exc:
+        raise UnreadableDicom(path, f"cannot read: {exc.strerror or exc}") from exc
+    except Exception as exc:  # pydicom raises many types on corrupt files
+        raise UnreadableDicom(path, f"not readable as DICOM: {exc}") from exc
+    unprefixed = preamble_restored(path)
+    if unprefixed is not None:
+        try:
+            return _with_transfer_syntax(pydicom.dcmread(unprefixed, **options))  # type: ignore[arg-type]
+        except Exception as exc:
+            raise UnreadableDicom(path, f"not readable as DICOM: {exc}") from exc
+    try:
+        ds = pydicom.dcmread(path, force=True, **options)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise UnreadableDicom(path, f"not a DICOM file ({type(exc).__name__}: {exc})") from exc
+    if tags is None and not any(keyword in ds for keyword in _IDENTIFYING):
+        raise UnreadableDicom(path, "not a DICOM file (no DICM prefix and no SOP Class, SOP Instance or Modality)")
+    return _with_transfer_syntax(ds)
+
+
+def preamble_restored(path: Path) -> BytesIO | None:
+    """A file that starts with ``DICM`` (preamble left out, PS3.10 7.1), with a blank preamble put back.
+
+    Returns None for any other file.
+    """
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"DICM":
+            return None
+        return BytesIO(b"\0" * 128 + b"DICM" + fh.read())
+
+
+def _with_transfer_syntax(ds: Dataset) -> Dataset:
+    """Record the encoding pydicom detected as the transfer syntax of a file that has none."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        ds.file_meta = meta if meta is not None else FileMetaDataset()
+        implicit, little = ds.original_encoding
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        else:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    return ds
