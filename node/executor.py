@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import pydicom
 from sqlalchemy import func, select, update
 
+from core.sop import result_kind
 from node.audit import audit_row, model_versions
 from node.db import (
     AuditKind,
@@ -50,12 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ainode.executor")
 
 MAX_ATTEMPTS = 3
-KIND_BY_SOP_CLASS_PREFIX = {
-    "1.2.840.10008.5.1.4.1.1.88.": "SR",
-    "1.2.840.10008.5.1.4.1.1.66.4": "SEG",
-    "1.2.840.10008.5.1.4.1.1.11.": "PR",
-    "1.2.840.10008.5.1.4.1.1.7": "SC",
-}
 
 
 class Executor(Protocol):
@@ -173,13 +168,6 @@ def _run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None
     log.info("job %s (series %s, %s) done: %s", job.id, job.series_uid, job.pipeline, output.summary)
 
 
-def _kind(sop_class_uid: str) -> str:
-    for prefix, kind in KIND_BY_SOP_CLASS_PREFIX.items():
-        if sop_class_uid.startswith(prefix):
-            return kind
-    return "KO" if sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.59" else "OT"
-
-
 #: ``Result.priority`` per triage level (lower goes first when a destination has a backlog).
 PRIORITY_BY_TRIAGE = {"urgent": 0, "priority": 1, "routine": 2}
 
@@ -204,7 +192,7 @@ def _store_output(db: Database, outbox: Outbox, job: Job, output: PipelineOutput
         first_id: int | None = None
         for ds, path in written:
             sop_class = str(ds.SOPClassUID)
-            kind = "KO" if sop_class == "1.2.840.10008.5.1.4.1.1.88.59" else _kind(sop_class)
+            kind = result_kind(sop_class)
             result = Result(
                 job_id=job.id,
                 series_uid=job.series_uid,

@@ -58,7 +58,7 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import pydicom
 import yaml
@@ -83,6 +83,8 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
+from core.identity import MANUFACTURER
+from core.sop import is_result_object
 from node.errors import ConfigError, InputError
 
 __all__ = [
@@ -105,13 +107,9 @@ __all__ = [
     "format_route_table",
 ]
 
-#: Manufacturer (0008,0070) of every object this node writes; ``sr_writer`` uses the same value.
-OWN_MANUFACTURER = "ainode"
+#: Manufacturer (0008,0070) of every object this node writes (:data:`core.identity.MANUFACTURER`).
+OWN_MANUFACTURER = MANUFACTURER
 
-# Result-object SOP classes (PS3.4 Annex B.5): all SR and KOS (…88.x),
-# softcopy/volumetric presentation states (…11.x), and segmentations.
-_RESULT_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.")
-_SEGMENTATION_SOP_CLASSES = frozenset("1.2.840.10008.5.1.4.1.1.66." + suffix for suffix in ("4", "5", "7", "8"))
 _RESULT_MODALITIES = frozenset({"SR", "SEG", "PR", "KO"})
 # IHE "Processing Algorithm" purpose used in Contributing Equipment (IHE AIR).
 _PURPOSE_PROCESSING = ("Newcode1", "99IHE")
@@ -142,7 +140,7 @@ _EXAMPLES = {
     "condition": "{attribute: Modality, one_of: [CR, DX]}   or   all: [...] / any: [...] / not: {...}",
 }
 
-Scalar = Union[StrictStr, StrictInt, StrictFloat]
+Scalar = StrictStr | StrictInt | StrictFloat
 
 
 class _ConditionSyntaxError(ValueError):
@@ -272,7 +270,7 @@ class NotCondition(BaseModel):
         return not self.not_.matches(ds)
 
 
-Condition = Union[AttributeCondition, AllOf, AnyOf, NotCondition]
+Condition = AttributeCondition | AllOf | AnyOf | NotCondition
 AllOf.model_rebuild()
 AnyOf.model_rebuild()
 NotCondition.model_rebuild()
@@ -473,7 +471,7 @@ def is_own_or_result_object(ds: Dataset) -> str | None:
     if modality in _RESULT_MODALITIES:
         return f"result object not routed (loop prevention): Modality {modality}"
     sop_class = _text(ds.get("SOPClassUID", "") or "")
-    if sop_class.startswith(_RESULT_SOP_PREFIXES) or sop_class in _SEGMENTATION_SOP_CLASSES:
+    if is_result_object(sop_class):
         name = UID(sop_class).name
         return f"result object not routed (loop prevention): SOP class {name}"
     if _is_own(ds.get("Manufacturer")):
