@@ -13,6 +13,8 @@ import pydicom
 import yaml
 from pydicom.uid import generate_uid
 
+from core.table import format_table
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -53,13 +55,14 @@ def start_node(workdir: Path, port: int, extra: dict | None = None) -> subproces
     cfg = workdir / "node.yaml"
     cfg.write_text(yaml.safe_dump(config))
     env = {**os.environ, "AINODE_CONFIG": str(cfg)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "serve"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "node.log", "wb"),
-    )
+    with open(workdir / "node.log", "wb") as node_log:  # the node writes its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "serve"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=node_log,
+        )
     wait_port(port)
     return proc
 
@@ -98,8 +101,5 @@ def ct_instances(folder: Path, count: int, rows: int = 512) -> list[Path]:
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + " |" for r in cells]
-    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(out)
+    """A benchmark's results as the Markdown table its README row is taken from (:func:`core.table.format_table`)."""
+    return format_table(headers, rows, markdown=True)
