@@ -1,10 +1,10 @@
 """CT pipelines at full size: a 300-slice 512×512 CTPA through ``ct_pe`` and a 300-slice abdomen through ``ct_lumbar``.
 
-Each pipeline runs with the **seed architecture at 512** (Xception with the nine PE heads;
-EfficientNetV2-M for the levels) with random weights, since timing and memory do not
-depend on the weights' values; labels, windows and decision parameters are the demo
-manifests' (``weights/ct-pe``, ``weights/ct-lumbar``). The series are synthetic phantoms
-written as CT Image Storage files (``training.phantoms.ct``).
+Each pipeline runs with its **source design's architecture at 512** (the published systems the
+pipelines reproduce: Xception with the nine PE heads; EfficientNetV2-M for the levels) with
+random weights, since timing and memory do not depend on the weights' values; labels, windows
+and decision parameters are the demo manifests' (``weights/ct-pe``, ``weights/ct-lumbar``).
+The series are synthetic phantoms written as CT Image Storage files (``training.phantoms.ct``).
 
 Each analysis runs in a fresh process, as a node worker would, calling the pipeline's
 ``analyse`` (series planning, model, result objects), and reports its wall time and its
@@ -14,7 +14,7 @@ floor every CT pipeline pays: reading the whole series' Hounsfield units once
 
     .venv/bin/python bench/ct.py [--slices 300] [--size 512] [--threads 2] [--profile] [--only pe|lumbar]
 
-The seed-size ONNX models are built once (TensorFlow, the ``train`` extra; V2-M export
+The source-size ONNX models are built once (TensorFlow, the ``train`` extra; V2-M export
 needs ~13 GB of memory) and cached in ``bench/.cache/``.
 """
 
@@ -60,7 +60,7 @@ def seed_model(name: str, size: int) -> Path:
     if not demo_path.is_file():
         raise SystemExit(
             f"{demo_path.relative_to(REPO)} is missing: the bench takes labels, windows and decision "
-            f"parameters from the demo manifest (build it with `ainode models build-demo`)"
+            f"parameters from the demo manifest (build it with `ainode-train build-demo`)"
         )
     demo = json.loads(demo_path.read_text())
     channels = int(demo["input"]["channels"])
@@ -124,7 +124,8 @@ if profiler:
     profiler.disable()
     text = io.StringIO(); pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(18)
     print(text.getvalue(), file=sys.stderr)
-print(json.dumps({{"wall": wall, "cpu": cpu, "load": loaded - started, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps({{"wall": wall, "cpu": cpu, "load": loaded - started, "rss_gb": rss_gb,
                   "summary": out.summary, "objects": [str(o.Modality) for o in out.objects]}}))
 """
 
@@ -208,12 +209,14 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()
     print()
-    # Other processes on the machine share the two cores: the load average says how far the times are from an idle machine's.
+    # Other processes on the machine share the two cores: the load average says how far the times
+    # are from an idle machine's.
     print(
         f"load average at the end (1, 5, 15 min): {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} on {os.cpu_count()} CPUs"
     )
     print(
-        "CPU s: processor time of the analysis; CPU s / threads is what the wall time would be with the threads' cores to itself"
+        "CPU s: processor time of the analysis; CPU s / threads is what the wall time would be"
+        " with the threads' cores to itself"
     )
     print(
         table(
