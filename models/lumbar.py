@@ -24,18 +24,18 @@ C.7.6.2.1.1), so series stored either way round decode alike.
 Search (:func:`search_levels`): the model does not run on every slice. A coarse pass
 takes every *k*-th slice (*k* from the slice spacing: ``coarse_step_mm``, 20 mm by default,
 about half a lumbar vertebra with its disc; and at most ``max_coarse_samples``, 16) plus the
-last one, and decodes them. Then each gap between
-neighbouring samples whose decoded levels differ and that holds a boundary of a refined
-level (by default L3: the L2|L3 and L3|L4 boundaries, or an L3 hidden between L2 and L4)
-is bisected, and so is every gap across which a level is skipped (coarse samples L1 then
-L3: where is L2?): its middle slice is evaluated, all samples are decoded again, until such
-gaps are one slice wide. A level missing from the column is then the model's answer, not a
-gap in the sampling, and :mod:`models.plausibility` may call it impossible. Slices never evaluated take the level of the nearer evaluated
-slice (the decoded interval). For 300 slices of 0.93 mm: 16 coarse + 2 × 4–5 bisection
-passes ≈ 25 forward passes (12 mm steps: 32), and the L3 run is the one an exhaustive
-decode would give whenever the model's levels are monotonic. A hidden L3 (coarse samples
-L2 then L4) is found because that gap holds L3's boundaries too. ``evaluated`` records the slices
-the model ran on.
+last one, and decodes them. Then each gap between neighbouring samples whose decoded levels
+differ and that holds a boundary of a refined level (by default L3: the L2|L3 and L3|L4
+boundaries, or an L3 hidden between L2 and L4) is bisected, and so is every gap across which
+a level is skipped (coarse samples L1 then L3: where is L2?): its middle slice is evaluated,
+all samples are decoded again, until such gaps are one slice wide. A level missing from the
+column is then the model's answer, not a gap in the sampling, and :mod:`models.plausibility`
+may call it impossible. Slices never evaluated take the level of the nearer evaluated slice
+(the decoded interval). For 300 slices of 0.93 mm: 16 coarse + 2 × 4–5 bisection passes
+≈ 25 forward passes (12 mm steps: 32), and the L3 run is the one an exhaustive decode would
+give whenever the model's levels are monotonic. A hidden L3 (coarse samples L2 then L4) is
+found because that gap holds L3's boundaries too. ``evaluated`` records the slices the model
+ran on.
 
 Plausibility: the decoded map is checked against anatomy (:func:`models.plausibility.check_level_map`:
 order along the patient axis, no level skipped, L3 between L2 and L4, each run's height in mm).
@@ -54,11 +54,13 @@ import logging
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 
+from core.dicomfile import read_dataset
+from core.errors import UnreadableDicom
 from core.findings import LUMBAR_LEVELS, AlgorithmInfo, LevelRun, LumbarResult
 from models.backends.onnx_backend import OnnxModel
 from models.body_composition import measure
@@ -374,8 +376,8 @@ def _subplan(plan: SeriesPlan, indices: Sequence[int]) -> SeriesPlan:
 def _patient_size(path: str | PathLike[str]) -> float | None:
     """PatientSize (0010,1020) in metres from a slice's header, or None."""
     try:
-        ds: Any = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientSize"])
+        ds: Any = read_dataset(Path(path), header_only=True, tags=["PatientSize"])
         value = ds.get("PatientSize")
         return float(value) if value not in (None, "") else None
-    except (OSError, ValueError, TypeError, pydicom.errors.InvalidDicomError):
+    except (UnreadableDicom, OSError, ValueError, TypeError):
         return None

@@ -1,6 +1,6 @@
 """CT series → slices ordered along the patient axis, then Hounsfield units in batches.
 
-Planning (:func:`plan_series`) uses headers only (``dcmread(..., stop_before_pixels=True)``):
+Planning (:func:`plan_series`) uses headers only (``core.dicomfile.read_dataset(path, header_only=True)``):
 
 1. **Localizers** are dropped: ImageType (0008,0008) containing ``LOCALIZER``
    (PS3.3 C.8.2.1.1.1), or a single slice whose orientation differs from all others
@@ -37,11 +37,13 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 
+from core.dicomfile import read_dataset
+from core.errors import UnreadableDicom
 from models.errors import SeriesError
 
 __all__ = [
@@ -353,8 +355,8 @@ def iter_hu_batches(
     Raises
     ------
     SeriesError
-        A planned slice has no path, a file holds another SOP instance, its pixels are
-        not of the planned size, or cannot be decoded.
+        A planned slice has no path, its file cannot be read as DICOM, holds another SOP
+        instance, or its pixels are not of the planned size or cannot be decoded.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -374,8 +376,8 @@ def iter_hu_batches(
 
 def _read_hu(path: str | PathLike[str], uid: str, rows: int, columns: int) -> np.ndarray:
     try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # InvalidDicomError, OSError
+        ds = read_dataset(Path(path))
+    except UnreadableDicom as exc:
         raise SeriesError(f"cannot read slice {uid} from {path}: {exc}") from exc
     if str(ds.get("SOPInstanceUID") or "") != uid:
         raise SeriesError(f"{path} holds SOP instance {ds.get('SOPInstanceUID')}, not the planned {uid}")

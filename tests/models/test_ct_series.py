@@ -327,6 +327,31 @@ def test_reading_refuses_a_file_that_is_not_the_planned_slice(tmp_path: Path) ->
         list(iter_hu_batches(plan, {}))
 
 
+def test_reading_a_slice_file_that_is_not_dicom_is_a_series_error(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, ramp_volume(3))
+    plan = plan_series(headers(paths))
+    by_uid = dict(zip(uids(paths), paths, strict=False))
+    [broken] = uids(paths[1:2])
+    paths[1].write_bytes(b"not a DICOM file at all" * 40)
+    with pytest.raises(SeriesError, match=f"cannot read slice {broken} from .*: not a DICOM file"):
+        list(iter_hu_batches(plan, by_uid))
+    paths[1].unlink()
+    with pytest.raises(SeriesError, match=f"cannot read slice {broken} from .*: cannot read: No such file"):
+        list(iter_hu_batches(plan, by_uid))
+
+
+def test_a_slice_file_without_its_preamble_reads_as_the_whole_file(tmp_path: Path) -> None:
+    """A file that starts with ``DICM`` (its 128-byte preamble left out) is read like any other."""
+    paths = write_series(tmp_path, ramp_volume(3))
+    plan = plan_series(headers(paths))
+    by_uid = dict(zip(uids(paths), paths, strict=False))
+    expected = np.concatenate([batch for _, batch in iter_hu_batches(plan, by_uid)])
+    for path in paths:
+        path.write_bytes(path.read_bytes()[128:])
+    got = np.concatenate([batch for _, batch in iter_hu_batches(plan, by_uid)])
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_a_scanner_written_ct_slice_reads_as_pydicom_modality_lut_says() -> None:
     path = get_testdata_file("CT_small.dcm", download=False)
     assert path is not None, "CT_small.dcm is missing: install pydicom-data (test extra)"

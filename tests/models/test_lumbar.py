@@ -268,6 +268,20 @@ def test_lumbar_model_on_a_series(tmp_path: Path, head_first_iop: bool) -> None:
     assert c.skeletal_muscle_index == pytest.approx(c.muscle_cm2 / 1.64**2, rel=1e-3)
 
 
+def test_patient_size_is_read_from_any_dicom_file_and_unreadable_files_give_none(tmp_path: Path) -> None:
+    from models.lumbar import _patient_size
+
+    [path] = write_abdomen(tmp_path / "series", [LUMBAR_LEVELS.index("L3")], head_first_iop=False).values()
+    assert _patient_size(path) == pytest.approx(1.64)
+    bare = tmp_path / "no-preamble.dcm"  # starts with DICM: the 128-byte preamble left out
+    bare.write_bytes(path.read_bytes()[128:])
+    assert _patient_size(bare) == pytest.approx(1.64)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not a DICOM file, " * 20)
+    assert _patient_size(junk) is None
+    assert _patient_size(tmp_path / "absent.dcm") is None
+
+
 def test_a_series_without_l3_has_no_l3_slice(tmp_path: Path) -> None:
     paths = write_abdomen(tmp_path / "series", _truth([10, 6, 0, 0, 0, 0, 0]), head_first_iop=False)
     plan = plan_series([pydicom.dcmread(p, stop_before_pixels=True) for p in paths.values()])
