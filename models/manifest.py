@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from core.validation import problems
 from models.errors import ModelError
 
 __all__ = [
@@ -136,10 +137,15 @@ class Manifest(BaseModel):
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:
+    """One line naming ``source`` and each invalid field with pydantic's message.
+
+    The message is pydantic's own: a validator's error keeps its ``"Value error, "`` prefix,
+    which :func:`core.validation.problems` takes off for the other configuration files.
+    """
     parts = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "<root>"
-        parts.append(f"field '{field}': {err['msg']}")
+    for problem in problems(exc):
+        message = f"Value error, {problem.message}" if problem.type == "value_error" else problem.message
+        parts.append(f"field '{problem.key or '<root>'}': {message}")
     return f"invalid model manifest {source}: " + "; ".join(parts)
 
 

@@ -112,6 +112,20 @@ def test_invalid_manifest_is_reported_with_its_file_and_field(
         load_manifest(folder / "model.json")
 
 
+def test_invalid_manifest_message_names_every_field_in_pydantic_words(tmp_path: Path) -> None:
+    """The whole message, as an administrator reads it: dotted field names, pydantic's text, no values."""
+    data = {**manifest_dict(), "version": "", "colour": "secret-ish"}
+    data["labels"] = [{"key": "normal", "display": "Normal", "threshold": 1.5}]
+    with pytest.raises(ModelError) as caught:
+        manifest_from_mapping(data, tmp_path, "toy/model.json")
+    assert str(caught.value) == (
+        "invalid model manifest toy/model.json: "
+        "field 'version': String should have at least 1 character; "
+        "field 'labels.0.threshold': Input should be less than or equal to 1; "
+        "field 'colour': Extra inputs are not permitted"
+    )
+
+
 def test_manifest_that_is_not_json_does_not_stop_discovery(tmp_path: Path) -> None:
     write_model(tmp_path, name="good")
     (tmp_path / "broken").mkdir()
@@ -147,7 +161,7 @@ def test_listed_manifest_that_does_not_exist_is_missing_not_invalid(tmp_path: Pa
     assert states["toy"].state == "ok"
     # Like absent weights: the pipelines needing it are disabled, the node still starts.
     assert states["not-built"].state == "missing"
-    assert "ainode models build-demo" in states["not-built"].message
+    assert "ainode-train build-demo" in states["not-built"].message
     assert str(models_dir / "not-built" / "model.json") in states["not-built"].message
     with pytest.raises(WeightsMissing, match="not installed"):
         registry.require("not-built")
