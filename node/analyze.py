@@ -16,6 +16,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import TextIO
 
+from core.table import format_table
 from node.errors import AinodeError, ConfigError, InputError
 from node.pipelines import Pipeline
 from node.router import is_own_or_result_object, load_routing, read_header, route
@@ -132,9 +133,7 @@ def analyze_paths(
         detail = output.summary + (f" (problems: {'; '.join(output.warnings)})" if output.warnings else "")
         rows.append((label, item.pipeline, "done", f"{detail} -> {', '.join(names)}"))
         failed = failed or bool(output.warnings)
-    from node.cli import _table
-
-    print(_table(["input", "pipeline", "outcome", "details"], rows), file=stream)
+    print(format_table(["input", "pipeline", "outcome", "details"], rows), file=stream)
     done = sum(1 for r in rows if r[2] == "done")
     print(
         f"{done} series analysed, {sum(1 for r in rows if r[2] == 'failed')} failed, "

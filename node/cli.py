@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
 
+from core.table import format_table
 from node.db import AuditKind
 from node.errors import AinodeError
 from node.settings import Settings, load_settings
@@ -49,28 +50,6 @@ def _terminal_width() -> int | None:
     if columns.isdigit() and int(columns) > 0:
         return int(columns)
     return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], width: int | None = None) -> str:
-    """Rows under headers, columns padded; with ``width``, the widest columns are cut (``…``) to fit it."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else " ".join(str(c).split()) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    if width is not None:
-        floor = [max(len(str(h)), 5) for h in headers]  # never narrower than the header (or 5)
-        while sum(widths) + 2 * (len(widths) - 1) > width:
-            shrinkable = [i for i in range(len(widths)) if widths[i] > floor[i]]
-            if not shrinkable:
-                break
-            widest = max(shrinkable, key=lambda i: widths[i])
-            widths[widest] -= 1
-        cells = [[_cut(c, w) for c, w in zip(row, widths, strict=False)] for row in cells]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -244,7 +223,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             )
             for j in jobs
         ]
-    table = _table(
+    table = format_table(
         ["id", "state", "pipeline", "created", "finished", "study", "tries", "summary / error"],
         rows,
         width=_terminal_width(),
@@ -345,7 +324,7 @@ def cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
             )
             for d, r in session.execute(stmt).all()
         ]
-    table = _table(
+    table = format_table(
         ["id", "state", "destination", "kind", "created", "delivered", "study", "tries", "last error"],
         rows,
         width=_terminal_width(),
@@ -367,7 +346,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
         raise AinodeError(f"--since {args.since!r}: expected a time like 2026-11-22T10:00 (UTC)") from exc
     events = query(_open_db(settings), since=since, study=args.study, kinds=args.kind or (), limit=args.limit)
     headers, rows = format_events(events)
-    print(_table(headers, rows))
+    print(format_table(headers, rows))
     return 0
 
 
@@ -394,7 +373,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     rows = [(item.kind, item.study_uid, item.series_uid, item.files, item.bytes, item.reason) for item in plan.items]
     if args.dry_run:
-        print(_table(["kind", "study", "series", "files", "bytes", "reason"], rows))
+        print(format_table(["kind", "study", "series", "files", "bytes", "reason"], rows))
         print(f"would purge {plan.files} file(s), {plan.bytes} bytes (dry run: nothing removed)")
         return 0
     outcome = purge(db, settings, plan)
@@ -455,7 +434,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
                 detail,
             )
         )
-    print(_table(["model", "version", "task", "backend", "demo", "weights", "sha256 / problem"], rows))
+    print(format_table(["model", "version", "task", "backend", "demo", "weights", "sha256 / problem"], rows))
     if args.action == "verify":
         return 0 if all(st.state == "ok" for st in statuses) else 1
     return 0
