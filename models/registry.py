@@ -213,13 +213,13 @@ def _load_entry(item: Any, index: int, models_dir: Path, config_file: Path) -> M
         ref = Path(str(item["manifest"]))
         path = ref if ref.is_absolute() else models_dir / ref
         if not path.exists():
-            # Not installed (a fresh checkout before `ainode models build-demo`, or weights not yet copied):
+            # Not installed (a fresh checkout before `ainode-train build-demo`, or weights not yet copied):
             # like absent weights, this disables what needs the model instead of stopping the node.
             name = ref.parent.name or f"models[{index}]"
             return _Absent(
                 name,
                 f"model {name!r} is not installed: its manifest {path} does not exist "
-                f"(listed in {config_file}); build the demo weights with `ainode models build-demo`, "
+                f"(listed in {config_file}); build the demo weights with `ainode-train build-demo`, "
                 f"or copy the model's folder (model.json and weights) to {path.parent}",
             )
         return _guarded(lambda: load_manifest(path), ref.parent.name or f"models[{index}]")

@@ -11,9 +11,6 @@
     ainode audit [--since T] [--study UID] [--kind K]   who sent what, what ran, where results went
     ainode purge [--dry-run]          remove finished studies' files by the retention policy (or list them)
     ainode models list|verify         the models, their weights and checksums
-    ainode models build-demo [--out DIR] [--force] [--quick] [--only NAME]   demo weights from phantoms
-    ainode models evaluate NAME [--count N] [--write]   a demo model on fresh phantoms (card section)
-    ainode train view-filter|finding-classifier|four-class|detector --data DIR [--out DIR] [trainer options]
     ainode sample cxr|ct-pe|ct-lumbar --out DIR [--send AE@HOST:PORT]   a synthetic study, written and sent
     ainode --version
 
@@ -382,39 +379,8 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _models_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    """``ainode models evaluate NAME [--count N] [--write]``: the demo model on fresh phantoms (``training.evaluation``)."""
-    from training.evaluation import EVALUATIONS, evaluate, render_table, write_evaluation
-
-    if args.name not in EVALUATIONS:
-        print(f"ainode: error: models evaluate needs a model name, one of {', '.join(EVALUATIONS)}", file=sys.stderr)
-        return 2
-    if args.count is not None and args.count < 1:
-        print(f"ainode: error: --count must be at least 1, got {args.count}", file=sys.stderr)
-        return 2
-    model_dir = (Path(args.out) if args.out else settings.models_dir) / args.name
-    try:
-        ev = evaluate(args.name, model_dir, args.count)
-    except ValueError as exc:
-        print(f"ainode: error: {exc}", file=sys.stderr)
-        return 2
-    print(render_table(ev))
-    if args.write:
-        write_evaluation(model_dir, ev)
-        print(f"wrote {model_dir / 'evaluation.json'} and the generated section of {model_dir / 'MODEL_CARD.md'}")
-    return 0
-
-
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from models.registry import ModelRegistry
-
-    if args.action == "build-demo":
-        from training.demo import run_cli
-
-        out = Path(args.out) if args.out else settings.models_dir
-        return run_cli(out, force=args.force, quick=args.quick, only=args.only)
-    if args.action == "evaluate":
-        return _models_evaluate(settings, args)
 
     registry = ModelRegistry.discover(settings.models_dir, settings.models_file)
     manifests = {m.name: m for m in registry.manifests()}
@@ -438,41 +404,6 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "verify":
         return 0 if all(st.state == "ok" for st in statuses) else 1
     return 0
-
-
-# `ainode train NAME`: the trainer's "module:main" and the model folder it writes by default.
-TRAINERS: dict[str, tuple[str, str]] = {
-    "view-filter": ("training.view_filter:main", "cxr-view-filter"),
-    "finding-classifier": ("training.finding_classifier:main", "cxr-findings"),
-    "four-class": ("training.four_class:main", "cxr-four-class"),
-    "detector": ("training.detector:main", "cxr-detector"),
-    "ct-pe": ("training.pe:main", "ct-pe"),
-    "ct-lumbar": ("training.lumbar:main", "ct-lumbar"),
-}
-
-
-def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    import importlib
-
-    if args.model is None:
-        args.train_parser.print_help()
-        return 0 if args.train_help else 2
-    if args.model not in TRAINERS:
-        raise AinodeError(f"unknown model {args.model!r} (trainers: {', '.join(TRAINERS)})")
-    target, folder = TRAINERS[args.model]
-    module_name, _, function = target.partition(":")
-    try:
-        train_main = getattr(importlib.import_module(module_name), function)
-    except ImportError as exc:
-        raise AinodeError(f"trainer {target} cannot be imported ({exc}); install the [train] extra") from exc
-    if args.train_help:  # the trainer's own parser lists its options (--steps, --seed, ...)
-        argv = ["--help"]
-    else:
-        argv = (["--data", args.data] if args.data else []) + ["--out", args.out or str(settings.models_dir / folder)]
-    try:
-        return int(train_main(argv + list(args.extra)) or 0)
-    except SystemExit as exc:  # the trainer's argparse: --help (0) or a usage error it already printed (2)
-        return exc.code if isinstance(exc.code, int) else 2
 
 
 #: The calling AE title of ``ainode sample --send`` to a peer other than the node (a modality's, as it were).
@@ -581,38 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("purge", help="remove delivered studies' files now by the retention policy (rows kept)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed, and why")
     p.set_defaults(func=cmd_purge)
-    p = sub.add_parser("models", help="list or verify models, build the demo weights, or evaluate a demo model")
-    p.add_argument("action", choices=["list", "verify", "build-demo", "evaluate"])
-    p.add_argument("name", nargs="?", help="evaluate: the model (cxr-findings, cxr-detector, ct-pe, ct-lumbar)")
-    p.add_argument("--count", type=int, help="evaluate: phantoms per kind, CTPA pairs or abdomen series per spacing")
-    p.add_argument(
-        "--write",
-        action="store_true",
-        help="evaluate: store evaluation.json and rewrite the model card's generated section",
-    )
-    p.add_argument("--out", help="build-demo, evaluate: models directory (default: the settings' models_dir)")
-    p.add_argument("--force", action="store_true", help="build-demo: rebuild even when up to date")
-    p.add_argument("--quick", action="store_true", help="build-demo: tiny runs for tests (quality not checked)")
-    p.add_argument("--only", action="append", default=[], metavar="NAME", help="build-demo: only this recipe")
+    p = sub.add_parser("models", help="list or verify the models (train and build them with ainode-train)")
+    p.add_argument("action", choices=["list", "verify"])
     p.set_defaults(func=cmd_models)
-    # No help of its own: 'ainode train MODEL --help' is the trainer's, with all its options.
-    p = sub.add_parser(
-        "train",
-        help="train a model (extra [train])",
-        add_help=False,
-        usage="ainode train MODEL --data DIR [--out DIR] [trainer options]; ainode train MODEL --help",
-    )
-    p.add_argument(
-        "-h",
-        "--help",
-        action="store_true",
-        dest="train_help",
-        help="with MODEL: that trainer's own options; alone: this help",
-    )
-    p.add_argument("model", nargs="?", choices=list(TRAINERS))
-    p.add_argument("--data", help="the training data (see the trainer's --help)")
-    p.add_argument("--out", help="model folder to write (default: the models_dir folder of MODEL)")
-    p.set_defaults(func=cmd_train, train_parser=p)  # further options (--steps, --seed, ...) go to the trainer
     p = sub.add_parser(
         "sample",
         help="write a synthetic sample study (and send it by C-STORE)",
@@ -642,10 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
+    args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
         _setup_logging(settings)

@@ -203,7 +203,7 @@ Misclassified held-out images (path, P(lateral)): {wrong}
 
 ```
 pip install -e '.[train]'
-ainode train view-filter --data DATA --out MODELS_DIR/cxr-view-filter --seed {args.seed} --steps {result.steps} --balance {result.balance}{threads}
+ainode-train view-filter --data DATA --out MODELS_DIR/cxr-view-filter --seed {args.seed} --steps {result.steps} --balance {result.balance}{threads}
 # or: python -m training.view_filter --data DATA --out OUT --seed {args.seed} --steps {result.steps} --balance {result.balance}{threads}
 ```
 

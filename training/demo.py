@@ -1,20 +1,24 @@
-"""``ainode models build-demo``: train every demo model on synthetic phantoms, with a progress bar.
+"""``ainode-train build-demo``: train every demo model on synthetic phantoms, with a progress bar.
 
 A *recipe* is a function ``build(out_dir, work_dir, progress, quick) -> None`` in its
 own module that writes ``out_dir/<name>/model.json`` (a demo manifest) and its weights,
 using ``work_dir`` for generated data. Recipes are listed in :data:`RECIPES` as
 ``(name, "module:function", estimated_seconds)`` and imported only when run, so a
 recipe whose module is missing or broken is reported by name and the others still
-build.
+build. Each recipe function is marked with :func:`demo_recipe`, which names its model,
+its parameters (the full run and the ``quick`` one) and the phantom generators its
+data come from.
 
 Each recipe runs in a staging folder (``out_dir/.building-<name>/``) that replaces
 ``out_dir/<name>/`` only when it succeeded, so a failed or interrupted build never
 leaves half a model behind. The orchestrator then records a *recipe hash* in the
-manifest's ``postprocessing["recipe_hash"]``: the SHA-256 of the recipe module's
-source, the sources of the modules it lists in ``DEMO_SOURCES`` (data writers,
-architectures...), and the ``quick`` flag. A later run skips a recipe whose manifest
-carries the same hash and whose weights match their checksum, unless ``force``.
-The recipe's parameters are constants of its module, so they are part of the hash.
+manifest's ``postprocessing["recipe_hash"]``: the SHA-256 of a canonical JSON of the
+recipe's name, its parameters, the ``GENERATOR_VERSION`` of each phantom generator it
+lists and the ``quick`` flag (:func:`recipe_hash`). A later run skips a recipe whose
+manifest carries the same hash and whose weights match their checksum, unless ``force``.
+Source bytes are not hashed, so formatting or commenting code retrains nothing: a
+change to a generator's output bumps its ``GENERATOR_VERSION``, and a change to a
+trainer that should give new weights changes a parameter of the recipe (its version).
 """
 
 from __future__ import annotations
@@ -28,12 +32,26 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
-__all__ = ["RECIPES", "Progress", "RecipeError", "RecipeOutcome", "build_demo", "main", "recipe_hash"]
+__all__ = [
+    "RECIPES",
+    "Progress",
+    "RecipeError",
+    "RecipeOutcome",
+    "RecipeSpec",
+    "build_demo",
+    "demo_recipe",
+    "generator_versions",
+    "main",
+    "recipe_hash",
+    "recipe_identity",
+]
+
+RecipeFunction = TypeVar("RecipeFunction", bound=Callable[..., None])
 
 RECIPES: tuple[tuple[str, str, int], ...] = (
     ("cxr-findings", "training.finding_classifier:build_demo", 260),
@@ -147,18 +165,78 @@ def _resolve(target: str) -> tuple[Any, Callable[..., None]]:
     return module, function
 
 
+def demo_recipe(
+    name: str, *, parameters: Callable[[bool], Mapping[str, Any]], generators: Sequence[str]
+) -> Callable[[RecipeFunction], RecipeFunction]:
+    """Mark ``build(out_dir, work_dir, progress, quick)`` as the demo recipe of model ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The model the recipe writes (``out_dir/<name>/``).
+    parameters : callable
+        ``parameters(quick)``: every constant the run depends on (sizes, counts, epochs, learning
+        rates, seeds, architecture, version...), as JSON-able values; what :func:`recipe_hash` hashes.
+    generators : sequence of str
+        Modules whose ``GENERATOR_VERSION`` (an int, bumped when their output changes) the data of the
+        recipe depend on (``training.phantoms.chest``...).
+    """
+
+    def mark(function: RecipeFunction) -> RecipeFunction:
+        function.demo_recipe = RecipeSpec(name, parameters, tuple(generators))  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """What :func:`demo_recipe` records on a recipe function."""
+
+    name: str
+    parameters: Callable[[bool], Mapping[str, Any]]
+    generators: tuple[str, ...]
+
+
+def _spec(target: str, function: Callable[..., None]) -> RecipeSpec:
+    spec = getattr(function, "demo_recipe", None)
+    if not isinstance(spec, RecipeSpec):
+        raise RecipeError(f"recipe {target!r} is not marked with training.demo.demo_recipe (its parameters)")
+    return spec
+
+
+def generator_versions(modules: Sequence[str]) -> dict[str, int]:
+    """``{module: GENERATOR_VERSION}`` of the phantom generator modules named."""
+    versions = {}
+    for name in sorted(set(modules)):
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise RecipeError(f"phantom generator {name!r} cannot be imported: {exc}") from exc
+        version = getattr(module, "GENERATOR_VERSION", None)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise RecipeError(f"phantom generator {name!r} has no integer GENERATOR_VERSION")
+        versions[name] = version
+    return versions
+
+
+def recipe_identity(target: str, quick: bool) -> dict[str, Any]:
+    """What a recipe's hash covers: ``{recipe, parameters, generators, quick}`` (JSON-able)."""
+    _, function = _resolve(target)
+    spec = _spec(target, function)
+    parameters = json.loads(json.dumps(spec.parameters(bool(quick))))  # tuples → lists, as in the canonical JSON
+    return {
+        "recipe": spec.name,
+        "parameters": parameters,
+        "generators": generator_versions(spec.generators),
+        "quick": bool(quick),
+    }
+
+
 def recipe_hash(target: str, quick: bool) -> str:
-    """SHA-256 over the recipe module's source, its ``DEMO_SOURCES`` modules' sources and ``quick``."""
-    module, _ = _resolve(target)
-    digest = hashlib.sha256(f"{target}\nquick={bool(quick)}\n".encode())
-    names = [module.__name__, *sorted(getattr(module, "DEMO_SOURCES", ()))]
-    for name in names:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise RecipeError(f"recipe {target!r} lists source module {name!r}, which is not found")
-        digest.update(f"\n--- {name}\n".encode())
-        digest.update(Path(spec.origin).read_bytes())
-    return digest.hexdigest()
+    """SHA-256 of the canonical JSON (sorted keys, no spaces) of :func:`recipe_identity`."""
+    canonical = json.dumps(recipe_identity(target, quick), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _cached(model_dir: Path, wanted_hash: str) -> bool:
@@ -251,12 +329,14 @@ def build_demo(
         started = time.monotonic()
         progress = Progress(name, stream, tty)
         try:
+            _, build = _resolve(target)
+            if _spec(target, build).name != name:
+                raise RecipeError(f"recipe {target!r} builds {_spec(target, build).name!r}, not {name!r}")
             wanted = recipe_hash(target, quick)
             if not force and _cached(out_dir / name, wanted):
                 outcomes.append(RecipeOutcome(name, "cached", 0.0, "up to date (recipe unchanged)"))
                 stream.write(f"{name}: up to date, skipped (use --force to rebuild)\n")
                 continue
-            _, build = _resolve(target)
             staging = out_dir / f".building-{name}"
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
@@ -286,7 +366,7 @@ def build_demo(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m training.demo --out DIR [--force] [--quick] [--only NAME ...]``; exit 1 if any failed."""
-    parser = argparse.ArgumentParser(prog="ainode models build-demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="models directory to write")
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
     parser.add_argument("--quick", action="store_true", help="tiny runs (tests; quality not checked)")

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.manifest import manifest_from_mapping, sha256_file
+from training.demo import demo_recipe
 from training.detector_data import (
     CHESTX_DET_CLASSES,
     LABEL_KEYS,
@@ -121,8 +122,24 @@ QUICK: dict[str, Any] = {
 }
 """Tiny recipe for tests (seconds; quality not checked)."""
 
-DEMO_SOURCES = ("training.detector_data", "training.phantoms.chest")
-"""Modules whose source shapes the demo weights, part of the recipe's hash (``training.demo``)."""
+DEMO_VERSION = "demo-3"
+VAL_FRACTION = 0.2
+"""Share of the demo's phantoms in the validation split (thresholds are chosen on it)."""
+DEMO_GENERATORS = ("training.detector_data", "training.phantoms.chest")
+"""Phantom generators whose ``GENERATOR_VERSION`` is part of the recipe hash (``training.demo``)."""
+
+
+def demo_parameters(quick: bool = False) -> dict[str, Any]:
+    """Everything the demo run depends on (:data:`DEMO` or :data:`QUICK` and the fixed choices): the recipe's
+    parameters, hashed by ``training.demo``."""
+    return {
+        **(QUICK if quick else DEMO),
+        "name": MODEL_NAME,
+        "version": DEMO_VERSION,
+        "classes": list(PHANTOM_CLASSES),
+        "val_fraction": VAL_FRACTION,
+        "holdout_size": 128 if quick else 512,
+    }
 
 
 # --------------------------------------------------------------------------- Ultralytics, offline
@@ -412,11 +429,11 @@ def _thresholds(names: Sequence[str], ev: Evaluation) -> dict[str, float]:
 
 
 def recipe_hash(quick: bool = False) -> str:
-    """The demo recipe's hash, as ``ainode models build-demo`` computes and checks it.
+    """The demo recipe's hash, as ``ainode-train build-demo`` computes and checks it.
 
     One definition for both ways in (``build-demo`` and this module's own ``demo`` command), so
     weights built either way are recognised as up to date (``training.demo.recipe_hash``:
-    this module's source and :data:`DEMO_SOURCES`).
+    :func:`demo_parameters` and the versions of :data:`DEMO_GENERATORS`).
     """
     from training.demo import recipe_hash as demo_recipe_hash
 
@@ -621,11 +638,12 @@ def _run_demo(out_dir: Path, work_dir: Path, quick: bool, overrides: Sequence[st
     ``overrides`` (``key=value``, for experiments) change recipe parameters; the recipe
     hash then no longer matches the built-in recipe's.
     """
-    params = dict(QUICK if quick else DEMO)
+    params = demo_parameters(quick)
+    tunable = QUICK if quick else DEMO
     for item in overrides:
         key, _, value = item.partition("=")
-        if key not in params:
-            raise SystemExit(f"unknown recipe parameter {key!r}; choose from {', '.join(params)}")
+        if key not in tunable:
+            raise SystemExit(f"unknown recipe parameter {key!r}; choose from {', '.join(tunable)}")
         params[key] = type(params[key])(value)
     total = 100
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -642,7 +660,12 @@ def _run_demo(out_dir: Path, work_dir: Path, quick: bool, overrides: Sequence[st
         progress=lambda d, n: _emit(int(20 * d / n), total, f"phantom {d}/{n}") if d % 20 == 0 or d == n else None,
     )
     summary = chestx_det_to_yolo(
-        annotations, raw / "images", work_dir / "yolo", classes=PHANTOM_CLASSES, val_fraction=0.2, seed=params["seed"]
+        annotations,
+        raw / "images",
+        work_dir / "yolo",
+        classes=params["classes"],
+        val_fraction=params["val_fraction"],
+        seed=params["seed"],
     )
     run = train(
         summary.data_yaml,
@@ -670,15 +693,15 @@ def _run_demo(out_dir: Path, work_dir: Path, quick: bool, overrides: Sequence[st
         summary.names,
         thresholds,
         params["imgsz"],
-        version="demo-3",
+        version=params["version"],
         demo=True,
         description=f"Chest detector ({', '.join(summary.names)}) trained on synthetic phantoms with planted findings; "
         "for demonstration only.",
         recipe=recipe_hash(quick) if not overrides else None,
-        train_command="ainode models build-demo  # or: python -m training.detector train ...",
+        train_command="ainode-train build-demo  # or: python -m training.detector train ...",
     )
     _emit(94, total, "checking held-out phantoms")
-    holdout = holdout_phantoms(staging, params["holdout"], size=512 if not quick else 128)
+    holdout = holdout_phantoms(staging, params["holdout"], size=params["holdout_size"])
     print("HOLDOUT " + json.dumps(holdout), flush=True)
     data_note = (
         f"{params['images']} synthetic chest phantoms (`training/phantoms/chest.py`) drawn at "
@@ -694,6 +717,7 @@ def _run_demo(out_dir: Path, work_dir: Path, quick: bool, overrides: Sequence[st
     return 0
 
 
+@demo_recipe(MODEL_NAME, parameters=demo_parameters, generators=DEMO_GENERATORS)
 def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -> None:
     """Demo recipe ``cxr-detector``: phantoms → ChestX-Det JSON → YOLO → train → ONNX + manifest.
 

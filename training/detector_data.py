@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "GENERATOR_VERSION",
     "CHESTX_DET_CLASSES",
     "KEYS_WITHOUT_CONCEPT",
     "LABEL_KEYS",
@@ -58,6 +59,11 @@ __all__ = [
     "read_chestx_det",
     "write_synthetic_chestx_det",
 ]
+
+GENERATOR_VERSION = 1
+"""Version of what this module writes (the synthetic ChestX-Det set and its YOLO conversion): bump it when a
+change alters the output for the same arguments, so that the demo recipes built on it are rebuilt
+(``training.demo.recipe_hash``)."""
 
 CHESTX_DET_CLASSES: tuple[str, ...] = (
     "Atelectasis",

@@ -51,16 +51,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from models.manifest import manifest_from_mapping, sha256_file
 from models.preprocess.radiograph import grey_png_to_input
+from training.demo import Progress, demo_recipe
 from training.phantoms.chest import NIH_LABELS
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from training.demo import Progress
 
 __all__ = [
     "NihRecord",
@@ -537,7 +535,7 @@ class TrainResult:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ainode train finding-classifier", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ainode-train finding-classifier", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with Data_Entry_2017.csv and images/")
     parser.add_argument("--out", type=Path, required=True, help="model folder (written; read with --evaluate)")
     parser.add_argument("--evaluate", action="store_true", help="print the AUC table of the model in --out")
@@ -737,7 +735,7 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
             "test_auc": dict(zip(LABEL_KEYS, rounded(result.test_auc), strict=False)),
             "test_mean_auc": None if math.isnan(result.test_mean_auc) else round(result.test_mean_auc, 4),
         },
-        "train_command": f"ainode train finding-classifier --data DATA --out MODELS_DIR/{args.name}",
+        "train_command": f"ainode-train finding-classifier --data DATA --out MODELS_DIR/{args.name}",
     }
     manifest_from_mapping(manifest, args.out, "generated manifest")  # validate before writing
     (args.out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -797,8 +795,8 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
             ),
             (
                 "How to reproduce",
-                f"```\nainode train finding-classifier --data DATA --out OUT --variant {args.variant} --size {args.size} "
-                f"--epochs {args.epochs} --seed {args.seed}\nainode train finding-classifier --data DATA --out OUT --evaluate\n```",
+                f"```\nainode-train finding-classifier --data DATA --out OUT --variant {args.variant} --size {args.size} "
+                f"--epochs {args.epochs} --seed {args.seed}\nainode-train finding-classifier --data DATA --out OUT --evaluate\n```",
             ),
         ],
     )
@@ -842,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-# --- demo recipe (ainode models build-demo) -------------------------------------------------------------------
+# --- demo recipe (ainode-train build-demo) -------------------------------------------------------------------
 
 DEMO_NAME = "cxr-findings"
 # Short from-scratch run: no augmentation, dropout or stochastic depth (phantoms vary enough, and the
@@ -874,26 +872,40 @@ QUICK: dict[str, Any] = {
     "max_minutes": 0.0,
     "eager": True,
 }
-DEMO_SOURCES = (
-    "training.phantoms.chest",
-    "training.phantoms.cxr_datasets",
-    "training.architectures",
-    "models.preprocess.radiograph",
-)
+DEMO_VERSION = "demo-3"
+DEMO_SEED = 2
+"""Seeds the phantom data set and the training run (2: the number of this design in the project's list of
+source designs, the chest radiograph triage service)."""
+DEMO_GENERATORS = ("training.phantoms.chest", "training.phantoms.cxr_datasets")
+"""Phantom generators whose ``GENERATOR_VERSION`` is part of the recipe hash (``training.demo``)."""
 
 
+def demo_parameters(quick: bool) -> dict[str, Any]:
+    """Everything the demo run depends on: the recipe's parameters (hashed by ``training.demo``)."""
+    params = dict(QUICK if quick else DEMO)
+    return {
+        **params,
+        "name": DEMO_NAME,
+        "version": DEMO_VERSION,
+        "seed": DEMO_SEED,
+        "eager": bool(params.get("eager", False)),
+        "regularise": bool(params.get("regularise", True)),
+    }
+
+
+@demo_recipe(DEMO_NAME, parameters=demo_parameters, generators=DEMO_GENERATORS)
 def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -> None:
     """Demo recipe: a phantom NIH set in the real layout, then the same training as real data."""
     from training.phantoms.cxr_datasets import write_nih_dataset
 
-    params = QUICK if quick else DEMO
+    params = demo_parameters(quick)
     data = Path(work_dir) / "nih"
     write_nih_dataset(
         data,
         patients=int(params["patients"]),
         images_per_patient=tuple(params["images_per_patient"]),
         size=int(params["phantom_size"]),
-        seed=2,
+        seed=int(params["seed"]),
         workers=1 if quick else 2,
         progress=progress,
     )
@@ -904,7 +916,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -
         str(Path(out_dir) / DEMO_NAME),
         "--demo",
         "--version",
-        "demo-3",
+        str(params["version"]),
         "--size",
         str(params["input_size"]),
         "--epochs",
@@ -918,10 +930,10 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -
         "--max-minutes",
         str(params["max_minutes"]),
         "--seed",
-        "2",
+        str(params["seed"]),
     ]
-    argv += ["--eager"] if params.get("eager") else []
-    if not params.get("regularise", True):
+    argv += ["--eager"] if params["eager"] else []
+    if not params["regularise"]:
         argv += ["--no-augment", "--dropout", "0", "--stochastic-depth", "0"]
     result = run(_parse(argv), progress)
     (Path(out_dir) / DEMO_NAME / "split.csv").unlink()  # names images of a work folder that is deleted

@@ -34,12 +34,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from models.manifest import manifest_from_mapping, sha256_file
 from training.architectures import FOUR_CLASSES
+from training.demo import Progress, demo_recipe
 from training.finding_classifier import (
     Indices,
     batches_callback,
@@ -53,9 +54,6 @@ from training.finding_classifier import (
     write_card,
     write_split_file,
 )
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from training.demo import Progress
 
 __all__ = [
     "FOLDER_ALIASES",
@@ -186,7 +184,7 @@ class TrainResult:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ainode train four-class", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ainode-train four-class", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with train/ val/ test/ class folders")
     parser.add_argument("--out", type=Path, required=True, help="model folder (written; read with --evaluate)")
     parser.add_argument("--evaluate", action="store_true", help="print seed 4's figures of the model in --out")
@@ -363,7 +361,7 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
             "test_accuracy": round(metrics["accuracy"], 4) if metrics else None,
             "test_macro_f1": round(metrics["macro_f1"], 4) if metrics else None,
         },
-        "train_command": f"ainode train four-class --data DATA --out MODELS_DIR/{args.name} --arch {args.arch}",
+        "train_command": f"ainode-train four-class --data DATA --out MODELS_DIR/{args.name} --arch {args.arch}",
     }
     manifest_from_mapping(manifest, args.out, "generated manifest")
     (args.out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -403,8 +401,8 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
             ),
             (
                 "How to reproduce",
-                f"```\nainode train four-class --data DATA --out OUT --arch {args.arch} --size {args.size} --epochs "
-                f"{args.epochs} --seed {args.seed}\nainode train four-class --data DATA --out OUT --evaluate\n```",
+                f"```\nainode-train four-class --data DATA --out OUT --arch {args.arch} --size {args.size} --epochs "
+                f"{args.epochs} --seed {args.seed}\nainode-train four-class --data DATA --out OUT --evaluate\n```",
             ),
         ],
     )
@@ -442,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-# --- demo recipes (ainode models build-demo) ------------------------------------------------------------------
+# --- demo recipes (ainode-train build-demo) ------------------------------------------------------------------
 
 # Short from-scratch runs need many small steps more than resolution: the classes' patterns are lobe-sized,
 # so 64 px suffices; no augmentation (phantoms vary enough, and it slows a run of a few hundred steps).
@@ -468,30 +466,44 @@ QUICK: dict[str, Any] = {
     "max_minutes": {"resnet18": 0.0, "cnn": 0.0},
     "eager": True,
 }
-DEMO_SOURCES = (
-    "training.phantoms.chest",
-    "training.phantoms.cxr_datasets",
-    "training.architectures",
-    "training.finding_classifier",
-    "models.preprocess.radiograph",
-    "training.lumbar",
-)
+DEMO_VERSION = "demo-1"
+DEMO_SEED = 4
+"""Seeds the phantom data set and the training run (4: the number of this design in the project's list of
+source designs, the four-class classifier)."""
+DEMO_GENERATORS = ("training.phantoms.chest", "training.phantoms.cxr_datasets")
+"""Phantom generators whose ``GENERATOR_VERSION`` is part of the recipe hash (``training.demo``)."""
+
+
+def demo_parameters(arch: str, quick: bool) -> dict[str, Any]:
+    """Everything a four-class demo run depends on (``arch`` ``resnet18`` or ``cnn``): the recipe's parameters."""
+    params = dict(QUICK if quick else DEMO)
+    return {
+        **params,
+        "name": "cxr-four-class" if arch == "resnet18" else "cxr-four-class-cnn",
+        "arch": arch,
+        "max_minutes": params["max_minutes"][arch],
+        "version": DEMO_VERSION,
+        "seed": DEMO_SEED,
+        "eager": bool(params.get("eager", False)),
+        "regularise": bool(params.get("regularise", True)),
+        "fp16_weights": True,  # ResNet-18's 11 M parameters: 45 MB as float32
+    }
 
 
 def _build(arch: str, out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -> None:
     from training.phantoms.cxr_datasets import write_four_class_dataset
 
-    params = QUICK if quick else DEMO
+    params = demo_parameters(arch, quick)
     data = Path(work_dir) / "four-class"
     write_four_class_dataset(
         data,
         per_class=int(params["per_class"]),
         size=int(params["phantom_size"]),
-        seed=4,
+        seed=int(params["seed"]),
         workers=1 if quick else 2,
         progress=progress,
     )
-    name = "cxr-four-class" if arch == "resnet18" else "cxr-four-class-cnn"
+    name = str(params["name"])
     argv = [
         "--data",
         str(data),
@@ -501,7 +513,7 @@ def _build(arch: str, out_dir: Path, work_dir: Path, progress: Progress, quick: 
         arch,
         "--demo",
         "--version",
-        "demo-1",
+        str(params["version"]),
         "--size",
         str(params["input_size"]),
         "--epochs",
@@ -513,13 +525,13 @@ def _build(arch: str, out_dir: Path, work_dir: Path, progress: Progress, quick: 
         "--patience",
         str(params["patience"]),
         "--max-minutes",
-        str(params["max_minutes"][arch]),
+        str(params["max_minutes"]),
         "--seed",
-        "4",
+        str(params["seed"]),
     ]
-    argv += ["--eager"] if params.get("eager") else []
-    argv += [] if params.get("regularise", True) else ["--no-augment"]
-    argv += ["--fp16-weights"]  # ResNet-18's 11 M parameters: 45 MB as float32
+    argv += ["--eager"] if params["eager"] else []
+    argv += [] if params["regularise"] else ["--no-augment"]
+    argv += ["--fp16-weights"] if params["fp16_weights"] else []
     result = run(_parse(argv), progress)
     (Path(out_dir) / name / "split.csv").unlink()  # names images of a work folder that is deleted
     metrics = classification_metrics(result.test_matrix)
@@ -529,11 +541,13 @@ def _build(arch: str, out_dir: Path, work_dir: Path, progress: Progress, quick: 
     )
 
 
+@demo_recipe("cxr-four-class", parameters=lambda quick: demo_parameters("resnet18", quick), generators=DEMO_GENERATORS)
 def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -> None:
     """Demo recipe ``cxr-four-class``: phantom class folders, then ResNet-18 training as on real data."""
     _build("resnet18", out_dir, work_dir, progress, quick)
 
 
+@demo_recipe("cxr-four-class-cnn", parameters=lambda quick: demo_parameters("cnn", quick), generators=DEMO_GENERATORS)
 def build_demo_cnn(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -> None:
     """Demo recipe ``cxr-four-class-cnn``: phantom class folders, then 5-layer CNN training."""
     _build("cnn", out_dir, work_dir, progress, quick)

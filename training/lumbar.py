@@ -49,10 +49,11 @@ from core.findings import LUMBAR_LEVELS
 from models.lumbar import DEFAULT_WINDOWS
 from models.manifest import manifest_from_mapping, sha256_file
 from models.preprocess.radiograph import resize_image
+from training.demo import demo_recipe
 
 __all__ = [
     "DEMO",
-    "DEMO_SOURCES",
+    "DEMO_GENERATORS",
     "MODEL_NAME",
     "QUICK",
     "DemoParams",
@@ -284,7 +285,7 @@ def _batches(samples: list[tuple[Path, int]], size: int, channels: int, batch_si
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ainode train ct-lumbar", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ainode-train ct-lumbar", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with train/<level>/ and test/<level>/ PNGs")
     parser.add_argument("--out", type=Path, help="folder to write model.onnx, model.json, MODEL_CARD.md")
     parser.add_argument("--evaluate", type=Path, metavar="MODEL_DIR", help="only evaluate the model in MODEL_DIR")
@@ -419,7 +420,7 @@ def _manifest(args: argparse.Namespace, onnx_path: Path, extra_post: dict[str, A
             "refine_levels": ["L3"],
             **(extra_post or {}),
         },
-        "train_command": "ainode train ct-lumbar --data DATA --out MODELS_DIR/ct-lumbar",
+        "train_command": "ainode-train ct-lumbar --data DATA --out MODELS_DIR/ct-lumbar",
     }
 
 
@@ -479,7 +480,7 @@ Finds the L3 slice for body-composition measurement. Not a diagnostic device.
 
 ## How to reproduce
 `python -m training.lumbar --data DATA --out OUT --variant {args.variant} --input-size {args.input_size} --epochs {args.epochs} --batch-size {args.batch_size} --learning-rate {args.learning_rate:g} {" ".join(f"--window {c:g} {w:g}" for c, w in args.windows)} --seed {args.seed}{" --fp16-weights" if args.fp16_weights else ""}{" --demo" if args.demo else ""}`
-{"(the demo: `ainode models build-demo`, recipe `training.lumbar:build_demo`)" if args.demo else ""}
+{"(the demo: `ainode-train build-demo`, recipe `training.lumbar:build_demo`)" if args.demo else ""}
 """
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     print(f"wrote {onnx_path}, model.json, evaluation.json, MODEL_CARD.md", flush=True)
@@ -487,18 +488,13 @@ Finds the L3 slice for body-composition measurement. Not a diagnostic device.
 
 # ----------------------------------------------------------------------------- demo recipe
 
-DEMO_SOURCES = (
-    "training.phantoms.ct",
-    "training.phantoms.ct_datasets",
-    "training.architectures",
-    "models.preprocess.radiograph",
-)
-"""Modules whose source shapes the demo weights, part of the recipe's hash (``training.demo``)."""
+DEMO_GENERATORS = ("training.phantoms.ct", "training.phantoms.ct_datasets")
+"""Phantom generators whose ``GENERATOR_VERSION`` is part of the recipe hash (``training.demo``)."""
 
 
 @dataclass(frozen=True)
 class DemoParams:
-    """Parameters of a demo run (constants of this module, hence part of the recipe hash)."""
+    """Parameters of a demo run (the recipe's parameters, hashed by ``training.demo``)."""
 
     variant: str
     input_size: int
@@ -510,6 +506,9 @@ class DemoParams:
     seed: int
     check: tuple[tuple[int, int, int, float], ...]
     """Fresh phantoms the served model is run on: (seed, size, slices, spacing_z)."""
+    version: str = "demo-1"
+    test_fraction: float = 0.2
+    fp16_weights: bool = True
 
 
 DEMO = DemoParams(
@@ -599,6 +598,15 @@ def check_on_phantoms(
     return rows
 
 
+def demo_parameters(quick: bool) -> dict[str, Any]:
+    """Everything the demo run depends on (:data:`DEMO` or :data:`QUICK`, the PNG window, eager mode): the
+    recipe's parameters, hashed by ``training.demo``."""
+    from training.phantoms.ct_datasets import LUMBAR_PNG_WINDOW
+
+    return {**asdict(QUICK if quick else DEMO), "name": MODEL_NAME, "window": list(LUMBAR_PNG_WINDOW), "eager": quick}
+
+
+@demo_recipe(MODEL_NAME, parameters=demo_parameters, generators=DEMO_GENERATORS)
 def build_demo(out_dir: Path, work_dir: Path, progress: Any, quick: bool) -> None:
     """Demo recipe (``training.demo``): abdomen phantoms → lumbar folders → :func:`train` → check.
 
@@ -606,14 +614,15 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Any, quick: bool) -> Non
     :data:`DEMO` (:data:`QUICK` when ``quick``), then runs the served model on fresh
     phantom series and appends the L3 distances to the card and ``evaluation.json``.
     """
-    from training.phantoms.ct_datasets import LUMBAR_PNG_WINDOW, write_lumbar_folders
+    from training.phantoms.ct_datasets import write_lumbar_folders
 
     p = QUICK if quick else DEMO
+    window = demo_parameters(quick)["window"]
     data = Path(work_dir) / "lumbar-folders"
     for done, (seed, series, size, slices, spacing) in enumerate(p.data):
         progress.step(done, len(p.data), "phantoms → lumbar folders")
         write_lumbar_folders(
-            data, series=series, size=size, seed=seed, slices=slices, spacing_z=spacing, test_fraction=0.2
+            data, series=series, size=size, seed=seed, slices=slices, spacing_z=spacing, test_fraction=p.test_fraction
         )
     progress.step(len(p.data), len(p.data), "phantoms → lumbar folders")
     out = Path(out_dir) / MODEL_NAME
@@ -636,12 +645,12 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Any, quick: bool) -> Non
             "--seed",
             str(p.seed),
             "--window",
-            str(LUMBAR_PNG_WINDOW[0]),
-            str(LUMBAR_PNG_WINDOW[1]),
+            str(window[0]),
+            str(window[1]),
             "--demo",
             "--version",
-            "demo-1",
-            "--fp16-weights",
+            p.version,
+            *(["--fp16-weights"] if p.fp16_weights else []),
             *(["--eager"] if quick else []),
         ]
     )

@@ -45,6 +45,7 @@ from numpy.typing import ArrayLike
 
 from core.findings import PE_EXAM_LABELS, PE_HEADS
 from models.manifest import manifest_from_mapping, sha256_file
+from training.demo import demo_recipe
 
 __all__ = [
     "DEFAULT_WINDOWS",
@@ -1126,7 +1127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # --------------------------------------------------------------------------- demo recipe
 
-#: Parameters of the demo weights (``ainode models build-demo``); part of the recipe hash.
+#: Parameters of the demo weights (``ainode-train build-demo``); part of the recipe hash.
 #: demo-3 against demo-2 (600 steps, whole slice, constant rate, location heads on every slice), on 16 + 16
 #: fresh phantom pairs (seeds 2500-2515): 23/32 exams right (15/16 with a clot, 8/16 without) against 18/32
 #: (6/16, 12/16). The body crop gives the clot about 1.2x more pixels at 128 px; the cosine decay settles the
@@ -1172,8 +1173,21 @@ QUICK_PARAMS: dict[str, Any] = {
     "calibration_pairs": 1,
 }
 _DEMO_SIDES: tuple[str, ...] = ("right", "left", "right", "central")
-DEMO_SOURCES = ("models.pe", "training.phantoms.ct", "models.preprocess.ct_series")
-"""Modules whose source shapes the demo weights, part of the recipe's hash (``training.demo``)."""
+DEMO_GENERATORS = ("training.phantoms.ct",)
+"""Phantom generators whose ``GENERATOR_VERSION`` is part of the recipe hash (``training.demo``)."""
+
+
+def demo_parameters(quick: bool) -> dict[str, Any]:
+    """Everything the demo run depends on (:data:`DEMO_PARAMS` or :data:`QUICK_PARAMS` and the fixed choices of
+    :func:`build_demo`): the recipe's parameters, hashed by ``training.demo``."""
+    return {
+        **(QUICK_PARAMS if quick else DEMO_PARAMS),
+        "name": MODEL_NAME,
+        "sides": list(_DEMO_SIDES),
+        "freeze_backbone": False,
+        "threads": 2,
+        "eager": bool(quick),
+    }
 
 
 class _Progress(Protocol):
@@ -1278,6 +1292,7 @@ def write_phantom_dataset(folder: Path, params: Mapping[str, Any], progress: _Pr
     return folder
 
 
+@demo_recipe(MODEL_NAME, parameters=demo_parameters, generators=DEMO_GENERATORS)
 def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) -> None:
     """Demo recipe ``ct-pe``: phantoms in RSNA-PE layout → :func:`train` → ``out_dir/ct-pe``.
 
@@ -1286,9 +1301,9 @@ def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) 
     ImageNet weights are available here, so a frozen random backbone would learn nothing.
     The exam threshold (that of ``pe_present_on_image``) is then chosen on fresh whole-series
     phantoms (:func:`calibrate_on_phantoms`) and written into the manifest and the model card.
-    ``training.demo`` caches the result by recipe hash (this module, :data:`DEMO_SOURCES`).
+    ``training.demo`` caches the result by recipe hash (:func:`demo_parameters`, :data:`DEMO_GENERATORS`).
     """
-    params = QUICK_PARAMS if quick else DEMO_PARAMS
+    params = demo_parameters(quick)
     target = Path(out_dir) / MODEL_NAME
     data = write_phantom_dataset(Path(work_dir) / "ct-pe-rsna", params, progress)
     args = _parse(
@@ -1316,10 +1331,10 @@ def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) 
             str(params["seed"]),
             "--version",
             str(params["version"]),
-            "--no-freeze-backbone",
+            "--freeze-backbone" if params["freeze_backbone"] else "--no-freeze-backbone",
             "--demo",
             "--threads",
-            "2",
+            str(params["threads"]),
             "--crop",
             str(params.get("crop", "none")),
             "--lr-schedule",
@@ -1327,7 +1342,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) 
             *(["--locate-on-clot-slices"] if params.get("locate_on_clot_slices") else []),
             "--location",
             str(params.get("location", "heads")),
-            *(["--eager"] if quick else []),
+            *(["--eager"] if params["eager"] else []),
         ]
     )
     args.calibration = params

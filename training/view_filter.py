@@ -151,7 +151,7 @@ class TrainResult:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ainode train view-filter", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ainode-train view-filter", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with frontal/ and lateral/ PNGs")
     parser.add_argument("--out", type=Path, required=True, help="folder to write model.onnx, model.json, card")
     parser.add_argument("--seed", type=int, default=5)
@@ -314,7 +314,7 @@ def _write_outputs(args: argparse.Namespace, result: TrainResult, onnx_path: Pat
         "licence": "Weights: non-commercial use only (inherited from CC BY-NC-SA / BY-NC-ND training images).",
         "card": "MODEL_CARD.md",
         "postprocessing": {"disagreement_probability": 0.9},
-        "train_command": "ainode train view-filter --data DATA --out MODELS_DIR/cxr-view-filter",
+        "train_command": "ainode-train view-filter --data DATA --out MODELS_DIR/cxr-view-filter",
     }
     manifest_from_mapping(manifest, out, "generated manifest")  # validate before writing
     (out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

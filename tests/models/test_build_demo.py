@@ -1,16 +1,20 @@
-"""`ainode models build-demo`: quick recipes into a temporary models directory, cache, --force, errors."""
+"""`ainode-train build-demo`: quick recipes into a temporary models directory, cache, --force, errors; the
+recipe hash (parameters and phantom generator versions, not source bytes)."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from models.registry import ModelRegistry
 from tests.helpers import repo_root
-from training.demo import RECIPES, Progress, RecipeError, build_demo, recipe_hash
+from training import four_class
+from training.demo import RECIPES, Progress, RecipeError, build_demo, demo_recipe, recipe_hash, recipe_identity
 from training.phantoms.cxr_datasets import write_four_class_dataset, write_nih_dataset
 
 MINE = ("cxr-findings", "cxr-four-class", "cxr-four-class-cnn")
@@ -81,14 +85,14 @@ def test_missing_recipe_module_is_named_and_others_still_build(models_dir: tuple
 def test_cli_builds_into_out_and_reports_cache(
     models_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from node.cli import TRAINERS, main
+    from training.cli import TRAINERS, main
 
     out, _ = models_dir
-    assert main(["models", "build-demo", "--out", str(out), "--quick", "--only", "cxr-four-class-cnn"]) == 0
+    assert main(["build-demo", "--out", str(out), "--quick", "--only", "cxr-four-class-cnn"]) == 0
     assert "cxr-four-class-cnn: up to date, skipped" in capsys.readouterr().out
-    assert main(["models", "build-demo", "--out", str(out), "--only", "nope"]) == 2
+    assert main(["build-demo", "--out", str(out), "--only", "nope"]) == 2
     assert "no demo recipe named 'nope'" in capsys.readouterr().err
-    assert TRAINERS["detector"] == ("training.detector:main", "cxr-detector")
+    assert TRAINERS["detector"] == ("training.detector:main", None)
 
 
 def test_progress_bar_on_a_terminal_and_lines_otherwise() -> None:
@@ -136,10 +140,10 @@ def test_evaluate_commands_print_seed_tables(
 
 
 def test_shipped_demo_weights_are_up_to_date_with_their_recipes(capsys: pytest.CaptureFixture[str]) -> None:
-    """`ainode models build-demo --out weights` on a fresh clone rebuilds nothing: every shipped demo
-    model carries the hash of the recipe, phantoms and trainer that made it (a change to any of them
-    must come with rebuilt weights), and its weights match their checksum."""
-    from node.cli import main
+    """`ainode-train build-demo --out weights` on a fresh clone rebuilds nothing: every shipped demo
+    model carries the hash of the recipe parameters and phantom generator versions that made it (a change
+    to any of them must come with rebuilt weights), and its weights match their checksum."""
+    from training.cli import main
 
     weights = repo_root() / "weights"
     for name, target, _ in RECIPES:
@@ -148,6 +152,96 @@ def test_shipped_demo_weights_are_up_to_date_with_their_recipes(capsys: pytest.C
         assert manifest["postprocessing"].get("recipe_hash") == recipe_hash(target, False), (
             f"{name}: stale demo weights"
         )
-    assert main(["models", "build-demo", "--out", str(weights)]) == 0
+    assert main(["build-demo", "--out", str(weights)]) == 0
     printed = capsys.readouterr().out
     assert all(f"{name}: up to date, skipped" in printed for name, _, _ in RECIPES), printed
+
+
+# --- the recipe hash: parameters and generator versions, not source bytes ---------------------------------------
+
+CNN = dict((n, t) for n, t, _ in RECIPES)["cxr-four-class-cnn"]
+
+
+def test_reformatting_a_recipe_source_keeps_its_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of the recipe module with comments, blank lines and its code re-wrapped hashes the same."""
+    source = Path(four_class.__file__).read_text(encoding="utf-8")
+    edited = "# reformatted copy\n\n" + source.replace(
+        "def _build(arch: str,", "# a comment before the build\n\n\ndef _build(  # re-wrapped\n    arch: str,"
+    )
+    assert edited != source and "re-wrapped" in edited
+    (tmp_path / "h5_reformatted_recipe.py").write_text(edited + "\n\n# trailing comment\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        assert recipe_hash("h5_reformatted_recipe:build_demo_cnn", False) == recipe_hash(CNN, False)
+        assert recipe_hash("h5_reformatted_recipe:build_demo_cnn", True) == recipe_hash(CNN, True)
+    finally:
+        sys.modules.pop("h5_reformatted_recipe", None)
+
+
+def test_a_parameter_or_a_generator_version_changes_the_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.phantoms import chest, cxr_datasets
+
+    before = recipe_hash(CNN, False)
+    assert recipe_identity(CNN, False)["generators"] == {
+        "training.phantoms.chest": chest.GENERATOR_VERSION,
+        "training.phantoms.cxr_datasets": cxr_datasets.GENERATOR_VERSION,
+    }
+    with monkeypatch.context() as m:
+        m.setitem(four_class.DEMO, "epochs", four_class.DEMO["epochs"] + 1)
+        assert recipe_hash(CNN, False) != before
+        assert recipe_hash(CNN, True) == recipe_hash(CNN, True)  # the quick run's parameters are another dict
+    with monkeypatch.context() as m:
+        m.setattr(four_class, "DEMO_SEED", four_class.DEMO_SEED + 1)
+        assert recipe_hash(CNN, False) != before
+    with monkeypatch.context() as m:
+        m.setattr(chest, "GENERATOR_VERSION", chest.GENERATOR_VERSION + 1)
+        assert recipe_hash(CNN, False) != before
+    with monkeypatch.context() as m:
+        m.setattr(cxr_datasets, "GENERATOR_VERSION", cxr_datasets.GENERATOR_VERSION + 1)
+        assert recipe_hash(CNN, False) != before
+    assert recipe_hash(CNN, False) == before
+    # The two four-class recipes share a module and a data set, not a hash.
+    assert recipe_hash(dict((n, t) for n, t, _ in RECIPES)["cxr-four-class"], False) != before
+
+
+def test_every_recipe_names_its_model_parameters_and_generators() -> None:
+    for name, target, _ in RECIPES:
+        identity = recipe_identity(target, False)
+        assert identity["recipe"] == name and identity["quick"] is False
+        assert identity["parameters"]["name"] == name and identity["parameters"]["version"].startswith("demo-")
+        assert identity["generators"] and all(v >= 1 for v in identity["generators"].values()), name
+        assert identity["parameters"] != recipe_identity(target, True)["parameters"], name
+
+
+def test_a_recipe_without_parameters_or_generator_version_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "h5_bare_recipes.py").write_text(
+        "def build_demo(out_dir, work_dir, progress, quick):\n    pass\n", encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        with pytest.raises(RecipeError, match="not marked with training.demo.demo_recipe"):
+            recipe_hash("h5_bare_recipes:build_demo", False)
+        module = importlib.import_module("h5_bare_recipes")
+        marked = demo_recipe("bare", parameters=lambda quick: {"q": quick}, generators=["h5_bare_recipes"])
+        monkeypatch.setattr(module, "build_demo", marked(module.build_demo))
+        with pytest.raises(RecipeError, match="'h5_bare_recipes' has no integer GENERATOR_VERSION"):
+            recipe_hash("h5_bare_recipes:build_demo", False)
+        monkeypatch.setattr(module, "GENERATOR_VERSION", 1, raising=False)
+        assert recipe_identity("h5_bare_recipes:build_demo", True) == {
+            "recipe": "bare",
+            "parameters": {"q": True},
+            "generators": {"h5_bare_recipes": 1},
+            "quick": True,
+        }
+        outcomes = build_demo(
+            tmp_path / "out", recipes=[("other", "h5_bare_recipes:build_demo", 1)], stream=io.StringIO()
+        )
+        assert [(o.state, o.message) for o in outcomes] == [
+            ("failed", "recipe 'h5_bare_recipes:build_demo' builds 'bare', not 'other'")
+        ]
+    finally:
+        sys.modules.pop("h5_bare_recipes", None)

@@ -183,33 +183,3 @@ def test_invalid_manifest_is_listed_with_its_problem(tmp_path: Path) -> None:
     row = next(line for line in listing.stdout.splitlines() if line.startswith("broken-model"))
     assert "invalid" in row
     assert ainode("models", "verify", config=cfg).returncode == 1
-
-
-def test_train_view_filter_command_builds_verified_weights(tmp_path: Path, config: Path) -> None:
-    """`ainode train view-filter` (extra [train]) on a tiny generated data set gives weights the node accepts."""
-    sys.path.insert(0, str(REPO / "tests" / "models"))
-    from test_train_view_filter import make_data
-
-    data = make_data(tmp_path / "data")
-    out = tmp_path / "models" / "cxr-view-filter"
-    run = ainode(
-        "train", "view-filter", "--data", str(data), "--out", str(out), "--steps", "6", config=config, timeout=300
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert (out / "model.onnx").is_file() and (out / "MODEL_CARD.md").is_file()
-    cfg = tmp_path / "trained.yaml"
-    only_view_filter = tmp_path / "models.yaml"
-    only_view_filter.write_text("models:\n  - manifest: cxr-view-filter/model.json\n")
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "data_dir": str(tmp_path / "d2"),
-                "models_dir": str(tmp_path / "models"),
-                "models_file": str(only_view_filter),
-                "destinations": {},
-                "default_destinations": [],
-            }
-        )
-    )
-    verify = ainode("models", "verify", config=cfg)
-    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -219,7 +219,7 @@ def test_banner_names_version_pipelines_models_destinations_and_data(tmp_path: P
     assert proc.returncode == 0 and "Traceback" not in err
 
 
-def test_version_help_and_trainer_help(config: Path) -> None:
+def test_version_and_help(config: Path) -> None:
     from importlib.metadata import version
 
     run = ainode("--version", config=config)
@@ -227,10 +227,6 @@ def test_version_help_and_trainer_help(config: Path) -> None:
     for command in ("serve", "analyze", "route", "echo", "jobs", "deliveries", "audit", "models", "sample"):
         help_text = ainode(command, "--help", config=config).stdout
         assert "AINODE_CONFIG" in help_text and "AINODE_<KEY>" in help_text and "config/node.yaml" in help_text, command
-    trainer = ainode("train", "ct-pe", "--help", config=config)
-    assert trainer.returncode == 0 and "--lr-schedule" in trainer.stdout and "--steps" in trainer.stdout
-    assert "--holdout" in ainode("train", "view-filter", "--help", config=config).stdout
-    assert "AINODE_CONFIG" in ainode("train", "--help", config=config).stdout
 
 
 # -- jobs and deliveries ---------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "GENERATOR_VERSION",
     "FINDINGS",
     "FOUR_CLASSES",
     "NIH_LABELS",
@@ -51,6 +52,11 @@ __all__ = [
     "FindingBox",
     "chest_phantom",
 ]
+
+GENERATOR_VERSION = 1
+"""Version of what this module writes (the chest phantoms (anatomy, findings, noise, boxes)): bump it when a
+change alters the output for the same arguments, so that the demo recipes built on it are rebuilt
+(``training.demo.recipe_hash``)."""
 
 NIH_LABELS = (
     "Atelectasis",

@@ -43,6 +43,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 __all__ = [
+    "GENERATOR_VERSION",
     "TISSUES",
     "PE_EXAM_LABELS",
     "CtPhantom",
@@ -52,6 +53,11 @@ __all__ = [
     "LEVELS",
     "NOISE_SD_HU",
 ]
+
+GENERATOR_VERSION = 1
+"""Version of what this module writes (the CT phantoms (label maps, HU, noise, truth) and their DICOM series):
+bump it when a change alters the output for the same arguments, so that the demo recipes built on it are
+rebuilt (``training.demo.recipe_hash``)."""
 
 TISSUES: tuple[str, ...] = (
     "air",

@@ -26,12 +26,18 @@ from pydicom.uid import generate_uid
 from training.phantoms.ct import LEVELS, abdomen_phantom, ctpa_phantom
 
 __all__ = [
+    "GENERATOR_VERSION",
     "RSNA_PE_COLUMNS",
     "LUMBAR_PNG_WINDOW",
     "window_to_uint8",
     "write_rsna_pe",
     "write_lumbar_folders",
 ]
+
+GENERATOR_VERSION = 1
+"""Version of what this module writes (the RSNA-PE and lumbar-folder data sets written from the CT phantoms):
+bump it when a change alters the output for the same arguments, so that the demo recipes built on it are
+rebuilt (``training.demo.recipe_hash``)."""
 
 RSNA_PE_COLUMNS: tuple[str, ...] = (
     "StudyInstanceUID",

@@ -43,6 +43,7 @@ from PIL import Image
 from training.phantoms.chest import DETECTOR_MM, FINDINGS, FOUR_CLASSES, chest_phantom
 
 __all__ = [
+    "GENERATOR_VERSION",
     "FOUR_CLASS_FOLDERS",
     "NIH_COLUMNS",
     "NihImage",
@@ -50,6 +51,11 @@ __all__ = [
     "write_nih_dataset",
     "write_png",
 ]
+
+GENERATOR_VERSION = 1
+"""Version of what this module writes (the NIH ChestX-ray14 and four-class data sets written from the chest
+phantoms): bump it when a change alters the output for the same arguments, so that the demo recipes built on
+it are rebuilt (``training.demo.recipe_hash``)."""
 
 NIH_COLUMNS = (
     "Image Index",

@@ -14,7 +14,19 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 
 from training.phantoms.chest import ChestPhantom
 
-__all__ = ["DX_FOR_PRESENTATION", "ORIENTATION", "VIEW_CODES", "dx_for_presentation", "phantom_dataset"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "DX_FOR_PRESENTATION",
+    "ORIENTATION",
+    "VIEW_CODES",
+    "dx_for_presentation",
+    "phantom_dataset",
+]
+
+GENERATOR_VERSION = 1
+"""Version of what this module writes (the DX For Presentation datasets made from chest phantoms): bump it
+when a change alters the output for the same arguments, so that the demo recipes built on it are rebuilt
+(``training.demo.recipe_hash``)."""
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 """Digital X-Ray Image Storage - For Presentation (PS3.4 B.5)."""
