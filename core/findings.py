@@ -15,14 +15,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 View = Literal["frontal", "lateral"]
-#: What produced a finding: a multi-label classifier ("finding", seed 2), a single-label
-#: classifier over classes ("class", seed 4), or a detector box ("detection").
+#: What produced a finding: a multi-label classifier ("finding", the emergency-department
+#: triage service's ChestX-ray14 classifier), a single-label classifier over classes ("class",
+#: the four-class COVID-19/normal/pneumonia/tuberculosis classifier), or a detector box ("detection").
 FindingGroup = Literal["finding", "class", "detection"]
 #: Triage levels of the cxr pipeline, most urgent first.
 Triage = Literal["urgent", "priority", "routine"]
 TRIAGE_LEVELS: tuple[str, ...] = ("urgent", "priority", "routine")
 
-#: The nine sigmoid heads of seed 1's PE model, in the seed's output order.
+#: The nine sigmoid heads of the PE model (the RSNA-PE Xception design: Xception trained on the
+#: RSNA Pulmonary Embolism Detection Challenge 2020 data), in that design's output order.
 PE_HEADS: tuple[str, ...] = (
     "acute_and_chronic_pe",
     "central_pe",
@@ -46,7 +48,8 @@ PE_EXAM_LABELS: tuple[str, ...] = (
     "chronic_pe",
     "acute_and_chronic_pe",
 )
-#: Seed 3's seven vertebral levels, head to feet.
+#: The seven classes of the lumbar-level slice classifier (EfficientNetV2-M over abdominal CT
+#: slices, to find L3 for sarcopenia), head to feet.
 LUMBAR_LEVELS: tuple[str, ...] = ("T", "L1", "L2", "L3", "L4", "L5", "S")
 
 
@@ -113,7 +116,7 @@ class Finding:
 
 @dataclass(frozen=True)
 class ViewResult:
-    """Outcome of the frontal/lateral view filter (seed 5) on one radiograph.
+    """Outcome of the frontal/lateral view filter (the MIMIC-CXR view-filter design) on one radiograph.
 
     Parameters
     ----------
@@ -146,7 +149,8 @@ class ImageResult:
     findings: list[Finding] = field(default_factory=list)
     analysed_further: bool = True
     note: str | None = None
-    #: Labels of the most likely findings, most likely first (seed 2 shows three).
+    #: Labels of the most likely findings, most likely first (the emergency-department triage
+    #: service shows three).
     top_findings: list[str] = field(default_factory=list)
     #: Triage level from the configured per-finding thresholds, or None when not triaged.
     triage: Triage | None = None
@@ -154,7 +158,7 @@ class ImageResult:
 
 @dataclass
 class PeExamResult:
-    """Seed 1 on one CT pulmonary angiography series.
+    """The PE model (the RSNA-PE Xception design) on one CT pulmonary angiography series.
 
     Slices are indexed in the series plan's order (``models.preprocess.ct_series``:
     along the ImageOrientationPatient normal), ``slice_uids[i]`` being slice ``i``.
@@ -204,7 +208,7 @@ class LevelRun:
 
 @dataclass
 class BodyComposition:
-    """Tissue areas on one axial slice (seed 3's next step), by HU ranges.
+    """Tissue areas on one axial slice, by HU ranges (the step the lumbar-level design names next).
 
     Areas are in cm² from PixelSpacing; ``skeletal_muscle_index`` is muscle area
     over height squared (cm²/m²), present only when PatientSize (0010,1020) is.
@@ -220,7 +224,7 @@ class BodyComposition:
 
 @dataclass
 class LumbarResult:
-    """Seed 3 on one abdominal CT series: the level of every slice, L3, body composition.
+    """The lumbar-level model on one abdominal CT series: the level of every slice, L3, body composition.
 
     Parameters
     ----------

@@ -1,4 +1,7 @@
-"""Body composition on one axial CT slice (seed 3's next step): muscle and fat areas by HU ranges.
+"""Body composition on one axial CT slice: muscle and fat areas by HU ranges.
+
+This is the step the lumbar-level design (see :mod:`models`) names next: segment the L3 slice
+it finds into subcutaneous fat, visceral fat and muscle, and measure them.
 
 Input: a slice in Hounsfield units (``iter_hu_batches``, PS3.3 C.11.1.1.2), its PixelSpacing
 (row, column spacing in mm, PS3.3 10.7.1.3) and the patient's height (PatientSize
@@ -13,7 +16,7 @@ Method (classical, no model; every step a mask operation on the rows × columns 
 2. **Skin**: the outer ``skin_mm`` band of the body. Skin has soft-tissue HU, so without
    this band it would count as muscle and close the "muscle ring" at the body outline.
 3. **Tissues by HU** inside the body: skeletal muscle −29..150 HU, adipose tissue
-   −190..−30 HU (the seed's ranges, bounds inclusive).
+   −190..−30 HU (the lumbar-level design's ranges, bounds inclusive).
 4. **Abdominal wall**: the soft-tissue (muscle HU) pixels outside the skin band, opened by
    ``wall_opening_mm`` (removes fascia strands and partial-volume rims); its components
    of at least ``min_component_cm2``. Their **convex hull** is the boundary between the
@@ -58,7 +61,7 @@ __all__ = [
 ]
 
 MUSCLE_HU = (-29.0, 150.0)
-"""Skeletal muscle range (inclusive), as seed 3 and the sarcopenia literature use."""
+"""Skeletal muscle range (inclusive), as the lumbar-level design and the sarcopenia literature use."""
 FAT_HU = (-190.0, -30.0)
 """Adipose tissue range (inclusive)."""
 BODY_HU = -500.0

@@ -1,4 +1,4 @@
-"""Boxes around suspicious regions of a frontal chest radiograph (seed 2's detector).
+"""Boxes around suspicious regions of a frontal chest radiograph (the detector of the ED triage service).
 
 Input: frontal chest radiographs as :func:`models.preprocess.radiograph.radiograph_to_unit`
 gives them (float 0..1, bone white, full resolution, any size and aspect; CR/DX of
@@ -6,17 +6,18 @@ PS3.3 A.2 / A.26). Each is **letterboxed** as Ultralytics does (``LetterBox`` in
 ``ultralytics/data/augment.py``): scaled by ``r = min(H / rows, W / columns)`` to
 ``round(columns·r) × round(rows·r)`` (at least 1 pixel), centred on an ``H × W``
 canvas of grey 114/255 (``postprocessing.letterbox_pad``, default 114) with
-``top = round(dh / 2 - 0.1)`` and ``left = round(dw / 2 - 0.1)`` pixels of padding (the same rounding as Ultralytics,
-Python's ``round``), and the grey plane is repeated into the model's channels
+``top = round(dh / 2 - 0.1)`` and ``left = round(dw / 2 - 0.1)`` pixels of padding (the same
+rounding as Ultralytics, Python's ``round``), and the grey plane is repeated into the model's channels
 (RGB, NCHW, float 0..1). Shrinking is an area average (``resize_image``), as
 Ultralytics' validation loader does; the geometry, which is what the boxes depend
 on, is exactly Ultralytics'.
 
-Model (seed 2: YOLOv5 on ChestX-Det's classes; here an Ultralytics YOLO such as
-YOLOv8n, trained with the ``[yolo]`` extra and exported to ONNX, or served from its
-``.pt`` with the ``ultralytics`` backend). Its raw output is ``(N, 4 + nc, anchors)``:
-per anchor a box (centre x, centre y, width, height in letterboxed pixels) and ``nc``
-class scores already passed through the sigmoid (no objectness).
+Model (the emergency-department (ED) triage service, see :mod:`models`: YOLOv5 on
+ChestX-Det's classes; here an Ultralytics YOLO such as YOLOv8n, trained with the ``[yolo]``
+extra and exported to ONNX, or served from its ``.pt`` with the ``ultralytics`` backend).
+Its raw output is ``(N, 4 + nc, anchors)``: per anchor a box (centre x, centre y, width,
+height in letterboxed pixels) and ``nc`` class scores already passed through the sigmoid
+(no objectness).
 
 Postprocessing (``decode``): per anchor the best class (or every class with
 ``postprocessing.multi_label: true``) is kept when its score reaches that class's
@@ -111,7 +112,10 @@ def letterbox_geometry(source_shape: tuple[int, int], canvas_shape: tuple[int, i
 def letterbox(
     image: np.ndarray, canvas_shape: tuple[int, int], pad_value: float = PAD_VALUE
 ) -> tuple[np.ndarray, Letterbox]:
-    """Scale a 2-D 0..1 image into a ``canvas_shape`` canvas, keeping its aspect, padded with ``pad_value`` (114/255)."""
+    """Scale a 2-D 0..1 image into a ``canvas_shape`` canvas, keeping its aspect.
+
+    The canvas is padded with ``pad_value`` (114/255 by default, Ultralytics' grey).
+    """
     geometry = letterbox_geometry((int(image.shape[0]), int(image.shape[1])), canvas_shape)
     canvas = np.full(canvas_shape, pad_value, dtype=np.float32)
     resized = resize_image(np.asarray(image, dtype=np.float32), geometry.resized_height, geometry.resized_width)
@@ -200,7 +204,7 @@ def decode(
 
 
 class Detector(RadiographModel):
-    """Seed 2's detector over any backend (see the module docstring).
+    """The ED triage service's detector over any backend (see the module docstring).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Fourteen NIH ChestX-ray14 findings on a frontal chest radiograph (seed 2).
+"""Fourteen NIH ChestX-ray14 findings on a frontal chest radiograph (the ED triage service's classifier).
 
 Input: frontal chest radiographs as :func:`models.preprocess.radiograph.radiograph_to_unit`
 gives them (float 0..1, bone white, full resolution; CR/DX of PS3.3 A.2 / A.26), each
@@ -7,11 +7,11 @@ resized to the manifest's ``input.height × input.width`` with
 as the training in ``training`` does) and fed as one grey channel (NHWC, or
 NCHW when the manifest says so).
 
-Model (seed 2's design, ``training.architectures.finding_classifier``): an
-EfficientNet backbone (B0 by default; the variant is the training's choice) →
-global average pooling → dropout → Dense(14, sigmoid); 512×512 input by default.
-Seed 2 reports a mean test AUC of 0.7848 on ChestX-ray14 (0.8412 with PGGAN
-augmentation); our figures are in the weights' model card.
+Model (the design of the emergency-department (ED) triage service, see :mod:`models`;
+``training.architectures.finding_classifier``): an EfficientNet backbone (B0 by default;
+the variant is the training's choice) → global average pooling → dropout → Dense(14,
+sigmoid); 512×512 input by default. Its authors report a mean test AUC of 0.7848 on
+ChestX-ray14 (0.8412 with PGGAN augmentation); our figures are in the weights' model card.
 
 Output: one :class:`core.findings.Finding` per manifest label per image
 (``group="finding"``): the label's sigmoid probability, ``present`` when it reaches
@@ -150,7 +150,7 @@ class RadiographModel:
 
 
 class FindingClassifier(RadiographModel):
-    """Seed 2's multi-label classifier over any backend (see the module docstring).
+    """The ED triage service's multi-label classifier over any backend (see the module docstring).
 
     Parameters
     ----------

@@ -1,14 +1,16 @@
-"""COVID-19 / normal / pneumonia / tuberculosis on a frontal chest radiograph (seed 4).
+"""COVID-19 / normal / pneumonia / tuberculosis on a frontal chest radiograph (the four-class design).
+
+The source design is *the four-class design* (see :mod:`models`).
 
 Input: frontal chest radiographs as :func:`models.preprocess.radiograph.radiograph_to_unit`
 gives them (float 0..1, bone white, full resolution; CR/DX of PS3.3 A.2 / A.26), each
-resized to the manifest's size (seed 4: 256×256, scaled to 0..1) with
+resized to the manifest's size (the source design: 256×256, scaled to 0..1) with
 :func:`models.preprocess.radiograph.resize_image` and fed as one grey channel.
 
-Models (seed 4, ``training.architectures``): ResNet-18 (manifest
+Models (those of the source design; ``training.architectures``): ResNet-18 (manifest
 ``cxr-four-class``) or the 5-layer CNN — three Conv 3×3 + ReLU + max-pooling blocks
 and two fully connected layers (``cxr-four-class-cnn``) — each with a softmax over
-the four classes. Seed 4 reports accuracy 0.778 (CNN) and 0.80 (ResNet-18 with
+the four classes. Its authors report accuracy 0.778 (CNN) and 0.80 (ResNet-18 with
 augmentation); our figures are in the weights' model cards.
 
 Output: one :class:`core.findings.Finding` per class per image (``group="class"``)
@@ -40,7 +42,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class FourClassClassifier(RadiographModel):
-    """Seed 4's single-label classifier over any backend (see the module docstring).
+    """The four-class design's single-label classifier over any backend (see the module docstring).
 
     Parameters
     ----------
@@ -64,7 +66,8 @@ class FourClassClassifier(RadiographModel):
             raise ModelError(f"model {manifest.name!r}: a softmax classifier needs at least two labels")
         if manifest.input.channels != 1:
             raise ModelError(
-                f"model {manifest.name!r}: the four-class classifier takes one grey channel, not {manifest.input.channels}"
+                f"model {manifest.name!r}: the four-class classifier takes one grey channel, "
+                f"not {manifest.input.channels}"
             )
         self._logits = output_kind(manifest) == "logits"
         self._batch = batch_size(manifest)

@@ -1,4 +1,7 @@
-"""Vertebral level of each axial slice of an abdominal CT, the L3 slice and body composition (seed 3).
+"""Vertebral level of each axial slice of an abdominal CT, the L3 slice and body composition.
+
+The source design is *the lumbar-level design* (see :mod:`models`): a published slice
+classifier that finds the L3 slice of an abdominal CT, where muscle is measured for sarcopenia.
 
 Input: one axial CT series as a :class:`models.preprocess.ct_series.SeriesPlan` (slices
 ordered along the ImageOrientationPatient normal, PS3.3 C.7.6.2) and the files of its
@@ -8,10 +11,10 @@ window of the manifest's ``input.preprocessing`` (``{"kind": "ct_windows", "wind
 channel), quantised to 8 bits exactly as the training PNGs are, and resized (area
 average) to the manifest's input size.
 
-Model (seed 3): EfficientNetV2 backbone (M at 512×512 in the seed; S selectable;
-``training.lumbar``), softmax over the seven classes of
-:data:`core.findings.LUMBAR_LEVELS` — T, L1, L2, L3, L4, L5, S — per slice. The seed
-reports 97.6 % slice accuracy, with errors only between neighbouring levels.
+Model (the lumbar-level design): EfficientNetV2 backbone (M at 512×512 in the source design;
+S selectable; ``training.lumbar``), softmax over the seven classes of
+:data:`core.findings.LUMBAR_LEVELS` — T, L1, L2, L3, L4, L5, S — per slice. Its authors
+report 97.6 % slice accuracy, with errors only between neighbouring levels.
 
 Decoding: the levels of a series are one **monotonic sequence** along the patient axis
 (T, L1 … L5, S from head to feet), not independent labels. :func:`decode_monotonic` is a
@@ -234,7 +237,7 @@ def level_runs(levels: Sequence[str]) -> list[LevelRun]:
 
 
 class LumbarModel:
-    """Seed 3's level classifier with monotonic decoding, search and L3 body composition."""
+    """The lumbar-level classifier with monotonic decoding, search and L3 body composition."""
 
     def __init__(self, model: OnnxModel) -> None:
         manifest = model.manifest

@@ -1,4 +1,4 @@
-"""Pulmonary embolism on CT pulmonary angiography (seed 1), with the RSNA label-consistency rules.
+"""Pulmonary embolism on CT pulmonary angiography (the RSNA-PE Xception design), with the RSNA label-consistency rules.
 
 Input: one axial CT series (CT Image Storage, PS3.3 A.3) planned by
 :func:`models.preprocess.ct_series.plan_series` and read in Hounsfield units a few slices at a
@@ -7,7 +7,7 @@ whatever the series length. Each slice becomes three channels, one per CT window
 manifest's ``input.preprocessing`` (``{"kind": "ct_windows", "windows": [[centre, width], ...]}``,
 PS3.3 C.11.2.1.2 linear window), each clipped to 0..1 and area-resized to the manifest's size;
 with ``"crop": "body"`` each slice is first cut to the square around the patient
-(:func:`crop_to_body`; default ``"none"``, the whole slice, as seed 1).
+(:func:`crop_to_body`; default ``"none"``, the whole slice, as in the source design).
 The defaults follow the common RSNA-PE practice:
 
 - ``[100, 700]`` "PE window" (−250..450 HU): contrast-filled pulmonary arteries (250–500 HU)
@@ -18,7 +18,8 @@ The defaults follow the common RSNA-PE practice:
 - ``[-600, 1500]`` lung (−1350..150 HU): lung parenchyma and vessels' course into the lobes
   (which side, infarcts).
 
-Model (seed 1, ``training.pe``): Xception → GAP → dropout → Dense 1024 → 256 → 64 → nine
+Model (the source design: Xception trained on the RSNA Pulmonary Embolism Detection
+Challenge 2020 data; ``training.pe``): Xception → GAP → dropout → Dense 1024 → 256 → 64 → nine
 sigmoid heads; its ONNX graph has one output (N, 9), the heads in :data:`PE_HEADS` order.
 
 Aggregation over the *n* slices of the exam (``p_i`` = ``pe_present_on_image`` of slice *i*):
@@ -45,7 +46,7 @@ label. Where a rule forces a choice, the label with the higher probability wins;
 recorded in :attr:`PeExamResult.corrections`.
 
 Side by mirror probes (manifest ``postprocessing.location``: ``"heads"``, the default, or
-``"mirror"``): seed 1 reads left and right from its location heads, which see the slice only
+``"mirror"``): the source design reads left and right from its location heads, which see the slice only
 through global average pooling. With ``"mirror"`` the side comes from the slice head instead,
 on the exam's key slices: each is scored again twice, once with the patient's right half
 replaced by the mirror image of the left half about the body's midline, once the other way
@@ -184,7 +185,7 @@ def window_slices(
     """
     if hu.ndim != 3:
         raise ValueError(f"expected slices of shape (N, rows, columns), got {hu.shape}")
-    for centre, span in windows:
+    for _centre, span in windows:
         if span <= 0:
             raise ValueError(f"window width must be positive, got {span}")
     if not crop_body:
@@ -432,7 +433,7 @@ def select_key_slices(
 
 
 class PeModel:
-    """Seed 1's PE model over an ONNX session (see the module docstring)."""
+    """The RSNA-PE Xception design's PE model over an ONNX session (see the module docstring)."""
 
     def __init__(self, model: Any) -> None:
         manifest: Manifest = model.manifest
@@ -634,7 +635,10 @@ class PeModel:
         return not_assessable(result, reasons) if reasons else result
 
     def probe_slices(self, scores: np.ndarray) -> list[int]:
-        """The slices to probe for the side (``location`` ``"mirror"``): the key slices of a positive exam, else none."""
+        """The slices to probe for the side (``location`` ``"mirror"``).
+
+        The key slices of a positive exam, else none.
+        """
         if self.location != "mirror":
             return []
         probs = np.asarray(scores, dtype=np.float64)[:, PE_HEADS.index(_IMAGE)]

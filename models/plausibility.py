@@ -1,9 +1,9 @@
 """Anatomical plausibility of CT results: is a decoded level map, or a CTPA's coverage, possible at all?
 
-A model can give a confident answer that no patient can have: seed 3's level classifier on a
-real abdominal CT called 107 slices of 3 mm (over 300 mm) "S" and the five above them "L1",
-with no L2..L5 in between. Such a result must reach the radiologist as "not determined" with
-the reason, never as a finding (ARCHITECTURE.md, reliability rules). The checks here are pure
+A model can give a confident answer that no patient can have: the lumbar-level classifier
+(:mod:`models.lumbar`) on a real abdominal CT called 107 slices of 3 mm (over 300 mm) "S" and
+the five above them "L1", with no L2..L5 in between. Such a result must reach the radiologist as
+"not determined" with the reason, never as a finding. The checks here are pure
 functions of the result and the slice geometry; each returns the reasons (in words, for the SR,
 the job summary and the log) why the result is implausible, an empty list when it is not.
 

@@ -1,16 +1,16 @@
-"""Frontal vs lateral chest radiograph filter (seed 5).
+"""Frontal vs lateral chest radiograph filter (the MIMIC-CXR view-filter design, see :mod:`models`).
 
 Input: chest CR/DX datasets (PS3.3 A.2 / A.26) with grey or colour pixels. Each is
 turned into a 64×64 float image in 0..1, bone white, by
 :func:`models.preprocess.radiograph.radiograph_input` (Modality LUT, VOI window or a
 percentile window, MONOCHROME1 inverted, first frame, area-average resize with the
-aspect stretched as in seed 5's training).
+aspect stretched as in the source design's training).
 
-Model (seed 5's design, ``training.view_filter``): 64×64×1 → Conv2D 3×3 16, 32,
+Model (as in the source design; ``training.view_filter``): 64×64×1 → Conv2D 3×3 16, 32,
 64, 128 (valid, ReLU) with 2×2 max-pooling after the first three → 4×4 average
-pooling → Dense 64 ReLU → Dense 1 sigmoid = P(lateral); 105,473 parameters (seed 5:
-105,761 with three channels). Seed 5 reports validation accuracy 1.0 and 99.74 % on
-38,552 further MIMIC-CXR images; our figures on held-out patients are in the
+pooling → Dense 64 ReLU → Dense 1 sigmoid = P(lateral); 105,473 parameters (the source
+design: 105,761 with three channels). Its authors report validation accuracy 1.0 and
+99.74 % on 38,552 further MIMIC-CXR images; our figures on held-out patients are in the
 weights' ``MODEL_CARD.md``.
 
 Output: one :class:`core.findings.ViewResult` per dataset: the predicted view
@@ -59,7 +59,7 @@ def header_view(view_position: str | None) -> View | None:
 
 
 class ViewFilter:
-    """Seed 5's view filter over an ONNX session (see the module docstring)."""
+    """The MIMIC-CXR view-filter design over an ONNX session (see the module docstring)."""
 
     def __init__(self, model: OnnxModel) -> None:
         manifest = model.manifest

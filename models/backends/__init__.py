@@ -1,6 +1,6 @@
 """Inference backends: run a verified model's weights on a batch of arrays.
 
-A manifest's ``backend`` picks one (ARCHITECTURE.md, "Contracts"):
+A manifest's ``backend`` picks one:
 
 - ``onnx`` (:class:`~models.backends.onnx_backend.OnnxModel`): ONNX Runtime on the CPU,
   the serving default; only base dependencies.

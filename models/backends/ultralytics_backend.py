@@ -8,10 +8,11 @@ per anchor a box as centre x, centre y, width, height in the input's pixels, the
 class scores after the sigmoid — exactly what ``model.export(format="onnx")`` writes,
 so :mod:`models.detector` decodes both backends with one function.
 
-Weights are never downloaded at run time (ARCHITECTURE.md): Ultralytics is put in
-offline mode (``YOLO_OFFLINE``) and may not install packages (``YOLO_AUTOINSTALL``)
-unless the environment already says otherwise, and only an existing ``.pt`` file is
-opened — a bare name such as ``yolov8n.pt`` would otherwise be fetched.
+Weights are never downloaded at run time (the node runs only the file whose SHA-256 its
+manifest names): Ultralytics is put in offline mode (``YOLO_OFFLINE``) and may not install
+packages (``YOLO_AUTOINSTALL``) unless the environment already says otherwise, and only an
+existing ``.pt`` file is opened — a bare name such as ``yolov8n.pt`` would otherwise be
+fetched.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ class UltralyticsModel:
         stride = int(max(getattr(module, "stride", torch.tensor([32])).tolist()))
         if spec.height % stride or spec.width % stride:
             raise ModelError(
-                f"model {manifest.name!r}: input {spec.height}×{spec.width} is not a multiple of the model's stride {stride}"
+                f"model {manifest.name!r}: input {spec.height}×{spec.width} is not a multiple of "
+                f"the model's stride {stride}"
             )
         self.manifest = manifest
         self.names: dict[int, str] = dict(getattr(module, "names", {}) or {})

@@ -20,9 +20,10 @@ frames of the rare multi-frame DX are usually repeats of it.
 Resizing (:func:`resize_image`) is an area average when shrinking (each output
 pixel is the mean of the input pixels it covers, so thin structures are not lost
 to aliasing) and bilinear when enlarging. The aspect ratio is **stretched**, not
-padded: the view filter (seed 5) was trained on images resized plainly to 64×64,
-and its training in ``training.view_filter`` uses this same function, so
-inference sees the same geometry as training did.
+padded: the view filter's source design (the MIMIC-CXR view-filter design, see
+:mod:`models`) was trained on images resized plainly to 64×64, and its training in
+``training.view_filter`` uses this same function, so inference sees the same geometry
+as training did.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def radiograph_to_unit(ds: Any) -> np.ndarray:
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize a 2-D float image to ``height × width`` (area average down, bilinear up).
 
-    The aspect ratio is stretched, as in seed 5's training (see the module docstring).
+    The aspect ratio is stretched, as in the view filter's training (see the module docstring).
     """
     from PIL import Image
 

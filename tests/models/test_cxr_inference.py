@@ -265,7 +265,7 @@ def test_finding_classifier_same_on_onnx_and_keras_and_thresholds_per_label(
 
 @pytest.fixture(scope="module")
 def four_class_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Manifest, Manifest]:
-    """Seed 4's 5-layer CNN, tiny and untrained, as .keras, .h5 and ONNX."""
+    """The four-class design's 5-layer CNN, tiny and untrained, as .keras, .h5 and ONNX."""
     import keras
 
     keras.utils.set_random_seed(4)

@@ -1,4 +1,4 @@
-"""Seed 3's level decoding and search, and the lumbar model on CT series written here.
+"""The lumbar-level design's level decoding and search, and the lumbar model on CT series written here.
 
 The model in the series tests is a small ONNX graph built here that reads a marker square
 in each slice's corner (its HU encode the level), so every step — plan, HU, windows,
