@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from core.table import format_table
-from node.errors import AinodeError, ConfigError, InputError
+from node.errors import ConfigError, InputError, NodeError
 from node.pipelines import Pipeline
 from node.router import is_own_or_result_object, load_routing, read_header, route
 from node.settings import Settings
@@ -119,7 +119,7 @@ def analyze_paths(
             if item.pipeline not in built:
                 built[item.pipeline] = pipeline_factory(item.pipeline, settings, plan.registry)
             output = built[item.pipeline].analyse(item.study_uid, item.series_uid, item.paths)
-        except AinodeError as exc:
+        except NodeError as exc:
             rows.append((label, item.pipeline, "failed", str(exc)))
             failed = True
             continue

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from core.table import format_table
 from node.db import AuditKind
-from node.errors import AinodeError
+from node.errors import NodeError
 from node.settings import Settings, load_settings
 
 log = logging.getLogger("ainode.cli")
@@ -102,9 +102,7 @@ def cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
     if args.destination:
         dest = settings.destinations.get(args.destination)
         if not isinstance(dest, DicomDestinationSettings):
-            raise AinodeError(
-                f"no DICOM destination named {args.destination!r} (have: {sorted(settings.destinations)})"
-            )
+            raise NodeError(f"no DICOM destination named {args.destination!r} (have: {sorted(settings.destinations)})")
         host, port, called = dest.host, dest.port, dest.ae_title
         context = tls.destination_context(args.destination, dest)  # the same TLS as deliveries
     else:
@@ -164,11 +162,11 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     db = _open_db(settings)
     if args.action == "show":
         if args.id is None:
-            raise AinodeError("ainode jobs show ID: name the job (its id in 'ainode jobs')")
+            raise NodeError("ainode jobs show ID: name the job (its id in 'ainode jobs')")
         with db.session() as session:
             job = session.get(Job, args.id)
             if job is None:
-                raise AinodeError(f"no job {args.id} (see 'ainode jobs')")
+                raise NodeError(f"no job {args.id} (see 'ainode jobs')")
             results = session.execute(
                 select(Result, Delivery)
                 .outerjoin(Delivery, Delivery.result_id == Result.id)
@@ -268,13 +266,13 @@ def cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         if len(args.ids) != 1:
-            raise AinodeError("ainode deliveries show ID: name one delivery (its id in 'ainode deliveries')")
+            raise NodeError("ainode deliveries show ID: name one delivery (its id in 'ainode deliveries')")
         with db.session() as session:
             found = session.execute(
                 select(Delivery, Result).join(Result, Result.id == Delivery.result_id).where(Delivery.id == args.ids[0])
             ).first()
         if found is None:
-            raise AinodeError(f"no delivery {args.ids[0]} (see 'ainode deliveries')")
+            raise NodeError(f"no delivery {args.ids[0]} (see 'ainode deliveries')")
         d, r = found
         schedule = _delivery_schedule(settings, d)
         print(
@@ -340,7 +338,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     try:
         since = datetime.fromisoformat(args.since) if args.since else None
     except ValueError as exc:
-        raise AinodeError(f"--since {args.since!r}: expected a time like 2026-11-22T10:00 (UTC)") from exc
+        raise NodeError(f"--since {args.since!r}: expected a time like 2026-11-22T10:00 (UTC)") from exc
     events = query(_open_db(settings), since=since, study=args.study, kinds=args.kind or (), limit=args.limit)
     headers, rows = format_events(events)
     print(format_table(headers, rows))
@@ -356,7 +354,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     try:
         free, total = disk_state(settings)
     except OSError as exc:
-        raise AinodeError(
+        raise NodeError(
             f"cannot read the free space of the data directory {settings.data_dir}: {exc.strerror or exc}"
         ) from exc
     plan = plan_purge(db, settings, utcnow(), free, total)
@@ -549,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         _setup_logging(settings)
         return int(args.func(settings, args))
-    except AinodeError as exc:
+    except NodeError as exc:
         print(f"ainode: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C in a command other than serve (which stops cleanly on SIGINT)
@@ -558,10 +556,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from models.errors import ModelError as ModelsError
+        from core.errors import CoreError, UnreadableDicom
+        from models.errors import ModelError
 
-        # The edge: what no command mapped itself is still one line (a bug's traceback stays a traceback).
-        if isinstance(exc, ModelsError):
+        # The edge: the lower packages' errors that no command mapped itself are still one line (a bug's
+        # traceback stays a traceback).
+        if isinstance(exc, UnreadableDicom):
+            message = f"{exc.path}: {exc.reason}"
+        elif isinstance(exc, (CoreError, ModelError)):
             message = str(exc)
         elif isinstance(exc, SQLAlchemyError):
             cause = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -2,64 +2,53 @@
 
 ::
 
-    AinodeError
+    NodeError                  base of every error the node raises on purpose
     ├── ConfigError            configuration file or environment is invalid
-    ├── ModelError             manifest, weights or checksum problem
-    │   └── WeightsMissing     a model's weights file is absent (pipeline disabled)
+    ├── ModelUnavailable       a model cannot be verified or loaded (stops the node or its pipeline)
     ├── InputError             a DICOM input cannot be analysed (recorded on its job)
-    ├── StorageError           the spool or outbox cannot be written
-    │   └── StorageFull        out of disk space (C-STORE answers 0xA700)
-    └── DeliveryError          a destination refused or could not be reached
+    └── StorageError           the spool, outbox or database cannot be written
+        └── StorageFull        out of disk space (C-STORE answers 0xA700)
 
-Lower-layer errors (pydicom, pynetdicom, SQLAlchemy, OSError) are mapped to
-these at the edges with ``raise ... from exc``.
+Lower layers' errors are mapped to these where the node catches them, with
+``raise ... from exc``: ``models.errors.ModelError`` (hence ``WeightsMissing``,
+``ChecksumMismatch``) to :class:`ModelUnavailable`, ``core.errors.UnreadableDicom``
+and ``models.errors.PreprocessError`` to :class:`InputError`, ``OSError`` to
+:class:`StorageError`. A result that cannot be delivered is not an exception: a
+destination reports it as a ``node.destinations.DeliveryAttempt``. The ``ainode``
+command prints any of them as one line (``ainode: error: ...``) and exits 2.
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "AinodeError",
+    "NodeError",
     "ConfigError",
-    "ModelError",
-    "WeightsMissing",
+    "ModelUnavailable",
     "InputError",
     "StorageError",
     "StorageFull",
-    "DeliveryError",
 ]
 
 
-class AinodeError(Exception):
+class NodeError(Exception):
     """Base of every error the node raises on purpose."""
 
 
-class ConfigError(AinodeError):
+class ConfigError(NodeError):
     """The configuration is invalid; the message names the key and an example."""
 
 
-class ModelError(AinodeError):
-    """A model cannot be loaded: bad manifest, changed or unreadable weights."""
+class ModelUnavailable(NodeError):
+    """A model cannot be used: invalid manifest, weights changed since their manifest, or unloadable weights."""
 
 
-class WeightsMissing(ModelError):
-    """A model's weights file is absent; its pipeline is disabled, the rest runs."""
-
-
-class InputError(AinodeError):
+class InputError(NodeError):
     """A DICOM input cannot be analysed; the reason is recorded on its job."""
 
 
-class StorageError(AinodeError):
+class StorageError(NodeError):
     """The spool, outbox or database could not be written."""
 
 
 class StorageFull(StorageError):
     """No space left on the device holding the data directory."""
-
-
-class DeliveryError(AinodeError):
-    """A result could not be delivered; ``permanent`` means retrying cannot help."""
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent

@@ -1,6 +1,6 @@
 """Start-up and command-line checks that turn an unusable environment into one clear line.
 
-Each function raises a :class:`~node.errors.AinodeError` whose message names the
+Each function raises a :class:`~node.errors.NodeError` whose message names the
 problem and the fix in one line (``ainode`` prints it and exits 2), instead of
 the ``OSError`` or SQLAlchemy traceback the same problem would otherwise give:
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.errors import AinodeError, ConfigError
+from node.errors import ConfigError, NodeError
 
 __all__ = ["KINDS", "SampleStudy", "parse_address", "write_sample"]
 
@@ -93,20 +93,18 @@ def write_sample(kind: str, out: Path, seed: int = 1) -> SampleStudy:
     ------
     ConfigError
         Unknown kind.
-    AinodeError
+    NodeError
         ``out`` cannot be written (one line with the reason).
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown sample {kind!r}: choose one of {', '.join(KINDS)}")
     pipeline, description, writer = KINDS[kind]
     if out.exists() and not out.is_dir():
-        raise AinodeError(f"--out {out} is a file: name a folder (it is created if needed)")
+        raise NodeError(f"--out {out} is a file: name a folder (it is created if needed)")
     try:
         study_uid, paths = writer(out, seed)
     except OSError as exc:
-        raise AinodeError(
-            f"cannot write the sample into {out} ({exc.strerror or exc}): name a writable folder"
-        ) from exc
+        raise NodeError(f"cannot write the sample into {out} ({exc.strerror or exc}): name a writable folder") from exc
     return SampleStudy(kind=kind, pipeline=pipeline, description=description, study_uid=study_uid, paths=paths)
 
 

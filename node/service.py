@@ -21,7 +21,7 @@ from node import preflight, tls
 from node.assembler import Assembler
 from node.audit import ReceiveAudit
 from node.db import Database
-from node.errors import ConfigError, ModelError
+from node.errors import ConfigError, ModelUnavailable
 from node.http import HttpServer, Metrics, ReadinessProbe, database_gauges
 from node.idempotency import analysis_keys
 from node.pipelines import PIPELINE_MODELS, Pipeline
@@ -48,17 +48,17 @@ def plan_models(settings: Settings) -> ModelPlan:
 
     Raises
     ------
-    ModelError
+    ModelUnavailable
         A weights file whose checksum differs from its manifest, or an invalid manifest.
     """
     try:
         registry = ModelRegistry.discover(settings.models_dir, settings.models_file)
     except model_errors.ModelError as exc:
-        raise ModelError(str(exc)) from exc
+        raise ModelUnavailable(str(exc)) from exc
     states = {s.name: s for s in registry.verify()}
     broken = [s for s in states.values() if s.state in ("mismatch", "invalid")]
     if broken:
-        raise ModelError(
+        raise ModelUnavailable(
             "model weights do not match their manifests:\n" + "\n".join(f"  - {s.message}" for s in broken)
         )
     plan = ModelPlan(registry=registry)

@@ -216,17 +216,17 @@ class CxrPipeline:
 
         Raises
         ------
-        node.errors.ModelError
+        node.errors.ModelUnavailable
             When the view filter cannot be loaded.
         """
-        from node.errors import ModelError
+        from node.errors import ModelUnavailable
 
         config = settings.cxr
         threads = settings.threads_per_model
         try:
             view_filter = ViewFilter.from_manifest(registry.require("cxr-view-filter"), threads=threads)
         except ModelsModelError as exc:
-            raise ModelError(str(exc)) from exc
+            raise ModelUnavailable(str(exc)) from exc
         missing: dict[str, str] = {}
 
         def load(name: str | None, module: str, cls_name: str) -> RadiographModel | None:
