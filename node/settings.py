@@ -19,15 +19,36 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
+from importlib.resources import files
 from pathlib import Path
-from typing import AbstractSet, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.validation import problems
 from node.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def _shipped(package: str) -> Path:
+    """The folder of a data package shipped with ainode (``config``, ``weights``) on the file system.
+
+    Found with :mod:`importlib.resources`: the package inside an installed wheel, the
+    repository's folder in a checkout (editable install), from whatever folder ainode runs.
+    """
+    folder = files(package)
+    if not isinstance(folder, Path):  # e.g. imported from a zip file: settings and the registry need real files
+        raise ImportError(f"ainode's {package!r} package is not a folder on the file system ({folder})")
+    return folder.resolve()
+
+
+#: The shipped ``node.yaml``, read when neither ``--config`` nor ``AINODE_CONFIG`` names another.
+DEFAULT_CONFIG_FILE = _shipped("config") / "node.yaml"
+#: The shipped models (one folder per model) and the files that list models and route series to pipelines.
+DEFAULT_MODELS_DIR = _shipped("weights")
+DEFAULT_MODELS_FILE = DEFAULT_CONFIG_FILE.parent / "models.yaml"
+DEFAULT_ROUTING_FILE = DEFAULT_CONFIG_FILE.parent / "routing.yaml"
 ENV_PREFIX = "AINODE_"
 #: ``AINODE_*`` variables that are not settings: the file's own name, the test suite's shared data,
 #: and the variables of ``scripts/dev.sh`` (its Python and pip extras), which reach ``ainode serve``.
@@ -273,9 +294,9 @@ class Settings(_Strict):
     # A series re-sent unchanged is never analysed again with the same models and settings; with
     # new weights or settings, true analyses it again on its next re-send (node.idempotency).
     reanalyse_on_change: bool = False
-    models_dir: Path = REPO_ROOT / "weights"
-    models_file: Path | None = REPO_ROOT / "config" / "models.yaml"
-    routing_file: Path = REPO_ROOT / "config" / "routing.yaml"
+    models_dir: Path = DEFAULT_MODELS_DIR
+    models_file: Path | None = DEFAULT_MODELS_FILE
+    routing_file: Path = DEFAULT_ROUTING_FILE
     destinations: dict[str, Destination] = Field(default_factory=lambda: _default_destinations())
     default_destinations: list[str] = Field(default_factory=lambda: ["pacs"])
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
@@ -295,7 +316,8 @@ class Settings(_Strict):
         value = value.rstrip(".")
         if not _UID_ROOT.match(value) or len(value) > 53:
             raise ValueError(
-                "must be digits separated by dots, no leading zeros, at most 53 characters (so that generated UIDs fit in 64)"
+                "must be digits separated by dots, no leading zeros, at most 53 characters "
+                "(so that generated UIDs fit in 64)"
             )
         return value
 
@@ -398,17 +420,17 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = [f"Invalid configuration ({source}):"]
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        # An unknown key's value is not shown: it may be a secret (e.g. AINODE_PASSWORD=... read as a key).
-        shown = err["type"] not in ("missing", "extra_forbidden") and not isinstance(err["input"], dict)
-        got = f" (got {err['input']!r})" if shown else ""
-        example = EXAMPLES.get(str(err["loc"][0]) if err["loc"] else "", "")
+    for problem in problems(exc):
+        # An unknown key's value is not shown (problem.input_shown): it may be a secret (AINODE_PASSWORD=... read
+        # as a key).
+        got = f" (got {problem.input!r})" if problem.input_shown else ""
+        example = EXAMPLES.get(str(problem.loc[0]) if problem.loc else "", "")
         hint = f". Example: {example}" if example else ""
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        # These messages keep pydantic's own wording, "Value error, " included.
+        msg = f"Value error, {problem.message}" if problem.type == "value_error" else problem.message
+        if problem.type == "extra_forbidden":
             msg = "unknown key (check the spelling; see config/node.yaml for every key)"
-        lines.append(f"  - {loc}: {msg}{got}{hint}")
+        lines.append(f"  - {problem.key or '(top level)'}: {msg}{got}{hint}")
     return "\n".join(lines)
 
 
@@ -429,7 +451,7 @@ def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | N
     """
     environ = os.environ if environ is None else environ
     if path is None:
-        path = environ.get("AINODE_CONFIG") or (REPO_ROOT / "config" / "node.yaml")
+        path = environ.get("AINODE_CONFIG") or DEFAULT_CONFIG_FILE
     path = Path(path)
     data: dict[str, Any] = {}
     if path.exists():
@@ -440,7 +462,7 @@ def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | N
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of keys (e.g. 'port: 11112'), got {type(loaded).__name__}")
         data = loaded
-    elif "AINODE_CONFIG" in environ or path != REPO_ROOT / "config" / "node.yaml":
+    elif "AINODE_CONFIG" in environ or path != DEFAULT_CONFIG_FILE:
         raise ConfigError(f"configuration file {path} does not exist")
     # A secret kept in an AINODE_* variable (password_env: AINODE_PACS_PASSWORD) is not a setting.
     data = _merge(data, _env_overrides(environ, _secret_variables(data)))

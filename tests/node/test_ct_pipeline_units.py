@@ -34,7 +34,7 @@ from node.pipelines.ct_lumbar import MIN_SLICES as LUMBAR_MIN_SLICES
 from node.pipelines.ct_lumbar import CtLumbarPipeline
 from node.pipelines.ct_pe import MIN_SLICES as PE_MIN_SLICES
 from node.pipelines.ct_pe import CtPePipeline
-from node.settings import REPO_ROOT
+from node.settings import DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE
 from tests.helpers import assert_dciodvfy_clean, lateral_radiograph
 from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 
@@ -135,7 +135,7 @@ def tiny_lumbar(tiny_registry: ModelRegistry) -> CtLumbarPipeline:
 @pytest.fixture(scope="module")
 def demo_registry() -> ModelRegistry:
     """The models the node loads by default (``config/models.yaml`` over ``weights/``); verified by ``require``."""
-    return ModelRegistry.discover(REPO_ROOT / "weights", REPO_ROOT / "config" / "models.yaml")
+    return ModelRegistry.discover(DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE)
 
 
 def _series(phantom: CtPhantom, folder: Path) -> tuple[CtPhantom, list[Path]]:

@@ -36,7 +36,7 @@ from models.plausibility import (
 from models.registry import ModelRegistry
 from node.pipelines.ct_lumbar import CtLumbarPipeline
 from node.pipelines.ct_pe import CtPePipeline
-from node.settings import REPO_ROOT
+from node.settings import DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE
 from sr_writer import build_lumbar_report, build_pe_report, code
 from tests.helpers import assert_dciodvfy_clean
 from tests.node.test_ct_pipeline_units import UID_ROOT, tiny_registry  # noqa: F401  (a fixture)
@@ -293,7 +293,7 @@ def test_the_reasons_survive_the_stored_result() -> None:
 
 @pytest.fixture(scope="module")
 def demo_lumbar() -> CtLumbarPipeline:
-    registry = ModelRegistry.discover(REPO_ROOT / "weights", REPO_ROOT / "config" / "models.yaml")
+    registry = ModelRegistry.discover(DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE)
     return CtLumbarPipeline(registry, uid_root=UID_ROOT)
 
 
@@ -386,7 +386,7 @@ def test_demo_pe_on_a_chest_cut_to_its_lower_third_is_indeterminate(tmp_path: Pa
     phantom = ctpa_phantom(503, slices=80, size=256, embolus="right")
     paths = phantom.write_series(tmp_path / "series")
     assert [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths] == phantom.truth["sop_uids"]
-    registry = ModelRegistry.discover(REPO_ROOT / "weights", REPO_ROOT / "config" / "models.yaml")
+    registry = ModelRegistry.discover(DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE)
     out = CtPePipeline(registry, uid_root=UID_ROOT).analyse(
         phantom.truth["study_uid"], phantom.truth["series_uid"], paths[48:]
     )

@@ -24,7 +24,7 @@ from models.view_filter import ViewFilter
 from node.errors import ConfigError, InputError
 from node.pipelines import PIPELINE_MODELS
 from node.pipelines.cxr import CxrPipeline, TriageRules, top_findings
-from node.settings import REPO_ROOT, Settings, load_settings
+from node.settings import DEFAULT_CONFIG_FILE, DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE, Settings, load_settings
 from sr_writer.codes import CHESTXRAY14_LABELS, code
 from tests.helpers import assert_dciodvfy_clean, lateral_radiograph
 from tests.integration.srread import coded_values, texts
@@ -115,7 +115,7 @@ NODULE_BOX = Region(300.0, 180.0, 340.0, 220.0)
 
 @pytest.fixture(scope="module")
 def view_filter() -> ViewFilter:
-    registry = ModelRegistry.discover(REPO_ROOT / "weights", REPO_ROOT / "config" / "models.yaml")
+    registry = ModelRegistry.discover(DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE)
     return ViewFilter.from_manifest(registry.require("cxr-view-filter"))
 
 
@@ -345,7 +345,7 @@ def test_view_filter_only_site_says_what_was_not_done(tmp_path: Path, caplog: py
     assert PIPELINE_MODELS["cxr"] == ("cxr-view-filter",)
     models_dir = tmp_path / "models"
     models_dir.mkdir()
-    (models_dir / "cxr-view-filter").symlink_to(REPO_ROOT / "weights" / "cxr-view-filter")
+    (models_dir / "cxr-view-filter").symlink_to(DEFAULT_MODELS_DIR / "cxr-view-filter")
     settings = Settings(models_dir=models_dir, models_file=None, data_dir=tmp_path / "data")
     registry = ModelRegistry.discover(settings.models_dir, None)
     with caplog.at_level(logging.WARNING, logger="ainode.pipeline.cxr"):
@@ -365,7 +365,7 @@ def test_view_filter_only_site_says_what_was_not_done(tmp_path: Path, caplog: py
 
 
 def test_cxr_settings_from_yaml_and_their_errors(tmp_path: Path) -> None:
-    shipped = load_settings(REPO_ROOT / "config" / "node.yaml", environ={})
+    shipped = load_settings(DEFAULT_CONFIG_FILE, environ={})
     assert shipped.cxr == Settings().cxr  # the documented defaults are the embedded ones
     assert shipped.cxr.triage.urgent == {"pneumothorax": 0.5} and shipped.cxr.secondary_capture is False
 
@@ -463,7 +463,7 @@ def _tiny_onnx_models(models_dir: Path) -> None:
         ],
     )
     save("cxr-detector", graph, "detection", ["nodule"], 128, 3, "NCHW")
-    (models_dir / "cxr-view-filter").symlink_to(REPO_ROOT / "weights" / "cxr-view-filter")
+    (models_dir / "cxr-view-filter").symlink_to(DEFAULT_MODELS_DIR / "cxr-view-filter")
 
 
 @pytest.mark.parametrize("parallel", [True, False])

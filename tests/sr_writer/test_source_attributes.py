@@ -477,7 +477,7 @@ def test_job_summary_names_the_dropped_attributes_without_their_values(
     from node.pipelines.cxr import CxrPipeline
     from node.receiver import Receiver
     from node.router import load_routing
-    from node.settings import REPO_ROOT, Settings
+    from node.settings import DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE, DEFAULT_ROUTING_FILE, Settings
     from node.spool import Outbox, Spool
     from training.phantoms import chest_phantom, phantom_dataset
 
@@ -493,7 +493,7 @@ def test_job_summary_names_the_dropped_attributes_without_their_values(
     db.create_schema()
     receiver = Receiver(settings, db, Spool(settings.spool_dir, settings.tmp_dir))
     outbox = Outbox(settings.outbox_dir, settings.tmp_dir)
-    assembler = Assembler(db, load_routing(REPO_ROOT / "config" / "routing.yaml"), {"cxr"}, {}, [])
+    assembler = Assembler(db, load_routing(DEFAULT_ROUTING_FILE), {"cxr"}, {}, [])
     request = StoreRequest(
         calling_ae="STORESCU",
         peer_address="127.0.0.1",
@@ -505,7 +505,7 @@ def test_job_summary_names_the_dropped_attributes_without_their_values(
     )
     assert receiver(request) == 0
     assembler.run_once()
-    registry = ModelRegistry.discover(REPO_ROOT / "weights", REPO_ROOT / "config" / "models.yaml")
+    registry = ModelRegistry.discover(DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE)
     pipeline = CxrPipeline(ViewFilter.from_manifest(registry.require("cxr-view-filter")), uid_root=UID_ROOT)
     job = execution.claim_job(db, "test", {"cxr"})
     assert job is not None
