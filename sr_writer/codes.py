@@ -27,6 +27,8 @@ from types import MappingProxyType
 
 from highdicom.sr import CodedConcept
 
+from sr_writer.errors import ParameterError, UnknownConceptError
+
 __all__ = [
     "ALLOWED_SCHEMES",
     "CHESTXRAY14_LABELS",
@@ -78,9 +80,9 @@ class Concept:
 
     def __post_init__(self) -> None:
         if not (self.scheme in ALLOWED_SCHEMES or self.scheme.startswith("99")):
-            raise ValueError(f"coding scheme {self.scheme!r} of {self.meaning!r} is not one we may write")
+            raise ParameterError(f"coding scheme {self.scheme!r} of {self.meaning!r} is not one we may write")
         if not self.value or not self.meaning or len(self.meaning) > 64:
-            raise ValueError(f"concept {self.value!r} {self.meaning!r}: empty value or meaning over 64 characters")
+            raise ParameterError(f"concept {self.value!r} {self.meaning!r}: empty value or meaning over 64 characters")
 
     def coded(self) -> CodedConcept:
         """The concept as a highdicom :class:`~highdicom.sr.CodedConcept`."""
@@ -424,13 +426,13 @@ def code(key: str) -> CodedConcept:
 
     Raises
     ------
-    KeyError
-        When the key is not in the table (the message lists the known keys).
+    sr_writer.errors.UnknownConceptError
+        (a KeyError) When the key is not in the table (the message lists the known keys).
     """
     try:
         return CONCEPTS[key].coded()
     except KeyError:
-        raise KeyError(
+        raise UnknownConceptError(
             f"no coded concept {key!r} in sr_writer.codes.CONCEPTS; known: {', '.join(sorted(CONCEPTS))}"
         ) from None
 
@@ -440,8 +442,8 @@ def finding_concept(label: str) -> CodedConcept:
 
     Raises
     ------
-    KeyError
-        When ``label`` is not a key of :data:`CONCEPTS` or names a concept that is
+    sr_writer.errors.UnknownConceptError
+        (a KeyError) When ``label`` is not a key of :data:`CONCEPTS` or names a concept that is
         not a finding (e.g. ``"frontal"``).
     """
     return CONCEPTS[finding_key(label)].coded()
@@ -453,15 +455,15 @@ def finding_key(label: str) -> str:
 
     Raises
     ------
-    KeyError
-        When the label names no finding concept.
+    sr_writer.errors.UnknownConceptError
+        (a KeyError) When the label names no finding concept.
     """
     key = label.strip().lower()
     key = LABEL_ALIASES.get(key, key)
     concept = CONCEPTS.get(key)
     if concept is None or not concept.is_finding:
         known = sorted(k for k, c in CONCEPTS.items() if c.is_finding)
-        raise KeyError(
+        raise UnknownConceptError(
             f"finding label {label!r} has no coded concept in sr_writer.codes; finding labels: {', '.join(known)}"
         )
     return key

@@ -57,18 +57,25 @@ from highdicom.sr import (
 
 from core.findings import LUMBAR_LEVELS, PE_EXAM_LABELS, AlgorithmInfo, PeExamResult, SeriesResult
 from sr_writer.codes import code
+from sr_writer.common import SeriesParams, checked_sources
+from sr_writer.errors import InvalidResultError
+from sr_writer.report import algorithm_id, check_predecessors, comment, document, score
 from sr_writer.source_attributes import significant
-from sr_writer.sr import (
-    _algorithm_id,
-    _check_supersedes,
-    _checked_sources,
-    _comment,
-    _document,
-    _score,
-)
 from sr_writer.uids import new_uid
 
-__all__ = ["HU_RANGES", "LEVEL_KEYS", "build_lumbar_report", "build_pe_report"]
+__all__ = [
+    "HU_RANGES",
+    "LEVEL_KEYS",
+    "LUMBAR_SERIES_DESCRIPTION",
+    "PE_SERIES_DESCRIPTION",
+    "build_lumbar_report",
+    "build_pe_report",
+]
+
+#: Series Description (0008,103E) of the PE report unless :class:`~sr_writer.common.SeriesParams` gives one.
+PE_SERIES_DESCRIPTION = "AI pulmonary embolism report"
+#: Series Description (0008,103E) of the lumbar report unless :class:`~sr_writer.common.SeriesParams` gives one.
+LUMBAR_SERIES_DESCRIPTION = "AI vertebral levels and body composition"
 
 #: Seed 3's level classes mapped to concept keys of :mod:`sr_writer.codes`.
 LEVEL_KEYS: dict[str, str] = {
@@ -105,12 +112,8 @@ _SIDES: dict[str, tuple[FindingSite, str]] = {
 def build_pe_report(
     result: SeriesResult,
     sources: Sequence[pydicom.Dataset],
+    params: SeriesParams,
     *,
-    uid_root: str,
-    series_number: int = 993,
-    instance_number: int = 1,
-    series_description: str = "AI pulmonary embolism report",
-    institution_name: str | None = None,
     predecessors: Sequence[pydicom.Dataset] = (),
 ) -> pydicom.Dataset:
     """Encode the ``ct_pe`` result of a CTPA series as a TID 1500 Comprehensive 3D SR.
@@ -123,14 +126,11 @@ def build_pe_report(
         Headers of the series' slices (pixels not needed); every slice of
         ``result.pe.slice_uids`` must be among them. They form the SR's
         evidence (Current Requested Procedure Evidence Sequence, PS3.3 C.17.2).
-    uid_root : str
-        Organisation UID root for the series, instance and tracking UIDs.
-    series_number, instance_number : int
-        Series Number (0020,0011) and Instance Number (0020,0013).
-    series_description : str
-        Series Description (0008,103E); "(DEMO)" is appended for demo models.
-    institution_name : str, optional
-        Institution Name (0008,0080) of the node.
+    params : sr_writer.common.SeriesParams
+        UID root (series, instance and tracking UIDs), Series and Instance
+        Number, Institution Name, and the Series Description
+        (:data:`PE_SERIES_DESCRIPTION` unless given; "(DEMO)" is appended for
+        demo models).
     predecessors : sequence of pydicom.Dataset
         Earlier reports of ours on this series that this one replaces.
 
@@ -141,16 +141,17 @@ def build_pe_report(
 
     Raises
     ------
-    ValueError
-        When ``result.pe`` is missing or inconsistent (lengths, labels,
+    sr_writer.errors.InvalidResultError
+        (a ValueError) When ``result.pe`` is missing or inconsistent (lengths, labels,
         slice indices, probabilities outside 0..1), a slice is not among the
         sources, or the sources are of another study.
     """
     pe = result.pe
     if pe is None:
-        raise ValueError("result has no PE exam result (result.pe); build_pe_report reports the ct_pe pipeline")
+        raise InvalidResultError("result has no PE exam result (result.pe); build_pe_report reports the ct_pe pipeline")
     _check_pe(pe)
-    algorithm, by_uid = _prepare(result, sources, uid_root, predecessors)
+    uid_root = params.uid_root
+    algorithm, by_uid = _prepare(result, sources, predecessors)
     slices = [_source(by_uid, uid) for uid in pe.slice_uids]
 
     groups: list[_Group] = [_pe_exam_group(pe, algorithm, uid_root)]
@@ -161,28 +162,14 @@ def build_pe_report(
     groups.append(_acute_group(pe, algorithm, uid_root))
     if pe.positive_slices:
         groups.append(_positive_slices_group(pe, slices, algorithm, uid_root))
-    return _document(
-        result,
-        sources,
-        groups,
-        predecessors,
-        uid_root=uid_root,
-        series_number=series_number,
-        instance_number=instance_number,
-        series_description=series_description,
-        institution_name=institution_name,
-    )
+    return document(result, sources, groups, predecessors, params, params.description(PE_SERIES_DESCRIPTION))
 
 
 def build_lumbar_report(
     result: SeriesResult,
     sources: Sequence[pydicom.Dataset],
+    params: SeriesParams,
     *,
-    uid_root: str,
-    series_number: int = 994,
-    instance_number: int = 1,
-    series_description: str = "AI vertebral levels and body composition",
-    institution_name: str | None = None,
     predecessors: Sequence[pydicom.Dataset] = (),
 ) -> pydicom.Dataset:
     """Encode the ``ct_lumbar`` result of an abdominal CT series as a TID 1500 Comprehensive 3D SR.
@@ -194,7 +181,10 @@ def build_lumbar_report(
     sources : sequence of pydicom.Dataset
         Headers of the series' slices; every slice of
         ``result.lumbar.slice_uids`` must be among them.
-    uid_root, series_number, instance_number, series_description, institution_name, predecessors
+    params : sr_writer.common.SeriesParams
+        As for :func:`build_pe_report`; the Series Description is
+        :data:`LUMBAR_SERIES_DESCRIPTION` unless given.
+    predecessors : sequence of pydicom.Dataset
         As for :func:`build_pe_report`.
 
     Returns
@@ -204,53 +194,57 @@ def build_lumbar_report(
 
     Raises
     ------
-    ValueError
-        When ``result.lumbar`` is missing, its runs do not match its levels,
+    sr_writer.errors.InvalidResultError
+        (a ValueError) When ``result.lumbar`` is missing, its runs do not match its levels,
         a level is unknown, an area is negative, or a slice is not among the
         sources; or when a result whose levels were not determined carries an
         L3 slice or a body composition.
     """
     lumbar = result.lumbar
     if lumbar is None:
-        raise ValueError("result has no lumbar result (result.lumbar); build_lumbar_report reports ct_lumbar")
+        raise InvalidResultError("result has no lumbar result (result.lumbar); build_lumbar_report reports ct_lumbar")
     if len(lumbar.levels) != len(lumbar.slice_uids):
-        raise ValueError(f"lumbar result has {len(lumbar.levels)} levels for {len(lumbar.slice_uids)} slices")
-    algorithm, by_uid = _prepare(result, sources, uid_root, predecessors)
+        raise InvalidResultError(f"lumbar result has {len(lumbar.levels)} levels for {len(lumbar.slice_uids)} slices")
+    uid_root = params.uid_root
+    algorithm, by_uid = _prepare(result, sources, predecessors)
     slices = [_source(by_uid, uid) for uid in lumbar.slice_uids]
     if not lumbar.runs:
-        raise ValueError("lumbar result has no level runs; there is nothing to report")
+        raise InvalidResultError("lumbar result has no level runs; there is nothing to report")
     if lumbar.not_determined:
         if lumbar.l3_index is not None or lumbar.composition is not None:
-            raise ValueError("a lumbar result whose levels were not determined cannot have an L3 slice or areas")
-        return _document(
+            raise InvalidResultError(
+                "a lumbar result whose levels were not determined cannot have an L3 slice or areas"
+            )
+        return document(
             result,
             sources,
             [_not_determined_group(lumbar.not_determined, algorithm, uid_root)],
             predecessors,
-            uid_root=uid_root,
-            series_number=series_number,
-            instance_number=instance_number,
-            series_description=series_description,
-            institution_name=institution_name,
+            params,
+            params.description(LUMBAR_SERIES_DESCRIPTION),
         )
 
     groups: list[_Group] = []
     for number, run in enumerate(lumbar.runs, start=1):
         if run.level not in LEVEL_KEYS:
-            raise ValueError(f"level {run.level!r} of run {number} is not one of {list(LEVEL_KEYS)}")
+            raise InvalidResultError(f"level {run.level!r} of run {number} is not one of {list(LEVEL_KEYS)}")
         if not 0 <= run.first <= run.last < len(slices):
-            raise ValueError(f"run {number} ({run.level}) covers slices {run.first}..{run.last} of {len(slices)}")
+            raise InvalidResultError(
+                f"run {number} ({run.level}) covers slices {run.first}..{run.last} of {len(slices)}"
+            )
         if any(lumbar.levels[i] != run.level for i in range(run.first, run.last + 1)):
-            raise ValueError(f"run {number} says {run.level} for slices {run.first}..{run.last}, the levels disagree")
+            raise InvalidResultError(
+                f"run {number} says {run.level} for slices {run.first}..{run.last}, the levels disagree"
+            )
         run_slices = slices[run.first : run.last + 1]
         group = MeasurementsAndQualitativeEvaluations(
             tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier=f"level {run.level} run {number}"),
-            algorithm_id=_algorithm_id(algorithm),
+            algorithm_id=algorithm_id(algorithm),
             finding_sites=[FindingSite(code(LEVEL_KEYS[run.level]))],
             source_images=[SourceImageForMeasurementGroup.from_source_image(s) for s in run_slices],
         )
         group[0].ContentSequence.append(
-            _comment(
+            comment(
                 f"Level {run.level}: slices {run.first + 1} to {run.last + 1} of {len(slices)} along the patient axis "
                 f"(instance numbers {_instance(run_slices[0])} to {_instance(run_slices[-1])})"
             )
@@ -258,21 +252,10 @@ def build_lumbar_report(
         groups.append(group)
     if lumbar.l3_index is not None:
         if not 0 <= lumbar.l3_index < len(slices) or lumbar.levels[lumbar.l3_index] != "L3":
-            raise ValueError(f"L3 slice index {lumbar.l3_index} is not a slice decoded as L3")
+            raise InvalidResultError(f"L3 slice index {lumbar.l3_index} is not a slice decoded as L3")
         groups.append(_l3_group(result, slices[lumbar.l3_index], by_uid, algorithm, uid_root))
     notes = [_no_l3_note()] if lumbar.l3_index is None else []
-    return _document(
-        result,
-        sources,
-        groups,
-        predecessors,
-        uid_root=uid_root,
-        series_number=series_number,
-        instance_number=instance_number,
-        series_description=series_description,
-        institution_name=institution_name,
-        notes=notes,
-    )
+    return document(result, sources, groups, predecessors, params, params.description(LUMBAR_SERIES_DESCRIPTION), notes)
 
 
 # --- PE ---------------------------------------------------------------------------------
@@ -281,15 +264,15 @@ def build_lumbar_report(
 def _check_pe(pe: PeExamResult) -> None:
     n = len(pe.slice_uids)
     if len(pe.slice_probabilities) != n:
-        raise ValueError(f"PE result has {len(pe.slice_probabilities)} slice probabilities for {n} slices")
+        raise InvalidResultError(f"PE result has {len(pe.slice_probabilities)} slice probabilities for {n} slices")
     missing = [label for label in PE_EXAM_LABELS if label not in pe.exam_labels or label not in pe.exam_probabilities]
     if missing:
-        raise ValueError(f"PE result lacks exam labels or probabilities for {missing}")
+        raise InvalidResultError(f"PE result lacks exam labels or probabilities for {missing}")
     for index in (*pe.positive_slices, *pe.key_slices):
         if not 0 <= index < n:
-            raise ValueError(f"PE slice index {index} is outside the {n} slices of the result")
+            raise InvalidResultError(f"PE slice index {index} is outside the {n} slices of the result")
     if pe.indeterminate_reasons and (not pe.exam_labels["indeterminate"] or pe.positive_slices or pe.key_slices):
-        raise ValueError("a PE exam that cannot be read must be indeterminate, without positive or key slices")
+        raise InvalidResultError("a PE exam that cannot be read must be indeterminate, without positive or key slices")
 
 
 def _pe_present(pe: PeExamResult) -> bool:
@@ -305,14 +288,14 @@ def _pe_exam_group(pe: PeExamResult, algorithm: AlgorithmInfo, uid_root: str) ->
         value = code("present" if _pe_present(pe) else "absent")
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="exam PE"),
-        algorithm_id=_algorithm_id(algorithm),
+        algorithm_id=algorithm_id(algorithm),
         finding_type=code("pulmonary_embolism"),
-        measurements=[_score("probability", 1.0 - pe.exam_probabilities["negative_exam_for_pe"])],
+        measurements=[score("probability", 1.0 - pe.exam_probabilities["negative_exam_for_pe"])],
         qualitative_evaluations=[QualitativeEvaluation(code("pulmonary_embolism"), value)],
     )
     texts = [_summary(pe)] + [f"Not assessable: {reason}" for reason in pe.indeterminate_reasons]
     texts += [f"Label consistency rule applied: {c}" for c in pe.corrections]
-    group[0].ContentSequence.extend(_comment(text) for text in texts)
+    group[0].ContentSequence.extend(comment(text) for text in texts)
     return group
 
 
@@ -351,10 +334,10 @@ def _label_group(
 ) -> _Group:
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier=tracking),
-        algorithm_id=_algorithm_id(algorithm),
+        algorithm_id=algorithm_id(algorithm),
         finding_type=concept,
         finding_sites=sites,
-        measurements=[_score("probability", pe.exam_probabilities[label])],
+        measurements=[score("probability", pe.exam_probabilities[label])],
         qualitative_evaluations=[
             QualitativeEvaluation(concept, code("present" if pe.exam_labels[label] else "absent"))
         ],
@@ -366,14 +349,14 @@ def _acute_group(pe: PeExamResult, algorithm: AlgorithmInfo, uid_root: str) -> _
     acute = _pe_present(pe) and not pe.exam_labels["chronic_pe"] and not pe.exam_labels["acute_and_chronic_pe"]
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="exam acute PE"),
-        algorithm_id=_algorithm_id(algorithm),
+        algorithm_id=algorithm_id(algorithm),
         finding_type=code("acute_pulmonary_embolism"),
         qualitative_evaluations=[
             QualitativeEvaluation(code("acute_pulmonary_embolism"), code("present" if acute else "absent"))
         ],
     )
     group[0].ContentSequence.append(
-        _comment("Derived: pulmonary embolism present, neither chronic nor acute and chronic")
+        comment("Derived: pulmonary embolism present, neither chronic nor acute and chronic")
     )
     return group
 
@@ -387,7 +370,7 @@ def _positive_slices_group(
     for index in positive:
         p = pe.slice_probabilities[index]
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"probability {p!r} of slice {index} is outside 0..1")
+            raise InvalidResultError(f"probability {p!r} of slice {index} is outside 0..1")
         measurements.append(
             Measurement(
                 name=code("probability"),
@@ -398,7 +381,7 @@ def _positive_slices_group(
         )
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="slices with PE"),
-        algorithm_id=_algorithm_id(algorithm),
+        algorithm_id=algorithm_id(algorithm),
         finding_type=code("pulmonary_embolism"),
         measurements=measurements,
         qualitative_evaluations=[QualitativeEvaluation(code("pulmonary_embolism"), code("present"))],
@@ -406,7 +389,7 @@ def _positive_slices_group(
     )
     if pe.key_slices:
         numbers = ", ".join(str(_instance(slices[i])) for i in sorted(set(pe.key_slices)))
-        group[0].ContentSequence.append(_comment(f"Key slices (instance numbers): {numbers}"))
+        group[0].ContentSequence.append(comment(f"Key slices (instance numbers): {numbers}"))
     return group
 
 
@@ -439,7 +422,7 @@ def _l3_group(
         }
         for tissue, area in values.items():
             if not area >= 0.0:
-                raise ValueError(f"{tissue} area {area!r} cm2 is negative or not a number")
+                raise InvalidResultError(f"{tissue} area {area!r} cm2 is negative or not a number")
             measurements.append(
                 Measurement(
                     name=code("area"),
@@ -475,12 +458,12 @@ def _l3_group(
         texts.append("Body composition was not measured on this slice")
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="L3 slice body composition"),
-        algorithm_id=_algorithm_id(algorithm),
+        algorithm_id=algorithm_id(algorithm),
         finding_sites=[FindingSite(code("l3_vertebra"))],
         measurements=measurements or None,
         source_images=[SourceImageForMeasurementGroup.from_source_image(l3)],
     )
-    group[0].ContentSequence.extend(_comment(text) for text in texts)
+    group[0].ContentSequence.extend(comment(text) for text in texts)
     return group
 
 
@@ -488,7 +471,7 @@ def _not_determined_group(reasons: Sequence[str], algorithm: AlgorithmInfo, uid_
     """The finding of a level map that is anatomically impossible: the level is Indeterminate, and why."""
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="vertebral level not determined"),
-        algorithm_id=_algorithm_id(algorithm),
+        algorithm_id=algorithm_id(algorithm),
         finding_type=code("vertebral_level"),
         qualitative_evaluations=[QualitativeEvaluation(code("vertebral_level"), code("indeterminate"))],
     )
@@ -497,7 +480,7 @@ def _not_determined_group(reasons: Sequence[str], algorithm: AlgorithmInfo, uid_
         "impossible, so no level, L3 slice or body composition is reported"
     ]
     texts += [f"Reason: {reason}" for reason in reasons]
-    group[0].ContentSequence.extend(_comment(text) for text in texts)
+    group[0].ContentSequence.extend(comment(text) for text in texts)
     return group
 
 
@@ -506,7 +489,7 @@ def _no_l3_note() -> hd.sr.ContainerContentItem:
         name=code("qualitative_evaluations"), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
     container.ContentSequence = hd.sr.ContentSequence(
-        [_comment("No L3 vertebra was found in this series; body composition was not measured.")]
+        [comment("No L3 vertebra was found in this series; body composition was not measured.")]
     )
     return container
 
@@ -515,17 +498,17 @@ def _no_l3_note() -> hd.sr.ContainerContentItem:
 
 
 def _prepare(
-    result: SeriesResult, sources: Sequence[pydicom.Dataset], uid_root: str, predecessors: Sequence[pydicom.Dataset]
+    result: SeriesResult, sources: Sequence[pydicom.Dataset], predecessors: Sequence[pydicom.Dataset]
 ) -> tuple[AlgorithmInfo, dict[str, pydicom.Dataset]]:
-    by_uid = _checked_sources(result, sources, uid_root)
-    _check_supersedes(result, predecessors)
+    by_uid = checked_sources(result, sources)
+    check_predecessors(result, predecessors)
     return result.algorithms[-1], by_uid
 
 
 def _source(by_uid: dict[str, pydicom.Dataset], uid: str) -> pydicom.Dataset:
     source = by_uid.get(uid)
     if source is None:
-        raise ValueError(f"slice {uid} of the result is not among the sources")
+        raise InvalidResultError(f"slice {uid} of the result is not among the sources")
     return source
 
 

@@ -29,20 +29,35 @@ import pydicom
 
 from core.findings import ImageResult, Region, SeriesResult
 from sr_writer.codes import display_name
-from sr_writer.source_attributes import probability_text
-from sr_writer.sr import (
+from sr_writer.common import (
     MANUFACTURER,
-    _checked_sources,
-    _is_demo,
-    _lo,
-    _name_series,
-    _new_instance,
-    _node_version,
-    _with_demo,
-    _with_empty_type2,
+    SeriesParams,
+    checked_sources,
+    is_demo,
+    lo,
+    name_series,
+    new_instance,
+    software_version,
+    with_demo,
+    with_empty_type2,
 )
+from sr_writer.errors import InvalidResultError
+from sr_writer.source_attributes import probability_text
 
-__all__ = ["GRAPHIC_LAYER", "build_presentation_state", "box_corners", "caption"]
+__all__ = [
+    "GRAPHIC_LAYER",
+    "PR_COPIED",
+    "PR_COPIED_EACH",
+    "SERIES_DESCRIPTION",
+    "box_corners",
+    "build_presentation_state",
+    "caption",
+    "presentation_state",
+    "text_box",
+]
+
+#: Series Description (0008,103E) of the boxes' GSPS unless :class:`~sr_writer.common.SeriesParams` gives one.
+SERIES_DESCRIPTION = "AI findings (boxes)"
 
 #: Name of the graphic layer that holds our annotations (a CS value: capitals and underscores).
 GRAPHIC_LAYER = "AI_FINDINGS"
@@ -57,12 +72,7 @@ PR_COPIED: dict[str, str] = {"Laterality": "2", **PR_COPIED_EACH}
 def build_presentation_state(
     result: SeriesResult,
     sources: Sequence[pydicom.Dataset],
-    *,
-    uid_root: str,
-    series_number: int = 991,
-    instance_number: int = 1,
-    series_description: str = "AI findings (boxes)",
-    institution_name: str | None = None,
+    params: SeriesParams,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """Encode the boxes and top findings of ``result`` as a GSPS over the source images.
 
@@ -74,14 +84,11 @@ def build_presentation_state(
     sources : sequence of pydicom.Dataset
         Headers of the source images (pixels not needed); each image of the
         result must be among them. All must be single-sample (grayscale).
-    uid_root : str
-        Organisation UID root for the new series and instance UIDs.
-    series_number, instance_number : int
-        Series Number (0020,0011) and Instance Number (0020,0013).
-    series_description : str
-        Series Description (0008,103E); "(DEMO)" is appended for demo models.
-    institution_name : str, optional
-        Institution Name (0008,0080) of the node.
+    params : sr_writer.common.SeriesParams
+        UID root (new series and instance UIDs), Series and Instance Number,
+        Institution Name, and the Series Description
+        (:data:`SERIES_DESCRIPTION` unless given; "(DEMO)" is appended for
+        demo models).
 
     Returns
     -------
@@ -90,12 +97,12 @@ def build_presentation_state(
 
     Raises
     ------
-    ValueError
-        On an invalid UID root, sources that do not match the result, a box
+    sr_writer.errors.InvalidResultError
+        (a ValueError) On sources that do not match the result, a box
         outside its image, or a result with nothing to draw.
     """
-    by_uid = _checked_sources(result, sources, uid_root)
-    demo = _is_demo(result.algorithms)
+    by_uid = checked_sources(result, sources)
+    demo = is_demo(result.algorithms)
 
     layer = hd.pr.GraphicLayer(layer_name=GRAPHIC_LAYER, order=1, description="AI findings: boxes and labels")
     annotations: list[hd.pr.GraphicAnnotation] = []
@@ -103,32 +110,31 @@ def build_presentation_state(
     for image in result.images:
         source = by_uid.get(image.sop_instance_uid)
         if source is None:
-            raise ValueError(f"image {image.sop_instance_uid} of the result is not among the sources")
+            raise InvalidResultError(f"image {image.sop_instance_uid} of the result is not among the sources")
         annotation = _annotation(image, source, layer, demo)
         if annotation is not None:
             annotations.append(annotation)
-            referenced.append(_with_empty_type2(source, PR_COPIED))
+            referenced.append(with_empty_type2(source, PR_COPIED))
     if not annotations:
-        raise ValueError("result has no box and no top finding on any image; a presentation state would draw nothing")
+        raise InvalidResultError(
+            "result has no box and no top finding on any image; a presentation state would draw nothing"
+        )
 
     detector = result.algorithms[-1]
     inverse = str(referenced[0].get("PhotometricInterpretation", "")) == "MONOCHROME1"
-    return _presentation_state(
+    return presentation_state(
         result,
         referenced,
         layer,
         annotations,
-        content_description=_with_demo(f"Boxes by {detector.display_name}", demo),
+        content_description=with_demo(f"Boxes by {detector.display_name}", demo),
         presentation_lut_shape="INVERSE" if inverse else "IDENTITY",
-        uid_root=uid_root,
-        series_number=series_number,
-        instance_number=instance_number,
-        series_description=series_description,
-        institution_name=institution_name,
+        params=params,
+        series_description=params.description(SERIES_DESCRIPTION),
     )
 
 
-def _presentation_state(
+def presentation_state(
     result: SeriesResult,
     referenced: Sequence[pydicom.Dataset],
     layer: hd.pr.GraphicLayer,
@@ -136,38 +142,36 @@ def _presentation_state(
     *,
     content_description: str,
     presentation_lut_shape: str,
-    uid_root: str,
-    series_number: int,
-    instance_number: int,
+    params: SeriesParams,
     series_description: str,
-    institution_name: str | None,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """A GSPS of ours over ``referenced`` with one graphic layer: the part the box and slice-label writers share.
 
     ``result.algorithms[-1]`` is the Manufacturer's Model Name; the layer's name is the Content Label;
     each image keeps its own VOI (:func:`_voi`). ``annotations`` may be None when the caller sets the
-    Graphic Annotation Sequence itself.
+    Graphic Annotation Sequence itself. ``series_description`` is the one to write
+    (:meth:`sr_writer.common.SeriesParams.description`).
     """
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=referenced,
-        **_new_instance(uid_root, series_number, instance_number),
-        manufacturer_model_name=_lo(
-            _with_demo(result.algorithms[-1].display_name, _is_demo(result.algorithms)), "algorithm display name"
+        **new_instance(params),
+        manufacturer_model_name=lo(
+            with_demo(result.algorithms[-1].display_name, is_demo(result.algorithms)), "algorithm display name"
         ),
-        software_versions=_lo(f"ainode {_node_version()}", "software version"),
+        software_versions=software_version(),
         device_serial_number=MANUFACTURER,
         content_label=layer.GraphicLayer,
-        content_description=_lo(content_description, "content description"),
+        content_description=lo(content_description, "content description"),
         graphic_annotations=annotations,
         graphic_layers=[layer],
-        institution_name=institution_name,
+        institution_name=params.institution_name,
         voi_lut_transformations=_voi(referenced),
         presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape=presentation_lut_shape),
     )
     # General Series Laterality (0020,0060) is Type 2C (PS3.3 C.7.3.1): dciodvfy asks for it on a PR,
     # which has no Image Laterality; copy the source's, else send it empty (unknown).
     gsps.Laterality = referenced[0].get("Laterality", "")
-    _name_series(gsps, result.algorithms, series_description, referenced)
+    name_series(gsps, result.algorithms, series_description, referenced)
     return gsps
 
 
@@ -175,10 +179,10 @@ def box_corners(region: Region, source: pydicom.Dataset, label: str) -> np.ndarr
     """The 5 points (column, row) of ``region`` as a closed polyline, checked against the image size."""
     r = region
     if not (0 <= r.x_min < r.x_max and 0 <= r.y_min < r.y_max):
-        raise ValueError(f"box of {label!r} is empty or negative: {r}")
+        raise InvalidResultError(f"box of {label!r} is empty or negative: {r}")
     columns, rows = source.get("Columns"), source.get("Rows")
     if columns is not None and rows is not None and (r.x_max > columns or r.y_max > rows):
-        raise ValueError(f"box of {label!r} lies outside the {columns}x{rows} image: {r}")
+        raise InvalidResultError(f"box of {label!r} lies outside the {columns}x{rows} image: {r}")
     return np.array(
         [[r.x_min, r.y_min], [r.x_max, r.y_min], [r.x_max, r.y_max], [r.x_min, r.y_max], [r.x_min, r.y_min]],
         dtype=float,
@@ -234,7 +238,7 @@ def _annotation(
             hd.pr.TextObject(
                 text_value=label,
                 units="PIXEL",
-                bounding_box=_text_box(
+                bounding_box=text_box(
                     finding.region.x_min, finding.region.y_min - line, len(label), line, columns, rows
                 ),
                 text_justification="LEFT",
@@ -246,7 +250,7 @@ def _annotation(
             hd.pr.TextObject(
                 text_value=text,
                 units="PIXEL",
-                bounding_box=_text_box(line / 2, line / 2, len(text), line, columns, rows),
+                bounding_box=text_box(line / 2, line / 2, len(text), line, columns, rows),
                 text_justification="LEFT",
             )
         )
@@ -255,7 +259,7 @@ def _annotation(
     )
 
 
-def _text_box(
+def text_box(
     left: float, top: float, characters: int, line: float, columns: int, rows: int
 ) -> tuple[float, float, float, float]:
     """A bounding box (left, top, right, bottom) for one line of text, kept inside the image."""
@@ -272,7 +276,7 @@ def _voi(referenced: Sequence[pydicom.Dataset]) -> list[hd.pr.SoftcopyVOILUTTran
     transforms = []
     for ds in referenced:
         if "WindowCenter" in ds or "VOILUTSequence" in ds:
-            raise ValueError("sources mix images with and without VOI settings; send them in separate objects")
+            raise InvalidResultError("sources mix images with and without VOI settings; send them in separate objects")
         bits = int(ds.get("BitsStored", 8))
         slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
         low = -(2 ** (bits - 1)) if int(ds.get("PixelRepresentation", 0)) else 0

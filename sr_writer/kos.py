@@ -24,9 +24,14 @@ from highdicom.sr import ObserverContext
 
 from core.findings import SeriesResult
 from sr_writer.codes import CONCEPTS, code
-from sr_writer.sr import _checked_sources, _evidence, _is_demo, _lo, _name_series, _new_instance, _observer, _with_demo
+from sr_writer.common import SeriesParams, checked_sources, evidence, is_demo, lo, name_series, new_instance, with_demo
+from sr_writer.errors import InvalidResultError, ParameterError
+from sr_writer.report import observer as device_observer
 
-__all__ = ["KOS_TITLES", "build_key_object_selection"]
+__all__ = ["KOS_TITLES", "SERIES_DESCRIPTION", "build_key_object_selection"]
+
+#: Series Description (0008,103E) of the selection unless :class:`~sr_writer.common.SeriesParams` gives one.
+SERIES_DESCRIPTION = "AI key images"
 
 #: Titles we write (keys of :data:`sr_writer.codes.CONCEPTS`, all of CID 7010).
 KOS_TITLES: tuple[str, ...] = ("of_interest", "for_referring_provider", "best_in_set")
@@ -36,14 +41,10 @@ def build_key_object_selection(
     result: SeriesResult,
     sources: Sequence[pydicom.Dataset],
     key_uids: Sequence[str],
+    params: SeriesParams,
     *,
     title: str,
-    uid_root: str,
-    series_number: int,
     description: str,
-    instance_number: int = 1,
-    series_description: str = "AI key images",
-    institution_name: str | None = None,
 ) -> pydicom.Dataset:
     """Select ``key_uids`` among ``sources`` in a Key Object Selection Document.
 
@@ -57,21 +58,18 @@ def build_key_object_selection(
     key_uids : sequence of str
         SOP Instance UIDs of the key images, in the order to show them; each
         must be among ``sources``; duplicates are dropped.
+    params : sr_writer.common.SeriesParams
+        UID root (series and instance UIDs), Series and Instance Number,
+        Institution Name, and the Series Description
+        (:data:`SERIES_DESCRIPTION` unless given; "(DEMO)" is appended for
+        demo models).
     title : str
         Document title, a key of :data:`KOS_TITLES` (CID 7010), e.g.
         ``"of_interest"``, or its Code Meaning (``"Of Interest"``).
-    uid_root : str
-        Organisation UID root for the series and instance UIDs.
-    series_number, instance_number : int
-        Series Number (0020,0011) and Instance Number (0020,0013).
     description : str
         Key Object Description (TID 2010 row 3, DCM 113012): why these images,
         e.g. "Slices with pulmonary embolism"; "(DEMO)" is appended for demo
         models. At most 1024 characters (UT is unlimited, but keep it short).
-    series_description : str
-        Series Description (0008,103E); "(DEMO)" is appended for demo models.
-    institution_name : str, optional
-        Institution Name (0008,0080) of the node.
 
     Returns
     -------
@@ -80,43 +78,45 @@ def build_key_object_selection(
 
     Raises
     ------
-    ValueError
-        On an invalid UID root, no key image, a key image not among the
-        sources, an unknown title, or sources of another study.
+    sr_writer.errors.ParameterError
+        (a ValueError) On an unknown title or a description that is too long.
+    sr_writer.errors.InvalidResultError
+        (a ValueError) On no key image, a key image not among the sources,
+        or sources of another study.
     """
-    by_uid = _checked_sources(result, sources, uid_root)
+    by_uid = checked_sources(result, sources)
     title_key = _title_key(title)
     keys = list(dict.fromkeys(key_uids))
     if not keys:
-        raise ValueError("no key image to select; a Key Object Selection needs at least one")
+        raise InvalidResultError("no key image to select; a Key Object Selection needs at least one")
     missing = [uid for uid in keys if uid not in by_uid]
     if missing:
-        raise ValueError(f"key images {missing} are not among the sources")
+        raise InvalidResultError(f"key images {missing} are not among the sources")
     if len(description) > 1024:
-        raise ValueError(f"key object description is {len(description)} characters; keep it under 1024")
+        raise ParameterError(f"key object description is {len(description)} characters; keep it under 1024")
 
-    description = _with_demo(description, _is_demo(result.algorithms))
+    description = with_demo(description, is_demo(result.algorithms))
     algorithm = result.algorithms[-1]
     selected = [by_uid[uid] for uid in keys]
-    observer: ObserverContext = _observer(algorithm)
+    observer: ObserverContext = device_observer(algorithm)
     content = hd.ko.KeyObjectSelection(
         document_title=code(title_key),
         referenced_objects=selected,
         observer_device_context=observer,
         description=description,
     )
-    evidence = _evidence(selected)
+    copied = evidence(selected)
     kos = hd.ko.KeyObjectSelectionDocument(
-        evidence=evidence,
+        evidence=copied,
         content=content,
-        **_new_instance(uid_root, series_number, instance_number),
-        institution_name=institution_name,
+        **new_instance(params),
+        institution_name=params.institution_name,
     )
     # General Equipment (PS3.3 C.7.5.1): the model, saying DEMO for demo weights, as every object of ours does.
-    kos.ManufacturerModelName = _lo(
-        _with_demo(algorithm.display_name, _is_demo(result.algorithms)), "algorithm display name"
+    kos.ManufacturerModelName = lo(
+        with_demo(algorithm.display_name, is_demo(result.algorithms)), "algorithm display name"
     )
-    _name_series(kos, result.algorithms, series_description, evidence[:1])
+    name_series(kos, result.algorithms, params.description(SERIES_DESCRIPTION), copied[:1])
     return kos
 
 
@@ -124,4 +124,4 @@ def _title_key(title: str) -> str:
     for key in KOS_TITLES:
         if title == key or title.strip().lower() == CONCEPTS[key].meaning.lower():
             return key
-    raise ValueError(f"KOS title {title!r} is not one we write; use one of {list(KOS_TITLES)} (CID 7010)")
+    raise ParameterError(f"KOS title {title!r} is not one we write; use one of {list(KOS_TITLES)} (CID 7010)")

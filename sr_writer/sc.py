@@ -28,20 +28,25 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from core.findings import ImageResult, SeriesResult
 from sr_writer.codes import code, display_name
+from sr_writer.common import (
+    SeriesParams,
+    checked_sources,
+    is_demo,
+    lo,
+    name_series,
+    new_instance,
+    software_version,
+    with_demo,
+    with_empty_type2,
+)
+from sr_writer.errors import InvalidResultError
 from sr_writer.gsps import PR_COPIED, box_corners, caption
 from sr_writer.source_attributes import probability_text
-from sr_writer.sr import (
-    _checked_sources,
-    _is_demo,
-    _lo,
-    _name_series,
-    _new_instance,
-    _node_version,
-    _with_demo,
-    _with_empty_type2,
-)
 
-__all__ = ["BOX_COLOUR", "build_secondary_capture", "render_radiograph"]
+__all__ = ["BOX_COLOUR", "SERIES_DESCRIPTION", "build_secondary_capture", "render_radiograph"]
+
+#: Series Description (0008,103E) of the capture unless :class:`~sr_writer.common.SeriesParams` gives one.
+SERIES_DESCRIPTION = "AI findings (burned in)"
 
 #: RGB colour of burned-in boxes and labels: saturated, so it cannot be mistaken for grey anatomy.
 BOX_COLOUR = (255, 196, 0)
@@ -54,12 +59,7 @@ _DERIVATION = "Source radiograph with AI findings burned in (boxes, labels, top 
 def build_secondary_capture(
     result: SeriesResult,
     source: pydicom.Dataset,
-    *,
-    uid_root: str,
-    series_number: int = 992,
-    instance_number: int = 1,
-    series_description: str = "AI findings (burned in)",
-    institution_name: str | None = None,
+    params: SeriesParams,
 ) -> hd.sc.SCImage:
     """Burn the boxes and top findings of one image of ``result`` into a copy of ``source``.
 
@@ -70,14 +70,11 @@ def build_secondary_capture(
         ``source`` is drawn.
     source : pydicom.Dataset
         The source radiograph **with pixel data** (grayscale, one frame).
-    uid_root : str
-        Organisation UID root for the new series and instance UIDs.
-    series_number, instance_number : int
-        Series Number (0020,0011) and Instance Number (0020,0013).
-    series_description : str
-        Series Description (0008,103E); "(DEMO)" is appended for demo models.
-    institution_name : str, optional
-        Institution Name (0008,0080) of the node.
+    params : sr_writer.common.SeriesParams
+        UID root (new series and instance UIDs), Series and Instance Number,
+        Institution Name, and the Series Description
+        (:data:`SERIES_DESCRIPTION` unless given; "(DEMO)" is appended for
+        demo models).
 
     Returns
     -------
@@ -86,18 +83,18 @@ def build_secondary_capture(
 
     Raises
     ------
-    ValueError
-        On an invalid UID root, a source that is not in the result or has no
+    sr_writer.errors.InvalidResultError
+        (a ValueError) On a source that is not in the result or has no
         pixels, a multi-frame or colour source, or a box outside the image.
     """
-    _checked_sources(result, [source], uid_root)
+    checked_sources(result, [source])
     image = next((i for i in result.images if i.sop_instance_uid == str(source.SOPInstanceUID)), None)
     if image is None:
-        raise ValueError(f"source {source.SOPInstanceUID} is not an image of the result")
-    demo = _is_demo(result.algorithms)
+        raise InvalidResultError(f"source {source.SOPInstanceUID} is not an image of the result")
+    demo = is_demo(result.algorithms)
 
     pixels = burn_in(image, source, demo)
-    reference = _with_empty_type2(source, {**PR_COPIED, "PatientOrientation": "2"})
+    reference = with_empty_type2(source, {**PR_COPIED, "PatientOrientation": "2"})
     orientation = reference.get("PatientOrientation")
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=reference,
@@ -108,11 +105,11 @@ def build_secondary_capture(
         # highdicom needs an orientation for the PATIENT system; it is replaced below when the
         # source does not state one, since we must not invent it.
         patient_orientation=tuple(orientation) if orientation and len(orientation) == 2 else ("L", "F"),
-        **_new_instance(uid_root, series_number, instance_number),
+        **new_instance(params),
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        institution_name=institution_name,
-        manufacturer_model_name=_lo(_with_demo(result.algorithms[-1].display_name, demo), "algorithm display name"),
-        software_versions=_lo(f"ainode {_node_version()}", "software version"),
+        institution_name=params.institution_name,
+        manufacturer_model_name=lo(with_demo(result.algorithms[-1].display_name, demo), "algorithm display name"),
+        software_versions=software_version(),
     )
     if not (orientation and len(orientation) == 2):
         sc.PatientOrientation = ""  # type: ignore[assignment]  # Type 2 in the General Image module: empty means unknown
@@ -125,7 +122,7 @@ def build_secondary_capture(
     source_item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     source_item.PurposeOfReferenceCodeSequence = [code("source_image_for_processing")]
     sc.SourceImageSequence = [source_item]
-    _name_series(sc, result.algorithms, series_description, [reference])
+    name_series(sc, result.algorithms, params.description(SERIES_DESCRIPTION), [reference])
     return sc
 
 
@@ -138,13 +135,13 @@ def render_radiograph(source: pydicom.Dataset) -> np.ndarray:
 
     Raises
     ------
-    ValueError
-        When the source has no pixels, more than one frame or sample.
+    sr_writer.errors.InvalidResultError
+        (a ValueError) When the source has no pixels, more than one frame or sample.
     """
     if "PixelData" not in source:
-        raise ValueError("source has no pixel data; read it without stop_before_pixels to burn in findings")
+        raise InvalidResultError("source has no pixel data; read it without stop_before_pixels to burn in findings")
     if int(source.get("SamplesPerPixel", 1)) != 1 or int(source.get("NumberOfFrames", 1)) != 1:
-        raise ValueError("only single-frame grayscale radiographs can be burned in")
+        raise InvalidResultError("only single-frame grayscale radiographs can be burned in")
     modality = apply_modality_lut(source.pixel_array, source)
     values = modality.astype(np.float64)
     if "VOILUTSequence" in source:

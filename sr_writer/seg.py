@@ -29,11 +29,22 @@ import pydicom
 
 from core.findings import AlgorithmInfo
 from sr_writer.codes import code
+from sr_writer.common import (
+    MANUFACTURER,
+    SeriesParams,
+    lo,
+    name_series,
+    new_instance,
+    software_version,
+    with_empty_type2,
+)
 from sr_writer.ct_sr import HU_RANGES
-from sr_writer.sr import MANUFACTURER, _lo, _name_series, _new_instance, _node_version, _with_empty_type2
-from sr_writer.uids import validate_uid_root
+from sr_writer.errors import InvalidResultError
 
-__all__ = ["TISSUES", "build_tissue_segmentation"]
+__all__ = ["SERIES_DESCRIPTION", "TISSUES", "build_tissue_segmentation"]
+
+#: Series Description (0008,103E) of the segmentation unless :class:`~sr_writer.common.SeriesParams` gives one.
+SERIES_DESCRIPTION = "AI body composition (L3)"
 
 #: Mask keys in segment order (segment numbers 1, 2, 3): (label, type key, anatomic region key, HU range key).
 TISSUES: dict[str, tuple[str, str, str | None, str]] = {
@@ -47,11 +58,7 @@ def build_tissue_segmentation(
     source: pydicom.Dataset,
     masks: Mapping[str, np.ndarray],
     algorithm: AlgorithmInfo,
-    *,
-    uid_root: str,
-    series_number: int,
-    instance_number: int = 1,
-    series_description: str = "AI body composition (L3)",
+    params: SeriesParams,
 ) -> pydicom.Dataset:
     """Encode the three tissue masks of one slice as a binary Segmentation.
 
@@ -67,12 +74,11 @@ def build_tissue_segmentation(
     algorithm : core.findings.AlgorithmInfo
         The model that chose the slice; its display name (with "(DEMO)") is
         the segment algorithm name.
-    uid_root : str
-        Organisation UID root for the series and instance UIDs.
-    series_number, instance_number : int
-        Series Number (0020,0011) and Instance Number (0020,0013).
-    series_description : str
-        Series Description (0008,103E); "(DEMO)" is appended for demo models.
+    params : sr_writer.common.SeriesParams
+        UID root (series and instance UIDs), Series and Instance Number,
+        Institution Name (left out when None), and the Series Description
+        (:data:`SERIES_DESCRIPTION` unless given; "(DEMO)" is appended for
+        demo models).
 
     Returns
     -------
@@ -82,25 +88,24 @@ def build_tissue_segmentation(
 
     Raises
     ------
-    ValueError
-        On an invalid UID root, a missing or extra mask, a mask of another
-        shape than the slice, or values other than 0/1.
+    sr_writer.errors.InvalidResultError
+        (a ValueError) On a missing or extra mask, a mask of another shape
+        than the slice, or values other than 0/1.
     """
-    validate_uid_root(uid_root)
     if set(masks) != set(TISSUES):
-        raise ValueError(f"masks must be exactly {sorted(TISSUES)}, got {sorted(masks)}")
+        raise InvalidResultError(f"masks must be exactly {sorted(TISSUES)}, got {sorted(masks)}")
     rows, columns = int(source.Rows), int(source.Columns)
     planes = []
     for key in TISSUES:
         mask = np.asarray(masks[key])
         if mask.shape != (rows, columns):
-            raise ValueError(f"mask {key!r} has shape {mask.shape}, the slice is {rows}x{columns}")
+            raise InvalidResultError(f"mask {key!r} has shape {mask.shape}, the slice is {rows}x{columns}")
         if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
-            raise ValueError(f"mask {key!r} has values other than 0 and 1")
+            raise InvalidResultError(f"mask {key!r} has values other than 0 and 1")
         planes.append(mask.astype(bool))
     pixels = np.stack(planes, axis=-1)[np.newaxis]  # (frames=1, rows, columns, segments)
 
-    name = _lo(algorithm.display_name, "algorithm display name")
+    name = lo(algorithm.display_name, "algorithm display name")
     descriptions = []
     for number, (key, (label, type_key, region_key, hu_key)) in enumerate(TISSUES.items(), start=1):
         low, high = HU_RANGES[hu_key]
@@ -114,26 +119,27 @@ def build_tissue_segmentation(
                 algorithm_identification=hd.AlgorithmIdentificationSequence(
                     name=name,
                     family=code("artificial_intelligence"),
-                    version=_lo(algorithm.version, "version"),
-                    source=_lo(algorithm.manufacturer, "manufacturer"),
+                    version=lo(algorithm.version, "version"),
+                    source=lo(algorithm.manufacturer, "manufacturer"),
                     parameters={"HU range": f"{low} to {high}", "mask": key},
                 ),
                 anatomic_regions=[code(region_key)] if region_key else None,
             )
         )
-    cleaned = _with_empty_type2(source)
+    cleaned = with_empty_type2(source)
     seg = hd.seg.Segmentation(
         source_images=[cleaned],
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        **_new_instance(uid_root, series_number, instance_number),
+        **new_instance(params),
+        institution_name=params.institution_name,
         manufacturer_model_name=name,
-        software_versions=_lo(f"ainode {_node_version()}", "software version"),
+        software_versions=software_version(),
         device_serial_number=MANUFACTURER,
         content_label="BODYCOMP",
-        content_description=_lo(f"Body composition on the L3 slice by {name}", "content description"),
+        content_description=lo(f"Body composition on the L3 slice by {name}", "content description"),
         omit_empty_frames=False,
     )
-    _name_series(seg, [algorithm], series_description, [cleaned])
+    name_series(seg, [algorithm], params.description(SERIES_DESCRIPTION), [cleaned])
     return seg

@@ -24,18 +24,23 @@ import highdicom as hd
 import pydicom
 
 from core.findings import LumbarResult, PeExamResult, SeriesResult
-from sr_writer.gsps import PR_COPIED, PR_COPIED_EACH, _presentation_state, _text_box
+from sr_writer.common import SeriesParams, checked_sources, is_demo, with_demo, with_empty_type2
+from sr_writer.errors import InvalidResultError, ParameterError
+from sr_writer.gsps import PR_COPIED, PR_COPIED_EACH, presentation_state, text_box
 from sr_writer.source_attributes import clean_source, probability_text
-from sr_writer.sr import _checked_sources, _is_demo, _with_demo, _with_empty_type2
 
-__all__ = ["LABEL_LAYER", "build_slice_labels", "level_labels", "pe_labels"]
+__all__ = ["LABEL_LAYER", "SERIES_DESCRIPTION", "build_slice_labels", "level_labels", "pe_labels"]
+
+#: Series Description (0008,103E) of the labels' GSPS unless :class:`~sr_writer.common.SeriesParams` gives one.
+SERIES_DESCRIPTION = "AI slice labels"
 
 #: Graphic layer of the slice labels (a CS value).
 LABEL_LAYER = "AI_LABELS"
 
 
 def pe_labels(pe: PeExamResult) -> dict[str, str]:
-    """Texts for :func:`build_slice_labels` on a CTPA: "PE suspected p=0.930" on each positive slice (3 significant digits)."""
+    """Texts for :func:`build_slice_labels` on a CTPA: "PE suspected p=0.930" on each positive slice
+    (3 significant digits)."""
     return {
         pe.slice_uids[i]: f"PE suspected p={probability_text(pe.slice_probabilities[i])}"
         for i in sorted(set(pe.positive_slices))
@@ -55,12 +60,7 @@ def build_slice_labels(
     result: SeriesResult,
     sources: Sequence[pydicom.Dataset],
     labels: Mapping[str, str],
-    *,
-    uid_root: str,
-    series_number: int,
-    instance_number: int = 1,
-    series_description: str = "AI slice labels",
-    institution_name: str | None = None,
+    params: SeriesParams,
 ) -> pydicom.Dataset:
     """One GSPS with a text label on each slice named in ``labels``.
 
@@ -73,14 +73,11 @@ def build_slice_labels(
     labels : mapping of str to str
         SOP Instance UID -> text (at most 64 characters; PS3.3 C.10.5 Unformatted
         Text Value is ST, but one line must fit on the slice).
-    uid_root : str
-        Organisation UID root for the series and instance UIDs.
-    series_number, instance_number : int
-        Series Number (0020,0011) and Instance Number (0020,0013).
-    series_description : str
-        Series Description (0008,103E); "(DEMO)" is appended for demo models.
-    institution_name : str, optional
-        Institution Name (0008,0080) of the node.
+    params : sr_writer.common.SeriesParams
+        UID root (series and instance UIDs), Series and Instance Number,
+        Institution Name, and the Series Description
+        (:data:`SERIES_DESCRIPTION` unless given; "(DEMO)" is appended for
+        demo models).
 
     Returns
     -------
@@ -89,15 +86,16 @@ def build_slice_labels(
 
     Raises
     ------
-    ValueError
-        On an invalid UID root, no label, a labelled slice not among the
-        sources, an empty or too long text, or sources that mix slices with
-        and without VOI settings.
+    sr_writer.errors.ParameterError
+        (a ValueError) On no label, or an empty or too long text.
+    sr_writer.errors.InvalidResultError
+        (a ValueError) On a labelled slice not among the sources, or sources
+        that mix slices with and without VOI settings.
     """
-    by_uid = _checked_sources(result, sources, uid_root)
+    by_uid = checked_sources(result, sources)
     if not labels:
-        raise ValueError("no slice label; a presentation state would draw nothing")
-    demo = _is_demo(result.algorithms)
+        raise ParameterError("no slice label; a presentation state would draw nothing")
+    demo = is_demo(result.algorithms)
 
     layer = hd.pr.GraphicLayer(layer_name=LABEL_LAYER, order=1, description="AI labels per slice")
     annotations: list[pydicom.Dataset] = []
@@ -107,30 +105,29 @@ def build_slice_labels(
         uid = str(source.SOPInstanceUID)
         if uid not in labels:
             continue
-        text = _with_demo(labels[uid].strip(), demo)
+        text = with_demo(labels[uid].strip(), demo)
         if not text or len(text) > 64:
-            raise ValueError(f"label of slice {uid} is empty or longer than 64 characters: {text!r}")
+            raise ParameterError(f"label of slice {uid} is empty or longer than 64 characters: {text!r}")
         columns, rows = int(source.Columns), int(source.Rows)
         line = max(8.0, rows / 32)
-        box = _text_box(line / 2, line / 2, len(text), line, columns, rows)
+        box = text_box(line / 2, line / 2, len(text), line, columns, rows)
         annotations.append(_annotation(source, text, box))
         referenced.append(source)
     unknown = [uid for uid in labels if uid not in by_uid]
     if unknown:
-        raise ValueError(f"labelled slices {unknown[:3]}{'...' if len(unknown) > 3 else ''} are not among the sources")
+        raise InvalidResultError(
+            f"labelled slices {unknown[:3]}{'...' if len(unknown) > 3 else ''} are not among the sources"
+        )
 
-    gsps = _presentation_state(
+    gsps = presentation_state(
         result,
         _cleaned(referenced),
         layer,
         None,
         content_description=f"Slice labels by {result.algorithms[-1].display_name}",
         presentation_lut_shape="IDENTITY",
-        uid_root=uid_root,
-        series_number=series_number,
-        instance_number=instance_number,
-        series_description=series_description,
-        institution_name=institution_name,
+        params=params,
+        series_description=params.description(SERIES_DESCRIPTION),
     )
     gsps.GraphicAnnotationSequence = annotations
     return gsps
@@ -140,7 +137,7 @@ def _cleaned(referenced: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     """The labelled slices as the GSPS copies from them: the first wholly cleaned, each other's window
     explanation checked (copied only when it must change; a series can have hundreds of slices)."""
     return [
-        _with_empty_type2(referenced[0], PR_COPIED),
+        with_empty_type2(referenced[0], PR_COPIED),
         *(clean_source(ds, PR_COPIED_EACH, patient_study=False)[0] for ds in referenced[1:]),
     ]
 

@@ -46,6 +46,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 
+from sr_writer.errors import InvalidSourceValue
+
 __all__ = [
     "SourceAttributeIssue",
     "TYPE2_COPIED",
@@ -175,10 +177,6 @@ class SourceAttributeIssue:
         return f"{self.keyword} ({self.reason})"
 
 
-class _Invalid(ValueError):
-    """A value its VR does not allow; the message is the reason, never the value."""
-
-
 def copied_attributes(source: Dataset) -> dict[str, str]:
     """Keywords of the root attributes a writer copies from ``source``, with their PS3.3 Type.
 
@@ -272,7 +270,7 @@ def clean_source(
                 continue
             try:
                 value, corrections = _checked_element(keyword, element.VR, element.value, charset, path=keyword)
-            except _Invalid as exc:
+            except InvalidSourceValue as exc:
                 issues.append(SourceAttributeIssue(keyword, str(exc)))
                 _drop(cleaned, tag, keyword, kind)
                 continue
@@ -305,7 +303,7 @@ def _all_valid(source: Dataset, targets: Mapping[str, str], charset: _Charset) -
                 element = source[tag]
                 if _checked_element(keyword, element.VR, element.value, charset, path=keyword)[1]:
                     return False
-            except (_Invalid, ValueError, TypeError, OverflowError, KeyError):
+            except (InvalidSourceValue, ValueError, TypeError, OverflowError, KeyError):
                 return False
     return True
 
@@ -412,7 +410,7 @@ def _values(value: Any) -> list[Any]:
 def _checked_element(
     keyword: str, vr: str, value: Any, charset: _Charset, path: str
 ) -> tuple[Any, list[SourceAttributeIssue]]:
-    """The element's value, corrected where allowed, and the corrections; raises :class:`_Invalid`."""
+    """The element's value, corrected where allowed, and the corrections; raises :class:`InvalidSourceValue`."""
     if vr == "SQ":
         return value, _checked_sequence(value, charset, path)
     values = _values(value)
@@ -420,7 +418,7 @@ def _checked_element(
         return value, []
     vm = dictionary_VM(keyword) if keyword and tag_for_keyword(keyword) is not None else "1-n"
     if not _vm_allows(vm, len(values)):
-        raise _Invalid(f"{len(values)} values, VM {vm}")
+        raise InvalidSourceValue(f"{len(values)} values, VM {vm}")
     if vr in _NUMBER_VRS or vr not in _STRING_VRS:
         return value, []
     fixed: list[str] = []
@@ -449,15 +447,15 @@ def _checked_sequence(items: Any, charset: _Charset, path: str) -> list[SourceAt
             try:
                 element = item[tag]
             except (ValueError, TypeError, OverflowError, KeyError):  # pydicom cannot even convert it
-                raise _Invalid(
+                raise InvalidSourceValue(
                     f"invalid {inner} in an item: invalid {dictionary_VR(tag) if inner else 'value'}"
                 ) from None
             try:
                 value, corrections = _checked_element(
                     keyword_for_tag(element.tag), element.VR, element.value, charset, f"{path} > {inner}"
                 )
-            except _Invalid as exc:
-                raise _Invalid(f"invalid {inner} in an item: {exc}") from None
+            except InvalidSourceValue as exc:
+                raise InvalidSourceValue(f"invalid {inner} in an item: {exc}") from None
             if corrections:
                 element.value = value
                 issues.extend(corrections)
@@ -495,26 +493,26 @@ def _checked_text(keyword: str, vr: str, text: str, charset: _Charset) -> tuple[
         value = text.strip(" \0")
         _length(vr, value, charset)
         if vr == "CS" and not _CS.fullmatch(value):
-            raise _Invalid("invalid CS")
+            raise InvalidSourceValue("invalid CS")
         if vr == "CS" and keyword in _ENUMERATED and value not in _ENUMERATED[keyword]:
-            raise _Invalid("not an enumerated value (CS)")
+            raise InvalidSourceValue("not an enumerated value (CS)")
         if vr == "DS" and not (_DS.fullmatch(value) and math.isfinite(float(value))):
-            raise _Invalid("invalid DS")
+            raise InvalidSourceValue("invalid DS")
         if vr == "IS" and not (_IS.fullmatch(value) and -(2**31) <= int(value) < 2**31):
-            raise _Invalid("invalid IS")
+            raise InvalidSourceValue("invalid IS")
         if vr == "UI" and not _UI.fullmatch(value):
-            raise _Invalid("invalid UI")
+            raise InvalidSourceValue("invalid UI")
         if vr == "AE":
             _repertoire(value, vr, _Charset(None))
         return value, None
     if vr == "PN":
         groups = text.split("=")
         if len(groups) > 3:
-            raise _Invalid("more than 3 component groups (PN)")
+            raise InvalidSourceValue("more than 3 component groups (PN)")
         for group in groups:
             _length(vr, group, charset)
             if group.count("^") > 4:
-                raise _Invalid("more than 5 components (PN)")
+                raise InvalidSourceValue("more than 5 components (PN)")
         _repertoire(text, vr, charset)
         return text, None
     _length(vr, text, charset)
@@ -530,7 +528,7 @@ def _length(vr: str, value: str, charset: _Charset) -> None:
     """
     size = len(value.encode(charset.codec or "ascii", errors="replace")) if not value.isascii() else len(value)
     if size > _MAX_LENGTH[vr]:
-        raise _Invalid(f"longer than {_MAX_LENGTH[vr]} bytes ({vr})")
+        raise InvalidSourceValue(f"longer than {_MAX_LENGTH[vr]} bytes ({vr})")
 
 
 def _repertoire(text: str, vr: str, charset: _Charset) -> None:
@@ -539,17 +537,17 @@ def _repertoire(text: str, vr: str, charset: _Charset) -> None:
     for ch in text:
         point = ord(ch)
         if (point < 0x20 or 0x7F <= point <= 0x9F) and ch not in allowed:
-            raise _Invalid(f"control characters ({vr})")
+            raise InvalidSourceValue(f"control characters ({vr})")
         if ch == "\ufffd":
-            raise _Invalid(f"bytes not valid in the character set ({vr})")
+            raise InvalidSourceValue(f"bytes not valid in the character set ({vr})")
     if charset.codec is None:
         if any(ord(ch) > 0x7E for ch in text):
-            raise _Invalid(f"characters outside the default character repertoire ({vr})")
+            raise InvalidSourceValue(f"characters outside the default character repertoire ({vr})")
         return
     try:
         text.encode(charset.codec)
     except (UnicodeEncodeError, LookupError):
-        raise _Invalid(f"characters outside the character set ({vr})") from None
+        raise InvalidSourceValue(f"characters outside the character set ({vr})") from None
 
 
 def _age(value: str) -> tuple[str, str | None]:
@@ -557,7 +555,7 @@ def _age(value: str) -> tuple[str, str | None]:
         return value, None
     match = _AS_LOOSE.fullmatch(value)
     if match is None:
-        raise _Invalid("invalid AS")
+        raise InvalidSourceValue("invalid AS")
     unit = match.group(2).upper()
     reason = "AS without unit, read as years" if not unit else "AS not in the nnnU form"
     return f"{int(match.group(1)):03d}{unit or 'Y'}", reason
@@ -570,12 +568,12 @@ def _date(value: str) -> tuple[str, str | None]:
         match = _DA_ACR_NEMA.fullmatch(value)
         reason = "ACR-NEMA DA form"
     if match is None:
-        raise _Invalid("invalid DA")
+        raise InvalidSourceValue("invalid DA")
     year, month, day = (int(g) for g in match.groups())
     try:
         datetime.date(year, month, day)
     except ValueError:
-        raise _Invalid("invalid DA") from None
+        raise InvalidSourceValue("invalid DA") from None
     return f"{year:04d}{month:02d}{day:02d}", reason
 
 
@@ -586,23 +584,23 @@ def _time(value: str) -> tuple[str, str | None]:
         match = _TM_ACR_NEMA.fullmatch(value)
         reason = "ACR-NEMA TM form"
     if match is None:
-        raise _Invalid("invalid TM")
+        raise InvalidSourceValue("invalid TM")
     hours, minutes, seconds, fraction = match.groups()
     if int(hours) > 23 or (minutes and int(minutes) > 59) or (seconds and int(seconds) > 60):
-        raise _Invalid("invalid TM")
+        raise InvalidSourceValue("invalid TM")
     return "".join(g or "" for g in (hours, minutes, seconds, fraction)), reason
 
 
 def _datetime(value: str) -> None:
     match = _DT.fullmatch(value)
     if match is None or len(value) > _MAX_LENGTH["DT"]:
-        raise _Invalid("invalid DT")
+        raise InvalidSourceValue("invalid DT")
     year, month, day, hours, minutes, seconds, _fraction, offset = match.groups()
     try:
         datetime.date(int(year), int(month or 1), int(day or 1))
     except ValueError:
-        raise _Invalid("invalid DT") from None
+        raise InvalidSourceValue("invalid DT") from None
     if (hours and int(hours) > 23) or (minutes and int(minutes) > 59) or (seconds and int(seconds) > 60):
-        raise _Invalid("invalid DT")
+        raise InvalidSourceValue("invalid DT")
     if offset and (int(offset[1:3]) > 14 or int(offset[3:]) > 59):
-        raise _Invalid("invalid DT")
+        raise InvalidSourceValue("invalid DT")

@@ -12,6 +12,8 @@ import re
 
 from pydicom.uid import generate_uid
 
+from sr_writer.errors import ParameterError
+
 __all__ = ["MAX_ROOT_LENGTH", "is_under_root", "new_uid", "validate_uid_root"]
 
 MAX_ROOT_LENGTH = 53
@@ -28,18 +30,18 @@ def validate_uid_root(root: str) -> str:
 
     Raises
     ------
-    ValueError
-        When the root is empty, longer than 53 characters, or not digits and
+    sr_writer.errors.ParameterError
+        (a ValueError) When the root is empty, longer than 53 characters, or not digits and
         dots in PS3.5 section 9.1 form (no empty component, no leading zero).
     """
     if not isinstance(root, str) or not root:
-        raise ValueError("UID root is empty; configure an organisation root such as '1.2.826.0.1.3680043.10.1234'")
+        raise ParameterError("UID root is empty; configure an organisation root such as '1.2.826.0.1.3680043.10.1234'")
     if len(root) > MAX_ROOT_LENGTH:
-        raise ValueError(
+        raise ParameterError(
             f"UID root {root!r} is {len(root)} characters; at most {MAX_ROOT_LENGTH} so generated UIDs stay within 64"
         )
     if not _UID_RE.match(root):
-        raise ValueError(
+        raise ParameterError(
             f"UID root {root!r} is not a valid UID prefix (PS3.5 9.1): only digits and dots, "
             "no empty component, no leading zero, no trailing dot"
         )

@@ -35,6 +35,7 @@ from node.errors import InputError
 from node.pipelines import PipelineOutput
 from node.pipelines.ct import CtPipeline, model_input_errors, patient_size_m, plan_ct_series
 from sr_writer import (
+    SeriesParams,
     build_key_object_selection,
     build_lumbar_report,
     build_slice_labels,
@@ -77,16 +78,8 @@ class CtLumbarPipeline(CtPipeline):
             lumbar=lumbar,
             supersedes=[str(p.SOPInstanceUID) for p in predecessors],
         )
-        objects = [
-            build_lumbar_report(
-                result,
-                sources,
-                uid_root=self.uid_root,
-                series_number=self.series_number,
-                institution_name=self.institution_name,
-                predecessors=predecessors,
-            )
-        ]
+        params = SeriesParams(self.uid_root, self.series_number, institution_name=self.institution_name)
+        objects = [build_lumbar_report(result, sources, params, predecessors=predecessors)]
         if lumbar.not_determined:
             summary = (
                 f"level not determined: {'; '.join(lumbar.not_determined)}"
@@ -97,14 +90,7 @@ class CtLumbarPipeline(CtPipeline):
             log.info("%s", summary)
             return PipelineOutput(result=result, objects=objects, summary=summary, warnings=series.warnings)
         objects.append(
-            build_slice_labels(
-                result,
-                sources,
-                level_labels(lumbar),
-                uid_root=self.uid_root,
-                series_number=self.series_number + 2,
-                institution_name=self.institution_name,
-            )
+            build_slice_labels(result, sources, level_labels(lumbar), params.with_series_number(self.series_number + 2))
         )
         if lumbar.l3_index is not None:
             l3_uid = lumbar.slice_uids[lumbar.l3_index]
@@ -113,11 +99,9 @@ class CtLumbarPipeline(CtPipeline):
                     result,
                     sources,
                     [l3_uid],
+                    params.with_series_number(self.series_number + 1),
                     title="of_interest",
-                    uid_root=self.uid_root,
-                    series_number=self.series_number + 1,
                     description="Key image: L3 slice for body composition",
-                    institution_name=self.institution_name,
                 )
             )
             if masks is not None:
@@ -126,12 +110,9 @@ class CtLumbarPipeline(CtPipeline):
                 except Exception as exc:  # the file was read moments ago by the model
                     raise InputError(f"{self.name}: cannot re-read the L3 slice {l3_uid}: {exc}") from exc
                 objects.append(
+                    # No Institution Name on the SEG, as before SeriesParams (the other objects carry it).
                     build_tissue_segmentation(
-                        l3_source,
-                        masks,
-                        self.model.algorithm,
-                        uid_root=self.uid_root,
-                        series_number=self.series_number + 3,
+                        l3_source, masks, self.model.algorithm, SeriesParams(self.uid_root, self.series_number + 3)
                     )
                 )
         written = time.perf_counter()

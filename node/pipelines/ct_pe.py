@@ -29,7 +29,7 @@ from models.pe import PeModel
 from models.registry import ModelRegistry
 from node.pipelines import PipelineOutput
 from node.pipelines.ct import CtPipeline, model_input_errors, plan_ct_series
-from sr_writer import build_key_object_selection, build_pe_report, build_slice_labels, pe_labels
+from sr_writer import SeriesParams, build_key_object_selection, build_pe_report, build_slice_labels, pe_labels
 
 log = logging.getLogger("ainode.pipeline.ct_pe")
 
@@ -84,16 +84,8 @@ class CtPePipeline(CtPipeline):
             supersedes=[str(p.SOPInstanceUID) for p in predecessors],
         )
         sources = series.sources()
-        objects = [
-            build_pe_report(
-                result,
-                sources,
-                uid_root=self.uid_root,
-                series_number=self.series_number,
-                institution_name=self.institution_name,
-                predecessors=predecessors,
-            )
-        ]
+        params = SeriesParams(self.uid_root, self.series_number, institution_name=self.institution_name)
+        objects = [build_pe_report(result, sources, params, predecessors=predecessors)]
         present = not pe.exam_labels.get("negative_exam_for_pe", True) and not pe.exam_labels.get(
             "indeterminate", False
         )
@@ -104,23 +96,14 @@ class CtPePipeline(CtPipeline):
                     result,
                     sources,
                     key_uids,
+                    params.with_series_number(self.series_number + 1),
                     title="of_interest",
-                    uid_root=self.uid_root,
-                    series_number=self.series_number + 1,
                     description="Key images: suspected pulmonary embolism",
-                    institution_name=self.institution_name,
                 )
             )
         if present and pe.positive_slices:
             objects.append(
-                build_slice_labels(
-                    result,
-                    sources,
-                    pe_labels(pe),
-                    uid_root=self.uid_root,
-                    series_number=self.series_number + 2,
-                    institution_name=self.institution_name,
-                )
+                build_slice_labels(result, sources, pe_labels(pe), params.with_series_number(self.series_number + 2))
             )
         written = time.perf_counter()
         sides = [s for s in ("rightsided_pe", "leftsided_pe", "central_pe") if pe.exam_labels.get(s)]

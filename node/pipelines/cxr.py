@@ -55,7 +55,7 @@ from models.registry import ModelRegistry
 from models.view_filter import ViewFilter, header_view
 from node.errors import InputError
 from node.pipelines import PipelineOutput, check_decodable_size, read_image
-from sr_writer import build_measurement_report, build_presentation_state, build_secondary_capture
+from sr_writer import SeriesParams, build_measurement_report, build_presentation_state, build_secondary_capture
 from sr_writer.codes import finding_key
 
 if TYPE_CHECKING:
@@ -429,15 +429,9 @@ class CxrPipeline:
     ) -> list[Dataset]:
         headers = {str(d.ds.SOPInstanceUID): _header(d.ds) for d in decoded}
         analysed = [headers[i.sop_instance_uid] for i in result.images]
+        params = SeriesParams(self.uid_root, self.series_number, institution_name=self.institution_name)
         with clock("sr"):
-            sr = build_measurement_report(
-                result,
-                analysed,
-                uid_root=self.uid_root,
-                series_number=self.series_number,
-                institution_name=self.institution_name,
-                predecessors=predecessors,
-            )
+            sr = build_measurement_report(result, analysed, params, predecessors=predecessors)
         objects: list[Dataset] = [sr]
         drawn = replace(result, algorithms=self._algorithms(for_boxes=True))
         # What a GSPS or SC can show: boxes, or a caption with the top findings and the triage (a routine
@@ -456,11 +450,7 @@ class CxrPipeline:
                     problems,
                     "GSPS",
                     lambda one, image: build_presentation_state(
-                        one,
-                        [headers[image.sop_instance_uid]],
-                        uid_root=self.uid_root,
-                        series_number=self.series_number + 1,
-                        institution_name=self.institution_name,
+                        one, [headers[image.sop_instance_uid]], params.with_series_number(self.series_number + 1)
                     ),
                 )
         if self.secondary_capture:
@@ -471,11 +461,7 @@ class CxrPipeline:
                     problems,
                     "secondary capture",
                     lambda one, image: build_secondary_capture(
-                        one,
-                        pixels[image.sop_instance_uid],
-                        uid_root=self.uid_root,
-                        series_number=self.series_number + 2,
-                        institution_name=self.institution_name,
+                        one, pixels[image.sop_instance_uid], params.with_series_number(self.series_number + 2)
                     ),
                 )
         return objects

@@ -37,7 +37,7 @@ from models.registry import ModelRegistry
 from node.pipelines.ct_lumbar import CtLumbarPipeline
 from node.pipelines.ct_pe import CtPePipeline
 from node.settings import DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE
-from sr_writer import build_lumbar_report, build_pe_report, code
+from sr_writer import SeriesParams, build_lumbar_report, build_pe_report, code
 from tests.helpers import assert_dciodvfy_clean
 from tests.node.test_ct_pipeline_units import UID_ROOT, tiny_registry  # noqa: F401  (a fixture)
 from tests.sr_writer.test_ct_objects import _evaluation, _groups, _texts, ct_series, headers, lumbar_result, pe_result
@@ -223,7 +223,7 @@ def test_lumbar_sr_of_an_impossible_map_says_not_determined_and_why(tmp_path: Pa
         "no L3 in the series (levels found: T, L1, L2, L4, L5, S)",
         "L3 missing between L2 and L4: the spine cannot skip a level",
     ]
-    sr = build_lumbar_report(result, headers(slices), uid_root=UID_ROOT, series_number=994)
+    sr = build_lumbar_report(result, headers(slices), params=SeriesParams(UID_ROOT, 994))
     path = tmp_path / "not_determined.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert_dciodvfy_clean(path)
@@ -245,7 +245,7 @@ def test_lumbar_sr_refuses_an_l3_on_a_map_that_was_not_determined() -> None:
     assert result.lumbar is not None
     result.lumbar.not_determined = ["S spans 321 mm"]
     with pytest.raises(ValueError, match="cannot have an L3 slice or areas"):
-        build_lumbar_report(result, headers(slices), uid_root=UID_ROOT, series_number=994)
+        build_lumbar_report(result, headers(slices), params=SeriesParams(UID_ROOT, 994))
 
 
 def test_pe_sr_of_an_unreadable_series_is_indeterminate_with_the_reason(tmp_path: Path) -> None:
@@ -254,7 +254,7 @@ def test_pe_sr_of_an_unreadable_series_is_indeterminate_with_the_reason(tmp_path
     assert result.pe is not None
     result.pe.exam_labels.update(negative_exam_for_pe=False, indeterminate=True)
     result.pe.indeterminate_reasons = ["lung seen over only 15 mm (slices 1-4); ..."]
-    sr = build_pe_report(result, headers(slices), uid_root=UID_ROOT, series_number=993)
+    sr = build_pe_report(result, headers(slices), params=SeriesParams(UID_ROOT, 993))
     path = tmp_path / "pe_not_assessable.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert_dciodvfy_clean(path)
@@ -266,7 +266,7 @@ def test_pe_sr_of_an_unreadable_series_is_indeterminate_with_the_reason(tmp_path
     assert "slices with PE" not in groups
     result.pe.positive_slices = [2]
     with pytest.raises(ValueError, match="must be indeterminate, without positive or key slices"):
-        build_pe_report(result, headers(slices), uid_root=UID_ROOT, series_number=993)
+        build_pe_report(result, headers(slices), params=SeriesParams(UID_ROOT, 993))
 
 
 def test_the_reasons_survive_the_stored_result() -> None:

@@ -15,7 +15,7 @@ import pydicom
 from pydicom import Dataset
 
 from core.findings import AlgorithmInfo, Finding, ImageResult, Region, SeriesResult, ViewResult
-from sr_writer import build_measurement_report
+from sr_writer import SeriesParams, build_measurement_report
 from tests.helpers import rg1_uncr_path
 
 UID_ROOT = "1.2.826.0.1.3680043.10.543.7"
@@ -26,6 +26,15 @@ VIEW_FILTER = AlgorithmInfo(
 DEMO_VIEW_FILTER = AlgorithmInfo(
     name="cxr-view-filter", version="1.2.0", manufacturer="ainode", weights_sha256="b2" * 32, demo=True
 )
+
+
+def series(number: int, institution_name: str | None = None) -> SeriesParams:
+    """The writers' parameters under :data:`UID_ROOT`, Series Number ``number``.
+
+    The tests number their objects as the node does by default: SR 990, GSPS 991, SC 992, PE SR 993,
+    lumbar SR 994, KOS 995, SEG 996, slice labels 997 and 998.
+    """
+    return SeriesParams(uid_root=UID_ROOT, series_number=number, institution_name=institution_name)
 
 
 def read_rg1_header() -> Dataset:
@@ -191,18 +200,20 @@ def build_variant(name: str) -> tuple[Dataset, list[Dataset]]:
         sources, images = [frontal], [finding_image(frontal)]
     elif name == "cxr":
         sr = build_measurement_report(
-            cxr_result(frontal), [frontal], uid_root=UID_ROOT, institution_name="Test Hospital"
+            cxr_result(frontal), [frontal], params=series(990, institution_name="Test Hospital")
         )
         return sr, [frontal]
     elif name == "predecessor":
-        first = build_measurement_report(series_result([frontal_image(frontal)], frontal), [frontal], uid_root=UID_ROOT)
+        first = build_measurement_report(
+            series_result([frontal_image(frontal)], frontal), [frontal], params=series(990)
+        )
         predecessors, supersedes = [first], [str(first.SOPInstanceUID)]
         sources, images = [frontal, lateral], [frontal_image(frontal), lateral_image(lateral)]
     else:
         raise ValueError(f"unknown variant {name!r}")
     result = series_result(images, frontal, algorithm=algorithm, supersedes=supersedes)
     sr = build_measurement_report(
-        result, sources, uid_root=UID_ROOT, institution_name="Test Hospital", predecessors=predecessors
+        result, sources, params=series(990, institution_name="Test Hospital"), predecessors=predecessors
     )
     return sr, sources
 

@@ -43,7 +43,7 @@ from sr_writer import (
 from sr_writer.codes import CONCEPTS, key_for
 from sr_writer.uids import is_under_root
 from tests.helpers import assert_dciodvfy_clean
-from tests.sr_writer.scenarios import UID_ROOT, write
+from tests.sr_writer.scenarios import UID_ROOT, series, write
 from tests.sr_writer.test_sr_codes import _code_items
 
 PE_MODEL = AlgorithmInfo(name="ct-pe", version="demo-1", weights_sha256="a7" * 32, demo=True)
@@ -222,7 +222,7 @@ def _evaluation(group: hd.sr.MeasurementsAndQualitativeEvaluations, key: str) ->
 def test_pe_report_says_present_right_sided_with_the_positive_slices(tmp_path: Path) -> None:
     slices = ct_series(10)
     sources = headers(slices)
-    sr = build_pe_report(pe_result(slices), sources, uid_root=UID_ROOT, series_number=993)
+    sr = build_pe_report(pe_result(slices), sources, params=series(993))
     path = write(sr, tmp_path, "pe_sr")
     assert_dciodvfy_clean(path)
     ds = pydicom.dcmread(path)
@@ -280,7 +280,7 @@ def test_pe_report_says_present_right_sided_with_the_positive_slices(tmp_path: P
 
 def test_pe_report_of_a_negative_exam_says_absent_and_references_no_slice(tmp_path: Path) -> None:
     slices = ct_series(6)
-    sr = build_pe_report(pe_result(slices, positive=False), headers(slices), uid_root=UID_ROOT, series_number=993)
+    sr = build_pe_report(pe_result(slices, positive=False), headers(slices), params=series(993))
     path = write(sr, tmp_path, "pe_negative")
     assert_dciodvfy_clean(path)
     groups = _groups(path)
@@ -293,12 +293,12 @@ def test_pe_report_of_a_negative_exam_says_absent_and_references_no_slice(tmp_pa
 
 def test_pe_report_indeterminate_and_supersession(tmp_path: Path) -> None:
     slices = ct_series(6)
-    first = build_pe_report(pe_result(slices, positive=False), headers(slices), uid_root=UID_ROOT, series_number=993)
+    first = build_pe_report(pe_result(slices, positive=False), headers(slices), params=series(993))
     result = pe_result(slices, positive=False)
     assert result.pe is not None
     result.pe.exam_labels["indeterminate"] = True
     result.supersedes = [str(first.SOPInstanceUID)]
-    sr = build_pe_report(result, headers(slices), uid_root=UID_ROOT, series_number=993, predecessors=[first])
+    sr = build_pe_report(result, headers(slices), params=series(993), predecessors=[first])
     path = write(sr, tmp_path, "pe_indeterminate")
     assert_dciodvfy_clean(path)
     assert _evaluation(_groups(path)["exam PE"], "pulmonary_embolism") == "Indeterminate"
@@ -330,7 +330,7 @@ def test_inconsistent_pe_results_are_refused(change: str, message: str) -> None:
     elif change == "foreign_slice":
         sources = sources[1:]
     with pytest.raises(ValueError, match=message):
-        build_pe_report(result, sources, uid_root=UID_ROOT, series_number=993)
+        build_pe_report(result, sources, params=series(993))
 
 
 # --- Lumbar SR --------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def test_inconsistent_pe_results_are_refused(change: str, message: str) -> None:
 
 def test_lumbar_report_has_level_runs_l3_slice_and_areas_in_cm2(tmp_path: Path) -> None:
     slices = ct_series(len(LEVELS))
-    sr = build_lumbar_report(lumbar_result(slices), headers(slices), uid_root=UID_ROOT, series_number=994)
+    sr = build_lumbar_report(lumbar_result(slices), headers(slices), params=series(994))
     path = write(sr, tmp_path, "lumbar_sr")
     assert_dciodvfy_clean(path)
     ds = pydicom.dcmread(path)
@@ -392,9 +392,7 @@ def test_lumbar_report_has_level_runs_l3_slice_and_areas_in_cm2(tmp_path: Path) 
 
 def test_lumbar_report_without_l3_says_so(tmp_path: Path) -> None:
     slices = ct_series(len(LEVELS))
-    sr = build_lumbar_report(
-        lumbar_result(slices, with_l3=False), headers(slices), uid_root=UID_ROOT, series_number=994
-    )
+    sr = build_lumbar_report(lumbar_result(slices, with_l3=False), headers(slices), params=series(994))
     path = write(sr, tmp_path, "lumbar_no_l3")
     assert_dciodvfy_clean(path)
     groups = _groups(path)
@@ -415,7 +413,7 @@ def test_lumbar_runs_that_contradict_the_levels_are_refused() -> None:
     assert result.lumbar is not None
     result.lumbar.runs[3] = LevelRun("L3", 5, 8)  # slice 5 is L2
     with pytest.raises(ValueError, match="the levels disagree"):
-        build_lumbar_report(result, headers(slices), uid_root=UID_ROOT, series_number=994)
+        build_lumbar_report(result, headers(slices), params=series(994))
     assert set(LUMBAR_LEVELS) == set(LEVELS)
 
 
@@ -430,8 +428,7 @@ def test_kos_references_exactly_the_key_slices(tmp_path: Path) -> None:
         headers(slices),
         keys,
         title="of_interest",
-        uid_root=UID_ROOT,
-        series_number=995,
+        params=series(995),
         description="Slices with pulmonary embolism",
     )
     path = write(kos, tmp_path, "kos")
@@ -473,8 +470,7 @@ def test_kos_refuses_unknown_titles_and_foreign_slices() -> None:
             headers(slices),
             [str(slices[0].SOPInstanceUID)],
             title="Rejected for Quality Reasons",
-            uid_root=UID_ROOT,
-            series_number=995,
+            params=series(995),
             description="x",
         )
     with pytest.raises(ValueError, match="not among the sources"):
@@ -483,8 +479,7 @@ def test_kos_refuses_unknown_titles_and_foreign_slices() -> None:
             headers(slices),
             ["1.2.3.4"],
             title="Of Interest",
-            uid_root=UID_ROOT,
-            series_number=995,
+            params=series(995),
             description="x",
         )
 
@@ -503,7 +498,7 @@ def test_tissue_segmentation_reads_back_equal(tmp_path: Path) -> None:
         "visceral_fat": (r < 12) & (xx > 32),
     }
     demo = AlgorithmInfo(name="ct-lumbar", version="demo-1", demo=True)
-    seg = build_tissue_segmentation(source, masks, demo, uid_root=UID_ROOT, series_number=996)
+    seg = build_tissue_segmentation(source, masks, demo, params=series(996))
     path = write(seg, tmp_path, "seg")
     assert_dciodvfy_clean(path)
     ds = pydicom.dcmread(path)
@@ -532,11 +527,9 @@ def test_tissue_segmentation_refuses_wrong_masks() -> None:
     source = ct_series(1)[0]
     full = {k: np.zeros((64, 64), bool) for k in ("muscle", "subcutaneous_fat", "visceral_fat")}
     with pytest.raises(ValueError, match="must be exactly"):
-        build_tissue_segmentation(source, {"muscle": full["muscle"]}, LUMBAR_MODEL, uid_root=UID_ROOT, series_number=9)
+        build_tissue_segmentation(source, {"muscle": full["muscle"]}, LUMBAR_MODEL, params=series(9))
     with pytest.raises(ValueError, match="has shape"):
-        build_tissue_segmentation(
-            source, {**full, "muscle": np.zeros((32, 64), bool)}, LUMBAR_MODEL, uid_root=UID_ROOT, series_number=9
-        )
+        build_tissue_segmentation(source, {**full, "muscle": np.zeros((32, 64), bool)}, LUMBAR_MODEL, params=series(9))
 
 
 # --- GSPS slice labels ------------------------------------------------------------------
@@ -546,7 +539,7 @@ def test_slice_labels_put_the_level_on_every_slice_with_its_window(tmp_path: Pat
     slices = ct_series(len(LEVELS))
     result = lumbar_result(slices)
     labels = {str(s.SOPInstanceUID): level for s, level in zip(slices, LEVELS, strict=False)}
-    gsps = build_slice_labels(result, headers(slices), labels, uid_root=UID_ROOT, series_number=997)
+    gsps = build_slice_labels(result, headers(slices), labels, params=series(997))
     path = write(gsps, tmp_path, "labels")
     assert_dciodvfy_clean(path)
     ds = pydicom.dcmread(path)
@@ -571,7 +564,7 @@ def test_pe_slice_labels_only_on_flagged_slices_say_demo(tmp_path: Path) -> None
     result = pe_result(slices)
     assert result.pe is not None
     labels = pe_labels(result.pe)  # the node's own texts: 3 significant digits
-    gsps = build_slice_labels(result, headers(slices), labels, uid_root=UID_ROOT, series_number=997)
+    gsps = build_slice_labels(result, headers(slices), labels, params=series(997))
     path = write(gsps, tmp_path, "pe_labels")
     assert_dciodvfy_clean(path)
     ds = pydicom.dcmread(path)

@@ -36,7 +36,7 @@ from sr_writer import (
     pe_labels,
 )
 from tests.helpers import assert_dciodvfy_clean
-from tests.sr_writer.scenarios import UID_ROOT, write
+from tests.sr_writer.scenarios import series, write
 from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 
 PE_MODEL = AlgorithmInfo(name="ct-pe", version="demo-1", demo=True)
@@ -103,7 +103,7 @@ def test_abdomen_phantom_gets_sr_seg_gsps_and_kos(
     l3_uid = phantom.truth["l3_sop_uid"]
     assert result.lumbar.slice_uids[result.lumbar.l3_index or 0] == l3_uid
 
-    sr_path = write(build_lumbar_report(result, sources, uid_root=UID_ROOT, series_number=994), tmp_path, "sr")
+    sr_path = write(build_lumbar_report(result, sources, params=series(994)), tmp_path, "sr")
     assert_dciodvfy_clean(sr_path)
     groups = {str(g.tracking_identifier): g for g in hd.sr.srread(sr_path).content.get_image_measurement_groups()}
     l3 = groups["L3 slice body composition"]
@@ -120,7 +120,7 @@ def test_abdomen_phantom_gets_sr_seg_gsps_and_kos(
         key: np.asarray(phantom.truth["masks_at_l3"][key]) for key in ("muscle", "subcutaneous_fat", "visceral_fat")
     }
     seg_path = write(
-        build_tissue_segmentation(slices[l3_uid], masks, LUMBAR_MODEL, uid_root=UID_ROOT, series_number=996),
+        build_tissue_segmentation(slices[l3_uid], masks, LUMBAR_MODEL, params=series(996)),
         tmp_path,
         "seg",
     )
@@ -133,7 +133,7 @@ def test_abdomen_phantom_gets_sr_seg_gsps_and_kos(
         assert masks[key].any(), key  # the phantom has every tissue on L3
 
     labels = level_labels(result.lumbar)
-    pr_path = write(build_slice_labels(result, sources, labels, uid_root=UID_ROOT, series_number=997), tmp_path, "pr")
+    pr_path = write(build_slice_labels(result, sources, labels, params=series(997)), tmp_path, "pr")
     assert_dciodvfy_clean(pr_path)
     pr = pydicom.dcmread(pr_path)
     shown = {
@@ -154,8 +154,7 @@ def test_abdomen_phantom_gets_sr_seg_gsps_and_kos(
             sources,
             [l3_uid],
             title="for_referring_provider",
-            uid_root=UID_ROOT,
-            series_number=995,
+            params=series(995),
             description="L3 slice",
         ),
         tmp_path,
@@ -196,7 +195,7 @@ def test_ctpa_phantom_with_a_right_embolus_is_reported_right_sided_on_its_slices
     )
     sources = list(slices.values())
 
-    sr_path = write(build_pe_report(result, sources, uid_root=UID_ROOT, series_number=993), tmp_path, "sr")
+    sr_path = write(build_pe_report(result, sources, params=series(993)), tmp_path, "sr")
     assert_dciodvfy_clean(sr_path)
     groups = {str(g.tracking_identifier): g for g in hd.sr.srread(sr_path).content.get_image_measurement_groups()}
     (evaluation,) = groups["exam right-sided PE"].get_qualitative_evaluations(name=code("pulmonary_embolism"))
@@ -207,7 +206,7 @@ def test_ctpa_phantom_with_a_right_embolus_is_reported_right_sided_on_its_slices
 
     flagged = pe_labels(pe)
     assert set(flagged.values()) == {"PE suspected p=0.900"}
-    pr_path = write(build_slice_labels(result, sources, flagged, uid_root=UID_ROOT, series_number=997), tmp_path, "pr")
+    pr_path = write(build_slice_labels(result, sources, flagged, params=series(997)), tmp_path, "pr")
     assert_dciodvfy_clean(pr_path)
     assert len(pydicom.dcmread(pr_path).GraphicAnnotationSequence) == len(positive)
 
@@ -217,8 +216,7 @@ def test_ctpa_phantom_with_a_right_embolus_is_reported_right_sided_on_its_slices
             sources,
             [uids[i] for i in positive],
             title="of_interest",
-            uid_root=UID_ROOT,
-            series_number=995,
+            params=series(995),
             description="Slices with pulmonary embolism",
         ),
         tmp_path,

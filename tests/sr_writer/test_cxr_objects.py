@@ -41,6 +41,7 @@ from tests.sr_writer.scenarios import (
     UID_ROOT,
     boxes_for,
     cxr_result,
+    series,
     write,
 )
 from tests.sr_writer.test_sr_codes import _code_items
@@ -75,7 +76,7 @@ def _sop_uid_root_and_equipment(ds: Dataset, source: Dataset, detector: str = "c
 @pytest.mark.parametrize("name", SOURCES)
 def test_sr_of_a_full_cxr_result_is_valid_and_reads_back(name: str, tmp_path: Path) -> None:
     source = _source(name, tmp_path)
-    sr = build_measurement_report(cxr_result(source), [source], uid_root=UID_ROOT)
+    sr = build_measurement_report(cxr_result(source), [source], params=series(990))
     path = write(sr, tmp_path, f"{name}_sr")
     assert_dciodvfy_clean(path)
     ds, report = pydicom.dcmread(path), hd.sr.srread(path)
@@ -134,7 +135,7 @@ def test_sr_of_a_full_cxr_result_is_valid_and_reads_back(name: str, tmp_path: Pa
 
 
 def test_sr_groups_name_the_model_that_produced_them(rg1_header: Dataset) -> None:
-    sr = build_measurement_report(cxr_result(rg1_header), [rg1_header], uid_root=UID_ROOT)
+    sr = build_measurement_report(cxr_result(rg1_header), [rg1_header], params=series(990))
     report = hd.sr.Comprehensive3DSR.from_dataset(sr)
     names = {}
     groups = [*report.content.get_image_measurement_groups(), *report.content.get_planar_roi_measurement_groups()]
@@ -178,7 +179,7 @@ def test_inconsistent_cxr_results_are_refused(change: str, message: str, rg1_hea
     elif change == "confidence":
         image.findings.append(Finding("mass", 1.5, True, region=Region(1, 1, 5, 5), group="detection"))
     with pytest.raises((ValueError, KeyError), match=message):
-        build_measurement_report(result, [rg1_header], uid_root=UID_ROOT)
+        build_measurement_report(result, [rg1_header], params=series(990))
 
 
 def test_series_result_json_round_trip_keeps_the_new_fields(rg1_header: Dataset) -> None:
@@ -205,7 +206,7 @@ def test_series_result_json_round_trip_keeps_the_new_fields(rg1_header: Dataset)
 @pytest.mark.parametrize("name", SOURCES)
 def test_gsps_draws_the_boxes_and_labels_with_the_source_voi(name: str, tmp_path: Path) -> None:
     source = _source(name, tmp_path)
-    gsps = build_presentation_state(cxr_result(source), [source], uid_root=UID_ROOT)
+    gsps = build_presentation_state(cxr_result(source), [source], params=series(991))
     path = write(gsps, tmp_path, f"{name}_pr")
     assert_dciodvfy_clean(path)
     ds = pydicom.dcmread(path)
@@ -246,7 +247,7 @@ def test_gsps_draws_the_boxes_and_labels_with_the_source_voi(name: str, tmp_path
 
 
 def test_gsps_of_demo_weights_says_demo(rg1_header: Dataset) -> None:
-    gsps = build_presentation_state(cxr_result(rg1_header, detector=DEMO_DETECTOR), [rg1_header], uid_root=UID_ROOT)
+    gsps = build_presentation_state(cxr_result(rg1_header, detector=DEMO_DETECTOR), [rg1_header], params=series(991))
     assert "DEMO" in gsps.SeriesDescription and "DEMO" in gsps.ContentDescription
     texts = [str(t.UnformattedTextValue) for t in gsps.GraphicAnnotationSequence[0].TextObjectSequence]
     assert any("DEMO" in t for t in texts)
@@ -257,11 +258,11 @@ def test_top_findings_show_the_classifier_probability_when_a_class_has_the_same_
     # the classifier's outputs, so the SR text and the GSPS caption must show 0.11.
     result = cxr_result(rg1_header)
     result.images[0].top_findings = ["pneumonia", "nodule", "mass"]
-    sr = build_measurement_report(result, [rg1_header], uid_root=UID_ROOT)
+    sr = build_measurement_report(result, [rg1_header], params=series(990))
     texts = [str(item.TextValue) for item in _walk(sr) if item.get("ValueType") == "TEXT"]
     top = [t for t in texts if t.startswith("Top findings:")]
     assert top and "Pneumonia 0.110" in top[0] and "0.150" not in top[0], top
-    gsps = build_presentation_state(result, [rg1_header], uid_root=UID_ROOT)
+    gsps = build_presentation_state(result, [rg1_header], params=series(991))
     captions = [str(t.UnformattedTextValue) for t in gsps.GraphicAnnotationSequence[0].TextObjectSequence]
     assert any("Pneumonia 0.110" in c for c in captions) and not any("Pneumonia 0.150" in c for c in captions), captions
 
@@ -279,7 +280,7 @@ def test_gsps_of_a_source_without_voi_gets_a_full_range_window(tmp_path: Path) -
     for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTSequence"):
         if keyword in source:
             delattr(source, keyword)
-    gsps = build_presentation_state(cxr_result(source), [source], uid_root=UID_ROOT)
+    gsps = build_presentation_state(cxr_result(source), [source], params=series(991))
     voi = gsps.SoftcopyVOILUTSequence[0]
     bits = int(source.BitsStored)
     assert float(voi.WindowWidth) == 2**bits and float(voi.WindowCenter) == 2 ** (bits - 1)
@@ -290,13 +291,13 @@ def test_gsps_refuses_a_result_with_nothing_to_draw(rg1_header: Dataset) -> None
     result = cxr_result(rg1_header)
     result.images[0] = ImageResult(sop_instance_uid=str(rg1_header.SOPInstanceUID))
     with pytest.raises(ValueError, match="draw nothing"):
-        build_presentation_state(result, [rg1_header], uid_root=UID_ROOT)
+        build_presentation_state(result, [rg1_header], params=series(991))
     outside = cxr_result(rg1_header)
     outside.images[0].findings.append(
         Finding("nodule", 0.9, True, region=Region(10, 10, rg1_header.Columns + 5, 50), group="detection")
     )
     with pytest.raises(ValueError, match="outside"):
-        build_presentation_state(outside, [rg1_header], uid_root=UID_ROOT)
+        build_presentation_state(outside, [rg1_header], params=series(991))
 
 
 # --- Secondary Capture ------------------------------------------------------------------
@@ -305,7 +306,7 @@ def test_gsps_refuses_a_result_with_nothing_to_draw(rg1_header: Dataset) -> None
 @pytest.mark.parametrize("name", SOURCES)
 def test_secondary_capture_burns_in_the_boxes_and_is_marked_derived(name: str, tmp_path: Path) -> None:
     source = _source(name, tmp_path, pixels=True)
-    sc = build_secondary_capture(cxr_result(source, detector=DEMO_DETECTOR), source, uid_root=UID_ROOT)
+    sc = build_secondary_capture(cxr_result(source, detector=DEMO_DETECTOR), source, params=series(992))
     path = write(sc, tmp_path, f"{name}_sc")
     assert_dciodvfy_clean(path)
     ds = pydicom.dcmread(path)
@@ -383,7 +384,7 @@ def test_rendering_applies_a_voi_lut_sequence(tmp_path: Path) -> None:
 def test_secondary_capture_needs_the_source_of_the_result(rg1_header: Dataset, tmp_path: Path) -> None:
     other = _source("dx", tmp_path, pixels=True)
     with pytest.raises(ValueError):
-        build_secondary_capture(cxr_result(rg1_header), other, uid_root=UID_ROOT)
+        build_secondary_capture(cxr_result(rg1_header), other, params=series(992))
 
 
 # --- Codes in the new objects ------------------------------------------------------------
@@ -396,9 +397,9 @@ def test_every_code_in_gsps_and_sc_comes_from_the_table(kind: str, tmp_path: Pat
     source = _source("rg1", tmp_path, pixels=kind == "sc")
     result = cxr_result(source)
     ds = (
-        build_presentation_state(result, [source], uid_root=UID_ROOT)
+        build_presentation_state(result, [source], params=series(991))
         if kind == "gsps"
-        else build_secondary_capture(result, source, uid_root=UID_ROOT)
+        else build_secondary_capture(result, source, params=series(992))
     )
     seen = 0
     for path, item in _code_items(ds):

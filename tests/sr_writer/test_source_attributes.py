@@ -53,7 +53,7 @@ from sr_writer.source_attributes import (
     source_attribute_issues,
 )
 from tests.helpers import assert_dciodvfy_clean, dciodvfy, rg1_uncr_path
-from tests.sr_writer.scenarios import DEMO_DETECTOR, UID_ROOT, cxr_result, read_rg1_header, write
+from tests.sr_writer.scenarios import DEMO_DETECTOR, UID_ROOT, cxr_result, read_rg1_header, series, write
 from tests.sr_writer.test_ct_objects import LEVELS, PE_MODEL, ct_series, headers, lumbar_result, pe_result
 
 
@@ -228,7 +228,7 @@ def test_the_default_repertoire_said_explicitly_is_left_out(tmp_path: Path) -> N
     cleaned, issues = clean_source(source)
     assert issues == [] and "SpecificCharacterSet" not in cleaned and cleaned.PatientName == "DOE^JOHN"
     # highdicom refuses "ISO_IR 6"; the SR is written without it.
-    sr = build_measurement_report(cxr_result(source), [source], uid_root=UID_ROOT)
+    sr = build_measurement_report(cxr_result(source), [source], params=series(990))
     assert "SpecificCharacterSet" not in sr
     assert_dciodvfy_clean(write(sr, tmp_path, "sr"))
 
@@ -242,7 +242,7 @@ def test_iso_2022_names_are_kept_and_the_copy_says_utf8(tmp_path: Path) -> None:
     assert issues == []
     assert cleaned.SpecificCharacterSet == "ISO_IR 192"
     assert str(cleaned.PatientName) == "Yamada^Tarou=山田^太郎"
-    sr = build_measurement_report(cxr_result(cleaned), [source], uid_root=UID_ROOT)
+    sr = build_measurement_report(cxr_result(cleaned), [source], params=series(990))
     path = write(sr, tmp_path, "sr")
     assert_dciodvfy_clean(path)
     back = pydicom.dcmread(path)
@@ -375,9 +375,9 @@ def test_cxr_sr_gsps_and_sc_from_a_malformed_cr_pass_dciodvfy(variant: str, tmp_
     header = pydicom.dcmread(path, stop_before_pixels=True)
     result = cxr_result(header, detector=DEMO_DETECTOR)
 
-    sr = build_measurement_report(result, [header], uid_root=UID_ROOT, institution_name="Test Hospital")
-    gsps = build_presentation_state(result, [header], uid_root=UID_ROOT)
-    sc = build_secondary_capture(result, pydicom.dcmread(path), uid_root=UID_ROOT)
+    sr = build_measurement_report(result, [header], params=series(990, institution_name="Test Hospital"))
+    gsps = build_presentation_state(result, [header], params=series(991))
+    sc = build_secondary_capture(result, pydicom.dcmread(path), params=series(992))
     for name, ds in (("sr", sr), ("gsps", gsps), ("sc", sc)):
         assert_dciodvfy_clean(write(ds, tmp_path, name))
         issues = source_attribute_issues(ds)
@@ -434,22 +434,19 @@ def test_ct_objects_from_a_malformed_series_pass_dciodvfy(tmp_path: Path) -> Non
     masks = {"subcutaneous_fat": (r >= 26) & (r < 30), "muscle": (r >= 20) & (r < 26), "visceral_fat": r < 12}
     l3 = read[lumbar.lumbar.l3_index]
     objects = {
-        "lumbar_sr": build_lumbar_report(lumbar, sources, uid_root=UID_ROOT, series_number=994),
-        "pe_sr": build_pe_report(pe, sources, uid_root=UID_ROOT, series_number=993),
+        "lumbar_sr": build_lumbar_report(lumbar, sources, params=series(994)),
+        "pe_sr": build_pe_report(pe, sources, params=series(993)),
         "kos": build_key_object_selection(
             pe,
             sources,
             [str(l3.SOPInstanceUID)],
             title="of_interest",
-            uid_root=UID_ROOT,
-            series_number=995,
+            params=series(995),
             description="Key image",
         ),
-        "seg": build_tissue_segmentation(l3, masks, lumbar.algorithms[-1], uid_root=UID_ROOT, series_number=996),
-        "levels": build_slice_labels(
-            lumbar, sources, level_labels(lumbar.lumbar), uid_root=UID_ROOT, series_number=997
-        ),
-        "pe_labels": build_slice_labels(pe, sources, pe_labels(pe.pe), uid_root=UID_ROOT, series_number=998),
+        "seg": build_tissue_segmentation(l3, masks, lumbar.algorithms[-1], params=series(996)),
+        "levels": build_slice_labels(lumbar, sources, level_labels(lumbar.lumbar), params=series(997)),
+        "pe_labels": build_slice_labels(pe, sources, pe_labels(pe.pe), params=series(998)),
     }
     for name, ds in objects.items():
         path = write(ds, tmp_path, name)
@@ -533,15 +530,15 @@ def test_a_pipeline_output_without_issues_keeps_its_summary(caplog: pytest.LogCa
 
     header = read_rg1_header()
     result = cxr_result(header)
-    clean = build_measurement_report(result, [header], uid_root=UID_ROOT)
+    clean = build_measurement_report(result, [header], params=series(990))
     with caplog.at_level(logging.WARNING, logger="ainode"):
         output = PipelineOutput(result=result, objects=[clean], summary="view: frontal 0.99")
     assert output.summary == "view: frontal 0.99" and not caplog.records
     # Issues of several objects made from the same source are listed once.
     malformed = _source_with({"PatientAge": b"62"})
     objects = [
-        build_measurement_report(cxr_result(malformed), [malformed], uid_root=UID_ROOT),
-        build_presentation_state(cxr_result(malformed), [malformed], uid_root=UID_ROOT),
+        build_measurement_report(cxr_result(malformed), [malformed], params=series(990)),
+        build_presentation_state(cxr_result(malformed), [malformed], params=series(991)),
     ]
     output = PipelineOutput(result=result, objects=objects, summary="view: frontal 0.99")
     assert output.summary == (
@@ -613,7 +610,7 @@ def test_sr_nums_and_texts_round_probabilities_and_every_object_says_demo(tmp_pa
             )
         ],
     )
-    sr = build_measurement_report(result, [header], uid_root=UID_ROOT)
+    sr = build_measurement_report(result, [header], params=series(990))
     numbers = _num_values(sr)
     assert numbers and all(_digits(n) <= 3 for n in numbers), numbers
     texts = _texts(sr)
@@ -622,7 +619,7 @@ def test_sr_nums_and_texts_round_probabilities_and_every_object_says_demo(tmp_pa
     # The view filter (real weights) is the observer, but a demo model contributed: the SR says DEMO.
     assert "DEMO" in sr.ManufacturerModelName
 
-    gsps = build_presentation_state(result, [header], uid_root=UID_ROOT)
+    gsps = build_presentation_state(result, [header], params=series(991))
     captions = [t.UnformattedTextValue for a in gsps.GraphicAnnotationSequence for t in a.TextObjectSequence]
     assert "Nodule 0.831" in captions and any(c.startswith("AI: Nodule 0.871, Mass 0.711") for c in captions)
     assert "DEMO" in gsps.ManufacturerModelName
@@ -632,7 +629,7 @@ def test_sr_nums_and_texts_round_probabilities_and_every_object_says_demo(tmp_pa
     assert pe.pe is not None and PE_MODEL.demo
     pe.pe.slice_probabilities[4] = 0.934567
     pe.pe.exam_probabilities["rightsided_pe"] = 0.912345
-    pe_sr = build_pe_report(pe, headers(slices), uid_root=UID_ROOT)
+    pe_sr = build_pe_report(pe, headers(slices), params=series(993))
     numbers = _num_values(pe_sr)
     assert 0.935 in numbers and 0.912 in numbers and all(_digits(n) <= 3 for n in numbers), numbers
     assert pe_labels(pe.pe)[str(slices[4].SOPInstanceUID)] == "PE suspected p=0.935"
@@ -641,11 +638,10 @@ def test_sr_nums_and_texts_round_probabilities_and_every_object_says_demo(tmp_pa
         headers(slices),
         [str(slices[4].SOPInstanceUID)],
         title="of_interest",
-        uid_root=UID_ROOT,
-        series_number=995,
+        params=series(995),
         description="Key images",
     )
-    labels = build_slice_labels(pe, headers(slices), pe_labels(pe.pe), uid_root=UID_ROOT, series_number=997)
+    labels = build_slice_labels(pe, headers(slices), pe_labels(pe.pe), params=series(997))
     for ds in (pe_sr, kos, labels):
         assert "DEMO" in ds.ManufacturerModelName and "DEMO" in ds.SeriesDescription, ds.SOPClassUID
     masks = {key: np.zeros((64, 64), dtype=bool) for key in ("muscle", "subcutaneous_fat", "visceral_fat")}
@@ -653,10 +649,9 @@ def test_sr_nums_and_texts_round_probabilities_and_every_object_says_demo(tmp_pa
         slices[0],
         masks,
         AlgorithmInfo(name="ct-lumbar", version="demo-1", demo=True),
-        uid_root=UID_ROOT,
-        series_number=996,
+        params=series(996),
     )
-    sc = build_secondary_capture(result, pydicom.dcmread(rg1_uncr_path()), uid_root=UID_ROOT)
+    sc = build_secondary_capture(result, pydicom.dcmread(rg1_uncr_path()), params=series(992))
     for ds in (seg, sc):
         assert "DEMO" in ds.ManufacturerModelName and "DEMO" in ds.SeriesDescription, ds.SOPClassUID
     real = AlgorithmInfo(name="ct-pe", version="1.0.0", weights_sha256="c9" * 32)
@@ -672,8 +667,7 @@ def test_sr_nums_and_texts_round_probabilities_and_every_object_says_demo(tmp_pa
         headers(slices),
         [str(slices[4].SOPInstanceUID)],
         title="of_interest",
-        uid_root=UID_ROOT,
-        series_number=995,
+        params=series(995),
         description="Key images",
     )
     assert kos.ManufacturerModelName == "ct-pe" and "DEMO" not in kos.SeriesDescription

@@ -13,7 +13,7 @@ from pydicom import Dataset
 
 import sr_writer
 from core.findings import Finding, ImageResult, Region, ViewResult
-from sr_writer import MANUFACTURER, build_measurement_report, code, device_uid
+from sr_writer import MANUFACTURER, SeriesParams, build_measurement_report, code, device_uid
 from sr_writer.uids import is_under_root
 from tests.helpers import dciodvfy
 from tests.sr_writer.scenarios import (
@@ -24,6 +24,7 @@ from tests.sr_writer.scenarios import (
     build_variant,
     frontal_image,
     lateral_header,
+    series,
     series_result,
     write,
 )
@@ -127,7 +128,7 @@ def test_contributing_equipment_names_the_model_version(tmp_path: Path, rg1_head
 
     newer = dataclasses.replace(VIEW_FILTER, version="1.3.0")
     sr2 = build_measurement_report(
-        series_result([frontal_image(rg1_header)], rg1_header, algorithm=newer), [rg1_header], uid_root=UID_ROOT
+        series_result([frontal_image(rg1_header)], rg1_header, algorithm=newer), [rg1_header], params=series(990)
     )
     ds2, _ = _read_back(sr2, tmp_path, "v2")
     (item2,) = _ihe_items(ds2)
@@ -135,7 +136,7 @@ def test_contributing_equipment_names_the_model_version(tmp_path: Path, rg1_head
     assert item2.DeviceUID != item.DeviceUID
     # The same model build always names the same device.
     sr3 = build_measurement_report(
-        series_result([frontal_image(rg1_header)], rg1_header), [rg1_header], uid_root=UID_ROOT
+        series_result([frontal_image(rg1_header)], rg1_header), [rg1_header], params=series(990)
     )
     assert _ihe_items(sr3)[0].DeviceUID == item.DeviceUID
 
@@ -211,7 +212,7 @@ def test_unknown_finding_label_is_a_clear_key_error(rg1_header: Dataset) -> None
     image = frontal_image(rg1_header)
     image.findings.append(Finding(label="unicorn_sign", probability=0.5, present=True))
     with pytest.raises(KeyError, match="unicorn_sign"):
-        build_measurement_report(series_result([image], rg1_header), [rg1_header], uid_root=UID_ROOT)
+        build_measurement_report(series_result([image], rg1_header), [rg1_header], params=series(990))
 
 
 @pytest.mark.parametrize(
@@ -228,10 +229,10 @@ def test_unknown_finding_label_is_a_clear_key_error(rg1_header: Dataset) -> None
 )
 def test_bad_input_is_refused_with_a_clear_message(change: str, message: str, rg1_header: Dataset) -> None:
     images = [frontal_image(rg1_header)]
-    kwargs: dict[str, object] = {"uid_root": UID_ROOT}
+    root = UID_ROOT
     result = series_result(images, rg1_header)
     if change == "root":
-        kwargs["uid_root"] = "1.2.x"
+        root = "1.2.x"
     elif change == "missing_source":
         result.images.append(ImageResult(sop_instance_uid="1.2.3.4", view=ViewResult("frontal", 0.9)))
     elif change == "other_study":
@@ -245,14 +246,14 @@ def test_bad_input_is_refused_with_a_clear_message(change: str, message: str, rg
     elif change == "no_algorithm":
         result.algorithms = []
     with pytest.raises(ValueError, match=message):
-        build_measurement_report(result, [rg1_header], **kwargs)  # type: ignore[arg-type]
+        build_measurement_report(result, [rg1_header], SeriesParams(uid_root=root, series_number=990))
 
 
 def test_region_outside_the_image_is_refused(rg1_header: Dataset) -> None:
     image = frontal_image(rg1_header)
     image.findings.append(Finding("pneumothorax", 0.9, True, region=Region(10, 10, 5000, 20)))
     with pytest.raises(ValueError, match="outside the 1841x1955 image"):
-        build_measurement_report(series_result([image], rg1_header), [rg1_header], uid_root=UID_ROOT)
+        build_measurement_report(series_result([image], rg1_header), [rg1_header], params=series(990))
 
 
 def test_source_without_type2_study_attributes_still_gives_a_valid_sr(rg1_header: Dataset, tmp_path: Path) -> None:
@@ -260,7 +261,7 @@ def test_source_without_type2_study_attributes_still_gives_a_valid_sr(rg1_header
     for keyword in ("PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
         del rg1_header[keyword]
     sr = build_measurement_report(
-        series_result([frontal_image(rg1_header)], rg1_header), [rg1_header], uid_root=UID_ROOT
+        series_result([frontal_image(rg1_header)], rg1_header), [rg1_header], params=series(990)
     )
     ds, _ = _read_back(sr, tmp_path, "sparse")
     assert ds.PatientBirthDate == "" and ds.StudyID == "" and ds.AccessionNumber == ""
