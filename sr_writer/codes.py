@@ -240,7 +240,7 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
         ),
         "pneumothorax": _c("36118008", "SCT", "Pneumothorax", f"{_PS316}, CID 6102", True),
         "pulmonary_embolism": _c("59282003", "SCT", "Pulmonary embolism", f"{_PS316}, CID 6102", True),
-        # --- The four classes of seed 4 (pneumonia is the finding above) --------------------
+        # --- The four classes of the four-class classifier (pneumonia is the finding above) ---
         "covid19": _c(
             "840539006",
             "SCT",
@@ -251,7 +251,7 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
         ),
         # "Normal" (CID 222 Normality) rather than a disorder: the class says the film shows no disease.
         "normal": _c("17621005", "SCT", "Normal", f"{_PS316}, CID 222", True),
-        # The seed-4 data set's TUBERCULOSIS class is pulmonary TB on a chest film.
+        # The four-class classifier's training data's TUBERCULOSIS class is pulmonary TB on a chest film.
         "tuberculosis": _c(
             "154283005",
             "SCT",
@@ -283,7 +283,7 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
             "'Fracture of [bone structure] (disorder) - v2' (github.com/IHTSDO/snomed-templates)",
             True,
         ),
-        # --- Pulmonary embolism on CTPA (seed 1, RSNA-PE exam labels) ------------------------
+        # --- Pulmonary embolism on CTPA (the PE model, RSNA-PE exam labels) -----------------
         "acute_pulmonary_embolism": _c(
             "706870000",
             "SCT",
@@ -320,8 +320,8 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
         "right": _c("24028007", "SCT", "Right", f"{_PS316}, CID 244"),
         "left": _c("7771000", "SCT", "Left", f"{_PS316}, CID 244"),
         "central": _c("26216008", "SCT", "Central", f"{_PS316}, CID 2"),
-        # --- Vertebral levels and body composition on abdominal CT (seed 3) -----------------
-        # Seed 3's class "T" is any thoracic level above L1, "S" the sacrum.
+        # --- Vertebral levels and body composition on abdominal CT (the vertebral level model)
+        # The vertebral level model's class "T" is any thoracic level above L1, "S" the sacrum.
         "thoracic_spine": _c("122495006", "SCT", "Thoracic spine", f"{_PS316}, CID 4"),
         "t12_vertebra": _c("23215003", "SCT", "T12 vertebra", f"{_PS316}, CID 7151"),
         "l1_vertebra": _c("66794005", "SCT", "L1 vertebra", f"{_PS316}, CID 7151"),
@@ -369,7 +369,8 @@ LABEL_ALIASES: Mapping[str, str] = MappingProxyType(
     }
 )
 
-#: The 14 NIH ChestX-ray14 labels (seed 2) in the order of ``Data_Entry_2017.csv`` documentation.
+#: The 14 NIH ChestX-ray14 labels (the 14-finding classifier's outputs) in the order of the
+#: ``Data_Entry_2017.csv`` documentation.
 CHESTXRAY14_LABELS: tuple[str, ...] = (
     "atelectasis",
     "cardiomegaly",
@@ -387,7 +388,7 @@ CHESTXRAY14_LABELS: tuple[str, ...] = (
     "pneumothorax",
 )
 
-#: The four classes of the seed-4 classifier.
+#: The four classes of the four-class chest radiograph classifier.
 FOUR_CLASS_LABELS: tuple[str, ...] = ("covid19", "normal", "pneumonia", "tuberculosis")
 
 #: Triage levels (``core.findings.ImageResult.triage``) mapped to their concept keys.

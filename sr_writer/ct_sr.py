@@ -7,7 +7,7 @@ CT (CID 100), every measurement group (TID 1501) names the algorithm (TID
 (TID 300), and a report that replaces an earlier one says so and lists it in
 the Predecessor Documents Sequence (PS3.3 C.17.2).
 
-``build_pe_report`` (seed 1, RSNA-PE labels):
+``build_pe_report`` (the pulmonary embolism model, RSNA-PE labels):
 
 - an exam group: "Pulmonary embolism" = Present / Absent / Indeterminate
   (CID 240, SCT Indeterminate) with the probability of PE, and the
@@ -20,7 +20,7 @@ the Predecessor Documents Sequence (PS3.3 C.17.2).
   images are those slices, with one probability per slice that references
   its slice (INFERRED FROM an IMAGE item).
 
-``build_lumbar_report`` (seed 3):
+``build_lumbar_report`` (the vertebral level model):
 
 - one group per level run (finding site = the vertebra) whose source images
   are every slice of the run;
@@ -77,7 +77,7 @@ PE_SERIES_DESCRIPTION = "AI pulmonary embolism report"
 #: Series Description (0008,103E) of the lumbar report unless :class:`~sr_writer.common.SeriesParams` gives one.
 LUMBAR_SERIES_DESCRIPTION = "AI vertebral levels and body composition"
 
-#: Seed 3's level classes mapped to concept keys of :mod:`sr_writer.codes`.
+#: The vertebral level model's classes mapped to concept keys of :mod:`sr_writer.codes`.
 LEVEL_KEYS: dict[str, str] = {
     "T": "thoracic_spine",
     "L1": "l1_vertebra",

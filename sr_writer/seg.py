@@ -1,7 +1,7 @@
 """Body-composition tissues of one CT slice as a binary Segmentation.
 
 The L3 slice's skeletal muscle, subcutaneous fat and visceral fat masks
-(seed 3's next step) as a Segmentation (PS3.3 A.51, Segmentation IOD,
+(measured once the vertebral level model has chosen the slice) as a Segmentation (PS3.3 A.51, Segmentation IOD,
 BINARY, one frame per segment) over the source slice, so a viewer can
 overlay them and a tool can recompute the areas. Segments (PS3.3 C.8.20.2):
 
