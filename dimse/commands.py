@@ -3,8 +3,9 @@
 A command set is group 0000 encoded in Implicit VR Little Endian (PS3.7 6.3.1);
 the few elements an SCP reads are decoded here by hand (a C-STORE-RQ is ~200
 bytes, decoded in a few microseconds), and the responses are encoded the same
-way; so are the SCU's C-STORE-RQ and C-ECHO-RQ, and the responses it reads. The File Meta Information a received data set is stored with (PS3.10 7.1)
-is encoded here too, byte for byte as pydicom writes it.
+way; so are the SCU's C-STORE-RQ and C-ECHO-RQ, and the responses it reads.
+The File Meta Information a received data set is stored with (PS3.10 7.1) is
+encoded here too, byte for byte as pydicom writes it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from dimse.errors import ProtocolViolation
 
 __all__ = [
     "C_ECHO_RQ",
@@ -39,10 +42,6 @@ _ELEMENT = struct.Struct("<HHL")  # group, element, value length (implicit VR)
 _US = struct.Struct("<H")
 _UL = struct.Struct("<L")
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length (PS3.5 7.1.2)
-
-
-class ProtocolViolation(Exception):
-    """A command set that cannot be decoded (PS3.7 6.3.1)."""
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,15 @@ time (no asynchronous operations window, PS3.7 D.3.3.3):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
 from collections.abc import Sequence
 from types import TracebackType
 
-from dimse.commands import ProtocolViolation, Response, decode_response
+from dimse.commands import Response, decode_response
+from dimse.errors import AssociationError, ConnectionClosed, ProtocolError, ProtocolViolation
 from dimse.upper_layer import (
     A_ABORT,
     A_ASSOCIATE_AC,
@@ -35,10 +37,8 @@ from dimse.upper_layer import (
     ABORT_SOURCE_USER,
     CONTEXT_ACCEPTED,
     P_DATA_TF,
-    ConnectionClosed,
     PDUSocket,
     PresentationContext,
-    ProtocolError,
     encode_abort,
     encode_associate_rq,
     encode_p_data_headers,
@@ -62,23 +62,6 @@ _SEND_BATCH = 1 << 20
 _SEND_BUFFERS = 512
 #: Responses longer than this are refused (a C-STORE-RSP is ~200 bytes).
 _RESPONSE_PDU_CEILING = 1 << 24
-
-
-class AssociationError(Exception):
-    """The association could not be established, or broke while in use.
-
-    Parameters
-    ----------
-    reason : str
-        What happened, in words, naming the peer.
-    permanent : bool, optional
-        ``True`` for an A-ASSOCIATE-RJ "rejected-permanent" (PS3.8 9.3.4).
-    """
-
-    def __init__(self, reason: str, *, permanent: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.permanent = permanent
 
 
 class Requestor:
@@ -359,15 +342,11 @@ def _connect(host: str, port: int, timeout: float, ssl_context: ssl.SSLContext |
 
 
 def _abort_and_close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the peer is gone: nothing to tell it
         sock.sendall(encode_abort(ABORT_SOURCE_USER, ABORT_REASON_NOT_SPECIFIED))
-    except OSError:
-        pass  # the peer is gone: nothing to tell it
     _close(sock)
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass

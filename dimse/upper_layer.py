@@ -19,6 +19,8 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from dimse.errors import ConnectionClosed, ProtocolError
+
 __all__ = [
     "DICOM_APPLICATION_CONTEXT",
     "AssociateAccept",
@@ -75,18 +77,6 @@ _PDV = struct.Struct(">LBB")  # PDV item length, presentation context ID, messag
 #: Bodies of non-P-DATA PDUs larger than this are refused: an A-ASSOCIATE-RQ
 #: with 128 contexts of 13 transfer syntaxes each is ~60 kB.
 _MAX_CONTROL_PDU = 1 << 20
-
-
-class ProtocolError(Exception):
-    """The peer broke PS3.8; the association is aborted with ``reason`` (PS3.8 Table 9-26)."""
-
-    def __init__(self, message: str, reason: int = ABORT_INVALID_PARAMETER) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class ConnectionClosed(Exception):
-    """The peer closed the TCP connection."""
 
 
 class PDUSocket:
