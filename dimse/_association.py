@@ -1,5 +1,10 @@
 """One accepted association of :class:`dimse.scp.StorageSCP`, served by its own thread.
 
+The association knows its server only through :class:`Server`, defined here:
+the settings it negotiates and times out with and five calls (admit, leave,
+report, store, closed). The SCP builds one for each connection it accepts, so
+this module never imports :mod:`dimse.scp`.
+
 The thread blocks on the socket for whole PDUs and walks the acceptor side of
 the PS3.8 9.2 state machine, reduced to what a Storage SCP meets:
 
@@ -18,11 +23,14 @@ the PS3.8 9.2 state machine, reduced to what a Storage SCP meets:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
 import threading
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from core import status
 from dimse.commands import (
@@ -31,10 +39,10 @@ from dimse.commands import (
     C_STORE_RQ,
     RESPONSE_BIT,
     Command,
-    ProtocolViolation,
     decode_command,
     encode_response,
 )
+from dimse.errors import ConnectionClosed, ProtocolError, ProtocolViolation
 from dimse.upper_layer import (
     A_ABORT,
     A_ASSOCIATE_RQ,
@@ -49,10 +57,8 @@ from dimse.upper_layer import (
     KNOWN_PDU_TYPES,
     P_DATA_TF,
     AssociateRequest,
-    ConnectionClosed,
     PDUSocket,
     PresentationContext,
-    ProtocolError,
     encode_abort,
     encode_associate_ac,
     encode_associate_rj,
@@ -63,18 +69,66 @@ from dimse.upper_layer import (
     parse_associate_rq,
 )
 
-if TYPE_CHECKING:
-    from dimse.scp import StorageSCP
-
 LOGGER = logging.getLogger("ainode.dimse.scp")
 
-# A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation), local-limit-exceeded (PS3.8 Table 9-21).
-_LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 #: Seconds an A-ASSOCIATE-RJ waits before it is sent (see Association._accept).
 _REJECT_DELAY = 0.05
 #: P-DATA-TF bodies are accepted up to this size even when we advertised less:
 #: some senders overshoot, and the only point of a limit is bounding memory.
 _DATA_PDU_CEILING = 1 << 24
+
+#: What happened to an association, as :class:`dimse.scp.AssociationEvent` says it.
+EventKind = Literal["accepted", "rejected", "released", "aborted"]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An A-ASSOCIATE-RJ to send (PS3.8 9.3.4, Table 9-21), with the reason in words for the log."""
+
+    result: int
+    source: int
+    reason: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Server:
+    """All an :class:`Association` uses of the server that accepted its connection.
+
+    Settings (see :class:`dimse.scp.StorageSCP` for their meaning): ``max_pdu``
+    (0 for unlimited), the three timeouts, ``supported_contexts`` (abstract
+    syntax to accepted transfer syntaxes, best first) and the implementation
+    class UID and version name sent in the A-ASSOCIATE-AC.
+
+    Calls, each made from the association's thread:
+
+    ``admit(request, peer_address)``
+        Access control and the association limit: the :class:`Rejection` to
+        send, or ``None`` when the association is accepted, which takes one of
+        the ``max_associations`` slots.
+    ``leave()``
+        Give that slot back; called once, when the accepted association ends.
+    ``report(kind, association, reason)``
+        An association was accepted, rejected, released or aborted; never raises.
+    ``store(association, transfer_syntax, command, fragments)``
+        Hand over one received C-STORE data set (its fragments as received);
+        returns the status to answer with and never raises.
+    ``closed(association)``
+        The connection is closed and the thread about to end.
+    """
+
+    max_pdu: int
+    acse_timeout: float
+    network_timeout: float
+    dimse_timeout: float
+    supported_contexts: Mapping[str, Sequence[str]]
+    implementation_class_uid: str
+    implementation_version_name: str
+    admit: Callable[[AssociateRequest, str], Rejection | None]
+    leave: Callable[[], None]
+    report: Callable[[EventKind, Association, str | None], None]
+    store: Callable[[Association, str, Command, list[memoryview]], int]
+    closed: Callable[[Association], None]
 
 
 class Association:
@@ -82,17 +136,16 @@ class Association:
 
     Parameters
     ----------
-    scp : StorageSCP
-        The server: settings, access control, the association limit, the sink
-        and the event callback.
+    server : Server
+        The settings and calls of the server that accepted the connection.
     sock : socket.socket
         The accepted connection (TLS-wrapped, handshake not yet done).
     address : tuple
         The peer's address as returned by ``accept()``.
     """
 
-    def __init__(self, scp: StorageSCP, sock: socket.socket, address: tuple[str, int]) -> None:
-        self.scp = scp
+    def __init__(self, server: Server, sock: socket.socket, address: tuple[str, int]) -> None:
+        self.server = server
         self.sock = sock
         self.peer_address = str(address[0])
         self.peer_port = int(address[1])
@@ -111,7 +164,7 @@ class Association:
         self._command: Command | None = None
         self._command_parts: list[memoryview] = []
         self._data_parts: list[memoryview] = []
-        limit = max(scp.max_pdu, _DATA_PDU_CEILING) if scp.max_pdu else 0
+        limit = max(server.max_pdu, _DATA_PDU_CEILING) if server.max_pdu else 0
         self._pdus = PDUSocket(sock, limit)
 
     # -- thread entry and shutdown ------------------------------------------------------
@@ -125,11 +178,9 @@ class Association:
             self._abort(ABORT_SOURCE_PROVIDER, ABORT_REASON_NOT_SPECIFIED, "internal error")
         finally:
             self._free_slot()
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.close()
-            except OSError:
-                pass
-            self.scp._forget(self)
+            self.server.closed(self)
 
     def request_stop(self) -> None:
         """Make the thread abort the association at its next read (PS3.8 7.3).
@@ -153,8 +204,8 @@ class Association:
     # -- Sta2: waiting for the A-ASSOCIATE-RQ --------------------------------------------
 
     def _serve(self) -> None:
-        scp = self.scp
-        self.sock.settimeout(scp.acse_timeout)
+        server = self.server
+        self.sock.settimeout(server.acse_timeout)
         if isinstance(self.sock, ssl.SSLSocket):
             try:
                 self.sock.do_handshake()
@@ -170,7 +221,9 @@ class Association:
                 return
             request = parse_associate_rq(body)
         except TimeoutError:
-            LOGGER.info("no A-ASSOCIATE-RQ from %s:%d within %s s", self.peer_address, self.peer_port, scp.acse_timeout)
+            LOGGER.info(
+                "no A-ASSOCIATE-RQ from %s:%d within %s s", self.peer_address, self.peer_port, server.acse_timeout
+            )
             return
         except ProtocolError as exc:
             LOGGER.warning("invalid A-ASSOCIATE-RQ from %s:%d: %s", self.peer_address, self.peer_port, exc)
@@ -183,39 +236,36 @@ class Association:
 
     def _accept(self, request: AssociateRequest) -> bool:
         """Answer the A-ASSOCIATE-RQ with -RJ or -AC (PS3.8 9.3.3, 9.3.4); True when accepted."""
-        scp = self.scp
+        server = self.server
         self.calling_ae = request.calling_ae
-        verdict = scp._check_request(request, self.peer_address)
-        if verdict is None and not scp._acquire_slot():
-            verdict = (*_LOCAL_LIMIT_EXCEEDED, "local-limit-exceeded")
-        if verdict is not None:
-            result, source, reason, text = verdict
+        rejection = server.admit(request, self.peer_address)
+        if rejection is not None:
             LOGGER.warning(
                 "rejecting association from %r at %s:%d calling %r: %s",
                 request.calling_ae,
                 self.peer_address,
                 self.peer_port,
                 request.called_ae,
-                text,
+                rejection.text,
             )
-            scp._notify("rejected", self, text)
+            server.report("rejected", self, rejection.text)
             # pynetdicom requestors (our own SCU included) check their connection is still open
             # *after* sending the A-ASSOCIATE-RQ; a rejection that arrived and closed it first is
             # then reported as a failed connection and an abort, not a rejection. A rejection is
             # not worth being fast: give the requestor time to get there.
             self._stop_event.wait(_REJECT_DELAY)
-            self._send_last(encode_associate_rj(result, source, reason))
+            self._send_last(encode_associate_rj(rejection.result, rejection.source, rejection.reason))
             return False
         self._holds_slot = True
-        results = negotiate(request.contexts, scp.supported_contexts)
+        results = negotiate(request.contexts, server.supported_contexts)
         self._contexts = {c.context_id: c for c in results if c.result == CONTEXT_ACCEPTED}
         self._peer_max_pdu = request.max_pdu
         accept = encode_associate_ac(
             request,
             results,
-            max_pdu=scp.max_pdu,
-            implementation_class_uid=scp.implementation_class_uid,
-            implementation_version_name=scp.implementation_version_name,
+            max_pdu=server.max_pdu,
+            implementation_class_uid=server.implementation_class_uid,
+            implementation_version_name=server.implementation_version_name,
         )
         LOGGER.info(
             "association accepted from %r at %s:%d (%d of %d presentation contexts)",
@@ -226,7 +276,7 @@ class Association:
             len(results),
         )
         self.established = True
-        scp._notify("accepted", self)
+        server.report("accepted", self, None)
         try:
             self._pdus.send(accept)
         except OSError as exc:
@@ -237,13 +287,13 @@ class Association:
     # -- Sta6: established ---------------------------------------------------------------
 
     def _serve_established(self) -> None:
-        scp = self.scp
-        timeout = scp.network_timeout
+        server = self.server
+        timeout = server.network_timeout
         self.sock.settimeout(timeout)
         while True:
             # network timeout between messages, DIMSE timeout inside one
             in_message = self._command is not None or bool(self._command_parts)
-            wanted = scp.dimse_timeout if in_message else scp.network_timeout
+            wanted = server.dimse_timeout if in_message else server.network_timeout
             if wanted != timeout:
                 timeout = wanted
                 self.sock.settimeout(timeout)
@@ -335,7 +385,7 @@ class Association:
             if data is None:
                 result = status.CANNOT_UNDERSTAND
             else:
-                result = self.scp._store(self, context.transfer_syntax, command, data)
+                result = self.server.store(self, context.transfer_syntax, command, data)
             response = encode_response(command, result, include_instance=True)
         elif field == C_ECHO_RQ:
             LOGGER.debug("C-ECHO from %r", self.calling_ae)
@@ -362,14 +412,14 @@ class Association:
     def _free_slot(self) -> None:
         if self._holds_slot:
             self._holds_slot = False
-            self.scp._release_slot()
+            self.server.leave()
 
     def _ended(self, kind: Literal["released", "aborted"], reason: str | None) -> None:
         # the slot first: whoever hears of the end may associate again at once
         self._free_slot()
         if self.established:
             self.established = False
-            self.scp._notify(kind, self, reason)
+            self.server.report(kind, self, reason)
 
     def _send_last(self, pdu: bytes) -> None:
         """Send A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT, then wait for the peer to close (Sta13, PS3.8 9.2).
@@ -381,7 +431,7 @@ class Association:
         """
         try:
             self._pdus.send(pdu)
-            self.sock.settimeout(self.scp.acse_timeout)
+            self.sock.settimeout(self.server.acse_timeout)
             while self.sock.recv(65536):
                 pass
         except OSError as exc:  # gone already, or ARTIM expired: nothing more to tell it

@@ -33,6 +33,7 @@ Nothing here logs patient names or IDs: only AE titles, addresses and UIDs.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -41,7 +42,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from pydicom.uid import (
     JPEG2000,
@@ -59,11 +59,10 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 
 from core import status
-from dimse._association import Association
-from dimse.commands import Command, encode_file_meta
+from dimse._association import Association, EventKind, Rejection, Server
+from dimse.commands import VERIFICATION_SOP_CLASS, Command, encode_file_meta
 from dimse.upper_layer import DICOM_APPLICATION_CONTEXT, AssociateRequest
 
 __all__ = [
@@ -99,18 +98,19 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
 #: Abstract syntax -> transfer syntaxes we accept for it, best first.
 SUPPORTED_CONTEXTS: Mapping[str, tuple[str, ...]] = {
     **{str(cx.abstract_syntax): ACCEPTED_TRANSFER_SYNTAXES for cx in AllStoragePresentationContexts},
-    str(Verification): (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)),
+    VERIFICATION_SOP_CLASS: (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)),
 }
 
 # A-ASSOCIATE-RJ parameters (PS3.8 Table 9-21).
 _REJECTED_PERMANENT = 0x01
 _SOURCE_SERVICE_USER = 0x01
 _SOURCE_SERVICE_PROVIDER_ACSE = 0x02
-_NO_REASON = 0x01
 _APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02
 _CALLING_AE_NOT_RECOGNISED = 0x03
 _CALLED_AE_NOT_RECOGNISED = 0x07
 _PROTOCOL_VERSION_NOT_SUPPORTED = 0x02
+#: Rejected-transient, service-provider (presentation), local-limit-exceeded.
+_LOCAL_LIMIT_EXCEEDED = Rejection(0x02, 0x03, 0x02, "local-limit-exceeded")
 #: Connections being negotiated or served beyond this many times
 #: ``max_associations`` are closed at once, so a flood of idle connections
 #: cannot pile up threads waiting for the ACSE timeout.
@@ -160,7 +160,7 @@ StoreSink = Callable[[StoreRequest], int]
 class AssociationEvent:
     """What happened to one association, for auditing and counting."""
 
-    kind: Literal["accepted", "rejected", "released", "aborted"]
+    kind: EventKind  # "accepted", "rejected", "released" or "aborted"
     calling_ae: str
     peer_address: str
     reason: str | None = None
@@ -297,10 +297,8 @@ class StorageSCP:
             accept_thread, self._accept_thread = self._accept_thread, None
         if listener is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             listener.shutdown(socket.SHUT_RDWR)  # wakes accept() in the listener thread (Linux)
-        except OSError:
-            pass
         listener.close()
         if accept_thread is not None:
             accept_thread.join(5)
@@ -353,7 +351,7 @@ class StorageSCP:
                 LOGGER.warning("dropping connection from %s: %s", address[0], exc)
                 sock.close()
                 continue
-            association = Association(self, sock, address)
+            association = Association(self._server(), sock, address)
             with self._lock:
                 if self._listener is not listener:
                     sock.close()
@@ -364,6 +362,23 @@ class StorageSCP:
                     continue
                 self._associations.add(association)
             association.thread.start()
+
+    def _server(self) -> Server:
+        """What an association uses of this SCP: the current settings and the calls below."""
+        return Server(
+            max_pdu=self.max_pdu,
+            acse_timeout=self.acse_timeout,
+            network_timeout=self.network_timeout,
+            dimse_timeout=self.dimse_timeout,
+            supported_contexts=self.supported_contexts,
+            implementation_class_uid=self.implementation_class_uid,
+            implementation_version_name=self.implementation_version_name,
+            admit=self._admit,
+            leave=self._release_slot,
+            report=self._notify,
+            store=self._store,
+            closed=self._forget,
+        )
 
     def _snapshot(self) -> list[Association]:
         with self._lock:
@@ -398,24 +413,31 @@ class StorageSCP:
             return _CALLING_AE_NOT_RECOGNISED, "calling-AE-title-not-recognised (address not allowed)"
         return None
 
-    def _check_request(self, request: AssociateRequest, address: str) -> tuple[int, int, int, str] | None:
-        """A-ASSOCIATE-RJ ``(result, source, reason, text)`` for a request we refuse (PS3.8 9.3.4)."""
+    def _admit(self, request: AssociateRequest, address: str) -> Rejection | None:
+        """The rejection to send, or ``None`` when the association may proceed and holds a slot."""
+        rejection = self._check_request(request, address)
+        if rejection is None and not self._acquire_slot():
+            return _LOCAL_LIMIT_EXCEEDED
+        return rejection
+
+    def _check_request(self, request: AssociateRequest, address: str) -> Rejection | None:
+        """The A-ASSOCIATE-RJ for a request we refuse (PS3.8 9.3.4)."""
         try:
             verdict = self._check_peer(request.called_ae, request.calling_ae, address)
         except Exception:  # fail closed: a bug here must not let anyone in
             LOGGER.exception("access check failed for %s at %s", request.calling_ae, address)
             verdict = (_CALLING_AE_NOT_RECOGNISED, "access check failed")
         if verdict is not None:
-            return (_REJECTED_PERMANENT, _SOURCE_SERVICE_USER, *verdict)
+            return Rejection(_REJECTED_PERMANENT, _SOURCE_SERVICE_USER, *verdict)
         if not request.protocol_version & 0x0001:
-            return (
+            return Rejection(
                 _REJECTED_PERMANENT,
                 _SOURCE_SERVICE_PROVIDER_ACSE,
                 _PROTOCOL_VERSION_NOT_SUPPORTED,
                 "protocol-version-not-supported",
             )
         if request.application_context != DICOM_APPLICATION_CONTEXT:
-            return (
+            return Rejection(
                 _REJECTED_PERMANENT,
                 _SOURCE_SERVICE_USER,
                 _APPLICATION_CONTEXT_NOT_SUPPORTED,
@@ -425,12 +447,7 @@ class StorageSCP:
 
     # -- association notifications -----------------------------------------------
 
-    def _notify(
-        self,
-        kind: Literal["accepted", "rejected", "released", "aborted"],
-        association: Association,
-        reason: str | None = None,
-    ) -> None:
+    def _notify(self, kind: EventKind, association: Association, reason: str | None) -> None:
         if self._on_association is None:
             return
         event = AssociationEvent(kind, association.calling_ae, association.peer_address, reason)
