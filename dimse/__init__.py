@@ -5,11 +5,14 @@ Both ends run our own DICOM upper layer on blocking sockets
 (:mod:`dimse.commands`, PS3.7): the SCP serves each association in its own
 thread (:mod:`dimse.scp`), the SCU sends from the calling thread
 (:mod:`dimse.scu`, :mod:`dimse.requestor`). pynetdicom is used only for its
-tables (storage SOP classes, implementation UID) and pydicom to read files and,
-when a peer refuses a file's own syntax, to re-encode it. Imports nothing from
-the rest of the node. Status codes live in :mod:`core.status`.
+tables (storage SOP classes, implementation UID) and pydicom, when a peer
+refuses a file's own syntax, to re-encode it. Of the rest of the node it
+imports only :mod:`core`: the status codes (:mod:`core.status`) and the file
+reader (:mod:`core.dicomfile`). Its own exceptions share one base,
+:class:`~dimse.errors.DimseError` (the tree is in :mod:`dimse.errors`).
 """
 
+from dimse.errors import DimseError
 from dimse.scp import ACCEPTED_TRANSFER_SYNTAXES, AllowedPeer, AssociationEvent, StorageSCP, StoreRequest, StoreSink
 from dimse.scu import AssociationFailed, StoreOutcome, echo, store_files
 
@@ -18,6 +21,7 @@ __all__ = [
     "AllowedPeer",
     "AssociationEvent",
     "AssociationFailed",
+    "DimseError",
     "StorageSCP",
     "StoreOutcome",
     "StoreRequest",

@@ -18,7 +18,7 @@ several associations, one after the other.
 Built on :mod:`dimse.requestor`: a blocking socket read by the calling thread
 alone, so a response is never missed however fast the peer answers.
 
-Errors::
+Errors (a :class:`dimse.errors.DimseError`)::
 
     AssociationFailed        the association could not be established or was lost
         .permanent           True for A-ASSOCIATE-RJ "rejected-permanent"
@@ -38,16 +38,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from core import status
+from core.dicomfile import read_dataset, read_file_meta
+from core.errors import UnreadableDicom
 from dimse.commands import VERIFICATION_SOP_CLASS, encode_c_echo_rq, encode_c_store_rq
-from dimse.requestor import MAX_CONTEXTS, AssociationError, Requestor
+from dimse.errors import AssociationError, DimseError
+from dimse.requestor import MAX_CONTEXTS, Requestor
 from dimse.upper_layer import CONTEXT_ACCEPTED, PresentationContext
 
 __all__ = ["AssociationFailed", "StoreOutcome", "echo", "store_files"]
@@ -59,8 +60,11 @@ IMPLEMENTATION_CLASS_UID = str(PYNETDICOM_IMPLEMENTATION_UID)
 IMPLEMENTATION_VERSION_NAME = PYNETDICOM_IMPLEMENTATION_VERSION
 
 
-class AssociationFailed(Exception):
+class AssociationFailed(DimseError):
     """The association could not be established, or was aborted while in use.
+
+    The one exception :func:`echo` and :func:`store_files` raise (see
+    :mod:`dimse.errors` for the tree).
 
     Parameters
     ----------
@@ -179,19 +183,27 @@ def echo(
     return response.status
 
 
+#: What a file's File Meta Information must hold to be sent (PS3.10 7.1).
+_META_KEYWORDS = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+
+
 def _read_header(path: Path) -> _Header | None:
     """Read only the File Meta Information; ``None`` if the file is unusable."""
     try:
-        meta = read_file_meta_info(path)
-        return _Header(
-            path=path,
-            sop_class_uid=UID(meta.MediaStorageSOPClassUID),
-            sop_instance_uid=UID(meta.MediaStorageSOPInstanceUID),
-            transfer_syntax_uid=UID(meta.TransferSyntaxUID),
-        )
-    except Exception as exc:  # missing file, no DICM prefix, missing meta element
-        LOGGER.error("cannot send %s: not a readable DICOM file (%s)", path, exc)
+        meta = read_file_meta(path)
+    except UnreadableDicom as exc:  # missing file, no DICM prefix, corrupt File Meta Information
+        LOGGER.error("cannot send %s: not a readable DICOM file (%s)", path, exc.reason)
         return None
+    missing = [keyword for keyword in _META_KEYWORDS if keyword not in meta]
+    if missing:
+        LOGGER.error("cannot send %s: not a readable DICOM file (no %s)", path, ", ".join(missing))
+        return None
+    return _Header(
+        path=path,
+        sop_class_uid=UID(meta.MediaStorageSOPClassUID),
+        sop_instance_uid=UID(meta.MediaStorageSOPInstanceUID),
+        transfer_syntax_uid=UID(meta.TransferSyntaxUID),
+    )
 
 
 def _is_convertible(syntax: UID) -> bool:
@@ -292,7 +304,7 @@ def _data_set(header: _Header, transfer_syntax: UID) -> bytes | memoryview:
         raw = header.path.read_bytes()
         return memoryview(raw)[_data_set_offset(raw) :]
     # to Explicit or Implicit VR Little Endian only (see _choose_context); pydicom re-encodes
-    dataset = dcmread(header.path)
+    dataset = read_dataset(header.path)
     buffer = DicomBytesIO()
     buffer.is_little_endian = True
     buffer.is_implicit_VR = transfer_syntax == ImplicitVRLittleEndian
@@ -319,8 +331,8 @@ def _send_one(requestor: Requestor, header: _Header, message_id: int) -> int:
         return status.SOP_CLASS_NOT_SUPPORTED
     try:
         data_set = _data_set(header, UID(context.transfer_syntax))
-    except (OSError, ValueError, AttributeError, TypeError, struct.error) as exc:
-        # this file could not be read or re-encoded; others may be fine
+    except (UnreadableDicom, OSError, ValueError, AttributeError, TypeError, struct.error) as exc:
+        # this file could not be read (UnreadableDicom) or re-encoded; others may be fine
         LOGGER.error("cannot send %s (%s): %s", header.sop_instance_uid, header.path, exc)
         return status.CANNOT_UNDERSTAND
     command = encode_c_store_rq(message_id, header.sop_class_uid, header.sop_instance_uid)

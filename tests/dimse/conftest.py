@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, running_storescp
@@ -20,7 +21,7 @@ def start_scp() -> Iterator[Callable[..., StorageSCP]]:
         sink: Callable[[StoreRequest], int],
         allowed_peers: Sequence[AllowedPeer] = (AllowedPeer(PACS_AE),),
         events: list[AssociationEvent] | None = None,
-        **kwargs: object,
+        **kwargs: Any,
     ) -> StorageSCP:
         scp = StorageSCP(
             ae_title=NODE_AE,
@@ -29,7 +30,7 @@ def start_scp() -> Iterator[Callable[..., StorageSCP]]:
             sink=sink,
             allowed_peers=allowed_peers,
             on_association=events.append if events is not None else None,
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
         scp.start()
         started.append(scp)

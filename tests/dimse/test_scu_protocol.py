@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, pydicom_file
@@ -25,8 +26,8 @@ from dimse.upper_layer import PresentationContext, encode_associate_rq, parse_as
 CT = str(CTImageStorage)
 
 
-def store(paths: list[Path], port: int, **kwargs: object) -> list[StoreOutcome]:
-    return store_files(paths, host=LOCALHOST, port=port, called_ae=NODE_AE, calling_ae=PACS_AE, **kwargs)  # type: ignore[arg-type]
+def store(paths: list[Path], port: int, **kwargs: Any) -> list[StoreOutcome]:
+    return store_files(paths, host=LOCALHOST, port=port, called_ae=NODE_AE, calling_ae=PACS_AE, **kwargs)
 
 
 # -- codecs against pynetdicom and pydicom ------------------------------------------------------

@@ -13,7 +13,6 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AllStoragePresentationContexts
 
-import dimse
 from core import status
 from dimse import AssociationEvent, AssociationFailed, StoreOutcome, StoreRequest, echo, store_files
 from dimse.scu import MAX_CONTEXTS
@@ -70,7 +69,7 @@ def test_store_files_falls_back_to_implicit_when_exact_syntax_is_refused(
     dcmtk_storescp_implicit_only: tuple[int, Path],
 ) -> None:
     """Every SCP accepts Implicit VR Little Endian (PS3.5 10.1): an explicit VR file
-    is then re-encoded losslessly by pynetdicom rather than refused."""
+    is then re-encoded losslessly by pydicom rather than refused."""
     port, out_dir = dcmtk_storescp_implicit_only
     original = dcmread(pydicom_file("CT_small.dcm"))
 
@@ -82,6 +81,23 @@ def test_store_files_falls_back_to_implicit_when_exact_syntax_is_refused(
     received = stored_by_uid(out_dir)[original.SOPInstanceUID]
     assert received.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     assert received.PixelData == original.PixelData
+    assert received == without_padding(original)
+
+
+def test_file_without_its_preamble_is_sent_and_re_encoded_like_any_other(
+    dcmtk_storescp_implicit_only: tuple[int, Path], tmp_path: Path
+) -> None:
+    """A file that starts with ``DICM`` (PS3.10 7.1 preamble left out) is read as core.dicomfile reads it."""
+    port, out_dir = dcmtk_storescp_implicit_only
+    original = dcmread(pydicom_file("CT_small.dcm"))
+    bare = tmp_path / "bare.dcm"
+    bare.write_bytes(pydicom_file("CT_small.dcm").read_bytes()[128:])
+
+    (outcome,) = store_files([bare], host=LOCALHOST, port=port, called_ae=DCMTK_AE, calling_ae=PACS_AE)
+
+    assert outcome == StoreOutcome(original.SOPInstanceUID, status.SUCCESS)
+    received = stored_by_uid(out_dir)[original.SOPInstanceUID]
+    assert received.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     assert received == without_padding(original)
 
 
@@ -145,13 +161,15 @@ def test_warning_status_counts_as_success(start_scp, tmp_path: Path) -> None:
 def test_unreadable_file_fails_alone(start_scp, tmp_path: Path) -> None:
     received = tmp_path / "received"
     received.mkdir()
-    scp = start_scp(DirectorySink(received))
+    scp_sink = DirectorySink(received)
+    scp = start_scp(scp_sink)
     not_dicom = tmp_path / "notes.txt"
     not_dicom.write_text("not a DICOM file")
     ct = pydicom_file("CT_small.dcm")
+    without_file_meta = pydicom_file("no_meta.dcm")  # a data set written before PS3.10: nothing says its SOP class
 
     outcomes = store_files(
-        [not_dicom, ct, tmp_path / "missing.dcm"],
+        [not_dicom, ct, tmp_path / "missing.dcm", without_file_meta],
         host=LOCALHOST,
         port=scp.port,
         called_ae=NODE_AE,
@@ -162,7 +180,9 @@ def test_unreadable_file_fails_alone(start_scp, tmp_path: Path) -> None:
         StoreOutcome("", status.CANNOT_UNDERSTAND),
         StoreOutcome(dcmread(ct).SOPInstanceUID, status.SUCCESS),
         StoreOutcome("", status.CANNOT_UNDERSTAND),
+        StoreOutcome("", status.CANNOT_UNDERSTAND),
     ]
+    assert [request.sop_instance_uid for request in scp_sink.requests] == [dcmread(ct).SOPInstanceUID]
 
 
 def test_more_than_128_contexts_use_several_associations(start_scp, tmp_path: Path) -> None:
@@ -245,20 +265,3 @@ def test_association_lost_midway_keeps_earlier_outcomes(start_scp, tmp_path: Pat
 
     assert not raised.value.permanent
     assert raised.value.outcomes == [StoreOutcome(dcmread(files[0]).SOPInstanceUID, status.SUCCESS)]
-
-
-def test_public_names() -> None:
-    assert sorted(dimse.__all__) == [
-        "ACCEPTED_TRANSFER_SYNTAXES",
-        "AllowedPeer",
-        "AssociationEvent",
-        "AssociationFailed",
-        "StorageSCP",
-        "StoreOutcome",
-        "StoreRequest",
-        "StoreSink",
-        "echo",
-        "store_files",
-    ]
-    for name in dimse.__all__:
-        assert hasattr(dimse, name), name
