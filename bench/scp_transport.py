@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,14 +76,38 @@ def run_storescp(folder: Path, out: Path, count: int) -> float:
     return seconds
 
 
-def run_scp(folder: Path, sink: Callable[[StoreRequest], int], count: int, received: list[int]) -> float:
+class NullSink:
+    """Answers Success at once: the SCP transport alone."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def __call__(self, request: StoreRequest) -> int:
+        self.received += 1
+        return status.SUCCESS
+
+
+class DurableSink(NullSink):
+    """Writes each instance durably into ``spool`` first (``node.spool.write_durable``, through ``tmp``)."""
+
+    def __init__(self, spool: Path, tmp: Path) -> None:
+        super().__init__()
+        self.spool = spool
+        self.tmp = tmp
+
+    def __call__(self, request: StoreRequest) -> int:
+        write_durable(self.spool / f"{request.sop_instance_uid}.dcm", request.data, self.tmp)
+        return super().__call__(request)
+
+
+def run_scp(folder: Path, sink: NullSink, count: int) -> float:
     scp = StorageSCP(ae_title="AINODE", port=0, host="127.0.0.1", sink=sink, allowed_peers=[AllowedPeer("STORESCU")])
     scp.start()
     try:
         seconds = send(folder, scp.port, "AINODE")
     finally:
         scp.stop()
-    assert received[0] == count, f"StorageSCP received {received[0]} of {count}"
+    assert sink.received == count, f"StorageSCP received {sink.received} of {count}"
     return seconds
 
 
@@ -100,25 +123,12 @@ def main() -> int:
         times: dict[str, list[float]] = {"storescp": [], "StorageSCP, null sink": [], "StorageSCP, durable sink": []}
         for r in range(args.rounds):
             times["storescp"].append(run_storescp(work / "in", work / f"storescp{r}", args.count))
-
-            received = [0]
-
-            def null_sink(request: StoreRequest) -> int:
-                received[0] += 1
-                return status.SUCCESS
-
-            times["StorageSCP, null sink"].append(run_scp(work / "in", null_sink, args.count, received))
-
-            spool, tmp = work / f"spool{r}", work / f"tmp{r}"
+            times["StorageSCP, null sink"].append(run_scp(work / "in", NullSink(), args.count))
+            tmp = work / f"tmp{r}"
             tmp.mkdir()
-            durable_received = [0]
-
-            def durable_sink(request: StoreRequest) -> int:
-                write_durable(spool / f"{request.sop_instance_uid}.dcm", request.data, tmp)
-                durable_received[0] += 1
-                return status.SUCCESS
-
-            times["StorageSCP, durable sink"].append(run_scp(work / "in", durable_sink, args.count, durable_received))
+            times["StorageSCP, durable sink"].append(
+                run_scp(work / "in", DurableSink(work / f"spool{r}", tmp), args.count)
+            )
         rows = []
         ref = statistics.median(times["storescp"])
         for name, values in times.items():
