@@ -30,7 +30,7 @@ import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import pydicom
@@ -38,6 +38,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 
 from core import status as dimse_status
+from core.dicomfile import read_dataset
 from dimse.scu import AssociationFailed, store_files
 from node.tls import handshake_error
 
@@ -257,7 +258,7 @@ class DicomWebDestination:
         for path in paths:
             try:
                 datasets.append(_read_for_stow(path))
-            except Exception as exc:  # pydicom raises many types on a corrupt file
+            except Exception as exc:  # UnreadableDicom, a missing UID, or a value pydicom cannot convert
                 # One bad file would make the server refuse the whole request (HTTP 400).
                 LOGGER.error("not sending %s to %s: unreadable (%s)", path, where, exc)
                 unreadable += 1
@@ -303,16 +304,31 @@ class _Session(requests.Session):
     still apply.
     """
 
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
-        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+    def merge_environment_settings(
+        self,
+        url: str,
+        proxies: dict[str, str] | None,
+        stream: bool | None,
+        verify: bool | str | None,
+        cert: str | tuple[str, str] | None,
+    ) -> dict[str, Any]:
+        settings: dict[str, Any] = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if verify is None and self.verify is not True:
             settings["verify"] = self.verify
         return settings
 
 
 def _read_for_stow(path: Path) -> pydicom.Dataset:
-    """A Part 10 file (PS3.10 7.1) with the UIDs STOW-RS needs, or an exception."""
-    ds = pydicom.dcmread(path)
+    """A DICOM file with the UIDs STOW-RS needs.
+
+    Raises
+    ------
+    core.errors.UnreadableDicom
+        The file cannot be read as DICOM.
+    ValueError
+        An SOP Class or Instance UID, or the transfer syntax, is missing.
+    """
+    ds = read_dataset(path)
     missing = [keyword for keyword in ("SOPClassUID", "SOPInstanceUID") if not str(ds.get(keyword, "") or "")]
     if "TransferSyntaxUID" not in ds.file_meta:
         missing.append("TransferSyntaxUID (File Meta Information)")

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
+from core.status import is_store_success
 from node import tls
 from node.audit import audit_row
 from node.background import BackgroundLoop
@@ -230,11 +232,7 @@ class Dispatcher(BackgroundLoop):
                 return
 
     def _record(
-        self,
-        destination: str,
-        rows: Sequence,
-        attempt: DeliveryAttempt,  # type: ignore[type-arg]
-        failed: Sequence[int] = (),
+        self, destination: str, rows: Sequence[Any], attempt: DeliveryAttempt, failed: Sequence[int] = ()
     ) -> int:
         """Record one send's outcome; returns how many waiting deliveries it made due now (destination back).
 
@@ -263,8 +261,11 @@ class Dispatcher(BackgroundLoop):
                     log.info("destination %s answers again: %d waiting deliveries are due now", destination, made_due)
         return made_due
 
-    def _record_one(self, session, destination: str, row, attempt: DeliveryAttempt) -> bool:  # type: ignore[no-untyped-def]
-        """One delivery's outcome: its state, its audit row and the metrics, together; True when delivered."""
+    def _record_one(self, session: Session, destination: str, row: Any, attempt: DeliveryAttempt) -> bool:
+        """One delivery's outcome: its state, its audit row and the metrics, together; True when delivered.
+
+        ``row`` is one row of :meth:`_send_batch`'s query (the delivery's id and its result's UIDs).
+        """
         audit = {
             "destination": destination,
             "sop_uid": row.sop_uid,
@@ -273,8 +274,9 @@ class Dispatcher(BackgroundLoop):
             "job_id": row.job_id,
         }
         delivery = session.get(Delivery, row.id)
+        assert delivery is not None, f"delivery {row.id} was claimed in this pass; delivery rows are never deleted"
         code = attempt.statuses.get(row.sop_uid)
-        ok = attempt.ok if code is None else (code == 0 or 0xB000 <= code <= 0xBFFF)
+        ok = attempt.ok if code is None else is_store_success(code)
         delivery.attempts += 1
         if ok:
             delivery.state = DeliveryState.DONE

@@ -6,8 +6,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-import pydicom
-
+from core.dicomfile import read_dataset
 from node.destinations import DeliveryAttempt
 
 
@@ -34,7 +33,7 @@ class FakeDestination:
                 )
             statuses = {}
             for path in paths:
-                uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                uid = str(read_dataset(path, header_only=True).SOPInstanceUID)
                 self.received[uid] = self.received.get(uid, 0) + 1
                 statuses[uid] = 0
             return DeliveryAttempt(ok=True, permanent=False, message="stored", statuses=statuses)

@@ -132,11 +132,12 @@ def patient_values(ds: Any) -> tuple[str, ...]:
 
 def read_patient_values(path: Path) -> tuple[str, ...]:
     """:func:`patient_values` of a DICOM file's header (nothing when it cannot be read)."""
-    import pydicom
+    from core.dicomfile import read_dataset  # pydicom only when a job starts, not for every command
+    from core.errors import UnreadableDicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(PATIENT_KEYWORDS), force=True)
-    except Exception:  # the job will report the unreadable file itself
+        ds = read_dataset(path, header_only=True, tags=PATIENT_KEYWORDS)
+    except UnreadableDicom:  # the job will report the unreadable file itself
         return ()
     return patient_values(ds)
 

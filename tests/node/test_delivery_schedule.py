@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from core import status
+from core.dicomfile import read_dataset
 from core.findings import ImageResult, SeriesResult
 from node import dispatcher as dispatch
 from node import executor as execution
@@ -319,6 +320,36 @@ def test_one_object_the_destination_chokes_on_does_not_hold_back_the_others(tmp_
     dispatcher.run_once()
     assert sorted(destination.order) == sorted(uid for uid in levels if uid != destination.poison)
     assert _states(db) == {DeliveryState.PENDING: 1, DeliveryState.DONE: 2}
+
+
+class StatusDestination(RecordingDestination):
+    """Answers each object with the status the test chose for it (success when none)."""
+
+    def __init__(self, codes: dict[str, int]) -> None:
+        super().__init__()
+        self.codes = codes
+
+    def send(self, paths):  # type: ignore[no-untyped-def]
+        from node.destinations import DeliveryAttempt
+
+        self.attempts += 1
+        uids = [str(read_dataset(p, header_only=True).SOPInstanceUID) for p in paths]
+        statuses = {uid: self.codes.get(uid, status.SUCCESS) for uid in uids}
+        ok = all(code == status.SUCCESS for code in statuses.values())
+        return DeliveryAttempt(ok=ok, permanent=False, message="answered per instance", statuses=statuses)
+
+
+def test_each_instance_status_decides_its_delivery_a_warning_is_stored(tmp_path: Path, db: Database) -> None:
+    clock = Clock()
+    settings, receiver, assembler, outbox, dispatcher, _ = _node(tmp_path, db, clock)
+    levels = _analyse(db, receiver, assembler, outbox, ["routine", "routine", "routine"])
+    warned, refused, stored = list(levels)
+    # 0xB007: data set does not match SOP class, stored anyway (a warning, PS3.4 B.2.3); 0xA700: out of resources.
+    dispatcher.senders["pacs"] = StatusDestination({warned: 0xB007, refused: status.OUT_OF_RESOURCES})
+    dispatcher.run_once()
+    with db.session() as s:
+        outcome = {r.sop_uid: d.state for d, r in s.execute(select(Delivery, Result).join(Result)).all()}
+    assert outcome == {warned: DeliveryState.DONE, refused: DeliveryState.PENDING, stored: DeliveryState.DONE}
 
 
 def test_deliveries_show_says_since_when_a_delivery_fails_and_when_it_becomes_a_dead_letter(
