@@ -405,9 +405,8 @@ class ReadinessProbe:
             port_of, context = self.tls_port
             port = port_of()
             try:
-                with socket.create_connection((self.dicom_host, port), timeout=2) as raw:
-                    with context.wrap_socket(raw):
-                        pass
+                with socket.create_connection((self.dicom_host, port), timeout=2) as raw, context.wrap_socket(raw):
+                    pass
             except OSError as exc:  # ssl.SSLError is an OSError
                 return f"DICOM TLS port {self.dicom_host}:{port} not completing a TLS handshake: {exc}"
         return "ok"

@@ -9,6 +9,7 @@ directory whatever a sender puts in its UIDs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -59,10 +60,9 @@ def make_dirs_durable(path: Path) -> None:
         missing.append(path)
         path = path.parent
     for folder in reversed(missing):
-        try:
+        # Existing: another association created it a moment ago, and its parent may not be fsynced yet.
+        with contextlib.suppress(FileExistsError):
             folder.mkdir(mode=0o700)
-        except FileExistsError:
-            pass  # another association created it a moment ago: its parent may not be fsynced yet
         _fsync_dir(folder.parent)
 
 
@@ -93,10 +93,8 @@ def write_durable(target: Path, data: bytes, tmp_dir: Path) -> None:
         raise StorageError(f"cannot write {target.name}: {exc.strerror or exc}") from exc
     finally:
         if tmp_name is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
-            except OSError:
-                pass
 
 
 class Spool:

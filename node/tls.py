@@ -26,6 +26,7 @@ probe_context(tls)             the readiness probe of the node's own TLS port
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from pathlib import Path
@@ -207,10 +208,8 @@ def handshake_error(host: str, port: int, context: ssl.SSLContext, timeout: floa
             # TLS 1.3 servers refuse a client certificate only after the client's side of the handshake:
             # a short read shows the alert (a DICOM server otherwise waits silently for A-ASSOCIATE-RQ).
             tls_sock.settimeout(1.0)
-            try:
+            with contextlib.suppress(TimeoutError):
                 tls_sock.recv(1)
-            except TimeoutError:
-                pass
         return None
     except ssl.SSLCertVerificationError as exc:
         return f"TLS handshake failed: {exc.verify_message or exc.reason} (check ca_certificates and verify_hostname)"
