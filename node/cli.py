@@ -34,7 +34,7 @@ from datetime import UTC
 from pathlib import Path
 
 from core.table import format_table
-from node.db import AuditKind
+from node.db import AuditKind, Database
 from node.errors import NodeError
 from node.settings import Settings, load_settings
 
@@ -128,7 +128,7 @@ def cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if code == 0 else 1
 
 
-def _open_db(settings: Settings):  # type: ignore[no-untyped-def]
+def _open_db(settings: Settings) -> Database:
     """The node's database for reading what it recorded; no database yet is a one-line error, not a new file."""
     from node.preflight import open_database
 
