@@ -376,13 +376,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_cli(out: Path, *, force: bool, quick: bool, only: Sequence[str]) -> int:
-    """Build, print a summary table, return 0 when every chosen recipe is built or cached."""
+    """Build, print a summary table (``core.table.format_table``), return 0 when every chosen recipe is built or
+    cached."""
+    from core.table import format_table
+
     try:
         outcomes = build_demo(out, only=only, force=force, quick=quick)
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(f"  {o.name:<20} {o.state:<7} {o.seconds:6.0f} s  {o.message}".rstrip() for o in outcomes))
+    rows = [(o.name, o.state, f"{o.seconds:.0f} s", o.message) for o in outcomes]
+    print(format_table(["model", "state", "time", "note"], rows))
     return 0 if all(o.state != "failed" for o in outcomes) else 1
 
 

@@ -89,7 +89,14 @@ def test_cli_builds_into_out_and_reports_cache(
 
     out, _ = models_dir
     assert main(["build-demo", "--out", str(out), "--quick", "--only", "cxr-four-class-cnn"]) == 0
-    assert "cxr-four-class-cnn: up to date, skipped" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "cxr-four-class-cnn: up to date, skipped" in printed
+    # The summary is core.table's plain table: header, rule, one row per recipe.
+    assert printed.splitlines()[-3:] == [
+        "model               state   time  note",
+        "------------------  ------  ----  -----------------------------",
+        "cxr-four-class-cnn  cached  0 s   up to date (recipe unchanged)",
+    ]
     assert main(["build-demo", "--out", str(out), "--only", "nope"]) == 2
     assert "no demo recipe named 'nope'" in capsys.readouterr().err
     assert TRAINERS["detector"] == ("training.detector:main", None)
