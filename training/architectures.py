@@ -1,12 +1,14 @@
-"""Keras builders of the chest radiograph classifiers of seeds 2 and 4, and their ONNX export.
+"""Keras builders of the chest radiograph classifiers and their ONNX export.
 
-- :func:`finding_classifier` (seed 2): an EfficientNet backbone (B0 by default; B0..B7
+The classifiers of the emergency-department triage service and the four-class design:
+
+- :func:`finding_classifier` (the emergency-department triage service): an EfficientNet backbone (B0 by default; B0..B7
   or V2 B0..B3/S/M/L), global average pooling, dropout and Dense(14, sigmoid) for the
   NIH ChestX-ray14 labels; 512×512 input by default.
-- :func:`four_class_resnet18` (seed 4): ResNet-18 (He et al. 2016: 7×7/2 stem, 3×3/2
+- :func:`four_class_resnet18` (the four-class design): ResNet-18 (He et al. 2016: 7×7/2 stem, 3×3/2
   max-pooling, 4 stages × 2 basic blocks with 64/128/256/512 filters, global average
-  pooling) with a softmax over 4 classes; 256×256 input as in seed 4.
-- :func:`four_class_cnn` (seed 4): the "5-layer CNN": 3 blocks of Conv2D 3×3 + ReLU +
+  pooling) with a softmax over 4 classes; 256×256 input as in the four-class design.
+- :func:`four_class_cnn` (the four-class design): the "5-layer CNN": 3 blocks of Conv2D 3×3 + ReLU +
   2×2 max-pooling and 2 fully connected layers, softmax over 4 classes.
 
 All take grey images (one channel, NHWC) scaled to 0..1, bone white — the output of
@@ -56,7 +58,7 @@ EFFICIENTNET_VARIANTS = (
 """Backbone variants accepted by :func:`finding_classifier`."""
 
 FOUR_CLASSES = ("covid19", "normal", "pneumonia", "tuberculosis")
-"""Seed 4's classes in output order (alphabetical, as its class folders sort)."""
+"""The four-class design's classes in output order (alphabetical, as its class folders sort)."""
 
 _PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
 
@@ -92,7 +94,7 @@ def _without_preprocessing(base: Any) -> Any:
 def finding_classifier(
     variant: str = "B0", input_size: int = 512, labels: int = 14, *, channels: int = 1, dropout: float = 0.3
 ) -> Any:
-    """Seed 2's finding classifier: EfficientNet backbone → GAP → dropout → Dense(sigmoid).
+    """The triage service's finding classifier: EfficientNet backbone → GAP → dropout → Dense(sigmoid).
 
     Parameters
     ----------
@@ -100,7 +102,7 @@ def finding_classifier(
         ``"B0"``..``"B7"`` (EfficientNet) or ``"V2B0"``..``"V2B3"``, ``"V2S"``,
         ``"V2M"``, ``"V2L"`` (EfficientNetV2).
     input_size : int
-        Height and width of the square input (seed 2's default here: 512).
+        Height and width of the square input (the emergency-department triage service's default here: 512).
     labels : int
         Number of sigmoid outputs (14 NIH ChestX-ray14 labels).
     channels : int
@@ -153,12 +155,12 @@ def _basic_block(x: Any, filters: int, stride: int, name: str) -> Any:
 
 
 def four_class_resnet18(input_size: int = 256, *, channels: int = 1, classes: int = len(FOUR_CLASSES)) -> Any:
-    """Seed 4's ResNet-18 with a softmax over covid19, normal, pneumonia, tuberculosis.
+    """The four-class design's ResNet-18 with a softmax over covid19, normal, pneumonia, tuberculosis.
 
     Parameters
     ----------
     input_size : int
-        Height and width of the square input (seed 4: 256).
+        Height and width of the square input (the four-class design: 256).
     channels : int
         Input channels (1 = grey radiograph).
     classes : int
@@ -198,15 +200,15 @@ def four_class_cnn(
     dropout: float = 0.5,
     classes: int = len(FOUR_CLASSES),
 ) -> Any:
-    """Seed 4's 5-layer CNN: 3 × (Conv2D 3×3 + ReLU + 2×2 max-pooling), Dense ReLU, Dense softmax.
+    """The four-class design's 5-layer CNN: 3 × (Conv2D 3×3 + ReLU + 2×2 max-pooling), Dense ReLU, Dense softmax.
 
-    Seed 4 gives the layer structure, not the widths; the defaults (16/32/64
+    The four-class design gives the layer structure, not the widths; the defaults (16/32/64
     filters with same padding, 128 hidden units, dropout before the output) are ours.
 
     Parameters
     ----------
     input_size : int
-        Height and width of the square input (seed 4: 256), a multiple of 8.
+        Height and width of the square input (the four-class design: 256), a multiple of 8.
     channels : int
         Input channels (1 = grey radiograph).
     filters : tuple of int

@@ -1,19 +1,63 @@
-"""The model card of a trained view filter, written from the figures of its run."""
+"""The model card of a trained view filter, written from the figures of its run (:class:`TrainResult`).
+
+``training.view_filter`` trains and fills a :class:`TrainResult`; this module only reads it, so the
+trainer imports the card and not the other way round.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from training.data import CLASSES, IMAGE_GROUPS
+from training.data import CLASSES, IMAGE_GROUPS, image_group
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from training.view_filter import TrainResult
+__all__ = ["TrainResult", "write_model_card", "wilson_interval"]
 
-__all__ = ["write_model_card", "wilson_interval"]
+SOURCE_FIGURES = (
+    "The source design reports 1.0 on 174 validation images and 99.74 % on 38,552 more, with far more laterals."
+)
+"""The figures of the MIMIC-CXR view-filter design, quoted on the card (its authors', not measured here)."""
+
+
+@dataclass
+class TrainResult:
+    """Figures of one training run (written to the model card and printed)."""
+
+    holdout_files: list[str]
+    holdout_labels: list[int]
+    holdout_probabilities: list[float]
+    total_counts: tuple[int, int]
+    total_group_counts: dict[str, int]
+    nih_frontals: int
+    train_counts: tuple[int, int]
+    train_group_counts: dict[str, int]
+    balance: str
+    group_shares: dict[str, float]
+    train_patients: int
+    holdout_patients: int
+    steps: int
+    seconds: float
+    onnx_max_abs_diff: float
+
+    def confusion(self) -> list[list[int]]:
+        """Rows = true class (frontal, lateral), columns = predicted class, at 0.5."""
+        matrix = [[0, 0], [0, 0]]
+        for label, p in zip(self.holdout_labels, self.holdout_probabilities, strict=False):
+            matrix[label][int(p >= 0.5)] += 1
+        return matrix
+
+    def group_accuracy(self) -> dict[str, tuple[int, int]]:
+        """(correct, held-out images) per image group present in the hold-out, at 0.5."""
+        tally: dict[str, list[int]] = {}
+        for path, label, p in zip(self.holdout_files, self.holdout_labels, self.holdout_probabilities, strict=False):
+            entry = tally.setdefault(image_group(path), [0, 0])
+            entry[0] += int(int(p >= 0.5) == label)
+            entry[1] += 1
+        return {g: (tally[g][0], tally[g][1]) for g in IMAGE_GROUPS if g in tally}
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
@@ -94,6 +138,7 @@ def write_model_card(path: Path, args: argparse.Namespace, result: TrainResult, 
             + "; batches are drawn uniformly from all training images."
         )
     threads = f" --threads {args.threads}" if args.threads else ""
+    options = f"--seed {args.seed} --steps {result.steps} --balance {result.balance}{threads}"
     lateral_correct, lateral_total = by_group.get("lateral", (0, 0))
     if lateral_total:
         low, high = wilson_interval(lateral_correct, lateral_total)
@@ -115,7 +160,7 @@ def write_model_card(path: Path, args: argparse.Namespace, result: TrainResult, 
     )
     text = f"""# {manifest["name"]} {manifest["version"]} — frontal vs lateral chest radiograph filter
 
-Trained {_dt.date.today().isoformat()} with `training/view_filter.py` (seed {args.seed}).
+Trained {_dt.date.today().isoformat()} with `training/view_filter.py` (random seed {args.seed}).
 Weights file `{manifest["weights"]}`, SHA-256 `{manifest["sha256"]}`.
 
 ## Licence of these weights: non-commercial use only
@@ -147,13 +192,13 @@ without its view/panel tag and by case URL in `SOURCES.csv`; each child is its o
 ({held["frontal"]} frontal + {held["lateral"]} lateral) of {result.holdout_patients} other patients,
 listed in `holdout.txt` with each image's P(lateral).
 
-## Design (seed 5)
+## Design (the MIMIC-CXR view-filter design)
 
 64×64×1 grey input in 0..1 (bone white; DICOM windowed by `models/preprocess/radiograph.py`,
-PNG scaled by 1/255; area-average resize, aspect stretched as in seed 5); Conv2D 3×3 16, 32,
+PNG scaled by 1/255; area-average resize, aspect stretched as in the source design); Conv2D 3×3 16, 32,
 64, 128 filters, valid padding, ReLU; 2×2 max-pooling after the first three; 4×4 average
 pooling; flatten; Dense 64 ReLU; Dense 1 sigmoid = P(lateral). **105,473 parameters**
-(seed 5 reports 105,761 for a 3-channel input). ONNX graph input `image`, shape (N, 64, 64, 1),
+(the source design reports 105,761 for a 3-channel input). ONNX graph input `image`, shape (N, 64, 64, 1),
 NHWC, float32; output (N, 1).
 
 ## Training
@@ -183,7 +228,7 @@ Confusion matrix (rows = true, columns = predicted):
 
 Misclassified held-out images (path, P(lateral)): {wrong}
 
-{lateral_note} Seed 5 reports 1.0 on 174 validation images and 99.74 % on 38,552 more, with far more laterals.
+{lateral_note} {SOURCE_FIGURES}
 
 ## Intended use and limits
 
@@ -203,8 +248,8 @@ Misclassified held-out images (path, P(lateral)): {wrong}
 
 ```
 pip install -e '.[train]'
-ainode-train view-filter --data DATA --out MODELS_DIR/cxr-view-filter --seed {args.seed} --steps {result.steps} --balance {result.balance}{threads}
-# or: python -m training.view_filter --data DATA --out OUT --seed {args.seed} --steps {result.steps} --balance {result.balance}{threads}
+ainode-train view-filter --data DATA --out MODELS_DIR/cxr-view-filter {options}
+# or: python -m training.view_filter --data DATA --out OUT {options}
 ```
 
 With `--threads 1` a run is repeatable on one machine (same seed, same model); TensorFlow on

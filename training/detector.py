@@ -1,6 +1,8 @@
-"""Train seed 2's chest detector (Ultralytics YOLO on ChestX-Det classes), export ONNX, evaluate.
+"""Train a chest detector (Ultralytics YOLO on ChestX-Det classes), export ONNX, evaluate.
 
-Seed 2 trains YOLOv5 on 14 classes and reports mAP@0.5 0.972, mAP@0.5:0.95 0.702,
+The design is the emergency-department triage service's detector (see :mod:`training`).
+
+The source design trains YOLOv5 on 14 classes and reports mAP@0.5 0.972, mAP@0.5:0.95 0.702,
 precision 0.894, recall 0.936. Here an Ultralytics YOLO is built from its YAML
 (``yolov8n.yaml`` by default, ``--model yolo11n.yaml`` allowed; no pretrained weights,
 nothing is downloaded) and trained on ChestX-Det converted to the YOLO layout by
@@ -408,11 +410,12 @@ def _val_images(data_yaml: Path) -> int:
 
 
 def format_table(ev: Evaluation) -> str:
-    """The metrics as a Markdown table, overall row first (seed 2 reports the overall one)."""
+    """The metrics as a Markdown table, overall row first (the source design reports the overall one)."""
     lines = [
         "| class | images | instances | precision | recall | mAP@0.5 | mAP@0.5:0.95 |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| all | {ev.images} | {ev.instances} | {ev.precision:.3f} | {ev.recall:.3f} | {ev.map50:.3f} | {ev.map50_95:.3f} |",
+        f"| all | {ev.images} | {ev.instances} | {ev.precision:.3f} | {ev.recall:.3f} | {ev.map50:.3f} | "
+        f"{ev.map50_95:.3f} |",
     ]
     lines += [f"| {n} | {im} | {k} | {p:.3f} | {r:.3f} | {a50:.3f} | {a:.3f} |" for n, im, k, p, r, a50, a in ev.rows]
     return "\n".join(lines)
@@ -581,9 +584,19 @@ def write_card(
 - clean phantoms with a nodule box: **{holdout["clean_with_nodule_box"]}/{holdout["phantoms"]}**;
   with any box: {holdout["clean_with_any_box"]}/{holdout["phantoms"]}
 """
-    text = f"""# {manifest["name"]} {manifest["version"]} — chest radiograph detector (seed 2){" — DEMO" if manifest["demo"] else ""}
+    title = (
+        f"{manifest['name']} {manifest['version']} — chest radiograph detector "
+        f"(the emergency-department triage service's design){' — DEMO' if manifest['demo'] else ''}"
+    )
+    use = (
+        "These are **demo weights**, trained on synthetic phantoms only: they find the phantoms drawn shapes and mean "
+        "nothing on real radiographs."
+        if manifest["demo"]
+        else "Validate on your own images before relying on it."
+    )
+    text = f"""# {title}
 
-Trained {_dt.date.today().isoformat()} with `training/detector.py` (seed {params["seed"]}).
+Trained {_dt.date.today().isoformat()} with `training/detector.py` (random seed {params["seed"]}).
 Weights `{manifest["weights"]}`, SHA-256 `{manifest["sha256"]}`.
 
 ## Data
@@ -606,12 +619,12 @@ on the validation images (bounded to 0.005–0.9), class-wise NMS at IoU {IOU}, 
 
 {format_table(ev)}
 
-Seed 2 (YOLOv5, 14 classes, real ChestX-Det images, 300 epochs): mAP@0.5 0.972, mAP@0.5:0.95 0.702,
+The source design (YOLOv5, 14 classes, real ChestX-Det images, 300 epochs): mAP@0.5 0.972, mAP@0.5:0.95 0.702,
 precision 0.894, recall 0.936.
 {held}
 ## Intended use and limits
 
-- Not a diagnostic device. {"These are **demo weights**, trained on synthetic phantoms only: they find the phantoms drawn shapes and mean nothing on real radiographs." if manifest["demo"] else "Validate on your own images before relying on it."}
+- Not a diagnostic device. {use}
 - Small findings suffer from the input size: a 5 mm nodule on a 43 cm detector spans about
   {5 * params["imgsz"] / 430:.1f} pixels at {params["imgsz"]} px.
 
@@ -841,7 +854,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ev = evaluate(args.weights, args.data, imgsz, args.work or Path(tmp))
         print(format_table(ev))
         print(
-            f"mAP@0.5 {ev.map50:.4f}  mAP@0.5:0.95 {ev.map50_95:.4f}  precision {ev.precision:.4f}  recall {ev.recall:.4f}"
+            f"mAP@0.5 {ev.map50:.4f}  mAP@0.5:0.95 {ev.map50_95:.4f}  precision {ev.precision:.4f}  recall "
+            f"{ev.recall:.4f}"
         )
         return 0
     run = train(
@@ -867,7 +881,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.imgsz,
         version=args.version,
         demo=False,
-        description=f"Chest detector ({', '.join(run.names)}), Ultralytics {args.model} trained on {args.data.parent.name}.",
+        description=f"Chest detector ({', '.join(run.names)}), Ultralytics {args.model} trained on "
+        f"{args.data.parent.name}.",
         recipe=None,
         train_command=f"python -m training.detector train --data DATA_YAML --out OUT --work WORK "
         f"--model {args.model} --imgsz {args.imgsz} --epochs {args.epochs} --seed {args.seed}",

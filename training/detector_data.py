@@ -310,7 +310,8 @@ def chestx_det_to_yolo(
 
 
 def _pick_findings(rng: np.random.Generator, classes: Sequence[str], negative_fraction: float) -> list[str]:
-    """None (a negative), one finding, or now and then two; nodules drawn three times as often (small, the hardest to learn)."""
+    """None (a negative), one finding, or now and then two; nodules drawn three times as often (small, the hardest
+    to learn)."""
     if rng.random() < negative_fraction:
         return []
     weights = np.array([3.0 if c == "Nodule" else 1.0 for c in classes])

@@ -541,7 +541,8 @@ def render_lines(ev: dict[str, Any]) -> list[str]:
             "by `models.lumbar.LumbarModel` (search, decoding, plausibility checks); L3 error = slice found − "
             "the phantom's L3 slice:",
             "",
-            "| spacing | slices | seeds | L3 within one slice | within 5 mm | largest error, slices (mm) | not determined "
+            "| spacing | slices | seeds | L3 within one slice | within 5 mm | largest error, slices (mm) | not "
+            "determined "
             "| errors (slices) |",
             "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
             *rows,

@@ -1,11 +1,11 @@
-"""Train and evaluate seed 2's 14-label chest finding classifier on NIH ChestX-ray14.
+"""Train and evaluate the emergency-department triage service's 14-label chest finding classifier on NIH ChestX-ray14.
 
 Input: the NIH release's layout — ``DATA/Data_Entry_2017.csv`` and ``DATA/images/*.png``
 (8-bit grey, 255 = dense). Each PNG goes through
 :func:`models.preprocess.radiograph.grey_png_to_input` (scaled to 0..1, area-resized,
 aspect stretched to ``--size``), exactly what a DICOM gets at serving time.
 
-Design (seed 2): EfficientNet backbone (``--variant``, B0 by default), global
+Design (the source design): EfficientNet backbone (``--variant``, B0 by default), global
 average pooling, dropout, 14 sigmoid outputs (:func:`architectures.finding_classifier`),
 512×512 input by default. Trained from scratch (no ImageNet weights are downloaded).
 
@@ -35,7 +35,7 @@ Usage::
     python -m training.finding_classifier --data DATA --out weights/cxr-findings --evaluate
 
 writes ``model.onnx``, ``model.json``, ``MODEL_CARD.md`` and ``split.csv`` (the split of
-each image); ``--evaluate`` prints seed 2's per-label AUC table (14 rows + mean) of the
+each image); ``--evaluate`` prints the source design's per-label AUC table (14 rows + mean) of the
 model in ``--out`` on the test split of ``split.csv`` (or all images when the data set
 is not the one it was trained on).
 """
@@ -267,7 +267,7 @@ def auc_table(y: np.ndarray, p: np.ndarray) -> tuple[list[tuple[str, int, float]
 
 
 def format_auc_table(y: np.ndarray, p: np.ndarray, title: str) -> str:
-    """Seed 2's table: one row per label (14) and the mean."""
+    """The source design's table: one row per label (14) and the mean."""
     rows, mean = auc_table(y, p)
     lines = [title, f"{'label':<20} {'positives':>9} {'AUC':>7}"]
     for label, positives, auc in rows:
@@ -717,7 +717,8 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
         "manufacturer": "ainode",
         "demo": bool(args.demo),
         "description": (
-            f"EfficientNet-{args.variant} 14-label NIH ChestX-ray14 finding classifier (seed 2 design), "
+            f"EfficientNet-{args.variant} 14-label NIH ChestX-ray14 finding classifier (the emergency-department "
+            "triage service's design), "
             f"{args.size} px input"
             + ("; demo weights trained on synthetic chest phantoms, not for clinical use" if args.demo else "")
         ),
@@ -745,6 +746,13 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
         + " |"
         for name in SPLITS
     )
+    depth = "" if args.stochastic_depth is None else f" (stochastic depth {args.stochastic_depth:g} in training)"
+    augmentation = (
+        "no augmentation"
+        if args.no_augment
+        else "augmentation rotation ±5°, shift ±5 %, zoom ±10 %, brightness ±10 %, no horizontal flip (left and right "
+        "are not interchangeable on a radiograph)"
+    )
     threshold_lines = "\n".join(
         f"| {label.replace('_', ' ')} | {t:.4f} | {'n/a' if math.isnan(v) else f'{v:.4f}'} |"
         for label, t, v in zip(NIH_LABELS, result.thresholds, result.val_auc, strict=False)
@@ -754,26 +762,34 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
         manifest,
         [
             (
-                "Design (seed 2)",
+                "Design (the emergency-department triage service)",
                 f"EfficientNet-{args.variant} backbone from scratch"
-                f"{'' if args.stochastic_depth is None else f' (stochastic depth {args.stochastic_depth:g} in training)'}, "
+                f"{depth}, "
                 f"global average pooling, dropout {args.dropout:g}, Dense(14, sigmoid) "
-                f"for the NIH ChestX-ray14 labels. Input {args.size}×{args.size}×1 grey in 0..1 (bone white), area-resized, "
-                f"aspect stretched. ONNX input `image` (N, {args.size}, {args.size}, 1) NHWC float32, output `findings` (N, 14).",
+                f"for the NIH ChestX-ray14 labels. Input {args.size}×{args.size}×1 grey in 0..1 (bone white), "
+                "area-resized, "
+                f"aspect stretched. ONNX input `image` (N, {args.size}, {args.size}, 1) NHWC float32, output "
+                "`findings` (N, 14).",
             ),
             (
                 "Data and split",
-                f"`Data_Entry_2017.csv` + `images/` from `{'synthetic phantoms' if args.demo else 'DATA'}`. Patient-wise "
-                f"multi-label iterative stratification (seed {args.seed}, shares {args.split}); no patient in two splits.\n\n"
-                f"| split | images | patients | positives per label ({', '.join(NIH_LABELS)}) |\n| --- | ---: | ---: | --- |\n"
+                f"`Data_Entry_2017.csv` + `images/` from `{'synthetic phantoms' if args.demo else 'DATA'}`. "
+                "Patient-wise "
+                f"multi-label iterative stratification (random seed {args.seed}, shares {args.split}); no patient in "
+                "two "
+                "splits.\n\n"
+                f"| split | images | patients | positives per label ({', '.join(NIH_LABELS)}) |\n| --- | ---: | ---: "
+                "| --- |\n"
                 f"{split_lines}",
             ),
             (
                 "Training",
-                f"Weighted binary cross-entropy (positive weight n_neg/n_pos per label, ≤ {MAX_POSITIVE_WEIGHT:g}), Adam "
-                f"{args.learning_rate:g}, batch {args.batch_size}, learning rate halved after {args.lr_patience} epochs without "
+                f"Weighted binary cross-entropy (positive weight n_neg/n_pos per label, ≤ {MAX_POSITIVE_WEIGHT:g}), "
+                "Adam "
+                f"{args.learning_rate:g}, batch {args.batch_size}, learning rate halved after {args.lr_patience} "
+                "epochs without "
                 f"a better validation mean AUC, early stopping after {args.patience}; "
-                f"{'no augmentation' if args.no_augment else 'augmentation rotation ±5°, shift ±5 %, zoom ±10 %, brightness ±10 %, no horizontal flip (left and right are not interchangeable on a radiograph)'}. "
+                f"{augmentation}. "
                 f"{result.epochs_run} epochs run, best epoch {result.best_epoch}, {result.seconds:.0f} s on CPU. "
                 f"Largest |ONNX − Keras| difference on validation images: {result.onnx_max_abs_diff:.1e}.",
             ),
@@ -785,18 +801,24 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
             (
                 "Intended use and limits",
                 (
-                    "Demo weights: trained on synthetic phantoms with planted findings, to exercise the node end to end. "
-                    "They say nothing about real radiographs; every result object made with them says DEMO. Labels that "
-                    "the phantoms never draw (Edema, Emphysema, Fibrosis, Hernia, Pleural thickening) were never positive "
+                    "Demo weights: trained on synthetic phantoms with planted findings, to exercise the node end to "
+                    "end. "
+                    "They say nothing about real radiographs; every result object made with them says DEMO. Labels "
+                    "that "
+                    "the phantoms never draw (Edema, Emphysema, Fibrosis, Hernia, Pleural thickening) were never "
+                    "positive "
                     "in training and stay near zero."
                     if args.demo
-                    else "Not a diagnostic device; not validated clinically. NIH labels were mined from reports and are noisy."
+                    else "Not a diagnostic device; not validated clinically. NIH labels were mined from reports and "
+                    "are noisy."
                 ),
             ),
             (
                 "How to reproduce",
-                f"```\nainode-train finding-classifier --data DATA --out OUT --variant {args.variant} --size {args.size} "
-                f"--epochs {args.epochs} --seed {args.seed}\nainode-train finding-classifier --data DATA --out OUT --evaluate\n```",
+                f"```\nainode-train finding-classifier --data DATA --out OUT --variant {args.variant} --size "
+                f"{args.size} "
+                f"--epochs {args.epochs} --seed {args.seed}\nainode-train finding-classifier --data DATA --out OUT "
+                "--evaluate\n```",
             ),
         ],
     )

@@ -1,4 +1,4 @@
-"""Train and evaluate seed 4's four-class chest radiograph classifier (COVID-19 / normal / pneumonia / TB).
+"""Train and evaluate the four-class design's chest radiograph classifier (COVID-19 / normal / pneumonia / TB).
 
 Input: class folders as in the Kaggle set "Chest X-Ray (Pneumonia, Covid-19,
 Tuberculosis)" — ``DATA/train/<CLASS>/``, ``DATA/val/<CLASS>/``, ``DATA/test/<CLASS>/``
@@ -7,11 +7,11 @@ with ``COVID19``, ``NORMAL``, ``PNEUMONIA``, ``TUBERCULOSIS`` (any case; ``COVID
 images there) is topped up with a class-stratified 10 % of ``train/``. Images are
 preprocessed as at serving time (:func:`models.preprocess.radiograph.grey_png_to_input`).
 
-Design (seed 4): ResNet-18 (``--arch resnet18``) or the 5-layer CNN (``--arch cnn``),
+Design (the source design): ResNet-18 (``--arch resnet18``) or the 5-layer CNN (``--arch cnn``),
 softmax over covid19, normal, pneumonia, tuberculosis (``FOUR_CLASSES`` order), 256×256
 input by default. Categorical cross-entropy with class weights inverse to class
 frequency (the Kaggle set has 7× more pneumonia than COVID-19), Adam, augmentation
-rotation ±10°, shifts and zoom ±10 % (seed 4 also flips horizontally; we do not, a
+rotation ±10°, shifts and zoom ±10 % (the source design also flips horizontally; we do not, a
 radiograph's sides are not interchangeable), learning rate halved on a validation
 plateau, early stopping on validation macro F1 with the best weights kept.
 
@@ -20,7 +20,7 @@ Usage::
     python -m training.four_class --data DATA --out weights/cxr-four-class [--arch resnet18|cnn]
     python -m training.four_class --data DATA --out weights/cxr-four-class --evaluate
 
-``--evaluate`` prints seed 4's figures on ``test/``: confusion matrix, accuracy, macro
+``--evaluate`` prints the source design's figures on ``test/``: confusion matrix, accuracy, macro
 precision, recall and F1.
 """
 
@@ -148,7 +148,7 @@ def classification_metrics(matrix: np.ndarray) -> dict[str, Any]:
 
 
 def format_metrics(matrix: np.ndarray, title: str) -> str:
-    """Seed 4's report: confusion matrix, accuracy, macro precision, recall and F1."""
+    """The source design's report: confusion matrix, accuracy, macro precision, recall and F1."""
     m = classification_metrics(matrix)
     width = max(len(DISPLAY[c]) for c in FOUR_CLASSES) + 2
     lines = [
@@ -187,7 +187,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ainode-train four-class", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with train/ val/ test/ class folders")
     parser.add_argument("--out", type=Path, required=True, help="model folder (written; read with --evaluate)")
-    parser.add_argument("--evaluate", action="store_true", help="print seed 4's figures of the model in --out")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="print the source design's figures of the model in --out"
+    )
     parser.add_argument("--arch", choices=["resnet18", "cnn"], default="resnet18")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=15)
@@ -345,7 +347,7 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
         "demo": bool(args.demo),
         "description": (
             f"{arch} four-class chest radiograph classifier (COVID-19, normal, pneumonia, tuberculosis; "
-            f"seed 4 design), {args.size} px input"
+            f"the four-class design), {args.size} px input"
             + ("; demo weights trained on synthetic chest phantoms, not for clinical use" if args.demo else "")
         ),
         "licence": (
@@ -366,25 +368,31 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
     manifest_from_mapping(manifest, args.out, "generated manifest")
     (args.out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     counts = "\n".join(f"| {s} | " + " | ".join(str(v) for v in result.counts[s]) + " |" for s in result.counts)
+    source = "synthetic phantoms (four-class design caricatures)" if args.demo else "DATA"
+    augmentation = (
+        "no augmentation" if args.no_augment else "rotation ±10°, shift ±10 %, zoom ±10 %, brightness ±10 %, no flip"
+    )
     write_card(
         args.out / "MODEL_CARD.md",
         manifest,
         [
             (
-                "Design (seed 4)",
-                f"{arch} from scratch, softmax over {', '.join(FOUR_CLASSES)}. Input {args.size}×{args.size}×1 grey in 0..1 "
-                f"(bone white), area-resized, aspect stretched. ONNX input `image` (N, {args.size}, {args.size}, 1) NHWC "
+                "Design (the four-class design)",
+                f"{arch} from scratch, softmax over {', '.join(FOUR_CLASSES)}. Input {args.size}×{args.size}×1 grey "
+                "in 0..1 "
+                f"(bone white), area-resized, aspect stretched. ONNX input `image` (N, {args.size}, {args.size}, 1) "
+                "NHWC "
                 f"float32, output `classes` (N, 4); the decision is the argmax.",
             ),
             (
                 "Data",
-                f"Class folders train/val/test of `{'synthetic phantoms (seed 4 caricatures)' if args.demo else 'DATA'}`.\n\n"
+                f"Class folders train/val/test of `{source}`.\n\n"
                 "| split | " + " | ".join(FOUR_CLASSES) + " |\n| --- |" + " ---: |" * len(FOUR_CLASSES) + "\n" + counts,
             ),
             (
                 "Training",
                 f"Class-weighted categorical cross-entropy (n / (4 n_class)), Adam {args.learning_rate:g}, batch "
-                f"{args.batch_size}; {'no augmentation' if args.no_augment else 'rotation ±10°, shift ±10 %, zoom ±10 %, brightness ±10 %, no flip'}; "
+                f"{args.batch_size}; {augmentation}; "
                 f"learning rate halved after {args.lr_patience} epochs without a better validation macro F1, early "
                 f"stopping after {args.patience}. {result.epochs_run} epochs run, best {result.best_epoch}, "
                 f"{result.seconds:.0f} s on CPU. Largest |ONNX − Keras| difference: {result.onnx_max_abs_diff:.1e}.",
@@ -393,7 +401,8 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
             (
                 "Intended use and limits",
                 (
-                    "Demo weights: the phantoms' four classes are caricatures drawn to give the model something to learn "
+                    "Demo weights: the phantoms' four classes are caricatures drawn to give the model something to "
+                    "learn "
                     "(see training/phantoms/chest.py), not medicine; every result object made with them says DEMO."
                     if args.demo
                     else "Not a diagnostic device; not validated clinically."
@@ -409,7 +418,7 @@ def _write_manifest_and_card(args: argparse.Namespace, result: TrainResult, onnx
 
 
 def evaluate(args: argparse.Namespace) -> str:
-    """Seed 4's figures of the model in ``args.out`` on ``args.data``'s ``test/``."""
+    """The source design's figures of the model in ``args.out`` on ``args.data``'s ``test/``."""
     from models.manifest import load_manifest
 
     manifest = load_manifest(args.out / "model.json")

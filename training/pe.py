@@ -1,10 +1,10 @@
-"""Seed 1's pulmonary-embolism model: Xception with nine sigmoid heads, trained on RSNA-PE data.
+"""The RSNA-PE Xception design's pulmonary-embolism model: Xception with nine sigmoid heads, trained on RSNA-PE data.
 
-Architecture (:func:`build_model`, seed 1): ``keras.applications.Xception`` (``weights=None``:
+Architecture (:func:`build_model`, the source design): ``keras.applications.Xception`` (``weights=None``:
 ImageNet weights are never downloaded) on an H×W×3 input (512 by default) → global average
 pooling → dropout → Dense 1024 → Dense 256 → Dense 64 (ReLU) → nine 1-unit sigmoid heads named
 as :data:`core.findings.PE_HEADS`. 23,239,089 parameters; 2,377,609 trainable with the
-backbone frozen (seed 1's figures: the Xception body has 20,861,480, of which 54,528 batch-norm
+backbone frozen (the source design's figures: the Xception body has 20,861,480, of which 54,528 batch-norm
 statistics; the head 2,098,176 + 262,400 + 16,448 + 9 × 65). The input is the three CT windows of
 ``models.pe`` as channels, each 0..1; Xception's own ``[-1, 1]`` scaling is not applied (the model
 is trained on 0..1 from the start, so the scaling is not needed, and leaving it out keeps one
@@ -18,7 +18,7 @@ half the size and ONNX Runtime folds the casts at session start, so it computes 
 Training (:func:`main`, extra ``[train]``): RSNA-PE layout ``DATA/train.csv`` +
 ``DATA/train/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``; studies split 80/20
 (``--validation``); each slice is a sample whose targets are its ``pe_present_on_image`` and its
-exam's eight other head labels (as seed 1); binary cross-entropy per head, Adam, backbone frozen
+exam's eight other head labels (as the source design); binary cross-entropy per head, Adam, backbone frozen
 by default (``--no-freeze-backbone`` trains it too). Evaluation on the validation studies runs the
 ONNX model through :class:`models.pe.PeModel` (the serving code) and prints the challenge's
 weighted log loss (:func:`rsna_weighted_log_loss`) and per-label AUC and accuracy.
@@ -29,6 +29,7 @@ TensorFlow/Keras are imported inside functions only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -89,16 +90,16 @@ _EPS = 1e-15  # probabilities are clipped to [eps, 1 - eps] before the logarithm
 
 
 def build_model(input_size: int = 512, *, dropout: float = 0.3, freeze_backbone: bool = True) -> Any:
-    """Seed 1's Keras model (see the module docstring).
+    """The source design's Keras model (see the module docstring).
 
     Parameters
     ----------
     input_size : int
-        Height and width of the square 3-channel input (seed 1: 512); at least 71 (Xception).
+        Height and width of the square 3-channel input (the source design: 512); at least 71 (Xception).
     dropout : float
-        Dropout rate after global average pooling (seed 1 does not give it; ours).
+        Dropout rate after global average pooling (the source design does not give it; ours).
     freeze_backbone : bool
-        Make the Xception body non-trainable (seed 1 trains the head only on an ImageNet body).
+        Make the Xception body non-trainable (the source design trains the head only on an ImageNet body).
 
     Returns
     -------
@@ -563,7 +564,8 @@ class Evaluation:
 
     def lines(self) -> list[str]:
         out = [
-            f"{self.studies} validation studies, {self.slices} slices; RSNA weighted log loss {self.weighted_log_loss:.4f}",
+            f"{self.studies} validation studies, {self.slices} slices; RSNA weighted log loss "
+            f"{self.weighted_log_loss:.4f}",
             "| label | AUC | accuracy |",
             "| --- | ---: | ---: |",
         ]
@@ -635,7 +637,8 @@ def write_model_card(
     if calibration is not None:
         figures = "\n".join(
             [
-                "### Exam threshold, chosen on fresh whole-series phantoms (exam PE probability = mean of the 3 most likely slices)",
+                "### Exam threshold, chosen on fresh whole-series phantoms (exam PE probability = mean of the 3 most "
+                "likely slices)",
                 *calibration.lines(),
                 "",
                 "### Validation studies (at that threshold)",
@@ -649,14 +652,15 @@ def write_model_card(
         if manifest.get("demo")
         else ""
     )
-    text = f"""# {manifest["name"]} {manifest["version"]} — pulmonary embolism on CTPA (seed 1 design)
+    text = f"""# {manifest["name"]} {manifest["version"]} — pulmonary embolism on CTPA (the RSNA-PE Xception design)
 
 {demo_note}Weights `{manifest["weights"]}`, SHA-256 `{manifest["sha256"]}`.
 
 ## Design
 Xception (Keras, `weights=None`) on {args.size}×{args.size}×3 → global average pooling → dropout {args.dropout}
 → Dense 1024 → Dense 256 → Dense 64 (ReLU) → nine 1-unit sigmoid heads ({", ".join(PE_HEADS)}).
-{EXPECTED_PARAMETERS:,} parameters ({EXPECTED_TRAINABLE_FROZEN:,} trainable with the backbone frozen, as seed 1).
+{EXPECTED_PARAMETERS:,} parameters ({
+        EXPECTED_TRAINABLE_FROZEN:,} trainable with the backbone frozen, as the source design).
 Channels: CT windows (centre, width) {manifest["input"]["preprocessing"]["windows"]} HU, each clipped to 0..1{
         "; each slice first cut to the square around the patient (crop: body)"
         if manifest["input"]["preprocessing"].get("crop") == "body"
@@ -677,13 +681,13 @@ Targets per slice: its `pe_present_on_image` and its exam's labels{
 (learning rate {args.lr}{", cosine decay to 5 %" if args.lr_schedule == "cosine" else ""}), batch {args.batch_size}, {
         run["steps"]
     } steps ({run["seconds"]:.0f} s), backbone
-{"frozen" if args.freeze_backbone else "trained"}, seed {args.seed}.
+{"frozen" if args.freeze_backbone else "trained"}, random seed {args.seed}.
 
 ## Validation (serving code: `models.pe.PeModel`, RSNA consistency rules applied to the decisions)
 {figures}
 
 Weighted log loss: the challenge's metric (image loss weighted by the exam's positive fraction, exam labels by
-the official weights); seed 1 reports a total validation loss of 2.88 on RSNA-PE (a different sum of losses).
+the official weights); the source design reports a total validation loss of 2.88 on RSNA-PE (a different sum of losses).
 
 ## Intended use and limits
 Flag CTPA series that may show pulmonary embolism so that reading is prioritised. Not a diagnostic device;
@@ -857,10 +861,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--data", type=Path, required=True, help="RSNA-PE folder: train.csv and train/<study>/<series>/*.dcm"
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for model.onnx, model.json, MODEL_CARD.md")
-    parser.add_argument("--size", type=int, default=512, help="input height and width (seed 1: 512)")
-    parser.add_argument("--epochs", type=int, default=3, help="passes over the training slices (seed 1: 3)")
+    parser.add_argument("--size", type=int, default=512, help="input height and width (the source design: 512)")
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the training slices (the source design: 3)")
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps; overrides --epochs when > 0")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per step (seed 1: 1000 on a GPU)")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per step (the source design: 1000 on a GPU)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument(
         "--lr-schedule",
@@ -884,12 +888,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1.0,
         help="weight of the pe_present_on_image loss against each exam head's (1: all equal)",
     )
-    parser.add_argument("--validation", type=float, default=0.2, help="fraction of studies held out (seed 1: 0.2)")
+    parser.add_argument(
+        "--validation", type=float, default=0.2, help="fraction of studies held out (the source design: 0.2)"
+    )
     parser.add_argument(
         "--freeze-backbone",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="train the head only (seed 1, with ImageNet weights); --no-freeze-backbone trains all",
+        help="train the head only (as the source design, with ImageNet weights); --no-freeze-backbone trains all",
     )
     parser.add_argument(
         "--max-slices-per-series",
@@ -922,7 +928,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("heads", "mirror"),
         default="heads",
         help="how the served model tells left from right (manifest postprocessing.location): 'heads', "
-        "its location heads (seed 1); 'mirror', the fall of the slice head when each half of the "
+        "its location heads (the source design); 'mirror', the fall of the slice head when each half of the "
         "chest is replaced by the other's mirror image (models.pe)",
     )
     parser.add_argument("--seed", type=int, default=1)
@@ -953,10 +959,8 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
     import tensorflow as tf
 
     if args.threads:
-        try:
+        with contextlib.suppress(RuntimeError):  # TensorFlow already initialised in this process
             tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        except RuntimeError:  # TensorFlow already initialised in this process
-            pass
     keras.utils.set_random_seed(args.seed)
     windows = _windows(args.windows)
     studies = read_rsna_labels(Path(args.data) / "train.csv")
@@ -975,7 +979,8 @@ def train(args: argparse.Namespace, progress: Any = None) -> tuple[dict[str, Any
         crop_body=args.crop == "body",
     )
     print(
-        f"{len(studies)} studies: training on {len(train_uids)} ({len(x)} slices, {int(y[:, PE_HEADS.index('pe_present_on_image')].sum())} "
+        f"{len(studies)} studies: training on {len(train_uids)} ({len(x)} slices, "
+        f"{int(y[:, PE_HEADS.index('pe_present_on_image')].sum())} "
         f"with PE), validating on {len(val_uids)}",
         flush=True,
     )
@@ -1073,8 +1078,8 @@ def finish(
     out = Path(args.out)
     onnx_path = out / "model.onnx"
     description = (
-        "Pulmonary embolism on CT pulmonary angiography (seed 1 design: Xception, nine heads, three CT windows)"
-        + ("; DEMO weights trained on synthetic CTPA phantoms, not for clinical use" if args.demo else "")
+        "Pulmonary embolism on CT pulmonary angiography (the RSNA-PE Xception design: Xception, nine heads, three CT "
+        "windows)" + ("; DEMO weights trained on synthetic CTPA phantoms, not for clinical use" if args.demo else "")
     )
     postprocessing = {**dict(getattr(args, "postprocessing", None) or {}), "location": args.location}
     manifest = write_manifest(
@@ -1129,14 +1134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Parameters of the demo weights (``ainode-train build-demo``); part of the recipe hash.
 #: demo-3 against demo-2 (600 steps, whole slice, constant rate, location heads on every slice), on 16 + 16
-#: fresh phantom pairs (seeds 2500-2515): 23/32 exams right (15/16 with a clot, 8/16 without) against 18/32
+#: fresh phantom pairs (phantom seeds 2500-2515): 23/32 exams right (15/16 with a clot, 8/16 without) against 18/32
 #: (6/16, 12/16). The body crop gives the clot about 1.2x more pixels at 128 px; the cosine decay settles the
 #: fit over 2400 steps; location heads taught on clot slices only call the side from the clot.
 #: demo-5 = demo-3 with batches drawn across patients (patient_batches False). demo-3's batches each held one
 #: patient's slices, so batch norm trained on per-patient statistics and the served model (population
 #: statistics) read a low contrast level as a clot: every clot-free phantom of contrast 300-340 HU, fresh
 #: or from its own training set, was called positive (0.99), none above 340 HU. On 32 + 32 fresh pairs
-#: (seeds 2500-2531) demo-5 calls 32/32 clot-free exams negative (demo-3: 19/32) and 26/32 with a clot
+#: (phantom seeds 2500-2531) demo-5 calls 32/32 clot-free exams negative (demo-3: 19/32) and 26/32 with a clot
 #: positive (demo-3: 29/32); exam AUC 0.95 (demo-3: 0.79).
 DEMO_PARAMS: dict[str, Any] = {
     "studies": 160,
@@ -1297,7 +1302,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: _Progress, quick: bool) 
     """Demo recipe ``ct-pe``: phantoms in RSNA-PE layout → :func:`train` → ``out_dir/ct-pe``.
 
     The same training code as real data, at a small input size (128; the manifest records it)
-    and with the backbone trained too: seed 1 freezes an ImageNet-trained Xception, and no
+    and with the backbone trained too: the source design freezes an ImageNet-trained Xception, and no
     ImageNet weights are available here, so a frozen random backbone would learn nothing.
     The exam threshold (that of ``pe_present_on_image``) is then chosen on fresh whole-series
     phantoms (:func:`calibrate_on_phantoms`) and written into the manifest and the model card.

@@ -1,6 +1,6 @@
-"""Train seed 5's frontal/lateral view filter and export it as ONNX with its manifest.
+"""Train the MIMIC-CXR view-filter design's frontal/lateral view filter and export it as ONNX with its manifest.
 
-Architecture (exactly seed 5's, one grey channel): 64×64×1 input; Conv2D 3×3 with
+Architecture (exactly the source design's, one grey channel): 64×64×1 input; Conv2D 3×3 with
 16, 32, 64 and 128 filters (valid padding, ReLU), 2×2 max-pooling after the first
 three, 4×4 average pooling, flatten, Dense 64 ReLU, Dense 1 sigmoid = P(lateral);
 105,473 parameters. Binary cross-entropy, RMSprop, batch 32, 1,000 steps by
@@ -11,8 +11,8 @@ is drawn from a group with probability proportional to the square root of the
 group's size (``--balance sqrt-sampling``: about 0.60 adult, 0.30 pediatric, 0.10
 lateral), uniformly within the group; ``--balance sampling`` draws the groups with
 equal probability, ``--balance weights`` weights each group's images inversely to
-the group's size. Of these, sqrt-sampling met issue 19's bar on the most seeds. About 20 % of each group's patients are held out
-(``training.data``).
+the group's size. Of these, sqrt-sampling met issue 19's bar on the most random seeds. About 20 % of each
+group's patients are held out (``training.data``).
 
 Usage::
 
@@ -30,7 +30,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +37,20 @@ import numpy as np
 
 from models.manifest import manifest_from_mapping, sha256_file
 from models.preprocess.radiograph import grey_png_to_input
-from training.card import write_model_card
-from training.data import CLASSES, IMAGE_GROUPS, Sample, image_group, list_samples, patient_groups, split_by_patient
+from training.card import TrainResult, write_model_card
+from training.data import CLASSES, IMAGE_GROUPS, Sample, list_samples, patient_groups, split_by_patient
 
 __all__ = ["EXPECTED_PARAMETERS", "INPUT_SIZE", "build_model", "export_onnx", "main", "TrainResult"]
 
 INPUT_SIZE = 64
-EXPECTED_PARAMETERS = 105_473  # seed 5: 105,761 with 3 channels, 105,473 with one
+EXPECTED_PARAMETERS = 105_473  # the source design: 105,761 with 3 channels, 105,473 with one
 MODEL_NAME = "cxr-view-filter"
 BALANCE_MODES = ("sampling", "sqrt-sampling", "weights")
 ONNX_INPUT_NAME = "image"
 
 
 def build_model() -> Any:
-    """Seed 5's CNN as a Keras model (input N×64×64×1, output N×1 = P(lateral))."""
+    """The source design's CNN as a Keras model (input N×64×64×1, output N×1 = P(lateral))."""
     import keras
     from keras import layers
 
@@ -74,7 +73,7 @@ def build_model() -> Any:
     )
     count = model.count_params()
     if count != EXPECTED_PARAMETERS:
-        raise AssertionError(f"view filter has {count} parameters, seed 5's design has {EXPECTED_PARAMETERS}")
+        raise AssertionError(f"view filter has {count} parameters, the source design has {EXPECTED_PARAMETERS}")
     return model
 
 
@@ -113,50 +112,13 @@ def export_onnx(model: Any, path: Path, opset: int = 17) -> None:
     export_image_model(model, path, input_name=ONNX_INPUT_NAME, output_name="lateral", opset=opset)
 
 
-@dataclass
-class TrainResult:
-    """Figures of one training run (written to the model card and printed)."""
-
-    holdout_files: list[str]
-    holdout_labels: list[int]
-    holdout_probabilities: list[float]
-    total_counts: tuple[int, int]
-    total_group_counts: dict[str, int]
-    nih_frontals: int
-    train_counts: tuple[int, int]
-    train_group_counts: dict[str, int]
-    balance: str
-    group_shares: dict[str, float]
-    train_patients: int
-    holdout_patients: int
-    steps: int
-    seconds: float
-    onnx_max_abs_diff: float
-
-    def confusion(self) -> list[list[int]]:
-        """Rows = true class (frontal, lateral), columns = predicted class, at 0.5."""
-        matrix = [[0, 0], [0, 0]]
-        for label, p in zip(self.holdout_labels, self.holdout_probabilities, strict=False):
-            matrix[label][int(p >= 0.5)] += 1
-        return matrix
-
-    def group_accuracy(self) -> dict[str, tuple[int, int]]:
-        """(correct, held-out images) per image group present in the hold-out, at 0.5."""
-        tally: dict[str, list[int]] = {}
-        for path, label, p in zip(self.holdout_files, self.holdout_labels, self.holdout_probabilities, strict=False):
-            entry = tally.setdefault(image_group(path), [0, 0])
-            entry[0] += int(int(p >= 0.5) == label)
-            entry[1] += 1
-        return {g: (tally[g][0], tally[g][1]) for g in IMAGE_GROUPS if g in tally}
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ainode-train view-filter", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with frontal/ and lateral/ PNGs")
     parser.add_argument("--out", type=Path, required=True, help="folder to write model.onnx, model.json, card")
     parser.add_argument("--seed", type=int, default=5)
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--steps", type=int, default=None, help="training steps (default 1000, as seed 5)")
+    group.add_argument("--steps", type=int, default=None, help="training steps (default 1000, as the source design)")
     group.add_argument("--epochs", type=int, default=None, help="passes over the training images instead")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
@@ -283,9 +245,8 @@ def train(args: argparse.Namespace) -> TrainResult:
 def _write_outputs(args: argparse.Namespace, result: TrainResult, onnx_path: Path) -> None:
     out: Path = args.out
     (out / "holdout.txt").write_text(
-        "# Held-out images (by patient, seed %d), not used for training.\n"
+        f"# Held-out images (by patient, seed {args.seed}), not used for training.\n"
         "# path,true_view,p_lateral\n"
-        % args.seed
         + "".join(
             f"{f},{CLASSES[y]},{p:.4f}\n"
             for f, y, p in zip(result.holdout_files, result.holdout_labels, result.holdout_probabilities, strict=False)
@@ -310,7 +271,8 @@ def _write_outputs(args: argparse.Namespace, result: TrainResult, onnx_path: Pat
         },
         "manufacturer": "ainode",
         "demo": False,
-        "description": "Frontal vs lateral chest radiograph filter (seed 5 design); output = P(lateral).",
+        "description": "Frontal vs lateral chest radiograph filter (the MIMIC-CXR view-filter design); "
+        "output = P(lateral).",
         "licence": "Weights: non-commercial use only (inherited from CC BY-NC-SA / BY-NC-ND training images).",
         "card": "MODEL_CARD.md",
         "postprocessing": {"disagreement_probability": 0.9},

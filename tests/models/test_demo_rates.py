@@ -84,7 +84,8 @@ def lower(m: int, k: int, n: int) -> int:
 
 
 def upper(m: int, k: int, n: int) -> int:
-    """Most false positives among ``m`` that a model with the stated rate ``k``/``n`` stays under with probability ≥ 1 − α."""
+    """Most false positives among ``m`` that a model with the stated rate ``k``/``n`` stays under with probability
+    ≥ 1 − α."""
     p, above = _rate(k, n), 0.0
     for j in range(m, -1, -1):
         above += _pmf(m, p, j)

@@ -174,9 +174,11 @@ def readme_phrases() -> list[str]:
     lumbar = _evaluation(WEIGHTS / "ct-lumbar")
     assert f and d and p and lumbar
     phrases = [
-        f"present on {f['nodule_hits']} of {f['count']} fresh nodule phantoms, {f['clean_nodule']} of {f['count']} clean ones",
+        f"present on {f['nodule_hits']} of {f['count']} fresh nodule phantoms, {f['clean_nodule']} of {f['count']} "
+        "clean ones",
         f"calls {f['clean_any']} of {f['count']} clean phantoms positive for something",
-        f"boxes {d['nodule_hits']} of {d['count']} nodules (IoU ≥ 0.5; a box on {d['clean_any']} of {d['count']} clean phantoms)",
+        f"boxes {d['nodule_hits']} of {d['count']} nodules (IoU ≥ 0.5; a box on {d['clean_any']} of {d['count']} "
+        "clean phantoms)",
         f"calls {p['negatives_called_negative']} of {p['count']} fresh clot-free CTPA phantoms negative and "
         f"{p['positives_called_positive']} of {p['count']} with a clot positive",
     ]

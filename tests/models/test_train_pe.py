@@ -1,4 +1,4 @@
-"""Seed 1's PE model: architecture and parameter counts, ONNX export with float16 storage, the
+"""The RSNA-PE Xception design's PE model: architecture and parameter counts, ONNX export with float16 storage, the
 challenge's weighted log loss on a hand-computed case, and the training command end to end on a
 tiny RSNA-PE folder written here.
 """
@@ -44,7 +44,7 @@ from training.pe import (
 
 def test_seed_1_parameter_counts_and_head_order() -> None:
     model = build_model(512)
-    assert count_parameters(model) == (23_239_089, 2_377_609)  # seed 1: backbone frozen
+    assert count_parameters(model) == (23_239_089, 2_377_609)  # as the source design: backbone frozen
     assert count_parameters(build_model(512, freeze_backbone=False))[1] == 23_239_089 - 54_528  # BN statistics
     dense = [layer.name for layer in model.layers if type(layer).__name__ == "Dense"]
     assert dense == ["dense_1024", "dense_256", "dense_64", *PE_HEADS]

@@ -33,7 +33,7 @@ MIN_HELD_OUT = {"adult frontal": 250, "pediatric frontal": 60, "lateral": 7}
 
 
 def read_holdout(listing: Path) -> tuple[int, list[tuple[str, str, float]]]:
-    """The seed named in the listing's header and its (path, true view, P(lateral)) rows."""
+    """The random seed named in the listing's header and its (path, true view, P(lateral)) rows."""
     text = listing.read_text(encoding="utf-8")
     found = re.search(r"seed (\d+)", text.splitlines()[0])
     assert found, f"{listing} does not name its seed in the first line"
@@ -97,7 +97,7 @@ def test_listed_probabilities_are_the_shipped_weights(measured: Measured) -> Non
 
 
 def test_held_out_images_are_the_trainers_split_of_the_shared_data(measured: Measured) -> None:
-    """The listed images are exactly what the trainer holds out for the seed, so none was trained on."""
+    """The listed images are exactly what the trainer holds out for that random seed, so none was trained on."""
     seed, rows = measured.seed, measured.rows
     data = cxr_view_dir()
     samples = list_samples(data)

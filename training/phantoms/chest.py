@@ -23,7 +23,7 @@ Atelectasis               a plate-like band opacity in a lower zone
 ========================  ==========================================================
 
 Each localisable finding has a box in pixel coordinates ``(x_min, y_min, x_max,
-y_max)`` (inclusive-exclusive, columns then rows) around what was drawn. Seed 4's
+y_max)`` (inclusive-exclusive, columns then rows) around what was drawn. The four-class design's
 four classes are drawn as **caricatures meant only to give demo weights something
 to learn, not as medicine**: ``pneumonia`` = lobar consolidation (labels Pneumonia,
 Consolidation), ``covid19`` = bilateral peripheral ground-glass patches (label
@@ -89,7 +89,7 @@ FINDINGS = (
 """The findings :func:`chest_phantom` can plant (a subset of :data:`NIH_LABELS`)."""
 
 FOUR_CLASSES = ("covid19", "normal", "pneumonia", "tuberculosis")
-"""Seed 4's classes (see the module docstring: caricatures for demo weights)."""
+"""The four-class design's classes (see the module docstring: caricatures for demo weights)."""
 
 DETECTOR_MM = 430.0
 _AIR, _SOFT, _LUNG, _HEART, _ABDOMEN = 0.05, 0.50, 0.24, 0.64, 0.56
@@ -127,7 +127,7 @@ class ChestPhantom:
     boxes : list of FindingBox
         One or more boxes per localisable finding.
     four_class : str
-        Seed 4's class: ``normal``, ``pneumonia``, ``covid19`` or ``tuberculosis``.
+        The four-class design's class: ``normal``, ``pneumonia``, ``covid19`` or ``tuberculosis``.
     cardiothoracic_ratio : float
         Widest heart shadow / widest inner thoracic width.
     thorax : tuple of int
@@ -137,7 +137,7 @@ class ChestPhantom:
     pixel_spacing_mm : float
         Spacing of rows and columns in mm at the detector.
     seed : int
-        The seed it was drawn from.
+        The random seed it was drawn from.
     """
 
     image: np.ndarray
@@ -451,7 +451,7 @@ def chest_phantom(
         Any of :data:`FINDINGS` (NIH ChestX-ray14 spelling, case-insensitive);
         ``"normal"`` or nothing for none.
     four_class : str
-        Seed 4's class to draw (a caricature, see the module docstring).
+        The four-class design's class to draw (a caricature, see the module docstring).
     size : int
         Rows and columns (at least 128); the image spans 43 cm.
 

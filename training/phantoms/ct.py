@@ -105,7 +105,7 @@ PE_EXAM_LABELS: tuple[str, ...] = (
 """RSNA-PE exam labels (the same names as ``core.findings.PE_EXAM_LABELS``)."""
 
 LEVELS: tuple[str, ...] = ("T", "L1", "L2", "L3", "L4", "L5", "S")
-"""Seed 3's classes, cranial → caudal (as ``core.findings.LUMBAR_LEVELS``)."""
+"""The lumbar-level design's classes, cranial → caudal (as ``core.findings.LUMBAR_LEVELS``)."""
 
 NOISE_SD_HU = 12.0
 """Standard deviation of the Gaussian noise; it is clipped at ±3σ (36 HU)."""
@@ -308,7 +308,7 @@ class CtPhantom:
     z_top_mm : float
         Patient z of slice 0; slice k is at ``z_top_mm - k * spacing_z``.
     seed : int
-        The seed it was drawn from.
+        The random seed it was drawn from.
     truth : dict
         Ground truth; keys per phantom in :func:`ctpa_phantom` and :func:`abdomen_phantom`.
         :meth:`write_series` adds ``sop_uids`` (volume order), ``study_uid``, ``series_uid``
@@ -924,7 +924,7 @@ def abdomen_phantom(
     CtPhantom
         ``truth`` keys: ``levels`` (one of :data:`LEVELS` per slice, volume order: T first),
         ``level_ranges`` (level → [first, last] volume indices), ``disc`` (per slice: its
-        centre lies in an intervertebral disc above S1; seed 3 left such slices out of
+        centre lies in an intervertebral disc above S1; the lumbar-level design left such slices out of
         its data set), ``l3_index`` (the slice
         nearest the middle of the L3 body, which is also the middle of the L3 run since
         discs split halfway), ``areas_cm2`` (``muscle``, ``subcutaneous_fat``,

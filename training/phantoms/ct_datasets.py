@@ -1,13 +1,13 @@
 """Tiny data sets in the public training formats, drawn from the CT phantoms.
 
-- :func:`write_rsna_pe`: the RSNA STR Pulmonary Embolism Detection layout (seed 1):
+- :func:`write_rsna_pe`: the RSNA STR Pulmonary Embolism Detection layout (the RSNA-PE Xception design):
   ``train.csv`` with the challenge's columns in its order (:data:`RSNA_PE_COLUMNS`), one
   row per image with the exam labels repeated on every row of the exam, and the DICOM
   tree ``train/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
-- :func:`write_lumbar_folders`: seed 3's folder layout ``train|test/<class>/<image>.png``,
+- :func:`write_lumbar_folders`: the lumbar-level design's folder layout ``train|test/<class>/<image>.png``,
   one folder per class ``T, L1..L5, S``, 8-bit grey PNGs of the abdominal window
   :data:`LUMBAR_PNG_WINDOW` (HU → ``round(clip((HU - (c - w/2)) / w, 0, 1) * 255)``, see
-  :func:`window_to_uint8`). Like the seed's data set, disc slices are left out unless asked.
+  :func:`window_to_uint8`). Like the source design's data set, disc slices are left out unless asked.
 
 Everything is a deterministic function of the arguments (UIDs included), so a test can
 write a data set twice and compare.
@@ -164,7 +164,7 @@ def write_lumbar_folders(
     test_fraction: float = 0.25,
     include_discs: bool = False,
 ) -> Path:
-    """Write a tiny lumbar-level data set in seed 3's folder layout.
+    """Write a tiny lumbar-level data set in the lumbar-level design's folder layout.
 
     Parameters
     ----------
@@ -184,7 +184,7 @@ def write_lumbar_folders(
         Share of the series written to ``test``.
     include_discs : bool
         Also write the slices through intervertebral discs (labelled with the nearer
-        body's level); seed 3 left them out.
+        body's level); the lumbar-level design left them out.
 
     Returns
     -------

@@ -19,7 +19,7 @@ Position``, ``OriginalImage[Width``, ``Height]``, ``OriginalImagePixelSpacing[x`
 8-bit grey PNGs, 255 = dense (bone white), as NIH's.
 
 Four-class folders (:func:`write_four_class_dataset`), the layout of the Kaggle set
-"Chest X-Ray (Pneumonia, Covid-19, Tuberculosis)" used by seed 4::
+"Chest X-Ray (Pneumonia, Covid-19, Tuberculosis)" used by the four-class design::
 
     ROOT/train/COVID19/*.png  ROOT/train/NORMAL/  ROOT/train/PNEUMONIA/  ROOT/train/TUBERCULOSIS/
     ROOT/val/...              ROOT/test/...
@@ -164,7 +164,7 @@ def write_nih_dataset(
     cannot tell a nodule from the anatomy it sits on by memorising the patient). An image is normal with
     probability ``normal_fraction``; otherwise it holds one finding (two with
     probability 0.3) drawn from :data:`training.phantoms.chest.FINDINGS`, nodules
-    twice as often as the others; a ``pneumonia_fraction`` of images get seed 4's
+    twice as often as the others; a ``pneumonia_fraction`` of images get the four-class design's
     pneumonia pattern (labels Pneumonia and Consolidation). ``Finding Labels`` is
     the phantom's ground truth, sorted, joined by ``|``.
 
