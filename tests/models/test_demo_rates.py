@@ -1,6 +1,6 @@
 """The demo models' rates on small fresh sets, at the levels the README and the cards state (issue 21).
 
-The stated rates are those in ``weights/*/evaluation.json`` (``ainode models evaluate NAME``;
+The stated rates are those in ``weights/*/evaluation.json`` (``ainode-train evaluate NAME``;
 ``tests/models/test_model_cards.py`` checks that the cards and the README's "Limits (today)"
 say exactly those). Here the same serving code runs on smaller sets drawn from other seeds
 (:data:`CHEST_NODULE`, :data:`CHEST_CLEAN`, :data:`CTPA`, :data:`ABDOMEN`: disjoint from the
