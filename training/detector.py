@@ -85,7 +85,8 @@ IOU = 0.45
 MAX_DETECTIONS = 20
 LETTERBOX_PAD = 114
 _PROGRESS = "@@progress"
-_REPO = Path(__file__).resolve().parents[2]
+_ROOT = Path(__file__).resolve().parents[1]
+"""The folder that holds the ``training`` package (the checkout): the demo child process runs from it."""
 
 DEMO: dict[str, Any] = {
     "images": 400,
@@ -760,7 +761,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -
     ] + (["--quick"] if quick else [])
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")])),
         PYTHONUNBUFFERED="1",
     )
     tail: list[str] = []
@@ -768,7 +769,7 @@ def build_demo(out_dir: Path, work_dir: Path, progress: Progress, quick: bool) -
         open(log_path, "w", encoding="utf-8") as log,
         subprocess.Popen(
             command,
-            cwd=_REPO,
+            cwd=_ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
