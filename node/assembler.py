@@ -3,7 +3,9 @@
 The receiver sets each series' ``ready_at`` to the time of its last instance
 plus the quiet period of its modality (``quiet_period`` in node.yaml). This
 loop picks stable series, reads one instance's header, asks the router which
-pipeline (if any) should analyse it, and records a queued job. Our own result
+pipeline (if any) should analyse it, and records a queued job. The header is
+the one the receiver recorded (``Instance.header``, see
+:func:`node.router.routing_tags`); the file is read only when none was. Our own result
 objects and other nodes' SR/SEG/PR/KO are marked ignored, never analysed.
 
 A series re-sent unchanged after it was scheduled (``Series.resend_pending``,
@@ -19,14 +21,15 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import pydicom
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from node.audit import audit_row
 from node.background import BackgroundLoop
 from node.db import AuditKind, Database, Instance, Job, JobState, Series, SeriesState, utcnow
+from node.dicomheader import read_header, recorded_dataset
 from node.idempotency import file_digest, series_fingerprint
-from node.router import RoutingConfig, is_own_or_result_object, route
+from node.router import RoutingConfig, is_own_or_result_object, route, routing_tags
 
 log = logging.getLogger("ainode.assembler")
 
@@ -70,6 +73,7 @@ class Assembler(BackgroundLoop):
         super().__init__("ainode-assembler", log)
         self.db = db
         self.routing = routing
+        self.routing_tags = routing_tags(routing)
         self.enabled = enabled
         self.disabled = dict(disabled)
         self.default_destinations = list(default_destinations)
@@ -104,16 +108,18 @@ class Assembler(BackgroundLoop):
             if series.state != SeriesState.RECEIVING and not resend:
                 return 0
             series.resend_pending = False
-            path = session.scalar(
-                select(Instance.path)
+            first = session.execute(
+                select(Instance.path, Instance.header)
                 .where(Instance.series_uid == series.series_uid, Instance.purged_at.is_(None))
                 .order_by(Instance.id)
                 .limit(1)
-            )
+            ).first()
             try:
-                if path is None:
+                if first is None:
                     raise FileNotFoundError("the series has no recorded instance")
-                header = pydicom.dcmread(path, stop_before_pixels=True)
+                header = recorded_dataset(first.header, self.routing_tags)
+                if header is None:
+                    header = read_header(Path(first.path))
             except Exception as exc:
                 series.state = SeriesState.UNROUTED
                 series.note = f"header unreadable: {exc}"
@@ -216,7 +222,7 @@ class Assembler(BackgroundLoop):
             return False
         return latest.analysis_key == key or not self.reanalyse_on_change
 
-    def _record_resend(self, session, series: Series, latest: Job) -> None:  # type: ignore[no-untyped-def]
+    def _record_resend(self, session: Session, series: Series, latest: Job) -> None:
         """An unchanged re-send: back to the state of the analysis that covers it; audited, nothing queued."""
         count = series.resent_instances or series.instance_count
         series.resent_instances = 0

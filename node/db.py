@@ -52,7 +52,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class SeriesState(str, enum.Enum):
+class SeriesState(str, enum.Enum):  # noqa: UP042 (StrEnum changes str() and format() of the members)
     RECEIVING = "receiving"  # instances arriving; analysed after the quiet period
     QUEUED = "queued"  # a job was created
     DONE = "done"  # the latest job finished (or failed: see the job)
@@ -60,14 +60,14 @@ class SeriesState(str, enum.Enum):
     UNROUTED = "unrouted"  # no routing rule matched
 
 
-class JobState(str, enum.Enum):
+class JobState(str, enum.Enum):  # noqa: UP042 (StrEnum changes str() and format() of the members)
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
 
 
-class DeliveryState(str, enum.Enum):
+class DeliveryState(str, enum.Enum):  # noqa: UP042 (StrEnum changes str() and format() of the members)
     PENDING = "pending"
     SENDING = "sending"
     DONE = "done"
@@ -130,6 +130,10 @@ class Instance(Base):
     # When retention removed the file (``node.retention``); the row stays for the audit trail. Cleared
     # when the instance is received again (the file is then back).
     purged_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The attributes routing reads (:func:`node.router.routing_tags`), as received, recorded by the receiver
+    # for an instance that opens or re-opens a series (:func:`node.dicomheader.record_elements`), so that the
+    # assembler routes without reading the file; ``None``: not recorded (the assembler reads the file).
+    header: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Job(Base):
@@ -191,7 +195,7 @@ class Delivery(Base):
     first_failed_at: Mapped[float | None] = mapped_column(Float, default=None)
 
 
-class AuditKind(str, enum.Enum):
+class AuditKind(str, enum.Enum):  # noqa: UP042 (StrEnum changes str() and format() of the members)
     RECEIVED = "received"  # one row per association and study
     ASSOCIATION_REJECTED = "association_rejected"
     JOB_DONE = "job_done"

@@ -1,4 +1,4 @@
-"""Read the few attributes the receiver needs straight from a data set's bytes.
+"""How the node reads DICOM headers: from a received data set's bytes, or from a file.
 
 The receiver must know a new instance's Study and Series Instance UIDs and
 Modality before it can file it (PS3.4 B.2.3: acknowledge only once
@@ -6,15 +6,41 @@ durable), and it must not decode the rest. pydicom walks every element
 header even with ``specific_tags``; this scanner walks only the top level up
 to group 0x0020 and skips sequences by their length (or their delimiters
 when undefined, PS3.5 7.5), which is a few microseconds for any header.
+:func:`parse_header` is pydicom's reading of the same bytes, for what the
+scanner declines.
+
+The same walk records, at receive, the elements routing reads of a series'
+first instance (:func:`record_elements`, kept in ``Instance.header``), so that
+the assembler routes without opening the file again (:func:`recorded_dataset`).
 
 Only little-endian data sets (implicit or explicit VR, PS3.5 A.1/A.2) are
 scanned; anything else (big endian, deflated, a malformed header) returns
 ``None`` so the caller falls back to pydicom.
+
+Files are read with :func:`read_file` / :func:`read_header`:
+:func:`core.dicomfile.read_dataset` (old files read the same way everywhere),
+its :class:`core.errors.UnreadableDicom` raised as :class:`node.errors.InputError`
+with the same words.
 """
 
 from __future__ import annotations
 
+import base64
 import struct
+from collections.abc import Collection, Mapping
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from core.dicomfile import read_dataset
+from core.errors import UnreadableDicom
+from node.errors import InputError
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
@@ -27,7 +53,13 @@ WANTED = {
     (0x0020, 0x000D): "StudyInstanceUID",
     (0x0020, 0x000E): "SeriesInstanceUID",
 }
+_WANTED_TAGS = frozenset(group << 16 | element for group, element in WANTED)
 _LAST_GROUP = 0x0020
+#: Where pydicom's ``stop_before_pixels`` stops (Float, Double Float and Pixel Data): never recorded.
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_SPECIFIC_CHARACTER_SET = 0x00080005
+#: What a value of an ambiguous VR (``US or SS``, ``OB or OW``) is resolved from (PS3.5 A.1 c, PS3.3 C.7.6.3).
+_PIXEL_DESCRIPTION = (0x00280100, 0x00280101, 0x00280103)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xE000, 0xE00D, 0xE0DD
@@ -65,6 +97,109 @@ def read_identifiers(data: bytes | memoryview) -> dict[str, str] | None:
 
     Missing attributes are simply absent from the result.
     """
+    scanned = _scan_top_level(data, _WANTED_TAGS, _LAST_GROUP)
+    if scanned is None:
+        return None
+    _implicit, spans = scanned
+    found: dict[str, str] = {}
+    for tag, (_vr, value_at, length) in spans.items():
+        raw = bytes(data[value_at : value_at + length])
+        found[WANTED[(tag >> 16, tag & 0xFFFF)]] = raw.rstrip(b"\x00 ").decode("ascii", "replace").strip()
+    return found
+
+
+def parse_header(data: bytes | memoryview, tags: Collection[str]) -> Dataset:
+    """pydicom's reading of ``tags`` (keywords) of a Part 10 byte string, pixels left unread.
+
+    For the data sets :func:`read_identifiers` declines (big endian, deflated, malformed or
+    missing a UID). Raises pydicom's errors (``InvalidDicomError``, ``ValueError``, ...).
+    """
+    return pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=list(tags))
+
+
+def record_elements(data: bytes | memoryview, tags: Collection[int]) -> dict[str, Any] | None:
+    """The top-level elements ``tags`` of a Part 10 byte string as received, JSON-ready, or ``None``.
+
+    Their values are kept as encoded (VR and bytes), so that :func:`recorded_dataset` gives the values a
+    header read of the file gives, whatever the VR; Specific Character Set, the private creators of
+    private tags and the pixel description of an ambiguous VR come along. ``None`` when the data set
+    cannot be scanned here (the caller then reads the file).
+    """
+    wanted = set(tags) | {_SPECIFIC_CHARACTER_SET}
+    for tag in tags:
+        if tag >> 16 & 1:  # private: its creator says what it is
+            wanted.add((tag >> 16) << 16 | (tag & 0xFFFF) >> 8)
+        elif _ambiguous_vr(tag):
+            wanted.update(_PIXEL_DESCRIPTION)
+    scanned = _scan_top_level(data, frozenset(wanted), max(tag >> 16 for tag in wanted))
+    if scanned is None:
+        return None
+    implicit, spans = scanned
+    elements: dict[str, list[str]] = {}
+    for tag, (vr, value_at, length) in sorted(spans.items()):
+        if length == _UNDEFINED_SPAN:
+            return None  # a VR that pydicom reads differently from a sequence: leave it to pydicom
+        value = base64.b64encode(bytes(data[value_at : value_at + length])).decode("ascii")
+        elements[f"{tag:08X}"] = [vr, value]
+    return {"tags": [f"{tag:08X}" for tag in sorted(tags)], "implicit": implicit, "elements": elements}
+
+
+def recorded_dataset(recorded: Mapping[str, Any] | None, tags: Collection[int]) -> Dataset | None:
+    """The data set of a :func:`record_elements` record, or ``None`` when it does not hold all ``tags``.
+
+    Its elements are decoded when read, as those of a file are.
+    """
+    if not recorded or not {f"{tag:08X}" for tag in tags} <= set(recorded.get("tags", ())):
+        return None
+    implicit = bool(recorded["implicit"])
+    ds = Dataset()
+    for key, (vr, value) in recorded["elements"].items():
+        tag = Tag(int(key, 16))
+        raw = base64.b64decode(value)
+        ds[tag] = RawDataElement(tag, vr or None, len(raw), raw, 0, implicit, True)
+    return ds
+
+
+def read_file(path: Path | str, *, header_only: bool = False, defer_size: int | str | None = None) -> Dataset:
+    """A DICOM file read by :func:`core.dicomfile.read_dataset`.
+
+    Raises
+    ------
+    InputError
+        The file cannot be read or is not DICOM, in :class:`core.errors.UnreadableDicom`'s words.
+    """
+    try:
+        return read_dataset(path, header_only=header_only, defer_size=defer_size)
+    except UnreadableDicom as exc:
+        raise InputError(exc.reason) from exc
+
+
+def read_header(path: Path | str) -> Dataset:
+    """A DICOM file's attributes without pixel data (PS3.10), pre-PS3.10 files too; see :func:`read_file`.
+
+    Raises
+    ------
+    InputError
+        The file cannot be read or is not DICOM.
+    """
+    return read_file(path, header_only=True)
+
+
+def _ambiguous_vr(tag: int) -> bool:
+    try:
+        return " or " in dictionary_VR(tag)
+    except KeyError:
+        return False
+
+
+#: The length recorded for an undefined-length element that is not a sequence.
+_UNDEFINED_SPAN = -1
+
+
+def _scan_top_level(
+    data: bytes | memoryview, wanted: frozenset[int], last_group: int
+) -> tuple[bool, dict[int, tuple[str, int, int]]] | None:
+    """(implicit VR?, tag -> (VR, value offset, value length)) of the wanted top-level elements, or ``None``."""
     located = dataset_offset(data)
     if located is None:
         return None
@@ -72,12 +207,12 @@ def read_identifiers(data: bytes | memoryview) -> dict[str, str] | None:
     if syntax in (EXPLICIT_VR_BE, DEFLATED):
         return None
     implicit = syntax == IMPLICIT_VR_LE
-    found: dict[str, str] = {}
+    spans: dict[int, tuple[str, int, int]] = {}
     try:
-        _scan(data, pos, len(data), implicit, found, top=True)
+        _scan(data, pos, len(data), implicit, spans, wanted, last_group)
     except (_Malformed, struct.error):
         return None
-    return found
+    return implicit, spans
 
 
 def _header(data: bytes | memoryview, pos: int, implicit: bool) -> tuple[int, int, bytes, int, int]:
@@ -93,25 +228,42 @@ def _header(data: bytes | memoryview, pos: int, implicit: bool) -> tuple[int, in
     return group, element, vr, struct.unpack_from("<H", data, pos + 6)[0], pos + 8
 
 
-def _scan(data: bytes | memoryview, pos: int, end: int, implicit: bool, found: dict[str, str], top: bool) -> int:
-    """Walk elements from ``pos``; return where the walk stopped (a delimiter's end, or ``end``)."""
+def _scan(
+    data: bytes | memoryview,
+    pos: int,
+    end: int,
+    implicit: bool,
+    spans: dict[int, tuple[str, int, int]] | None,
+    wanted: frozenset[int] = frozenset(),
+    last_group: int = _LAST_GROUP,
+) -> int:
+    """Walk elements from ``pos``; return where the walk stopped (a delimiter's end, or ``end``).
+
+    At the top level (``spans`` given) the walk stops before group ``last_group + 1`` or the pixel data
+    and records where each ``wanted`` element's value is; inside sequence items it only walks.
+    """
+    top = spans is not None
     while pos + 8 <= end:
         group, element, vr, length, value_at = _header(data, pos, implicit)
         if group == 0xFFFE and element in (_ITEM_END, _SEQ_END):
             return value_at
-        if top and group > _LAST_GROUP:
+        tag = group << 16 | element
+        if top and (group > last_group or tag in _PIXEL_TAGS):
             return pos
         if length == _UNDEFINED:
             # A sequence (or encapsulated data) of undefined length: walk its items to the delimiter.
             if not (vr in (b"SQ", b"UN", b"") or implicit):
                 raise _Malformed("undefined length outside a sequence")
-            pos = _skip_items(data, value_at, end, implicit)
+            after = _skip_items(data, value_at, end, implicit)
+            if spans is not None and tag in wanted:
+                # Recorded as a sequence of the items' length (pydicom reads an implicit VR one as SQ too).
+                spans[tag] = ("SQ", value_at, after - 8 - value_at) if vr != b"UN" else ("UN", 0, _UNDEFINED_SPAN)
+            pos = after
             continue
         if value_at + length > end:
             raise _Malformed("element runs past the end")
-        if top and (group, element) in WANTED:
-            raw = bytes(data[value_at : value_at + length])
-            found[WANTED[(group, element)]] = raw.rstrip(b"\x00 ").decode("ascii", "replace").strip()
+        if spans is not None and tag in wanted:
+            spans[tag] = (vr.decode("ascii"), value_at, length)
         pos = value_at + length
     return pos
 
@@ -126,8 +278,5 @@ def _skip_items(data: bytes | memoryview, pos: int, end: int, implicit: bool) ->
             return pos + 8
         if element != _ITEM:
             raise _Malformed("unexpected delimiter")
-        if length == _UNDEFINED:
-            pos = _scan(data, pos + 8, end, implicit, {}, top=False)
-        else:
-            pos = pos + 8 + length
+        pos = _scan(data, pos + 8, end, implicit, None) if length == _UNDEFINED else pos + 8 + length
     raise _Malformed("sequence without a delimiter")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import pydicom
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from core.sop import result_kind
 from node.audit import audit_row, model_versions
@@ -40,6 +41,7 @@ from node.db import (
     rowcount,
     utcnow,
 )
+from node.dicomheader import read_header
 from node.errors import InputError
 from node.logs import bind_log_context, log_context, read_patient_values, redact
 from node.pipelines import Pipeline, PipelineOutput
@@ -143,8 +145,8 @@ def _run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None
     predecessors = []
     for path in predecessor_paths:
         try:
-            predecessors.append(pydicom.dcmread(path, stop_before_pixels=True))
-        except (OSError, ValueError) as exc:
+            predecessors.append(read_header(path))
+        except InputError as exc:
             log.warning("job %s: earlier result %s unreadable, not referenced: %s", job.id, path.name, exc)
     try:
         output = pipeline.analyse(job.study_uid, job.series_uid, paths, predecessors)
@@ -227,15 +229,15 @@ def _finish(db: Database, job: Job, error: str) -> None:
 
 
 def _mark_finished(
-    session,
+    session: Session,
     job: Job,
     *,
     error: str | None,
     summary: str | None,
-    warnings: list[str],  # type: ignore[no-untyped-def]
+    warnings: list[str],
     models: str | None = None,
 ) -> None:
-    row = session.get(Job, job.id)
+    row = session.get_one(Job, job.id)
     row.state = JobState.FAILED if error else JobState.DONE
     row.error = error if error else (redact("; ".join(warnings)) or None)
     row.summary = summary if summary is None else redact(summary)

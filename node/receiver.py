@@ -13,19 +13,19 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from io import BytesIO
+from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from core import status
 from dimse.scp import StoreRequest
 from node.db import Database, Instance, Series, SeriesState, Study, retry_locked, utcnow
-from node.dicomheader import read_identifiers
+from node.dicomheader import parse_header, read_identifiers, record_elements
 from node.errors import InputError, StorageError, StorageFull
 from node.logs import bind_log_context, log_context
 from node.settings import Settings
@@ -65,6 +65,10 @@ class Receiver:
         Called after each C-STORE with the request, its study UID (``None``
         when unreadable) and the status answered: metrics and audit counts,
         in memory only.
+    header_tags : collection of int, optional
+        The attributes routing reads (:func:`node.router.routing_tags`): recorded
+        as received (``Instance.header``) for an instance that opens or re-opens
+        a series, so that the assembler need not read its file. None: not recorded.
     """
 
     def __init__(
@@ -74,8 +78,10 @@ class Receiver:
         spool: Spool,
         on_stored: Callable[[], None] | None = None,
         on_instance: Callable[[StoreRequest, str | None, int], None] | None = None,
+        header_tags: Collection[int] | None = None,
     ) -> None:
         self.settings = settings
+        self.header_tags = frozenset(header_tags or ())
         self.db = db
         self.spool = spool
         self.on_stored = on_stored
@@ -121,7 +127,7 @@ class Receiver:
         try:
             ds: Any = read_identifiers(request.data)  # microseconds; pydicom when the bytes need it
             if ds is None or not ds.keys() >= REQUIRED_TAGS:
-                ds = pydicom.dcmread(BytesIO(request.data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
+                ds = parse_header(request.data, HEADER_TAGS)
         except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, KeyError, OSError) as exc:
             raise InputError(f"unreadable data set: {exc}") from exc
         sop_uid = check_uid(request.sop_instance_uid, "SOPInstanceUID")
@@ -149,7 +155,7 @@ class Receiver:
                 continue
             try:
                 data = path.read_bytes()
-                ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
+                ds = parse_header(data, HEADER_TAGS)
                 meta = ds.file_meta
                 request = StoreRequest(
                     calling_ae="",
@@ -177,23 +183,25 @@ class Receiver:
     def _register(
         self,
         request: StoreRequest,
-        ds,
-        path,
+        ds: Any,
+        path: Path,
         study_uid: str,
         series_uid: str,
-        sop_uid: str,  # type: ignore[no-untyped-def]
+        sop_uid: str,
         modality: str | None,
     ) -> None:
         quiet = self.settings.quiet_seconds(modality)
-
-        def record() -> None:
-            with self.db.session() as session:
-                self._record(session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet)
-
         if self._record_fast(request, path, study_uid, series_uid, sop_uid, quiet):
             # Only pushes an existing deadline later: the assembler need not look again.
             log.debug("stored %s (series %s) from %s", sop_uid, series_uid, request.calling_ae)
             return
+        # A new or re-opened series, or an instance received again: the instance the assembler may route by.
+        header = record_elements(request.data, self.header_tags) if self.header_tags else None
+
+        def record() -> None:
+            with self.db.session() as session:
+                self._record(session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet, header)
+
         for attempt in range(3):
             try:
                 retry_locked(record)
@@ -209,10 +217,10 @@ class Receiver:
     def _record_fast(
         self,
         request: StoreRequest,
-        path,
+        path: Path,
         study_uid: str,
         series_uid: str,
-        sop_uid: str,  # type: ignore[no-untyped-def]
+        sop_uid: str,
         quiet: float,
     ) -> bool:
         """The common case in one short transaction: a new instance of a series still receiving.
@@ -250,7 +258,19 @@ class Receiver:
             raise
         return True
 
-    def _record(self, session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet) -> None:  # type: ignore[no-untyped-def]
+    def _record(
+        self,
+        session: Session,
+        request: StoreRequest,
+        ds: Any,
+        path: Path,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        modality: str | None,
+        quiet: float,
+        header: dict[str, Any] | None,
+    ) -> None:
         now = utcnow()
         if session.scalar(select(Study.id).where(Study.study_uid == study_uid)) is None:
             session.add(Study(study_uid=study_uid))
@@ -299,6 +319,7 @@ class Receiver:
                     size=len(request.data),
                     calling_ae=request.calling_ae,
                     peer_address=request.peer_address,
+                    header=header,
                 )
             )
             series.instance_count += 1
@@ -310,6 +331,7 @@ class Receiver:
             instance.transfer_syntax_uid = str(request.transfer_syntax_uid)
             instance.received_at = now
             instance.digest = content
+            instance.header = header
 
 
 def digest(data: bytes | memoryview) -> str:

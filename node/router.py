@@ -56,11 +56,9 @@ import difflib
 import re
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Annotated, Any
 
-import pydicom
 import yaml
 from pydantic import (
     BaseModel,
@@ -78,13 +76,13 @@ from pydantic import (
 )
 from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from core.identity import MANUFACTURER
 from core.sop import is_result_object
+from node.dicomheader import read_header
 from node.errors import ConfigError, InputError
 
 __all__ = [
@@ -104,6 +102,7 @@ __all__ = [
     "route",
     "is_own_or_result_object",
     "read_header",
+    "routing_tags",
     "format_route_table",
 ]
 
@@ -221,6 +220,10 @@ class AttributeCondition(BaseModel):
         if self.regex is not None:
             self._pattern = re.compile(self.regex)
 
+    def tags(self) -> set[int]:
+        """The attribute this condition reads."""
+        return {int(self._tag)}
+
     def matches(self, ds: Dataset) -> bool:
         values = _element_values(ds, self._tag)
         if self.present is not None:
@@ -246,6 +249,9 @@ class AllOf(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     all_: tuple[Condition, ...] = Field(alias="all", min_length=1)
 
+    def tags(self) -> set[int]:
+        return set().union(*(condition.tags() for condition in self.all_))
+
     def matches(self, ds: Dataset) -> bool:
         return all(condition.matches(ds) for condition in self.all_)
 
@@ -256,6 +262,9 @@ class AnyOf(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     any_: tuple[Condition, ...] = Field(alias="any", min_length=1)
 
+    def tags(self) -> set[int]:
+        return set().union(*(condition.tags() for condition in self.any_))
+
     def matches(self, ds: Dataset) -> bool:
         return any(condition.matches(ds) for condition in self.any_)
 
@@ -265,6 +274,9 @@ class NotCondition(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     not_: Condition = Field(alias="not")
+
+    def tags(self) -> set[int]:
+        return self.not_.tags()
 
     def matches(self, ds: Dataset) -> bool:
         return not self.not_.matches(ds)
@@ -457,6 +469,23 @@ def check_references(config: RoutingConfig, *, pipelines: Collection[str], desti
 
 # --- routing ----------------------------------------------------------------
 
+#: The attributes :func:`is_own_or_result_object` reads.
+LOOP_PREVENTION_TAGS = frozenset(
+    int(Tag(keyword)) for keyword in ("Modality", "SOPClassUID", "Manufacturer", "ContributingEquipmentSequence")
+)
+
+
+def routing_tags(config: RoutingConfig) -> frozenset[int]:
+    """Every attribute :func:`route` can read of an instance: loop prevention's and every rule's.
+
+    Disabled rules count too: one that would match is named in the reason. The receiver records these
+    at receive (``Instance.header``) so that the assembler routes without reading the file again.
+    """
+    tags = set(LOOP_PREVENTION_TAGS)
+    for rule in config.rules:
+        tags |= rule.match.tags()
+    return frozenset(tags)
+
 
 def is_own_or_result_object(ds: Dataset) -> str | None:
     """Say why an object must never be routed (loop prevention), or ``None``.
@@ -522,52 +551,6 @@ def route(ds: Dataset, config: RoutingConfig) -> RouteDecision:
         names = ", ".join(repr(name) for name in disabled)
         return RouteDecision(None, None, (), f"no enabled rule matched (disabled rule {names} would match)")
     return RouteDecision(None, None, (), "no rule matched")
-
-
-def read_header(path: Path) -> Dataset:
-    """Read a DICOM file's attributes without pixel data (PS3.10).
-
-    Files without the 128-byte preamble and ``DICM`` prefix (pre-PS3.10
-    files) are read too, provided they hold an SOP Class/Instance UID or a
-    Modality; anything else is not treated as DICOM.
-
-    Raises
-    ------
-    InputError
-        The file cannot be read or is not DICOM.
-    """
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        pass
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}") from exc
-    except Exception as exc:  # pydicom raises many types on corrupt files
-        raise InputError(f"not readable as DICOM: {exc}") from exc
-    unprefixed = preamble_restored(path)
-    if unprefixed is not None:
-        try:
-            return pydicom.dcmread(unprefixed, stop_before_pixels=True)
-        except Exception as exc:
-            raise InputError(f"not readable as DICOM: {exc}") from exc
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        if any(keyword in ds for keyword in ("SOPClassUID", "SOPInstanceUID", "Modality")):
-            return ds
-    except Exception as exc:
-        raise InputError(f"not a DICOM file ({type(exc).__name__}: {exc})") from exc
-    raise InputError("not a DICOM file (no DICM prefix and no SOP Class, SOP Instance or Modality)")
-
-
-def preamble_restored(path: Path) -> BytesIO | None:
-    """A file that starts with ``DICM`` (the 128-byte preamble left out, PS3.10 7.1), with a blank preamble put back.
-
-    Returns None for any other file.
-    """
-    with open(path, "rb") as fh:
-        if fh.read(4) != b"DICM":
-            return None
-        return BytesIO(b"\0" * 128 + b"DICM" + fh.read())
 
 
 def format_route_table(paths: Sequence[Path], config: RoutingConfig) -> tuple[str, int]:

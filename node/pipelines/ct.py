@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-import pydicom
 from pydicom import Dataset
 
 from models.errors import PreprocessError, SeriesError
 from models.preprocess.ct_series import SeriesPlan, plan_series
+from node.dicomheader import read_file
 from node.errors import InputError
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def plan_ct_series(paths: Sequence[Path], *, min_slices: int, pipeline: str) -> 
     for path in paths:
         try:
             # Large values (the pixels) are deferred, not read: the header and whether pixels exist.
-            ds = pydicom.dcmread(path, defer_size=4096)
+            ds = read_file(path, defer_size=4096)
         except Exception as exc:  # InvalidDicomError, OSError, struct errors on truncated files
             warnings.append(f"{Path(path).name}: unreadable ({exc})")
             continue

@@ -39,9 +39,12 @@ from node.pipelines.ct_pe import CtPePipeline
 from node.settings import DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE
 from sr_writer import SeriesParams, build_lumbar_report, build_pe_report, code
 from tests.helpers import assert_dciodvfy_clean
-from tests.node.test_ct_pipeline_units import UID_ROOT, tiny_registry  # noqa: F401  (a fixture)
+from tests.node import test_ct_pipeline_units
+from tests.node.test_ct_pipeline_units import UID_ROOT
 from tests.sr_writer.test_ct_objects import _evaluation, _groups, _texts, ct_series, headers, lumbar_result, pe_result
 from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
+
+tiny_registry = test_ct_pipeline_units.tiny_registry  # constant-output models, a fixture shared with the units
 
 # --------------------------------------------------------------------------- level maps
 
@@ -127,8 +130,8 @@ def test_a_lumbar_spine_too_short_in_total() -> None:
 
 
 def test_boundaries_between_evaluated_slices_give_the_benefit_of_the_doubt() -> None:
-    # L2 decoded over 3 slices (9 mm), but the model ran on none of the 10 slices around its middle: its boundaries lie somewhere
-    # between the evaluated slices around it, so it may be up to 33 mm: not called too short.
+    # L2 decoded over 3 slices (9 mm), but the model ran on none of the 10 slices around its middle: its boundaries
+    # lie somewhere between the evaluated slices around it, so it may be up to 33 mm: not called too short.
     hf = column({**ADULT, "L2": 9.0})
     start = hf.index("L2")
     evaluated = [i for i in range(len(hf)) if not start - 4 <= i <= start + 6] + [start + 1]
@@ -406,7 +409,7 @@ def test_demo_pe_on_a_chest_cut_to_its_lower_third_is_indeterminate(tmp_path: Pa
 def test_an_abdomen_sent_to_the_pe_pipeline_is_indeterminate(
     tiny_registry: ModelRegistry,
     abdomen: tuple[CtPhantom, list[Path]],
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     # The tiny PE model flags every slice: on an abdomen, that is impossible (this phantom's lung bases hold less
     # than 25 cm² of lung per slice: no lungs at all for the check).

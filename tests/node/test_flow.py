@@ -42,7 +42,7 @@ from node.errors import InputError
 from node.fakes import FakeDestination
 from node.pipelines import PipelineOutput
 from node.receiver import Receiver
-from node.router import load_routing
+from node.router import load_routing, routing_tags
 from node.settings import Settings
 from node.spool import Outbox, Spool
 
@@ -99,10 +99,10 @@ def parts(tmp_path: Path, db: Database):  # type: ignore[no-untyped-def]
     routing_file.write_text(ROUTING)
     spool = Spool(settings.spool_dir, settings.tmp_dir)
     outbox = Outbox(settings.outbox_dir, settings.tmp_dir)
-    receiver = Receiver(settings, db, spool)
-    assembler = Assembler(
-        db, load_routing(routing_file), {"fake"}, {"missing": "pipeline 'missing' disabled: weights absent"}, ["pacs"]
-    )
+    routing = load_routing(routing_file)
+    # As the service builds it: the receiver records what routing reads, the assembler routes by that.
+    receiver = Receiver(settings, db, spool, header_tags=routing_tags(routing))
+    assembler = Assembler(db, routing, {"fake"}, {"missing": "pipeline 'missing' disabled: weights absent"}, ["pacs"])
     destination = FakeDestination()
     dispatcher = dispatch.Dispatcher(settings, db, {"pacs": destination})
     return settings, receiver, assembler, outbox, dispatcher, destination
@@ -225,6 +225,44 @@ def test_routing_outcomes_are_recorded(db: Database, parts) -> None:  # type: ig
     with db.session() as s:
         audit = s.scalar(select(AuditEvent).where(AuditEvent.job_id == job.id))
     assert audit.kind == AuditKind.JOB_FAILED and "weights absent" in audit.message
+
+
+def test_the_assembler_routes_by_the_header_recorded_at_receive(db: Database, parts) -> None:  # type: ignore[no-untyped-def]
+    settings, receiver, assembler, outbox, dispatcher, destination = parts
+    study, ct, sr = generate_uid(), generate_uid(), generate_uid()
+    receiver(_instance(ct, study))
+    receiver(_instance(ct, study))
+    receiver(_instance(sr, study, Modality="SR"))
+    with db.session() as s:
+        instances = s.scalars(select(Instance).order_by(Instance.id)).all()
+    # The instance that opens a series carries the header; one added to a receiving series does not need it.
+    assert [i.header is not None for i in instances] == [True, False, True]
+    for instance in instances:
+        Path(instance.path).unlink()  # routing must not read the files
+    assembler.run_once()
+    with db.session() as s:
+        states = {r.series_uid: r for r in s.scalars(select(Series))}
+        job = s.scalar(select(Job).where(Job.series_uid == ct))
+    assert job.pipeline == "fake" and job.rule == "ct-anything"
+    assert states[sr].state == SeriesState.IGNORED and "SR" in states[sr].note
+
+
+def test_without_a_recorded_header_the_assembler_reads_the_file(db: Database, parts) -> None:  # type: ignore[no-untyped-def]
+    settings, receiver, assembler, outbox, dispatcher, destination = parts
+    readable, gone = generate_uid(), generate_uid()
+    receiver(_instance(readable, generate_uid()))
+    receiver(_instance(gone, generate_uid()))
+    with db.session() as s:
+        for instance in s.scalars(select(Instance)):
+            instance.header = None  # recorded by a version before headers
+            if instance.series_uid == gone:
+                Path(instance.path).unlink()
+    assembler.run_once()
+    with db.session() as s:
+        states = {r.series_uid: r for r in s.scalars(select(Series))}
+    assert states[readable].state == SeriesState.QUEUED
+    assert states[gone].state == SeriesState.UNROUTED
+    assert states[gone].note.startswith("header unreadable: cannot read: No such file or directory")
 
 
 def test_unreadable_or_unsafe_instances_are_refused(db: Database, parts) -> None:  # type: ignore[no-untyped-def]

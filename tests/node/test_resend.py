@@ -23,7 +23,10 @@ from node.errors import InputError
 from node.idempotency import analysis_key, series_fingerprint
 from node.receiver import Receiver
 from node.router import load_routing
-from tests.node.test_flow import ROUTING, TinyPipeline, _instance, _run_all_jobs, parts  # noqa: F401 (a fixture)
+from tests.node import test_flow
+from tests.node.test_flow import ROUTING, TinyPipeline, _instance, _run_all_jobs
+
+parts = test_flow.parts  # the state machine's parts, a fixture shared with test_flow
 
 
 def _counts(database: Database) -> tuple[int, int]:
