@@ -18,7 +18,7 @@ from typing import TextIO
 
 from core.table import format_table
 from node.errors import ConfigError, InputError, NodeError
-from node.pipelines import Pipeline
+from node.pipelines import Pipeline, build_pipeline
 from node.router import is_own_or_result_object, load_routing, read_header, route
 from node.settings import Settings
 from node.spool import check_uid, write_durable
@@ -74,7 +74,7 @@ def analyze_paths(
     settings: Settings, paths: Sequence[Path], out: Path, pipeline: str | None = None, stream: TextIO = sys.stdout
 ) -> int:
     """Analyse ``paths``; returns 0 when every file was analysed, 1 when some failed."""
-    from node.service import pipeline_factory, plan_models
+    from node.service import plan_models
 
     files = find_files(paths)
     routing = load_routing(settings.routing_file)
@@ -117,7 +117,7 @@ def analyze_paths(
             continue
         try:
             if item.pipeline not in built:
-                built[item.pipeline] = pipeline_factory(item.pipeline, settings, plan.registry)
+                built[item.pipeline] = build_pipeline(item.pipeline, settings, plan.registry)
             output = built[item.pipeline].analyse(item.study_uid, item.series_uid, item.paths)
         except NodeError as exc:
             rows.append((label, item.pipeline, "failed", str(exc)))

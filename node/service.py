@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import partial
 
+from core import status
 from dimse.scp import AllowedPeer, AssociationEvent, StorageSCP, StoreRequest
 from models import errors as model_errors
 from models.registry import ModelRegistry
@@ -21,13 +22,13 @@ from node import preflight, tls
 from node.assembler import Assembler
 from node.audit import ReceiveAudit
 from node.db import Database
-from node.errors import ConfigError, ModelUnavailable
+from node.errors import ModelUnavailable
 from node.http import HttpServer, Metrics, ReadinessProbe, database_gauges
 from node.idempotency import analysis_keys
-from node.pipelines import PIPELINE_MODELS, Pipeline
+from node.pipelines import PIPELINE_MODELS, build_pipeline
 from node.receiver import Receiver
 from node.retention import RetentionLoop
-from node.router import check_references, load_routing
+from node.router import check_references, load_routing, routing_tags
 from node.settings import Settings
 from node.spool import Outbox, Spool
 
@@ -75,20 +76,6 @@ def plan_models(settings: Settings) -> ModelPlan:
     return plan
 
 
-def pipeline_factory(name: str, settings: Settings, registry: ModelRegistry) -> Pipeline:
-    """Build a pipeline by name (models loaded now, once)."""
-    import importlib
-
-    from node.pipelines import PIPELINE_CLASSES
-
-    if name not in PIPELINE_CLASSES:
-        raise ConfigError(f"unknown pipeline {name!r}")
-    module_name, class_name = PIPELINE_CLASSES[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    pipeline: Pipeline = cls.from_settings(registry, settings)
-    return pipeline
-
-
 def allowed_peers(settings: Settings) -> list[AllowedPeer]:
     """The configured peers, plus the node's own AE title from loopback (``ainode echo`` on this host)."""
     peers = [AllowedPeer(p.ae_title, p.host) for p in settings.allowed_peers]
@@ -121,7 +108,7 @@ class Node:
         self.executor = execution.LocalExecutor(
             self.db,
             self.outbox,
-            {name: partial(pipeline_factory, name, settings, self.models.registry) for name in self.models.enabled},
+            {name: partial(build_pipeline, name, settings, self.models.registry) for name in self.models.enabled},
             workers=settings.workers,
         )
         self.dispatcher = dispatch.Dispatcher(settings, self.db, dispatch.build_senders(settings))
@@ -140,7 +127,12 @@ class Node:
             on_resent=self._on_resent,
         )
         self.receiver = Receiver(
-            settings, self.db, self.spool, on_stored=self.assembler.notify, on_instance=self._on_instance
+            settings,
+            self.db,
+            self.spool,
+            on_stored=self.assembler.notify,
+            on_instance=self._on_instance,
+            header_tags=routing_tags(self.routing),
         )
         # A plain port, a TLS port (PS3.15 B.1; 2762 by custom), or both, sharing one receiver.
         scp = partial(
@@ -172,9 +164,9 @@ class Node:
 
     def _on_instance(self, request: StoreRequest, study_uid: str | None, code: int) -> None:
         self.metrics.instance(code)
-        if code == 0xA700 and self.settings.retention.enabled:  # out of resources: purge now, not at the next pass
+        if code == status.OUT_OF_RESOURCES and self.settings.retention.enabled:  # purge now, not at the next pass
             self.retention.notify()
-        self.received.instance(request, study_uid, stored=code == 0 or 0xB000 <= code <= 0xB0FF)
+        self.received.instance(request, study_uid, stored=status.is_store_success(code))
 
     def _on_resent(self, pipeline: str, instances: int) -> None:
         self.metrics.series_resent.inc(pipeline=pipeline)

@@ -8,7 +8,7 @@ result data sets; the executor makes them durable and queues deliveries.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Protocol
 import pydicom
 import pydicom.encaps
 from pydicom import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from core.findings import SeriesResult
 
 if TYPE_CHECKING:
+    from models.registry import ModelRegistry
     from node.settings import Settings
 
 # pydicom logs each failed decoder plugin at ERROR with its traceback; the job's error already says,
@@ -63,31 +62,6 @@ class Pipeline(Protocol):
     ) -> PipelineOutput:
         """Analyse one series; raise :class:`node.errors.InputError` when it cannot be analysed."""
         ...
-
-
-def read_image(path: Path) -> Dataset:
-    """Read a DICOM file with its pixel data, including old files without preamble or file meta.
-
-    A file whose 128-byte preamble is missing (it starts with ``DICM``) is
-    read with a blank one. A data set written before PS3.10 (no preamble, no
-    ``DICM``, no group 0002) is read as pydicom detects its encoding, and its transfer
-    syntax recorded from that encoding so the pixels can be decoded.
-    """
-    try:
-        return pydicom.dcmread(path)
-    except InvalidDicomError:
-        from node.router import preamble_restored
-
-        unprefixed = preamble_restored(path)  # "DICM" first: only the preamble is missing
-        ds = pydicom.dcmread(unprefixed if unprefixed is not None else path, force=True)
-    meta = getattr(ds, "file_meta", None)
-    if meta is None or "TransferSyntaxUID" not in meta:
-        ds.file_meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
-        if ds.original_encoding[0]:
-            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-        else:
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if ds.original_encoding[1] else ExplicitVRBigEndian
-    return ds
 
 
 #: Most pixels one image may decode to: 2**26 = 8192 × 8192, twice a large detector's 4,300 × 4,300. Above
@@ -180,10 +154,48 @@ def pipeline_models(settings: Settings, pipeline: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-#: The class implementing each pipeline, as "module:Class"; built once per worker with
-#: ``Class.from_settings(registry, settings)`` (imported only when the pipeline is enabled).
-PIPELINE_CLASSES: dict[str, str] = {
-    "cxr": "node.pipelines.cxr:CxrPipeline",
-    "ct_pe": "node.pipelines.ct_pe:CtPePipeline",
-    "ct_lumbar": "node.pipelines.ct_lumbar:CtLumbarPipeline",
+#: How a pipeline is built: from the verified models and the node's settings, models loaded now (once per worker).
+PipelineBuilder = Callable[["ModelRegistry", "Settings"], Pipeline]
+
+
+# Each builder imports its pipeline's module when called, so that the writers (highdicom) and a pipeline's
+# models are imported only when that pipeline is enabled.
+def _build_cxr(registry: ModelRegistry, settings: Settings) -> Pipeline:
+    from node.pipelines.cxr import CxrPipeline
+
+    return CxrPipeline.from_settings(registry, settings)
+
+
+def _build_ct_pe(registry: ModelRegistry, settings: Settings) -> Pipeline:
+    from node.pipelines.ct_pe import CtPePipeline
+
+    return CtPePipeline.from_settings(registry, settings)
+
+
+def _build_ct_lumbar(registry: ModelRegistry, settings: Settings) -> Pipeline:
+    from node.pipelines.ct_lumbar import CtLumbarPipeline
+
+    return CtLumbarPipeline.from_settings(registry, settings)
+
+
+#: The pipelines the node can build, by name (the names of :data:`PIPELINE_MODELS` and of routing rules).
+PIPELINES: dict[str, PipelineBuilder] = {
+    "cxr": _build_cxr,
+    "ct_pe": _build_ct_pe,
+    "ct_lumbar": _build_ct_lumbar,
 }
+
+
+def build_pipeline(name: str, settings: Settings, registry: ModelRegistry) -> Pipeline:
+    """Build the pipeline ``name`` (models loaded now, once).
+
+    Raises
+    ------
+    ConfigError
+        No pipeline has that name.
+    """
+    from node.errors import ConfigError
+
+    if name not in PIPELINES:
+        raise ConfigError(f"unknown pipeline {name!r}")
+    return PIPELINES[name](registry, settings)

@@ -1,4 +1,7 @@
-"""Pipeline ``ct_lumbar``: vertebral level of every abdominal CT slice, and body composition at L3 (seed 3).
+"""Pipeline ``ct_lumbar``: vertebral level of every abdominal CT slice, and body composition at L3.
+
+The level classifier reproduces the lumbar-level design (see :mod:`models`): seven classes per slice,
+T, L1-L5 and S, to find the L3 slice for sarcopenia.
 
 The lumbar model (``models.lumbar``) runs on a few slices chosen by its search strategy,
 decodes a level for every slice as a sequence that is monotonic along the patient axis,
@@ -25,12 +28,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pydicom
 from pydicom import Dataset
 
 from core.findings import SeriesResult
 from models.lumbar import LumbarModel
 from models.registry import ModelRegistry
+from node.dicomheader import read_file
 from node.errors import InputError
 from node.pipelines import PipelineOutput
 from node.pipelines.ct import CtPipeline, model_input_errors, patient_size_m, plan_ct_series
@@ -106,7 +109,7 @@ class CtLumbarPipeline(CtPipeline):
             )
             if masks is not None:
                 try:
-                    l3_source = pydicom.dcmread(series.paths[l3_uid])
+                    l3_source = read_file(series.paths[l3_uid])
                 except Exception as exc:  # the file was read moments ago by the model
                     raise InputError(f"{self.name}: cannot re-read the L3 slice {l3_uid}: {exc}") from exc
                 objects.append(

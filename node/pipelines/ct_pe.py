@@ -1,4 +1,7 @@
-"""Pipeline ``ct_pe``: pulmonary embolism on CT pulmonary angiography (seed 1).
+"""Pipeline ``ct_pe``: pulmonary embolism on CT pulmonary angiography.
+
+The PE model reproduces the RSNA-PE Xception design (see :mod:`models`): nine sigmoid heads per
+slice, as in the RSNA Pulmonary Embolism Detection Challenge 2020 data.
 
 The series is planned from its headers (``node.pipelines.ct``), the PE model
 (``models.pe``) reads the slices in bounded batches, scores every slice and the exam,
@@ -34,7 +37,7 @@ from sr_writer import SeriesParams, build_key_object_selection, build_pe_report,
 log = logging.getLogger("ainode.pipeline.ct_pe")
 
 #: Fewest axial slices analysed: a CTPA covers the chest in well over 30 slices; fewer is a
-#: scout, a thin slab or a partial series (ARCHITECTURE.md, pipelines table).
+#: scout, a thin slab or a partial series.
 MIN_SLICES = 30
 
 

@@ -5,17 +5,18 @@ Steps, for the images of one series:
 1. read, check and decode each image **once** (:func:`models.preprocess.radiograph.radiograph_to_unit`:
    full resolution, 0..1, bone white); an image that cannot be read or decoded fails alone and is
    named in the job's warnings;
-2. the view filter of seed 5 (``models.view_filter``) on all decoded images in one batch; a lateral
-   image stops here and its SR says it was not analysed further;
-3. on the frontal images, in one batch per model: the finding classifier of seed 2 (14 ChestX-ray14
-   labels), the four-class classifier(s) of seed 4 (COVID-19 / normal / pneumonia / tuberculosis;
-   ResNet-18 by default, ``cxr.four_class_models`` names which) and the YOLO detector of seed 2;
+2. the frontal/lateral view filter (``models.view_filter``, the MIMIC-CXR view-filter design) on all
+   decoded images in one batch; a lateral image stops here and its SR says it was not analysed further;
+3. on the frontal images, in one batch per model: the finding classifier (14 ChestX-ray14 labels) and
+   the YOLO detector of the emergency-department triage service, and the four-class classifier(s) of
+   the four-class design (COVID-19 / normal / pneumonia / tuberculosis; ResNet-18 by default,
+   ``cxr.four_class_models`` names which); the source designs are listed in :mod:`models`;
 4. per frontal image: the top findings (``cxr.top_findings``, at most three by default: the most
    probable of the 14 labels at or above their thresholds, most probable first, with their
    probabilities; none on an image without findings. ``cxr.top_findings_present_only: false`` ranks
-   all 14 whatever their thresholds, as seed 2 shows them) and a triage level from the per-finding thresholds of ``cxr.triage`` (urgent when
-   any finding, class or box of an ``urgent`` key reaches its threshold, else priority likewise,
-   else routine);
+   all 14 whatever their thresholds, as the triage service shows them) and a triage level from the
+   per-finding thresholds of ``cxr.triage`` (urgent when any finding, class or box of an ``urgent``
+   key reaches its threshold, else priority likewise, else routine);
 5. objects in the source study: one TID 1500 SR for the series (``sr_writer.sr``); per frontal image
    a GSPS with the boxes, their labels and a caption with the top findings and triage
    (``sr_writer.gsps``; an image without boxes still gets one, with the caption only, so that a
@@ -48,13 +49,17 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 
 from core.findings import AlgorithmInfo, Finding, ImageResult, SeriesResult, Triage, View, ViewResult
+from models.detector import Detector
 from models.errors import ModelError as ModelsModelError
 from models.errors import PreprocessError
+from models.finding_classifier import FindingClassifier
+from models.four_class import FourClassClassifier
 from models.preprocess.radiograph import radiograph_to_unit, resize_image
 from models.registry import ModelRegistry
 from models.view_filter import ViewFilter, header_view
+from node.dicomheader import read_file
 from node.errors import InputError
-from node.pipelines import PipelineOutput, check_decodable_size, read_image
+from node.pipelines import PipelineOutput, check_decodable_size
 from sr_writer import SeriesParams, build_measurement_report, build_presentation_state, build_secondary_capture
 from sr_writer.codes import finding_key
 
@@ -76,7 +81,7 @@ _IMAGE_ERRORS = (PreprocessError, ValueError, TypeError, AttributeError, NotImpl
 
 
 class RadiographModel(Protocol):
-    """What the pipeline needs of a finding classifier, four-class classifier or detector (interfaces.md)."""
+    """What the pipeline needs of a finding classifier, four-class classifier or detector."""
 
     @property
     def algorithm(self) -> AlgorithmInfo: ...
@@ -229,7 +234,9 @@ class CxrPipeline:
             raise ModelUnavailable(str(exc)) from exc
         missing: dict[str, str] = {}
 
-        def load(name: str | None, module: str, cls_name: str) -> RadiographModel | None:
+        def load(
+            name: str | None, model_cls: type[FindingClassifier | FourClassClassifier | Detector]
+        ) -> RadiographModel | None:
             if not name:
                 return None
             try:
@@ -238,10 +245,7 @@ class CxrPipeline:
                 missing[name] = "model not installed"
                 log.warning("cxr: model %r is not available, frontal images are analysed without it: %s", name, exc)
                 return None
-            import importlib
-
             try:
-                model_cls = getattr(importlib.import_module(module), cls_name)
                 model: RadiographModel = model_cls.from_manifest(manifest, threads=threads)
             except (ModelsModelError, ImportError) as exc:
                 # Broken weights or a backend's extra not installed: the view filter and the other models
@@ -251,13 +255,9 @@ class CxrPipeline:
                 return None
             return model
 
-        finding_model = load(config.finding_model, "models.finding_classifier", "FindingClassifier")
-        four_class = [
-            m
-            for m in (load(n, "models.four_class", "FourClassClassifier") for n in config.four_class_models)
-            if m is not None
-        ]
-        detector = load(config.detector_model, "models.detector", "Detector")
+        finding_model = load(config.finding_model, FindingClassifier)
+        four_class = [m for m in (load(n, FourClassClassifier) for n in config.four_class_models) if m is not None]
+        detector = load(config.detector_model, Detector)
         return cls(
             view_filter,
             uid_root=settings.uid_root,
@@ -359,7 +359,7 @@ class CxrPipeline:
         decoded = []
         for path in paths:
             try:
-                ds = read_image(path)
+                ds = read_file(path)
             except Exception as exc:  # pydicom raises many types for damaged files
                 problems.append(f"{Path(path).name}: unreadable ({exc})")
                 continue

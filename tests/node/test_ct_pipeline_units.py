@@ -28,13 +28,13 @@ from pydicom.uid import JPEG2000Lossless
 from core.findings import LUMBAR_LEVELS, PE_HEADS
 from models.manifest import sha256_file
 from models.registry import ModelRegistry
-from node.errors import InputError
-from node.pipelines import PIPELINE_CLASSES, PIPELINE_MODELS
+from node.errors import ConfigError, InputError
+from node.pipelines import PIPELINE_MODELS, PIPELINES, build_pipeline
 from node.pipelines.ct_lumbar import MIN_SLICES as LUMBAR_MIN_SLICES
 from node.pipelines.ct_lumbar import CtLumbarPipeline
 from node.pipelines.ct_pe import MIN_SLICES as PE_MIN_SLICES
 from node.pipelines.ct_pe import CtPePipeline
-from node.settings import DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE
+from node.settings import DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE, Settings
 from tests.helpers import assert_dciodvfy_clean, lateral_radiograph
 from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
 
@@ -173,9 +173,14 @@ def _check_objects(objects: list[pydicom.Dataset], folder: Path) -> list[str]:
     return [str(ds.Modality) for ds in objects]
 
 
-def test_ct_pipelines_are_registered_with_their_models() -> None:
-    assert PIPELINE_CLASSES["ct_pe"] == "node.pipelines.ct_pe:CtPePipeline"
+def test_ct_pipelines_are_registered_with_their_models(demo_registry: ModelRegistry, tmp_path: Path) -> None:
+    assert PIPELINES.keys() == PIPELINE_MODELS.keys()
     assert PIPELINE_MODELS["ct_pe"] == ("ct-pe",) and PIPELINE_MODELS["ct_lumbar"] == ("ct-lumbar",)
+    settings = Settings(data_dir=tmp_path / "data")
+    assert isinstance(build_pipeline("ct_pe", settings, demo_registry), CtPePipeline)
+    assert isinstance(build_pipeline("ct_lumbar", settings, demo_registry), CtLumbarPipeline)
+    with pytest.raises(ConfigError, match="unknown pipeline 'ct_brain'"):
+        build_pipeline("ct_brain", settings, demo_registry)
 
 
 def test_demo_pe_model_finds_the_right_embolus_on_its_slices(
