@@ -712,7 +712,7 @@ def _run_demo(out_dir: Path, work_dir: Path, quick: bool, overrides: Sequence[st
         description=f"Chest detector ({', '.join(summary.names)}) trained on synthetic phantoms with planted findings; "
         "for demonstration only.",
         recipe=recipe_hash(quick) if not overrides else None,
-        train_command="ainode-train build-demo  # or: python -m training.detector train ...",
+        train_command="ainode-train build-demo  # or: ainode-train detector train ...",
     )
     _emit(94, total, "checking held-out phantoms")
     holdout = holdout_phantoms(staging, params["holdout"], size=params["holdout_size"])
@@ -885,7 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=f"Chest detector ({', '.join(run.names)}), Ultralytics {args.model} trained on "
         f"{args.data.parent.name}.",
         recipe=None,
-        train_command=f"python -m training.detector train --data DATA_YAML --out OUT --work WORK "
+        train_command=f"ainode-train detector train --data DATA_YAML --out OUT --work WORK "
         f"--model {args.model} --imgsz {args.imgsz} --epochs {args.epochs} --seed {args.seed}",
     )
     params = {"seed": args.seed, "model": args.model, "imgsz": args.imgsz, "batch": args.batch}

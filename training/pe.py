@@ -545,7 +545,7 @@ def write_manifest(
             "output": "scores (N, 9) in label order",
             **dict(postprocessing or {}),
         },
-        "train_command": "python -m training.pe --data DATA --out MODELS_DIR/ct-pe",
+        "train_command": "ainode-train ct-pe --data DATA --out MODELS_DIR/ct-pe",
     }
     manifest_from_mapping(manifest, out, "generated manifest")
     (out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
