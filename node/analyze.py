@@ -18,7 +18,8 @@ from typing import TextIO
 
 from core.table import format_table
 from node.errors import ConfigError, InputError, NodeError
-from node.pipelines import Pipeline, build_pipeline
+from node.pipelines import Pipeline
+from node.pipelines.registry import build_pipeline
 from node.router import is_own_or_result_object, load_routing, read_header, route
 from node.settings import Settings
 from node.spool import check_uid, write_durable

@@ -136,10 +136,12 @@ class Assembler(BackgroundLoop):
                 log.info("series %s not routed: %s", series.series_uid, decision.reason)
                 return 0
             fingerprint = series_fingerprint(
-                (row.sop_uid, row.digest)
-                for row in session.execute(
-                    select(Instance.sop_uid, Instance.digest).where(Instance.series_uid == series.series_uid)
-                )
+                [
+                    (row.sop_uid, row.digest)
+                    for row in session.execute(
+                        select(Instance.sop_uid, Instance.digest).where(Instance.series_uid == series.series_uid)
+                    )
+                ]
             )
             key = self.analysis_keys.get(decision.pipeline)
             latest = session.scalar(

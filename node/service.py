@@ -25,7 +25,8 @@ from node.db import Database
 from node.errors import ModelUnavailable
 from node.http import HttpServer, Metrics, ReadinessProbe, database_gauges
 from node.idempotency import analysis_keys
-from node.pipelines import PIPELINE_MODELS, build_pipeline
+from node.pipelines import PIPELINE_MODELS
+from node.pipelines.registry import build_pipeline
 from node.receiver import Receiver
 from node.retention import RetentionLoop
 from node.router import check_references, load_routing, routing_tags

@@ -1,14 +1,14 @@
 """Pipelines: load a series, run its models, turn results into DICOM objects.
 
-A pipeline is built once per worker (models loaded once, not per study) and
-then called for each job. It returns the plain :class:`SeriesResult` and the
+A pipeline is built once per worker (models loaded once, not per study; see
+:mod:`node.pipelines.registry`) and then called for each job. It returns the plain :class:`SeriesResult` and the
 result data sets; the executor makes them durable and queues deliveries.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -20,7 +20,6 @@ from pydicom import Dataset
 from core.findings import SeriesResult
 
 if TYPE_CHECKING:
-    from models.registry import ModelRegistry
     from node.settings import Settings
 
 # pydicom logs each failed decoder plugin at ERROR with its traceback; the job's error already says,
@@ -152,50 +151,3 @@ def pipeline_models(settings: Settings, pipeline: str) -> list[str]:
         cxr = settings.cxr
         names += [n for n in (cxr.finding_model, *cxr.four_class_models, cxr.detector_model) if n]
     return list(dict.fromkeys(names))
-
-
-#: How a pipeline is built: from the verified models and the node's settings, models loaded now (once per worker).
-PipelineBuilder = Callable[["ModelRegistry", "Settings"], Pipeline]
-
-
-# Each builder imports its pipeline's module when called, so that the writers (highdicom) and a pipeline's
-# models are imported only when that pipeline is enabled.
-def _build_cxr(registry: ModelRegistry, settings: Settings) -> Pipeline:
-    from node.pipelines.cxr import CxrPipeline
-
-    return CxrPipeline.from_settings(registry, settings)
-
-
-def _build_ct_pe(registry: ModelRegistry, settings: Settings) -> Pipeline:
-    from node.pipelines.ct_pe import CtPePipeline
-
-    return CtPePipeline.from_settings(registry, settings)
-
-
-def _build_ct_lumbar(registry: ModelRegistry, settings: Settings) -> Pipeline:
-    from node.pipelines.ct_lumbar import CtLumbarPipeline
-
-    return CtLumbarPipeline.from_settings(registry, settings)
-
-
-#: The pipelines the node can build, by name (the names of :data:`PIPELINE_MODELS` and of routing rules).
-PIPELINES: dict[str, PipelineBuilder] = {
-    "cxr": _build_cxr,
-    "ct_pe": _build_ct_pe,
-    "ct_lumbar": _build_ct_lumbar,
-}
-
-
-def build_pipeline(name: str, settings: Settings, registry: ModelRegistry) -> Pipeline:
-    """Build the pipeline ``name`` (models loaded now, once).
-
-    Raises
-    ------
-    ConfigError
-        No pipeline has that name.
-    """
-    from node.errors import ConfigError
-
-    if name not in PIPELINES:
-        raise ConfigError(f"unknown pipeline {name!r}")
-    return PIPELINES[name](registry, settings)

@@ -29,11 +29,12 @@ from core.findings import LUMBAR_LEVELS, PE_HEADS
 from models.manifest import sha256_file
 from models.registry import ModelRegistry
 from node.errors import ConfigError, InputError
-from node.pipelines import PIPELINE_MODELS, PIPELINES, build_pipeline
+from node.pipelines import PIPELINE_MODELS
 from node.pipelines.ct_lumbar import MIN_SLICES as LUMBAR_MIN_SLICES
 from node.pipelines.ct_lumbar import CtLumbarPipeline
 from node.pipelines.ct_pe import MIN_SLICES as PE_MIN_SLICES
 from node.pipelines.ct_pe import CtPePipeline
+from node.pipelines.registry import PIPELINES, build_pipeline
 from node.settings import DEFAULT_MODELS_DIR, DEFAULT_MODELS_FILE, Settings
 from tests.helpers import assert_dciodvfy_clean, lateral_radiograph
 from training.phantoms.ct import CtPhantom, abdomen_phantom, ctpa_phantom
