@@ -12,6 +12,9 @@ import pydicom
 import pytest
 import yaml
 
+from core.errors import UnreadableDicom
+from models.errors import ModelError
+from node.errors import ConfigError
 from tests.helpers import assert_dciodvfy_clean, lateral_radiograph
 from tests.integration.srread import coded_values
 
@@ -121,7 +124,7 @@ def test_changed_weights_stop_start_up_and_absent_weights_disable_the_pipeline(t
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
-    assert "pipeline 'cxr' disabled" in err and "ainode train view-filter" in err
+    assert "pipeline 'cxr' disabled" in err and "ainode-train view-filter" in err
 
 
 def test_invalid_configuration_is_one_clear_message(tmp_path: Path) -> None:
@@ -183,3 +186,37 @@ def test_invalid_manifest_is_listed_with_its_problem(tmp_path: Path) -> None:
     row = next(line for line in listing.stdout.splitlines() if line.startswith("broken-model"))
     assert "invalid" in row
     assert ainode("models", "verify", config=cfg).returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (UnreadableDicom(Path("study") / "x.dcm", "not a DICOM file"), "ainode: error: study/x.dcm: not a DICOM file"),
+        (ModelError("no model named 'x'"), "ainode: error: no model named 'x'"),
+        (ConfigError("port: expected a number"), "ainode: error: port: expected a number"),
+    ],
+)
+def test_errors_of_every_package_are_one_line_at_the_command_edge(
+    error: Exception, line: str, config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node import cli
+
+    def fail(settings: object, args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_route", fail)
+    monkeypatch.setenv("AINODE_CONFIG", str(config))
+    assert cli.main(["route", "x.dcm"]) == 2
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_a_bug_at_the_command_edge_keeps_its_traceback(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from node import cli
+
+    def fail(settings: object, args: object) -> int:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_route", fail)
+    monkeypatch.setenv("AINODE_CONFIG", str(config))
+    with pytest.raises(KeyError, match="a bug"):
+        cli.main(["route", "x.dcm"])
