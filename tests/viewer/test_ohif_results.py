@@ -1,0 +1,178 @@
+"""What a radiologist sees of the node's results in OHIF v3 (issue 20, "Done when"; issue 18's browser test).
+
+Orthanc plays the PACS: a chest radiograph without a box (the real CR ``RG1_UNCR.dcm``), a chest phantom with
+a planted nodule (the detector boxes it) and an abdominal CT phantom are stored into it and forwarded to the
+node (``ainode serve`` with the shipped models), which sends its results back. OHIF, served with its
+DICOMweb data source proxied to that Orthanc, opens each study in headless Chromium; the test double-clicks
+the node's SR and reads the labels OHIF draws on the image (the SVG layer of the viewport), as a person
+reads them on the screenshots (``viewer-screenshots`` in pytest's base temporary folder):
+
+- the radiograph without a box: its top findings, each with its probability;
+- the radiograph with a box: a box whose own label names its finding;
+- the abdominal CT: the L3 level, stepping through the SR's measurements with the viewport's arrow.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.db import DeliveryState
+from tests.helpers import OrthancServer, rg1_uncr_path
+from tests.helpers.ohif import OhifBrowser, SrView
+from tests.integration.nodeproc import NodeProcess
+from tests.integration.srread import texts
+from training.phantoms import chest_phantom, phantom_dataset
+from training.phantoms.ct import abdomen_phantom
+
+pytestmark = pytest.mark.integration
+
+#: The chest phantom of test_cxr_full.py whose nodule the demo detector boxes.
+NODULE_SEED = 7_000_003
+#: "Top findings: 1. Nodule 0.976; 2. Pneumothorax 0.473; 3. Mass 0.356", the SR's summary.
+_TOP = re.compile(r"(\d+)\. (.+?) (\d+(?:\.\d+)?)(?:;|$)")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+@dataclass
+class Study:
+    """A study sent through the node: its UID and the SR the node sent back into it."""
+
+    study_uid: str
+    sr: pydicom.Dataset | None = field(default=None, repr=False)
+
+    @property
+    def sr_description(self) -> str:
+        assert self.sr is not None, f"no SR came back into study {self.study_uid}"
+        return str(self.sr.SeriesDescription)
+
+    def top_findings(self) -> list[tuple[str, float]]:
+        """The SR's top findings (name, probability), from its "Top findings" summary text."""
+        assert self.sr is not None
+        [summary] = [t for t in texts(self.sr) if t.startswith("Top findings:")]
+        return [(name, float(value)) for _, name, value in _TOP.findall(summary.removeprefix("Top findings:"))]
+
+
+@pytest.fixture(scope="module")
+def studies(
+    module_orthanc: OrthancServer, ohif_browser: OhifBrowser, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Study]]:
+    """Send the radiographs and the CT through Orthanc to the node; point the viewer at that Orthanc."""
+    work = tmp_path_factory.mktemp("viewer")
+    nodule_file = work / "nodule.dcm"
+    phantom_dataset(chest_phantom(NODULE_SEED, ["Nodule"])).save_as(nodule_file, enforce_file_format=True)
+    radiographs = {"no_box": rg1_uncr_path(), "box": nodule_file}
+    ct = abdomen_phantom(603, slices=60, size=256, spacing_z=5.0)
+    ct_paths = ct.write_series(work / "ct")
+    found = {
+        name: Study(str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID))
+        for name, path in radiographs.items()
+    }
+    found["ct"] = Study(ct.truth["study_uid"])
+
+    node = NodeProcess(
+        work / "node",
+        full_models=True,
+        destinations={
+            "orthanc": {
+                "type": "dicom",
+                "ae_title": module_orthanc.aet,
+                "host": "127.0.0.1",
+                "port": module_orthanc.dicom_port,
+            }
+        },
+        quiet_period={"default": 1.0, "CR": 0.5, "DX": 0.5},
+    )
+    node.start()
+    try:
+        module_orthanc.add_modality("ainode-viewer", "AINODE", node.port)
+        module_orthanc.store_with_storescu([*radiographs.values(), *ct_paths])
+        for study in found.values():
+            answer = module_orthanc.forward_study(study.study_uid, "ainode-viewer")
+            assert answer.get("FailedInstancesCount", 0) == 0, answer
+        jobs = node.wait_jobs(len(found), timeout=150)
+        assert all(j.error is None for j in jobs), [(j.id, j.error) for j in jobs]
+        deadline = time.monotonic() + 60
+        while node.deliveries(DeliveryState.PENDING) + node.deliveries(DeliveryState.SENDING):
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.1)
+        assert node.deliveries(DeliveryState.DEAD) == 0, node.log()
+    finally:
+        node.stop()
+    by_uid = {s.study_uid: s for s in found.values()}
+    for instance in module_orthanc.instances():
+        study = by_uid.get(instance.study_instance_uid)
+        if study is not None and instance.modality == "SR":
+            study.sr = pydicom.dcmread(_download(module_orthanc, instance.id, work))
+    ohif_browser.server.point_at(module_orthanc.dicomweb_url)
+    yield found
+
+
+def _download(orthanc: OrthancServer, instance_id: str, folder: Path) -> Path:
+    path = folder / f"{instance_id}.dcm"
+    path.write_bytes(orthanc.download_instance(instance_id))
+    return path
+
+
+def _shown(view: SrView) -> str:
+    """What the viewport showed, for failure messages."""
+    return (
+        f"labels drawn: {view.labels() or 'none'}; errors: {view.errors or 'none'}; "
+        f"screenshots: {[str(p) for p in view.screenshots]}"
+    )
+
+
+def _shows_probability(lines: list[str], name: str, probability: float) -> bool:
+    """Whether one annotation's label shows ``name`` with ``probability`` (as a fraction or a percentage)
+    on the same line or in the same label."""
+    text = " ".join(lines)
+    if name.lower() not in text.lower():
+        return False
+    for value in (float(v) for v in _NUMBER.findall(text)):
+        if abs(value - probability) <= 0.006 or abs(value - 100 * probability) <= 0.6:
+            return True
+    return False
+
+
+def test_radiograph_without_box_shows_its_top_findings_with_probabilities(
+    studies: dict[str, Study], ohif_browser: OhifBrowser
+) -> None:
+    study = studies["no_box"]
+    top = study.top_findings()
+    assert top, "the SR names no top finding"
+    view = ohif_browser.open_sr(study.study_uid, study.sr_description, "radiograph-no-box")
+    assert not view.errors, _shown(view)
+    missing = [
+        (name, p) for name, p in top if not any(_shows_probability(lines, name, p) for lines in view.annotations)
+    ]
+    assert not missing, f"top findings not shown with their probability: {missing}; {_shown(view)}"
+
+
+def test_radiograph_with_box_shows_the_box_labelled_with_its_finding(
+    studies: dict[str, Study], ohif_browser: OhifBrowser
+) -> None:
+    study = studies["box"]
+    others = [name for name, _ in study.top_findings() if name.lower() != "nodule"]
+    view = ohif_browser.open_sr(study.study_uid, study.sr_description, "radiograph-box")
+    assert not view.errors, _shown(view)
+    # The box's own label: it names the nodule and not the other top findings (a label listing them all is
+    # the whole image's).
+    boxes = [
+        lines
+        for lines in view.annotations
+        if "nodule" in " ".join(lines).lower() and not any(o.lower() in " ".join(lines).lower() for o in others)
+    ]
+    assert boxes, f"no annotation labelled with its finding (Nodule); {_shown(view)}"
+
+
+def test_abdominal_ct_shows_its_l3_level(studies: dict[str, Study], ohif_browser: OhifBrowser) -> None:
+    study = studies["ct"]
+    view = ohif_browser.open_sr(study.study_uid, study.sr_description, "abdominal-ct", max_steps=12)
+    assert not view.errors, _shown(view)
+    assert any(re.search(r"\bL3\b", " ".join(lines)) for lines in view.annotations), _shown(view)
