@@ -7,7 +7,7 @@
 # Set-up is idempotent and fast when nothing changed:
 # - Debian packages: installed only when missing (apt-get update only then).
 #   `run` needs only a Python >= 3.11 with venv; `test` also needs Orthanc with
-#   its DICOMweb plugin, DCMTK, dicom3tools and PostgreSQL, whose system
+#   its DICOMweb plugin, DCMTK, dicom3tools, PostgreSQL and Chromium, whose system
 #   services are kept stopped: tests start their own instances on free ports.
 # - .venv: created with a Python >= 3.11; `pip install -e .[extras]` re-runs
 #   only when pyproject.toml changed or more extras are needed (stamp in .venv).
@@ -27,7 +27,7 @@ export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_NO_INPUT=1
 
-TEST_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql strace)
+TEST_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql strace chromium)
 SERVICES=(orthanc postgresql)
 
 say() { printf '[dev.sh] %s\n' "$*"; }
@@ -193,6 +193,10 @@ main() {
         ;;
     test)
         ensure_packages "${TEST_PACKAGES[@]}"
+        # tests/viewer: the pinned OHIF build (scripts/ohif.sh, fetched once into .cache/ohif with npm;
+        # Node.js from Debian only when no npm is there: a NodeSource nodejs carries its own).
+        command -v npm >/dev/null 2>&1 || ensure_packages nodejs npm
+        bash "$ROOT/scripts/ohif.sh" >/dev/null
         ensure_venv "${AINODE_EXTRAS:-test,postgres,train,yolo}"
         local status=0
         "$VENV/bin/python" -m pytest "$@" </dev/null || status=$?
