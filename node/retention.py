@@ -434,8 +434,13 @@ def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int,
             targets = [(row_id, path) for row_id, path in targets if _under(path, roots)]
         if not targets:
             return 0, 0, len(foreign)
+        # A purged instance also loses the header recorded at receive: it may hold patient attributes
+        # a routing rule tests, and nothing routes a purged file again.
+        cleared: dict[str, object] = {"header": None} if item.kind == "instances" else {}
         for ids in _chunks(row_id for row_id, _ in targets):
-            session.execute(update(table).where(table.id.in_(ids), table.purged_at.is_(None)).values(purged_at=moment))
+            session.execute(
+                update(table).where(table.id.in_(ids), table.purged_at.is_(None)).values(purged_at=moment, **cleared)
+            )
     removed = size = 0
     kept = len(foreign)
     back: list[int] = []

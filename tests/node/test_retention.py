@@ -87,6 +87,7 @@ def _series(
                     path=str(path),
                     size=size,
                     received_at=when,
+                    header={"00100010": ["PN", "446f655e4a6f686e"]},  # recorded at receive: may hold a name
                 )
             )
         if job is not None:
@@ -225,6 +226,9 @@ def test_purge_removes_files_and_empty_folders_keeps_rows_audits_and_counts(db: 
     assert settings.spool_dir.is_dir() and settings.outbox_dir.is_dir()
     with db.session() as s:
         assert s.scalar(select(Instance.purged_at).where(Instance.path == str(paths[0]))) is not None
+        # The header recorded at receive goes with the file: it may hold patient attributes.
+        assert s.scalars(select(Instance.header).where(Instance.series_uid == series)).all() == [None, None]
+        assert None not in s.scalars(select(Instance.header).where(Instance.series_uid == young)).all()
         assert len(s.scalars(select(Instance).where(Instance.series_uid == series)).all()) == 2  # rows kept
         assert s.scalar(select(Result.purged_at).where(Result.series_uid == series)) is not None
         assert s.scalar(select(Instance.purged_at).where(Instance.series_uid == young)) is None
