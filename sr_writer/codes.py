@@ -21,24 +21,33 @@ concept is marked ``is_finding``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import pydicom
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 
+from core.identity import MANUFACTURER
 from sr_writer.errors import ParameterError, UnknownConceptError
 
 __all__ = [
     "ALLOWED_SCHEMES",
     "CHESTXRAY14_LABELS",
     "CONCEPTS",
+    "CodingScheme",
     "Concept",
     "FOUR_CLASS_LABELS",
     "LABEL_ALIASES",
+    "PRIVATE_SCHEMES",
     "TRIAGE_KEYS",
     "VIEW_POSITION_KEYS",
     "code",
+    "coding_scheme_items",
+    "declare_private_schemes",
+    "designators_used",
     "display_name",
     "finding_concept",
     "finding_key",
@@ -54,6 +63,55 @@ _PS316 = "PS3.16 via pydicom.sr._concepts_dict"
 
 
 @dataclass(frozen=True)
+class CodingScheme:
+    """A private coding scheme (PS3.16 section 8.2: its designator begins with ``99``), as every object
+    that uses it declares it in the Coding Scheme Identification Sequence (0008,0110) (PS3.3 C.12.1.1.5).
+
+    Attributes
+    ----------
+    designator : str
+        Coding Scheme Designator (0008,0102).
+    name : str
+        Coding Scheme Name (0008,0115).
+    responsible_organization : str
+        Coding Scheme Responsible Organization (0008,0116).
+    uid : str or None
+        Coding Scheme UID (0008,010C), where the scheme has one.
+    """
+
+    designator: str
+    name: str
+    responsible_organization: str
+    uid: str | None = None
+
+    def item(self) -> CodingSchemeIdentificationItem:
+        """The scheme as a Coding Scheme Identification Sequence item."""
+        item = CodingSchemeIdentificationItem(
+            designator=self.designator, name=self.name, responsible_organization=self.responsible_organization
+        )
+        if self.uid is not None:
+            # Type 1C: required when the scheme has a UID, registered or not (highdicom sets it only
+            # together with a Coding Scheme Registry, which a private scheme has not).
+            item.CodingSchemeUID = self.uid
+        return item
+
+
+#: The private schemes we write. 99AINODE's UID is a UUID-derived UID (PS3.5 B.2) fixed for the
+#: scheme; IHE publishes no UID for 99IHE (the IHE AI Results profile names the designator only).
+PRIVATE_SCHEMES: Mapping[str, CodingScheme] = MappingProxyType(
+    {
+        "99AINODE": CodingScheme(
+            "99AINODE",
+            "ainode private concepts",
+            f"{MANUFACTURER} project",
+            f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, 'ainode.coding-scheme.99AINODE').int}",
+        ),
+        "99IHE": CodingScheme("99IHE", "IHE private concepts", "IHE International"),
+    }
+)
+
+
+@dataclass(frozen=True)
 class Concept:
     """One coded concept: the triplet of PS3.3 section 8.8 plus provenance.
 
@@ -63,11 +121,12 @@ class Concept:
         Code Value (0008,0100).
     scheme : str
         Coding Scheme Designator (0008,0102): DCM, SCT, LN, RADLEX, UCUM,
-        RFC5646, UMLS or a private ``99…`` scheme.
+        RFC5646, UMLS or a private scheme of :data:`PRIVATE_SCHEMES`.
     meaning : str
         Code Meaning (0008,0104), as the standard spells it.
     source : str
-        Where the code was checked (standard part and CID/template).
+        Where the code was checked: PS3.16 and the CID or template that holds it (re-checked against
+        pydicom's copy of PS3.16 by the tests), a named citable source, or why it is private.
     is_finding : bool
         True when the concept may be the label of a ``Finding``.
     """
@@ -79,7 +138,7 @@ class Concept:
     is_finding: bool = False
 
     def __post_init__(self) -> None:
-        if not (self.scheme in ALLOWED_SCHEMES or self.scheme.startswith("99")):
+        if not (self.scheme in ALLOWED_SCHEMES or self.scheme in PRIVATE_SCHEMES):
             raise ParameterError(f"coding scheme {self.scheme!r} of {self.meaning!r} is not one we may write")
         if not self.value or not self.meaning or len(self.meaning) > 64:
             raise ParameterError(f"concept {self.value!r} {self.meaning!r}: empty value or meaning over 64 characters")
@@ -117,6 +176,12 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
         # SNOMED's fully specified name is "Source (attribute)"; PS3.16 and highdicom write "Source".
         "source": _c("260753009", "SCT", "Source", f"{_PS316}, TID 1501 row 10 note, TID 1410"),
         "image_region": _c("111030", "DCM", "Image Region", f"{_PS316}, TID 1410 row 7"),
+        # TID 1600 Image Library (sr_writer.report.image_library): the images the report speaks about.
+        "image_library": _c("111028", "DCM", "Image Library", f"{_PS316}, TID 1600 row 1"),
+        "image_library_group": _c("126200", "DCM", "Image Library Group", f"{_PS316}, TID 1600 row 2"),
+        "frame_of_reference_uid": _c("112227", "DCM", "Frame of Reference UID", f"{_PS316}, TID 1602"),
+        # Finding Site of the chest radiograph's image-level and box groups (CID 4031 Common Anatomic Regions).
+        "chest": _c("816094009", "SCT", "Chest", f"{_PS316}, CID 4031"),
         "comment": _c("121106", "DCM", "Comment", f"{_PS316}, CID 12101"),
         # --- TID 1002 Observer Context: the algorithm as device observer (TID 1004) -------------
         "observer_type": _c("121005", "DCM", "Observer Type", f"{_PS316}, TID 1002"),
@@ -178,7 +243,16 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
             "(e.g. MedDRA-to-SNOMED ConceptMap 'Atelectasis' -> 46621007); no browser page found to confirm",
             True,
         ),
-        "cardiomegaly": _c("287272002", "SCT", "Cardiomegaly", f"{_PS316}, CID 12248", True),
+        # Not 287272002: PS3.16's CID 12248 labels it "Cardiomegaly", but its own Table O-1 gives that
+        # SNOMED concept the full name "Enlarged septal foramen of heart (disorder)" (pydicom has both).
+        "cardiomegaly": _c(
+            "8186001",
+            "SCT",
+            "Cardiomegaly",
+            "SNOMED CT 8186001 |Cardiomegaly (disorder)|; Human Phenotype Ontology HP:0001640 'Cardiomegaly' "
+            "cross-references SNOMEDCT_US:8186001 and UMLS C0018800",
+            True,
+        ),
         "consolidation": _c(
             "95436008",
             "SCT",
@@ -222,12 +296,13 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
         "infiltration": _c("112121", "DCM", "Infiltrate", f"{_PS316}, CID 6104", True),
         "mass": _c("4147007", "SCT", "Mass", f"{_PS316}, CID 6104", True),
         "nodule": _c("27925004", "SCT", "Nodule", f"{_PS316}, CID 6104", True),
+        # No value set of PS3.16 holds pleural thickening, and the SNOMED CT code once used here
+        # (78381009) was cited by one secondary source only: private until a citable code is found.
         "pleural_thickening": _c(
-            "78381009",
-            "SCT",
+            "PLEURTHICK",
+            "99AINODE",
             "Pleural thickening",
-            "SNOMED CT 78381009 |Pleural thickening (finding)| as cited in a public ChestX-ray14 code "
-            "mapping; single secondary source, confirm against a SNOMED CT browser",
+            "private: no PS3.16 concept; SNOMED CT 78381009 could not be confirmed in a citable source",
             True,
         ),
         "pneumonia": _c(
@@ -311,7 +386,14 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
         # RSNA's RV/LV labels are classes of the diameter ratio; LOINC 59078-6 is the inverse (LV/RV).
         "rv_lv_ratio_gte_1": _c("RVLVGE1", "99AINODE", "RV/LV diameter ratio >= 1", "private: no standard code", True),
         "rv_lv_ratio_lt_1": _c("RVLVLT1", "99AINODE", "RV/LV diameter ratio < 1", "private: no standard code", True),
-        "indeterminate": _c("82334004", "SCT", "Indeterminate", f"{_PS316}, CID 4220"),
+        # The value of a finding that could not be determined (a PE exam that cannot be read, a level
+        # map with no level): CID 240 "Present/Absent", whose Present and Absent we write, holds
+        # "Undetermined"; SCT 82334004 "Indeterminate" is CID 4220's (ophthalmic fixation quality).
+        "indeterminate": _c("373068000", "SCT", "Undetermined", f"{_PS316}, CID 240"),
+        # Modifiers of pulmonary embolism (59282003) for the RSNA chronic and acute-and-chronic
+        # labels, from CID 6130; "acute and chronic" is the finding with both.
+        "chronic": _c("90734009", "SCT", "Chronic", f"{_PS316}, CID 6130"),
+        "acute_onset": _c("385315009", "SCT", "Acute onset", f"{_PS316}, CID 6130"),
         "pulmonary_artery": _c("81040000", "SCT", "Pulmonary artery", f"{_PS316}, CID 4"),
         # TID 300 Finding Site (highdicom FindingSite) with its laterality and topographical modifier.
         "finding_site": _c("363698007", "SCT", "Finding Site", f"{_PS316}, CID 9000"),
@@ -332,11 +414,16 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
         "sacrum": _c("54735007", "SCT", "Sacrum", f"{_PS316}, CID 4"),
         # The finding of a level map that could not be determined (its value: SCT Indeterminate).
         "vertebral_level": _c("VERTLEVEL", "99AINODE", "Vertebral level", "private: no standard code"),
+        # The muscle as an anatomic structure (a finding site, CID 8134); a segment's type is "muscle".
         "skeletal_muscle": _c("127954009", "SCT", "Skeletal muscle", f"{_PS316}, CID 8134"),
+        # Segmentation property type of muscle under the category Tissue (CID 7191, 7166).
+        "muscle": _c("91727004", "SCT", "Muscle", f"{_PS316}, CID 7191, CID 7166"),
         # PS3.16 has no "subcutaneous/visceral adipose tissue": subcutaneous fat is the subcutaneous
-        # tissue (CID 7166), visceral fat is fat (CID 7166) with the modifier "Internal" (CID 2).
-        "subcutaneous_tissue": _c("71966008", "SCT", "Subcutaneous tissue", f"{_PS316}, CID 7166"),
-        "fat": _c("55603005", "SCT", "Fat", f"{_PS316}, CID 7166"),
+        # tissue (CID 7191, 7166), visceral fat is fat (CID 7191, 7166) with the modifier "Internal"
+        # (CID 2): the one encoding of visceral fat, in the SR's finding site (topographical modifier)
+        # and in the SEG's segmented property type (type modifier).
+        "subcutaneous_tissue": _c("71966008", "SCT", "Subcutaneous tissue", f"{_PS316}, CID 7191, CID 7166"),
+        "fat": _c("55603005", "SCT", "Fat", f"{_PS316}, CID 7191, CID 7166"),
         "internal": _c("260521003", "SCT", "Internal", f"{_PS316}, CID 2"),
         "abdomen": _c("818981001", "SCT", "Abdomen", f"{_PS316}, CID 4"),
         "tissue": _c("85756007", "SCT", "Tissue", f"{_PS316}, CID 7150"),
@@ -481,3 +568,39 @@ def key_for(value: str, scheme: str) -> str | None:
         if concept.value == value and concept.scheme == scheme:
             return key
     return None
+
+
+def designators_used(ds: pydicom.Dataset) -> Iterator[str]:
+    """Every Coding Scheme Designator (0008,0102) anywhere in ``ds``, nested sequences included."""
+    for elem in ds:
+        if elem.tag == 0x00080102 and elem.value:
+            yield str(elem.value)
+        elif elem.VR == "SQ":
+            for item in elem.value:
+                yield from designators_used(item)
+
+
+def coding_scheme_items(designators: Iterator[str] | set[str]) -> list[CodingSchemeIdentificationItem]:
+    """Coding Scheme Identification items for the private schemes among ``designators``, sorted.
+
+    A private designator that is not one of ours (copied from a source) gets an item with the
+    designator alone, the one Type 1 attribute of the item.
+    """
+    items = []
+    for designator in sorted({d for d in designators if d.startswith("99")}):
+        scheme = PRIVATE_SCHEMES.get(designator)
+        items.append(scheme.item() if scheme else CodingSchemeIdentificationItem(designator=designator))
+    return items
+
+
+def declare_private_schemes(ds: pydicom.Dataset) -> None:
+    """Declare in the Coding Scheme Identification Sequence (0008,0110) every private scheme ``ds`` uses
+    and does not declare yet (PS3.3 C.12.1.1.5); items already there are kept."""
+    declared = {
+        str(item.get("CodingSchemeDesignator", "")) for item in ds.get("CodingSchemeIdentificationSequence", [])
+    }
+    missing = coding_scheme_items(set(designators_used(ds)) - declared)
+    if missing:
+        if "CodingSchemeIdentificationSequence" not in ds:
+            ds.CodingSchemeIdentificationSequence = []
+        ds.CodingSchemeIdentificationSequence.extend(missing)

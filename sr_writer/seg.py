@@ -3,15 +3,19 @@
 The L3 slice's skeletal muscle, subcutaneous fat and visceral fat masks
 (measured once the vertebral level model has chosen the slice) as a Segmentation (PS3.3 A.51, Segmentation IOD,
 BINARY, one frame per segment) over the source slice, so a viewer can
-overlay them and a tool can recompute the areas. Segments (PS3.3 C.8.20.2):
+overlay them and a tool can recompute the areas. Segments (PS3.3 C.8.20.2), each
+in the anatomic region Abdomen (CID 4):
 
 ====================  =========================  ===================================  =================
-label                 category (CID 7150)        type                                 modifier / region
+label                 category (CID 7150)        type (CID 7191)                      type modifier
 ====================  =========================  ===================================  =================
-skeletal muscle       Tissue                     Skeletal muscle (SCT 127954009)      -
-subcutaneous fat      Tissue                     Subcutaneous tissue (CID 7166)       -
-visceral fat          Tissue                     Fat (CID 7166)                       region Abdomen (CID 4)
+skeletal muscle       Tissue                     Muscle (SCT 91727004)                -
+subcutaneous fat      Tissue                     Subcutaneous tissue (SCT 71966008)   -
+visceral fat          Tissue                     Fat (SCT 55603005)                   Internal (CID 2)
 ====================  =========================  ===================================  =================
+
+Visceral fat is encoded as in the body-composition SR (:mod:`sr_writer.ct_sr`), whose finding
+site is Fat with the topographical modifier Internal: PS3.16 has no visceral adipose tissue.
 
 Each segment names the algorithm (Segment Algorithm Name, family "Artificial
 Intelligence", CID 7162) with its HU range as a parameter; the object names
@@ -41,17 +45,20 @@ from sr_writer.common import (
 from sr_writer.ct_sr import HU_RANGES
 from sr_writer.errors import InvalidResultError
 
-__all__ = ["SERIES_DESCRIPTION", "TISSUES", "build_tissue_segmentation"]
+__all__ = ["REGION", "SERIES_DESCRIPTION", "TISSUES", "build_tissue_segmentation"]
 
 #: Series Description (0008,103E) of the segmentation unless :class:`~sr_writer.common.SeriesParams` gives one.
 SERIES_DESCRIPTION = "AI body composition (L3)"
 
-#: Mask keys in segment order (segment numbers 1, 2, 3): (label, type key, anatomic region key, HU range key).
+#: Mask keys in segment order (segment numbers 1, 2, 3): (label, type key, type modifier key, HU range key).
 TISSUES: dict[str, tuple[str, str, str | None, str]] = {
-    "muscle": ("skeletal muscle", "skeletal_muscle", None, "muscle"),
+    "muscle": ("skeletal muscle", "muscle", None, "muscle"),
     "subcutaneous_fat": ("subcutaneous fat", "subcutaneous_tissue", None, "fat"),
-    "visceral_fat": ("visceral fat", "fat", "abdomen", "fat"),
+    "visceral_fat": ("visceral fat", "fat", "internal", "fat"),
 }
+
+#: Anatomic region of every segment: the slice is an abdominal CT slice at L3.
+REGION = "abdomen"
 
 
 def build_tissue_segmentation(
@@ -107,25 +114,29 @@ def build_tissue_segmentation(
 
     name = lo(algorithm.display_name, "algorithm display name")
     descriptions = []
-    for number, (key, (label, type_key, region_key, hu_key)) in enumerate(TISSUES.items(), start=1):
+    for number, (key, (label, type_key, modifier_key, hu_key)) in enumerate(TISSUES.items(), start=1):
         low, high = HU_RANGES[hu_key]
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=label,
-                segmented_property_category=code("tissue"),
-                segmented_property_type=code(type_key),
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=hd.AlgorithmIdentificationSequence(
-                    name=name,
-                    family=code("artificial_intelligence"),
-                    version=lo(algorithm.version, "version"),
-                    source=lo(algorithm.manufacturer, "manufacturer"),
-                    parameters={"HU range": f"{low} to {high}", "mask": key},
-                ),
-                anatomic_regions=[code(region_key)] if region_key else None,
-            )
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label,
+            segmented_property_category=code("tissue"),
+            segmented_property_type=code(type_key),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name=name,
+                family=code("artificial_intelligence"),
+                version=lo(algorithm.version, "version"),
+                source=lo(algorithm.manufacturer, "manufacturer"),
+                parameters={"HU range": f"{low} to {high}", "mask": key},
+            ),
+            anatomic_regions=[code(REGION)],
         )
+        if modifier_key is not None:
+            # Segmented Property Type Modifier Code Sequence (0062,0011); highdicom takes no modifier.
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                code(modifier_key)
+            ]
+        descriptions.append(description)
     cleaned = with_empty_type2(source)
     seg = hd.seg.Segmentation(
         source_images=[cleaned],

@@ -234,7 +234,7 @@ def test_lumbar_sr_of_an_impossible_map_says_not_determined_and_why(tmp_path: Pa
     assert list(groups) == ["vertebral level not determined"]  # no level runs, no L3 group
     group = groups["vertebral level not determined"]
     assert group.finding_type == code("vertebral_level")
-    assert _evaluation(group, "vertebral_level") == "Indeterminate"
+    assert _evaluation(group, "vertebral_level") == "Undetermined"
     texts = [t for t in _texts(group) if t.startswith(("Vertebral level", "Reason: "))]
     assert texts[0].startswith("Vertebral level could not be determined")
     assert texts[1:] == [f"Reason: {r}" for r in result.lumbar.not_determined]
@@ -262,7 +262,7 @@ def test_pe_sr_of_an_unreadable_series_is_indeterminate_with_the_reason(tmp_path
     sr.save_as(path, enforce_file_format=True)
     assert_dciodvfy_clean(path)
     groups = _groups(path)
-    assert _evaluation(groups["exam PE"], "pulmonary_embolism") == "Indeterminate"
+    assert _evaluation(groups["exam PE"], "pulmonary_embolism") == "Undetermined"
     assert "Not assessable: lung seen over only 15 mm (slices 1-4); ..." in _texts(groups["exam PE"])
     # Indeterminate is no finding of PE: not "acute PE present" (what the SR said before issue 14).
     assert _evaluation(groups["exam acute PE"], "acute_pulmonary_embolism") == "Absent"
@@ -430,5 +430,5 @@ def test_an_abdomen_sent_to_the_pe_pipeline_is_indeterminate(
     out.objects[0].save_as(path, enforce_file_format=True)
     assert_dciodvfy_clean(path)
     group = _groups(path)["exam PE"]
-    assert _evaluation(group, "pulmonary_embolism") == "Indeterminate"
+    assert _evaluation(group, "pulmonary_embolism") == "Undetermined"
     assert f"Not assessable: {pe.indeterminate_reasons[1]}" in _texts(group)

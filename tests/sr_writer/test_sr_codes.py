@@ -25,6 +25,8 @@ for _scheme, _by_keyword in PS316_CONCEPTS.items():
 _CHECKABLE = sorted(
     k for k, c in CONCEPTS.items() if c.scheme in ("DCM", "SCT", "LN", "UCUM") and c.source.startswith("PS3.16")
 )
+#: Every concept of the table that pydicom's copy of PS3.16 holds, whatever its source says.
+_IN_PS316 = sorted(k for k, c in CONCEPTS.items() if (c.scheme, c.value) in _STANDARD)
 _OUTSIDE_PS316 = sorted(
     k for k, c in CONCEPTS.items() if c.scheme in ("DCM", "SCT", "LN") and not c.source.startswith("PS3.16")
 )
@@ -44,6 +46,57 @@ def test_standard_codes_match_ps3_16(key: str) -> None:
     cids = {cid for _, group in entries for cid in group}
     for claimed in re.findall(r"CID (\d+)", concept.source):
         assert int(claimed) in cids, f"{key}: PS3.16 does not list it in CID {claimed} (it is in {sorted(cids)})"
+
+
+def _words(text: str) -> set[str]:
+    """The words of a meaning, compared by their first five letters (``absent``/``absence``)."""
+    stop = {"of", "the", "and", "or", "in", "by", "structure", "body", "finding", "disorder", "qualifier", "value"}
+    return {w[:5] for w in re.findall(r"[a-z0-9]+", text.lower().replace("-", "")) if w not in stop}
+
+
+@pytest.mark.parametrize("key", _IN_PS316)
+def test_every_code_the_standard_holds_has_its_meaning(key: str) -> None:
+    """A code of the table that PS3.16 holds (in a CID or its SNOMED table) means what the standard says."""
+    concept = CONCEPTS[key]
+    entries = _STANDARD[(concept.scheme, concept.value)]
+    meanings = {m.lower() for m, _ in entries} | {re.sub(r" \([a-z ]+\)$", "", m).lower() for m, _ in entries}
+    assert concept.meaning.lower() in meanings, f"{key}: {concept.meaning!r} is not the standard's {sorted(meanings)}"
+    # PS3.16's SNOMED table (Table O-1: entries in no CID) gives a concept's full name; a code whose full
+    # name is another concept (287272002 is "Enlarged septal foramen of heart", though CID 12248 calls
+    # it Cardiomegaly) is the wrong code whatever a context group labels it.
+    for full_name, cids in entries:
+        if not cids and re.search(r"\([a-z ]+\)$", full_name):
+            assert _words(concept.meaning) & _words(full_name), (
+                f"{key}: ({concept.value}, {concept.scheme}) is {full_name!r} in PS3.16, not {concept.meaning!r}"
+            )
+
+
+def test_codes_found_wrong_in_review_stay_out() -> None:
+    """Issue 20's review: these codes name other concepts, or concepts of another value set."""
+    assert CONCEPTS["cardiomegaly"].value == "8186001"
+    assert CONCEPTS["indeterminate"].value == "373068000"  # CID 240, not CID 4220's 82334004
+    assert key_for("287272002", "SCT") is None
+    assert key_for("78381009", "SCT") is None  # pleural thickening: never confirmed
+    assert key_for("82334004", "SCT") is None
+    # Chronic and acute-and-chronic PE are PE with CID 6130 modifiers, which the table holds.
+    assert (CONCEPTS["chronic"].value, CONCEPTS["acute_onset"].value) == ("90734009", "385315009")
+
+
+def test_private_concepts_say_why_and_use_a_declared_scheme() -> None:
+    private = {k: c for k, c in CONCEPTS.items() if c.scheme.startswith("99")}
+    assert private, "no private concept: the check would pass on nothing"
+    for key, concept in private.items():
+        assert concept.scheme in codes.PRIVATE_SCHEMES, key
+        if concept.scheme == "99AINODE":  # ours: why no standard code serves
+            reason = concept.source.removeprefix("private: ").strip()
+            assert concept.source.startswith("private: ") and reason, f"{key}: {concept.source!r}"
+        else:  # another organisation's: the document that defines it
+            assert codes.PRIVATE_SCHEMES[concept.scheme].responsible_organization.split()[0] in concept.source, key
+
+
+def test_a_private_scheme_that_is_not_declared_is_refused() -> None:
+    with pytest.raises(ValueError, match="99NOPE"):
+        codes.Concept("X", "99NOPE", "x", "private: test")
 
 
 def test_every_concept_has_a_source_and_an_allowed_scheme() -> None:
@@ -151,3 +204,42 @@ def test_every_code_in_our_srs_comes_from_the_table(variant: str) -> None:
         )
         assert item.CodeMeaning == CONCEPTS[key].meaning, f"{variant}: {path} meaning differs from the table"
     assert seen >= 20, f"{variant}: only {seen} codes found; the walk is not reaching the content tree"
+
+
+def _fat_sites(ds: Dataset) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """Every content item whose coded value is Fat, with the (value, scheme) of its concept modifiers."""
+    for item in ds.get("ContentSequence", []):
+        value = item.get("ConceptCodeSequence")
+        if value and (value[0].CodeValue, value[0].CodingSchemeDesignator) == (CONCEPTS["fat"].value, "SCT"):
+            modifiers = [
+                (str(m.ConceptCodeSequence[0].CodeValue), str(m.ConceptCodeSequence[0].CodingSchemeDesignator))
+                for m in item.get("ContentSequence", [])
+                if m.get("RelationshipType") == "HAS CONCEPT MOD" and "ConceptCodeSequence" in m
+            ]
+            yield str(value[0].CodeValue), modifiers
+        yield from _fat_sites(item)
+
+
+def test_visceral_fat_is_one_encoding_in_the_sr_and_the_seg() -> None:
+    # Imported here: test_ct_objects imports this module (_code_items), a cycle at module level.
+    import numpy as np
+
+    from core.findings import AlgorithmInfo
+    from sr_writer import build_lumbar_report, build_tissue_segmentation
+    from tests.sr_writer.scenarios import series
+    from tests.sr_writer.test_ct_objects import ct_series, headers, lumbar_result
+
+    slices = ct_series(14)
+    sr = build_lumbar_report(lumbar_result(slices), headers(slices), params=series(994))
+    masks = {k: np.zeros((64, 64), bool) for k in ("muscle", "subcutaneous_fat", "visceral_fat")}
+    seg = build_tissue_segmentation(slices[6], masks, AlgorithmInfo(name="ct-lumbar", version="1"), series(996))
+
+    [visceral] = [d for d in seg.SegmentSequence if d.SegmentLabel == "visceral fat"]
+    kind = visceral.SegmentedPropertyTypeCodeSequence[0]
+    seg_encoding = (
+        str(kind.CodeValue),
+        [(str(m.CodeValue), str(m.CodingSchemeDesignator)) for m in kind.SegmentedPropertyTypeModifierCodeSequence],
+    )
+    internal = (CONCEPTS["internal"].value, "SCT")
+    assert seg_encoding == (CONCEPTS["fat"].value, [internal])
+    assert list(_fat_sites(sr)) == [seg_encoding], "the SR's visceral fat is not Fat + Internal as in the SEG"
