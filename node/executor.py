@@ -260,6 +260,8 @@ def _mark_finished(
 
 
 PipelineFactory = Callable[[], Pipeline]
+#: Longest wait of a worker between attempts while the database cannot be reached.
+MAX_WORKER_PAUSE = 30.0
 
 
 class LocalExecutor:
@@ -314,18 +316,29 @@ class LocalExecutor:
                 pipelines[pipeline_name] = factory()
             except Exception as exc:
                 log.error("worker %s: pipeline %s could not be built: %s", index, pipeline_name, exc)
+        pause = self.poll_seconds
         while not self._stopping.is_set():
             with self._wake:
                 seen = self._signals
-            job = claim_job(self.db, name, set(pipelines)) if pipelines else None
+            try:
+                job = claim_job(self.db, name, set(pipelines)) if pipelines else None
+                if job is not None:
+                    started = time.monotonic()
+                    run_job(self.db, self.outbox, pipelines[job.pipeline], job)
+                    if self.metrics is not None:
+                        self.metrics.analysis_seconds.observe(time.monotonic() - started, pipeline=job.pipeline)
+                    if self.on_job_done is not None:
+                        self.on_job_done()
+            except Exception as exc:
+                # The database went away (PostgreSQL restarted, a locked SQLite file): the worker
+                # must outlive it, or the node would receive and never analyse again. A job whose
+                # end could not be recorded stays running and is queued again at the next start.
+                log.error("worker %s: cannot claim or finish a job (%s); trying again in %.0f s", index, exc, pause)
+                self._stopping.wait(pause)
+                pause = min(pause * 2, MAX_WORKER_PAUSE)
+                continue
+            pause = self.poll_seconds
             if job is None:
                 with self._wake:
                     if self._signals == seen:
                         self._wake.wait(self.poll_seconds)
-                continue
-            started = time.monotonic()
-            run_job(self.db, self.outbox, pipelines[job.pipeline], job)
-            if self.metrics is not None:
-                self.metrics.analysis_seconds.observe(time.monotonic() - started, pipeline=job.pipeline)
-            if self.on_job_done is not None:
-                self.on_job_done()

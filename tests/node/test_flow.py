@@ -400,3 +400,36 @@ def test_sender_log_lines_name_their_study_and_job(db: Database, parts, caplog: 
     lines = [r for r in caplog.records if r.name == "ainode.destinations.test"]
     assert sorted(r.study for r in lines) == sorted(studies)  # type: ignore[attr-defined]
     assert all(r.job is not None for r in lines)  # type: ignore[attr-defined]
+
+
+def test_a_worker_outlives_a_database_that_goes_away(  # type: ignore[no-untyped-def]
+    db: Database, parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL restarting under a worker must not end the worker: the node would receive and never analyse."""
+    from sqlalchemy.exc import OperationalError
+
+    settings, receiver, assembler, outbox, dispatcher, destination = parts
+    real_claim = execution.claim_job
+    failures = [OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))] * 2
+
+    def flaky_claim(*args: object) -> Job | None:
+        if failures:
+            raise failures.pop()
+        return real_claim(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(execution, "claim_job", flaky_claim)
+    pipeline = TinyPipeline()
+    executor = execution.LocalExecutor(db, outbox, {"fake": lambda: pipeline}, workers=1, poll_seconds=0.05)
+    executor.start()
+    try:
+        receiver(_instance(generate_uid(), generate_uid()))
+        assembler.run_once()
+        executor.notify()
+        deadline = time.monotonic() + 10
+        while not pipeline.calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        executor.stop()
+    assert not failures and len(pipeline.calls) == 1
+    with db.session() as s:
+        assert s.scalar(select(Job.state)) == JobState.DONE
