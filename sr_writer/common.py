@@ -24,6 +24,7 @@ import pydicom
 
 from core.findings import AlgorithmInfo, SeriesResult
 from core.identity import MANUFACTURER
+from sr_writer.codes import declare_private_schemes
 from sr_writer.equipment import add_contributing_equipment
 from sr_writer.errors import InvalidResultError, ParameterError, ParameterTypeError
 from sr_writer.source_attributes import clean_source, record_issues
@@ -217,8 +218,10 @@ def name_series(
     series_description: str,
     sources: Sequence[pydicom.Dataset] = (),
 ) -> None:
-    """Series Description (0008,103E), with "(DEMO)" for demo models, and the IHE AI Results
-    contributing-equipment items naming each algorithm: the last touch of every object we write.
+    """Series Description (0008,103E), with "(DEMO)" for demo models, the IHE AI Results
+    contributing-equipment items naming each algorithm, and the Coding Scheme Identification of every
+    private scheme the object uses (:func:`sr_writer.codes.declare_private_schemes`): the last touch of
+    every object we write.
 
     ``sources`` are the cleaned sources the object copied attributes from (:func:`with_empty_type2`);
     what was dropped or corrected in them is recorded on ``ds``
@@ -226,6 +229,7 @@ def name_series(
     ds.SeriesDescription = lo(with_demo(series_description, is_demo(algorithms)), "series_description")
     add_contributing_equipment(ds, list(algorithms))
     record_issues(ds, sources)
+    declare_private_schemes(ds)
 
 
 def node_version() -> str:

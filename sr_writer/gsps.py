@@ -49,9 +49,11 @@ __all__ = [
     "PR_COPIED",
     "PR_COPIED_EACH",
     "SERIES_DESCRIPTION",
+    "UNPAIRED_BODY_PARTS",
     "box_corners",
     "build_presentation_state",
     "caption",
+    "copy_laterality",
     "presentation_state",
     "text_box",
 ]
@@ -62,11 +64,84 @@ SERIES_DESCRIPTION = "AI findings (boxes)"
 #: Name of the graphic layer that holds our annotations (a CS value: capitals and underscores).
 GRAPHIC_LAYER = "AI_FINDINGS"
 
+#: Body Part Examined (0018,0015) defined terms (PS3.16 Annex L) of unpaired parts, for which a
+#: series has no Laterality (0020,0060): those that dciodvfy (dicom3tools) accepts without one.
+UNPAIRED_BODY_PARTS = frozenset(
+    [
+        "ABDOMEN",
+        "ABDOMENPELVIS",
+        "AORTA",
+        "BACK",
+        "BLADDER",
+        "BRAIN",
+        "CEREBELLUM",
+        "CERVIX",
+        "CHEST",
+        "CHESTABDOMEN",
+        "CHESTABDPELVIS",
+        "CIRCLEOFWILLIS",
+        "COCCYX",
+        "COLON",
+        "CORONARYARTERY",
+        "CSPINE",
+        "CTSPINE",
+        "DUODENUM",
+        "ESOPHAGUS",
+        "FACE",
+        "GALLBLADDER",
+        "HEAD",
+        "HEADNECK",
+        "HEART",
+        "ILEUM",
+        "ILIUM",
+        "JAW",
+        "JEJUNUM",
+        "LARYNX",
+        "LIVER",
+        "LSPINE",
+        "LSSPINE",
+        "MAXILLA",
+        "MEDIASTINUM",
+        "MOUTH",
+        "NECK",
+        "NECKCHEST",
+        "NECKCHESTABDOMEN",
+        "NECKCHESTABDPELV",
+        "NOSE",
+        "PANCREAS",
+        "PELVIS",
+        "PENIS",
+        "PHARYNX",
+        "PROSTATE",
+        "RECTUM",
+        "SCALP",
+        "SKULL",
+        "SPINE",
+        "SPLEEN",
+        "SSPINE",
+        "STERNUM",
+        "STOMACH",
+        "THYMUS",
+        "THYROID",
+        "TLSPINE",
+        "TONGUE",
+        "TRACHEA",
+        "TSPINE",
+        "URETER",
+        "URETHRA",
+        "UTERUS",
+        "VAGINA",
+        "VULVA",
+        "WHOLEBODY",
+    ]
+)
+
 #: Attributes a presentation state copies from every image (highdicom, with its VOI), with their Type.
 PR_COPIED_EACH: dict[str, str] = {"WindowCenterWidthExplanation": "3"}
 #: And from its first image besides highdicom's patient and study attributes: General Series
-#: Laterality (0020,0060) is Type 2C, its condition met when the source has one.
-PR_COPIED: dict[str, str] = {"Laterality": "2", **PR_COPIED_EACH}
+#: Laterality (0020,0060), Type 2C, its condition met when the source has one, and Body Part Examined
+#: (0018,0015), Type 3, which says whether the body part is paired (:func:`copy_laterality`).
+PR_COPIED: dict[str, str] = {"Laterality": "2C", "BodyPartExamined": "3", **PR_COPIED_EACH}
 
 
 def build_presentation_state(
@@ -168,11 +243,35 @@ def presentation_state(
         voi_lut_transformations=_voi(referenced),
         presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape=presentation_lut_shape),
     )
-    # General Series Laterality (0020,0060) is Type 2C (PS3.3 C.7.3.1): dciodvfy asks for it on a PR,
-    # which has no Image Laterality; copy the source's, else send it empty (unknown).
-    gsps.Laterality = referenced[0].get("Laterality", "")
+    # General Series Laterality (0020,0060) is Type 2C (PS3.3 C.7.3.1), required for a paired body part:
+    # copied when the source has it (its condition met there), absent otherwise (a chest, a CT series).
+    copy_laterality(gsps, referenced[0])
     name_series(gsps, result.algorithms, series_description, referenced)
     return gsps
+
+
+def copy_laterality(target: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """General Series Laterality (0020,0060) and Body Part Examined (0018,0015) of ``target`` from the
+    (cleaned) ``source``.
+
+    Laterality is Type 2C (PS3.3 C.7.3.1): required when the body part is paired and the object has no
+    Image Laterality, which a presentation state or a capture never has. So it is absent for a body
+    part of :data:`UNPAIRED_BODY_PARTS` (a chest, an abdomen: the attribute does not apply), and
+    otherwise the source's Laterality, else its Image Laterality, when R or L; else empty, which PS3.3
+    reserves for an unknown laterality (a paired part, or a source that does not name its body part).
+    """
+    body_part = str(source.get("BodyPartExamined", "") or "")
+    if body_part:
+        target.BodyPartExamined = body_part
+    laterality = next(
+        (str(source.get(k, "")) for k in ("Laterality", "ImageLaterality") if str(source.get(k, "")) in ("R", "L")),
+        "",
+    )
+    if body_part in UNPAIRED_BODY_PARTS:
+        if "Laterality" in target:
+            del target.Laterality
+    else:
+        target.Laterality = laterality
 
 
 def box_corners(region: Region, source: pydicom.Dataset, label: str) -> np.ndarray:

@@ -40,7 +40,7 @@ from sr_writer.common import (
     with_empty_type2,
 )
 from sr_writer.errors import InvalidResultError
-from sr_writer.gsps import PR_COPIED, box_corners, caption
+from sr_writer.gsps import PR_COPIED, box_corners, caption, copy_laterality
 from sr_writer.source_attributes import probability_text
 
 __all__ = ["BOX_COLOUR", "SERIES_DESCRIPTION", "build_secondary_capture", "render_radiograph"]
@@ -113,7 +113,7 @@ def build_secondary_capture(
     )
     if not (orientation and len(orientation) == 2):
         sc.PatientOrientation = ""  # type: ignore[assignment]  # Type 2 in the General Image module: empty means unknown
-    sc.Laterality = reference.get("Laterality", "")  # Type 2C; see sr_writer.gsps
+    copy_laterality(sc, reference)  # Type 2C: the source's, else absent
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = _DERIVATION
