@@ -257,7 +257,8 @@ class CxrSettings(_Strict):
     detector_model: str | None = "cxr-detector"
     top_findings: int = Field(default=3, ge=0, le=14)
     # A normal image has no top finding: ranking fourteen near-zero probabilities would name
-    # whichever label has the highest base rate (seed 2 does; false restores that).
+    # whichever label has the highest base rate (the emergency-department triage service does; false
+    # restores that).
     top_findings_present_only: bool = True
     triage: CxrTriageSettings = Field(default_factory=CxrTriageSettings)
     presentation_state: bool = True

@@ -157,11 +157,12 @@ class CxrPipeline:
     Parameters
     ----------
     view_filter : ViewFilter
-        Seed 5's frontal/lateral filter (required).
+        The frontal/lateral filter of the MIMIC-CXR view-filter design (required).
     finding_model, detector : RadiographModel or None
-        Seed 2's 14-label classifier and box detector; None when not installed.
+        The emergency-department triage service's 14-label classifier and box detector; None when not
+        installed.
     four_class_models : sequence of RadiographModel
-        Seed 4's classifier(s), run in this order.
+        The four-class design's classifier(s), run in this order.
     missing : mapping of str to str
         Analyses configured but not available (model name -> reason), said in each frontal image's SR.
     triage : TriageRules
