@@ -14,6 +14,9 @@ the standard (``pydicom.sr._concepts_dict``); ``tests/sr_writer`` re-checks
 each one against that dictionary. Concepts with no standard code use the
 private scheme ``99AINODE`` (PS3.16 section 8.2: private scheme designators
 begin with ``99``); ``99IHE`` is IHE's own private scheme (IHE RAD AI Results).
+Both are in :data:`PRIVATE_SCHEMES`, and every object we write declares those it
+uses in its Coding Scheme Identification Sequence (:func:`declare_private_schemes`,
+called by :func:`sr_writer.common.name_series`).
 
 Labels of :class:`core.findings.Finding` are keys of this table whose
 concept is marked ``is_finding``.
@@ -414,6 +417,8 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
         "sacrum": _c("54735007", "SCT", "Sacrum", f"{_PS316}, CID 4"),
         # The finding of a level map that could not be determined (its value: SCT Indeterminate).
         "vertebral_level": _c("VERTLEVEL", "99AINODE", "Vertebral level", "private: no standard code"),
+        # Finding site of a level map that could not be determined (no single vertebra to name).
+        "vertebra": _c("51282000", "SCT", "Vertebra", f"{_PS316}, CID 7151"),
         # The muscle as an anatomic structure (a finding site, CID 8134); a segment's type is "muscle".
         "skeletal_muscle": _c("127954009", "SCT", "Skeletal muscle", f"{_PS316}, CID 8134"),
         # Segmentation property type of muscle under the category Tissue (CID 7191, 7166).
