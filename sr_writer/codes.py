@@ -417,8 +417,6 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
         "sacrum": _c("54735007", "SCT", "Sacrum", f"{_PS316}, CID 4"),
         # The finding of a level map that could not be determined (its value: SCT Indeterminate).
         "vertebral_level": _c("VERTLEVEL", "99AINODE", "Vertebral level", "private: no standard code"),
-        # Finding site of a level map that could not be determined (no single vertebra to name).
-        "vertebra": _c("51282000", "SCT", "Vertebra", f"{_PS316}, CID 7151"),
         # The muscle as an anatomic structure (a finding site, CID 8134); a segment's type is "muscle".
         "skeletal_muscle": _c("127954009", "SCT", "Skeletal muscle", f"{_PS316}, CID 8134"),
         # Segmentation property type of muscle under the category Tissue (CID 7191, 7166).

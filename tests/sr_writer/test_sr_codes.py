@@ -48,6 +48,13 @@ def test_standard_codes_match_ps3_16(key: str) -> None:
         assert int(claimed) in cids, f"{key}: PS3.16 does not list it in CID {claimed} (it is in {sorted(cids)})"
 
 
+#: Codes whose PS3.16 full name shares no word with the meaning PS3.16's context groups give them, yet
+#: names the same concept (checked by hand): the full-name check below lets them through.
+_SAME_CONCEPT: dict[tuple[str, str], str] = {
+    ("SCT", "51282000"): "Vertebra in CIDs 6102, 7151, 7192; full name 'Bone structure of spine'",
+}
+
+
 def _words(text: str) -> set[str]:
     """The words of a meaning, compared by their first five letters (``absent``/``absence``)."""
     stop = {"of", "the", "and", "or", "in", "by", "structure", "body", "finding", "disorder", "qualifier", "value"}
@@ -65,6 +72,8 @@ def test_every_code_the_standard_holds_has_its_meaning(key: str) -> None:
     # name is another concept (287272002 is "Enlarged septal foramen of heart", though CID 12248 calls
     # it Cardiomegaly) is the wrong code whatever a context group labels it.
     for full_name, cids in entries:
+        if (concept.scheme, concept.value) in _SAME_CONCEPT:
+            break
         if not cids and re.search(r"\([a-z ]+\)$", full_name):
             assert _words(concept.meaning) & _words(full_name), (
                 f"{key}: ({concept.value}, {concept.scheme}) is {full_name!r} in PS3.16, not {concept.meaning!r}"
