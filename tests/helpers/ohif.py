@@ -280,11 +280,14 @@ class SrView:
         Error notifications and uncaught page errors.
     screenshots : list of pathlib.Path
         The screenshots taken (one per measurement stepped to).
+    nudged : bool
+        Whether the measurements were drawn only after a step to the next one and back.
     """
 
     annotations: list[list[str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     screenshots: list[Path] = field(default_factory=list)
+    nudged: bool = False
 
     def labels(self) -> list[str]:
         """Every annotation's label as one line (lines joined with ' | ')."""
@@ -337,7 +340,9 @@ class OhifBrowser:
             page.goto(self.server.viewer_url(study_uid))
             entry = page.get_by_text(series_description, exact=False).first
             entry.wait_for(timeout=30_000)
-            page.wait_for_timeout(1_500)  # the first image settles
+            # The first image is drawn (its window shows in the overlay) before the SR replaces it.
+            page.locator('[data-cy="viewport-overlay-bottom-left"]').get_by_text("W:").first.wait_for(timeout=30_000)
+            page.wait_for_timeout(1_000)
             self._shot(page, view, f"{name}-study.png")
             entry.dblclick()
             seen: set[tuple[str, ...]] = set()
@@ -359,13 +364,26 @@ class OhifBrowser:
         return view
 
     def _wait_annotations(self, page: Any, view: SrView, timeout: float = 20.0) -> list[list[str]]:
-        """The annotations' labels once some are drawn (or an error shows, or ``timeout`` seconds pass)."""
-        deadline = time.monotonic() + timeout
+        """The annotations' labels once some are drawn (or an error shows, or ``timeout`` seconds pass).
+
+        Now and then OHIF shows the SR's image without drawing its measurements until the viewport renders
+        again; half-way through the wait, a step to the next measurement and back makes it render.
+        """
+        start = time.monotonic()
+        nudged = False
         while True:
             annotations: list[list[str]] = page.evaluate(_ANNOTATIONS_JS)
-            if annotations or time.monotonic() > deadline or view.errors or self._notifications(page):
+            waited = time.monotonic() - start
+            if annotations or waited > timeout or view.errors or self._notifications(page):
                 page.wait_for_timeout(500)  # labels of the other measurements on the same image
                 return list(page.evaluate(_ANNOTATIONS_JS))
+            arrows = page.locator('[data-cy="viewport-action-arrows"]')
+            if not nudged and waited > timeout / 2 and arrows.count():
+                nudged = True
+                view.nudged = True
+                page.locator('[data-cy="viewport-action-arrows-right"]').first.click()
+                page.wait_for_timeout(500)
+                page.locator('[data-cy="viewport-action-arrows-left"]').first.click()
             page.wait_for_timeout(250)
 
     @staticmethod

@@ -10,6 +10,10 @@ reads them on the screenshots (``viewer-screenshots`` in pytest's base temporary
 - the radiograph without a box: its top findings, each with its probability;
 - the radiograph with a box: a box whose own label names its finding;
 - the abdominal CT: the L3 level, stepping through the SR's measurements with the viewport's arrow.
+
+Reference SRs made here with highdicom (TID 1500 with an Image Library, SCOORD regions labelled by NUMs and a
+Finding Site, the way OHIF reads them) go through the same reading and the same checks: they show that the
+harness sees labels wherever OHIF draws them, so a failure of the node's SR is the SR's.
 """
 
 from __future__ import annotations
@@ -20,8 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
+from highdicom import sr
+from pydicom.sr.codedict import codes
 
 from node.db import DeliveryState
 from tests.helpers import OrthancServer, rg1_uncr_path
@@ -35,6 +43,11 @@ pytestmark = pytest.mark.integration
 
 #: The chest phantom of test_cxr_full.py whose nodule the demo detector boxes.
 NODULE_SEED = 7_000_003
+#: The chest phantom of the reference SR (stored into Orthanc only, never sent to the node).
+REFERENCE_SEED = 7_000_005
+REFERENCE_DESCRIPTION = "Reference SR (viewer test)"
+#: The reference SR's probabilities: what its labels must show.
+REFERENCE_TOP = [("Nodule", 0.83), ("Mass", 0.41)]
 #: "Top findings: 1. Nodule 0.976; 2. Pneumothorax 0.473; 3. Mass 0.356", the SR's summary.
 _TOP = re.compile(r"(\d+)\. (.+?) (\d+(?:\.\d+)?)(?:;|$)")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -110,8 +123,107 @@ def studies(
         study = by_uid.get(instance.study_instance_uid)
         if study is not None and instance.modality == "SR":
             study.sr = pydicom.dcmread(_download(module_orthanc, instance.id, work))
+    found["reference"] = _reference_radiograph(module_orthanc, work)
+    found["ct_reference"] = _reference_ct(module_orthanc, [pydicom.dcmread(p) for p in ct_paths], work)
     ohif_browser.server.point_at(module_orthanc.dicomweb_url)
     yield found
+
+
+def _unit_less(name: str, value: float) -> sr.Measurement:
+    return sr.Measurement(
+        name=hd.sr.CodedConcept(name.lower().replace(" ", "-")[:16], "99AINODETEST", name),
+        value=value,
+        unit=codes.UCUM.NoUnits,
+    )
+
+
+def _box(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
+
+
+def _group(
+    source: pydicom.Dataset, label: str, corners: np.ndarray, site: hd.sr.CodedConcept, numbers: list[sr.Measurement]
+) -> sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    region = sr.ImageRegion(
+        graphic_type=sr.GraphicTypeValues.POLYLINE,
+        graphic_data=corners,
+        source_image=sr.SourceImageForRegion.from_source_image(source),
+    )
+    return sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
+        referenced_region=region,
+        finding_type=codes.SCT.Finding,
+        finding_sites=[sr.FindingSite(anatomic_location=site)],
+        measurements=numbers,
+    )
+
+
+def _reference_sr(
+    images: list[pydicom.Dataset], groups: list[sr.PlanarROIMeasurementsAndQualitativeEvaluations]
+) -> sr.MeasurementReport:
+    device = sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name="viewer test"),
+    )
+    report = sr.MeasurementReport(
+        observation_context=sr.ObservationContext(observer_device_context=device),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+        referenced_images=images,
+    )
+    return report
+
+
+def _store_reference(
+    orthanc: OrthancServer,
+    images: list[pydicom.Dataset],
+    groups: list[sr.PlanarROIMeasurementsAndQualitativeEvaluations],
+    path: Path,
+) -> None:
+    document = sr.Comprehensive3DSR(
+        evidence=images,
+        content=_reference_sr(images, groups),
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="ainode tests",
+        series_description=REFERENCE_DESCRIPTION,
+    )
+    document.save_as(path)
+    orthanc.upload(path)
+
+
+def _reference_radiograph(orthanc: OrthancServer, work: Path) -> Study:
+    """A chest phantom and a reference SR: the image's probabilities over the whole image, a labelled box."""
+    image = phantom_dataset(chest_phantom(REFERENCE_SEED, ["Nodule"]))
+    image_path = work / "reference.dcm"
+    image.save_as(image_path, enforce_file_format=True)
+    orthanc.upload(image_path)
+    rows, columns = int(image.Rows), int(image.Columns)
+    whole = _group(
+        image,
+        "image findings",
+        _box(0, 0, columns, rows),
+        codes.SCT.Chest,
+        [_unit_less(f"{name} probability", p) for name, p in REFERENCE_TOP],
+    )
+    box = _group(image, "nodule box", _box(columns / 4, rows / 4, columns / 2, rows / 2), codes.SCT.Nodule, [])
+    _store_reference(orthanc, [image], [whole, box], work / "reference-sr.dcm")
+    return Study(str(image.StudyInstanceUID))
+
+
+def _reference_ct(orthanc: OrthancServer, slices: list[pydicom.Dataset], work: Path) -> Study:
+    """A reference SR on the abdominal CT: a labelled region on a first slice, the L3 vertebra on a later one."""
+    slices = sorted(slices, key=lambda ds: int(ds.InstanceNumber))
+    first, later = slices[5], slices[30]
+    rows, columns = int(first.Rows), int(first.Columns)
+    groups = [
+        _group(first, "level S", _box(8, 8, columns - 8, rows - 8), codes.SCT.Sacrum, []),
+        _group(later, "level L3", _box(8, 8, columns - 8, rows - 8), codes.SCT.L3Vertebra, []),
+    ]
+    _store_reference(orthanc, [first, later], groups, work / "reference-ct-sr.dcm")
+    return Study(str(first.StudyInstanceUID))
 
 
 def _download(orthanc: OrthancServer, instance_id: str, folder: Path) -> Path:
@@ -123,7 +235,8 @@ def _download(orthanc: OrthancServer, instance_id: str, folder: Path) -> Path:
 def _shown(view: SrView) -> str:
     """What the viewport showed, for failure messages."""
     return (
-        f"labels drawn: {view.labels() or 'none'}; errors: {view.errors or 'none'}; "
+        f"labels drawn: {view.labels() or 'none'}{' (after a step and back)' if view.nudged else ''}; "
+        f"errors: {view.errors or 'none'}; "
         f"screenshots: {[str(p) for p in view.screenshots]}"
     )
 
@@ -138,6 +251,38 @@ def _shows_probability(lines: list[str], name: str, probability: float) -> bool:
         if abs(value - probability) <= 0.006 or abs(value - 100 * probability) <= 0.6:
             return True
     return False
+
+
+def _box_labels(view: SrView, finding: str, others: list[str]) -> list[list[str]]:
+    """Labels naming ``finding`` and none of ``others`` (a label listing them all is the whole image's)."""
+    return [
+        lines
+        for lines in view.annotations
+        if finding.lower() in " ".join(lines).lower() and not any(o.lower() in " ".join(lines).lower() for o in others)
+    ]
+
+
+def _shows_l3(view: SrView) -> bool:
+    return any(re.search(r"\bL3\b", " ".join(lines)) for lines in view.annotations)
+
+
+def test_reference_radiograph_sr_shows_probabilities_and_a_labelled_box(
+    studies: dict[str, Study], ohif_browser: OhifBrowser
+) -> None:
+    study = studies["reference"]
+    view = ohif_browser.open_sr(study.study_uid, REFERENCE_DESCRIPTION, "reference-radiograph")
+    assert not view.errors, _shown(view)
+    for name, p in REFERENCE_TOP:
+        assert any(_shows_probability(lines, name, p) for lines in view.annotations), (name, _shown(view))
+    assert _box_labels(view, "Nodule", ["Mass"]), _shown(view)
+
+
+def test_reference_ct_sr_shows_l3_after_stepping(studies: dict[str, Study], ohif_browser: OhifBrowser) -> None:
+    study = studies["ct_reference"]
+    view = ohif_browser.open_sr(study.study_uid, REFERENCE_DESCRIPTION, "reference-ct", max_steps=4)
+    assert not view.errors, _shown(view)
+    assert _shows_l3(view), _shown(view)
+    assert not any(re.search(r"\bL3\b", line) for line in view.annotations[0]), "L3 must be on a later slice"
 
 
 def test_radiograph_without_box_shows_its_top_findings_with_probabilities(
@@ -175,4 +320,4 @@ def test_abdominal_ct_shows_its_l3_level(studies: dict[str, Study], ohif_browser
     study = studies["ct"]
     view = ohif_browser.open_sr(study.study_uid, study.sr_description, "abdominal-ct", max_steps=12)
     assert not view.errors, _shown(view)
-    assert any(re.search(r"\bL3\b", " ".join(lines)) for lines in view.annotations), _shown(view)
+    assert _shows_l3(view), _shown(view)
