@@ -4,6 +4,7 @@ Fixtures built on these live in ``tests/conftest.py``; import the functions
 with ``from tests.helpers import ...``.
 """
 
+from . import externals
 from .dicom_tools import (
     DciodvfyReport,
     assert_dciodvfy_clean,
@@ -40,6 +41,7 @@ __all__ = [
     "cxr_view_dir",
     "dciodvfy",
     "echoscu",
+    "externals",
     "find_dicomweb_plugin",
     "find_postgres_bindir",
     "free_port",

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .externals import missing_program_hint, require_integration
+
 __all__ = [
     "DciodvfyReport",
     "assert_dciodvfy_clean",
@@ -55,13 +57,16 @@ def require_tool(name: str) -> str:
     ------
     FileNotFoundError
         When the tool is not installed; the message names its Debian package.
+    Failed
+        (pytest's) When the running test is not marked ``integration``.
     """
+    require_integration(name)
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     found = shutil.which(name, path=search)
     if found is None:
         package = _TOOL_PACKAGES.get(name, name)
         raise FileNotFoundError(
-            f"{name!r} is not installed; install the Debian package {package!r} (bash scripts/dev.sh test does it)"
+            f"{name!r} is not installed; install the Debian package {package!r} ({missing_program_hint()})"
         )
     return found
 

@@ -25,6 +25,7 @@ import requests
 from orthanc_api_client import OrthancApiClient
 
 from .dicom_tools import require_tool, storescu, tool_env
+from .externals import missing_program_hint, require_integration
 from .ports import free_port
 
 __all__ = ["OrthancInstance", "OrthancServer", "find_dicomweb_plugin"]
@@ -59,6 +60,7 @@ def find_dicomweb_plugin() -> str:
     FileNotFoundError
         When the plugin (Debian package ``orthanc-dicomweb``) is not installed.
     """
+    require_integration("Orthanc")
     override = os.environ.get("AINODE_ORTHANC_DICOMWEB_PLUGIN")
     if override:
         return override
@@ -68,7 +70,7 @@ def find_dicomweb_plugin() -> str:
             return matches[0]
     raise FileNotFoundError(
         "Orthanc's DICOMweb plugin libOrthancDicomWeb.so was not found; install the "
-        "Debian package 'orthanc-dicomweb' (bash scripts/dev.sh test does it)"
+        f"Debian package 'orthanc-dicomweb' ({missing_program_hint()})"
     )
 
 

@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .externals import missing_program_hint, require_integration
 from .ports import free_port
 
 __all__ = ["PostgresServer", "find_postgres_bindir"]
@@ -36,6 +37,7 @@ def find_postgres_bindir() -> Path:
     FileNotFoundError
         When PostgreSQL (Debian package ``postgresql``) is not installed.
     """
+    require_integration("PostgreSQL")
     candidates = glob.glob("/usr/lib/postgresql/*/bin/initdb")
     if candidates:
         newest = max(candidates, key=lambda p: int(Path(p).parent.parent.name.split(".")[0]))
@@ -44,7 +46,7 @@ def find_postgres_bindir() -> Path:
     if on_path:
         return Path(on_path).parent
     raise FileNotFoundError(
-        "PostgreSQL's initdb was not found; install the Debian package 'postgresql' (bash scripts/dev.sh test does it)"
+        f"PostgreSQL's initdb was not found; install the Debian package 'postgresql' ({missing_program_hint()})"
     )
 
 

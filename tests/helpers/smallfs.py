@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from .externals import require_integration
+
 
 def mount_small_fs(mountpoint: Path, size_mb: int, image: Path) -> str:
     """Mount a file system of ``size_mb`` at ``mountpoint``; return how ("tmpfs" or "loop")."""
+    require_integration("mount (as root)")
     mountpoint.mkdir(parents=True, exist_ok=True)
     tmpfs = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(mountpoint)],

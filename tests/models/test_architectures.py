@@ -74,6 +74,7 @@ def _check_export(model: Any, path: Path, size: int) -> None:
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_efficientnet_b0_exports_to_onnx_with_one_input(tmp_path: Path) -> None:
     _check_export(finding_classifier("B0", 64), tmp_path / "b0.onnx", 64)
 

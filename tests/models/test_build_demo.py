@@ -30,6 +30,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return out, log.getvalue()
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_quick_build_writes_valid_demo_manifests(models_dir: tuple[Path, str]) -> None:
     out, log = models_dir
     statuses = ModelRegistry.discover(out).verify()
@@ -51,6 +52,7 @@ def test_quick_build_writes_valid_demo_manifests(models_dir: tuple[Path, str]) -
     assert "cxr-findings: built in" in log and "epoch 1/1" in log
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_second_run_is_cached_and_force_rebuilds(models_dir: tuple[Path, str]) -> None:
     out, _ = models_dir
     log = io.StringIO()
@@ -66,6 +68,7 @@ def test_second_run_is_cached_and_force_rebuilds(models_dir: tuple[Path, str]) -
     assert ModelRegistry.discover(out).verify()[1].state == "ok"
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_missing_recipe_module_is_named_and_others_still_build(models_dir: tuple[Path, str]) -> None:
     out, _ = models_dir
     log = io.StringIO()
@@ -82,6 +85,7 @@ def test_missing_recipe_module_is_named_and_others_still_build(models_dir: tuple
     assert "cxr-detector" in [name for name, _, _ in RECIPES]
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_cli_builds_into_out_and_reports_cache(
     models_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -92,6 +92,7 @@ def test_invalid_configuration_is_one_line(tmp_path: Path) -> None:
     assert run.returncode == 2 and run.stderr.startswith("ainode-train: error:") and "Traceback" not in run.stderr
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_train_view_filter_command_builds_verified_weights(tmp_path: Path, config: Path) -> None:
     """`ainode-train view-filter` (extra [train]) on a tiny generated data set gives weights the node accepts;
     without --out it writes into the configuration's models_dir."""

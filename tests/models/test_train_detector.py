@@ -183,6 +183,7 @@ def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, _S
     return root / "models", root / "work", steps
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_quick_demo_writes_a_demo_manifest_and_an_onnx_of_the_declared_shape(
     quick_demo: tuple[Path, Path, _Steps],
 ) -> None:
@@ -214,6 +215,7 @@ def test_quick_demo_writes_a_demo_manifest_and_an_onnx_of_the_declared_shape(
     assert done == sorted(done) and steps.calls[-1][0] == steps.calls[-1][1] and len(steps.calls) > 3
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_evaluate_prints_the_four_metrics(quick_demo: tuple[Path, Path, _Steps]) -> None:
     models_dir, work, _ = quick_demo
     data_yaml = work / "cxr-detector" / "yolo" / "data.yaml"

@@ -63,6 +63,7 @@ def test_parse_defaults_are_the_seed_and_one_mode_is_required(
         train_lumbar._parse(["--data", str(tmp_path)])
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_seed_architecture_has_seven_softmax_outputs() -> None:
     model = train_lumbar.build_model("V2S", 64)
     assert model.output_shape == (None, 7) and model.input_shape == (None, 64, 64, 1)

@@ -50,6 +50,7 @@ def test_seed_1_parameter_counts_and_head_order() -> None:
     assert dense == ["dense_1024", "dense_256", "dense_64", *PE_HEADS]
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_onnx_export_one_output_in_head_order_with_float16_storage(tmp_path: Path) -> None:
     model = build_model(71)
     for index, name in enumerate(PE_HEADS):  # head h outputs sigmoid(bias_h): the column order is visible
@@ -156,6 +157,7 @@ def test_reading_labels_and_study_wise_split(tmp_path: Path) -> None:
         read_rsna_labels(data / "bad.csv")
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_training_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_rsna(tmp_path / "rsna", [([0, 1, 1, 0, 0], POS), ([0, 0, 0, 0, 0], NEG), ([0, 0, 1, 1, 0], POS)])
     out = tmp_path / "out"
@@ -227,6 +229,7 @@ def test_separating_threshold_takes_the_middle_of_the_gap_or_the_best_balanced_a
     assert separating_threshold(central, others, balanced=False) == pytest.approx(0.395)
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_demo_training_chooses_the_exam_threshold_on_fresh_phantoms(tmp_path: Path) -> None:
     data = write_rsna(tmp_path / "rsna", [([0, 1, 1, 0], POS), ([0, 0, 0, 0], NEG), ([0, 0, 1, 0], POS)])
     out = tmp_path / "out"

@@ -160,6 +160,7 @@ def test_tiny_training_exports_a_working_onnx_model(tmp_path: Path, capsys: pyte
     assert "group-balanced sampling" in card and "Images these weights saw" in card
 
 
+@pytest.mark.integration  # trains or exports a model for tens of seconds: not for the fast loop
 def test_tiny_training_with_children_and_group_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from training.view_filter import main
 
