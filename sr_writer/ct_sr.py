@@ -18,15 +18,29 @@ the Predecessor Documents Sequence (PS3.3 C.17.2).
   present/absent with its probability; and acute PE, derived from them;
 - the positive slices as image-referenced evidence: one group whose source
   images are those slices, with one probability per slice that references
-  its slice (INFERRED FROM an IMAGE item).
+  its slice (INFERRED FROM an IMAGE item);
+- and per positive slice a planar ROI group (TID 1410) whose Image Region
+  is the whole slice (a closed SCOORD POLYLINE, selected from it): Finding
+  "Pulmonary embolism" = Present, finding site "Pulmonary artery", and the
+  slice's probability as a NUM named by the finding, which a viewer that
+  reads groups through their SCOORD (OHIF v3) shows on the slice.
 
 ``build_lumbar_report`` (the vertebral level model):
 
-- one group per level run (finding site = the vertebra) whose source images
-  are every slice of the run;
-- the L3 slice group: the slice, the three tissue areas as "Area" NUMs in
-  UCUM cm2 with the tissue as finding site, the skeletal muscle index in
-  cm2/m2 when the height is known, and the HU ranges in words;
+- one group per level run whose source images are every slice of the run:
+  Finding = the vertebra (or thoracic spine, sacrum), "Vertebral level" =
+  the same concept, finding site = the vertebra;
+- the L3 slice group: the slice, Finding and "Vertebral level" = L3
+  vertebra, the three tissue areas as "Area" NUMs in UCUM cm2 with the
+  tissue as finding site, the skeletal muscle index in cm2/m2 when the
+  height is known, and the HU ranges in words;
+- for each run, a planar ROI group (TID 1410) with the same tracking
+  identifier and UID (the same tracked object) whose Image Region is the
+  whole of the run's middle slice, with its Finding and finding site: what a
+  viewer that reads groups through their SCOORD (OHIF v3) shows on the
+  slice, merged with its partner by the Tracking UID. The L3 run's is on the
+  L3 slice instead, and the L3 slice group shares that run's Tracking UID:
+  one tracked object, the L3 vertebra, shown with the areas;
 - or, when the level map is anatomically impossible (``lumbar.not_determined``,
   :mod:`models.plausibility`), one group only: "Vertebral level" = Indeterminate
   (SCT), with "Vertebral level could not be determined" and each reason as TEXT;
@@ -44,11 +58,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from highdicom.sr import (
     FindingSite,
     Measurement,
     MeasurementsAndQualitativeEvaluations,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     SourceImageForMeasurement,
     SourceImageForMeasurementGroup,
@@ -59,7 +75,7 @@ from core.findings import LUMBAR_LEVELS, PE_EXAM_LABELS, AlgorithmInfo, PeExamRe
 from sr_writer.codes import code
 from sr_writer.common import SeriesParams, checked_sources
 from sr_writer.errors import InvalidResultError
-from sr_writer.report import algorithm_id, check_predecessors, comment, document, score
+from sr_writer.report import Group, algorithm_id, check_predecessors, comment, document, score, whole_image_region
 from sr_writer.source_attributes import significant
 from sr_writer.uids import new_uid
 
@@ -93,6 +109,7 @@ assert set(LEVEL_KEYS) == set(LUMBAR_LEVELS)
 HU_RANGES: dict[str, tuple[int, int]] = {"muscle": (-29, 150), "fat": (-190, -30)}
 
 _Group = MeasurementsAndQualitativeEvaluations
+_Region = PlanarROIMeasurementsAndQualitativeEvaluations
 
 # Exam labels other than the side: (concept key of the finding, tracking identifier).
 _EXAM_LABEL_GROUPS: dict[str, tuple[str, str]] = {
@@ -154,14 +171,21 @@ def build_pe_report(
     algorithm, by_uid = _prepare(result, sources, predecessors)
     slices = [_source(by_uid, uid) for uid in pe.slice_uids]
 
-    groups: list[_Group] = [_pe_exam_group(pe, algorithm, uid_root)]
+    # Every group about the exam as a whole shares its Tracking UID: one tracked object, the exam, which
+    # viewers (OHIF) show as one measurement on the exam's region group, drawn first.
+    exam_uid = new_uid(uid_root)
+    groups: list[Group] = [_exam_region(pe, slices, algorithm, exam_uid), _pe_exam_group(pe, algorithm, exam_uid)]
     for label, (site, tracking) in _SIDES.items():
-        groups.append(_label_group(code("pulmonary_embolism"), tracking, pe, label, algorithm, uid_root, [site]))
+        groups.append(_label_group(code("pulmonary_embolism"), tracking, pe, label, algorithm, exam_uid, [site]))
     for label, (key, tracking) in _EXAM_LABEL_GROUPS.items():
-        groups.append(_label_group(code(key), tracking, pe, label, algorithm, uid_root))
-    groups.append(_acute_group(pe, algorithm, uid_root))
+        groups.append(_label_group(code(key), tracking, pe, label, algorithm, exam_uid))
+    groups.append(_acute_group(pe, algorithm, exam_uid))
     if pe.positive_slices:
-        groups.append(_positive_slices_group(pe, slices, algorithm, uid_root))
+        groups.append(_positive_slices_group(pe, slices, algorithm, exam_uid))
+        groups.extend(
+            _positive_slice_region(pe, index, slices[index], algorithm, uid_root)
+            for index in sorted(set(pe.positive_slices))
+        )
     return document(result, sources, groups, predecessors, params, params.description(PE_SERIES_DESCRIPTION))
 
 
@@ -218,13 +242,14 @@ def build_lumbar_report(
         return document(
             result,
             sources,
-            [_not_determined_group(lumbar.not_determined, algorithm, uid_root)],
+            _not_determined_groups(lumbar.not_determined, slices, algorithm, new_uid(uid_root)),
             predecessors,
             params,
             params.description(LUMBAR_SERIES_DESCRIPTION),
         )
 
-    groups: list[_Group] = []
+    groups: list[Group] = []
+    l3_uid: str | None = None
     for number, run in enumerate(lumbar.runs, start=1):
         if run.level not in LEVEL_KEYS:
             raise InvalidResultError(f"level {run.level!r} of run {number} is not one of {list(LEVEL_KEYS)}")
@@ -237,10 +262,14 @@ def build_lumbar_report(
                 f"run {number} says {run.level} for slices {run.first}..{run.last}, the levels disagree"
             )
         run_slices = slices[run.first : run.last + 1]
+        level = code(LEVEL_KEYS[run.level])
+        tracking = (new_uid(uid_root), f"level {run.level} run {number}")
         group = MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier=f"level {run.level} run {number}"),
+            tracking_identifier=TrackingIdentifier(uid=tracking[0], identifier=tracking[1]),
             algorithm_id=algorithm_id(algorithm),
-            finding_sites=[FindingSite(code(LEVEL_KEYS[run.level]))],
+            finding_type=level,
+            finding_sites=[FindingSite(level)],
+            qualitative_evaluations=[QualitativeEvaluation(code("vertebral_level"), level)],
             source_images=[SourceImageForMeasurementGroup.from_source_image(s) for s in run_slices],
         )
         group[0].ContentSequence.append(
@@ -250,10 +279,18 @@ def build_lumbar_report(
             )
         )
         groups.append(group)
+        if lumbar.l3_index is not None and run.first <= lumbar.l3_index <= run.last:
+            # The L3 vertebra: its slice's groups below share the run's Tracking UID and show it.
+            l3_uid = tracking[0]
+        else:
+            groups.append(_slice_region(tracking, level, slices[(run.first + run.last) // 2], algorithm))
     if lumbar.l3_index is not None:
         if not 0 <= lumbar.l3_index < len(slices) or lumbar.levels[lumbar.l3_index] != "L3":
             raise InvalidResultError(f"L3 slice index {lumbar.l3_index} is not a slice decoded as L3")
-        groups.append(_l3_group(result, slices[lumbar.l3_index], by_uid, algorithm, uid_root))
+        tracking = (l3_uid or new_uid(uid_root), "L3 slice body composition")
+        l3 = slices[lumbar.l3_index]
+        groups.append(_l3_group(result, l3, by_uid, algorithm, tracking))
+        groups.append(_slice_region(tracking, code("l3_vertebra"), l3, algorithm))
     notes = [_no_l3_note()] if lumbar.l3_index is None else []
     return document(result, sources, groups, predecessors, params, params.description(LUMBAR_SERIES_DESCRIPTION), notes)
 
@@ -280,14 +317,18 @@ def _pe_present(pe: PeExamResult) -> bool:
     return not pe.exam_labels["negative_exam_for_pe"] and not pe.exam_labels["indeterminate"]
 
 
-def _pe_exam_group(pe: PeExamResult, algorithm: AlgorithmInfo, uid_root: str) -> _Group:
-    """The exam's answer: PE present, absent, or indeterminate, with P(PE) and the rules' corrections."""
+def _pe_value(pe: PeExamResult) -> hd.sr.CodedConcept:
+    """The exam's answer: Present, Absent, or (CID 240) Undetermined."""
     if pe.exam_labels["indeterminate"]:
-        value = code("indeterminate")
-    else:
-        value = code("present" if _pe_present(pe) else "absent")
+        return code("indeterminate")
+    return code("present" if _pe_present(pe) else "absent")
+
+
+def _pe_exam_group(pe: PeExamResult, algorithm: AlgorithmInfo, tracking_uid: str) -> _Group:
+    """The exam's answer: PE present, absent, or indeterminate, with P(PE) and the rules' corrections."""
+    value = _pe_value(pe)
     group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="exam PE"),
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier="exam PE"),
         algorithm_id=algorithm_id(algorithm),
         finding_type=code("pulmonary_embolism"),
         measurements=[score("probability", 1.0 - pe.exam_probabilities["negative_exam_for_pe"])],
@@ -329,11 +370,11 @@ def _label_group(
     pe: PeExamResult,
     label: str,
     algorithm: AlgorithmInfo,
-    uid_root: str,
+    tracking_uid: str,
     sites: list[FindingSite] | None = None,
 ) -> _Group:
     return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier=tracking),
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=tracking),
         algorithm_id=algorithm_id(algorithm),
         finding_type=concept,
         finding_sites=sites,
@@ -344,11 +385,11 @@ def _label_group(
     )
 
 
-def _acute_group(pe: PeExamResult, algorithm: AlgorithmInfo, uid_root: str) -> _Group:
+def _acute_group(pe: PeExamResult, algorithm: AlgorithmInfo, tracking_uid: str) -> _Group:
     """RSNA has no "acute" label: a PE that is neither chronic nor acute-and-chronic is acute."""
     acute = _pe_present(pe) and not pe.exam_labels["chronic_pe"] and not pe.exam_labels["acute_and_chronic_pe"]
     group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="exam acute PE"),
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier="exam acute PE"),
         algorithm_id=algorithm_id(algorithm),
         finding_type=code("acute_pulmonary_embolism"),
         qualitative_evaluations=[
@@ -362,7 +403,7 @@ def _acute_group(pe: PeExamResult, algorithm: AlgorithmInfo, uid_root: str) -> _
 
 
 def _positive_slices_group(
-    pe: PeExamResult, slices: list[pydicom.Dataset], algorithm: AlgorithmInfo, uid_root: str
+    pe: PeExamResult, slices: list[pydicom.Dataset], algorithm: AlgorithmInfo, tracking_uid: str
 ) -> _Group:
     """The slices with PE, each with its pe_present_on_image probability referencing it."""
     positive = sorted(set(pe.positive_slices))
@@ -380,7 +421,7 @@ def _positive_slices_group(
             )
         )
     group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="slices with PE"),
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier="slices with PE"),
         algorithm_id=algorithm_id(algorithm),
         finding_type=code("pulmonary_embolism"),
         measurements=measurements,
@@ -393,7 +434,82 @@ def _positive_slices_group(
     return group
 
 
+def _exam_region(
+    pe: PeExamResult, slices: list[pydicom.Dataset], algorithm: AlgorithmInfo, tracking_uid: str
+) -> _Region:
+    """The exam's answer as a TID 1410 group: a POINT at the centre of its key slice (or, without one, the
+    slice most probably with PE), an anchor for a viewer rather than a location; the probability of PE as a
+    NUM named by the finding, the answer as Finding and evaluation, the pulmonary artery as finding site."""
+    concept = code("pulmonary_embolism")
+    if pe.key_slices:
+        index = min(pe.key_slices)
+        where = "its key slice"
+    else:
+        index = max(range(len(slices)), key=lambda i: pe.slice_probabilities[i])
+        where = "the slice most probably with pulmonary embolism"
+    source = slices[index]
+    columns, rows = source.get("Columns"), source.get("Rows")
+    if not columns or not rows:
+        raise InvalidResultError(f"slice {source.SOPInstanceUID} has no Rows or Columns")
+    group = _Region(
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier="exam"),
+        algorithm_id=algorithm_id(algorithm),
+        finding_type=concept,
+        finding_sites=[FindingSite(code("pulmonary_artery"))],
+        measurements=[score(concept, 1.0 - pe.exam_probabilities["negative_exam_for_pe"])],
+        qualitative_evaluations=[QualitativeEvaluation(concept, _pe_value(pe))],
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type="POINT",
+            graphic_data=np.array([[columns / 2.0, rows / 2.0]]),
+            source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+        ),
+    )
+    group[0].ContentSequence.append(
+        comment(
+            f"The exam's answer, shown on {where} (instance {_instance(source)}); the point is not a location. "
+            "The measurement named by the finding is the probability (0 to 1) of pulmonary embolism in the exam"
+        )
+    )
+    return group
+
+
+def _positive_slice_region(
+    pe: PeExamResult, index: int, source: pydicom.Dataset, algorithm: AlgorithmInfo, uid_root: str
+) -> _Region:
+    """A slice with PE as a TID 1410 group on the whole slice, its probability a NUM named by the finding."""
+    concept = code("pulmonary_embolism")
+    group = _Region(
+        tracking_identifier=TrackingIdentifier(
+            uid=new_uid(uid_root), identifier=f"PE on slice {index + 1} (instance {_instance(source)})"
+        ),
+        algorithm_id=algorithm_id(algorithm),
+        finding_type=concept,
+        finding_sites=[FindingSite(code("pulmonary_artery"))],
+        measurements=[score(concept, pe.slice_probabilities[index])],
+        qualitative_evaluations=[QualitativeEvaluation(concept, code("present"))],
+        referenced_region=whole_image_region(source),
+    )
+    group[0].ContentSequence.append(
+        comment(f"The measurement named by the finding is the probability (0 to 1) of {concept.meaning} on this slice")
+    )
+    return group
+
+
 # --- Lumbar -----------------------------------------------------------------------------
+
+
+def _slice_region(
+    tracking: tuple[str, str], level: hd.sr.CodedConcept, source: pydicom.Dataset, algorithm: AlgorithmInfo
+) -> _Region:
+    """The TID 1410 partner of a level group: the same tracking identifier and UID, the whole slice as its
+    Image Region, the vertebra as Finding and finding site."""
+    return _Region(
+        tracking_identifier=TrackingIdentifier(uid=tracking[0], identifier=tracking[1]),
+        algorithm_id=algorithm_id(algorithm),
+        finding_type=level,
+        finding_sites=[FindingSite(level)],
+        referenced_region=whole_image_region(source),
+    )
 
 
 def _l3_group(
@@ -401,7 +517,7 @@ def _l3_group(
     l3: pydicom.Dataset,
     by_uid: dict[str, pydicom.Dataset],
     algorithm: AlgorithmInfo,
-    uid_root: str,
+    tracking: tuple[str, str],
 ) -> _Group:
     assert result.lumbar is not None
     composition = result.lumbar.composition
@@ -457,20 +573,26 @@ def _l3_group(
     else:
         texts.append("Body composition was not measured on this slice")
     group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="L3 slice body composition"),
+        tracking_identifier=TrackingIdentifier(uid=tracking[0], identifier=tracking[1]),
         algorithm_id=algorithm_id(algorithm),
+        finding_type=code("l3_vertebra"),
         finding_sites=[FindingSite(code("l3_vertebra"))],
         measurements=measurements or None,
+        qualitative_evaluations=[QualitativeEvaluation(code("vertebral_level"), code("l3_vertebra"))],
         source_images=[SourceImageForMeasurementGroup.from_source_image(l3)],
     )
     group[0].ContentSequence.extend(comment(text) for text in texts)
     return group
 
 
-def _not_determined_group(reasons: Sequence[str], algorithm: AlgorithmInfo, uid_root: str) -> _Group:
-    """The finding of a level map that is anatomically impossible: the level is Indeterminate, and why."""
+def _not_determined_groups(
+    reasons: Sequence[str], slices: list[pydicom.Dataset], algorithm: AlgorithmInfo, tracking_uid: str
+) -> list[Group]:
+    """The finding of a level map that is anatomically impossible: the level is Indeterminate, and why; and
+    its TID 1410 partner (the same tracking identifier and UID) on the series' middle slice, which viewers
+    that draw measurements only through an SCOORD (OHIF) can show."""
     group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier="vertebral level not determined"),
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier="vertebral level not determined"),
         algorithm_id=algorithm_id(algorithm),
         finding_type=code("vertebral_level"),
         qualitative_evaluations=[QualitativeEvaluation(code("vertebral_level"), code("indeterminate"))],
@@ -481,7 +603,14 @@ def _not_determined_group(reasons: Sequence[str], algorithm: AlgorithmInfo, uid_
     ]
     texts += [f"Reason: {reason}" for reason in reasons]
     group[0].ContentSequence.extend(comment(text) for text in texts)
-    return group
+    partner = _Region(
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier="vertebral level not determined"),
+        algorithm_id=algorithm_id(algorithm),
+        finding_type=code("vertebral_level"),
+        qualitative_evaluations=[QualitativeEvaluation(code("vertebral_level"), code("indeterminate"))],
+        referenced_region=whole_image_region(slices[len(slices) // 2]),
+    )
+    return [partner, group]
 
 
 def _no_l3_note() -> hd.sr.ContainerContentItem:

@@ -4,18 +4,31 @@ The report lives in the source study, in a new series, and references every
 source image it speaks about (PS3.3 A.35.13, Comprehensive 3D SR IOD;
 PS3.16 TID 1500). Its content tree:
 
-- observer context: the algorithm as a device observer (TID 1002/1004);
+- observer context: the node as a device observer (TID 1002/1004), and in
+  each group the device observer of the model that made it
+  (:func:`sr_writer.report.document`);
+- an Image Library (TID 1600) listing every source image;
 - per image with a view result, one measurement group (TID 1501) with
   tracking identifier, algorithm identification (TID 4019) and source image,
   holding "Image View" = frontal/lateral (CID 4010) and the model's
   probability (TID 300, UCUM "1"); if the header's ViewPosition says
   otherwise, the header's view too, coded and as text; if the image was not
   analysed further, "Analysed further" = No and a comment;
+- per image with findings, one planar ROI group (TID 1410) whose Image
+  Region is the whole image (a closed SCOORD POLYLINE along its edges,
+  selected from it), with Finding Site "Chest", the top finding as Finding,
+  and one NUM per finding of the 14-finding classifier (or, without it, per
+  class of the four-class classifier) named by the finding and valued with
+  its probability, the top findings first: what a viewer that reads
+  measurement groups through their SCOORD (OHIF v3) shows on the image, as
+  "Nodule: 0.87";
 - per finding or class, one group with the finding as present/absent and
   its probability, and its rank when it is among the image's top findings;
-- per detector box, a planar ROI group (TID 1410) with the finding, its
-  confidence and the box as a closed SCOORD POLYLINE (5 points) in the
-  source image's pixel coordinates;
+- per detector box, a planar ROI group (TID 1410) with the finding as
+  Finding, Finding Site "Chest", a NUM named by the finding and one named
+  "Detection confidence", both with the detector's confidence (the first is
+  the label a viewer shows), and the box as a closed SCOORD POLYLINE
+  (5 points) in the source image's pixel coordinates;
 - per triaged image, a group with "Priority" = urgent/priority/routine and
   the top findings in words;
 - when it supersedes earlier reports of ours, a TID 1500 row 12 container
@@ -31,6 +44,7 @@ from collections.abc import Sequence
 import numpy as np
 import pydicom
 from highdicom.sr import (
+    FindingSite,
     ImageRegion,
     Measurement,
     MeasurementsAndQualitativeEvaluations,
@@ -45,7 +59,16 @@ from core.findings import AlgorithmInfo, Finding, ImageResult, SeriesResult, Vie
 from sr_writer.codes import TRIAGE_KEYS, VIEW_POSITION_KEYS, code, display_name, finding_concept, finding_key
 from sr_writer.common import SeriesParams, checked_sources
 from sr_writer.errors import InvalidResultError
-from sr_writer.report import Group, algorithm_id, check_predecessors, comment, document, probability, score
+from sr_writer.report import (
+    Group,
+    algorithm_id,
+    check_predecessors,
+    comment,
+    document,
+    probability,
+    score,
+    whole_image_region,
+)
 from sr_writer.source_attributes import probability_text
 from sr_writer.uids import new_uid
 
@@ -108,9 +131,15 @@ def build_measurement_report(
         source = by_uid.get(image.sop_instance_uid)
         if source is None:
             raise InvalidResultError(f"image {image.sop_instance_uid} of the result is not among the sources")
-        if image.view is not None:
-            groups.append(_view_group(image, image.view, source, number, result.algorithms[0], uid_root))
         ranks = _ranks(image)
+        # Every group about the image as a whole shares its Tracking UID: one tracked object, the image,
+        # which viewers (OHIF) show as one measurement on the image's region group, drawn first.
+        image_uid = new_uid(uid_root)
+        region = _image_group(image, source, number, result.algorithms, image_uid)
+        if region is not None:
+            groups.append(region)
+        if image.view is not None:
+            groups.append(_view_group(image, image.view, source, number, result.algorithms[0], image_uid))
         for finding in image.findings:
             finding_source = by_uid.get(finding.source_sop_uid or image.sop_instance_uid)
             if finding_source is None:
@@ -118,28 +147,75 @@ def build_measurement_report(
                     f"finding {finding.label!r} refers to {finding.source_sop_uid}, not among the sources"
                 )
             rank = ranks.pop(finding_key(finding.label), None) if finding.group != "detection" else None
+            # A box is a tracked object of its own.
+            tracking_uid = new_uid(uid_root) if finding.group == "detection" else image_uid
             groups.append(
                 _finding_group(
-                    finding, finding_source, number, _algorithm_of(finding, result.algorithms), uid_root, rank
+                    finding, finding_source, number, _algorithm_of(finding, result.algorithms), tracking_uid, rank
                 )
             )
         if image.triage is not None or image.top_findings:
-            groups.append(_triage_group(image, source, number, result.algorithms[-1], uid_root))
+            groups.append(_triage_group(image, source, number, result.algorithms[-1], image_uid))
     if not groups:
         raise InvalidResultError("result has no view and no finding on any image; there is nothing to report")
 
     return document(result, sources, groups, predecessors, params, params.description(SERIES_DESCRIPTION))
 
 
+def _image_group(
+    image: ImageResult,
+    source: pydicom.Dataset,
+    number: int,
+    algorithms: Sequence[AlgorithmInfo],
+    tracking_uid: str,
+) -> PlanarROIMeasurementsAndQualitativeEvaluations | None:
+    """TID 1410 group on the whole image with one model's image-level findings, top findings first.
+
+    The findings are the 14-finding classifier's ("finding"), or the four-class classifier's ("class")
+    when there are none; each is a NUM named by the finding, valued with its probability. An image with
+    neither (a view not analysed further, or boxes only) shows its view's probability, named by the view.
+    None when the image has no view either.
+    """
+    shown = [f for f in image.findings if f.group == "finding"] or [f for f in image.findings if f.group == "class"]
+    ranks = {finding_key(label): rank for rank, label in enumerate(image.top_findings)}
+    shown.sort(key=lambda f: (ranks.get(finding_key(f.label), len(ranks)), -f.probability))
+    top = bool(shown) and finding_key(shown[0].label) in ranks
+    if shown:
+        algorithm = _algorithm_of(shown[0], algorithms)
+        measurements = [score(finding_concept(f.label), f.probability) for f in shown]
+        order = "the top findings first" if top else "the most probable first"
+        what = f"gives each finding on this image, {order}"
+    elif image.view is not None:
+        algorithm = algorithms[0]
+        measurements = [score(image.view.view, image.view.probability)]
+        what = "gives the view of this image"
+    else:
+        return None
+    group = PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=f"image {number}"),
+        algorithm_id=algorithm_id(algorithm),
+        finding_type=finding_concept(shown[0].label) if top else None,
+        finding_sites=[FindingSite(code("chest"))],
+        measurements=measurements,
+        referenced_region=whole_image_region(source),
+    )
+    group[0].ContentSequence.append(
+        comment(
+            f"Each measurement is the probability (0 to 1) of what it is named by, as {algorithm.display_name} {what}"
+        )
+    )
+    return group
+
+
 def _triage_group(
-    image: ImageResult, source: pydicom.Dataset, number: int, algorithm: AlgorithmInfo, uid_root: str
+    image: ImageResult, source: pydicom.Dataset, number: int, algorithm: AlgorithmInfo, tracking_uid: str
 ) -> MeasurementsAndQualitativeEvaluations:
     """TID 1501 group with the triage level (coded) and the top findings in words."""
     evaluations = []
     if image.triage is not None:
         evaluations.append(QualitativeEvaluation(code("triage_priority"), code(TRIAGE_KEYS[image.triage])))
     group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier=f"image {number} triage"),
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=f"image {number} triage"),
         algorithm_id=algorithm_id(algorithm),
         source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
         qualitative_evaluations=evaluations or None,
@@ -162,7 +238,12 @@ def _triage_group(
 
 
 def _view_group(
-    image: ImageResult, view: ViewResult, source: pydicom.Dataset, number: int, algorithm: AlgorithmInfo, uid_root: str
+    image: ImageResult,
+    view: ViewResult,
+    source: pydicom.Dataset,
+    number: int,
+    algorithm: AlgorithmInfo,
+    tracking_uid: str,
 ) -> MeasurementsAndQualitativeEvaluations:
     evaluations = [QualitativeEvaluation(code("image_view"), code(view.view))]
     comments: list[str] = []
@@ -181,7 +262,7 @@ def _view_group(
     if image.note:
         comments.append(image.note)
     group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier=f"image {number} view"),
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=f"image {number} view"),
         algorithm_id=algorithm_id(algorithm),
         source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
         measurements=[probability(view.probability)],
@@ -224,16 +305,17 @@ def _finding_group(
     source: pydicom.Dataset,
     number: int,
     algorithm: AlgorithmInfo,
-    uid_root: str,
+    tracking_uid: str,
     rank: int | None = None,
 ) -> Group:
     concept = finding_concept(finding.label)
     kind = {"finding": "", "class": " class", "detection": " box"}[finding.group]
-    tracking = TrackingIdentifier(uid=new_uid(uid_root), identifier=f"image {number}{kind} {finding.label}")
+    tracking = TrackingIdentifier(uid=tracking_uid, identifier=f"image {number}{kind} {finding.label}")
     if finding.group == "detection":
         if finding.region is None:
             raise InvalidResultError(f"detection {finding.label!r} has no box (region)")
-        measurements = [score("confidence", finding.probability)]
+        # The NUM named by the finding comes first: viewers label a region by its NUMs' names.
+        measurements = [score(concept, finding.probability), score("confidence", finding.probability)]
     else:
         measurements = [probability(finding.probability)]
     if rank is not None:
@@ -252,6 +334,7 @@ def _finding_group(
         tracking_identifier=tracking,
         algorithm_id=algorithm_id(algorithm),
         finding_type=concept,
+        finding_sites=[FindingSite(code("chest"))],
         measurements=measurements,
         qualitative_evaluations=evaluations,
         referenced_region=_rectangle(finding, source),

@@ -44,6 +44,7 @@ from sr_writer.codes import CONCEPTS, key_for
 from sr_writer.uids import is_under_root
 from tests.helpers import assert_dciodvfy_clean
 from tests.sr_writer.scenarios import UID_ROOT, series, write
+from tests.sr_writer.srtree import device_observers, group_algorithm, measurement_groups
 from tests.sr_writer.test_sr_codes import _code_items
 
 PE_MODEL = AlgorithmInfo(name="ct-pe", version="demo-1", weights_sha256="a7" * 32, demo=True)
@@ -229,9 +230,12 @@ def test_pe_report_says_present_right_sided_with_the_positive_slices(tmp_path: P
     _common(ds, slices[0], "ct-pe (DEMO)")
     _codes_from_table(ds)
     assert "DEMO" in ds.SeriesDescription
-    # The algorithm is the device observer, named with "(DEMO)".
-    observer = {i.ConceptNameCodeSequence[0].CodeValue: i for i in ds.ContentSequence}
-    assert str(observer["121013"].TextValue) == "ct-pe (DEMO)"
+    # The node is the report's device observer; the algorithm is each group's, named with "(DEMO)".
+    (observer,) = device_observers(list(ds.ContentSequence))
+    assert observer["121013"] == "ainode"
+    for group in measurement_groups(ds):
+        (observer,) = device_observers(list(group.ContentSequence))
+        assert observer["121013"] == "ct-pe (DEMO)", group_algorithm(group)
     # Evidence: the series' slices.
     evidence = {
         str(i.ReferencedSOPInstanceUID)
@@ -301,7 +305,7 @@ def test_pe_report_indeterminate_and_supersession(tmp_path: Path) -> None:
     sr = build_pe_report(result, headers(slices), params=series(993), predecessors=[first])
     path = write(sr, tmp_path, "pe_indeterminate")
     assert_dciodvfy_clean(path)
-    assert _evaluation(_groups(path)["exam PE"], "pulmonary_embolism") == "Indeterminate"
+    assert _evaluation(_groups(path)["exam PE"], "pulmonary_embolism") == "Undetermined"
     ds = pydicom.dcmread(path)
     predecessor = ds.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert predecessor.ReferencedSOPInstanceUID == first.SOPInstanceUID
@@ -508,12 +512,19 @@ def test_tissue_segmentation_reads_back_equal(tmp_path: Path) -> None:
     back = hd.seg.segread(path)
     labels = [str(d.SegmentLabel) for d in back.SegmentSequence]
     assert labels == ["skeletal muscle", "subcutaneous fat", "visceral fat"]
-    assert [d.SegmentedPropertyTypeCodeSequence[0].CodeValue for d in back.SegmentSequence] == [
-        "127954009",
-        "71966008",
-        "55603005",
+    # Muscle, Subcutaneous tissue and Fat of CID 7191 (Tissue Segmentation Property Types), not the
+    # anatomic structure "Skeletal muscle" (127954009), which no segmentation property type CID holds.
+    types = [d.SegmentedPropertyTypeCodeSequence[0] for d in back.SegmentSequence]
+    assert [(t.CodeValue, t.CodeMeaning) for t in types] == [
+        ("91727004", "Muscle"),
+        ("71966008", "Subcutaneous tissue"),
+        ("55603005", "Fat"),
     ]
+    # Visceral fat is Fat with the modifier Internal, as the lumbar SR's finding site says it.
+    modifiers = [[m.CodeValue for m in t.get("SegmentedPropertyTypeModifierCodeSequence", [])] for t in types]
+    assert modifiers == [[], [], ["260521003"]]
     assert all(d.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Tissue" for d in back.SegmentSequence)
+    assert all([r.CodeValue for r in d.AnatomicRegionSequence] == ["818981001"] for d in back.SegmentSequence)
     assert all(d.SegmentAlgorithmName == "ct-lumbar (DEMO)" for d in back.SegmentSequence)
     pixels = back.get_pixels_by_source_instance(
         source_sop_instance_uids=[str(source.SOPInstanceUID)], segment_numbers=[1, 2, 3]

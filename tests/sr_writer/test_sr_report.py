@@ -14,6 +14,7 @@ from pydicom import Dataset
 import sr_writer
 from core.findings import Finding, ImageResult, Region, ViewResult
 from sr_writer import MANUFACTURER, SeriesParams, build_measurement_report, code, device_uid
+from sr_writer.report import node_device_uid
 from sr_writer.uids import is_under_root
 from tests.helpers import dciodvfy
 from tests.sr_writer.scenarios import (
@@ -28,6 +29,7 @@ from tests.sr_writer.scenarios import (
     series_result,
     write,
 )
+from tests.sr_writer.srtree import device_observers
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -100,9 +102,13 @@ def test_frontal_round_trip(tmp_path: Path, rg1_header: Dataset) -> None:
     assert _evaluation(group, "header_image_view") is None  # header and model agree
     assert _evaluation(group, "analysed_further") is None
 
+    # The report's observer is the node; the view group's is the view filter.
     (observer,) = report.content.get_observer_contexts(observer_type=code("device"))
-    assert observer.observer_identifying_attributes.name == "cxr-view-filter"
-    assert observer.observer_identifying_attributes.uid == device_uid(VIEW_FILTER)
+    assert observer.observer_identifying_attributes.name == "ainode"
+    assert observer.observer_identifying_attributes.uid == node_device_uid()
+    (group_observer,) = device_observers(list(group[0].ContentSequence))
+    assert group_observer["121013"] == "cxr-view-filter"
+    assert group_observer["121012"] == device_uid(VIEW_FILTER)
     evidence = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == rg1_header.SOPInstanceUID
 
@@ -171,8 +177,8 @@ def test_demo_model_says_demo_everywhere_a_user_looks(tmp_path: Path) -> None:
     assert "DEMO" in _ihe_items(ds)[0].ManufacturerModelName
     (group,) = report.content.get_image_measurement_groups()
     assert _algorithm(group)[0] == DEMO_VIEW_FILTER.display_name == "cxr-view-filter (DEMO)"
-    (observer,) = report.content.get_observer_contexts()
-    assert "DEMO" in observer.observer_identifying_attributes.name
+    (observer,) = device_observers(list(group[0].ContentSequence))
+    assert "DEMO" in observer["121013"] and "DEMO" in observer["121015"]
 
 
 def test_predecessor_is_referenced_and_explained(tmp_path: Path) -> None:
