@@ -79,15 +79,16 @@ class NodeProcess:
         """
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         mine = f"listening on 127.0.0.1:{self.port}".encode()
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "serve"],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        # The node writes to its own copy of the log's descriptor; ours is closed once it is handed over.
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "node.cli", "serve"],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -16,14 +16,14 @@ import pydicom
 from node.db import JobState
 from tests.helpers import OrthancServer
 from tests.integration.nodeproc import NodeProcess
-from tests.integration.test_ct_pipelines import _evaluation, _finished_job, _groups, _results, ct_node  # noqa: F401
+from tests.integration.test_ct_pipelines import _evaluation, _finished_job, _groups, _results
 from training.phantoms.ct import abdomen_phantom
 
 
 def test_a_stretched_abdomen_comes_back_as_not_determined_and_nothing_else(
     ct_node: NodeProcess,
     module_orthanc: OrthancServer,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     phantom = abdomen_phantom(611, slices=60, size=256, spacing_z=5.0)
     paths = phantom.write_series(tmp_path / "series")
@@ -49,7 +49,7 @@ def test_a_stretched_abdomen_comes_back_as_not_determined_and_nothing_else(
     groups = _groups(sr)
     assert list(groups) == ["vertebral level not determined"]
     group = groups["vertebral level not determined"]
-    assert _evaluation(group) == "Indeterminate"
+    assert _evaluation(group) == "Undetermined"
     texts = [str(i.TextValue) for i in group[0].ContentSequence if i.ValueType == "TEXT"]
     assert any(t.startswith("Vertebral level could not be determined") for t in texts), texts
     assert any(t.startswith("Reason: L3 spans ") for t in texts), texts

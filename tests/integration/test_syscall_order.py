@@ -108,15 +108,15 @@ def _traced_node(tmp_path: Path, radiographs: list[Path], destination: int, muta
         if mutation
         else [sys.executable, "-m", "node.cli", "serve"]
     )
-    log = open(work / "node.log", "wb")
-    proc = subprocess.Popen(
-        [require_tool("strace"), *STRACE_ARGS, "-o", str(trace), *node],
-        cwd=REPO,
-        env={**os.environ, "AINODE_CONFIG": str(work / "node.yaml")},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    with open(work / "node.log", "wb") as log:  # strace has its own copy of the descriptor
+        proc = subprocess.Popen(
+            [require_tool("strace"), *STRACE_ARGS, "-o", str(trace), *node],
+            cwd=REPO,
+            env={**os.environ, "AINODE_CONFIG": str(work / "node.yaml")},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         assert wait_for_port(port, timeout=120), (work / "node.log").read_text()[-3000:]
         sent = storescu(radiographs, "127.0.0.1", port, "AINODE")
@@ -135,7 +135,6 @@ def _traced_node(tmp_path: Path, radiographs: list[Path], destination: int, muta
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-        log.close()
     return check(parse(trace.read_text(errors="replace")), data.resolve(), port, destination)
 
 
