@@ -261,10 +261,24 @@ CHROMIUM_ARGS = (
 )
 #: OHIF's onboarding tour covers the viewport on a first visit; marked as shown in local storage.
 _NO_TOUR = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
-#: Each annotation drawn on the viewport: its label lines (SVG tspans of the annotation's text group).
-_ANNOTATIONS_JS = """() => Array.from(document.querySelectorAll('svg.svg-layer g[data-annotation-uid]'))
-    .map(g => Array.from(g.querySelectorAll('tspan')).map(t => t.textContent))
-    .filter(lines => lines.length > 0)"""
+#: Each annotation drawn on a viewport: its label lines (SVG tspans of the annotation's text group), each with
+#: whether it lies wholly inside the viewport (OHIF puts a label beside its region, which may be off the edge).
+_ANNOTATIONS_JS = """() => {
+    const found = [];
+    for (const svg of document.querySelectorAll('svg.svg-layer')) {
+        const box = svg.getBoundingClientRect();
+        for (const g of svg.querySelectorAll('g[data-annotation-uid]')) {
+            const lines = Array.from(g.querySelectorAll('tspan')).map(t => {
+                const r = t.getBoundingClientRect();
+                const inside = r.left >= box.left - 1 && r.right <= box.right + 1
+                    && r.top >= box.top - 1 && r.bottom <= box.bottom + 1;
+                return [t.textContent, inside];
+            });
+            if (lines.length) found.push(lines);
+        }
+    }
+    return found;
+}"""
 
 
 @dataclass
@@ -274,8 +288,10 @@ class SrView:
     Attributes
     ----------
     annotations : list of list of str
-        Per measurement shown on the image(s), the lines of its label, for every measurement the viewport
-        stepped through (the SR viewport's arrows), in order.
+        Per measurement shown on the image(s), the lines of its label that can be read (wholly inside the
+        viewport), for every measurement the viewport stepped through (the SR viewport's arrows), in order.
+    clipped : list of str
+        Label lines drawn partly or wholly outside the viewport: in the page, not readable on the screen.
     errors : list of str
         Error notifications and uncaught page errors.
     screenshots : list of pathlib.Path
@@ -285,6 +301,7 @@ class SrView:
     """
 
     annotations: list[list[str]] = field(default_factory=list)
+    clipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     screenshots: list[Path] = field(default_factory=list)
     nudged: bool = False
@@ -332,7 +349,7 @@ class OhifBrowser:
         as ``NAME-sr-N.png`` at each step, and ``NAME-study.png`` before the SR is opened.
         """
         view = SrView()
-        context = self._browser.new_context(viewport={"width": 1600, "height": 1000})
+        context = self._browser.new_context(viewport={"width": 1920, "height": 1080})  # a reading-room screen
         context.add_init_script(_NO_TOUR)
         page = context.new_page()
         page.on("pageerror", lambda error: view.errors.append(f"page error: {error}"))
@@ -345,14 +362,16 @@ class OhifBrowser:
             page.wait_for_timeout(1_000)
             self._shot(page, view, f"{name}-study.png")
             entry.dblclick()
-            seen: set[tuple[str, ...]] = set()
+            seen: set[tuple[tuple[str, bool], ...]] = set()
             for step in range(max_steps):
                 annotations = self._wait_annotations(page, view)
+                self._decline_tracking(page)
                 self._shot(page, view, f"{name}-sr-{step + 1}.png")
                 for lines in annotations:
                     if tuple(lines) not in seen:
                         seen.add(tuple(lines))
-                        view.annotations.append(lines)
+                        view.annotations.append([text for text, inside in lines if inside])
+                        view.clipped.extend(text for text, inside in lines if not inside)
                 arrow = page.locator('[data-cy="viewport-action-arrows-right"]')
                 if step + 1 == max_steps or not annotations or arrow.count() == 0:
                     break
@@ -363,7 +382,16 @@ class OhifBrowser:
             context.close()
         return view
 
-    def _wait_annotations(self, page: Any, view: SrView, timeout: float = 20.0) -> list[list[str]]:
+    @staticmethod
+    def _decline_tracking(page: Any) -> None:
+        """Answer "No" to OHIF's "continue tracking measurements?" banner, which covers the viewport's top
+        (the SR stays displayed, read-only)."""
+        banner = page.get_by_text("Do you want to continue tracking measurements")
+        if banner.count():
+            page.get_by_role("button", name="No").first.click()
+            page.wait_for_timeout(300)
+
+    def _wait_annotations(self, page: Any, view: SrView, timeout: float = 20.0) -> list[list[tuple[str, bool]]]:
         """The annotations' labels once some are drawn (or an error shows, or ``timeout`` seconds pass).
 
         Now and then OHIF shows the SR's image without drawing its measurements until the viewport renders
@@ -372,11 +400,13 @@ class OhifBrowser:
         start = time.monotonic()
         nudged = False
         while True:
-            annotations: list[list[str]] = page.evaluate(_ANNOTATIONS_JS)
+            annotations: list[list[tuple[str, bool]]] = page.evaluate(_ANNOTATIONS_JS)
             waited = time.monotonic() - start
             if annotations or waited > timeout or view.errors or self._notifications(page):
                 page.wait_for_timeout(500)  # labels of the other measurements on the same image
-                return list(page.evaluate(_ANNOTATIONS_JS))
+                return [
+                    [(str(text), bool(inside)) for text, inside in lines] for lines in page.evaluate(_ANNOTATIONS_JS)
+                ]
             arrows = page.locator('[data-cy="viewport-action-arrows"]')
             if not nudged and waited > timeout / 2 and arrows.count():
                 nudged = True

@@ -235,7 +235,8 @@ def _download(orthanc: OrthancServer, instance_id: str, folder: Path) -> Path:
 def _shown(view: SrView) -> str:
     """What the viewport showed, for failure messages."""
     return (
-        f"labels drawn: {view.labels() or 'none'}{' (after a step and back)' if view.nudged else ''}; "
+        f"labels readable: {view.labels() or 'none'}{' (after a step and back)' if view.nudged else ''}; "
+        f"lines cut off at the viewport's edge: {view.clipped or 'none'}; "
         f"errors: {view.errors or 'none'}; "
         f"screenshots: {[str(p) for p in view.screenshots]}"
     )
