@@ -340,6 +340,20 @@ class OhifBrowser:
         self._browser.close()
         self._playwright.stop()
 
+    def study_list(self, name: str) -> str:
+        """The study list's text (OHIF's start page, a query of the DICOMweb server); saves ``NAME.png``."""
+        context = self._browser.new_context(viewport={"width": 1920, "height": 1080})
+        context.add_init_script(_NO_TOUR)
+        page = context.new_page()
+        try:
+            page.goto(self.server.url + "/")
+            page.get_by_text("Study List").first.wait_for(timeout=30_000)
+            page.wait_for_timeout(2_000)  # the rows of the first query
+            page.screenshot(path=str(self.screenshots / f"{name}.png"))
+            return str(page.inner_text("body"))
+        finally:
+            context.close()
+
     def open_sr(self, study_uid: str, series_description: str, name: str, max_steps: int = 1) -> SrView:
         """Open a study in the viewer, double-click its SR series in the study browser and read the viewport.
 

@@ -286,6 +286,19 @@ def test_reference_ct_sr_shows_l3_after_stepping(studies: dict[str, Study], ohif
     assert not any(re.search(r"\bL3\b", line) for line in view.annotations[0]), "L3 must be on a later slice"
 
 
+def test_study_list_shows_each_study_with_its_results(
+    studies: dict[str, Study], module_orthanc: OrthancServer, ohif_browser: OhifBrowser
+) -> None:
+    page = ohif_browser.study_list("study-list")
+    for name in ("no_box", "box", "ct"):
+        study = studies[name]
+        assert study.sr is not None
+        modalities = sorted({i.modality for i in module_orthanc.instances() if i.study_instance_uid == study.study_uid})
+        assert "SR" in modalities
+        assert str(study.sr.PatientID)[:12] in page, (name, page)
+        assert "\\".join(modalities) in page, (name, modalities, page)
+
+
 def test_radiograph_without_box_shows_its_top_findings_with_probabilities(
     studies: dict[str, Study], ohif_browser: OhifBrowser
 ) -> None:
