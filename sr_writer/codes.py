@@ -397,6 +397,11 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
         # labels, from CID 6130; "acute and chronic" is the finding with both.
         "chronic": _c("90734009", "SCT", "Chronic", f"{_PS316}, CID 6130"),
         "acute_onset": _c("385315009", "SCT", "Acute onset", f"{_PS316}, CID 6130"),
+        # Concept name of those modifiers (HAS CONCEPT MOD on the PE finding, PS3.16 section 6.2.4): the exam's
+        # PE is a feature composed from the slices' findings, as the CAD templates' composite features are.
+        "composite_feature_modifier": _c(
+            "112023", "DCM", "Composite Feature Modifier", f"{_PS316}, Annex D (CAD composite feature modifier)"
+        ),
         "pulmonary_artery": _c("81040000", "SCT", "Pulmonary artery", f"{_PS316}, CID 4"),
         # TID 300 Finding Site (highdicom FindingSite) with its laterality and topographical modifier.
         "finding_site": _c("363698007", "SCT", "Finding Site", f"{_PS316}, CID 9000"),

@@ -1,21 +1,35 @@
 """CT pipeline results as Comprehensive 3D SRs with a TID 1500 Measurement Report.
 
 Two reports, built like the chest radiograph one (:mod:`sr_writer.sr`): the
-algorithm is the device observer (TID 1002/1004), the procedure reported is
-CT (CID 100), every measurement group (TID 1501) names the algorithm (TID
-4019) and the slices it speaks about, probabilities are NUMs with UCUM "1"
-(TID 300), and a report that replaces an earlier one says so and lists it in
-the Predecessor Documents Sequence (PS3.3 C.17.2).
+node is the report's device observer and the algorithm each group's (TID
+1002/1004), the Image Library (TID 1600) lists the series' slices, the
+procedure reported is CT (CID 100), every measurement group (TID 1501) names
+the algorithm (TID 4019) and the slices it speaks about, probabilities are
+NUMs with UCUM "1" (TID 300), and a report that replaces an earlier one says
+so and lists it in the Predecessor Documents Sequence (PS3.3 C.17.2).
+
+Every measurement group can be placed on a slice by a viewer that draws
+groups only through an SCOORD (OHIF v3, which merges groups by Tracking UID
+and stops on one it cannot place): groups about the exam share one Tracking
+UID with a planar ROI group (TID 1410) on a slice, and so do a level run and
+its region.
 
 ``build_pe_report`` (the pulmonary embolism model, RSNA-PE labels):
 
-- an exam group: "Pulmonary embolism" = Present / Absent / Indeterminate
-  (CID 240, SCT Indeterminate) with the probability of PE, and the
-  consistency rules' corrections as TEXT comments;
+- the exam's region group (TID 1410): a POINT at the centre of the key
+  slice (or the slice most probably with PE), an anchor for a viewer, not a
+  location; the probability of PE as a NUM named "Pulmonary embolism", and
+  the exam's answer as Finding and evaluation;
+- an exam group: "Pulmonary embolism" = Present / Absent / Undetermined
+  (CID 240) with the probability of PE, and the consistency rules'
+  corrections as TEXT comments;
 - one group per exam label: side (finding site "Pulmonary artery" with
   laterality Right/Left, CID 244, or topographical modifier Central, CID 2),
-  chronic, acute and chronic, RV/LV >= 1 and < 1, indeterminate study, each
-  present/absent with its probability; and acute PE, derived from them;
+  chronic and acute-and-chronic (pulmonary embolism post-coordinated with
+  "Composite Feature Modifier" = Chronic, or Acute onset and Chronic, CID
+  6130), RV/LV >= 1 and < 1, indeterminate study, each present/absent with
+  its probability; and acute PE, derived from them; all of these share the
+  region group's Tracking UID;
 - the positive slices as image-referenced evidence: one group whose source
   images are those slices, with one probability per slice that references
   its slice (INFERRED FROM an IMAGE item);
@@ -113,11 +127,14 @@ _Region = PlanarROIMeasurementsAndQualitativeEvaluations
 
 # Exam labels other than the side: (concept key of the finding, tracking identifier).
 _EXAM_LABEL_GROUPS: dict[str, tuple[str, str]] = {
-    "chronic_pe": ("chronic_pulmonary_embolism", "exam chronic PE"),
-    "acute_and_chronic_pe": ("acute_and_chronic_pulmonary_embolism", "exam acute and chronic PE"),
     "rv_lv_ratio_gte_1": ("rv_lv_ratio_gte_1", "exam RV/LV >= 1"),
     "rv_lv_ratio_lt_1": ("rv_lv_ratio_lt_1", "exam RV/LV < 1"),
     "indeterminate": ("pe_indeterminate", "exam indeterminate"),
+}
+# Chronic and acute-and-chronic PE: pulmonary embolism with its clinical course (CID 6130) as modifiers.
+_COURSES: dict[str, tuple[tuple[str, ...], str]] = {
+    "chronic_pe": (("chronic",), "exam chronic PE"),
+    "acute_and_chronic_pe": (("acute_onset", "chronic"), "exam acute and chronic PE"),
 }
 _SIDES: dict[str, tuple[FindingSite, str]] = {
     "rightsided_pe": (FindingSite(code("pulmonary_artery"), laterality=code("right")), "exam right-sided PE"),
@@ -177,6 +194,8 @@ def build_pe_report(
     groups: list[Group] = [_exam_region(pe, slices, algorithm, exam_uid), _pe_exam_group(pe, algorithm, exam_uid)]
     for label, (site, tracking) in _SIDES.items():
         groups.append(_label_group(code("pulmonary_embolism"), tracking, pe, label, algorithm, exam_uid, [site]))
+    for label, (courses, tracking) in _COURSES.items():
+        groups.append(_course_group(courses, tracking, pe, label, algorithm, exam_uid))
     for label, (key, tracking) in _EXAM_LABEL_GROUPS.items():
         groups.append(_label_group(code(key), tracking, pe, label, algorithm, exam_uid))
     groups.append(_acute_group(pe, algorithm, exam_uid))
@@ -383,6 +402,30 @@ def _label_group(
             QualitativeEvaluation(concept, code("present" if pe.exam_labels[label] else "absent"))
         ],
     )
+
+
+def _course_group(
+    courses: Sequence[str], tracking: str, pe: PeExamResult, label: str, algorithm: AlgorithmInfo, tracking_uid: str
+) -> _Group:
+    """An RSNA course label: Finding "Pulmonary embolism" and its evaluation, each post-coordinated with
+    "Composite Feature Modifier" = the label's courses from CID 6130 (HAS CONCEPT MOD, PS3.16 section 6.2.4)."""
+    pe_code = code("pulmonary_embolism").value
+    group = _label_group(code("pulmonary_embolism"), tracking, pe, label, algorithm, tracking_uid)
+    for item in group[0].ContentSequence:
+        # The Finding (its value) and the evaluation (its name) are the chronic or acute-and-chronic PE.
+        if item.ValueType == "CODE" and pe_code in (
+            item.ConceptCodeSequence[0].CodeValue,
+            item.ConceptNameCodeSequence[0].CodeValue,
+        ):
+            item.ContentSequence = hd.sr.ContentSequence(
+                hd.sr.CodeContentItem(
+                    name=code("composite_feature_modifier"),
+                    value=code(course),
+                    relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+                )
+                for course in courses
+            )
+    return group
 
 
 def _acute_group(pe: PeExamResult, algorithm: AlgorithmInfo, tracking_uid: str) -> _Group:

@@ -14,17 +14,20 @@ PS3.16 TID 1500). Its content tree:
   probability (TID 300, UCUM "1"); if the header's ViewPosition says
   otherwise, the header's view too, coded and as text; if the image was not
   analysed further, "Analysed further" = No and a comment;
-- per image with findings, one planar ROI group (TID 1410) whose Image
-  Region is the whole image (a closed SCOORD POLYLINE along its edges,
-  selected from it), with Finding Site "Chest", the top finding as Finding,
-  and one NUM per finding of the 14-finding classifier (or, without it, per
-  class of the four-class classifier) named by the finding and valued with
-  its probability, the top findings first: what a viewer that reads
-  measurement groups through their SCOORD (OHIF v3) shows on the image, as
-  "Nodule: 0.87";
+- per image, first, one planar ROI group (TID 1410) whose Image Region is
+  the whole image (a closed SCOORD POLYLINE along its edges, selected from
+  it), with Finding Site "Chest", the top finding as Finding, and one NUM
+  per finding of the 14-finding classifier (or, without it, per class of
+  the four-class classifier; or, with neither, the view) named by the
+  finding and valued with its probability, the top findings first: what a
+  viewer that reads measurement groups through their SCOORD (OHIF v3) shows
+  on the image, as "Nodule: 0.87 1". Every group about the image as a whole
+  (this one, the view, findings, classes, triage) shares one Tracking UID:
+  one tracked object, which such a viewer shows as one measurement (OHIF
+  3.13 stops on a Tracking UID it cannot place on an image);
 - per finding or class, one group with the finding as present/absent and
   its probability, and its rank when it is among the image's top findings;
-- per detector box, a planar ROI group (TID 1410) with the finding as
+- per detector box, its own tracked object: a planar ROI group (TID 1410) with the finding as
   Finding, Finding Site "Chest", a NUM named by the finding and one named
   "Detection confidence", both with the detector's confidence (the first is
   the label a viewer shows), and the box as a closed SCOORD POLYLINE

@@ -260,7 +260,21 @@ def test_pe_report_says_present_right_sided_with_the_positive_slices(tmp_path: P
     assert _evaluation(groups["exam left-sided PE"], "pulmonary_embolism") == "Absent"
     assert groups["exam central PE"].finding_sites[0].topographical_modifier == code("central")
     assert _evaluation(groups["exam acute PE"], "acute_pulmonary_embolism") == "Present"
-    assert _evaluation(groups["exam chronic PE"], "chronic_pulmonary_embolism") == "Absent"
+    # Chronic and acute-and-chronic PE: pulmonary embolism post-coordinated with its clinical course (CID 6130).
+    for tracking, courses in (
+        ("exam chronic PE", ["Chronic"]),
+        ("exam acute and chronic PE", ["Acute onset", "Chronic"]),
+    ):
+        group = groups[tracking]
+        assert group.finding_type == code("pulmonary_embolism")
+        assert _evaluation(group, "pulmonary_embolism") == "Absent"
+        modified = [i for i in group[0].ContentSequence if i.ValueType == "CODE" and "ContentSequence" in i]
+        assert len(modified) == 2, tracking  # the Finding and its evaluation
+        for item in modified:
+            assert [
+                (m.RelationshipType, m.ConceptNameCodeSequence[0].CodeValue, m.ConceptCodeSequence[0].CodeMeaning)
+                for m in item.ContentSequence
+            ] == [("HAS CONCEPT MOD", "112023", c) for c in courses], tracking
     assert _evaluation(groups["exam RV/LV < 1"], "rv_lv_ratio_lt_1") == "Present"
     assert _evaluation(groups["exam RV/LV >= 1"], "rv_lv_ratio_gte_1") == "Absent"
 
@@ -606,7 +620,7 @@ def test_detector_and_ct_labels_have_finding_concepts() -> None:
     assert display_name("diffuse_nodule") == "Nodular pattern"
     assert finding_concept("fracture").value == "125605004"
     assert finding_concept("acute_pulmonary_embolism").value == "706870000"
-    # Private until a SNOMED code is checked: the report must say which scheme it is.
-    for key in ("chronic_pulmonary_embolism", "acute_and_chronic_pulmonary_embolism", "rv_lv_ratio_gte_1"):
+    # Private until a standard code is checked: the report must say which scheme it is.
+    for key in ("rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1", "pe_indeterminate"):
         assert CONCEPTS[key].scheme == "99AINODE" and CONCEPTS[key].is_finding
     assert code("square_centimeter").value == "cm2" and code("square_centimeter_per_square_meter").value == "cm2/m2"
