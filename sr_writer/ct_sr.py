@@ -418,12 +418,14 @@ def _course_group(
             item.ConceptNameCodeSequence[0].CodeValue,
         ):
             item.ContentSequence = hd.sr.ContentSequence(
-                hd.sr.CodeContentItem(
-                    name=code("composite_feature_modifier"),
-                    value=code(course),
-                    relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
-                )
-                for course in courses
+                [
+                    hd.sr.CodeContentItem(
+                        name=code("composite_feature_modifier"),
+                        value=code(course),
+                        relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+                    )
+                    for course in courses
+                ]
             )
     return group
 
