@@ -163,6 +163,7 @@ def test_exposure_warning() -> None:
 # -- banner, version, help -----------------------------------------------------------------------
 
 
+@pytest.mark.integration  # runs ainode serve as a process, as tests/integration does: not for the fast loop
 def test_banner_names_version_pipelines_models_destinations_and_data(tmp_path: Path) -> None:
     port, closed = free_port(), free_port()
     cfg = tmp_path / "node.yaml"
@@ -219,6 +220,7 @@ def test_banner_names_version_pipelines_models_destinations_and_data(tmp_path: P
     assert proc.returncode == 0 and "Traceback" not in err
 
 
+@pytest.mark.integration  # runs the ainode CLI once per command (tens of seconds): not for the fast loop
 def test_version_and_help(config: Path) -> None:
     from importlib.metadata import version
 
@@ -283,6 +285,7 @@ def recorded(tmp_path: Path, config: Path) -> dict[str, Any]:
     return ids
 
 
+@pytest.mark.integration  # runs the ainode CLI nine times (tens of seconds): not for the fast loop
 def test_jobs_and_deliveries_fit_the_terminal_and_show_prints_everything(
     config: Path, recorded: dict[str, Any]
 ) -> None:
