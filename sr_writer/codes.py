@@ -370,18 +370,6 @@ CONCEPTS: Mapping[str, Concept] = MappingProxyType(
             "samply/blaze documentation (docs/cql-queries, Synthea data)",
             True,
         ),
-        # No SNOMED CT code for chronic or acute-on-chronic PE could be checked against a published
-        # source during this work: private until one is.
-        "chronic_pulmonary_embolism": _c(
-            "PECHRONIC", "99AINODE", "Chronic pulmonary embolism", "private: SNOMED CT code not verified", True
-        ),
-        "acute_and_chronic_pulmonary_embolism": _c(
-            "PEACUTECHRONIC",
-            "99AINODE",
-            "Acute and chronic pulmonary embolism",
-            "private: SNOMED CT code not verified",
-            True,
-        ),
         # RSNA "indeterminate": the study cannot be read for PE (quality), a finding of the exam.
         "pe_indeterminate": _c(
             "PEINDET", "99AINODE", "Study indeterminate for pulmonary embolism", "private: no standard code", True
