@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Set up this repository on Debian 12 and run the node or the test suite.
 #
-#   bash scripts/dev.sh run               set up, then run the node (ainode serve)
-#   bash scripts/dev.sh test [pytest...]  set up with test tools, then run all tests
+#   bash scripts/dev.sh run                    set up, then run the node (ainode serve)
+#   bash scripts/dev.sh test [pytest...]       set up with test tools, run the gates, then all tests (CI)
+#   bash scripts/dev.sh test-fast [pytest...]  venv only: ruff, lint-imports, then the tests not marked
+#                                              integration (they need no program outside the venv)
+#
+# The gates of `test`: ruff check, ruff format --check, mypy, lint-imports (configured in
+# pyproject.toml). Each prints its name and result; pytest runs even when a gate failed, and the
+# command exits non-zero if a gate or pytest failed.
 #
 # Set-up is idempotent and fast when nothing changed:
 # - Debian packages: installed only when missing (apt-get update only then).
-#   `run` needs only a Python >= 3.11 with venv; `test` also needs Orthanc with
+#   `run` and `test-fast` need only a Python >= 3.11 with venv; `test` also needs Orthanc with
 #   its DICOMweb plugin, DCMTK, dicom3tools, PostgreSQL and Chromium, whose system
 #   services are kept stopped: tests start their own instances on free ports.
 # - .venv: created with a Python >= 3.11; `pip install -e .[extras]` re-runs
 #   only when pyproject.toml changed or more extras are needed (stamp in .venv).
 #
 # Environment: AINODE_PYTHON (interpreter for a new .venv), AINODE_EXTRAS
-# (pip extras, default "postgres" for run, "test,postgres,train,yolo" for test).
+# (pip extras, default "postgres" for run, "test,postgres,train,yolo" for test and test-fast).
 # These two belong to this script: the node's settings loader ignores them
 # (node.settings.NOT_SETTINGS), although they share the AINODE_ prefix.
 set -euo pipefail
@@ -35,8 +41,9 @@ die() { printf '[dev.sh] error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
     cat >&2 <<'EOF'
-usage: bash scripts/dev.sh run               set up, then run the node
-       bash scripts/dev.sh test [pytest...]  set up, then run the whole test suite
+usage: bash scripts/dev.sh run                    set up, then run the node
+       bash scripts/dev.sh test [pytest...]       set up, run the gates, then the whole test suite
+       bash scripts/dev.sh test-fast [pytest...]  venv only: ruff, lint-imports, tests not marked integration
 EOF
     exit 2
 }
@@ -182,6 +189,33 @@ ensure_venv() {
     printf '%s %s\n' "$checksum" "$extras" >"$STAMP"
 }
 
+# Gates: each prints its name and result; a failed one is remembered and the run goes on.
+FAILED_GATES=()
+gate() {
+    local name="$1"
+    shift
+    say "gate: $name"
+    if "$@" </dev/null; then
+        say "gate: $name: passed"
+    else
+        say "gate: $name: FAILED"
+        FAILED_GATES+=("$name")
+    fi
+}
+
+# pytest with the arguments given, then the verdict over the gates and pytest.
+pytest_and_verdict() {
+    local status=0
+    "$VENV/bin/python" -m pytest "$@" </dev/null || status=$?
+    # pytest exits 5 when it collected no test: that is a failure here.
+    [ "$status" -eq 5 ] && status=1
+    if [ "${#FAILED_GATES[@]}" -gt 0 ]; then
+        say "failed gates: ${FAILED_GATES[*]}"
+        [ "$status" -eq 0 ] && status=1
+    fi
+    return "$status"
+}
+
 main() {
     [ $# -ge 1 ] || usage
     local command="$1"
@@ -198,10 +232,23 @@ main() {
         command -v npm >/dev/null 2>&1 || ensure_packages nodejs npm
         bash "$ROOT/scripts/ohif.sh" >/dev/null
         ensure_venv "${AINODE_EXTRAS:-test,postgres,train,yolo}"
+        gate "ruff check" "$VENV/bin/ruff" check .
+        gate "ruff format" "$VENV/bin/ruff" format --check .
+        gate "mypy" "$VENV/bin/mypy"
+        gate "lint-imports" "$VENV/bin/lint-imports"
         local status=0
-        "$VENV/bin/python" -m pytest "$@" </dev/null || status=$?
-        # pytest exits 5 when it collected no test: that is a failure here.
-        [ "$status" -eq 5 ] && exit 1
+        pytest_and_verdict "$@" || status=$?
+        exit "$status"
+        ;;
+    test-fast)
+        # No Debian package: the tests not marked integration need only the venv. Two pytest-xdist
+        # workers (about half the time on two cores); `-n 0` among the arguments runs in one process.
+        ensure_venv "${AINODE_EXTRAS:-test,postgres,train,yolo}"
+        gate "ruff check" "$VENV/bin/ruff" check .
+        gate "ruff format" "$VENV/bin/ruff" format --check .
+        gate "lint-imports" "$VENV/bin/lint-imports"
+        local status=0
+        pytest_and_verdict -m "not integration" -n 2 "$@" || status=$?
         exit "$status"
         ;;
     *)

@@ -12,8 +12,8 @@
 Helpers (``dciodvfy``, ``storescu``, ``lateral_radiograph``...) are in
 ``tests.helpers``.
 
-Markers: ``pytest -m "not integration"`` is the fast loop; it needs only the venv and takes
-about a minute. Marked ``integration`` here, at collection:
+Markers: ``pytest -m "not integration"`` is the fast loop (``bash scripts/dev.sh test-fast``); it
+needs only the venv. Marked ``integration`` here, at collection:
 
 - a test that uses a fixture or helper starting a program outside the venv (Orthanc, PostgreSQL,
   DCMTK, dicom3tools, openssl, strace, mount, Chromium); a helper about to start such a program in an
