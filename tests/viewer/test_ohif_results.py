@@ -1,9 +1,9 @@
 """What a radiologist sees of the node's results in OHIF v3 (issue 20, "Done when"; issue 18's browser test).
 
-Orthanc plays the PACS: a chest radiograph without a box (the real CR ``RG1_UNCR.dcm``), a chest phantom with
-a planted nodule (the detector boxes it) and an abdominal CT phantom are stored into it and forwarded to the
-node (``ainode serve`` with the shipped models), which sends its results back. OHIF, served with its
-DICOMweb data source proxied to that Orthanc, opens each study in headless Chromium; the test double-clicks
+Orthanc plays the PACS: a chest radiograph without a box (the real CR ``RG1_UNCR.dcm``, see ``_drawable_cr``),
+a chest phantom with a planted nodule (the detector boxes it) and an abdominal CT phantom are stored into it
+and forwarded to the node (``ainode serve`` with the shipped models), which sends its results back. OHIF, served
+with its DICOMweb data source proxied to that Orthanc, opens each study in headless Chromium; the test double-clicks
 the node's SR and reads the labels OHIF draws on the image (the SVG layer of the viewport), as a person
 reads them on the screenshots (``viewer-screenshots`` in pytest's base temporary folder):
 
@@ -30,6 +30,7 @@ import pydicom
 import pytest
 from highdicom import sr
 from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 
 from node.db import DeliveryState
 from tests.helpers import OrthancServer, rg1_uncr_path
@@ -80,7 +81,7 @@ def studies(
     work = tmp_path_factory.mktemp("viewer")
     nodule_file = work / "nodule.dcm"
     phantom_dataset(chest_phantom(NODULE_SEED, ["Nodule"])).save_as(nodule_file, enforce_file_format=True)
-    radiographs = {"no_box": rg1_uncr_path(), "box": nodule_file}
+    radiographs = {"no_box": _drawable_cr(work / "rg1.dcm"), "box": nodule_file}
     ct = abdomen_phantom(603, slices=60, size=256, spacing_z=5.0)
     ct_paths = ct.write_series(work / "ct")
     found = {
@@ -127,6 +128,17 @@ def studies(
     found["ct_reference"] = _reference_ct(module_orthanc, [pydicom.dcmread(p) for p in ct_paths], work)
     ohif_browser.server.point_at(module_orthanc.dicomweb_url)
     yield found
+
+
+def _drawable_cr(path: Path) -> Path:
+    """RG1_UNCR.dcm as a new instance without its Pixel Spacing of 0\\0, with which OHIF draws neither the image
+    nor its annotations (a black viewport, labels in its corner): a CR may leave the attribute out."""
+    image = pydicom.dcmread(rg1_uncr_path())
+    del image.PixelSpacing
+    image.SOPInstanceUID = image.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    image.SeriesInstanceUID = generate_uid()
+    image.save_as(path, enforce_file_format=True)
+    return path
 
 
 def _unit_less(name: str, value: float) -> sr.Measurement:
@@ -235,7 +247,8 @@ def _download(orthanc: OrthancServer, instance_id: str, folder: Path) -> Path:
 def _shown(view: SrView) -> str:
     """What the viewport showed, for failure messages."""
     return (
-        f"labels readable: {view.labels() or 'none'}{' (after a step and back)' if view.nudged else ''}; "
+        f"labels readable: {view.labels() or 'none'}{' (after a step and back)' if view.nudged else ''}"
+        f"{' (second opening)' if view.retried else ''}; "
         f"lines cut off at the viewport's edge: {view.clipped or 'none'}; "
         f"errors: {view.errors or 'none'}; "
         f"screenshots: {[str(p) for p in view.screenshots]}"
