@@ -113,6 +113,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
         running.stop()
 
 
+@pytest.mark.integration  # runs the ainode CLI against a node (seconds): not for the fast loop
 def test_sample_send_reaches_a_node_with_the_shipped_defaults(tmp_path: Path, config: Path, node: Node) -> None:
     # The quick start: the node accepts its own AE title from this machine, the sample's default calling AE.
     run = ainode(
