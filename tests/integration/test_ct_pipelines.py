@@ -29,6 +29,7 @@ import pytest
 from sqlalchemy import select
 
 from node.db import Delivery, DeliveryState, Job, JobState, Result
+from sr_writer.codes import code
 from tests.helpers import OrthancServer, assert_dciodvfy_clean
 from tests.integration.nodeproc import NodeProcess
 from tests.node.test_ct_pipeline_units import assert_on_the_clot
@@ -94,8 +95,10 @@ def _groups(sr: pydicom.Dataset) -> dict[str, hd.sr.MeasurementsAndQualitativeEv
     return {str(g.tracking_identifier): g for g in report.content.get_image_measurement_groups()}
 
 
-def _evaluation(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> str:
-    [evaluation] = group.get_qualitative_evaluations()
+def _evaluation(group: hd.sr.MeasurementsAndQualitativeEvaluations, key: str) -> str:
+    """The value of the group's one evaluation of the concept ``key`` (sr_writer.codes); a group also holds others,
+    e.g. its Finding for the viewer."""
+    [evaluation] = group.get_qualitative_evaluations(name=code(key))
     return str(evaluation.value.meaning)
 
 
@@ -120,11 +123,11 @@ def test_ctpa_with_right_embolus_comes_back_with_sr_kos_gsps(
 
     [(sr, _)] = found["SR"]
     groups = _groups(sr)
-    assert _evaluation(groups["exam PE"]) == "Present"
+    assert _evaluation(groups["exam PE"], "pulmonary_embolism") == "Present"
     right = groups["exam right-sided PE"]
     assert [fs.value.meaning for fs in right.finding_sites] == ["Pulmonary artery"]
-    assert _evaluation(right) == "Present"
-    assert _evaluation(groups["exam left-sided PE"]) == "Absent"
+    assert _evaluation(right, "pulmonary_embolism") == "Present"
+    assert _evaluation(groups["exam left-sided PE"], "pulmonary_embolism") == "Absent"
     flagged = {s.referenced_sop_instance_uid for s in groups["slices with PE"].source_images}
     assert_on_the_clot(flagged, phantom)
 
@@ -153,7 +156,7 @@ def test_ctpa_without_embolus_comes_back_negative_with_sr_only(
     found = _results(module_orthanc, phantom.truth["study_uid"], tmp_path / "results")
     assert sorted(found) == ["SR"], sorted(found)
     groups = _groups(found["SR"][0][0])
-    assert _evaluation(groups["exam PE"]) == "Absent"
+    assert _evaluation(groups["exam PE"], "pulmonary_embolism") == "Absent"
     assert "slices with PE" not in groups
 
 

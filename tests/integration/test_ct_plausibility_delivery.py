@@ -49,7 +49,7 @@ def test_a_stretched_abdomen_comes_back_as_not_determined_and_nothing_else(
     groups = _groups(sr)
     assert list(groups) == ["vertebral level not determined"]
     group = groups["vertebral level not determined"]
-    assert _evaluation(group) == "Undetermined"
+    assert _evaluation(group, "vertebral_level") == "Undetermined"
     texts = [str(i.TextValue) for i in group[0].ContentSequence if i.ValueType == "TEXT"]
     assert any(t.startswith("Vertebral level could not be determined") for t in texts), texts
     assert any(t.startswith("Reason: L3 spans ") for t in texts), texts
