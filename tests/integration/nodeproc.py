@@ -159,6 +159,14 @@ class NodeProcess:
         finally:
             db.dispose()
 
+    def wait_delivered(self, timeout: float = 60) -> None:
+        """Wait until no delivery is pending or being sent, and assert none became a dead letter."""
+        deadline = time.monotonic() + timeout
+        while self.deliveries(DeliveryState.PENDING) + self.deliveries(DeliveryState.SENDING):
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.1)
+        assert self.deliveries(DeliveryState.DEAD) == 0, self.log()
+
     def deliveries(self, state: DeliveryState) -> int:
         db = self.database()
         try:

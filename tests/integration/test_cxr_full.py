@@ -18,7 +18,6 @@ The node runs once for the module; each test looks at one study's objects.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.db import DeliveryState
 from sr_writer.codes import code, finding_concept
 from tests.helpers import OrthancServer, assert_dciodvfy_clean, lateral_radiograph, rg1_uncr_path
 from tests.integration.nodeproc import NodeProcess
@@ -99,11 +97,7 @@ def studies(module_orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFact
             assert answer.get("FailedInstancesCount", 0) == 0, answer
         jobs = node.wait_jobs(len(files), timeout=120)
         assert all(j.error is None for j in jobs), [(j.id, j.error) for j in jobs]
-        deadline = time.monotonic() + 60
-        while node.deliveries(DeliveryState.PENDING) + node.deliveries(DeliveryState.SENDING):
-            assert time.monotonic() < deadline, node.log()
-            time.sleep(0.1)
-        assert node.deliveries(DeliveryState.DEAD) == 0, node.log()
+        node.wait_delivered()
     finally:
         node.stop()
     by_study = {str(s.source.StudyInstanceUID): s for s in found.values()}

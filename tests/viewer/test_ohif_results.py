@@ -19,7 +19,6 @@ harness sees labels wherever OHIF draws them, so a failure of the node's SR is t
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ from highdicom import sr
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from node.db import DeliveryState
 from tests.helpers import OrthancServer, rg1_uncr_path
 from tests.helpers.ohif import OhifBrowser, SrView
 from tests.integration.nodeproc import NodeProcess
@@ -112,11 +110,7 @@ def studies(
             assert answer.get("FailedInstancesCount", 0) == 0, answer
         jobs = node.wait_jobs(len(found), timeout=150)
         assert all(j.error is None for j in jobs), [(j.id, j.error) for j in jobs]
-        deadline = time.monotonic() + 60
-        while node.deliveries(DeliveryState.PENDING) + node.deliveries(DeliveryState.SENDING):
-            assert time.monotonic() < deadline, node.log()
-            time.sleep(0.1)
-        assert node.deliveries(DeliveryState.DEAD) == 0, node.log()
+        node.wait_delivered()
     finally:
         node.stop()
     by_uid = {s.study_uid: s for s in found.values()}
