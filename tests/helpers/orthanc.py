@@ -358,12 +358,15 @@ class OrthancServer:
 
     def instances(self) -> list[OrthancInstance]:
         """Return every stored instance with its study and series identifiers."""
-        studies = {s["ID"]: s["MainDicomTags"].get("StudyInstanceUID", "") for s in self.api.get_json("studies?expand")}
+        # Children first, parents after: every series and study of a listed instance is then in the later
+        # listings (listed parents first, an instance stored in between had a study the listing missed).
+        listed = self.api.get_json("instances?expand")
         series = {s["ID"]: s for s in self.api.get_json("series?expand")}
+        studies = {s["ID"]: s["MainDicomTags"].get("StudyInstanceUID", "") for s in self.api.get_json("studies?expand")}
         result = []
-        for item in self.api.get_json("instances?expand"):
+        for item in listed:
             parent = series.get(item["ParentSeries"])
-            if parent is None:  # stored between the two listings; next poll sees it
+            if parent is None or parent["ParentStudy"] not in studies:  # not expected; the next poll sees it
                 continue
             tags = item["MainDicomTags"]
             number = str(tags.get("InstanceNumber", "")).strip()
