@@ -42,6 +42,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from core.findings import LUMBAR_LEVELS, PE_EXAM_LABELS
+
 __all__ = [
     "GENERATOR_VERSION",
     "TISSUES",
@@ -91,21 +93,8 @@ TISSUES: tuple[str, ...] = (
 """Tissue names; the label map holds ``TISSUES.index(name)``."""
 _T = {name: code for code, name in enumerate(TISSUES)}
 
-PE_EXAM_LABELS: tuple[str, ...] = (
-    "negative_exam_for_pe",
-    "indeterminate",
-    "rv_lv_ratio_gte_1",
-    "rv_lv_ratio_lt_1",
-    "leftsided_pe",
-    "rightsided_pe",
-    "central_pe",
-    "chronic_pe",
-    "acute_and_chronic_pe",
-)
-"""RSNA-PE exam labels (the same names as ``core.findings.PE_EXAM_LABELS``)."""
-
-LEVELS: tuple[str, ...] = ("T", "L1", "L2", "L3", "L4", "L5", "S")
-"""The lumbar-level design's classes, cranial → caudal (as ``core.findings.LUMBAR_LEVELS``)."""
+LEVELS: tuple[str, ...] = LUMBAR_LEVELS
+"""The lumbar-level design's classes, cranial → caudal."""
 
 NOISE_SD_HU = 12.0
 """Standard deviation of the Gaussian noise; it is clipped at ±3σ (36 HU)."""
