@@ -12,10 +12,10 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import TextIO
 
+from core.dicomfile import encode_part10
 from core.table import format_table
 from node.errors import ConfigError, InputError, NodeError
 from node.pipelines import Pipeline
@@ -126,10 +126,8 @@ def analyze_paths(
             continue
         names = []
         for ds in output.objects:
-            buffer = BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
             target = out / f"{ds.SOPInstanceUID}.dcm"
-            write_durable(target, buffer.getvalue(), out)
+            write_durable(target, encode_part10(ds), out)
             names.append(f"{ds.Modality} {target.name}")
         detail = output.summary + (f" (problems: {'; '.join(output.warnings)})" if output.warnings else "")
         rows.append((label, item.pipeline, "done", f"{detail} -> {', '.join(names)}"))

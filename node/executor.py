@@ -26,6 +26,7 @@ import pydicom
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core.dicomfile import encode_part10
 from core.sop import result_kind
 from node.audit import audit_row, model_versions
 from node.db import (
@@ -181,13 +182,9 @@ def result_priority(output: PipelineOutput) -> int | None:
 
 
 def _store_output(db: Database, outbox: Outbox, job: Job, output: PipelineOutput, superseded: list[int]) -> None:
-    from io import BytesIO
-
     written: list[tuple[pydicom.Dataset, Path]] = []
     for ds in output.objects:
-        buffer = BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        path = outbox.store(job.study_uid, job.series_uid, str(ds.SOPInstanceUID), buffer.getvalue())
+        path = outbox.store(job.study_uid, job.series_uid, str(ds.SOPInstanceUID), encode_part10(ds))
         written.append((ds, path))
     priority = result_priority(output)
     with db.session() as session:

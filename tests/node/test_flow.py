@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from core import status
 from core.findings import SeriesResult
+from core.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dimse.scp import StoreRequest
 from node import dispatcher as dispatch
 from node import executor as execution
@@ -166,6 +167,12 @@ def test_series_is_received_analysed_and_delivered_once(db: Database, parts) -> 
         assert delivery.state == DeliveryState.DONE and delivery.attempts == 1
         result = s.scalar(select(Result))
     assert destination.received == {result.sop_uid: 1}
+    # The result file names ainode, not a library, as the implementation that wrote it (PS3.10 7.1).
+    meta = pydicom.dcmread(result.path, stop_before_pixels=True).file_meta
+    assert (meta.ImplementationClassUID, meta.ImplementationVersionName) == (
+        IMPLEMENTATION_CLASS_UID,
+        IMPLEMENTATION_VERSION_NAME,
+    )
     dispatcher.run_once()
     assert destination.received == {result.sop_uid: 1}
 
