@@ -11,7 +11,9 @@ time (no asynchronous operations window, PS3.7 D.3.3.3):
   the acceptor's maximum length (PS3.8 9.3.5, Annex E); the caller then blocks
   on the socket for the response's PDUs, with the DIMSE timeout. There is no
   background thread: nobody else can take the response.
-* Sta7: A-RELEASE-RQ, then wait for A-RELEASE-RP (PS3.8 9.3.6, 9.3.7).
+* Sta7: A-RELEASE-RQ, then wait for A-RELEASE-RP (PS3.8 9.3.6, 9.3.7); on a release
+  collision (the acceptor's A-RELEASE-RQ crosses ours) answer A-RELEASE-RP first, then
+  wait for the acceptor's (Sta9, Sta11; PS3.8 9.2.4).
 * Any error (timeout, unexpected PDU, undecodable response) sends A-ABORT,
   source service-user (PS3.8 9.3.8), and closes the connection.
 """
@@ -42,6 +44,7 @@ from dimse.upper_layer import (
     encode_abort,
     encode_associate_rq,
     encode_p_data_headers,
+    encode_release_rp,
     encode_release_rq,
     iter_pdvs,
     parse_associate_ac,
@@ -284,18 +287,30 @@ class Requestor:
         self.established = False
         try:
             self._pdus.send(encode_release_rq())
+            collision = False
             while True:
                 pdu_type, _ = self._pdus.read_pdu()
                 if pdu_type in (A_RELEASE_RP, A_ABORT):
                     break
-                if pdu_type == A_RELEASE_RQ:  # release collision (PS3.8 9.2.4): the peer leaves too
-                    break
+                if pdu_type == A_RELEASE_RQ:
+                    if collision:
+                        raise ProtocolError("a second A-RELEASE-RQ during a release collision")
+                    # Release collision (PS3.8 9.2.4, Table 9-10): in Sta7 the requestor gets the
+                    # acceptor's A-RELEASE-RQ (AR-8, Sta9), answers it first with A-RELEASE-RP (AR-9,
+                    # Sta11), then waits for the acceptor's A-RELEASE-RP (AR-3) before closing.
+                    LOGGER.debug("release collision with %s: answering its A-RELEASE-RQ", self.where)
+                    self._pdus.send(encode_release_rp())
+                    collision = True
                 # a late P-DATA-TF is of no use any more
         except TimeoutError:
             LOGGER.warning("no A-RELEASE-RP from %s within %s s; aborting", self.where, self.timeout)
             _abort_and_close(self.sock)
             return
-        except (ConnectionClosed, ProtocolError, OSError) as exc:
+        except ProtocolError as exc:  # an unexpected PDU in Sta7 or Sta11 (PS3.8 Table 9-10, AA-8)
+            LOGGER.warning("protocol error from %s during release: %s; aborting", self.where, exc)
+            _abort_and_close(self.sock)
+            return
+        except (ConnectionClosed, OSError) as exc:
             LOGGER.debug("association with %s ended during release: %s", self.where, exc)
         _close(self.sock)
 

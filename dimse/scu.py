@@ -41,11 +41,11 @@ from pathlib import Path
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from core import status
 from core.dicomfile import read_dataset, read_file_meta
 from core.errors import UnreadableDicom
+from core.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dimse.commands import VERIFICATION_SOP_CLASS, encode_c_echo_rq, encode_c_store_rq
 from dimse.errors import AssociationError, DimseError
 from dimse.requestor import MAX_CONTEXTS, Requestor
@@ -54,10 +54,6 @@ from dimse.upper_layer import CONTEXT_ACCEPTED, PresentationContext
 __all__ = ["AssociationFailed", "StoreOutcome", "echo", "store_files"]
 
 LOGGER = logging.getLogger("ainode.dimse.scu")
-
-#: What the A-ASSOCIATE-RQ says we are (PS3.7 D.3.3.2): the same as the SCP.
-IMPLEMENTATION_CLASS_UID = str(PYNETDICOM_IMPLEMENTATION_UID)
-IMPLEMENTATION_VERSION_NAME = PYNETDICOM_IMPLEMENTATION_VERSION
 
 
 class AssociationFailed(DimseError):

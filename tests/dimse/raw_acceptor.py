@@ -24,6 +24,7 @@ from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext
 
+RELEASE_RQ = bytes((0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0))
 RELEASE_RP = bytes((0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0))
 ABORT = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0))
 
@@ -141,6 +142,19 @@ class Peer:
         """Expect A-RELEASE-RQ and answer A-RELEASE-RP."""
         pdu_type, _ = self.read_pdu()
         assert pdu_type == 0x05, f"PDU type 0x{pdu_type:02X} instead of A-RELEASE-RQ"
+        self.sock.sendall(RELEASE_RP)
+
+    def release_collision(self) -> None:
+        """Expect A-RELEASE-RQ, send our own A-RELEASE-RQ as if it had crossed it (PS3.8 9.2.4).
+
+        As the acceptor (Sta10): wait for the requestor's A-RELEASE-RP (AR-10, Sta12), then answer
+        A-RELEASE-RP (AR-4, Sta13).
+        """
+        pdu_type, _ = self.read_pdu()
+        assert pdu_type == 0x05, f"PDU type 0x{pdu_type:02X} instead of A-RELEASE-RQ"
+        self.sock.sendall(RELEASE_RQ)
+        pdu_type, _ = self.read_pdu()
+        assert pdu_type == 0x06, f"PDU type 0x{pdu_type:02X} instead of A-RELEASE-RP after a release collision"
         self.sock.sendall(RELEASE_RP)
 
     def read_until_closed(self) -> list[int]:

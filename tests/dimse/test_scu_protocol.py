@@ -15,9 +15,10 @@ from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.sop_class import CTImageStorage, Verification
-from raw_acceptor import ABORT, Peer, RawAcceptor, data_set_bytes
+from raw_acceptor import ABORT, RELEASE_RQ, Peer, RawAcceptor, data_set_bytes
 
 from core import status
+from core.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dimse import AssociationFailed, StoreOutcome, echo, store_files
 from dimse.commands import decode_command, decode_response, encode_c_echo_rq, encode_c_store_rq, encode_response
 from dimse.scu import _data_set_offset
@@ -317,3 +318,66 @@ def test_more_contexts_than_one_association_holds_are_split_in_order(tmp_path: P
     assert proposed == [128]
     assert "aborted during negotiation" in raised.value.reason
     assert [o.status for o in raised.value.outcomes] == [status.SUCCESS] * 64
+
+
+# -- identity and release -------------------------------------------------------------------------
+
+
+def test_associate_rq_names_ainode_not_a_library() -> None:
+    """Implementation Class UID and Version Name (PS3.7 D.3.3.2) are the project's own, for C-STORE and C-ECHO."""
+
+    def script(peer: Peer) -> None:
+        request = peer.read_request()
+        user_information = request.user_information
+        assert user_information is not None
+        seen.append((user_information.implementation_class_uid, user_information.implementation_version_name))
+        peer.accept_all()
+        context_id, command, _ = peer.read_message()
+        peer.respond(context_id, command, status.SUCCESS)
+        peer.release()
+
+    seen: list[tuple[str, str | None]] = []
+    with RawAcceptor(script) as acceptor:
+        store([pydicom_file("CT_small.dcm")], acceptor.port)
+    with RawAcceptor(script) as acceptor:
+        echo(host=LOCALHOST, port=acceptor.port, called_ae=NODE_AE, calling_ae=PACS_AE)
+    assert seen == [(IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)] * 2
+    assert not IMPLEMENTATION_CLASS_UID.startswith(str(PYNETDICOM_IMPLEMENTATION_UID))
+
+
+def test_release_collision_is_answered_with_a_release_rp() -> None:
+    """Both sides send A-RELEASE-RQ: the requestor answers A-RELEASE-RP, then waits for the acceptor's
+    (PS3.8 9.2.4; Table 9-10 AR-8, AR-9, AR-3), and the outcomes stand."""
+    closed: list[list[int]] = []
+
+    def script(peer: Peer) -> None:
+        peer.read_request()
+        peer.accept_all()
+        context_id, command, _ = peer.read_message()
+        peer.respond(context_id, command, status.SUCCESS)
+        peer.release_collision()
+        closed.append(peer.read_until_closed())
+
+    with RawAcceptor(script) as acceptor:
+        (outcome,) = store([pydicom_file("CT_small.dcm")], acceptor.port, timeout=5)
+    assert outcome.status == status.SUCCESS
+    types = [t for t, _ in acceptor.peer.received]
+    assert types[0] == 0x01 and set(types[1:-2]) == {0x04} and types[-2:] == [0x05, 0x06]  # C-STORE, RQ, RP
+    assert closed == [[]]  # then the requestor closed the connection, no A-ABORT
+
+
+def test_a_second_release_rq_in_a_collision_is_aborted() -> None:
+    def script(peer: Peer) -> None:
+        peer.read_request()
+        peer.accept_all()
+        context_id, command, _ = peer.read_message()
+        peer.respond(context_id, command, status.SUCCESS)
+        peer.read_pdu()  # A-RELEASE-RQ
+        peer.sock.sendall(RELEASE_RQ)
+        assert peer.read_pdu()[0] == 0x06
+        peer.sock.sendall(RELEASE_RQ)  # not A-RELEASE-RP: a protocol error in Sta11
+        assert peer.read_until_closed() == [0x07]
+
+    with RawAcceptor(script) as acceptor:
+        (outcome,) = store([pydicom_file("CT_small.dcm")], acceptor.port, timeout=5)
+    assert outcome.status == status.SUCCESS
