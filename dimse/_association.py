@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from core import status
+from dimse._incoming import IncomingDataSet
 from dimse.commands import (
     C_CANCEL_RQ,
     C_ECHO_RQ,
@@ -110,9 +111,13 @@ class Server:
         Give that slot back; called once, when the accepted association ends.
     ``report(kind, association, reason)``
         An association was accepted, rejected, released or aborted; never raises.
-    ``store(association, transfer_syntax, command, fragments)``
-        Hand over one received C-STORE data set (its fragments as received);
-        returns the status to answer with and never raises.
+    ``begin_store(association, context, command)``
+        A C-STORE-RQ announcing a data set arrived on ``context``: the
+        :class:`~dimse._incoming.IncomingDataSet` its fragments are written to
+        (or one that only discards them, when the request is refused).
+    ``store(association, context, command, incoming)``
+        The last fragment arrived: hand the file over; returns the status to
+        answer with and never raises.
     ``closed(association)``
         The connection is closed and the thread about to end.
     """
@@ -127,7 +132,8 @@ class Server:
     admit: Callable[[AssociateRequest, str], Rejection | None]
     leave: Callable[[], None]
     report: Callable[[EventKind, Association, str | None], None]
-    store: Callable[[Association, str, Command, list[memoryview]], int]
+    begin_store: Callable[[Association, PresentationContext, Command], IncomingDataSet]
+    store: Callable[[Association, PresentationContext, Command, IncomingDataSet], int]
     closed: Callable[[Association], None]
 
 
@@ -163,7 +169,7 @@ class Association:
         self._message_context = -1
         self._command: Command | None = None
         self._command_parts: list[memoryview] = []
-        self._data_parts: list[memoryview] = []
+        self._incoming: IncomingDataSet | None = None  # the data set of self._command
         limit = max(server.max_pdu, _DATA_PDU_CEILING) if server.max_pdu else 0
         self._pdus = PDUSocket(sock, limit)
 
@@ -177,6 +183,9 @@ class Association:
             LOGGER.exception("association with %s:%d failed", self.peer_address, self.peer_port)
             self._abort(ABORT_SOURCE_PROVIDER, ABORT_REASON_NOT_SPECIFIED, "internal error")
         finally:
+            if self._incoming is not None:  # the association ended inside a data set
+                self._incoming.discard()
+                self._incoming = None
             self._free_slot()
             with contextlib.suppress(OSError):
                 self.sock.close()
@@ -365,27 +374,35 @@ class Association:
                 self._command_parts = []
                 if command.has_data_set:
                     self._command = command
+                    self._incoming = self._begin_data_set(self._contexts[context_id], command)
                     continue
                 self._dispatch(self._contexts[context_id], command, None)
             else:
-                pending = self._command
-                if pending is None:
+                pending, incoming = self._command, self._incoming
+                if pending is None or incoming is None:
                     raise ProtocolError("data set fragment without a command")
-                self._data_parts.append(fragment)
+                incoming.write(fragment)
                 if not last:
                     continue
-                data, self._data_parts, self._command = self._data_parts, [], None
-                self._dispatch(self._contexts[context_id], pending, data)
+                self._command = self._incoming = None
+                self._dispatch(self._contexts[context_id], pending, incoming)
             self._message_context = -1
 
-    def _dispatch(self, context: PresentationContext, command: Command, data: list[memoryview] | None) -> None:
+    def _begin_data_set(self, context: PresentationContext, command: Command) -> IncomingDataSet:
+        """Where the data set announced by ``command`` goes: a file for a C-STORE, else nowhere."""
+        if command.command_field == C_STORE_RQ:
+            return self.server.begin_store(self, context, command)
+        # answered 0x0211 (unrecognised operation) once its data set has been read
+        return IncomingDataSet.refused(0x0211, f"DIMSE command 0x{command.command_field:04X} is not served")
+
+    def _dispatch(self, context: PresentationContext, command: Command, incoming: IncomingDataSet | None) -> None:
         """Answer one DIMSE request (PS3.7 9.1.1 C-STORE, 9.1.5 C-ECHO)."""
         field = command.command_field
         if field == C_STORE_RQ:
-            if data is None:
+            if incoming is None:
                 result = status.CANNOT_UNDERSTAND
             else:
-                result = self.server.store(self, context.transfer_syntax, command, data)
+                result = self.server.store(self, context, command, incoming)
             response = encode_response(command, result, include_instance=True)
         elif field == C_ECHO_RQ:
             LOGGER.debug("C-ECHO from %r", self.calling_ae)

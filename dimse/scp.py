@@ -36,12 +36,17 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
+import shutil
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.uid import (
     JPEG2000,
@@ -58,12 +63,14 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, AllStoragePresentationContexts
+from pynetdicom import AllStoragePresentationContexts
 
 from core import status
+from core.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dimse._association import Association, EventKind, Rejection, Server
+from dimse._incoming import FILE_PREFIX, WRITE_BUFFER, IncomingDataSet
 from dimse.commands import VERIFICATION_SOP_CLASS, Command, encode_file_meta
-from dimse.upper_layer import DICOM_APPLICATION_CONTEXT, AssociateRequest
+from dimse.upper_layer import DICOM_APPLICATION_CONTEXT, AssociateRequest, PresentationContext
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
@@ -72,13 +79,14 @@ __all__ = [
     "StorageSCP",
     "StoreRequest",
     "StoreSink",
+    "spool_part10",
 ]
 
 LOGGER = logging.getLogger("ainode.dimse.scp")
 
-#: Transfer syntaxes accepted for every storage SOP class (PS3.5 Annex A):
-#: the uncompressed ones first, so that a requestor offering several in one
-#: presentation context gets an uncompressed one.
+#: Transfer syntaxes accepted for every storage SOP class (PS3.5 Annex A). A
+#: requestor offering several in one presentation context gets the first it
+#: proposed that is here (:func:`dimse.upper_layer.negotiate`).
 ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -137,10 +145,15 @@ class AllowedPeer:
 class StoreRequest:
     """One received C-STORE request, as handed to the :data:`StoreSink`.
 
-    ``data`` is a complete DICOM Part 10 file (PS3.10 7.1): 128-byte preamble,
-    ``DICM``, File Meta Information (Transfer Syntax UID = the one used on the
-    wire, Source AE Title = the caller) and the data set bytes exactly as
-    received, never transcoded.
+    ``path`` is a complete DICOM Part 10 file (PS3.10 7.1) of ``size`` bytes:
+    128-byte preamble, ``DICM``, File Meta Information (Transfer Syntax UID =
+    the one used on the wire, Implementation Class UID and Version Name =
+    ainode's, Source AE Title = the caller) and the data set bytes exactly as
+    received, never transcoded. The file is not fsynced.
+
+    The sink owns the file while it runs: it may move it away (``os.replace``
+    within the same file system, e.g. into a spool); once it returns, the SCP
+    deletes ``path`` if it is still there.
     """
 
     calling_ae: str
@@ -149,7 +162,13 @@ class StoreRequest:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
-    data: bytes
+    path: Path
+    size: int
+
+    @property
+    def data(self) -> bytes:
+        """The whole file, read from ``path`` at each access: for small sinks and tests."""
+        return self.path.read_bytes()
 
 
 #: Makes an instance durable and recorded; returns a status from :mod:`core.status`.
@@ -164,6 +183,55 @@ class AssociationEvent:
     calling_ae: str
     peer_address: str
     reason: str | None = None
+
+
+def spool_part10(
+    directory: Path,
+    part10: bytes | BinaryIO,
+    *,
+    calling_ae: str,
+    peer_address: str,
+    peer_port: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+) -> StoreRequest:
+    """Write a whole Part 10 file received by another intake (STOW-RS, C-GET) as a :class:`StoreRequest`.
+
+    The bytes (or the rest of a binary file object, copied in
+    :data:`~dimse._incoming.WRITE_BUFFER` chunks) are written as they are, into
+    a new ``.incoming-scp-*.dcm`` file in ``directory``; nothing is checked or
+    fsynced. The caller then hands the request to the sink and deletes
+    ``path`` if it is still there once the sink has returned, as the SCP does.
+
+    Raises
+    ------
+    OSError
+        The file could not be written (the partial file is deleted).
+    """
+    fd, name = tempfile.mkstemp(dir=directory, prefix=FILE_PREFIX, suffix=".dcm")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb", buffering=WRITE_BUFFER) as file:
+            if isinstance(part10, (bytes, bytearray, memoryview)):
+                file.write(part10)
+            else:
+                shutil.copyfileobj(part10, file, WRITE_BUFFER)
+            size = file.tell()
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
+    return StoreRequest(
+        calling_ae=calling_ae,
+        peer_address=peer_address,
+        peer_port=peer_port,
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+        transfer_syntax_uid=transfer_syntax_uid,
+        path=path,
+        size=size,
+    )
 
 
 def _same_address(actual: str, allowed: str) -> bool:
@@ -209,13 +277,21 @@ class StorageSCP:
     on_association : callable, optional
         Receives an :class:`AssociationEvent` for every accepted, rejected,
         released or aborted association; exceptions it raises are logged.
+    incoming_dir : Path, optional
+        Where each C-STORE's file is written while its fragments arrive (the
+        node passes its spool's temporary folder, on the spool's file system,
+        so the sink can keep a file by renaming it). ``None``: a private
+        temporary folder, created by :meth:`start` and removed by :meth:`stop`.
+    max_dataset_size : int, optional
+        Largest data set accepted, in bytes (default 4 GiB, room for a 2 GB
+        multi-frame). A larger one is read to its end without being kept and
+        answered ``0xA700`` (out of resources); the association continues.
     """
 
     #: Implementation Class UID and Version Name sent in the A-ASSOCIATE-AC and
-    #: written in the File Meta Information (PS3.7 D.3.3.2, PS3.10 7.1): still
-    #: pynetdicom's, so files stay byte-identical to what the node stored before.
-    implementation_class_uid: str = str(PYNETDICOM_IMPLEMENTATION_UID)
-    implementation_version_name: str = PYNETDICOM_IMPLEMENTATION_VERSION
+    #: written in the File Meta Information (PS3.7 D.3.3.2, PS3.10 7.1): ainode's own.
+    implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
+    implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
     supported_contexts: Mapping[str, tuple[str, ...]] = SUPPORTED_CONTEXTS
 
     def __init__(
@@ -233,6 +309,8 @@ class StorageSCP:
         dimse_timeout: float = 60,
         ssl_context: ssl.SSLContext | None = None,
         on_association: Callable[[AssociationEvent], None] | None = None,
+        incoming_dir: Path | None = None,
+        max_dataset_size: int = 4 << 30,
     ) -> None:
         if not ae_title.strip() or len(ae_title.strip()) > 16:
             raise ValueError(f"ae_title must be 1 to 16 characters, got {ae_title!r}")
@@ -240,6 +318,8 @@ class StorageSCP:
             raise ValueError(f"max_associations must be at least 1, got {max_associations}")
         if not 0 <= max_pdu < 2**32:
             raise ValueError(f"max_pdu must be 0 (unlimited) or a 32-bit length, got {max_pdu}")
+        if max_dataset_size < 1:
+            raise ValueError(f"max_dataset_size must be at least 1 byte, got {max_dataset_size}")
         for peer in allowed_peers:
             if not isinstance(peer, AllowedPeer):
                 raise TypeError(f"allowed_peers must hold AllowedPeer, got {peer!r}")
@@ -249,6 +329,9 @@ class StorageSCP:
         self.network_timeout = network_timeout
         self.acse_timeout = acse_timeout
         self.dimse_timeout = dimse_timeout
+        self.max_dataset_size = max_dataset_size
+        self._incoming_dir = incoming_dir
+        self._private_dir: Path | None = None  # made by start() when no incoming_dir is given
         self._requested_port = port
         self._host = host
         self._sink = sink
@@ -270,6 +353,8 @@ class StorageSCP:
                 raise RuntimeError("StorageSCP is already started")
             family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
             listener = socket.create_server((self._host, self._requested_port), family=family, backlog=64)
+            if self._incoming_dir is None:
+                self._private_dir = Path(tempfile.mkdtemp(prefix="ainode-scp-"))
             self._listener = listener
             self._accept_thread = threading.Thread(
                 target=self._accept_loop, args=(listener,), name=f"dimse-scp-{self.ae_title}", daemon=True
@@ -312,6 +397,9 @@ class StorageSCP:
             association.request_stop()
         for association in remaining:
             association.thread.join(5)
+        private, self._private_dir = self._private_dir, None
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
         LOGGER.info("Storage SCP %s stopped", self.ae_title)
 
     @property
@@ -376,6 +464,7 @@ class StorageSCP:
             admit=self._admit,
             leave=self._release_slot,
             report=self._notify,
+            begin_store=self._begin_store,
             store=self._store,
             closed=self._forget,
         )
@@ -458,33 +547,78 @@ class StorageSCP:
 
     # -- C-STORE ----------------------------------------------------------------------
 
+    def _begin_store(self, association: Association, context: PresentationContext, command: Command) -> IncomingDataSet:
+        """Open the file a C-STORE-RQ's data set is written to, or refuse the request (PS3.4 B.2.3).
+
+        A C-STORE must name the SOP class of its presentation context (PS3.7
+        9.1.1.1, PS3.8 9.3.2.2: a context is negotiated for one abstract
+        syntax); one that names another, names none, or comes on the
+        Verification context is answered ``0x0122`` (Refused: SOP class not
+        supported, PS3.7 C.5.3) once its data set has been read, and nothing is
+        kept. The data set is never decoded to compare: the command decides.
+        """
+        sop_class = command.affected_sop_class_uid
+        refusal = None
+        if context.abstract_syntax == VERIFICATION_SOP_CLASS:
+            refusal = "C-STORE on the Verification presentation context"
+        elif not sop_class:
+            refusal = "C-STORE without an Affected SOP Class UID"
+        elif sop_class != context.abstract_syntax:
+            refusal = f"C-STORE of SOP class {sop_class} on a presentation context for {context.abstract_syntax}"
+        if refusal is not None:
+            LOGGER.warning(
+                "refusing C-STORE of %s from %r at %s: %s",
+                command.affected_sop_instance_uid,
+                association.calling_ae,
+                association.peer_address,
+                refusal,
+            )
+            return IncomingDataSet.refused(status.SOP_CLASS_NOT_SUPPORTED, refusal)
+        meta = encode_file_meta(
+            sop_class_uid=sop_class,
+            sop_instance_uid=command.affected_sop_instance_uid,
+            transfer_syntax_uid=context.transfer_syntax,
+            implementation_class_uid=self.implementation_class_uid,
+            implementation_version_name=self.implementation_version_name,
+            source_ae_title=association.calling_ae,
+        )
+        directory = self._incoming_dir or self._private_dir
+        assert directory is not None, "a started SCP has an incoming folder"
+        return IncomingDataSet(directory, meta, self.max_dataset_size)
+
     def _store(
-        self, association: Association, transfer_syntax: str, command: Command, fragments: list[memoryview]
+        self, association: Association, context: PresentationContext, command: Command, incoming: IncomingDataSet
     ) -> int:
         """Pass one received instance to the sink (PS3.4 B.2.2); the status to answer.
 
-        Never raises: anything unexpected is answered with 0x0110.
+        Never raises: anything unexpected is answered with 0x0110. The file is
+        deleted once the sink has returned, unless the sink moved it away.
         """
         sop_instance_uid = command.affected_sop_instance_uid
-        try:
-            meta = encode_file_meta(
-                sop_class_uid=command.affected_sop_class_uid,
-                sop_instance_uid=sop_instance_uid,
-                transfer_syntax_uid=transfer_syntax,
-                implementation_class_uid=self.implementation_class_uid,
-                implementation_version_name=self.implementation_version_name,
-                source_ae_title=association.calling_ae,
+        path = incoming.finish()
+        if path is None:
+            LOGGER.error(
+                "C-STORE of %s from %r at %s:%d not kept (%d bytes received): %s; answering 0x%04X",
+                sop_instance_uid,
+                association.calling_ae,
+                association.peer_address,
+                association.peer_port,
+                incoming.received,
+                incoming.failure,
+                incoming.status,
             )
+            return incoming.status
+        try:
             request = StoreRequest(
                 calling_ae=association.calling_ae,
                 peer_address=association.peer_address,
                 peer_port=association.peer_port,
                 sop_class_uid=command.affected_sop_class_uid,
                 sop_instance_uid=sop_instance_uid,
-                transfer_syntax_uid=transfer_syntax,
-                data=b"".join([meta, *fragments]),  # the one copy of the data set
+                transfer_syntax_uid=context.transfer_syntax,
+                path=path,
+                size=incoming.size,
             )
-            del fragments[:]  # the PDU buffers can go before the sink runs
             result = int(self._sink(request))
             if not 0 <= result <= 0xFFFF:
                 raise ValueError(f"the sink returned {result}, not a 16-bit DIMSE status")
@@ -496,11 +630,14 @@ class StorageSCP:
                 status.PROCESSING_FAILURE,
             )
             return status.PROCESSING_FAILURE
+        finally:
+            with contextlib.suppress(OSError):  # FileNotFoundError when the sink kept it
+                path.unlink()
         LOGGER.debug(
             "C-STORE %s from %r (%s): %s",
             sop_instance_uid,
             association.calling_ae,
-            transfer_syntax,
+            request.transfer_syntax_uid,
             status.describe(result),
         )
         return result

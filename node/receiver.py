@@ -164,7 +164,8 @@ class Receiver:
                     sop_class_uid=str(meta.MediaStorageSOPClassUID),
                     sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
                     transfer_syntax_uid=str(meta.TransferSyntaxUID),
-                    data=data,
+                    path=path,
+                    size=len(data),
                 )
                 self._register(
                     request,

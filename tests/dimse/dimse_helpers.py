@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.data import get_testdata_file
@@ -49,17 +50,37 @@ def pydicom_file(name: str) -> Path:
     return Path(path)
 
 
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """What a :class:`DirectorySink` keeps of one :class:`~dimse.StoreRequest`: its fields and its bytes.
+
+    The request's own file is deleted once the sink returns; ``data`` is what it held.
+    """
+
+    calling_ae: str
+    peer_address: str
+    peer_port: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    size: int
+    data: bytes
+
+
 class DirectorySink:
-    """A sink that writes each instance to ``<dir>/<SOP Instance UID>.dcm``."""
+    """A sink that writes each instance to ``<dir>/<SOP Instance UID>.dcm`` and keeps it in ``requests``."""
 
     def __init__(self, directory: Path, result: int = status.SUCCESS) -> None:
         self.directory = directory
         self.result = result
-        self.requests: list[StoreRequest] = []
+        self.requests: list[ReceivedRequest] = []
 
     def __call__(self, request: StoreRequest) -> int:
-        (self.directory / f"{request.sop_instance_uid}.dcm").write_bytes(request.data)
-        self.requests.append(request)
+        data = request.data
+        assert len(data) == request.size == request.path.stat().st_size
+        (self.directory / f"{request.sop_instance_uid}.dcm").write_bytes(data)
+        fields = {name: getattr(request, name) for name in ReceivedRequest.__dataclass_fields__ if name != "data"}
+        self.requests.append(ReceivedRequest(**fields, data=data))
         return self.result
 
 

@@ -6,6 +6,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from dimse_helpers import LOCALHOST
@@ -14,9 +15,10 @@ from raw_peer import RawPeer, associate_rq, p_data
 
 from core import status
 from dimse._association import Association, Rejection, Server
+from dimse._incoming import IncomingDataSet
 from dimse.commands import Command, decode_response, encode_c_store_rq
 from dimse.scp import SUPPORTED_CONTEXTS
-from dimse.upper_layer import AssociateRequest
+from dimse.upper_layer import AssociateRequest, PresentationContext
 
 CT = str(CTImageStorage)
 
@@ -30,6 +32,7 @@ class Recorder:
     calls: list[tuple[object, ...]] = field(default_factory=list)
     stored: list[bytes] = field(default_factory=list)
     closed: threading.Event = field(default_factory=threading.Event)
+    incoming_dir: Path = Path()  # set by the connect fixture
 
     def server(self) -> Server:
         return Server(
@@ -45,6 +48,7 @@ class Recorder:
             report=lambda kind, association, reason: self.calls.append(
                 ("report", kind, association.calling_ae, reason)
             ),
+            begin_store=self.begin_store,
             store=self.store,
             closed=self.on_closed,
         )
@@ -53,11 +57,19 @@ class Recorder:
         self.calls.append(("admit", request.calling_ae, peer_address))
         return self.rejection
 
+    def begin_store(self, association: Association, context: PresentationContext, command: Command) -> IncomingDataSet:
+        self.calls.append(("begin_store", context.context_id, command.affected_sop_instance_uid))
+        return IncomingDataSet(self.incoming_dir, b"", max_size=1 << 20)
+
     def store(
-        self, association: Association, transfer_syntax: str, command: Command, fragments: list[memoryview]
+        self, association: Association, context: PresentationContext, command: Command, incoming: IncomingDataSet
     ) -> int:
-        self.calls.append(("store", association.calling_ae, transfer_syntax, command.affected_sop_instance_uid))
-        self.stored.append(b"".join(fragments))
+        uid = command.affected_sop_instance_uid
+        self.calls.append(("store", association.calling_ae, context.transfer_syntax, uid))
+        path = incoming.finish()
+        assert path is not None
+        self.stored.append(path.read_bytes())
+        path.unlink()
         return self.store_status
 
     def on_closed(self, association: Association) -> None:
@@ -66,12 +78,13 @@ class Recorder:
 
 
 @pytest.fixture
-def connect() -> Iterator[object]:
+def connect(tmp_path: Path) -> Iterator[object]:
     """Connect a RawPeer to an Association serving the accepted socket for ``recorder``."""
     listener = socket.create_server((LOCALHOST, 0))
     peers: list[RawPeer] = []
 
     def start(recorder: Recorder) -> RawPeer:
+        recorder.incoming_dir = tmp_path
         peer = RawPeer(listener.getsockname()[1])
         peers.append(peer)
         sock, address = listener.accept()
@@ -123,6 +136,7 @@ def test_an_admitted_association_stores_through_the_server_and_leaves_once(conne
     assert recorder.calls == [
         ("admit", "PACS", LOCALHOST),
         ("report", "accepted", "PACS", None),
+        ("begin_store", 1, "1.2.9"),
         ("store", "PACS", ExplicitVRLittleEndian, "1.2.9"),
         ("leave",),
         ("report", "released", "PACS", None),

@@ -8,7 +8,7 @@ late instances supersede; a restart resumes what was in flight.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from sqlalchemy import select
 from core import status
 from core.findings import SeriesResult
 from core.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dimse.scp import StoreRequest
+from dimse.scp import StoreRequest, spool_part10
 from node import dispatcher as dispatch
 from node import executor as execution
 from node.assembler import Assembler
@@ -109,6 +109,18 @@ def parts(tmp_path: Path, db: Database):  # type: ignore[no-untyped-def]
     return settings, receiver, assembler, outbox, dispatcher, destination
 
 
+#: Where _instance writes each request's file (the SCP's incoming folder in a node); set per test.
+_incoming: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _incoming_dir(tmp_path: Path) -> Iterator[None]:
+    (folder := tmp_path / "incoming").mkdir()
+    _incoming.append(folder)
+    yield
+    _incoming.remove(folder)
+
+
 def _instance(series_uid: str, study_uid: str, source: str = "CT_small.dcm", **changes: str) -> StoreRequest:
     ds = pydicom.dcmread(get_testdata_file(source))
     ds.StudyInstanceUID = study_uid
@@ -119,14 +131,15 @@ def _instance(series_uid: str, study_uid: str, source: str = "CT_small.dcm", **c
         setattr(ds, key, value)
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return StoreRequest(
+    return spool_part10(
+        _incoming[-1],
+        buffer.getvalue(),
         calling_ae="STORESCU",
         peer_address="127.0.0.1",
         peer_port=40000,
         sop_class_uid=str(ds.SOPClassUID),
         sop_instance_uid=str(ds.SOPInstanceUID),
         transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        data=buffer.getvalue(),
     )
 
 
@@ -275,7 +288,11 @@ def test_without_a_recorded_header_the_assembler_reads_the_file(db: Database, pa
 def test_unreadable_or_unsafe_instances_are_refused(db: Database, parts) -> None:  # type: ignore[no-untyped-def]
     settings, receiver, assembler, outbox, dispatcher, destination = parts
     good = _instance(generate_uid(), generate_uid())
-    garbage = StoreRequest(**{**good.__dict__, "data": b"\x00" * 128 + b"DICM" + b"\xff" * 50})
+    garbage = spool_part10(
+        _incoming[-1],
+        b"\x00" * 128 + b"DICM" + b"\xff" * 50,
+        **{k: v for k, v in good.__dict__.items() if k not in ("path", "size")},
+    )
     assert receiver(garbage) == status.CANNOT_UNDERSTAND
     evil = _instance("1.2.3/../../../tmp", generate_uid())
     assert receiver(evil) == status.CANNOT_UNDERSTAND

@@ -465,7 +465,7 @@ def test_ct_objects_from_a_malformed_series_pass_dciodvfy(tmp_path: Path) -> Non
 def test_job_summary_names_the_dropped_attributes_without_their_values(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from dimse.scp import StoreRequest
+    from dimse.scp import spool_part10
     from models.registry import ModelRegistry
     from models.view_filter import ViewFilter
     from node import executor as execution
@@ -491,14 +491,15 @@ def test_job_summary_names_the_dropped_attributes_without_their_values(
     receiver = Receiver(settings, db, Spool(settings.spool_dir, settings.tmp_dir))
     outbox = Outbox(settings.outbox_dir, settings.tmp_dir)
     assembler = Assembler(db, load_routing(DEFAULT_ROUTING_FILE), {"cxr"}, {}, [])
-    request = StoreRequest(
+    request = spool_part10(
+        settings.tmp_dir,
+        buffer.getvalue(),
         calling_ae="STORESCU",
         peer_address="127.0.0.1",
         peer_port=40000,
         sop_class_uid=str(ds.SOPClassUID),
         sop_instance_uid=str(ds.SOPInstanceUID),
         transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        data=buffer.getvalue(),
     )
     assert receiver(request) == 0
     assembler.run_once()
