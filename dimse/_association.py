@@ -1,24 +1,29 @@
-"""One accepted association of :class:`dimse.scp.StorageSCP`, served by its own thread.
+"""One admitted association of :class:`dimse.scp.StorageSCP`, served by its own thread.
 
 The association knows its server only through :class:`Server`, defined here:
-the settings it negotiates and times out with and five calls (admit, leave,
-report, store, closed). The SCP builds one for each connection it accepts, so
-this module never imports :mod:`dimse.scp`.
+the settings it negotiates and times out with and five calls (leave, report,
+begin_store, store, closed). The SCP builds one for each association it
+admits, so this module never imports :mod:`dimse.scp`.
 
-The thread blocks on the socket for whole PDUs and walks the acceptor side of
-the PS3.8 9.2 state machine, reduced to what a Storage SCP meets:
+Everything before -- the TLS handshake, reading the A-ASSOCIATE-RQ under its
+deadline, access control, the association limit and A-ASSOCIATE-RJ -- happens
+in the listener's thread (:mod:`dimse._negotiator`), so a thread exists only
+for an admitted association. The thread then walks the acceptor side of the
+PS3.8 9.2 state machine, reduced to what a Storage SCP meets:
 
-* Sta2, transport open: the first PDU must be an A-ASSOCIATE-RQ within the ACSE
-  timeout (ARTIM, PS3.8 9.1.5); otherwise the connection is closed, or aborted
-  if the peer sent something else.
-* A-ASSOCIATE-RQ: access control and the association limit (A-ASSOCIATE-RJ,
-  PS3.8 9.3.4), else presentation contexts are negotiated (A-ASSOCIATE-AC).
-* Sta6, established: P-DATA-TF fragments are gathered into DIMSE messages
-  (PS3.8 Annex E), C-ECHO-RQ and C-STORE-RQ answered (PS3.7 9.1.5, 9.1.1);
-  A-RELEASE-RQ is answered with A-RELEASE-RP; A-ABORT ends the association.
-* Anything else (an unknown PDU, a PDU out of place, an inconsistent
-  fragment) aborts with A-ABORT, source service-provider (PS3.8 Table 9-26);
-  so does the network timeout on an idle association.
+* The A-ASSOCIATE-RQ: presentation contexts are negotiated (A-ASSOCIATE-AC).
+* Sta6, established: each PDU's header is checked before its body is read
+  (P-DATA-TF, A-RELEASE-RQ and A-ABORT only; a P-DATA-TF no longer than the
+  maximum length we advertised), and the whole PDU must arrive within the
+  network timeout (between messages) or the DIMSE timeout (inside one): a
+  deadline per PDU, not per read. P-DATA-TF fragments are gathered into DIMSE
+  messages (PS3.8 Annex E): a command set in memory, a data set written to
+  its file as it arrives (:mod:`dimse._incoming`); C-ECHO-RQ and C-STORE-RQ
+  are answered (PS3.7 9.1.5, 9.1.1); A-RELEASE-RQ is answered with
+  A-RELEASE-RP; A-ABORT ends the association.
+* Anything else (an unknown PDU, a PDU out of place or too long, an
+  inconsistent fragment) aborts with A-ABORT, source service-provider (PS3.8
+  Table 9-26); so do the timeouts.
 """
 
 from __future__ import annotations
@@ -46,50 +51,33 @@ from dimse.commands import (
 from dimse.errors import ConnectionClosed, ProtocolError, ProtocolViolation
 from dimse.upper_layer import (
     A_ABORT,
-    A_ASSOCIATE_RQ,
     A_RELEASE_RQ,
     ABORT_INVALID_PARAMETER,
     ABORT_REASON_NOT_SPECIFIED,
     ABORT_SOURCE_PROVIDER,
     ABORT_SOURCE_USER,
-    ABORT_UNEXPECTED_PDU,
-    ABORT_UNRECOGNIZED_PDU,
     CONTEXT_ACCEPTED,
-    KNOWN_PDU_TYPES,
     P_DATA_TF,
     AssociateRequest,
     PDUSocket,
     PresentationContext,
     encode_abort,
     encode_associate_ac,
-    encode_associate_rj,
     encode_p_data,
     encode_release_rp,
     iter_pdvs,
     negotiate,
-    parse_associate_rq,
 )
 
 LOGGER = logging.getLogger("ainode.dimse.scp")
 
-#: Seconds an A-ASSOCIATE-RJ waits before it is sent (see Association._accept).
-_REJECT_DELAY = 0.05
-#: P-DATA-TF bodies are accepted up to this size even when we advertised less:
-#: some senders overshoot, and the only point of a limit is bounding memory.
-_DATA_PDU_CEILING = 1 << 24
+#: The PDUs a requestor may send in Sta6 (PS3.8 Table 9-10); any other is aborted on its header.
+_ESTABLISHED_PDUS = frozenset({P_DATA_TF, A_RELEASE_RQ, A_ABORT})
+#: A C-STORE-RQ command set is ~200 bytes; one longer than this is not a command set.
+_MAX_COMMAND_SET = 1 << 16
 
 #: What happened to an association, as :class:`dimse.scp.AssociationEvent` says it.
 EventKind = Literal["accepted", "rejected", "released", "aborted"]
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """An A-ASSOCIATE-RJ to send (PS3.8 9.3.4, Table 9-21), with the reason in words for the log."""
-
-    result: int
-    source: int
-    reason: int
-    text: str
 
 
 @dataclass(frozen=True)
@@ -97,20 +85,17 @@ class Server:
     """All an :class:`Association` uses of the server that accepted its connection.
 
     Settings (see :class:`dimse.scp.StorageSCP` for their meaning): ``max_pdu``
-    (0 for unlimited), the three timeouts, ``supported_contexts`` (abstract
+    (the longest P-DATA-TF we accept and advertise), the three timeouts, ``supported_contexts`` (abstract
     syntax to accepted transfer syntaxes, best first) and the implementation
     class UID and version name sent in the A-ASSOCIATE-AC.
 
     Calls, each made from the association's thread:
 
-    ``admit(request, peer_address)``
-        Access control and the association limit: the :class:`Rejection` to
-        send, or ``None`` when the association is accepted, which takes one of
-        the ``max_associations`` slots.
     ``leave()``
-        Give that slot back; called once, when the accepted association ends.
+        Give back the ``max_associations`` slot the association was admitted
+        with; called once, when it ends.
     ``report(kind, association, reason)``
-        An association was accepted, rejected, released or aborted; never raises.
+        An association was accepted, released or aborted; never raises.
     ``begin_store(association, context, command)``
         A C-STORE-RQ announcing a data set arrived on ``context``: the
         :class:`~dimse._incoming.IncomingDataSet` its fragments are written to
@@ -129,7 +114,6 @@ class Server:
     supported_contexts: Mapping[str, Sequence[str]]
     implementation_class_uid: str
     implementation_version_name: str
-    admit: Callable[[AssociateRequest, str], Rejection | None]
     leave: Callable[[], None]
     report: Callable[[EventKind, Association, str | None], None]
     begin_store: Callable[[Association, PresentationContext, Command], IncomingDataSet]
@@ -145,40 +129,45 @@ class Association:
     server : Server
         The settings and calls of the server that accepted the connection.
     sock : socket.socket
-        The accepted connection (TLS-wrapped, handshake not yet done).
+        The connection (after its TLS handshake), in blocking mode.
     address : tuple
         The peer's address as returned by ``accept()``.
+    request : AssociateRequest
+        Its A-ASSOCIATE-RQ, admitted: the association holds a slot.
     """
 
-    def __init__(self, server: Server, sock: socket.socket, address: tuple[str, int]) -> None:
+    def __init__(
+        self, server: Server, sock: socket.socket, address: tuple[str, int], request: AssociateRequest
+    ) -> None:
         self.server = server
         self.sock = sock
         self.peer_address = str(address[0])
         self.peer_port = int(address[1])
-        self.calling_ae = ""
+        self.request = request
+        self.calling_ae = request.calling_ae
         #: True between A-ASSOCIATE-AC and the release or abort.
         self.established = False
         self.thread = threading.Thread(
             target=self.run, name=f"dimse-scp-{self.peer_address}:{self.peer_port}", daemon=True
         )
         self._stop_event = threading.Event()  # set by request_stop()
-        self._holds_slot = False
+        self._holds_slot = True
         self._peer_max_pdu = 0
         self._contexts: dict[int, PresentationContext] = {}
         # the DIMSE message being received (PS3.8 E.2)
         self._message_context = -1
         self._command: Command | None = None
-        self._command_parts: list[memoryview] = []
+        self._command_parts = bytearray()  # copied: a view would keep its whole PDU alive
         self._incoming: IncomingDataSet | None = None  # the data set of self._command
-        limit = max(server.max_pdu, _DATA_PDU_CEILING) if server.max_pdu else 0
-        self._pdus = PDUSocket(sock, limit)
+        self._pdus = PDUSocket(sock, server.max_pdu)
 
     # -- thread entry and shutdown ------------------------------------------------------
 
     def run(self) -> None:
         """Serve the association until it is rejected, released or aborted; never raises."""
         try:
-            self._serve()
+            if self._accept(self.request):
+                self._serve_established()
         except Exception:  # a bug here must cost one association, not the server
             LOGGER.exception("association with %s:%d failed", self.peer_address, self.peer_port)
             self._abort(ABORT_SOURCE_PROVIDER, ABORT_REASON_NOT_SPECIFIED, "internal error")
@@ -210,62 +199,11 @@ class Association:
         except OSError:
             pass  # already closed
 
-    # -- Sta2: waiting for the A-ASSOCIATE-RQ --------------------------------------------
-
-    def _serve(self) -> None:
-        server = self.server
-        self.sock.settimeout(server.acse_timeout)
-        if isinstance(self.sock, ssl.SSLSocket):
-            try:
-                self.sock.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
-                LOGGER.warning("TLS handshake with %s:%d failed: %s", self.peer_address, self.peer_port, exc)
-                return
-        try:
-            pdu_type, body = self._pdus.read_pdu()
-            if pdu_type != A_ASSOCIATE_RQ:
-                if pdu_type != A_ABORT:
-                    reason = ABORT_UNEXPECTED_PDU if pdu_type in KNOWN_PDU_TYPES else ABORT_UNRECOGNIZED_PDU
-                    self._send_last(encode_abort(ABORT_SOURCE_PROVIDER, reason))
-                return
-            request = parse_associate_rq(body)
-        except TimeoutError:
-            LOGGER.info(
-                "no A-ASSOCIATE-RQ from %s:%d within %s s", self.peer_address, self.peer_port, server.acse_timeout
-            )
-            return
-        except ProtocolError as exc:
-            LOGGER.warning("invalid A-ASSOCIATE-RQ from %s:%d: %s", self.peer_address, self.peer_port, exc)
-            self._send_last(encode_abort(ABORT_SOURCE_PROVIDER, exc.reason))
-            return
-        except (ConnectionClosed, OSError):
-            return
-        if self._accept(request):
-            self._serve_established()
+    # -- the A-ASSOCIATE-AC -----------------------------------------------------------------
 
     def _accept(self, request: AssociateRequest) -> bool:
-        """Answer the A-ASSOCIATE-RQ with -RJ or -AC (PS3.8 9.3.3, 9.3.4); True when accepted."""
+        """Answer the admitted A-ASSOCIATE-RQ with an A-ASSOCIATE-AC (PS3.8 9.3.3); False if the peer is gone."""
         server = self.server
-        self.calling_ae = request.calling_ae
-        rejection = server.admit(request, self.peer_address)
-        if rejection is not None:
-            LOGGER.warning(
-                "rejecting association from %r at %s:%d calling %r: %s",
-                request.calling_ae,
-                self.peer_address,
-                self.peer_port,
-                request.called_ae,
-                rejection.text,
-            )
-            server.report("rejected", self, rejection.text)
-            # pynetdicom requestors (our own SCU included) check their connection is still open
-            # *after* sending the A-ASSOCIATE-RQ; a rejection that arrived and closed it first is
-            # then reported as a failed connection and an abort, not a rejection. A rejection is
-            # not worth being fast: give the requestor time to get there.
-            self._stop_event.wait(_REJECT_DELAY)
-            self._send_last(encode_associate_rj(rejection.result, rejection.source, rejection.reason))
-            return False
-        self._holds_slot = True
         results = negotiate(request.contexts, server.supported_contexts)
         self._contexts = {c.context_id: c for c in results if c.result == CONTEXT_ACCEPTED}
         self._peer_max_pdu = request.max_pdu
@@ -297,19 +235,16 @@ class Association:
 
     def _serve_established(self) -> None:
         server = self.server
-        timeout = server.network_timeout
-        self.sock.settimeout(timeout)
+        # sends (responses, A-RELEASE-RP) are bounded by the DIMSE timeout; reads by the deadlines below
+        self.sock.settimeout(server.dimse_timeout)
         while True:
-            # network timeout between messages, DIMSE timeout inside one
+            # the network timeout between messages, the DIMSE timeout inside one: each for a whole PDU
             in_message = self._command is not None or bool(self._command_parts)
-            wanted = server.dimse_timeout if in_message else server.network_timeout
-            if wanted != timeout:
-                timeout = wanted
-                self.sock.settimeout(timeout)
+            timeout = server.dimse_timeout if in_message else server.network_timeout
             try:
                 if self._stop_event.is_set():
                     raise ConnectionClosed("stop requested")
-                pdu_type, body = self._pdus.read_pdu()
+                pdu_type, body = self._pdus.read_pdu(_ESTABLISHED_PDUS, timeout)
                 if pdu_type == P_DATA_TF:
                     self._on_p_data(body)
                     continue
@@ -320,9 +255,6 @@ class Association:
                     LOGGER.warning("association with %r at %s aborted by the peer", self.calling_ae, self.peer_address)
                     self._ended("aborted", "aborted by the peer")
                     return
-                if pdu_type in KNOWN_PDU_TYPES:
-                    raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}", ABORT_UNEXPECTED_PDU)
-                raise ProtocolError(f"unrecognised PDU type 0x{pdu_type:02X}", ABORT_UNRECOGNIZED_PDU)
             except TimeoutError:
                 which = "DIMSE timeout" if in_message else "network timeout"
                 LOGGER.warning(
@@ -367,11 +299,13 @@ class Association:
             if control & 0x01:  # a command fragment
                 if self._command is not None:
                     raise ProtocolError("command fragment while the data set was expected")
-                self._command_parts.append(fragment)
+                self._command_parts += fragment
+                if len(self._command_parts) > _MAX_COMMAND_SET:
+                    raise ProtocolError(f"command set longer than {_MAX_COMMAND_SET} bytes")
                 if not last:
                     continue
-                command = decode_command(b"".join(self._command_parts))
-                self._command_parts = []
+                command = decode_command(bytes(self._command_parts))
+                self._command_parts = bytearray()
                 if command.has_data_set:
                     self._command = command
                     self._incoming = self._begin_data_set(self._contexts[context_id], command)

@@ -37,6 +37,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import queue
 import shutil
 import socket
 import ssl
@@ -67,8 +68,9 @@ from pynetdicom import AllStoragePresentationContexts
 
 from core import status
 from core.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dimse._association import Association, EventKind, Rejection, Server
+from dimse._association import Association, EventKind, Server
 from dimse._incoming import FILE_PREFIX, WRITE_BUFFER, IncomingDataSet
+from dimse._negotiator import LOCAL_LIMIT_EXCEEDED, Negotiator, Rejection
 from dimse.commands import VERIFICATION_SOP_CLASS, Command, encode_file_meta
 from dimse.upper_layer import DICOM_APPLICATION_CONTEXT, AssociateRequest, PresentationContext
 
@@ -109,6 +111,9 @@ SUPPORTED_CONTEXTS: Mapping[str, tuple[str, ...]] = {
     VERIFICATION_SOP_CLASS: (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)),
 }
 
+#: Smallest ``max_pdu`` accepted (DCMTK's lower bound too).
+MIN_MAX_PDU = 4096
+
 # A-ASSOCIATE-RJ parameters (PS3.8 Table 9-21).
 _REJECTED_PERMANENT = 0x01
 _SOURCE_SERVICE_USER = 0x01
@@ -117,12 +122,9 @@ _APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02
 _CALLING_AE_NOT_RECOGNISED = 0x03
 _CALLED_AE_NOT_RECOGNISED = 0x07
 _PROTOCOL_VERSION_NOT_SUPPORTED = 0x02
-#: Rejected-transient, service-provider (presentation), local-limit-exceeded.
-_LOCAL_LIMIT_EXCEEDED = Rejection(0x02, 0x03, 0x02, "local-limit-exceeded")
-#: Connections being negotiated or served beyond this many times
-#: ``max_associations`` are closed at once, so a flood of idle connections
-#: cannot pile up threads waiting for the ACSE timeout.
-_CONNECTIONS_PER_ASSOCIATION = 4
+#: Rejections waiting to be reported to ``on_association``; more are logged only (a flood must not
+#: grow memory, nor slow the listener with the callback's work).
+_MAX_PENDING_REPORTS = 1024
 
 
 @dataclass(frozen=True)
@@ -265,13 +267,26 @@ class StorageSCP:
     host : str, optional
         Address to bind.
     max_pdu : int, optional
-        Maximum PDU length we receive (PS3.8 D.1); ``0`` means unlimited.
+        Maximum length of a P-DATA-TF PDU we receive, advertised in the
+        A-ASSOCIATE-AC (PS3.8 D.1); a longer one aborts the association. 4096
+        to 2**32-1: ``0`` ("unlimited" in PS3.8) is refused, as it would let
+        one PDU header make the node allocate 4 GiB.
     max_associations : int, optional
         Concurrent associations; further requests are rejected transient,
         ``local-limit-exceeded`` (PS3.8 9.3.4).
-    network_timeout, acse_timeout, dimse_timeout : float, optional
-        Seconds before an idle association, an association request (ARTIM,
-        PS3.8 9.1.5) or the rest of a DIMSE message already begun is given up.
+    association_request_timeout : float, optional
+        Seconds from a connection's accept to the end of its A-ASSOCIATE-RQ,
+        TLS handshake included: a deadline, not extended by reads.
+    acse_timeout : float, optional
+        Seconds a rejected, released or aborted connection waits for the peer
+        to close it (ARTIM, PS3.8 9.1.5).
+    network_timeout, dimse_timeout : float, optional
+        Seconds for a whole PDU to arrive between DIMSE messages (an idle
+        association) and inside one; the association is aborted past them.
+    max_negotiating, max_negotiating_per_address : int, optional
+        Connections accepted but not yet associated, in total and from one
+        address; more are rejected transient ``local-limit-exceeded``, or take
+        the place of one negotiating for over a second (:mod:`dimse._negotiator`).
     ssl_context : ssl.SSLContext, optional
         Server-side TLS context (PS3.15 B.1); ``None`` for plain TCP.
     on_association : callable, optional
@@ -304,9 +319,12 @@ class StorageSCP:
         host: str = "0.0.0.0",
         max_pdu: int = 65536 * 4,
         max_associations: int = 10,
+        association_request_timeout: float = 10,
         network_timeout: float = 60,
         acse_timeout: float = 30,
         dimse_timeout: float = 60,
+        max_negotiating: int = 64,
+        max_negotiating_per_address: int = 8,
         ssl_context: ssl.SSLContext | None = None,
         on_association: Callable[[AssociationEvent], None] | None = None,
         incoming_dir: Path | None = None,
@@ -316,8 +334,24 @@ class StorageSCP:
             raise ValueError(f"ae_title must be 1 to 16 characters, got {ae_title!r}")
         if max_associations < 1:
             raise ValueError(f"max_associations must be at least 1, got {max_associations}")
-        if not 0 <= max_pdu < 2**32:
-            raise ValueError(f"max_pdu must be 0 (unlimited) or a 32-bit length, got {max_pdu}")
+        if not MIN_MAX_PDU <= max_pdu < 2**32:
+            raise ValueError(
+                f"max_pdu must be {MIN_MAX_PDU} to {2**32 - 1} bytes, got {max_pdu}"
+                " (0, 'unlimited', is not accepted: one PDU header could make the node allocate 4 GiB)"
+            )
+        if max_negotiating < 1 or max_negotiating_per_address < 1:
+            raise ValueError(
+                f"max_negotiating and max_negotiating_per_address must be at least 1,"
+                f" got {max_negotiating} and {max_negotiating_per_address}"
+            )
+        for name, value in (
+            ("association_request_timeout", association_request_timeout),
+            ("acse_timeout", acse_timeout),
+            ("network_timeout", network_timeout),
+            ("dimse_timeout", dimse_timeout),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be more than 0 seconds, got {value}")
         if max_dataset_size < 1:
             raise ValueError(f"max_dataset_size must be at least 1 byte, got {max_dataset_size}")
         for peer in allowed_peers:
@@ -326,9 +360,12 @@ class StorageSCP:
         self.ae_title = ae_title.strip()
         self.max_pdu = max_pdu
         self.max_associations = max_associations
+        self.association_request_timeout = association_request_timeout
         self.network_timeout = network_timeout
         self.acse_timeout = acse_timeout
         self.dimse_timeout = dimse_timeout
+        self.max_negotiating = max_negotiating
+        self.max_negotiating_per_address = max_negotiating_per_address
         self.max_dataset_size = max_dataset_size
         self._incoming_dir = incoming_dir
         self._private_dir: Path | None = None  # made by start() when no incoming_dir is given
@@ -341,8 +378,11 @@ class StorageSCP:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
+        self._negotiator: Negotiator | None = None
         self._associations: set[Association] = set()
         self._slots_in_use = 0
+        self._reports: queue.Queue[AssociationEvent | None] = queue.Queue(_MAX_PENDING_REPORTS)
+        self._report_thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -356,9 +396,24 @@ class StorageSCP:
             if self._incoming_dir is None:
                 self._private_dir = Path(tempfile.mkdtemp(prefix="ainode-scp-"))
             self._listener = listener
-            self._accept_thread = threading.Thread(
-                target=self._accept_loop, args=(listener,), name=f"dimse-scp-{self.ae_title}", daemon=True
+            self._negotiator = Negotiator(
+                listener,
+                ssl_context=self._ssl_context,
+                request_timeout=self.association_request_timeout,
+                linger_timeout=self.acse_timeout,
+                max_negotiating=self.max_negotiating,
+                max_per_address=self.max_negotiating_per_address,
+                admit=self._admit,
+                rejected=self._report_rejection,
+                start=self._start_association,
             )
+            self._accept_thread = threading.Thread(
+                target=self._negotiator.run, name=f"dimse-scp-{self.ae_title}", daemon=True
+            )
+            self._report_thread = threading.Thread(
+                target=self._report_loop, name=f"dimse-scp-{self.ae_title}-reports", daemon=True
+            )
+            self._report_thread.start()
             self._accept_thread.start()
         LOGGER.info(
             "Storage SCP %s listening on %s:%d (%d allowed peers)",
@@ -380,13 +435,15 @@ class StorageSCP:
         with self._lock:
             listener, self._listener = self._listener, None
             accept_thread, self._accept_thread = self._accept_thread, None
+            negotiator, self._negotiator = self._negotiator, None
+            report_thread, self._report_thread = self._report_thread, None
         if listener is None:
             return
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)  # wakes accept() in the listener thread (Linux)
-        listener.close()
+        if negotiator is not None:
+            negotiator.stop()  # closes the connections not yet associated
         if accept_thread is not None:
             accept_thread.join(5)
+        listener.close()
         deadline = time.monotonic() + timeout
         for association in self._snapshot():
             # only associations still established are worth waiting for
@@ -397,6 +454,9 @@ class StorageSCP:
             association.request_stop()
         for association in remaining:
             association.thread.join(5)
+        if report_thread is not None:
+            self._reports.put(None)
+            report_thread.join(5)
         private, self._private_dir = self._private_dir, None
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
@@ -419,37 +479,20 @@ class StorageSCP:
 
     # -- connections -----------------------------------------------------------------
 
-    def _accept_loop(self, listener: socket.socket) -> None:
-        """Accept connections until :meth:`stop` shuts the listener; one thread per connection."""
-        pause = threading.Event()  # never set: waits only after an accept() error
-        while True:
-            try:
-                sock, address = listener.accept()
-            except OSError as exc:
-                if self._listener is not listener:
-                    return
-                LOGGER.error("accept() failed on %s:%d: %s", self._host, self.port, exc)
-                pause.wait(0.1)  # e.g. out of file descriptors: do not spin
-                continue
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self._ssl_context is not None:
-                    sock = self._ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            except (OSError, ssl.SSLError) as exc:
-                LOGGER.warning("dropping connection from %s: %s", address[0], exc)
-                sock.close()
-                continue
-            association = Association(self._server(), sock, address)
-            with self._lock:
-                if self._listener is not listener:
-                    sock.close()
-                    return
-                if len(self._associations) >= _CONNECTIONS_PER_ASSOCIATION * self.max_associations:
-                    LOGGER.warning("too many open connections: closing the one from %s", address[0])
-                    sock.close()
-                    continue
-                self._associations.add(association)
+    def _start_association(self, sock: socket.socket, address: tuple[str, int], request: AssociateRequest) -> None:
+        """Serve an admitted association in its own thread (called by the negotiator, which holds no lock)."""
+        association = Association(self._server(), sock, address, request)
+        with self._lock:
+            self._associations.add(association)
+        try:
             association.thread.start()
+        except RuntimeError as exc:  # cannot start a new thread
+            LOGGER.error("no thread for the association from %s: %s", address[0], exc)
+            with self._lock:
+                self._associations.discard(association)
+            self._release_slot()
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def _server(self) -> Server:
         """What an association uses of this SCP: the current settings and the calls below."""
@@ -461,7 +504,6 @@ class StorageSCP:
             supported_contexts=self.supported_contexts,
             implementation_class_uid=self.implementation_class_uid,
             implementation_version_name=self.implementation_version_name,
-            admit=self._admit,
             leave=self._release_slot,
             report=self._notify,
             begin_store=self._begin_store,
@@ -506,7 +548,7 @@ class StorageSCP:
         """The rejection to send, or ``None`` when the association may proceed and holds a slot."""
         rejection = self._check_request(request, address)
         if rejection is None and not self._acquire_slot():
-            return _LOCAL_LIMIT_EXCEEDED
+            return LOCAL_LIMIT_EXCEEDED
         return rejection
 
     def _check_request(self, request: AssociateRequest, address: str) -> Rejection | None:
@@ -536,10 +578,26 @@ class StorageSCP:
 
     # -- association notifications -----------------------------------------------
 
+    def _report_rejection(self, request: AssociateRequest, address: str, rejection: Rejection) -> None:
+        """Queue a rejection for ``on_association`` (called by the negotiator, which must not wait)."""
+        if self._on_association is None:
+            return
+        try:
+            self._reports.put_nowait(AssociationEvent("rejected", request.calling_ae, address, rejection.text))
+        except queue.Full:
+            LOGGER.warning("rejection of %r at %s not reported: too many pending", request.calling_ae, address)
+
+    def _report_loop(self) -> None:
+        while (event := self._reports.get()) is not None:
+            self._deliver(event)
+
     def _notify(self, kind: EventKind, association: Association, reason: str | None) -> None:
         if self._on_association is None:
             return
-        event = AssociationEvent(kind, association.calling_ae, association.peer_address, reason)
+        self._deliver(AssociationEvent(kind, association.calling_ae, association.peer_address, reason))
+
+    def _deliver(self, event: AssociationEvent) -> None:
+        assert self._on_association is not None
         try:
             self._on_association(event)
         except Exception:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dimse.errors import ConnectionClosed, ProtocolError
@@ -77,6 +78,9 @@ _PDV = struct.Struct(">LBB")  # PDV item length, presentation context ID, messag
 #: Bodies of non-P-DATA PDUs larger than this are refused: an A-ASSOCIATE-RQ
 #: with 128 contexts of 13 transfer syntaxes each is ~60 kB.
 _MAX_CONTROL_PDU = 1 << 20
+#: A PDU body buffer starts at most this large and doubles as bytes arrive, up to the
+#: PDU's length: never allocated from the length field alone.
+_FIRST_BODY_CHUNK = 1 << 18
 
 
 class PDUSocket:
@@ -85,7 +89,8 @@ class PDUSocket:
     Parameters
     ----------
     sock : socket.socket
-        A connected socket (plain or TLS); its timeout bounds each read.
+        A connected socket (plain or TLS); its timeout bounds each read
+        unless :meth:`read_pdu` is given a deadline.
     max_data_pdu : int
         Largest P-DATA-TF body accepted; ``0`` means no limit (PS3.8 D.1).
     """
@@ -95,38 +100,70 @@ class PDUSocket:
         self.max_data_pdu = max_data_pdu
         self._header = bytearray(_HEADER.size)
 
-    def _read_into(self, view: memoryview) -> None:
+    def _read_into(self, view: memoryview, deadline: float | None) -> None:
         wanted = len(view)
         received = 0
         recv_into = self.sock.recv_into
         while received < wanted:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("the PDU did not arrive in time")
+                self.sock.settimeout(remaining)
             count = recv_into(view[received:], wanted - received)
             if count == 0:
                 raise ConnectionClosed("the peer closed the connection")
             received += count
 
-    def read_pdu(self) -> tuple[int, bytearray]:
+    def read_pdu(self, allowed: Collection[int] | None = None, timeout: float | None = None) -> tuple[int, bytearray]:
         """Block until one whole PDU has arrived; return its type and body.
+
+        The header is checked before any of the body is read: its type must be
+        in ``allowed`` (when given) and its length within the limit for its
+        type; the body buffer then grows as bytes arrive (from at most
+        256 KiB), so a length field alone never allocates memory.
+
+        Parameters
+        ----------
+        allowed : collection of int, optional
+            The PDU types acceptable in the current state.
+        timeout : float, optional
+            Seconds for the whole PDU, header and body: a deadline that reads
+            do not extend. ``None``: the socket's own timeout bounds each read.
 
         Raises
         ------
         ConnectionClosed
             The peer closed the connection (before or inside a PDU).
         ProtocolError
-            A PDU longer than we accept.
+            A PDU type not in ``allowed`` (reason unexpected PDU, or unrecognised
+            PDU for a type PS3.8 does not define), or a PDU longer than we accept.
         TimeoutError
-            The socket's timeout expired.
+            The deadline or the socket's timeout expired.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        previous = self.sock.gettimeout()
         try:
-            self._read_into(memoryview(self._header))
+            self._read_into(memoryview(self._header), deadline)
             pdu_type, length = _HEADER.unpack(self._header)
+            if allowed is not None and pdu_type not in allowed:
+                if pdu_type in KNOWN_PDU_TYPES:
+                    raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}", ABORT_UNEXPECTED_PDU)
+                raise ProtocolError(f"unrecognised PDU type 0x{pdu_type:02X}", ABORT_UNRECOGNIZED_PDU)
             limit = self.max_data_pdu if pdu_type == P_DATA_TF else _MAX_CONTROL_PDU
             if limit and length > limit:
                 raise ProtocolError(f"PDU of type 0x{pdu_type:02X} is {length} bytes long, over {limit}")
-            body = bytearray(length)
-            self._read_into(memoryview(body))
+            body = bytearray(min(length, _FIRST_BODY_CHUNK))
+            self._read_into(memoryview(body), deadline)
+            while len(body) < length:
+                start = len(body)
+                body.extend(bytes(min(start, length - start)))
+                self._read_into(memoryview(body)[start:], deadline)
         except ssl.SSLZeroReturnError as exc:
             raise ConnectionClosed("the peer closed the TLS connection") from exc
+        finally:
+            if deadline is not None:  # what the socket's own sends are bounded by
+                self.sock.settimeout(previous)
         return pdu_type, body
 
     def send(self, data: bytes) -> None:
@@ -254,8 +291,12 @@ def negotiate(
 ) -> list[PresentationContext]:
     """Accept or reject each proposed presentation context (PS3.8 9.3.3.2).
 
-    The transfer syntax is the first one of *our* list for that abstract syntax
-    that the requestor proposed, as pynetdicom's acceptor does. SCP/SCU role
+    The transfer syntax is the first one the *requestor* proposed that we accept
+    for that abstract syntax: its order is its preference. A requestor that puts
+    several syntaxes in one context (DCMTK ``storescu +C``) puts its file's own
+    syntax first; choosing an uncompressed one instead (as pynetdicom's acceptor
+    does, by its own order) makes it decompress, which it often cannot: DCMTK's
+    storescu then fails the C-STORE ("unable to convert dataset"). SCP/SCU role
     selection items are not answered, so both sides keep the default roles
     (requestor SCU, acceptor SCP; PS3.7 D.3.3.4), and extended negotiation is
     ignored (PS3.7 D.3.3.5).
@@ -273,7 +314,7 @@ def negotiate(
         if ours is None:
             result, chosen = CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED, ""
         else:
-            chosen = next((ts for ts in ours if ts in context.transfer_syntaxes), "")
+            chosen = next((ts for ts in context.transfer_syntaxes if ts in ours), "")
             result = CONTEXT_ACCEPTED if chosen else CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED
         if not chosen and context.transfer_syntaxes:
             # the sub-item is not significant for a rejected context (9.3.3.2); echo one

@@ -51,6 +51,8 @@ def test_public_names() -> None:
         "StoreRequest",
         "StoreSink",
         "echo",
+        "encode_file_meta",
+        "spool_part10",
         "store_files",
     ]
     for name in dimse.__all__:

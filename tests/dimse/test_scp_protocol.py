@@ -106,13 +106,14 @@ def test_truncated_associate_rq_is_a_protocol_error() -> None:
         parse_associate_rq(bytearray(raw[6:-3]))
 
 
-def test_negotiation_prefers_our_order_and_rejects_what_we_do_not_know() -> None:
+def test_negotiation_follows_the_requestors_order_and_rejects_what_we_do_not_know() -> None:
     proposed = parse_associate_rq(
         bytearray(
             associate_rq(
                 [
                     (1, CT, [JPEG2000, ImplicitVRLittleEndian, ExplicitVRLittleEndian]),
                     (3, CT, [RLELossless]),
+                    (9, CT, ["1.2.840.10008.1.2.4.100", ImplicitVRLittleEndian, ExplicitVRLittleEndian]),
                     (5, "1.2.3.4", [ExplicitVRLittleEndian]),
                     (7, ECHO, [JPEG2000]),
                 ]
@@ -123,8 +124,9 @@ def test_negotiation_prefers_our_order_and_rejects_what_we_do_not_know() -> None
     results = negotiate(proposed, SUPPORTED_CONTEXTS)
 
     assert [(r.context_id, r.result, r.transfer_syntax) for r in results] == [
-        (1, CONTEXT_ACCEPTED, ExplicitVRLittleEndian),  # uncompressed first, as ACCEPTED_TRANSFER_SYNTAXES says
+        (1, CONTEXT_ACCEPTED, JPEG2000),  # the requestor's first choice: its file's own syntax
         (3, CONTEXT_ACCEPTED, RLELossless),
+        (9, CONTEXT_ACCEPTED, ImplicitVRLittleEndian),  # MPEG2 is not ours: its next choice
         (5, CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED, ExplicitVRLittleEndian),
         (7, CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED, JPEG2000),
     ]
@@ -331,7 +333,7 @@ def test_pdu_other_than_associate_rq_first_is_aborted(start_scp, tmp_path: Path)
 
 
 def test_artim_closes_a_connection_that_never_requests(start_scp, tmp_path: Path) -> None:
-    scp = start_scp(DirectorySink(tmp_path), acse_timeout=0.3)
+    scp = start_scp(DirectorySink(tmp_path), association_request_timeout=0.3)
     peer = RawPeer(scp.port)
     started = time.monotonic()
 
