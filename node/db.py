@@ -206,6 +206,8 @@ class AuditKind(str, enum.Enum):  # noqa: UP042 (StrEnum changes str() and forma
     RETRIED = "retried"  # dead letters queued again by hand
     RESENT = "resent"  # a series arrived again unchanged: not analysed again
     PURGED = "purged"  # retention removed files (counts and bytes; rows kept)
+    HTTP_REQUEST = "http_request"  # an authenticated HTTP action (STOW-RS, pull) and its outcome
+    HTTP_REFUSED = "http_refused"  # an HTTP request refused: no or wrong credentials, bad arguments
 
 
 class AuditEvent(Base):

@@ -1,10 +1,16 @@
-"""The node's HTTP endpoint: liveness, readiness and Prometheus metrics.
+"""The node's HTTP server: liveness, readiness, Prometheus metrics, STOW-RS intake, pull.
 
 Served by ``ainode serve`` in a background thread, on ``http_host:http_port``
-(127.0.0.1:8080 by default: localhost only; the endpoint has no
-authentication and tells no patient data, but the counts are nobody else's
-business). The standard library's :class:`~http.server.ThreadingHTTPServer`
-is enough for three read-only routes, so the base install gains no dependency.
+(127.0.0.1:8080 by default: localhost only), with Starlette served by uvicorn;
+HTTPS when ``http_tls`` names a certificate and its key. ``/healthz`` and
+``/readyz`` need no login; ``/metrics`` needs none unless
+``http_metrics_auth: true`` (it tells counts, no patient data, and a scraper
+of a node on localhost has no secret to keep; a node reachable from other
+hosts should set it and give Prometheus a token). Every other route needs an
+API token or a user (:mod:`node.web.auth`); refusals and actions are audited
+(``ainode audit --kind http_refused --kind http_request``). No traceback
+reaches a client: a failing handler answers ``500`` with a one-line JSON error
+and the log has the traceback.
 
 ``GET /healthz``
     ``200 ok`` while the process runs (liveness).
@@ -16,6 +22,10 @@ is enough for three read-only routes, so the base install gains no dependency.
     failing check holding its reason.
 ``GET /metrics``
     Prometheus text exposition format 0.0.4.
+``POST /dicomweb/studies``, ``POST /dicomweb/studies/{study}``
+    STOW-RS intake (:mod:`node.web.stow`).
+``POST /api/pull``
+    Pull a study or series from a configured source (:mod:`node.web.pull`).
 
 Metrics (prefix ``ainode_``):
 
@@ -47,26 +57,39 @@ system when ``/metrics`` is scraped.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import uvicorn
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from core import status as dimse_status
+from node import audit
+from node.db import AuditKind
+from node.errors import NodeError
+from node.web.auth import CHALLENGE, Authenticator
+from node.web.pull import MAX_BODY, Puller, PullRequestError, parse_pull_request, result_json
+from node.web.stow import DICOM_JSON, StowError, StowIntake, drain
 
 if TYPE_CHECKING:
     from dimse.scp import AssociationEvent
@@ -436,78 +459,303 @@ class ReadinessProbe:
 # -- server ----------------------------------------------------------------------------------
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(handler: Endpoint) -> Endpoint:
+    """``handler``, answering ``500`` with a one-line JSON error (traceback in the log) when it raises."""
+
+    @functools.wraps(handler)
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception:  # never a traceback to the client; the log has it
+            log.exception("HTTP %s %s failed", request.method, request.url.path)
+            return _error(500, "internal error (see the node's log)")
+
+    return guarded
+
+
+def _peer(request: Request) -> tuple[str, int]:
+    return (request.client.host, request.client.port) if request.client else ("", 0)
+
+
+def _pull_status(exc: NodeError) -> int:
+    """The HTTP status of a failed pull: the caller's mistake (400, 404) or the source's (502)."""
+    from node.pull import NothingFound, PullArgumentError, UnknownSource
+
+    if isinstance(exc, PullArgumentError):
+        return 400
+    if isinstance(exc, (UnknownSource, NothingFound)):
+        return 404
+    return 502  # SourceUnavailable, a source's unreadable secret, a refused retrieval
+
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
 class HttpServer:
-    """``/healthz``, ``/readyz`` and ``/metrics`` on a background thread.
+    """The node's HTTP server: Starlette served by uvicorn on a background thread.
 
     Parameters
     ----------
     host, port : str, int
-        Where to listen; ``port=0`` picks a free port (see :attr:`port`).
+        Where to listen; ``port=0`` picks a free port (see :attr:`port`). Bound at
+        construction, so a taken port is an ``OSError`` of the caller, not of a thread.
     metrics : Metrics
     readiness : ReadinessProbe
+    auth : Authenticator, optional
+        Who may call the authenticated routes; without it (or with nobody configured) every
+        such call is refused.
+    db : Database, optional
+        Where refused and accepted actions are audited.
+    stow : StowIntake, optional
+        STOW-RS intake (``POST /dicomweb/studies``); ``None``: the route answers 503.
+    accepting : callable, optional
+        False until the node has started (recovery done): STOW-RS answers 503 until then.
+    puller : Puller, optional
+        ``POST /api/pull``: the node's :class:`node.pull.Puller`; ``None``: the route answers 404.
+    ssl_context : ssl.SSLContext, optional
+        Serve HTTPS (``http_tls``).
+    metrics_auth : bool
+        ``/metrics`` needs credentials like the other routes (``http_metrics_auth``).
     """
 
-    def __init__(self, host: str, port: int, metrics: Metrics, readiness: ReadinessProbe) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        readiness: ReadinessProbe,
+        *,
+        auth: Authenticator | None = None,
+        db: Database | None = None,
+        stow: StowIntake | None = None,
+        accepting: Callable[[], bool] = lambda: True,
+        puller: Puller | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        metrics_auth: bool = False,
+    ) -> None:
         self.host = host
         self.metrics = metrics
         self.readiness = readiness
-        handler = type("Handler", (_Handler,), {"endpoint": self})
-        server_class = type(
-            "Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET}
-        )
-        # Binds now, so a taken port is an error of the caller, not of a thread.
-        self._server = server_class((host, port), handler)
-        self._server.daemon_threads = True
+        self.auth = auth or Authenticator([], {})
+        self.db = db
+        self.stow = stow
+        self.accepting = accepting
+        self.puller = puller
+        self.ssl_context = ssl_context
+        self.metrics_auth = metrics_auth
+        self.app = self._app()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.bind((host, port))
+            self._socket.listen(128)
+        except OSError:
+            self._socket.close()
+            raise
+        self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
 
     def start(self) -> None:
+        """Serve on a background thread; returns once the server accepts requests."""
+        context = self.ssl_context
+        config = uvicorn.Config(
+            self.app,
+            http="h11",
+            ws="none",
+            lifespan="off",
+            loop="asyncio",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=5,
+            ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
+        )
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop lines: ours say it
+        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, name="ainode-http", daemon=True
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name="ainode-http", daemon=True
         )
         self._thread.start()
-        log.info("HTTP endpoint on http://%s:%d (/healthz, /readyz, /metrics)", self.host, self.port)
+        deadline = time.monotonic() + 10
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self._server.started:
+            raise OSError(f"the HTTP server did not start on {self.host}:{self.port} (see the log)")
+        log.info(
+            "HTTP endpoint on %s://%s:%d (/healthz, /readyz, /metrics, STOW-RS /dicomweb/studies, /api/pull)",
+            self.scheme,
+            self.host,
+            self.port,
+        )
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(5)
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(10)
             self._thread = None
-        self._server.server_close()
+        self._socket.close()
 
+    # -- routes ---------------------------------------------------------------------------------
 
-class _Handler(BaseHTTPRequestHandler):
-    endpoint: HttpServer
-    server_version = "ainode"
-    sys_version = ""
+    def _app(self) -> Starlette:
+        routes = [
+            Route("/healthz", _guarded(self._healthz), methods=["GET"]),
+            Route("/readyz", _guarded(self._readyz), methods=["GET"]),
+            Route("/metrics", _guarded(self._metrics), methods=["GET"]),
+            Route("/dicomweb/studies", _guarded(self._stow), methods=["POST"]),
+            Route("/dicomweb/studies/{study}", _guarded(self._stow), methods=["POST"]),
+            Route("/api/pull", _guarded(self._pull), methods=["POST"]),
+        ]
 
-    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
-        path = self.path.split("?", 1)[0]
+        async def not_found(request: Request, exc: Exception) -> Response:
+            if getattr(exc, "status_code", 404) == 405:
+                return PlainTextResponse("method not allowed\n", status_code=405)
+            return PlainTextResponse("not found: try /healthz, /readyz or /metrics\n", status_code=404)
+
+        return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+    async def _healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def _readyz(self, request: Request) -> Response:
+        checks = await run_in_threadpool(self.readiness.checks)
+        ready = all(v == "ok" for v in checks.values())
+        body = json.dumps({"status": "ready" if ready else "not ready", "checks": checks}).encode() + b"\n"
+        return Response(body, status_code=200 if ready else 503, media_type="application/json")
+
+    async def _metrics(self, request: Request) -> Response:
+        if self.metrics_auth:
+            refused = await self._authenticate(request, "GET /metrics")
+            if isinstance(refused, Response):
+                return refused
+        text = await run_in_threadpool(self.metrics.exposition)
+        return Response(text.encode(), headers={"Content-Type": CONTENT_TYPE_METRICS})
+
+    async def _authenticate(self, request: Request, action: str) -> str | Response:
+        """The caller's name, or the 401 to answer (the refusal audited)."""
+        outcome = await run_in_threadpool(self.auth.check, request.headers.get("authorization"))
+        if outcome.name is not None:
+            return outcome.name
+        refusal = outcome.refusal or "refused"
+        if not self.auth.configured:
+            refusal += "; no http_tokens or http_users are configured"
+        host = _peer(request)[0]
+        log.warning("HTTP %s from %s refused: %s", action, host, refusal)
+        await run_in_threadpool(self._audit, AuditKind.HTTP_REFUSED, outcome.claimed, host, f"401 {action}: {refusal}")
+        return _error(401, f"authentication required: {refusal}", {"WWW-Authenticate": CHALLENGE})
+
+    def _audit(self, kind: AuditKind, caller: str | None, host: str, message: str, **fields: Any) -> None:
+        if self.db is not None:
+            audit.record(self.db, kind, calling_ae=caller, peer_address=host, message=message[:1000], **fields)
+
+    async def _stow(self, request: Request) -> Response:
+        study = request.path_params.get("study")
+        action = f"STOW-RS POST {request.url.path}"[:120]
+        caller = await self._authenticate(request, action)
+        if isinstance(caller, Response):
+            await drain(request.stream())
+            return caller
+        host, port = _peer(request)
+        if self.stow is None or not self.accepting():
+            await drain(request.stream())
+            return _error(503, "the node is starting: try again in a few seconds", {"Retry-After": "5"})
+        if study is not None and (len(study) > 64 or not _UID.match(study)):
+            await drain(request.stream())
+            return _error(400, f"study {study[:70]!r} in the URL is not a UID")
         try:
-            if path == "/healthz":
-                self._send(200, "text/plain; charset=utf-8", b"ok\n")
-            elif path == "/readyz":
-                checks = self.endpoint.readiness.checks()
-                ready = all(v == "ok" for v in checks.values())
-                body = {"status": "ready" if ready else "not ready", "checks": checks}
-                self._send(200 if ready else 503, "application/json", json.dumps(body).encode() + b"\n")
-            elif path == "/metrics":
-                self._send(200, CONTENT_TYPE_METRICS, self.endpoint.metrics.exposition().encode())
-            else:
-                self._send(404, "text/plain; charset=utf-8", b"not found: try /healthz, /readyz or /metrics\n")
-        except Exception:  # never a traceback to the client; the log has it
-            log.exception("HTTP %s failed", path)
-            self._send(500, "text/plain; charset=utf-8", b"internal error (see the node's log)\n")
+            parts = await self.stow.receive(
+                request.headers.get("content-type"), request.headers.get("content-length"), request.stream()
+            )
+        except StowError as exc:
+            log.warning("%s from %s (%s) refused: %s", action, caller, host, exc.message)
+            await run_in_threadpool(
+                self._audit, AuditKind.HTTP_REQUEST, caller, host, f"{exc.status} {action}: {exc.message}",
+                study_uid=study, instance_count=0,
+            )  # fmt: skip
+            return _error(exc.status, exc.message)
+        except ClientDisconnect:
+            log.warning("%s from %s (%s): the client went away before the end of its request", action, caller, host)
+            return Response(status_code=400)  # nobody reads it
+        result = await run_in_threadpool(self.stow.store, parts, study, caller, (host, port))
+        summary = f"{result.stored} stored, {result.failed} failed" + (
+            f" ({'; '.join(result.reasons)})" if result.reasons else ""
+        )
+        log.info("%s from %s (%s): %d %s", action, caller, host, result.status, summary)
+        await run_in_threadpool(
+            self._audit, AuditKind.HTTP_REQUEST, caller, host, f"{result.status} {action}: {summary}",
+            study_uid=study, instance_count=result.stored,
+        )  # fmt: skip
+        return JSONResponse(result.body, status_code=result.status, media_type=DICOM_JSON)
 
-    def _send(self, code: int, content_type: str, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the standard library's name)
-        log.debug("%s %s", self.address_string(), format % args)
+    async def _pull(self, request: Request) -> Response:
+        action = "POST /api/pull"
+        caller = await self._authenticate(request, action)
+        if isinstance(caller, Response):
+            await drain(request.stream())
+            return caller
+        host = _peer(request)[0]
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return _error(413, f"a pull request is a small JSON object (at most {MAX_BODY} bytes)")
+        try:
+            args = parse_pull_request(body)
+            if self.puller is None:
+                raise PullRequestError(404, "pulling is not available: no source is configured")
+        except PullRequestError as exc:
+            await run_in_threadpool(self._audit, AuditKind.HTTP_REFUSED, caller, host, f"{exc.status} {action}: {exc}")
+            return _error(exc.status, exc.message)
+        what = f"{'study ' + args.study_uid if args.study_uid else 'accession'}" + (
+            f" series {args.series_uid}" if args.series_uid else ""
+        )
+        puller = self.puller
+        try:
+            result = await run_in_threadpool(
+                functools.partial(
+                    puller.pull,
+                    args.source,
+                    accession=args.accession,
+                    study_uid=args.study_uid,
+                    series_uid=args.series_uid,
+                )
+            )
+        except NodeError as exc:  # node.pull.PullError (or a source's unreadable secret: ConfigError)
+            message, code = _one_line(exc), _pull_status(exc)
+            log.warning(
+                "%s from %s (%s): pull of %s from %s failed: %s", action, caller, host, what, args.source, message
+            )
+            await run_in_threadpool(
+                self._audit, AuditKind.HTTP_REQUEST, caller, host, f"{code} {action} {args.source} {what}: {message}",
+                study_uid=args.study_uid,
+            )  # fmt: skip
+            return _error(code, message)
+        answer = result_json(result)
+        await run_in_threadpool(
+            self._audit, AuditKind.HTTP_REQUEST, caller, host,
+            f"200 {action} {args.source} {what}: {answer.get('message', '')}",
+            study_uid=args.study_uid, instance_count=answer.get("instances_received"),
+        )  # fmt: skip
+        return JSONResponse(answer)
