@@ -40,7 +40,11 @@ def case(node: RobustNode, request: pytest.FixtureRequest) -> Iterator[Case]:
     """The running case; its end checks run at teardown (node alive, C-ECHO, nothing stored, no traceback, RSS)."""
     current = Case(node, request.node.name)
     yield current
-    _ROWS.append(current.finish())
+    try:
+        current.finish()
+    finally:
+        if current.row is not None:  # failed cases stay in the table too
+            _ROWS.append(current.row)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -520,6 +520,7 @@ class Case:
     probes: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _peak: int = 0
+    row: Row | None = None  # the table's row, once finish() has run
 
     def __post_init__(self) -> None:
         self.start_time = time.monotonic()
@@ -581,7 +582,7 @@ class Case:
         for held in self.held:
             with contextlib.suppress(Exception):
                 held.close()
-        row = Row(self.name, self.answer or "-", 0, time.monotonic() - self.start_time)
+        row = self.row = Row(self.name, self.answer or "-", 0, time.monotonic() - self.start_time)
         try:
             assert self.node.alive(), f"the node died during {self.name}:\n{self.node.process.log()}"
             assert self.probes, f"{self.name} never ran the good peer's C-ECHO while its connections were open"
