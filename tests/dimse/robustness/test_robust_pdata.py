@@ -568,3 +568,46 @@ def test_real_store_stored(case: Case) -> None:
     assert got.kind == "PDATA" and got.status == 0, got
     files = _new_spool_files(case)
     assert len(files) == 1 and files[0].read_bytes().endswith(data), files
+
+
+# -- Sta13: after the node's A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT (PS3.8 9.2, Table 9-10) -----------------------
+
+
+def _to_sta13(case: Case, how: str) -> Conn:
+    """A connection on which the node has sent its last PDU and waits for the close (Sta13)."""
+    conn = case.connect(BAD)
+    if how == "after-rj":
+        conn.send(good_rq(calling="INTRUDER"))
+        assert conn.answer().is_rj(1, 1, 3)
+    elif how == "after-rp":
+        conn.associate(good_rq(CONTEXTS))
+        conn.send(RELEASE_RQ_PDU)
+        assert conn.answer().kind == "RP"
+    else:
+        conn.associate(good_rq(CONTEXTS))
+        conn.send(pdu(0x0A, bytes(4)))
+        assert conn.answer().is_abort(2, 1)
+    return conn
+
+
+STA13_PDUS = {
+    "p-data": (message(ECHO_CX, echo_rq(71)), "ignored"),  # Evt10 -> AA-6
+    "release-rq": (RELEASE_RQ_PDU, "ignored"),  # Evt12 -> AA-6
+    "associate-rq": (good_rq(), "abort"),  # Evt6 -> AA-7
+    "unrecognised": (pdu(0x0B, bytes(4)), "abort"),  # Evt19 -> AA-7
+}
+
+
+@pytest.mark.parametrize("name", STA13_PDUS)
+@pytest.mark.parametrize("how", ["after-rj", "after-rp", "after-abort"])
+def test_sta13_pdus(case: Case, how: str, name: str) -> None:
+    """PS3.8 9.2 Sta13 (awaiting the close): a P-DATA-TF or A-RELEASE-RQ is ignored (AA-6); an A-ASSOCIATE-RQ or an
+    unrecognised PDU may be answered with A-ABORT (AA-7); nothing else is answered, and the ARTIM timer (the ACSE
+    timeout) ends the connection."""
+    raw, action = STA13_PDUS[name]
+    conn = _to_sta13(case, how)
+    conn.send(raw)
+    case.probe()
+    got = case.record(conn.end(END))
+    allowed = ("closed", "reset") if action == "ignored" else ("closed", "reset", "ABORT")
+    assert got.kind in allowed, got
