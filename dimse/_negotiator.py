@@ -18,11 +18,14 @@ threads are bounded by ``max_associations``.
 * **Caps.** At most ``max_negotiating`` connections negotiate at once, and
   ``max_per_address`` from one address. A connection over a cap is answered
   A-ASSOCIATE-RJ rejected-transient / service-provider (presentation) /
-  local-limit-exceeded (PS3.8 9.3.4) -- with one exception that keeps a good
-  peer in: when the oldest connection in the way has been negotiating for
-  longer than :data:`EVICTION_AGE` (a well-behaved requestor sends its request
-  within milliseconds), *that* connection gets the rejection and the new one
-  its place. Established associations never count against these caps.
+  local-limit-exceeded (PS3.8 9.3.4) -- unless another connection should
+  rather give its place, which then gets the rejection: at the total cap, the
+  oldest connection of the address holding the most negotiating connections,
+  if that is more than the newcomer's address holds (a peer is never kept out
+  by addresses holding more than it does, however many they are); at either
+  cap, the oldest connection in the way if it has been negotiating for longer
+  than :data:`EVICTION_AGE` (a well-behaved requestor sends its request within
+  milliseconds). Established associations never count against these caps.
 * **Checks before reading.** The first PDU's type is checked as soon as its
   6-byte header arrives: anything but an A-ASSOCIATE-RQ is answered A-ABORT
   (unexpected or unrecognised PDU) without reading its body, an A-ABORT just
@@ -174,7 +177,7 @@ class Negotiator:
         self._start = start
         self._selector = selectors.DefaultSelector()
         self._negotiating: dict[socket.socket, _Connection] = {}  # in accept order (dicts keep it)
-        self._per_address: Counter[str] = Counter()
+        self._per_address: Counter[str] = Counter()  # only addresses with a negotiating connection
         self._lingering: dict[socket.socket, _Connection] = {}
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
@@ -293,7 +296,7 @@ class Negotiator:
         if self._per_address[host] >= self._max_per_address and not self._evict_oldest(now, host):
             self._refuse(connection, f"{self._max_per_address} connections from {host} already negotiating")
             return
-        if len(self._negotiating) >= self._max_negotiating and not self._evict_oldest(now, None):
+        if len(self._negotiating) >= self._max_negotiating and not self._evict_for(host, now):
             self._refuse(connection, f"{self._max_negotiating} connections already negotiating")
             return
         self._negotiating[sock] = connection
@@ -301,6 +304,29 @@ class Negotiator:
         self._selector.register(sock, selectors.EVENT_READ)
         if tls:
             self._progress(connection, now)  # the ClientHello may be there already
+
+    def _evict_for(self, host: str, now: float) -> bool:
+        """Make room under the total cap for a connection from ``host``; False when it must be refused.
+
+        Fair share first: if another address holds more negotiating connections
+        than ``host``, its oldest one goes (so a peer is never kept out by
+        addresses that hold more than it does, however many they are); else the
+        oldest of all, if older than the eviction age.
+        """
+        busiest, held = max(self._per_address.items(), key=lambda item: item[1])
+        if self._per_address[host] < held:
+            oldest = next(c for c in self._negotiating.values() if c.host == busiest)
+            LOGGER.warning(
+                "connection from %s gives its place to one from %s (%d connections from %s negotiating)",
+                oldest.where(),
+                host,
+                held,
+                busiest,
+            )
+            self._forget(oldest)
+            self._refuse(oldest, "its address holds the most connections while the negotiation cap is reached")
+            return True
+        return self._evict_oldest(now, None)
 
     def _evict_oldest(self, now: float, host: str | None) -> bool:
         """Reject the oldest negotiating connection (of ``host``) if it is older than the eviction age."""

@@ -1,14 +1,17 @@
 """C-ECHO and C-STORE SCP: the node's receiving end (PS3.4 Annex A and B, PS3.8).
 
-A small threaded server in the style of DCMTK's ``storescp``: a listener
-thread accepts connections and each association is served by its own thread
-that blocks on the socket for whole PDUs (:mod:`dimse.upper_layer`,
+A small threaded server in the style of DCMTK's ``storescp``. One listener
+thread accepts connections and negotiates them without blocking
+(:mod:`dimse._negotiator`): TLS handshake (PS3.15 B.1) and A-ASSOCIATE-RQ under
+one deadline (``association_request_timeout``), caps on connections still
+negotiating (in total and per address), access control and the association
+limit. Each admitted association is then served by its own thread that blocks
+on the socket for whole PDUs (:mod:`dimse.upper_layer`,
 :mod:`dimse._association`). Nothing polls or sleeps, which is what lets a
 single association run at DCMTK's speed (pynetdicom's reactor polls).
 
 * Accepted sockets get ``TCP_NODELAY`` (Nagle's algorithm costs ~40 ms per
-  C-STORE round trip on loopback) and, with ``ssl_context``, TLS (PS3.15 B.1;
-  the handshake runs in the association's thread).
+  C-STORE round trip on loopback).
 * Access control runs before any negotiation (PS3.8 7.1.1): the Called AE
   Title must be ours, the Calling AE Title must be listed in ``allowed_peers``
   (and come from the listed address, when one is given). Otherwise the
@@ -16,17 +19,26 @@ single association run at DCMTK's speed (pynetdicom's reactor polls).
   ``service-user`` and the reason ``called-AE-title-not-recognised`` (0x07) or
   ``calling-AE-title-not-recognised`` (0x03) (PS3.8 9.3.4). **An empty
   ``allowed_peers`` rejects everybody** (fail closed): a node nobody
-  configured accepts no data. Past ``max_associations``, requests are rejected
-  ``rejected-transient`` / ``service-provider (presentation)`` /
-  ``local-limit-exceeded``.
-* Presentation contexts: every storage SOP class pynetdicom knows, with
+  configured accepts no data. Past ``max_associations``, or past the caps on
+  negotiating connections, requests are rejected ``rejected-transient`` /
+  ``service-provider (presentation)`` / ``local-limit-exceeded``.
+* Presentation contexts: every storage SOP class pynetdicom knows and those
+  only DCMTK's ``storescp`` accepts (:data:`EXTRA_STORAGE_SOP_CLASSES`:
+  retired ones such as the old US and NM classes, DICOS, DICONDE), with
   :data:`ACCEPTED_TRANSFER_SYNTAXES`, and Verification (PS3.8 9.3.3.2).
-* C-STORE hands the Part 10 bytes, exactly as received (never decoded, never
-  transcoded), to a :data:`StoreSink` and answers with the sink's status. A sink
-  that raises is answered with ``0x0110`` processing failure; the peer never
-  sees an exception.
+* The A-ASSOCIATE-AC and the meta of every file written name ainode
+  (:data:`core.identity.IMPLEMENTATION_CLASS_UID`, ``IMPLEMENTATION_VERSION_NAME``).
+* C-STORE: the data set is written, exactly as received (never decoded, never
+  transcoded), to a Part 10 file in ``incoming_dir`` while its fragments
+  arrive; the file goes to the :data:`StoreSink` as a :class:`StoreRequest`
+  and the C-STORE is answered with the sink's status. A sink that raises is
+  answered ``0x0110`` processing failure; a data set that cannot be written
+  or is larger than ``max_dataset_size`` is answered ``0xA700`` without the
+  sink; a C-STORE whose SOP class is not its context's ``0x0122``. The peer
+  never sees an exception.
 * Accepted, rejected, released and aborted associations are reported to the
-  optional ``on_association`` callback as :class:`AssociationEvent`.
+  optional ``on_association`` callback as :class:`AssociationEvent`
+  (rejections from a queue, so that a flood of them never slows the listener).
 
 Nothing here logs patient names or IDs: only AE titles, addresses and UIDs.
 """
@@ -105,9 +117,46 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
     RLELossless,
 )
 
-#: Abstract syntax -> transfer syntaxes we accept for it, best first.
+#: Storage SOP classes DCMTK's ``storescp`` (3.6.7) accepts that pynetdicom's table lacks: retired
+#: ones still sent by old modalities, trial ones, DICOS and DICONDE. Found by proposing every UID
+#: libdcmdata knows to ``storescp`` and keeping those it accepted.
+EXTRA_STORAGE_SOP_CLASSES: Mapping[str, str] = {
+    "1.2.840.10008.5.1.1.27": "Stored Print Storage (Retired)",
+    "1.2.840.10008.5.1.1.29": "Hardcopy Grayscale Image Storage (Retired)",
+    "1.2.840.10008.5.1.1.30": "Hardcopy Color Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.5": "Nuclear Medicine Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.8": "Standalone Overlay Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.9": "Standalone Curve Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.9.1": "Waveform Storage - Trial (Retired)",
+    "1.2.840.10008.5.1.4.1.1.10": "Standalone Modality LUT Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.11": "Standalone VOI LUT Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.12.3": "X-Ray Angiographic Bi-Plane Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.77.1": "VL Image Storage - Trial (Retired)",
+    "1.2.840.10008.5.1.4.1.1.77.2": "VL Multi-frame Image Storage - Trial (Retired)",
+    "1.2.840.10008.5.1.4.1.1.88.1": "Text SR Storage - Trial (Retired)",
+    "1.2.840.10008.5.1.4.1.1.88.2": "Audio SR Storage - Trial (Retired)",
+    "1.2.840.10008.5.1.4.1.1.88.3": "Detail SR Storage - Trial (Retired)",
+    "1.2.840.10008.5.1.4.1.1.88.4": "Comprehensive SR Storage - Trial (Retired)",
+    "1.2.840.10008.5.1.4.1.1.129": "Standalone PET Curve Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.501.1": "DICOS CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.501.2.1": "DICOS Digital X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.501.2.2": "DICOS Digital X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.501.3": "DICOS Threat Detection Report Storage",
+    "1.2.840.10008.5.1.4.1.1.501.4": "DICOS 2D AIT Storage",
+    "1.2.840.10008.5.1.4.1.1.501.5": "DICOS 3D AIT Storage",
+    "1.2.840.10008.5.1.4.1.1.501.6": "DICOS Quadrupole Resonance (QR) Storage",
+    "1.2.840.10008.5.1.4.1.1.601.1": "Eddy Current Image Storage",
+    "1.2.840.10008.5.1.4.1.1.601.2": "Eddy Current Multi-frame Image Storage",
+    "1.2.840.10008.5.1.4.34.1": "RT Beams Delivery Instruction Storage - Trial (Retired)",
+}
+
+#: Abstract syntax -> transfer syntaxes we accept for it, best first: every storage SOP class
+#: pynetdicom or DCMTK's storescp knows, and Verification.
 SUPPORTED_CONTEXTS: Mapping[str, tuple[str, ...]] = {
     **{str(cx.abstract_syntax): ACCEPTED_TRANSFER_SYNTAXES for cx in AllStoragePresentationContexts},
+    **dict.fromkeys(EXTRA_STORAGE_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES),
     VERIFICATION_SOP_CLASS: (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)),
 }
 

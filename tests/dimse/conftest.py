@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,3 +55,34 @@ def dcmtk_storescp_implicit_only(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """``storescp +xi``: accepts Implicit VR Little Endian only."""
     with running_storescp(tmp_path / "storescp", "+xi") as port:
         yield port, tmp_path / "storescp"
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A throw-away self-signed certificate and key for 127.0.0.1, made with the openssl CLI."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None, "openssl is not on PATH"
+    cert, key = tmp_path / "node.crt", tmp_path / "node.key"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ainode-test",
+            "-addext",
+            f"subjectAltName=IP:{LOCALHOST}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

@@ -77,8 +77,11 @@ def p_data(context_id: int, fragment: bytes, *, command: bool, last: bool) -> by
 class RawPeer:
     """A TCP connection to the SCP that sends and reads raw PDUs."""
 
-    def __init__(self, port: int, timeout: float = 5) -> None:
-        self.sock = socket.create_connection((LOCALHOST, port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 5, source: str | None = None) -> None:
+        # source: connect from another loopback address (127.0.0.2...), as another host would
+        self.sock = socket.create_connection(
+            (LOCALHOST, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)

@@ -5,9 +5,7 @@ A throw-away self-signed certificate for 127.0.0.1 is made with the openssl CLI.
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,36 +14,6 @@ from pydicom import dcmread
 
 from core import status
 from dimse import AssociationFailed, echo, store_files
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    assert openssl is not None, "openssl is not on PATH"
-    cert, key = tmp_path / "node.crt", tmp_path / "node.key"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=ainode-test",
-            "-addext",
-            f"subjectAltName=IP:{LOCALHOST}",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 def test_echo_and_store_over_tls(start_scp, tmp_path: Path, certificate: tuple[Path, Path]) -> None:

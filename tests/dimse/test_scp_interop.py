@@ -8,14 +8,17 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import pytest
 from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, DirectorySink, dcmtk_env, pydicom_file, run_dcmtk
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from core import status
+from core.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dimse import AllowedPeer, AssociationEvent, StoreRequest, echo, store_files
 
 FILES = ("CT_small.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm")
@@ -173,3 +176,53 @@ def test_orthanc_forwards_studies_intact(start_scp, orthanc, tmp_path: Path) -> 
         assert_received(sink, pydicom_file(name))
         received = dcmread(tmp_path / f"{dcmread(pydicom_file(name)).SOPInstanceUID}.dcm")
         assert received.file_meta.SourceApplicationEntityTitle == orthanc.aet
+
+
+@pytest.mark.parametrize(
+    "sop_class",
+    [
+        "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image Storage (Retired)
+        "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image Storage (Retired)
+        "1.2.840.10008.5.1.4.1.1.5",  # Nuclear Medicine Image Storage (Retired)
+    ],
+    ids=["us-retired", "us-multiframe-retired", "nm-retired"],
+)
+def test_storescu_stores_retired_sop_classes_storescp_accepts(start_scp, tmp_path: Path, sop_class: str) -> None:
+    """Old modalities still send these; DCMTK's storescp accepts them, so the node does (issue 16)."""
+    dataset = dcmread(pydicom_file("CT_small.dcm"))
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = sop_class
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = tmp_path / "retired.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    (tmp_path / "in").mkdir()
+    sink = DirectorySink(tmp_path / "in")
+    scp = start_scp(sink)
+
+    # -R proposes the files' own SOP classes: storescu's default list has none of the retired ones
+    result = run_dcmtk("storescu", "-v", "-R", "-aet", PACS_AE, "-aec", NODE_AE, LOCALHOST, str(scp.port), str(path))
+
+    assert result.returncode == 0, result.stderr
+    assert "Received Store Response (Success)" in result.stderr
+    (request,) = sink.requests
+    assert request.sop_class_uid == sop_class
+    assert dcmread(BytesIO(request.data)).SOPInstanceUID == dataset.SOPInstanceUID
+
+
+def test_association_and_stored_file_name_ainode_as_the_implementation(start_scp, tmp_path: Path) -> None:
+    """PS3.7 D.3.3.2 and PS3.10 7.1: the A-ASSOCIATE-AC and the file meta carry ainode's own UID and name."""
+    sink = DirectorySink(tmp_path)
+    scp = start_scp(sink)
+
+    result = run_dcmtk(
+        "storescu", "-d", "-aet", PACS_AE, "-aec", NODE_AE, LOCALHOST, str(scp.port), str(pydicom_file("CT_small.dcm"))
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f"Their Implementation Class UID:    {IMPLEMENTATION_CLASS_UID}\n" in result.stderr
+    assert f"Their Implementation Version Name: {IMPLEMENTATION_VERSION_NAME}\n" in result.stderr
+    meta = dcmread(BytesIO(sink.requests[0].data), stop_before_pixels=True).file_meta
+    assert (meta.ImplementationClassUID, meta.ImplementationVersionName) == (
+        IMPLEMENTATION_CLASS_UID,
+        IMPLEMENTATION_VERSION_NAME,
+    )
+    assert meta.SourceApplicationEntityTitle == PACS_AE

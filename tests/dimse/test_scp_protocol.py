@@ -24,7 +24,7 @@ from raw_peer import RawPeer, associate_rq, p_data
 
 from core import status
 from dimse import AssociationEvent
-from dimse.commands import decode_command, encode_file_meta, encode_response
+from dimse.commands import decode_command, encode_c_store_rq, encode_file_meta, encode_response
 from dimse.scp import SUPPORTED_CONTEXTS
 from dimse.upper_layer import (
     CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED,
@@ -392,3 +392,118 @@ def test_oversized_pdus_are_refused_before_anything_is_allocated(start_scp, tmp_
     peer.send(struct.pack(">BxL", 0x04, 2**30))
     abort = peer.read_decoded()
     assert (abort.source, abort.reason_diagnostic) == (0x02, 0x06)
+
+
+# -- C-STORE refusals and data sets that are not kept ------------------------------------------
+
+
+def without_affected_sop_class(command: bytes) -> bytes:
+    """A command set with its (0000,0002) Affected SOP Class UID element removed (group length fixed)."""
+    group_length, rest = command[:12], command[12:]
+    assert struct.unpack_from("<HHL", rest)[:2] == (0x0000, 0x0002)
+    rest = rest[8 + struct.unpack_from("<L", rest, 4)[0] :]
+    return group_length[:8] + struct.pack("<L", len(rest)) + rest
+
+
+def store_response_status(peer: RawPeer) -> int:
+    pdu_type, raw = peer.read_pdu()
+    assert pdu_type == 0x04
+    return int(decode_implicit(raw[12:]).Status)
+
+
+MR = "1.2.840.10008.5.1.4.1.1.4"
+
+
+@pytest.mark.parametrize(
+    ("context_id", "command"),
+    [
+        (1, encode_c_store_rq(5, MR, "1.2.3.9")),  # MR Image Storage on the CT context
+        (1, without_affected_sop_class(encode_c_store_rq(5, CT, "1.2.3.9"))),
+        (1, encode_c_store_rq(5, "", "1.2.3.9")),  # present but empty
+        (3, encode_c_store_rq(5, ECHO, "1.2.3.9")),  # a C-STORE on the Verification context
+        (3, encode_c_store_rq(5, CT, "1.2.3.9")),
+    ],
+    ids=["mr-on-ct-context", "no-affected-sop-class", "empty-affected-sop-class", "on-verification", "ct-on-echo"],
+)
+def test_c_store_not_of_its_contexts_sop_class_is_refused_and_nothing_kept(
+    start_scp, tmp_path: Path, context_id: int, command: bytes
+) -> None:
+    """PS3.7 9.1.1.1 / PS3.8 9.3.2.2: the SOP class is the context's; else 0x0122 and the association goes on."""
+    sink = DirectorySink(tmp_path)
+    (incoming := tmp_path / "incoming").mkdir()
+    scp = start_scp(sink, incoming_dir=incoming)
+    peer = established(scp.port)
+
+    peer.send(p_data(context_id, command, command=True, last=True))
+    peer.send(p_data(context_id, b"\x08\x00\x18\x00\x08\x00\x00\x001.2.3.9\x00"[:16], command=False, last=True))
+
+    assert store_response_status(peer) == status.SOP_CLASS_NOT_SUPPORTED
+    assert sink.requests == [] and list(incoming.iterdir()) == []
+    peer.send(p_data(3, echo_rq(message_id=6), command=True, last=True))  # the association continues
+    assert store_response_status(peer) == status.SUCCESS
+    peer.close()
+
+
+def test_data_set_over_max_dataset_size_is_discarded_and_the_next_one_kept(start_scp, tmp_path: Path) -> None:
+    """Issue 16: a data set has a size cap; past it the rest is read and dropped, never buffered, and 0xA700."""
+    sink = DirectorySink(tmp_path)
+    (incoming := tmp_path / "incoming").mkdir()
+    scp = start_scp(sink, incoming_dir=incoming, max_dataset_size=4000)
+    peer = established(scp.port)
+
+    peer.send(p_data(1, encode_c_store_rq(1, CT, "1.2.3.1"), command=True, last=True))
+    for _ in range(9):
+        peer.send(p_data(1, bytes(1000), command=False, last=False))
+    assert list(incoming.iterdir()) == []  # the partial file went as soon as the cap was passed
+    peer.send(p_data(1, bytes(1000), command=False, last=True))
+    assert store_response_status(peer) == status.OUT_OF_RESOURCES
+    assert sink.requests == []
+
+    peer.send(p_data(1, encode_c_store_rq(2, CT, "1.2.3.2"), command=True, last=True))
+    peer.send(p_data(1, bytes(4000), command=False, last=True))  # exactly the cap: kept
+    assert store_response_status(peer) == status.SUCCESS
+    assert [r.sop_instance_uid for r in sink.requests] == ["1.2.3.2"]
+    assert sink.requests[0].data.endswith(bytes(4000))
+    assert list(incoming.iterdir()) == []  # the sink returned: the SCP removed its file
+    peer.close()
+
+
+def test_incoming_folder_that_cannot_be_written_answers_out_of_resources(start_scp, tmp_path: Path) -> None:
+    """An OSError creating or writing the file is 0xA700 without the sink; the SCP keeps serving."""
+    sink = DirectorySink(tmp_path)
+    (incoming := tmp_path / "incoming").mkdir()
+    scp = start_scp(sink, incoming_dir=incoming)
+    peer = established(scp.port)
+    incoming.rmdir()
+
+    peer.send(p_data(1, encode_c_store_rq(1, CT, "1.2.3.1"), command=True, last=True))
+    peer.send(p_data(1, bytes(100), command=False, last=True))
+    assert store_response_status(peer) == status.OUT_OF_RESOURCES
+
+    incoming.mkdir()
+    peer.send(p_data(1, encode_c_store_rq(2, CT, "1.2.3.2"), command=True, last=True))
+    peer.send(p_data(1, bytes(100), command=False, last=True))
+    assert store_response_status(peer) == status.SUCCESS
+    assert [r.sop_instance_uid for r in sink.requests] == ["1.2.3.2"]
+    peer.close()
+
+
+def test_association_lost_inside_a_data_set_leaves_no_partial_file(start_scp, tmp_path: Path) -> None:
+    events: list[AssociationEvent] = []
+    (incoming := tmp_path / "incoming").mkdir()
+    scp = start_scp(DirectorySink(tmp_path), events=events, incoming_dir=incoming)
+    peer = established(scp.port)
+    peer.send(p_data(1, encode_c_store_rq(1, CT, "1.2.3.1"), command=True, last=True))
+    peer.send(p_data(1, bytes(5000), command=False, last=False))
+    wait_for(events, 1)
+    deadline = time.monotonic() + 5
+    while not list(incoming.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(list(incoming.iterdir())) == 1  # being written
+
+    peer.send(bytes.fromhex("07000000000400000000"))  # A-ABORT
+    wait_for(events, 2)
+
+    assert [e.kind for e in events] == ["accepted", "aborted"]
+    assert list(incoming.iterdir()) == []
+    peer.close()
