@@ -145,6 +145,8 @@ class Node:
             max_pdu=settings.max_pdu,
             max_associations=settings.max_associations,
             on_association=self._on_association,
+            incoming_dir=self.spool.tmp_dir,  # the spool's file system: a received file is kept by a rename
+            **settings.dicom_limits.model_dump(),
         )
         self.tls_scp: StorageSCP | None = None
         if settings.tls.enabled:

@@ -71,6 +71,8 @@ EXAMPLES: dict[str, str] = {
     "http_host": "http_host: 127.0.0.1",
     "http_port": "http_port: 8080",
     "http_enabled": "http_enabled: true",
+    "max_pdu": "max_pdu: 262144",
+    "dicom_limits": "dicom_limits: {association_request_timeout: 10, max_negotiating: 64, max_dataset_size: 4294967296}",
     "log_format": "log_format: json",
     "tls": "tls: {enabled: true, port: 2762, certificate: /etc/ainode/node.crt, private_key: /etc/ainode/node.key}",
     "cxr": "cxr: {four_class_models: [cxr-four-class], secondary_capture: true, triage: {urgent: {pneumothorax: 0.5}}}",
@@ -266,6 +268,27 @@ class CxrSettings(_Strict):
     parallel_models: bool = True
 
 
+class DicomLimitsSettings(_Strict):
+    """Timers and caps of the DICOM listener (``dimse.scp.StorageSCP``), against slow or hostile peers.
+
+    ``association_request_timeout`` is a deadline from the TCP accept to the end of the
+    A-ASSOCIATE-RQ, TLS handshake included, that reads do not extend; ``network_timeout`` and
+    ``dimse_timeout`` bound each whole PDU between and inside DIMSE messages; ``acse_timeout`` how
+    long a rejected or released connection waits for the peer to close it. ``max_negotiating`` and
+    ``max_negotiating_per_address`` cap connections accepted but not yet associated (established
+    associations are capped by ``max_associations``); ``max_dataset_size`` is the largest data set
+    received (a larger one is answered 0xA700 and not kept).
+    """
+
+    association_request_timeout: float = Field(default=10, gt=0)
+    acse_timeout: float = Field(default=30, gt=0)
+    network_timeout: float = Field(default=60, gt=0)
+    dimse_timeout: float = Field(default=60, gt=0)
+    max_negotiating: int = Field(default=64, ge=1)
+    max_negotiating_per_address: int = Field(default=8, ge=1)
+    max_dataset_size: int = Field(default=4 << 30, ge=1)
+
+
 def _default_destinations() -> dict[str, DicomDestinationSettings | DicomWebDestinationSettings]:
     return {"pacs": DicomDestinationSettings(ae_title="ORTHANC", host="127.0.0.1", port=4242)}
 
@@ -281,8 +304,9 @@ class Settings(_Strict):
         # Secure by default: only an Orthanc on this machine may store; a PACS is added by name (and address).
         default_factory=lambda: [AllowedPeerSettings(ae_title="ORTHANC", host="127.0.0.1")]
     )
-    max_pdu: int = Field(default=262144, ge=0)
+    max_pdu: int = Field(default=262144, lt=2**32)
     max_associations: int = Field(default=32, ge=1)
+    dicom_limits: DicomLimitsSettings = Field(default_factory=DicomLimitsSettings)
     data_dir: Path = Field(default=Path("var"), validate_default=True)
     database_url: str | None = None
     uid_root: str = "1.2.826.0.1.3680043.8.498.1"
@@ -319,6 +343,16 @@ class Settings(_Strict):
             raise ValueError(
                 "must be digits separated by dots, no leading zeros, at most 53 characters "
                 "(so that generated UIDs fit in 64)"
+            )
+        return value
+
+    @field_validator("max_pdu")
+    @classmethod
+    def _check_max_pdu(cls, value: int) -> int:
+        if value < 4096:
+            raise ValueError(
+                "must be 4096 to 4294967295 bytes; 0 ('unlimited' in PS3.8) is not accepted:"
+                " a peer could then make the node allocate 4 GiB with one PDU header"
             )
         return value
 
