@@ -2,6 +2,11 @@
 
 Only what a Storage SCP and SCU need: read whole PDUs (the 6-byte header, then
 exactly the body length, in large ``recv_into`` calls; no polling, no sleeps).
+The header is judged before any of the body is read -- its type against those
+the caller's state allows, its length against the limit for that type (the
+maximum length we advertised for P-DATA-TF, 1 MiB for the others) -- and the
+body buffer grows as bytes arrive, so a length field alone never allocates
+memory; a caller's timeout can be a deadline for the whole PDU.
 For the acceptor: parse an A-ASSOCIATE-RQ, negotiate presentation contexts
 (PS3.8 9.3.2.2, 9.3.3.2 and PS3.7 Annex D.3.3), and encode A-ASSOCIATE-AC/RJ,
 P-DATA-TF, A-RELEASE-RP and A-ABORT (PS3.8 9.3). For the requestor: encode an
