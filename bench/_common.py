@@ -67,6 +67,29 @@ def start_node(workdir: Path, port: int, extra: dict | None = None) -> subproces
     return proc
 
 
+def wait_idle(pid: int, busy: float = 0.05, window: float = 0.5, timeout: float = 120) -> None:
+    """Wait until process ``pid`` uses less than ``busy`` of a core over ``window`` seconds.
+
+    A node loads its models on worker threads after it starts listening; a measurement taken
+    meanwhile would share the cores with that.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    deadline = time.monotonic() + timeout
+    before = cpu()
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        after = cpu()
+        if after - before < busy * window:
+            return
+        before = after
+    raise TimeoutError(f"process {pid} still busy after {timeout} s")
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:

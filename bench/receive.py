@@ -1,11 +1,25 @@
-"""C-STORE receive rate: the node (durable: fsync + rename + database commit) against DCMTK's storescp.
+"""C-STORE receive rate: DCMTK's storescp, a durable Orthanc and the node, over 1 and 4 associations, in one run.
 
-Both receive the same 500 CT-sized instances (512×512, 16-bit, ~0.5 MB) from
-the same sender (DCMTK storescu, one association) on the same loopback, in
-the same run, with TCP_NODELAY=1. storescp writes without fsync, so the ratio
-prices durability in. Target: node rate ≥ 0.8 × storescp.
+All three receive the same CT-sized instances (512×512, 16-bit, ~0.5 MB, one
+series) from the same sender (DCMTK storescu; with 4 associations, 4 storescu
+processes at once, each sending a quarter of the files) on the same loopback,
+with TCP_NODELAY=1, in the same run, interleaved round by round.
 
-    .venv/bin/python bench/receive.py [--count 500] [--rounds 3]
+* storescp writes each file and answers: no fsync, so a power cut may lose what it
+  acknowledged. It is the reference of the ratios (same association count).
+* Orthanc 1.10.1 with its default storage: ``SyncStorageArea`` true (each DICOM file
+  fsynced as it is written, the default since 1.7.4) and its SQLite index updated
+  before the C-STORE response.
+* The node, durable as it ships: each file fsynced, renamed into the spool and its
+  folder fsynced before the response; database rows committed after the response,
+  in batches (the spool file is the durable record; see ``node.receiver``).
+
+Each server is started for its measurement and waited for until idle (the node loads
+its models on worker threads after it listens), then stopped; its count of stored
+instances is checked. The node's quiet period is an hour, so no analysis runs meanwhile.
+Targets (issue 16): node ≥ 0.5 × storescp on one association and ≥ 0.8 × with 4.
+
+    .venv/bin/python bench/receive.py [--count 400] [--rounds 3] [--quick]
 """
 
 from __future__ import annotations
@@ -17,82 +31,148 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ct_instances, free_port, start_node, stop, table, tool_env, wait_port  # noqa: E402
+from _common import (  # noqa: E402
+    REPO,
+    ct_instances,
+    free_port,
+    start_node,
+    stop,
+    table,
+    tool_env,
+    wait_idle,
+    wait_port,
+)
+
+sys.path.insert(0, str(REPO))
+from tests.helpers import OrthancServer  # noqa: E402
+
+ASSOCIATIONS = (1, 4)
 
 
-def send(folder: Path, port: int, called: str) -> float:
+def send(folders: list[Path], port: int, called: str) -> float:
+    """Send each folder with its own storescu (one association each), all at once; seconds until all are done."""
     start = time.perf_counter()
-    subprocess.run(
-        [
-            "storescu",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            called,
-            "--scan-directories",
-            "-xs",
-            "127.0.0.1",
-            str(port),
-            str(folder),
-        ],
-        check=True,
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-aet", "STORESCU", "-aec", called, "--scan-directories", "127.0.0.1", str(port), str(f)],
+            env=tool_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for f in folders
+    ]
+    for sender in senders:
+        _, err = sender.communicate()
+        if sender.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-2000:]}")
+    return time.perf_counter() - start
+
+
+def split(files: list[Path], parts: int, into: Path) -> list[Path]:
+    """Hard links of ``files`` in ``parts`` folders (round robin): one folder per association."""
+    folders = [into / f"part{i}" for i in range(parts)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    for i, path in enumerate(files):
+        (folders[i % parts] / path.name).hardlink_to(path)
+    return folders
+
+
+def storescp(work: Path, folders: list[Path], count: int) -> float:
+    port = free_port()
+    out = work / "out"
+    out.mkdir(parents=True)
+    scp = subprocess.Popen(
+        ["storescp", "-aet", "STORESCP", "-od", str(out), "+B", str(port)],
         env=tool_env(),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
-    return time.perf_counter() - start
+    try:
+        wait_port(port)
+        seconds = send(folders, port, "STORESCP")
+    finally:
+        stop(scp)
+    stored = len(list(out.iterdir()))
+    assert stored == count, f"storescp stored {stored} of {count}"
+    return seconds
+
+
+def orthanc(work: Path, folders: list[Path], count: int) -> float:
+    server = OrthancServer(work).start()  # idle once its REST API answers
+    try:
+        seconds = send(folders, server.dicom_port, server.aet)
+        stored = server.instance_count()
+    finally:
+        server.stop()
+    assert stored == count, f"Orthanc stored {stored} of {count}"
+    return seconds
+
+
+def ainode(work: Path, folders: list[Path], count: int) -> float:
+    port = free_port()
+    node = start_node(work, port, {"quiet_period": {"default": 3600}, "max_associations": 8})
+    try:
+        wait_idle(node.pid)
+        seconds = send(folders, port, "AINODE")
+    finally:
+        stop(node)
+    stored = len(list((work / "data" / "spool").rglob("*.dcm")))
+    assert stored == count, f"node stored {stored} of {count}"
+    return seconds
+
+
+RECEIVERS: dict[str, Callable[[Path, list[Path], int], float]] = {
+    "storescp (no fsync)": storescp,
+    "Orthanc (durable)": orthanc,
+    "ainode (durable)": ainode,
+}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--count", type=int, default=400, help="instances per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per receiver and association count")
+    parser.add_argument("--quick", action="store_true", help="200 instances, 1 round")
     args = parser.parse_args()
+    if args.quick:
+        args.count, args.rounds = 200, 1
     work = Path(tempfile.mkdtemp(prefix="ainode-bench-"))
     try:
         files = ct_instances(work / "in", args.count)
         megabytes = sum(p.stat().st_size for p in files) / 1e6
-        times: dict[str, list[float]] = {"storescp": [], "ainode": []}
+        folders = {n: split(files, n, work / f"split{n}") for n in ASSOCIATIONS}
+        times: dict[tuple[str, int], list[float]] = {}
         for r in range(args.rounds):
-            port = free_port()
-            out = work / f"storescp{r}"
-            out.mkdir()
-            scp = subprocess.Popen(
-                ["storescp", "-aet", "STORESCP", "-od", str(out), "+B", str(port)],
-                env=tool_env(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            wait_port(port)
-            times["storescp"].append(send(work / "in", port, "STORESCP"))
-            stop(scp)
-            stored = len(list(out.iterdir()))
-            assert stored == args.count, f"storescp stored {stored}"
-            port = free_port()
-            node = start_node(work / f"node{r}", port)
-            times["ainode"].append(send(work / "in", port, "AINODE"))
-            stop(node)
-            stored = len(list((work / f"node{r}" / "data" / "spool").rglob("*.dcm")))
-            assert stored == args.count, f"node stored {stored}"
+            for n in ASSOCIATIONS:
+                for name, run in RECEIVERS.items():
+                    where = work / f"{name.split()[0]}-{n}-{r}"
+                    times.setdefault((name, n), []).append(run(where, folders[n], args.count))
+                    shutil.rmtree(where, ignore_errors=True)
         rows = []
-        ref = statistics.median(times["storescp"])
-        for name, values in times.items():
-            med = statistics.median(values)
-            rows.append(
-                [
-                    name,
-                    args.count,
-                    f"{med:.2f}",
-                    f"{args.count / med:.0f}",
-                    f"{megabytes / med:.0f}",
-                    f"{ref / med:.2f}",
-                ]
-            )
-        print(f"C-STORE receive, {args.count} instances of {megabytes / args.count:.2f} MB, median of {args.rounds}")
-        print(table(["receiver", "instances", "seconds", "inst/s", "MB/s", "rate vs storescp"], rows))
+        for n in ASSOCIATIONS:
+            reference = statistics.median(times[("storescp (no fsync)", n)])
+            for name in RECEIVERS:
+                med = statistics.median(times[(name, n)])
+                rows.append(
+                    [
+                        name,
+                        n,
+                        f"{med:.2f}",
+                        f"{args.count / med:.0f}",
+                        f"{megabytes / med:.0f}",
+                        f"{reference / med:.2f}",
+                    ]
+                )
+        print(
+            f"C-STORE receive, {args.count} instances of {megabytes / args.count:.2f} MB from storescu, "
+            f"median of {args.rounds} round(s)"
+        )
+        print(table(["receiver", "associations", "seconds", "images/s", "MB/s", "rate vs storescp"], rows))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from sqlalchemy import or_, select, update
@@ -56,6 +56,9 @@ class Assembler(BackgroundLoop):
     on_resent : callable, optional
         Called with the pipeline and the number of unchanged instances of a re-send that
         was not analysed again (metrics).
+    unrecorded : callable, optional
+        The series with an acknowledged instance whose row is not committed yet
+        (:meth:`node.receiver.Receiver.unrecorded_series`): not scheduled until it is.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Assembler(BackgroundLoop):
         analysis_keys: Mapping[str, str] | None = None,
         reanalyse_on_change: bool = False,
         on_resent: Callable[[str, int], None] | None = None,
+        unrecorded: Callable[[], Collection[str]] | None = None,
     ) -> None:
         super().__init__("ainode-assembler", log)
         self.db = db
@@ -81,19 +85,28 @@ class Assembler(BackgroundLoop):
         self.analysis_keys = dict(analysis_keys or {})
         self.reanalyse_on_change = reanalyse_on_change
         self.on_resent = on_resent
+        self.unrecorded = unrecorded
 
     def run_once(self) -> float:
         """Queue every stable series; return seconds until the next one may be stable."""
         now = time.time()
         with self.db.session() as session:
             waiting = or_(Series.state == SeriesState.RECEIVING, Series.resend_pending.is_(True))
-            ready = session.scalars(select(Series.id).where(waiting, Series.ready_at <= now)).all()
+            ready = session.execute(select(Series.id, Series.series_uid).where(waiting, Series.ready_at <= now)).all()
             upcoming = session.scalar(select(Series.ready_at).where(waiting).order_by(Series.ready_at).limit(1))
         queued = 0
-        for series_id in ready:
+        unrecorded = set(self.unrecorded()) if self.unrecorded is not None and ready else set()
+        deferred = False
+        for series_id, series_uid in ready:
+            if series_uid in unrecorded:
+                # An acknowledged instance's row is not committed yet (it moves the deadline): not now.
+                deferred = True
+                continue
             queued += self._schedule(series_id, now)
         if queued and self.on_queued:
             self.on_queued()
+        if deferred:
+            return 0.05
         if upcoming is None or upcoming <= now:
             return 1.0
         return max(0.02, min(1.0, upcoming - time.time()))

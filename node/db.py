@@ -5,16 +5,16 @@ PostgreSQL (``database_url``). The database is the single source of truth
 for state; every state is a string enum, so a row read by a person or another
 process needs no code to interpret.
 
-Durability: rows are committed before a C-STORE is acknowledged (see
+Durability: a received instance's spool file is fsynced before its C-STORE
+is acknowledged, and its row is committed after, in batches (see
 ``node.receiver``). SQLite runs in WAL mode with ``synchronous=NORMAL``: a
 committed transaction survives any crash of the process (it is in the WAL,
 in the operating system's cache), and the database is never corrupted; a
-power cut may lose the last transactions. That costs no instance: the
-instance file itself is fsynced before the acknowledgement, and at start-up
-``Receiver.recover_spool`` records every spool file that has no row. Jobs
+power cut may lose the last transactions. That costs no instance: at
+start-up ``Receiver.recover_spool`` records every spool file that has no
+row, whether its row was never committed (a killed process) or lost. Jobs
 and deliveries lost that way run again (results are delivered at least
-once). ``synchronous=FULL`` would fsync the WAL on every commit and halve
-the receive rate.
+once). ``synchronous=FULL`` would fsync the WAL on every commit.
 """
 
 from __future__ import annotations

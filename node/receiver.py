@@ -1,32 +1,74 @@
-"""The C-STORE sink: make a received instance durable and record it.
+"""The C-STORE sink: make a received instance durable, answer, and record it.
 
-Bound to :class:`dimse.scp.StorageSCP` by the service. It reads only the
-header (no pixel decoding, no inference), writes the bytes as received to the
-spool, records instance and series in the database, and only then answers
-success (PS3.4 B.2.3). Out of disk answers 0xA700; an unreadable data set or
-invalid UIDs answer 0xC210; nothing raises to the peer.
+Bound to :class:`dimse.scp.StorageSCP` by the service. The SCP has streamed the
+data set into a Part 10 file in the spool's temporary folder
+(:attr:`dimse.scp.StoreRequest.path`). The receiver reads only the header it
+files by (the top-level elements up to group 0020, through a memory map of the
+file: a few pages, whatever the instance's size; no pixel decoding, no
+inference), then keeps the file as it is: fsync, rename into
+``spool/<study>/<series>/<sop>.dcm``, fsync of the folder
+(:meth:`node.spool.Spool.keep`). Nothing is copied and the data set is never
+held in memory. Only then is success answered (PS3.4 B.2.3).
+
+The spool file is the durable record of an acknowledged instance; its
+database row follows. Once :meth:`Receiver.start` has run (the service does),
+a recorder thread commits the rows of what was acknowledged in batches, off
+the acknowledgement path: it takes whatever has arrived since its last commit
+(at most ``batch_size``), waiting ``batch_delay`` for more, and commits them in
+one transaction (one UPDATE per series still receiving and one multi-row
+INSERT for new instances of such series; new, re-opened and re-sent series
+one by one as before). Until a row is committed:
+
+* the assembler does not schedule the instance's series
+  (:meth:`Receiver.unrecorded_series`), so a series is never analysed
+  without an instance it acknowledged;
+* a process crash loses the row but not the instance: at start-up
+  :meth:`Receiver.recover_spool` records every spool file without a row;
+* the database being down (PostgreSQL restarting, SQLite locked or full)
+  delays the rows: the recorder retries the batch with a growing pause
+  (0.2 s to 5 s), and instances keep being acknowledged while the spool holds
+  them, up to ``max_unrecorded`` instances waiting for their rows; past that
+  a C-STORE is answered 0xA700 (out of resources) and nothing is kept, so a
+  long outage turns into refusals a sender retries instead of an unbounded
+  queue. A node stopped during an outage leaves the waiting rows to
+  :meth:`Receiver.recover_spool` at its next start.
+
+Without :meth:`Receiver.start` (tools, tests) each C-STORE records its row
+before answering, as the node did before the recorder existed.
+
+Out of disk answers 0xA700; an unreadable data set or invalid UIDs answer
+0xC210; nothing raises to the peer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import mmap
+import os
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections import deque
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import pydicom
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from core import status
 from dimse.scp import StoreRequest
 from node.db import Database, Instance, Series, SeriesState, Study, retry_locked, utcnow
-from node.dicomheader import parse_header, read_identifiers, record_elements
+from node.dicomheader import read_identifiers, record_elements
 from node.errors import InputError, StorageError, StorageFull
+from node.idempotency import file_digest
 from node.logs import bind_log_context, log_context
 from node.settings import Settings
 from node.spool import Spool, check_uid
@@ -37,18 +79,105 @@ log = logging.getLogger("ainode.receiver")
 HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"]
 REQUIRED_TAGS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}
 
+#: Instances acknowledged and waiting for their rows, past which a C-STORE is refused (0xA700).
+MAX_UNRECORDED = 10_000
+#: How long the recorder waits for more instances before committing what it has (seconds).
+BATCH_DELAY = 0.02
+#: The most rows one commit records.
+BATCH_SIZE = 500
+#: How long :meth:`Receiver.stop` waits for the rows still queued (seconds).
+STOP_TIMEOUT = 10.0
+#: Files up to this size are read whole for their header; larger ones are memory-mapped.
+_READ_WHOLE = 64 * 1024
 
-# The fast path's statements, built once: building them per instance cost more than executing them.
+# The fast path's statements, built once: building them per batch cost more than executing them.
 _EXTEND_SERIES = (
     update(Series)
     .where(Series.series_uid == bindparam("series"), Series.state == SeriesState.RECEIVING)
-    .values(last_received_at=bindparam("now"), ready_at=bindparam("ready"), instance_count=Series.instance_count + 1)
+    .values(
+        last_received_at=bindparam("now"),
+        ready_at=bindparam("ready"),
+        instance_count=Series.instance_count + bindparam("added"),
+    )
 )
 _ADD_INSTANCE = insert(Instance)
 
 
-class _NotFast(Exception):
-    """The fast path does not apply; roll back and take the full path."""
+@dataclass(frozen=True)
+class Received:
+    """An instance kept in the spool (durable, acknowledged or about to be), its row still to be recorded."""
+
+    path: Path
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    modality: str | None
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    size: int
+    calling_ae: str
+    peer_address: str
+    received_at: datetime
+    ready_at: float  # epoch seconds: the series is stable after this, unless more arrive
+
+    def row(self) -> dict[str, Any]:
+        """The columns of a new instance row (the fast path's INSERT)."""
+        return {
+            "sop_uid": self.sop_uid,
+            "series_uid": self.series_uid,
+            "study_uid": self.study_uid,
+            "sop_class_uid": self.sop_class_uid,
+            "transfer_syntax_uid": self.transfer_syntax_uid,
+            "path": str(self.path),
+            "size": self.size,
+            "calling_ae": self.calling_ae,
+            "peer_address": self.peer_address,
+            "received_at": self.received_at,
+            "times_received": 1,
+            "header": None,
+        }
+
+
+@contextlib.contextmanager
+def _file_bytes(path: Path) -> Iterator[bytes]:
+    """The file's bytes for a header scan: read whole when small, else a read-only memory map.
+
+    A map reads only the pages the scan touches, so a header is found in a multi-gigabyte file
+    without reading the file. The map is used as bytes (``len``, slices, ``struct.unpack_from``).
+    """
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size <= _READ_WHOLE:
+            yield fh.read()
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            yield cast(bytes, mapped)
+
+
+def read_received_header(path: Path) -> Mapping[str, Any] | Dataset:
+    """Study, Series and SOP Instance UIDs and Modality of a received file, reading only its header.
+
+    The scanner of :mod:`node.dicomheader` on the file's first pages; pydicom (pixels and
+    large values left unread) for what it declines.
+
+    Raises
+    ------
+    InputError
+        The file is not a readable DICOM data set.
+    """
+    try:
+        with open(path, "rb") as fh:
+            # The first pages hold these in any common header: a scan of them (microseconds) that finds
+            # all three UIDs is complete, since an element cut at the end fails the scan (then the map).
+            found = read_identifiers(fh.read(_READ_WHOLE))
+        if found is None or not found.keys() >= REQUIRED_TAGS:
+            with _file_bytes(path) as data:
+                found = read_identifiers(data)
+        if found is not None and found.keys() >= REQUIRED_TAGS:
+            return found
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS, defer_size=1024)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, KeyError, OSError) as exc:
+        raise InputError(f"unreadable data set: {exc}") from exc
 
 
 class Receiver:
@@ -60,7 +189,7 @@ class Receiver:
         The node's settings, database and spool.
     on_stored : callable, optional
         Called when a series is new or re-opened, so it may be due before any
-        other (wakes the assembler).
+        other (wakes the assembler); after its row is committed.
     on_instance : callable, optional
         Called after each C-STORE with the request, its study UID (``None``
         when unreadable) and the status answered: metrics and audit counts,
@@ -69,6 +198,8 @@ class Receiver:
         The attributes routing reads (:func:`node.router.routing_tags`): recorded
         as received (``Instance.header``) for an instance that opens or re-opens
         a series, so that the assembler need not read its file. None: not recorded.
+    max_unrecorded, batch_delay, batch_size
+        The recorder's queue limit, wait and batch size (see the module's description).
     """
 
     def __init__(
@@ -79,6 +210,10 @@ class Receiver:
         on_stored: Callable[[], None] | None = None,
         on_instance: Callable[[StoreRequest, str | None, int], None] | None = None,
         header_tags: Collection[int] | None = None,
+        *,
+        max_unrecorded: int = MAX_UNRECORDED,
+        batch_delay: float = BATCH_DELAY,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
         self.settings = settings
         self.header_tags = frozenset(header_tags or ())
@@ -87,7 +222,18 @@ class Receiver:
         self.on_stored = on_stored
         self.on_instance = on_instance
         self.counts = {"stored": 0, "rejected": 0}
+        self.max_unrecorded = max_unrecorded
+        self.batch_delay = batch_delay
+        self.batch_size = batch_size
         self._lock = threading.Lock()
+        # The recorder's queue: what waits (_queue) and the batch being committed (_batch).
+        self._rows = threading.Condition()
+        self._queue: deque[Received] = deque()
+        self._batch: list[Received] = []
+        self._stopping = False
+        self._recorder: threading.Thread | None = None
+
+    # -- the acknowledgement path ------------------------------------------------------------------------------
 
     def __call__(self, request: StoreRequest) -> int:
         study: list[str] = []  # filled by _store once the header is read
@@ -108,9 +254,7 @@ class Receiver:
             return self._reject(status.CANNOT_UNDERSTAND)
         except (StorageError, SQLAlchemyError) as exc:
             full = isinstance(exc, OperationalError) and "full" in str(exc).lower()
-            # SQLAlchemy's text carries the statement and its parameters over many lines: keep the cause only.
-            cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            log.error("could not record %s: %s", request.sop_instance_uid, cause)
+            log.error("could not record %s: %s", request.sop_instance_uid, _cause(exc))
             return self._reject(
                 status.OUT_OF_RESOURCES if full or isinstance(exc, StorageError) else status.PROCESSING_FAILURE
             )
@@ -124,12 +268,7 @@ class Receiver:
         return code
 
     def _store(self, request: StoreRequest, study: list[str]) -> None:
-        try:
-            ds: Any = read_identifiers(request.data)  # microseconds; pydicom when the bytes need it
-            if ds is None or not ds.keys() >= REQUIRED_TAGS:
-                ds = parse_header(request.data, HEADER_TAGS)
-        except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, KeyError, OSError) as exc:
-            raise InputError(f"unreadable data set: {exc}") from exc
+        ds = read_received_header(request.path)
         sop_uid = check_uid(request.sop_instance_uid, "SOPInstanceUID")
         if str(ds.get("SOPInstanceUID", sop_uid)) != sop_uid:
             raise InputError("SOPInstanceUID in the data set differs from the C-STORE request")
@@ -138,162 +277,270 @@ class Receiver:
         series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         modality = str(ds.get("Modality", "") or "")[:16] or None
         bind_log_context(study=study_uid, series=series_uid)
-        path = self.spool.store(study_uid, series_uid, sop_uid, request.data)
-        self._register(request, ds, path, study_uid, series_uid, sop_uid, modality)
-
-    def recover_spool(self) -> int:
-        """Record spool files that have no database row (after a power cut); returns how many.
-
-        The spool file is fsynced before a C-STORE is acknowledged, so it is the
-        durable truth; the row may be lost with the last WAL transactions.
-        """
-        with self.db.session() as session:
-            known = set(session.scalars(select(Instance.path)))
-        recovered = 0
-        for path in self.spool.root.rglob("*.dcm"):
-            if str(path) in known:
-                continue
-            try:
-                data = path.read_bytes()
-                ds = parse_header(data, HEADER_TAGS)
-                meta = ds.file_meta
-                request = StoreRequest(
-                    calling_ae="",
-                    peer_address="",
-                    peer_port=0,
-                    sop_class_uid=str(meta.MediaStorageSOPClassUID),
-                    sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
-                    transfer_syntax_uid=str(meta.TransferSyntaxUID),
-                    path=path,
-                    size=len(data),
+        batched = self._recorder is not None
+        if batched:
+            waiting = self.unrecorded()
+            if waiting >= self.max_unrecorded:
+                raise StorageFull(
+                    f"{waiting} received instances wait for the database (unreachable or too slow); "
+                    "refused until it catches up"
                 )
-                self._register(
-                    request,
-                    ds,
-                    path,
-                    check_uid(ds.StudyInstanceUID, "StudyInstanceUID"),
-                    check_uid(ds.SeriesInstanceUID, "SeriesInstanceUID"),
-                    check_uid(ds.SOPInstanceUID, "SOPInstanceUID"),
-                    str(ds.get("Modality", "") or "")[:16] or None,
-                )
-                recovered += 1
-            except (InputError, OSError, ValueError, AttributeError, SQLAlchemyError) as exc:
-                log.error("spool file %s could not be recovered: %s", path.name, exc)
-        return recovered
+        path = self.spool.keep(request.path, study_uid, series_uid, sop_uid)
+        item = Received(
+            path=path,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            modality=modality,
+            sop_class_uid=str(request.sop_class_uid),
+            transfer_syntax_uid=str(request.transfer_syntax_uid),
+            size=request.size,
+            calling_ae=request.calling_ae,
+            peer_address=request.peer_address,
+            received_at=utcnow(),
+            ready_at=time.time() + self.settings.quiet_seconds(modality),
+        )
+        if batched:
+            with self._rows:
+                self._queue.append(item)
+                # Wake the recorder only when it waits for a first row or a full batch: waking it for every
+                # instance cost the association thread a GIL hand-over per C-STORE.
+                if len(self._queue) == 1 or len(self._queue) == self.batch_size:
+                    self._rows.notify_all()
+        else:
+            self._record([item], strict=True)
+        log.debug("stored %s (series %s) from %s", sop_uid, series_uid, request.calling_ae)
 
-    def _register(
-        self,
-        request: StoreRequest,
-        ds: Any,
-        path: Path,
-        study_uid: str,
-        series_uid: str,
-        sop_uid: str,
-        modality: str | None,
-    ) -> None:
-        quiet = self.settings.quiet_seconds(modality)
-        if self._record_fast(request, path, study_uid, series_uid, sop_uid, quiet):
-            # Only pushes an existing deadline later: the assembler need not look again.
-            log.debug("stored %s (series %s) from %s", sop_uid, series_uid, request.calling_ae)
+    # -- the recorder ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Record rows in batches on a thread of their own from now on (see the module's description)."""
+        if self._recorder is not None:
             return
-        # A new or re-opened series, or an instance received again: the instance the assembler may route by.
-        header = record_elements(request.data, self.header_tags) if self.header_tags else None
+        self._stopping = False
+        self._recorder = threading.Thread(target=self._record_loop, name="ainode-recorder", daemon=True)
+        self._recorder.start()
 
-        def record() -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Record what is queued (waiting at most ``timeout`` seconds) and end the recorder.
+
+        Returns how many acknowledged instances are left without a row (the database was
+        unreachable): their spool files are recorded at the next start.
+        """
+        thread = self._recorder
+        if thread is None:
+            return 0
+        with self._rows:
+            self._stopping = True
+            self._rows.notify_all()
+        thread.join(timeout)
+        with self._rows:
+            left = len(self._queue) + len(self._batch)
+        if thread.is_alive():
+            log.warning(
+                "%d received instances still without their database rows at stop; "
+                "their spool files are recorded at the next start",
+                left,
+            )
+        self._recorder = None
+        return left
+
+    def unrecorded(self) -> int:
+        """How many kept instances wait for their rows."""
+        with self._rows:
+            return len(self._queue) + len(self._batch)
+
+    def unrecorded_series(self) -> set[str]:
+        """Series UIDs with an instance kept in the spool whose row is not committed yet (the assembler waits)."""
+        with self._rows:
+            return {item.series_uid for item in self._queue} | {item.series_uid for item in self._batch}
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every row queued so far is committed; False if ``timeout`` passed first."""
+        with self._rows:
+            return self._rows.wait_for(lambda: not self._queue and not self._batch, timeout)
+
+    def _record_loop(self) -> None:
+        pause = 0.0
+        failing_since: float | None = None
+        while True:
+            with self._rows:
+                self._rows.wait_for(lambda: self._queue or self._stopping)
+                if not self._queue and self._stopping:
+                    return
+                if len(self._queue) < self.batch_size and not self._stopping:
+                    # A short wait gathers the instances of every association into one commit.
+                    self._rows.wait_for(lambda: len(self._queue) >= self.batch_size or self._stopping, self.batch_delay)
+                count = min(len(self._queue), self.batch_size)
+                self._batch = [self._queue.popleft() for _ in range(count)]
+            batch = self._batch
+            try:
+                self._record(batch)
+            except _Unrecorded as exc:
+                # The database is down: the rows wait, the spool files are the record meanwhile.
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.error(
+                        "cannot record %d received instances (retrying; they are safe in the spool): %s",
+                        len(exc.items),
+                        _cause(exc.__cause__ or exc),
+                    )
+                pause = min(5.0, max(0.2, pause * 2))
+                with self._rows:
+                    self._queue.extendleft(reversed(exc.items))
+                    self._batch = []
+                    self._rows.notify_all()
+                    if self._stopping or self._rows.wait_for(lambda: self._stopping, pause):
+                        return  # stopping: what is left is recorded from the spool at the next start
+                continue
+            if failing_since is not None:
+                log.info("recording received instances again after %.0f s", time.monotonic() - failing_since)
+            pause, failing_since = 0.0, None
+            with self._rows:
+                self._batch = []
+                self._rows.notify_all()
+
+    def _record(self, items: Sequence[Received], *, strict: bool = False) -> int:
+        """Commit the rows of ``items`` (in order), in one transaction when possible; returns how many.
+
+        An instance whose row cannot be written for a reason of its own (not the database being
+        unreachable) is logged and left to :meth:`recover_spool`; the others are recorded. Wakes
+        the assembler when a series opened or re-opened.
+
+        Raises
+        ------
+        SQLAlchemyError
+            With ``strict``, whatever kept the rows out (the caller answers for its one instance).
+        _Unrecorded
+            The database is unreachable; its ``items`` are those of ``items`` not recorded.
+        """
+        try:
+            opened = self._commit(items)
+            recorded = len(items)
+        except SQLAlchemyError as exc:
+            if strict:
+                raise
+            if _transient(exc):
+                raise _Unrecorded(items) from exc
+            # One instance's row is refused (a clash, a value the database rejects): record one by one.
+            opened, recorded = False, 0
+            for at, item in enumerate(items):
+                try:
+                    opened |= self._commit([item])
+                    recorded += 1
+                except SQLAlchemyError as one:
+                    if _transient(one):
+                        raise _Unrecorded(items[at:]) from one
+                    log.error("instance %s could not be recorded: %s", item.sop_uid, _cause(one))
+        if opened and self.on_stored is not None:
+            self.on_stored()  # a new or re-opened series may be due before any other
+        return recorded
+
+    def _commit(self, items: Sequence[Received]) -> bool:
+        """One transaction for ``items``, retried while SQLite is locked; True if a series opened or re-opened."""
+        headers: dict[Path, dict[str, Any] | None] = {}
+
+        def record() -> bool:
             with self.db.session() as session:
-                self._record(session, request, ds, path, study_uid, series_uid, sop_uid, modality, quiet, header)
+                return self._record_rows(session, items, headers)
 
         for attempt in range(3):
             try:
-                retry_locked(record)
-                break
+                return bool(retry_locked(record))
             except IntegrityError:
-                # Another association created the same study/series row first: read it and go on.
+                # Another writer (a receiver without recorder, recover_spool) created the same study or
+                # series row first: read it and go on.
                 if attempt == 2:
                     raise
-        log.debug("stored %s (series %s) from %s", sop_uid, series_uid, request.calling_ae)
-        if self.on_stored is not None:  # a new or re-opened series may be due before any other
-            self.on_stored()
+        return False
 
-    def _record_fast(
-        self,
-        request: StoreRequest,
-        path: Path,
-        study_uid: str,
-        series_uid: str,
-        sop_uid: str,
-        quiet: float,
+    def _record_rows(
+        self, session: Session, items: Sequence[Received], headers: dict[Path, dict[str, Any] | None]
     ) -> bool:
-        """The common case in one short transaction: a new instance of a series still receiving.
+        """The common case in one UPDATE per series and one INSERT: new instances of series still receiving.
 
-        Returns False (nothing written) when the series is new, no longer receiving, or the
-        instance was received before; the full path handles those.
+        Everything else (a new or no longer receiving series, an instance received before or twice in
+        the batch) takes :meth:`_record_one`, in order. Returns whether a series opened or re-opened.
         """
-        try:
-            now = utcnow()
-            with self.db.engine.begin() as conn:
-                moved = conn.execute(_EXTEND_SERIES, {"series": series_uid, "now": now, "ready": time.time() + quiet})
-                if moved.rowcount != 1:
-                    raise _NotFast()
-                conn.execute(
-                    _ADD_INSTANCE,
-                    {
-                        "sop_uid": sop_uid,
-                        "series_uid": series_uid,
-                        "study_uid": study_uid,
-                        "sop_class_uid": str(request.sop_class_uid),
-                        "transfer_syntax_uid": str(request.transfer_syntax_uid),
-                        "path": str(path),
-                        "size": len(request.data),
-                        "calling_ae": request.calling_ae,
-                        "peer_address": request.peer_address,
-                        "received_at": now,
-                        "times_received": 1,
-                    },
-                )
-        except (_NotFast, IntegrityError):
-            return False
-        except OperationalError as exc:
-            if "locked" in str(exc):
-                return False
-            raise
-        return True
+        sops = [item.sop_uid for item in items]
+        known: set[str] = set()
+        for start in range(0, len(sops), 500):
+            known.update(
+                session.scalars(select(Instance.sop_uid).where(Instance.sop_uid.in_(sops[start : start + 500])))
+            )
+        by_series: dict[str, list[Received]] = {}
+        slow: list[Received] = []
+        seen: set[str] = set()
+        for item in items:
+            if item.sop_uid in known or item.sop_uid in seen:
+                slow.append(item)
+            else:
+                by_series.setdefault(item.series_uid, []).append(item)
+            seen.add(item.sop_uid)
+        fast: list[Received] = []
+        connection = session.connection()
+        for series_uid, group in by_series.items():
+            moved = connection.execute(
+                _EXTEND_SERIES,
+                {
+                    "series": series_uid,
+                    "now": max(i.received_at for i in group),
+                    "ready": max(i.ready_at for i in group),
+                    "added": len(group),
+                },
+            )
+            if cast(Any, moved).rowcount == 1:
+                fast += group
+            else:
+                slow += group
+        if fast:
+            connection.execute(_ADD_INSTANCE, [item.row() for item in fast])
+        opened = False
+        if slow and fast:
+            order = {id(item): at for at, item in enumerate(items)}
+            slow.sort(key=lambda item: order[id(item)])
+        for item in slow:
+            if item.path not in headers:
+                headers[item.path] = self._header_record(item.path)
+            opened |= self._record_one(session, item, headers[item.path])
+            session.flush()  # the next instance of the same series or study sees this one's rows
+        return opened
 
-    def _record(
-        self,
-        session: Session,
-        request: StoreRequest,
-        ds: Any,
-        path: Path,
-        study_uid: str,
-        series_uid: str,
-        sop_uid: str,
-        modality: str | None,
-        quiet: float,
-        header: dict[str, Any] | None,
-    ) -> None:
-        now = utcnow()
-        if session.scalar(select(Study.id).where(Study.study_uid == study_uid)) is None:
-            session.add(Study(study_uid=study_uid))
+    def _header_record(self, path: Path) -> dict[str, Any] | None:
+        """What routing reads of an instance, as received (:func:`node.dicomheader.record_elements`)."""
+        if not self.header_tags:
+            return None
+        try:
+            with _file_bytes(path) as data:
+                return record_elements(data, self.header_tags)
+        except (OSError, ValueError) as exc:  # the assembler reads the file when it routes
+            log.warning("header of %s not recorded: %s", path.name, exc)
+            return None
+
+    def _record_one(self, session: Session, item: Received, header: dict[str, Any] | None) -> bool:
+        """A new or re-opened series, or an instance received again; True if the series opened or re-opened."""
+        if session.scalar(select(Study.id).where(Study.study_uid == item.study_uid)) is None:
+            session.add(Study(study_uid=item.study_uid))
             session.flush()
-        series = session.scalar(select(Series).where(Series.series_uid == series_uid).with_for_update())
-        instance = session.scalar(select(Instance).where(Instance.sop_uid == sop_uid))
+        series = session.scalar(select(Series).where(Series.series_uid == item.series_uid).with_for_update())
+        instance = session.scalar(select(Instance).where(Instance.sop_uid == item.sop_uid))
         # The same SOP instance with the same content: a re-send (Orthanc's stable events, a PACS that
         # re-sends the whole study after each new object, an operator). It never re-opens a series that
         # was scheduled or analysed; the assembler only records it, after the quiet period.
         # Digests are taken here, off the fast path of new instances, and by the assembler for the rest
         # (node.idempotency): 0.3 ms per 0.5 MB instance was 8 % of a durable receive.
-        content = digest(request.data) if instance is not None else None
-        unchanged = instance is not None and instance.digest == content and instance.series_uid == series_uid
+        content = _digest_or_none(item.path) if instance is not None else None
+        unchanged = instance is not None and instance.digest == content and instance.series_uid == item.series_uid
+        opened = True
         if series is None:
             series = Series(
-                series_uid=series_uid,
-                study_uid=study_uid,
-                modality=modality,
+                series_uid=item.series_uid,
+                study_uid=item.study_uid,
+                modality=item.modality,
                 instance_count=0,
                 generation=1,
                 state=SeriesState.RECEIVING,
-                calling_ae=request.calling_ae,
+                calling_ae=item.calling_ae,
             )
             session.add(series)
         elif unchanged and series.state in (SeriesState.QUEUED, SeriesState.DONE, SeriesState.UNROUTED):
@@ -306,33 +553,120 @@ class Receiver:
             series.state = SeriesState.RECEIVING
         elif series.state == SeriesState.UNROUTED:
             series.state = SeriesState.RECEIVING
-        series.last_received_at = now
-        series.ready_at = time.time() + quiet
+        else:
+            opened = False  # still receiving (or ignored): its deadline only moves later
+        series.last_received_at = item.received_at
+        series.ready_at = max(series.ready_at or 0.0, item.ready_at)
         if instance is None:
             session.add(
                 Instance(
-                    sop_uid=sop_uid,
-                    series_uid=series_uid,
-                    study_uid=study_uid,
-                    sop_class_uid=str(request.sop_class_uid),
-                    transfer_syntax_uid=str(request.transfer_syntax_uid),
-                    path=str(path),
-                    size=len(request.data),
-                    calling_ae=request.calling_ae,
-                    peer_address=request.peer_address,
+                    sop_uid=item.sop_uid,
+                    series_uid=item.series_uid,
+                    study_uid=item.study_uid,
+                    sop_class_uid=item.sop_class_uid,
+                    transfer_syntax_uid=item.transfer_syntax_uid,
+                    path=str(item.path),
+                    size=item.size,
+                    calling_ae=item.calling_ae,
+                    peer_address=item.peer_address,
+                    received_at=item.received_at,
                     header=header,
                 )
             )
             series.instance_count += 1
         else:
             instance.times_received += 1
-            instance.path = str(path)
+            instance.path = str(item.path)
             instance.purged_at = None  # the file is back if retention had removed it
-            instance.size = len(request.data)
-            instance.transfer_syntax_uid = str(request.transfer_syntax_uid)
-            instance.received_at = now
+            instance.size = item.size
+            instance.transfer_syntax_uid = item.transfer_syntax_uid
+            instance.received_at = item.received_at
             instance.digest = content
             instance.header = header
+        return opened
+
+    # -- start-up ----------------------------------------------------------------------------------------------
+
+    def recover_spool(self) -> int:
+        """Record spool files that have no database row (after a crash or power cut); returns how many.
+
+        The spool file is fsynced before a C-STORE is acknowledged, so it is the durable truth;
+        the row may be lost with a killed process (rows are committed after the acknowledgement)
+        or with the last WAL transactions.
+        """
+        with self.db.session() as session:
+            known = set(session.scalars(select(Instance.path)))
+        recovered = 0
+        pending: list[Received] = []
+        for path in self.spool.root.rglob("*.dcm"):
+            if str(path) in known:
+                continue
+            try:
+                pending.append(self._recovered(path))
+            except (InputError, OSError, ValueError, AttributeError) as exc:
+                log.error("spool file %s could not be recovered: %s", path.name, exc)
+                continue
+            if len(pending) >= self.batch_size:
+                recovered += self._record_recovered(pending)
+                pending = []
+        return recovered + self._record_recovered(pending)
+
+    def _recovered(self, path: Path) -> Received:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS, defer_size=1024)
+        except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise InputError(f"unreadable data set: {exc}") from exc
+        meta = ds.file_meta
+        modality = str(ds.get("Modality", "") or "")[:16] or None
+        return Received(
+            path=path,
+            study_uid=check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
+            series_uid=check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
+            sop_uid=check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
+            modality=modality,
+            sop_class_uid=str(meta.MediaStorageSOPClassUID),
+            transfer_syntax_uid=str(meta.TransferSyntaxUID),
+            size=path.stat().st_size,
+            calling_ae="",
+            peer_address="",
+            received_at=utcnow(),
+            ready_at=time.time() + self.settings.quiet_seconds(modality),
+        )
+
+    def _record_recovered(self, items: list[Received]) -> int:
+        if not items:
+            return 0
+        try:
+            return self._record(items)
+        except _Unrecorded as exc:
+            log.error("%d spool files could not be recovered: %s", len(exc.items), _cause(exc.__cause__ or exc))
+            return len(items) - len(exc.items)
+
+
+class _Unrecorded(Exception):
+    """The database is unreachable; ``items`` were not recorded."""
+
+    def __init__(self, items: Sequence[Received]) -> None:
+        super().__init__(f"{len(items)} instances not recorded")
+        self.items = list(items)
+
+
+def _transient(exc: SQLAlchemyError) -> bool:
+    """Whether ``exc`` says the database is unreachable, locked or full, rather than refusing these rows."""
+    return isinstance(exc, (OperationalError, InterfaceError)) or bool(getattr(exc, "connection_invalidated", False))
+
+
+def _cause(exc: BaseException) -> str:
+    """SQLAlchemy's text carries the statement and its parameters over many lines: the cause only."""
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+
+
+def _digest_or_none(path: Path) -> str | None:
+    try:
+        return file_digest(path)
+    except OSError as exc:  # unreadable now: no digest, so the instance counts as changed
+        log.warning("instance file %s unreadable for its digest: %s", path.name, exc)
+        return None
 
 
 def digest(data: bytes | memoryview) -> str:

@@ -7,8 +7,11 @@ late instances supersede; a restart resumes what was in flight.
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -109,16 +112,19 @@ def parts(tmp_path: Path, db: Database):  # type: ignore[no-untyped-def]
     return settings, receiver, assembler, outbox, dispatcher, destination
 
 
-#: Where _instance writes each request's file (the SCP's incoming folder in a node); set per test.
-_incoming: list[Path] = []
+#: The SCP's incoming folder of a node, for the requests _instance makes: one per test process, on the file
+#: system of pytest's temporary folders (a receiver keeps each file by renaming it into its spool).
+_INCOMING = Path(tempfile.mkdtemp(prefix="ainode-test-incoming-"))
+atexit.register(shutil.rmtree, _INCOMING, True)
+#: The bytes of each request _instance or _again made, by SOP Instance UID: the receiver takes a request's file.
+_SENT: dict[str, bytes] = {}
 
 
-@pytest.fixture(autouse=True)
-def _incoming_dir(tmp_path: Path) -> Iterator[None]:
-    (folder := tmp_path / "incoming").mkdir()
-    _incoming.append(folder)
-    yield
-    _incoming.remove(folder)
+def _request(data: bytes, like: StoreRequest | None = None, **fields: str) -> StoreRequest:
+    """A C-STORE request as the SCP hands it over: ``data`` in a new file of the incoming folder."""
+    base = {k: v for k, v in like.__dict__.items() if k not in ("path", "size")} if like else {}
+    base.update(fields)
+    return spool_part10(_INCOMING, data, **base)  # type: ignore[arg-type]
 
 
 def _instance(series_uid: str, study_uid: str, source: str = "CT_small.dcm", **changes: str) -> StoreRequest:
@@ -131,16 +137,28 @@ def _instance(series_uid: str, study_uid: str, source: str = "CT_small.dcm", **c
         setattr(ds, key, value)
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return spool_part10(
-        _incoming[-1],
+    _SENT[str(ds.SOPInstanceUID)] = buffer.getvalue()
+    return _request(
         buffer.getvalue(),
         calling_ae="STORESCU",
         peer_address="127.0.0.1",
-        peer_port=40000,
+        peer_port=40000,  # type: ignore[arg-type]
         sop_class_uid=str(ds.SOPClassUID),
         sop_instance_uid=str(ds.SOPInstanceUID),
         transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
     )
+
+
+def _sent(request: StoreRequest) -> bytes:
+    """The bytes last sent as this request's instance (its file is the receiver's once received)."""
+    return _SENT[request.sop_instance_uid]
+
+
+def _again(request: StoreRequest, data: bytes | None = None) -> StoreRequest:
+    """The same C-STORE once more, in a new incoming file; with ``data``, the instance changed."""
+    if data is not None:
+        _SENT[request.sop_instance_uid] = data
+    return _request(_sent(request), request)
 
 
 def _run_all_jobs(db: Database, outbox: Outbox, pipeline: TinyPipeline) -> int:
@@ -156,7 +174,7 @@ def test_series_is_received_analysed_and_delivered_once(db: Database, parts) -> 
     study, series = generate_uid(), generate_uid()
     requests = [_instance(series, study) for _ in range(3)]
     assert [receiver(r) for r in requests] == [status.SUCCESS] * 3
-    assert receiver(requests[0]) == status.SUCCESS  # a repeated C-STORE of the same instance is fine
+    assert receiver(_again(requests[0])) == status.SUCCESS  # a repeated C-STORE of the same instance is fine
     with db.session() as s:
         row = s.scalar(select(Series).where(Series.series_uid == series))
         assert row.instance_count == 3 and row.state == SeriesState.RECEIVING
@@ -166,7 +184,7 @@ def test_series_is_received_analysed_and_delivered_once(db: Database, parts) -> 
     # The stored bytes are exactly what was received.
     with db.session() as s:
         first = s.scalar(select(Instance.path).where(Instance.sop_uid == requests[0].sop_instance_uid))
-    assert Path(first).read_bytes() == requests[0].data
+    assert Path(first).read_bytes() == _sent(requests[0])
     assembler.run_once()
     pipeline = TinyPipeline()
     assert _run_all_jobs(db, outbox, pipeline) == 1
@@ -288,11 +306,7 @@ def test_without_a_recorded_header_the_assembler_reads_the_file(db: Database, pa
 def test_unreadable_or_unsafe_instances_are_refused(db: Database, parts) -> None:  # type: ignore[no-untyped-def]
     settings, receiver, assembler, outbox, dispatcher, destination = parts
     good = _instance(generate_uid(), generate_uid())
-    garbage = spool_part10(
-        _incoming[-1],
-        b"\x00" * 128 + b"DICM" + b"\xff" * 50,
-        **{k: v for k, v in good.__dict__.items() if k not in ("path", "size")},
-    )
+    garbage = _request(b"\x00" * 128 + b"DICM" + b"\xff" * 50, good)
     assert receiver(garbage) == status.CANNOT_UNDERSTAND
     evil = _instance("1.2.3/../../../tmp", generate_uid())
     assert receiver(evil) == status.CANNOT_UNDERSTAND

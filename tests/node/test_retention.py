@@ -39,7 +39,7 @@ from node.receiver import Receiver
 from node.retention import RetentionLoop, plan_purge, purge
 from node.settings import Settings
 from node.spool import Outbox, Spool
-from tests.node.test_flow import TinyPipeline, _instance
+from tests.node.test_flow import TinyPipeline, _again, _instance, _sent
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 TOTAL = 1_000_000  # bytes of the pretend file system
@@ -285,12 +285,12 @@ def test_re_received_instance_is_stored_again_and_a_job_never_reads_a_purged_fil
         s.scalar(select(Series).where(Series.series_uid == series)).state = SeriesState.DONE
     plan = plan_purge(db, settings, datetime.now(UTC) + timedelta(hours=25), 0.5, TOTAL)
     assert purge(db, settings, plan).files == 2
-    assert receiver(requests[0]) == status.SUCCESS  # sent again: stored again, no longer purged
+    assert receiver(_again(requests[0])) == status.SUCCESS  # sent again: stored again, no longer purged
     with db.session() as s:
         rows = {r.sop_uid: r for r in s.scalars(select(Instance).where(Instance.series_uid == series))}
         s.add(Job(series_uid=series, study_uid=study, pipeline="fake", state=JobState.QUEUED))
     back = rows[requests[0].sop_instance_uid]
-    assert back.purged_at is None and Path(back.path).read_bytes() == requests[0].data
+    assert back.purged_at is None and Path(back.path).read_bytes() == _sent(requests[0])
     assert rows[requests[1].sop_instance_uid].purged_at is not None
     pipeline = TinyPipeline()
     outbox = Outbox(settings.outbox_dir, settings.tmp_dir)

@@ -76,3 +76,52 @@ def test_clean_tmp_removes_partial_files_of_a_crash(tmp_path: Path) -> None:
     assert spool.clean_tmp() == 1
     write_durable(tmp_path / "out.dcm", b"ok", tmp_path / "tmp")
     assert (tmp_path / "out.dcm").read_bytes() == b"ok"
+
+
+def test_keep_moves_the_received_file_into_place_without_copying_it(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", tmp_path / "tmp")
+    received = tmp_path / "tmp" / ".incoming-scp-1.dcm"
+    received.write_bytes(b"DICM" * 100)
+    inode = received.stat().st_ino
+    path = spool.keep(received, "1.2", "1.2.3", "1.2.3.4")
+    assert path == tmp_path / "spool" / "1.2" / "1.2.3" / "1.2.3.4.dcm"
+    assert path.read_bytes() == b"DICM" * 100 and path.stat().st_ino == inode and not received.exists()
+    # Received again: the new file replaces the old one whole.
+    received.write_bytes(b"new")
+    assert spool.keep(received, "1.2", "1.2.3", "1.2.3.4") == path and path.read_bytes() == b"new"
+
+
+def test_keep_out_of_space_raises_storage_full_and_leaves_the_file_to_its_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool", tmp_path / "tmp")
+    received = tmp_path / "tmp" / ".incoming-scp-1.dcm"
+    received.write_bytes(b"x" * 10)
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(StorageFull, match="no space left"):
+        spool.keep(received, "1.2", "1.2.3", "1.2.3.4")
+    monkeypatch.undo()
+    assert received.read_bytes() == b"x" * 10  # the SCP deletes it
+    assert not list((tmp_path / "spool").rglob("*.dcm"))
+
+
+def test_keep_copies_a_file_from_another_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An intake that wrote elsewhere than the spool's file system: ``rename`` fails with EXDEV, the file is copied."""
+    spool = Spool(tmp_path / "spool", tmp_path / "tmp")
+    received = tmp_path / "elsewhere.dcm"
+    received.write_bytes(b"DICM" * 10)
+    real = os.replace
+
+    def across(source: str | Path, target: str | Path) -> None:
+        if Path(source) == received:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", across)
+    path = spool.keep(received, "1.2", "1.2.3", "1.2.3.4")
+    assert path.read_bytes() == b"DICM" * 10
+    assert list((tmp_path / "tmp").iterdir()) == []  # the copy went through a temporary file, renamed into place
