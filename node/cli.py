@@ -12,6 +12,8 @@
     ainode purge [--dry-run]          remove finished studies' files by the retention policy (or list them)
     ainode models list|verify         the models, their weights and checksums
     ainode sample cxr|ct-pe|ct-lumbar --out DIR [--send AE@HOST:PORT]   a synthetic study, written and sent
+    ainode pull --source NAME (--accession A | --study UID) [--series UID]   a study from a PACS into the node
+    ainode hash-password              a password hash for http_users (reads the password from the terminal or stdin)
     ainode --version
 
 Every command reads the same settings (``--config`` or ``$AINODE_CONFIG``,
@@ -441,6 +443,64 @@ def cmd_sample(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if sent == len(outcomes) else 1
 
 
+def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
+    """Pull a study from a source into the running node (see the command's help)."""
+    import tempfile
+
+    from node import tls
+    from node.pull import ForwardingIntake, PullArgumentError, Puller, PullError
+
+    for name in ("pynetdicom", "dicomweb_client", "ainode.pull", "ainode.dimse"):  # one line is printed below
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # The running node: its plain port on this machine, else its TLS port (certificate not verified: loopback).
+    own = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    port = settings.port if settings.port is not None else settings.tls.port
+    context = tls.probe_context(settings.tls) if settings.port is None else None
+    db = _open_db(settings)
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pull-", dir=settings.tmp_dir) as folder:
+            intake = ForwardingIntake(
+                Path(folder),
+                host=own,
+                port=port,
+                called_ae=settings.ae_title,
+                calling_ae=settings.ae_title,
+                timeout=args.timeout,
+                ssl_context=context,
+            )
+            result = Puller(settings, db, intake).pull(
+                args.source, accession=args.accession, study_uid=args.study, series_uid=args.series
+            )
+    except PullArgumentError as exc:
+        print(f"ainode pull: {exc}", file=sys.stderr)
+        return 2
+    except PullError as exc:
+        print(f"ainode pull: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    print(result.message)
+    return 1 if result.failed else 0
+
+
+def cmd_hash_password(settings: Settings, args: argparse.Namespace) -> int:
+    from node.web.auth import hash_password
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            raise NodeError("the two passwords differ; nothing printed")
+    else:  # a pipe: one line (never an argument, which 'ps' and the shell's history would show)
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        raise NodeError("a password needs at least 8 characters")
+    print(hash_password(password))
+    return 0
+
+
 def cmd_analyze(settings: Settings, args: argparse.Namespace) -> int:
     from node.analyze import analyze_paths
 
@@ -534,6 +594,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=30, help="seconds for connecting and each C-STORE")
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser(
+        "pull",
+        help="pull a study from a configured source (Q/R or DICOMweb) into the running node",
+        description="Find a study at a source of 'sources:' in node.yaml by accession number or Study "
+        "Instance UID, and retrieve each of its series the node has not analysed yet into the RUNNING node, "
+        "where it is stored, routed and analysed like a pushed study; results go to the destinations. "
+        "A DICOM source with 'retrieve: move' sends the instances to the node's AE title itself (C-MOVE); "
+        "with 'retrieve: get' (C-GET) and from a DICOMweb source (WADO-RS) this command receives them "
+        "and sends them to the node by C-STORE on this machine. A series already analysed and unchanged "
+        "(same instances) is not retrieved again. Prints one line; exit 0 done, 1 failed (unknown source, "
+        "no such study, source or node unreachable, instances refused), 2 bad usage.",
+    )
+    p.add_argument("--source", required=True, help="the source's name in node.yaml (sources:)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--accession", help="Accession Number of the study")
+    which.add_argument("--study", metavar="UID", help="Study Instance UID")
+    p.add_argument("--series", metavar="UID", help="only this series of the study")
+    p.add_argument("--timeout", type=float, default=30, help="seconds for connecting and each C-STORE to the node")
+    p.set_defaults(func=cmd_pull)
+    p = sub.add_parser(
+        "hash-password",
+        help="print the hash of a password for http_users (HTTP Basic login to the node)",
+        description="Read a password (asked twice on a terminal; else one line of stdin, e.g. "
+        "printf '%s\\n' \"$PASSWORD\" | ainode hash-password) and print its scrypt hash, for "
+        "'http_users: [{name: NAME, password_hash: HASH}]' in node.yaml. The password itself is never stored.",
+    )
+    p.set_defaults(func=cmd_hash_password)
     for command in sub.choices.values():  # every command says which configuration it reads
         command.epilog = CONFIG_HELP
         command.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -73,7 +73,13 @@ EXAMPLES: dict[str, str] = {
     "http_enabled": "http_enabled: true",
     "max_pdu": "max_pdu: 262144",
     "dicom_limits": "dicom_limits: {association_request_timeout: 10, max_negotiating: 64, max_dataset_size: 4294967296}",
+    "http_tokens": "http_tokens: [{name: ris, token_env: AINODE_RIS_TOKEN}]",
+    "http_users": "http_users: [{name: admin, password_hash: 'scrypt$16384$8$1$...'}]  # ainode hash-password",
+    "http_tls": "http_tls: {certificate: /etc/ainode/http.crt, private_key: /etc/ainode/http.key}",
+    "stow_max_request_size": "stow_max_request_size: 4294967296",
     "log_format": "log_format: json",
+    "sources": "sources: {pacs: {type: dicom, ae_title: ORTHANC, host: 127.0.0.1, port: 4242, retrieve: move}}",
+    "orthanc_watch": "orthanc_watch: {url: http://127.0.0.1:8042, source: orthanc-web}",
     "tls": "tls: {enabled: true, port: 2762, certificate: /etc/ainode/node.crt, private_key: /etc/ainode/node.key}",
     "cxr": "cxr: {four_class_models: [cxr-four-class], secondary_capture: true, triage: {urgent: {pneumothorax: 0.5}}}",
 }
@@ -135,14 +141,13 @@ class DicomDestinationSettings(_Strict):
         return self
 
 
-class DicomWebDestinationSettings(_Strict):
-    """A DICOMweb destination: results are sent by STOW-RS (PS3.18 10.5).
+class HttpServerSettings(_Strict):
+    """An HTTP server the node talks to (a DICOMweb destination or source, an Orthanc's REST API).
 
     Secrets are never written in the file itself: ``password_env``/``token_env``
     name an environment variable, ``password_file``/``token_file`` a file.
     """
 
-    type: Literal["dicomweb"]
     url: str = Field(pattern=r"^https?://")
     auth: Literal["none", "basic", "bearer"] = "none"
     username: str | None = None
@@ -161,17 +166,119 @@ class DicomWebDestinationSettings(_Strict):
         if env:
             value = os.environ.get(env)
             if value is None:
-                raise ConfigError(f"destination {self.url}: environment variable {env} is not set")
+                raise ConfigError(f"{self.url}: environment variable {env} is not set")
             return value
         if path:
             try:
                 return Path(path).read_text().strip()
             except OSError as exc:
-                raise ConfigError(f"destination {self.url}: cannot read secret file {path}: {exc}") from exc
+                raise ConfigError(f"{self.url}: cannot read secret file {path}: {exc}") from exc
         return None
 
 
+class DicomWebDestinationSettings(HttpServerSettings):
+    """A DICOMweb destination: results are sent by STOW-RS (PS3.18 10.5)."""
+
+    type: Literal["dicomweb"]
+
+
 Destination = Annotated[DicomDestinationSettings | DicomWebDestinationSettings, Field(discriminator="type")]
+
+
+class DicomSourceSettings(DicomDestinationSettings):
+    """A DICOM Query/Retrieve SCP studies are pulled from (``node.pull``): C-FIND, then C-MOVE or C-GET.
+
+    The same keys as a ``type: dicom`` destination, plus ``retrieve``: ``move`` asks the source to
+    send the instances to the node's own AE title (the source must know the node as a modality, and
+    the node must list the source in ``allowed_peers``); ``get`` receives them on the query's own
+    association (C-GET, PS3.4 C.4.3), so the source needs no route back to the node.
+    """
+
+    retrieve: Literal["move", "get"] = "move"
+
+
+class DicomWebSourceSettings(DicomWebDestinationSettings):
+    """A DICOMweb server studies are pulled from (``node.pull``): QIDO-RS, then WADO-RS per series.
+
+    The same keys as a ``type: dicomweb`` destination; ``url`` is the DICOMweb root.
+    """
+
+
+Source = Annotated[DicomSourceSettings | DicomWebSourceSettings, Field(discriminator="type")]
+
+
+class OrthancWatchSettings(HttpServerSettings):
+    """Watch an Orthanc's ``/changes`` feed and pull each new stable series (an alternative to Lua forwarding).
+
+    ``url`` is Orthanc's REST root; ``source`` names the entry of ``sources`` the series are pulled
+    through (that Orthanc by DICOMweb or DIMSE). The last change seen is kept in the data directory, so a
+    restarted node resumes after it. Authentication as for a DICOMweb source (``auth``, ``username``,
+    ``password_env``/``password_file``, ``token_env``/``token_file``).
+    """
+
+    enabled: bool = True
+    source: str
+    poll_seconds: float = Field(default=2.0, gt=0)
+    event: Literal["StableSeries", "StableStudy"] = "StableSeries"
+
+
+#: The name of an HTTP token or user: what audit rows and received instances record as the caller.
+CallerName = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9._@-]+$")]
+
+
+class HttpTokenSettings(_Strict):
+    """An API token of the node's HTTP server (``Authorization: Bearer``); the token is in a variable or file."""
+
+    name: CallerName
+    token_env: str | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_one_source(self) -> HttpTokenSettings:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError(f"token {self.name!r}: give exactly one of 'token_env' and 'token_file'")
+        return self
+
+    def secret(self) -> str:
+        """The token, read from its environment variable or file (at least 16 characters)."""
+        if self.token_env is not None:
+            value = os.environ.get(self.token_env)
+            if value is None:
+                raise ConfigError(f"http_tokens {self.name!r}: environment variable {self.token_env} is not set")
+        else:
+            try:
+                value = Path(str(self.token_file)).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"http_tokens {self.name!r}: cannot read token file {self.token_file}: {exc}"
+                ) from exc
+        if len(value.strip()) < 16:
+            raise ConfigError(
+                f"http_tokens {self.name!r}: the token is shorter than 16 characters (make one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value.strip()
+
+
+class HttpUserSettings(_Strict):
+    """A user of the node's HTTP server (HTTP Basic); ``password_hash`` is made by ``ainode hash-password``."""
+
+    name: CallerName
+    password_hash: str
+
+    @field_validator("password_hash")
+    @classmethod
+    def _check_hash(cls, value: str) -> str:
+        from node.web.auth import check_hash_format
+
+        return check_hash_format(value)
+
+
+class HttpTlsSettings(_Strict):
+    """HTTPS for the node's HTTP server: a PEM certificate (chain) and its private key."""
+
+    certificate: Path
+    private_key: Path
 
 
 class DeliverySettings(_Strict):
@@ -323,6 +430,9 @@ class Settings(_Strict):
     models_file: Path | None = DEFAULT_MODELS_FILE
     routing_file: Path = DEFAULT_ROUTING_FILE
     destinations: dict[str, Destination] = Field(default_factory=lambda: _default_destinations())
+    # Where studies can be pulled from (``ainode pull``, ``node.pull``); none by default.
+    sources: dict[str, Source] = Field(default_factory=dict)
+    orthanc_watch: OrthancWatchSettings | None = None
     default_destinations: list[str] = Field(default_factory=lambda: ["pacs"])
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
@@ -334,6 +444,12 @@ class Settings(_Strict):
     http_enabled: bool = True
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # Who may call the routes other than /healthz and /readyz (node.web.auth): nobody by default.
+    http_tokens: list[HttpTokenSettings] = Field(default_factory=list)
+    http_users: list[HttpUserSettings] = Field(default_factory=list)
+    http_tls: HttpTlsSettings | None = None
+    http_metrics_auth: bool = False  # true: /metrics needs a token or user too
+    stow_max_request_size: int = Field(default=4 * 2**30, ge=1)  # bytes of one STOW-RS request body
 
     @field_validator("uid_root")
     @classmethod
@@ -388,6 +504,23 @@ class Settings(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_http_names(self) -> Settings:
+        names = [t.name for t in self.http_tokens] + [u.name for u in self.http_users]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"http_tokens and http_users name {twice} more than once: each caller needs its own name")
+        return self
+
+    @model_validator(mode="after")
+    def _check_watch_source(self) -> Settings:
+        watch = self.orthanc_watch
+        if watch is not None and watch.source not in self.sources:
+            raise ValueError(
+                f"orthanc_watch.source names {watch.source!r} but sources defines only {sorted(self.sources)}"
+            )
+        return self
+
     # Derived locations -------------------------------------------------------------
     def quiet_seconds(self, modality: str | None) -> float:
         """Quiet period after the last instance before a series of this modality is analysed."""
@@ -410,17 +543,16 @@ class Settings(_Strict):
 
 
 def _secret_variables(data: Mapping[str, Any]) -> set[str]:
-    """Names of environment variables the file's destinations read secrets from (``password_env``, ``token_env``)."""
-    destinations = data.get("destinations")
-    if not isinstance(destinations, Mapping):
-        return set()
-    return {
-        str(d[k])
-        for d in destinations.values()
-        if isinstance(d, Mapping)
-        for k in ("password_env", "token_env")
-        if d.get(k)
-    }
+    """Names of environment variables the file's destinations, sources and Orthanc watch read secrets from."""
+    entries: list[Any] = []
+    for section in ("destinations", "sources"):
+        named = data.get(section)
+        if isinstance(named, Mapping):
+            entries += named.values()
+    entries.append(data.get("orthanc_watch"))
+    if isinstance(data.get("http_tokens"), list):
+        entries += data["http_tokens"]
+    return {str(d[k]) for d in entries if isinstance(d, Mapping) for k in ("password_env", "token_env") if d.get(k)}
 
 
 def _env_overrides(environ: Mapping[str, str], skip: AbstractSet[str] = frozenset()) -> dict[str, Any]:
@@ -458,7 +590,9 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     for problem in problems(exc):
         # An unknown key's value is not shown (problem.input_shown): it may be a secret (AINODE_PASSWORD=... read
         # as a key).
-        got = f" (got {problem.input!r})" if problem.input_shown else ""
+        # Nor is a value given where a secret's hash belongs: it may be the password itself.
+        secret = bool(problem.loc) and str(problem.loc[-1]) == "password_hash"
+        got = f" (got {problem.input!r})" if problem.input_shown and not secret else ""
         example = EXAMPLES.get(str(problem.loc[0]) if problem.loc else "", "")
         hint = f". Example: {example}" if example else ""
         # These messages keep pydantic's own wording, "Value error, " included.

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from node.errors import ConfigError
 
 if TYPE_CHECKING:
-    from node.settings import DicomDestinationSettings, DicomWebDestinationSettings, TlsSettings
+    from node.settings import DicomDestinationSettings, HttpServerSettings, TlsSettings
 
 __all__ = [
     "client_context",
@@ -85,8 +85,8 @@ def _load_cas(context: ssl.SSLContext, key: str, path: Path) -> None:
         raise ConfigError(f"{key}: {path} holds no usable CA certificate: {exc.reason or exc}") from exc
 
 
-def server_context(tls: TlsSettings) -> ssl.SSLContext:
-    """The SSL context of the node's TLS Storage SCP (PS3.15 B.1, B.9).
+def server_context(tls: TlsSettings, key_prefix: str = "tls.") -> ssl.SSLContext:
+    """The SSL context of the node's TLS Storage SCP (PS3.15 B.1, B.9), and of its HTTPS server.
 
     Parameters
     ----------
@@ -94,6 +94,8 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
         ``certificate`` and ``private_key`` (PEM files), ``ca_certificates``
         (PEM bundle of the CAs whose client certificates are accepted) and
         ``require_client_certificate``.
+    key_prefix : str
+        How error messages name the settings (``tls.``, or ``http_tls.`` for HTTPS).
 
     Raises
     ------
@@ -110,7 +112,7 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
         ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_SINGLE_DH_USE | ssl.OP_SINGLE_ECDH_USE
     )
     context.minimum_version = MINIMUM_VERSION
-    _load_chain(context, "tls.", tls.certificate, tls.private_key)
+    _load_chain(context, key_prefix, tls.certificate, tls.private_key)
     if tls.ca_certificates is not None:
         _load_cas(context, "tls.ca_certificates", tls.ca_certificates)
     # With CAs but no requirement a client may still present a certificate, which is then verified.
@@ -180,14 +182,17 @@ def destination_context(name: str, dest: DicomDestinationSettings) -> ssl.SSLCon
     )
 
 
-def https_verify(name: str, dest: DicomWebDestinationSettings) -> bool | str:
-    """The ``verify`` argument of requests: ``False``, ``True`` (system CAs) or a checked CA bundle path."""
+def https_verify(name: str, dest: HttpServerSettings, *, key: str | None = None) -> bool | str:
+    """The ``verify`` argument of requests: ``False``, ``True`` (system CAs) or a checked CA bundle path.
+
+    ``key`` names the settings in messages (default ``destinations.NAME``; ``sources.NAME``, ``orthanc_watch``).
+    """
     if not dest.verify_tls:
         return False
     if dest.ca_certificates is None:
         return True
     # Loaded once here so that a bad bundle stops the node at start-up, not at the first delivery.
-    _load_cas(ssl.create_default_context(), f"destinations.{name}.ca_certificates", dest.ca_certificates)
+    _load_cas(ssl.create_default_context(), f"{key or 'destinations.' + name}.ca_certificates", dest.ca_certificates)
     return str(dest.ca_certificates)
 
 
