@@ -27,11 +27,15 @@ from node.http import HttpServer, Metrics, ReadinessProbe, database_gauges
 from node.idempotency import analysis_keys
 from node.pipelines import PIPELINE_MODELS
 from node.pipelines.registry import build_pipeline
+from node.pull import Puller, ReceiverIntake, load_puller
 from node.receiver import Receiver
 from node.retention import RetentionLoop
 from node.router import check_references, load_routing, routing_tags
-from node.settings import Settings
+from node.settings import Settings, TlsSettings
 from node.spool import Outbox, Spool
+from node.watcher import OrthancWatcher
+from node.web.auth import Authenticator
+from node.web.stow import StowIntake
 
 log = logging.getLogger("ainode.service")
 
@@ -135,6 +139,13 @@ class Node:
             on_instance=self._on_instance,
             header_tags=routing_tags(self.routing),
         )
+        self.assembler.unrecorded = self.receiver.unrecorded_series  # rows follow acknowledgements in batches
+        # Pulled instances (C-GET, WADO-RS) take the receiver's path too; C-MOVE ones arrive through the SCP.
+        self.puller: Puller = load_puller(settings, self.db, ReceiverIntake(self.receiver))
+        watch = settings.orthanc_watch
+        self.watcher = (
+            OrthancWatcher(watch, self.puller, settings.data_dir) if watch is not None and watch.enabled else None
+        )
         # A plain port, a TLS port (PS3.15 B.1; 2762 by custom), or both, sharing one receiver.
         scp = partial(
             StorageSCP,
@@ -155,6 +166,7 @@ class Node:
         self.scps = [s for s in (self.plain_scp, self.tls_scp) if s is not None]
         self.scp: StorageSCP = self.scps[0]  # the plain one when there is one
         self._stopped = threading.Event()
+        self._started = threading.Event()  # recovery done, ports open: STOW-RS may store
 
     @property
     def port(self) -> int:
@@ -197,8 +209,40 @@ class Node:
             tls_port=tls_port,
             pipelines=self.pipelines_check,
         )
+        settings = self.settings
+        auth = Authenticator(
+            [(t.name, t.secret()) for t in settings.http_tokens], {u.name: u.password_hash for u in settings.http_users}
+        )
+        if settings.http_tls is not None:  # the same TLS policy as the DICOM TLS port (BCP 195)
+            ssl_context = tls.server_context(
+                TlsSettings(
+                    enabled=True, certificate=settings.http_tls.certificate, private_key=settings.http_tls.private_key
+                ),
+                key_prefix="http_tls.",
+            )
+        else:
+            ssl_context = None
+        stow = StowIntake(
+            self.receiver,
+            settings.tmp_dir,
+            settings.stow_max_request_size,
+            on_refused=self.metrics.instance,
+            association=self.received.association,
+        )
         try:
-            return HttpServer(self.settings.http_host, self.settings.http_port, self.metrics, probe)
+            return HttpServer(
+                settings.http_host,
+                settings.http_port,
+                self.metrics,
+                probe,
+                auth=auth,
+                db=self.db,
+                stow=stow,
+                accepting=self._started.is_set,
+                puller=self.puller,
+                ssl_context=ssl_context,
+                metrics_auth=settings.http_metrics_auth,
+            )
         except OSError as exc:  # a node nobody can watch is not started: the port is fixed or HTTP switched off
             raise preflight.listen_error(
                 "HTTP", self.settings.http_host, self.settings.http_port, exc, "http_port"
@@ -224,6 +268,7 @@ class Node:
                 removed,
                 instances,
             )
+        self.receiver.start()  # from now on rows are committed in batches, off the acknowledgement path
         self.executor.start()
         self.dispatcher.start()
         self.assembler.start()
@@ -244,6 +289,9 @@ class Node:
         warning = preflight.exposure_warning(self.settings, self.plain_scp.port if self.plain_scp else None)
         if warning:
             log.warning("%s", warning)
+        self._started.set()
+        if self.watcher is not None:  # after the ports: a C-MOVE it asks for comes back to the SCP
+            self.watcher.start()
         ports = [f"{s.port}{' (TLS)' if s is self.tls_scp else ''}" for s in self.scps]
         log.info(
             "ainode %s listening on %s:%s (pipelines: %s)",
@@ -257,8 +305,11 @@ class Node:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.watcher is not None:
+            self.watcher.stop()
         for scp in self.scps:
             scp.stop()
+        self.receiver.stop()  # the rows of what was acknowledged (or, database down, left to recover_spool)
         self.received.flush()
         self.assembler.stop()
         self.executor.stop()

@@ -1,0 +1,81 @@
+"""``orthanc_watch``: the node follows Orthanc's ``/changes`` feed instead of being forwarded to by Lua.
+
+A study stored in Orthanc (no forwarding rule) becomes a StableSeries change; the node pulls that
+series through its DICOMweb source and its SR lands in Orthanc. The node's own SR is a change too and
+is not pulled. After a restart the node resumes after the last change it handled: a study stored while
+it was down is pulled, and nothing before it is pulled again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+
+from node.sample import write_sample
+from node.watcher import STATE_FILE
+from tests.helpers import OrthancServer
+from tests.integration.nodeproc import NodeProcess
+
+
+def _store(orthanc: OrthancServer, folder: Path) -> str:
+    [path] = write_sample("cxr", folder).paths
+    orthanc.upload(path)
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+def _log(node: NodeProcess) -> str:
+    """The node's whole log, both runs (``NodeProcess.log`` keeps the end only)."""
+    return node.log_path.read_text(errors="replace")
+
+
+def _srs(orthanc: OrthancServer, study_uid: str) -> int:
+    return sum(1 for i in orthanc.instances() if i.study_instance_uid == study_uid and i.modality == "SR")
+
+
+def test_watcher_pulls_stable_series_and_resumes_after_restart(
+    orthanc_factory: Callable[..., OrthancServer], tmp_path: Path
+) -> None:
+    orthanc = orthanc_factory(extra_config={"StableAge": 1})
+    node = NodeProcess(
+        tmp_path / "node",
+        destinations={
+            "orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
+        sources={"orthanc-web": {"type": "dicomweb", "url": orthanc.dicomweb_url, "timeout": 20}},
+        orthanc_watch={"url": orthanc.http_url, "source": "orthanc-web", "poll_seconds": 0.3},
+    )
+    state = node.data_dir / STATE_FILE
+    node.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not state.exists():  # the watch records where it starts
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.1)
+        first = _store(orthanc, tmp_path / "a")
+        orthanc.wait_for_instances(study_uid=first, modality="SR", timeout=60)
+        node.wait_delivered()
+        time.sleep(3)  # the SR's own StableSeries change (after StableAge) is handled: not pulled, not analysed
+    finally:
+        node.stop()
+    assert _srs(orthanc, first) == 1
+    assert "not retrieved: result object not routed" in _log(node), node.log()
+    handled = json.loads(state.read_text())["last"]
+    pulls_before = _log(node).count(f"pull of study {first}")
+    assert pulls_before >= 1
+
+    second = _store(orthanc, tmp_path / "b")  # stored while the node is down
+    node.start()
+    try:
+        orthanc.wait_for_instances(study_uid=second, modality="SR", timeout=60)
+        node.wait_delivered()
+        time.sleep(3)
+    finally:
+        node.stop()
+    assert json.loads(state.read_text())["last"] > handled
+    # Resumed after the last change handled: the first study's changes were not pulled again.
+    assert _log(node).count(f"pull of study {first}") == pulls_before, node.log()
+    assert _srs(orthanc, first) == 1 and _srs(orthanc, second) == 1
