@@ -208,6 +208,8 @@ class AuditKind(str, enum.Enum):  # noqa: UP042 (StrEnum changes str() and forma
     PURGED = "purged"  # retention removed files (counts and bytes; rows kept)
     HTTP_REQUEST = "http_request"  # an authenticated HTTP action (STOW-RS, pull) and its outcome
     HTTP_REFUSED = "http_refused"  # an HTTP request refused: no or wrong credentials, bad arguments
+    PULLED = "pulled"  # a pull from a source (ainode pull, HTTP, Orthanc watch): what it retrieved or skipped
+    PULL_FAILED = "pull_failed"  # a pull that failed: unknown source, no such study, source unavailable
 
 
 class AuditEvent(Base):

@@ -30,7 +30,8 @@ Errors are :class:`PullError` with one line for a user: :class:`UnknownSource`,
 :class:`PullArgumentError`, :class:`NothingFound` (no study matches), :class:`SourceUnavailable`
 (unreachable, association refused, a query or retrieve answered with a failure). A pull that
 raised recorded nothing as analysed; instances already stored before the failure stay stored
-and are analysed like any others.
+and are analysed like any others. Every pull is an audit row (``ainode audit --kind pulled``,
+``--kind pull_failed``) with its one-line outcome.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ from dimse.commands import encode_file_meta
 from dimse.scp import ACCEPTED_TRANSFER_SYNTAXES, StoreRequest, spool_part10
 from dimse.scu import AssociationFailed, store_files
 from node import tls
-from node.db import Database, Instance, Job, JobState, Series, SeriesState
+from node.audit import record
+from node.db import AuditKind, Database, Instance, Job, JobState, Series, SeriesState
 from node.destinations import _connection_reason, _without_userinfo
 from node.errors import ConfigError, NodeError
 from node.router import is_own_or_result_object
@@ -661,6 +663,10 @@ class DicomWebSource:
 # -- the puller -------------------------------------------------------------------------------------
 
 
+def _asked(accession: str | None, study_uid: str | None) -> str:
+    return f"accession {accession}" if accession else f"study {study_uid}"
+
+
 def _check_uid(value: str | None, what: str) -> str | None:
     if value is None:
         return None
@@ -714,6 +720,30 @@ class Puller:
             :class:`UnknownSource`, :class:`PullArgumentError`, :class:`NothingFound`,
             :class:`SourceUnavailable`, or :class:`node.errors.ConfigError` for a source's unreadable secret.
         """
+        try:
+            result, studies = self._checked_pull(source, accession, study_uid, series_uid)
+        except PullError as exc:
+            record(
+                self.db,
+                AuditKind.PULL_FAILED,
+                study_uid=study_uid,
+                series_uid=series_uid,
+                message=f"source {source}, {_asked(accession, study_uid)}: {exc}",
+            )
+            raise
+        record(
+            self.db,
+            AuditKind.PULLED,
+            study_uid=studies[0] if len(studies) == 1 else None,
+            series_uid=series_uid,
+            instance_count=result.instances_received,
+            message=result.message,
+        )
+        return result
+
+    def _checked_pull(
+        self, source: str, accession: str | None, study_uid: str | None, series_uid: str | None
+    ) -> tuple[PullResult, list[str]]:
         accession = accession.strip() if accession else None
         if bool(accession) == bool(study_uid):
             raise PullArgumentError("give either an accession number or a Study Instance UID (one of them)")
@@ -730,8 +760,8 @@ class Puller:
 
     def _pull(
         self, remote: _Source, accession: str | None, study_uid: str | None, series_uid: str | None
-    ) -> PullResult:
-        asked = f"accession {accession}" if accession else f"study {study_uid}"
+    ) -> tuple[PullResult, list[str]]:
+        asked = _asked(accession, study_uid)
         studies = remote.studies(accession, study_uid)
         if not studies:
             raise NothingFound(f"source {remote.name}: no study with {asked}")
@@ -777,7 +807,7 @@ class Puller:
             parts.append(f"{not_analysed} not analysable (results or the node's own objects)")
         message = f"pull of {asked} from {remote.name}: " + ", ".join(parts)
         (LOGGER.warning if total.failed else LOGGER.info)("%s", message)
-        return PullResult(
+        result = PullResult(
             source=remote.name,
             studies=len(studies),
             series_requested=requested,
@@ -786,6 +816,7 @@ class Puller:
             failed=total.failed,
             message=message,
         )
+        return result, studies
 
     def _unchanged(self, remote: _Source, series: RemoteSeries) -> bool:
         """True when the node analysed this series and the source has no instance the node lacks."""

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from node.db import Instance, Job
+from node.db import AuditEvent, AuditKind, Instance, Job
 from node.sample import write_sample
 from tests.helpers import OrthancServer
 from tests.helpers.ports import free_port
@@ -97,6 +97,15 @@ def test_pull_by_accession_brings_the_sr_to_orthanc_and_a_second_pull_is_a_no_op
     assert first.stdout.count("\n") == 1 and "Traceback" not in first.stderr, first
     assert "1 study, 1 series retrieved (1 instances received)" in first.stdout, first.stdout
     assert _instances_of(pull_node, study_uid) == 1
+    db = pull_node.database()
+    try:
+        with db.session() as s:
+            [pulled] = s.scalars(
+                select(AuditEvent).where(AuditEvent.kind == AuditKind.PULLED).where(AuditEvent.study_uid == study_uid)
+            ).all()
+    finally:
+        db.dispose()
+    assert pulled.instance_count == 1 and pulled.message == first.stdout.strip()
     orthanc.wait_for_instances(study_uid=study_uid, modality="SR", timeout=60)
     pull_node.wait_delivered()
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import select
 
 from core import status
 from dimse.scp import StoreRequest
-from node.db import Database
+from node.db import AuditEvent, AuditKind, Database
 from node.errors import ConfigError
 from node.pull import (
     ForwardingIntake,
@@ -124,10 +125,14 @@ def test_bad_arguments(tmp_path: Path, sqlite: Database, kwargs: dict[str, str],
         puller.pull("pacs", **kwargs)
 
 
-def test_unknown_source_names_the_configured_ones(tmp_path: Path, sqlite: Database) -> None:
+def test_unknown_source_names_the_configured_ones_and_is_audited(tmp_path: Path, sqlite: Database) -> None:
     settings = _settings(tmp_path, pacs={"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": 104})
     with pytest.raises(UnknownSource, match=r"^no source named 'nope' \(sources: pacs\)$"):
         Puller(settings, sqlite, ReceiverIntake(_refuse)).pull("nope", accession="A1")
+    with sqlite.session() as session:
+        [event] = session.scalars(select(AuditEvent)).all()
+    assert event.kind == AuditKind.PULL_FAILED
+    assert event.message == "source nope, accession A1: no source named 'nope' (sources: pacs)"
 
 
 @pytest.mark.parametrize("kind", ["dicom", "dicomweb"])
