@@ -87,6 +87,7 @@ from core import status as dimse_status
 from node import audit
 from node.db import AuditKind
 from node.errors import NodeError
+from node.pull import NothingFound, PullArgumentError, UnknownSource
 from node.web.auth import CHALLENGE, Authenticator
 from node.web.pull import MAX_BODY, Puller, PullRequestError, parse_pull_request, result_json
 from node.web.stow import DICOM_JSON, StowError, StowIntake, drain
@@ -491,8 +492,6 @@ def _peer(request: Request) -> tuple[str, int]:
 
 def _pull_status(exc: NodeError) -> int:
     """The HTTP status of a failed pull: the caller's mistake (400, 404) or the source's (502)."""
-    from node.pull import NothingFound, PullArgumentError, UnknownSource
-
     if isinstance(exc, PullArgumentError):
         return 400
     if isinstance(exc, (UnknownSource, NothingFound)):
