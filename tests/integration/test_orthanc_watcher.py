@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from node.sample import write_sample
 from node.watcher import STATE_FILE
@@ -36,18 +37,25 @@ def _srs(orthanc: OrthancServer, study_uid: str) -> int:
     return sum(1 for i in orthanc.instances() if i.study_instance_uid == study_uid and i.modality == "SR")
 
 
+@pytest.mark.parametrize("through", ["dicomweb", "c-get"])
 def test_watcher_pulls_stable_series_and_resumes_after_restart(
-    orthanc_factory: Callable[..., OrthancServer], tmp_path: Path
+    orthanc_factory: Callable[..., OrthancServer], tmp_path: Path, through: str
 ) -> None:
     orthanc = orthanc_factory(extra_config={"StableAge": 1})
+    dicom = {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+    # Orthanc's DICOMweb, or its Q/R SCP by C-GET: either way the instances go to the node's receiver in-process.
+    source = (
+        {"type": "dicomweb", "url": orthanc.dicomweb_url, "timeout": 20}
+        if through == "dicomweb"
+        else {**dicom, "retrieve": "get", "timeout": 20}
+    )
     node = NodeProcess(
         tmp_path / "node",
-        destinations={
-            "orthanc": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
-        },
-        sources={"orthanc-web": {"type": "dicomweb", "url": orthanc.dicomweb_url, "timeout": 20}},
-        orthanc_watch={"url": orthanc.http_url, "source": "orthanc-web", "poll_seconds": 0.3},
+        destinations={"orthanc": dicom},
+        sources={"orthanc": source},
+        orthanc_watch={"url": orthanc.http_url, "source": "orthanc", "poll_seconds": 0.3},
     )
+    orthanc.add_modality("ainode", "AINODE", node.port)  # allowed to query and retrieve
     state = node.data_dir / STATE_FILE
     node.start()
     try:
