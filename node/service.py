@@ -192,12 +192,13 @@ class Node:
         self.received.association(event)
 
     def http_server(self) -> HttpServer:
-        """The ``/healthz``, ``/readyz``, ``/metrics`` endpoint (not started) on ``http_host:http_port``.
+        """The HTTP server (not started) on ``http_host:http_port``: health, readiness, metrics, STOW-RS, pull.
 
         Raises
         ------
         ConfigError
-            When the address cannot be bound (e.g. the port is taken): one line with the fix.
+            When the address cannot be bound (e.g. the port is taken), a token's variable or file
+            cannot be read, or the ``http_tls`` certificate or key is unusable: one line with the fix.
         """
         tls_scp = self.tls_scp
         tls_port = (lambda: tls_scp.port, tls.probe_context(self.settings.tls)) if tls_scp is not None else None
