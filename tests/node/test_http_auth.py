@@ -248,6 +248,18 @@ def test_stow_waits_for_the_node_to_finish_starting(tmp_path: Path) -> None:
         node.db.dispose()
 
 
+def test_an_unreadable_token_file_stops_the_http_server_with_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.token"
+    node = Node(_settings(tmp_path, http_tokens=[{"name": "ris", "token_file": missing}]))
+    try:
+        with pytest.raises(ConfigError) as caught:
+            node.http_server()
+        assert str(caught.value).startswith(f"http_tokens 'ris': cannot read token file {missing}")
+        assert "\n" not in str(caught.value)
+    finally:
+        node.db.dispose()
+
+
 def test_nobody_configured_refuses_everyone_and_says_so(tmp_path: Path) -> None:
     node = Node(_settings(tmp_path))
     node.puller = FakePuller()  # type: ignore[assignment]
