@@ -32,7 +32,9 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -65,7 +67,6 @@ from dimse.upper_layer import (
     encode_associate_ac,
     encode_p_data,
     encode_release_rp,
-    iter_pdvs,
     negotiate,
 )
 
@@ -75,6 +76,10 @@ LOGGER = logging.getLogger("ainode.dimse.scp")
 _ESTABLISHED_PDUS = frozenset({P_DATA_TF, A_RELEASE_RQ, A_ABORT})
 #: A C-STORE-RQ command set is ~200 bytes; one longer than this is not a command set.
 _MAX_COMMAND_SET = 1 << 16
+#: Data set bytes are read from the socket in pieces of at most this many bytes.
+_READ_PIECE = 1 << 18
+#: A PDV item's header: item length, presentation context ID, message control header (PS3.8 9.3.5.1, E.2).
+_PDV = struct.Struct(">LBB")
 
 #: What happened to an association, as :class:`dimse.scp.AssociationEvent` says it.
 EventKind = Literal["accepted", "rejected", "released", "aborted"]
@@ -159,6 +164,9 @@ class Association:
         self._command: Command | None = None
         self._command_parts = bytearray()  # copied: a view would keep its whole PDU alive
         self._incoming: IncomingDataSet | None = None  # the data set of self._command
+        self._pdv_header = bytearray(_PDV.size)
+        self._pdv_view = memoryview(self._pdv_header)
+        self._piece = memoryview(bytearray(_READ_PIECE))  # data set bytes on their way to the file
         self._pdus = PDUSocket(sock, server.max_pdu)
 
     # -- thread entry and shutdown ------------------------------------------------------
@@ -236,7 +244,7 @@ class Association:
     def _serve_established(self) -> None:
         server = self.server
         # sends (responses, A-RELEASE-RP) are bounded by the DIMSE timeout; reads by the deadlines below
-        self.sock.settimeout(server.dimse_timeout)
+        self._pdus.send_timeout = server.dimse_timeout
         while True:
             # the network timeout between messages, the DIMSE timeout inside one: each for a whole PDU
             in_message = self._command is not None or bool(self._command_parts)
@@ -244,10 +252,12 @@ class Association:
             try:
                 if self._stop_event.is_set():
                     raise ConnectionClosed("stop requested")
-                pdu_type, body = self._pdus.read_pdu(_ESTABLISHED_PDUS, timeout)
+                deadline = time.monotonic() + timeout
+                pdu_type, length = self._pdus.read_header(_ESTABLISHED_PDUS, deadline)
                 if pdu_type == P_DATA_TF:
-                    self._on_p_data(body)
+                    self._receive_p_data(length, deadline)
                     continue
+                self._pdus.read_body(length, deadline)  # A-RELEASE-RQ or A-ABORT: 4 bytes, nothing to use
                 if pdu_type == A_RELEASE_RQ:
                     self._release()
                     return
@@ -278,18 +288,32 @@ class Association:
                     self._ended("aborted", "connection closed without release")
                 return
 
-    def _on_p_data(self, body: bytearray) -> None:
-        """Gather the PDVs of one P-DATA-TF into the current message; answer it when complete (PS3.8 E.2).
+    def _receive_p_data(self, length: int, deadline: float) -> None:
+        """Read one P-DATA-TF body PDV by PDV into the current message; answer it when complete (PS3.8 E.2).
 
         A message is its command set's fragments, then, if the command says so,
-        its data set's, all on one presentation context.
+        its data set's, all on one presentation context. Command fragments are
+        gathered (64 KiB at most); data set fragments go to the data set's file
+        in pieces of at most :data:`_READ_PIECE`, so even a PDU as long as
+        ``max_pdu`` allows is never held in memory.
 
         Raises
         ------
         ProtocolError, ProtocolViolation
-            Fragments out of order, on another context, or an undecodable command.
+            PDV items that do not fit the PDU, fragments out of order or on
+            another context, an undecodable or oversized command set.
         """
-        for context_id, control, fragment in iter_pdvs(body):
+        pdus = self._pdus
+        remaining = length
+        while remaining:
+            if remaining < _PDV.size:
+                raise ProtocolError("truncated PDV item in P-DATA-TF")
+            pdus.read_into(self._pdv_view, deadline)
+            item_length, context_id, control = _PDV.unpack(self._pdv_header)
+            if item_length < 2 or 4 + item_length > remaining:
+                raise ProtocolError(f"PDV item length {item_length} does not fit its P-DATA-TF PDU")
+            remaining -= 4 + item_length
+            fragment_length = item_length - 2
             if context_id not in self._contexts:
                 raise ProtocolError(f"PDV for presentation context {context_id}, not accepted")
             if self._message_context not in (-1, context_id):
@@ -299,9 +323,11 @@ class Association:
             if control & 0x01:  # a command fragment
                 if self._command is not None:
                     raise ProtocolError("command fragment while the data set was expected")
-                self._command_parts += fragment
-                if len(self._command_parts) > _MAX_COMMAND_SET:
+                start = len(self._command_parts)
+                if start + fragment_length > _MAX_COMMAND_SET:
                     raise ProtocolError(f"command set longer than {_MAX_COMMAND_SET} bytes")
+                self._command_parts.extend(bytes(fragment_length))
+                pdus.read_into(memoryview(self._command_parts)[start:], deadline)
                 if not last:
                     continue
                 command = decode_command(bytes(self._command_parts))
@@ -315,7 +341,11 @@ class Association:
                 pending, incoming = self._command, self._incoming
                 if pending is None or incoming is None:
                     raise ProtocolError("data set fragment without a command")
-                incoming.write(fragment)
+                while fragment_length:
+                    piece = self._piece[: min(fragment_length, _READ_PIECE)]
+                    pdus.read_into(piece, deadline)
+                    incoming.write(piece)
+                    fragment_length -= len(piece)
                 if not last:
                     continue
                 self._command = self._incoming = None

@@ -91,11 +91,16 @@ _FIRST_BODY_CHUNK = 1 << 18
 class PDUSocket:
     """Whole-PDU reads and writes on a connected, blocking socket (PS3.8 9.3.1).
 
+    :meth:`read_pdu` reads one whole PDU; an acceptor that streams P-DATA-TF
+    reads the header with :meth:`read_header`, then the body piece by piece
+    with :meth:`read_into` (or whole with :meth:`read_body`), all under one
+    deadline.
+
     Parameters
     ----------
     sock : socket.socket
         A connected socket (plain or TLS); its timeout bounds each read
-        unless :meth:`read_pdu` is given a deadline.
+        unless a deadline is given.
     max_data_pdu : int
         Largest P-DATA-TF body accepted; ``0`` means no limit (PS3.8 D.1).
     """
@@ -103,30 +108,76 @@ class PDUSocket:
     def __init__(self, sock: socket.socket, max_data_pdu: int) -> None:
         self.sock = sock
         self.max_data_pdu = max_data_pdu
+        #: Timeout of :meth:`send`, set on the socket before each send; ``None``: the socket's own.
+        self.send_timeout: float | None = None
         self._header = bytearray(_HEADER.size)
 
-    def _read_into(self, view: memoryview, deadline: float | None) -> None:
+    def read_into(self, view: memoryview, deadline: float | None) -> None:
+        """Fill ``view`` from the socket, by ``deadline`` (``time.monotonic()``) when one is given.
+
+        Raises
+        ------
+        ConnectionClosed
+            The peer closed the connection first.
+        TimeoutError
+            The deadline (or, without one, the socket's timeout) passed.
+        """
         wanted = len(view)
         received = 0
         recv_into = self.sock.recv_into
-        while received < wanted:
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("the PDU did not arrive in time")
-                self.sock.settimeout(remaining)
-            count = recv_into(view[received:], wanted - received)
-            if count == 0:
-                raise ConnectionClosed("the peer closed the connection")
-            received += count
+        try:
+            while received < wanted:
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError("the PDU did not arrive in time")
+                    self.sock.settimeout(remaining)
+                count = recv_into(view[received:], wanted - received)
+                if count == 0:
+                    raise ConnectionClosed("the peer closed the connection")
+                received += count
+        except ssl.SSLZeroReturnError as exc:
+            raise ConnectionClosed("the peer closed the TLS connection") from exc
+
+    def read_header(self, allowed: Collection[int] | None, deadline: float | None) -> tuple[int, int]:
+        """Read a PDU header and judge it before any of its body: its type and body length.
+
+        Raises
+        ------
+        ProtocolError
+            A type not in ``allowed`` (reason unexpected PDU, or unrecognised PDU
+            for a type PS3.8 does not define), or a length over the limit for the
+            type (``max_data_pdu`` for P-DATA-TF, 1 MiB for the others).
+        ConnectionClosed, TimeoutError
+            As :meth:`read_into`.
+        """
+        self.read_into(memoryview(self._header), deadline)
+        pdu_type, length = _HEADER.unpack(self._header)
+        if allowed is not None and pdu_type not in allowed:
+            if pdu_type in KNOWN_PDU_TYPES:
+                raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}", ABORT_UNEXPECTED_PDU)
+            raise ProtocolError(f"unrecognised PDU type 0x{pdu_type:02X}", ABORT_UNRECOGNIZED_PDU)
+        limit = self.max_data_pdu if pdu_type == P_DATA_TF else _MAX_CONTROL_PDU
+        if limit and length > limit:
+            raise ProtocolError(f"PDU of type 0x{pdu_type:02X} is {length} bytes long, over {limit}")
+        return int(pdu_type), int(length)
+
+    def read_body(self, length: int, deadline: float | None) -> bytearray:
+        """Read a body of ``length`` bytes into a buffer that grows as bytes arrive (from at most 256 KiB)."""
+        body = bytearray(min(length, _FIRST_BODY_CHUNK))
+        self.read_into(memoryview(body), deadline)
+        while len(body) < length:
+            start = len(body)
+            body.extend(bytes(min(start, length - start)))
+            self.read_into(memoryview(body)[start:], deadline)
+        return body
 
     def read_pdu(self, allowed: Collection[int] | None = None, timeout: float | None = None) -> tuple[int, bytearray]:
         """Block until one whole PDU has arrived; return its type and body.
 
-        The header is checked before any of the body is read: its type must be
-        in ``allowed`` (when given) and its length within the limit for its
-        type; the body buffer then grows as bytes arrive (from at most
-        256 KiB), so a length field alone never allocates memory.
+        The header is checked before any of the body is read (:meth:`read_header`);
+        the body buffer then grows as bytes arrive, so a length field alone never
+        allocates memory.
 
         Parameters
         ----------
@@ -141,38 +192,23 @@ class PDUSocket:
         ConnectionClosed
             The peer closed the connection (before or inside a PDU).
         ProtocolError
-            A PDU type not in ``allowed`` (reason unexpected PDU, or unrecognised
-            PDU for a type PS3.8 does not define), or a PDU longer than we accept.
+            As :meth:`read_header`.
         TimeoutError
             The deadline or the socket's timeout expired.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         previous = self.sock.gettimeout()
         try:
-            self._read_into(memoryview(self._header), deadline)
-            pdu_type, length = _HEADER.unpack(self._header)
-            if allowed is not None and pdu_type not in allowed:
-                if pdu_type in KNOWN_PDU_TYPES:
-                    raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}", ABORT_UNEXPECTED_PDU)
-                raise ProtocolError(f"unrecognised PDU type 0x{pdu_type:02X}", ABORT_UNRECOGNIZED_PDU)
-            limit = self.max_data_pdu if pdu_type == P_DATA_TF else _MAX_CONTROL_PDU
-            if limit and length > limit:
-                raise ProtocolError(f"PDU of type 0x{pdu_type:02X} is {length} bytes long, over {limit}")
-            body = bytearray(min(length, _FIRST_BODY_CHUNK))
-            self._read_into(memoryview(body), deadline)
-            while len(body) < length:
-                start = len(body)
-                body.extend(bytes(min(start, length - start)))
-                self._read_into(memoryview(body)[start:], deadline)
-        except ssl.SSLZeroReturnError as exc:
-            raise ConnectionClosed("the peer closed the TLS connection") from exc
+            pdu_type, length = self.read_header(allowed, deadline)
+            return pdu_type, self.read_body(length, deadline)
         finally:
             if deadline is not None:  # what the socket's own sends are bounded by
                 self.sock.settimeout(previous)
-        return pdu_type, body
 
     def send(self, data: bytes) -> None:
-        """Send bytes already encoded as one or more PDUs."""
+        """Send bytes already encoded as one or more PDUs (within :attr:`send_timeout`, when set)."""
+        if self.send_timeout is not None:
+            self.sock.settimeout(self.send_timeout)
         self.sock.sendall(data)
 
 
@@ -244,16 +280,19 @@ def parse_associate_rq(body: bytes | bytearray) -> AssociateRequest:
     Raises
     ------
     ProtocolError
-        Truncated or inconsistent items.
+        Truncated or inconsistent items; a presentation context ID that is not
+        odd (1 to 255) or used twice (PS3.8 9.3.2.2); no User Information item
+        or no 4-byte Maximum Length sub-item in it (PS3.8 9.3.2.3, D.1).
     """
     if len(body) < 68:
         raise ProtocolError(f"A-ASSOCIATE-RQ body of {len(body)} bytes, shorter than its 68 fixed bytes")
     protocol_version = int.from_bytes(body[0:2], "big")
     application_context = ""
     contexts: list[PresentationContext] = []
-    max_pdu = 0
+    max_pdu: int | None = None
     class_uid = version_name = ""
     extra: list[int] = []
+    user_information = False
     for item_type, value in _items(body, 68, len(body)):
         if item_type == 0x10:  # Application Context Item (9.3.2.1)
             application_context = _uid(value)
@@ -267,10 +306,18 @@ def parse_associate_rq(body: bytes | bytearray) -> AssociateRequest:
                     abstract = _uid(sub_value)
                 elif sub_type == 0x40:
                     transfers.append(_uid(sub_value))
-            contexts.append(PresentationContext(value[0], abstract, tuple(transfers)))
+            context_id = value[0]
+            if not context_id % 2:
+                raise ProtocolError(f"presentation context ID {context_id} is not odd")
+            if any(c.context_id == context_id for c in contexts):
+                raise ProtocolError(f"presentation context ID {context_id} proposed twice")
+            contexts.append(PresentationContext(context_id, abstract, tuple(transfers)))
         elif item_type == 0x50:  # User Information Item (9.3.2.3, PS3.7 D.3.3)
+            user_information = True
             for sub_type, sub_value in _items(value, 0, len(value)):
-                if sub_type == 0x51 and len(sub_value) == 4:
+                if sub_type == 0x51:
+                    if len(sub_value) != 4:
+                        raise ProtocolError(f"Maximum Length sub-item of {len(sub_value)} bytes, not 4")
                     max_pdu = int.from_bytes(sub_value, "big")
                 elif sub_type == 0x52:
                     class_uid = _uid(sub_value)
@@ -278,6 +325,10 @@ def parse_associate_rq(body: bytes | bytearray) -> AssociateRequest:
                     version_name = bytes(sub_value).decode("ascii", errors="replace").strip()
                 else:  # async operations, role selection, extended negotiation, user identity
                     extra.append(sub_type)
+    if not user_information:
+        raise ProtocolError("A-ASSOCIATE-RQ without a User Information item")
+    if max_pdu is None:
+        raise ProtocolError("A-ASSOCIATE-RQ without a Maximum Length sub-item")
     return AssociateRequest(
         protocol_version=protocol_version,
         called_ae_field=bytes(body[4:20]),

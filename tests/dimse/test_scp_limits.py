@@ -28,6 +28,7 @@ from raw_peer import RawPeer, associate_rq
 
 from core import status
 from dimse import StoreRequest, echo
+from dimse.commands import decode_response, encode_c_store_rq
 
 MiB = 1 << 20
 #: The suite's limits: short deadlines, small caps.
@@ -325,3 +326,37 @@ def test_a_data_set_of_hundreds_of_mib_streams_through_bounded_memory(start_scp,
     assert request_size == file_size and abs(file_size - size) < 1024  # our meta instead of pydicom's
     print(f"{size / MiB:.0f} MiB received in {seconds:.1f} s; SCP's Python allocations peaked at {peak / MiB:.1f} MiB")
     assert peak < 8 * MiB, f"{peak / MiB:.1f} MiB allocated while receiving {size / MiB:.0f} MiB"
+
+
+def test_a_p_data_as_long_as_the_largest_max_pdu_is_read_in_pieces(start_scp, tmp_path: Path) -> None:
+    """With max_pdu 2^32-1 one P-DATA-TF may be gigabytes: its PDVs go to the file in pieces, never whole."""
+    sizes: list[tuple[int, int]] = []
+
+    def sink(request: StoreRequest) -> int:
+        sizes.append((request.size, request.path.stat().st_size))
+        return status.SUCCESS
+
+    scp = start_scp(sink, max_pdu=2**32 - 1)
+    peer = RawPeer(scp.port)
+    peer.send(associate_rq([(1, "1.2.840.10008.5.1.4.1.1.7", [ExplicitVRLittleEndian])]))
+    assert isinstance(peer.read_decoded(), A_ASSOCIATE_AC)
+    command = encode_c_store_rq(1, "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4")
+    peer.send(struct.pack(">BxLLBB", 0x04, len(command) + 6, len(command) + 2, 1, 0x03) + command)
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        # one PDU, one PDV: 64 MiB of data set
+        peer.send(struct.pack(">BxLLBB", 0x04, 64 * MiB + 6, 64 * MiB + 2, 1, 0x02))
+        chunk = bytes(MiB)
+        for _ in range(64):
+            peer.send(chunk)
+        pdu_type, raw = peer.read_pdu()
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+
+    assert pdu_type == 0x04 and decode_response(raw[12:]).status == status.SUCCESS
+    ((size, on_disk),) = sizes
+    assert size == on_disk and 0 < size - 64 * MiB < 512  # the data set and our File Meta
+    assert peak < 4 * MiB, f"{peak / MiB:.1f} MiB allocated for a 64 MiB PDU"
+    peer.close()

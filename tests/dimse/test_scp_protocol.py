@@ -106,6 +106,38 @@ def test_truncated_associate_rq_is_a_protocol_error() -> None:
         parse_associate_rq(bytearray(raw[6:-3]))
 
 
+def _item(item_type: int, value: bytes) -> bytes:
+    return struct.pack(">BxH", item_type, len(value)) + value
+
+
+def _context(context_id: int) -> bytes:
+    return _item(0x20, bytes((context_id, 0, 0, 0)) + _item(0x30, CT.encode()) + _item(0x40, b"1.2.840.10008.1.2"))
+
+
+_APPLICATION = _item(0x10, b"1.2.840.10008.3.1.1.1")
+_USER = _item(0x50, _item(0x51, struct.pack(">L", 16384)))
+
+
+@pytest.mark.parametrize(
+    ("items", "words"),
+    [
+        (_APPLICATION + _context(2) + _USER, "not odd"),
+        (_APPLICATION + _context(0) + _USER, "not odd"),
+        (_APPLICATION + _context(1) + _context(1) + _USER, "proposed twice"),
+        (_APPLICATION + _context(1), "without a User Information item"),
+        (_APPLICATION + _context(1) + _item(0x50, _item(0x52, b"1.2.3")), "without a Maximum Length"),
+        (_APPLICATION + _context(1) + _item(0x50, _item(0x51, b"\x40\x00")), "of 2 bytes, not 4"),
+    ],
+    ids=["even-id", "zero-id", "duplicate-id", "no-user-information", "no-max-length", "max-length-2-bytes"],
+)
+def test_associate_rq_breaking_ps3_8_9_3_2_is_a_protocol_error(items: bytes, words: str) -> None:
+    """PS3.8 9.3.2.2 (odd, unique context IDs), 9.3.2.3 and D.1 (User Information with a 4-byte Maximum Length)."""
+    body = struct.pack(">HH", 1, 0) + b"AINODE".ljust(16) + b"PACS".ljust(16) + bytes(32) + items
+    assert parse_associate_rq(bytearray(struct.pack(">HH", 1, 0) + bytes(64) + _APPLICATION + _context(1) + _USER))
+    with pytest.raises(ProtocolError, match=words):
+        parse_associate_rq(bytearray(body))
+
+
 def test_negotiation_follows_the_requestors_order_and_rejects_what_we_do_not_know() -> None:
     proposed = parse_associate_rq(
         bytearray(
@@ -454,6 +486,9 @@ def test_data_set_over_max_dataset_size_is_discarded_and_the_next_one_kept(start
     peer.send(p_data(1, encode_c_store_rq(1, CT, "1.2.3.1"), command=True, last=True))
     for _ in range(9):
         peer.send(p_data(1, bytes(1000), command=False, last=False))
+    deadline = time.monotonic() + 5
+    while list(incoming.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert list(incoming.iterdir()) == []  # the partial file went as soon as the cap was passed
     peer.send(p_data(1, bytes(1000), command=False, last=True))
     assert store_response_status(peer) == status.OUT_OF_RESOURCES
