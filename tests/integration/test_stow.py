@@ -7,22 +7,28 @@ token in a file; dicomweb-client's ``store_instances`` POSTs to the node's
 its SR arrives in Orthanc in the same study. Refused parts come back in the
 FailedSOPSequence with their reasons while the good part is stored; no token is
 401, another media type 415, a request over ``stow_max_request_size`` 413 with
-nothing of it recorded.
+nothing of it recorded. On a full data disk the parts that no longer fit fail
+with 0xA700 (out of resources), nothing half-written stays, and the same node
+takes them once space is freed.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
 
 import pydicom
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
+from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from node.db import AuditEvent, AuditKind, Instance
 from tests.helpers import OrthancServer
 from tests.helpers.ports import free_port
+from tests.helpers.smallfs import small_file_systems
 from tests.integration.nodeproc import NodeProcess
 from tests.node.test_http_auth import recorded
 
@@ -130,4 +136,48 @@ def test_refused_parts_unauthenticated_wrong_media_type_and_too_large_requests(t
         assert list((node.data_dir / "tmp").glob(".incoming-*")) == []
     finally:
         node.stop()
+    assert "Traceback" not in node.log()
+
+
+def test_a_full_disk_fails_the_parts_that_do_not_fit_with_0xa700_and_the_node_resumes(tmp_path: Path) -> None:
+    with small_file_systems(tmp_path) as make:
+        fs = make("fs", 8)
+        ballast = fs / "ballast"  # what the administrator deletes to free space
+        ballast.write_bytes(os.urandom(5 * 1024 * 1024))
+        node, base = _node(tmp_path, data_dir=str(fs / "data"), quiet_period={"default": 60.0})
+        node.data_dir = fs / "data"
+        node.start()
+        try:
+            template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+            template.Rows = template.Columns = 512  # about 0.5 MB each: 6 MB do not fit in the 3 MB left
+            template.PixelData = os.urandom(512 * 512 * 2)
+            study = generate_uid()
+            batch = []
+            for _ in range(12):
+                ds = copy.deepcopy(template)
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+                batch.append(ds)
+            client = DICOMwebClient(url=base + "/dicomweb", headers={"Authorization": f"Bearer {TOKEN}"})
+            answer = client.store_instances(batch, study_instance_uid=study)  # 202: some stored
+            stored = [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence]
+            failed = [(i.get("ReferencedSOPInstanceUID"), i.FailureReason) for i in answer.FailedSOPSequence]
+            assert stored and failed and {reason for _, reason in failed} == {0xA700}
+            order = [str(ds.SOPInstanceUID) for ds in batch]
+            assert order[: len(stored)] == stored, "a part stored after the disk was full"
+            assert list((node.data_dir / "tmp").glob(".incoming-*")) == []
+            assert requests.get(base + "/healthz", timeout=10).status_code == 200
+            assert "no space left on device" in node.log().lower()
+
+            ballast.unlink()  # space freed: the same node takes the refused instances now
+            refused = batch[len(stored) :]
+            again = client.store_instances(refused, study_instance_uid=study)
+            assert len(again.ReferencedSOPSequence) == len(refused) and "FailedSOPSequence" not in again
+            db = node.database()
+            recorded(db, str(refused[-1].SOPInstanceUID), timeout=30)
+            with db.session() as session:
+                assert {r.sop_uid for r in session.query(Instance)} == set(order)
+            db.dispose()
+        finally:
+            node.stop()
     assert "Traceback" not in node.log()
