@@ -39,7 +39,6 @@ from pynetdicom import AE
 from pynetdicom.pdu import A_ASSOCIATE_AC
 from raw_peer import associate_rq, p_data
 
-from node.settings import Settings
 from tests.integration.nodeproc import NodeProcess
 
 NODE_AE = "AINODE"
@@ -399,9 +398,8 @@ class RobustNode:
             "max_associations": MAX_ASSOCIATIONS,
             "max_pdu": MAX_PDU,
             "log_level": "INFO",
+            "dicom_limits": dict(LIMITS),
         }
-        if "dicom_limits" in Settings.model_fields:
-            config["dicom_limits"] = dict(LIMITS)
         config.update(settings)
         #: The TLS port, when ``tls`` settings name one.
         self.tls_port: int | None = settings.get("tls", {}).get("port")
