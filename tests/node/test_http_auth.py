@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -455,6 +456,34 @@ def test_stow_refuses_other_media_types_malformed_bodies_and_keeps_nothing(
     answer = post(related, b"--XyZ\r\nContent-Type: application/dicom\r\n\r\nnothing\r\n--XyZ--\r\n")
     assert answer.status_code == 409
     assert [f.FailureReason for f in pydicom.Dataset.from_json(answer.json()).FailedSOPSequence] == [0xC210]
+
+
+def test_a_client_gone_mid_request_leaves_no_part_file_and_the_node_keeps_serving(
+    served: tuple[Node, str, FakePuller], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    node, base, _ = served
+    port = int(base.rsplit(":", 1)[1])
+    part = _instance(tmp_path, generate_uid()).read_bytes()
+    head = (
+        "POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n"
+        'Content-Type: multipart/related; type="application/dicom"; boundary=XyZ\r\n'
+        f"Content-Length: {10 * len(part)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(head + b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + part[: len(part) // 2])
+        deadline = time.monotonic() + 10
+        while not list(node.settings.tmp_dir.glob(".incoming-stow-*")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list(node.settings.tmp_dir.glob(".incoming-stow-*")), "the part was not being written"
+    deadline = time.monotonic() + 10
+    while list(node.settings.tmp_dir.glob(".incoming-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(node.settings.tmp_dir.glob(".incoming-*")) == []
+    assert list(node.settings.spool_dir.rglob("*.dcm")) == []
+    client = DICOMwebClient(url=base + "/dicomweb", headers=BEARER)
+    assert len(client.store_instances([pydicom.dcmread(_instance(tmp_path, generate_uid()))]).ReferencedSOPSequence)
+    assert "the client went away before the end of its request" in caplog.text and "Traceback" not in caplog.text
 
 
 def test_stow_beyond_the_size_limit_is_413_and_stores_nothing(tmp_path: Path) -> None:
