@@ -12,7 +12,9 @@ The number of the last change handled is kept in ``<data_dir>/orthanc-watch.json
 URL): a restarted node resumes after it, and handles each change once. Without that file (first
 start, or a new URL) the watch starts at the feed's current end: what Orthanc held before is not
 pulled (``ainode pull`` fetches such a study by hand). A change whose pull fails because the source
-is unreachable is tried again at the next poll, and the feed does not advance past it.
+is unreachable is tried again at the next poll, and the feed does not advance past it; one whose
+pull had failed instances (refused by the node, or not sent by the source) is tried again up to
+:data:`RETRIES_PER_CHANGE` times, then logged as an error and passed.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ from node.pull import NothingFound, Puller, PullError, SourceUnavailable
 from node.settings import OrthancWatchSettings
 from node.webclient import http_session
 
-__all__ = ["STATE_FILE", "OrthancWatcher"]
+__all__ = ["RETRIES_PER_CHANGE", "STATE_FILE", "OrthancWatcher"]
 
 LOGGER = logging.getLogger("ainode.watcher")
 
 #: Where the last change handled is kept, in the data directory.
 STATE_FILE = "orthanc-watch.json"
 _PAGE = 100
+#: Pulls of one change that may fail some instances before the watch goes on past it.
+RETRIES_PER_CHANGE = 5
 
 
 class _Retry(Exception):
@@ -80,6 +84,7 @@ class OrthancWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing: str | None = None  # the last failure logged, so a long outage is one warning
+        self._tries: dict[int, int] = {}  # change number -> pulls of it that had failed instances
         self.last: int | None = None
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -192,5 +197,15 @@ class OrthancWatcher:
         except PullError as exc:
             LOGGER.warning("%s: change %s not pulled: %s", self.where, change.get("Seq"), exc)
             return
+        seq = int(change.get("Seq", 0))
+        if result.failed:
+            # Instances the node refused (e.g. its disk full) or the source failed to send: try the change again,
+            # a few times, so a passing problem loses nothing and one bad object does not stop the feed.
+            tries = self._tries.get(seq, 0) + 1
+            if tries < RETRIES_PER_CHANGE:
+                self._tries = {seq: tries}
+                raise _Retry(f"change {seq}: {result.message} (try {tries} of {RETRIES_PER_CHANGE})")
+            LOGGER.error("%s: change %s given up after %d tries: %s", self.where, seq, tries, result.message)
+        self._tries = {}
         if result.series_requested:
-            LOGGER.info("%s: change %s: %s", self.where, change.get("Seq"), result.message)
+            LOGGER.info("%s: change %s: %s", self.where, seq, result.message)

@@ -15,9 +15,15 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from sqlalchemy import select
 
+from core import status
+from dimse.scp import StoreRequest
+from node.db import AuditEvent, AuditKind, Database
+from node.pull import Puller, ReceiverIntake
 from node.sample import write_sample
-from node.watcher import STATE_FILE
+from node.settings import Settings
+from node.watcher import STATE_FILE, OrthancWatcher
 from tests.helpers import OrthancServer
 from tests.integration.nodeproc import NodeProcess
 
@@ -87,3 +93,51 @@ def test_watcher_pulls_stable_series_and_resumes_after_restart(
     # Resumed after the last change handled: the first study's changes were not pulled again.
     assert _log(node).count(f"pull of study {first}") == pulls_before, node.log()
     assert _srs(orthanc, first) == 1 and _srs(orthanc, second) == 1
+
+
+def test_a_change_whose_instances_were_refused_is_pulled_again(
+    orthanc_factory: Callable[..., OrthancServer], tmp_path: Path
+) -> None:
+    """The node refuses the pulled instance twice (out of resources, as with a full disk): the watch does not move
+    past the change, and the third pull stores it."""
+    orthanc = orthanc_factory(extra_config={"StableAge": 1})
+    settings = Settings.model_validate(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "sources": {"web": {"type": "dicomweb", "url": orthanc.dicomweb_url, "timeout": 20}},
+            "orthanc_watch": {"url": orthanc.http_url, "source": "web", "poll_seconds": 0.2},
+        }
+    )
+    settings.tmp_dir.mkdir(parents=True)
+    db = Database(settings.db_url())
+    db.create_schema()
+    answers = [status.OUT_OF_RESOURCES, status.OUT_OF_RESOURCES]
+    stored: list[str] = []
+
+    def receiver(request: StoreRequest) -> int:
+        if answers:
+            return answers.pop(0)
+        stored.append(request.sop_instance_uid)
+        return status.SUCCESS
+
+    assert settings.orthanc_watch is not None
+    watcher = OrthancWatcher(settings.orthanc_watch, Puller(settings, db, ReceiverIntake(receiver)), settings.data_dir)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (settings.data_dir / STATE_FILE).exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        [path] = write_sample("cxr", tmp_path / "a").paths
+        orthanc.upload(path)
+        deadline = time.monotonic() + 30
+        while not stored:
+            assert time.monotonic() < deadline, f"not stored; refusals left: {answers}"
+            time.sleep(0.1)
+    finally:
+        watcher.stop()
+    assert stored == [str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)]
+    with db.session() as session:
+        pulls = session.scalars(select(AuditEvent).where(AuditEvent.kind == AuditKind.PULLED)).all()
+    db.dispose()
+    assert [p.instance_count for p in pulls] == [0, 0, 1], [p.message for p in pulls]
