@@ -231,6 +231,9 @@ class Receiver:
         self._queue: deque[Received] = deque()
         self._batch: list[Received] = []
         self._stopping = False
+        self._hurry = False  # someone waits in flush(): commit what is queued without the batch delay
+        self._enqueued = 0  # instances ever queued, and of those, how many are recorded (or given up)
+        self._recorded = 0
         self._recorder: threading.Thread | None = None
 
     # -- the acknowledgement path ------------------------------------------------------------------------------
@@ -303,6 +306,7 @@ class Receiver:
         if batched:
             with self._rows:
                 self._queue.append(item)
+                self._enqueued += 1
                 # Wake the recorder only when it waits for a first row or a full batch: waking it for every
                 # instance cost the association thread a GIL hand-over per C-STORE.
                 if len(self._queue) == 1 or len(self._queue) == self.batch_size:
@@ -356,9 +360,18 @@ class Receiver:
             return {item.series_uid for item in self._queue} | {item.series_uid for item in self._batch}
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every row queued so far is committed; False if ``timeout`` passed first."""
+        """Wait until the rows of every instance queued so far are committed; False if ``timeout`` passed first.
+
+        The recorder commits at once instead of waiting for more; instances queued meanwhile
+        (other associations) are not waited for.
+        """
         with self._rows:
-            return self._rows.wait_for(lambda: not self._queue and not self._batch, timeout)
+            target = self._enqueued
+            if self._recorded >= target:
+                return True
+            self._hurry = True
+            self._rows.notify_all()
+            return self._rows.wait_for(lambda: self._recorded >= target, timeout)
 
     def _record_loop(self) -> None:
         pause = 0.0
@@ -368,26 +381,33 @@ class Receiver:
                 self._rows.wait_for(lambda: self._queue or self._stopping)
                 if not self._queue and self._stopping:
                     return
-                if len(self._queue) < self.batch_size and not self._stopping:
+                if len(self._queue) < self.batch_size and not self._stopping and not self._hurry:
                     # A short wait gathers the instances of every association into one commit.
-                    self._rows.wait_for(lambda: len(self._queue) >= self.batch_size or self._stopping, self.batch_delay)
+                    self._rows.wait_for(
+                        lambda: len(self._queue) >= self.batch_size or self._stopping or self._hurry, self.batch_delay
+                    )
+                self._hurry = False
                 count = min(len(self._queue), self.batch_size)
                 self._batch = [self._queue.popleft() for _ in range(count)]
             batch = self._batch
             try:
                 self._record(batch)
-            except _Unrecorded as exc:
-                # The database is down: the rows wait, the spool files are the record meanwhile.
+            except Exception as exc:  # noqa: BLE001 (the recorder must outlive anything; the rows wait)
+                # The database is down (or a fault of ours): the rows wait, the spool files are the record meanwhile.
+                left = exc if isinstance(exc, _Unrecorded) else _Unrecorded(batch)
+                if left is not exc:
+                    log.error("recording received instances failed", exc_info=True)
                 if failing_since is None:
                     failing_since = time.monotonic()
                     log.error(
                         "cannot record %d received instances (retrying; they are safe in the spool): %s",
-                        len(exc.items),
+                        len(left.items),
                         _cause(exc.__cause__ or exc),
                     )
                 pause = min(5.0, max(0.2, pause * 2))
                 with self._rows:
-                    self._queue.extendleft(reversed(exc.items))
+                    self._queue.extendleft(reversed(left.items))
+                    self._recorded += len(batch) - len(left.items)
                     self._batch = []
                     self._rows.notify_all()
                     if self._stopping or self._rows.wait_for(lambda: self._stopping, pause):
@@ -397,6 +417,7 @@ class Receiver:
                 log.info("recording received instances again after %.0f s", time.monotonic() - failing_since)
             pause, failing_since = 0.0, None
             with self._rows:
+                self._recorded += len(batch)
                 self._batch = []
                 self._rows.notify_all()
 

@@ -39,6 +39,9 @@ from node.web.stow import StowIntake
 
 log = logging.getLogger("ainode.service")
 
+#: How long an A-RELEASE waits for the rows of what its association stored (seconds).
+RELEASE_WAIT = 5.0
+
 
 @dataclass
 class ModelPlan:
@@ -188,6 +191,11 @@ class Node:
         self.metrics.instances_resent.inc(instances)
 
     def _on_association(self, event: AssociationEvent) -> None:
+        if event.kind == "released":
+            # Reported before the release is answered: a sender that has released its association finds
+            # what it stored recorded (status, metrics, audit), though each C-STORE was answered before
+            # its row. Bounded: with the database down, the rows keep waiting and the release goes on.
+            self.receiver.flush(RELEASE_WAIT)
         self.metrics.association(event)
         self.received.association(event)
 

@@ -294,3 +294,21 @@ def test_identifiers_past_the_first_pages_are_found(db: Database, settings: Sett
         assert _series(db, str(ds.SeriesInstanceUID)).modality == "CT"
     finally:
         receiver.stop()
+
+
+def test_flush_commits_at_once_and_waits_only_for_what_was_queued_before(db: Database, settings: Settings) -> None:
+    """What an association's release waits for: its rows, committed without the batch delay."""
+    receiver = _receiver(settings, db, batch_delay=30.0)
+    try:
+        series = generate_uid()
+        first = [_instance(series, generate_uid()) for _ in range(3)]
+        assert [receiver(r) for r in first] == [status.SUCCESS] * 3
+        assert receiver.flush(10)  # well before the 30 s the recorder would otherwise wait for more
+        assert {r.sop_instance_uid for r in first} <= set(_rows(db))
+        with _writes_held(db):
+            assert receiver(_instance(series, generate_uid())) == status.SUCCESS
+            assert receiver.flush(0.5) is False  # its row cannot be written yet
+        assert receiver.flush(30)
+        assert _series(db, series).instance_count == 4
+    finally:
+        receiver.stop()
