@@ -74,7 +74,6 @@ RSS_BOUND = 64 * MiB
 # PDU types (PS3.8 Table 9-11)
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = range(1, 8)
 RELEASE_RQ_PDU = bytes((0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0))
-RELEASE_RP_PDU = bytes((0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0))
 ABORT_PDU = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0))
 
 
@@ -116,9 +115,10 @@ def user_info(max_pdu: int = 16384, *extra: bytes, class_uid: str = "1.2.826.0.1
     return item(0x50, subs)
 
 
-def standard_items(*contexts: bytes, max_pdu: int = 16384) -> bytes:
+def standard_items(*contexts: bytes, max_pdu: int = 16384, extra: bytes = b"") -> bytes:
+    """Application context, the given presentation context items (Verification by default), user information."""
     contexts = contexts or (pres_context(1, VERIFICATION),)
-    return app_context() + b"".join(contexts) + user_info(max_pdu)
+    return app_context() + b"".join(contexts) + user_info(max_pdu, extra)
 
 
 def good_rq(

@@ -21,6 +21,7 @@ from robust_harness import (
     CT,
     EXPLICIT,
     FAR_AE,
+    FAR_HOST,
     IMPLICIT,
     LIMITS,
     MARGIN,
@@ -43,6 +44,7 @@ from robust_harness import (
     pdu_header,
     pres_context,
     rq_body,
+    standard_items,
     user_info,
 )
 
@@ -56,11 +58,6 @@ REQUEST_DEADLINE = LIMITS["association_request_timeout"] + MARGIN
 
 def _rq(items: bytes, **kwargs: object) -> bytes:
     return pdu(ASSOCIATE_RQ, rq_body(items, **kwargs))  # type: ignore[arg-type]
-
-
-def _standard(*contexts: bytes, max_pdu: int = 16384, extra: bytes = b"") -> bytes:
-    contexts = contexts or (pres_context(1, VERIFICATION),)
-    return app_context() + b"".join(contexts) + user_info(max_pdu, extra)
 
 
 def _echo_works(results: dict[int, int], conn: Conn, context_id: int = 1) -> None:
@@ -224,7 +221,7 @@ def test_declared_length_longer_than_rq_sent(case: Case) -> None:
 def test_trailing_garbage_in_rq(case: Case) -> None:
     """PS3.8 9.3.1: 7 bytes after the last item, too short for an item header: an invalid PDU (A-ABORT or RJ)."""
     conn = case.connect(BAD)
-    conn.send(_rq(_standard() + b"\x99\x00\x00\x10abc"))
+    conn.send(_rq(standard_items() + b"\x99\x00\x00\x10abc"))
     case.probe()
     got = case.record(conn.end(REQUEST_DEADLINE))
     assert got.kind in ("ABORT", "RJ"), got
@@ -234,20 +231,20 @@ def test_trailing_garbage_in_rq(case: Case) -> None:
 
 REJECTIONS = {
     # name: (RQ, (result, source, reason))
-    "protocol-version-0": (_rq(_standard(), version=0), (1, 2, 2)),
-    "protocol-version-2-only": (_rq(_standard(), version=2), (1, 2, 2)),
+    "protocol-version-0": (_rq(standard_items(), version=0), (1, 2, 2)),
+    "protocol-version-2-only": (_rq(standard_items(), version=2), (1, 2, 2)),
     "wrong-application-context": (
         _rq(app_context("1.2.3.4") + pres_context(1, VERIFICATION) + user_info()),
         (1, 1, 2),
     ),
-    "called-ae-wrong": (_rq(_standard(), called="OTHERNODE"), (1, 1, 7)),
-    "called-ae-empty": (_rq(_standard(), called=b" " * 16), (1, 1, 7)),
-    "called-ae-lowercase": (_rq(_standard(), called="ainode"), (1, 1, 7)),
-    "calling-ae-not-allowed": (_rq(_standard(), calling="INTRUDER"), (1, 1, 3)),
-    "calling-ae-empty": (_rq(_standard(), calling=b" " * 16), (1, 1, 3)),
-    "calling-ae-nul-bytes": (_rq(_standard(), calling=b"\x00" * 16), (1, 1, 3)),
-    "calling-ae-control-chars": (_rq(_standard(), calling=b"PA\x1bCS\n" + b" " * 10), (1, 1, 3)),
-    "calling-ae-allowed-from-another-address": (_rq(_standard(), calling=FAR_AE), (1, 1, 3)),
+    "called-ae-wrong": (_rq(standard_items(), called="OTHERNODE"), (1, 1, 7)),
+    "called-ae-empty": (_rq(standard_items(), called=b" " * 16), (1, 1, 7)),
+    "called-ae-lowercase": (_rq(standard_items(), called="ainode"), (1, 1, 7)),
+    "calling-ae-not-allowed": (_rq(standard_items(), calling="INTRUDER"), (1, 1, 3)),
+    "calling-ae-empty": (_rq(standard_items(), calling=b" " * 16), (1, 1, 3)),
+    "calling-ae-nul-bytes": (_rq(standard_items(), calling=b"\x00" * 16), (1, 1, 3)),
+    "calling-ae-control-chars": (_rq(standard_items(), calling=b"PA\x1bCS\n" + b" " * 10), (1, 1, 3)),
+    "calling-ae-allowed-from-another-address": (_rq(standard_items(), calling=FAR_AE), (1, 1, 3)),
 }
 
 
@@ -295,7 +292,7 @@ def test_rq_missing_mandatory_item(case: Case, name: str) -> None:
 def test_protocol_version_with_extra_bits_accepted(case: Case) -> None:
     """PS3.8 9.3.2: only bit 0 of the protocol version is tested; 0x0003 is accepted."""
     conn = case.connect(BAD)
-    got = case.record(conn.associate(_rq(_standard(), version=3)))
+    got = case.record(conn.associate(_rq(standard_items(), version=3)))
     case.probe()
     _echo_works(got.context_results(), conn)
 
@@ -305,7 +302,7 @@ def test_even_or_zero_context_id_not_usable(case: Case, context_id: int) -> None
     """PS3.8 9.3.2.2: presentation context IDs are odd integers 1-255. An even or zero ID is not accepted: A-ABORT,
     RJ, or an AC that refuses that context."""
     conn = case.connect(BAD)
-    conn.send(_rq(_standard(pres_context(context_id, VERIFICATION), pres_context(1, VERIFICATION))))
+    conn.send(_rq(standard_items(pres_context(context_id, VERIFICATION), pres_context(1, VERIFICATION))))
     case.probe()
     got = case.record(conn.answer(REQUEST_DEADLINE))
     if got.kind == "AC":
@@ -318,7 +315,7 @@ def test_duplicate_context_ids(case: Case) -> None:
     """PS3.8 9.3.2.2: context IDs are unique within an association. Two contexts 1: refused (A-ABORT/RJ) or
     answered once for the ID (an AC with ID 1 twice would leave the peer guessing which was accepted)."""
     conn = case.connect(BAD)
-    conn.send(_rq(_standard(pres_context(1, VERIFICATION), pres_context(1, CT, (EXPLICIT,)))))
+    conn.send(_rq(standard_items(pres_context(1, VERIFICATION), pres_context(1, CT, (EXPLICIT,)))))
     case.probe()
     got = case.record(conn.answer(REQUEST_DEADLINE))
     if got.kind == "AC":
@@ -333,7 +330,7 @@ def test_max_length_values(case: Case, max_pdu: int) -> None:
     """PS3.8 D.1: Maximum Length 0 means unlimited, 2^32-1 is legal, 4096 small: each is accepted and the node's
     responses respect it (every P-DATA-TF it sends is at most that long)."""
     conn = case.connect(BAD)
-    got = case.record(conn.associate(_rq(_standard(max_pdu=max_pdu))))
+    got = case.record(conn.associate(_rq(standard_items(max_pdu=max_pdu))))
     case.probe()
     _echo_works(got.context_results(), conn)
 
@@ -342,7 +339,7 @@ def test_tiny_max_length_fragments_response(case: Case) -> None:
     """PS3.8 D.1, 9.3.5: the requestor receives P-DATA-TF PDUs of at most 32 bytes; the node's C-ECHO-RSP (about 90
     bytes of command) arrives in fragments that each fit."""
     conn = case.connect(BAD)
-    conn.associate(_rq(_standard(max_pdu=32)))
+    conn.associate(_rq(standard_items(max_pdu=32)))
     conn.send(message(1, echo_rq(9)))
     case.probe()
     parts, last = b"", False
@@ -378,7 +375,7 @@ def test_optional_user_subitems_tolerated(case: Case, name: str) -> None:
     is accepted and C-ECHO works."""
     contexts = (pres_context(1, VERIFICATION), pres_context(3, CT, (IMPLICIT,)))
     conn = case.connect(BAD)
-    got = case.record(conn.associate(_rq(_standard(*contexts, extra=UNKNOWN_SUBITEMS[name]))))
+    got = case.record(conn.associate(_rq(standard_items(*contexts, extra=UNKNOWN_SUBITEMS[name]))))
     case.probe()
     _echo_works(got.context_results(), conn)
 
@@ -403,7 +400,7 @@ def test_context_refused_with_reason(case: Case, abstract: str, transfers: tuple
     supported); the other contexts stay usable."""
     conn = case.connect(BAD)
     got = case.record(
-        conn.associate(_rq(_standard(pres_context(1, VERIFICATION), pres_context(3, abstract, transfers))))
+        conn.associate(_rq(standard_items(pres_context(1, VERIFICATION), pres_context(3, abstract, transfers))))
     )
     case.probe()
     results = got.context_results()
@@ -420,7 +417,7 @@ def test_retired_storage_classes_accepted(case: Case, sop_class: str) -> None:
     """Issue 16: retired storage SOP classes still in use (US 1.1.6, US multi-frame 1.1.3, NM 1.1.5), which DCMTK's
     storescp accepts, are accepted (PS3.8 9.3.3.2 result 0)."""
     conn = case.connect(BAD)
-    got = case.record(conn.associate(_rq(_standard(pres_context(1, VERIFICATION), pres_context(3, sop_class)))))
+    got = case.record(conn.associate(_rq(standard_items(pres_context(1, VERIFICATION), pres_context(3, sop_class)))))
     case.probe()
     assert got.context_results().get(3) == 0, got.context_results()
 
@@ -429,7 +426,7 @@ def test_128_contexts(case: Case) -> None:
     """PS3.8 9.3.2.2: up to 128 presentation contexts (odd IDs 1-255) in one RQ: all answered, C-ECHO works."""
     contexts = [pres_context(1, VERIFICATION)] + [pres_context(i, CT, (EXPLICIT, IMPLICIT)) for i in range(3, 256, 2)]
     conn = case.connect(BAD)
-    got = case.record(conn.associate(_rq(_standard(*contexts))))
+    got = case.record(conn.associate(_rq(standard_items(*contexts))))
     case.probe()
     results = got.context_results()
     assert len(results) == 128, len(results)
@@ -479,8 +476,8 @@ def test_second_rq_after_ac_is_aborted(case: Case) -> None:
 def test_far_peer_accepted_from_its_address(case: Case) -> None:
     """PS3.8 7.1.1 (access control), issue 16: the FARAWAY peer is allowed only from its own address; from that
     address it is accepted."""
-    conn = case.connect("127.0.0.9")
-    got = case.record(conn.associate(_rq(_standard(), calling=FAR_AE)))
+    conn = case.connect(FAR_HOST)
+    got = case.record(conn.associate(_rq(standard_items(), calling=FAR_AE)))
     case.probe()
     _echo_works(got.context_results(), conn)
 
@@ -507,7 +504,9 @@ def test_rq_then_close_before_answer(case: Case) -> None:
 def test_calling_ae_padded_with_leading_spaces(case: Case) -> None:
     """PS3.8 9.3.2: leading and trailing spaces of an AE title are not significant; '  PACS' is PACS."""
     conn = case.connect(BAD)
-    got = case.record(conn.associate(_rq(_standard(), calling=b"   " + BAD_AE.encode() + b" " * (13 - len(BAD_AE)))))
+    got = case.record(
+        conn.associate(_rq(standard_items(), calling=b"   " + BAD_AE.encode() + b" " * (13 - len(BAD_AE))))
+    )
     case.probe()
     _echo_works(got.context_results(), conn)
 
