@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from robust_harness import Case, MiB, RobustNode, Row
+from robust_harness import Case, MiB, RobustNode, Row, running_node
 
 _ROWS: list[Row] = []
 _TABLE_FILE: list[str] = []
@@ -19,24 +19,22 @@ _TABLE_FILE: list[str] = []
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RobustNode]:
     """One node for the module, with the suite's limits (robust_harness.LIMITS)."""
-    started = RobustNode(tmp_path_factory.mktemp("robust-node")).start()
-    try:
-        # The node goes on loading for a moment after its port opens, and its first association loads more: the
-        # cases' RSS baselines are taken once an echo has run and the RSS has settled.
-        assert started.echo() == 0, started.process.log()
-        started.settle()
+    with running_node(tmp_path_factory.mktemp("robust-node")) as started:
         yield started
-    finally:
-        started.stop()
-        if _ROWS:  # the table so far, rewritten after each module
-            path = tmp_path_factory.getbasetemp() / "robustness.txt"
-            path.write_text(_table(_ROWS) + "\n")
-            if str(path) not in _TABLE_FILE:
-                _TABLE_FILE.append(str(path))
+
+
+@pytest.fixture(scope="session")
+def _table_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Write the table of every case run to robustness.txt in pytest's base temporary directory, at the end."""
+    yield
+    if _ROWS:
+        path = tmp_path_factory.getbasetemp() / "robustness.txt"
+        path.write_text(_table(_ROWS) + "\n")
+        _TABLE_FILE.append(str(path))
 
 
 @pytest.fixture
-def case(node: RobustNode, request: pytest.FixtureRequest) -> Iterator[Case]:
+def case(node: RobustNode, request: pytest.FixtureRequest, _table_file: None) -> Iterator[Case]:
     """The running case; its end checks run at teardown (node alive, C-ECHO, nothing stored, no traceback, RSS)."""
     current = Case(node, request.node.name)
     yield current

@@ -464,6 +464,22 @@ class RobustNode:
             assoc.release()
 
 
+@contextlib.contextmanager
+def running_node(workdir: Path, **settings: Any) -> Iterator[RobustNode]:
+    """A started :class:`RobustNode`, warmed up, stopped at the end of the block.
+
+    The node goes on loading for a moment after its port opens, and its first association loads more: the cases'
+    RSS baselines are taken once an echo has run and the RSS has settled.
+    """
+    node = RobustNode(workdir, **settings).start()
+    try:
+        assert node.echo() == 0, node.process.log()
+        node.settle()
+        yield node
+    finally:
+        node.stop()
+
+
 def _good_ae(timeout: float) -> AE:
     ae = AE(ae_title=GOOD_AE)
     ae.add_requested_context(VERIFICATION)

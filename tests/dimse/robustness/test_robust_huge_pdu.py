@@ -27,6 +27,7 @@ from robust_harness import (
     data_set,
     good_rq,
     pdu_header,
+    running_node,
     store_rq,
 )
 
@@ -41,13 +42,8 @@ SOP = "1.2.826.0.1.3680043.8.498.99.200"
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RobustNode]:
     """This module's node: the suite's limits and max_pdu 2^32-1 (overrides conftest's ``node``)."""
-    started = RobustNode(tmp_path_factory.mktemp("robust-huge-pdu"), max_pdu=LARGEST).start()
-    try:
-        assert started.echo() == 0, started.process.log()
-        started.settle()
+    with running_node(tmp_path_factory.mktemp("robust-huge-pdu"), max_pdu=LARGEST) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def _start_huge_store(case: Case, source: str, sop: str) -> tuple[Conn, int]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from robust_harness import LIMITS, MARGIN, Case, Conn, RobustNode, good_rq, summary, trickle
+from robust_harness import LIMITS, MARGIN, Case, Conn, RobustNode, good_rq, running_node, summary, trickle
 
 from tests.helpers import free_port
 
@@ -50,13 +50,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RobustNode]:
     workdir = tmp_path_factory.mktemp("robust-tls-node")
     cert, key = _self_signed(workdir)
     tls = {"enabled": True, "port": free_port(), "certificate": str(cert), "private_key": str(key)}
-    started = RobustNode(workdir, tls=tls).start()
-    try:
-        assert started.echo() == 0, started.process.log()
-        started.settle()
+    with running_node(workdir, tls=tls) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def _client_hello() -> bytes:
