@@ -163,15 +163,33 @@ class Intake(Protocol):
 
 
 class ReceiverIntake:
-    """The node's own receiver as an intake: each instance is stored and recorded before the next."""
+    """The node's own receiver as an intake: each instance is kept in the spool before the next is asked for.
 
-    def __init__(self, sink: Callable[[StoreRequest], int]) -> None:
+    Parameters
+    ----------
+    sink : callable
+        The receiver (the SCP's own sink).
+    recorded : callable, optional
+        Waits, at most the given seconds, until the rows of what the sink kept are committed
+        (:meth:`node.receiver.Receiver.flush`), so that a series pulled is in the database when its pull
+        returns, as a pushed series is when its association is released.
+    """
+
+    #: Seconds a series' pull waits for its rows; the instances are already durable in the spool.
+    RECORD_TIMEOUT = 60.0
+
+    def __init__(
+        self, sink: Callable[[StoreRequest], int], recorded: Callable[[float | None], bool] | None = None
+    ) -> None:
         self.sink = sink
+        self.recorded = recorded
 
     def __call__(self, request: StoreRequest) -> int:
         return self.sink(request)
 
     def flush(self) -> int:
+        if self.recorded is not None and not self.recorded(self.RECORD_TIMEOUT):
+            LOGGER.warning("pulled instances are kept in the spool; their database rows are not committed yet")
         return 0
 
 

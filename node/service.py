@@ -144,7 +144,7 @@ class Node:
         )
         self.assembler.unrecorded = self.receiver.unrecorded_series  # rows follow acknowledgements in batches
         # Pulled instances (C-GET, WADO-RS) take the receiver's path too; C-MOVE ones arrive through the SCP.
-        self.puller: Puller = load_puller(settings, self.db, ReceiverIntake(self.receiver))
+        self.puller: Puller = load_puller(settings, self.db, ReceiverIntake(self.receiver, self.receiver.flush))
         watch = settings.orthanc_watch
         self.watcher = (
             OrthancWatcher(watch, self.puller, settings.data_dir) if watch is not None and watch.enabled else None

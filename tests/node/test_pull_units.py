@@ -205,3 +205,17 @@ def test_forwarding_to_a_node_that_is_not_running_says_so(tmp_path: Path) -> Non
     with pytest.raises(PullError, match=rf"AINODE@127.0.0.1:{port}.*is 'ainode serve' running\?"):
         intake.flush()
     assert list(folder.iterdir()) == []
+
+
+def test_the_receiver_intake_waits_for_the_rows_of_a_series(caplog: pytest.LogCaptureFixture) -> None:
+    waits: list[float | None] = []
+
+    def recorded(timeout: float | None) -> bool:
+        waits.append(timeout)
+        return len(waits) == 1  # committed the first time; still waiting the second
+
+    intake = ReceiverIntake(_refuse, recorded)
+    assert intake.flush() == 0 and waits == [ReceiverIntake.RECORD_TIMEOUT]
+    assert "not committed yet" not in caplog.text
+    assert intake.flush() == 0  # the instances are durable in the spool: not failed
+    assert "their database rows are not committed yet" in caplog.text
