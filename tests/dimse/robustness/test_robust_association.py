@@ -82,7 +82,7 @@ WRONG_FIRST = {
 
 @pytest.mark.parametrize("name", WRONG_FIRST)
 def test_sta2_wrong_pdu_is_aborted(case: Case, name: str) -> None:
-    """PS3.8 9.2 Sta2, Evt3/Evt4/Evt10/Evt12/Evt14: a PDU other than A-ASSOCIATE-RQ first -> AA-1: A-ABORT, close."""
+    """PS3.8 9.2 Sta2, Evt3/Evt4/Evt10/Evt12/Evt13: a PDU other than A-ASSOCIATE-RQ first -> AA-1: A-ABORT, close."""
     conn = case.connect(BAD)
     conn.send(WRONG_FIRST[name])
     case.probe()
