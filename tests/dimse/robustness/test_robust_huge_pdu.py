@@ -85,8 +85,11 @@ def test_max_pdu_zero_refused_at_start(tmp_path: Path) -> None:
     """Issue 16: ``max_pdu: 0`` (formerly 'unlimited', which let one header allocate 4 GiB) is refused in the
     configuration: ``ainode serve`` exits naming the setting, without a traceback."""
     process = NodeProcess(tmp_path, max_pdu=0)
-    with pytest.raises(RuntimeError) as failed:
-        process.start(timeout=30)
+    try:
+        with pytest.raises(RuntimeError) as failed:
+            process.start(timeout=30)
+    finally:
+        process.stop()  # a node that started after all must not outlive the test
     log = process.log()
     assert "max_pdu" in log, log
     assert "Traceback" not in log, log
