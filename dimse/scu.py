@@ -26,7 +26,13 @@ Errors (a :class:`dimse.errors.DimseError`)::
         .outcomes            outcomes of instances already answered before the loss
 
 A single instance that cannot be sent (unreadable file, presentation context not
-accepted) is not an exception: its :class:`StoreOutcome` carries a failure status.
+accepted) is not an exception: its :class:`StoreOutcome` carries a failure status
+and, when it was never sent, a ``reason`` saying why in the peer's terms: its SOP
+class refused (abstract syntax not supported), no acceptable transfer syntax
+(the SOP class is accepted, but in none of the syntaxes the file can be sent in),
+or the context rejected by the user or provider (PS3.8 Table 9-18).
+
+The A-ASSOCIATE-RQ names this software (:mod:`core.identity`), not a library.
 """
 
 from __future__ import annotations
@@ -49,7 +55,12 @@ from core.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dimse.commands import VERIFICATION_SOP_CLASS, encode_c_echo_rq, encode_c_store_rq
 from dimse.errors import AssociationError, DimseError
 from dimse.requestor import MAX_CONTEXTS, Requestor
-from dimse.upper_layer import CONTEXT_ACCEPTED, PresentationContext
+from dimse.upper_layer import (
+    CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED,
+    CONTEXT_ACCEPTED,
+    CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED,
+    PresentationContext,
+)
 
 __all__ = ["AssociationFailed", "StoreOutcome", "echo", "store_files"]
 
@@ -88,12 +99,15 @@ class StoreOutcome:
 
     ``status`` is the peer's C-STORE response status (PS3.4 B.2.3), or a local
     failure status when the instance was not sent:
-    ``SOP_CLASS_NOT_SUPPORTED`` (context not accepted) or ``CANNOT_UNDERSTAND``
-    (file unreadable; ``sop_instance_uid`` is then empty).
+    ``SOP_CLASS_NOT_SUPPORTED`` (no accepted presentation context carries it)
+    or ``CANNOT_UNDERSTAND`` (file unreadable; ``sop_instance_uid`` is then
+    empty). ``reason`` says, for an instance not sent, why: e.g. ``"no
+    acceptable transfer syntax: ..."``; it is empty when the peer answered.
     """
 
     sop_instance_uid: str
     status: int
+    reason: str = ""
 
     @property
     def succeeded(self) -> bool:
@@ -308,8 +322,40 @@ def _data_set(header: _Header, transfer_syntax: UID) -> bytes | memoryview:
     return buffer.getvalue()
 
 
-def _send_one(requestor: Requestor, header: _Header, message_id: int) -> int:
-    """Send one file and return its status.
+#: Presentation context results (PS3.8 Table 9-18) other than acceptance, in words.
+_CONTEXT_RESULTS = {1: "user rejection", 2: "no reason (provider rejection)"}
+
+
+def _not_sent_reason(contexts: Sequence[PresentationContext], header: _Header) -> str:
+    """Why no accepted context carries the file, from the peer's answers for its SOP class (PS3.8 9.3.3.2).
+
+    Every context for the SOP class refused as "abstract syntax not supported": the peer does not take
+    the SOP class. Some accepted with another syntax (for another file), or refused as "transfer
+    syntaxes not supported" (also our reading of an acceptance in a syntax we did not offer): no
+    acceptable transfer syntax, the SOP class itself is fine.
+    """
+    sop_class = header.sop_class_uid.name
+    answers = [c for c in contexts if c.abstract_syntax == header.sop_class_uid]
+    results = {c.result for c in answers}
+    if results == {CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED}:
+        return f"SOP class not supported: the peer rejected {sop_class} (abstract syntax not supported)"
+    if results & {CONTEXT_ACCEPTED, CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED}:
+        offered = [header.transfer_syntax_uid.name]
+        if _is_convertible(header.transfer_syntax_uid):
+            offered += [UID(s).name for s in _FALLBACK_SYNTAXES if s != header.transfer_syntax_uid]
+        accepted = sorted({UID(c.transfer_syntax).name for c in answers if c.result == CONTEXT_ACCEPTED})
+        note = f"; it accepts {sop_class} in {', '.join(accepted)} only" if accepted else ""
+        recompress = "" if _is_convertible(header.transfer_syntax_uid) else " (the node never re-compresses)"
+        return (
+            f"no acceptable transfer syntax: the peer accepts {sop_class} in none of "
+            f"{', '.join(offered)}{recompress}{note}"
+        )
+    words = ", ".join(sorted(_CONTEXT_RESULTS.get(r, f"result {r}") for r in results))
+    return f"presentation context for {sop_class} rejected by the peer ({words})"
+
+
+def _send_one(requestor: Requestor, header: _Header, message_id: int) -> StoreOutcome:
+    """Send one file and return its outcome.
 
     Raises
     ------
@@ -318,22 +364,18 @@ def _send_one(requestor: Requestor, header: _Header, message_id: int) -> int:
     """
     context = _choose_context(requestor.contexts, header)
     if context is None:
-        LOGGER.error(
-            "not sending %s: peer accepted no context for %s in %s",
-            header.sop_instance_uid,
-            header.sop_class_uid.name,
-            header.transfer_syntax_uid.name,
-        )
-        return status.SOP_CLASS_NOT_SUPPORTED
+        reason = _not_sent_reason(requestor.contexts, header)
+        LOGGER.error("not sending %s to %s: %s", header.sop_instance_uid, requestor.where, reason)
+        return StoreOutcome(header.sop_instance_uid, status.SOP_CLASS_NOT_SUPPORTED, reason)
     try:
         data_set = _data_set(header, UID(context.transfer_syntax))
     except (UnreadableDicom, OSError, ValueError, AttributeError, TypeError, struct.error) as exc:
         # this file could not be read (UnreadableDicom) or re-encoded; others may be fine
         LOGGER.error("cannot send %s (%s): %s", header.sop_instance_uid, header.path, exc)
-        return status.CANNOT_UNDERSTAND
+        return StoreOutcome(header.sop_instance_uid, status.CANNOT_UNDERSTAND, f"not sent: file unreadable ({exc})")
     command = encode_c_store_rq(message_id, header.sop_class_uid, header.sop_instance_uid)
     response = requestor.request(context.context_id, command, data_set, message_id)
-    return response.status
+    return StoreOutcome(header.sop_instance_uid, response.status)
 
 
 def store_files(
@@ -377,12 +419,14 @@ def store_files(
         ``outcomes`` holds the instances answered before that.
     """
     headers = [_read_header(Path(p)) for p in paths]
-    answered: dict[int, int] = {}  # index in paths -> status
+    answered: dict[int, StoreOutcome] = {}  # index in paths -> outcome
 
     def collected() -> list[StoreOutcome]:
         """Outcomes so far, in path order: unreadable files and answered ones."""
         return [
-            StoreOutcome("", status.CANNOT_UNDERSTAND) if h is None else StoreOutcome(h.sop_instance_uid, answered[i])
+            StoreOutcome("", status.CANNOT_UNDERSTAND, "not sent: not a readable DICOM file")
+            if h is None
+            else answered[i]
             for i, h in enumerate(headers)
             if h is None or i in answered
         ]

@@ -19,6 +19,12 @@ How outcomes are classified (``permanent`` means retrying cannot help)::
 ``statuses`` maps each SOP Instance UID the peer answered for to its status
 (for STOW-RS: 0, the Warning Reason (0008,1196) or the Failure Reason
 (0008,1197)), so the dispatcher can finish the instances that did arrive.
+An instance the SCU never sent (no accepted presentation context) has a local
+status, 0x0122, and a ``notes`` entry saying why in the peer's terms: "SOP
+class not supported" only when the peer refused the SOP class itself, "no
+acceptable transfer syntax" when it refused the file's syntax (e.g. a peer
+taking JPEG lossless only), so the message never blames the SOP class for a
+transfer syntax.
 Passwords and tokens are never put in a message, a log line or a ``repr``.
 """
 
@@ -30,17 +36,17 @@ import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import pydicom
 import requests
-from dicomweb_client import DICOMwebClient
 
 from core import status as dimse_status
 from core.dicomfile import read_dataset
 from dimse.scu import AssociationFailed, store_files
 from node.tls import handshake_error
+from node.webclient import dicomweb_client
 
 __all__ = ["DeliveryAttempt", "DicomDestination", "DicomWebDestination", "is_permanent_status"]
 
@@ -81,12 +87,16 @@ class DeliveryAttempt:
         One line for the delivery's ``last_error`` and the log; no secrets.
     statuses : dict of str to int
         SOP Instance UID to the DIMSE status the peer gave it.
+    notes : dict of str to str
+        SOP Instance UID to why it was not sent, for instances whose status is
+        a local one (see :class:`dimse.StoreOutcome`); shown instead of the status.
     """
 
     ok: bool
     permanent: bool
     message: str
     statuses: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def is_permanent_status(status: int) -> bool:
@@ -100,8 +110,14 @@ def is_permanent_status(status: int) -> bool:
     return 0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF or status in (0x0122, 0x0124)
 
 
-def _summarise(where: str, total: int, statuses: dict[str, int], unreadable: int = 0) -> DeliveryAttempt:
-    """Build the attempt from per-instance statuses (``total`` files were in the batch)."""
+def _summarise(
+    where: str, total: int, statuses: dict[str, int], unreadable: int = 0, notes: dict[str, str] | None = None
+) -> DeliveryAttempt:
+    """Build the attempt from per-instance statuses (``total`` files were in the batch).
+
+    ``notes``: why an instance was not sent, shown instead of its (local) status.
+    """
+    notes = notes or {}
     failed = {uid: code for uid, code in statuses.items() if not dimse_status.is_store_success(code)}
     stored = len(statuses) - len(failed)
     missing = total - unreadable - len(statuses)  # sent but not answered for
@@ -109,7 +125,7 @@ def _summarise(where: str, total: int, statuses: dict[str, int], unreadable: int
         warned = sum(1 for code in statuses.values() if code != dimse_status.SUCCESS)
         note = f" ({warned} with a warning)" if warned else ""
         return DeliveryAttempt(True, False, f"{where}: stored {stored} of {total}{note}", statuses)
-    problems = [f"{uid}: {dimse_status.describe(code)}" for uid, code in list(failed.items())[:3]]
+    problems = [f"{uid}: {notes.get(uid) or dimse_status.describe(code)}" for uid, code in list(failed.items())[:3]]
     if len(failed) > 3:
         problems.append(f"and {len(failed) - 3} more")
     if unreadable:
@@ -118,7 +134,7 @@ def _summarise(where: str, total: int, statuses: dict[str, int], unreadable: int
         problems.append(f"{missing} instance(s) not acknowledged")
     permanent = missing <= 0 and all(is_permanent_status(code) for code in failed.values())
     message = f"{where}: stored {stored} of {total}; failed: " + "; ".join(problems)
-    return DeliveryAttempt(False, permanent, message, statuses)
+    return DeliveryAttempt(False, permanent, message, statuses, {uid: notes[uid] for uid in failed if uid in notes})
 
 
 class DicomDestination:
@@ -179,6 +195,7 @@ class DicomDestination:
             )
         except AssociationFailed as exc:
             statuses = {o.sop_instance_uid: o.status for o in exc.outcomes if o.sop_instance_uid}
+            notes = {o.sop_instance_uid: o.reason for o in exc.outcomes if o.sop_instance_uid and o.reason}
             reason = exc.reason
             if self.ssl_context is not None and not statuses:
                 # The association layer cannot tell a refused certificate from a refused connection.
@@ -186,10 +203,11 @@ class DicomDestination:
                 reason = f"{reason}; {cause}" if cause else reason
             kind = "permanent" if exc.permanent else "will retry"
             LOGGER.warning("delivery to %s failed (%s): %s", where, kind, reason)
-            return DeliveryAttempt(False, exc.permanent, f"{where}: {reason}", statuses)
+            return DeliveryAttempt(False, exc.permanent, f"{where}: {reason}", statuses, notes)
         statuses = {o.sop_instance_uid: o.status for o in outcomes if o.sop_instance_uid}
+        notes = {o.sop_instance_uid: o.reason for o in outcomes if o.sop_instance_uid and o.reason}
         unreadable = sum(1 for o in outcomes if not o.sop_instance_uid)
-        return _summarise(where, len(paths), statuses, unreadable)
+        return _summarise(where, len(paths), statuses, unreadable, notes)
 
 
 class DicomWebDestination:
@@ -226,24 +244,20 @@ class DicomWebDestination:
         timeout: float = 30,
         verify_tls: bool | str = True,
     ) -> None:
-        if auth == "basic" and (username is None or password is None):
-            raise ValueError(f"destination {name}: auth 'basic' needs a username and a password")
-        if auth == "bearer" and not token:
-            raise ValueError(f"destination {name}: auth 'bearer' needs a token")
-        if auth not in ("none", "basic", "bearer"):
-            raise ValueError(f"destination {name}: auth must be 'none', 'basic' or 'bearer', not {auth!r}")
         self.name = name
         self.url = url.rstrip("/")
         self.auth = auth
         self.timeout = timeout
-        session = _Session()
-        session.verify = verify_tls
-        if auth == "basic":
-            session.auth = (username or "", password or "")
-        elif auth == "bearer":
-            session.headers["Authorization"] = f"Bearer {token}"
-        self._client = DICOMwebClient(self.url, session=session, timeout=timeout)
-        self._client.set_http_retry_params(retry=False)  # the dispatcher owns retries and back-off
+        self._client = dicomweb_client(
+            f"destination {name}",
+            url=self.url,
+            auth=auth,
+            username=username,
+            password=password,
+            token=token,
+            timeout=timeout,
+            verify_tls=verify_tls,
+        )
 
     def __repr__(self) -> str:
         return f"DicomWebDestination({self.name!r}, {_without_userinfo(self.url)}, auth={self.auth})"
@@ -293,29 +307,6 @@ class DicomWebDestination:
             text = f"{text}: {attempt.message.removeprefix(where + ': ')}"
         LOGGER.warning("delivery to %s refused (%s): %s", where, "permanent" if permanent else "will retry", text)
         return DeliveryAttempt(False, permanent, f"{where}: {text}", statuses)
-
-
-class _Session(requests.Session):
-    """A session whose configured ``verify`` (a CA bundle, or False) wins over the environment.
-
-    requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` override
-    ``Session.verify``, which would silently replace a destination's
-    ``ca_certificates`` with the system bundle. Proxies from the environment
-    still apply.
-    """
-
-    def merge_environment_settings(
-        self,
-        url: str,
-        proxies: dict[str, str] | None,
-        stream: bool | None,
-        verify: bool | str | None,
-        cert: str | tuple[str, str] | None,
-    ) -> dict[str, Any]:
-        settings: dict[str, Any] = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if verify is None and self.verify is not True:
-            settings["verify"] = self.verify
-        return settings
 
 
 def _read_for_stow(path: Path) -> pydicom.Dataset:

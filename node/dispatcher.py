@@ -286,7 +286,9 @@ class Dispatcher(BackgroundLoop):
             self._count(destination, "delivered", row.created_at)
             log.info("delivered %s to %s", row.sop_uid, destination)
             return True
-        reason = attempt.message if code is None else f"{attempt.message} (status 0x{code:04X})"
+        # this instance's own word: why it was not sent (e.g. no acceptable transfer syntax), or its status
+        detail = None if code is None else attempt.notes.get(row.sop_uid) or f"status 0x{code:04X}"
+        reason = attempt.message if detail is None or detail in attempt.message else f"{attempt.message} ({detail})"
         delivery.last_error = reason
         now = self.clock()
         if delivery.first_failed_at is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from dimse_helpers import LOCALHOST, NODE_AE, PACS_AE, DirectorySink, pydicom_file, running_storescp
 from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AllStoragePresentationContexts
 from raw_acceptor import data_set_bytes
 
@@ -20,6 +20,7 @@ from core import status
 from dimse import AssociationEvent, AssociationFailed, StoreOutcome, echo, store_files
 from dimse.scu import MAX_CONTEXTS
 from tests.helpers import OrthancServer
+from tests.helpers.storescp_config import jpeg_lossless_only
 
 DCMTK_AE = "DCMTKSCP"
 CT, MR_IMPLICIT, J2K = (pydicom_file(n) for n in ("CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm"))
@@ -187,3 +188,75 @@ def test_orthanc_rejects_an_unknown_called_ae_title(orthanc_factory) -> None:
         echo(host=LOCALHOST, port=orthanc.dicom_port, called_ae="NOTORTHANC", calling_ae=PACS_AE, timeout=5)
     assert raised.value.permanent
     assert "Called AE title not recognised" in raised.value.reason
+
+
+# -- storescp variants: what arrives, and the label of what cannot -------------------------------
+
+
+BIG_ENDIAN, DEFLATED, JPEG_LOSSLESS = (
+    pydicom_file(n) for n in ("MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG-LL.dcm")
+)
+
+
+@pytest.mark.parametrize("option", ["+x=", "+xb"])
+def test_storescp_preferring_explicit_syntaxes_receives_each_file_in_its_own_syntax(
+    tmp_path: Path, option: str
+) -> None:
+    """+x= (local byte order first, the default) and +xb (big endian first) still accept every uncompressed syntax."""
+    implicit = tmp_path / "implicit.dcm"  # MR_small_implicit shares its SOP Instance UID with the big endian MR
+    dataset = dcmread(CT)
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    dataset.save_as(implicit)
+    paths = [CT, implicit, BIG_ENDIAN]  # explicit LE, implicit LE, big endian
+    with running_storescp(tmp_path / "out", option) as port:
+        outcomes = store_files(paths, host=LOCALHOST, port=port, called_ae=DCMTK_AE, calling_ae=PACS_AE)
+    assert [(o.status, o.reason) for o in outcomes] == [(status.SUCCESS, "")] * 3
+    stored = received_by_uid(tmp_path / "out")
+    for path in paths:
+        original = dcmread(path)
+        received = dcmread(stored[original.SOPInstanceUID])
+        assert received.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID, path.name
+        assert received.PixelData == original.PixelData
+
+
+def test_storescp_implicit_only_gets_deflated_re_encoded_and_refuses_big_endian_for_its_syntax(
+    tmp_path: Path,
+) -> None:
+    """+xi: a deflated file is re-encoded to Implicit VR LE; a big endian one is not convertible and is labelled
+    "no acceptable transfer syntax" (the MR SOP class itself is accepted)."""
+    with running_storescp(tmp_path / "out", "+xi") as port:
+        deflated, big = store_files(
+            [DEFLATED, BIG_ENDIAN], host=LOCALHOST, port=port, called_ae=DCMTK_AE, calling_ae=PACS_AE
+        )
+    assert deflated.status == status.SUCCESS
+    received = dcmread(received_by_uid(tmp_path / "out")[deflated.sop_instance_uid])
+    assert received.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert received.PixelData == dcmread(DEFLATED).PixelData
+    assert big.status == status.SOP_CLASS_NOT_SUPPORTED
+    assert big.reason == (
+        "no acceptable transfer syntax: the peer accepts MR Image Storage in none of Explicit VR Big Endian "
+        "(the node never re-compresses)"
+    )
+    assert list(received_by_uid(tmp_path / "out")) == [deflated.sop_instance_uid]
+
+
+def test_storescp_taking_jpeg_lossless_only_labels_each_refusal_precisely(tmp_path: Path) -> None:
+    """A JPEG-lossless-only archive: the JPEG lossless file arrives as it is; an uncompressed CT (a class it takes)
+    is "no acceptable transfer syntax", an MR (a class it does not take) "SOP class not supported"."""
+    options = jpeg_lossless_only(tmp_path)
+    with running_storescp(tmp_path / "out", *options) as port:
+        lossless, ct, mr = store_files(
+            [JPEG_LOSSLESS, CT, MR_IMPLICIT], host=LOCALHOST, port=port, called_ae=DCMTK_AE, calling_ae=PACS_AE
+        )
+    assert (lossless.status, lossless.reason) == (status.SUCCESS, "")
+    received = dcmread(received_by_uid(tmp_path / "out")[lossless.sop_instance_uid])
+    assert received.file_meta.TransferSyntaxUID == dcmread(JPEG_LOSSLESS).file_meta.TransferSyntaxUID
+    assert received.PixelData == dcmread(JPEG_LOSSLESS).PixelData
+    assert ct.status == mr.status == status.SOP_CLASS_NOT_SUPPORTED
+    assert ct.reason == (
+        "no acceptable transfer syntax: the peer accepts CT Image Storage in none of "
+        "Explicit VR Little Endian, Implicit VR Little Endian"
+    )
+    assert mr.reason == "SOP class not supported: the peer rejected MR Image Storage (abstract syntax not supported)"
+    assert len(list((tmp_path / "out").iterdir())) == 1

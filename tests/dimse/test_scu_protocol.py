@@ -184,8 +184,66 @@ def test_a_syntax_the_peer_was_not_offered_counts_as_not_accepted() -> None:
     with RawAcceptor(script) as acceptor:
         outcomes = store([path], acceptor.port)
 
-    assert outcomes == [StoreOutcome(dcmread(path).SOPInstanceUID, status.SOP_CLASS_NOT_SUPPORTED)]
+    (outcome,) = outcomes
+    assert (outcome.sop_instance_uid, outcome.status) == (dcmread(path).SOPInstanceUID, status.SOP_CLASS_NOT_SUPPORTED)
+    assert outcome.reason == (
+        "no acceptable transfer syntax: the peer accepts MR Image Storage in none of "
+        "Explicit VR Little Endian, Implicit VR Little Endian"
+    )
     assert [t for t, _ in acceptor.peer.received] == [0x01, 0x05]  # nothing was sent
+
+
+@pytest.mark.parametrize(
+    ("results", "reason"),
+    [
+        ((3, 3), "SOP class not supported: the peer rejected CT Image Storage (abstract syntax not supported)"),
+        (
+            (4, 4),
+            "no acceptable transfer syntax: the peer accepts CT Image Storage in none of "
+            "Explicit VR Little Endian, Implicit VR Little Endian",
+        ),
+        ((1, 1), "presentation context for CT Image Storage rejected by the peer (user rejection)"),
+        (
+            (2, 3),
+            "presentation context for CT Image Storage rejected by the peer (no reason (provider rejection), result 3)",
+        ),
+    ],
+)
+def test_each_context_refusal_has_its_own_label(results: tuple[int, int], reason: str) -> None:
+    """PS3.8 Table 9-18: the presentation context result decides what the outcome says, not always 0x0122's words."""
+    path = pydicom_file("CT_small.dcm")
+
+    def script(peer: Peer) -> None:
+        peer.read_request()
+        peer.accept([(1, results[0], ExplicitVRLittleEndian), (3, results[1], ExplicitVRLittleEndian)], max_pdu=16384)
+        peer.release()
+
+    with RawAcceptor(script) as acceptor:
+        (outcome,) = store([path], acceptor.port)
+    assert (outcome.status, outcome.reason) == (status.SOP_CLASS_NOT_SUPPORTED, reason)
+
+
+def test_a_compressed_file_whose_syntax_is_refused_names_what_the_peer_accepts() -> None:
+    """A JPEG 2000 CT beside an uncompressed one: the SOP class is accepted, only not in JPEG 2000."""
+    ct, j2k = pydicom_file("CT_small.dcm"), pydicom_file("JPEG2000.dcm")
+    j2k_class = dcmread(j2k, stop_before_pixels=True).SOPClassUID
+
+    def script(peer: Peer) -> None:
+        proposed = peer.read_request().to_primitive().presentation_context_definition_list
+        peer.accept(
+            [(c.context_id, 4 if c.transfer_syntax == [JPEG2000] else 0, c.transfer_syntax[0]) for c in proposed],
+            max_pdu=16384,
+        )
+        context_id, command, _ = peer.read_message()
+        peer.respond(context_id, command, status.SUCCESS)
+        peer.release()
+
+    with RawAcceptor(script) as acceptor:
+        sent, refused = store([ct, j2k], acceptor.port)
+    assert (sent.status, sent.reason) == (status.SUCCESS, "")
+    name = j2k_class.name
+    assert refused.reason.startswith(f"no acceptable transfer syntax: the peer accepts {name} in none of JPEG 2000")
+    assert "(the node never re-compresses)" in refused.reason
 
 
 def test_instant_answers_are_never_missed() -> None:

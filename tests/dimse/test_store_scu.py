@@ -17,6 +17,8 @@ from core import status
 from dimse import AssociationEvent, AssociationFailed, StoreOutcome, StoreRequest, echo, store_files
 from dimse.scu import MAX_CONTEXTS
 
+UNREADABLE = "not sent: not a readable DICOM file"
+
 DCMTK_AE = "DCMTKSCP"
 
 
@@ -53,7 +55,12 @@ def test_store_files_to_dcmtk_storescp(dcmtk_storescp: tuple[int, Path]) -> None
     assert outcomes == [
         StoreOutcome(sent[0].SOPInstanceUID, status.SUCCESS),
         StoreOutcome(sent[1].SOPInstanceUID, status.SUCCESS),
-        StoreOutcome(sent[2].SOPInstanceUID, status.SOP_CLASS_NOT_SUPPORTED),
+        StoreOutcome(
+            sent[2].SOPInstanceUID,
+            status.SOP_CLASS_NOT_SUPPORTED,
+            "no acceptable transfer syntax: the peer accepts Secondary Capture Image Storage in none of "
+            "JPEG 2000 Image Compression (the node never re-compresses)",
+        ),
         StoreOutcome(sent[3].SOPInstanceUID, status.SUCCESS),
     ]
     assert [o.succeeded for o in outcomes] == [True, True, False, True]
@@ -177,10 +184,10 @@ def test_unreadable_file_fails_alone(start_scp, tmp_path: Path) -> None:
     )
 
     assert outcomes == [
-        StoreOutcome("", status.CANNOT_UNDERSTAND),
+        StoreOutcome("", status.CANNOT_UNDERSTAND, UNREADABLE),
         StoreOutcome(dcmread(ct).SOPInstanceUID, status.SUCCESS),
-        StoreOutcome("", status.CANNOT_UNDERSTAND),
-        StoreOutcome("", status.CANNOT_UNDERSTAND),
+        StoreOutcome("", status.CANNOT_UNDERSTAND, UNREADABLE),
+        StoreOutcome("", status.CANNOT_UNDERSTAND, UNREADABLE),
     ]
     assert [request.sop_instance_uid for request in scp_sink.requests] == [dcmread(ct).SOPInstanceUID]
 

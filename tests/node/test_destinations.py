@@ -29,6 +29,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from core import status as dimse_status
 from node.destinations import DeliveryAttempt, DicomDestination, DicomWebDestination, is_permanent_status
+from tests.helpers.storescp_config import jpeg_lossless_only
 
 pytestmark = pytest.mark.integration
 
@@ -314,8 +315,36 @@ def test_c_store_unaccepted_transfer_syntax_fails_only_that_instance(tmp_path: P
     ct, j2k = (_uid(f) for f in files)
     assert attempt.statuses == {ct: dimse_status.SUCCESS, j2k: dimse_status.SOP_CLASS_NOT_SUPPORTED}
     assert (attempt.ok, attempt.permanent) == (False, True)  # resending the same file cannot help
-    assert f"{j2k}: Refused: SOP class not supported" in attempt.message
+    assert f"{j2k}: no acceptable transfer syntax: the peer accepts Computed Radiography Image Storage" in (
+        attempt.message
+    )
+    assert "SOP class not supported" not in attempt.message
+    assert attempt.notes.keys() == {j2k}
     assert [_uid(f) for f in received.iterdir()] == [ct]
+
+
+def test_c_store_to_a_jpeg_lossless_only_archive_names_the_transfer_syntax_not_the_sop_class(tmp_path: Path) -> None:
+    """storescp with a JPEG-lossless-only profile takes CT, but not uncompressed: the message says so."""
+    port = _free_port()
+    received = tmp_path / "received"
+    received.mkdir()
+    process = _start_storescp(port, received, *jpeg_lossless_only(tmp_path))
+    try:
+        ct, mr = _copy("CT_small.dcm", tmp_path), _copy("MR_small.dcm", tmp_path)
+        attempt = DicomDestination("pacs", ae_title="STORESCP", host="127.0.0.1", port=port, calling_ae="AINODE").send(
+            [ct, mr]
+        )
+    finally:
+        _stop(process)
+    assert (attempt.ok, attempt.permanent) == (False, True)
+    assert attempt.statuses == {_uid(ct): 0x0122, _uid(mr): 0x0122}
+    assert attempt.notes[_uid(ct)] == (
+        "no acceptable transfer syntax: the peer accepts CT Image Storage in none of "
+        "Explicit VR Little Endian, Implicit VR Little Endian"
+    )
+    assert attempt.notes[_uid(mr)].startswith("SOP class not supported: the peer rejected MR Image Storage")
+    assert f"{_uid(ct)}: no acceptable transfer syntax" in attempt.message
+    assert list(received.iterdir()) == []
 
 
 def test_nothing_to_send_is_ok() -> None:
