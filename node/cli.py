@@ -286,6 +286,11 @@ def cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
                     ("tries", d.attempts),
                     ("created", _when(d.created_at)),
                     ("delivered", _when(d.delivered_at)),
+                    *(
+                        [("storage commitment", d.commitment_uid), ("committed", _when(d.committed_at))]
+                        if d.commitment_uid
+                        else []
+                    ),
                     *schedule,
                     ("kind", r.kind),
                     ("sop instance", r.sop_uid),

@@ -98,8 +98,12 @@ def request_commitment(
     calling_ae: str,
     timeout: float = 30,
     ssl_context: ssl.SSLContext | None = None,
+    transaction_uid: str | None = None,
 ) -> str:
     """Send an N-ACTION Request Storage Commitment for ``(SOP Class UID, SOP Instance UID)`` pairs.
+
+    ``transaction_uid``: the caller's, when it records the transaction before asking (a report
+    can arrive before this function returns); a new one otherwise.
 
     Returns
     -------
@@ -117,7 +121,7 @@ def request_commitment(
         raise ValueError("a commitment request lists at least one instance")
     where = f"{called_ae}@{host}:{port}"
     request = Dataset()
-    request.TransactionUID = generate_uid()
+    request.TransactionUID = transaction_uid or generate_uid()
     request.ReferencedSOPSequence = []
     for sop_class, sop_instance in instances:
         item = Dataset()

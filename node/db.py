@@ -72,6 +72,7 @@ class DeliveryState(str, enum.Enum):  # noqa: UP042 (StrEnum changes str() and f
     SENDING = "sending"
     DONE = "done"
     DEAD = "dead"  # retry limit reached; kept until retried by hand
+    COMMITTING = "committing"  # stored; waiting for the destination's storage commitment report
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
@@ -193,6 +194,10 @@ class Delivery(Base):
     # Dispatcher clock (epoch seconds) of the first failed attempt: a delivery failing for longer than
     # ``delivery.give_up_after_hours`` becomes a dead letter. Cleared when retried by hand.
     first_failed_at: Mapped[float | None] = mapped_column(Float, default=None)
+    # Storage commitment (destinations with ``storage_commitment``): the Transaction UID of the last request,
+    # and when the destination reported the instance committed (``None``: not asked, or not yet).
+    commitment_uid: Mapped[str | None] = mapped_column(UID, default=None)
+    committed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class AuditKind(str, enum.Enum):  # noqa: UP042 (StrEnum changes str() and format() of the members)

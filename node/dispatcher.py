@@ -20,6 +20,17 @@ succeeds, every other delivery waiting for that destination becomes due at
 once, so a PACS back from maintenance gets its whole backlog now, not each
 result at the end of its own back-off.
 
+Storage commitment (a DICOM destination with ``storage_commitment: true``,
+PS3.4 Annex J): the instances a C-STORE stored go to ``committing`` under a
+new Transaction UID, recorded before the N-ACTION asks for it
+(:mod:`node.commitment`), since the report may arrive at once. The report,
+received by a listener the dispatcher runs (node-level ``storage_commitment``),
+marks committed instances done; a failed or unlisted instance, a refused or
+unanswered N-ACTION, or no report within ``commitment_timeout`` is a failed
+attempt: the instance is sent again by the retry policy (back-off, dead
+letter), never left waiting. A late report for a transaction that timed out
+is not trusted: the re-send asks again.
+
 Time is read from an injectable clock (``clock``, epoch seconds), so the
 schedule can be tested over simulated hours.
 """
@@ -33,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydicom.uid import generate_uid
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -40,6 +52,7 @@ from core.status import is_store_success
 from node import tls
 from node.audit import audit_row
 from node.background import BackgroundLoop
+from node.commitment import CommitmentError, CommitmentListener, CommitmentReport, request_commitment
 from node.db import AuditKind, Database, Delivery, DeliveryState, Result, rowcount, utcnow
 from node.destinations import DeliveryAttempt, DicomDestination, DicomWebDestination
 from node.logs import log_context
@@ -142,10 +155,45 @@ class Dispatcher(BackgroundLoop):
         self.senders = dict(senders)
         self.clock = clock
         self.metrics: Metrics | None = None
+        #: Destinations whose deliveries end with storage commitment (PS3.4 Annex J).
+        self.committing: dict[str, DicomDestinationSettings] = {
+            name: dest
+            for name, dest in settings.destinations.items()
+            if isinstance(dest, DicomDestinationSettings) and dest.storage_commitment and name in self.senders
+        }
+        self.commitment_ae = settings.storage_commitment.ae_title
+        self.listener: CommitmentListener | None = None
+        if self.committing:
+            sc = settings.storage_commitment
+            self.listener = CommitmentListener(sc.ae_title, host=sc.host, port=sc.port, on_report=self.on_report)
+        self._tls = {name: tls.destination_context(name, dest) for name, dest in self.committing.items()}
+
+    def start(self) -> None:
+        """Start the commitment listener (when a destination asks for commitment), then the loop."""
+        if self.listener is not None:
+            try:
+                self.listener.start()
+            except OSError as exc:  # port in use or not ours: deliveries wait for reports that cannot come
+                log.error(
+                    "storage commitment listener %s cannot listen on %s:%d (%s): committed deliveries will time "
+                    "out and be sent again until the node is restarted with the port free",
+                    self.listener.ae_title,
+                    self.listener.host,
+                    self.listener.port,
+                    exc.strerror or exc,
+                )
+        super().start()
+
+    def stop(self, timeout: float = 30) -> None:
+        super().stop(timeout)
+        if self.listener is not None:
+            self.listener.stop()
 
     def run_once(self) -> float:
         """Send what is due; return seconds until the next delivery is due (at most 1 s)."""
         now = self.clock()
+        if self.committing:
+            self._expire_commitments(now)
         for destination in self.senders:
             self._send_batch(destination, now)
         with self.db.session() as session:
@@ -171,6 +219,7 @@ class Dispatcher(BackgroundLoop):
                     Delivery.created_at,
                     Result.path,
                     Result.sop_uid,
+                    Result.sop_class_uid,
                     Result.study_uid,
                     Result.series_uid,
                     Result.job_id,
@@ -220,7 +269,11 @@ class Dispatcher(BackgroundLoop):
                 return
             if not attempt.ok:
                 failed += [row.id for row in group]
-            if self._record(destination, group, attempt, failed) and rest:
+            transaction = generate_uid() if destination in self.committing else None
+            made_due = self._record(destination, group, attempt, failed, transaction)
+            if transaction is not None:
+                self._request_commitment(destination, transaction, group, attempt)
+            if made_due and rest:
                 # Back after an outage: the rest of this batch goes back to the queue, so that the next pass
                 # sends the whole backlog (now all due) urgent first, not this batch's routine results first.
                 with self.db.session() as session:
@@ -232,18 +285,24 @@ class Dispatcher(BackgroundLoop):
                 return
 
     def _record(
-        self, destination: str, rows: Sequence[Any], attempt: DeliveryAttempt, failed: Sequence[int] = ()
+        self,
+        destination: str,
+        rows: Sequence[Any],
+        attempt: DeliveryAttempt,
+        failed: Sequence[int] = (),
+        transaction: str | None = None,
     ) -> int:
         """Record one send's outcome; returns how many waiting deliveries it made due now (destination back).
 
         ``failed``: deliveries that failed earlier in the same pass, which keep their back-off.
+        ``transaction``: stored instances wait for this storage commitment transaction instead of being done.
         """
         made_due = 0
         with self.db.session() as session:
             delivered = False
             for row in rows:
                 with log_context(job=row.job_id, study=row.study_uid, series=row.series_uid):
-                    delivered = self._record_one(session, destination, row, attempt) or delivered
+                    delivered = self._record_one(session, destination, row, attempt, transaction) or delivered
             if delivered:
                 # The destination answers again: its backlog need not wait for each delivery's back-off.
                 backlog = session.execute(
@@ -261,7 +320,9 @@ class Dispatcher(BackgroundLoop):
                     log.info("destination %s answers again: %d waiting deliveries are due now", destination, made_due)
         return made_due
 
-    def _record_one(self, session: Session, destination: str, row: Any, attempt: DeliveryAttempt) -> bool:
+    def _record_one(
+        self, session: Session, destination: str, row: Any, attempt: DeliveryAttempt, transaction: str | None = None
+    ) -> bool:
         """One delivery's outcome: its state, its audit row and the metrics, together; True when delivered.
 
         ``row`` is one row of :meth:`_send_batch`'s query (the delivery's id and its result's UIDs).
@@ -278,6 +339,13 @@ class Dispatcher(BackgroundLoop):
         code = attempt.statuses.get(row.sop_uid)
         ok = attempt.ok if code is None else is_store_success(code)
         delivery.attempts += 1
+        if ok and transaction is not None:
+            delivery.state = DeliveryState.COMMITTING
+            delivery.commitment_uid = transaction
+            delivery.next_attempt_at = self.clock() + self.committing[destination].commitment_timeout
+            # last_error stays: why an earlier commitment failed, until this one succeeds
+            log.info("stored %s in %s; waiting for its storage commitment", row.sop_uid, destination)
+            return True
         if ok:
             delivery.state = DeliveryState.DONE
             delivery.delivered_at = utcnow()
@@ -289,6 +357,20 @@ class Dispatcher(BackgroundLoop):
         # this instance's own word: why it was not sent (e.g. no acceptable transfer syntax), or its status
         detail = None if code is None else attempt.notes.get(row.sop_uid) or f"status 0x{code:04X}"
         reason = attempt.message if detail is None or detail in attempt.message else f"{attempt.message} ({detail})"
+        self._failed(session, destination, delivery, audit, reason, attempt.permanent, row.sop_uid)
+        return False
+
+    def _failed(
+        self,
+        session: Session,
+        destination: str,
+        delivery: Delivery,
+        audit: dict[str, Any],
+        reason: str,
+        permanent: bool,
+        sop_uid: str,
+    ) -> None:
+        """A failed attempt: back-off and pending again, or a dead letter (refused, or given up)."""
         delivery.last_error = reason
         now = self.clock()
         if delivery.first_failed_at is None:
@@ -297,9 +379,9 @@ class Dispatcher(BackgroundLoop):
         given_up = failing_hours >= self.policy.give_up_after_hours or (
             self.policy.max_attempts is not None and delivery.attempts >= self.policy.max_attempts
         )
-        if attempt.permanent or given_up:
+        if permanent or given_up:
             delivery.state = DeliveryState.DEAD
-            why = "refused" if attempt.permanent else f"failing for {failing_hours:.1f} h"
+            why = "refused" if permanent else f"failing for {failing_hours:.1f} h"
             session.add(
                 audit_row(
                     AuditKind.DEAD_LETTER,
@@ -311,7 +393,7 @@ class Dispatcher(BackgroundLoop):
             log.error(
                 "delivery %s of %s to %s is a dead letter after %d attempts (%s): %s",
                 delivery.id,
-                row.sop_uid,
+                sop_uid,
                 destination,
                 delivery.attempts,
                 why,
@@ -331,13 +413,100 @@ class Dispatcher(BackgroundLoop):
             self._count(destination, "failed", None)
             log.warning(
                 "delivery of %s to %s failed (attempt %d), next in %.0f s: %s",
-                row.sop_uid,
+                sop_uid,
                 destination,
                 delivery.attempts,
                 delay,
                 reason,
             )
-        return False
+
+    def _request_commitment(
+        self, destination: str, transaction: str, rows: Sequence[Any], attempt: DeliveryAttempt
+    ) -> None:
+        """Ask for the commitment of what this send stored (already ``committing``); a failed request fails them."""
+        stored = [row for row in rows if is_store_success(attempt.statuses.get(row.sop_uid, 0 if attempt.ok else -1))]
+        if not stored:
+            return
+        dest = self.committing[destination]
+        try:
+            request_commitment(
+                [(row.sop_class_uid, row.sop_uid) for row in stored],
+                host=dest.host,
+                port=dest.port,
+                called_ae=dest.ae_title,
+                calling_ae=self.commitment_ae,
+                timeout=dest.timeout,
+                ssl_context=self._tls.get(destination),
+                transaction_uid=transaction,
+            )
+        except CommitmentError as exc:
+            self._end_transaction(
+                transaction, set(), {}, f"storage commitment request failed: {exc.reason}", exc.permanent
+            )
+
+    def on_report(self, report: CommitmentReport) -> bool:
+        """An N-EVENT-REPORT (listener thread): committed instances are done, the others sent again.
+
+        Returns False for a transaction no delivery waits for (unknown, or timed out and re-sent).
+        """
+        reasons = {
+            uid: f"storage commitment failed (Failure Reason 0x{code:04X})" for uid, code in report.failed.items()
+        }
+        return (
+            self._end_transaction(
+                report.transaction_uid, set(report.committed), reasons, "not in the storage commitment report", False
+            )
+            > 0
+        )
+
+    def _expire_commitments(self, now: float) -> None:
+        """Deliveries whose commitment report did not come within ``commitment_timeout`` are sent again."""
+        with self.db.session() as session:
+            transactions = session.scalars(
+                select(Delivery.commitment_uid)
+                .where(Delivery.state == DeliveryState.COMMITTING, Delivery.next_attempt_at <= now)
+                .distinct()
+            ).all()
+        for transaction in transactions:
+            if transaction is not None:
+                self._end_transaction(transaction, set(), {}, "no storage commitment report in time", False)
+
+    def _end_transaction(
+        self, transaction: str, committed: set[str], reasons: dict[str, str], otherwise: str, permanent: bool
+    ) -> int:
+        """Finish the deliveries waiting for ``transaction``: done if committed, else failed with their reason."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Delivery, Result)
+                .join(Result, Result.id == Delivery.result_id)
+                .where(Delivery.commitment_uid == transaction, Delivery.state == DeliveryState.COMMITTING)
+            ).all()
+            for delivery, result in rows:
+                audit = {
+                    "destination": delivery.destination,
+                    "sop_uid": result.sop_uid,
+                    "study_uid": result.study_uid,
+                    "series_uid": result.series_uid,
+                    "job_id": result.job_id,
+                }
+                with log_context(job=result.job_id, study=result.study_uid, series=result.series_uid):
+                    if result.sop_uid in committed:
+                        delivery.state = DeliveryState.DONE
+                        delivery.delivered_at = delivery.committed_at = utcnow()
+                        delivery.last_error = None
+                        session.add(
+                            audit_row(
+                                AuditKind.DELIVERED,
+                                message=f"attempt {delivery.attempts}, storage commitment {transaction}",
+                                **audit,
+                            )
+                        )
+                        self._count(delivery.destination, "delivered", delivery.created_at)
+                        log.info("%s committed by %s", result.sop_uid, delivery.destination)
+                    else:
+                        reason = f"{delivery.destination}: {reasons.get(result.sop_uid, otherwise)}"
+                        self._failed(session, delivery.destination, delivery, audit, reason, permanent, result.sop_uid)
+            return len(rows)
 
     def _count(self, destination: str, outcome: str, queued_at: datetime | None) -> None:
         if self.metrics is None:

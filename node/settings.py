@@ -65,6 +65,7 @@ EXAMPLES: dict[str, str] = {
     "allowed_peers": "allowed_peers: [{ae_title: ORTHANC, host: 127.0.0.1}]",
     "destinations": "destinations: {pacs: {type: dicom, ae_title: ORTHANC, host: 127.0.0.1, port: 4242}}",
     "default_destinations": "default_destinations: [pacs]",
+    "storage_commitment": "storage_commitment: {ae_title: AINODE-SC, host: 0.0.0.0, port: 11113}",
     "quiet_period": "quiet_period: {default: 10, CR: 0.5, DX: 0.5}",
     "workers": "workers: 2",
     "database_url": "database_url: postgresql+psycopg://ainode:secret@db:5432/ainode",
@@ -130,6 +131,10 @@ class DicomDestinationSettings(_Strict):
     certificate: Path | None = None  # client certificate, when the peer asks for one
     private_key: Path | None = None
     verify_hostname: bool = True
+    # Storage commitment (PS3.4 Annex J): after the C-STORE, an N-ACTION asks the destination to commit the
+    # instances; the delivery is done when its N-EVENT-REPORT says so (see the node-level storage_commitment).
+    storage_commitment: bool = False
+    commitment_timeout: float = Field(default=300, gt=0)  # seconds to wait for the report, then sent again
 
     @model_validator(mode="after")
     def _check_tls(self) -> DicomDestinationSettings:
@@ -279,6 +284,19 @@ class HttpTlsSettings(_Strict):
 
     certificate: Path
     private_key: Path
+
+
+class StorageCommitmentSettings(_Strict):
+    """Where the N-EVENT-REPORTs of storage commitment arrive: a pynetdicom AE of its own (PS3.4 J.3.3).
+
+    Its AE title is the calling AE title of the N-ACTION; the PACS sends the report to that AE title's
+    address in its own configuration (Orthanc: a ``DicomModalities`` entry). Listening only when a
+    destination has ``storage_commitment: true``.
+    """
+
+    ae_title: AETitle = "AINODE-SC"
+    host: str = "0.0.0.0"
+    port: int = Field(default=11113, ge=0, le=65535)
 
 
 class DeliverySettings(_Strict):
@@ -435,6 +453,7 @@ class Settings(_Strict):
     orthanc_watch: OrthancWatchSettings | None = None
     default_destinations: list[str] = Field(default_factory=lambda: ["pacs"])
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    storage_commitment: StorageCommitmentSettings = Field(default_factory=StorageCommitmentSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     result_series_number: int = Field(default=990, ge=1)
     cxr: CxrSettings = Field(default_factory=CxrSettings)

@@ -5,15 +5,22 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, StorageCommitmentPushModel  # type: ignore[attr-defined]
+from sqlalchemy import select
 
 from node.commitment import CommitmentError, CommitmentListener, CommitmentReport, request_commitment
+from node.db import Database, Delivery, DeliveryState, Job, Result
+from node.dispatcher import Dispatcher
+from node.fakes import FakeDestination
+from node.settings import Settings
 from tests.helpers import free_port
 
 SC_AE, PACS_AE = "AINODE-SC", "FAKEPACS"
@@ -157,3 +164,128 @@ def test_a_report_that_cannot_be_recorded_is_answered_with_a_processing_failure(
     assoc.release()
     assert status.Status == 0x0110  # the PACS learns the report was not taken
     assert reports.empty()
+
+
+# -- the dispatcher: a failed instance is sent again, a committed one is done ---------------------
+
+
+def _results(db: Database, folder: Path, count: int) -> list[str]:
+    """``count`` results (CT files) with a delivery to ``pacs`` each; returns their SOP Instance UIDs."""
+    folder.mkdir()
+    template = dcmread(get_testdata_file("CT_small.dcm"))
+    uids = []
+    with db.session() as session:
+        job = Job(series_uid="1.2.3", study_uid="1.2", pipeline="fake")
+        session.add(job)
+        session.flush()
+        for index in range(count):
+            uid = generate_uid()
+            template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = uid
+            path = folder / f"{index}.dcm"
+            template.save_as(path)
+            result = Result(
+                job_id=job.id,
+                series_uid="1.2.3",
+                study_uid="1.2",
+                sop_uid=uid,
+                sop_class_uid=CT,
+                kind="SC",
+                path=str(path),
+            )
+            session.add(result)
+            session.flush()
+            session.add(Delivery(result_id=result.id, destination="pacs"))
+            uids.append(uid)
+    return uids
+
+
+def _states(db: Database) -> dict[str, tuple[DeliveryState, int, str | None]]:
+    with db.session() as session:
+        rows = session.execute(select(Result.sop_uid, Delivery).join(Delivery, Delivery.result_id == Result.id)).all()
+        return {uid: (d.state, d.attempts, d.last_error) for uid, d in rows}
+
+
+def test_the_dispatcher_sends_a_failed_instance_again_and_finishes_the_committed_one(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
+    db.create_schema()
+    kept, lost = _results(db, tmp_path / "outbox", 2)
+    listener_port = free_port()
+    scp = FakeCommitmentScp(listener_port, failing={lost})
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        destinations={
+            "pacs": {
+                "type": "dicom",
+                "ae_title": PACS_AE,
+                "host": "127.0.0.1",
+                "port": scp.port,
+                "storage_commitment": True,
+            }
+        },
+        storage_commitment={"ae_title": SC_AE, "host": "127.0.0.1", "port": listener_port},
+        delivery={"backoff_initial": 10, "backoff_max": 10},
+    )
+    now = [1_800_000_000.0]
+    destination = FakeDestination()  # the C-STORE side; the commitment goes to the fake SCP
+    dispatcher = Dispatcher(settings, db, {"pacs": destination}, clock=lambda: now[0])
+    assert dispatcher.listener is not None
+    dispatcher.listener.start()
+    try:
+        dispatcher.run_once()
+        assert scp.report_status.get(timeout=10) == 0x0000
+        states = _states(db)
+        assert states[kept][:2] == (DeliveryState.DONE, 1)
+        assert states[lost][:2] == (DeliveryState.PENDING, 1)
+        assert "storage commitment failed (Failure Reason 0x0110)" in (states[lost][2] or "")
+
+        scp.failing = set()  # the PACS keeps it this time
+        now[0] += 11  # after the back-off
+        dispatcher.run_once()
+        assert scp.report_status.get(timeout=10) == 0x0000
+    finally:
+        dispatcher.listener.stop()
+        scp.stop()
+    assert destination.received == {kept: 1, lost: 2}  # sent again, the committed one not
+    assert {uid: state[:2] for uid, state in _states(db).items()} == {
+        kept: (DeliveryState.DONE, 1),
+        lost: (DeliveryState.DONE, 2),
+    }
+    db.dispose()
+
+
+def test_the_dispatcher_sends_again_when_no_report_comes_in_time(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
+    db.create_schema()
+    (uid,) = _results(db, tmp_path / "outbox", 1)
+    scp = FakeCommitmentScp(free_port(), failing=set())  # reports to a port nobody listens on
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        destinations={
+            "pacs": {
+                "type": "dicom",
+                "ae_title": PACS_AE,
+                "host": "127.0.0.1",
+                "port": scp.port,
+                "storage_commitment": True,
+                "commitment_timeout": 60,
+            }
+        },
+        storage_commitment={"ae_title": SC_AE, "host": "127.0.0.1", "port": free_port()},
+    )
+    now = [1_800_000_000.0]
+    dispatcher = Dispatcher(settings, db, {"pacs": FakeDestination()}, clock=lambda: now[0])
+    try:
+        dispatcher.run_once()
+        assert scp.report_status.get(timeout=10) is None  # the report could not be delivered
+        assert _states(db)[uid][:2] == (DeliveryState.COMMITTING, 1)
+        now[0] += 59
+        dispatcher.run_once()
+        assert _states(db)[uid][:2] == (DeliveryState.COMMITTING, 1)
+        now[0] += 2
+        dispatcher.run_once()  # expired: a failed attempt, pending on its back-off
+    finally:
+        scp.stop()
+    state, attempts, error = _states(db)[uid]
+    assert (state, attempts) == (DeliveryState.PENDING, 1)
+    assert error is not None and "no storage commitment report in time" in error
+    db.dispose()
