@@ -439,3 +439,25 @@ def test_a_second_release_rq_in_a_collision_is_aborted() -> None:
     with RawAcceptor(script) as acceptor:
         (outcome,) = store([pydicom_file("CT_small.dcm")], acceptor.port, timeout=5)
     assert outcome.status == status.SUCCESS
+
+
+def test_a_file_gone_between_its_header_and_its_turn_is_not_sent_and_says_why(tmp_path: Path) -> None:
+    """Headers are read before the association; a file removed meanwhile (by hand, or a full disk's cleanup)
+    is reported as not sent with the reason, and the next file still goes."""
+    good = pydicom_file("CT_small.dcm")
+    gone = tmp_path / "gone.dcm"
+    gone.write_bytes(pydicom_file("MR_small.dcm").read_bytes())
+
+    def script(peer: Peer) -> None:
+        peer.read_request()
+        gone.unlink()
+        peer.accept_all()
+        context_id, command, _ = peer.read_message()
+        peer.respond(context_id, command, status.SUCCESS)
+        peer.release()
+
+    with RawAcceptor(script) as acceptor:
+        not_sent, sent = store([gone, good], acceptor.port)
+    assert not_sent.status == status.CANNOT_UNDERSTAND
+    assert not_sent.reason.startswith("not sent: file unreadable")
+    assert (sent.status, sent.reason) == (status.SUCCESS, "")
