@@ -73,7 +73,9 @@ EXAMPLES: dict[str, str] = {
     "http_port": "http_port: 8080",
     "http_enabled": "http_enabled: true",
     "max_pdu": "max_pdu: 262144",
-    "dicom_limits": "dicom_limits: {association_request_timeout: 10, max_negotiating: 64, max_dataset_size: 4294967296}",
+    "dicom_limits": (
+        "dicom_limits: {association_request_timeout: 10, max_negotiating: 64, max_dataset_size: 4294967296}"
+    ),
     "http_tokens": "http_tokens: [{name: ris, token_env: AINODE_RIS_TOKEN}]",
     "http_users": "http_users: [{name: admin, password_hash: 'scrypt$16384$8$1$...'}]  # ainode hash-password",
     "http_tls": "http_tls: {certificate: /etc/ainode/http.crt, private_key: /etc/ainode/http.key}",
