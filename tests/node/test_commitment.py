@@ -205,26 +205,25 @@ def _states(db: Database) -> dict[str, tuple[DeliveryState, int, str | None]]:
         return {uid: (d.state, d.attempts, d.last_error) for uid, d in rows}
 
 
+def _settings(tmp_path: Path, pacs_port: int, listener_port: int, **more: Any) -> Settings:
+    """A node whose destination ``pacs`` (the fake SCP) asks for commitment; ``more``: destination or node keys."""
+    destination = {"type": "dicom", "ae_title": PACS_AE, "host": "127.0.0.1", "port": pacs_port}
+    destination |= {"storage_commitment": True} | {k: v for k, v in more.items() if k == "commitment_timeout"}
+    return Settings(
+        data_dir=tmp_path / "data",
+        destinations={"pacs": destination},
+        storage_commitment={"ae_title": SC_AE, "host": "127.0.0.1", "port": listener_port},
+        **{k: v for k, v in more.items() if k != "commitment_timeout"},
+    )
+
+
 def test_the_dispatcher_sends_a_failed_instance_again_and_finishes_the_committed_one(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'node.db'}")
     db.create_schema()
     kept, lost = _results(db, tmp_path / "outbox", 2)
     listener_port = free_port()
     scp = FakeCommitmentScp(listener_port, failing={lost})
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        destinations={
-            "pacs": {
-                "type": "dicom",
-                "ae_title": PACS_AE,
-                "host": "127.0.0.1",
-                "port": scp.port,
-                "storage_commitment": True,
-            }
-        },
-        storage_commitment={"ae_title": SC_AE, "host": "127.0.0.1", "port": listener_port},
-        delivery={"backoff_initial": 10, "backoff_max": 10},
-    )
+    settings = _settings(tmp_path, scp.port, listener_port, delivery={"backoff_initial": 10, "backoff_max": 10})
     now = [1_800_000_000.0]
     destination = FakeDestination()  # the C-STORE side; the commitment goes to the fake SCP
     dispatcher = Dispatcher(settings, db, {"pacs": destination}, clock=lambda: now[0])
@@ -258,20 +257,7 @@ def test_the_dispatcher_sends_again_when_no_report_comes_in_time(tmp_path: Path)
     db.create_schema()
     (uid,) = _results(db, tmp_path / "outbox", 1)
     scp = FakeCommitmentScp(free_port(), failing=set())  # reports to a port nobody listens on
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        destinations={
-            "pacs": {
-                "type": "dicom",
-                "ae_title": PACS_AE,
-                "host": "127.0.0.1",
-                "port": scp.port,
-                "storage_commitment": True,
-                "commitment_timeout": 60,
-            }
-        },
-        storage_commitment={"ae_title": SC_AE, "host": "127.0.0.1", "port": free_port()},
-    )
+    settings = _settings(tmp_path, scp.port, free_port(), commitment_timeout=60)
     now = [1_800_000_000.0]
     dispatcher = Dispatcher(settings, db, {"pacs": FakeDestination()}, clock=lambda: now[0])
     try:
