@@ -160,9 +160,10 @@ class NodeProcess:
             db.dispose()
 
     def wait_delivered(self, timeout: float = 60) -> None:
-        """Wait until no delivery is pending or being sent, and assert none became a dead letter."""
+        """Wait until no delivery is pending, being sent or awaiting commitment; assert none is a dead letter."""
         deadline = time.monotonic() + timeout
-        while self.deliveries(DeliveryState.PENDING) + self.deliveries(DeliveryState.SENDING):
+        unfinished = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.COMMITTING)
+        while sum(self.deliveries(state) for state in unfinished):
             assert time.monotonic() < deadline, self.log()
             time.sleep(0.1)
         assert self.deliveries(DeliveryState.DEAD) == 0, self.log()
