@@ -14,6 +14,13 @@ with TCP_NODELAY=1, in the same run, interleaved round by round.
   folder fsynced before the response; database rows committed after the response,
   in batches (the spool file is the durable record; see ``node.receiver``).
 
+* The disk's durable floor: no network and no DICOM, the same files copied with what
+  durability costs (write, fsync, rename into a folder, fsync the folder), one thread
+  per association. No durable receiver can beat it on this disk; the ratio of the node
+  to it ("vs disk") says how much of the gap to storescp is the disk's and how much the
+  node's own. The fsync latency of a shared machine moves between runs: compare rows
+  of one run only.
+
 Each server is started for its measurement and waited for until idle (the node loads
 its models on worker threads after it listens), then stopped; its count of stored
 instances is checked. The node's quiet period is an hour, so no analysis runs meanwhile.
@@ -25,11 +32,13 @@ Targets (issue 16): node ≥ 0.5 × storescp on one association and ≥ 0.8 × w
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,7 +135,42 @@ def ainode(work: Path, folders: list[Path], count: int) -> float:
     return seconds
 
 
+def disk_floor(work: Path, folders: list[Path], count: int) -> float:
+    """Write, fsync, rename, fsync the folder: each folder's files by one thread, all threads at once."""
+    out = work / "out"
+    out.mkdir(parents=True)
+
+    def copy(folder: Path, index: int) -> None:
+        target = out / str(index)
+        target.mkdir()
+        directory = os.open(target, os.O_RDONLY)
+        try:
+            for path in sorted(folder.iterdir()):
+                data = path.read_bytes()
+                part = target / f".{path.name}.part"
+                with open(part, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(part, target / path.name)
+                os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    threads = [threading.Thread(target=copy, args=(folder, i)) for i, folder in enumerate(folders)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    stored = len(list(out.rglob("*.dcm")))
+    assert stored == count, f"disk floor wrote {stored} of {count}"
+    return seconds
+
+
 RECEIVERS: dict[str, Callable[[Path, list[Path], int], float]] = {
+    "disk floor (durable copy, no network)": disk_floor,
     "storescp (no fsync)": storescp,
     "Orthanc (durable)": orthanc,
     "ainode (durable)": ainode,
@@ -156,8 +200,10 @@ def main() -> int:
         rows = []
         for n in ASSOCIATIONS:
             reference = statistics.median(times[("storescp (no fsync)", n)])
+            floor = statistics.median(times[("disk floor (durable copy, no network)", n)])
             for name in RECEIVERS:
                 med = statistics.median(times[(name, n)])
+                durable = name.startswith(("ainode", "Orthanc"))
                 rows.append(
                     [
                         name,
@@ -166,13 +212,14 @@ def main() -> int:
                         f"{args.count / med:.0f}",
                         f"{megabytes / med:.0f}",
                         f"{reference / med:.2f}",
+                        f"{floor / med:.2f}" if durable else "",
                     ]
                 )
         print(
             f"C-STORE receive, {args.count} instances of {megabytes / args.count:.2f} MB from storescu, "
             f"median of {args.rounds} round(s)"
         )
-        print(table(["receiver", "associations", "seconds", "images/s", "MB/s", "rate vs storescp"], rows))
+        print(table(["receiver", "associations", "seconds", "images/s", "MB/s", "vs storescp", "vs disk"], rows))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
