@@ -48,6 +48,7 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 
 #: (group, element) -> keyword of what the receiver reads.
 WANTED = {
+    (0x0008, 0x0016): "SOPClassUID",
     (0x0008, 0x0018): "SOPInstanceUID",
     (0x0008, 0x0060): "Modality",
     (0x0020, 0x000D): "StudyInstanceUID",
@@ -60,6 +61,10 @@ _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _SPECIFIC_CHARACTER_SET = 0x00080005
 #: What a value of an ambiguous VR (``US or SS``, ``OB or OW``) is resolved from (PS3.5 A.1 c, PS3.3 C.7.6.3).
 _PIXEL_DESCRIPTION = (0x00280100, 0x00280101, 0x00280103)
+#: Every VR of PS3.5 Table 6.2-1: what the two bytes after an explicit VR element's tag must be.
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xE000, 0xE00D, 0xE0DD
@@ -90,6 +95,88 @@ def dataset_offset(data: bytes | memoryview) -> tuple[int, str] | None:
             syntax = bytes(data[value_at : value_at + length]).rstrip(b"\x00 ").decode("ascii", "replace")
         pos = value_at + length
     return (pos, syntax) if syntax else None
+
+
+def encoding_problem(data: bytes | memoryview, size: int) -> str | None:
+    """Why the data set of a Part 10 file is not encoded in the transfer syntax its meta names, or ``None``.
+
+    ``data`` is the file's start (its meta and the data set's first bytes), ``size`` the whole file's.
+    Judged by the layout of the data set's first element (microseconds, whatever the file's size): in
+    explicit VR the two bytes after its tag are a VR of PS3.5 Table 6.2-1 and its length fits; in
+    implicit VR its four-byte length fits and it is not laid out as an explicit VR element whose
+    successor is one too. pydicom switches to the other VR silently when reading, so a file whose
+    meta contradicts its data set reads here but not in a strict reader (DCMTK, dciodvfy). A data set
+    shorter than one element header is a problem too. ``None`` also when it cannot be told here: no
+    file meta, deflated data.
+    """
+    located = dataset_offset(data)
+    if located is None:
+        return None
+    pos, syntax = located
+    if pos + 8 > size:
+        return f"the data set is {max(size - pos, 0)} bytes long, shorter than one element"
+    if syntax == DEFLATED or pos + 8 > len(data):
+        return None
+    big = syntax == EXPLICIT_VR_BE
+    group, element = struct.unpack_from(">HH" if big else "<HH", data, pos)
+    first = f"({group:04X},{element:04X})"
+    vr = bytes(data[pos + 4 : pos + 6])
+    if syntax == IMPLICIT_VR_LE:
+        if _laid_out_explicit(data, pos, size):
+            return f"explicit VR data on an implicit VR context: its first element {first} has the VR {vr.decode()}"
+        length = struct.unpack_from("<I", data, pos + 4)[0]
+        if length != _UNDEFINED and pos + 8 + length > size:
+            return f"its first element {first} has a length ({length}) past the data set's end"
+        return None
+    if vr not in _VRS:
+        return f"implicit VR data on an explicit VR context ({syntax}): its first element {first} has no VR"
+    end = _explicit_end(data, pos, big)
+    if end is None or (end != _UNDEFINED and end > size):
+        return f"its first element {first} ({vr.decode()}) has a length past the data set's end"
+    return None
+
+
+def _explicit_end(data: bytes | memoryview, pos: int, big: bool = False) -> int | None:
+    """Where the explicit VR element at ``pos`` ends (``_UNDEFINED`` for an undefined length), or ``None``.
+
+    ``None`` when its VR is not one, or its header is cut off in ``data``.
+    """
+    vr = bytes(data[pos + 4 : pos + 6])
+    if vr not in _VRS:
+        return None
+    if vr in _LONG_VRS:
+        if pos + 12 > len(data):
+            return None
+        length = struct.unpack_from(">I" if big else "<I", data, pos + 8)[0]
+        return _UNDEFINED if length == _UNDEFINED else pos + 12 + length
+    return pos + 8 + struct.unpack_from(">H" if big else "<H", data, pos + 6)[0]
+
+
+def _laid_out_explicit(data: bytes | memoryview, pos: int, size: int) -> bool:
+    """Whether the element at ``pos`` of a little-endian data set reads as explicit VR, its successor too.
+
+    An implicit VR length whose low bytes spell a VR (16705 bytes or more for a first element) is not
+    enough: the explicit reading must also fit and lead to an item (after an undefined length), to the
+    end, or to an ascending tag with a VR.
+    """
+    end = _explicit_end(data, pos)
+    if end is None:
+        return False
+    if bytes(data[pos + 4 : pos + 6]) in _LONG_VRS and bytes(data[pos + 6 : pos + 8]) != b"\x00\x00":
+        return False  # explicit VR's reserved bytes are zero
+    if end == _UNDEFINED:
+        value_at = pos + 12
+        return value_at + 4 <= len(data) and struct.unpack_from("<HH", data, value_at) in (
+            (0xFFFE, _ITEM),
+            (0xFFFE, _SEQ_END),
+        )
+    if end > size:
+        return False
+    if end + 6 > len(data):
+        return True  # the data set's end, or past what was read: the layout fits as far as it can be seen
+    return struct.unpack_from("<HH", data, end) > struct.unpack_from("<HH", data, pos) and (
+        bytes(data[end + 4 : end + 6]) in _VRS
+    )
 
 
 def read_identifiers(data: bytes | memoryview) -> dict[str, str] | None:

@@ -37,7 +37,21 @@ Without :meth:`Receiver.start` (tools, tests) each C-STORE records its row
 before answering, as the node did before the recorder existed.
 
 Out of disk answers 0xA700; an unreadable data set or invalid UIDs answer
-0xC210; nothing raises to the peer.
+0xC210; nothing raises to the peer. Before anything is kept, the data set is
+checked against its C-STORE request, nothing stored on a refusal:
+
+* its first element must be laid out in the presentation context's transfer
+  syntax (:func:`node.dicomheader.encoding_problem`: the VR after its tag in
+  explicit VR, a length that fits in implicit VR), else 0xC210 (cannot
+  understand: the SCP names the context's syntax in the file's meta, and a
+  file whose meta contradicts its data set is unreadable to strict readers;
+  pydicom would switch VR silently);
+* it must carry a SOP Class UID equal to the request's Affected SOP Class UID
+  and a SOP Instance UID, else 0xA900 (data set does not match SOP class,
+  PS3.4 B.2.3: every storage IOD has the SOP Common module, whose SOP Class and
+  Instance UIDs are Type 1; the data set was understood, it does not conform);
+* that SOP Instance UID must be the request's Affected SOP Instance UID, else
+  0xC210.
 """
 
 from __future__ import annotations
@@ -66,7 +80,7 @@ from sqlalchemy.orm import Session
 from core import status
 from dimse.scp import StoreRequest
 from node.db import Database, Instance, Series, SeriesState, Study, retry_locked, utcnow
-from node.dicomheader import read_identifiers, record_elements
+from node.dicomheader import encoding_problem, read_identifiers, record_elements
 from node.errors import InputError, StorageError, StorageFull
 from node.idempotency import file_digest
 from node.logs import bind_log_context, log_context
@@ -76,8 +90,8 @@ from node.spool import Spool, check_uid
 log = logging.getLogger("ainode.receiver")
 
 #: All the receiver reads of a data set; everything else waits for the pipeline.
-HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"]
-REQUIRED_TAGS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}
+HEADER_TAGS = ["SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"]
+REQUIRED_TAGS = {"SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}
 
 #: Instances acknowledged and waiting for their rows, past which a C-STORE is refused (0xA700).
 MAX_UNRECORDED = 10_000
@@ -101,6 +115,10 @@ _EXTEND_SERIES = (
     )
 )
 _ADD_INSTANCE = insert(Instance)
+
+
+class NotOfSOPClass(InputError):
+    """The data set does not match the C-STORE's SOP class (answered 0xA900)."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +173,7 @@ def _file_bytes(path: Path) -> Iterator[bytes]:
 
 
 def read_received_header(path: Path) -> Mapping[str, Any] | Dataset:
-    """Study, Series and SOP Instance UIDs and Modality of a received file, reading only its header.
+    """SOP Class, Study, Series and SOP Instance UIDs and Modality of a received file, reading only its header.
 
     The scanner of :mod:`node.dicomheader` on the file's first pages; pydicom (pixels and
     large values left unread) for what it declines.
@@ -163,21 +181,32 @@ def read_received_header(path: Path) -> Mapping[str, Any] | Dataset:
     Raises
     ------
     InputError
-        The file is not a readable DICOM data set.
+        The file is not a readable DICOM data set, or its data set is not encoded in the
+        transfer syntax its meta names (:func:`node.dicomheader.encoding_problem`).
     """
     try:
         with open(path, "rb") as fh:
-            # The first pages hold these in any common header: a scan of them (microseconds) that finds
-            # all three UIDs is complete, since an element cut at the end fails the scan (then the map).
-            found = read_identifiers(fh.read(_READ_WHOLE))
+            head = fh.read(_READ_WHOLE)
+            size = os.fstat(fh.fileno()).st_size
+        problem = encoding_problem(head, size)
+        if problem is not None:
+            raise InputError(f"unreadable data set: {problem}")
+        # The first pages hold these in any common header: a scan of them (microseconds) that finds
+        # all four UIDs is complete, since an element cut at the end fails the scan (then the map).
+        found = read_identifiers(head)
         if found is None or not found.keys() >= REQUIRED_TAGS:
             with _file_bytes(path) as data:
                 found = read_identifiers(data)
         if found is not None and found.keys() >= REQUIRED_TAGS:
             return found
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS, defer_size=1024)
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS, defer_size=1024)
     except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, KeyError, OSError) as exc:
         raise InputError(f"unreadable data set: {exc}") from exc
+    if not any(key in ds for key in REQUIRED_TAGS):
+        # pydicom stops at what it cannot parse and returns what it read: nothing here is understood (0xC210),
+        # unlike a data set that was read but lacks its SOP Class or Instance UID (0xA900).
+        raise InputError("unreadable data set: none of its SOP Class, SOP Instance, Study and Series UIDs found")
+    return ds
 
 
 class Receiver:
@@ -252,8 +281,18 @@ class Receiver:
         except StorageFull as exc:
             log.error("refused %s from %s: %s", request.sop_instance_uid, request.calling_ae, exc)
             return self._reject(status.OUT_OF_RESOURCES)
+        except NotOfSOPClass as exc:
+            log.warning(
+                "refused %s from %s (0xA900, data set does not match SOP class): %s",
+                request.sop_instance_uid,
+                request.calling_ae,
+                exc,
+            )
+            return self._reject(status.DATASET_DOES_NOT_MATCH_SOP_CLASS)
         except InputError as exc:
-            log.warning("cannot understand instance from %s: %s", request.calling_ae, exc)
+            log.warning(
+                "refused %s from %s (0xC210, cannot understand): %s", request.sop_instance_uid, request.calling_ae, exc
+            )
             return self._reject(status.CANNOT_UNDERSTAND)
         except (StorageError, SQLAlchemyError) as exc:
             full = isinstance(exc, OperationalError) and "full" in str(exc).lower()
@@ -273,7 +312,8 @@ class Receiver:
     def _store(self, request: StoreRequest, study: list[str]) -> None:
         ds = read_received_header(request.path)
         sop_uid = check_uid(request.sop_instance_uid, "SOPInstanceUID")
-        if str(ds.get("SOPInstanceUID", sop_uid)) != sop_uid:
+        _check_sop_class(ds, str(request.sop_class_uid))
+        if str(ds.get("SOPInstanceUID")) != sop_uid:
             raise InputError("SOPInstanceUID in the data set differs from the C-STORE request")
         study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
         study.append(study_uid)
@@ -662,6 +702,16 @@ class Receiver:
         except _Unrecorded as exc:
             log.error("%d spool files could not be recovered: %s", len(exc.items), _cause(exc.__cause__ or exc))
             return len(items) - len(exc.items)
+
+
+def _check_sop_class(ds: Mapping[str, Any] | Dataset, affected: str) -> None:
+    """The data set carries a SOP Instance UID and the request's SOP class, else :class:`NotOfSOPClass`."""
+    missing = [key for key in ("SOPClassUID", "SOPInstanceUID") if not str(ds.get(key) or "").strip()]
+    if missing:
+        raise NotOfSOPClass(f"the data set has no {' and no '.join(missing)} (SOP Common module, Type 1)")
+    sop_class = str(ds.get("SOPClassUID")).strip()
+    if sop_class != affected.strip():
+        raise NotOfSOPClass(f"the data set's SOP Class UID {sop_class[:64]} is not the request's {affected[:64]}")
 
 
 class _Unrecorded(Exception):
