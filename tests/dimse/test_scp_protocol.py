@@ -484,7 +484,13 @@ def test_data_set_over_max_dataset_size_is_discarded_and_the_next_one_kept(start
     peer = established(scp.port)
 
     peer.send(p_data(1, encode_c_store_rq(1, CT, "1.2.3.1"), command=True, last=True))
-    for _ in range(9):
+    for _ in range(4):  # up to the cap: the file is being written
+        peer.send(p_data(1, bytes(1000), command=False, last=False))
+    deadline = time.monotonic() + 5
+    while not list(incoming.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(list(incoming.iterdir())) == 1
+    for _ in range(5):  # past the cap
         peer.send(p_data(1, bytes(1000), command=False, last=False))
     deadline = time.monotonic() + 5
     while list(incoming.iterdir()) and time.monotonic() < deadline:
