@@ -158,6 +158,13 @@ class Job(Base):
     # pipeline's models and settings. A re-sent series with both unchanged is not analysed again.
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     analysis_key: Mapped[str | None] = mapped_column(String(64))
+    # How urgent (``node.priority``): 0 urgent, 1 priority, 2 routine; ``None`` counts as routine.
+    priority: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    priority_reason: Mapped[str | None] = mapped_column(String(128), default=None)
+    # Celery executor (``node.distributed``): the broker priority the job was last published with
+    # (``None``: not published), and the epoch second until which its worker holds it (heartbeat).
+    published_priority: Mapped[int | None] = mapped_column(Integer, default=None)
+    lease_until: Mapped[float | None] = mapped_column(Float, default=None, index=True)
 
 
 class Result(Base):

@@ -33,6 +33,7 @@ from node.retention import RetentionLoop
 from node.router import check_references, load_routing, routing_tags
 from node.settings import Settings, TlsSettings
 from node.spool import Outbox, Spool
+from node.storage import open_outbox, open_spool
 from node.watcher import OrthancWatcher
 from node.web.auth import Authenticator
 from node.web.stow import StowIntake
@@ -106,8 +107,8 @@ class Node:
         self.metrics = Metrics()
         self.metrics.add_collector(partial(database_gauges, self.db, settings.data_dir))
         self.received = ReceiveAudit(self.db)
-        self.spool = Spool(settings.spool_dir, settings.tmp_dir)
-        self.outbox = Outbox(settings.outbox_dir, settings.tmp_dir)
+        self.spool: Spool = open_spool(settings)
+        self.outbox: Outbox = open_outbox(settings)
         self.routing = load_routing(settings.routing_file)
         check_references(self.routing, pipelines=PIPELINE_MODELS, destinations=settings.destinations)
         self.models = plan_models(settings)

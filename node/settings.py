@@ -420,6 +420,55 @@ def _default_destinations() -> dict[str, DicomDestinationSettings | DicomWebDest
     return {"pacs": DicomDestinationSettings(ae_title="ORTHANC", host="127.0.0.1", port=4242)}
 
 
+class CelerySettings(_Strict):
+    """The distributed executor (``executor: celery``): Celery 5 over RabbitMQ (``node.distributed``).
+
+    The broker carries job ids only; PostgreSQL (``database_url``) holds every state. Each job goes to
+    the queue of its pipeline (``queues``, else ``default_queue``); ``ainode worker --queues`` consumes them.
+    """
+
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    default_queue: str = "cpu"
+    queues: dict[str, str] = Field(default_factory=dict)  # pipeline -> queue name, e.g. {ct_pe: gpu}
+    # A worker holds a job's row for lease_seconds, renewed every heartbeat_seconds; a row whose
+    # lease ran out (its worker died or hangs) is queued again by the sweeper in ``ainode serve``.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # Celery's limits on one job, below RabbitMQ's consumer_timeout (30 min by default).
+    soft_time_limit: float = Field(default=1200.0, gt=0)
+    time_limit: float = Field(default=1500.0, gt=0)
+
+
+class PrioritySettings(_Strict):
+    """How urgent a job is (``node.priority``): 0 urgent, 1 priority, 2 routine."""
+
+    # Requested Procedure Priority (0040,1003) values that make a job urgent, and priority.
+    urgent_procedure_priorities: list[str] = Field(default_factory=lambda: ["STAT"])
+    high_procedure_priorities: list[str] = Field(default_factory=lambda: ["HIGH"])
+    # Current Patient Location (0038,0300) regular expressions that make a job urgent (emergency department).
+    urgent_locations: list[str] = Field(default_factory=lambda: [r"(?i)\b(ED|ER|A&E|emergency|resus)\b"])
+    # A job waiting longer than this (seconds) goes before every other: routine work always finishes.
+    promote_after: float = Field(default=900.0, gt=0)
+
+
+class StorageSettings(_Strict):
+    """Where the spool (received instances) and the outbox (result objects) live (``node.storage``).
+
+    ``posix``: folders under ``data_dir`` (or ``root``, e.g. a shared mount). ``s3``: an
+    S3-compatible object store; an instance is acknowledged only once its PUT succeeded.
+    """
+
+    type: Literal["posix", "s3"] = "posix"
+    root: Path | None = None  # posix: where spool/ and outbox/ are; default data_dir
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_env: str | None = None  # default: boto3's own chain (AWS_ACCESS_KEY_ID, ...)
+    secret_key_env: str | None = None
+    verify_tls: bool = True
+
+
 class Settings(_Strict):
     """All settings of one node. See ``config/node.yaml`` for the documented defaults."""
 
@@ -443,6 +492,11 @@ class Settings(_Strict):
     threads_per_model: int = Field(default=1, ge=1)
     # A job the node died during this many times is failed: a series that crashes the process cannot stop it.
     job_max_restarts: int = Field(default=3, ge=1)
+    # local: a pool of `workers` threads in `ainode serve`; celery: `ainode worker` processes over RabbitMQ.
+    executor: Literal["local", "celery"] = "local"
+    celery: CelerySettings = Field(default_factory=CelerySettings)
+    priorities: PrioritySettings = Field(default_factory=PrioritySettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     # A series re-sent unchanged is never analysed again with the same models and settings; with
     # new weights or settings, true analyses it again on its next re-send (node.idempotency).
     reanalyse_on_change: bool = False

@@ -19,7 +19,7 @@
 #   only when pyproject.toml changed or more extras are needed (stamp in .venv).
 #
 # Environment: AINODE_PYTHON (interpreter for a new .venv), AINODE_EXTRAS
-# (pip extras, default "postgres" for run, "test,postgres,train,yolo" for test and test-fast).
+# (pip extras, default "postgres" for run, "test,postgres,distributed,train,yolo" for test and test-fast).
 # These two belong to this script: the node's settings loader ignores them
 # (node.settings.NOT_SETTINGS), although they share the AINODE_ prefix.
 set -euo pipefail
@@ -33,8 +33,8 @@ export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_NO_INPUT=1
 
-TEST_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql strace chromium)
-SERVICES=(orthanc postgresql)
+TEST_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql rabbitmq-server strace chromium)
+SERVICES=(orthanc postgresql rabbitmq-server)
 
 say() { printf '[dev.sh] %s\n' "$*"; }
 die() { printf '[dev.sh] error: %s\n' "$*" >&2; exit 1; }
@@ -231,7 +231,7 @@ main() {
         # Node.js from Debian only when no npm is there: a NodeSource nodejs carries its own).
         command -v npm >/dev/null 2>&1 || ensure_packages nodejs npm
         bash "$ROOT/scripts/ohif.sh" >/dev/null
-        ensure_venv "${AINODE_EXTRAS:-test,postgres,train,yolo}"
+        ensure_venv "${AINODE_EXTRAS:-test,postgres,distributed,train,yolo}"
         gate "ruff check" "$VENV/bin/ruff" check .
         gate "ruff format" "$VENV/bin/ruff" format --check .
         gate "mypy" "$VENV/bin/mypy"
@@ -243,7 +243,7 @@ main() {
     test-fast)
         # No Debian package: the tests not marked integration need only the venv. Two pytest-xdist
         # workers (about half the time on two cores); `-n 0` among the arguments runs in one process.
-        ensure_venv "${AINODE_EXTRAS:-test,postgres,train,yolo}"
+        ensure_venv "${AINODE_EXTRAS:-test,postgres,distributed,train,yolo}"
         gate "ruff check" "$VENV/bin/ruff" check .
         gate "ruff format" "$VENV/bin/ruff" format --check .
         gate "lint-imports" "$VENV/bin/lint-imports"
