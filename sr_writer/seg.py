@@ -44,6 +44,7 @@ from sr_writer.common import (
 )
 from sr_writer.ct_sr import HU_RANGES
 from sr_writer.errors import InvalidResultError
+from sr_writer.uids import new_uid
 
 __all__ = ["REGION", "SERIES_DESCRIPTION", "TISSUES", "build_tissue_segmentation"]
 
@@ -152,5 +153,10 @@ def build_tissue_segmentation(
         content_description=lo(f"Body composition on the L3 slice by {name}", "content description"),
         omit_empty_frames=False,
     )
+    # highdicom draws a random Dimension Organization UID under its own root; ours, like every UID we
+    # write, is under the configured root (and the same when a job runs again: sr_writer.uids).
+    dimension_uid = new_uid(params.uid_root)
+    for item in (*seg.DimensionOrganizationSequence, *seg.get("DimensionIndexSequence", [])):
+        item.DimensionOrganizationUID = dimension_uid
     name_series(seg, [algorithm], params.description(SERIES_DESCRIPTION), [cleaned])
     return seg

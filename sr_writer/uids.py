@@ -4,17 +4,31 @@ PS3.5 section 9.1: a UID is at most 64 characters, digits and dots, and no
 component has a leading zero. The root is limited to 53 characters: pydicom's
 ``generate_uid`` takes a prefix (``root + "."``) of at most 54, which leaves at
 least 10 random digits in a 64-character UID.
+
+Inside :func:`deterministic_uids` (the node runs every job in one) the UIDs are not random:
+each is derived from the scope's seed and a counter, so running the same job again (after a
+crash, or a broker's redelivery) writes objects with the same UIDs, which a PACS takes as the
+same objects rather than second copies. The scope is a :mod:`contextvars` variable: each thread
+(each job of the local pool) has its own, and code that writes objects for a job in another
+thread must run there through :func:`contextvars.copy_context` (the writers run in the job's
+own thread, one after the other, so the counter's order is the program's).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 from pydicom.uid import generate_uid
 
 from sr_writer.errors import ParameterError
 
-__all__ = ["MAX_ROOT_LENGTH", "is_under_root", "new_uid", "validate_uid_root"]
+__all__ = ["MAX_ROOT_LENGTH", "deterministic_uids", "is_under_root", "new_uid", "validate_uid_root"]
 
 MAX_ROOT_LENGTH = 53
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -48,15 +62,49 @@ def validate_uid_root(root: str) -> str:
     return root
 
 
+@dataclass
+class _Scope:
+    seed: str
+    counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+
+_scope: ContextVar[_Scope | None] = ContextVar("ainode_uid_scope", default=None)
+
+
+@contextmanager
+def deterministic_uids(*seed: str | int | None) -> Iterator[None]:
+    """Within the block, :func:`new_uid` derives each UID from ``seed`` and a counter.
+
+    Parameters
+    ----------
+    *seed : str, int or None
+        What identifies the work, e.g. a job's id, series, generation, pipeline and analysis key.
+        The same seed and the same sequence of calls give the same UIDs; any difference in the
+        seed gives other UIDs. Scopes nest: the innermost one counts.
+    """
+    token = _scope.set(_Scope(json.dumps(["ainode result uids", *seed])))
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
 def new_uid(root: str) -> str:
-    """A new random UID ``root.<digits>`` of at most 64 characters.
+    """A new UID ``root.<digits>`` of at most 64 characters.
+
+    Random, or inside :func:`deterministic_uids` the SHA-512 of the scope's seed and the call's
+    number as a decimal integer, cut to fit (pydicom's ``generate_uid`` with entropy sources).
 
     Parameters
     ----------
     root : str
         The configured UID root, checked with :func:`validate_uid_root`.
     """
-    return str(generate_uid(prefix=validate_uid_root(root) + "."))
+    prefix = validate_uid_root(root) + "."
+    scope = _scope.get()
+    if scope is None:
+        return str(generate_uid(prefix=prefix))
+    return str(generate_uid(prefix=prefix, entropy_srcs=[scope.seed, "#", str(next(scope.counter))]))
 
 
 def is_under_root(uid: str, root: str) -> bool:
