@@ -215,6 +215,38 @@ class RabbitMQServer:
                 check=False,
             )
 
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """Run ``rabbitmqctl`` against this broker; return its output.
+
+        Raises
+        ------
+        RuntimeError
+            When it exits non-zero; the message holds its output.
+        """
+        ctl = self.script.with_name("rabbitmqctl")
+        proc = subprocess.run(
+            [str(ctl), "-n", self.nodename, *args],
+            cwd=self.dir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            user=self._account.pw_uid if self._account else None,
+            group=self._account.pw_gid if self._account else None,
+            extra_groups=[] if self._account else None,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        return proc.stdout
+
+    def add_vhost(self, name: str) -> str:
+        """Create a virtual host that guest may use; return its URL. Tests sharing one broker each get their own."""
+        self.ctl("add_vhost", name)
+        self.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{name}"
+
     def kill(self) -> None:
         """SIGKILL the broker (no graceful stop); its data folder stays for :meth:`start`."""
         if self.proc is not None and self.proc.poll() is None:

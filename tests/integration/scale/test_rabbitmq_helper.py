@@ -24,6 +24,14 @@ def test_broker_keeps_a_persistent_message_across_a_restart_and_stops_clean(tmp_
             assert message is not None, broker.log_tail()
             assert message.payload == {"job": 7}
             assert queue(conn).get(no_ack=True) is None  # exactly one copy
+        vhost = broker.add_vhost("ainode-other")
+        assert vhost.endswith("/ainode-other")
+        with kombu.Connection(vhost) as conn:
+            conn.Producer().publish(
+                {"job": 8}, exchange=queue.exchange, routing_key="k", declare=[queue], delivery_mode=2
+            )
+        with kombu.Connection(broker.url) as conn:
+            assert queue(conn).get(no_ack=True) is None, "a virtual host's queues are its own"
     finally:
         broker.stop()
     assert not amqp_ready(broker.port)
