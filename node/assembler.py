@@ -8,6 +8,10 @@ the one the receiver recorded (``Instance.header``, see
 :func:`node.router.routing_tags`); the file is read only when none was. Our own result
 objects and other nodes' SR/SEG/PR/KO are marked ignored, never analysed.
 
+Each job gets its priority here (:class:`node.priority.PriorityPolicy`): the rule's, the
+Requested Procedure Priority and Current Patient Location recorded with the header, and an
+urgent triage of an earlier result of the same study; the reason is kept in ``Job.priority_reason``.
+
 A series re-sent unchanged after it was scheduled (``Series.resend_pending``,
 set by the receiver) is looked at again after its quiet period too: when its
 fingerprint and the pipeline's analysis key equal those of its latest job (see
@@ -29,6 +33,7 @@ from node.background import BackgroundLoop
 from node.db import AuditKind, Database, Instance, Job, JobState, Series, SeriesState, utcnow
 from node.dicomheader import read_header, recorded_dataset
 from node.idempotency import file_digest, series_fingerprint
+from node.priority import PriorityPolicy, level_name, triaged_urgent
 from node.router import RoutingConfig, is_own_or_result_object, route, routing_tags
 
 log = logging.getLogger("ainode.assembler")
@@ -59,6 +64,8 @@ class Assembler(BackgroundLoop):
     unrecorded : callable, optional
         The series with an acknowledged instance whose row is not committed yet
         (:meth:`node.receiver.Receiver.unrecorded_series`): not scheduled until it is.
+    priorities : PriorityPolicy, optional
+        How a new job's priority is computed (``priorities:`` in node.yaml); default: its defaults.
     """
 
     def __init__(
@@ -73,6 +80,7 @@ class Assembler(BackgroundLoop):
         reanalyse_on_change: bool = False,
         on_resent: Callable[[str, int], None] | None = None,
         unrecorded: Callable[[], Collection[str]] | None = None,
+        priorities: PriorityPolicy | None = None,
     ) -> None:
         super().__init__("ainode-assembler", log)
         self.db = db
@@ -86,6 +94,7 @@ class Assembler(BackgroundLoop):
         self.reanalyse_on_change = reanalyse_on_change
         self.on_resent = on_resent
         self.unrecorded = unrecorded
+        self.priorities = priorities if priorities is not None else PriorityPolicy()
 
     def run_once(self) -> float:
         """Queue every stable series; return seconds until the next one may be stable."""
@@ -165,6 +174,12 @@ class Assembler(BackgroundLoop):
                 return 0
             if resend:
                 series.generation += 1  # analysed before (or failed): the new results supersede the old
+            priority = self.priorities.job_priority(
+                header,
+                rule=decision.rule,
+                rule_priority=decision.priority,
+                triaged_urgent=triaged_urgent(session, series.study_uid),
+            )
             job = Job(
                 series_uid=series.series_uid,
                 study_uid=series.study_uid,
@@ -175,6 +190,8 @@ class Assembler(BackgroundLoop):
                 state=JobState.QUEUED,
                 fingerprint=fingerprint,
                 analysis_key=key,
+                priority=priority.level,
+                priority_reason=priority.reason,
             )
             series.resent_instances = 0
             if decision.pipeline not in self.enabled:
@@ -198,11 +215,13 @@ class Assembler(BackgroundLoop):
                     )
                 )
             log.info(
-                "series %s -> %s (rule %s, generation %d)",
+                "series %s -> %s (rule %s, generation %d, %s%s)",
                 series.series_uid,
                 decision.pipeline,
                 decision.rule,
                 series.generation,
+                level_name(priority.level),
+                f": {priority.reason}" if priority.reason else "",
             )
             return 1 if job.state == JobState.QUEUED else 0
 

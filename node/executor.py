@@ -46,8 +46,8 @@ from node.dicomheader import read_header
 from node.errors import InputError
 from node.logs import bind_log_context, log_context, read_patient_values, redact
 from node.pipelines import Pipeline, PipelineOutput
+from node.priority import URGENT, claim_order, raise_study
 from node.spool import Outbox
-from sr_writer.uids import deterministic_uids
 
 if TYPE_CHECKING:
     from node.http import Metrics
@@ -84,11 +84,19 @@ def recover(db: Database, max_attempts: int = MAX_ATTEMPTS) -> int:
         return len(stuck)
 
 
-def claim_job(db: Database, worker: str, pipelines: set[str]) -> Job | None:
-    """Atomically take the oldest queued job of one of ``pipelines``."""
+def claim_job(db: Database, worker: str, pipelines: set[str], promote_after: float | None = None) -> Job | None:
+    """Atomically take the next queued job of one of ``pipelines``.
+
+    Next (:func:`node.priority.claim_order`): a job that has waited ``promote_after`` seconds or more
+    (oldest first), then the most urgent (``Job.priority``), then the oldest. All routine: first in,
+    first out.
+    """
     with db.session() as session:
         candidates = session.scalars(
-            select(Job.id).where(Job.state == JobState.QUEUED, Job.pipeline.in_(pipelines)).order_by(Job.id).limit(5)
+            select(Job.id)
+            .where(Job.state == JobState.QUEUED, Job.pipeline.in_(pipelines))
+            .order_by(*claim_order(utcnow(), promote_after))
+            .limit(5)
         ).all()
         for job_id in candidates:
             claimed = session.execute(
@@ -103,15 +111,8 @@ def claim_job(db: Database, worker: str, pipelines: set[str]) -> Job | None:
 
 
 def run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None:
-    """Run one claimed job to completion: results durable, deliveries queued, states set, audited.
-
-    The UIDs of the objects written are derived from the job (:func:`sr_writer.uids.deterministic_uids`):
-    the job, its series and generation, its pipeline, the models' versions and settings (analysis key)
-    and what was received (fingerprint). The same job run again, after a crash or a broker's
-    redelivery, writes the same SOP Instance UIDs, so a PACS never holds two copies of one result.
-    """
-    uid_seed = (job.id, job.series_uid, job.generation, job.pipeline, job.analysis_key, job.fingerprint)
-    with log_context(job=job.id, study=job.study_uid, series=job.series_uid), deterministic_uids(*uid_seed):
+    """Run one claimed job to completion: results durable, deliveries queued, states set, audited."""
+    with log_context(job=job.id, study=job.study_uid, series=job.series_uid):
         _run_job(db, outbox, pipeline, job)
 
 
@@ -194,8 +195,11 @@ def _store_output(db: Database, outbox: Outbox, job: Job, output: PipelineOutput
     for ds in output.objects:
         path = outbox.store(job.study_uid, job.series_uid, str(ds.SOPInstanceUID), encode_part10(ds))
         written.append((ds, path))
-    priority = result_priority(output)
+    triage = result_priority(output)
     with db.session() as session:
+        # Delivery order: the more urgent of the triage and the job's own priority (from its row).
+        levels = [p for p in (triage, session.scalar(select(Job.priority).where(Job.id == job.id))) if p is not None]
+        priority = min(levels) if levels else None
         first_id: int | None = None
         for ds, path in written:
             sop_class = str(ds.SOPClassUID)
@@ -218,6 +222,8 @@ def _store_output(db: Database, outbox: Outbox, job: Job, output: PipelineOutput
                 session.add(Delivery(result_id=result.id, destination=destination))
         if superseded and first_id is not None:
             session.execute(update(Result).where(Result.id.in_(superseded)).values(superseded_by=first_id))
+        if triage == URGENT and (raised := raise_study(session, job.study_uid)):
+            log.info("job %s triaged urgent: %d queued job(s) of its study raised to urgent", job.id, raised)
         _mark_finished(
             session,
             job,
@@ -283,12 +289,14 @@ class LocalExecutor:
         factories: Mapping[str, PipelineFactory],
         workers: int = 2,
         poll_seconds: float = 1.0,
+        promote_after: float | None = None,
     ) -> None:
         self.db = db
         self.outbox = outbox
         self.factories = dict(factories)
         self.workers = workers
         self.poll_seconds = poll_seconds
+        self.promote_after = promote_after  # priorities.promote_after: see claim_job
         self._wake = threading.Condition()
         self._signals = 0  # counts notifications, so one sent while a worker is busy is not lost
         self._stopping = threading.Event()
@@ -326,7 +334,7 @@ class LocalExecutor:
             with self._wake:
                 seen = self._signals
             try:
-                job = claim_job(self.db, name, set(pipelines)) if pipelines else None
+                job = claim_job(self.db, name, set(pipelines), self.promote_after) if pipelines else None
                 if job is not None:
                     started = time.monotonic()
                     run_job(self.db, self.outbox, pipelines[job.pipeline], job)

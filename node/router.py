@@ -9,6 +9,7 @@ names a pipeline, optional destinations and one condition tree::
         pipeline: cxr                 # or null: "matched, analyse nothing"
         destinations: []              # names from node.yaml; [] = node default
         enabled: true                 # false keeps a rule validated but unused
+        priority: routine             # optional: urgent | priority | routine (node.priority)
         match:
           all:
             - {attribute: Modality, one_of: [CR, DX]}
@@ -44,6 +45,10 @@ Semantics
 - A rule is evaluated on one instance of the series (its first); a condition
   about the whole series (e.g. number of slices) belongs to the pipeline.
 
+Priority: a rule's optional ``priority`` (``urgent``, ``priority`` or ``routine``) is one of the
+reasons of a job's priority (:mod:`node.priority`); the most urgent reason wins, so a rule never
+makes a STAT request routine.
+
 Loop prevention: result objects (SR, SEG, presentation states, KOS) and
 anything written by this node are never routed, whatever the rules say; see
 :func:`is_own_or_result_object`. ``sr_writer`` writes Manufacturer
@@ -57,7 +62,7 @@ import re
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -84,6 +89,7 @@ from core.identity import MANUFACTURER
 from core.sop import is_result_object
 from node.dicomheader import read_header
 from node.errors import ConfigError, InputError
+from node.priority import LEVELS, PRIORITY_TAGS
 
 __all__ = [
     "OWN_MANUFACTURER",
@@ -123,6 +129,7 @@ _EXAMPLES = {
     "pipeline": "pipeline: cxr   (or pipeline: null to match and analyse nothing)",
     "destinations": "destinations: [pacs]   (or [] for the node's default destination)",
     "enabled": "enabled: false",
+    "priority": "priority: urgent   (or priority, routine; omit it for the study's own priority)",
     "description": "description: Chest radiographs to the CXR pipeline",
     "match": "match: {attribute: Modality, one_of: [CR, DX]}",
     "attribute": 'attribute: BodyPartExamined   (a DICOM keyword, or a tag such as "0018,0015")',
@@ -352,6 +359,7 @@ class Rule(BaseModel):
     destinations: tuple[StrictStr, ...] = ()
     enabled: StrictBool = True
     description: StrictStr = ""
+    priority: Literal["urgent", "priority", "routine"] | None = None
     match: Condition
 
     @field_validator("match", mode="before")
@@ -361,6 +369,11 @@ class Rule(BaseModel):
 
     def matches(self, ds: Dataset) -> bool:
         return self.match.matches(ds)
+
+    @property
+    def level(self) -> int | None:
+        """The rule's priority as a level of :mod:`node.priority`, ``None`` when it names none."""
+        return None if self.priority is None else LEVELS[self.priority]
 
 
 class RoutingConfig(BaseModel):
@@ -387,6 +400,7 @@ class RouteDecision:
     rule: str | None
     destinations: tuple[str, ...]
     reason: str
+    priority: int | None = None  # the matching rule's (node.priority level), None when it names none
 
 
 def load_routing(path: Path) -> RoutingConfig:
@@ -476,12 +490,13 @@ LOOP_PREVENTION_TAGS = frozenset(
 
 
 def routing_tags(config: RoutingConfig) -> frozenset[int]:
-    """Every attribute :func:`route` can read of an instance: loop prevention's and every rule's.
+    """Every attribute :func:`route` can read of an instance: loop prevention's and every rule's, and
+    what a job's priority is computed from (:data:`node.priority.PRIORITY_TAGS`).
 
     Disabled rules count too: one that would match is named in the reason. The receiver records these
     at receive (``Instance.header``) so that the assembler routes without reading the file again.
     """
-    tags = set(LOOP_PREVENTION_TAGS)
+    tags = set(LOOP_PREVENTION_TAGS) | PRIORITY_TAGS
     for rule in config.rules:
         tags |= rule.match.tags()
     return frozenset(tags)
@@ -545,7 +560,7 @@ def route(ds: Dataset, config: RoutingConfig) -> RouteDecision:
                 reason = f"matched rule {rule.name!r}, which analyses nothing"
             else:
                 reason = f"matched rule {rule.name!r}"
-            return RouteDecision(rule.pipeline, rule.name, rule.destinations, reason)
+            return RouteDecision(rule.pipeline, rule.name, rule.destinations, reason, rule.level)
     disabled = [rule.name for rule in config.rules if not rule.enabled and rule.matches(ds)]
     if disabled:
         names = ", ".join(repr(name) for name in disabled)

@@ -27,6 +27,7 @@ from node.http import HttpServer, Metrics, ReadinessProbe, database_gauges
 from node.idempotency import analysis_keys
 from node.pipelines import PIPELINE_MODELS
 from node.pipelines.registry import build_pipeline
+from node.priority import PriorityPolicy
 from node.pull import Puller, ReceiverIntake, load_puller
 from node.receiver import Receiver
 from node.retention import RetentionLoop
@@ -119,6 +120,7 @@ class Node:
             self.outbox,
             {name: partial(build_pipeline, name, settings, self.models.registry) for name in self.models.enabled},
             workers=settings.workers,
+            promote_after=settings.priorities.promote_after,
         )
         self.dispatcher = dispatch.Dispatcher(settings, self.db, dispatch.build_senders(settings))
         self.executor.on_job_done = self.dispatcher.notify
@@ -134,6 +136,7 @@ class Node:
             analysis_keys=analysis_keys(settings, self.models.registry, PIPELINE_MODELS),
             reanalyse_on_change=settings.reanalyse_on_change,
             on_resent=self._on_resent,
+            priorities=PriorityPolicy.from_settings(settings.priorities),
         )
         self.receiver = Receiver(
             settings,

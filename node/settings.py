@@ -85,6 +85,7 @@ EXAMPLES: dict[str, str] = {
     "orthanc_watch": "orthanc_watch: {url: http://127.0.0.1:8042, source: orthanc-web}",
     "tls": "tls: {enabled: true, port: 2762, certificate: /etc/ainode/node.crt, private_key: /etc/ainode/node.key}",
     "cxr": "cxr: {four_class_models: [cxr-four-class], secondary_capture: true, triage: {urgent: {pneumothorax: 0.5}}}",
+    "priorities": "priorities: {urgent_procedure_priorities: [STAT], urgent_locations: ['^ED'], promote_after: 900}",
 }
 
 
@@ -449,6 +450,16 @@ class PrioritySettings(_Strict):
     urgent_locations: list[str] = Field(default_factory=lambda: [r"(?i)\b(ED|ER|A&E|emergency|resus)\b"])
     # A job waiting longer than this (seconds) goes before every other: routine work always finishes.
     promote_after: float = Field(default=900.0, gt=0)
+
+    @field_validator("urgent_locations")
+    @classmethod
+    def _compilable(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+        return patterns
 
 
 class StorageSettings(_Strict):
