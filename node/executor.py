@@ -48,6 +48,7 @@ from node.logs import bind_log_context, log_context, read_patient_values, redact
 from node.pipelines import Pipeline, PipelineOutput
 from node.priority import URGENT, claim_order, raise_study
 from node.spool import Outbox
+from sr_writer.uids import deterministic_uids
 
 if TYPE_CHECKING:
     from node.http import Metrics
@@ -111,8 +112,15 @@ def claim_job(db: Database, worker: str, pipelines: set[str], promote_after: flo
 
 
 def run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None:
-    """Run one claimed job to completion: results durable, deliveries queued, states set, audited."""
-    with log_context(job=job.id, study=job.study_uid, series=job.series_uid):
+    """Run one claimed job to completion: results durable, deliveries queued, states set, audited.
+
+    The UIDs of the objects written are derived from the job (:func:`sr_writer.uids.deterministic_uids`):
+    the job, its series and generation, its pipeline, the models' versions and settings (analysis key)
+    and what was received (fingerprint). The same job run again, after a crash or a broker's
+    redelivery, writes the same SOP Instance UIDs, so a PACS never holds two copies of one result.
+    """
+    uid_seed = (job.id, job.series_uid, job.generation, job.pipeline, job.analysis_key, job.fingerprint)
+    with log_context(job=job.id, study=job.study_uid, series=job.series_uid), deterministic_uids(*uid_seed):
         _run_job(db, outbox, pipeline, job)
 
 
