@@ -10,11 +10,15 @@ segmentation), which the router never routes (loop prevention).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 __all__ = [
     "KEY_OBJECT_SELECTION",
     "KIND_BY_SOP_CLASS",
     "RESULT_KINDS",
     "SEGMENTATION_CLASSES",
+    "WRITTEN_SOP_CLASSES",
     "is_result_object",
     "result_kind",
 ]
@@ -33,6 +37,21 @@ KIND_BY_SOP_CLASS: tuple[tuple[str, str], ...] = (
     ("1.2.840.10008.5.1.4.1.1.11.", "PR"),
     ("1.2.840.10008.5.1.4.1.1.7", "SC"),
     ("1.2.840.10008.5.1.4.1.1.7.", "SC"),
+)
+
+#: SOP classes of the objects the node's writers (``sr_writer``) make, by writer module: the
+#: conformance statement's "created SOP instances" (``ainode conformance``) and the Storage SCU's
+#: SOP classes for results; ``tests/node/test_conformance.py`` checks them against the writers' output.
+WRITTEN_SOP_CLASSES: Mapping[str, str] = MappingProxyType(
+    {
+        "sr": "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR Storage (TID 1500)
+        "ct_sr": "1.2.840.10008.5.1.4.1.1.88.34",
+        "gsps": "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State Storage
+        "slice_labels": "1.2.840.10008.5.1.4.1.1.11.1",
+        "sc": "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+        "kos": KEY_OBJECT_SELECTION,
+        "seg": "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+    }
 )
 
 #: Kinds that are result objects (never routed); Secondary Capture is an image and may be routed.

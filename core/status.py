@@ -24,6 +24,22 @@ DESCRIPTIONS: dict[int, str] = {
     SOP_CLASS_NOT_SUPPORTED: "Refused: SOP class not supported",
 }
 
+#: When the node's Storage SCP answers a C-STORE with each status (:mod:`dimse.scp`, :mod:`node.receiver`):
+#: the conformance statement's table of C-STORE statuses (``ainode conformance``).
+STORE_SCP_CAUSES: dict[int, str] = {
+    SUCCESS: "The instance is kept in the node's spool (synced to disk) and will be recorded, routed and analysed.",
+    OUT_OF_RESOURCES: "The disk is full, the spool cannot be written, too many instances wait for their database "
+    "rows, or the data set is larger than dicom_limits.max_dataset_size. Nothing is kept; the sender may retry.",
+    DATASET_DOES_NOT_MATCH_SOP_CLASS: "The data set has no SOP Class UID or SOP Instance UID, or its SOP Class "
+    "UID is not the C-STORE request's Affected SOP Class UID. Nothing is kept.",
+    CANNOT_UNDERSTAND: "The data set cannot be read in the presentation context's transfer syntax, its UIDs "
+    "cannot be found, or its SOP Instance UID is not the request's Affected SOP Instance UID. Nothing is kept.",
+    PROCESSING_FAILURE: "An unexpected error while keeping the instance (e.g. the database refused its row). "
+    "Nothing is kept; the node keeps serving.",
+    SOP_CLASS_NOT_SUPPORTED: "The C-STORE's Affected SOP Class UID is not the abstract syntax of the "
+    "presentation context it was sent on.",
+}
+
 
 def is_store_success(status: int) -> bool:
     """True for C-STORE success or warning (0x0000, 0xB0xx; PS3.4 B.2.3)."""

@@ -11,12 +11,14 @@ calling thread (:mod:`dimse.scu`, :mod:`dimse.requestor`). pynetdicom is used
 only for its tables (storage SOP classes) and pydicom, when a peer refuses a
 file's own syntax, to re-encode it. Of the rest of the node it
 imports only :mod:`core`: the status codes (:mod:`core.status`) and the file
-reader (:mod:`core.dicomfile`). Its own exceptions share one base,
+reader (:mod:`core.dicomfile`). :data:`~dimse.negotiation.NEGOTIATION` holds the tables both
+ends negotiate with (for the conformance statement). Its own exceptions share one base,
 :class:`~dimse.errors.DimseError` (the tree is in :mod:`dimse.errors`).
 """
 
 from dimse.commands import encode_file_meta
 from dimse.errors import DimseError
+from dimse.negotiation import NEGOTIATION
 from dimse.scp import (
     ACCEPTED_TRANSFER_SYNTAXES,
     AllowedPeer,
@@ -30,6 +32,7 @@ from dimse.scu import AssociationFailed, StoreOutcome, echo, store_files
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
+    "NEGOTIATION",
     "AllowedPeer",
     "AssociationEvent",
     "AssociationFailed",

@@ -62,7 +62,17 @@ from dimse.upper_layer import (
     PresentationContext,
 )
 
-__all__ = ["AssociationFailed", "StoreOutcome", "echo", "store_files"]
+__all__ = [
+    "ECHO_TRANSFER_SYNTAXES",
+    "FALLBACK_TRANSFER_SYNTAXES",
+    "AssociationFailed",
+    "StoreOutcome",
+    "echo",
+    "store_files",
+]
+
+#: Transfer syntaxes proposed in the one Verification context of a C-ECHO.
+ECHO_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 LOGGER = logging.getLogger("ainode.dimse.scu")
 
@@ -173,7 +183,7 @@ def echo(
         If no association could be established or no response came back.
     """
     requestor = _open(
-        [(VERIFICATION_SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])],
+        [(VERIFICATION_SOP_CLASS, list(ECHO_TRANSFER_SYNTAXES))],
         host=host,
         port=port,
         called_ae=called_ae,
@@ -224,7 +234,7 @@ def _is_convertible(syntax: UID) -> bool:
 #: Offered, per SOP class, beside a little endian uncompressed file's own syntax:
 #: if the peer refuses the exact syntax, the data set is re-encoded losslessly.
 _FALLBACK = "fallback"
-_FALLBACK_SYNTAXES: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+FALLBACK_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def _context_keys(header: _Header) -> list[tuple[str, str]]:
@@ -243,7 +253,9 @@ def _contexts_for(headers: Sequence[_Header]) -> list[tuple[str, list[str]]]:
     9.3.3.2); an exact match is preferred over a conversion when sending.
     """
     keys = dict.fromkeys(key for header in headers for key in _context_keys(header))
-    return [(sop_class, _FALLBACK_SYNTAXES if syntax == _FALLBACK else [syntax]) for sop_class, syntax in keys]
+    return [
+        (sop_class, list(FALLBACK_TRANSFER_SYNTAXES) if syntax == _FALLBACK else [syntax]) for sop_class, syntax in keys
+    ]
 
 
 def _batches(items: Sequence[tuple[int, _Header]]) -> list[list[tuple[int, _Header]]]:
@@ -268,7 +280,7 @@ def _choose_context(contexts: Sequence[PresentationContext], header: _Header) ->
             return context
     if _is_convertible(header.transfer_syntax_uid):
         for context in usable:
-            if context.transfer_syntax in _FALLBACK_SYNTAXES:
+            if context.transfer_syntax in FALLBACK_TRANSFER_SYNTAXES:
                 return context
     return None
 
@@ -342,7 +354,7 @@ def _not_sent_reason(contexts: Sequence[PresentationContext], header: _Header) -
     if results & {CONTEXT_ACCEPTED, CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED}:
         offered = [header.transfer_syntax_uid.name]
         if _is_convertible(header.transfer_syntax_uid):
-            offered += [UID(s).name for s in _FALLBACK_SYNTAXES if s != header.transfer_syntax_uid]
+            offered += [UID(s).name for s in FALLBACK_TRANSFER_SYNTAXES if s != header.transfer_syntax_uid]
         accepted = sorted({UID(c.transfer_syntax).name for c in answers if c.result == CONTEXT_ACCEPTED})
         note = f"; it accepts {sop_class} in {', '.join(accepted)} only" if accepted else ""
         recompress = "" if _is_convertible(header.transfer_syntax_uid) else " (the node never re-compresses)"

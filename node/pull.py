@@ -73,6 +73,7 @@ from node.settings import DicomSourceSettings, DicomWebSourceSettings, Settings
 from node.webclient import dicomweb_client
 
 __all__ = [
+    "QUERY_RETRIEVE_SOP_CLASSES",
     "DicomWebSource",
     "DimseSource",
     "ForwardingIntake",
@@ -97,6 +98,13 @@ _PENDING = (0xFF00, 0xFF01)
 _MOVE_DESTINATION_UNKNOWN = 0xA801
 #: pynetdicom proposes at most 128 presentation contexts; one is the C-GET model's.
 _MAX_STORAGE_CONTEXTS = 127
+#: The Query/Retrieve information models a ``type: dicom`` source is asked with (SCU), by the operation
+#: that uses each (``ainode conformance`` lists them).
+QUERY_RETRIEVE_SOP_CLASSES: dict[str, str] = {
+    "C-FIND": str(StudyRootQueryRetrieveInformationModelFind),
+    "C-MOVE": str(StudyRootQueryRetrieveInformationModelMove),
+    "C-GET": str(StudyRootQueryRetrieveInformationModelGet),
+}
 
 
 class PullError(NodeError):

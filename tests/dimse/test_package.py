@@ -46,6 +46,7 @@ def test_public_names() -> None:
         "AssociationEvent",
         "AssociationFailed",
         "DimseError",
+        "NEGOTIATION",
         "StorageSCP",
         "StoreOutcome",
         "StoreRequest",
