@@ -15,6 +15,7 @@ from functools import partial
 from core import status
 from dimse.scp import AllowedPeer, AssociationEvent, StorageSCP, StoreRequest
 from models import errors as model_errors
+from models.backends.providers import set_onnx_providers
 from models.registry import ModelRegistry
 from node import dispatcher as dispatch
 from node import executor as execution
@@ -115,6 +116,8 @@ class Node:
         self.models = plan_models(settings)
         for reason in self.models.disabled.values():
             log.warning("%s", reason)
+        # The local pool's sessions (built by its workers) run on the providers of `device`.
+        set_onnx_providers(settings.providers_for())
         self.executor = execution.LocalExecutor(
             self.db,
             self.outbox,

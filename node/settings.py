@@ -56,6 +56,7 @@ NOT_SETTINGS: frozenset[str] = frozenset({"AINODE_CONFIG", "AINODE_SHARED_DATA",
 
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
 _UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_DEVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 EXAMPLES: dict[str, str] = {
     "ae_title": "ae_title: AINODE",
@@ -501,6 +502,16 @@ class Settings(_Strict):
     quiet_period: dict[str, float] = Field(default_factory=lambda: {"default": 10.0, "CR": 0.5, "DX": 0.5})
     workers: int = Field(default=2, ge=1, le=64)
     threads_per_model: int = Field(default=1, ge=1)
+    # ONNX Runtime execution providers per device, first preferred (models.backends.providers); a
+    # process serves one device: `device` (`ainode serve`), `ainode worker --device`. A provider this
+    # onnxruntime build lacks is dropped with a warning (the CPU serves when none is left).
+    devices: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "cpu": ["CPUExecutionProvider"],
+            "gpu": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        }
+    )
+    device: str = "cpu"
     # A job the node died during this many times is failed: a series that crashes the process cannot stop it.
     job_max_restarts: int = Field(default=3, ge=1)
     # local: a pool of `workers` threads in `ainode serve`; celery: `ainode worker` processes over RabbitMQ.
@@ -597,6 +608,42 @@ class Settings(_Strict):
         if twice:
             raise ValueError(f"http_tokens and http_users name {twice} more than once: each caller needs its own name")
         return self
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from models.backends.providers import check_provider_names
+        from models.errors import ModelError
+
+        if not value:
+            raise ValueError("lists no device; e.g. cpu: [CPUExecutionProvider]")
+        for device, providers in value.items():
+            if not _DEVICE_NAME.match(device):
+                raise ValueError(f"device name {device!r}: lower-case letters, digits, '-' and '_', e.g. cpu or gpu")
+            try:
+                check_provider_names(providers)
+            except ModelError as exc:
+                raise ValueError(f"device {device!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_device(self) -> Settings:
+        if self.device not in self.devices:
+            raise ValueError(f"device {self.device!r} is not one of devices ({', '.join(sorted(self.devices))})")
+        return self
+
+    def providers_for(self, device: str | None = None) -> list[str]:
+        """The configured ONNX Runtime providers of ``device`` (default :attr:`device`), first preferred.
+
+        Raises
+        ------
+        ConfigError
+            When ``devices`` has no such device.
+        """
+        name = self.device if device is None else device
+        if name not in self.devices:
+            raise ConfigError(f"device {name!r} is not configured; devices: {', '.join(sorted(self.devices))}")
+        return list(self.devices[name])
 
     @model_validator(mode="after")
     def _check_watch_source(self) -> Settings:

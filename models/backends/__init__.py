@@ -2,8 +2,9 @@
 
 A manifest's ``backend`` picks one:
 
-- ``onnx`` (:class:`~models.backends.onnx_backend.OnnxModel`): ONNX Runtime on the CPU,
-  the serving default; only base dependencies.
+- ``onnx`` (:class:`~models.backends.onnx_backend.OnnxModel`): ONNX Runtime, the serving
+  default; only base dependencies. On the CPU, or on the execution providers the process
+  chose for its device (:func:`~models.backends.providers.set_onnx_providers`).
 - ``keras`` (:class:`~models.backends.keras_backend.KerasModel`): a site's native
   ``.keras``/``.h5`` file, loaded with Keras 3 (the ``[train]`` extra).
 - ``ultralytics`` (:class:`~models.backends.ultralytics_backend.UltralyticsModel`): a

@@ -1,4 +1,8 @@
-"""ONNX Runtime backend: one CPU inference session per model, created once and reused."""
+"""ONNX Runtime backend: one inference session per model, created once and reused.
+
+The session's execution providers are the process's (:func:`models.backends.providers.onnx_providers`):
+the CPU unless the process serving a device chose others (``devices`` in ``node.yaml``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from models.backends.providers import onnx_providers
 from models.errors import ModelError
 from models.manifest import Manifest
 
@@ -13,7 +18,7 @@ __all__ = ["OnnxModel"]
 
 
 class OnnxModel:
-    """An ``onnxruntime.InferenceSession`` on the CPU for one manifest.
+    """An ``onnxruntime.InferenceSession`` for one manifest, on the process's execution providers.
 
     Parameters
     ----------
@@ -41,12 +46,13 @@ class OnnxModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers = onnx_providers()
         try:
-            self._session = ort.InferenceSession(
-                str(manifest.weights_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(str(manifest.weights_path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelError(f"cannot load ONNX weights {manifest.weights_path} of {manifest.name!r}: {exc}") from exc
+        #: The providers the session runs on, first preferred (ONNX Runtime may have fallen back).
+        self.providers: list[str] = list(self._session.get_providers())
         self.manifest = manifest
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
