@@ -160,6 +160,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from node.db import Delivery, Job, Result
+    from node.priority import level_name
 
     db = _open_db(settings)
     if args.action == "show":
@@ -186,6 +187,10 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
                     ("state", job.state.value),
                     ("pipeline", job.pipeline),
                     ("rule", job.rule),
+                    (
+                        "priority",
+                        level_name(job.priority) + (f" ({job.priority_reason})" if job.priority_reason else ""),
+                    ),
                     ("study", job.study_uid),
                     ("series", job.series_uid),
                     ("generation", job.generation),
@@ -211,6 +216,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             (
                 j.id,
                 j.state.value,
+                level_name(j.priority),
                 j.pipeline,
                 _when(j.created_at),
                 _when(j.finished_at),
@@ -221,7 +227,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             for j in jobs
         ]
     table = format_table(
-        ["id", "state", "pipeline", "created", "finished", "study", "tries", "summary / error"],
+        ["id", "state", "priority", "pipeline", "created", "finished", "study", "tries", "summary / error"],
         rows,
         width=_terminal_width(),
     )

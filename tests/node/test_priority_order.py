@@ -6,6 +6,7 @@ the assembler matters), routed and queued by the assembler, claimed and run by t
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import timedelta
 from io import BytesIO
@@ -26,12 +27,14 @@ from dimse.scu import store_files
 from node import executor as execution
 from node.assembler import Assembler
 from node.db import Database, Instance, Job, JobState, Result, utcnow
+from node.preflight import open_database, prepare_data_dir
 from node.priority import TRIAGED_URGENT, URGENT, PriorityPolicy
 from node.receiver import Receiver
 from node.router import load_routing, routing_tags
-from node.settings import Settings
+from node.settings import Settings, load_settings
 from node.spool import Outbox
 from node.storage import open_outbox, open_spool
+from tests.helpers.cli import ainode
 from tests.node.test_delivery_schedule import TriagedPipeline
 from tests.node.test_flow import TinyPipeline, _instance
 
@@ -248,3 +251,31 @@ def test_a_stat_request_sent_by_c_store_makes_an_urgent_job(node, db: Database, 
         "routine": (2, None),
     }
     assert all(job.state == JobState.QUEUED for job in jobs.values())
+
+
+def test_ainode_jobs_shows_each_job_priority_and_why(tmp_path: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\ndestinations: {{}}\ndefault_destinations: []\n")
+    settings = load_settings(config, environ={})
+    prepare_data_dir(settings)
+    database = open_database(settings, create=True)
+    with database.session() as s:
+        for priority, reason in ((URGENT, "rule ctpa-urgent"), (None, None)):
+            s.add(
+                Job(
+                    series_uid=generate_uid(),
+                    study_uid=generate_uid(),
+                    pipeline="fake",
+                    priority=priority,
+                    priority_reason=reason,
+                )
+            )
+    database.dispose()
+    listing = ainode("jobs", config=config)
+    assert listing.returncode == 0, listing.stderr
+    header, _rule, *rows = listing.stdout.splitlines()
+    assert header.split()[:4] == ["id", "state", "priority", "pipeline"]
+    assert [row.split()[:3] for row in rows[:2]] == [["2", "queued", "routine"], ["1", "queued", "urgent"]]
+    shown = ainode("jobs", "show", "1", config=config)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^priority\s+urgent \(rule ctpa-urgent\)$", shown.stdout, re.MULTILINE), shown.stdout
