@@ -3,6 +3,7 @@
 ::
 
     ainode serve                      run the node (DICOM SCP, analysis, delivery)
+    ainode worker [--queues Q,..] [--device D]   analysis only, for executor: celery (jobs from the broker)
     ainode analyze PATH... --out DIR  analyse files/folders offline, write result objects to DIR
     ainode route FILE...              which pipeline each file would go to, and why
     ainode echo [DEST]                C-ECHO a destination (or this node)
@@ -62,12 +63,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from node.banner import banner_lines, echo_destinations, emit
     from node.service import Node
 
-    node = Node(settings)
-    # `kill -USR1 <pid>` prints every thread's stack: what a stuck node is doing, without stopping it.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if settings.executor == "celery" and not _wait_for_services(settings, stop):
+        return 0  # stopped while waiting: nothing was started
+    node = Node(settings)
+    # `kill -USR1 <pid>` prints every thread's stack: what a stuck node is doing, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     http = None
     try:
         if settings.http_enabled:
@@ -84,6 +87,33 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             http.stop()
         node.stop()
     return 0
+
+
+def _wait_for_services(settings: Settings, stop: threading.Event) -> bool:
+    """``executor: celery``: wait for the database and the broker (back-off, one log line per wait)."""
+    from node.distributed import wait_for_broker
+    from node.preflight import prepare_data_dir, wait_for_database
+
+    prepare_data_dir(settings)
+    db = wait_for_database(settings, stop)
+    if db is None:
+        log.info("ainode stopped while waiting for the database")
+        return False
+    db.dispose()
+    if not wait_for_broker(settings, stop):
+        log.info("ainode stopped while waiting for the broker")
+        return False
+    return True
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from node.distributed import run_worker
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # while waiting for the services; Celery then has its own
+        signal.signal(sig, lambda *_: stop.set())
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    return run_worker(settings, queues=queues, concurrency=args.concurrency, stop=stop, device=args.device)
 
 
 def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
@@ -540,6 +570,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ainode {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the node").set_defaults(func=cmd_serve)
+    p = sub.add_parser(
+        "worker",
+        help="run analysis only, for 'executor: celery': consume jobs from the broker",
+        description="A Celery worker of the node (executor: celery): it waits for the database "
+        "(database_url) and the broker (celery.broker_url), builds the pipelines of its queues, and runs "
+        "the jobs 'ainode serve' publishes. Run any number, on any machine sharing the database and storage.",
+    )
+    p.add_argument(
+        "--queues", help="comma-separated queues to consume (default: celery.default_queue and those of celery.queues)"
+    )
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at a time: worker processes (default 1)")
+    p.add_argument(
+        "--device", help="the device whose ONNX Runtime providers the models use (a name of devices; default: device)"
+    )
+    p.set_defaults(func=cmd_worker)
     p = sub.add_parser("analyze", help="analyse DICOM files or folders offline")
     p.add_argument("paths", nargs="+")
     p.add_argument("--out", required=True, help="folder for the result objects")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import pydicom
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.dicomfile import encode_part10
@@ -247,6 +247,89 @@ def _finish(db: Database, job: Job, error: str) -> None:
         _mark_finished(session, job, error=error, summary=None, warnings=[])
 
 
+class LeaseLost(Exception):
+    """A leased job's row is no longer this run's (its lease ran out and it was queued again or taken
+    by another worker): nothing of this run is recorded (the session rolls back)."""
+
+
+def _holds_lease(row: Job, job: Job) -> bool:
+    return row.state == JobState.RUNNING and row.worker == job.worker and row.attempts == job.attempts
+
+
+def claim_leased(
+    db: Database, job_id: int, worker: str, lease_seconds: float, max_attempts: int, now: float | None = None
+) -> tuple[str, Job | None]:
+    """Take job ``job_id`` for ``worker`` with a lease of ``lease_seconds`` (the Celery executor's claim).
+
+    The job is taken when it is queued, or running with its lease run out (its worker died), and
+    was started fewer than ``max_attempts`` times. Returns ``("claimed", job)``; else
+    ``("finished", row)`` (done or failed), ``("held", row)`` (another worker's lease is live),
+    ``("gone", None)`` (no such job), or ``("exhausted", row)``: started ``max_attempts`` times
+    without finishing, the job is failed now.
+    """
+    now = time.time() if now is None else now
+    takeable = and_(
+        Job.id == job_id,
+        or_(
+            Job.state == JobState.QUEUED,
+            and_(Job.state == JobState.RUNNING, or_(Job.lease_until.is_(None), Job.lease_until < now)),
+        ),
+    )
+    with db.session() as session:
+        claimed = session.execute(
+            update(Job)
+            .where(takeable, Job.attempts < max_attempts)
+            .values(
+                state=JobState.RUNNING,
+                worker=worker,
+                started_at=utcnow(),
+                attempts=Job.attempts + 1,
+                lease_until=now + lease_seconds,
+            )
+        )
+        if rowcount(claimed) == 1:
+            session.commit()
+            return "claimed", session.get_one(Job, job_id)
+        given_up = session.execute(update(Job).where(takeable).values(state=JobState.FAILED, lease_until=None))
+        row = session.get(Job, job_id)
+        if row is None:
+            return "gone", None
+        if rowcount(given_up) == 1:
+            _mark_finished(
+                session,
+                row,
+                error=f"started {row.attempts} times without finishing (each run stopped its worker); "
+                "given up, its message moved to the dead-letter queue",
+                summary=None,
+                warnings=[],
+                check_lease=False,
+            )
+            return "exhausted", row
+        return ("held" if row.state == JobState.RUNNING else "finished"), row
+
+
+def renew_lease(db: Database, job: Job, lease_seconds: float, now: float | None = None) -> bool:
+    """Extend the lease of ``job`` (as claimed by :func:`claim_leased`); ``False`` when it is no longer held."""
+    now = time.time() if now is None else now
+    with db.session() as session:
+        renewed = session.execute(
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.state == JobState.RUNNING,
+                Job.worker == job.worker,
+                Job.attempts == job.attempts,
+            )
+            .values(lease_until=now + lease_seconds)
+        )
+        return rowcount(renewed) == 1
+
+
+def fail_leased(db: Database, job: Job, error: str) -> None:
+    """Fail a leased job with ``error`` (raises :class:`LeaseLost` when it is no longer held)."""
+    _finish(db, job, error=error)
+
+
 def _mark_finished(
     session: Session,
     job: Job,
@@ -255,8 +338,14 @@ def _mark_finished(
     summary: str | None,
     warnings: list[str],
     models: str | None = None,
+    check_lease: bool = True,
 ) -> None:
-    row = session.get_one(Job, job.id)
+    row = session.get_one(Job, job.id, with_for_update=job.lease_until is not None and check_lease)
+    # A leased job (Celery executor) ends only in the run that still holds it: a worker whose lease ran
+    # out while another took the job over records nothing, results included (the session rolls back).
+    if check_lease and job.lease_until is not None and not _holds_lease(row, job):
+        raise LeaseLost(f"job {job.id} is no longer held by {job.worker} (try {job.attempts})")
+    row.lease_until = None
     row.state = JobState.FAILED if error else JobState.DONE
     row.error = error if error else (redact("; ".join(warnings)) or None)
     row.summary = summary if summary is None else redact(summary)

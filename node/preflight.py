@@ -11,25 +11,32 @@ the ``OSError`` or SQLAlchemy traceback the same problem would otherwise give:
 - :func:`listen_error`: a DICOM or HTTP port in use, a privileged port, an
   address that is not this machine's;
 - :func:`exposure_warning`: listening on every interface, a peer not pinned to
-  loopback, and no TLS (a warning, not an error).
+  loopback, and no TLS (a warning, not an error);
+- :func:`wait_for`, :func:`wait_for_database`: the roles of the distributed executor wait for the
+  database and the broker with back-off instead of failing: start-up order does not matter.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import tempfile
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from node.errors import ConfigError, StorageError
+from node.errors import ConfigError, NodeError, StorageError
 
 if TYPE_CHECKING:
     from node.db import Database
     from node.settings import Settings
+
+log = logging.getLogger("ainode.preflight")
 
 __all__ = [
     "DATA_DIR_FIX",
@@ -38,6 +45,8 @@ __all__ = [
     "listen_error",
     "open_database",
     "prepare_data_dir",
+    "wait_for",
+    "wait_for_database",
 ]
 
 DATA_DIR_FIX = "set data_dir in node.yaml (or AINODE_DATA_DIR) to a folder this user can write"
@@ -191,3 +200,45 @@ def exposure_warning(settings: Settings, bound_port: int | None = None) -> str |
         f"{names}: anyone who can reach this port and use that AE title can store studies. Pin each peer's "
         "address (host: in allowed_peers), listen on one address (host:), or use TLS only (tls.enabled, port: null)"
     )
+
+
+#: Longest pause between two tries to reach the database or the broker at start-up (seconds).
+MAX_WAIT_PAUSE = 30.0
+
+
+def wait_for(what: str, where: str, probe: Callable[[], object], stop: threading.Event) -> bool:
+    """Call ``probe`` until it returns, pausing 1 s doubling to 30 s; ``False`` when ``stop`` was set first.
+
+    For the roles that may start before their services (``ainode worker``, ``ainode serve`` with
+    ``executor: celery``): one log line per wait, naming what is waited for, where (``where`` is
+    shown as given: pass it without a password), why, and the pause. A configuration error
+    (:class:`ConfigError`, e.g. a database URL whose driver is not installed) is not waited out.
+    """
+    pause = 1.0
+    while not stop.is_set():
+        try:
+            probe()
+            return True
+        except ConfigError:
+            raise
+        except Exception as exc:
+            # The cause alone (e.g. "connection refused"): our own errors repeat the address in their message.
+            cause = exc.__cause__ if isinstance(exc, NodeError) and exc.__cause__ is not None else exc
+            log.warning("waiting for %s at %s (%s); next try in %.0f s", what, where, _first_line(cause), pause)
+        if stop.wait(pause):
+            break
+        pause = min(pause * 2, MAX_WAIT_PAUSE)
+    return False
+
+
+def wait_for_database(settings: Settings, stop: threading.Event) -> Database | None:
+    """The node's database (tables created) once it answers; ``None`` when ``stop`` was set first."""
+    opened: list[Database] = []
+    if not wait_for(
+        "the database",
+        database_label(settings.db_url()),
+        lambda: opened.append(open_database(settings, create=True)),
+        stop,
+    ):
+        return None
+    return opened[0]

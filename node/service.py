@@ -11,6 +11,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 from core import status
 from dimse.scp import AllowedPeer, AssociationEvent, StorageSCP, StoreRequest
@@ -39,6 +40,9 @@ from node.storage import open_outbox, open_spool
 from node.watcher import OrthancWatcher
 from node.web.auth import Authenticator
 from node.web.stow import StowIntake
+
+if TYPE_CHECKING:
+    from node.distributed import CeleryExecutor
 
 log = logging.getLogger("ainode.service")
 
@@ -116,15 +120,21 @@ class Node:
         self.models = plan_models(settings)
         for reason in self.models.disabled.values():
             log.warning("%s", reason)
-        # The local pool's sessions (built by its workers) run on the providers of `device`.
-        set_onnx_providers(settings.providers_for())
-        self.executor = execution.LocalExecutor(
-            self.db,
-            self.outbox,
-            {name: partial(build_pipeline, name, settings, self.models.registry) for name in self.models.enabled},
-            workers=settings.workers,
-            promote_after=settings.priorities.promote_after,
-        )
+        self.executor: execution.LocalExecutor | CeleryExecutor
+        if settings.executor == "celery":  # analysis by `ainode worker` processes; this one publishes the jobs
+            from node.distributed import CeleryExecutor
+
+            self.executor = CeleryExecutor(settings, self.db)
+        else:
+            # The local pool's sessions (built by its workers) run on the providers of `device`.
+            set_onnx_providers(settings.providers_for())
+            self.executor = execution.LocalExecutor(
+                self.db,
+                self.outbox,
+                {name: partial(build_pipeline, name, settings, self.models.registry) for name in self.models.enabled},
+                workers=settings.workers,
+                promote_after=settings.priorities.promote_after,
+            )
         self.dispatcher = dispatch.Dispatcher(settings, self.db, dispatch.build_senders(settings))
         self.executor.on_job_done = self.dispatcher.notify
         self.executor.metrics = self.dispatcher.metrics = self.metrics
@@ -273,7 +283,8 @@ class Node:
     def start(self) -> None:
         removed = self.spool.clean_tmp()
         instances = self.receiver.recover_spool()
-        jobs = execution.recover(self.db, self.settings.job_max_restarts)
+        # With Celery, workers elsewhere may hold running jobs: the sweeper requeues those whose lease ran out.
+        jobs = execution.recover(self.db, self.settings.job_max_restarts) if self.settings.executor == "local" else 0
         deliveries = dispatch.recover(self.db)
         if removed or instances or jobs or deliveries:
             log.info(
