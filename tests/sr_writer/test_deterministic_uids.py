@@ -34,7 +34,7 @@ from tests.helpers import rg1_uncr_path
 from tests.sr_writer.scenarios import UID_ROOT, cxr_result, series
 from tests.sr_writer.test_ct_objects import LEVELS, ct_series, headers, lumbar_result, pe_result
 
-SEED = (41, "1.2.826.0.1.3680043.10.543.7.5.5", 1, "cxr", "analysis-key", "fingerprint")
+SEED: tuple[str | int, ...] = (41, "1.2.826.0.1.3680043.10.543.7.5.5", 1, "cxr", "analysis-key", "fingerprint")
 
 
 def _made_uids(ds: Dataset, root: str = UID_ROOT) -> list[tuple[str, str]]:
@@ -68,6 +68,7 @@ def writers() -> dict[str, Callable[[], Dataset]]:
     lumbar_labels = {str(s.SOPInstanceUID): level for s, level in zip(lumbar_slices, LEVELS, strict=True)}
     pe = pe_result(pe_slices)
     assert pe.pe is not None
+    labels = pe_labels(pe.pe)
     seg_model = AlgorithmInfo(name="ct-lumbar", version="demo-1", demo=True)
     return {
         "SR": lambda: build_measurement_report(cxr_result(header), [header], params=series(990)),
@@ -89,7 +90,7 @@ def writers() -> dict[str, Callable[[], Dataset]]:
         "slice labels": lambda: build_slice_labels(
             lumbar_result(lumbar_slices), headers(lumbar_slices), lumbar_labels, params=series(997)
         ),
-        "PE labels": lambda: build_slice_labels(pe, headers(pe_slices), pe_labels(pe.pe), params=series(998)),
+        "PE labels": lambda: build_slice_labels(pe, headers(pe_slices), labels, params=series(998)),
     }
 
 
@@ -119,7 +120,8 @@ def test_the_same_seed_gives_the_same_uids_in_every_object(writers: dict[str, Ca
 @pytest.mark.parametrize("change", [0, 1, 2, 3, 4, 5])
 def test_any_other_seed_gives_other_uids(writers: dict[str, Callable[[], Dataset]], change: int) -> None:
     other = list(SEED)
-    other[change] = f"{other[change]}0" if isinstance(other[change], str) else int(other[change]) + 1  # type: ignore[call-overload]
+    part = other[change]
+    other[change] = f"{part}0" if isinstance(part, str) else part + 1
     with deterministic_uids(*SEED):
         first = {uid for uids in _all(writers).values() for _, uid in uids}
     with deterministic_uids(*other):
