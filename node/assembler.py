@@ -32,9 +32,11 @@ from node.audit import audit_row
 from node.background import BackgroundLoop
 from node.db import AuditKind, Database, Instance, Job, JobState, Series, SeriesState, utcnow
 from node.dicomheader import read_header, recorded_dataset
+from node.errors import StorageError
 from node.idempotency import file_digest, series_fingerprint
 from node.priority import PriorityPolicy, level_name, triaged_urgent
 from node.router import RoutingConfig, is_own_or_result_object, route, routing_tags
+from node.spool import POSIX_FILES, Files
 
 log = logging.getLogger("ainode.assembler")
 
@@ -67,6 +69,9 @@ class Assembler(BackgroundLoop):
     priorities : PriorityPolicy, optional
         How a new job's priority is computed (``priorities:`` in node.yaml); default: its defaults.
     """
+
+    #: Reads instances by their ref (node.storage); the service sets its spool's for object storage.
+    files: Files = POSIX_FILES
 
     def __init__(
         self,
@@ -141,7 +146,8 @@ class Assembler(BackgroundLoop):
                     raise FileNotFoundError("the series has no recorded instance")
                 header = recorded_dataset(first.header, self.routing_tags)
                 if header is None:
-                    header = read_header(Path(first.path))
+                    with self.files.fetch([first.path]) as (path,):
+                        header = read_header(path)
             except Exception as exc:
                 series.state = SeriesState.UNROUTED
                 series.note = f"header unreadable: {exc}"
@@ -238,8 +244,9 @@ class Assembler(BackgroundLoop):
         taken = []
         for row in missing:
             try:
-                taken.append((row.id, file_digest(Path(row.path))))
-            except OSError as exc:  # unreadable now: no digest, so the series counts as changed
+                with self.files.fetch([row.path]) as (path,):
+                    taken.append((row.id, file_digest(path)))
+            except (OSError, StorageError) as exc:  # unreadable now: no digest, so the series counts as changed
                 log.warning("instance file %s unreadable for its digest: %s", Path(row.path).name, exc)
         if not taken:
             return

@@ -57,6 +57,7 @@ from node.db import AuditKind, Database, Delivery, DeliveryState, Result, rowcou
 from node.destinations import DeliveryAttempt, DicomDestination, DicomWebDestination
 from node.logs import log_context
 from node.settings import DicomDestinationSettings, Settings
+from node.storage import open_files
 
 if TYPE_CHECKING:
     from node.http import Metrics
@@ -154,6 +155,7 @@ class Dispatcher(BackgroundLoop):
         self.db = db
         self.senders = dict(senders)
         self.clock = clock
+        self.files = open_files(settings)  # results by ref: files in place, or objects fetched for the send
         self.metrics: Metrics | None = None
         #: Destinations whose deliveries end with storage commitment (PS3.4 Annex J).
         self.committing: dict[str, DicomDestinationSettings] = {
@@ -254,7 +256,8 @@ class Dispatcher(BackgroundLoop):
             jobs = {row.job_id for row in group}
             with log_context(job=jobs.pop() if len(jobs) == 1 else None, study=study_uid):
                 try:
-                    attempt = self.senders[destination].send([Path(r.path) for r in group])
+                    with self.files.fetch([r.path for r in group]) as paths:
+                        attempt = self.senders[destination].send(paths)
                 except Exception as exc:  # a sender must not take the dispatcher down
                     attempt = DeliveryAttempt(
                         ok=False, permanent=False, message=f"{type(exc).__name__}: {exc}", statuses={}

@@ -71,9 +71,9 @@ def claim_order(now: datetime, promote_after: float | None) -> list[ColumnElemen
     """
     level = func.coalesce(Job.priority, ROUTINE)
     if promote_after is None:
-        return [level, Job.id]
+        return [level, Job.id.asc()]
     promoted = Job.created_at <= now - timedelta(seconds=promote_after)
-    return [case((promoted, 0), else_=1), case((promoted, 0), else_=level), Job.id]
+    return [case((promoted, 0), else_=1), case((promoted, 0), else_=level), Job.id.asc()]
 
 
 def triaged_urgent(session: Session, study_uid: str) -> bool:

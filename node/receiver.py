@@ -137,6 +137,7 @@ class Received:
     peer_address: str
     received_at: datetime
     ready_at: float  # epoch seconds: the series is stable after this, unless more arrive
+    ref: str = ""  # what the row records (node.storage): the path itself in a posix spool, an object's ref with S3
 
     def row(self) -> dict[str, Any]:
         """The columns of a new instance row (the fast path's INSERT)."""
@@ -146,7 +147,7 @@ class Received:
             "study_uid": self.study_uid,
             "sop_class_uid": self.sop_class_uid,
             "transfer_syntax_uid": self.transfer_syntax_uid,
-            "path": str(self.path),
+            "path": self.ref or str(self.path),
             "size": self.size,
             "calling_ae": self.calling_ae,
             "peer_address": self.peer_address,
@@ -342,6 +343,7 @@ class Receiver:
             peer_address=request.peer_address,
             received_at=utcnow(),
             ready_at=time.time() + self.settings.quiet_seconds(modality),
+            ref=self.spool.ref(path),
         )
         if batched:
             with self._rows:
@@ -478,6 +480,7 @@ class Receiver:
         try:
             opened = self._commit(items)
             recorded = len(items)
+            self.spool.release(item.path for item in items)  # object-store staging files (node.storage)
         except SQLAlchemyError as exc:
             if strict:
                 raise
@@ -489,6 +492,7 @@ class Receiver:
                 try:
                     opened |= self._commit([item])
                     recorded += 1
+                    self.spool.release([item.path])
                 except SQLAlchemyError as one:
                     if _transient(one):
                         raise _Unrecorded(items[at:]) from one
@@ -626,7 +630,7 @@ class Receiver:
                     study_uid=item.study_uid,
                     sop_class_uid=item.sop_class_uid,
                     transfer_syntax_uid=item.transfer_syntax_uid,
-                    path=str(item.path),
+                    path=item.ref or str(item.path),
                     size=item.size,
                     calling_ae=item.calling_ae,
                     peer_address=item.peer_address,
@@ -637,7 +641,7 @@ class Receiver:
             series.instance_count += 1
         else:
             instance.times_received += 1
-            instance.path = str(item.path)
+            instance.path = item.ref or str(item.path)
             instance.purged_at = None  # the file is back if retention had removed it
             instance.size = item.size
             instance.transfer_syntax_uid = item.transfer_syntax_uid
@@ -653,14 +657,18 @@ class Receiver:
 
         The spool file is fsynced before a C-STORE is acknowledged, so it is the durable truth;
         the row may be lost with a killed process (rows are committed after the acknowledgement)
-        or with the last WAL transactions.
+        or with the last WAL transactions. With object storage the spool folder holds the staging
+        files of instances whose rows were pending (:mod:`node.storage`): those with a row by now
+        are removed, the others recorded under their object's ref.
         """
         with self.db.session() as session:
             known = set(session.scalars(select(Instance.path)))
         recovered = 0
         pending: list[Received] = []
+        recorded: list[Path] = []
         for path in self.spool.root.rglob("*.dcm"):
-            if str(path) in known:
+            if self.spool.ref(path) in known:
+                recorded.append(path)
                 continue
             try:
                 pending.append(self._recovered(path))
@@ -670,6 +678,7 @@ class Receiver:
             if len(pending) >= self.batch_size:
                 recovered += self._record_recovered(pending)
                 pending = []
+        self.spool.release(recorded)
         return recovered + self._record_recovered(pending)
 
     def _recovered(self, path: Path) -> Received:
@@ -692,6 +701,7 @@ class Receiver:
             peer_address="",
             received_at=utcnow(),
             ready_at=time.time() + self.settings.quiet_seconds(modality),
+            ref=self.spool.ref(path),
         )
 
     def _record_recovered(self, items: list[Received]) -> int:

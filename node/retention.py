@@ -54,7 +54,9 @@ from node.db import (
     SeriesState,
     utcnow,
 )
+from node.errors import StorageError
 from node.settings import Settings
+from node.storage import S3Files, is_s3_ref, open_files
 
 if TYPE_CHECKING:
     from node.http import Metrics
@@ -164,6 +166,14 @@ def _under(path: str, roots: Sequence[str]) -> bool:
 
 def _root(directory: Path) -> str:
     return os.path.join(os.path.normpath(directory.resolve()), "")
+
+
+def _area_root(settings: Settings, area: str) -> str:
+    """The normalised start of every ref of ``area`` (``spool``, ``outbox``): its folder, or its objects' prefix."""
+    files = open_files(settings)
+    if isinstance(files, S3Files):
+        return os.path.join(os.path.normpath(files.area_ref(area)), "")
+    return _root(settings.spool_dir if area == "spool" else settings.outbox_dir)
 
 
 def disk_state(settings: Settings) -> tuple[float, int]:
@@ -321,16 +331,18 @@ def _result_candidates(session: Session, settings: Settings) -> tuple[list[Purge
             undelivered.add(result_id)
         else:
             delivered[result_id] = _latest(delivered.get(result_id), when)
-    roots = [_root(settings.outbox_dir)]
+    roots = [_area_root(settings, "outbox")]
+    files = open_files(settings)
     groups: dict[tuple[str, str], PurgeItem] = {}
     for r in results:
         if r.id in undelivered or not _under(r.path, roots):
             continue
         finished = _latest(r.created_at, delivered.get(r.id))
         try:
-            size = os.stat(r.path).st_size
-        except OSError:
-            size = 0  # already gone: the row is marked, nothing to free
+            found = files.stat(r.path)
+        except StorageError:
+            found = None
+        size = found[0] if found is not None else 0  # already gone: the row is marked, nothing to free
         item = groups.get((r.study_uid, r.series_uid))
         if item is None:
             groups[(r.study_uid, r.series_uid)] = PurgeItem(
@@ -410,6 +422,7 @@ def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int,
     """Mark, then delete one item's files; returns (files removed, bytes, files kept)."""
     table = Instance if item.kind == "instances" else Result
     root = settings.spool_dir if item.kind == "instances" else settings.outbox_dir
+    files = open_files(settings)
     moment = utcnow()
     received: dict[int, datetime] = {}
     with db.session() as session:
@@ -425,7 +438,7 @@ def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int,
             received = {r.id: a for r in rows if (a := _aware(r.received_at)) is not None}
         else:
             targets = list(zip(item.ids, item.paths, strict=False))
-        roots = [_root(root)]
+        roots = [_area_root(settings, "spool" if item.kind == "instances" else "outbox")]
         foreign = [path for _, path in targets if not _under(path, roots)]
         if foreign:  # a row naming a file elsewhere (data_dir changed by hand): never deleted, left as it is
             log.warning(
@@ -446,30 +459,31 @@ def _purge_item(db: Database, settings: Settings, item: PurgeItem) -> tuple[int,
     back: list[int] = []
     newer = 0
     dirs: set[Path] = set()
-    for row_id, path_text in targets:
-        path = Path(path_text)
+    for row_id, ref in targets:  # file paths, or objects' refs (node.storage)
         try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue  # gone already (by hand): the row stays marked
-        except OSError as exc:
-            log.warning("retention: cannot read %s: %s", path.name, exc)
+            found = files.stat(ref)
+        except StorageError as exc:
+            log.warning("retention: %s", exc)
             back.append(row_id)
             continue
+        if found is None:
+            continue  # gone already (by hand): the row stays marked
+        st_size, st_mtime = found
         planned = received.get(row_id)
-        if planned is not None and st.st_mtime > planned.timestamp() + RERECEIVED_SLACK_SECONDS:
+        if planned is not None and st_mtime > planned.timestamp() + RERECEIVED_SLACK_SECONDS:
             back.append(row_id)  # received again while we planned: the new file stays
             newer += 1
             continue
         try:
-            path.unlink()
-        except OSError as exc:
-            log.warning("retention: cannot remove %s: %s", path.name, exc)
+            files.delete(ref)
+        except StorageError as exc:
+            log.warning("retention: %s", exc)
             back.append(row_id)
             continue
         removed += 1
-        size += st.st_size
-        dirs.add(path.parent)
+        size += st_size
+        if not is_s3_ref(ref):
+            dirs.add(Path(ref).parent)
     if back:
         kept += len(back)
         with db.session() as session:

@@ -480,6 +480,18 @@ class StorageSettings(_Strict):
     secret_key_env: str | None = None
     verify_tls: bool = True
 
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, value: Path | None) -> Path | None:
+        # Paths recorded in the database must not depend on the directory a command runs from.
+        return value.expanduser().resolve() if value is not None else None
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> StorageSettings:
+        if self.type == "s3" and not self.bucket:
+            raise ValueError("type s3 needs a bucket (e.g. bucket: ainode)")
+        return self
+
 
 class Settings(_Strict):
     """All settings of one node. See ``config/node.yaml`` for the documented defaults."""
@@ -661,11 +673,12 @@ class Settings(_Strict):
 
     @property
     def spool_dir(self) -> Path:
-        return self.data_dir / "spool"
+        """Received instances (posix storage), or their staging files until their rows are committed (s3)."""
+        return (self.storage.root if self.storage.type == "posix" and self.storage.root else self.data_dir) / "spool"
 
     @property
     def outbox_dir(self) -> Path:
-        return self.data_dir / "outbox"
+        return (self.storage.root if self.storage.type == "posix" and self.storage.root else self.data_dir) / "outbox"
 
     @property
     def tmp_dir(self) -> Path:
@@ -676,7 +689,7 @@ class Settings(_Strict):
 
 
 def _secret_variables(data: Mapping[str, Any]) -> set[str]:
-    """Names of environment variables the file's destinations, sources and Orthanc watch read secrets from."""
+    """Names of environment variables the file's destinations, sources, Orthanc watch and storage read secrets from."""
     entries: list[Any] = []
     for section in ("destinations", "sources"):
         named = data.get(section)
@@ -685,7 +698,11 @@ def _secret_variables(data: Mapping[str, Any]) -> set[str]:
     entries.append(data.get("orthanc_watch"))
     if isinstance(data.get("http_tokens"), list):
         entries += data["http_tokens"]
-    return {str(d[k]) for d in entries if isinstance(d, Mapping) for k in ("password_env", "token_env") if d.get(k)}
+    names = {str(d[k]) for d in entries if isinstance(d, Mapping) for k in ("password_env", "token_env") if d.get(k)}
+    storage = data.get("storage")  # the object store's credentials (node.storage)
+    if isinstance(storage, Mapping):
+        names |= {str(storage[k]) for k in ("access_key_env", "secret_key_env") if storage.get(k)}
+    return names
 
 
 def _env_overrides(environ: Mapping[str, str], skip: AbstractSet[str] = frozenset()) -> dict[str, Any]:

@@ -17,8 +17,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from node.errors import InputError, StorageError, StorageFull
 
@@ -153,8 +155,62 @@ def keep_durable(source: Path, target: Path, tmp_dir: Path) -> None:
         raise StorageError(f"cannot keep {target.name}: {exc.strerror or exc}") from exc
 
 
+class Files(Protocol):
+    """Reads and deletes stored objects by ref (``Instance.path``, ``Result.path``); see :mod:`node.storage`."""
+
+    def fetch(self, refs: Sequence[str]) -> AbstractContextManager[list[Path]]:
+        """Local files holding ``refs``, in order, for the ``with`` block (:class:`StorageError` if unreadable)."""
+        ...
+
+    def stat(self, ref: str) -> tuple[int, float] | None:
+        """Size and modification time of ``ref``, or None when it does not exist."""
+        ...
+
+    def exists(self, ref: str) -> bool: ...
+
+    def delete(self, ref: str) -> None:
+        """Remove ``ref`` (no error when it is already gone)."""
+        ...
+
+
+class PosixFiles:
+    """Refs that are file paths: read in place, nothing copied."""
+
+    @contextlib.contextmanager
+    def fetch(self, refs: Sequence[str]) -> Iterator[list[Path]]:
+        yield [Path(ref) for ref in refs]
+
+    def stat(self, ref: str) -> tuple[int, float] | None:
+        try:
+            st = os.stat(ref)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {Path(ref).name}: {exc.strerror or exc}") from exc
+        return st.st_size, st.st_mtime
+
+    def exists(self, ref: str) -> bool:
+        return self.stat(ref) is not None
+
+    def delete(self, ref: str) -> None:
+        try:
+            os.unlink(ref)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot remove {Path(ref).name}: {exc.strerror or exc}") from exc
+
+
+#: The reader of posix refs (it has no state).
+POSIX_FILES = PosixFiles()
+
+
 class Spool:
-    """Received instances under ``<data>/spool/<study>/<series>/<sop>.dcm``."""
+    """Received instances under ``<data>/spool/<study>/<series>/<sop>.dcm``.
+
+    The posix backend of :mod:`node.storage`: a ref is the file's path; :meth:`ref`,
+    :meth:`release` and :attr:`files` are what the object-store backend overrides.
+    """
 
     def __init__(self, root: Path, tmp_dir: Path) -> None:
         self.root = root
@@ -180,6 +236,22 @@ class Spool:
         path = self.path_for(study_uid, series_uid, sop_uid)
         keep_durable(source, path, self.tmp_dir)
         return path
+
+    def put(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> str:
+        """Store ``data`` durably; its ref (the file's path)."""
+        return str(self.store(study_uid, series_uid, sop_uid, data))
+
+    def ref(self, path: Path) -> str:
+        """The ref recorded for a file this spool kept (:meth:`keep`): its path."""
+        return str(path)
+
+    def release(self, paths: Iterable[Path]) -> None:
+        """The rows of ``paths`` are committed. Posix: the file is the object itself, nothing to do."""
+
+    @property
+    def files(self) -> Files:
+        """Reads, stats and deletes refs of this backend."""
+        return POSIX_FILES
 
     def clean_tmp(self) -> int:
         """Remove temporary files left by a crash mid-write; returns how many."""
