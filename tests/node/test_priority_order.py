@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from core import status
 from dimse.scp import AllowedPeer, StorageSCP
 from dimse.scu import store_files
+from node import dispatcher as dispatch
 from node import executor as execution
 from node.assembler import Assembler
 from node.db import Database, Instance, Job, JobState, Result, utcnow
@@ -35,7 +36,7 @@ from node.settings import Settings, load_settings
 from node.spool import Outbox
 from node.storage import open_outbox, open_spool
 from tests.helpers.cli import ainode
-from tests.node.test_delivery_schedule import TriagedPipeline
+from tests.node.test_delivery_schedule import RecordingDestination, TriagedPipeline
 from tests.node.test_flow import TinyPipeline, _instance
 
 ROUTING = """
@@ -279,3 +280,20 @@ def test_ainode_jobs_shows_each_job_priority_and_why(tmp_path: Path) -> None:
     shown = ainode("jobs", "show", "1", config=config)
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"^priority\s+urgent \(rule ctpa-urgent\)$", shown.stdout, re.MULTILINE), shown.stdout
+
+
+def test_an_urgent_job_results_are_delivered_before_older_routine_ones(node, db: Database) -> None:  # type: ignore[no-untyped-def]
+    settings, receiver, assembler, outbox = node
+    radiographs = [_queue(receiver, assembler, "CHEST PA") for _ in range(3)]
+    pipeline = TinyPipeline()  # no triage: the job's own priority decides the delivery order
+    while (job := execution.claim_job(db, "w", {"fake"}, PROMOTE_AFTER)) is not None:
+        execution.run_job(db, outbox, pipeline, job)
+    ctpa = _queue(receiver, assembler, "CTPA")  # analysed last, its result made last
+    job = execution.claim_job(db, "w", {"fake"}, PROMOTE_AFTER)
+    assert job is not None and job.series_uid == ctpa
+    execution.run_job(db, outbox, pipeline, job)
+    with db.session() as s:
+        series_of = {r.sop_uid: r.series_uid for r in s.scalars(select(Result))}
+    destination = RecordingDestination()  # the destination was down: the whole backlog is due at once
+    dispatch.Dispatcher(settings, db, {"pacs": destination}).run_once()
+    assert [series_of[uid] for uid in destination.order] == [ctpa, *radiographs]
