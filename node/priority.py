@@ -24,7 +24,7 @@ from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from node.db import Job, JobState, Result, rowcount
+from node.db import Job, JobState, Result, Series, rowcount
 
 URGENT, PRIORITY, ROUTINE = 0, 1, 2
 NAMES = {URGENT: "urgent", PRIORITY: "priority", ROUTINE: "routine"}
@@ -82,9 +82,11 @@ def triaged_urgent(session: Session, study_uid: str) -> bool:
     Only results with delivery priority urgent are looked at (``Result.priority`` 0: urgent triage, or an
     urgent job); their SR content says which. Reads rows only, never a file.
     """
+    # By the study's series (both indexed): results.study_uid has no index, and this runs for every new job.
+    series = select(Series.series_uid).where(Series.study_uid == study_uid)
     payloads = session.scalars(
         select(Result.payload).where(
-            Result.study_uid == study_uid,
+            Result.series_uid.in_(series),
             Result.priority == URGENT,
             Result.kind == "SR",
             Result.superseded_by.is_(None),
