@@ -13,12 +13,13 @@ the queue at start-up (:func:`recover`); after ``job_max_restarts`` such restart
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -43,7 +44,7 @@ from node.db import (
     utcnow,
 )
 from node.dicomheader import read_header
-from node.errors import InputError
+from node.errors import InputError, StorageError
 from node.logs import bind_log_context, log_context, read_patient_values, redact
 from node.pipelines import Pipeline, PipelineOutput
 from node.priority import URGENT, claim_order, raise_study
@@ -127,14 +128,13 @@ def run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None:
 def _run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None:
     with db.session() as session:
         # Files removed by retention (``purged_at``) are not read: the job analyses what is on disk.
-        paths = [
-            Path(p)
-            for p in session.scalars(
+        refs = list(
+            session.scalars(
                 select(Instance.path)
                 .where(Instance.series_uid == job.series_uid, Instance.purged_at.is_(None))
                 .order_by(Instance.id)
             )
-        ]
+        )
         purged = (
             session.scalar(
                 select(func.count())
@@ -148,8 +148,8 @@ def _run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None
                 Result.series_uid == job.series_uid, Result.superseded_by.is_(None), Result.kind == "SR"
             )
         ).all()
-        predecessor_paths = [Path(r.path) for r in earlier if r.purged_at is None]
-    if not paths and purged:
+        predecessor_refs = [r.path for r in earlier if r.purged_at is None]
+    if not refs and purged:
         _finish(
             db,
             job,
@@ -158,6 +158,27 @@ def _run_job(db: Database, outbox: Outbox, pipeline: Pipeline, job: Job) -> None
         )
         log.warning("job %s (series %s) failed: its instances were purged", job.id, job.series_uid)
         return
+    # Refs are file paths (posix storage: read in place) or objects, downloaded for the job and removed after it.
+    with contextlib.ExitStack() as fetched:
+        try:
+            paths = fetched.enter_context(outbox.files.fetch(refs))
+            predecessor_paths = fetched.enter_context(outbox.files.fetch(predecessor_refs))
+        except StorageError as exc:
+            _finish(db, job, error=f"the series could not be read from storage: {exc}")
+            log.error("job %s (series %s) failed: %s", job.id, job.series_uid, exc)
+            return
+        _analyse(db, outbox, pipeline, job, paths, predecessor_paths, earlier)
+
+
+def _analyse(
+    db: Database,
+    outbox: Outbox,
+    pipeline: Pipeline,
+    job: Job,
+    paths: list[Path],
+    predecessor_paths: list[Path],
+    earlier: Sequence[Result],
+) -> None:
     if paths:  # a library's message or a traceback may quote them: keep them out of logs and job errors
         bind_log_context(redact=read_patient_values(paths[0]))
     predecessors = []
@@ -199,17 +220,17 @@ def result_priority(output: PipelineOutput) -> int | None:
 
 
 def _store_output(db: Database, outbox: Outbox, job: Job, output: PipelineOutput, superseded: list[int]) -> None:
-    written: list[tuple[pydicom.Dataset, Path]] = []
+    written: list[tuple[pydicom.Dataset, str]] = []
     for ds in output.objects:
-        path = outbox.store(job.study_uid, job.series_uid, str(ds.SOPInstanceUID), encode_part10(ds))
-        written.append((ds, path))
+        ref = outbox.put(job.study_uid, job.series_uid, str(ds.SOPInstanceUID), encode_part10(ds))
+        written.append((ds, ref))
     triage = result_priority(output)
     with db.session() as session:
         # Delivery order: the more urgent of the triage and the job's own priority (from its row).
         levels = [p for p in (triage, session.scalar(select(Job.priority).where(Job.id == job.id))) if p is not None]
         priority = min(levels) if levels else None
         first_id: int | None = None
-        for ds, path in written:
+        for ds, ref in written:
             sop_class = str(ds.SOPClassUID)
             kind = result_kind(sop_class)
             result = Result(
@@ -219,7 +240,7 @@ def _store_output(db: Database, outbox: Outbox, job: Job, output: PipelineOutput
                 sop_uid=str(ds.SOPInstanceUID),
                 sop_class_uid=sop_class,
                 kind=kind,
-                path=str(path),
+                path=ref,
                 payload=output.result.to_json() if kind == "SR" else None,
                 priority=priority,
             )

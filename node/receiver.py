@@ -8,7 +8,10 @@ file: a few pages, whatever the instance's size; no pixel decoding, no
 inference), then keeps the file as it is: fsync, rename into
 ``spool/<study>/<series>/<sop>.dcm``, fsync of the folder
 (:meth:`node.spool.Spool.keep`). Nothing is copied and the data set is never
-held in memory. Only then is success answered (PS3.4 B.2.3).
+held in memory. Only then is success answered (PS3.4 B.2.3). With object storage
+(``storage.type: s3``, :mod:`node.storage`) the file is first PUT to the bucket (a failed
+PUT answers 0xA700), the row records the object's ref, and the kept file is a staging
+copy removed once the row is committed.
 
 The spool file is the durable record of an acknowledged instance; its
 database row follows. Once :meth:`Receiver.start` has run (the service does),

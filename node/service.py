@@ -160,6 +160,7 @@ class Node:
             header_tags=routing_tags(self.routing),
         )
         self.assembler.unrecorded = self.receiver.unrecorded_series  # rows follow acknowledgements in batches
+        self.assembler.files = self.spool.files  # instances by ref: in place (posix) or fetched (object storage)
         # Pulled instances (C-GET, WADO-RS) take the receiver's path too; C-MOVE ones arrive through the SCP.
         self.puller: Puller = load_puller(settings, self.db, ReceiverIntake(self.receiver, self.receiver.flush))
         watch = settings.orthanc_watch
