@@ -548,6 +548,18 @@ def cmd_analyze(settings: Settings, args: argparse.Namespace) -> int:
     return analyze_paths(settings, [Path(p) for p in args.paths], Path(args.out), pipeline=args.pipeline)
 
 
+def cmd_conformance(settings: Settings, args: argparse.Namespace) -> int:
+    from node.banner import version
+    from node.conformance import statement
+
+    text = statement(version())
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+    return 0
+
+
 #: The end of every command's --help: which configuration it reads (the same as 'ainode serve').
 CONFIG_HELP = """configuration (the same for every command as for 'ainode serve'):
   1. the file given by 'ainode --config FILE COMMAND', else $AINODE_CONFIG,
@@ -677,6 +689,16 @@ def build_parser() -> argparse.ArgumentParser:
         "'http_users: [{name: NAME, password_hash: HASH}]' in node.yaml. The password itself is never stored.",
     )
     p.set_defaults(func=cmd_hash_password)
+    p = sub.add_parser(
+        "conformance",
+        help="print the DICOM Conformance Statement (PS3.2), generated from the code",
+        description="Write the node's DICOM Conformance Statement (PS3.2 layout, Markdown): SOP classes and "
+        "transfer syntaxes as SCP and SCU, association policies, TLS, created objects with their templates "
+        "and codes. Read from the code's own tables with the default settings (not this site's "
+        "configuration), so it is the same on every installation of a version; docs/conformance.md is it.",
+    )
+    p.add_argument("--output", metavar="PATH", help="write to this file (default: standard output)")
+    p.set_defaults(func=cmd_conformance)
     for command in sub.choices.values():  # every command says which configuration it reads
         command.epilog = CONFIG_HELP
         command.formatter_class = argparse.RawDescriptionHelpFormatter
