@@ -50,11 +50,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
-from celery.exceptions import SecurityWarning, SoftTimeLimitExceeded
+from celery.exceptions import CPendingDeprecationWarning, SecurityWarning, SoftTimeLimitExceeded
 from kombu import Connection, Exchange, Queue
 from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy import and_, case, or_, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from models.backends.providers import set_onnx_providers
 from node import executor as execution
@@ -78,6 +78,8 @@ TASK_NAME = "ainode.run_job"
 DEAD_QUEUE = "ainode.dead"
 #: Longest wait between two attempts to reach the broker or the database.
 MAX_PAUSE = 30.0
+#: How often ``ainode serve``'s publisher tries again while the database cannot be reached.
+DB_RETRY_SECONDS = 2.0
 
 
 def broker_label(url: str) -> str:
@@ -264,6 +266,7 @@ class CeleryExecutor(BackgroundLoop):
         self.metrics: Metrics | None = None
         self._pause = 1.0
         self._broker_down = False
+        self._db_down = False
         self._next_sweep = 0.0
 
     @property
@@ -271,6 +274,23 @@ class CeleryExecutor(BackgroundLoop):
         return max(0.5, min(self.settings.celery.heartbeat_seconds, 5.0))
 
     def run_once(self) -> float:
+        try:
+            wait = self._pass()
+        except SQLAlchemyError as exc:  # PostgreSQL restarting: one line per outage, not a traceback per pass
+            if not self._db_down:
+                log.warning(
+                    "database unreachable (%s): publishing and the lease sweep wait for it; retrying every %.0f s",
+                    _first_line(exc),
+                    DB_RETRY_SECONDS,
+                )
+            self._db_down = True
+            return DB_RETRY_SECONDS
+        if self._db_down:
+            log.info("database reachable again: publishing and sweeping")
+        self._db_down = False
+        return wait
+
+    def _pass(self) -> float:
         now = time.time()
         if now >= self._next_sweep:
             requeued, failed = sweep_leases(self.db, self.settings.job_max_restarts, now)
@@ -281,8 +301,8 @@ class CeleryExecutor(BackgroundLoop):
                 self.on_job_done()
         try:
             published = publish_pending(self.db, self.app, self.settings)
-        except (OperationalError, DBAPIError):
-            raise  # the loop logs it and tries again
+        except SQLAlchemyError:
+            raise  # the database, not the broker: see run_once
         except Exception as exc:  # the broker is down or refuses: jobs stay unpublished, published later
             if not self._broker_down:
                 log.warning(
@@ -416,6 +436,24 @@ def _run_job_task(task: Any, job_id: int) -> None:
     )
 
 
+def _log_no_op(job_id: int, outcome: str, row: Job | None, redelivered: bool) -> None:
+    again = " (delivered again)" if redelivered else ""
+    if row is None:
+        log.warning("job %s: no such job in the database%s; its message is dropped", job_id, again)
+    elif outcome == "held":
+        left = max(0.0, (row.lease_until or 0.0) - time.time())
+        log.info(
+            "job %s is held by %s (lease %.0f s more)%s: this copy of its message does nothing; "
+            "if that worker is gone, the job is queued again when its lease runs out",
+            job_id,
+            row.worker,
+            left,
+            again,
+        )
+    else:
+        log.info("job %s is already %s%s: this copy of its message does nothing", job_id, row.state.value, again)
+
+
 def run_one(
     context: WorkerContext,
     job_id: int,
@@ -453,9 +491,7 @@ def run_one(
                         dead_letter()
                     return outcome
                 if outcome != "claimed" or job is None:
-                    log.info(
-                        "job %s: %s, nothing to do%s", job_id, outcome, " (message redelivered)" if redelivered else ""
-                    )
+                    _log_no_op(job_id, outcome, job, redelivered)
                     return outcome
             pipeline = context.pipelines.get(job.pipeline)
             if pipeline is None:
@@ -512,6 +548,22 @@ def wait_for_broker(settings: Settings, stop: threading.Event) -> bool:
     """Wait until the broker answers (see :func:`wait_for`)."""
     url = settings.celery.broker_url
     return wait_for("the broker", broker_label(url), lambda: probe_broker(url), stop)
+
+
+class _AckLost(logging.Filter):
+    """Celery's "Couldn't ack" (CRITICAL, with a traceback) after a broker restart, as one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(("Couldn't ack", "Couldn't reject")):
+            reason = record.exc_info[1] if record.exc_info else (record.args or ("", ""))[-1]  # type: ignore[index]
+            record.msg = (
+                "a job message was not acknowledged: the broker connection was lost (%s); the broker delivers "
+                "it again, and that copy finds its job finished and does nothing"
+            )
+            record.args = (_first_line(reason) if isinstance(reason, BaseException) else str(reason),)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def run_worker(
@@ -578,6 +630,14 @@ def run_worker(
     signals.worker_ready.connect(ready, weak=False)
     if stop.is_set():
         return 0
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # Celery's own warning is ten lines about pickle, unused here
+        warnings.filterwarnings("ignore", category=SecurityWarning)
+        log.warning("ainode worker runs as root: run it as a user of its own where you can")
+    # Celery warns that it will cancel running acks_late tasks when the broker connection is lost. Ours keep
+    # running on purpose: the job's row, not the message, says who holds it; the job ends and is recorded,
+    # and the copy the broker delivers again finds it finished (or held) and does nothing.
+    warnings.filterwarnings("ignore", category=CPendingDeprecationWarning, module=r"celery\.worker\.consumer")
+    logging.getLogger("celery.worker.request").addFilter(_AckLost())
     worker = app.Worker(
         hostname=f"ainode@{socket.gethostname()}:{os.getpid()}",
         queues=chosen,
@@ -588,9 +648,6 @@ def run_worker(
         without_mingle=True,
         loglevel=settings.log_level.upper() if isinstance(settings.log_level, str) else "INFO",
     )
-    if hasattr(os, "geteuid") and os.geteuid() == 0:  # Celery's own warning is ten lines about pickle, unused here
-        warnings.filterwarnings("ignore", category=SecurityWarning)
-        log.warning("ainode worker runs as root: run it as a user of its own where you can")
     # Celery installs its own handlers: SIGTERM is a warm shutdown (the running jobs end first).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)

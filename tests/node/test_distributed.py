@@ -7,6 +7,7 @@ SQLite and PostgreSQL; no broker is needed here (tests/node/test_distributed_bro
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -263,3 +264,44 @@ def test_the_worker_command_needs_the_celery_executor(tmp_path: Path) -> None:
         distributed.run_worker(Settings(data_dir=tmp_path, executor="celery"), device="tpu")
     with pytest.raises(ConfigError, match="at least one job"):
         distributed.run_worker(Settings(data_dir=tmp_path, executor="celery"), concurrency=0)
+
+
+def test_celerys_lost_ack_is_one_warning_line_without_traceback() -> None:
+    from amqp.exceptions import RecoverableConnectionError
+
+    try:
+        raise RecoverableConnectionError("connection already closed")
+    except RecoverableConnectionError as exc:
+        error = exc
+        info = sys.exc_info()
+    record = logging.LogRecord(
+        "celery.worker.request", logging.CRITICAL, __file__, 1, "Couldn't ack %r, reason:%r", (7, error), info
+    )
+    assert distributed._AckLost().filter(record)
+    assert record.levelname == "WARNING" and record.exc_info is None
+    message = record.getMessage()
+    assert "connection already closed" in message and "does nothing" in message and "\n" not in message
+    other = logging.LogRecord("celery.worker.request", logging.INFO, __file__, 1, "Task %s received", ("x",), None)
+    assert distributed._AckLost().filter(other) and other.getMessage() == "Task x received"
+
+
+def test_the_publisher_outlives_a_database_outage_with_one_line(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    database = Database(f"sqlite:///{tmp_path / 'node.db'}")
+    database.create_schema()
+    settings = Settings(data_dir=tmp_path, executor="celery", celery={"broker_url": "amqp://127.0.0.1:1//"})
+    executor = distributed.CeleryExecutor(settings, database)
+    caplog.set_level(logging.INFO, logger="ainode.distributed")
+    with database.engine.begin() as conn:  # the database as a restarting server answers: an error per query
+        conn.execute(text("ALTER TABLE jobs RENAME TO jobs_away"))
+    assert executor.run_once() == distributed.DB_RETRY_SECONDS
+    assert executor.run_once() == distributed.DB_RETRY_SECONDS
+    with database.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE jobs_away RENAME TO jobs"))
+    executor.run_once()  # the database is back (the broker is not: that is another line)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("database unreachable" in x for x in lines) == 1
+    assert any("database reachable again" in x for x in lines)
+    assert not any(r.exc_info for r in caplog.records)
+    database.dispose()
