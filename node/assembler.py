@@ -128,7 +128,9 @@ class Assembler(BackgroundLoop):
     def _schedule(self, series_id: int, now: float) -> int:
         self._take_digests(series_id)
         with self.db.session() as session:
-            series = session.get(Series, series_id)
+            # Locked while deciding (PostgreSQL; SQLite has one writer anyway): every `ainode serve` runs an
+            # assembler on the shared database, and a series must become one job, not one per receiver.
+            series = session.get(Series, series_id, with_for_update=True)
             if series is None or series.ready_at > now:
                 return 0  # more instances arrived since we looked
             resend = bool(series.resend_pending) and series.state != SeriesState.RECEIVING
