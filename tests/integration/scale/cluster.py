@@ -35,15 +35,13 @@ FINISHED = (JobState.DONE, JobState.FAILED)
 
 
 class Services:
-    """PostgreSQL, RabbitMQ and Orthanc for a module; ``moto`` too when ``s3`` (H1's tests.helpers.s3)."""
+    """PostgreSQL, RabbitMQ and Orthanc (the destination, AE title ORTHANC), started and stopped together."""
 
-    def __init__(self, root: Path, orthanc: OrthancServer, *, s3: bool = False) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.orthanc = orthanc
+        self.orthanc = OrthancServer(root / "orthanc", "ORTHANC")
         self.postgres = PostgresServer()
         self.rabbitmq = RabbitMQServer(root)
-        self.moto: Any = None
-        self._s3 = s3
         self._names = itertools.count(1)
 
     def start(self) -> Services:
@@ -58,27 +56,18 @@ class Services:
             ):
                 self.postgres.psql(f"ALTER SYSTEM SET {name} = '{value}'")
             self.rabbitmq.start()
-            if self._s3:
-                from tests.helpers.s3 import MotoServer
-
-                self.moto = MotoServer()
-                self.moto.start()
+            self.orthanc.start()
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        for stop in (
-            self.rabbitmq.stop,
-            self.postgres.stop,
-            (self.moto.stop if self.moto is not None else None),
-        ):
-            if stop is not None:
-                try:
-                    stop()
-                except Exception as exc:  # the others must still stop
-                    print(f"stopping a test service failed: {exc}", file=sys.stderr)
+        for stop in (self.orthanc.stop, self.rabbitmq.stop, self.postgres.stop):
+            try:
+                stop()
+            except Exception as exc:  # the others must still stop
+                print(f"stopping a test service failed: {exc}", file=sys.stderr)
 
     def fresh_name(self, prefix: str) -> str:
         return f"{prefix}{next(self._names)}"

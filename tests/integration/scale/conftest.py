@@ -1,9 +1,12 @@
-"""Fixtures of the scale-out tests (issue 17): the module's servers, and a cluster of its own for each test.
+"""Fixtures of the scale-out tests (issue 17).
 
-- ``services``: PostgreSQL, RabbitMQ and the module's Orthanc, shared by the tests of a module;
-- ``s3_services``: the same and moto's S3 server;
-- ``cluster``: a :class:`~tests.integration.scale.cluster.Cluster` factory on ``services`` (a database and a broker
-  virtual host of the test's own); every process it started is stopped at the end of the test.
+- ``services``: PostgreSQL, RabbitMQ and an Orthanc (the destination), shared by every scale test of the session:
+  each test works in a database and a broker virtual host of its own, so sharing is safe even across the tests
+  that restart the broker or the database;
+- ``moto``: moto's S3 server for the session (tests.helpers.s3);
+- ``cluster``: ``cluster(services, full_models=False, **settings)`` makes a
+  :class:`~tests.integration.scale.cluster.Cluster` in the test's folder; every process it started is stopped
+  at the end of the test.
 """
 
 from __future__ import annotations
@@ -14,33 +17,33 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import OrthancServer
+from tests.helpers.s3 import MotoServer
 from tests.integration.scale.cluster import Cluster, Services
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def services(module_orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    started = Services(tmp_path_factory.mktemp("services"), module_orthanc).start()
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    started = Services(tmp_path_factory.mktemp("scale-services")).start()
     try:
         yield started
     finally:
         started.stop()
 
 
-@pytest.fixture(scope="module")
-def s3_services(module_orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    started = Services(tmp_path_factory.mktemp("services"), module_orthanc, s3=True).start()
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer()
+    server.start()
     try:
-        yield started
+        yield server
     finally:
-        started.stop()
+        server.stop()
 
 
 @pytest.fixture
-def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    """``cluster(services, full_models=False, **settings)`` makes a cluster; all are stopped afterwards."""
+def cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
     def make(services: Services, **settings: Any) -> Cluster:
