@@ -43,7 +43,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -60,13 +60,17 @@ from models.backends.providers import set_onnx_providers
 from node import executor as execution
 from node.background import BackgroundLoop
 from node.db import Database, Job, JobState, rowcount
-from node.errors import ConfigError
+from node.errors import ConfigError, InputError
 from node.preflight import wait_for
 from node.priority import MAX_BROKER_PRIORITY, PRIORITY, PROMOTED_BROKER_PRIORITY, URGENT, broker_priority, is_promoted
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pydicom import Dataset
+
     from node.http import Metrics
-    from node.pipelines import Pipeline
+    from node.pipelines import Pipeline, PipelineOutput
     from node.settings import Settings
     from node.spool import Outbox
 
@@ -436,6 +440,24 @@ def _run_job_task(task: Any, job_id: int) -> None:
     )
 
 
+class _TimeLimited:
+    """``pipeline`` whose analysis, stopped by Celery's soft time limit, fails its job with that reason."""
+
+    def __init__(self, pipeline: Pipeline, seconds: float) -> None:
+        self.pipeline, self.seconds = pipeline, seconds
+        self.name = pipeline.name
+
+    def analyse(
+        self, study_uid: str, series_uid: str, paths: Sequence[Path], predecessors: Sequence[Dataset] = ()
+    ) -> PipelineOutput:
+        try:
+            return self.pipeline.analyse(study_uid, series_uid, paths, predecessors)
+        except SoftTimeLimitExceeded as exc:
+            raise InputError(
+                f"the analysis took longer than celery.soft_time_limit ({self.seconds:.0f} s) and was stopped"
+            ) from exc
+
+
 def _log_no_op(job_id: int, outcome: str, row: Job | None, redelivered: bool) -> None:
     again = " (delivered again)" if redelivered else ""
     if row is None:
@@ -511,7 +533,9 @@ def run_one(
             )
             started = time.monotonic()
             with _Heartbeat(context.db, job, settings.celery.lease_seconds, settings.celery.heartbeat_seconds):
-                execution.run_job(context.db, context.outbox, pipeline, job)
+                execution.run_job(
+                    context.db, context.outbox, _TimeLimited(pipeline, settings.celery.soft_time_limit), job
+                )
             log.info("job %s ended after %.1f s", job.id, time.monotonic() - started)
             return "claimed"
         except execution.LeaseLost:

@@ -305,3 +305,16 @@ def test_the_publisher_outlives_a_database_outage_with_one_line(tmp_path: Path, 
     assert any("database reachable again" in x for x in lines)
     assert not any(r.exc_info for r in caplog.records)
     database.dispose()
+
+
+def test_a_job_stopped_by_the_soft_time_limit_fails_with_that_reason(db: Database, parts) -> None:  # type: ignore[no-untyped-def]
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    job_id = _queued_job(parts)
+    pipeline = TinyPipeline()
+    pipeline.fail_with = SoftTimeLimitExceeded()
+    context = _context(parts, pipeline, celery={"soft_time_limit": 30, "time_limit": 40})
+    assert distributed.run_one(context, job_id) == "claimed"
+    row = _job(db, job_id)
+    assert row.state == JobState.FAILED
+    assert row.error == "the analysis took longer than celery.soft_time_limit (30 s) and was stopped"
