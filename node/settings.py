@@ -440,6 +440,20 @@ class CelerySettings(_Strict):
     soft_time_limit: float = Field(default=1200.0, gt=0)
     time_limit: float = Field(default=1500.0, gt=0)
 
+    @model_validator(mode="after")
+    def _consistent_times(self) -> CelerySettings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}) must be below lease_seconds ({self.lease_seconds:g}): "
+                "a lease must be renewed before it runs out (e.g. lease_seconds: 60, heartbeat_seconds: 15)"
+            )
+        if self.soft_time_limit >= self.time_limit:
+            raise ValueError(
+                f"soft_time_limit ({self.soft_time_limit:g}) must be below time_limit ({self.time_limit:g}): "
+                "the soft limit fails the job with a reason, the hard one kills its process"
+            )
+        return self
+
 
 class PrioritySettings(_Strict):
     """How urgent a job is (``node.priority``): 0 urgent, 1 priority, 2 routine."""

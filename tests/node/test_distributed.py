@@ -318,3 +318,13 @@ def test_a_job_stopped_by_the_soft_time_limit_fails_with_that_reason(db: Databas
     row = _job(db, job_id)
     assert row.state == JobState.FAILED
     assert row.error == "the analysis took longer than celery.soft_time_limit (30 s) and was stopped"
+
+
+def test_lease_and_time_limit_settings_must_be_consistent() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="heartbeat_seconds .* must be below lease_seconds"):
+        Settings(executor="celery", celery={"lease_seconds": 10, "heartbeat_seconds": 10})
+    with pytest.raises(ValidationError, match="soft_time_limit .* must be below time_limit"):
+        Settings(executor="celery", celery={"soft_time_limit": 1500, "time_limit": 1500})
+    assert Settings(celery={"lease_seconds": 8, "heartbeat_seconds": 2}).celery.lease_seconds == 8
