@@ -141,6 +141,7 @@ class Received:
     received_at: datetime
     ready_at: float  # epoch seconds: the series is stable after this, unless more arrive
     ref: str = ""  # what the row records (node.storage): the path itself in a posix spool, an object's ref with S3
+    digest: str | None = None  # taken at receive by an object-store spool only (Spool.digest); else by the assembler
 
     def row(self) -> dict[str, Any]:
         """The columns of a new instance row (the fast path's INSERT)."""
@@ -157,6 +158,7 @@ class Received:
             "received_at": self.received_at,
             "times_received": 1,
             "header": None,
+            "digest": self.digest,
         }
 
 
@@ -347,6 +349,7 @@ class Receiver:
             received_at=utcnow(),
             ready_at=time.time() + self.settings.quiet_seconds(modality),
             ref=self.spool.ref(path),
+            digest=self.spool.digest(path),
         )
         if batched:
             with self._rows:
@@ -639,6 +642,7 @@ class Receiver:
                     peer_address=item.peer_address,
                     received_at=item.received_at,
                     header=header,
+                    digest=item.digest,
                 )
             )
             series.instance_count += 1

@@ -248,6 +248,11 @@ class Spool:
     def release(self, paths: Iterable[Path]) -> None:
         """The rows of ``paths`` are committed. Posix: the file is the object itself, nothing to do."""
 
+    def digest(self, path: Path) -> str | None:
+        """The SHA-256 of a kept file if this backend takes it at once; posix: None (the assembler takes it
+        later, off the acknowledgement path, from the file in place)."""
+        return None
+
     @property
     def files(self) -> Files:
         """Reads, stats and deletes refs of this backend."""

@@ -46,6 +46,7 @@ node serves meanwhile and answers 0xA700 until it is back).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -383,6 +384,15 @@ class S3Spool(Spool):
     def put(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> str:
         """PUT ``data`` (no staging file: the caller records its row itself); its ref."""
         return self.objects.put_bytes(self._key(self.path_for(study_uid, series_uid, sop_uid)), data)
+
+    def digest(self, path: Path) -> str | None:
+        """SHA-256 of the staging file, taken now (0.3 ms per 0.5 MB, against a PUT's milliseconds): once its
+        row is committed the file is gone, and the assembler would download the object to take it."""
+        try:
+            with open(path, "rb") as fh:
+                return hashlib.file_digest(fh, "sha256").hexdigest()
+        except OSError:
+            return None  # the assembler takes it from the object
 
     def release(self, paths: Iterable[Path]) -> None:
         """The rows of ``paths`` are committed: their staging files go (the objects stay)."""

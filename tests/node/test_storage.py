@@ -9,13 +9,14 @@ answers 0xA700 and stores no row; a missing bucket is one line at start-up.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core import status
 from node import dispatcher as dispatch
@@ -191,12 +192,17 @@ def test_s3_series_is_received_analysed_and_delivered_through_refs(
         refs = sorted(s.scalars(select(Instance.path)))
     assert refs == sorted(f"s3://{bucket}/site1/spool/{study}/{series}/{r.sop_instance_uid}.dcm" for r in requests)
     assert not list((s3_settings.data_dir / "spool").rglob("*.dcm"))  # rows committed: staging files gone
-    # The routing header was recorded from the staging file; the digests are taken from the objects.
+    # Digests were taken from the staging files at receive; one without (a recovered instance's) is taken
+    # by the assembler from its object.
+    digests = {r.sop_instance_uid: hashlib.sha256(_sent(r)).hexdigest() for r in requests}
+    with database.session() as s:
+        assert {uid: d for uid, d in s.execute(select(Instance.sop_uid, Instance.digest))} == digests
+        s.execute(update(Instance).where(Instance.sop_uid == requests[1].sop_instance_uid).values(digest=None))
     assembler = Assembler(database, load_routing(s3_settings.data_dir.parent / "routing.yaml"), {"fake"}, {}, ["pacs"])
     assembler.files = spool.files
     assert assembler.run_once() is not None
     with database.session() as s:
-        assert all(s.scalars(select(Instance.digest)))
+        assert {uid: d for uid, d in s.execute(select(Instance.sop_uid, Instance.digest))} == digests
     pipeline = TinyPipeline()
     assert _run_all_jobs(database, outbox, pipeline) == 1
     assert pipeline.calls[0][:2] == (series, 3)  # the job read the three instances from the bucket
