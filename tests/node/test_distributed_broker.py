@@ -146,3 +146,26 @@ def test_the_broker_is_waited_for_and_found(vhost: str) -> None:
 
     settings = Settings(executor="celery", celery={"broker_url": vhost})
     assert distributed.wait_for_broker(settings, threading.Event())
+
+
+def test_a_message_arriving_for_a_job_out_of_starts_goes_to_the_dead_letter_queue(
+    tmp_path: Path, db: Database, vhost: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from node.spool import Outbox
+
+    settings = _settings(tmp_path, vhost)
+    job = _add_job(db, "cxr", state=JobState.QUEUED, attempts=settings.job_max_restarts)
+    context = distributed.WorkerContext(settings, db, Outbox(settings.outbox_dir, settings.tmp_dir), {}, ["cpu"])
+    context.built = True
+    monkeypatch.setattr(distributed, "_context", context)
+    app = distributed.make_app(settings)
+    # The task as the worker's pool calls it: Celery's bound task, its request's delivery info.
+    task = SimpleNamespace(app=app, request=SimpleNamespace(delivery_info={"redelivered": True}))
+    distributed._run_job_task(task, job)
+    with db.session() as s:
+        row = s.get_one(Job, job)
+    assert row.state == JobState.FAILED and "dead-letter" in (row.error or "")
+    [dead] = _take(vhost, distributed.DEAD_QUEUE)
+    assert dead.payload[0] == [job]
