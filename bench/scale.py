@@ -24,7 +24,9 @@ Measured per phase, from the node's own database (its clock):
 - **broker bytes per job**: the AMQP octets the broker received and sent on every connection of the phase's
   virtual host (``rabbitmqctl list_connections recv_oct send_oct``: the publisher's messages and confirms, the
   workers' deliveries and acks, connection set-up, queue declarations and heartbeats), divided by the jobs.
-  No pixel or result ever travels on the broker: the figure is bytes of job ids and protocol;
+  No pixel or result ever travels on the broker: the figure is bytes of job ids and protocol. **message body B**:
+  one job message's body (Celery's task message: the job id and Celery's own fields), from the bytes and count of
+  the messages waiting in the queues once the routine jobs are published (``rabbitmqctl list_queues``);
 - **CPU s**: processor time of each role's processes over the phase (``/proc``, sampled every 0.1 s), and per
   job for each pipeline (a worker's pool process's CPU between the job's start and finish; 1-worker phase).
 
@@ -203,6 +205,7 @@ class Phase:
     send_s: float = 0.0
     urgent_rank: str = ""
     broker_bytes: int | None = None
+    message_bytes: float | None = None
     cpu: dict[str, float] = field(default_factory=dict)
     job_cpu: dict[str, list[float]] = field(default_factory=dict)
     job_wall: dict[str, list[float]] = field(default_factory=dict)
@@ -253,6 +256,7 @@ def run_phase(
     roots: dict[str, list[int]],
     diagnostics: Any,
     workers: list[WorkerProcess] | None = None,
+    backlog: Any = None,
 ) -> Phase:
     """Send the mix to the receiver on ``port``, wait for every delivery, and read the figures from ``db``."""
     from sqlalchemy import func, select
@@ -272,6 +276,8 @@ def run_phase(
         300,
         diagnostics,
     )
+    if backlog is not None:
+        backlog(phase)
     send(port, studies.urgent)
     urgent_sent = time.time()
     wait_for("every study analysed and delivered", lambda: settled(db, everything), 3600, diagnostics)
@@ -327,6 +333,17 @@ def broker_octets(services: Services, vhost: str) -> int:
     return total
 
 
+def queued_message_bytes(services: Services, vhost: str) -> float | None:
+    """Body bytes per message waiting in ``vhost``'s queues (``rabbitmqctl list_queues``), None if none waits."""
+    out = services.rabbitmq.ctl("list_queues", "-p", vhost, "messages", "message_bytes", "--no-table-headers", "-q")
+    messages = size = 0
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            messages, size = messages + int(parts[0]), size + int(parts[1])
+    return size / messages if messages else None
+
+
 def infra_roots(services: Services) -> dict[str, list[int]]:
     """PostgreSQL's postmaster and RabbitMQ's process group leader (their trees hold every backend)."""
     postmaster = int((services.postgres.datadir / "postmaster.pid").read_text().splitlines()[0])
@@ -377,8 +394,13 @@ def celery_phase(services: Services, root: Path, studies: Studies, count: int) -
         roots = {"serve": [receiver.proc.pid], "workers": [w.proc.pid for w in workers if w.proc is not None]}
         roots.update(infra_roots(services))
         phase = Phase(f"celery, {count} worker{'s' if count > 1 else ''}", count, len(studies.routine_uids) + 1)
-        run_phase(phase, studies, receiver.port, kit.db, roots, kit.diagnostics, workers)
-        phase.broker_bytes = broker_octets(services, kit.broker_url.rsplit("/", 1)[1])
+        vhost = kit.broker_url.rsplit("/", 1)[1]
+
+        def backlog(phase: Phase) -> None:
+            phase.message_bytes = queued_message_bytes(services, vhost)
+
+        run_phase(phase, studies, receiver.port, kit.db, roots, kit.diagnostics, workers, backlog)
+        phase.broker_bytes = broker_octets(services, vhost)
         return phase
     finally:
         kit.stop()
@@ -402,12 +424,13 @@ def report(mix: Mix, phases: list[Phase]) -> None:
             [
                 p.name,
                 f"{p.seconds:.0f}",
-                f"{p.send_s:.0f}",
+                f"{p.send_s:.1f}",
                 f"{p.per_minute:.1f}",
                 f"{p.per_minute / reference.per_minute:.2f}",
                 f"{p.urgent_s:.1f}",
                 p.urgent_rank,
                 f"{p.broker_bytes / p.jobs:.0f}" if p.broker_bytes is not None else "–",
+                f"{p.message_bytes:.0f}" if p.message_bytes is not None else "–",
                 f"{p.cpu.get('serve', 0.0) / p.studies:.2f}",
                 f"{p.cpu.get('workers', 0.0) / p.studies:.2f}" if p.workers else "–",
                 f"{infra / p.studies:.2f}" if p.workers else "–",
@@ -427,6 +450,7 @@ def report(mix: Mix, phases: list[Phase]) -> None:
                 "urgent s",
                 "routine jobs before urgent",
                 "broker B/job",
+                "message body B",
                 "serve CPU s/study",
                 "workers CPU s/study",
                 "PG+MQ CPU s/study",
