@@ -20,7 +20,9 @@ Measured per phase, from the node's own database (its clock):
 - **routine C-STOREs s**: how long ``storescu`` took to send the routine studies (one association; the node
   answers each C-STORE once the instance is durable): part of the wall time, and a floor no worker count moves;
 - **urgent s**: the STAT CTPA's last C-STORE answered -> its SR delivered, with the routine backlog in front;
-  **routine jobs before urgent**: of the jobs that had not started when it arrived, how many started before it;
+  split into the wait until its job started (quiet period, then the jobs ahead of it), the analysis and the
+  delivery of its SR; **routine jobs before urgent**: of the jobs that had not started when it arrived, how many
+  started before it;
 - **broker bytes per job**: the AMQP octets the broker received and sent on every connection of the phase's
   virtual host (``rabbitmqctl list_connections recv_oct send_oct``: the publisher's messages and confirms, the
   workers' deliveries and acks, connection set-up, queue declarations and heartbeats), divided by the jobs.
@@ -204,6 +206,7 @@ class Phase:
     urgent_s: float = 0.0
     send_s: float = 0.0
     urgent_rank: str = ""
+    urgent_parts: str = ""
     broker_bytes: int | None = None
     message_bytes: float | None = None
     cpu: dict[str, float] = field(default_factory=dict)
@@ -301,8 +304,12 @@ def run_phase(
     phase.seconds = epoch(last) - started
     phase.urgent_s = epoch(sr_delivered) - urgent_sent
     # How many routine jobs that had not started when the STAT study was sent started before it.
-    assert urgent_job.started_at is not None
+    assert urgent_job.started_at is not None and urgent_job.finished_at is not None
     urgent_start = epoch(urgent_job.started_at)
+    urgent_end = epoch(urgent_job.finished_at)
+    phase.urgent_parts = (
+        f"{urgent_start - urgent_sent:.1f} + {urgent_end - urgent_start:.1f} + {epoch(sr_delivered) - urgent_end:.1f}"
+    )
     overtaken = [
         j
         for j in jobs
@@ -428,6 +435,7 @@ def report(mix: Mix, phases: list[Phase]) -> None:
                 f"{p.per_minute:.1f}",
                 f"{p.per_minute / reference.per_minute:.2f}",
                 f"{p.urgent_s:.1f}",
+                p.urgent_parts,
                 p.urgent_rank,
                 f"{p.broker_bytes / p.jobs:.0f}" if p.broker_bytes is not None else "–",
                 f"{p.message_bytes:.0f}" if p.message_bytes is not None else "–",
@@ -448,6 +456,7 @@ def report(mix: Mix, phases: list[Phase]) -> None:
                 "studies/min",
                 "× first row",
                 "urgent s",
+                "= wait + analysis + delivery s",
                 "routine jobs before urgent",
                 "broker B/job",
                 "message body B",
