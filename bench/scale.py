@@ -423,7 +423,7 @@ def report(mix: Mix, phases: list[Phase]) -> None:
     print()
     print(f"Mix: {mix.describe()}; demo weights; {cores} CPU cores shared by every process (node, PostgreSQL,")
     print("RabbitMQ, Orthanc, DCMTK); the load average is the 1-minute figure at the end of each phase.")
-    rows = []
+    rows: list[list[object]] = []
     for p in phases:
         node_cpu = p.cpu.get("serve", 0.0) + p.cpu.get("workers", 0.0)
         infra = p.cpu.get("PostgreSQL", 0.0) + p.cpu.get("RabbitMQ", 0.0)
