@@ -61,6 +61,7 @@ from node import executor as execution
 from node.background import BackgroundLoop
 from node.db import Database, Job, JobState, rowcount
 from node.errors import ConfigError, InputError
+from node.logs import redact
 from node.preflight import wait_for
 from node.priority import MAX_BROKER_PRIORITY, PRIORITY, PROMOTED_BROKER_PRIORITY, URGENT, broker_priority, is_promoted
 
@@ -237,7 +238,7 @@ def sweep_leases(db: Database, max_attempts: int, now: float | None = None) -> t
                         session,
                         job,
                         error=f"its worker stopped or stopped answering during this job {job.attempts} times "
-                        "(lease not renewed); given up",
+                        "(lease not renewed); given up" + execution._last_try(job),
                         summary=None,
                         warnings=[],
                         check_lease=False,
@@ -251,10 +252,11 @@ def sweep_leases(db: Database, max_attempts: int, now: float | None = None) -> t
                 )
                 if rowcount(back) == 1:
                     requeued.append(job.id)
+    why = {job.id: f"last try: {job.error}" if job.error else "its worker died or hangs" for job in jobs}
     for job_id in requeued:
-        log.warning("job %s: its worker's lease ran out (worker died or hangs); queued again", job_id)
+        log.warning("job %s: its lease ran out (%s); queued again", job_id, why[job_id])
     for job_id in failed:
-        log.error("job %s failed: its worker stopped during it %d times; given up", job_id, max_attempts)
+        log.error("job %s failed: started %d times without finishing (%s); given up", job_id, max_attempts, why[job_id])
     return requeued, failed
 
 
@@ -419,11 +421,10 @@ class _Heartbeat:
             except Exception as exc:  # the database is away for a moment: beat again next time
                 log.warning("job %s: lease not renewed (%s)", self.job.id, _first_line(exc))
                 continue
-            if not held and not self.lost and not self._stop.is_set():
+            if not held and not self.lost:
+                # Said at the end (LeaseLost) if it matters: a renewal racing the job's own end also lands here.
                 self.lost = True
-                log.warning(
-                    "job %s: this worker no longer holds it (lease ran out); its result will not count", self.job.id
-                )
+                log.debug("job %s: lease not renewed: the row is no longer this run's", self.job.id)
 
 
 def _run_job_task(task: Any, job_id: int) -> None:
@@ -489,7 +490,9 @@ def run_one(
     ``claimed`` (ran to its end), ``finished`` (already done or failed), ``held`` (another worker's
     lease is live), ``gone`` (no such job), ``exhausted`` (failed: started too often), ``lost``
     (another worker took it over while it ran; nothing recorded), ``unavailable`` (failed: this
-    worker cannot build its pipeline). A database that cannot be reached is waited for with back-off
+    worker cannot build its pipeline), ``error`` (it could not be finished, e.g. the storage refused its
+    results: its lease ends now and the sweeper queues it again). A database that cannot be reached is
+    waited for with back-off
     (1 s doubling to 30 s), the message kept unacknowledged meanwhile.
     """
     settings = context.settings
@@ -544,6 +547,8 @@ def run_one(
         except SoftTimeLimitExceeded:
             raise
         except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, DBAPIError) and not (exc.connection_invalidated or isinstance(exc, OperationalError)):
+                return _give_back(context, job_id, job, exc)  # a statement the database refused: not an outage
             log.error(
                 "job %s: database unreachable (%s); trying again in %.0f s (message kept)",
                 job_id,
@@ -556,6 +561,33 @@ def run_one(
             else:
                 time.sleep(pause)
             pause = min(pause * 2, MAX_PAUSE)
+        except Exception as exc:  # the storage refused the results, or a bug: one line, the job tried again
+            return _give_back(context, job_id, job, exc)
+
+
+def _give_back(context: WorkerContext, job_id: int, job: Job | None, exc: Exception) -> str:
+    """End this run of a job that could not be finished: its lease ends now, so the sweeper queues it again
+    (a start counted: after ``job_max_restarts`` it is failed)."""
+    log.error(
+        "job %s could not be finished here (%s: %s); it is queued again", job_id, type(exc).__name__, _first_line(exc)
+    )
+    log.debug("traceback of job %s", job_id, exc_info=True)
+    if job is not None:
+        try:
+            with context.db.session() as session:  # lease_until 0: run out; the reason kept for `ainode jobs`
+                session.execute(
+                    update(Job)
+                    .where(
+                        Job.id == job.id,
+                        Job.state == JobState.RUNNING,
+                        Job.worker == job.worker,
+                        Job.attempts == job.attempts,
+                    )
+                    .values(lease_until=0.0, error=redact(f"{type(exc).__name__}: {_first_line(exc)}"))
+                )
+        except Exception as again:  # the database too: the lease runs out by itself
+            log.warning("job %s: its lease could not be ended (%s)", job_id, _first_line(again))
+    return "error"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -320,13 +320,18 @@ def claim_leased(
                 session,
                 row,
                 error=f"started {row.attempts} times without finishing (each run stopped its worker); "
-                "given up, its message moved to the dead-letter queue",
+                "given up, its message moved to the dead-letter queue" + _last_try(row),
                 summary=None,
                 warnings=[],
                 check_lease=False,
             )
             return "exhausted", row
         return ("held" if row.state == JobState.RUNNING else "finished"), row
+
+
+def _last_try(row: Job) -> str:
+    """What the last run said about itself (a run that could not finish records it in ``error``), or nothing."""
+    return f"; last try: {row.error}" if row.error else ""
 
 
 def renew_lease(db: Database, job: Job, lease_seconds: float, now: float | None = None) -> bool:

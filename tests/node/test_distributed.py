@@ -328,3 +328,32 @@ def test_lease_and_time_limit_settings_must_be_consistent() -> None:
     with pytest.raises(ValidationError, match="soft_time_limit .* must be below time_limit"):
         Settings(executor="celery", celery={"soft_time_limit": 1500, "time_limit": 1500})
     assert Settings(celery={"lease_seconds": 8, "heartbeat_seconds": 2}).celery.lease_seconds == 8
+
+
+def test_a_job_that_cannot_be_finished_is_given_back_at_once_in_one_line(  # type: ignore[no-untyped-def]
+    db: Database, parts, monkeypatch, caplog
+) -> None:
+    from node.errors import StorageError
+
+    job_id = _queued_job(parts)
+    context = _context(parts, TinyPipeline())
+
+    def refused(*args: object) -> None:
+        raise StorageError("PUT outbox/1.2/3.dcm: 503 Slow Down")
+
+    monkeypatch.setattr(execution, "run_job", refused)
+    caplog.set_level(logging.INFO, logger="ainode.distributed")
+    assert distributed.run_one(context, job_id) == "error"
+    row = _job(db, job_id)
+    assert row.state == JobState.RUNNING and row.lease_until == 0.0  # run out now, not in lease_seconds
+    assert row.error == "StorageError: PUT outbox/1.2/3.dcm: 503 Slow Down"  # shown by `ainode jobs` meanwhile
+    assert distributed.sweep_leases(db, 3) == ([job_id], [])
+    with db.session() as s:  # the third run cannot finish either: the job fails with the last run's reason
+        s.execute(update(Job).where(Job.id == job_id).values(state=JobState.RUNNING, attempts=3, lease_until=0.0))
+    assert distributed.sweep_leases(db, 3) == ([], [job_id])
+    assert (_job(db, job_id).error or "").endswith(
+        "given up; last try: StorageError: PUT outbox/1.2/3.dcm: 503 Slow Down"
+    )
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert all("503 Slow Down" in r.getMessage() and not r.exc_info for r in errors), caplog.text
+    assert len(errors) == 2  # the run that could not finish, then the sweeper giving the job up
