@@ -64,9 +64,11 @@ _EXTERNAL_PARAMS = frozenset({("db", "postgresql")})
 # the test, of its fixtures, and of the functions and classes of tests/ that they call, transitively.
 _EXTERNAL_HELPERS = frozenset(
     {
+        "MotoServer",
         "OhifBrowser",
         "OrthancServer",
         "PostgresServer",
+        "RabbitMQServer",
         "assert_dciodvfy_clean",
         "dciodvfy",
         "echoscu",
