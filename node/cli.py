@@ -35,10 +35,11 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
+from types import ModuleType
 
 from core.table import format_table
 from node.db import AuditKind, Database
-from node.errors import NodeError
+from node.errors import ConfigError, NodeError
 from node.settings import Settings, load_settings
 
 log = logging.getLogger("ainode.cli")
@@ -89,10 +90,23 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _distributed() -> ModuleType:
+    """:mod:`node.distributed`, or one line naming the extra to install when Celery is missing."""
+    try:
+        import node.distributed
+    except ImportError as exc:
+        raise ConfigError(
+            f"executor: celery needs the 'distributed' extra ({exc.name or exc} is not installed): "
+            "pip install 'ainode[distributed]'"
+        ) from exc
+    return node.distributed
+
+
 def _wait_for_services(settings: Settings, stop: threading.Event) -> bool:
     """``executor: celery``: wait for the database and the broker (back-off, one log line per wait)."""
-    from node.distributed import wait_for_broker
     from node.preflight import prepare_data_dir, wait_for_database
+
+    wait_for_broker = _distributed().wait_for_broker
 
     prepare_data_dir(settings)
     db = wait_for_database(settings, stop)
@@ -107,7 +121,7 @@ def _wait_for_services(settings: Settings, stop: threading.Event) -> bool:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from node.distributed import run_worker
+    run_worker = _distributed().run_worker
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # while waiting for the services; Celery then has its own

@@ -92,3 +92,24 @@ def test_serve_waits_for_the_broker_once_the_database_answers(tmp_path: Path) ->
             proc.kill()
     assert "pw-not-shown" not in content and "stopped while waiting for the broker" in content
     assert "listening on" not in content  # nothing was started
+
+
+def test_without_the_distributed_extra_the_celery_roles_say_which_extra_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node import cli
+
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "executor": "celery"}))
+    monkeypatch.delitem(sys.modules, "node.distributed", raising=False)
+    monkeypatch.setitem(sys.modules, "celery", None)  # as if Celery were not installed
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for command in ("worker", "serve"):
+            assert cli.main(["--config", str(config), command]) == 2
+            err = capsys.readouterr().err
+            assert "executor: celery needs the 'distributed' extra (celery is not installed)" in err, err
+            assert "Traceback" not in err
+    finally:  # the commands set their own (stop on SIGTERM): this test process keeps pytest's
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
