@@ -327,6 +327,10 @@ class CeleryExecutor(BackgroundLoop):
         self._pause = 1.0
         return 0.0 if published >= 500 else min(1.0, self.sweep_seconds)
 
+    def stop(self, timeout: float = 30) -> None:
+        super().stop(timeout)
+        self.app.close()  # the producer pool's broker connections
+
     def _dead_letter(self, job_id: int) -> None:
         try:
             publish(self.app, DEAD_QUEUE, job_id, 0)

@@ -108,6 +108,8 @@ def test_jobs_are_published_once_by_id_with_their_priority_to_their_pipelines_qu
     for queue in ("cpu", "gpu"):
         line = next(x for x in listing.splitlines() if x.startswith(queue + "\t"))
         assert "true" in line and "x-max-priority" in line and "9" in line, listing
+    executor.start()
+    executor.stop()  # the loop ends and the app's broker connections close
 
 
 def test_with_the_broker_down_nothing_is_recorded_as_published_and_it_is_said_once(
