@@ -70,6 +70,8 @@ class Assembler(BackgroundLoop):
         How a new job's priority is computed (``priorities:`` in node.yaml); default: its defaults.
     """
 
+    #: What waits while the database is unreachable (one line per outage, see BackgroundLoop).
+    paused = "making received series into jobs"
     #: Reads instances by their ref (node.storage); the service sets its spool's for object storage.
     files: Files = POSIX_FILES
 

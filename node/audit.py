@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from node.background import OutageLog, database_unreachable, short_reason
 from node.db import AuditEvent, AuditKind, Database
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["AuditKind", "ReceiveAudit", "audit_row", "format_events", "model_versions", "query", "record"]
 
 log = logging.getLogger("ainode.audit")
+#: The database unreachable: the audit events of that time are not written (the instances keep who sent them).
+_OUTAGE = OutageLog(log, "writing audit events", "the events of the outage are not kept")
 
 _LIMITS = {
     "calling_ae": 16,
@@ -73,7 +76,12 @@ def record(db: Database, kind: AuditKind | str, **fields: Any) -> None:
         with db.session() as session:
             session.add(audit_row(kind, **fields))
     except SQLAlchemyError as exc:
-        log.error("audit event %s could not be written: %s", kind, exc)
+        if database_unreachable(exc):  # one line per outage, not one per association
+            _OUTAGE.failed(exc)
+        else:
+            log.error("audit event %s could not be written: %s", kind, short_reason(exc))
+        return
+    _OUTAGE.recovered()
 
 
 def model_versions(result: SeriesResult | None) -> str | None:
@@ -178,9 +186,17 @@ class ReceiveAudit:
             with self.db.session() as session:
                 session.add_all(rows)
         except SQLAlchemyError as exc:
-            log.error(
-                "audit of association from %r at %s could not be written: %s", open_.calling_ae, open_.peer_address, exc
-            )
+            if database_unreachable(exc):  # one line per outage, not one per association
+                _OUTAGE.failed(exc)
+            else:
+                log.error(
+                    "audit of association from %r at %s could not be written: %s",
+                    open_.calling_ae,
+                    open_.peer_address,
+                    short_reason(exc),
+                )
+            return
+        _OUTAGE.recovered()
 
 
 # -- reading ---------------------------------------------------------------------------------

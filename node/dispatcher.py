@@ -146,6 +146,8 @@ class Dispatcher(BackgroundLoop):
     """Background sender of due deliveries."""
 
     retry_seconds = 2.0
+    #: What waits while the database is unreachable (one line per outage, see BackgroundLoop).
+    paused = "delivering results"
 
     def __init__(
         self, settings: Settings, db: Database, senders: Mapping[str, Sender], clock: Callable[[], float] = time.time

@@ -58,7 +58,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from models.backends.providers import set_onnx_providers
 from node import executor as execution
-from node.background import BackgroundLoop
+from node.background import BackgroundLoop, OutageLog, database_unreachable
 from node.db import Database, Job, JobState, rowcount
 from node.errors import ConfigError, InputError
 from node.logs import redact
@@ -263,6 +263,8 @@ def sweep_leases(db: Database, max_attempts: int, now: float | None = None) -> t
 class CeleryExecutor(BackgroundLoop):
     """The publisher and sweeper of ``ainode serve`` with ``executor: celery`` (the :class:`Executor` protocol)."""
 
+    paused = "publishing queued jobs and the lease sweep"
+
     def __init__(self, settings: Settings, db: Database, app: Celery | None = None) -> None:
         super().__init__("ainode-publisher", log)
         self.settings = settings
@@ -272,7 +274,6 @@ class CeleryExecutor(BackgroundLoop):
         self.metrics: Metrics | None = None
         self._pause = 1.0
         self._broker_down = False
-        self._db_down = False
         self._next_sweep = 0.0
 
     @property
@@ -283,17 +284,11 @@ class CeleryExecutor(BackgroundLoop):
         try:
             wait = self._pass()
         except SQLAlchemyError as exc:  # PostgreSQL restarting: one line per outage, not a traceback per pass
-            if not self._db_down:
-                log.warning(
-                    "database unreachable (%s): publishing and the lease sweep wait for it; retrying every %.0f s",
-                    _first_line(exc),
-                    DB_RETRY_SECONDS,
-                )
-            self._db_down = True
+            if not database_unreachable(exc):
+                raise  # a statement refused: a bug, logged by the loop with its traceback once
+            self.outage.failed(exc)
             return DB_RETRY_SECONDS
-        if self._db_down:
-            log.info("database reachable again: publishing and sweeping")
-        self._db_down = False
+        self.outage.recovered()
         return wait
 
     def _pass(self) -> float:
@@ -409,6 +404,7 @@ class _Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"ainode-lease-{job.id}", daemon=True)
         self.lost = False
+        self.outage = OutageLog(log, f"renewing the lease of job {job.id}", "the job runs on, beating again")
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()
@@ -423,8 +419,12 @@ class _Heartbeat:
             try:
                 held = execution.renew_lease(self.db, self.job, self.lease_seconds)
             except Exception as exc:  # the database is away for a moment: beat again next time
-                log.warning("job %s: lease not renewed (%s)", self.job.id, _first_line(exc))
+                if database_unreachable(exc):
+                    self.outage.failed(exc)  # one line per outage, not one per beat
+                else:
+                    log.warning("job %s: lease not renewed (%s)", self.job.id, _first_line(exc))
                 continue
+            self.outage.recovered()
             if not held and not self.lost:
                 # Said at the end (LeaseLost) if it matters: a renewal racing the job's own end also lands here.
                 self.lost = True
@@ -626,6 +626,34 @@ class _AckLost(logging.Filter):
         return True
 
 
+class _BrokerOutage(logging.Filter):
+    """Celery's consumer logs an ERROR with a retry plan for every failed reconnection attempt (one every few
+    seconds while the broker is down): the first of an outage passes as one WARNING line, the others are dropped.
+    The broker's return is Celery's own "Connected to ..." line. Celery's CPendingDeprecationWarning about
+    cancelling running acks_late tasks on a lost connection (re-armed by Celery's logging set-up, so a
+    ``warnings`` filter of ours does not hold) is dropped too: ours keep running on purpose (see run_worker)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        if message.startswith("consumer: Connection to broker lost"):
+            self._said = False  # a new outage: its first failed attempt is said
+        elif message.startswith("consumer: Cannot connect to"):
+            if self._said:
+                return False
+            self._said = True
+            where, reason = (tuple(record.args) + ("", ""))[:2] if isinstance(record.args, tuple) else ("", "")
+            record.msg = "broker %s unreachable (%s): Celery reconnects with back-off (attempts not logged)"
+            record.args = (where, reason)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        elif "worker_cancel_long_running_tasks_on_connection_loss" in record.getMessage():
+            return False
+        return True
+
+
 def run_worker(
     settings: Settings,
     queues: list[str] | None = None,
@@ -698,6 +726,9 @@ def run_worker(
     # and the copy the broker delivers again finds it finished (or held) and does nothing.
     warnings.filterwarnings("ignore", category=CPendingDeprecationWarning, module=r"celery\.worker\.consumer")
     logging.getLogger("celery.worker.request").addFilter(_AckLost())
+    outage = _BrokerOutage()
+    logging.getLogger("celery.worker.consumer.consumer").addFilter(outage)
+    logging.getLogger("py.warnings").addFilter(outage)
     worker = app.Worker(
         hostname=f"ainode@{socket.gethostname()}:{os.getpid()}",
         queues=chosen,

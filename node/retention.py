@@ -536,6 +536,8 @@ class RetentionLoop(BackgroundLoop):
     """Applies the retention policy every ``retention.interval_seconds`` (sooner while under the watermark)."""
 
     retry_seconds = 10.0
+    #: What waits while the database is unreachable (one line per outage, see BackgroundLoop).
+    paused = "retention"
 
     def __init__(self, settings: Settings, db: Database, metrics: Metrics | None = None) -> None:
         super().__init__("ainode-retention", log)
