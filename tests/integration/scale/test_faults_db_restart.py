@@ -4,7 +4,8 @@ acknowledged is lost.
 One receiver and two workers on PostgreSQL. The database is stopped (fast shutdown: every connection is cut) while
 radiographs are being sent, and started again five seconds later. Every instance the receiver acknowledged then
 has its row, every such study its SR in Orthanc, once; a refusal, if any, is 0xA700 (out of resources, the
-sender retries later); the workers are still there and studies sent afterwards are analysed as before.
+sender retries later); the workers are still there and studies sent afterwards are analysed as before. No log
+holds a traceback: each loop of the receiver says the outage in one line when it starts (and one when it ends).
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ from sqlalchemy import select
 from node.db import Instance, JobState
 from tests.helpers import pynetdicom_store, radiograph_copies
 from tests.integration.scale.cluster import Cluster, Services
+from tests.integration.scale.quiet import assert_quiet_fault, loud_lines, mark
 from tests.integration.scale.studies import assert_one_sr_per_study
 
 pytestmark = pytest.mark.integration
 
 DURING = 6
 OUTAGE_SECONDS = 5.0
+#: The receiver's lines for one outage: the recorder, assembler, publisher, dispatcher, audit (and retention).
+RECEIVER_LINES = 7
+#: A worker's: one per job whose lease renewal or claim met the outage (most see none).
+WORKER_LINES = 3
 
 
 def _send(port: int, files: list[Path], pause: float = 0.0) -> dict[str, int | None]:
@@ -55,6 +61,7 @@ def test_database_restart_loses_nothing_acknowledged(
     during = radiograph_copies(rg1_uncr, tmp_path / "during", DURING)
     statuses: dict[str, int | None] = {}
     sender = threading.Thread(target=lambda: statuses.update(_send(receiver.port, during, pause=0.5)))
+    quiet_since = mark(kit)
     services.postgres_down()
     try:
         sender.start()
@@ -80,6 +87,9 @@ def test_database_restart_loses_nothing_acknowledged(
     assert all(w.alive for w in workers), "a worker did not survive the database restart:\n" + kit.diagnostics()
     studies = {i.study_uid for i in _instances(kit) if i.sop_uid in acknowledged}
     assert_one_sr_per_study(services.orthanc, studies)
+    said = loud_lines(kit, quiet_since)["receiver1"]
+    assert sum("database unreachable" in line for line in said) >= 2, "\n".join(said)  # the outage is said
+    assert_quiet_fault(kit, quiet_since, RECEIVER_LINES, WORKER_LINES)
 
 
 def _instances(kit: Cluster) -> list[Instance]:
