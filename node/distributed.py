@@ -58,7 +58,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from models.backends.providers import set_onnx_providers
 from node import executor as execution
-from node.background import BackgroundLoop, OutageLog, database_unreachable
+from node.background import BackgroundLoop, OutageLog, database_unreachable, short_reason
 from node.db import Database, Job, JobState, rowcount
 from node.errors import ConfigError, InputError
 from node.logs import redact
@@ -309,7 +309,7 @@ class CeleryExecutor(BackgroundLoop):
                 log.warning(
                     "broker %s unreachable (%s): queued jobs are published when it is back; retrying in %.0f s",
                     broker_label(self.settings.celery.broker_url),
-                    _first_line(exc),
+                    short_reason(exc),
                     self._pause,
                 )
             self._broker_down = True
@@ -330,13 +330,7 @@ class CeleryExecutor(BackgroundLoop):
         try:
             publish(self.app, DEAD_QUEUE, job_id, 0)
         except Exception as exc:  # the job is failed in the database either way; the dead letter is a copy
-            log.warning("job %s: could not put its message in %s (%s)", job_id, DEAD_QUEUE, _first_line(exc))
-
-
-def _first_line(exc: BaseException) -> str:
-    cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    return lines[0][:300] if lines else type(cause).__name__
+            log.warning("job %s: could not put its message in %s (%s)", job_id, DEAD_QUEUE, short_reason(exc))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -422,7 +416,7 @@ class _Heartbeat:
                 if database_unreachable(exc):
                     self.outage.failed(exc)  # one line per outage, not one per beat
                 else:
-                    log.warning("job %s: lease not renewed (%s)", self.job.id, _first_line(exc))
+                    log.warning("job %s: lease not renewed (%s)", self.job.id, short_reason(exc))
                 continue
             self.outage.recovered()
             if not held and not self.lost:
@@ -556,7 +550,7 @@ def run_one(
             log.error(
                 "job %s: database unreachable (%s); trying again in %.0f s (message kept)",
                 job_id,
-                _first_line(exc),
+                short_reason(exc),
                 pause,
             )
             if stop is not None:
@@ -573,7 +567,7 @@ def _give_back(context: WorkerContext, job_id: int, job: Job | None, exc: Except
     """End this run of a job that could not be finished: its lease ends now, so the sweeper queues it again
     (a start counted: after ``job_max_restarts`` it is failed)."""
     log.error(
-        "job %s could not be finished here (%s: %s); it is queued again", job_id, type(exc).__name__, _first_line(exc)
+        "job %s could not be finished here (%s: %s); it is queued again", job_id, type(exc).__name__, short_reason(exc)
     )
     log.debug("traceback of job %s", job_id, exc_info=True)
     if job is not None:
@@ -587,10 +581,10 @@ def _give_back(context: WorkerContext, job_id: int, job: Job | None, exc: Except
                         Job.worker == job.worker,
                         Job.attempts == job.attempts,
                     )
-                    .values(lease_until=0.0, error=redact(f"{type(exc).__name__}: {_first_line(exc)}"))
+                    .values(lease_until=0.0, error=redact(f"{type(exc).__name__}: {short_reason(exc)}"))
                 )
         except Exception as again:  # the database too: the lease runs out by itself
-            log.warning("job %s: its lease could not be ended (%s)", job_id, _first_line(again))
+            log.warning("job %s: its lease could not be ended (%s)", job_id, short_reason(again))
     return "error"
 
 
@@ -620,7 +614,7 @@ class _AckLost(logging.Filter):
                 "a job message was not acknowledged: the broker connection was lost (%s); the broker delivers "
                 "it again, and that copy finds its job finished and does nothing"
             )
-            record.args = (_first_line(reason) if isinstance(reason, BaseException) else str(reason),)
+            record.args = (short_reason(reason) if isinstance(reason, BaseException) else str(reason),)
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
@@ -720,7 +714,10 @@ def run_worker(
         return 0
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # Celery's own warning is ten lines about pickle, unused here
         warnings.filterwarnings("ignore", category=SecurityWarning)
-        log.warning("ainode worker runs as root: run it as a user of its own where you can")
+        log.warning(
+            "ainode worker runs as root: a fault in a model, a decoder or a received file then reaches the whole "
+            "machine; run it as a user of its own where you can"
+        )
     # Celery warns that it will cancel running acks_late tasks when the broker connection is lost. Ours keep
     # running on purpose: the job's row, not the message, says who holds it; the job ends and is recorded,
     # and the copy the broker delivers again finds it finished (or held) and does nothing.
