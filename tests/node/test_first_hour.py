@@ -294,7 +294,7 @@ def test_jobs_and_deliveries_fit_the_terminal_and_show_prints_everything(
     assert jobs.returncode == 0, jobs.stderr
     table = jobs.stdout.splitlines()
     assert all(len(line) <= 100 for line in table), jobs.stdout
-    assert table[0].split()[:5] == ["id", "state", "pipeline", "created", "finished"]
+    assert table[0].split()[:6] == ["id", "state", "priority", "pipeline", "created", "finished"]
     assert "study" in table[0] and "…" in jobs.stdout and "END-OF-ERROR" not in jobs.stdout
     assert "'ainode jobs show ID' shows all" in jobs.stdout
     piped = ainode("jobs", config=config)  # no terminal, no COLUMNS: nothing is cut
