@@ -231,6 +231,38 @@ class OrthancWatchSettings(HttpServerSettings):
     event: Literal["StableSeries", "StableStudy"] = "StableSeries"
 
 
+class ViewerDicomWebSettings(HttpServerSettings):
+    """The DICOMweb server the viewer reads studies from (Orthanc's DICOMweb plugin by default).
+
+    ``url`` is the DICOMweb root; the viewer's proxy adds the credentials (``auth`` etc.), so the browser
+    never holds them and needs no CORS.
+    """
+
+
+class ViewerSettings(_Strict):
+    """``ainode viewer``: the pinned OHIF v3 build (``scripts/ohif.sh``) with its DICOMweb data source proxied.
+
+    ``url`` is the address the admin pages link to ("open in the viewer"); default
+    ``http://<host>:<port>``. ``ohif_dir`` is the build's ``dist`` folder; default: ``.cache/ohif/dist`` of
+    the checkout, where ``scripts/ohif.sh`` puts it.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    dicomweb: ViewerDicomWebSettings = Field(
+        default_factory=lambda: ViewerDicomWebSettings(url="http://127.0.0.1:8042/dicom-web")
+    )
+    ohif_dir: Path | None = None
+    url: str | None = Field(default=None, pattern=r"^https?://")
+
+
+class WebSettings(_Strict):
+    """The admin web pages of the node's HTTP server (``node.web``): sessions of the ``http_users``."""
+
+    # A session ends this long after its login (then log in again).
+    session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
+
+
 #: The name of an HTTP token or user: what audit rows and received instances record as the caller.
 CallerName = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9._@-]+$")]
 
@@ -573,6 +605,8 @@ class Settings(_Strict):
     http_tls: HttpTlsSettings | None = None
     http_metrics_auth: bool = False  # true: /metrics needs a token or user too
     stow_max_request_size: int = Field(default=4 * 2**30, ge=1)  # bytes of one STOW-RS request body
+    web: WebSettings = Field(default_factory=WebSettings)
+    viewer: ViewerSettings = Field(default_factory=ViewerSettings)
 
     @field_validator("uid_root")
     @classmethod
