@@ -79,6 +79,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -88,6 +89,7 @@ from node import audit
 from node.db import AuditKind
 from node.errors import NodeError
 from node.pull import NothingFound, PullArgumentError, UnknownSource
+from node.web.admin import AdminGuard, AdminSite
 from node.web.auth import CHALLENGE, Authenticator
 from node.web.pull import MAX_BODY, Puller, PullRequestError, parse_pull_request, result_json
 from node.web.stow import DICOM_JSON, StowError, StowIntake, drain
@@ -527,6 +529,9 @@ class HttpServer:
         Serve HTTPS (``http_tls``).
     metrics_auth : bool
         ``/metrics`` needs credentials like the other routes (``http_metrics_auth``).
+    admin : AdminSite, optional
+        The admin pages (:mod:`node.web.admin`): their routes, and the guard that asks for a login
+        session or credentials on every route but ``/healthz``, ``/readyz`` and ``/login``.
     """
 
     def __init__(
@@ -543,6 +548,7 @@ class HttpServer:
         puller: Puller | None = None,
         ssl_context: ssl.SSLContext | None = None,
         metrics_auth: bool = False,
+        admin: AdminSite | None = None,
     ) -> None:
         self.host = host
         self.metrics = metrics
@@ -554,6 +560,7 @@ class HttpServer:
         self.puller = puller
         self.ssl_context = ssl_context
         self.metrics_auth = metrics_auth
+        self.admin = admin
         self.app = self._app()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
@@ -627,13 +634,20 @@ class HttpServer:
             Route("/dicomweb/studies/{study}", _guarded(self._stow), methods=["POST"]),
             Route("/api/pull", _guarded(self._pull), methods=["POST"]),
         ]
+        middleware: list[Middleware] = []
+        if self.admin is not None:  # the admin pages, and a session or credentials for all but the open routes
+            routes += self.admin.routes(_guarded)
+            # These routes authenticate their callers themselves (a token or user, audited refusals).
+            passthrough = ["/metrics", "/dicomweb/studies", "/api/pull"]
+            middleware.append(Middleware(AdminGuard, site=self.admin, passthrough=passthrough, routes=routes))
+        pages = "/jobs, /deliveries, /models, /audit (log in at /login), " if self.admin is not None else ""
 
         async def not_found(request: Request, exc: Exception) -> Response:
             if getattr(exc, "status_code", 404) == 405:
                 return PlainTextResponse("method not allowed\n", status_code=405)
-            return PlainTextResponse("not found: try /healthz, /readyz or /metrics\n", status_code=404)
+            return PlainTextResponse(f"not found: try {pages}/healthz, /readyz or /metrics\n", status_code=404)
 
-        return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+        return Starlette(routes=routes, middleware=middleware, exception_handlers={404: not_found, 405: not_found})
 
     async def _healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok\n")

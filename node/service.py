@@ -38,6 +38,7 @@ from node.settings import Settings, TlsSettings
 from node.spool import Outbox, Spool
 from node.storage import open_outbox, open_spool
 from node.watcher import OrthancWatcher
+from node.web.admin import AdminSite
 from node.web.auth import Authenticator
 from node.web.stow import StowIntake
 
@@ -269,11 +270,29 @@ class Node:
                 puller=self.puller,
                 ssl_context=ssl_context,
                 metrics_auth=settings.http_metrics_auth,
+                admin=self.admin_site(auth, secure=ssl_context is not None),
             )
         except OSError as exc:  # a node nobody can watch is not started: the port is fixed or HTTP switched off
             raise preflight.listen_error(
                 "HTTP", self.settings.http_host, self.settings.http_port, exc, "http_port"
             ) from exc
+
+    def admin_site(self, auth: Authenticator, *, secure: bool) -> AdminSite:
+        """The admin pages of the HTTP server (sessions of ``http_users``, DEMO banner of the loaded models)."""
+        settings = self.settings
+        loaded = {name for pipeline in self.models.enabled for name in PIPELINE_MODELS.get(pipeline, ())}
+        demo = sorted(m.name for m in self.models.registry.manifests() if m.demo and m.name in loaded)
+        viewer = settings.viewer.url or f"http://{settings.viewer.host}:{settings.viewer.port}"
+        return AdminSite(
+            auth,
+            {u.name: u.password_hash for u in settings.http_users},
+            settings.data_dir,
+            db=self.db,
+            session_hours=settings.web.session_hours,
+            secure=secure,
+            demo_models=demo,
+            viewer_url=viewer,
+        )
 
     def pipelines_check(self) -> str:
         """``"ok"`` when some pipeline is loaded, else ``"no pipeline loaded: ..."`` with each reason (``/readyz``)."""
