@@ -209,16 +209,33 @@ def query(
     study: str | None = None,
     kinds: Sequence[str] = (),
     limit: int = 100,
+    until: datetime | None = None,
+    caller: str | None = None,
+    peer: str | None = None,
+    before: int | None = None,
 ) -> list[AuditEvent]:
-    """Audit events, newest first, filtered by time, study UID and kind."""
+    """Audit events, newest first, filtered by time, study UID, kind, caller and peer address.
+
+    ``since`` and ``until`` bound the time (a time without a zone is UTC; ``until`` excluded),
+    ``caller`` is the calling AE title or HTTP user exactly, ``peer`` the address exactly,
+    and ``before`` an event id: only older events (the next page after an event).
+    """
     stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    # In UTC: SQLite keeps the UTC wall time and compares text, ignoring any offset.
     if since is not None:
-        # In UTC: SQLite keeps the UTC wall time and compares text, ignoring any offset.
         stmt = stmt.where(AuditEvent.time >= (since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)))
+    if until is not None:
+        stmt = stmt.where(AuditEvent.time < (until.astimezone(UTC) if until.tzinfo else until.replace(tzinfo=UTC)))
     if study:
         stmt = stmt.where(AuditEvent.study_uid == study)
     if kinds:
         stmt = stmt.where(AuditEvent.kind.in_([AuditKind(k) for k in kinds]))
+    if caller:
+        stmt = stmt.where(AuditEvent.calling_ae == caller)
+    if peer:
+        stmt = stmt.where(AuditEvent.peer_address == peer)
+    if before is not None:
+        stmt = stmt.where(AuditEvent.id < before)
     with db.session() as session:
         return list(session.scalars(stmt).all())
 

@@ -15,6 +15,7 @@
     ainode sample cxr|ct-pe|ct-lumbar --out DIR [--send AE@HOST:PORT]   a synthetic study, written and sent
     ainode pull --source NAME (--accession A | --study UID) [--series UID]   a study from a PACS into the node
     ainode hash-password              a password hash for http_users (reads the password from the terminal or stdin)
+    ainode viewer [--host H] [--port P]   the OHIF viewer, its DICOMweb data source proxied (viewer: settings)
     ainode --version
 
 Every command reads the same settings (``--config`` or ``$AINODE_CONFIG``,
@@ -33,7 +34,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import UTC
 from pathlib import Path
 from types import ModuleType
 
@@ -201,49 +201,39 @@ def _details(fields: Sequence[tuple[str, object]]) -> str:
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from node.db import Delivery, Job, Result
-    from node.priority import level_name
+    from node.web.queries import NotFound, job_detail, recent_jobs
 
     db = _open_db(settings)
     if args.action == "show":
         if args.id is None:
             raise NodeError("ainode jobs show ID: name the job (its id in 'ainode jobs')")
-        with db.session() as session:
-            job = session.get(Job, args.id)
-            if job is None:
-                raise NodeError(f"no job {args.id} (see 'ainode jobs')")
-            results = session.execute(
-                select(Result, Delivery)
-                .outerjoin(Delivery, Delivery.result_id == Result.id)
-                .where(Result.job_id == job.id)
-                .order_by(Result.id, Delivery.id)
-            ).all()
+        try:
+            detail = job_detail(db, args.id)
+        except NotFound:
+            raise NodeError(f"no job {args.id} (see 'ainode jobs')") from None
+        job = detail.job
         sent = [
-            f"{r.kind} {r.sop_uid}" + (f" -> {d.destination}: {d.state.value} (delivery {d.id})" if d else "")
-            for r, d in results
+            f"{r.kind} {r.sop_uid}" + (f" -> {d.destination}: {d.state} (delivery {d.id})" if d else "")
+            for r in detail.results
+            for d in (r.deliveries or [None])
         ]
         print(
             _details(
                 [
                     ("job", job.id),
-                    ("state", job.state.value),
+                    ("state", job.state),
                     ("pipeline", job.pipeline),
                     ("rule", job.rule),
-                    (
-                        "priority",
-                        level_name(job.priority) + (f" ({job.priority_reason})" if job.priority_reason else ""),
-                    ),
+                    ("priority", job.priority + (f" ({job.priority_reason})" if job.priority_reason else "")),
                     ("study", job.study_uid),
                     ("series", job.series_uid),
-                    ("generation", job.generation),
+                    ("generation", detail.generation),
                     ("tries", job.attempts),
                     ("created", _when(job.created_at)),
                     ("started", _when(job.started_at)),
                     ("finished", _when(job.finished_at)),
-                    ("worker", job.worker),
-                    ("destinations", ", ".join(job.destinations or []) or "default"),
+                    ("worker", detail.worker),
+                    ("destinations", ", ".join(detail.destinations) or "default"),
                     ("summary", job.summary),
                     ("error", job.error),
                     ("results", "\n".join(sent) or "none"),
@@ -251,25 +241,20 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             )
         )
         return 0
-    with db.session() as session:
-        stmt = select(Job).order_by(Job.id.desc()).limit(args.limit)
-        if args.state:
-            stmt = stmt.where(Job.state == args.state)
-        jobs = session.scalars(stmt).all()
-        rows = [
-            (
-                j.id,
-                j.state.value,
-                level_name(j.priority),
-                j.pipeline,
-                _when(j.created_at),
-                _when(j.finished_at),
-                j.study_uid,
-                j.attempts,
-                j.error or j.summary or "",
-            )
-            for j in jobs
-        ]
+    rows = [
+        (
+            j.id,
+            j.state,
+            j.priority,
+            j.pipeline,
+            _when(j.created_at),
+            _when(j.finished_at),
+            j.study_uid,
+            j.attempts,
+            j.error or j.summary or "",
+        )
+        for j in recent_jobs(db, state=args.state, limit=args.limit)
+    ]
     table = format_table(
         ["id", "state", "priority", "pipeline", "created", "finished", "study", "tries", "summary / error"],
         rows,
@@ -281,57 +266,45 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _delivery_schedule(settings: Settings, delivery: object) -> list[tuple[str, object]]:
-    """``failing since`` / ``next try`` / ``dead letter after`` of a delivery that failed and waits (UTC)."""
-    from datetime import datetime
+def _operator() -> str | None:
+    """The operating-system user running a command, for the audit of its actions (``None``: unknown)."""
+    import getpass
 
-    from node.db import DeliveryState
-
-    first = getattr(delivery, "first_failed_at", None)
-    if first is None or getattr(delivery, "state", None) != DeliveryState.PENDING:
-        return []
-
-    def when(epoch: float) -> str:
-        return _when(datetime.fromtimestamp(epoch, UTC))
-
-    give_up = first + settings.delivery.give_up_after_hours * 3600
-    return [
-        ("failing since", when(first)),
-        ("next try", when(getattr(delivery, "next_attempt_at", 0.0))),
-        (
-            "dead letter after",
-            when(give_up) + (f" or try {settings.delivery.max_attempts}" if settings.delivery.max_attempts else ""),
-        ),
-    ]
+    try:
+        return getpass.getuser()[:16] or None
+    except (OSError, KeyError):  # no login name and no passwd entry (a container's arbitrary uid)
+        return None
 
 
 def cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from node.db import Delivery, DeliveryState, Result
     from node.dispatcher import retry_dead
+    from node.web.queries import NotFound, get_delivery, list_deliveries
 
     db = _open_db(settings)
     if args.action == "retry":
-        count = retry_dead(db, args.ids)
+        count = retry_dead(db, args.ids, caller=_operator())
         print(f"{count} dead letter(s) queued for delivery again")
         return 0
     if args.action == "show":
         if len(args.ids) != 1:
             raise NodeError("ainode deliveries show ID: name one delivery (its id in 'ainode deliveries')")
-        with db.session() as session:
-            found = session.execute(
-                select(Delivery, Result).join(Result, Result.id == Delivery.result_id).where(Delivery.id == args.ids[0])
-            ).first()
-        if found is None:
-            raise NodeError(f"no delivery {args.ids[0]} (see 'ainode deliveries')")
-        d, r = found
-        schedule = _delivery_schedule(settings, d)
+        try:
+            d = get_delivery(db, args.ids[0], settings.delivery)
+        except NotFound:
+            raise NodeError(f"no delivery {args.ids[0]} (see 'ainode deliveries')") from None
+        schedule: list[tuple[str, object]] = []
+        if d.failing_since is not None:
+            tries = f" or try {d.dead_letter_after_tries}" if d.dead_letter_after_tries else ""
+            schedule = [
+                ("failing since", _when(d.failing_since)),
+                ("next try", _when(d.next_attempt_at)),
+                ("dead letter after", _when(d.dead_letter_after) + tries),
+            ]
         print(
             _details(
                 [
                     ("delivery", d.id),
-                    ("state", d.state.value),
+                    ("state", d.state),
                     ("destination", d.destination),
                     ("tries", d.attempts),
                     ("created", _when(d.created_at)),
@@ -342,40 +315,31 @@ def cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
                         else []
                     ),
                     *schedule,
-                    ("kind", r.kind),
-                    ("sop instance", r.sop_uid),
-                    ("study", r.study_uid),
-                    ("source series", r.series_uid),
-                    ("job", r.job_id),
-                    ("file", "(removed by retention)" if r.purged_at else r.path),
+                    ("kind", d.kind),
+                    ("sop instance", d.sop_uid),
+                    ("study", d.study_uid),
+                    ("source series", d.series_uid),
+                    ("job", d.job_id),
+                    ("file", "(removed by retention)" if d.path is None else d.path),
                     ("last error", d.last_error),
                 ]
             )
         )
         return 0
-    with db.session() as session:
-        stmt = (
-            select(Delivery, Result)
-            .join(Result, Result.id == Delivery.result_id)
-            .order_by(Delivery.id.desc())
-            .limit(args.limit)
+    rows = [
+        (
+            d.id,
+            d.state,
+            d.destination,
+            d.kind,
+            _when(d.created_at),
+            _when(d.delivered_at),
+            d.study_uid,
+            d.attempts,
+            d.last_error or "",
         )
-        if args.failed:
-            stmt = stmt.where(Delivery.state == DeliveryState.DEAD)
-        rows = [
-            (
-                d.id,
-                d.state.value,
-                d.destination,
-                r.kind,
-                _when(d.created_at),
-                _when(d.delivered_at),
-                r.study_uid,
-                d.attempts,
-                d.last_error or "",
-            )
-            for d, r in session.execute(stmt).all()
-        ]
+        for d in list_deliveries(db, states=["dead"] if args.failed else [], limit=args.limit)
+    ]
     table = format_table(
         ["id", "state", "destination", "kind", "created", "delivered", "study", "tries", "last error"],
         rows,
@@ -435,29 +399,24 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
-    from models.registry import ModelRegistry
+    from node.web.queries import list_models
 
-    registry = ModelRegistry.discover(settings.models_dir, settings.models_file)
-    manifests = {m.name: m for m in registry.manifests()}
-    statuses = registry.verify()  # every entry, invalid manifests included
-    rows = []
-    for st in statuses:
-        m = manifests.get(st.name)
-        detail = m.sha256[:16] if st.state == "ok" and m else st.message
-        rows.append(
-            (
-                st.name,
-                m.version if m else "-",
-                m.task if m else "-",
-                m.backend if m else "-",
-                ("yes" if m.demo else "no") if m else "-",
-                st.state,
-                detail,
-            )
+    models = list_models(settings.models_dir, settings.models_file)
+    rows = [
+        (
+            m.name,
+            m.version or "-",
+            m.task or "-",
+            m.backend or "-",
+            "-" if m.demo is None else ("yes" if m.demo else "no"),
+            m.weights,
+            (m.sha256 or "")[:16] if m.weights == "ok" else m.problem,
         )
+        for m in models
+    ]
     print(format_table(["model", "version", "task", "backend", "demo", "weights", "sha256 / problem"], rows))
     if args.action == "verify":
-        return 0 if all(st.state == "ok" for st in statuses) else 1
+        return 0 if all(m.weights == "ok" for m in models) else 1
     return 0
 
 
@@ -560,6 +519,18 @@ def cmd_analyze(settings: Settings, args: argparse.Namespace) -> int:
     from node.analyze import analyze_paths
 
     return analyze_paths(settings, [Path(p) for p in args.paths], Path(args.out), pipeline=args.pipeline)
+
+
+def cmd_viewer(settings: Settings, args: argparse.Namespace) -> int:
+    from node.viewer import run
+
+    if args.host is not None or args.port is not None:
+        changes = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        settings = settings.model_copy(update={"viewer": settings.viewer.model_copy(update=changes)})
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return run(settings, stop)
 
 
 def cmd_conformance(settings: Settings, args: argparse.Namespace) -> int:
@@ -713,6 +684,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", metavar="PATH", help="write to this file (default: standard output)")
     p.set_defaults(func=cmd_conformance)
+    p = sub.add_parser(
+        "viewer",
+        help="serve the OHIF viewer with its DICOMweb data source proxied (viewer: in node.yaml)",
+        description="Serve the pinned OHIF v3 build (fetched by 'bash scripts/ohif.sh') on viewer.host:viewer.port "
+        "(default 127.0.0.1:8081), reading studies from viewer.dicomweb (default Orthanc's DICOMweb plugin) through "
+        "its own /dicom-web, which adds that server's credentials: the browser never sees them and needs no CORS. "
+        "The viewer has no login and shows patient data: keep it on loopback or behind the site's login or VPN. "
+        "Stops on Ctrl-C or SIGTERM (exit 0); exit 2 with one line when it cannot start.",
+    )
+    p.add_argument("--host", help="listen on this address instead of viewer.host")
+    p.add_argument("--port", type=int, help="listen on this port instead of viewer.port (0: a free port)")
+    p.set_defaults(func=cmd_viewer)
     for command in sub.choices.values():  # every command says which configuration it reads
         command.epilog = CONFIG_HELP
         command.formatter_class = argparse.RawDescriptionHelpFormatter

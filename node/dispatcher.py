@@ -60,7 +60,7 @@ from node.settings import DicomDestinationSettings, Settings
 from node.storage import open_files
 
 if TYPE_CHECKING:
-    from node.http import Metrics
+    from node.metrics import Metrics
 
 log = logging.getLogger("ainode.dispatcher")
 BATCH = 64
@@ -120,8 +120,16 @@ def recover(db: Database) -> int:
         return rowcount(result)
 
 
-def retry_dead(db: Database, ids: Sequence[int] = ()) -> int:
-    """Put dead letters (all, or those in ``ids``) back in the queue with a fresh attempt count."""
+def retry_dead(
+    db: Database, ids: Sequence[int] = (), *, caller: str | None = None, peer_address: str | None = None
+) -> int:
+    """Put dead letters (all, or those in ``ids``) back in the queue with a fresh attempt count.
+
+    The one retry action: ``ainode deliveries retry`` and the admin pages
+    (:func:`node.web.queries.retry_delivery`) call it. The ``retried`` audit row names
+    who asked (``caller``: the HTTP user, or the operating-system user of the command)
+    and from where.
+    """
     with db.session() as session:
         stmt = update(Delivery).where(Delivery.state == DeliveryState.DEAD)
         if ids:
@@ -136,7 +144,9 @@ def retry_dead(db: Database, ids: Sequence[int] = ()) -> int:
                 audit_row(
                     AuditKind.RETRIED,
                     instance_count=count,
-                    message=f"{count} dead letter(s) queued again by hand ({which})",
+                    calling_ae=caller,
+                    peer_address=peer_address,
+                    message=f"{count} dead letter(s) queued again by hand{f' by {caller}' if caller else ''} ({which})",
                 )
             )
         return count
@@ -516,10 +526,10 @@ class Dispatcher(BackgroundLoop):
     def _count(self, destination: str, outcome: str, queued_at: datetime | None) -> None:
         if self.metrics is None:
             return
-        self.metrics.deliveries.inc(destination=destination, outcome=outcome)
+        self.metrics.deliveries.labels(destination=destination, outcome=outcome).inc()
         if queued_at is not None:
             # SQLite gives back naive datetimes; they were written in UTC.
             queued = queued_at if queued_at.tzinfo else queued_at.replace(tzinfo=UTC)
-            self.metrics.delivery_seconds.observe(
-                max(0.0, (utcnow() - queued).total_seconds()), destination=destination
+            self.metrics.delivery_seconds.labels(destination=destination).observe(
+                max(0.0, (utcnow() - queued).total_seconds())
             )
