@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,7 +180,7 @@ def renderings(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rendered(cases: dict[str, Case], renderings: Path) -> Iterator[dict[str, tuple[Rendering, Rendering]]]:
+def rendered(cases: dict[str, Case], renderings: Path) -> dict[str, tuple[Rendering, Rendering]]:
     """Each source rendered by dcmp2pgm through its GSPS and on its own; the PNGs saved, DCMTK's annotations
     drawn over its bitmap as a presentation-state viewer draws them."""
     work = renderings / "pgm"
@@ -195,7 +194,7 @@ def rendered(cases: dict[str, Case], renderings: Path) -> Iterator[dict[str, tup
         Image.fromarray(plain.pixels).save(renderings / f"{name}-plain.png")
         _annotated(with_state).save(renderings / f"{name}-gsps-dcmtk.png")
         out[name] = (with_state, plain)
-    yield out
+    return out
 
 
 def _annotated(rendering: Rendering) -> Image.Image:
