@@ -2,13 +2,18 @@
 # Set up this repository on Debian 12 and run the node or the test suite.
 #
 #   bash scripts/dev.sh run                    set up, then run the node (ainode serve)
-#   bash scripts/dev.sh test [pytest...]       set up with test tools, run the gates, then all tests (CI)
+#   bash scripts/dev.sh test [pytest...]       set up with test tools, run the gates, then all tests (CI);
+#                                              with arguments, pytest with those arguments instead
 #   bash scripts/dev.sh test-fast [pytest...]  venv only: ruff, lint-imports, then the tests not marked
 #                                              integration (they need no program outside the venv)
 #
 # The gates of `test`: ruff check, ruff format --check, mypy, lint-imports (configured in
 # pyproject.toml). Each prints its name and result; pytest runs even when a gate failed, and the
 # command exits non-zero if a gate or pytest failed.
+# `test` without arguments runs the suite in two phases, one verdict: the tests not marked integration
+# on two pytest-xdist workers (as test-fast), then the integration tests in one process (they start
+# servers, node processes and browsers, and some measure time). Both phases always run; each prints its
+# result and duration; the exit status is non-zero if a gate or either phase failed.
 #
 # Set-up is idempotent and fast when nothing changed:
 # - Debian packages: installed only when missing (apt-get update only then).
@@ -43,6 +48,7 @@ usage() {
     cat >&2 <<'EOF'
 usage: bash scripts/dev.sh run                    set up, then run the node
        bash scripts/dev.sh test [pytest...]       set up, run the gates, then the whole test suite
+                                                  (with arguments: pytest with them)
        bash scripts/dev.sh test-fast [pytest...]  venv only: ruff, lint-imports, tests not marked integration
 EOF
     exit 2
@@ -203,17 +209,58 @@ gate() {
     fi
 }
 
-# pytest with the arguments given, then the verdict over the gates and pytest.
-pytest_and_verdict() {
+# pytest with the arguments given; its exit status, 5 (no test collected) counting as a failure.
+run_pytest() {
     local status=0
     "$VENV/bin/python" -m pytest "$@" </dev/null || status=$?
-    # pytest exits 5 when it collected no test: that is a failure here.
     [ "$status" -eq 5 ] && status=1
+    return "$status"
+}
+
+# The verdict over the gates and the tests' exit status (the first argument).
+verdict() {
+    local status="$1"
     if [ "${#FAILED_GATES[@]}" -gt 0 ]; then
         say "failed gates: ${FAILED_GATES[*]}"
         [ "$status" -eq 0 ] && status=1
     fi
     return "$status"
+}
+
+# pytest with the arguments given, then the verdict over the gates and pytest.
+pytest_and_verdict() {
+    local status=0
+    run_pytest "$@" || status=$?
+    verdict "$status"
+}
+
+# One phase of the suite: its name, then pytest's arguments. Prints the result and the duration.
+PHASE_FAILED=()
+phase() {
+    local name="$1" start=$SECONDS status=0
+    shift
+    say "tests: $name"
+    run_pytest "$@" || status=$?
+    if [ "$status" -eq 0 ]; then
+        say "tests: $name: passed in $((SECONDS - start)) s"
+    else
+        say "tests: $name: FAILED (pytest exit $status) in $((SECONDS - start)) s"
+        PHASE_FAILED+=("$name")
+    fi
+}
+
+# The whole suite in two phases (both always run), then the verdict over the gates and both phases.
+# The tests not marked integration need nothing outside the venv and share no port or file, so two
+# pytest-xdist workers run them in about half the time; the integration tests stay in one process.
+test_phases() {
+    local status=0
+    phase "not integration, 2 workers" -m "not integration" -n 2
+    phase "integration, 1 process" -m integration
+    if [ "${#PHASE_FAILED[@]}" -gt 0 ]; then
+        say "failed test phases: ${PHASE_FAILED[*]}"
+        status=1
+    fi
+    verdict "$status"
 }
 
 main() {
@@ -237,7 +284,11 @@ main() {
         gate "mypy" "$VENV/bin/mypy"
         gate "lint-imports" "$VENV/bin/lint-imports"
         local status=0
-        pytest_and_verdict "$@" || status=$?
+        if [ $# -eq 0 ]; then
+            test_phases || status=$?
+        else
+            pytest_and_verdict "$@" || status=$?
+        fi
         exit "$status"
         ;;
     test-fast)
