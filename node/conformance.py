@@ -823,9 +823,10 @@ def _security(doc: _Document, defaults: Settings) -> None:
     doc.section(2, "Application Level Security")
     doc.text(
         "The HTTP server (STOW-RS intake, pull, metrics) listens on "
-        f"{defaults.http_host}:{defaults.http_port} by default; every route but `/healthz`, `/readyz` "
-        "(and `/metrics` unless `http_metrics_auth`) needs an API token (`http_tokens`) or a user "
-        "(`http_users`, scrypt-hashed passwords); HTTPS when `http_tls` names a certificate. The node writes "
+        f"{defaults.http_host}:{defaults.http_port} by default; every route but `/healthz` and `/readyz` "
+        f"(and `/metrics` with `http_metrics_auth: false`; default {str(defaults.http_metrics_auth).lower()}) "
+        "needs an API token (`http_tokens`) or a user (`http_users`, scrypt-hashed passwords; the admin pages "
+        "and `/metrics` also take their login session); HTTPS when `http_tls` names a certificate. The node writes "
         "no patient data in its logs (AE titles, addresses and UIDs only)."
     )
 

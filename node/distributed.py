@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
     from pydicom import Dataset
 
-    from node.http import Metrics
+    from node.metrics import Metrics
     from node.pipelines import Pipeline, PipelineOutput
     from node.settings import Settings
     from node.spool import Outbox

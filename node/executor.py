@@ -52,7 +52,7 @@ from node.spool import Outbox
 from sr_writer.uids import deterministic_uids
 
 if TYPE_CHECKING:
-    from node.http import Metrics
+    from node.metrics import Metrics
 
 log = logging.getLogger("ainode.executor")
 
@@ -462,7 +462,7 @@ class LocalExecutor:
                     started = time.monotonic()
                     run_job(self.db, self.outbox, pipelines[job.pipeline], job)
                     if self.metrics is not None:
-                        self.metrics.analysis_seconds.observe(time.monotonic() - started, pipeline=job.pipeline)
+                        self.metrics.analysis_seconds.labels(pipeline=job.pipeline).observe(time.monotonic() - started)
                     if self.on_job_done is not None:
                         self.on_job_done()
             except Exception as exc:

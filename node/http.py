@@ -3,11 +3,10 @@
 Served by ``ainode serve`` in a background thread, on ``http_host:http_port``
 (127.0.0.1:8080 by default: localhost only), with Starlette served by uvicorn;
 HTTPS when ``http_tls`` names a certificate and its key. ``/healthz`` and
-``/readyz`` need no login; ``/metrics`` needs none unless
-``http_metrics_auth: true`` (it tells counts, no patient data, and a scraper
-of a node on localhost has no secret to keep; a node reachable from other
-hosts should set it and give Prometheus a token). Every other route needs an
-API token or a user (:mod:`node.web.auth`); refusals and actions are audited
+``/readyz`` need no login; every other route, ``/metrics`` included, needs an
+API token or a user (:mod:`node.web.auth`; Prometheus sends a bearer token),
+unless ``http_metrics_auth: false`` opens ``/metrics`` (only for a port on
+loopback, where any local account could read it); refusals and actions are audited
 (``ainode audit --kind http_refused --kind http_request``). No traceback
 reaches a client: a failing handler answers ``500`` with a one-line JSON error
 and the log has the traceback.
@@ -21,38 +20,14 @@ and the log has the traceback.
     ``{"status": "ready"|"not ready", "checks": {"dicom": "ok", ...}}``, a
     failing check holding its reason.
 ``GET /metrics``
-    Prometheus text exposition format 0.0.4.
+    Prometheus text exposition format 0.0.4, or OpenMetrics when the ``Accept`` header asks for it.
 ``POST /dicomweb/studies``, ``POST /dicomweb/studies/{study}``
     STOW-RS intake (:mod:`node.web.stow`).
 ``POST /api/pull``
     Pull a study or series from a configured source (:mod:`node.web.pull`).
 
-Metrics (prefix ``ainode_``):
-
-=====================================  =========  ===========================================
-name                                   type       what
-=====================================  =========  ===========================================
-instances_received_total               counter    C-STORE answered with success
-instances_rejected_total{status,       counter    C-STORE answered with a failure status
-reason}
-associations_total{outcome}            counter    accepted, rejected, released, aborted
-analysis_seconds{pipeline}             histogram  time a worker spent on one job
-deliveries_total{destination,outcome}  counter    delivered, failed (retried later), dead
-delivery_seconds{destination}          histogram  result queued -> delivery confirmed
-jobs{state,pipeline}                   gauge      jobs in the database
-dead_letters                           gauge      deliveries given up (``ainode deliveries``)
-deliveries_pending                     gauge      deliveries waiting to be sent
-spool_instances, spool_bytes           gauge      instances kept in the spool (not yet purged)
-purged_files_total{reason},            counter    files removed by retention (``age``,
-purged_bytes_total{reason}                        ``watermark``; see ``node.retention``)
-data_dir_free_bytes                    gauge      free space where the data directory is
-database_up                            gauge      1 when the gauges above could be read
-start_time_seconds                     gauge      process start, Unix time
-=====================================  =========  ===========================================
-
-Counters and histograms live in memory and are updated under a lock (no
-database work per instance); gauges are read from the database and the file
-system when ``/metrics`` is scraped.
+The metrics (:mod:`node.metrics`, written by ``prometheus-client``) are listed
+in the README ("Monitoring"); a test checks the exposition against that list.
 """
 
 from __future__ import annotations
@@ -60,22 +35,19 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import re
-import shutil
 import socket
 import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -84,291 +56,23 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from core import status as dimse_status
 from node import audit
 from node.db import AuditKind
 from node.errors import NodeError
+from node.metrics import Metrics
 from node.pull import NothingFound, PullArgumentError, UnknownSource
+from node.web.admin import COOKIE as SESSION_COOKIE
 from node.web.admin import AdminGuard, AdminSite
 from node.web.auth import CHALLENGE, Authenticator
 from node.web.pull import MAX_BODY, Puller, PullRequestError, parse_pull_request, result_json
 from node.web.stow import DICOM_JSON, StowError, StowIntake, drain
 
 if TYPE_CHECKING:
-    from dimse.scp import AssociationEvent
     from node.db import Database
 
-__all__ = [
-    "CONTENT_TYPE_METRICS",
-    "Counter",
-    "Family",
-    "Histogram",
-    "HttpServer",
-    "Metrics",
-    "ReadinessProbe",
-    "database_gauges",
-]
+__all__ = ["HttpServer", "ReadinessProbe"]
 
 log = logging.getLogger("ainode.http")
-
-CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
-#: Seconds; a radiograph takes well under a second, a CT series minutes.
-ANALYSIS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-#: Seconds; includes back-off while a destination is down.
-DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-
-
-# -- exposition ------------------------------------------------------------------------------
-
-
-@dataclass
-class Family:
-    """One metric family as exposed: ``# HELP``, ``# TYPE`` and its samples."""
-
-    name: str
-    kind: str  # counter, gauge, histogram
-    help: str
-    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)  # (name, labels, value)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
-
-
-def render(families: Iterable[Family]) -> str:
-    """The Prometheus text format 0.0.4 of ``families``."""
-    lines: list[str] = []
-    for fam in families:
-        lines.append(f"# HELP {fam.name} {fam.help.replace(chr(92), chr(92) * 2).replace(chr(10), ' ')}")
-        lines.append(f"# TYPE {fam.name} {fam.kind}")
-        for name, labels, value in fam.samples:
-            label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-            lines.append(f"{name}{{{label_text}}} {_number(value)}" if label_text else f"{name} {_number(value)}")
-    return "\n".join(lines) + "\n"
-
-
-# -- in-process instruments ------------------------------------------------------------------
-
-
-class Counter:
-    """A monotonically increasing count per label combination; thread-safe."""
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        self.name, self.help, self.labelnames = name, help, tuple(labelnames)
-        self._values: dict[tuple[str, ...], float] = {} if labelnames else {(): 0.0}
-        self._lock = threading.Lock()
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(str(labels[n]) for n in self.labelnames)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(tuple(str(labels[n]) for n in self.labelnames), 0.0)
-
-    def collect(self) -> Family:
-        with self._lock:
-            items = sorted(self._values.items())
-        return Family(
-            self.name,
-            "counter",
-            self.help,
-            [(self.name, dict(zip(self.labelnames, key, strict=False)), value) for key, value in items],
-        )
-
-
-class Histogram:
-    """Observations counted into cumulative buckets (``le``), with their sum and count; thread-safe."""
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = ()) -> None:
-        self.name, self.help, self.labelnames = name, help, tuple(labelnames)
-        self.buckets = tuple(sorted(buckets)) + (math.inf,)
-        self._series: dict[tuple[str, ...], list[float]] = {}  # per-bucket counts..., sum, count
-        self._lock = threading.Lock()
-
-    def observe(self, value: float, **labels: str) -> None:
-        key = tuple(str(labels[n]) for n in self.labelnames)
-        with self._lock:
-            series = self._series.setdefault(key, [0.0] * (len(self.buckets) + 2))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    series[i] += 1
-                    break
-            series[-2] += value
-            series[-1] += 1
-
-    def collect(self) -> Family:
-        with self._lock:
-            items = sorted((key, list(series)) for key, series in self._series.items())
-        fam = Family(self.name, "histogram", self.help)
-        for key, series in items:
-            labels = dict(zip(self.labelnames, key, strict=False))
-            cumulative = 0.0
-            for bound, count in zip(self.buckets, series, strict=False):
-                cumulative += count
-                fam.samples.append((f"{self.name}_bucket", {**labels, "le": _number(bound)}, cumulative))
-            fam.samples.append((f"{self.name}_sum", labels, series[-2]))
-            fam.samples.append((f"{self.name}_count", labels, series[-1]))
-        return fam
-
-
-class Metrics:
-    """The node's instruments, plus collectors called at scrape time for gauges."""
-
-    def __init__(self) -> None:
-        self.instances_received = Counter(
-            "ainode_instances_received_total", "C-STORE requests answered with success (instance durable)."
-        )
-        self.instances_rejected = Counter(
-            "ainode_instances_rejected_total", "C-STORE requests answered with a failure status.", ("status", "reason")
-        )
-        self.associations = Counter("ainode_associations_total", "Incoming associations by outcome.", ("outcome",))
-        for outcome in ("accepted", "rejected", "released", "aborted"):
-            self.associations.inc(0, outcome=outcome)
-        self.analysis_seconds = Histogram(
-            "ainode_analysis_seconds",
-            "Seconds a worker spent on one job (load, infer, write results).",
-            ("pipeline",),
-            ANALYSIS_BUCKETS,
-        )
-        self.deliveries = Counter(
-            "ainode_deliveries_total", "Delivery attempts of result objects by outcome.", ("destination", "outcome")
-        )
-        self.delivery_seconds = Histogram(
-            "ainode_delivery_seconds",
-            "Seconds from a result being queued to its delivery being confirmed.",
-            ("destination",),
-            DELIVERY_BUCKETS,
-        )
-        self.series_resent = Counter(
-            "ainode_series_resent_total",
-            "Series that arrived again unchanged and were not analysed again.",
-            ("pipeline",),
-        )
-        self.instances_resent = Counter(
-            "ainode_instances_resent_total", "Instances of series re-sent unchanged that were not analysed again."
-        )
-        self.purged_files = Counter(
-            "ainode_purged_files_total",
-            "Spool and outbox files removed by retention, by rule (age, watermark).",
-            ("reason",),
-        )
-        self.purged_bytes = Counter(
-            "ainode_purged_bytes_total", "Bytes of spool and outbox files removed by retention, by rule.", ("reason",)
-        )
-        for reason in ("age", "watermark"):
-            self.purged_files.inc(0, reason=reason)
-            self.purged_bytes.inc(0, reason=reason)
-        self.started = time.time()
-        self._collectors: list[Callable[[], list[Family]]] = []
-
-    def instance(self, code: int) -> None:
-        """Count one C-STORE answered with DIMSE status ``code`` (PS3.4 B.2.3)."""
-        if dimse_status.is_store_success(code):
-            self.instances_received.inc()
-        else:
-            self.instances_rejected.inc(status=f"0x{code:04X}", reason=dimse_status.describe(code))
-
-    def association(self, event: AssociationEvent) -> None:
-        self.associations.inc(outcome=event.kind)
-
-    def add_collector(self, collector: Callable[[], list[Family]]) -> None:
-        """Add a function returning gauge families, called at each scrape."""
-        self._collectors.append(collector)
-
-    def families(self) -> list[Family]:
-        families = [
-            self.instances_received.collect(),
-            self.instances_rejected.collect(),
-            self.associations.collect(),
-            self.analysis_seconds.collect(),
-            self.deliveries.collect(),
-            self.delivery_seconds.collect(),
-            self.series_resent.collect(),
-            self.instances_resent.collect(),
-            self.purged_files.collect(),
-            self.purged_bytes.collect(),
-            Family(
-                "ainode_start_time_seconds",
-                "gauge",
-                "Start of the node process, Unix time.",
-                [("ainode_start_time_seconds", {}, self.started)],
-            ),
-        ]
-        for collector in self._collectors:
-            try:
-                families.extend(collector())
-            except Exception:  # a broken collector must not hide the other metrics
-                log.exception("metrics collector %r failed", collector)
-        return families
-
-    def exposition(self) -> str:
-        return render(self.families())
-
-
-def _gauge(name: str, help: str, value: float, **labels: str) -> Family:
-    return Family(name, "gauge", help, [(name, labels, value)])
-
-
-def database_gauges(db: Database, data_dir: Path) -> list[Family]:
-    """Gauges read at scrape time: jobs, dead letters, spool, free disk (a few aggregate queries)."""
-    from node.db import Delivery, DeliveryState, Instance, Job
-
-    families = []
-    try:
-        usage = shutil.disk_usage(data_dir)
-        families.append(
-            _gauge("ainode_data_dir_free_bytes", "Free bytes on the data directory's file system.", usage.free)
-        )
-    except OSError as exc:
-        log.warning("cannot read free space of %s: %s", data_dir, exc)
-    jobs = Family("ainode_jobs", "gauge", "Jobs in the database by state and pipeline.")
-    try:
-        with db.session() as session:
-            for state, pipeline, count in session.execute(
-                select(Job.state, Job.pipeline, func.count()).group_by(Job.state, Job.pipeline)
-            ).all():
-                jobs.samples.append(("ainode_jobs", {"state": state.value, "pipeline": pipeline}, count))
-            deliveries = dict(
-                session.execute(
-                    select(Delivery.state, func.count())
-                    .where(Delivery.state.in_([DeliveryState.DEAD, DeliveryState.PENDING]))
-                    .group_by(Delivery.state)
-                ).all()
-            )
-            instances, size = session.execute(
-                select(func.count(), func.coalesce(func.sum(Instance.size), 0))
-                .select_from(Instance)
-                .where(Instance.purged_at.is_(None))  # rows of purged files stay for the audit trail
-            ).one()
-    except SQLAlchemyError as exc:
-        log.warning("metrics: database not readable: %s", exc)
-        return families + [_gauge("ainode_database_up", "1 when the database answered this scrape.", 0)]
-    return families + [
-        jobs,
-        _gauge(
-            "ainode_dead_letters",
-            "Deliveries given up after the retry limit (ainode deliveries --failed).",
-            deliveries.get(DeliveryState.DEAD, 0),
-        ),
-        _gauge(
-            "ainode_deliveries_pending",
-            "Deliveries waiting to be sent or retried.",
-            deliveries.get(DeliveryState.PENDING, 0),
-        ),
-        _gauge("ainode_spool_instances", "Received instances kept in the spool.", instances),
-        _gauge("ainode_spool_bytes", "Bytes of received instances kept in the spool.", size),
-        _gauge("ainode_database_up", "1 when the database answered this scrape.", 1),
-    ]
 
 
 # -- readiness -------------------------------------------------------------------------------
@@ -528,7 +232,8 @@ class HttpServer:
     ssl_context : ssl.SSLContext, optional
         Serve HTTPS (``http_tls``).
     metrics_auth : bool
-        ``/metrics`` needs credentials like the other routes (``http_metrics_auth``).
+        ``/metrics`` needs credentials like the other routes (``http_metrics_auth``, default true);
+        false opens it.
     admin : AdminSite, optional
         The admin pages (:mod:`node.web.admin`): their routes, and the guard that asks for a login
         session or credentials on every route but ``/healthz``, ``/readyz`` and ``/login``.
@@ -547,7 +252,7 @@ class HttpServer:
         accepting: Callable[[], bool] = lambda: True,
         puller: Puller | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        metrics_auth: bool = False,
+        metrics_auth: bool = True,
         admin: AdminSite | None = None,
     ) -> None:
         self.host = host
@@ -659,12 +364,21 @@ class HttpServer:
         return Response(body, status_code=200 if ready else 503, media_type="application/json")
 
     async def _metrics(self, request: Request) -> Response:
-        if self.metrics_auth:
+        if self.metrics_auth and not self._logged_in(request):
             refused = await self._authenticate(request, "GET /metrics")
             if isinstance(refused, Response):
                 return refused
-        text = await run_in_threadpool(self.metrics.exposition)
-        return Response(text.encode(), headers={"Content-Type": CONTENT_TYPE_METRICS})
+        # In the thread pool: the gauges are read from the database and the disk.
+        body, content_type = await run_in_threadpool(self.metrics.exposition, request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
+
+    def _logged_in(self, request: Request) -> bool:
+        """A browser logged in to the admin pages: a valid session cookie and no credentials of its own."""
+        return (
+            self.admin is not None
+            and "authorization" not in request.headers
+            and self.admin.read_session(request.cookies.get(SESSION_COOKIE)) is not None
+        )
 
     async def _authenticate(self, request: Request, action: str) -> str | Response:
         """The caller's name, or the 401 to answer (the refusal audited)."""

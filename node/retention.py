@@ -59,7 +59,7 @@ from node.settings import Settings
 from node.storage import S3Files, is_s3_ref, open_files
 
 if TYPE_CHECKING:
-    from node.http import Metrics
+    from node.metrics import Metrics
 
 log = logging.getLogger("ainode.retention")
 
@@ -378,8 +378,8 @@ def purge(db: Database, settings: Settings, plan: PurgePlan, metrics: Metrics | 
         if removed:
             outcome.add(item.reason, removed, size)
             if metrics is not None:
-                metrics.purged_files.inc(removed, reason=item.reason)
-                metrics.purged_bytes.inc(size, reason=item.reason)
+                metrics.purged_files.labels(reason=item.reason).inc(removed)
+                metrics.purged_bytes.labels(reason=item.reason).inc(size)
     if outcome.files:
         parts = ", ".join(
             f"{reason}: {files} file(s), {size} bytes" for reason, (files, size) in sorted(outcome.by_reason.items())

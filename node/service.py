@@ -25,8 +25,9 @@ from node.assembler import Assembler
 from node.audit import ReceiveAudit
 from node.db import Database
 from node.errors import ModelUnavailable
-from node.http import HttpServer, Metrics, ReadinessProbe, database_gauges
+from node.http import HttpServer, ReadinessProbe
 from node.idempotency import analysis_keys
+from node.metrics import Metrics, StoreGauges
 from node.pipelines import PIPELINE_MODELS
 from node.pipelines.registry import build_pipeline
 from node.priority import PriorityPolicy
@@ -40,6 +41,7 @@ from node.storage import open_outbox, open_spool
 from node.watcher import OrthancWatcher
 from node.web.admin import AdminSite
 from node.web.auth import Authenticator
+from node.web.pages import AdminPages
 from node.web.stow import StowIntake
 
 if TYPE_CHECKING:
@@ -112,7 +114,7 @@ class Node:
         prepare_data_dir(settings)
         self.db: Database = preflight.open_database(settings, create=True)
         self.metrics = Metrics()
-        self.metrics.add_collector(partial(database_gauges, self.db, settings.data_dir))
+        self.metrics.add_collector(StoreGauges(self.db, settings.data_dir))
         self.received = ReceiveAudit(self.db)
         self.spool: Spool = open_spool(settings)
         self.outbox: Outbox = open_outbox(settings)
@@ -206,7 +208,7 @@ class Node:
         self.received.instance(request, study_uid, stored=status.is_store_success(code))
 
     def _on_resent(self, pipeline: str, instances: int) -> None:
-        self.metrics.series_resent.inc(pipeline=pipeline)
+        self.metrics.series_resent.labels(pipeline=pipeline).inc()
         self.metrics.instances_resent.inc(instances)
 
     def _on_association(self, event: AssociationEvent) -> None:
@@ -283,7 +285,7 @@ class Node:
         loaded = {name for pipeline in self.models.enabled for name in PIPELINE_MODELS.get(pipeline, ())}
         demo = sorted(m.name for m in self.models.registry.manifests() if m.demo and m.name in loaded)
         viewer = settings.viewer.url or f"http://{settings.viewer.host}:{settings.viewer.port}"
-        return AdminSite(
+        site = AdminSite(
             auth,
             {u.name: u.password_hash for u in settings.http_users},
             settings.data_dir,
@@ -293,6 +295,11 @@ class Node:
             demo_models=demo,
             viewer_url=viewer,
         )
+        # A job in full, deliveries with the retry of dead letters (the dispatcher woken), models, audit.
+        site.extra_routes += AdminPages(
+            site, self.db, policy=settings.delivery, registry=self.models.registry, wake=self.dispatcher.notify
+        ).routes()
+        return site
 
     def pipelines_check(self) -> str:
         """``"ok"`` when some pipeline is loaded, else ``"no pipeline loaded: ..."`` with each reason (``/readyz``)."""

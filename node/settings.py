@@ -603,7 +603,7 @@ class Settings(_Strict):
     http_tokens: list[HttpTokenSettings] = Field(default_factory=list)
     http_users: list[HttpUserSettings] = Field(default_factory=list)
     http_tls: HttpTlsSettings | None = None
-    http_metrics_auth: bool = False  # true: /metrics needs a token or user too
+    http_metrics_auth: bool = True  # /metrics needs a token, user or session; false opens it (loopback only)
     stow_max_request_size: int = Field(default=4 * 2**30, ge=1)  # bytes of one STOW-RS request body
     web: WebSettings = Field(default_factory=WebSettings)
     viewer: ViewerSettings = Field(default_factory=ViewerSettings)

@@ -29,7 +29,7 @@ from pydicom.uid import generate_uid
 from node.db import DeliveryState
 from tests.helpers import OrthancServer, free_port, storescu
 from tests.integration.nodeproc import NodeProcess
-from tests.node.test_http import Samples, get, parse_metrics, sample
+from tests.node.test_http import METRICS_AUTH, Samples, get, metrics_token, parse_metrics, sample
 
 PATIENT = {"PatientName": "Quaxwellby^Zebulonia^Ignatz", "PatientID": "PHI7Q3X9ZK", "PatientBirthDate": "19230417"}
 # Every way these could show up in a log line.
@@ -71,7 +71,7 @@ def _patient_study(source: Path, folder: Path) -> tuple[str, list[Path], Path]:
 
 
 def _metrics(base: str) -> Samples:
-    code, _, body = get(base + "/metrics")
+    code, _, body = get(base + "/metrics", METRICS_AUTH)  # as Prometheus scrapes: with its bearer token
     assert code == 200
     return parse_metrics(body)
 
@@ -91,12 +91,14 @@ def test_metrics_audit_and_logs_of_a_study_through_the_node(
         },
         delivery={"max_attempts": 2, "backoff_initial": 0.1, "backoff_max": 0.2},
         http_port=http_port,
+        http_tokens=metrics_token(tmp_path),
         log_format=log_format,
     ).start()
     base = f"http://127.0.0.1:{http_port}"
     try:
         assert get(base + "/healthz")[::2] == (200, "ok\n")
         assert get(base + "/readyz")[0] == 200
+        assert get(base + "/metrics")[0] == 401  # a login by default
         before = _metrics(base)
         assert sample(before, "ainode_instances_received_total") == 0
         assert sample(before, "ainode_dead_letters") == 0

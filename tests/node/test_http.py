@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 import shutil
 import threading
 import urllib.error
@@ -23,50 +22,41 @@ from typing import Any
 
 import pydicom
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from dimse.scu import store_files
 from node.audit import query, record
 from node.db import AuditKind, Database
-from node.http import Counter, Histogram, render
 from node.logs import ContextFilter, JsonFormatter, TextFormatter, bind_log_context, log_context, patient_values
 from node.service import Node
 from node.settings import Settings
 from tests.helpers import PostgresServer
 
-# One sample line of the text format 0.0.4: name, optional {labels}, value.
-_SAMPLE = re.compile(
-    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*)\})? '
-    r"(\S+)$"
-)
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\.)*)"')
-
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+#: An API token the tests' Prometheus sends for /metrics (``http_metrics_auth`` is on by default).
+METRICS_TOKEN = "pr0metheus-scrape-token-0123456789"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
+def metrics_token(folder: Path) -> list[dict[str, Any]]:
+    """``http_tokens`` with :data:`METRICS_TOKEN` in a file under ``folder``, as a site gives Prometheus one."""
+    path = folder / "prometheus.token"
+    path.write_text(METRICS_TOKEN + "\n")
+    return [{"name": "prometheus", "token_file": str(path)}]
 
 
 def parse_metrics(text: str) -> Samples:
-    """Parse Prometheus text format 0.0.4 strictly: every line is a comment or a sample of a declared family."""
+    """The samples of a text exposition, parsed by prometheus-client's parser; no sample twice."""
     samples: Samples = {}
-    types: dict[str, str] = {}
     assert text.endswith("\n"), "the exposition must end with a newline"
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            parts = line.split(" ", 3)
-            if parts[1] == "TYPE":
-                assert parts[3] in ("counter", "gauge", "histogram", "summary", "untyped"), line
-                assert parts[2] not in types, f"family {parts[2]} declared twice"
-                types[parts[2]] = parts[3]
-            continue
-        match = _SAMPLE.match(line)
-        assert match, f"not a valid sample line: {line!r}"
-        name, label_text, value = match.groups()
-        family = re.sub(r"_(bucket|sum|count)$", "", name) if name not in types else name
-        assert family in types, f"sample {name} before its # TYPE line"
-        labels = frozenset((k, v.encode().decode("unicode_escape")) for k, v in _LABEL.findall(label_text or ""))
-        key = (name, labels)
-        assert key not in samples, f"duplicate sample {line!r}"
-        samples[key] = float(value)
+    for family in text_string_to_metric_families(text):
+        for name, labels, value, *_ in family.samples:
+            key = (name, frozenset(labels.items()))
+            assert key not in samples, f"duplicate sample {name}{labels}"
+            samples[key] = value
     return samples
 
 
@@ -75,52 +65,13 @@ def sample(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def get(url: str) -> tuple[int, str, str]:
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.headers["Content-Type"], response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers["Content-Type"], exc.read().decode()
-
-
-# -- exposition -------------------------------------------------------------------------------
-
-
-def test_counters_and_histograms_render_as_prometheus_text() -> None:
-    counter = Counter("t_requests_total", "Requests.\nSecond line", ("path",))
-    counter.inc(path='a"b\\c\nd')
-    counter.inc(2, path="plain")
-    histogram = Histogram("t_seconds", "Latency.", ("kind",), buckets=(0.1, 1.0))
-    for value in (0.05, 0.5, 0.7, 30):
-        histogram.observe(value, kind="x")
-    text = render([counter.collect(), histogram.collect()])
-    samples = parse_metrics(text)
-    assert sample(samples, "t_requests_total", path='a"b\\c\nd') == 1
-    assert sample(samples, "t_requests_total", path="plain") == 2
-    assert "# HELP t_requests_total Requests. Second line" in text
-    assert "# TYPE t_seconds histogram" in text
-    assert [sample(samples, "t_seconds_bucket", kind="x", le=le) for le in ("0.1", "1", "+Inf")] == [1, 3, 4]
-    assert sample(samples, "t_seconds_count", kind="x") == 4
-    assert sample(samples, "t_seconds_sum", kind="x") == pytest.approx(31.25)
-
-
-def test_counters_are_exact_under_concurrent_increments() -> None:
-    counter = Counter("t_total", "Concurrent.")
-    histogram = Histogram("t_h", "Concurrent.", buckets=(1.0,))
-
-    def work() -> None:
-        for _ in range(20000):
-            counter.inc()
-            histogram.observe(0.5)
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    samples = parse_metrics(render([counter.collect(), histogram.collect()]))
-    assert sample(samples, "t_total") == 160000
-    assert sample(samples, "t_h_count") == 160000 and sample(samples, "t_h_bucket", le="1") == 160000
 
 
 # -- a running node ------------------------------------------------------------------------------
@@ -141,7 +92,7 @@ def _settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[Node, str]]:
-    node = Node(_settings(tmp_path))
+    node = Node(_settings(tmp_path, http_tokens=metrics_token(tmp_path)))
     node.start()
     http = node.http_server()
     http.start()
@@ -161,13 +112,13 @@ def test_healthz_readyz_and_metrics_answer(running: tuple[Node, str]) -> None:
         "status": "ready",
         "checks": {"dicom": "ok", "database": "ok", "data_dir": "ok", "pipelines": "ok"},
     }
-    code, content_type, body = get(base + "/metrics")
+    code, content_type, body = get(base + "/metrics", METRICS_AUTH)
     assert code == 200 and content_type == "text/plain; version=0.0.4; charset=utf-8"
     samples = parse_metrics(body)
     assert sample(samples, "ainode_database_up") == 1
     assert sample(samples, "ainode_data_dir_free_bytes") > 0
     assert sample(samples, "ainode_instances_received_total") == 0
-    assert get(base + "/nothing")[0] == 404
+    assert get(base + "/nothing", METRICS_AUTH)[0] == 404  # with credentials past the admin guard: not found
 
 
 def test_readyz_names_the_data_directory_and_the_dicom_port_when_they_fail(running: tuple[Node, str]) -> None:
@@ -187,7 +138,7 @@ def test_readyz_names_the_data_directory_and_the_dicom_port_when_they_fail(runni
 
 def test_readyz_and_metrics_when_postgresql_goes_away(tmp_path: Path) -> None:
     server = PostgresServer().start()
-    node = Node(_settings(tmp_path, database_url=server.url))
+    node = Node(_settings(tmp_path, database_url=server.url, http_tokens=metrics_token(tmp_path)))
     try:
         node.start()
         http = node.http_server()
@@ -197,7 +148,7 @@ def test_readyz_and_metrics_when_postgresql_goes_away(tmp_path: Path) -> None:
         server.stop()
         code, _, body = get(base + "/readyz")
         assert code == 503 and json.loads(body)["checks"]["database"].startswith("database not answering")
-        code, _, body = get(base + "/metrics")  # still served: counters need no database
+        code, _, body = get(base + "/metrics", METRICS_AUTH)  # still served: counters need no database
         assert code == 200 and sample(parse_metrics(body), "ainode_database_up") == 0
         http.stop()
     finally:
@@ -228,7 +179,7 @@ def test_one_received_audit_row_per_association_and_study(
         [(study_a, 3, "STORESCU", "127.0.0.1"), (study_b, 1, "STORESCU", "127.0.0.1")]
     )
     assert all("association released" in (r.message or "") for r in rows)
-    samples = parse_metrics(get(base + "/metrics")[2])
+    samples = parse_metrics(get(base + "/metrics", METRICS_AUTH)[2])
     assert sample(samples, "ainode_instances_received_total") == 4
     assert sample(samples, "ainode_associations_total", outcome="accepted") == 1
     assert sample(samples, "ainode_associations_total", outcome="released") == 1

@@ -188,11 +188,10 @@ def test_hash_password_command_prints_a_hash_of_the_password_on_stdin(
 # -- the server ------------------------------------------------------------------------------------
 
 
-def test_only_health_readiness_and_metrics_are_open(served: tuple[Node, str, FakePuller]) -> None:
+def test_only_health_and_readiness_are_open(served: tuple[Node, str, FakePuller]) -> None:
     node, base, puller = served
     assert requests.get(base + "/healthz", timeout=10).status_code == 200
     assert requests.get(base + "/readyz", timeout=10).status_code == 200
-    assert requests.get(base + "/metrics", timeout=10).status_code == 200
     for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, _basic("admin", "wrong password")):
         answer = requests.post(base + "/api/pull", json={"source": "pacs", "accession": "A1"}, headers=headers)
         assert answer.status_code == 401
@@ -216,16 +215,45 @@ def test_only_health_readiness_and_metrics_are_open(served: tuple[Node, str, Fak
     assert all(TOKEN not in m and "wrong-token" not in m and "wrong password" not in m.split(":")[0] for m in messages)
 
 
-def test_metrics_need_credentials_when_configured(tmp_path: Path) -> None:
-    node = Node(_auth_settings(tmp_path, http_metrics_auth=True))
+def test_metrics_need_a_token_or_user_by_default(served: tuple[Node, str, FakePuller]) -> None:
+    node, base, _ = served
+    assert Settings().http_metrics_auth is True
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, _basic("admin", "wrong password")):
+        answer = requests.get(base + "/metrics", headers=headers, timeout=10)
+        assert answer.status_code == 401 and "ainode_" not in answer.text
+        assert answer.headers["WWW-Authenticate"].startswith('Bearer realm="ainode"')
+    for headers in (BEARER, _basic("admin", PASSWORD)):
+        answer = requests.get(base + "/metrics", headers=headers, timeout=10)
+        assert answer.status_code == 200 and "ainode_instances_received_total 0.0" in answer.text
+    refused = [r.message for r in _audit(node, AuditKind.HTTP_REFUSED)]
+    assert len(refused) == 3 and all(m.startswith("401 GET /metrics: ") for m in refused), refused
+    # A scrape is not an action: accepted ones leave no audit row.
+    assert _audit(node, AuditKind.HTTP_REQUEST) == []
+
+
+def test_metrics_open_to_a_logged_in_admin_session(served: tuple[Node, str, FakePuller]) -> None:
+    _, base, _ = served
+    browser = requests.Session()
+    assert browser.get(base + "/metrics", timeout=10).status_code == 401
+    login = browser.post(
+        base + "/login", data={"username": "admin", "password": PASSWORD}, allow_redirects=False, timeout=10
+    )
+    assert login.status_code == 303 and browser.cookies
+    answer = browser.get(base + "/metrics", timeout=10)
+    assert answer.status_code == 200 and "ainode_instances_received_total" in answer.text
+    forged = {name: value[:-4] + "AAAA" for name, value in browser.cookies.items()}
+    assert requests.get(base + "/metrics", cookies=forged, timeout=10).status_code == 401
+
+
+def test_metrics_are_open_with_http_metrics_auth_false(tmp_path: Path) -> None:
+    node = Node(_settings(tmp_path, http_metrics_auth=False))  # nobody configured: every other route refuses
     http = node.http_server()
     http.start()
     try:
         base = f"http://127.0.0.1:{http.port}"
-        assert requests.get(base + "/metrics", timeout=10).status_code == 401
-        answer = requests.get(base + "/metrics", headers=BEARER, timeout=10)
+        answer = requests.get(base + "/metrics", timeout=10)
         assert answer.status_code == 200 and "ainode_instances_received_total" in answer.text
-        assert requests.get(base + "/healthz", timeout=10).status_code == 200
+        assert requests.post(base + "/api/pull", json={"source": "pacs", "accession": "A1"}).status_code == 401
     finally:
         http.stop()
         node.db.dispose()

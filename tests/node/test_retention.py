@@ -34,7 +34,7 @@ from node.db import (
     SeriesState,
     Study,
 )
-from node.http import Metrics, database_gauges
+from node.metrics import Metrics, database_gauges
 from node.receiver import Receiver
 from node.retention import RetentionLoop, plan_purge, purge
 from node.settings import Settings
@@ -234,9 +234,9 @@ def test_purge_removes_files_and_empty_folders_keeps_rows_audits_and_counts(db: 
         assert s.scalar(select(Instance.purged_at).where(Instance.series_uid == young)) is None
         audit = s.scalars(select(AuditEvent).where(AuditEvent.kind == AuditKind.PURGED)).all()
     assert len(audit) == 1 and audit[0].instance_count == 3 and "2300 bytes" in (audit[0].message or "")
-    assert metrics.purged_files.value(reason="age") == 3 and metrics.purged_bytes.value(reason="age") == 2300
-    exposition = metrics.exposition()
-    assert 'ainode_purged_bytes_total{reason="age"} 2300' in exposition
+    assert metrics.value("ainode_purged_files_total", reason="age") == 3
+    assert metrics.value("ainode_purged_bytes_total", reason="age") == 2300
+    assert 'ainode_purged_bytes_total{reason="age"} 2300.0' in metrics.exposition()[0].decode()
     # Purged instances no longer count as spool; a second plan has nothing left of that series.
     gauges = {f.name: f.samples[0][2] for f in database_gauges(db, settings.data_dir) if f.samples}
     assert gauges["ainode_spool_instances"] == 2 and gauges["ainode_spool_bytes"] == 2000
