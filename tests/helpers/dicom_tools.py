@@ -35,7 +35,11 @@ _TOOL_PACKAGES = {
     "echoscu": "dcmtk",
     "storescp": "dcmtk",
     "dcmdump": "dcmtk",
+    "dcmp2pgm": "dcmtk",
+    "dcm2pnm": "dcmtk",
+    "dsr2html": "dcmtk",
     "Orthanc": "orthanc",
+    "strace": "strace",
 }
 
 
