@@ -1,6 +1,7 @@
 """The node's metrics (``node.metrics``) as prometheus-client writes them, checked against the README's table.
 
-In one process, on a real SQLite database: every instrument is moved once
+In one process, on the node's database (SQLite, then PostgreSQL; the
+``db`` fixture of ``tests/node/conftest.py``): every instrument is moved once
 and every gauge has a row to count, then the exposition is parsed by
 prometheus-client's own parsers. The README's table of metrics is the list
 checked, both ways: a metric renamed, retyped or relabelled in the code, or in
@@ -12,7 +13,6 @@ real node process, ``tests/integration/test_observability.py``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,14 +49,6 @@ def exposed(text: str) -> dict[str, tuple[str, frozenset[str]]]:
         labels = frozenset(label for s in family.samples for label in s.labels if label != "le")
         families[name] = (family.type, labels)
     return families
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'metrics.db'}")
-    database.create_schema()
-    yield database
-    database.dispose()
 
 
 def _working(db: Database, data_dir: Path) -> Metrics:
