@@ -1,0 +1,143 @@
+"""The admin pages in Debian's Chromium, on one ``ainode serve`` process: log in, see a C-STORE become a job,
+refused logins and actions, retry a dead letter and see it delivered.
+
+The node's one destination is an Orthanc that is not running at first (its port chosen, nobody listening), with
+two delivery attempts: the radiograph's results become dead letters. The retry test starts that Orthanc and
+retries from the deliveries page. Screenshots of each page go to ``admin-screenshots`` in pytest's base
+temporary folder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.web.admin import COOKIE
+from node.web.auth import hash_password
+from tests.helpers import OrthancServer, rg1_uncr_path
+from tests.helpers.dicom_tools import storescu
+from tests.helpers.ports import free_port
+from tests.integration.nodeproc import NodeProcess
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "browser test password 42"
+
+
+@dataclass
+class Site:
+    node: NodeProcess
+    base: str
+    orthanc: OrthancServer
+    shots: Path
+    store_radiograph: Callable[[], None]
+
+    def shot(self, page: Any, name: str) -> None:
+        page.screenshot(path=str(self.shots / name), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    work = tmp_path_factory.mktemp("admin-browser")
+    orthanc = OrthancServer(work / "orthanc")  # its ports chosen now; started by the retry test
+    http_port = free_port()
+    node = NodeProcess(
+        work / "node",
+        full_models=True,
+        destinations={
+            "pacs": {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
+        delivery={"max_attempts": 2, "backoff_initial": 0.2, "backoff_max": 0.5},
+        quiet_period={"default": 0.5, "CR": 0.5, "DX": 0.5},
+        http_port=http_port,
+        http_users=[{"name": "admin", "password_hash": hash_password(PASSWORD)}],
+    ).start()
+    stored: list[bool] = []
+
+    def store_radiograph() -> None:
+        if not stored:
+            sent = storescu([rg1_uncr_path()], "127.0.0.1", node.port, "AINODE")
+            assert sent.returncode == 0, sent.stderr
+            stored.append(True)
+
+    shots = tmp_path_factory.getbasetemp() / "admin-screenshots"
+    shots.mkdir(exist_ok=True)
+    try:
+        yield Site(node, f"http://127.0.0.1:{http_port}", orthanc, shots, store_radiograph)
+    finally:
+        node.stop()
+        orthanc.stop()
+    assert "Traceback" not in node.log_path.read_text(), node.log()
+
+
+def _log_in(browser: Any, site: Site, password: str = PASSWORD, next_path: str = "/jobs") -> tuple[Any, Any]:
+    """A new browser context on ``next_path``, through the login form; (context, page)."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(site.base + next_path)
+    assert page.url.startswith(site.base + "/login?next=")  # no session: the guard sends the browser to the form
+    page.fill("#username", "admin")
+    page.fill("#password", password)
+    page.click("#login")
+    page.wait_for_load_state()
+    return context, page
+
+
+def test_log_in_and_see_a_stored_radiograph_become_a_done_job(chromium_browser: Any, site: Site) -> None:
+    context, page = _log_in(chromium_browser, site)
+    try:
+        assert page.url == site.base + "/jobs"
+        assert page.inner_text("#user") == "admin"
+        site.shot(page, "jobs-before.png")
+        site.store_radiograph()
+        # The page refreshes its table every 5 s: the job appears and ends done, without a reload.
+        row = page.wait_for_selector("#jobs tr[data-state='done']", timeout=120_000)
+        assert row is not None
+        cells = row.inner_text()
+        assert "cxr" in cells and "view:" in cells and "top:" in cells and "triage" in cells, cells
+        assert re.search(r"\d+\.\d s", cells), cells  # its duration
+        site.shot(page, "jobs.png")
+    finally:
+        context.close()
+
+
+def test_a_wrong_password_is_refused_and_gives_no_session(chromium_browser: Any, site: Site) -> None:
+    context, page = _log_in(chromium_browser, site, password="not the password")
+    try:
+        assert page.url.startswith(site.base + "/login")
+        assert "wrong user name or password" in page.inner_text("#login-error")
+        assert not [c for c in context.cookies() if c["name"] == COOKIE]
+        site.shot(page, "login-refused.png")
+        page.goto(site.base + "/jobs")
+        assert page.url.startswith(site.base + "/login?next=")
+    finally:
+        context.close()
+
+
+def test_an_action_without_the_csrf_token_is_refused(chromium_browser: Any, site: Site) -> None:
+    context, page = _log_in(chromium_browser, site)
+    try:
+        cookie = next(c for c in context.cookies() if c["name"] == COOKIE)
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+        # A script of the page posting without the token (as a forged form would): refused, still logged in.
+        status = page.evaluate("async () => (await fetch('/logout', {method: 'POST'})).status")
+        assert status == 403
+        wrong = page.evaluate(
+            "async () => (await fetch('/logout', {method: 'POST', headers: {'X-CSRF-Token': 'forged'}})).status"
+        )
+        assert wrong == 403
+        page.goto(site.base + "/jobs")
+        assert page.url == site.base + "/jobs" and page.inner_text("#user") == "admin"
+        # The logout button carries the token: it works.
+        page.click("#logout")
+        page.wait_for_load_state()
+        assert page.url == site.base + "/login"
+        page.goto(site.base + "/jobs")
+        assert page.url.startswith(site.base + "/login?next=")
+    finally:
+        context.close()
