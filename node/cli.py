@@ -212,11 +212,10 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         except NotFound:
             raise NodeError(f"no job {args.id} (see 'ainode jobs')") from None
         job = detail.job
-        sent = [
-            f"{r.kind} {r.sop_uid}" + (f" -> {d.destination}: {d.state} (delivery {d.id})" if d else "")
-            for r in detail.results
-            for d in (r.deliveries or [None])
-        ]
+        sent = []
+        for r in detail.results:
+            sent += [f"{r.kind} {r.sop_uid} -> {d.destination}: {d.state} (delivery {d.id})" for d in r.deliveries]
+            sent += [] if r.deliveries else [f"{r.kind} {r.sop_uid}"]
         print(
             _details(
                 [

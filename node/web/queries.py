@@ -456,16 +456,19 @@ class ModelRecord:
 
 
 def list_models(
-    models_dir: Path, models_file: Path | None = None, registry: ModelRegistry | None = None
+    models_dir: Path | None = None, models_file: Path | None = None, *, registry: ModelRegistry | None = None
 ) -> list[ModelRecord]:
-    """Every model the node would load, its manifest and whether its weights match their checksum.
+    """Every model of ``models_dir`` (or ``models_file``), its manifest and whether its weights match their checksum.
 
     ``registry``: one discovered earlier, kept by a caller that lists the models again and again
-    (a page): it hashes a weights file again only when its size or modification time changed.
+    (the node's pages): it hashes a weights file again only when its size or modification time changed.
     """
     from models.registry import ModelRegistry
 
-    registry = registry or ModelRegistry.discover(models_dir, models_file)
+    if registry is None:
+        if models_dir is None:
+            raise ValueError("list_models needs a models directory or a registry")
+        registry = ModelRegistry.discover(models_dir, models_file)
     manifests = {m.name: m for m in registry.manifests()}
     records = []
     for st in registry.verify():  # every entry, invalid manifests included

@@ -51,8 +51,8 @@ class Scenario:
     dispatcher: dispatch.Dispatcher
 
 
-@pytest.fixture
-def scenario(tmp_path: Path, db: Database) -> Scenario:
+def fill(db: Database, tmp_path: Path) -> Scenario:
+    """Two series of one study through receiver, assembler, executor and dispatcher (see the module's text)."""
     settings = Settings(data_dir=tmp_path / "data", quiet_period={"default": 0.0})
     routing_file = tmp_path / "routing.yaml"
     routing_file.write_text(ROUTING)
@@ -82,6 +82,11 @@ def scenario(tmp_path: Path, db: Database) -> Scenario:
     dispatcher.run_once()
     listed = {d.destination: d.id for d in queries.list_deliveries(db)}
     return Scenario(settings, study, jobs[good], jobs[bad], listed["pacs"], listed["archive"], pacs, dispatcher)
+
+
+@pytest.fixture
+def scenario(tmp_path: Path, db: Database) -> Scenario:
+    return fill(db, tmp_path)
 
 
 def _no_phi(*values: object) -> None:
