@@ -54,7 +54,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from node import audit
 from node.db import AuditKind
@@ -331,7 +331,7 @@ class HttpServer:
     # -- routes ---------------------------------------------------------------------------------
 
     def _app(self) -> Starlette:
-        routes = [
+        routes: list[BaseRoute] = [
             Route("/healthz", _guarded(self._healthz), methods=["GET"]),
             Route("/readyz", _guarded(self._readyz), methods=["GET"]),
             Route("/metrics", _guarded(self._metrics), methods=["GET"]),
