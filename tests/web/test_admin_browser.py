@@ -10,6 +10,7 @@ temporary folder.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from node.db import DeliveryState
 from node.web.admin import COOKIE
 from node.web.auth import hash_password
 from tests.helpers import OrthancServer, rg1_uncr_path
@@ -139,5 +141,36 @@ def test_an_action_without_the_csrf_token_is_refused(chromium_browser: Any, site
         assert page.url == site.base + "/login"
         page.goto(site.base + "/jobs")
         assert page.url.startswith(site.base + "/login?next=")
+    finally:
+        context.close()
+
+
+def test_retry_a_dead_letter_from_the_deliveries_page_and_see_it_delivered(chromium_browser: Any, site: Site) -> None:
+    site.store_radiograph()
+    deadline = time.monotonic() + 120
+    while site.node.deliveries(DeliveryState.DEAD) == 0:
+        assert time.monotonic() < deadline, site.node.log()
+        time.sleep(0.2)
+    dead = site.node.deliveries(DeliveryState.DEAD)
+    context, page = _log_in(chromium_browser, site, next_path="/deliveries?state=dead")
+    try:
+        assert page.url == site.base + "/deliveries?state=dead"
+        site.shot(page, "deliveries-dead.png")
+        site.orthanc.start()  # the destination is back
+        buttons = page.query_selector_all("button.retry")
+        assert len(buttons) == dead, page.content()
+        for _ in range(dead):
+            page.click("button.retry >> nth=0")
+            page.wait_for_load_state()
+        srs = site.orthanc.wait_for_instances(modality="SR", timeout=60)
+        assert srs
+        deadline = time.monotonic() + 60
+        while site.node.deliveries(DeliveryState.DONE) < dead:
+            assert time.monotonic() < deadline, site.node.log()
+            time.sleep(0.2)
+        page.goto(site.base + "/deliveries")
+        assert not page.query_selector_all("tr[data-state='dead']")
+        assert len(page.query_selector_all("tr[data-state='done']")) >= dead
+        site.shot(page, "deliveries-delivered.png")
     finally:
         context.close()
