@@ -43,7 +43,6 @@ import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,9 +58,10 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from node import audit as audit_log
-from node.db import AuditKind, Job, JobState, Result
+from node.db import AuditKind, JobState, Result
 from node.errors import ConfigError
 from node.priority import level_name
+from node.web import queries
 from node.web.auth import CHALLENGE, Authenticator, _dummy_hash, verify_password
 
 if TYPE_CHECKING:
@@ -225,54 +225,31 @@ class Session:
     sid: str
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
-
-
-def _duration(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds(), 3)
+def _triage(db: Database, job_ids: Sequence[int]) -> dict[int, tuple[int, int | None]]:
+    """Per job: how many result objects it made and their most urgent triage level (``Result.priority``)."""
+    if not job_ids:
+        return {}
+    with db.session() as session:
+        rows = session.execute(
+            select(Result.job_id, func.count(), func.min(Result.priority))
+            .where(Result.job_id.in_(job_ids))
+            .group_by(Result.job_id)
+        ).all()
+    return {job_id: (count, level) for job_id, count, level in rows}
 
 
 def jobs_rows(db: Database, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """The most recent jobs (newest first) as ``ainode jobs`` lists them, with times and triage (UIDs, no PHI)."""
-    with db.session() as session:
-        stmt = select(Job).order_by(Job.id.desc()).limit(limit)
-        if state:
-            stmt = stmt.where(Job.state == JobState(state))
-        jobs = session.scalars(stmt).all()
-        ids = [j.id for j in jobs]
-        triage: dict[int, int | None] = {}
-        counts: dict[int, int] = {}
-        if ids:
-            for job_id, level, count in session.execute(
-                select(Result.job_id, func.min(Result.priority), func.count())
-                .where(Result.job_id.in_(ids))
-                .group_by(Result.job_id)
-            ).all():
-                triage[job_id], counts[job_id] = level, count
-    return [
-        {
-            "id": j.id,
-            "state": j.state.value,
-            "priority": level_name(j.priority),
-            "priority_reason": j.priority_reason,
-            "pipeline": j.pipeline,
-            "study_uid": j.study_uid,
-            "series_uid": j.series_uid,
-            "created": _iso(j.created_at),
-            "started": _iso(j.started_at),
-            "finished": _iso(j.finished_at),
-            "duration_seconds": _duration(j.started_at, j.finished_at),
-            "attempts": j.attempts,
-            "summary": j.summary,
-            "error": j.error,
-            "results": counts.get(j.id, 0),
-            "triage": level_name(triage[j.id]) if triage.get(j.id) is not None else None,
-        }
-        for j in jobs
-    ]
+    """The most recent jobs (newest first), as ``ainode jobs`` lists them (:func:`node.web.queries.recent_jobs`:
+    UIDs, no patient data), with the number of result objects and the job's triage, as JSON values."""
+    records = queries.recent_jobs(db, state=state, limit=limit)
+    made = _triage(db, [r.id for r in records])
+    rows = []
+    for record in records:
+        count, level = made.get(record.id, (0, None))
+        rows.append(
+            {**queries.to_json(record), "results": count, "triage": None if level is None else level_name(level)}
+        )
+    return rows
 
 
 class AdminSite:

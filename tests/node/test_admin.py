@@ -303,7 +303,7 @@ def test_the_jobs_page_and_api_list_jobs_with_times_triage_and_findings(served: 
     jobs = session.get(base + "/api/jobs", timeout=30).json()["jobs"]
     first = next(j for j in jobs if j["study_uid"] == "1.2.3.4")
     assert first["state"] == "done" and first["triage"] == "urgent" and first["duration_seconds"] == 2.5
-    assert first["created"] == "2026-12-06T08:00:00Z" and first["summary"] == "<b>nodule</b> 0.91"
+    assert first["created_at"] == "2026-12-06T08:00:00Z" and first["summary"] == "<b>nodule</b> 0.91"
     only_failed = session.get(base + "/api/jobs?state=failed&limit=5", timeout=30).json()["jobs"]
     assert [j["study_uid"] for j in only_failed] == ["1.2.3.5"] and only_failed[0]["error"] == "bad"
     page = session.get(base + "/jobs", timeout=30).text
