@@ -13,7 +13,8 @@ patient data.
   job (pipeline, model versions, summary or error).
 * ``delivered`` / ``delivery_failed`` / ``dead_letter``: written in the
   transaction that records the delivery (destination, SOP Instance UID).
-* ``retried``: dead letters queued again by ``ainode deliveries retry``.
+* ``retried``: dead letters queued again by ``ainode deliveries retry`` or the
+  admin pages' Retry (the caller: the HTTP user, or the command's OS user).
 
 A ``received`` row is lost when the process is killed during the
 association (the count is in memory); the instances themselves keep their

@@ -9,7 +9,7 @@
     ainode echo [DEST]                C-ECHO a destination (or this node)
     ainode jobs [show ID]             recent jobs and their states; 'show' prints one job in full
     ainode deliveries [--failed]      deliveries; 'retry' re-queues dead letters, 'show ID' prints one in full
-    ainode audit [--since T] [--study UID] [--kind K]   who sent what, what ran, where results went
+    ainode audit [--since T] [--until T] [--study UID] [--kind K] [--caller AE] [--peer ADDR]   the audit log
     ainode purge [--dry-run]          remove finished studies' files by the retention policy (or list them)
     ainode models list|verify         the models, their weights and checksums
     ainode sample cxr|ct-pe|ct-lumbar --out DIR [--send AE@HOST:PORT]   a synthetic study, written and sent
@@ -355,11 +355,23 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 
     from node.audit import format_events, query
 
-    try:
-        since = datetime.fromisoformat(args.since) if args.since else None
-    except ValueError as exc:
-        raise NodeError(f"--since {args.since!r}: expected a time like 2026-11-22T10:00 (UTC)") from exc
-    events = query(_open_db(settings), since=since, study=args.study, kinds=args.kind or (), limit=args.limit)
+    moments: dict[str, datetime | None] = {}
+    for name in ("since", "until"):
+        text = getattr(args, name)
+        try:
+            moments[name] = datetime.fromisoformat(text) if text else None
+        except ValueError as exc:
+            raise NodeError(f"--{name} {text!r}: expected a time like 2026-11-22T10:00 (UTC)") from exc
+    events = query(
+        _open_db(settings),
+        since=moments["since"],
+        until=moments["until"],
+        study=args.study,
+        kinds=args.kind or (),
+        caller=args.caller,
+        peer=args.peer,
+        limit=args.limit,
+    )
     headers, rows = format_events(events)
     print(format_table(headers, rows))
     return 0
@@ -613,7 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_deliveries)
     p = sub.add_parser("audit", help="the audit log: who sent what, what ran, where results went")
     p.add_argument("--since", help="only events at or after this UTC time, e.g. 2026-11-22T10:00")
+    p.add_argument("--until", help="only events before this UTC time")
     p.add_argument("--study", help="only events of this Study Instance UID")
+    p.add_argument("--caller", help="only events of this calling AE title or HTTP user")
+    p.add_argument("--peer", help="only events from this address")
     p.add_argument(
         "--kind", action="append", choices=[k.value for k in AuditKind], help="only events of this kind (repeatable)"
     )

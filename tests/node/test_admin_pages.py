@@ -9,6 +9,7 @@ checked with and without the session's CSRF token, and on deliveries that are no
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 from collections.abc import Iterator
@@ -18,12 +19,16 @@ from typing import Any
 
 import pytest
 import requests
+from starlette.requests import Request
 
 from node.audit import query
+from node.db import Database
 from node.service import Node
 from node.settings import Settings
 from node.web import queries
+from node.web.admin import AdminSite
 from node.web.auth import hash_password
+from node.web.pages import AdminPages
 from tests.node.test_web_queries import PHI_TEXTS, Scenario, fill
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,6 +54,7 @@ class Served:
     node: Node
     scenario: Scenario
     base: str
+    site: AdminSite
 
     def browser(self) -> Client:
         """A logged-in browser (session cookie)."""
@@ -92,7 +98,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     try:
         scenario = fill(node.db, tmp / "filled")
         http.start()
-        yield Served(node, scenario, f"http://127.0.0.1:{http.port}")
+        assert http.admin is not None
+        yield Served(node, scenario, f"http://127.0.0.1:{http.port}", http.admin)
     finally:
         http.stop()
         node.db.dispose()
@@ -252,3 +259,24 @@ def test_audit_page_and_api_with_filters(served: Served) -> None:
     assert link is not None and "before=" in link.group(1)
     assert served.browser().get("/audit", params={"since": "nonsense"}).status_code == 400
     _no_phi(page.text + paged.text + str(every))
+
+
+@pytest.mark.parametrize(("path", "json"), [("/api/deliveries", True), ("/deliveries", False)])
+def test_a_failing_handler_answers_500_without_a_traceback(
+    served: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture, path: str, json: bool
+) -> None:
+    broken = Database(f"sqlite:///{tmp_path / 'no-tables.db'}")  # a database without the node's tables
+    pages = AdminPages(served.site, broken)
+    [route] = [r for r in pages.routes() if getattr(r, "path", None) == path]
+    scope = {
+        "type": "http", "method": "GET", "path": path, "query_string": b"", "headers": [],
+        "server": ("127.0.0.1", 8080), "scheme": "http", "root_path": "",
+    }  # fmt: skip
+    try:
+        answer = asyncio.run(route.endpoint(Request(scope)))  # type: ignore[attr-defined]
+    finally:
+        broken.dispose()
+    body = bytes(answer.body).decode()
+    assert answer.status_code == 500 and "Traceback" not in body and "no such table" not in body
+    assert (body == '{"error":"internal error (see the node\'s log)"}') if json else ("internal error" in body)
+    assert "Traceback" in caplog.text or any(r.exc_info for r in caplog.records)  # the log has it

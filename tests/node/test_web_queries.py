@@ -237,3 +237,35 @@ def test_models_with_their_versions_demo_flag_licence_and_checksum_state(tmp_pat
     broken = listed["broken"]
     assert (broken.weights, broken.version, broken.demo) == ("invalid", None, None) and broken.problem
     assert queries.to_json(ok)["licence"] == manifest["licence"]
+
+
+def test_the_commands_read_the_same_records(
+    tmp_path: Path, db: Database, scenario: Scenario, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import getpass
+
+    import yaml
+
+    from node.cli import main as cli_main
+
+    config = tmp_path / "cli.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(scenario.settings.data_dir), "database_url": db.url}))
+
+    def ainode(*args: str) -> str:
+        assert cli_main(["--config", str(config), *args]) == 0
+        return capsys.readouterr().out
+
+    shown = ainode("jobs", "show", str(scenario.done_job))
+    [result] = queries.job_detail(db, scenario.done_job).results
+    assert f"SR {result.sop_uid} -> pacs: dead (delivery {scenario.dead})" in shown
+    assert f"SR {result.sop_uid} -> archive: done (delivery {scenario.delivered})" in shown
+    assert "1 dead letter(s) queued for delivery again" in ainode("deliveries", "retry", str(scenario.dead))
+    [row] = queries.audit_page(db, kinds=["retried"]).events
+    assert row.calling_ae == getpass.getuser()[:16] and f"by {row.calling_ae} " in (row.message or "")
+    # ainode audit takes the pages' filters: until, caller, peer.
+    listed = ainode("audit", "--caller", "STORESCU", "--peer", "127.0.0.1")
+    assert "received" in listed and "job_done" not in listed
+    assert "job_done" in ainode("audit", "--until", "2999-01-01T00:00")
+    assert "job_done" not in ainode("audit", "--until", "2000-01-01T00:00")
+    assert cli_main(["--config", str(config), "audit", "--until", "soon"]) == 2
+    assert "--until 'soon': expected a time like 2026-11-22T10:00 (UTC)" in capsys.readouterr().err
