@@ -101,6 +101,17 @@ def _peer(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+async def _back_to_list(request: Request, delivery_id: int) -> str:
+    """The deliveries list the Retry form was on (its filters kept: the form's ``back``), saying what was retried."""
+    form = await request.form(max_files=0, max_fields=10)
+    back = form.get("back")
+    params: list[tuple[str, str]] = []
+    if isinstance(back, str) and back.startswith("/deliveries?"):
+        query = urllib.parse.parse_qsl(urllib.parse.urlsplit(back).query)
+        params = [(k, v) for k, v in query if k in ("state", "destination", "limit")]
+    return "/deliveries?" + urllib.parse.urlencode([*params, ("retried", str(delivery_id))])
+
+
 class AdminPages:
     """The pages and API of this module, rendered by ``site`` (its templates, context and audit).
 
@@ -226,6 +237,8 @@ class AdminPages:
                 "filters": filters,
                 "all_states": queries.DELIVERY_STATES,
                 "retried": int(retried) if retried and retried.isdigit() else None,
+                "back": "/deliveries?"
+                + urllib.parse.urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "retried"]),
             },
         )
 
@@ -258,7 +271,7 @@ class AdminPages:
         log.info("delivery %d to %s queued again by %s (%s)", delivery_id, record.destination, who, host)
         if wants_json(request):
             return JSONResponse({"delivery": queries.to_json(record)})
-        return RedirectResponse(f"/deliveries?retried={delivery_id}", status_code=303)
+        return RedirectResponse(await _back_to_list(request, delivery_id), status_code=303)
 
     # -- models ---------------------------------------------------------------------------------
 

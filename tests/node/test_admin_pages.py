@@ -187,8 +187,12 @@ def test_retry_of_a_dead_letter_needs_the_csrf_token_and_is_audited(served: Serv
     assert wrong.status_code == 403
     assert queries.get_delivery(db, sc.dead).state == "dead"  # nothing changed
 
-    retried = browser.post(f"/deliveries/{sc.dead}/retry", data={"csrf_token": _csrf(page.text)})
-    assert retried.status_code == 303 and retried.headers["location"] == f"/deliveries?retried={sc.dead}"
+    back = re.search(r'name="back" value="([^"]+)"', page.text)
+    assert back is not None and back.group(1) == "/deliveries?state=dead"
+    form = {"csrf_token": _csrf(page.text), "back": back.group(1)}
+    retried = browser.post(f"/deliveries/{sc.dead}/retry", data=form)
+    # Back to the list it was on, its filters kept.
+    assert retried.status_code == 303 and retried.headers["location"] == f"/deliveries?state=dead&retried={sc.dead}"
     record = queries.get_delivery(db, sc.dead)
     assert (record.state, record.attempts) == ("pending", 0)
     row = query(db, kinds=["retried"], limit=1)[0]
