@@ -50,7 +50,6 @@ import jinja2
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Match, Route
@@ -406,9 +405,11 @@ class AdminSite:
             return self._login_form(
                 request, target, error=message, status_code=429, headers={"Retry-After": str(int(wait))}
             )
-        form = await request.form(max_files=0, max_fields=10)
-        user, password = _field(form, "username"), _field(form, "password")
-        target = _local_target(_field(form, "next") or request.query_params.get("next"))
+        form = await _small_form(request)
+        if form is None:
+            return self._login_form(request, target, error="the login form is a few short fields", status_code=413)
+        user, password = form.get("username", ""), form.get("password", "")
+        target = _local_target(form.get("next") or request.query_params.get("next"))
         stored = self.users.get(user)
         ok = await run_in_threadpool(verify_password, password, stored or _dummy_hash())
         if not ok or stored is None:
@@ -501,9 +502,18 @@ class AdminSite:
 _STATES = tuple(s.value for s in JobState)
 
 
-def _field(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
+async def _small_form(request: Request) -> dict[str, str] | None:
+    """The first value of each field of a URL-encoded form body of at most 64 KiB; None when it is larger."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM:
+            return None
+    try:
+        fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=20)
+    except ValueError:  # more fields than a login form has
+        return None
+    return {name: values[0] for name, values in fields.items() if values}
 
 
 # -- the guard -------------------------------------------------------------------------------
@@ -548,8 +558,12 @@ class AdminGuard:
             return
         path, method = scope["path"], scope["method"]
         request = Request(scope)
-        if path == "/login" and method == "POST" and not self._same_origin(request):
-            await self._refuse(scope, receive, send, 403, None, "the login form was sent from another site")
+        if method not in _SAFE_METHODS and not self._same_origin(request):
+            # A page of another site making the browser post here (with its cookie, or Basic credentials the
+            # browser remembers): refused whatever the credentials; scripts send no Origin.
+            await self._refuse(
+                scope, receive, send, 403, None, "the request came from another site (Origin or Referer)"
+            )
             return
         if self._passes(scope):
             await self.app(scope, receive, send)
@@ -580,11 +594,6 @@ class AdminGuard:
         scope[_USER_KEY] = session.user
         scope[_SESSION_KEY] = session
         if method not in _SAFE_METHODS:
-            if not self._same_origin(request):
-                await self._refuse(
-                    scope, receive, send, 403, session.user, "the request came from another site (Origin or Referer)"
-                )
-                return
             ok, receive = await self._csrf_ok(scope, receive, session)
             if not ok:
                 await self._refuse(
@@ -625,7 +634,10 @@ class AdminGuard:
                 return False, receive
             if not message.get("more_body", False):
                 break
-        values = urllib.parse.parse_qs(body.decode("latin-1"), max_num_fields=50).get(CSRF_FIELD, [])
+        try:
+            values = urllib.parse.parse_qs(body.decode("latin-1"), max_num_fields=50).get(CSRF_FIELD, [])
+        except ValueError:  # more fields than an admin form has
+            values = []
 
         async def replay() -> Message:
             return messages.pop(0) if messages else await receive()

@@ -165,7 +165,12 @@ def test_an_action_needs_the_sessions_csrf_token(served: tuple[Node, HttpServer,
     api = session.post(base + "/logout", headers={"Accept": "application/json"}, allow_redirects=False, timeout=30)
     assert api.status_code == 403 and "CSRF" in api.json()["error"]
     assert len(_refusals(node, "403 POST /logout: the CSRF token is missing or wrong")) >= 4
-    # The right token from another site's page is refused too.
+    # The right token from another site's page is refused too; the form's many fields are no way around it.
+    crowded = session.post(
+        base + "/logout", data={**{f"f{i}": "1" for i in range(60)}, "csrf_token": token}, allow_redirects=False,
+        timeout=30,
+    )  # fmt: skip
+    assert crowded.status_code == 403
     other = session.post(
         base + "/logout",
         data={"csrf_token": token},
@@ -175,6 +180,38 @@ def test_an_action_needs_the_sessions_csrf_token(served: tuple[Node, HttpServer,
     )
     assert other.status_code == 403 and "another site" in other.text
     assert session.get(base + "/api/jobs", timeout=30).status_code == 200  # still logged in
+
+
+def test_posts_from_another_sites_page_are_refused_whatever_the_credentials(
+    served: tuple[Node, HttpServer, str],
+) -> None:
+    node, _, base = served
+    evil = {"Origin": "http://evil.example"}
+    login = requests.post(
+        base + "/login", data={"username": "admin", "password": PASSWORD}, headers=evil, allow_redirects=False,
+        timeout=30,
+    )  # fmt: skip
+    assert login.status_code == 403 and "set-cookie" not in login.headers
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    for path in ("/logout", "/api/pull"):  # a remembered Basic user or token is no excuse either
+        answer = requests.post(base + path, headers={**bearer, **evil}, allow_redirects=False, timeout=30)
+        assert answer.status_code == 403 and "another site" in answer.text
+    referer = {"Referer": "http://evil.example/page.html"}
+    assert requests.post(base + "/logout", headers={**bearer, **referer}, timeout=30).status_code == 403
+    same = {"Origin": base}
+    assert (
+        requests.post(base + "/logout", headers={**bearer, **same}, allow_redirects=False, timeout=30).status_code
+        == 303
+    )
+    assert _refusals(node, "403 POST /login: the request came from another site")
+
+
+def test_a_login_body_beyond_a_form_is_refused(served: tuple[Node, HttpServer, str]) -> None:
+    _, _, base = served
+    big = requests.post(base + "/login", data={"username": "admin", "password": "x" * 70_000}, timeout=30)
+    assert big.status_code == 413 and "Traceback" not in big.text
+    many = requests.post(base + "/login", data={f"f{i}": "1" for i in range(30)}, timeout=30)
+    assert many.status_code == 413
 
 
 def test_logout_with_the_token_ends_the_session_even_for_a_copied_cookie(served: tuple[Node, HttpServer, str]) -> None:
