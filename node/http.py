@@ -25,6 +25,9 @@ and the log has the traceback.
     STOW-RS intake (:mod:`node.web.stow`).
 ``POST /api/pull``
     Pull a study or series from a configured source (:mod:`node.web.pull`).
+``/``, ``/login``, ``/jobs``, ``/deliveries``, ``/models``, ``/audit``, ``/api/...``
+    The admin pages and their JSON API (:mod:`node.web.admin`, :mod:`node.web.pages`): a login
+    session of the ``http_users`` (CSRF-checked actions) or a token or user per request.
 
 The metrics (:mod:`node.metrics`, written by ``prometheus-client``) are listed
 in the README ("Monitoring"); a test checks the exposition against that list.
@@ -315,10 +318,11 @@ class HttpServer:
         if not self._server.started:
             raise OSError(f"the HTTP server did not start on {self.host}:{self.port} (see the log)")
         log.info(
-            "HTTP endpoint on %s://%s:%d (/healthz, /readyz, /metrics, STOW-RS /dicomweb/studies, /api/pull)",
+            "HTTP endpoint on %s://%s:%d (/healthz, /readyz, /metrics, STOW-RS /dicomweb/studies, /api/pull%s)",
             self.scheme,
             self.host,
             self.port,
+            ", admin pages /jobs" if self.admin is not None else "",
         )
 
     def stop(self) -> None:
