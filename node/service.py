@@ -28,7 +28,7 @@ from node.errors import ModelUnavailable
 from node.http import HttpServer, ReadinessProbe
 from node.idempotency import analysis_keys
 from node.metrics import Metrics, StoreGauges
-from node.pipelines import PIPELINE_MODELS
+from node.pipelines import PIPELINE_MODELS, pipeline_models
 from node.pipelines.registry import build_pipeline
 from node.priority import PriorityPolicy
 from node.pull import Puller, ReceiverIntake, load_puller
@@ -282,7 +282,7 @@ class Node:
     def admin_site(self, auth: Authenticator, *, secure: bool) -> AdminSite:
         """The admin pages of the HTTP server (sessions of ``http_users``, DEMO banner of the loaded models)."""
         settings = self.settings
-        loaded = {name for pipeline in self.models.enabled for name in PIPELINE_MODELS.get(pipeline, ())}
+        loaded = {name for pipeline in self.models.enabled for name in pipeline_models(settings, pipeline)}
         demo = sorted(m.name for m in self.models.registry.manifests() if m.demo and m.name in loaded)
         viewer = settings.viewer.url or f"http://{settings.viewer.host}:{settings.viewer.port}"
         site = AdminSite(

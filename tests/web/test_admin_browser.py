@@ -174,3 +174,30 @@ def test_retry_a_dead_letter_from_the_deliveries_page_and_see_it_delivered(chrom
         site.shot(page, "deliveries-delivered.png")
     finally:
         context.close()
+
+
+def test_every_page_opens_from_the_navigation_with_the_demo_banner(chromium_browser: Any, site: Site) -> None:
+    site.store_radiograph()
+    site.node.wait_jobs(1, timeout=120)
+    context = chromium_browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(site.base + "/login")
+        site.shot(page, "login.png")
+        page.fill("#username", "admin")
+        page.fill("#password", PASSWORD)
+        page.click("#login")
+        page.wait_for_load_state()
+        # The full models include demonstration models (the chest findings, the CT ones): every page names them.
+        assert "cxr-findings" in page.inner_text("#demo-banner") and "ct-pe" in page.inner_text("#demo-banner")
+        page.click("#jobs a[href^='/jobs/']")
+        page.wait_for_load_state()
+        assert page.inner_text("h1").startswith("Job ")
+        site.shot(page, "job.png")
+        for label, heading, name in [("Models", "Models", "models.png"), ("Audit", "Audit log", "audit.png")]:
+            page.click(f"header nav >> text={label}")
+            page.wait_for_load_state()
+            assert page.inner_text("h1") == heading and "DEMO" in page.inner_text("#demo-banner")
+            site.shot(page, name)
+    finally:
+        context.close()
