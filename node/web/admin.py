@@ -396,6 +396,8 @@ class AdminSite:
     async def _login(self, request: Request) -> Response:
         target = _local_target(request.query_params.get("next"))
         if request.method == "GET":
+            if self.read_session(request.cookies.get(COOKIE)) is not None:  # logged in already: on to the page
+                return RedirectResponse(target, status_code=303)
             return self._login_form(request, target)
         host = _peer(request.scope)
         wait = self.limiter.blocked_for(host)

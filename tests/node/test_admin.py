@@ -95,6 +95,8 @@ def test_login_sets_a_session_cookie_with_its_flags_and_opens_the_pages(served: 
     assert '<span id="user">admin</span>' in page.text and 'action="/logout"' in page.text
     assert session.get(base + "/api/jobs", timeout=30).json() == {"jobs": []}
     assert session.get(base + "/", allow_redirects=False, timeout=30).headers["location"] == "/jobs"
+    again = session.get(base + "/login?next=/audit", allow_redirects=False, timeout=30)  # logged in already
+    assert again.status_code == 303 and again.headers["location"] == "/audit"
 
 
 @pytest.mark.parametrize(("user", "password"), [("admin", "wrong password"), ("nobody", PASSWORD)])
