@@ -284,7 +284,10 @@ class Node:
         settings = self.settings
         loaded = {name for pipeline in self.models.enabled for name in pipeline_models(settings, pipeline)}
         demo = sorted(m.name for m in self.models.registry.manifests() if m.demo and m.name in loaded)
-        viewer = settings.viewer.url or f"http://{settings.viewer.host}:{settings.viewer.port}"
+        from node.viewer import base_url
+
+        # ainode viewer serves HTTPS with the node's http_tls certificate: its links then say https.
+        viewer = base_url(settings.viewer, "https" if settings.http_tls is not None else "http")
         site = AdminSite(
             auth,
             {u.name: u.password_hash for u in settings.http_users},
