@@ -3,8 +3,9 @@ refused logins and actions, retry a dead letter and see it delivered.
 
 The node's one destination is an Orthanc that is not running at first (its port chosen, nobody listening), with
 two delivery attempts: the radiograph's results become dead letters. The retry test starts that Orthanc and
-retries from the deliveries page. Screenshots of each page go to ``admin-screenshots`` in pytest's base
-temporary folder.
+retries from the deliveries page. The node serves HTTPS (``http_tls``, a self-signed certificate the browser is
+told to accept), as the README asks of admin pages reachable from other hosts. Screenshots of each page go to
+``admin-screenshots`` in pytest's base temporary folder.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from node.db import DeliveryState
 from node.web.admin import COOKIE
 from node.web.auth import hash_password
 from tests.helpers import OrthancServer, rg1_uncr_path
+from tests.helpers.certs import self_signed_certificate
 from tests.helpers.dicom_tools import storescu
 from tests.helpers.ports import free_port
 from tests.integration.nodeproc import NodeProcess
@@ -48,6 +50,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     work = tmp_path_factory.mktemp("admin-browser")
     orthanc = OrthancServer(work / "orthanc")  # its ports chosen now; started by the retry test
     http_port = free_port()
+    certificate, key = self_signed_certificate(work)
     node = NodeProcess(
         work / "node",
         full_models=True,
@@ -58,6 +61,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         quiet_period={"default": 0.5, "CR": 0.5, "DX": 0.5},
         http_port=http_port,
         http_users=[{"name": "admin", "password_hash": hash_password(PASSWORD)}],
+        http_tls={"certificate": str(certificate), "private_key": str(key)},
     ).start()
     stored: list[bool] = []
 
@@ -70,7 +74,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     shots = tmp_path_factory.getbasetemp() / "admin-screenshots"
     shots.mkdir(exist_ok=True)
     try:
-        yield Site(node, f"http://127.0.0.1:{http_port}", orthanc, shots, store_radiograph)
+        yield Site(node, f"https://127.0.0.1:{http_port}", orthanc, shots, store_radiograph)
     finally:
         node.stop()
         orthanc.stop()
@@ -79,7 +83,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def _log_in(browser: Any, site: Site, password: str = PASSWORD, next_path: str = "/jobs") -> tuple[Any, Any]:
     """A new browser context on ``next_path``, through the login form; (context, page)."""
-    context = browser.new_context()
+    context = browser.new_context(ignore_https_errors=True)
     page = context.new_page()
     page.goto(site.base + next_path)
     assert page.url.startswith(site.base + "/login?next=")  # no session: the guard sends the browser to the form
@@ -125,7 +129,7 @@ def test_an_action_without_the_csrf_token_is_refused(chromium_browser: Any, site
     context, page = _log_in(chromium_browser, site)
     try:
         cookie = next(c for c in context.cookies() if c["name"] == COOKIE)
-        assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["secure"]  # HTTPS: http_tls
         # A script of the page posting without the token (as a forged form would): refused, still logged in.
         status = page.evaluate("async () => (await fetch('/logout', {method: 'POST'})).status")
         assert status == 403
@@ -179,7 +183,7 @@ def test_retry_a_dead_letter_from_the_deliveries_page_and_see_it_delivered(chrom
 def test_every_page_opens_from_the_navigation_with_the_demo_banner(chromium_browser: Any, site: Site) -> None:
     site.store_radiograph()
     site.node.wait_jobs(1, timeout=120)
-    context = chromium_browser.new_context()
+    context = chromium_browser.new_context(ignore_https_errors=True)
     page = context.new_page()
     try:
         page.goto(site.base + "/login")
