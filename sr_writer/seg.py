@@ -14,6 +14,10 @@ subcutaneous fat      Tissue                     Subcutaneous tissue (SCT 719660
 visceral fat          Tissue                     Fat (SCT 55603005)                   Internal (CID 2)
 ====================  =========================  ===================================  =================
 
+Each segment carries a Recommended Display CIELab Value (PS3.3 C.8.20.2: :data:`COLOURS`, muscle red,
+subcutaneous fat green, visceral fat yellow), so viewers draw the three tissues the same way everywhere; without
+it OHIF v3 warns "RecommendedDisplayCIELabValue not found" each time the segmentation is opened.
+
 Visceral fat is encoded as in the body-composition SR (:mod:`sr_writer.ct_sr`), whose finding
 site is Fat with the topographical modifier Internal: PS3.16 has no visceral adipose tissue.
 
@@ -46,7 +50,7 @@ from sr_writer.ct_sr import HU_RANGES
 from sr_writer.errors import InvalidResultError
 from sr_writer.uids import new_uid
 
-__all__ = ["REGION", "SERIES_DESCRIPTION", "TISSUES", "build_tissue_segmentation"]
+__all__ = ["COLOURS", "REGION", "SERIES_DESCRIPTION", "TISSUES", "build_tissue_segmentation"]
 
 #: Series Description (0008,103E) of the segmentation unless :class:`~sr_writer.common.SeriesParams` gives one.
 SERIES_DESCRIPTION = "AI body composition (L3)"
@@ -56,6 +60,13 @@ TISSUES: dict[str, tuple[str, str, str | None, str]] = {
     "muscle": ("skeletal muscle", "muscle", None, "muscle"),
     "subcutaneous_fat": ("subcutaneous fat", "subcutaneous_tissue", None, "fat"),
     "visceral_fat": ("visceral fat", "fat", "internal", "fat"),
+}
+
+#: Display colour (sRGB) of each segment, written as its Recommended Display CIELab Value (0062,000D).
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "muscle": (221, 84, 84),
+    "subcutaneous_fat": (77, 228, 121),
+    "visceral_fat": (240, 200, 60),
 }
 
 #: Anatomic region of every segment: the slice is an abdominal CT slice at L3.
@@ -131,6 +142,7 @@ def build_tissue_segmentation(
                 parameters={"HU range": f"{low} to {high}", "mask": key},
             ),
             anatomic_regions=[code(REGION)],
+            display_color=hd.color.CIELabColor.from_rgb(*COLOURS[key]),
         )
         if modifier_key is not None:
             # Segmented Property Type Modifier Code Sequence (0062,0011); highdicom takes no modifier.
