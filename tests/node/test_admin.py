@@ -9,6 +9,7 @@ import base64
 import contextlib
 import importlib.resources
 import stat
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -294,6 +295,22 @@ def test_a_deleted_secret_logs_everybody_out(tmp_path: Path) -> None:
     (tmp_path / SECRET_FILE).write_text("short\n")
     with pytest.raises(Exception, match="shorter than 32 characters: delete it"):
         AdminSite(Authenticator([], users), users, tmp_path)
+
+
+def test_a_session_ends_session_hours_after_its_login_and_with_its_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = {"admin": hash_password(PASSWORD), "other": hash_password(PASSWORD)}
+    site = AdminSite(Authenticator([], users), users, tmp_path, session_hours=2)
+    _, cookie = site.new_session("admin")
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 2 * 3600 - 60)  # the signer's clock
+    assert site.read_session(cookie) is not None
+    monkeypatch.setattr(time, "time", lambda: now + 2 * 3600 + 60)
+    assert site.read_session(cookie) is None
+    monkeypatch.undo()
+    gone = AdminSite(Authenticator([], users), {"other": users["other"]}, tmp_path)  # admin left http_users
+    assert gone.read_session(cookie) is None and site.read_session(cookie) is not None
 
 
 @contextlib.contextmanager
