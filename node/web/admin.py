@@ -15,7 +15,8 @@ Sessions
     survive a restart; deleting the file logs everybody out). It holds the user name, the login time and
     the session's CSRF token, is ``HttpOnly``, ``SameSite=Lax``, ``Secure`` when the server is HTTPS, and
     ends ``web.session_hours`` after the login. A session also ends when its user leaves ``http_users`` or
-    gets a new password hash, and at ``POST /logout``.
+    gets a new password hash, and at ``POST /logout`` (recorded in ``data_dir/web-logouts.json``: a copy of
+    the cookie stays refused after a restart).
 
 CSRF
     A ``POST``/``PUT``/``PATCH``/``DELETE`` authenticated by the session cookie must carry the session's
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -82,6 +84,8 @@ __all__ = [
 log = logging.getLogger("ainode.web")
 
 SECRET_FILE = "web-secret"
+#: Sessions ended by a logout before their time (``{session id: end, Unix time}``): refused after a restart too.
+REVOKED_FILE = "web-logouts.json"
 COOKIE = "ainode_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
@@ -297,7 +301,8 @@ class AdminSite:
         self.viewer_url = viewer_url
         self.limiter = login_limiter or LoginLimiter()
         self._serializer = URLSafeTimedSerializer(load_secret(data_dir), salt="ainode-session")
-        self._revoked: dict[str, float] = {}  # session id -> when it would have expired (monotonic)
+        self._revoked_path = data_dir / REVOKED_FILE
+        self._revoked = self._load_revoked()  # session id -> when it would have ended anyway (Unix time)
         self._lock = threading.Lock()
         self.templates = Jinja2Templates(
             env=jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir()), autoescape=True)
@@ -335,10 +340,37 @@ class AdminSite:
         return Session(user, float(data.get("t", 0)), str(data.get("c", "")), str(sid))  # type: ignore[arg-type]
 
     def revoke(self, session: Session) -> None:
-        now = time.monotonic()
+        """End ``session`` before its time (logout), also after a restart (recorded in the data directory)."""
+        now = time.time()
         with self._lock:
             self._revoked = {k: v for k, v in self._revoked.items() if v > now}
-            self._revoked[session.sid] = now + self.max_age
+            self._revoked[session.sid] = session.login_time + self.max_age
+            revoked = dict(self._revoked)
+        tmp = self._revoked_path.with_name(self._revoked_path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(revoked, fh)
+            os.replace(tmp, self._revoked_path)
+        except OSError as exc:  # the logout still holds until a restart
+            log.warning("cannot record the logout in %s: %s", self._revoked_path, exc.strerror or exc)
+
+    def _load_revoked(self) -> dict[str, float]:
+        try:
+            data = json.loads(self._revoked_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "cannot read the logouts in %s (%s): sessions logged out before are valid again",
+                self._revoked_path,
+                exc,
+            )
+            return {}
+        now = time.time()
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float) and v > now}
 
     def set_cookie(self, response: Response, value: str) -> None:
         response.set_cookie(

@@ -24,7 +24,7 @@ from node.db import AuditKind, Job, JobState, Result
 from node.http import HttpServer
 from node.service import Node
 from node.settings import Settings
-from node.web.admin import COOKIE, SECRET_FILE, AdminSite, LoginLimiter, _local_target
+from node.web.admin import COOKIE, REVOKED_FILE, SECRET_FILE, AdminSite, LoginLimiter, _local_target
 from node.web.auth import Authenticator, hash_password
 
 TOKEN = "admin-test-token-0123456789abcdef"
@@ -218,7 +218,7 @@ def test_a_login_body_beyond_a_form_is_refused(served: tuple[Node, HttpServer, s
 
 
 def test_logout_with_the_token_ends_the_session_even_for_a_copied_cookie(served: tuple[Node, HttpServer, str]) -> None:
-    _, http, base = served
+    node, http, base = served
     session, _ = _login(base)
     copied = session.cookies.get(COOKIE)
     token = _csrf(_site(http), session)
@@ -227,6 +227,10 @@ def test_logout_with_the_token_ends_the_session_even_for_a_copied_cookie(served:
     assert COOKIE + '=""' in out.headers["set-cookie"] or "Max-Age=0" in out.headers["set-cookie"]
     again = requests.get(base + "/jobs", cookies={COOKIE: copied}, allow_redirects=False, timeout=30)
     assert again.status_code == 303 and again.headers["location"].startswith("/login")
+    site = _site(http)
+    restarted = AdminSite(site.auth, site.users, node.settings.data_dir)  # the logout outlives a restart
+    assert restarted.read_session(copied) is None
+    assert stat.S_IMODE((node.settings.data_dir / REVOKED_FILE).stat().st_mode) == 0o600
     # The header form of the token works as well.
     session, _ = _login(base)
     token = _csrf(_site(http), session)
