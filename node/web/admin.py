@@ -406,7 +406,7 @@ class AdminSite:
         response = self.templates.TemplateResponse(
             request, template, {**self.context(request), **(context or {})}, status_code=status_code
         )
-        response.headers["Cache-Control"] = "no-store"
+        _page_headers(response)
         return response
 
     def routes(self, wrap: Callable[[Endpoint], Endpoint] = lambda handler: handler) -> list[BaseRoute]:
@@ -484,7 +484,7 @@ class AdminSite:
             },
             status_code=status_code,
         )
-        response.headers["Cache-Control"] = "no-store"
+        _page_headers(response)
         for key, value in (headers or {}).items():
             response.headers[key] = value
         return response
@@ -551,6 +551,22 @@ async def _small_form(request: Request) -> dict[str, str] | None:
 
 
 # -- the guard -------------------------------------------------------------------------------
+
+
+#: Headers of every admin page: never cached (patient UIDs, a CSRF token), never framed by another site (a Retry
+#: button under a decoy), forms only to this server, no guessing of content types, no page address to other sites.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def _page_headers(response: Response) -> None:
+    for key, value in PAGE_HEADERS.items():
+        response.headers[key] = value
 
 
 def _json(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -694,4 +710,5 @@ class AdminGuard:
                 request, "error.html", {"status": status, "message": message, "demo": self.site.demo_models},
                 status_code=status, headers=headers,
             )  # fmt: skip
+            _page_headers(response)
         await response(scope, receive, send)

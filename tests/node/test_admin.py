@@ -93,6 +93,11 @@ def test_login_sets_a_session_cookie_with_its_flags_and_opens_the_pages(served: 
     assert flags["max-age"] == "Max-Age=28800"  # web.session_hours: 8
     page = session.get(base + "/jobs", timeout=30)
     assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
+    assert (
+        page.headers["x-frame-options"] == "DENY"
+        and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    )
+    assert requests.get(base + "/login", timeout=30).headers["x-frame-options"] == "DENY"
     assert '<span id="user">admin</span>' in page.text and 'action="/logout"' in page.text
     assert session.get(base + "/api/jobs", timeout=30).json() == {"jobs": []}
     assert session.get(base + "/", allow_redirects=False, timeout=30).headers["location"] == "/jobs"
