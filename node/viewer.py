@@ -27,17 +27,14 @@ import functools
 import json
 import logging
 import mimetypes
-import socket
 import ssl
 import threading
-import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -46,6 +43,7 @@ from starlette.routing import Route
 
 from node import tls
 from node.errors import ConfigError
+from node.serving import UvicornThread
 
 if TYPE_CHECKING:
     from node.settings import Settings, ViewerDicomWebSettings, ViewerSettings
@@ -394,76 +392,42 @@ class ViewerServer:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.dist = dist
-        self.host = host
-        self.ssl_context = ssl_context
         self.proxy = DicomWebProxy(dicomweb)
         self.app = viewer_app(dist, self.proxy)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._socket.bind((host, port))
-            self._socket.listen(128)
+            self._serving = UvicornThread(
+                self.app, host, port, ssl_context=ssl_context, name="ainode-viewer", lifespan="on"
+            )
         except OSError as exc:
-            self._socket.close()
             raise ConfigError(
                 f"viewer: cannot listen on {host}:{port}: {exc.strerror or exc} (set viewer.port or viewer.host)"
             ) from exc
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return int(self._socket.getsockname()[1])
+        return self._serving.port
 
     @property
     def alive(self) -> bool:
         """Whether the server thread still serves."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._serving.alive
 
     @property
     def url(self) -> str:
         """``http(s)://host:port`` of the listening socket."""
-        scheme = "https" if self.ssl_context is not None else "http"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
+        return self._serving.url
 
     def start(self) -> ViewerServer:
         """Serve on a background thread; returns once the server accepts requests."""
-        context = self.ssl_context
-        config = uvicorn.Config(
-            self.app,
-            http="h11",
-            ws="none",
-            lifespan="on",
-            loop="asyncio",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=5,
-            ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
-        )
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop lines: ours say it
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, name="ainode-viewer", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not self._server.started:
-            raise ConfigError(f"viewer: the server did not start on {self.host}:{self.port} (see the log)")
+        try:
+            self._serving.start()
+        except OSError as exc:
+            raise ConfigError(str(exc)) from exc
         return self
 
     def stop(self) -> None:
         """Stop serving (open answers get a few seconds to finish) and close the port."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-            self._thread = None
-        self._socket.close()
+        self._serving.stop()
 
 
 def run(settings: Settings, stop: threading.Event) -> int:
