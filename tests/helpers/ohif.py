@@ -1,53 +1,43 @@
-"""The OHIF v3 viewer for browser tests: its static build served with a DICOMweb proxy.
+"""The OHIF v3 viewer for browser tests: ``ainode viewer``'s server (:mod:`node.viewer`) and a browser on it.
 
 ``scripts/ohif.sh`` (run by ``bash scripts/dev.sh test``) unpacks the pinned ``@ohif/app`` build into
-``.cache/ohif/dist``. :class:`OhifServer` serves that folder on a free loopback port as OHIF expects
-(a single-page app: any path that is not a file is ``index.html``), answers ``/app-config.js`` with a
-configuration whose one data source is ``/dicom-web`` on the same origin, and forwards ``/dicom-web/...``
-to a DICOMweb server (Orthanc's plugin), so the browser needs no CORS.
+``.cache/ohif/dist``. :class:`OhifServer` runs the product's :class:`node.viewer.ViewerServer` on a free
+loopback port with that build, its ``/dicom-web`` forwarded to a test's DICOMweb server (Orthanc's plugin);
+:class:`OhifBrowser` drives Debian's Chromium on it with Playwright.
 """
 
 from __future__ import annotations
 
-import http.server
-import json
-import mimetypes
+import contextlib
+import io
 import os
+import re
 import shutil
-import threading
 import time
-import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-import requests
+from node.settings import ViewerDicomWebSettings
+from node.viewer import DEFAULT_OHIF_DIR, STAMP, ViewerServer
+from node.web.pages import viewer_link
 
-from .externals import require_integration
-from .ports import free_port
-from .radiographs import repo_root
-
-__all__ = ["OhifBrowser", "OhifServer", "SrView", "app_config", "chromium_path", "ohif_dist", "require_viewer"]
-
-_STAMP = ".ainode-ohif"
-#: Headers of a DICOMweb answer passed on to the browser (hop-by-hop headers and the length, which
-#: the proxy sets itself, are left out).
-_PASSED_HEADERS = ("content-type", "etag", "last-modified", "cache-control")
-#: Request headers forwarded to the DICOMweb server.
-_FORWARDED_HEADERS = ("accept", "range", "if-none-match", "if-modified-since")
-
-mimetypes.add_type("application/wasm", ".wasm")
-mimetypes.add_type("text/javascript", ".js")
-mimetypes.add_type("text/javascript", ".mjs")
+__all__ = ["OhifBrowser", "OhifServer", "SegView", "SrView", "chromium_path", "ohif_dist", "require_viewer"]
 
 
 def ohif_dist() -> Path | None:
-    """The unpacked OHIF build (``.cache/ohif/dist`` with the stamp of ``scripts/ohif.sh``), or None."""
-    dist = repo_root() / ".cache" / "ohif" / "dist"
-    if (dist / _STAMP).is_file() and (dist / "index.html").is_file():
-        return dist
+    """The build ``scripts/ohif.sh`` unpacked (``.cache/ohif/dist`` with its stamp), or None."""
+    if (DEFAULT_OHIF_DIR / STAMP).is_file() and (DEFAULT_OHIF_DIR / "index.html").is_file():
+        return DEFAULT_OHIF_DIR
     return None
+
+
+def _png(data: bytes) -> Any:
+    """A PNG screenshot as an RGB image (Pillow)."""
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def chromium_path() -> str | None:
@@ -59,147 +49,18 @@ def chromium_path() -> str | None:
 
 
 def require_viewer() -> tuple[Path, str]:
-    """The OHIF build and the Chromium binary; skip the test when one is missing, except under CI.
+    """The OHIF build and the Chromium binary; skip the test when one is missing, except under CI
+    (:func:`tests.helpers.browser.require_chromium`)."""
+    from .browser import require_chromium
 
-    ``bash scripts/dev.sh test`` installs both (and CI runs that command), so under CI (``CI`` set) a
-    missing piece fails the test instead of skipping it.
-    """
-    require_integration("Chromium")
-    dist, chromium = ohif_dist(), chromium_path()
-    missing = []
-    if dist is None:
-        missing.append("the OHIF build (bash scripts/ohif.sh)")
-    if chromium is None:
-        missing.append("Debian's chromium (apt-get install chromium)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing.append("the playwright Python package (test extra)")
-    if missing:
-        message = "viewer test needs " + ", ".join(missing) + "; bash scripts/dev.sh test installs them"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    assert dist is not None and chromium is not None
+    dist = ohif_dist()
+    chromium = require_chromium("viewer test", [] if dist is not None else ["the OHIF build (bash scripts/ohif.sh)"])
+    assert dist is not None
     return dist, chromium
 
 
-def app_config(dicomweb_root: str = "/dicom-web") -> str:
-    """OHIF's ``app-config.js``: one DICOMweb data source at ``dicomweb_root``, set for Orthanc's plugin.
-
-    Orthanc's DICOMweb plugin has no ``includefield`` in QIDO-RS and no static WADO layout; its multipart
-    answers want unquoted types (``omitQuotationForMultipartRequest``).
-    """
-    source = {
-        "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
-        "sourceName": "dicomweb",
-        "configuration": {
-            "friendlyName": "ainode test DICOMweb",
-            "name": "dicomweb",
-            "wadoUriRoot": dicomweb_root,
-            "qidoRoot": dicomweb_root,
-            "wadoRoot": dicomweb_root,
-            "qidoSupportsIncludeField": False,
-            "imageRendering": "wadors",
-            "thumbnailRendering": "wadors",
-            "enableStudyLazyLoad": True,
-            "supportsFuzzyMatching": False,
-            "supportsWildcard": True,
-            "staticWado": False,
-            "singlepart": "bulkdata,video,pdf",
-            "omitQuotationForMultipartRequest": True,
-            "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
-        },
-    }
-    config = {
-        "routerBasename": "/",
-        "extensions": [],
-        "modes": [],
-        "customizationService": {},
-        "showStudyList": True,
-        "maxNumberOfWebWorkers": 2,
-        "showWarningMessageForCrossOrigin": False,
-        "showCPUFallbackMessage": False,
-        "showLoadingIndicator": True,
-        "strictZSpacingForVolumeViewport": True,
-        "investigationalUseDialog": {"option": "never"},
-        "defaultDataSourceName": "dicomweb",
-        "dataSources": [source],
-    }
-    return f"window.config = {json.dumps(config, indent=2)};\n"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        self.server.requests.append(self.requestline)
-
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
-        self._answer(head=True)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        self._answer(head=False)
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def _answer(self, head: bool) -> None:
-        path = urllib.parse.urlsplit(self.path).path
-        if path == "/dicom-web" or path.startswith("/dicom-web/"):
-            self._proxy(head)
-            return
-        if path == "/app-config.js":
-            self._send(200, self.server.config.encode(), {"Content-Type": "text/javascript"}, head)
-            return
-        self._static(urllib.parse.unquote(path), head)
-
-    def _static(self, path: str, head: bool) -> None:
-        dist = self.server.dist
-        target = (dist / path.lstrip("/")).resolve()
-        if not target.is_relative_to(dist) or not target.is_file():
-            # A route of the single-page app (/viewer, /segmentation...) or a missing file: index.html,
-            # except for names with a file extension, which are missing files.
-            if "." in path.rsplit("/", 1)[-1]:
-                self._send(404, b"not found", {"Content-Type": "text/plain"}, head)
-                return
-            target = dist / "index.html"
-        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        self._send(200, target.read_bytes(), {"Content-Type": kind, "Cache-Control": "no-cache"}, head)
-
-    def _proxy(self, head: bool) -> None:
-        url = self.server.dicomweb_url + self.path[len("/dicom-web") :]
-        headers = {k: v for k, v in self.headers.items() if k.lower() in _FORWARDED_HEADERS}
-        try:
-            answer = self.server.session.request("HEAD" if head else "GET", url, headers=headers, timeout=60)
-        except requests.RequestException as error:
-            self._send(502, str(error).encode(), {"Content-Type": "text/plain"}, head)
-            return
-        passed = {k: v for k, v in answer.headers.items() if k.lower() in _PASSED_HEADERS}
-        self._send(answer.status_code, answer.content, passed, head)
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, port: int, dist: Path, dicomweb_url: str, config: str) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.dist = dist.resolve()
-        self.dicomweb_url = dicomweb_url.rstrip("/")
-        self.config = config
-        self.session = requests.Session()
-        self.requests: list[str] = []
-
-
 class OhifServer:
-    """The OHIF build on ``http://127.0.0.1:PORT``, its ``/dicom-web`` forwarded to ``dicomweb_url``.
+    """``ainode viewer``'s server on ``http://127.0.0.1:PORT``, its ``/dicom-web`` forwarded to ``dicomweb_url``.
 
     Parameters
     ----------
@@ -212,43 +73,32 @@ class OhifServer:
     def __init__(self, dist: Path, dicomweb_url: str) -> None:
         self.dist = dist
         self.dicomweb_url = dicomweb_url
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ViewerServer | None = None
         self.url = ""
 
     def start(self) -> OhifServer:
         """Bind a free port and serve in a background thread."""
-        self._server = _Server(free_port(), self.dist, self.dicomweb_url, app_config())
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ohif-server", daemon=True)
-        self._thread.start()
+        self._server = ViewerServer(self.dist, ViewerDicomWebSettings(url=self.dicomweb_url)).start()
+        self.url = self._server.url
         return self
 
     def stop(self) -> None:
         """Stop serving and close the port."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server.session.close()
+            self._server.stop()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
 
     def point_at(self, dicomweb_url: str) -> None:
         """Forward ``/dicom-web`` to another DICOMweb root from now on (one viewer, one PACS per test module)."""
         self.dicomweb_url = dicomweb_url
         if self._server is not None:
-            self._server.dicomweb_url = dicomweb_url.rstrip("/")
-
-    @property
-    def requests(self) -> list[str]:
-        """The request lines served so far (for failure messages)."""
-        return list(self._server.requests) if self._server is not None else []
+            self._server.proxy.point_at(dicomweb_url)
 
     def viewer_url(self, study_uid: str) -> str:
-        """The viewer route that opens one study."""
-        return f"{self.url}/viewer?StudyInstanceUIDs={urllib.parse.quote(study_uid)}"
+        """The viewer route that opens one study: the admin pages' link (:func:`node.web.pages.viewer_link`)."""
+        link = viewer_link(self.url, study_uid)
+        assert link is not None
+        return link
 
 
 #: Chromium's switches for a headless run on a machine without network: no sandbox (root), none of the
@@ -281,6 +131,54 @@ _ANNOTATIONS_JS = """() => {
     }
     return found;
 }"""
+
+
+#: Records the text of every notification OHIF shows (Sonner toasts come and go within seconds) in
+#: ``window.__ainodeToasts``, from the page's first script on.
+_RECORD_TOASTS = """(() => {
+    window.__ainodeToasts = [];
+    const seen = new WeakSet();
+    new MutationObserver(() => {
+        for (const toast of document.querySelectorAll('[data-sonner-toast]')) {
+            if (!seen.has(toast) && toast.innerText.trim()) {
+                seen.add(toast);
+                window.__ainodeToasts.push(toast.innerText.trim().replace(/\\s*\\n\\s*/g, ': '));
+            }
+        }
+    }).observe(document, {childList: true, subtree: true, characterData: true});
+})();"""
+
+
+@dataclass
+class SegView:
+    """What OHIF shows once a study's SEG is opened and loaded ("Yes" to its question) in the viewport.
+
+    Attributes
+    ----------
+    labels : list of str
+        The segments the segmentation panel lists, in its order.
+    colours : list of tuple of int
+        Each listed segment's colour (RGB) as the panel shows it.
+    drawn : dict of str to int
+        Per segment label, how many pixels of the viewport change when the segment is hidden: what of it
+        is drawn over the image.
+    slice_label : str
+        The viewport's image number overlay ("I:29 (29/60)"): the slice the segmentation is drawn on.
+    notifications : list of str
+        Every notification OHIF showed from the double-click on (warnings included).
+    errors : list of str
+        Uncaught page errors.
+    screenshots : list of pathlib.Path
+        ``NAME-seg.png``, the loaded segmentation with the panel open.
+    """
+
+    labels: list[str] = field(default_factory=list)
+    colours: list[tuple[int, int, int]] = field(default_factory=list)
+    drawn: dict[str, int] = field(default_factory=dict)
+    slice_label: str = ""
+    notifications: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    screenshots: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -330,20 +228,17 @@ class OhifBrowser:
     """
 
     def __init__(self, server: OhifServer, chromium: str, screenshots: Path) -> None:
-        from playwright.sync_api import sync_playwright
+        from .browser import chromium_browser
 
         self.server = server
         self.screenshots = screenshots
         screenshots.mkdir(parents=True, exist_ok=True)
-        self._playwright = sync_playwright().start()
-        self._browser = self._playwright.chromium.launch(
-            executable_path=chromium, args=list(CHROMIUM_ARGS), headless=True
-        )
+        self._stack = contextlib.ExitStack()
+        self._browser = self._stack.enter_context(chromium_browser(chromium))
 
     def close(self) -> None:
         """Close the browser and Playwright's driver."""
-        self._browser.close()
-        self._playwright.stop()
+        self._stack.close()
 
     def study_list(self, name: str) -> str:
         """The study list's text (OHIF's start page, a query of the DICOMweb server); saves ``NAME.png``."""
@@ -383,16 +278,7 @@ class OhifBrowser:
         as ``NAME-sr-N.png`` at each step, and ``NAME-study.png`` before the SR is opened.
         """
         view = SrView()
-        context = self._browser.new_context(viewport={"width": 1920, "height": 1080})  # a reading-room screen
-        context.add_init_script(_NO_TOUR)
-        page = context.new_page()
-        page.on("pageerror", lambda error: view.errors.append(f"page error: {error}"))
-        try:
-            page.goto(self.server.viewer_url(study_uid))
-            entry = page.get_by_text(series_description, exact=False).first
-            entry.wait_for(timeout=30_000)
-            # The first image is drawn (its window shows in the overlay) before the SR replaces it.
-            page.locator('[data-cy="viewport-overlay-bottom-left"]').get_by_text("W:").first.wait_for(timeout=30_000)
+        with self._study_page(study_uid, series_description, view.errors) as (page, entry):
             page.wait_for_timeout(1_000)
             self._shot(page, view, f"{name}-study.png")
             entry.dblclick()
@@ -412,8 +298,67 @@ class OhifBrowser:
                 arrow.first.click()
                 page.wait_for_timeout(800)
             view.errors.extend(self._notifications(page))
+        return view
+
+    @contextlib.contextmanager
+    def _study_page(self, study_uid: str, series_description: str, errors: list[str]) -> Iterator[tuple[Any, Any]]:
+        """A new page on the study (the admin pages' link), once its first image is drawn: the page and the
+        study browser's entry of the series ``series_description``. Uncaught page errors go to ``errors``."""
+        context = self._browser.new_context(viewport={"width": 1920, "height": 1080})  # a reading-room screen
+        context.add_init_script(_NO_TOUR)
+        context.add_init_script(_RECORD_TOASTS)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+        try:
+            page.goto(self.server.viewer_url(study_uid))
+            entry = page.get_by_text(series_description, exact=False).first
+            entry.wait_for(timeout=30_000)
+            # The first image is drawn (its window shows in the overlay) before a result replaces it.
+            page.locator('[data-cy="viewport-overlay-bottom-left"]').get_by_text("W:").first.wait_for(timeout=30_000)
+            yield page, entry
         finally:
             context.close()
+
+    def open_seg(self, study_uid: str, series_description: str, name: str) -> SegView:
+        """Open a study, double-click its SEG series, answer "Yes" to loading it, open the segmentation panel.
+
+        Reads the panel's segments (label, colour), then hides each segment in turn and counts the viewport's
+        pixels that change: a segment listed but not drawn changes none. Saves ``NAME-seg.png``.
+        """
+        import numpy as np
+
+        view = SegView()
+        with self._study_page(study_uid, series_description, view.errors) as (page, entry):
+            entry.dblclick()
+            page.get_by_role("button", name="Yes").first.click(timeout=30_000)  # "open this Segmentation?"
+            page.locator('[data-cy="panelSegmentation-btn"]').click()
+            rows = page.locator('[data-cy="data-row"]')
+            rows.first.wait_for(timeout=30_000)
+            page.wait_for_timeout(500)  # the overlay's first render
+            self._shot(page, view, f"{name}-seg.png")
+            viewport = page.locator('[data-cy="viewport-pane"]').first
+            view.slice_label = viewport.locator('[data-cy="viewport-overlay-bottom-right"]').inner_text().strip()
+
+            def pixels() -> Any:
+                return np.asarray(_png(viewport.screenshot()), dtype=np.int16)
+
+            shown = pixels()
+            for index in range(rows.count()):
+                row = rows.nth(index)
+                label = row.locator('[data-cy="data-row-title"]').inner_text().strip()
+                view.labels.append(label)
+                colour = row.locator('[data-cy="data-row-colorhex"]').evaluate(
+                    "e => getComputedStyle(e).backgroundColor"
+                )
+                view.colours.append(tuple(int(v) for v in re.findall(r"\d+", colour)[:3]))  # type: ignore[arg-type]
+                toggle = row.locator('[data-cy="data-row-visibility-toggle"]')
+                row.hover()
+                toggle.click()
+                page.wait_for_timeout(300)
+                view.drawn[label] = int((np.abs(pixels() - shown).sum(axis=2) > 30).sum())
+                toggle.click()
+                page.wait_for_timeout(300)
+            view.notifications = [str(text) for text in page.evaluate("window.__ainodeToasts || []")]
         return view
 
     @staticmethod
@@ -455,7 +400,7 @@ class OhifBrowser:
         found = page.get_by_text("Something went wrong").all()
         return [f"notification: {item.inner_text()}" for item in found]
 
-    def _shot(self, page: Any, view: SrView, filename: str) -> None:
+    def _shot(self, page: Any, view: SrView | SegView, filename: str) -> None:
         path = self.screenshots / filename
         page.screenshot(path=str(path))
         view.screenshots.append(path)

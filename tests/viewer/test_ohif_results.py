@@ -9,7 +9,8 @@ reads them on the screenshots (``viewer-screenshots`` in pytest's base temporary
 
 - the radiograph without a box: its top findings, each with its probability;
 - the radiograph with a box: a box whose own label names its finding;
-- the abdominal CT: the L3 level, stepping through the SR's measurements with the viewport's arrow.
+- the abdominal CT: the L3 level, stepping through the SR's measurements with the viewport's arrow; its SEG,
+  loaded, lists the three tissues with the labels and colours the SEG gives them, each drawn over the L3 slice.
 
 Reference SRs made here with highdicom (TID 1500 with an Image Library, SCOORD regions labelled by NUMs and a
 Finding Site, the way OHIF reads them) go through the same reading and the same checks: they show that the
@@ -28,6 +29,7 @@ import numpy as np
 import pydicom
 import pytest
 from highdicom import sr
+from highdicom.color import CIELabColor
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -58,6 +60,9 @@ class Study:
 
     study_uid: str
     sr: pydicom.Dataset | None = field(default=None, repr=False)
+    seg: pydicom.Dataset | None = field(default=None, repr=False)
+    #: Instance Number of each slice (SOP Instance UID), for the CT.
+    instance_numbers: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def sr_description(self) -> str:
@@ -118,6 +123,10 @@ def studies(
         study = by_uid.get(instance.study_instance_uid)
         if study is not None and instance.modality == "SR":
             study.sr = pydicom.dcmread(_download(module_orthanc, instance.id, work))
+        elif study is not None and instance.modality == "SEG":
+            study.seg = pydicom.dcmread(_download(module_orthanc, instance.id, work))
+    ct_slices = [pydicom.dcmread(p, stop_before_pixels=True) for p in ct_paths]
+    found["ct"].instance_numbers = {str(ds.SOPInstanceUID): int(ds.InstanceNumber) for ds in ct_slices}
     found["reference"] = _reference_radiograph(module_orthanc, work)
     found["ct_reference"] = _reference_ct(module_orthanc, [pydicom.dcmread(p) for p in ct_paths], work)
     ohif_browser.server.point_at(module_orthanc.dicomweb_url)
@@ -342,3 +351,25 @@ def test_abdominal_ct_shows_its_l3_level(studies: dict[str, Study], ohif_browser
     view = ohif_browser.open_sr(study.study_uid, study.sr_description, "abdominal-ct", max_steps=12)
     assert not view.errors, _shown(view)
     assert _shows_l3(view), _shown(view)
+
+
+def test_abdominal_ct_seg_loads_as_its_labelled_segments_on_the_l3_slice(
+    studies: dict[str, Study], ohif_browser: OhifBrowser
+) -> None:
+    study = studies["ct"]
+    seg = study.seg
+    assert seg is not None, f"no SEG came back into study {study.study_uid}"
+    segments = list(seg.SegmentSequence)
+    view = ohif_browser.open_seg(study.study_uid, str(seg.SeriesDescription), "abdominal-ct")
+    shown = f"{view} (screenshots: {[str(p) for p in view.screenshots]})"
+    assert not view.errors, shown
+    # Every notification is a fault here: OHIF warns, for one, when a segment has no display colour.
+    assert not view.notifications, shown
+    assert view.labels == [str(s.SegmentLabel) for s in segments], shown
+    assert view.colours == [CIELabColor.from_dicom_value(s.RecommendedDisplayCIELabValue).to_rgb() for s in segments]
+    # Drawn over the image: hiding any one segment changes the viewport where it lies (thousands of pixels).
+    assert all(view.drawn[str(s.SegmentLabel)] > 1000 for s in segments), shown
+    # On the slice the SEG was made on, the L3 slice the SR names.
+    [source] = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    number = study.instance_numbers[str(source.ReferencedSOPInstanceUID)]
+    assert re.match(rf"I:\s*{number}\b", view.slice_label), (number, shown)
