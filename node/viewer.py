@@ -290,7 +290,12 @@ class DicomWebProxy:
         )
 
     async def _relay(self, answer: httpx.Response, path: str) -> AsyncIterator[bytes]:
-        """The answer's body as it arrives; a server that breaks off mid-answer is one warning line."""
+        """The answer's body as it arrives.
+
+        A server that breaks off mid-answer is one warning line, and the browser's answer is cut off too
+        (:class:`BrokenAnswer` ends the connection without the end of the chunked body), so that OHIF sees
+        a failed request instead of a short one that looks whole.
+        """
         try:
             async for chunk in answer.aiter_raw():
                 yield chunk
@@ -298,6 +303,23 @@ class DicomWebProxy:
             log.warning(
                 "viewer: the DICOMweb server %s broke off its answer to %s: %s", self.shown_url, path, _reason(exc)
             )
+            raise BrokenAnswer(path) from exc
+        finally:
+            await answer.aclose()
+
+
+class BrokenAnswer(Exception):
+    """The DICOMweb server broke off an answer the viewer was passing on (already logged in one line)."""
+
+
+class _NoTracebackOfBrokenAnswers(logging.Filter):
+    """uvicorn logs a traceback for the :class:`BrokenAnswer` that cuts the browser's answer off: said already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], BrokenAnswer))
+
+
+_BROKEN_ANSWERS_FILTER = _NoTracebackOfBrokenAnswers()
 
 
 def _reason(exc: httpx.HTTPError) -> str:
@@ -419,6 +441,7 @@ class ViewerServer:
 
     def start(self) -> ViewerServer:
         """Serve on a background thread; returns once the server accepts requests."""
+        logging.getLogger("uvicorn.error").addFilter(_BROKEN_ANSWERS_FILTER)  # once: filters are a set
         try:
             self._serving.start()
         except OSError as exc:

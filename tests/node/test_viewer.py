@@ -72,6 +72,15 @@ def upstream() -> Iterator[Upstream]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             state.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}))
+            if self.path.endswith("/rendered"):  # breaks off: a tenth of the announced length, then closed
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                self.wfile.write(b"\x89PNG" + b"\x00" * 9996)
+                self.wfile.flush()
+                self.close_connection = True
+                return
             if "/frames/" in self.path:
                 first, second = _parts()
                 self.send_response(200)
@@ -277,6 +286,19 @@ def test_an_unreachable_dicomweb_server_is_502_with_one_line(build: Path, caplog
     assert page.status_code == 200
     warnings = [r for r in caplog.records if r.name == "ainode.viewer"]
     assert len(warnings) == 1 and warnings[0].exc_info is None, [r.getMessage() for r in warnings]
+
+
+def test_an_answer_broken_off_upstream_is_broken_off_for_the_browser_too(
+    viewer: ViewerServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):  # not a short answer that looks whole
+            requests.get(viewer.url + "/dicom-web/studies/1.2.3/rendered", timeout=10).content  # noqa: B018
+        assert requests.get(viewer.url + "/dicom-web/studies", timeout=10).status_code == 200  # still serving
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in lines] == ["ainode.viewer"], [(r.name, r.getMessage()) for r in lines]
+    assert "broke off its answer to /dicom-web/studies/1.2.3/rendered" in lines[0].getMessage()
+    assert lines[0].exc_info is None
 
 
 def test_the_viewer_only_reads(viewer: ViewerServer, upstream: Upstream) -> None:
