@@ -8,6 +8,7 @@ it. What OHIF itself does with the viewer is tests/viewer's (Chromium on the rea
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import yaml
 from node.settings import ViewerDicomWebSettings, ViewerSettings
 from node.viewer import ViewerServer, app_config, base_url
 from node.web.pages import viewer_link
+from tests.helpers.certs import self_signed_certificate
 from tests.helpers.cli import REPO, ainode
 from tests.helpers.ports import free_port
 
@@ -318,47 +320,78 @@ def test_a_path_climbing_out_of_the_dicomweb_root_is_not_forwarded(viewer: Viewe
     assert upstream.seen == []
 
 
-def _config_file(tmp_path: Path, viewer: dict[str, object]) -> Path:
+def _config_file(tmp_path: Path, config: dict[str, object]) -> Path:
     path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "var"), "viewer": viewer}))
+    path.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "var"), **config}))
     return path
 
 
 def test_ainode_viewer_without_the_build_says_how_to_fetch_it(tmp_path: Path) -> None:
     empty = tmp_path / "no-build"
     empty.mkdir()
-    run = ainode("viewer", config=_config_file(tmp_path, {"ohif_dir": str(empty)}), timeout=60)
+    run = ainode("viewer", config=_config_file(tmp_path, {"viewer": {"ohif_dir": str(empty)}}), timeout=60)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "Traceback" not in run.stderr
     [line] = run.stderr.strip().splitlines()
     assert "no OHIF build" in line and "bash scripts/ohif.sh" in line and str(empty) in line
 
 
-def test_ainode_viewer_serves_until_sigterm(tmp_path: Path, build: Path, upstream: Upstream) -> None:
-    config = _config_file(tmp_path, {"ohif_dir": str(build), "port": 0, "dicomweb": {"url": upstream.url}})
+@contextlib.contextmanager
+def _viewer_process(tmp_path: Path, config: dict[str, object]) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """``ainode viewer`` as a user runs it, with ``config`` as node.yaml: the process, and the viewer's URL and
+    the DICOMweb server's that its first log line names (stopped at the end if the test did not stop it)."""
+    path = _config_file(tmp_path, config)
     process = subprocess.Popen(
         [sys.executable, "-m", "node.cli", "viewer"],
         cwd=REPO,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "AINODE_CONFIG": str(config)},
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "AINODE_CONFIG": str(path)},
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         assert process.stderr is not None
         line = process.stderr.readline()
-        found = re.search(r"viewer: OHIF on (http://127\.0\.0\.1:\d+), studies from the DICOMweb server (\S+)", line)
+        found = re.search(r"viewer: OHIF on (https?://127\.0\.0\.1:\d+), studies from the DICOMweb server (\S+)", line)
         assert found, line
-        assert found.group(2) == upstream.url
-        assert requests.get(found.group(1) + "/app-config.js", timeout=10).text == app_config()
-        assert requests.get(found.group(1) + "/dicom-web/studies", timeout=10).status_code == 200
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-        rest = process.stderr.read()
+        yield process, found.group(1), found.group(2)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_ainode_viewer_serves_until_stopped(
+    tmp_path: Path, build: Path, upstream: Upstream, stop: signal.Signals
+) -> None:
+    config = {"viewer": {"ohif_dir": str(build), "port": 0, "dicomweb": {"url": upstream.url}}}
+    with _viewer_process(tmp_path, config) as (process, url, dicomweb):
+        assert url.startswith("http://") and dicomweb == upstream.url
+        assert requests.get(url + "/app-config.js", timeout=10).text == app_config()
+        assert requests.get(url + "/dicom-web/studies", timeout=10).status_code == 200
+        process.send_signal(stop)
+        assert process.wait(timeout=20) == 0
+        assert process.stderr is not None
+        rest = process.stderr.read()
     assert "Traceback" not in rest and "viewer: stopped" in rest, rest
+
+
+@pytest.mark.integration  # openssl makes the certificate
+def test_ainode_viewer_serves_https_with_the_nodes_http_certificate(
+    tmp_path: Path, build: Path, upstream: Upstream
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    config = {
+        "http_tls": {"certificate": str(cert), "private_key": str(key)},
+        "viewer": {"ohif_dir": str(build), "port": 0, "dicomweb": {"url": upstream.url}},
+    }
+    with _viewer_process(tmp_path, config) as (process, url, _):
+        assert url.startswith("https://")
+        assert requests.get(url + "/app-config.js", verify=str(cert), timeout=10).text == app_config()
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(url.replace("https://", "http://") + "/app-config.js", timeout=10)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
 
 
 def test_ainode_viewer_on_a_taken_port_is_one_line(tmp_path: Path, build: Path) -> None:
@@ -366,7 +399,9 @@ def test_ainode_viewer_on_a_taken_port_is_one_line(tmp_path: Path, build: Path) 
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        run = ainode("viewer", config=_config_file(tmp_path, {"ohif_dir": str(build), "port": port}), timeout=60)
+        run = ainode(
+            "viewer", config=_config_file(tmp_path, {"viewer": {"ohif_dir": str(build), "port": port}}), timeout=60
+        )
     assert run.returncode == 2, run.stdout + run.stderr
     [line] = run.stderr.strip().splitlines()
     assert f"cannot listen on 127.0.0.1:{port}" in line and "viewer.port" in line
