@@ -43,13 +43,10 @@ import re
 import socket
 import ssl
 import tempfile
-import threading
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
@@ -64,6 +61,7 @@ from node.db import AuditKind
 from node.errors import NodeError
 from node.metrics import Metrics
 from node.pull import NothingFound, PullArgumentError, UnknownSource
+from node.serving import UvicornThread
 from node.web.admin import COOKIE as SESSION_COOKIE
 from node.web.admin import AdminGuard, AdminSite
 from node.web.auth import CHALLENGE, Authenticator
@@ -270,53 +268,22 @@ class HttpServer:
         self.metrics_auth = metrics_auth
         self.admin = admin
         self.app = self._app()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._socket.bind((host, port))
-            self._socket.listen(128)
-        except OSError:
-            self._socket.close()
-            raise
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = UvicornThread(self.app, host, port, ssl_context=ssl_context, name="ainode-http")
 
     @property
     def port(self) -> int:
-        return int(self._socket.getsockname()[1])
+        return self._serving.port
 
     @property
     def scheme(self) -> str:
-        return "https" if self.ssl_context is not None else "http"
+        return self._serving.scheme
 
     def start(self) -> None:
         """Serve on a background thread; returns once the server accepts requests."""
-        context = self.ssl_context
-        config = uvicorn.Config(
-            self.app,
-            http="h11",
-            ws="none",
-            lifespan="off",
-            loop="asyncio",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=5,
-            ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
-        )
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop lines: ours say it
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, name="ainode-http", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not self._server.started:
-            raise OSError(f"the HTTP server did not start on {self.host}:{self.port} (see the log)")
+        try:
+            self._serving.start()
+        except OSError:
+            raise OSError(f"the HTTP server did not start on {self.host}:{self.port} (see the log)") from None
         log.info(
             "HTTP endpoint on %s://%s:%d (/healthz, /readyz, /metrics, STOW-RS /dicomweb/studies, /api/pull%s)",
             self.scheme,
@@ -326,11 +293,7 @@ class HttpServer:
         )
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-            self._thread = None
-        self._socket.close()
+        self._serving.stop()
 
     # -- routes ---------------------------------------------------------------------------------
 
