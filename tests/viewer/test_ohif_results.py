@@ -251,7 +251,7 @@ def _shown(view: SrView) -> str:
     """What the viewport showed, for failure messages."""
     return (
         f"labels readable: {view.labels() or 'none'}{' (after a step and back)' if view.nudged else ''}"
-        f"{' (second opening)' if view.retried else ''}; "
+        f"{' (opened again)' if view.retried else ''}; "
         f"lines cut off at the viewport's edge: {view.clipped or 'none'}; "
         f"errors: {view.errors or 'none'}; "
         f"screenshots: {[str(p) for p in view.screenshots]}"
