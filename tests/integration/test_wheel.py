@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
@@ -169,6 +171,16 @@ def test_the_installed_wheel_runs_on_its_embedded_defaults_from_any_folder(
     finally:
         assoc.release()
     assert status.Status == 0x0000
+
+    # The admin pages' templates travel in the wheel: the login page renders, and a page asks for it.
+    endpoint = re.compile(r"HTTP endpoint on (http://127\.0\.0\.1:\d+)")
+    while not (found := endpoint.search(log.read_text(errors="replace"))):
+        assert time.monotonic() < deadline, f"ainode serve printed no HTTP endpoint:\n{log.read_text()}"
+        time.sleep(0.1)
+    login = requests.get(found.group(1) + "/login", timeout=10)
+    assert login.status_code == 200 and 'id="login-form"' in login.text, login.text[:500]
+    jobs = requests.get(found.group(1) + "/jobs", timeout=10, allow_redirects=False)
+    assert jobs.status_code in (302, 303, 307) and jobs.headers["location"].startswith("/login"), jobs.headers
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
