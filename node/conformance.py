@@ -172,6 +172,13 @@ def _first_paragraph(text: str | None) -> str:
     return " ".join((text or "").strip().split("\n\n")[0].split())
 
 
+def _series_offsets() -> list[tuple[str, dict[str, int]]]:
+    """Each pipeline's result series offsets (``SERIES_OFFSETS`` of its module), by pipeline name."""
+    from node.pipelines import ct_lumbar, ct_pe, cxr
+
+    return [("ct_lumbar", ct_lumbar.SERIES_OFFSETS), ("ct_pe", ct_pe.SERIES_OFFSETS), ("cxr", cxr.SERIES_OFFSETS)]
+
+
 def _writer(name: str) -> object:
     return importlib.import_module(f"sr_writer.{name}")
 
@@ -854,6 +861,15 @@ def _annexes(doc: _Document, defaults: Settings) -> None:
     doc.table("Created SOP instances", ("SOP class", "Writer", "Series Description", "Templates (PS3.16)"), rows)
     for name, _uid in sorted(WRITTEN_SOP_CLASSES.items(), key=lambda item: (_uid_name(item[1]), item[0])):
         doc.text(f"**`sr_writer.{name}`**: " + _first_paragraph(inspect.getdoc(_writer(name))))
+    doc.table(
+        "Series Number of each result series",
+        ("Pipeline", "Object", "Series Number", "Default"),
+        [
+            (pipeline, kind, f"`result_series_number` + {offset}", defaults.result_series_number + offset)
+            for pipeline, offsets in _series_offsets()
+            for kind, offset in sorted(offsets.items(), key=lambda item: item[1])
+        ],
+    )
     doc.section(3, "Modules of the Created Objects")
     doc.text("The IOD modules of each created SOP class (PS3.3, as highdicom writes them):")
     for uid in sorted(set(WRITTEN_SOP_CLASSES.values()), key=_uid_name):

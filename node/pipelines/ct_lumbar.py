@@ -51,6 +51,8 @@ log = logging.getLogger("ainode.pipeline.ct_lumbar")
 #: Fewest axial slices analysed: the lumbar spine is ~18 cm long, 20 slices at 5 mm cover
 #: less than that; anything shorter cannot hold a level sequence.
 MIN_SLICES = 20
+#: Each result series' Series Number: ``result_series_number`` plus this (docs/conformance.md lists them).
+SERIES_OFFSETS = {"SR": 0, "KOS": 1, "GSPS": 2, "SEG": 3}
 
 
 class CtLumbarPipeline(CtPipeline):
@@ -93,7 +95,12 @@ class CtLumbarPipeline(CtPipeline):
             log.info("%s", summary)
             return PipelineOutput(result=result, objects=objects, summary=summary, warnings=series.warnings)
         objects.append(
-            build_slice_labels(result, sources, level_labels(lumbar), params.with_series_number(self.series_number + 2))
+            build_slice_labels(
+                result,
+                sources,
+                level_labels(lumbar),
+                params.with_series_number(self.series_number + SERIES_OFFSETS["GSPS"]),
+            )
         )
         if lumbar.l3_index is not None:
             l3_uid = lumbar.slice_uids[lumbar.l3_index]
@@ -102,7 +109,7 @@ class CtLumbarPipeline(CtPipeline):
                     result,
                     sources,
                     [l3_uid],
-                    params.with_series_number(self.series_number + 1),
+                    params.with_series_number(self.series_number + SERIES_OFFSETS["KOS"]),
                     title="of_interest",
                     description="Key image: L3 slice for body composition",
                 )
@@ -115,7 +122,10 @@ class CtLumbarPipeline(CtPipeline):
                 objects.append(
                     # No Institution Name on the SEG, as before SeriesParams (the other objects carry it).
                     build_tissue_segmentation(
-                        l3_source, masks, self.model.algorithm, SeriesParams(self.uid_root, self.series_number + 3)
+                        l3_source,
+                        masks,
+                        self.model.algorithm,
+                        SeriesParams(self.uid_root, self.series_number + SERIES_OFFSETS["SEG"]),
                     )
                 )
         written = time.perf_counter()

@@ -39,6 +39,8 @@ log = logging.getLogger("ainode.pipeline.ct_pe")
 #: Fewest axial slices analysed: a CTPA covers the chest in well over 30 slices; fewer is a
 #: scout, a thin slab or a partial series.
 MIN_SLICES = 30
+#: Each result series' Series Number: ``result_series_number`` plus this (docs/conformance.md lists them).
+SERIES_OFFSETS = {"SR": 0, "KOS": 1, "GSPS": 2}
 
 
 class CtPePipeline(CtPipeline):
@@ -99,14 +101,19 @@ class CtPePipeline(CtPipeline):
                     result,
                     sources,
                     key_uids,
-                    params.with_series_number(self.series_number + 1),
+                    params.with_series_number(self.series_number + SERIES_OFFSETS["KOS"]),
                     title="of_interest",
                     description="Key images: suspected pulmonary embolism",
                 )
             )
         if present and pe.positive_slices:
             objects.append(
-                build_slice_labels(result, sources, pe_labels(pe), params.with_series_number(self.series_number + 2))
+                build_slice_labels(
+                    result,
+                    sources,
+                    pe_labels(pe),
+                    params.with_series_number(self.series_number + SERIES_OFFSETS["GSPS"]),
+                )
             )
         written = time.perf_counter()
         sides = [s for s in ("rightsided_pe", "leftsided_pe", "central_pe") if pe.exam_labels.get(s)]

@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("ainode.pipeline.cxr")
 
 #: SOP classes analysed: CR, DX for presentation and for processing, and digital mammography is not.
+#: Each result series' Series Number: ``result_series_number`` plus this (docs/conformance.md lists them).
+SERIES_OFFSETS = {"SR": 0, "GSPS": 1, "SC": 2}
 RADIOGRAPH_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1",  # CR Image Storage
     "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
@@ -451,7 +453,9 @@ class CxrPipeline:
                     problems,
                     "GSPS",
                     lambda one, image: build_presentation_state(
-                        one, [headers[image.sop_instance_uid]], params.with_series_number(self.series_number + 1)
+                        one,
+                        [headers[image.sop_instance_uid]],
+                        params.with_series_number(self.series_number + SERIES_OFFSETS["GSPS"]),
                     ),
                 )
         if self.secondary_capture:
@@ -462,7 +466,9 @@ class CxrPipeline:
                     problems,
                     "secondary capture",
                     lambda one, image: build_secondary_capture(
-                        one, pixels[image.sop_instance_uid], params.with_series_number(self.series_number + 2)
+                        one,
+                        pixels[image.sop_instance_uid],
+                        params.with_series_number(self.series_number + SERIES_OFFSETS["SC"]),
                     ),
                 )
         return objects
