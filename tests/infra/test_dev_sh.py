@@ -54,6 +54,7 @@ def test_a_failed_first_phase_still_runs_the_second_and_fails_the_verdict(tmp_pa
     assert said[4] == "[dev.sh] failed test phases: not integration, 2 workers"
     assert "2 workers [1 item]" in result.stdout  # the first phase ran on pytest-xdist workers, one test
     assert "1 passed, 1 deselected" in result.stdout  # the second ran the integration test alone
+    assert "slowest 25 durations" in result.stdout  # and listed where its time went
 
 
 def test_a_failed_integration_phase_or_gate_fails_the_verdict_and_all_passing_passes(tmp_path: Path) -> None:
