@@ -123,6 +123,8 @@ def test_corpus_over_the_network(tmp_path: Path, corpus: tuple[Path, list[Corpus
         "outbox",
         "spool",
         "tmp",
+        "web-secret",  # the admin pages' session key (node.web.admin)
+        "web-logouts.json",
     }
     assert not list((node.data_dir / "tmp").iterdir())
     assert peak < RSS_LIMIT_MB, f"peak RSS {peak:.0f} MB"
