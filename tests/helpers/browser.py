@@ -44,17 +44,29 @@ def require_chromium(purpose: str, missing: Sequence[str] = ()) -> str:
     return chromium
 
 
+#: The one Playwright driver of this process and how many browsers use it. Playwright's sync API runs its
+#: driver's event loop in this thread: a second ``sync_playwright().start()`` while the first is alive (the
+#: viewer tests keep theirs for the session) fails with "using Playwright Sync API inside the asyncio loop".
+_driver: list[Any] = []
+
+
 @contextmanager
 def chromium_browser(chromium: str) -> Iterator[Any]:
-    """A headless Chromium (a Playwright ``Browser``), closed with Playwright's driver at the end."""
+    """A headless Chromium (a Playwright ``Browser``), closed at the end; the driver is shared while in use."""
     from playwright.sync_api import sync_playwright
 
-    playwright = sync_playwright().start()
+    if not _driver:
+        _driver[:] = [sync_playwright().start(), 0]
+    _driver[1] += 1
     try:
-        browser = playwright.chromium.launch(executable_path=chromium, args=list(CHROMIUM_ARGS), headless=True)
+        browser = _driver[0].chromium.launch(executable_path=chromium, args=list(CHROMIUM_ARGS), headless=True)
         try:
             yield browser
         finally:
             browser.close()
     finally:
-        playwright.stop()
+        _driver[1] -= 1
+        if _driver[1] == 0:
+            playwright = _driver[0]
+            _driver.clear()
+            playwright.stop()
