@@ -79,6 +79,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             # A taken port stops start-up (ConfigError): a node nobody can watch is not what was configured.
             http = node.http_server()
             http.start()
+            from node.preflight import http_exposure_warning
+
+            warning = http_exposure_warning(settings)
+            if warning:
+                log.warning("%s", warning)
         node.start()
         emit(banner_lines(node, http.port if http else None))
         echo_destinations(settings)  # in the background: start-up does not wait for the PACS

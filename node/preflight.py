@@ -10,6 +10,8 @@ the ``OSError`` or SQLAlchemy traceback the same problem would otherwise give:
   server that does not answer;
 - :func:`listen_error`: a DICOM or HTTP port in use, a privileged port, an
   address that is not this machine's;
+- :func:`http_exposure_warning`: the HTTP server on another address than loopback with an open
+  ``/metrics`` or without HTTPS (a warning);
 - :func:`exposure_warning`: listening on every interface, a peer not pinned to
   loopback, and no TLS (a warning, not an error);
 - :func:`wait_for`, :func:`wait_for_database`: the roles of the distributed executor wait for the
@@ -42,6 +44,7 @@ __all__ = [
     "DATA_DIR_FIX",
     "database_label",
     "exposure_warning",
+    "http_exposure_warning",
     "listen_error",
     "open_database",
     "prepare_data_dir",
@@ -199,6 +202,28 @@ def exposure_warning(settings: Settings, bound_port: int | None = None) -> str |
         f"listening on all interfaces ({settings.host}:{bound_port or settings.port}), {tls}, and allowed_peers admits "
         f"{names}: anyone who can reach this port and use that AE title can store studies. Pin each peer's "
         "address (host: in allowed_peers), listen on one address (host:), or use TLS only (tls.enabled, port: null)"
+    )
+
+
+def http_exposure_warning(settings: Settings) -> str | None:
+    """A warning when the HTTP server is reachable from other hosts with an open ``/metrics`` or without HTTPS.
+
+    ``None`` when the HTTP server is off or listens on a loopback address, or when ``/metrics`` needs a login
+    and HTTPS is configured.
+    """
+    if not settings.http_enabled or _loopback(settings.http_host):
+        return None
+    problems = []
+    if not settings.http_metrics_auth:
+        problems.append("/metrics is open to anyone (http_metrics_auth: false)")
+    if settings.http_tls is None:
+        problems.append("passwords, tokens and session cookies cross the network in clear (no http_tls)")
+    if not problems:
+        return None
+    return (
+        f"the HTTP server listens on {settings.http_host}:{settings.http_port}, reachable from other hosts, and "
+        + "; ".join(problems)
+        + ": set http_metrics_auth: true and http_tls, or http_host: 127.0.0.1"
     )
 
 

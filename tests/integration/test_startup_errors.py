@@ -103,6 +103,33 @@ def test_http_port_in_use_with_http_disabled_starts(config: Path, taken_port: in
     assert proc.returncode == 0 and "Traceback" not in err
 
 
+def test_http_server_open_to_other_hosts_is_a_start_up_warning(config: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "serve"],
+        cwd=REPO,
+        text=True,
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "AINODE_CONFIG": str(config),
+            "AINODE_PORT": str(port),
+            "AINODE_HTTP_HOST": "0.0.0.0",
+            "AINODE_HTTP_METRICS_AUTH": "false",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert wait_for_port(port, timeout=60), proc.stderr.read() if proc.poll() is not None else "not listening"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err
+    warnings = [line for line in err.splitlines() if "reachable from other hosts" in line]
+    assert len(warnings) == 1, err
+    assert "WARNING" in warnings[0] and "/metrics is open" in warnings[0] and "no http_tls" in warnings[0]
+
+
 def test_data_dir_is_a_file(config: Path, tmp_path: Path) -> None:
     afile = tmp_path / "a-file"
     afile.write_text("not a folder")

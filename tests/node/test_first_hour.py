@@ -347,3 +347,19 @@ def test_readyz_is_503_while_no_pipeline_is_loaded(tmp_path: Path) -> None:
     assert reason.startswith("no pipeline loaded: pipeline ")
     assert all(f"pipeline {name!r} disabled: model" in reason for name in ("cxr", "ct_pe", "ct_lumbar")), reason
     assert answer["checks"]["dicom"] == answer["checks"]["database"] == answer["checks"]["data_dir"] == "ok"
+
+
+def test_http_exposure_warning() -> None:
+    from node.preflight import http_exposure_warning
+
+    assert http_exposure_warning(Settings()) is None  # loopback: nothing to say
+    assert http_exposure_warning(Settings(http_host="10.0.0.5", http_enabled=False)) is None
+    plain = http_exposure_warning(Settings(http_host="0.0.0.0"))
+    assert plain is not None and "no http_tls" in plain and "/metrics" not in plain
+    both = http_exposure_warning(Settings(http_host="0.0.0.0", http_metrics_auth=False))
+    assert both is not None and "/metrics is open" in both and "http_host: 127.0.0.1" in both
+    tls = {"certificate": "/etc/ainode/http.crt", "private_key": "/etc/ainode/http.key"}
+    assert http_exposure_warning(Settings(http_host="::", http_tls=tls)) is None
+    assert "/metrics is open" in str(
+        http_exposure_warning(Settings(http_host="::", http_tls=tls, http_metrics_auth=False))
+    )
