@@ -21,6 +21,7 @@ The text says DEMO when a demo model contributed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -361,11 +362,18 @@ def _annotation(
 def text_box(
     left: float, top: float, characters: int, line: float, columns: int, rows: int
 ) -> tuple[float, float, float, float]:
-    """A bounding box (left, top, right, bottom) for one line of text, kept inside the image."""
-    width = min(float(columns) - 1, characters * line * 0.6)
-    top = min(max(0.0, top), rows - line - 1)
+    """A bounding box (left, top, right, bottom) for ``characters`` of text ``line`` pixels high, inside the image.
+
+    Text wider than the image gets as many lines as it needs (a viewer wraps text in its box, PS3.3
+    C.10.5.1.1) instead of one line it would have to shrink or clip.
+    """
+    wide = characters * line * 0.6
+    width = min(float(columns) - 1, wide)
+    height = line * max(1, math.ceil(wide / width)) if width > 0 else line
+    height = min(height, float(rows) - 1)
+    top = min(max(0.0, top), rows - height - 1)
     left = min(max(0.0, left), columns - width - 1)
-    return (left, top, left + width, top + line)
+    return (left, top, left + width, top + height)
 
 
 def _voi(referenced: Sequence[pydicom.Dataset]) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:

@@ -415,3 +415,15 @@ def test_labels_shown_to_readers_are_the_code_meanings() -> None:
     assert display_name("effusion") == "Pleural effusion"
     assert display_name("covid19") == "COVID-19"
     assert display_name("Pleural_Thickening") == "Pleural thickening"  # as the NIH CSV spells it
+
+
+def test_a_caption_wider_than_the_image_gets_the_lines_it_needs() -> None:
+    from sr_writer.gsps import text_box
+
+    line = 48.0
+    short = text_box(24, 24, 20, line, 1841, 1955)
+    assert short == (24, 24, 24 + 20 * line * 0.6, 24 + line)  # one line, as wide as its text
+    left, top, right, bottom = text_box(24, 24, 103, line, 1841, 1955)  # 103 characters need 2966 px
+    assert right - left == 1840 and bottom - top == 2 * line and left >= 0 and right <= 1841
+    tiny = text_box(0, 0, 500, 12.0, 64, 40)  # never taller than the image
+    assert tiny[3] <= 40 and tiny[1] >= 0
