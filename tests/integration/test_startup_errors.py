@@ -78,22 +78,21 @@ def test_http_port_in_use_stops_start_up(config: Path, taken_port: int) -> None:
     one_line_error(run, f"HTTP port 127.0.0.1:{taken_port} is already in use", "http_port", "http_enabled: false")
 
 
-def test_http_port_in_use_with_http_disabled_starts(config: Path, taken_port: int) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
+def _serve(config: Path, port: int, **env: str) -> subprocess.Popen[str]:
+    """``ainode serve`` on ``config`` with DICOM port ``port`` and the given ``AINODE_*`` variables only."""
+    return subprocess.Popen(
         [sys.executable, "-m", "node.cli", "serve"],
         cwd=REPO,
         text=True,
-        env={
-            "PATH": os.environ.get("PATH", ""),
-            "AINODE_CONFIG": str(config),
-            "AINODE_PORT": str(port),
-            "AINODE_HTTP_PORT": str(taken_port),
-            "AINODE_HTTP_ENABLED": "false",
-        },
+        env={"PATH": os.environ.get("PATH", ""), "AINODE_CONFIG": str(config), "AINODE_PORT": str(port), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def test_http_port_in_use_with_http_disabled_starts(config: Path, taken_port: int) -> None:
+    port = free_port()
+    proc = _serve(config, port, AINODE_HTTP_PORT=str(taken_port), AINODE_HTTP_ENABLED="false")
     try:
         assert wait_for_port(port, timeout=60), proc.stderr.read() if proc.poll() is not None else "not listening"
         assert "HTTP off" in (proc.stdout.readline() if proc.stdout else "")
@@ -105,20 +104,7 @@ def test_http_port_in_use_with_http_disabled_starts(config: Path, taken_port: in
 
 def test_http_server_open_to_other_hosts_is_a_start_up_warning(config: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "serve"],
-        cwd=REPO,
-        text=True,
-        env={
-            "PATH": os.environ.get("PATH", ""),
-            "AINODE_CONFIG": str(config),
-            "AINODE_PORT": str(port),
-            "AINODE_HTTP_HOST": "0.0.0.0",
-            "AINODE_HTTP_METRICS_AUTH": "false",
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _serve(config, port, AINODE_HTTP_HOST="0.0.0.0", AINODE_HTTP_METRICS_AUTH="false")
     try:
         assert wait_for_port(port, timeout=60), proc.stderr.read() if proc.poll() is not None else "not listening"
     finally:
@@ -186,20 +172,7 @@ def test_unreachable_postgresql_is_one_line(config: Path) -> None:
 def test_dev_sh_variables_are_not_settings(config: Path) -> None:
     """``AINODE_EXTRAS=postgres bash scripts/dev.sh run`` hands its own variables to ``ainode serve``."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "serve"],
-        cwd=REPO,
-        text=True,
-        env={
-            "PATH": os.environ.get("PATH", ""),
-            "AINODE_CONFIG": str(config),
-            "AINODE_PORT": str(port),
-            "AINODE_EXTRAS": "postgres",
-            "AINODE_PYTHON": sys.executable,
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _serve(config, port, AINODE_EXTRAS="postgres", AINODE_PYTHON=sys.executable)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         assert "listening" in line, line
